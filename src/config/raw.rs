@@ -1,0 +1,253 @@
+//! The configuration document exactly as users write it (CONFIG.md): serde
+//! types, unknown keys rejected. Semantic checks happen in `compile`.
+
+use super::duration::Duration;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Editor hint (`"$schema": "..."`), ignored.
+    #[serde(rename = "$schema", default)]
+    pub schema: Option<String>,
+    #[serde(default)]
+    pub jwt_providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub rate_limit_headers: Option<String>,
+    #[serde(default)]
+    pub client_ip: Option<RawClientIp>,
+    #[serde(default)]
+    pub cache_store: Option<RawCacheStore>,
+    #[serde(default)]
+    pub max_rate_limit_keys: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientIp {
+    #[serde(default)]
+    pub xff_trusted_hops: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheStore {
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_entry_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: Option<RawMatch>,
+    #[serde(default)]
+    pub jwt: Option<RawRouteJwt>,
+    #[serde(default)]
+    pub rate_limit: Option<Vec<RawRateLimit>>,
+    #[serde(default)]
+    pub circuit_breaker: Option<RawBreaker>,
+    #[serde(default)]
+    pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path_exact: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub headers: Option<Vec<RawHeaderMatch>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+// ---------------------------------------------------------------- JWT
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    pub jwks: RawJwks,
+    #[serde(default)]
+    pub from: Option<Vec<RawTokenSource>>,
+    #[serde(default)]
+    pub clock_skew: Option<Duration>,
+    #[serde(default)]
+    pub require_exp: Option<bool>,
+    #[serde(default)]
+    pub max_lifetime: Option<Duration>,
+    #[serde(default)]
+    pub forward: Option<bool>,
+    #[serde(default)]
+    pub claims_to_headers: Option<Vec<RawClaimToHeader>>,
+    #[serde(default)]
+    pub payload_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwks {
+    #[serde(default)]
+    pub inline: Option<serde_json::Value>,
+    #[serde(default)]
+    pub inline_string: Option<String>,
+    #[serde(default)]
+    pub remote: Option<RawRemoteJwks>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemoteJwks {
+    pub cluster: String,
+    #[serde(default)]
+    pub authority: Option<String>,
+    pub path: String,
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub cache_duration: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenSource {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimToHeader {
+    pub claim: String,
+    pub header: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteJwt {
+    pub providers: Vec<String>,
+    #[serde(default)]
+    pub allow_missing: bool,
+    #[serde(default)]
+    pub claims: Vec<RawClaimRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimRule {
+    pub claim: String,
+    #[serde(default)]
+    pub equals: Option<serde_json::Value>,
+    #[serde(default)]
+    pub one_of: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    pub contains: Option<serde_json::Value>,
+}
+
+// ---------------------------------------------------------------- rate limit
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub key: Vec<RawKeyPart>,
+    pub capacity: i64,
+    #[serde(default)]
+    pub refill_tokens: Option<i64>,
+    #[serde(default)]
+    pub refill_interval: Option<Duration>,
+    #[serde(default)]
+    pub cost: Option<i64>,
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// A rate-limit key part: a bare string (`"client_ip"`, `"path"`,
+/// `"method"`) or a one-key object (`{"header": "x-api-key"}`...).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawKeyPart {
+    Simple(String),
+    Object(BTreeMap<String, String>),
+}
+
+// ---------------------------------------------------------------- breaker
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    #[serde(default)]
+    pub failure_statuses: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    pub consecutive_failures: Option<i64>,
+    #[serde(default)]
+    pub failure_ratio: Option<f64>,
+    #[serde(default)]
+    pub min_requests: Option<i64>,
+    #[serde(default)]
+    pub window: Option<Duration>,
+    #[serde(default)]
+    pub slow_call: Option<Duration>,
+    #[serde(default)]
+    pub open_duration: Option<Duration>,
+    #[serde(default)]
+    pub max_open_duration: Option<Duration>,
+    #[serde(default)]
+    pub half_open_requests: Option<i64>,
+    #[serde(default)]
+    pub success_threshold: Option<i64>,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+// ---------------------------------------------------------------- cache
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub vary_allowlist: Option<Vec<String>>,
+    #[serde(default)]
+    pub key_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub ignore_query: bool,
+    #[serde(default)]
+    pub default_ttl: Option<Duration>,
+    #[serde(default)]
+    pub heuristic_freshness: bool,
+}

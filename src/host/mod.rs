@@ -1,0 +1,115 @@
+//! The host port: everything meshguard's logic needs from its environment.
+//!
+//! Features (rate limiting, JWT, breaker, cache) take `&impl Host` and never
+//! call the proxy-wasm SDK themselves. `proxy_wasm.rs` is the only adapter to
+//! the real host (Envoy); `fake.rs` is an in-memory host with the same
+//! compare-and-swap semantics and a settable clock, for native tests.
+//!
+//! Shared-data semantics (as implemented by Envoy, and mirrored by the fake):
+//! - `shared_get` returns the value and its CAS token (never 0).
+//! - `shared_set(key, v, Some(cas))` fails with [`SetError::CasMismatch`] when
+//!   the key exists and its token differs; `None` writes unconditionally.
+//! - A set on an ABSENT key always succeeds, whatever the token. To create a
+//!   key only if nobody else did, use [`CREATE_CAS`]: it cannot match an
+//!   existing key's token unless the host's 32-bit counter is exactly there
+//!   (once in 4 billion writes), so racing creators lose and retry.
+//! - There is no delete and no eviction: keys must come from bounded sets.
+
+pub mod fake;
+#[cfg(target_os = "wasi")]
+pub mod proxy_wasm;
+
+use std::fmt;
+
+/// CAS token used to create a key only if it is still absent (see module docs).
+pub const CREATE_CAS: u32 = u32::MAX;
+
+/// Why a shared-data write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetError {
+    /// Somebody else wrote the key since we read it: re-read and retry.
+    CasMismatch,
+    /// Any other host failure (the value could not be stored).
+    Host(String),
+}
+
+/// A host call failed for a reason the logic cannot fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError(pub String);
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for SetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetError::CasMismatch => f.write_str("compare-and-swap mismatch"),
+            SetError::Host(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A value read from shared data, with its CAS token.
+pub type SharedValue = (Option<Vec<u8>>, Option<u32>);
+
+/// Kinds of metrics the host can define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Handle of a defined metric. `MetricId::NONE` is a metric the host could
+/// not define: recording on it is a no-op, never an error on traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MetricId(pub u32);
+
+impl MetricId {
+    pub const NONE: MetricId = MetricId(u32::MAX);
+}
+
+/// What meshguard needs from its host.
+pub trait Host {
+    /// Wall-clock time in nanoseconds since the Unix epoch. May go backwards:
+    /// callers must tolerate that.
+    fn now_nanos(&self) -> u64;
+
+    /// Reads a shared-data key (process-wide, shared by all workers).
+    fn shared_get(&self, key: &str) -> Result<SharedValue, HostError>;
+
+    /// Writes a shared-data key; see the module docs for CAS semantics.
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
+
+    /// Fills `buf` with random bytes (for jitter, never for keys or secrets).
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError>;
+
+    /// Defines (or finds) a metric by name. Called at configuration time only.
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<MetricId, HostError>;
+
+    /// Adds `delta` to a counter or gauge.
+    fn increment_metric(&self, id: MetricId, delta: i64);
+
+    /// Sets a gauge or records a histogram value.
+    fn record_metric(&self, id: MetricId, value: u64);
+
+    /// Calls a host foreign function (Envoy: `verify_signature`, ...).
+    /// `Ok(None)` is an empty result; `Err` means the host lacks it or it
+    /// failed: callers must fall back (e.g. to pure-Rust crypto).
+    fn call_foreign(&self, name: &str, _args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        Err(HostError(format!("foreign function {name} not available")))
+    }
+
+    /// A random `u64`, or 0 when the host has no randomness (jitter then
+    /// degrades to none, which is safe).
+    fn random_u64(&self) -> u64 {
+        let mut b = [0u8; 8];
+        match self.random_bytes(&mut b) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => 0,
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The adapter to the real host: the ONLY file that calls proxy-wasm host
+//! functions. Every call returns a `Result` that is handled here, mapping
+//! SDK statuses to the domain errors of `host` (never a panic: the SDK's
+//! own trait helpers unwrap, so we call `hostcalls` directly).
+
+use super::{Host, HostError, MetricId, MetricKind, SetError, SharedValue};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// The real host (Envoy). Zero-sized: state lives in the host.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProxyWasmHost;
+
+fn status(s: Status) -> String {
+    format!("host status {s:?}")
+}
+
+impl Host for ProxyWasmHost {
+    fn now_nanos(&self) -> u64 {
+        match hostcalls::get_current_time() {
+            Ok(t) => t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    fn shared_get(&self, key: &str) -> Result<SharedValue, HostError> {
+        match hostcalls::get_shared_data(key) {
+            Ok(v) => Ok(v),
+            Err(Status::NotFound) => Ok((None, None)),
+            Err(s) => Err(HostError(status(s))),
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(s) => Err(SetError::Host(status(s))),
+        }
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        getrandom::getrandom(buf).map_err(|e| HostError(format!("getrandom: {e}")))
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<MetricId, HostError> {
+        let t = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        hostcalls::define_metric(t, name)
+            .map(MetricId)
+            .map_err(|s| HostError(status(s)))
+    }
+
+    fn call_foreign(&self, name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        call_foreign_function(name, args)
+    }
+
+    fn increment_metric(&self, id: MetricId, delta: i64) {
+        if id != MetricId::NONE {
+            let _ = hostcalls::increment_metric(id.0, delta);
+        }
+    }
+
+    fn record_metric(&self, id: MetricId, value: u64) {
+        if id != MetricId::NONE {
+            let _ = hostcalls::record_metric(id.0, value);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ streams
+// Per-stream calls used by `filter`. Each one is valid only inside the
+// callback of the stream's context (the SDK sets the effective context).
+
+/// All request headers (one host call), names lower case, values as bytes.
+pub fn request_headers() -> Vec<(String, Vec<u8>)> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+pub fn response_headers() -> Vec<(String, Vec<u8>)> {
+    hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()
+}
+
+pub fn response_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_request_header(name: &str, value: Option<&[u8]>) {
+    let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+}
+
+pub fn remove_request_header(name: &str) {
+    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+}
+
+pub fn set_response_header(name: &str, value: &[u8]) {
+    let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value));
+}
+
+pub fn add_response_header(name: &str, value: &[u8]) {
+    let _ = hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value);
+}
+
+pub fn remove_response_header(name: &str) {
+    let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+}
+
+pub fn response_body(start: usize, size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpResponseBody, start, size)
+        .ok()
+        .flatten()
+}
+
+pub fn http_call_response_headers() -> Vec<(String, Vec<u8>)> {
+    hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default()
+}
+
+pub fn http_call_response_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
+}
+
+/// A property (e.g. `["source", "address"]`) as bytes.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// A property as UTF-8 text.
+pub fn property_str(path: &[&str]) -> Option<String> {
+    property(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// A property that Envoy serialises as a little-endian integer.
+pub fn property_u64(path: &[&str]) -> Option<u64> {
+    let b = property(path)?;
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[..n].copy_from_slice(&b[..n]);
+    Some(u64::from_le_bytes(a))
+}
+
+/// Sends a local reply; returns false if the host refused it.
+pub fn send_local_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+    hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_ok()
+}
+
+pub fn resume_request() {
+    let _ = hostcalls::resume_http_request();
+}
+
+pub fn resume_response() {
+    let _ = hostcalls::resume_http_response();
+}
+
+/// Dispatches an HTTP call to an Envoy cluster; returns the token.
+pub fn dispatch_http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<u32, HostError> {
+    hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+        .map_err(|s| HostError(status(s)))
+}
+
+/// Sets the root context's tick period (0 disables).
+pub fn set_tick_period(period: Duration) {
+    let _ = hostcalls::set_tick_period(period);
+}
+
+/// Reads the plugin configuration buffer.
+pub fn plugin_configuration() -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+}
+
+/// Calls a host foreign function (e.g. Envoy's `verify_signature`).
+pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+    hostcalls::call_foreign_function(name, Some(args)).map_err(|s| HostError(status(s)))
+}

@@ -1,0 +1,401 @@
+//! Validated rate-limit configuration: one [`LimitPolicy`] per entry of a
+//! route's `rate_limit` list, and how its bucket key is built.
+
+use crate::config::raw::{RawKeyPart, RawRateLimit};
+use crate::config::{show_str, valid_name, ConfigError, NAME_EXPECTED};
+use crate::host::MetricId;
+use crate::request::Request;
+
+/// Largest capacity / refill / cost accepted: keeps the bucket arithmetic
+/// (tokens x interval in nanoseconds) far from overflow.
+pub const MAX_TOKENS: i64 = 1_000_000_000;
+/// Longest refill interval accepted (one year).
+pub const MAX_INTERVAL_NS: u64 = 366 * 24 * 3600 * 1_000_000_000;
+/// Longest value kept from one key part; longer values are hashed.
+pub const MAX_KEY_PART: usize = 256;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyPart {
+    ClientIp,
+    Path,
+    Method,
+    Header(String),
+    Query(String),
+    Cookie(String),
+    Claim(Vec<String>),
+    Constant(String),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitMetrics {
+    pub allowed: Option<MetricId>,
+    pub limited: Option<MetricId>,
+    pub shadow_limited: Option<MetricId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitPolicy {
+    pub name: String,
+    pub key: Vec<KeyPart>,
+    pub capacity: u64,
+    pub refill_tokens: u64,
+    pub refill_interval_ns: u64,
+    pub cost: u64,
+    pub shadow: bool,
+    pub metrics: LimitMetrics,
+}
+
+impl LimitPolicy {
+    pub fn compile(
+        raw: &RawRateLimit,
+        index: usize,
+        _route: &str,
+        path: &str,
+    ) -> Result<LimitPolicy, ConfigError> {
+        let name = match &raw.name {
+            Some(n) => {
+                if !valid_name(n) {
+                    return Err(ConfigError::expected(
+                        format!("{path}.name"),
+                        NAME_EXPECTED,
+                        show_str(n),
+                    ));
+                }
+                n.clone()
+            }
+            None => format!("limit{index}"),
+        };
+        let int = |field: &str, v: i64| -> Result<u64, ConfigError> {
+            if (1..=MAX_TOKENS).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(ConfigError::expected(
+                    format!("{path}.{field}"),
+                    &format!("an integer from 1 to {MAX_TOKENS}"),
+                    v,
+                ))
+            }
+        };
+        let capacity = int("capacity", raw.capacity)?;
+        let refill_tokens = int("refill_tokens", raw.refill_tokens.unwrap_or(raw.capacity))?;
+        let cost = int("cost", raw.cost.unwrap_or(1))?;
+        if cost > capacity {
+            return Err(ConfigError::expected(
+                format!("{path}.cost"),
+                &format!("at most capacity ({capacity}), or no request could ever pass"),
+                cost,
+            ));
+        }
+        let interval = raw.refill_interval.ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.refill_interval"),
+                "missing required key `refill_interval`: expected a duration such as \"1s\" or \"1m\"",
+            )
+        })?;
+        if interval.0 < 1_000_000 || interval.0 > MAX_INTERVAL_NS {
+            return Err(ConfigError::expected(
+                format!("{path}.refill_interval"),
+                "a duration from \"1ms\" to one year",
+                format!("{}ns", interval.0),
+            ));
+        }
+        let mut key = Vec::new();
+        for (i, part) in raw.key.iter().enumerate() {
+            key.push(compile_part(part, &format!("{path}.key[{i}]"))?);
+        }
+        Ok(LimitPolicy {
+            name,
+            key,
+            capacity,
+            refill_tokens,
+            refill_interval_ns: interval.0,
+            cost,
+            shadow: raw.shadow,
+            metrics: LimitMetrics::default(),
+        })
+    }
+
+    pub fn uses_claims(&self) -> bool {
+        self.key.iter().any(|k| matches!(k, KeyPart::Claim(_)))
+    }
+
+    /// Seconds for an empty bucket to become full again (the IETF `w`).
+    pub fn window_secs(&self) -> u64 {
+        let ns = (self.capacity as u128 * self.refill_interval_ns as u128)
+            .div_ceil(self.refill_tokens as u128);
+        (ns.div_ceil(1_000_000_000) as u64).max(1)
+    }
+
+    /// The bucket key for this request: each part length-prefixed so that
+    /// two different part lists can never produce the same key. A missing
+    /// part is the empty string (it never escapes the limit).
+    pub fn bucket_key(
+        &self,
+        req: &Request,
+        claims: Option<&serde_json::Value>,
+        xff_hops: u32,
+    ) -> String {
+        let mut out = String::new();
+        for part in &self.key {
+            let v: String = match part {
+                KeyPart::ClientIp => req.client_ip(xff_hops),
+                KeyPart::Path => req.path_only().to_string(),
+                KeyPart::Method => req.method.clone(),
+                KeyPart::Header(h) => req
+                    .header(h)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default(),
+                KeyPart::Query(q) => req.query_param(q).unwrap_or_default(),
+                KeyPart::Cookie(c) => req.cookie(c).unwrap_or_default(),
+                KeyPart::Claim(path) => claim_value(claims, path),
+                KeyPart::Constant(c) => c.clone(),
+            };
+            let v = if v.len() > MAX_KEY_PART {
+                hash_hex(v.as_bytes())
+            } else {
+                v
+            };
+            out.push_str(&v.len().to_string());
+            out.push(':');
+            out.push_str(&v);
+        }
+        out
+    }
+}
+
+/// The value of a claim at a dotted path, as key text: strings as they are,
+/// other JSON values as JSON; missing = "".
+pub fn claim_value(claims: Option<&serde_json::Value>, path: &[String]) -> String {
+    let mut cur = match claims {
+        Some(c) => c,
+        None => return String::new(),
+    };
+    for seg in path {
+        match cur.get(seg.as_str()) {
+            Some(v) => cur = v,
+            None => return String::new(),
+        }
+    }
+    match cur {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// SHA-256 hex of long key material (bounded key size, no collisions in practice).
+pub fn hash_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(b);
+    let mut s = String::with_capacity(64);
+    for byte in d {
+        s.push_str(&format!("{byte:02x}"));
+    }
+    s
+}
+
+fn compile_part(part: &RawKeyPart, path: &str) -> Result<KeyPart, ConfigError> {
+    const EXPECTED: &str = "\"client_ip\", \"path\", \"method\", or an object with one of \"header\", \"query\", \"cookie\", \"claim\", \"constant\"";
+    match part {
+        RawKeyPart::Simple(s) => match s.as_str() {
+            "client_ip" => Ok(KeyPart::ClientIp),
+            "path" => Ok(KeyPart::Path),
+            "method" => Ok(KeyPart::Method),
+            other => Err(ConfigError::expected(path, EXPECTED, show_str(other))),
+        },
+        RawKeyPart::Object(map) => {
+            if map.len() != 1 {
+                return Err(ConfigError::expected(
+                    path,
+                    EXPECTED,
+                    format!("an object with {} keys", map.len()),
+                ));
+            }
+            let (k, v) = match map.iter().next() {
+                Some(kv) => kv,
+                None => return Err(ConfigError::expected(path, EXPECTED, "an empty object")),
+            };
+            let nonempty = |what: &str| -> Result<String, ConfigError> {
+                if v.is_empty() {
+                    Err(ConfigError::expected(format!("{path}.{k}"), what, "\"\""))
+                } else {
+                    Ok(v.clone())
+                }
+            };
+            match k.as_str() {
+                "header" => Ok(KeyPart::Header(
+                    nonempty("a header name")?.to_ascii_lowercase(),
+                )),
+                "query" => Ok(KeyPart::Query(nonempty("a query parameter name")?)),
+                "cookie" => Ok(KeyPart::Cookie(nonempty("a cookie name")?)),
+                "claim" => {
+                    let c = nonempty("a claim name or dotted path such as \"org.id\"")?;
+                    if c.split('.').any(str::is_empty) {
+                        return Err(ConfigError::expected(
+                            format!("{path}.claim"),
+                            "a claim name or dotted path such as \"org.id\"",
+                            show_str(&c),
+                        ));
+                    }
+                    Ok(KeyPart::Claim(c.split('.').map(str::to_string).collect()))
+                }
+                "constant" => Ok(KeyPart::Constant(v.clone())),
+                other => Err(ConfigError::expected(
+                    path,
+                    EXPECTED,
+                    format!("key {}", show_str(other)),
+                )),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(json: &str) -> Result<LimitPolicy, ConfigError> {
+        let raw: RawRateLimit = serde_json::from_str(json).expect("json");
+        LimitPolicy::compile(&raw, 0, "r", "p")
+    }
+
+    fn req() -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/a?api_key=K1".into(),
+            authority: "h".into(),
+            headers: vec![
+                ("x-api-key".into(), b"abc".to_vec()),
+                ("cookie".into(), b"sid=S".to_vec()),
+            ],
+            peer_ip: "127.0.0.7".into(),
+        }
+    }
+
+    #[test]
+    fn defaults_refill_to_capacity_and_cost_to_one() {
+        let p = policy(r#"{"capacity": 5, "refill_interval": "1s"}"#).expect("ok");
+        assert_eq!(
+            (p.capacity, p.refill_tokens, p.cost, p.name.as_str()),
+            (5, 5, 1, "limit0")
+        );
+        assert_eq!(p.window_secs(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_numbers_with_paths() {
+        let cases = [
+            (
+                r#"{"capacity": 0, "refill_interval": "1s"}"#,
+                "p.capacity",
+                "expected an integer from 1",
+            ),
+            (
+                r#"{"capacity": -3, "refill_interval": "1s"}"#,
+                "p.capacity",
+                "got -3",
+            ),
+            (
+                r#"{"capacity": 5, "refill_tokens": 0, "refill_interval": "1s"}"#,
+                "p.refill_tokens",
+                "got 0",
+            ),
+            (
+                r#"{"capacity": 5, "cost": 6, "refill_interval": "1s"}"#,
+                "p.cost",
+                "at most capacity",
+            ),
+            (
+                r#"{"capacity": 5}"#,
+                "p.refill_interval",
+                "missing required key",
+            ),
+            (
+                r#"{"capacity": 5, "refill_interval": "0s"}"#,
+                "p.refill_interval",
+                "from \"1ms\"",
+            ),
+            (
+                r#"{"capacity": 5, "refill_interval": "1s", "name": "a b"}"#,
+                "p.name",
+                "[A-Za-z0-9_-]",
+            ),
+            (
+                r#"{"capacity": 5, "refill_interval": "1s", "key": ["ip"]}"#,
+                "p.key[0]",
+                "\"client_ip\"",
+            ),
+            (
+                r#"{"capacity": 5, "refill_interval": "1s", "key": [{"header": ""}]}"#,
+                "p.key[0].header",
+                "a header name",
+            ),
+            (
+                r#"{"capacity": 5, "refill_interval": "1s", "key": [{"hdr": "x"}]}"#,
+                "p.key[0]",
+                "key \"hdr\"",
+            ),
+            (
+                r#"{"capacity": 5, "refill_interval": "1s", "key": [{"header": "a", "query": "b"}]}"#,
+                "p.key[0]",
+                "2 keys",
+            ),
+            (
+                r#"{"capacity": 5, "refill_interval": "1s", "key": [{"claim": "a..b"}]}"#,
+                "p.key[0].claim",
+                "dotted",
+            ),
+        ];
+        for (json, path, msg) in cases {
+            let e = policy(json).expect_err(json);
+            assert_eq!(e.path, path, "{json}");
+            assert!(e.msg.contains(msg), "{json}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn bucket_keys_take_every_part_and_missing_parts_are_empty() {
+        let p = policy(
+            r#"{"capacity": 5, "refill_interval": "1s", "key": ["client_ip", "method", "path",
+                {"header": "X-Api-Key"}, {"query": "api_key"}, {"cookie": "sid"}, {"constant": "c"},
+                {"header": "absent"}, {"claim": "org.id"}]}"#,
+        )
+        .expect("ok");
+        let claims = serde_json::json!({"org": {"id": 42}});
+        let k = p.bucket_key(&req(), Some(&claims), 0);
+        assert_eq!(k, "9:127.0.0.73:GET2:/a3:abc2:K11:S1:c0:2:42");
+        // Without claims the claim part is empty, still one well-defined bucket.
+        assert!(p.bucket_key(&req(), None, 0).ends_with("0:0:"));
+    }
+
+    #[test]
+    fn length_prefixing_prevents_key_collisions() {
+        let p = policy(r#"{"capacity": 5, "refill_interval": "1s", "key": [{"header": "a"}, {"header": "b"}]}"#)
+            .expect("ok");
+        let mk = |a: &str, b: &str| Request {
+            headers: vec![
+                ("a".into(), a.as_bytes().to_vec()),
+                ("b".into(), b.as_bytes().to_vec()),
+            ],
+            ..Request::default()
+        };
+        assert_ne!(
+            p.bucket_key(&mk("x:", "y"), None, 0),
+            p.bucket_key(&mk("x", ":y"), None, 0)
+        );
+    }
+
+    #[test]
+    fn long_key_parts_are_hashed_to_bound_size() {
+        let p =
+            policy(r#"{"capacity": 5, "refill_interval": "1s", "key": [{"header": "x-api-key"}]}"#)
+                .expect("ok");
+        let long = "k".repeat(10_000);
+        let r = Request {
+            headers: vec![("x-api-key".into(), long.into_bytes())],
+            ..Request::default()
+        };
+        let k = p.bucket_key(&r, None, 0);
+        assert_eq!(k.len(), 3 + 64);
+    }
+}
