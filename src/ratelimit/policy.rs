@@ -31,6 +31,7 @@ pub struct LimitMetrics {
     pub allowed: Option<MetricId>,
     pub limited: Option<MetricId>,
     pub shadow_limited: Option<MetricId>,
+    pub errors: Option<MetricId>,
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,349 @@
+//! Buckets in proxy-wasm shared data: a fixed table of `max_rate_limit_keys`
+//! slots, so the number of keys (and memory) is bounded whatever the
+//! traffic, updated with bounded compare-and-swap loops.
+//!
+//! Key of slot `i`: `meshguard/v1/rl/<i>`. A bucket lives in the first slot
+//! of its probe sequence (8 slots from `fnv1a(identity) % slots`) that holds
+//! its identity, or is empty. Slots are never emptied (shared data has no
+//! delete), so an empty slot proves the bucket is not further along. When
+//! all probed slots belong to other buckets, the one closest to full is
+//! reused: an idle (full) bucket first, so reuse costs nobody anything.
+//!
+//! Value layout (little endian), version 1:
+//! `[1u8][level u128][last_ns u64][scale_ns u64][capacity u64][refill_tokens u64][identity bytes]`
+
+use super::bucket::{BucketParams, BucketState, Take};
+use crate::host::{Host, SetError, CREATE_CAS};
+
+pub const VERSION: u8 = 1;
+pub const KEY_PREFIX: &str = "meshguard/v1/rl/";
+/// Slots probed per lookup.
+pub const PROBES: u32 = 8;
+/// CAS attempts before giving up (the caller then fails open). Each failed
+/// attempt means another worker made progress, so contention this long
+/// needs hundreds of concurrent writers on one bucket.
+pub const MAX_CAS_RETRIES: usize = 64;
+const HEADER_LEN: usize = 1 + 16 + 8 + 8 + 8 + 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// `MAX_CAS_RETRIES` attempts all lost their compare-and-swap.
+    Contention,
+    /// The host failed a shared-data call.
+    Host(String),
+}
+
+/// Where a bucket was found, to refund it later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    pub take: Take,
+    pub slot: u32,
+    /// True when this take reused another bucket's slot.
+    pub evicted: bool,
+}
+
+pub fn slot_key(slot: u32) -> String {
+    format!("{KEY_PREFIX}{slot}")
+}
+
+/// FNV-1a, 64 bit: stable across worker VMs and processes (slot positions
+/// must agree between workers), and fast.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+pub fn encode(identity: &str, st: &BucketState, p: &BucketParams) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HEADER_LEN + identity.len());
+    v.push(VERSION);
+    v.extend_from_slice(&st.level.to_le_bytes());
+    v.extend_from_slice(&st.last_ns.to_le_bytes());
+    v.extend_from_slice(&st.scale_ns.to_le_bytes());
+    v.extend_from_slice(&p.capacity.to_le_bytes());
+    v.extend_from_slice(&p.refill_tokens.to_le_bytes());
+    v.extend_from_slice(identity.as_bytes());
+    v
+}
+
+/// Decodes a slot value: (state, params it was written with, identity).
+pub fn decode(v: &[u8]) -> Option<(BucketState, BucketParams, &[u8])> {
+    if v.len() < HEADER_LEN || v[0] != VERSION {
+        return None;
+    }
+    let u64_at =
+        |i: usize| -> Option<u64> { Some(u64::from_le_bytes(v.get(i..i + 8)?.try_into().ok()?)) };
+    let level = u128::from_le_bytes(v.get(1..17)?.try_into().ok()?);
+    let last_ns = u64_at(17)?;
+    let scale_ns = u64_at(25)?;
+    let capacity = u64_at(33)?;
+    let refill_tokens = u64_at(41)?;
+    if scale_ns == 0 || capacity == 0 {
+        return None;
+    }
+    let st = BucketState {
+        level,
+        last_ns,
+        scale_ns,
+    };
+    let p = BucketParams {
+        capacity,
+        refill_tokens,
+        refill_interval_ns: scale_ns,
+    };
+    Some((st, p, &v[HEADER_LEN..]))
+}
+
+/// Takes `cost` tokens from the bucket `identity` (see module docs).
+pub fn take(
+    host: &impl Host,
+    slots: u32,
+    identity: &str,
+    params: &BucketParams,
+    cost: u64,
+) -> Result<Taken, StoreError> {
+    let slots = slots.max(1);
+    let start = (fnv1a(identity.as_bytes()) % slots as u64) as u32;
+    let probes = PROBES.min(slots);
+    'attempt: for _ in 0..MAX_CAS_RETRIES {
+        let now = host.now_nanos();
+        // Best slot to reuse if the bucket is nowhere: (slot, cas, fill ppm).
+        let mut reuse: Option<(u32, u32, u64)> = None;
+        for i in 0..probes {
+            let slot = (start + i) % slots;
+            let key = slot_key(slot);
+            let (value, cas) = host.shared_get(&key).map_err(|e| StoreError::Host(e.0))?;
+            let (mut st, create_cas, evicted) = match value.as_deref().map(decode) {
+                None => (BucketState::full(params, now), CREATE_CAS, false),
+                Some(Some((st, _, id))) if id == identity.as_bytes() => {
+                    (st, cas.unwrap_or(CREATE_CAS), false)
+                }
+                Some(other) => {
+                    let ppm = match other {
+                        Some((st, p, _)) => st.fill_ppm(&p, now),
+                        None => {
+                            log::warn!("meshguard: rate limit slot {slot} held an unreadable value; reusing it");
+                            u64::MAX
+                        }
+                    };
+                    if let Some(c) = cas {
+                        if reuse.is_none_or(|(_, _, best)| ppm > best) {
+                            reuse = Some((slot, c, ppm));
+                        }
+                    }
+                    continue;
+                }
+            };
+            let t = st.take(params, cost, now);
+            match host.shared_set(&key, &encode(identity, &st, params), Some(create_cas)) {
+                Ok(()) => {
+                    return Ok(Taken {
+                        take: t,
+                        slot,
+                        evicted,
+                    })
+                }
+                Err(SetError::CasMismatch) => continue 'attempt,
+                Err(SetError::Host(e)) => return Err(StoreError::Host(e)),
+            }
+        }
+        // Every probed slot belongs to another bucket: reuse the fullest.
+        let Some((slot, cas, _)) = reuse else {
+            return Err(StoreError::Host("no rate limit slot could be read".into()));
+        };
+        let mut st = BucketState::full(params, now);
+        let t = st.take(params, cost, now);
+        match host.shared_set(&slot_key(slot), &encode(identity, &st, params), Some(cas)) {
+            Ok(()) => {
+                return Ok(Taken {
+                    take: t,
+                    slot,
+                    evicted: true,
+                })
+            }
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Host(e)) => return Err(StoreError::Host(e)),
+        }
+    }
+    Err(StoreError::Contention)
+}
+
+/// Returns `cost` tokens to the bucket in `slot` if it still holds `identity`.
+pub fn refund(
+    host: &impl Host,
+    slot: u32,
+    identity: &str,
+    params: &BucketParams,
+    cost: u64,
+) -> Result<(), StoreError> {
+    let key = slot_key(slot);
+    for _ in 0..MAX_CAS_RETRIES {
+        let (value, cas) = host.shared_get(&key).map_err(|e| StoreError::Host(e.0))?;
+        let Some((mut st, _, id)) = value.as_deref().and_then(decode) else {
+            return Ok(());
+        };
+        if id != identity.as_bytes() {
+            return Ok(()); // reused by another bucket meanwhile: nothing to give back
+        }
+        st.refund(params, cost, host.now_nanos());
+        match host.shared_set(&key, &encode(identity, &st, params), cas) {
+            Ok(()) => return Ok(()),
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Host(e)) => return Err(StoreError::Host(e)),
+        }
+    }
+    Err(StoreError::Contention)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+
+    const SEC: u64 = 1_000_000_000;
+    const P: BucketParams = BucketParams {
+        capacity: 3,
+        refill_tokens: 1,
+        refill_interval_ns: 3600 * SEC,
+    };
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let st = BucketState {
+            level: 12345678901234567890123,
+            last_ns: 42,
+            scale_ns: 7,
+        };
+        let p = BucketParams {
+            capacity: 9,
+            refill_tokens: 2,
+            refill_interval_ns: 7,
+        };
+        let v = encode("route\u{1f}id", &st, &p);
+        let (st2, p2, id) = decode(&v).expect("decodes");
+        assert_eq!((st2, p2, id), (st, p, "route\u{1f}id".as_bytes()));
+    }
+
+    #[test]
+    fn corrupt_values_do_not_decode() {
+        assert!(decode(&[]).is_none());
+        assert!(decode(&[2; 60]).is_none(), "wrong version");
+        assert!(decode(&[1; 10]).is_none(), "short");
+        let mut v = encode(
+            "x",
+            &BucketState {
+                level: 1,
+                last_ns: 1,
+                scale_ns: 0,
+            },
+            &P,
+        );
+        assert!(decode(&v).is_none(), "zero scale");
+        v[0] = 1;
+    }
+
+    #[test]
+    fn one_bucket_per_identity_exactly_capacity() {
+        let h = FakeHost::new(SEC);
+        let ok = (0..10)
+            .filter(|_| take(&h, 100, "a", &P, 1).expect("take").take.allowed)
+            .count();
+        assert_eq!(ok, 3);
+        assert!(
+            take(&h, 100, "b", &P, 1).expect("take").take.allowed,
+            "other key, other bucket"
+        );
+    }
+
+    #[test]
+    fn distinct_keys_never_exceed_the_slot_count() {
+        let h = FakeHost::new(SEC);
+        for i in 0..5000 {
+            let t = take(&h, 64, &format!("key-{i}"), &P, 1).expect("take");
+            assert!(t.take.allowed, "a fresh bucket always admits");
+        }
+        assert!(h.shared_len() <= 64, "{} keys", h.shared_len());
+    }
+
+    #[test]
+    fn reuse_prefers_idle_buckets_over_busy_ones() {
+        let h = FakeHost::new(SEC);
+        // Fill a 2-slot table: "busy" drained, "idle" untouched but used once and refilled.
+        let busy = "busy";
+        for _ in 0..3 {
+            take(&h, 2, busy, &P, 1).expect("take");
+        }
+        let fast = BucketParams {
+            capacity: 1,
+            refill_tokens: 1,
+            refill_interval_ns: SEC,
+        };
+        let mut other = 0;
+        // Find an identity that lands in the other slot.
+        let busy_slot = take(&h, 2, busy, &P, 0).map(|t| t.slot).unwrap_or(0);
+        while (fnv1a(format!("idle{other}").as_bytes()) % 2) as u32 == busy_slot {
+            other += 1;
+        }
+        take(&h, 2, &format!("idle{other}"), &fast, 1).expect("take");
+        h.advance(std::time::Duration::from_secs(5)); // idle bucket refills to full
+        let t = take(&h, 2, "newcomer", &P, 1).expect("take");
+        assert!(t.evicted);
+        assert_ne!(t.slot, busy_slot, "the drained bucket must survive");
+        let again = take(&h, 2, busy, &P, 1).expect("take");
+        assert!(!again.take.allowed, "busy bucket kept its state");
+    }
+
+    #[test]
+    fn racing_creators_never_both_win() {
+        // Worker A reads the absent key, worker B creates it, A's create must fail.
+        let a = FakeHost::new(SEC);
+        let b = a.clone();
+        take(&b, 10, "k", &P, 1).expect("take");
+        let key = slot_key((fnv1a(b"k") % 10) as u32);
+        assert_eq!(
+            a.shared_set(
+                &key,
+                &encode("k", &BucketState::full(&P, SEC), &P),
+                Some(CREATE_CAS)
+            ),
+            Err(SetError::CasMismatch)
+        );
+    }
+
+    #[test]
+    fn contention_is_bounded_and_reported() {
+        let h = FakeHost::new(SEC);
+        h.force_cas_failures(MAX_CAS_RETRIES as u64 + 5);
+        assert_eq!(take(&h, 10, "k", &P, 1), Err(StoreError::Contention));
+    }
+
+    #[test]
+    fn host_errors_are_reported_not_panics() {
+        let h = FakeHost::new(SEC);
+        h.set_broken(true);
+        assert!(matches!(take(&h, 10, "k", &P, 1), Err(StoreError::Host(_))));
+    }
+
+    #[test]
+    fn refund_returns_tokens_to_the_same_bucket_only() {
+        let h = FakeHost::new(SEC);
+        let t = take(&h, 10, "k", &P, 2).expect("take");
+        assert_eq!(t.take.remaining, 1);
+        refund(&h, t.slot, "k", &P, 2).expect("refund");
+        assert_eq!(take(&h, 10, "k", &P, 0).expect("take").take.remaining, 3);
+        refund(&h, t.slot, "someone-else", &P, 2).expect("no-op");
+    }
+
+    #[test]
+    fn corrupt_slot_is_reused() {
+        let h = FakeHost::new(SEC);
+        for s in 0..4 {
+            h.put_raw(&slot_key(s), b"garbage");
+        }
+        let t = take(&h, 4, "k", &P, 1).expect("take");
+        assert!(t.take.allowed && t.evicted);
+    }
+}
