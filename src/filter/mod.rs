@@ -1,0 +1,15 @@
+//! The proxy-wasm glue: a root context per worker VM that owns the validated
+//! configuration, and one HTTP context per stream that reads the request
+//! once, runs the features in order and turns their verdicts into actions
+//! and local replies. No policy logic lives here.
+//!
+//! Request path: route match -> JWT -> rate limit -> cache lookup -> breaker
+//! admit -> upstream. Response path: breaker records the outcome -> cache
+//! stores -> rate-limit and cache headers are added. At most one local reply
+//! is sent per stream; a reply meshguard generated is never counted by the
+//! breaker nor stored by the cache.
+
+mod http;
+mod root;
+
+pub use root::Root;
