@@ -135,7 +135,7 @@ impl RouteMatch {
                 return false;
             }
         }
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| *m == req.method) {
+        if !self.methods.is_empty() && !self.methods.contains(&req.method) {
             return false;
         }
         if !self.hosts.is_empty() {

@@ -147,11 +147,22 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::empty());
         }
+        if !text.trim_start().starts_with('{') {
+            let first: String = text.trim_start().chars().take(20).collect();
+            return Err(ConfigError::expected(
+                "",
+                "a JSON object",
+                format!("{first:?}..."),
+            ));
+        }
         let mut de = serde_json::Deserializer::from_str(text);
         let raw: RawConfig = match serde_path_to_error::deserialize(&mut de) {
             Ok(r) => r,
             Err(e) => {
-                let path = e.path().to_string();
+                let path = match e.path().to_string().as_str() {
+                    "?" | "." => String::new(),
+                    p => p.to_string(),
+                };
                 return Err(ConfigError::new(path, humanize_serde(&e.into_inner())));
             }
         };
@@ -375,3 +386,6 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     Ok(cfg)
 }
+
+#[cfg(test)]
+mod tests;

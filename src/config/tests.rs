@@ -1,0 +1,266 @@
+//! Every kind of bad input gives one clear error naming the JSON path, what
+//! is expected and what was found; good input compiles.
+
+use super::*;
+
+fn err(json: &str) -> ConfigError {
+    match Config::from_bytes(json.as_bytes()) {
+        Ok(_) => panic!("config should be refused: {json}"),
+        Err(e) => e,
+    }
+}
+
+fn ok(json: &str) -> Config {
+    match Config::from_bytes(json.as_bytes()) {
+        Ok(c) => c,
+        Err(e) => panic!("config should load: {e}\n{json}"),
+    }
+}
+
+#[test]
+fn empty_documents_mean_pass_through() {
+    for doc in ["", "  \n", "{}", r#"{"routes": []}"#] {
+        assert!(ok(doc).routes.is_empty(), "{doc:?}");
+    }
+}
+
+#[test]
+fn schema_key_is_allowed_only_at_top_level() {
+    ok(r#"{"$schema": "./meshguard.schema.json"}"#);
+    let e = err(r#"{"routes": [{"name": "a", "$schema": "x"}]}"#);
+    assert_eq!(e.path, "routes[0].$schema");
+}
+
+#[test]
+fn the_contract_example_loads() {
+    let c = ok(r#"{
+      "jwt_providers": { "corp": { "issuer": "https://auth.example.com",
+          "jwks": { "inline": { "keys": [ { "kty": "oct", "kid": "k1", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg" } ] } },
+          "algorithms": ["HS256"] } },
+      "routes": [ { "name": "orders-api",
+        "match": { "path_prefix": "/api/", "methods": ["GET", "POST"], "hosts": ["api.example.com", "*.example.com"],
+                   "headers": [ { "name": "x-env", "exact": "prod" }, { "name": "x-debug", "present": true } ] },
+        "jwt": { "providers": ["corp"] },
+        "rate_limit": [ { "name": "per-user", "key": [ { "claim": "sub" } ], "capacity": 100,
+                          "refill_tokens": 100, "refill_interval": "1m", "cost": 1, "shadow": false } ],
+        "circuit_breaker": { "failure_statuses": ["5xx"], "consecutive_failures": 5 },
+        "cache": { "methods": ["GET", "HEAD"] } } ],
+      "rate_limit_headers": "both",
+      "client_ip": { "xff_trusted_hops": 1 },
+      "cache_store": { "max_bytes": 67108864, "max_entry_bytes": 1048576 },
+      "max_rate_limit_keys": 10000
+    }"#);
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.rate_limit_headers, HeaderStyle::Both);
+    assert_eq!(c.xff_trusted_hops, 1);
+    assert_eq!(c.max_rate_limit_keys, 10_000);
+}
+
+#[test]
+fn errors_name_path_expectation_and_value() {
+    // (document, path, words the message must contain)
+    let cases: &[(&str, &str, &[&str])] = &[
+        // wrong types
+        (
+            r#"{"routes": {}}"#,
+            "routes",
+            &["expected an array", "got map"],
+        ),
+        (
+            r#"{"routes": [{"name": 7}]}"#,
+            "routes[0].name",
+            &["expected a string", "got integer `7`"],
+        ),
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"capacity": "5", "refill_interval": "1s"}]}]}"#,
+            "routes[0].rate_limit[0].capacity",
+            &["expected an integer", "got string \"5\""],
+        ),
+        (
+            r#"{"max_rate_limit_keys": true}"#,
+            "max_rate_limit_keys",
+            &["non-negative integer", "got boolean `true`"],
+        ),
+        (
+            r#"{"rate_limit_headers": 1}"#,
+            "rate_limit_headers",
+            &["expected a string"],
+        ),
+        // zero and negative numbers
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"capacity": 0, "refill_interval": "1s"}]}]}"#,
+            "routes[0].rate_limit[0].capacity",
+            &["expected an integer from 1 to 1000000000, got 0"],
+        ),
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"capacity": 5, "cost": -1, "refill_interval": "1s"}]}]}"#,
+            "routes[0].rate_limit[0].cost",
+            &["got -1"],
+        ),
+        (
+            r#"{"max_rate_limit_keys": 0}"#,
+            "max_rate_limit_keys",
+            &["from 1 to", "got 0"],
+        ),
+        (
+            r#"{"max_rate_limit_keys": -5}"#,
+            "max_rate_limit_keys",
+            &["non-negative integer", "-5"],
+        ),
+        (
+            r#"{"cache_store": {"max_bytes": 10}}"#,
+            "cache_store.max_bytes",
+            &[">= 1024", "got 10"],
+        ),
+        (
+            r#"{"cache_store": {"max_bytes": 2048, "max_entry_bytes": 4096}}"#,
+            "cache_store.max_entry_bytes",
+            &["at most cache_store.max_bytes (2048)", "got 4096"],
+        ),
+        (
+            r#"{"client_ip": {"xff_trusted_hops": 100}}"#,
+            "client_ip.xff_trusted_hops",
+            &["0 to 64", "got 100"],
+        ),
+        // bad durations
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"capacity": 5, "refill_interval": "5 minutes"}]}]}"#,
+            "routes[0].rate_limit[0].refill_interval",
+            &[
+                "expected a duration string like \"250ms\"",
+                "got \"5 minutes\"",
+            ],
+        ),
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"capacity": 5, "refill_interval": 60}]}]}"#,
+            "routes[0].rate_limit[0].refill_interval",
+            &["duration string", "got integer `60`"],
+        ),
+        // bad enums
+        (
+            r#"{"rate_limit_headers": "draft"}"#,
+            "rate_limit_headers",
+            &["one of \"ietf\"", "got \"draft\""],
+        ),
+        // names
+        (
+            r#"{"routes": [{"name": ""}]}"#,
+            "routes[0].name",
+            &["1 to 64 characters", "got \"\""],
+        ),
+        (
+            r#"{"routes": [{"name": "a.b"}]}"#,
+            "routes[0].name",
+            &["metric names", "got \"a.b\""],
+        ),
+        (
+            r#"{"routes": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}"#,
+            "routes[2].name",
+            &["used only once", "\"a\""],
+        ),
+        (
+            r#"{"routes": [{"match": {}}]}"#,
+            "routes[0]",
+            &["missing required key `name`"],
+        ),
+        // unknown provider referenced by a route
+        (
+            r#"{"routes": [{"name": "a", "jwt": {"providers": ["nobody"]}}]}"#,
+            "routes[0].jwt.providers[0]",
+            &["a provider in jwt_providers", "got \"nobody\""],
+        ),
+        // claim key parts need a jwt section
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"capacity": 5, "refill_interval": "1s", "key": [{"claim": "sub"}]}]}]}"#,
+            "routes[0].rate_limit[0].key",
+            &["\"jwt\" section"],
+        ),
+        // unknown keys, with their path
+        (r#"{"rout": []}"#, "rout", &["unknown key `rout`", "routes"]),
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"capcity": 5}]}]}"#,
+            "routes[0].rate_limit[0].capcity",
+            &["unknown key `capcity`"],
+        ),
+        (
+            r#"{"routes": [{"name": "a", "match": {"prefix": "/"}}]}"#,
+            "routes[0].match.prefix",
+            &["unknown key `prefix`"],
+        ),
+        // not JSON
+        ("{routes: []}", "", &["expected JSON", "line 1 column 2"]),
+        ("[1, 2", "", &["expected a JSON object"]),
+        (r#"{"routes": []} trailing"#, "", &["expected JSON"]),
+        ("[]", "", &["expected a JSON object", "got \"[]\""]),
+        ("null", "", &["expected a JSON object"]),
+        (
+            r#"{"routes": [{"name": "a"}]"#,
+            "",
+            &["expected JSON", "EOF"],
+        ),
+    ];
+    for (doc, path, words) in cases {
+        let e = err(doc);
+        assert_eq!(&e.path, path, "{doc}: {e}");
+        let text = e.to_string();
+        for w in *words {
+            assert!(
+                text.contains(w),
+                "{doc}:\n  message {text:?}\n  lacks {w:?}"
+            );
+        }
+        assert!(text.starts_with("invalid config"), "{text}");
+    }
+}
+
+#[test]
+fn non_utf8_bytes_are_refused_cleanly() {
+    let e = Config::from_bytes(b"{\"routes\": [\xff\xfe]}").expect_err("must refuse");
+    assert!(e.to_string().contains("invalid UTF-8 at byte 12"), "{e}");
+}
+
+#[test]
+fn binary_garbage_is_refused_cleanly() {
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    assert!(Config::from_bytes(&garbage).is_err());
+}
+
+#[test]
+fn a_one_megabyte_config_loads_and_a_huge_one_is_refused() {
+    // ~1 MB: 900 routes with long header matchers.
+    let mut routes = Vec::new();
+    for i in 0..900 {
+        routes.push(format!(
+            r#"{{"name": "r{i}", "match": {{"path_prefix": "/r{i}/", "headers": [{{"name": "x-pad", "exact": "{}"}}]}},
+               "rate_limit": [{{"capacity": 10, "refill_interval": "1s"}}]}}"#,
+            "p".repeat(1000)
+        ));
+    }
+    let doc = format!(r#"{{"routes": [{}]}}"#, routes.join(","));
+    assert!(doc.len() > 1_000_000);
+    assert_eq!(ok(&doc).routes.len(), 900);
+
+    let huge = format!(
+        r#"{{"routes": [], "pad": "{}"}}"#,
+        "x".repeat(MAX_CONFIG_BYTES)
+    );
+    let e = err(&huge);
+    assert!(e.msg.contains("at most 4194304 bytes"), "{e}");
+}
+
+#[test]
+fn too_many_routes_is_an_error() {
+    let routes: Vec<String> = (0..=MAX_ROUTES)
+        .map(|i| format!(r#"{{"name": "r{i}"}}"#))
+        .collect();
+    let e = err(&format!(r#"{{"routes": [{}]}}"#, routes.join(",")));
+    assert_eq!(e.path, "routes");
+}
+
+#[test]
+fn deeply_nested_json_does_not_crash() {
+    let doc = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(Config::from_bytes(doc.as_bytes()).is_err());
+}
