@@ -106,6 +106,7 @@ pub fn decode(bytes: &[u8]) -> Option<BreakerState> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

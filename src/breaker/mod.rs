@@ -265,6 +265,7 @@ pub fn classify(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -277,7 +278,9 @@ mod tests {
             ..BreakerPolicy::default()
         };
         use Outcome::*;
-        let cases: &[(Option<u32>, bool, u64, bool, bool, Option<Outcome>)] = &[
+        // (status, upstream_failure, elapsed, generated_by_meshguard, cancelled, want)
+        type Case = (Option<u32>, bool, u64, bool, bool, Option<Outcome>);
+        let cases: &[Case] = &[
             (Some(200), false, 10 * MS, false, false, Some(Success)),
             (Some(404), false, 10 * MS, false, false, Some(Success)),
             (Some(500), false, 10 * MS, false, false, Some(Failure)),

@@ -382,6 +382,7 @@ pub fn fmt_duration(ns: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::config::Duration;

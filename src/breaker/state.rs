@@ -345,6 +345,7 @@ pub fn retry_after_secs(remaining_ns: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::breaker::policy::RatioRule;

@@ -310,6 +310,7 @@ pub fn snapshot(host: &impl Host, key: &str) -> Option<BreakerState> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::host::fake::FakeHost;
