@@ -1,6 +1,7 @@
 //! Root context: configuration, metrics definitions, timers.
 
 use super::http::Stream;
+use crate::breaker;
 use crate::config::Config;
 use crate::host::proxy_wasm::{self as adapter, ProxyWasmHost};
 use crate::host::{Host, MetricId, MetricKind};
@@ -24,6 +25,9 @@ impl Runtime {
             .unwrap_or(MetricId::NONE);
         for r in config.routes.iter_mut() {
             ratelimit::define_metrics(host, &r.name, &mut r.rate_limits);
+            if let Some(b) = r.breaker.as_mut() {
+                b.metrics = breaker::BreakerMetrics::define(host, &r.name);
+            }
         }
         let needs_peer_ip = config
             .routes
