@@ -125,6 +125,7 @@ pub fn is_conditional(request: &Headers) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -223,6 +223,7 @@ pub fn stale_if_error_allows(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -56,6 +56,7 @@ pub fn append_cache_status(existing: Option<&[u8]>, ours: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -827,6 +827,8 @@ fn revalidated(
         }
     }
     let mut merged = stale.clone();
+    // The stored Age described the old response; the 304 brings its own.
+    merged.headers.retain(|(n, _)| n != "age");
     let update: Vec<(String, Vec<u8>)> = storable::strip_for_storage(response)
         .into_iter()
         .filter(|(n, _)| n != "content-length")
@@ -948,6 +950,7 @@ pub fn abandon(host: &impl Host, route: &CacheRoute, ctx: &mut MissContext) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -121,7 +121,7 @@ impl CachePolicy {
         p.ignore_query = raw.ignore_query;
         if let Some(ttl) = raw.default_ttl {
             let secs = ttl.as_nanos() / 1_000_000_000;
-            if secs < 1 || secs > MAX_DEFAULT_TTL_SECS {
+            if !(1..=MAX_DEFAULT_TTL_SECS).contains(&secs) {
                 return Err(ConfigError::expected(
                     format!("{path}.default_ttl"),
                     "a duration from \"1s\" to \"8784h\"",
@@ -152,6 +152,7 @@ impl CachePolicy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::config::Duration;

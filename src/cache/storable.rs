@@ -18,8 +18,10 @@
 //!   revalidated (checked by the caller, which knows the lifetime).
 //!
 //! Hop-by-hop fields (`Connection` and the names it lists, `Keep-Alive`,
-//! `TE`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`), `Age` (recomputed on
-//! every hit) and any pseudo-header are stripped before storing.
+//! `TE`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`, `Trailer`), any
+//! pseudo-header and `Set-Cookie` are stripped before storing. `Age` is
+//! kept: it is an input of the age calculation (the served `Age` is
+//! recomputed on every hit).
 
 use super::directives::ResponseDirectives;
 use super::headers::{self, Headers};
@@ -96,7 +98,6 @@ pub fn strip_for_storage(response: &Headers) -> Vec<(String, Vec<u8>)> {
                 || n.starts_with("proxy-")
                 || HOP_BY_HOP.contains(&n.as_str())
                 || listed.contains(&n)
-                || n == "age"
                 || n == "set-cookie")
         })
         .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
@@ -104,6 +105,7 @@ pub fn strip_for_storage(response: &Headers) -> Vec<(String, Vec<u8>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -203,7 +205,6 @@ mod tests {
             ("proxy-authenticate", "x"),
             ("te", "trailers"),
             ("upgrade", "h2c"),
-            ("age", "3"),
             ("set-cookie", "a=b"),
             ("content-type", "text/plain"),
             ("ETag", "\"1\""),

@@ -135,6 +135,9 @@ pub fn lock_key(i: u32) -> String {
     format!("meshguard/v1/cache/lock/{i}")
 }
 
+/// A lock value: (deadline ns, key tag, holder).
+type LockFields = (u64, u64, u64);
+
 /// What a head slot holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeadInfo {
@@ -527,7 +530,7 @@ impl<'h, H: Host> Store<'h, H> {
         Some(((tag % self.layout.locks as u64) as u32, tag))
     }
 
-    fn read_lock(&self, slot: u32) -> Option<(Option<(u64, u64, u64)>, Option<u32>)> {
+    fn read_lock(&self, slot: u32) -> Option<(Option<LockFields>, Option<u32>)> {
         let key = lock_key(slot);
         match self.host.shared_get(&key) {
             Ok((Some(v), cas)) => {

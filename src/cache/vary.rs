@@ -100,6 +100,7 @@ pub fn secondary_key(names: &[String], request: &Headers) -> [u8; 32] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
