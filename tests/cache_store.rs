@@ -1050,3 +1050,77 @@ fn upstream_cache_status_is_kept_before_ours() {
     let hit = exchange(&w, &w.host, &get("/cs", &[]), &never);
     assert_eq!(hit.cs(), "origin; hit, meshguard; hit; ttl=60");
 }
+
+#[test]
+fn client_validators_are_answered_after_a_revalidation() {
+    let w = World::new();
+    let r = get("/cv", &[]);
+    exchange(
+        &w,
+        &w.host,
+        &r,
+        &ok(
+            &[("cache-control", "max-age=10"), ("etag", "\"v1\"")],
+            "body",
+        ),
+    );
+    w.host.advance(Duration::from_secs(20));
+    let cond = get("/cv", &[("if-none-match", "\"v1\"")]);
+    let s = exchange(&w, &w.host, &cond, &|added: &Hs| {
+        // The cache's own validators replace the client's.
+        assert_eq!(added, &hs(&[("if-none-match", "\"v1\"")]));
+        Some((
+            304,
+            hs(&[("cache-control", "max-age=10"), ("etag", "\"v1\"")]),
+            vec![],
+        ))
+    });
+    assert_eq!(s.status, 304);
+    assert!(s.body.is_empty());
+    // A 304 naming another representation is not merged.
+    w.host.advance(Duration::from_secs(20));
+    let s = exchange(&w, &w.host, &r, &|_| {
+        Some((304, hs(&[("etag", "\"other\"")]), vec![]))
+    });
+    assert_eq!(s.status, 304);
+    assert_eq!(
+        s.cs(),
+        "meshguard; fwd=stale; fwd-status=304; detail=validator-mismatch"
+    );
+    assert!(exchange(&w, &w.host, &r, &ok(&[], "x")).upstream.is_some());
+}
+
+#[test]
+fn a_second_worker_sees_the_first_workers_entries() {
+    let w = World::new();
+    let other = w.host.clone();
+    exchange(
+        &w,
+        &w.host,
+        &get("/shared", &[]),
+        &ok(&[("cache-control", "max-age=60")], "one"),
+    );
+    let s = exchange(&w, &other, &get("/shared", &[]), &never);
+    assert_eq!(s.body, b"one");
+    assert_eq!(w.metric("hit"), 1);
+}
+
+#[test]
+fn heuristic_freshness_uses_last_modified() {
+    let mut p = CachePolicy::default();
+    p.heuristic_freshness = true;
+    let w = World::with(p, 1 << 20, 64 * 1024);
+    let now_s = T0 / 1_000_000_000;
+    let date = meshguard::cache::httpdate::format(now_s);
+    let lm = meshguard::cache::httpdate::format(now_s - 1000);
+    exchange(
+        &w,
+        &w.host,
+        &get("/h", &[]),
+        &ok(&[("date", &date), ("last-modified", &lm)], "x"),
+    );
+    assert_eq!(
+        exchange(&w, &w.host, &get("/h", &[]), &never).cs(),
+        "meshguard; hit; ttl=100"
+    );
+}

@@ -30,7 +30,15 @@
 //! - `heuristic_freshness`: RFC 9111 4.2.2 heuristic, 10% of
 //!   `Date - Last-Modified`, capped at `default_ttl` or one day.
 //! - `cache_store.max_bytes`: the whole process's budget (all routes, all
-//!   workers); `max_entry_bytes`: larger responses are never stored.
+//!   workers), never exceeded: the table of shared-data keys is fixed when
+//!   configured and full slots are overwritten, oldest stored first among
+//!   a URI's 4 candidate slots. `max_entry_bytes`: responses whose stored
+//!   form (status, kept headers, body, ~100 bytes of bookkeeping) is larger
+//!   are never stored.
+//! - At most 4 variants of one URI (different `Vary` values or
+//!   `key_headers` values) are kept at once; a fifth replaces the oldest.
+//! - The primary key is (route, GET, authority, path with or without the
+//!   query, `key_headers` values); HEAD uses the GET key.
 //!
 //! # What meshguard does with each directive
 //!
@@ -87,7 +95,8 @@
 //! - `fwd-status=N`: the upstream status; `detail=...` why a response was
 //!   not stored (`no-store`, `private`, `authorization`, `set-cookie`,
 //!   `vary-star`, `vary-not-allowed`, `status`, `no-freshness`, `too-big`,
-//!   `head`, `request-no-store`).
+//!   `head`, `request-no-store`, `validator-mismatch` when a revalidation's
+//!   304 names another representation than the stored one).
 //!
 //! # The filter's side (API)
 //!
@@ -738,10 +747,23 @@ pub fn on_response_headers(
         }
     }
     if status == 304 && ctx.mode == Mode::Revalidate {
-        if let Some(r) = revalidated(host, &store, route, ctx, response) {
-            release(&store, ctx);
-            return ResponseDecision::Replace { response: r };
-        }
+        let replaced = revalidated(host, &store, route, ctx, response);
+        release(&store, ctx);
+        return match replaced {
+            Some(r) => ResponseDecision::Replace { response: r },
+            // The 304 is for another representation than the stored one
+            // (4.3.4): the entry was dropped; the 304 goes through as is
+            // (a retry without validators would need the filter's help).
+            None => ResponseDecision::DontStore {
+                cache_status: fwd_status(
+                    ctx.fwd,
+                    Some(304),
+                    false,
+                    Some("validator-mismatch"),
+                    None,
+                ),
+            },
+        };
     }
     match storable_now(route, ctx, status, response, now) {
         Ok(max_body) => ResponseDecision::Store {
