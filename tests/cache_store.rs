@@ -1124,3 +1124,38 @@ fn heuristic_freshness_uses_last_modified() {
         "meshguard; hit; ttl=100"
     );
 }
+
+#[test]
+fn uncacheable_responses_do_not_serialize_later_requests() {
+    let w = World::new();
+    let r = get("/private", &[]);
+    let route = w.route();
+    let Lookup::Miss { mut ctx } = lookup(&w.host, &route, &r) else {
+        panic!("miss");
+    };
+    assert!(ctx.holds_fill_lock());
+    let w2 = w.host.clone();
+    assert!(exchange(&w, &w2, &r, &never).waited);
+    let d = on_response_headers(
+        &w.host,
+        &route,
+        &mut ctx,
+        200,
+        &hs(&[("cache-control", "private")]),
+    );
+    assert!(matches!(d, ResponseDecision::DontStore { .. }));
+    // Two concurrent requests now both go upstream, neither waits nor locks.
+    let Lookup::Miss { ctx: a } = lookup(&w2, &route, &r) else {
+        panic!("no wait after a pass");
+    };
+    let Lookup::Miss { ctx: b } = lookup(&w.host, &route, &r) else {
+        panic!("no wait after a pass");
+    };
+    assert!(!a.holds_fill_lock() && !b.holds_fill_lock());
+    // After the pass period, collapsing resumes.
+    w.host.advance(Duration::from_secs(6));
+    let Lookup::Miss { ctx } = lookup(&w.host, &route, &r) else {
+        panic!("miss");
+    };
+    assert!(ctx.holds_fill_lock());
+}

@@ -112,16 +112,19 @@
 //! 2. `on_http_response_headers`: [`on_response_headers`] with the context.
 //!    `Replace`: send that response instead of the upstream one (the
 //!    upstream body is discarded). `Store { max_body }`: copy the body as it
-//!    streams (never pause); at end of stream call [`store`] if it stayed
+//!    streams (never pause); at end of stream call [`store()`] if it stayed
 //!    within `max_body`, else [`abandon`]. `DontStore`: nothing more. In
 //!    every case put the returned `cache_status` in `Cache-Status` (use
 //!    [`headers::append_cache_status`] to keep an upstream value).
+//!    A key whose response was not storable is not locked for the next 5 s
+//!    (no queueing behind uncacheable URLs). The filter should still cap
+//!    the total time it keeps a request waiting (e.g. 5 s).
 //! 3. An upstream reset / connect failure / timeout before headers:
 //!    [`on_upstream_failure`]; `Some(response)` is sent instead of the
 //!    error. A stream that ends early otherwise: [`abandon`] (the fill lock
 //!    also expires on its own after 5 s).
 //!
-//! Storage layout and the memory bound: see [`store`](mod@store).
+//! Storage layout and the memory bound: see the [`store`](mod@store) module.
 
 pub mod directives;
 pub mod entry;
@@ -282,7 +285,7 @@ impl MissContext {
 pub enum ResponseDecision {
     /// Send this instead of the upstream response.
     Replace { response: CachedResponse },
-    /// Copy up to `max_body` body bytes, then call [`store`].
+    /// Copy up to `max_body` body bytes, then call [`store()`].
     Store {
         max_body: usize,
         cache_status: String,
@@ -771,7 +774,9 @@ pub fn on_response_headers(
             cache_status: fwd_status(ctx.fwd, Some(status), true, ctx.detail, None),
         },
         Err(why) => {
-            release(&store, ctx);
+            if let Some(g) = ctx.lock.take() {
+                store.unlock_pass(g);
+            }
             ResponseDecision::DontStore {
                 cache_status: fwd_status(
                     ctx.fwd,
@@ -965,7 +970,7 @@ pub fn on_upstream_failure(
     r
 }
 
-/// The stream ended without [`store`] (body too large, reset...): releases
+/// The stream ended without [`store()`] (body too large, reset...): releases
 /// the fill lock so waiting requests go upstream at once.
 pub fn abandon(host: &impl Host, route: &CacheRoute, ctx: &mut MissContext) {
     release(&Store::new(host, route.store), ctx);

@@ -35,7 +35,8 @@
 //!       | [32] secondary | u64 stored_at_ns | payload...
 //! cont: u8 version | u8 kind=2 | u64 generation | u16 index | payload...
 //! tomb: u8 version | u8 kind=3
-//! lock: u8 version | u64 deadline_ns (0 = free) | u64 key tag | u64 holder
+//! lock: u8 version | u64 deadline_ns | u64 key tag | u64 holder (0: released;
+//!       a released lock with a live deadline means "pass": go without lock)
 //! ```
 
 use super::entry::Entry;
@@ -58,6 +59,10 @@ pub const LOCK_VALUE_LEN: usize = 25;
 pub const MAX_LOCKS: u64 = 64;
 /// How long a fill lock holds before others may go upstream themselves.
 pub const LOCK_TTL_NS: u64 = 5_000_000_000;
+/// How long a key whose response was not storable is filled without a lock.
+pub const PASS_TTL_NS: u64 = 5_000_000_000;
+/// Holder id of a released lock (free, or "pass" while its deadline lasts).
+const PASS_HOLDER: u64 = 0;
 
 /// The fixed key table derived from the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +247,8 @@ pub enum LockOutcome {
     Acquired(LockGuard),
     /// Another request is filling this key; it has `remaining_ns` left.
     HeldByOther { remaining_ns: u64 },
-    /// The lock slot is busy with another key, or the host failed: proceed
+    /// The lock slot is busy with another key, the key is in "pass" mode
+    /// (its last response was not storable), or the host failed: proceed
     /// without a lock.
     Unavailable,
 }
@@ -566,10 +572,10 @@ impl<'h, H: Host> Store<'h, H> {
             let Some((cur, cas)) = self.read_lock(slot) else {
                 return LockOutcome::Unavailable;
             };
-            if let Some((deadline, t, _)) = cur {
+            if let Some((deadline, t, holder_of)) = cur {
                 let live = deadline > now && deadline - now <= LOCK_TTL_NS;
                 if live {
-                    return if t == tag {
+                    return if t == tag && holder_of != PASS_HOLDER {
                         LockOutcome::HeldByOther {
                             remaining_ns: deadline - now,
                         }
@@ -594,18 +600,20 @@ impl<'h, H: Host> Store<'h, H> {
         LockOutcome::Unavailable
     }
 
-    /// Whether another request holds the fill lock of this key.
-    pub fn lock_holder_remaining(&self, primary: &[u8; 32]) -> Option<u64> {
-        let (slot, tag) = self.lock_slot(primary)?;
-        let now = self.host.now_nanos();
-        let (Some((deadline, t, _)), _) = self.read_lock(slot)? else {
-            return None;
-        };
-        (t == tag && deadline > now && deadline - now <= LOCK_TTL_NS).then(|| deadline - now)
-    }
-
     /// Releases a lock we hold (no-op if it expired and someone took it).
     pub fn unlock(&self, guard: LockGuard) {
+        self.release_with(guard, 0);
+    }
+
+    /// Releases a lock and marks the key "pass" for [`PASS_TTL_NS`]: its
+    /// response was not storable, so requests arriving meanwhile go
+    /// upstream in parallel instead of queueing behind a lock one by one
+    /// (the "hit-for-pass" of other caches).
+    pub fn unlock_pass(&self, guard: LockGuard) {
+        self.release_with(guard, self.host.now_nanos().saturating_add(PASS_TTL_NS));
+    }
+
+    fn release_with(&self, guard: LockGuard, deadline: u64) {
         for _ in 0..2 {
             let Some((Some((_, tag, holder)), cas)) = self.read_lock(guard.slot) else {
                 return;
@@ -613,7 +621,7 @@ impl<'h, H: Host> Store<'h, H> {
             if holder != guard.holder {
                 return;
             }
-            let v = Self::lock_value(0, tag, 0);
+            let v = Self::lock_value(deadline, tag, PASS_HOLDER);
             match self.put(&lock_key(guard.slot), &v, LOCK_VALUE_LEN, cas) {
                 Err(SetError::CasMismatch) => continue,
                 _ => return,
