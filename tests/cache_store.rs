@@ -1159,3 +1159,40 @@ fn uncacheable_responses_do_not_serialize_later_requests() {
     };
     assert!(ctx.holds_fill_lock());
 }
+
+#[test]
+fn head_revalidation_takes_no_lock_and_refreshes_from_a_304() {
+    let w = World::new();
+    exchange(
+        &w,
+        &w.host,
+        &get("/hr", &[]),
+        &ok(
+            &[("cache-control", "max-age=10"), ("etag", "\"1\"")],
+            "body",
+        ),
+    );
+    w.host.advance(Duration::from_secs(20));
+    let route = w.route();
+    let Lookup::Revalidate { mut ctx, .. } = lookup(&w.host, &route, &req("HEAD", "/hr", &[]))
+    else {
+        panic!("revalidate");
+    };
+    assert!(!ctx.holds_fill_lock());
+    let d = on_response_headers(
+        &w.host,
+        &route,
+        &mut ctx,
+        304,
+        &hs(&[("cache-control", "max-age=60"), ("etag", "\"1\"")]),
+    );
+    let ResponseDecision::Replace { response } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(response.status, 200);
+    assert!(response.body.is_empty());
+    assert_eq!(
+        exchange(&w, &w.host, &get("/hr", &[]), &never).body,
+        b"body"
+    );
+}

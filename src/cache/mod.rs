@@ -555,16 +555,14 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
             } else {
                 "uri-miss"
             };
-            if !ctx.head && !ctx.req_cc.no_store {
-                match store.try_lock(&ctx.primary) {
-                    LockOutcome::Acquired(g) => ctx.lock = Some(g),
-                    LockOutcome::HeldByOther { remaining_ns } => {
-                        return Lookup::Wait {
-                            retry_after_ms: (remaining_ns / 1_000_000).clamp(1, WAIT_POLL_MS),
-                        }
+            match fill_lock(&store, &ctx) {
+                LockOutcome::Acquired(g) => ctx.lock = Some(g),
+                LockOutcome::HeldByOther { remaining_ns } => {
+                    return Lookup::Wait {
+                        retry_after_ms: (remaining_ns / 1_000_000).clamp(1, WAIT_POLL_MS),
                     }
-                    LockOutcome::Unavailable => {}
                 }
+                LockOutcome::Unavailable => {}
             }
             return Lookup::Miss { ctx };
         }
@@ -591,7 +589,8 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
                 &hit_status(ttl, None),
             ))
         }
-        freshness::Usability::StaleWhileRevalidate { ttl } => match store.try_lock(&ctx.primary) {
+        // HEAD never takes the fill lock: its response cannot refill the entry.
+        freshness::Usability::StaleWhileRevalidate { ttl } => match fill_lock(&store, &ctx) {
             LockOutcome::Acquired(g) => {
                 ctx.lock = Some(g);
                 host.increment_metric(m.miss, 1);
@@ -610,8 +609,8 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
                 return Lookup::OnlyIfCachedMiss(gateway_timeout());
             }
             let entry_itself_stale = ttl <= 0 || cc.no_cache;
-            if entry_itself_stale && !ctx.req_cc.no_store {
-                match store.try_lock(&ctx.primary) {
+            if entry_itself_stale {
+                match fill_lock(&store, &ctx) {
                     LockOutcome::Acquired(g) => ctx.lock = Some(g),
                     LockOutcome::HeldByOther { remaining_ns } => {
                         return Lookup::Wait {
@@ -630,6 +629,15 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
             go_upstream(ctx, entry)
         }
     }
+}
+
+/// Takes the fill lock, unless this request's response can never fill the
+/// entry (HEAD, request `no-store`).
+fn fill_lock(store: &Store<'_, impl Host>, ctx: &MissContext) -> LockOutcome {
+    if ctx.head || ctx.req_cc.no_store {
+        return LockOutcome::Unavailable;
+    }
+    store.try_lock(&ctx.primary)
 }
 
 fn go_upstream(mut ctx: MissContext, entry: Entry) -> Lookup {
