@@ -1,14 +1,1029 @@
-//! Response cache (CONFIG.md `cache`, `cache_store`). Skeleton: lands with
-//! the cache issue.
+//! Response cache: a shared HTTP cache per RFC 9111, with bounded memory in
+//! proxy-wasm shared data and RFC 9211 `Cache-Status` on every response.
+//!
+//! # Configuration
+//!
+//! Per route (`routes[i].cache`, see CONFIG.md) and once per process
+//! (`cache_store`):
+//!
+//! ```json
+//! { "routes": [ { "name": "catalog", "match": { "path_prefix": "/catalog/" },
+//!                 "cache": { "methods": ["GET", "HEAD"],
+//!                            "vary_allowlist": ["accept", "accept-encoding", "accept-language"],
+//!                            "key_headers": [],
+//!                            "ignore_query": false,
+//!                            "default_ttl": null,
+//!                            "heuristic_freshness": false } } ],
+//!   "cache_store": { "max_bytes": 67108864, "max_entry_bytes": 1048576 } }
+//! ```
+//!
+//! - `methods`: a non-empty subset of `GET`, `HEAD` (default both). GET
+//!   responses are stored; HEAD is answered from stored GET responses and
+//!   its own responses are never stored.
+//! - `vary_allowlist`: lower-cased header names a response may `Vary` on.
+//!   A response varying on anything else, or on `*`, is not stored.
+//! - `key_headers`: request headers whose values are part of the primary
+//!   key (e.g. a tenant header that the origin does not put in `Vary`).
+//! - `ignore_query`: the query string is not part of the key.
+//! - `default_ttl`: freshness for responses without explicit freshness
+//!   (statuses cacheable by default, or `public`). Off by default.
+//! - `heuristic_freshness`: RFC 9111 4.2.2 heuristic, 10% of
+//!   `Date - Last-Modified`, capped at `default_ttl` or one day.
+//! - `cache_store.max_bytes`: the whole process's budget (all routes, all
+//!   workers), never exceeded: the table of shared-data keys is fixed when
+//!   configured and full slots are overwritten, oldest stored first among
+//!   a URI's 4 candidate slots. `max_entry_bytes`: responses whose stored
+//!   form (status, kept headers, body, ~100 bytes of bookkeeping) is larger
+//!   are never stored.
+//! - At most 4 variants of one URI (different `Vary` values or
+//!   `key_headers` values) are kept at once; a fifth replaces the oldest.
+//! - The primary key is (route, GET, authority, path with or without the
+//!   query, `key_headers` values); HEAD uses the GET key.
+//!
+//! # What meshguard does with each directive
+//!
+//! | Directive | Where | meshguard |
+//! |---|---|---|
+//! | `max-age=N` | response | freshness lifetime N s (unless `s-maxage`); a bad value (`max-age=x`) makes the response stale (4.2.1) |
+//! | `s-maxage=N` | response | freshness lifetime N s, wins over everything; implies `proxy-revalidate`; allows storing with `Authorization` and `Set-Cookie` |
+//! | `Expires` | response | lifetime `Expires - Date` when no max-age; invalid or repeated means already stale |
+//! | `no-store` | both | not stored (a request `no-store` may still be served a hit) |
+//! | `no-cache` | response | stored, but every use is revalidated; `no-cache="f"` is treated as plain `no-cache` |
+//! | `no-cache` / `Pragma: no-cache` | request | forward with the stored validators (the `Pragma` only without `Cache-Control`) |
+//! | `private` | response | never stored (shared cache); `private="f"` too |
+//! | `public` | response | storable status-independent; allows storing with `Authorization` / `Set-Cookie` |
+//! | `must-revalidate`, `proxy-revalidate` | response | never served stale (no max-stale, no stale-while-revalidate, no stale-if-error) |
+//! | `must-revalidate` | response | also allows storing with `Authorization` (3.5) |
+//! | `stale-while-revalidate=N` | response | within N s of expiry: the first request revalidates (holding the fill lock), the others get the stale copy at once |
+//! | `stale-if-error=N` | both | within N s of expiry, a 500/502/503/504 or a failed upstream is answered with the stale copy |
+//! | `max-age=N` | request | a stored response older than N s is revalidated |
+//! | `max-stale[=N]` | request | stale responses (by at most N s) are acceptable, unless the response forbids it |
+//! | `min-fresh=N` | request | needs at least N s of freshness left |
+//! | `only-if-cached` | request | no usable stored response means 504, never upstream |
+//! | `must-understand`, `no-transform`, `immutable` | response | parsed; no effect (meshguard never transforms, understands every status it stores) |
+//!
+//! Duplicate directives: the first value wins (`max-age=10, max-age=99` is
+//! 10); flags count wherever they appear. Also: `Vary: *` and unlisted
+//! `Vary` names are not stored; `Set-Cookie` responses are not stored unless
+//! `public` or `s-maxage`, and then without their `Set-Cookie` lines;
+//! requests with `Authorization` are only served entries whose response
+//! allowed storing them under 3.5 (`public`, `s-maxage`, `must-revalidate`);
+//! 206 and 304 are never stored; hop-by-hop fields are stripped.
+//! Unsafe methods (anything but GET, HEAD, OPTIONS, TRACE) answered with a
+//! 2xx/3xx invalidate the target URI and the `Location` /
+//! `Content-Location` URIs on the same host (4.4), every variant.
+//!
+//! # Reading `Cache-Status`
+//!
+//! Every response of a cache route carries one member named `meshguard`
+//! (appended after any member from caches closer to the origin):
+//!
+//! - `meshguard; hit; ttl=42`: served from the cache, fresh for 42 s more.
+//!   A negative `ttl` is a stale response served by `max-stale`,
+//!   `stale-while-revalidate` (`detail=stale-while-revalidate`).
+//! - `meshguard; fwd=uri-miss; stored`: nothing stored for the URI; went
+//!   upstream; the response is being stored. `fwd=vary-miss`: stored
+//!   variants exist but none matched the request's `Vary` headers.
+//! - `meshguard; fwd=stale; fwd-status=304; stored; ttl=60`: a stale entry
+//!   was revalidated upstream, the origin answered 304, the refreshed entry
+//!   was served. `fwd=stale; fwd-status=503; detail=stale-if-error`: the
+//!   origin failed and the stale entry was served.
+//! - `meshguard; fwd=request`: the request's own directives (`no-cache`,
+//!   `max-age`, `min-fresh`, `Authorization`) required going upstream.
+//! - `meshguard; fwd=method`: the method is not cached (unsafe methods also
+//!   invalidate). `meshguard; fwd=bypass; detail=only-if-cached`: 504.
+//! - `fwd-status=N`: the upstream status; `detail=...` why a response was
+//!   not stored (`no-store`, `private`, `authorization`, `set-cookie`,
+//!   `vary-star`, `vary-not-allowed`, `status`, `no-freshness`, `too-big`,
+//!   `head`, `request-no-store`, `validator-mismatch` when a revalidation's
+//!   304 names another representation than the stored one).
+//!
+//! # The filter's side (API)
+//!
+//! Build a [`CacheRoute`] per route (with [`CacheMetrics::define`] called
+//! once in `on_configure`), then per request:
+//!
+//! 1. `on_http_request_headers`: [`lookup`]. `Hit` / `OnlyIfCachedMiss`:
+//!    send that local reply. `Wait`: pause, set a timer of
+//!    `retry_after_ms`, call [`lookup`] again when it fires (it turns into
+//!    `Hit`, or `Miss` once the other worker's lock expires). `Miss`,
+//!    `Revalidate` (set the listed request headers, replacing any existing
+//!    ones), `Bypass`: continue upstream and keep the [`MissContext`].
+//! 2. `on_http_response_headers`: [`on_response_headers`] with the context.
+//!    `Replace`: send that response instead of the upstream one (the
+//!    upstream body is discarded). `Store { max_body }`: copy the body as it
+//!    streams (never pause); at end of stream call [`store()`] if it stayed
+//!    within `max_body`, else [`abandon`]. `DontStore`: nothing more. In
+//!    every case put the returned `cache_status` in `Cache-Status` (use
+//!    [`headers::append_cache_status`] to keep an upstream value).
+//!    A key whose response was not storable is not locked for the next 5 s
+//!    (no queueing behind uncacheable URLs). The filter should still cap
+//!    the total time it keeps a request waiting (e.g. 5 s).
+//! 3. An upstream reset / connect failure / timeout before headers:
+//!    [`on_upstream_failure`]; `Some(response)` is sent instead of the
+//!    error. A stream that ends early otherwise: [`abandon`] (the fill lock
+//!    also expires on its own after 5 s).
+//!
+//! Storage layout and the memory bound: see the [`store`](mod@store) module.
 
-use crate::config::raw::RawCache;
-use crate::config::ConfigError;
+pub mod directives;
+pub mod entry;
+pub mod etag;
+pub mod freshness;
+pub mod headers;
+pub mod httpdate;
+pub mod policy;
+pub mod storable;
+pub mod store;
+pub mod vary;
 
+pub use policy::CachePolicy;
+
+use crate::config::CacheStoreConfig;
+use crate::host::{Host, MetricId, MetricKind};
+use crate::request::{strip_port, Request};
+use directives::{RequestDirectives, ResponseDirectives};
+use entry::Entry;
+use sha2::{Digest, Sha256};
+use store::{LockGuard, LockOutcome, Store, WriteOutcome};
+
+/// The name meshguard uses in `Cache-Status`.
+pub const CACHE_NAME: &str = "meshguard";
+/// Longest poll interval suggested to waiting requests.
+pub const WAIT_POLL_MS: u64 = 25;
+/// Most request headers a [`MissContext`] keeps.
+const MAX_KEPT_HEADERS: usize = 64;
+const NS: u64 = 1_000_000_000;
+
+/// The counters of one route: `meshguard.cache.<route>.{hit,miss,stored,evicted,bypass}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheMetrics {
+    pub hit: MetricId,
+    pub miss: MetricId,
+    pub stored: MetricId,
+    pub evicted: MetricId,
+    pub bypass: MetricId,
+}
+
+impl CacheMetrics {
+    pub const NONE: CacheMetrics = CacheMetrics {
+        hit: MetricId::NONE,
+        miss: MetricId::NONE,
+        stored: MetricId::NONE,
+        evicted: MetricId::NONE,
+        bypass: MetricId::NONE,
+    };
+
+    /// Defines the route's counters (call once, at configuration time). A
+    /// counter the host refuses is `MetricId::NONE` (recording is a no-op).
+    pub fn define(host: &impl Host, route: &str) -> CacheMetrics {
+        let d = |what: &str| {
+            host.define_metric(
+                MetricKind::Counter,
+                &format!("meshguard.cache.{route}.{what}"),
+            )
+            .unwrap_or(MetricId::NONE)
+        };
+        CacheMetrics {
+            hit: d("hit"),
+            miss: d("miss"),
+            stored: d("stored"),
+            evicted: d("evicted"),
+            bypass: d("bypass"),
+        }
+    }
+}
+
+/// Everything the cache needs to know about the route a request matched.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheRoute<'a> {
+    pub name: &'a str,
+    pub policy: &'a CachePolicy,
+    pub store: &'a CacheStoreConfig,
+    pub metrics: &'a CacheMetrics,
+}
+
+/// A complete response for the filter to send as a local reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedResponse {
+    pub status: u32,
+    /// Includes `Age` and `Cache-Status`.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Empty for HEAD and 304.
+    pub body: Vec<u8>,
+}
+
+impl CachedResponse {
+    pub fn header<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        headers::first(&self.headers, name)
+    }
+}
+
+/// What to do with a request (see the module docs).
 #[derive(Debug)]
-pub struct CachePolicy {}
+pub enum Lookup {
+    /// Answer with this response (200 / 304 / other stored status).
+    Hit(CachedResponse),
+    /// `only-if-cached` and nothing usable: answer with this 504.
+    OnlyIfCachedMiss(CachedResponse),
+    /// Go upstream; the fill lock is held when `ctx.holds_fill_lock()`.
+    Miss { ctx: MissContext },
+    /// Go upstream with these request headers SET (replacing any present):
+    /// the stored validators (`if-none-match`, `if-modified-since`).
+    Revalidate {
+        add_request_headers: Vec<(String, Vec<u8>)>,
+        ctx: MissContext,
+    },
+    /// Another request is filling this entry: retry [`lookup`] later.
+    Wait { retry_after_ms: u64 },
+    /// Not cacheable (method, ...): go upstream; still call
+    /// [`on_response_headers`] (it invalidates after unsafe methods and
+    /// gives the `Cache-Status`).
+    Bypass { ctx: MissContext },
+}
 
-impl CachePolicy {
-    pub fn compile(_raw: &RawCache, _path: &str) -> Result<CachePolicy, ConfigError> {
-        Ok(CachePolicy {})
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Fill,
+    Revalidate,
+    Bypass,
+    Invalidate,
+}
+
+/// Per-request state between the request and the response callbacks.
+#[derive(Debug)]
+pub struct MissContext {
+    mode: Mode,
+    fwd: &'static str,
+    detail: Option<&'static str>,
+    head: bool,
+    authority: String,
+    uri: [u8; 32],
+    primary: [u8; 32],
+    request_headers: Vec<(String, Vec<u8>)>,
+    has_authorization: bool,
+    req_cc: RequestDirectives,
+    request_time_ns: u64,
+    response_time_ns: u64,
+    lock: Option<LockGuard>,
+    stale: Option<Entry>,
+}
+
+impl MissContext {
+    /// Whether this request holds the fill lock (others wait for it).
+    pub fn holds_fill_lock(&self) -> bool {
+        self.lock.is_some()
+    }
+    /// The `Cache-Status` to use if the request ends without a response.
+    pub fn cache_status(&self) -> String {
+        fwd_status(self.fwd, None, false, self.detail, None)
+    }
+}
+
+/// What to do with the upstream response.
+#[derive(Debug)]
+pub enum ResponseDecision {
+    /// Send this instead of the upstream response.
+    Replace { response: CachedResponse },
+    /// Copy up to `max_body` body bytes, then call [`store()`].
+    Store {
+        max_body: usize,
+        cache_status: String,
+    },
+    /// Pass the response through, with this `Cache-Status`.
+    DontStore { cache_status: String },
+}
+
+fn fwd_status(
+    fwd: &str,
+    status: Option<u32>,
+    stored: bool,
+    detail: Option<&str>,
+    ttl: Option<i64>,
+) -> String {
+    let mut s = format!("{CACHE_NAME}; fwd={fwd}");
+    if let Some(st) = status {
+        s.push_str(&format!("; fwd-status={st}"));
+    }
+    if stored {
+        s.push_str("; stored");
+    }
+    if let Some(t) = ttl {
+        s.push_str(&format!("; ttl={t}"));
+    }
+    if let Some(d) = detail {
+        s.push_str(&format!("; detail={d}"));
+    }
+    s
+}
+
+fn hit_status(ttl: i64, detail: Option<&str>) -> String {
+    match detail {
+        Some(d) => format!("{CACHE_NAME}; hit; ttl={ttl}; detail={d}"),
+        None => format!("{CACHE_NAME}; hit; ttl={ttl}"),
+    }
+}
+
+/// The path as keyed: fragment dropped, query dropped with `ignore_query`.
+fn key_path(path: &str, ignore_query: bool) -> &str {
+    let cut = if ignore_query {
+        path.find(['?', '#'])
+    } else {
+        path.find('#')
+    };
+    match cut {
+        Some(i) => &path[..i],
+        None => path,
+    }
+}
+
+/// Hash of (method GET, route, authority, path): all variants of a URI.
+pub fn uri_hash(route: &str, authority: &str, path: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"meshguard/v1/cache/uri\0GET\0");
+    for part in [
+        route.as_bytes(),
+        authority.to_ascii_lowercase().as_bytes(),
+        path.as_bytes(),
+    ] {
+        h.update((part.len() as u32).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// Primary key: the URI hash plus the `key_headers` values.
+pub fn primary_hash(
+    uri: &[u8; 32],
+    key_headers: &[String],
+    request: &headers::Headers,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(uri);
+    h.update(vary::secondary_key(key_headers, request));
+    h.finalize().into()
+}
+
+fn is_safe(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+}
+
+fn context(route: &CacheRoute, req: &Request, now: u64) -> MissContext {
+    let path = key_path(&req.path, route.policy.ignore_query).to_string();
+    let uri = uri_hash(route.name, &req.authority, &path);
+    let primary = primary_hash(&uri, &route.policy.key_headers, &req.headers);
+    let request_headers = req
+        .headers
+        .iter()
+        .filter(|(n, v)| {
+            let n = n.to_ascii_lowercase();
+            v.len() <= crate::request::MAX_HEADER_VALUE
+                && (route.policy.vary_allowlist.contains(&n)
+                    || n == "if-none-match"
+                    || n == "if-modified-since")
+        })
+        .take(MAX_KEPT_HEADERS)
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect();
+    MissContext {
+        mode: Mode::Fill,
+        fwd: "miss",
+        detail: None,
+        head: req.method == "HEAD",
+        authority: req.authority.to_ascii_lowercase(),
+        uri,
+        primary,
+        request_headers,
+        has_authorization: req.header("authorization").is_some(),
+        req_cc: RequestDirectives::parse(&req.headers),
+        request_time_ns: now,
+        response_time_ns: now,
+        lock: None,
+        stale: None,
+    }
+}
+
+/// Whether an entry may answer a request carrying `Authorization` (3.5).
+fn shareable_with_authorization(cc: &ResponseDirectives) -> bool {
+    cc.public || cc.s_maxage.is_some() || cc.must_revalidate
+}
+
+/// Builds the response sent from an entry: 304 when the request's own
+/// conditions hold (2xx entries only), no body for HEAD.
+fn respond(
+    entry: &Entry,
+    request: &headers::Headers,
+    head: bool,
+    age: u64,
+    cache_status: &str,
+) -> CachedResponse {
+    let not_modified = (200..300).contains(&entry.status)
+        && etag::answer_304(request, &entry.headers, entry.response_time_ns / NS);
+    let upstream_status: Vec<u8> = headers::all(&entry.headers, "cache-status")
+        .collect::<Vec<_>>()
+        .join(&b", "[..]);
+    let keep_304 = [
+        "cache-control",
+        "content-location",
+        "date",
+        "etag",
+        "expires",
+        "vary",
+        "last-modified",
+    ];
+    let mut out: Vec<(String, Vec<u8>)> = entry
+        .headers
+        .iter()
+        .filter(|(n, _)| n != "age" && n != "cache-status")
+        .filter(|(n, _)| !not_modified || keep_304.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    out.push(("age".into(), age.to_string().into_bytes()));
+    let existing = (!upstream_status.is_empty()).then_some(upstream_status.as_slice());
+    out.push((
+        "cache-status".into(),
+        headers::append_cache_status(existing, cache_status),
+    ));
+    CachedResponse {
+        status: if not_modified {
+            304
+        } else {
+            entry.status as u32
+        },
+        headers: out,
+        body: if head || not_modified {
+            Vec::new()
+        } else {
+            entry.body.clone()
+        },
+    }
+}
+
+fn entry_times(entry: &Entry, policy: &CachePolicy, now: u64) -> (ResponseDirectives, u64, u64) {
+    let cc = ResponseDirectives::parse(&entry.headers);
+    let (life, _) = freshness::lifetime(
+        entry.status as u32,
+        &entry.headers,
+        &cc,
+        entry.response_time_ns / NS,
+        policy.freshness(),
+    );
+    let age = freshness::current_age(
+        &entry.headers,
+        entry.request_time_ns,
+        entry.response_time_ns,
+        now,
+    );
+    (cc, life, age)
+}
+
+fn validators(entry: &Entry) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    if let Some(e) = headers::first(&entry.headers, "etag") {
+        v.push(("if-none-match".to_string(), e.to_vec()));
+    }
+    if let Some(lm) = headers::first(&entry.headers, "last-modified") {
+        v.push(("if-modified-since".to_string(), lm.to_vec()));
+    }
+    v
+}
+
+fn gateway_timeout() -> CachedResponse {
+    CachedResponse {
+        status: 504,
+        headers: vec![
+            ("content-type".into(), b"text/plain".to_vec()),
+            (
+                "cache-status".into(),
+                fwd_status("bypass", None, false, Some("only-if-cached"), None).into_bytes(),
+            ),
+        ],
+        body: b"only-if-cached: no stored response\n".to_vec(),
+    }
+}
+
+enum Found {
+    Entry(Entry),
+    VaryMiss,
+    UriMiss,
+}
+
+fn find(store: &Store<'_, impl Host>, ctx: &MissContext, req: &Request) -> Found {
+    let heads = store.matching_heads(&ctx.uri, Some(&ctx.primary));
+    let mut any = false;
+    for (slot, head) in heads {
+        if let Some(e) = store.read_entry(slot, &head) {
+            any = true;
+            if e.secondary == vary::secondary_key(&e.vary_names, &req.headers) {
+                return Found::Entry(e);
+            }
+        }
+    }
+    if any {
+        Found::VaryMiss
+    } else {
+        Found::UriMiss
+    }
+}
+
+/// Step 1, on the request headers (see the module docs).
+pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
+    let now = host.now_nanos();
+    let mut ctx = context(route, req, now);
+    let m = route.metrics;
+    if !route.policy.caches_method(&req.method) {
+        host.increment_metric(m.bypass, 1);
+        ctx.mode = if is_safe(&req.method) {
+            Mode::Bypass
+        } else {
+            Mode::Invalidate
+        };
+        ctx.fwd = "method";
+        return Lookup::Bypass { ctx };
+    }
+    let store = Store::new(host, route.store);
+    let found = find(&store, &ctx, req);
+    let entry = match found {
+        Found::Entry(e) => e,
+        Found::VaryMiss | Found::UriMiss => {
+            host.increment_metric(m.miss, 1);
+            if ctx.req_cc.only_if_cached {
+                return Lookup::OnlyIfCachedMiss(gateway_timeout());
+            }
+            ctx.fwd = if matches!(found, Found::VaryMiss) {
+                "vary-miss"
+            } else {
+                "uri-miss"
+            };
+            match fill_lock(&store, &ctx) {
+                LockOutcome::Acquired(g) => ctx.lock = Some(g),
+                LockOutcome::HeldByOther { remaining_ns } => {
+                    return Lookup::Wait {
+                        retry_after_ms: (remaining_ns / 1_000_000).clamp(1, WAIT_POLL_MS),
+                    }
+                }
+                LockOutcome::Unavailable => {}
+            }
+            return Lookup::Miss { ctx };
+        }
+    };
+    let (cc, life, age) = entry_times(&entry, route.policy, now);
+    if ctx.has_authorization && !shareable_with_authorization(&cc) {
+        host.increment_metric(m.miss, 1);
+        if ctx.req_cc.only_if_cached {
+            return Lookup::OnlyIfCachedMiss(gateway_timeout());
+        }
+        ctx.fwd = "request";
+        ctx.detail = Some("authorization");
+        return Lookup::Miss { ctx };
+    }
+    let usability = freshness::usability(life, age, &cc, &ctx.req_cc);
+    match usability {
+        freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => {
+            host.increment_metric(m.hit, 1);
+            Lookup::Hit(respond(
+                &entry,
+                &req.headers,
+                ctx.head,
+                age,
+                &hit_status(ttl, None),
+            ))
+        }
+        // HEAD never takes the fill lock: its response cannot refill the entry.
+        freshness::Usability::StaleWhileRevalidate { ttl } => match fill_lock(&store, &ctx) {
+            LockOutcome::Acquired(g) => {
+                ctx.lock = Some(g);
+                host.increment_metric(m.miss, 1);
+                ctx.fwd = "stale";
+                go_upstream(ctx, entry)
+            }
+            _ => {
+                host.increment_metric(m.hit, 1);
+                let status = hit_status(ttl, Some("stale-while-revalidate"));
+                Lookup::Hit(respond(&entry, &req.headers, ctx.head, age, &status))
+            }
+        },
+        freshness::Usability::MustValidate { ttl } => {
+            if ctx.req_cc.only_if_cached {
+                host.increment_metric(m.miss, 1);
+                return Lookup::OnlyIfCachedMiss(gateway_timeout());
+            }
+            let entry_itself_stale = ttl <= 0 || cc.no_cache;
+            if entry_itself_stale {
+                match fill_lock(&store, &ctx) {
+                    LockOutcome::Acquired(g) => ctx.lock = Some(g),
+                    LockOutcome::HeldByOther { remaining_ns } => {
+                        return Lookup::Wait {
+                            retry_after_ms: (remaining_ns / 1_000_000).clamp(1, WAIT_POLL_MS),
+                        }
+                    }
+                    LockOutcome::Unavailable => {}
+                }
+            }
+            host.increment_metric(m.miss, 1);
+            ctx.fwd = if entry_itself_stale {
+                "stale"
+            } else {
+                "request"
+            };
+            go_upstream(ctx, entry)
+        }
+    }
+}
+
+/// Takes the fill lock, unless this request's response can never fill the
+/// entry (HEAD, request `no-store`).
+fn fill_lock(store: &Store<'_, impl Host>, ctx: &MissContext) -> LockOutcome {
+    if ctx.head || ctx.req_cc.no_store {
+        return LockOutcome::Unavailable;
+    }
+    store.try_lock(&ctx.primary)
+}
+
+fn go_upstream(mut ctx: MissContext, entry: Entry) -> Lookup {
+    let add = validators(&entry);
+    ctx.stale = Some(entry);
+    if add.is_empty() {
+        Lookup::Miss { ctx }
+    } else {
+        ctx.mode = Mode::Revalidate;
+        Lookup::Revalidate {
+            add_request_headers: add,
+            ctx,
+        }
+    }
+}
+
+fn release(store: &Store<'_, impl Host>, ctx: &mut MissContext) {
+    if let Some(g) = ctx.lock.take() {
+        store.unlock(g);
+    }
+}
+
+/// Path of a `Location` / `Content-Location` value when it names the same
+/// host as the request.
+fn same_host_path(value: &[u8], authority: &str) -> Option<String> {
+    let s = std::str::from_utf8(value).ok()?.trim();
+    if s.starts_with('/') && !s.starts_with("//") {
+        return Some(s.to_string());
+    }
+    let lower = s.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+    let rest = if lower.starts_with("https://") {
+        &s[8..]
+    } else if lower.starts_with("http://") {
+        &s[7..]
+    } else {
+        return None;
+    };
+    let (auth, path) = match rest.find(['/', '?', '#']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    strip_port(auth)
+        .eq_ignore_ascii_case(strip_port(authority))
+        .then_some(path)
+}
+
+fn serve_stale_if_error(
+    host: &impl Host,
+    route: &CacheRoute,
+    ctx: &MissContext,
+    upstream_status: Option<u32>,
+) -> Option<CachedResponse> {
+    let stale = ctx.stale.as_ref()?;
+    let now = host.now_nanos();
+    let (cc, life, age) = entry_times(stale, route.policy, now);
+    if !freshness::stale_if_error_allows(life, age, &cc, &ctx.req_cc) {
+        return None;
+    }
+    host.increment_metric(route.metrics.hit, 1);
+    let ttl = life as i64 - age as i64;
+    let status = fwd_status(
+        "stale",
+        upstream_status,
+        false,
+        Some("stale-if-error"),
+        Some(ttl),
+    );
+    Some(respond(stale, &ctx.request_headers, ctx.head, age, &status))
+}
+
+/// Step 2, on the upstream response headers (see the module docs).
+pub fn on_response_headers(
+    host: &impl Host,
+    route: &CacheRoute,
+    ctx: &mut MissContext,
+    status: u32,
+    response: &[(String, Vec<u8>)],
+) -> ResponseDecision {
+    let store = Store::new(host, route.store);
+    let now = host.now_nanos();
+    ctx.response_time_ns = now;
+    match ctx.mode {
+        Mode::Bypass => {
+            return ResponseDecision::DontStore {
+                cache_status: fwd_status(ctx.fwd, Some(status), false, ctx.detail, None),
+            }
+        }
+        Mode::Invalidate => {
+            if (200..400).contains(&status) {
+                let mut n = store.invalidate(&ctx.uri);
+                for name in ["location", "content-location"] {
+                    if let Some(p) = headers::first(response, name)
+                        .and_then(|v| same_host_path(v, &ctx.authority))
+                    {
+                        let path = key_path(&p, route.policy.ignore_query);
+                        n += store.invalidate(&uri_hash(route.name, &ctx.authority, path));
+                    }
+                }
+                if n > 0 {
+                    log::debug!("meshguard: cache: {}: invalidated {n} entries", route.name);
+                }
+            }
+            return ResponseDecision::DontStore {
+                cache_status: fwd_status(ctx.fwd, Some(status), false, None, None),
+            };
+        }
+        Mode::Fill | Mode::Revalidate => {}
+    }
+    if matches!(status, 500 | 502 | 503 | 504) {
+        if let Some(r) = serve_stale_if_error(host, route, ctx, Some(status)) {
+            release(&store, ctx);
+            return ResponseDecision::Replace { response: r };
+        }
+    }
+    if status == 304 && ctx.mode == Mode::Revalidate {
+        let replaced = revalidated(host, &store, route, ctx, response);
+        release(&store, ctx);
+        return match replaced {
+            Some(r) => ResponseDecision::Replace { response: r },
+            // The 304 is for another representation than the stored one
+            // (4.3.4): the entry was dropped; the 304 goes through as is
+            // (a retry without validators would need the filter's help).
+            None => ResponseDecision::DontStore {
+                cache_status: fwd_status(
+                    ctx.fwd,
+                    Some(304),
+                    false,
+                    Some("validator-mismatch"),
+                    None,
+                ),
+            },
+        };
+    }
+    match storable_now(route, ctx, status, response, now) {
+        Ok(max_body) => ResponseDecision::Store {
+            max_body,
+            cache_status: fwd_status(ctx.fwd, Some(status), true, ctx.detail, None),
+        },
+        Err(why) => {
+            if let Some(g) = ctx.lock.take() {
+                store.unlock_pass(g);
+            }
+            ResponseDecision::DontStore {
+                cache_status: fwd_status(
+                    ctx.fwd,
+                    Some(status),
+                    false,
+                    Some(ctx.detail.unwrap_or(why)),
+                    None,
+                ),
+            }
+        }
+    }
+}
+
+/// All storage checks that the headers allow; `Ok(max body bytes)`.
+fn storable_now(
+    route: &CacheRoute,
+    ctx: &MissContext,
+    status: u32,
+    response: &[(String, Vec<u8>)],
+    now: u64,
+) -> Result<usize, &'static str> {
+    if ctx.head {
+        return Err("head");
+    }
+    let cc = ResponseDirectives::parse(response);
+    let vary_names = storable::check(
+        status,
+        response,
+        &cc,
+        ctx.has_authorization,
+        ctx.req_cc.no_store,
+        &route.policy.vary_allowlist,
+    )?;
+    let (life, _) = freshness::lifetime(status, response, &cc, now / NS, route.policy.freshness());
+    let has_validator = headers::has(response, "etag") || headers::has(response, "last-modified");
+    let explicit = cc.has_explicit_max_age() || headers::has(response, "expires") || cc.no_cache;
+    if life == 0 && !(has_validator && explicit) {
+        return Err("no-freshness");
+    }
+    let skeleton = Entry {
+        status: 0,
+        vary_names,
+        headers: storable::strip_for_storage(response),
+        ..Entry::default()
+    };
+    let max = usize::try_from(route.store.max_entry_bytes).unwrap_or(usize::MAX);
+    let max_body = max.checked_sub(skeleton.encoded_len()).ok_or("too-big")?;
+    let declared = headers::first(response, "content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err("too-big");
+    }
+    Ok(max_body)
+}
+
+/// Refreshes the stored entry from a 304 (RFC 9111 4.3.4) and builds the
+/// response to send. `None` when the 304 does not match the stored entry.
+fn revalidated(
+    host: &impl Host,
+    store: &Store<'_, impl Host>,
+    route: &CacheRoute,
+    ctx: &MissContext,
+    response: &[(String, Vec<u8>)],
+) -> Option<CachedResponse> {
+    let stale = ctx.stale.as_ref()?;
+    // A 304 naming a different strong validator is for another representation.
+    if let (Some(new), Some(old)) = (
+        headers::first(response, "etag").and_then(etag::parse),
+        headers::first(&stale.headers, "etag").and_then(etag::parse),
+    ) {
+        if !etag::weak_eq(&new, &old) {
+            store.invalidate(&ctx.uri);
+            return None;
+        }
+    }
+    let mut merged = stale.clone();
+    // The stored Age described the old response; the 304 brings its own.
+    merged.headers.retain(|(n, _)| n != "age");
+    let update: Vec<(String, Vec<u8>)> = storable::strip_for_storage(response)
+        .into_iter()
+        .filter(|(n, _)| n != "content-length")
+        .collect();
+    for (name, _) in &update {
+        merged.headers.retain(|(n, _)| n != name);
+    }
+    merged.headers.extend(update);
+    merged.request_time_ns = ctx.request_time_ns;
+    merged.response_time_ns = ctx.response_time_ns;
+    let cc = ResponseDirectives::parse(&merged.headers);
+    let keep = storable::check(
+        merged.status as u32,
+        &merged.headers,
+        &cc,
+        ctx.has_authorization,
+        ctx.req_cc.no_store,
+        &route.policy.vary_allowlist,
+    )
+    .is_ok()
+        && merged.encoded_len() as u64 <= route.store.max_entry_bytes;
+    let stored = keep && record_write(host, route, store.write(&ctx.uri, &merged));
+    if !keep {
+        store.invalidate(&ctx.uri);
+    }
+    let (_, life, age) = entry_times(&merged, route.policy, host.now_nanos());
+    let ttl = life as i64 - age as i64;
+    let status = fwd_status("stale", Some(304), stored, None, Some(ttl));
+    Some(respond(
+        &merged,
+        &ctx.request_headers,
+        ctx.head,
+        age,
+        &status,
+    ))
+}
+
+fn record_write(host: &impl Host, route: &CacheRoute, outcome: WriteOutcome) -> bool {
+    match outcome {
+        WriteOutcome::Stored { evicted, .. } => {
+            host.increment_metric(route.metrics.stored, 1);
+            if evicted > 0 {
+                host.increment_metric(route.metrics.evicted, evicted as i64);
+            }
+            true
+        }
+        other => {
+            log::debug!("meshguard: cache: {}: not stored: {other:?}", route.name);
+            false
+        }
+    }
+}
+
+/// Step 2b, at end of stream after `Store`: stores the response (the same
+/// headers given to [`on_response_headers`], the whole body). Returns
+/// whether it was stored. Always releases the fill lock.
+pub fn store(
+    host: &impl Host,
+    route: &CacheRoute,
+    ctx: &mut MissContext,
+    status: u32,
+    response: &[(String, Vec<u8>)],
+    body: &[u8],
+) -> bool {
+    let store = Store::new(host, route.store);
+    let ok = match storable_now(route, ctx, status, response, ctx.response_time_ns) {
+        Ok(max_body) if body.len() <= max_body => {
+            let cc = ResponseDirectives::parse(response);
+            match storable::check(
+                status,
+                response,
+                &cc,
+                ctx.has_authorization,
+                ctx.req_cc.no_store,
+                &route.policy.vary_allowlist,
+            ) {
+                Ok(vary_names) => {
+                    let entry = Entry {
+                        primary: ctx.primary,
+                        secondary: vary::secondary_key(&vary_names, &ctx.request_headers),
+                        request_time_ns: ctx.request_time_ns,
+                        response_time_ns: ctx.response_time_ns,
+                        status: status as u16,
+                        vary_names,
+                        headers: storable::strip_for_storage(response),
+                        body: body.to_vec(),
+                    };
+                    record_write(host, route, store.write(&ctx.uri, &entry))
+                }
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    };
+    release(&store, ctx);
+    ok
+}
+
+/// The upstream failed before sending headers (reset, connect failure,
+/// timeout): the stale response to send instead, if `stale-if-error`
+/// allows. Releases the fill lock.
+pub fn on_upstream_failure(
+    host: &impl Host,
+    route: &CacheRoute,
+    ctx: &mut MissContext,
+) -> Option<CachedResponse> {
+    let r = match ctx.mode {
+        Mode::Fill | Mode::Revalidate => serve_stale_if_error(host, route, ctx, None),
+        _ => None,
+    };
+    release(&Store::new(host, route.store), ctx);
+    r
+}
+
+/// The stream ended without [`store()`] (body too large, reset...): releases
+/// the fill lock so waiting requests go upstream at once.
+pub fn abandon(host: &impl Host, route: &CacheRoute, ctx: &mut MissContext) {
+    release(&Store::new(host, route.store), ctx);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_paths_drop_fragments_and_optionally_queries() {
+        assert_eq!(key_path("/a?b=1#f", false), "/a?b=1");
+        assert_eq!(key_path("/a?b=1#f", true), "/a");
+        assert_ne!(uri_hash("r", "h", "/a"), uri_hash("r", "h", "/b"));
+        assert_ne!(uri_hash("r", "h", "/a"), uri_hash("s", "h", "/a"));
+        assert_eq!(uri_hash("r", "H.com", "/a"), uri_hash("r", "h.com", "/a"));
+    }
+
+    #[test]
+    fn location_on_same_host_only() {
+        assert_eq!(same_host_path(b"/x", "a.com").as_deref(), Some("/x"));
+        assert_eq!(
+            same_host_path(b"https://A.com:443/y?q", "a.com").as_deref(),
+            Some("/y?q")
+        );
+        assert_eq!(
+            same_host_path(b"http://a.com", "a.com:8080").as_deref(),
+            Some("/")
+        );
+        assert_eq!(same_host_path(b"https://b.com/y", "a.com"), None);
+        assert_eq!(same_host_path(b"//b.com/y", "a.com"), None);
+        assert_eq!(same_host_path(b"rel/y", "a.com"), None);
+    }
+
+    #[test]
+    fn cache_status_strings() {
+        assert_eq!(hit_status(42, None), "meshguard; hit; ttl=42");
+        assert_eq!(
+            fwd_status("uri-miss", Some(200), true, None, None),
+            "meshguard; fwd=uri-miss; fwd-status=200; stored"
+        );
+        assert_eq!(
+            fwd_status("stale", Some(503), false, Some("stale-if-error"), Some(-5)),
+            "meshguard; fwd=stale; fwd-status=503; ttl=-5; detail=stale-if-error"
+        );
     }
 }

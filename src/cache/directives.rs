@@ -1,0 +1,358 @@
+//! `Cache-Control` parsing (RFC 9111 section 5.2), for requests and responses.
+//!
+//! Grammar: a comma-separated list of `name` or `name=value`, where value is
+//! a token or a quoted-string (both forms accepted for every directive, as
+//! 5.2 requires). Names are case-insensitive. All field lines are joined.
+//!
+//! Robustness rules (documented choices):
+//! - Duplicates of a directive with a value: the FIRST occurrence wins
+//!   (RFC 9111 4.2.1 allows "first occurrence" or "stale"); flags such as
+//!   `no-store` are true if they appear anywhere (the most restrictive
+//!   reading); field-name lists of `no-cache` / `private` are unioned.
+//! - A response `max-age` / `s-maxage` whose value is not delta-seconds
+//!   (e.g. `max-age=abc`, `max-age=-1`, missing) is recorded as
+//!   [`Seconds::Invalid`] and makes the response stale (RFC 9111 4.2.1).
+//! - A bad value on a request directive ignores that directive, except
+//!   `max-stale` whose value is optional: `max-stale=abc` is ignored too.
+//! - Delta-seconds larger than 2^31 saturate to 2^31 (RFC 9111 1.2.2).
+//! - Unknown directives are ignored. At most [`MAX_DIRECTIVES`] are read.
+//! - `Pragma: no-cache` counts as request `no-cache` only when the request
+//!   has no `Cache-Control` at all (RFC 9111 5.4); it is ignored on responses.
+
+use super::headers::{self, Headers};
+
+/// Directives read from one message; the rest are ignored.
+pub const MAX_DIRECTIVES: usize = 64;
+/// RFC 9111 1.2.2: the largest delta-seconds a cache must handle.
+pub const DELTA_MAX: u64 = 2_147_483_648;
+
+/// A delta-seconds value that was present: valid, or not a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seconds {
+    Value(u64),
+    Invalid,
+}
+
+/// Response `Cache-Control`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseDirectives {
+    pub max_age: Option<Seconds>,
+    pub s_maxage: Option<Seconds>,
+    pub no_cache: bool,
+    /// `no-cache="field, ..."` (lowercased); treated like plain no-cache.
+    pub no_cache_fields: Vec<String>,
+    pub no_store: bool,
+    pub private: bool,
+    /// `private="field, ..."` (lowercased); treated like plain private.
+    pub private_fields: Vec<String>,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub must_understand: bool,
+    pub no_transform: bool,
+    pub immutable: bool,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+}
+
+/// Request `Cache-Control` (plus `Pragma: no-cache`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestDirectives {
+    pub max_age: Option<u64>,
+    /// `Some(None)`: `max-stale` without a value (any staleness).
+    pub max_stale: Option<Option<u64>>,
+    pub min_fresh: Option<u64>,
+    pub no_cache: bool,
+    pub no_store: bool,
+    pub only_if_cached: bool,
+    pub stale_if_error: Option<u64>,
+}
+
+/// One parsed directive: lowercased name, unquoted value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directive {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+/// Splits the `Cache-Control` field lines into directives.
+pub fn parse_list<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<Directive> {
+    let mut out = Vec::new();
+    for line in lines {
+        let mut i = 0;
+        let b = line;
+        while i < b.len() && out.len() < MAX_DIRECTIVES {
+            // skip separators and whitespace
+            while i < b.len() && (b[i] == b',' || b[i] == b' ' || b[i] == b'\t') {
+                i += 1;
+            }
+            let start = i;
+            while i < b.len() && b[i] != b',' && b[i] != b'=' {
+                i += 1;
+            }
+            let name = String::from_utf8_lossy(&b[start..i])
+                .trim()
+                .to_ascii_lowercase();
+            let mut value = None;
+            if i < b.len() && b[i] == b'=' {
+                i += 1;
+                while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+                    i += 1;
+                }
+                if i < b.len() && b[i] == b'"' {
+                    i += 1;
+                    let mut v = Vec::new();
+                    while i < b.len() && b[i] != b'"' {
+                        if b[i] == b'\\' && i + 1 < b.len() {
+                            i += 1;
+                        }
+                        v.push(b[i]);
+                        i += 1;
+                    }
+                    i += 1; // closing quote (or end)
+                    while i < b.len() && b[i] != b',' {
+                        i += 1; // junk after the quoted string is ignored
+                    }
+                    value = Some(String::from_utf8_lossy(&v).into_owned());
+                } else {
+                    let vs = i;
+                    while i < b.len() && b[i] != b',' {
+                        i += 1;
+                    }
+                    value = Some(String::from_utf8_lossy(&b[vs..i]).trim().to_string());
+                }
+            }
+            if !name.is_empty() {
+                out.push(Directive { name, value });
+            }
+        }
+    }
+    out
+}
+
+/// Parses delta-seconds: digits only, saturating at [`DELTA_MAX`].
+pub fn delta_seconds(v: &str) -> Option<u64> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for b in v.bytes() {
+        n = n.saturating_mul(10).saturating_add((b - b'0') as u64);
+        if n > DELTA_MAX {
+            return Some(DELTA_MAX);
+        }
+    }
+    Some(n)
+}
+
+fn field_list(v: &Option<String>, into: &mut Vec<String>) {
+    if let Some(v) = v {
+        for f in v.split(',') {
+            let f = f.trim().to_ascii_lowercase();
+            if !f.is_empty() && !into.contains(&f) && into.len() < MAX_DIRECTIVES {
+                into.push(f);
+            }
+        }
+    }
+}
+
+fn seconds(v: &Option<String>) -> Seconds {
+    match v.as_deref().and_then(delta_seconds) {
+        Some(n) => Seconds::Value(n),
+        None => Seconds::Invalid,
+    }
+}
+
+impl ResponseDirectives {
+    pub fn parse(headers: &Headers) -> ResponseDirectives {
+        let mut d = ResponseDirectives::default();
+        for Directive { name, value } in parse_list(headers::all(headers, "cache-control")) {
+            match name.as_str() {
+                "max-age" if d.max_age.is_none() => d.max_age = Some(seconds(&value)),
+                "s-maxage" if d.s_maxage.is_none() => d.s_maxage = Some(seconds(&value)),
+                "no-cache" => {
+                    d.no_cache = true;
+                    field_list(&value, &mut d.no_cache_fields);
+                }
+                "no-store" => d.no_store = true,
+                "private" => {
+                    d.private = true;
+                    field_list(&value, &mut d.private_fields);
+                }
+                "public" => d.public = true,
+                "must-revalidate" => d.must_revalidate = true,
+                "proxy-revalidate" => d.proxy_revalidate = true,
+                "must-understand" => d.must_understand = true,
+                "no-transform" => d.no_transform = true,
+                "immutable" => d.immutable = true,
+                "stale-while-revalidate" if d.stale_while_revalidate.is_none() => {
+                    d.stale_while_revalidate = value.as_deref().and_then(delta_seconds)
+                }
+                "stale-if-error" if d.stale_if_error.is_none() => {
+                    d.stale_if_error = value.as_deref().and_then(delta_seconds)
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// Explicit freshness: s-maxage or max-age present (valid or not).
+    pub fn has_explicit_max_age(&self) -> bool {
+        self.max_age.is_some() || self.s_maxage.is_some()
+    }
+
+    /// A shared cache may never serve this response stale (must-revalidate,
+    /// proxy-revalidate, or s-maxage which implies proxy-revalidate).
+    pub fn forbids_stale(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
+    }
+}
+
+impl RequestDirectives {
+    pub fn parse(headers: &Headers) -> RequestDirectives {
+        let mut d = RequestDirectives::default();
+        if !headers::has(headers, "cache-control") {
+            // RFC 9111 5.4: Pragma only when Cache-Control is absent.
+            d.no_cache = headers::all(headers, "pragma").any(|v| {
+                parse_list(std::iter::once(v))
+                    .iter()
+                    .any(|x| x.name == "no-cache")
+            });
+            return d;
+        }
+        for Directive { name, value } in parse_list(headers::all(headers, "cache-control")) {
+            let n = value.as_deref().and_then(delta_seconds);
+            match name.as_str() {
+                "max-age" if d.max_age.is_none() => d.max_age = n,
+                "max-stale" if d.max_stale.is_none() => {
+                    d.max_stale = match (&value, n) {
+                        (None, _) => Some(None),
+                        (Some(_), Some(n)) => Some(Some(n)),
+                        (Some(_), None) => None,
+                    }
+                }
+                "min-fresh" if d.min_fresh.is_none() => d.min_fresh = n,
+                "no-cache" => d.no_cache = true,
+                "no-store" => d.no_store = true,
+                "only-if-cached" => d.only_if_cached = true,
+                "stale-if-error" if d.stale_if_error.is_none() => d.stale_if_error = n,
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn h(lines: &[&str]) -> Vec<(String, Vec<u8>)> {
+        lines
+            .iter()
+            .map(|l| ("cache-control".to_string(), l.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_values_may_be_quoted() {
+        let d = ResponseDirectives::parse(&h(&["Max-Age=\"60\", PUBLIC, S-MaxAge=30"]));
+        assert_eq!(d.max_age, Some(Seconds::Value(60)));
+        assert_eq!(d.s_maxage, Some(Seconds::Value(30)));
+        assert!(d.public);
+    }
+
+    #[test]
+    fn quoted_field_lists_keep_commas_inside_quotes() {
+        let d = ResponseDirectives::parse(&h(&[
+            "no-cache=\"Set-Cookie, X-Foo\", private=\"x-bar\", max-age=5",
+        ]));
+        assert!(d.no_cache && d.private);
+        assert_eq!(d.no_cache_fields, vec!["set-cookie", "x-foo"]);
+        assert_eq!(d.private_fields, vec!["x-bar"]);
+        assert_eq!(d.max_age, Some(Seconds::Value(5)));
+    }
+
+    #[test]
+    fn escapes_in_quoted_strings() {
+        let l = parse_list(std::iter::once(&b"a=\"x\\\"y\", b"[..]));
+        assert_eq!(l[0].value.as_deref(), Some("x\"y"));
+        assert_eq!(l[1].name, "b");
+    }
+
+    #[test]
+    fn duplicates_first_value_wins_and_flags_accumulate() {
+        let d = ResponseDirectives::parse(&h(&["max-age=10", "max-age=99, no-store"]));
+        assert_eq!(d.max_age, Some(Seconds::Value(10)));
+        assert!(d.no_store);
+        let r = RequestDirectives::parse(&h(&["max-age=3, max-age=1"]));
+        assert_eq!(r.max_age, Some(3));
+    }
+
+    #[test]
+    fn bad_numbers_are_invalid_on_responses_and_ignored_on_requests() {
+        for v in [
+            "max-age=abc",
+            "max-age=-1",
+            "max-age=",
+            "max-age",
+            "max-age=1.5",
+        ] {
+            let d = ResponseDirectives::parse(&h(&[v]));
+            assert_eq!(d.max_age, Some(Seconds::Invalid), "{v}");
+        }
+        let r = RequestDirectives::parse(&h(&["max-age=x, min-fresh=-2, max-stale=zz"]));
+        assert_eq!(r, RequestDirectives::default());
+    }
+
+    #[test]
+    fn huge_values_saturate() {
+        let d = ResponseDirectives::parse(&h(&["max-age=99999999999999999999999"]));
+        assert_eq!(d.max_age, Some(Seconds::Value(DELTA_MAX)));
+    }
+
+    #[test]
+    fn max_stale_with_and_without_value() {
+        assert_eq!(
+            RequestDirectives::parse(&h(&["max-stale"])).max_stale,
+            Some(None)
+        );
+        assert_eq!(
+            RequestDirectives::parse(&h(&["max-stale=30"])).max_stale,
+            Some(Some(30))
+        );
+    }
+
+    #[test]
+    fn pragma_only_without_cache_control() {
+        let p = vec![("pragma".to_string(), b"no-cache".to_vec())];
+        assert!(RequestDirectives::parse(&p).no_cache);
+        let mut both = p.clone();
+        both.push(("cache-control".to_string(), b"max-age=5".to_vec()));
+        assert!(!RequestDirectives::parse(&both).no_cache);
+    }
+
+    #[test]
+    fn request_flags() {
+        let r = RequestDirectives::parse(&h(&[
+            "No-Store, only-if-cached, min-fresh=5, stale-if-error=9",
+        ]));
+        assert!(r.no_store && r.only_if_cached);
+        assert_eq!(r.min_fresh, Some(5));
+        assert_eq!(r.stale_if_error, Some(9));
+    }
+
+    #[test]
+    fn stale_extensions_and_forbidding_stale() {
+        let d = ResponseDirectives::parse(&h(&[
+            "max-age=1, stale-while-revalidate=30, stale-if-error=60",
+        ]));
+        assert_eq!(d.stale_while_revalidate, Some(30));
+        assert_eq!(d.stale_if_error, Some(60));
+        assert!(!d.forbids_stale());
+        assert!(ResponseDirectives::parse(&h(&["s-maxage=1"])).forbids_stale());
+        assert!(ResponseDirectives::parse(&h(&["proxy-revalidate"])).forbids_stale());
+    }
+}

@@ -1,0 +1,204 @@
+//! Validators and conditional requests (RFC 9110 8.8.3, 13.1.2, 13.1.3,
+//! 13.2.2): entity-tag comparison, `If-None-Match` lists and `*`, and
+//! `If-Modified-Since` against `Last-Modified`.
+
+use super::headers::{self, Headers};
+use super::httpdate;
+
+/// A parsed entity-tag: `W/"x"` or `"x"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ETag<'a> {
+    pub weak: bool,
+    pub opaque: &'a [u8],
+}
+
+/// Parses one entity-tag (surrounding whitespace allowed).
+pub fn parse(v: &[u8]) -> Option<ETag<'_>> {
+    let v = v.trim_ascii();
+    let (weak, rest) = match v.strip_prefix(b"W/") {
+        Some(r) => (true, r),
+        None => (false, v),
+    };
+    if rest.len() < 2 || rest[0] != b'"' || rest[rest.len() - 1] != b'"' {
+        return None;
+    }
+    let opaque = &rest[1..rest.len() - 1];
+    if opaque.contains(&b'"') {
+        return None;
+    }
+    Some(ETag { weak, opaque })
+}
+
+/// Strong comparison: both strong and identical.
+pub fn strong_eq(a: &ETag, b: &ETag) -> bool {
+    !a.weak && !b.weak && a.opaque == b.opaque
+}
+
+/// Weak comparison: identical opaque tags, weakness ignored.
+pub fn weak_eq(a: &ETag, b: &ETag) -> bool {
+    a.opaque == b.opaque
+}
+
+/// Splits an entity-tag list (`"a", W/"b"`), respecting quotes (commas are
+/// legal inside an opaque tag). Malformed members are skipped.
+pub fn parse_list(v: &[u8]) -> Vec<ETag<'_>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < v.len() && out.len() < 64 {
+        while i < v.len() && (v[i] == b',' || v[i].is_ascii_whitespace()) {
+            i += 1;
+        }
+        let start = i;
+        if v[i..].starts_with(b"W/") {
+            i += 2;
+        }
+        if i < v.len() && v[i] == b'"' {
+            i += 1;
+            while i < v.len() && v[i] != b'"' {
+                i += 1;
+            }
+            i += 1;
+        } else {
+            while i < v.len() && v[i] != b',' {
+                i += 1;
+            }
+        }
+        let end = i.min(v.len());
+        if let Some(t) = parse(&v[start..end]) {
+            out.push(t);
+        }
+        while i < v.len() && v[i] != b',' {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `If-None-Match` evaluation against a stored response (weak comparison,
+/// as 13.1.2 requires): true when the condition is FALSE, i.e. the client's
+/// copy is current and a 304 is the answer. `*` matches any stored response.
+pub fn if_none_match_hits(if_none_match: &[&[u8]], stored: &Headers) -> bool {
+    if if_none_match.iter().any(|v| v.trim_ascii() == b"*") {
+        return true;
+    }
+    let Some(tag) = headers::first(stored, "etag").and_then(parse) else {
+        return false;
+    };
+    if_none_match
+        .iter()
+        .flat_map(|v| parse_list(v))
+        .any(|t| weak_eq(&t, &tag))
+}
+
+/// `If-Modified-Since` evaluation (13.1.3): true when the stored response
+/// was not modified since the given date. The stored response's
+/// modification time is `Last-Modified`, else its `Date`, else when it was
+/// received (RFC 9111 4.3.2). An invalid date ignores the header.
+pub fn not_modified_since(ims: &[u8], stored: &Headers, response_time_secs: u64) -> bool {
+    let Some(since) = httpdate::parse(ims) else {
+        return false;
+    };
+    let modified = headers::first(stored, "last-modified")
+        .and_then(httpdate::parse)
+        .or_else(|| headers::first(stored, "date").and_then(httpdate::parse))
+        .unwrap_or(response_time_secs);
+    modified <= since
+}
+
+/// Whether a conditional GET/HEAD request may be answered with 304 from the
+/// stored response: `If-None-Match` if present (then `If-Modified-Since` is
+/// ignored, 13.2.2), otherwise `If-Modified-Since`.
+pub fn answer_304(request: &Headers, stored: &Headers, response_time_secs: u64) -> bool {
+    let inm: Vec<&[u8]> = headers::all(request, "if-none-match").collect();
+    if !inm.is_empty() {
+        return if_none_match_hits(&inm, stored);
+    }
+    match headers::first(request, "if-modified-since") {
+        Some(ims) => not_modified_since(ims, stored, response_time_secs),
+        None => false,
+    }
+}
+
+/// Whether the request carries its own validators.
+pub fn is_conditional(request: &Headers) -> bool {
+    headers::has(request, "if-none-match") || headers::has(request, "if-modified-since")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn hs(v: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn strong_and_weak_comparison_table() {
+        // RFC 9110 8.8.3.2 table.
+        let cases = [
+            (&b"W/\"1\""[..], &b"W/\"1\""[..], false, true),
+            (b"W/\"1\"", b"W/\"2\"", false, false),
+            (b"W/\"1\"", b"\"1\"", false, true),
+            (b"\"1\"", b"\"1\"", true, true),
+        ];
+        for (a, b, strong, weak) in cases {
+            let (a, b) = (parse(a).unwrap(), parse(b).unwrap());
+            assert_eq!(strong_eq(&a, &b), strong);
+            assert_eq!(weak_eq(&a, &b), weak);
+        }
+        assert!(parse(b"abc").is_none());
+        assert!(parse(b"\"a\"b\"").is_none());
+    }
+
+    #[test]
+    fn lists_and_star() {
+        let stored = hs(&[("etag", "W/\"v2\"")]);
+        assert!(if_none_match_hits(&[b"\"v1\", \"v2\""], &stored));
+        assert!(if_none_match_hits(&[b"\"v1\"", b" W/\"v2\" "], &stored));
+        assert!(!if_none_match_hits(&[b"\"v1\""], &stored));
+        assert!(if_none_match_hits(&[b"*"], &hs(&[])));
+        assert!(!if_none_match_hits(&[b"\"v1\""], &hs(&[])));
+        let l = parse_list(b"\"a,b\", garbage, W/\"c\"");
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].opaque, b"a,b");
+    }
+
+    #[test]
+    fn if_modified_since() {
+        let stored = hs(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert!(not_modified_since(
+            b"Sun, 06 Nov 1994 08:49:37 GMT",
+            &stored,
+            0
+        ));
+        assert!(!not_modified_since(
+            b"Sat, 05 Nov 1994 08:49:37 GMT",
+            &stored,
+            0
+        ));
+        assert!(!not_modified_since(b"garbage", &stored, 0));
+        // No Last-Modified: the time it was received.
+        assert!(not_modified_since(
+            b"Sun, 06 Nov 1994 08:49:37 GMT",
+            &hs(&[]),
+            784_111_777
+        ));
+    }
+
+    #[test]
+    fn if_none_match_takes_precedence() {
+        let stored = hs(&[
+            ("etag", "\"x\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        let req = hs(&[
+            ("if-none-match", "\"y\""),
+            ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        assert!(!answer_304(&req, &stored, 0));
+        assert!(is_conditional(&req));
+    }
+}

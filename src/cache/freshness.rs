@@ -1,0 +1,424 @@
+//! Freshness lifetime, age, and whether a stored response may answer a
+//! request (RFC 9111 sections 4.2 and 4.2.4, RFC 5861).
+//!
+//! All times are seconds (HTTP dates have one-second resolution) except the
+//! host timestamps, which are nanoseconds since the epoch. Arithmetic is
+//! saturating: a clock that goes backwards gives an age of zero growth,
+//! never an underflow.
+
+use super::directives::{RequestDirectives, ResponseDirectives, Seconds};
+use super::headers::{self, Headers};
+use super::httpdate;
+
+/// Heuristic freshness cap when no `default_ttl` is configured (one day).
+pub const HEURISTIC_CAP_SECS: u64 = 86_400;
+
+/// How the freshness lifetime was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifetimeSource {
+    SMaxAge,
+    MaxAge,
+    Expires,
+    Heuristic,
+    DefaultTtl,
+    /// No freshness information: lifetime 0.
+    None,
+}
+
+/// The configured fallbacks for responses without explicit freshness.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FreshnessConfig {
+    pub default_ttl_secs: Option<u64>,
+    pub heuristic: bool,
+}
+
+/// Statuses that are heuristically cacheable (RFC 9110 15.1), minus 206
+/// which meshguard does not store.
+pub fn heuristically_cacheable(status: u32) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Freshness lifetime in seconds (RFC 9111 4.2.1), for a shared cache:
+/// `s-maxage` > `max-age` > `Expires - Date` > heuristic > `default_ttl`.
+/// An invalid `s-maxage` / `max-age` / `Expires` means "already stale" (0).
+/// `response_time_secs` stands in for a missing or invalid `Date`.
+pub fn lifetime(
+    status: u32,
+    headers: &Headers,
+    cc: &ResponseDirectives,
+    response_time_secs: u64,
+    cfg: FreshnessConfig,
+) -> (u64, LifetimeSource) {
+    match cc.s_maxage {
+        Some(Seconds::Value(n)) => return (n, LifetimeSource::SMaxAge),
+        Some(Seconds::Invalid) => return (0, LifetimeSource::SMaxAge),
+        None => {}
+    }
+    match cc.max_age {
+        Some(Seconds::Value(n)) => return (n, LifetimeSource::MaxAge),
+        Some(Seconds::Invalid) => return (0, LifetimeSource::MaxAge),
+        None => {}
+    }
+    if headers::has(headers, "expires") {
+        // Several Expires lines, or an unparseable one: stale (4.2.1).
+        let expires = if headers::count(headers, "expires") == 1 {
+            headers::first(headers, "expires").and_then(httpdate::parse)
+        } else {
+            None
+        };
+        let date = date_secs(headers).unwrap_or(response_time_secs);
+        return (
+            expires.map_or(0, |e| e.saturating_sub(date)),
+            LifetimeSource::Expires,
+        );
+    }
+    if cfg.heuristic && (heuristically_cacheable(status) || cc.public) {
+        if let Some(lm) = headers::first(headers, "last-modified").and_then(httpdate::parse) {
+            let date = date_secs(headers).unwrap_or(response_time_secs);
+            let cap = cfg.default_ttl_secs.unwrap_or(HEURISTIC_CAP_SECS);
+            return (
+                (date.saturating_sub(lm) / 10).min(cap),
+                LifetimeSource::Heuristic,
+            );
+        }
+    }
+    if let Some(ttl) = cfg.default_ttl_secs {
+        if heuristically_cacheable(status) || cc.public {
+            return (ttl, LifetimeSource::DefaultTtl);
+        }
+    }
+    (0, LifetimeSource::None)
+}
+
+/// The `Date` header in seconds, if present and valid.
+pub fn date_secs(headers: &Headers) -> Option<u64> {
+    headers::first(headers, "date").and_then(httpdate::parse)
+}
+
+/// The `Age` header: delta-seconds; a bad or missing value is 0.
+pub fn age_header(headers: &Headers) -> u64 {
+    headers::first(headers, "age")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| super::directives::delta_seconds(s.trim()))
+        .unwrap_or(0)
+}
+
+/// Current age in seconds (RFC 9111 4.2.3):
+/// ```text
+/// apparent_age          = max(0, response_time - date_value)
+/// response_delay        = response_time - request_time
+/// corrected_age_value   = age_value + response_delay
+/// corrected_initial_age = max(apparent_age, corrected_age_value)
+/// resident_time         = now - response_time
+/// current_age           = corrected_initial_age + resident_time
+/// ```
+/// Timestamps in nanoseconds; a backwards clock gives zero for any negative
+/// difference.
+pub fn current_age(
+    headers: &Headers,
+    request_time_ns: u64,
+    response_time_ns: u64,
+    now_ns: u64,
+) -> u64 {
+    let response_time = response_time_ns / 1_000_000_000;
+    let date_value = date_secs(headers).unwrap_or(response_time);
+    let apparent_age = response_time.saturating_sub(date_value);
+    let response_delay = response_time_ns.saturating_sub(request_time_ns) / 1_000_000_000;
+    let corrected_age_value = age_header(headers).saturating_add(response_delay);
+    let corrected_initial_age = apparent_age.max(corrected_age_value);
+    let resident_time = now_ns.saturating_sub(response_time_ns) / 1_000_000_000;
+    corrected_initial_age.saturating_add(resident_time)
+}
+
+/// What a stored response can do for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usability {
+    /// Fresh enough: serve it. `ttl` = lifetime - age (> 0).
+    Fresh { ttl: i64 },
+    /// Stale but the request's `max-stale` accepts it: serve it.
+    StaleAllowed { ttl: i64 },
+    /// Stale within `stale-while-revalidate`: serve it while one request
+    /// revalidates.
+    StaleWhileRevalidate { ttl: i64 },
+    /// Must be validated (or refetched) upstream before use.
+    MustValidate { ttl: i64 },
+}
+
+impl Usability {
+    pub fn ttl(self) -> i64 {
+        match self {
+            Usability::Fresh { ttl }
+            | Usability::StaleAllowed { ttl }
+            | Usability::StaleWhileRevalidate { ttl }
+            | Usability::MustValidate { ttl } => ttl,
+        }
+    }
+}
+
+/// Decides whether a stored response with freshness `lifetime` and current
+/// `age` may satisfy a request (RFC 9111 4.2.4 and 5.2.1, RFC 5861 3).
+pub fn usability(
+    lifetime: u64,
+    age: u64,
+    resp: &ResponseDirectives,
+    req: &RequestDirectives,
+) -> Usability {
+    let ttl =
+        (lifetime.min(i64::MAX as u64) as i64).saturating_sub(age.min(i64::MAX as u64) as i64);
+    if resp.no_cache || req.no_cache {
+        return Usability::MustValidate { ttl };
+    }
+    if let Some(max_age) = req.max_age {
+        if age > max_age {
+            return Usability::MustValidate { ttl };
+        }
+    }
+    if ttl > 0 {
+        if let Some(min_fresh) = req.min_fresh {
+            if (ttl as u64) < min_fresh {
+                return Usability::MustValidate { ttl };
+            }
+        }
+        return Usability::Fresh { ttl };
+    }
+    if resp.forbids_stale() {
+        return Usability::MustValidate { ttl };
+    }
+    let stale_by = ttl.unsigned_abs();
+    if let Some(max_stale) = req.max_stale {
+        if max_stale.map_or(true, |m| stale_by <= m) {
+            return Usability::StaleAllowed { ttl };
+        }
+    }
+    if let Some(swr) = resp.stale_while_revalidate {
+        if stale_by <= swr {
+            return Usability::StaleWhileRevalidate { ttl };
+        }
+    }
+    Usability::MustValidate { ttl }
+}
+
+/// Whether a stale response may be served because the origin failed
+/// (RFC 5861 4): within the response's or the request's `stale-if-error`
+/// window, and never when the response forbids serving stale.
+pub fn stale_if_error_allows(
+    lifetime: u64,
+    age: u64,
+    resp: &ResponseDirectives,
+    req: &RequestDirectives,
+) -> bool {
+    if resp.forbids_stale() || resp.no_cache {
+        return false;
+    }
+    let stale_by = age.saturating_sub(lifetime);
+    let window = match (resp.stale_if_error, req.stale_if_error) {
+        (Some(a), Some(b)) => a.max(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => return false,
+    };
+    stale_by <= window
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const NOW: u64 = 1_700_000_000; // seconds
+
+    fn hs(v: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+    fn rcc(v: &str) -> ResponseDirectives {
+        ResponseDirectives::parse(&hs(&[("cache-control", v)]))
+    }
+    fn qcc(v: &str) -> RequestDirectives {
+        RequestDirectives::parse(&hs(&[("cache-control", v)]))
+    }
+    fn life(h: &[(&str, &str)], cfg: FreshnessConfig) -> (u64, LifetimeSource) {
+        let h = hs(h);
+        let cc = ResponseDirectives::parse(&h);
+        lifetime(200, &h, &cc, NOW, cfg)
+    }
+
+    #[test]
+    fn lifetime_precedence() {
+        let d = httpdate::format(NOW);
+        let e = httpdate::format(NOW + 500);
+        let none = FreshnessConfig::default();
+        assert_eq!(
+            life(&[("cache-control", "max-age=10, s-maxage=20")], none).0,
+            20
+        );
+        assert_eq!(
+            life(&[("cache-control", "max-age=10"), ("expires", &e)], none),
+            (10, LifetimeSource::MaxAge)
+        );
+        assert_eq!(
+            life(&[("date", &d), ("expires", &e)], none),
+            (500, LifetimeSource::Expires)
+        );
+        assert_eq!(
+            life(&[("expires", "0")], none),
+            (0, LifetimeSource::Expires)
+        );
+        assert_eq!(
+            life(&[("expires", &e), ("expires", &e)], none),
+            (0, LifetimeSource::Expires)
+        );
+        assert_eq!(life(&[("cache-control", "max-age=oops")], none).0, 0);
+        assert_eq!(life(&[], none), (0, LifetimeSource::None));
+    }
+
+    #[test]
+    fn heuristic_is_ten_percent_capped_and_opt_in() {
+        let d = httpdate::format(NOW);
+        let lm = httpdate::format(NOW - 1000);
+        let old = httpdate::format(NOW - 100 * 86_400);
+        let h = [("date", d.as_str()), ("last-modified", lm.as_str())];
+        let on = FreshnessConfig {
+            default_ttl_secs: None,
+            heuristic: true,
+        };
+        assert_eq!(life(&h, on), (100, LifetimeSource::Heuristic));
+        assert_eq!(life(&h, FreshnessConfig::default()).0, 0);
+        let h2 = [("date", d.as_str()), ("last-modified", old.as_str())];
+        assert_eq!(life(&h2, on).0, HEURISTIC_CAP_SECS);
+        let capped = FreshnessConfig {
+            default_ttl_secs: Some(60),
+            heuristic: true,
+        };
+        assert_eq!(life(&h2, capped).0, 60);
+    }
+
+    #[test]
+    fn default_ttl_only_without_explicit_freshness() {
+        let cfg = FreshnessConfig {
+            default_ttl_secs: Some(30),
+            heuristic: false,
+        };
+        assert_eq!(life(&[], cfg), (30, LifetimeSource::DefaultTtl));
+        assert_eq!(life(&[("cache-control", "max-age=5")], cfg).0, 5);
+        let h = hs(&[]);
+        // 302 is not heuristically cacheable: default_ttl does not apply.
+        assert_eq!(
+            lifetime(302, &h, &ResponseDirectives::default(), NOW, cfg).0,
+            0
+        );
+    }
+
+    #[test]
+    fn age_arithmetic() {
+        let d = httpdate::format(NOW);
+        // Received 2s after the request, Date = response time, Age: 5.
+        let h = hs(&[("date", &d), ("age", "5")]);
+        let resp = NOW * S;
+        let req = resp - 2 * S;
+        assert_eq!(current_age(&h, req, resp, resp), 7);
+        assert_eq!(current_age(&h, req, resp, resp + 10 * S), 17);
+        // Clock went backwards: no negative resident time.
+        assert_eq!(current_age(&h, req, resp, resp - 100 * S), 7);
+        // Date far in the past dominates (apparent age).
+        let old = httpdate::format(NOW - 50);
+        assert_eq!(current_age(&hs(&[("date", &old)]), resp, resp, resp), 50);
+        // Bad Age is 0; Date in the future is 0 apparent age.
+        let fut = httpdate::format(NOW + 50);
+        assert_eq!(
+            current_age(&hs(&[("date", &fut), ("age", "x")]), resp, resp, resp),
+            0
+        );
+    }
+
+    #[test]
+    fn request_constraints() {
+        let r = rcc("max-age=100");
+        assert_eq!(
+            usability(100, 10, &r, &qcc("")),
+            Usability::Fresh { ttl: 90 }
+        );
+        assert_eq!(
+            usability(100, 10, &r, &qcc("max-age=5")),
+            Usability::MustValidate { ttl: 90 }
+        );
+        assert_eq!(
+            usability(100, 95, &r, &qcc("min-fresh=10")),
+            Usability::MustValidate { ttl: 5 }
+        );
+        assert_eq!(
+            usability(100, 10, &r, &qcc("no-cache")),
+            Usability::MustValidate { ttl: 90 }
+        );
+        assert_eq!(
+            usability(100, 120, &r, &qcc("max-stale")),
+            Usability::StaleAllowed { ttl: -20 }
+        );
+        assert_eq!(
+            usability(100, 120, &r, &qcc("max-stale=30")),
+            Usability::StaleAllowed { ttl: -20 }
+        );
+        assert_eq!(
+            usability(100, 120, &r, &qcc("max-stale=10")),
+            Usability::MustValidate { ttl: -20 }
+        );
+        assert_eq!(
+            usability(100, 100, &r, &qcc("")),
+            Usability::MustValidate { ttl: 0 }
+        );
+    }
+
+    #[test]
+    fn revalidation_directives_forbid_stale() {
+        for cc in [
+            "max-age=1, must-revalidate",
+            "max-age=1, proxy-revalidate",
+            "s-maxage=1",
+        ] {
+            let r = rcc(&format!(
+                "{cc}, stale-while-revalidate=100, stale-if-error=100"
+            ));
+            assert_eq!(
+                usability(1, 5, &r, &qcc("max-stale")),
+                Usability::MustValidate { ttl: -4 }
+            );
+            assert!(!stale_if_error_allows(1, 5, &r, &qcc("")));
+        }
+        let nc = rcc("no-cache, max-age=100");
+        assert_eq!(
+            usability(100, 1, &nc, &qcc("")),
+            Usability::MustValidate { ttl: 99 }
+        );
+    }
+
+    #[test]
+    fn stale_windows() {
+        let r = rcc("max-age=10, stale-while-revalidate=20, stale-if-error=60");
+        assert_eq!(
+            usability(10, 25, &r, &qcc("")),
+            Usability::StaleWhileRevalidate { ttl: -15 }
+        );
+        assert_eq!(
+            usability(10, 31, &r, &qcc("")),
+            Usability::MustValidate { ttl: -21 }
+        );
+        assert!(stale_if_error_allows(10, 70, &r, &qcc("")));
+        assert!(!stale_if_error_allows(10, 71, &r, &qcc("")));
+        assert!(stale_if_error_allows(
+            10,
+            100,
+            &rcc("max-age=10"),
+            &qcc("stale-if-error=90")
+        ));
+        assert!(!stale_if_error_allows(
+            10,
+            100,
+            &rcc("max-age=10"),
+            &qcc("")
+        ));
+    }
+}

@@ -1,0 +1,91 @@
+//! Small helpers over header lists `(lowercase name, value bytes)`.
+
+use crate::request::MAX_HEADER_VALUE;
+
+pub type Headers = [(String, Vec<u8>)];
+
+/// All values of a header (names compared case-insensitively); values longer
+/// than [`MAX_HEADER_VALUE`] are skipped, as if absent.
+pub fn all<'a>(headers: &'a Headers, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |(n, v)| n.eq_ignore_ascii_case(name) && v.len() <= MAX_HEADER_VALUE)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// First value of a header.
+pub fn first<'a>(headers: &'a Headers, name: &'a str) -> Option<&'a [u8]> {
+    all(headers, name).next()
+}
+
+/// Whether a header is present at all.
+pub fn has(headers: &Headers, name: &str) -> bool {
+    headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+}
+
+/// Number of field lines of a header.
+pub fn count(headers: &Headers, name: &str) -> usize {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .count()
+}
+
+/// Whether `name` is an HTTP token (RFC 9110 5.6.2), the syntax of header
+/// names and directive names.
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Appends our Cache-Status member after an existing value (RFC 9211: the
+/// list is ordered from origin to client, so the cache nearest the client
+/// comes last).
+pub fn append_cache_status(existing: Option<&[u8]>, ours: &str) -> Vec<u8> {
+    match existing {
+        Some(e) if !e.iter().all(u8::is_ascii_whitespace) => {
+            let mut v = e.to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ours.as_bytes());
+            v
+        }
+        _ => ours.as_bytes().to_vec(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_values_case_insensitively_and_skips_huge_ones() {
+        let h = vec![
+            ("etag".to_string(), b"\"a\"".to_vec()),
+            ("ETag".to_string(), b"\"b\"".to_vec()),
+            ("x".to_string(), vec![b'a'; MAX_HEADER_VALUE + 1]),
+        ];
+        assert_eq!(first(&h, "etag"), Some(&b"\"a\""[..]));
+        assert_eq!(all(&h, "ETAG").count(), 2);
+        assert_eq!(first(&h, "x"), None);
+        assert!(has(&h, "x"));
+        assert_eq!(count(&h, "etag"), 2);
+    }
+
+    #[test]
+    fn tokens_and_cache_status_lists() {
+        assert!(is_token("accept-encoding"));
+        assert!(!is_token("bad name"));
+        assert!(!is_token(""));
+        assert_eq!(
+            append_cache_status(None, "meshguard; hit"),
+            b"meshguard; hit"
+        );
+        assert_eq!(
+            append_cache_status(Some(b"origin-cache; hit"), "meshguard; hit"),
+            b"origin-cache; hit, meshguard; hit"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! May a response be stored (RFC 9111 section 3), and what is kept of it.
+//!
+//! A response to a GET is stored when ALL of these hold:
+//! - the request has no `no-store`, the response has no `no-store`;
+//! - the response is not `private` (meshguard is a shared cache; a
+//!   `private="field"` list is treated like plain `private`);
+//! - the status is one meshguard understands and is not 206 (no range
+//!   support), 304 (only used to refresh) or 1xx;
+//! - the request had no `Authorization`, or the response has `public`,
+//!   `s-maxage` or `must-revalidate` (3.5);
+//! - `Vary` is not `*` and names only headers in `vary_allowlist`;
+//! - `Set-Cookie` is present only with `public` or `s-maxage` (and then
+//!   the `Set-Cookie` lines are NOT kept: one client's cookie is never
+//!   replayed to another);
+//! - `must-understand` is honoured: the status is understood (all are);
+//! - there is a reason to keep it: a positive freshness lifetime, or
+//!   validators with explicit freshness / `no-cache` so it can be
+//!   revalidated (checked by the caller, which knows the lifetime).
+//!
+//! Hop-by-hop fields (`Connection` and the names it lists, `Keep-Alive`,
+//! `TE`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`, `Trailer`), any
+//! pseudo-header and `Set-Cookie` are stripped before storing. `Age` is
+//! kept: it is an input of the age calculation (the served `Age` is
+//! recomputed on every hit).
+
+use super::directives::ResponseDirectives;
+use super::headers::{self, Headers};
+use super::vary::{self, VaryError};
+
+/// Why a response is not stored: the `detail` of Cache-Status.
+pub type Refusal = &'static str;
+
+/// Statuses a stored response may have (besides the check on freshness).
+pub fn status_storable(status: u32) -> bool {
+    (200..=599).contains(&status) && status != 206 && status != 304
+}
+
+/// Checks the rules above except freshness; `Ok(vary names)` when storable.
+pub fn check(
+    status: u32,
+    response: &Headers,
+    cc: &ResponseDirectives,
+    request_has_authorization: bool,
+    request_no_store: bool,
+    vary_allowlist: &[String],
+) -> Result<Vec<String>, Refusal> {
+    if request_no_store {
+        return Err("request-no-store");
+    }
+    if cc.no_store {
+        return Err("no-store");
+    }
+    if cc.private {
+        return Err("private");
+    }
+    if !status_storable(status) {
+        return Err("status");
+    }
+    if request_has_authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+        return Err("authorization");
+    }
+    if headers::has(response, "set-cookie") && !(cc.public || cc.s_maxage.is_some()) {
+        return Err("set-cookie");
+    }
+    match vary::vary_names(response, vary_allowlist) {
+        Ok(names) => Ok(names),
+        Err(VaryError::Star) => Err("vary-star"),
+        Err(VaryError::NotAllowed(_)) => Err("vary-not-allowed"),
+        Err(VaryError::TooMany) => Err("vary-too-many"),
+    }
+}
+
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+];
+
+/// Headers that are never stored (hop-by-hop, per-hop, recomputed).
+pub fn strip_for_storage(response: &Headers) -> Vec<(String, Vec<u8>)> {
+    let mut listed: Vec<String> = Vec::new();
+    for v in headers::all(response, "connection") {
+        for n in String::from_utf8_lossy(v).split(',') {
+            let n = n.trim().to_ascii_lowercase();
+            if !n.is_empty() && listed.len() < 32 {
+                listed.push(n);
+            }
+        }
+    }
+    response
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.to_ascii_lowercase();
+            !(n.starts_with(':')
+                || n.starts_with("proxy-")
+                || HOP_BY_HOP.contains(&n.as_str())
+                || listed.contains(&n)
+                || n == "set-cookie")
+        })
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn hs(v: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+    fn allow() -> Vec<String> {
+        vec!["accept-encoding".into()]
+    }
+    fn chk(status: u32, h: &[(&str, &str)], auth: bool) -> Result<Vec<String>, Refusal> {
+        let h = hs(h);
+        check(
+            status,
+            &h,
+            &ResponseDirectives::parse(&h),
+            auth,
+            false,
+            &allow(),
+        )
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(
+            chk(200, &[("cache-control", "no-store")], false),
+            Err("no-store")
+        );
+        assert_eq!(
+            chk(200, &[("cache-control", "private, max-age=9")], false),
+            Err("private")
+        );
+        assert_eq!(
+            chk(200, &[("cache-control", "private=\"x\"")], false),
+            Err("private")
+        );
+        assert_eq!(chk(206, &[], false), Err("status"));
+        assert_eq!(chk(304, &[], false), Err("status"));
+        assert_eq!(chk(101, &[], false), Err("status"));
+        assert_eq!(chk(200, &[("vary", "*")], false), Err("vary-star"));
+        assert_eq!(
+            chk(200, &[("vary", "cookie")], false),
+            Err("vary-not-allowed")
+        );
+        assert_eq!(chk(200, &[("set-cookie", "a=b")], false), Err("set-cookie"));
+        let h = hs(&[]);
+        assert_eq!(
+            check(
+                200,
+                &h,
+                &ResponseDirectives::default(),
+                false,
+                true,
+                &allow()
+            ),
+            Err("request-no-store")
+        );
+    }
+
+    #[test]
+    fn authorization_rule_of_3_5() {
+        assert_eq!(
+            chk(200, &[("cache-control", "max-age=9")], true),
+            Err("authorization")
+        );
+        for cc in [
+            "public, max-age=9",
+            "s-maxage=9",
+            "max-age=9, must-revalidate",
+        ] {
+            assert!(chk(200, &[("cache-control", cc)], true).is_ok(), "{cc}");
+        }
+    }
+
+    #[test]
+    fn accepted_with_vary_names() {
+        assert_eq!(
+            chk(200, &[("vary", "Accept-Encoding")], false),
+            Ok(vec!["accept-encoding".to_string()])
+        );
+        assert!(chk(
+            200,
+            &[("set-cookie", "a=b"), ("cache-control", "public")],
+            false
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn hop_by_hop_and_listed_fields_are_stripped() {
+        let h = hs(&[
+            ("Connection", "X-Private, close"),
+            ("x-private", "1"),
+            ("keep-alive", "5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authenticate", "x"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("set-cookie", "a=b"),
+            ("content-type", "text/plain"),
+            ("ETag", "\"1\""),
+        ]);
+        let kept = strip_for_storage(&h);
+        let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["content-type", "etag"]);
+    }
+}

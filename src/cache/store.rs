@@ -1,0 +1,738 @@
+//! Entries in proxy-wasm shared data, within `cache_store.max_bytes`.
+//!
+//! Shared data has no delete and no eviction, so the store is a FIXED table
+//! laid out once from the budget ([`Layout`]):
+//!
+//! - `meshguard/v1/cache/c/<i>` for `i < slots`: chunks, each value at most
+//!   `chunk_bytes` long;
+//! - `meshguard/v1/cache/lock/<i>` for `i < locks`: fill locks, each value
+//!   exactly [`LOCK_VALUE_LEN`] bytes.
+//!
+//! `slots * chunk_bytes + locks * LOCK_VALUE_LEN <= max_bytes` holds by
+//! construction ([`Layout::new`]) and every write goes through a function
+//! that checks the value length, so the bytes held never exceed the budget
+//! and the number of keys never exceeds `slots + locks`.
+//!
+//! An entry (encoded by [`Entry`]) occupies a run of consecutive chunks
+//! (wrapping): a HEAD chunk then CONTINUATION chunks. Every chunk carries the
+//! entry's generation (a 64-bit id drawn when it is written) and its index,
+//! so a run partly overwritten by a newer entry is detected and treated as
+//! evicted. The head also carries the checksum (FNV-1a 32) and length of the
+//! whole encoding, the URI hash, the primary and secondary key hashes, and
+//! the time stored.
+//!
+//! Placement: an entry's head may sit in one of [`PROBES`] slots derived
+//! from its URI hash (so invalidation finds every variant of a URI). A new
+//! entry goes to the slot holding the same key (replace), else an unused
+//! slot, else the probed head stored longest ago (LRU-ish: oldest first).
+//! Writing a run overwrites whatever it covers; each valid head of another
+//! entry overwritten counts as one eviction.
+//!
+//! Chunk layout (little-endian):
+//! ```text
+//! head: u8 version | u8 kind=1 | u64 generation | u16 index=0 | u16 chunks
+//!       | u32 total len | u32 checksum | [32] uri | [32] primary
+//!       | [32] secondary | u64 stored_at_ns | payload...
+//! cont: u8 version | u8 kind=2 | u64 generation | u16 index | payload...
+//! tomb: u8 version | u8 kind=3
+//! lock: u8 version | u64 deadline_ns | u64 key tag | u64 holder (0: released;
+//!       a released lock with a live deadline means "pass": go without lock)
+//! ```
+
+use super::entry::Entry;
+use crate::config::CacheStoreConfig;
+use crate::host::{Host, SetError, CREATE_CAS};
+
+pub const CHUNK_VERSION: u8 = 1;
+const KIND_HEAD: u8 = 1;
+const KIND_CONT: u8 = 2;
+const KIND_TOMB: u8 = 3;
+pub const HEAD_HDR: usize = 1 + 1 + 8 + 2 + 2 + 4 + 4 + 32 + 32 + 32 + 8;
+pub const CONT_HDR: usize = 1 + 1 + 8 + 2;
+pub const MIN_CHUNK: usize = 256;
+pub const MAX_CHUNK_TARGET: usize = 16 * 1024;
+pub const MAX_SLOTS: u64 = 65_536;
+/// Head positions probed per URI.
+pub const PROBES: usize = 4;
+pub const LOCK_VERSION: u8 = 1;
+pub const LOCK_VALUE_LEN: usize = 25;
+pub const MAX_LOCKS: u64 = 64;
+/// How long a fill lock holds before others may go upstream themselves.
+pub const LOCK_TTL_NS: u64 = 5_000_000_000;
+/// How long a key whose response was not storable is filled without a lock.
+pub const PASS_TTL_NS: u64 = 5_000_000_000;
+/// Holder id of a released lock (free, or "pass" while its deadline lasts).
+const PASS_HOLDER: u64 = 0;
+
+/// The fixed key table derived from the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub chunk_bytes: usize,
+    pub slots: u32,
+    pub locks: u32,
+}
+
+impl Layout {
+    /// Lays out `max_bytes`: a sixteenth at most for locks (up to 64), the
+    /// rest in chunks of about `max_bytes / 256` bytes (256 B to 16 KiB,
+    /// larger only past 65536 slots). `slots == 0` disables storing.
+    pub fn new(cfg: &CacheStoreConfig) -> Layout {
+        let max = cfg.max_bytes;
+        let locks = (max / 16 / LOCK_VALUE_LEN as u64).clamp(0, MAX_LOCKS);
+        let data = max.saturating_sub(locks * LOCK_VALUE_LEN as u64);
+        let mut chunk = (data / 256).clamp(MIN_CHUNK as u64, MAX_CHUNK_TARGET as u64);
+        if data / chunk > MAX_SLOTS {
+            chunk = data.div_ceil(MAX_SLOTS);
+        }
+        let slots = (data / chunk).min(MAX_SLOTS);
+        Layout {
+            chunk_bytes: chunk as usize,
+            slots: slots as u32,
+            locks: locks as u32,
+        }
+    }
+
+    /// Upper bound of the bytes the table can hold.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.slots as u64 * self.chunk_bytes as u64 + self.locks as u64 * LOCK_VALUE_LEN as u64
+    }
+
+    /// Chunks needed for an encoded entry of `len` bytes.
+    pub fn chunks_for(&self, len: usize) -> usize {
+        let first = self.chunk_bytes.saturating_sub(HEAD_HDR);
+        if len <= first {
+            return 1;
+        }
+        1 + (len - first).div_ceil(self.chunk_bytes.saturating_sub(CONT_HDR).max(1))
+    }
+
+    /// Every key the store may ever write (tests and tooling).
+    pub fn all_keys(&self) -> Vec<String> {
+        (0..self.slots)
+            .map(chunk_key)
+            .chain((0..self.locks).map(lock_key))
+            .collect()
+    }
+
+    /// Head positions for a URI hash.
+    pub fn candidates(&self, uri: &[u8; 32]) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::with_capacity(PROBES);
+        if self.slots == 0 {
+            return out;
+        }
+        for i in 0..PROBES {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&uri[i * 8..i * 8 + 8]);
+            let p = (u64::from_le_bytes(b) % self.slots as u64) as u32;
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
+}
+
+pub fn chunk_key(i: u32) -> String {
+    format!("meshguard/v1/cache/c/{i}")
+}
+
+pub fn lock_key(i: u32) -> String {
+    format!("meshguard/v1/cache/lock/{i}")
+}
+
+/// A lock value: (deadline ns, key tag, holder).
+type LockFields = (u64, u64, u64);
+
+/// What a head slot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadInfo {
+    pub generation: u64,
+    pub chunks: u16,
+    pub total_len: u32,
+    pub checksum: u32,
+    pub uri: [u8; 32],
+    pub primary: [u8; 32],
+    pub secondary: [u8; 32],
+    pub stored_at_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotState {
+    /// Never written, a tombstone, a continuation chunk, or dropped garbage.
+    Free,
+    Head(HeadInfo),
+}
+
+fn fnv1a(b: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &x in b {
+        h ^= x as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn le_u16(b: &[u8], i: usize) -> u16 {
+    let mut a = [0u8; 2];
+    a.copy_from_slice(&b[i..i + 2]);
+    u16::from_le_bytes(a)
+}
+fn le_u32(b: &[u8], i: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[i..i + 4]);
+    u32::from_le_bytes(a)
+}
+fn le_u64(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+fn arr32(b: &[u8], i: usize) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    a.copy_from_slice(&b[i..i + 32]);
+    a
+}
+
+/// Parses a chunk value as a head. Unknown versions / kinds are reported as
+/// `Err` (corrupt or older format); continuations and tombstones are `Free`.
+pub fn parse_head(v: &[u8]) -> Result<SlotState, &'static str> {
+    if v.len() < 2 {
+        return Err("chunk too short");
+    }
+    if v[0] != CHUNK_VERSION {
+        return Err("unknown chunk version");
+    }
+    match v[1] {
+        KIND_TOMB => Ok(SlotState::Free),
+        KIND_CONT if v.len() >= CONT_HDR => Ok(SlotState::Free),
+        KIND_HEAD if v.len() >= HEAD_HDR && le_u16(v, 10) == 0 => Ok(SlotState::Head(HeadInfo {
+            generation: le_u64(v, 2),
+            chunks: le_u16(v, 12),
+            total_len: le_u32(v, 14),
+            checksum: le_u32(v, 18),
+            uri: arr32(v, 22),
+            primary: arr32(v, 54),
+            secondary: arr32(v, 86),
+            stored_at_ns: le_u64(v, 118),
+        })),
+        _ => Err("malformed chunk"),
+    }
+}
+
+/// The store: a layout and a host. Cheap to build per call.
+pub struct Store<'h, H: Host> {
+    pub host: &'h H,
+    pub layout: Layout,
+}
+
+/// Result of writing an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Stored {
+        slot: u32,
+        evicted: u32,
+    },
+    /// Larger than the table or than one chunk run allows.
+    TooBig,
+    /// Another worker wrote the same chunks meanwhile; not stored.
+    Contended,
+    /// The host refused; not stored.
+    HostError,
+}
+
+/// Fill-lock outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// We hold it until released or `LOCK_TTL_NS` passes.
+    Acquired(LockGuard),
+    /// Another request is filling this key; it has `remaining_ns` left.
+    HeldByOther { remaining_ns: u64 },
+    /// The lock slot is busy with another key, the key is in "pass" mode
+    /// (its last response was not storable), or the host failed: proceed
+    /// without a lock.
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockGuard {
+    pub slot: u32,
+    pub holder: u64,
+}
+
+impl<'h, H: Host> Store<'h, H> {
+    pub fn new(host: &'h H, cfg: &CacheStoreConfig) -> Self {
+        Store {
+            host,
+            layout: Layout::new(cfg),
+        }
+    }
+
+    /// Bounded write: refuses values that would break the byte budget.
+    fn put(&self, key: &str, value: &[u8], max: usize, cas: Option<u32>) -> Result<(), SetError> {
+        if value.len() > max {
+            return Err(SetError::Host("value larger than its slot".into()));
+        }
+        self.host.shared_set(key, value, cas)
+    }
+
+    /// Reads the head at a slot, with its CAS token. Corrupt or old-format
+    /// values are logged and overwritten with a tombstone (dropped).
+    pub fn read_head(&self, slot: u32) -> (SlotState, Option<u32>) {
+        let key = chunk_key(slot);
+        match self.host.shared_get(&key) {
+            Ok((Some(v), cas)) => match parse_head(&v) {
+                Ok(s) => (s, cas),
+                Err(why) => {
+                    log::warn!("meshguard: cache: dropping corrupt entry at {key}: {why}");
+                    let _ = self.put(
+                        &key,
+                        &[CHUNK_VERSION, KIND_TOMB],
+                        self.layout.chunk_bytes,
+                        cas,
+                    );
+                    (SlotState::Free, None)
+                }
+            },
+            Ok((None, _)) => (SlotState::Free, None),
+            Err(e) => {
+                log::debug!("meshguard: cache: shared_get {key}: {e}");
+                (SlotState::Free, None)
+            }
+        }
+    }
+
+    /// Heads of a URI's candidate slots that match `uri` (and `primary`).
+    pub fn matching_heads(
+        &self,
+        uri: &[u8; 32],
+        primary: Option<&[u8; 32]>,
+    ) -> Vec<(u32, HeadInfo)> {
+        let mut out = Vec::new();
+        for slot in self.layout.candidates(uri) {
+            if let (SlotState::Head(h), _) = self.read_head(slot) {
+                if &h.uri == uri && primary.map_or(true, |p| &h.primary == p) {
+                    out.push((slot, h));
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads the whole entry whose head is `head` at `slot`. `None` when
+    /// the run was partly overwritten (evicted) or is corrupt (logged and
+    /// dropped).
+    pub fn read_entry(&self, slot: u32, head: &HeadInfo) -> Option<Entry> {
+        let n = head.chunks as u32;
+        if n == 0 || n > self.layout.slots {
+            return self.drop_corrupt(slot, "chunk count out of range");
+        }
+        let total = head.total_len as usize;
+        let mut payload = Vec::with_capacity(total.min(self.layout.capacity_bytes() as usize));
+        for j in 0..n {
+            let pos = (slot + j) % self.layout.slots;
+            let v = match self.host.shared_get(&chunk_key(pos)) {
+                Ok((Some(v), _)) => v,
+                _ => return None,
+            };
+            if j == 0 {
+                if v.len() < HEAD_HDR || v[1] != KIND_HEAD || le_u64(&v, 2) != head.generation {
+                    return None; // replaced since the head was read
+                }
+                payload.extend_from_slice(&v[HEAD_HDR..]);
+            } else {
+                if v.len() < CONT_HDR
+                    || v[0] != CHUNK_VERSION
+                    || v[1] != KIND_CONT
+                    || le_u64(&v, 2) != head.generation
+                    || le_u16(&v, 10) as u32 != j
+                {
+                    log::debug!("meshguard: cache: entry at slot {slot} was partly evicted");
+                    return None;
+                }
+                payload.extend_from_slice(&v[CONT_HDR..]);
+            }
+            if payload.len() > total {
+                return self.drop_corrupt(slot, "longer than its header says");
+            }
+        }
+        if payload.len() != total {
+            return self.drop_corrupt(slot, "shorter than its header says");
+        }
+        if fnv1a(&payload) != head.checksum {
+            return self.drop_corrupt(slot, "checksum mismatch");
+        }
+        match Entry::decode(&payload) {
+            Ok(e) if e.primary == head.primary => Some(e),
+            Ok(_) => self.drop_corrupt(slot, "primary key mismatch"),
+            Err(why) => self.drop_corrupt(slot, why),
+        }
+    }
+
+    fn drop_corrupt(&self, slot: u32, why: &str) -> Option<Entry> {
+        let key = chunk_key(slot);
+        log::warn!("meshguard: cache: dropping corrupt entry at {key}: {why}");
+        let _ = self.put(
+            &key,
+            &[CHUNK_VERSION, KIND_TOMB],
+            self.layout.chunk_bytes,
+            None,
+        );
+        None
+    }
+
+    /// Overwrites a head with a tombstone (there is no delete).
+    pub fn tombstone(&self, slot: u32) -> bool {
+        let key = chunk_key(slot);
+        self.put(
+            &key,
+            &[CHUNK_VERSION, KIND_TOMB],
+            self.layout.chunk_bytes,
+            None,
+        )
+        .is_ok()
+    }
+
+    /// Invalidates every stored variant of a URI; returns how many.
+    pub fn invalidate(&self, uri: &[u8; 32]) -> usize {
+        self.matching_heads(uri, None)
+            .into_iter()
+            .filter(|(slot, _)| self.tombstone(*slot))
+            .count()
+    }
+
+    /// Writes an entry under `uri` (placement described in the module docs).
+    pub fn write(&self, uri: &[u8; 32], entry: &Entry) -> WriteOutcome {
+        let slots = self.layout.slots;
+        let Some(payload) = entry.encode() else {
+            return WriteOutcome::TooBig;
+        };
+        let n = self.layout.chunks_for(payload.len());
+        if slots == 0
+            || n > slots as usize
+            || n > u16::MAX as usize
+            || payload.len() > u32::MAX as usize
+        {
+            return WriteOutcome::TooBig;
+        }
+        // Choose the head slot.
+        let mut best: Option<(u32, u8, u64)> = None; // (slot, rank, stored_at)
+        for slot in self.layout.candidates(uri) {
+            let (state, _) = self.read_head(slot);
+            let (rank, at) = match state {
+                SlotState::Head(h)
+                    if h.uri == *uri
+                        && h.primary == entry.primary
+                        && h.secondary == entry.secondary =>
+                {
+                    (0, 0)
+                }
+                SlotState::Free => (1, 0),
+                SlotState::Head(h) => (2, h.stored_at_ns),
+            };
+            if best.map_or(true, |(_, r, a)| (rank, at) < (r, a)) {
+                best = Some((slot, rank, at));
+            }
+        }
+        let Some((head_slot, _, _)) = best else {
+            return WriteOutcome::TooBig;
+        };
+        let generation = self.generation(entry);
+        let mut evicted = 0u32;
+        let first_len = self.layout.chunk_bytes - HEAD_HDR;
+        let cont_len = self.layout.chunk_bytes - CONT_HDR;
+        // Continuations first, head last: readers never see a head whose
+        // run is not complete (a torn run fails the generation check).
+        let mut off = first_len.min(payload.len());
+        for j in 1..n {
+            let pos = (head_slot + j as u32) % slots;
+            let end = (off + cont_len).min(payload.len());
+            let mut v = Vec::with_capacity(CONT_HDR + end - off);
+            v.push(CHUNK_VERSION);
+            v.push(KIND_CONT);
+            v.extend_from_slice(&generation.to_le_bytes());
+            v.extend_from_slice(&(j as u16).to_le_bytes());
+            v.extend_from_slice(&payload[off..end]);
+            off = end;
+            match self.overwrite(pos, &v, uri, entry) {
+                Ok(ev) => evicted += ev,
+                Err(o) => return o,
+            }
+        }
+        let mut v = Vec::with_capacity(HEAD_HDR + first_len.min(payload.len()));
+        v.push(CHUNK_VERSION);
+        v.push(KIND_HEAD);
+        v.extend_from_slice(&generation.to_le_bytes());
+        v.extend_from_slice(&0u16.to_le_bytes());
+        v.extend_from_slice(&(n as u16).to_le_bytes());
+        v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        v.extend_from_slice(&fnv1a(&payload).to_le_bytes());
+        v.extend_from_slice(uri);
+        v.extend_from_slice(&entry.primary);
+        v.extend_from_slice(&entry.secondary);
+        v.extend_from_slice(&entry.response_time_ns.to_le_bytes());
+        v.extend_from_slice(&payload[..first_len.min(payload.len())]);
+        match self.overwrite(head_slot, &v, uri, entry) {
+            Ok(ev) => WriteOutcome::Stored {
+                slot: head_slot,
+                evicted: evicted + ev,
+            },
+            Err(o) => o,
+        }
+    }
+
+    /// Writes one chunk with CAS against what is there; counts an eviction
+    /// when a valid head of another entry is overwritten.
+    fn overwrite(
+        &self,
+        pos: u32,
+        value: &[u8],
+        uri: &[u8; 32],
+        entry: &Entry,
+    ) -> Result<u32, WriteOutcome> {
+        let key = chunk_key(pos);
+        let (state, cas) = self.read_head(pos);
+        let evicted = match state {
+            SlotState::Head(h)
+                if !(h.uri == *uri
+                    && h.primary == entry.primary
+                    && h.secondary == entry.secondary) =>
+            {
+                1
+            }
+            _ => 0,
+        };
+        match self.put(
+            &key,
+            value,
+            self.layout.chunk_bytes,
+            Some(cas.unwrap_or(CREATE_CAS)),
+        ) {
+            Ok(()) => Ok(evicted),
+            Err(SetError::CasMismatch) => Err(WriteOutcome::Contended),
+            Err(SetError::Host(e)) => {
+                log::debug!("meshguard: cache: shared_set {key}: {e}");
+                Err(WriteOutcome::HostError)
+            }
+        }
+    }
+
+    fn generation(&self, entry: &Entry) -> u64 {
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&entry.primary[..8]);
+        let g = self.host.random_u64()
+            ^ self.host.now_nanos().rotate_left(17)
+            ^ u64::from_le_bytes(p)
+            ^ entry.response_time_ns;
+        g.max(1)
+    }
+
+    fn lock_slot(&self, primary: &[u8; 32]) -> Option<(u32, u64)> {
+        if self.layout.locks == 0 {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&primary[..8]);
+        let tag = u64::from_le_bytes(b).max(1);
+        Some(((tag % self.layout.locks as u64) as u32, tag))
+    }
+
+    fn read_lock(&self, slot: u32) -> Option<(Option<LockFields>, Option<u32>)> {
+        let key = lock_key(slot);
+        match self.host.shared_get(&key) {
+            Ok((Some(v), cas)) => {
+                if v.len() != LOCK_VALUE_LEN || v[0] != LOCK_VERSION {
+                    log::warn!("meshguard: cache: dropping corrupt lock at {key}");
+                    return Some((None, cas));
+                }
+                Some((Some((le_u64(&v, 1), le_u64(&v, 9), le_u64(&v, 17))), cas))
+            }
+            Ok((None, _)) => Some((None, None)),
+            Err(_) => None,
+        }
+    }
+
+    fn lock_value(deadline: u64, tag: u64, holder: u64) -> [u8; LOCK_VALUE_LEN] {
+        let mut v = [0u8; LOCK_VALUE_LEN];
+        v[0] = LOCK_VERSION;
+        v[1..9].copy_from_slice(&deadline.to_le_bytes());
+        v[9..17].copy_from_slice(&tag.to_le_bytes());
+        v[17..25].copy_from_slice(&holder.to_le_bytes());
+        v
+    }
+
+    /// Takes the fill lock for a primary key. A lock whose deadline has
+    /// passed, or lies further ahead than `LOCK_TTL_NS` (the clock went
+    /// backwards), is free.
+    pub fn try_lock(&self, primary: &[u8; 32]) -> LockOutcome {
+        let Some((slot, tag)) = self.lock_slot(primary) else {
+            return LockOutcome::Unavailable;
+        };
+        let now = self.host.now_nanos();
+        for _ in 0..2 {
+            let Some((cur, cas)) = self.read_lock(slot) else {
+                return LockOutcome::Unavailable;
+            };
+            if let Some((deadline, t, holder_of)) = cur {
+                let live = deadline > now && deadline - now <= LOCK_TTL_NS;
+                if live {
+                    return if t == tag && holder_of != PASS_HOLDER {
+                        LockOutcome::HeldByOther {
+                            remaining_ns: deadline - now,
+                        }
+                    } else {
+                        LockOutcome::Unavailable
+                    };
+                }
+            }
+            let holder = (self.host.random_u64() ^ now ^ tag).max(1);
+            let v = Self::lock_value(now.saturating_add(LOCK_TTL_NS), tag, holder);
+            match self.put(
+                &lock_key(slot),
+                &v,
+                LOCK_VALUE_LEN,
+                Some(cas.unwrap_or(CREATE_CAS)),
+            ) {
+                Ok(()) => return LockOutcome::Acquired(LockGuard { slot, holder }),
+                Err(SetError::CasMismatch) => continue,
+                Err(SetError::Host(_)) => return LockOutcome::Unavailable,
+            }
+        }
+        LockOutcome::Unavailable
+    }
+
+    /// Releases a lock we hold (no-op if it expired and someone took it).
+    pub fn unlock(&self, guard: LockGuard) {
+        self.release_with(guard, 0);
+    }
+
+    /// Releases a lock and marks the key "pass" for [`PASS_TTL_NS`]: its
+    /// response was not storable, so requests arriving meanwhile go
+    /// upstream in parallel instead of queueing behind a lock one by one
+    /// (the "hit-for-pass" of other caches).
+    pub fn unlock_pass(&self, guard: LockGuard) {
+        self.release_with(guard, self.host.now_nanos().saturating_add(PASS_TTL_NS));
+    }
+
+    fn release_with(&self, guard: LockGuard, deadline: u64) {
+        for _ in 0..2 {
+            let Some((Some((_, tag, holder)), cas)) = self.read_lock(guard.slot) else {
+                return;
+            };
+            if holder != guard.holder {
+                return;
+            }
+            let v = Self::lock_value(deadline, tag, PASS_HOLDER);
+            match self.put(&lock_key(guard.slot), &v, LOCK_VALUE_LEN, cas) {
+                Err(SetError::CasMismatch) => continue,
+                _ => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+
+    fn cfg(max: u64) -> CacheStoreConfig {
+        CacheStoreConfig {
+            max_bytes: max,
+            max_entry_bytes: max,
+        }
+    }
+
+    #[test]
+    fn layout_never_exceeds_the_budget() {
+        for max in [
+            1024u64,
+            1025,
+            4096,
+            65_536,
+            1 << 20,
+            64 << 20,
+            1 << 40,
+            u64::MAX / 2,
+        ] {
+            let l = Layout::new(&cfg(max));
+            assert!(l.capacity_bytes() <= max, "{max}: {l:?}");
+            assert!(
+                l.slots >= 1 && (l.slots as u64) <= MAX_SLOTS,
+                "{max}: {l:?}"
+            );
+            assert!(l.chunk_bytes >= MIN_CHUNK);
+        }
+        assert_eq!(Layout::new(&cfg(64 << 20)).chunk_bytes, 16 * 1024);
+    }
+
+    fn entry(primary: u8, body: usize) -> Entry {
+        Entry {
+            primary: [primary; 32],
+            status: 200,
+            body: vec![primary; body],
+            response_time_ns: primary as u64,
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn multi_chunk_entries_round_trip() {
+        let h = FakeHost::new(1);
+        let s = Store::new(&h, &cfg(64 * 1024));
+        let uri = [3u8; 32];
+        let e = entry(5, 3000);
+        let WriteOutcome::Stored { slot, .. } = s.write(&uri, &e) else {
+            panic!("not stored");
+        };
+        let heads = s.matching_heads(&uri, Some(&e.primary));
+        assert_eq!(heads.len(), 1);
+        assert_eq!(heads[0].0, slot);
+        assert!(heads[0].1.chunks > 1);
+        assert_eq!(s.read_entry(slot, &heads[0].1), Some(e));
+    }
+
+    #[test]
+    fn torn_runs_read_as_evicted_and_garbage_is_dropped() {
+        let h = FakeHost::new(1);
+        let s = Store::new(&h, &cfg(64 * 1024));
+        let uri = [3u8; 32];
+        let e = entry(5, 3000);
+        let WriteOutcome::Stored { slot, .. } = s.write(&uri, &e) else {
+            panic!("not stored");
+        };
+        let head = s.matching_heads(&uri, None)[0].1.clone();
+        let k = chunk_key((slot + 1) % s.layout.slots);
+        let mut v = h.raw(&k).unwrap();
+        v[2] ^= 1; // other generation
+        h.put_raw(&k, &v);
+        assert_eq!(s.read_entry(slot, &head), None);
+        h.put_raw(&chunk_key(slot), b"\x07garbage");
+        assert!(s.matching_heads(&uri, None).is_empty());
+        assert_eq!(
+            h.raw(&chunk_key(slot)),
+            Some(vec![CHUNK_VERSION, KIND_TOMB])
+        );
+    }
+
+    #[test]
+    fn locks_are_exclusive_expire_and_release() {
+        let h = FakeHost::new(10_000_000_000);
+        let s = Store::new(&h, &cfg(1 << 20));
+        let p = [9u8; 32];
+        let LockOutcome::Acquired(g) = s.try_lock(&p) else {
+            panic!("first lock");
+        };
+        let w2 = h.clone();
+        let s2 = Store::new(&w2, &cfg(1 << 20));
+        assert!(matches!(s2.try_lock(&p), LockOutcome::HeldByOther { .. }));
+        h.advance(std::time::Duration::from_secs(6));
+        assert!(matches!(s2.try_lock(&p), LockOutcome::Acquired(_)));
+        // The first holder's release is now a no-op.
+        s.unlock(g);
+        assert!(matches!(s.try_lock(&p), LockOutcome::HeldByOther { .. }));
+        // Clock going far backwards frees a lock instead of holding it forever.
+        h.set_now(1);
+        assert!(matches!(s.try_lock(&p), LockOutcome::Acquired(_)));
+    }
+}

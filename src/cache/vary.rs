@@ -1,0 +1,172 @@
+//! `Vary` (RFC 9111 4.1): the secondary cache key.
+//!
+//! The stored entry keeps the header names its response varied on (lower
+//! case, deduplicated, sorted) and a SHA-256 of the request's normalised
+//! values for those names. Normalisation: each field line is trimmed and
+//! runs of spaces / tabs collapse to one space; several field lines are
+//! joined with `", "`; an absent header differs from an empty one.
+
+use super::headers::{self, Headers};
+use sha2::{Digest, Sha256};
+
+/// Most header names a stored response may vary on.
+pub const MAX_VARY_NAMES: usize = 16;
+
+/// Why a response's `Vary` prevents storing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaryError {
+    /// `Vary: *`: no request can ever match.
+    Star,
+    /// Varies on a header outside `vary_allowlist` (named).
+    NotAllowed(String),
+    /// More than [`MAX_VARY_NAMES`] names.
+    TooMany,
+}
+
+/// The header names a response varies on, checked against the allowlist.
+pub fn vary_names(response: &Headers, allowlist: &[String]) -> Result<Vec<String>, VaryError> {
+    let mut names: Vec<String> = Vec::new();
+    for line in headers::all(response, "vary") {
+        for n in String::from_utf8_lossy(line).split(',') {
+            let n = n.trim().to_ascii_lowercase();
+            if n.is_empty() {
+                continue;
+            }
+            if n == "*" {
+                return Err(VaryError::Star);
+            }
+            if !allowlist.contains(&n) {
+                return Err(VaryError::NotAllowed(n));
+            }
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    if headers::all(response, "vary").count() != headers::count(response, "vary") {
+        // A Vary line too long to read: refuse rather than guess.
+        return Err(VaryError::TooMany);
+    }
+    if names.len() > MAX_VARY_NAMES {
+        return Err(VaryError::TooMany);
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Normalised value of one request header (`None` when absent).
+pub fn normalise<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for v in values {
+        let buf = out.get_or_insert_with(Vec::new);
+        if !buf.is_empty() {
+            buf.extend_from_slice(b", ");
+        }
+        let mut last_space = true; // trims leading whitespace
+        for &b in v {
+            if b == b' ' || b == b'\t' {
+                if !last_space {
+                    buf.push(b' ');
+                }
+                last_space = true;
+            } else {
+                buf.push(b);
+                last_space = false;
+            }
+        }
+        if buf.last() == Some(&b' ') {
+            buf.pop();
+        }
+    }
+    out
+}
+
+/// The secondary key of a request for the given vary names.
+pub fn secondary_key(names: &[String], request: &Headers) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for n in names {
+        h.update((n.len() as u32).to_le_bytes());
+        h.update(n.as_bytes());
+        match normalise(headers::all(request, n)) {
+            Some(v) => {
+                h.update([1u8]);
+                h.update((v.len() as u32).to_le_bytes());
+                h.update(&v);
+            }
+            None => h.update([0u8]),
+        }
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn hs(v: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+    fn allow() -> Vec<String> {
+        vec![
+            "accept".into(),
+            "accept-encoding".into(),
+            "accept-language".into(),
+        ]
+    }
+
+    #[test]
+    fn names_lowercased_deduplicated_sorted() {
+        let r = hs(&[("vary", "Accept-Encoding, accept"), ("vary", "ACCEPT")]);
+        assert_eq!(
+            vary_names(&r, &allow()),
+            Ok(vec!["accept".into(), "accept-encoding".into()])
+        );
+        assert_eq!(vary_names(&hs(&[]), &allow()), Ok(vec![]));
+    }
+
+    #[test]
+    fn star_and_unlisted_names_refuse() {
+        assert_eq!(
+            vary_names(&hs(&[("vary", "accept, *")]), &allow()),
+            Err(VaryError::Star)
+        );
+        assert_eq!(
+            vary_names(&hs(&[("vary", "Cookie")]), &allow()),
+            Err(VaryError::NotAllowed("cookie".into()))
+        );
+    }
+
+    #[test]
+    fn normalisation_collapses_whitespace_and_joins_lines() {
+        let a = hs(&[("accept-encoding", "  gzip,   br ")]);
+        let b = hs(&[("accept-encoding", "gzip, br")]);
+        let c = hs(&[("accept-encoding", "gzip,"), ("accept-encoding", " br")]);
+        let names = vec!["accept-encoding".to_string()];
+        assert_eq!(secondary_key(&names, &a), secondary_key(&names, &b));
+        assert_eq!(
+            normalise(headers::all(&c, "accept-encoding")).as_deref(),
+            Some(&b"gzip,, br"[..])
+        );
+        assert_ne!(
+            secondary_key(&names, &b),
+            secondary_key(&names, &hs(&[("accept-encoding", "br")]))
+        );
+    }
+
+    #[test]
+    fn absent_differs_from_empty() {
+        let names = vec!["accept".to_string()];
+        assert_ne!(
+            secondary_key(&names, &hs(&[])),
+            secondary_key(&names, &hs(&[("accept", "")]))
+        );
+        // No vary names: every request matches.
+        assert_eq!(
+            secondary_key(&[], &hs(&[("accept", "x")])),
+            secondary_key(&[], &hs(&[]))
+        );
+    }
+}
