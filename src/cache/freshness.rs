@@ -189,7 +189,7 @@ pub fn usability(
     }
     let stale_by = ttl.unsigned_abs();
     if let Some(max_stale) = req.max_stale {
-        if max_stale.map_or(true, |m| stale_by <= m) {
+        if max_stale.is_none_or(|m| stale_by <= m) {
             return Usability::StaleAllowed { ttl };
         }
     }

@@ -310,7 +310,7 @@ impl<'h, H: Host> Store<'h, H> {
         let mut out = Vec::new();
         for slot in self.layout.candidates(uri) {
             if let (SlotState::Head(h), _) = self.read_head(slot) {
-                if &h.uri == uri && primary.map_or(true, |p| &h.primary == p) {
+                if &h.uri == uri && primary.is_none_or(|p| &h.primary == p) {
                     out.push((slot, h));
                 }
             }
@@ -429,7 +429,7 @@ impl<'h, H: Host> Store<'h, H> {
                 SlotState::Free => (1, 0),
                 SlotState::Head(h) => (2, h.stored_at_ns),
             };
-            if best.map_or(true, |(_, r, a)| (rank, at) < (r, a)) {
+            if best.is_none_or(|(_, r, a)| (rank, at) < (r, a)) {
                 best = Some((slot, rank, at));
             }
         }
