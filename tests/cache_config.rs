@@ -37,7 +37,7 @@ fn bad_cache_values_name_their_json_path() {
     ];
     for (cache, path) in cases {
         let doc = format!(r#"{{ "routes": [ {{ "name": "api", "cache": {cache} }} ] }}"#);
-        let e = Config::from_bytes(doc.as_bytes()).err().expect(cache);
+        let e = Config::from_bytes(doc.as_bytes()).expect_err(cache);
         assert_eq!(e.path, path, "{cache}: {e}");
     }
     let e = Config::from_bytes(br#"{ "routes": [ { "name": "api", "cache": { "ttl": "1s" } } ] }"#)

@@ -1,3 +1,4 @@
+#![allow(clippy::type_complexity, clippy::field_reassign_with_default)]
 //! Native integration tests of the response cache through its public API,
 //! with the fake host (a clone is a second worker sharing the store).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
