@@ -207,6 +207,7 @@ pub fn parse(token: &[u8]) -> Result<Jws<'_>, &'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

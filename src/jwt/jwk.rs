@@ -62,17 +62,16 @@ impl Jwk {
         if self.alg.is_some_and(|a| a != alg) {
             return false;
         }
-        match (&self.material, alg) {
+        matches!(
+            (&self.material, alg),
             (
                 KeyMaterial::Rsa { .. },
                 Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
-            ) => true,
-            (KeyMaterial::P256(_), Alg::ES256) => true,
-            (KeyMaterial::P384(_), Alg::ES384) => true,
-            (KeyMaterial::Ed25519(_), Alg::EdDSA) => true,
-            (KeyMaterial::Oct(_), Alg::HS256 | Alg::HS384 | Alg::HS512) => true,
-            _ => false,
-        }
+            ) | (KeyMaterial::P256(_), Alg::ES256)
+                | (KeyMaterial::P384(_), Alg::ES384)
+                | (KeyMaterial::Ed25519(_), Alg::EdDSA)
+                | (KeyMaterial::Oct(_), Alg::HS256 | Alg::HS384 | Alg::HS512)
+        )
     }
 }
 
@@ -241,6 +240,7 @@ pub fn parse_jwk(k: &Value) -> Result<Jwk, &'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -584,6 +584,10 @@ impl JwtMetrics {
     }
 }
 
+/// A token found in the request, with the `(provider, source index)`
+/// pairs that found it.
+type Candidate = (Vec<u8>, Vec<(usize, usize)>);
+
 /// Why one token failed.
 enum Failure {
     Invalid(&'static str),
@@ -662,7 +666,7 @@ pub fn authenticate(
         .collect();
 
     // 1. Extraction: (token, [(provider, source index)]).
-    let mut candidates: Vec<(Vec<u8>, Vec<(usize, usize)>)> = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
     for &p in &route.providers {
         let Some(prov) = providers.providers.get(p) else {
             continue;

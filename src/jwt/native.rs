@@ -100,6 +100,7 @@ pub fn decode_result(b: &[u8]) -> Option<VerifyResult> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
