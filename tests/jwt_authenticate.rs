@@ -20,7 +20,11 @@ fn set(h: &str, v: &str) -> HeaderOp {
 fn missing_token_is_401_with_realm_only() {
     let s = Setup::single(json!({}));
     match s.auth(&host(), &req("/", &[]), &mut TokenCache::default()) {
-        AuthOutcome::Denied { status, www_authenticate, body } => {
+        AuthOutcome::Denied {
+            status,
+            www_authenticate,
+            body,
+        } => {
             assert_eq!(status, 401);
             assert_eq!(www_authenticate, r#"Bearer realm="api""#);
             assert!(body.contains("missing_token"));
@@ -32,8 +36,14 @@ fn missing_token_is_401_with_realm_only() {
 #[test]
 fn wrong_scheme_counts_as_missing() {
     let s = Setup::single(json!({}));
-    let out = s.auth(&host(), &req("/", &[("authorization", "Basic dXNlcjpwdw==")]), &mut TokenCache::default());
-    assert!(matches!(out, AuthOutcome::Denied { ref www_authenticate, .. } if www_authenticate == r#"Bearer realm="api""#));
+    let out = s.auth(
+        &host(),
+        &req("/", &[("authorization", "Basic dXNlcjpwdw==")]),
+        &mut TokenCache::default(),
+    );
+    assert!(
+        matches!(out, AuthOutcome::Denied { ref www_authenticate, .. } if www_authenticate == r#"Bearer realm="api""#)
+    );
 }
 
 #[test]
@@ -42,12 +52,25 @@ fn allow_missing_passes_without_token_but_not_with_a_bad_one() {
         json!({ "main": provider(json!({ "claims_to_headers": [{ "claim": "sub", "header": "x-user" }] })) }),
         json!({ "providers": ["main"], "allow_missing": true }),
     );
-    let out = s.auth(&host(), &req("/", &[("x-user", "spoofed")]), &mut TokenCache::default());
+    let out = s.auth(
+        &host(),
+        &req("/", &[("x-user", "spoofed")]),
+        &mut TokenCache::default(),
+    );
     assert_eq!(
         out,
-        AuthOutcome::Allowed { claims: None, provider: None, cache_hit: false, header_ops: vec![rm("x-user")] }
+        AuthOutcome::Allowed {
+            claims: None,
+            provider: None,
+            cache_hit: false,
+            header_ops: vec![rm("x-user")]
+        }
     );
-    let out = s.auth(&host(), &bearer(&tok("expired")), &mut TokenCache::default());
+    let out = s.auth(
+        &host(),
+        &bearer(&tok("expired")),
+        &mut TokenCache::default(),
+    );
     assert_eq!(denial(&out), (401, "token expired".into()));
 }
 
@@ -61,20 +84,51 @@ fn extraction_follows_the_from_list_in_order() {
     ] }));
     let good = tok("valid_ES256");
     let bad = tok("expired");
-    let cases: Vec<(String, Vec<(String, String)>, bool)> = vec![
+    type Case = (String, Vec<(String, String)>, bool);
+    let cases: Vec<Case> = vec![
         ("/".into(), vec![("x-token".into(), good.clone())], true),
-        ("/".into(), vec![("authorization".into(), format!("jwt {good}"))], true),
-        ("/".into(), vec![("authorization".into(), format!("Bearer {good}"))], false),
-        ("/".into(), vec![("cookie".into(), format!("a=1; at={good}"))], true),
+        (
+            "/".into(),
+            vec![("authorization".into(), format!("jwt {good}"))],
+            true,
+        ),
+        (
+            "/".into(),
+            vec![("authorization".into(), format!("Bearer {good}"))],
+            false,
+        ),
+        (
+            "/".into(),
+            vec![("cookie".into(), format!("a=1; at={good}"))],
+            true,
+        ),
         (format!("/x?a=1&access_token={good}"), vec![], true),
         // Earlier location wins, even when a later one holds a valid token.
-        (format!("/x?access_token={good}"), vec![("cookie".into(), format!("at={bad}"))], false),
-        ("/".into(), vec![("cookie".into(), format!("at={good}")), ("x-token".into(), bad.clone())], false),
+        (
+            format!("/x?access_token={good}"),
+            vec![("cookie".into(), format!("at={bad}"))],
+            false,
+        ),
+        (
+            "/".into(),
+            vec![
+                ("cookie".into(), format!("at={good}")),
+                ("x-token".into(), bad.clone()),
+            ],
+            false,
+        ),
     ];
     for (path, headers, ok) in cases {
-        let hs: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let hs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         let out = s.auth(&host(), &req(&path, &hs), &mut TokenCache::default());
-        assert_eq!(matches!(out, AuthOutcome::Allowed { .. }), ok, "{path} {headers:?}: {out:?}");
+        assert_eq!(
+            matches!(out, AuthOutcome::Allowed { .. }),
+            ok,
+            "{path} {headers:?}: {out:?}"
+        );
     }
 }
 
@@ -82,7 +136,10 @@ fn extraction_follows_the_from_list_in_order() {
 fn bearer_scheme_is_case_insensitive() {
     let s = Setup::single(json!({}));
     for scheme in ["Bearer", "bearer", "BEARER"] {
-        let r = req("/", &[("authorization", &format!("{scheme} {}", tok("valid_EdDSA")))]);
+        let r = req(
+            "/",
+            &[("authorization", &format!("{scheme} {}", tok("valid_EdDSA")))],
+        );
         allowed(&s.auth(&host(), &r, &mut TokenCache::default()));
     }
 }
@@ -101,18 +158,27 @@ fn claims_become_headers_and_spoofed_copies_are_removed() {
         "payload_header": "x-jwt-payload"
     }));
     let t = tok("valid_RS256");
-    let r = req("/", &[
-        ("authorization", &format!("Bearer {t}")),
-        ("x-user", "admin"),
-        ("x-absent", "spoofed"),
-        ("x-jwt-payload", "spoofed"),
-    ]);
+    let r = req(
+        "/",
+        &[
+            ("authorization", &format!("Bearer {t}")),
+            ("x-user", "admin"),
+            ("x-absent", "spoofed"),
+            ("x-jwt-payload", "spoofed"),
+        ],
+    );
     let (_, ops) = allowed(&s.auth(&host(), &r, &mut TokenCache::default()));
     let payload = t.split('.').nth(1).unwrap();
     assert_eq!(
         ops,
         vec![
-            rm("x-user"), rm("x-org"), rm("x-tier"), rm("x-roles"), rm("x-verified"), rm("x-absent"), rm("x-jwt-payload"),
+            rm("x-user"),
+            rm("x-org"),
+            rm("x-tier"),
+            rm("x-roles"),
+            rm("x-verified"),
+            rm("x-absent"),
+            rm("x-jwt-payload"),
             rm("authorization"),
             set("x-user", "user-1"),
             set("x-org", "acme"),
@@ -123,7 +189,9 @@ fn claims_become_headers_and_spoofed_copies_are_removed() {
         ]
     );
     // The payload header decodes to the verified claims.
-    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
     assert_eq!(v["iss"], ISS);
 }
@@ -131,14 +199,22 @@ fn claims_become_headers_and_spoofed_copies_are_removed() {
 #[test]
 fn claim_values_with_control_characters_are_not_forwarded() {
     let s = Setup::single(json!({ "claims_to_headers": [{ "claim": "sub", "header": "x-user" }] }));
-    let (_, ops) = allowed(&s.auth(&host(), &bearer(&tok("claim_injection")), &mut TokenCache::default()));
+    let (_, ops) = allowed(&s.auth(
+        &host(),
+        &bearer(&tok("claim_injection")),
+        &mut TokenCache::default(),
+    ));
     assert_eq!(ops, vec![rm("x-user"), rm("authorization")]);
 }
 
 #[test]
 fn forward_true_keeps_the_token() {
     let s = Setup::single(json!({ "forward": true }));
-    let (_, ops) = allowed(&s.auth(&host(), &bearer(&tok("valid_RS256")), &mut TokenCache::default()));
+    let (_, ops) = allowed(&s.auth(
+        &host(),
+        &bearer(&tok("valid_RS256")),
+        &mut TokenCache::default(),
+    ));
     assert!(ops.is_empty(), "{ops:?}");
 }
 
@@ -146,28 +222,68 @@ fn forward_true_keeps_the_token() {
 fn token_removal_from_cookie_and_query() {
     let s = Setup::single(json!({ "from": [{ "cookie": "at" }, { "query": "access_token" }] }));
     let t = tok("valid_ES384");
-    let (_, ops) = allowed(&s.auth(&host(), &req("/", &[("cookie", &format!("a=1; at={t}; b=2"))]), &mut TokenCache::default()));
+    let (_, ops) = allowed(&s.auth(
+        &host(),
+        &req("/", &[("cookie", &format!("a=1; at={t}; b=2"))]),
+        &mut TokenCache::default(),
+    ));
     assert_eq!(ops, vec![set("cookie", "a=1; b=2")]);
-    let (_, ops) = allowed(&s.auth(&host(), &req(&format!("/p?x=1&access_token={t}"), &[]), &mut TokenCache::default()));
+    let (_, ops) = allowed(&s.auth(
+        &host(),
+        &req(&format!("/p?x=1&access_token={t}"), &[]),
+        &mut TokenCache::default(),
+    ));
     assert_eq!(ops, vec![set(":path", "/p?x=1")]);
 }
 
 #[test]
 fn route_claim_rules() {
     let rules = |claims: serde_json::Value| {
-        Setup::new(json!({ "main": provider(json!({})) }), json!({ "providers": ["main"], "claims": claims }))
+        Setup::new(
+            json!({ "main": provider(json!({})) }),
+            json!({ "providers": ["main"], "claims": claims }),
+        )
     };
     let cases = [
-        (json!([{ "claim": "scope", "contains": "orders:write" }]), "valid_RS256", None),
-        (json!([{ "claim": "scope", "contains": "orders:write" }]), "scope_read_only", Some("claim scope requirement not met")),
-        (json!([{ "claim": "roles", "contains": "admin" }, { "claim": "org.id", "equals": "acme" }]), "valid_RS256", None),
-        (json!([{ "claim": "roles", "contains": "admin" }]), "scope_read_only", Some("claim roles requirement not met")),
-        (json!([{ "claim": "email_verified", "equals": true }]), "scope_read_only", Some("claim email_verified requirement not met")),
-        (json!([{ "claim": "org.tier", "one_of": [1, 2] }]), "valid_RS256", None),
-        (json!([{ "claim": "nope", "one_of": ["x"] }]), "valid_RS256", Some("claim nope requirement not met")),
+        (
+            json!([{ "claim": "scope", "contains": "orders:write" }]),
+            "valid_RS256",
+            None,
+        ),
+        (
+            json!([{ "claim": "scope", "contains": "orders:write" }]),
+            "scope_read_only",
+            Some("claim scope requirement not met"),
+        ),
+        (
+            json!([{ "claim": "roles", "contains": "admin" }, { "claim": "org.id", "equals": "acme" }]),
+            "valid_RS256",
+            None,
+        ),
+        (
+            json!([{ "claim": "roles", "contains": "admin" }]),
+            "scope_read_only",
+            Some("claim roles requirement not met"),
+        ),
+        (
+            json!([{ "claim": "email_verified", "equals": true }]),
+            "scope_read_only",
+            Some("claim email_verified requirement not met"),
+        ),
+        (
+            json!([{ "claim": "org.tier", "one_of": [1, 2] }]),
+            "valid_RS256",
+            None,
+        ),
+        (
+            json!([{ "claim": "nope", "one_of": ["x"] }]),
+            "valid_RS256",
+            Some("claim nope requirement not met"),
+        ),
     ];
     for (claims, name, want) in cases {
-        let out = rules(claims.clone()).auth(&host(), &bearer(&tok(name)), &mut TokenCache::default());
+        let out =
+            rules(claims.clone()).auth(&host(), &bearer(&tok(name)), &mut TokenCache::default());
         match want {
             None => {
                 allowed(&out);
@@ -175,8 +291,13 @@ fn route_claim_rules() {
             Some(reason) => {
                 assert_eq!(denial(&out), (403, reason.to_string()), "{claims} {name}");
                 match out {
-                    AuthOutcome::Denied { www_authenticate, .. } => {
-                        assert!(www_authenticate.contains(r#"error="insufficient_scope""#), "{www_authenticate}")
+                    AuthOutcome::Denied {
+                        www_authenticate, ..
+                    } => {
+                        assert!(
+                            www_authenticate.contains(r#"error="insufficient_scope""#),
+                            "{www_authenticate}"
+                        )
                     }
                     _ => unreachable!(),
                 }
@@ -200,15 +321,29 @@ fn two_providers() -> Setup {
 #[test]
 fn any_listed_provider_may_accept_chosen_by_issuer() {
     let s = two_providers();
-    let partner_idx = s.providers().names.iter().position(|n| n == "partner").unwrap();
+    let partner_idx = s
+        .providers()
+        .names
+        .iter()
+        .position(|n| n == "partner")
+        .unwrap();
     let mut cache = TokenCache::default();
     let out = s.auth(&host(), &bearer(&tok("partner_ES256")), &mut cache);
     match &out {
-        AuthOutcome::Allowed { provider, header_ops, .. } => {
+        AuthOutcome::Allowed {
+            provider,
+            header_ops,
+            ..
+        } => {
             assert_eq!(*provider, Some(partner_idx));
             assert_eq!(
                 header_ops,
-                &vec![rm("x-user"), rm("x-partner-user"), rm("authorization"), set("x-partner-user", "p-7")]
+                &vec![
+                    rm("x-user"),
+                    rm("x-partner-user"),
+                    rm("authorization"),
+                    set("x-partner-user", "p-7")
+                ]
             );
         }
         other => panic!("{other:?}"),
@@ -227,16 +362,34 @@ fn cache_hit_skips_signature_verification() {
     let mut cache = TokenCache::default();
     let r = bearer(&tok("valid_PS512"));
     let first = s.auth(&h, &r, &mut cache);
-    assert!(matches!(first, AuthOutcome::Allowed { cache_hit: false, .. }));
+    assert!(matches!(
+        first,
+        AuthOutcome::Allowed {
+            cache_hit: false,
+            ..
+        }
+    ));
     assert_eq!(cache.stats.verify.signature_checks, 1);
     for _ in 0..5 {
         let again = s.auth(&h, &r, &mut cache);
-        assert!(matches!(again, AuthOutcome::Allowed { cache_hit: true, .. }), "{again:?}");
+        assert!(
+            matches!(
+                again,
+                AuthOutcome::Allowed {
+                    cache_hit: true,
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
     }
     assert_eq!(cache.stats.verify.signature_checks, 1);
     assert_eq!((cache.stats.hits, cache.stats.misses), (5, 1));
     // Header operations are still computed on a hit.
-    assert_eq!(allowed(&s.auth(&h, &r, &mut cache)).1, vec![rm("authorization")]);
+    assert_eq!(
+        allowed(&s.auth(&h, &r, &mut cache)).1,
+        vec![rm("authorization")]
+    );
 }
 
 #[test]
@@ -258,7 +411,10 @@ fn cached_tokens_still_face_each_routes_claim_rules_and_expiry() {
     h.set_now(1_800_003_000 * SEC);
     allowed(&open.auth(&h, &r, &mut cache));
     h.set_now(1_800_003_700 * SEC);
-    assert_eq!(denial(&open.auth(&h, &r, &mut cache)), (401, "token expired".into()));
+    assert_eq!(
+        denial(&open.auth(&h, &r, &mut cache)),
+        (401, "token expired".into())
+    );
 }
 
 #[test]
@@ -275,7 +431,10 @@ fn a_cached_token_is_not_accepted_for_a_provider_the_route_does_not_list() {
     let mut cache = TokenCache::default();
     let r = bearer(&tok("valid_RS256"));
     allowed(&s.auth(&h, &r, &mut cache));
-    assert_eq!(denial(&partner_only.auth(&h, &r, &mut cache)), (401, "issuer not accepted".into()));
+    assert_eq!(
+        denial(&partner_only.auth(&h, &r, &mut cache)),
+        (401, "issuer not accepted".into())
+    );
 }
 
 #[test]
@@ -284,7 +443,12 @@ fn metrics_count_outcomes_per_route() {
     let h = host();
     let m = JwtMetrics::define(&h, "api");
     let mut cache = TokenCache::default();
-    for r in [bearer(&tok("valid_ES256")), bearer(&tok("valid_ES256")), bearer(&tok("expired")), req("/", &[])] {
+    for r in [
+        bearer(&tok("valid_ES256")),
+        bearer(&tok("valid_ES256")),
+        bearer(&tok("expired")),
+        req("/", &[]),
+    ] {
         let out = s.auth(&h, &r, &mut cache);
         m.record(&h, &out);
     }

@@ -50,15 +50,28 @@ fn invalid_provider_configs_name_the_path() {
 
 #[test]
 fn invalid_route_jwt_configs() {
-    let base = |route_jwt: Value| {
-        json!({ "jwt_providers": { "main": provider(json!({})) }, "routes": [ { "name": "api", "jwt": route_jwt } ] })
-    };
+    let base = |route_jwt: Value| json!({ "jwt_providers": { "main": provider(json!({})) }, "routes": [ { "name": "api", "jwt": route_jwt } ] });
     let cases = [
-        (json!({ "providers": [] }), "routes[0].jwt.providers: expected a non-empty array"),
-        (json!({ "providers": ["nope"] }), "routes[0].jwt.providers[0]"),
-        (json!({ "providers": ["main", "main"] }), "routes[0].jwt.providers[1]: expected a provider listed only once"),
-        (json!({ "providers": ["main"], "claims": [{ "claim": "a" }] }), "routes[0].jwt.claims[0]"),
-        (json!({ "providers": ["main"], "claims": [{ "claim": "a", "one_of": [] }] }), "routes[0].jwt.claims[0].one_of"),
+        (
+            json!({ "providers": [] }),
+            "routes[0].jwt.providers: expected a non-empty array",
+        ),
+        (
+            json!({ "providers": ["nope"] }),
+            "routes[0].jwt.providers[0]",
+        ),
+        (
+            json!({ "providers": ["main", "main"] }),
+            "routes[0].jwt.providers[1]: expected a provider listed only once",
+        ),
+        (
+            json!({ "providers": ["main"], "claims": [{ "claim": "a" }] }),
+            "routes[0].jwt.claims[0]",
+        ),
+        (
+            json!({ "providers": ["main"], "claims": [{ "claim": "a", "one_of": [] }] }),
+            "routes[0].jwt.claims[0].one_of",
+        ),
     ];
     for (r, want) in cases {
         let e = config_error(base(r.clone()));
@@ -80,19 +93,37 @@ fn bad_jwks_entries_are_skipped_and_good_ones_kept() {
         }
         other => panic!("{other:?}"),
     }
-    allowed(&s.auth(&host(), &bearer(&tok("valid_RS256")), &mut Default::default()));
+    allowed(&s.auth(
+        &host(),
+        &bearer(&tok("valid_RS256")),
+        &mut Default::default(),
+    ));
 }
 
 #[test]
 fn inline_string_jwks_works() {
     let s = Setup::single(json!({ "jwks": { "inline_string": JWKS } }));
-    allowed(&s.auth(&host(), &bearer(&tok("valid_ES384")), &mut Default::default()));
+    allowed(&s.auth(
+        &host(),
+        &bearer(&tok("valid_ES384")),
+        &mut Default::default(),
+    ));
 }
 
 #[test]
 fn hmac_only_when_listed() {
-    let s = Setup::single(json!({ "algorithms": ["HS256"], "jwks": { "inline": jwks_only(&["hs-1"]) } }));
-    allowed(&s.auth(&host(), &bearer(&tok("valid_HS256")), &mut Default::default()));
-    let out = s.auth(&host(), &bearer(&tok("valid_HS512")), &mut Default::default());
+    let s = Setup::single(
+        json!({ "algorithms": ["HS256"], "jwks": { "inline": jwks_only(&["hs-1"]) } }),
+    );
+    allowed(&s.auth(
+        &host(),
+        &bearer(&tok("valid_HS256")),
+        &mut Default::default(),
+    ));
+    let out = s.auth(
+        &host(),
+        &bearer(&tok("valid_HS512")),
+        &mut Default::default(),
+    );
     assert_eq!(denial(&out), (401, "algorithm not allowed".into()));
 }

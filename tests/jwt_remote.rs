@@ -32,7 +32,11 @@ struct Worker {
 
 impl Worker {
     fn new(host: &FakeHost) -> Worker {
-        Worker { host: host.clone(), setup: remote_setup(json!({})), cache: TokenCache::default() }
+        Worker {
+            host: host.clone(),
+            setup: remote_setup(json!({})),
+            cache: TokenCache::default(),
+        }
     }
     fn poll(&self) -> Vec<FetchRequest> {
         self.setup.providers().poll(&self.host)
@@ -53,7 +57,10 @@ fn jwks_text(kids: &[&str]) -> Vec<u8> {
 fn requests_wait_for_keys_and_only_one_worker_fetches() {
     let h = host();
     let (mut a, mut b) = (Worker::new(&h), Worker::new(&h));
-    assert_eq!(a.auth(&tok("valid_RS256")), AuthOutcome::KeysPending { provider: 0 });
+    assert_eq!(
+        a.auth(&tok("valid_RS256")),
+        AuthOutcome::KeysPending { provider: 0 }
+    );
 
     let fa = a.poll();
     let fb = b.poll();
@@ -68,7 +75,10 @@ fn requests_wait_for_keys_and_only_one_worker_fetches() {
         }]
     );
     assert!(fb.is_empty(), "the lease is held by worker a");
-    assert!(a.poll().is_empty(), "no second fetch while one is in flight");
+    assert!(
+        a.poll().is_empty(),
+        "no second fetch while one is in flight"
+    );
 
     assert!(a.deliver(Ok(&jwks_text(&["rsa-1"]))));
     // Worker b sees the keys through shared data.
@@ -78,7 +88,10 @@ fn requests_wait_for_keys_and_only_one_worker_fetches() {
     // Stored record: version 1, fetched_at, JSON.
     let raw = h.raw("meshguard/v1/jwks/main").unwrap();
     assert_eq!(raw[0], 1);
-    assert_eq!(u64::from_le_bytes(raw[1..9].try_into().unwrap()), NOW_SECS * SEC);
+    assert_eq!(
+        u64::from_le_bytes(raw[1..9].try_into().unwrap()),
+        NOW_SECS * SEC
+    );
     assert!(raw[9..].starts_with(b"{"));
 }
 
@@ -123,7 +136,11 @@ fn failures_back_off_with_jitter_and_keep_the_last_good_keys() {
     h.advance(Duration::from_millis(499));
     assert!(a.poll().is_empty() && b.poll().is_empty());
     h.advance(Duration::from_millis(501));
-    let winner = if !b.poll().is_empty() { &b } else { panic!("retry due after 1s") };
+    let winner = if !b.poll().is_empty() {
+        &b
+    } else {
+        panic!("retry due after 1s")
+    };
     // An unusable body is a failure too; backoff 2: between 1s and 2s.
     assert!(!winner.deliver(Ok(br#"{"keys":[{"kty":"XYZ"}]}"#)));
     h.advance(Duration::from_millis(999));
@@ -155,21 +172,33 @@ fn unknown_kid_triggers_one_refetch_per_cooldown() {
     h.advance(Duration::from_secs(1));
 
     // rsa-1 is not published yet: rejected, and a refetch is scheduled.
-    assert_eq!(denial(&a.auth(&tok("valid_RS256"))), (401, "unknown key id".into()));
+    assert_eq!(
+        denial(&a.auth(&tok("valid_RS256"))),
+        (401, "unknown key id".into())
+    );
     let fetches: Vec<_> = b.poll().into_iter().chain(a.poll()).collect();
     assert_eq!(fetches.len(), 1);
-    assert!(b.deliver(Ok(&jwks_text(&["ec-256", "rsa-1"]))) || a.deliver(Ok(&jwks_text(&["ec-256", "rsa-1"]))));
+    assert!(
+        b.deliver(Ok(&jwks_text(&["ec-256", "rsa-1"])))
+            || a.deliver(Ok(&jwks_text(&["ec-256", "rsa-1"])))
+    );
     h.advance(Duration::from_secs(2));
     allowed(&a.auth(&tok("valid_RS256")));
 
     // Another unknown kid inside the cooldown: rejected, no fetch (attackers
     // sending random kids cannot hammer the IdP).
-    assert_eq!(denial(&b.auth(&tok("unknown_kid"))), (401, "unknown key id".into()));
+    assert_eq!(
+        denial(&b.auth(&tok("unknown_kid"))),
+        (401, "unknown key id".into())
+    );
     assert!(a.poll().is_empty() && b.poll().is_empty());
 
     // After the cooldown, an unknown kid schedules a refetch again.
     h.advance(Duration::from_nanos(REFETCH_COOLDOWN));
-    assert_eq!(denial(&b.auth(&tok("unknown_kid"))), (401, "unknown key id".into()));
+    assert_eq!(
+        denial(&b.auth(&tok("unknown_kid"))),
+        (401, "unknown key id".into())
+    );
     assert_eq!(a.poll().len() + b.poll().len(), 1);
 }
 
@@ -179,12 +208,18 @@ fn corrupt_shared_record_keeps_previous_keys() {
     let mut a = Worker::new(&h);
     assert_eq!(a.poll().len(), 1);
     a.deliver(Ok(&jwks_text(&["rsa-1"])));
-    h.put_raw("meshguard/v1/jwks/main", b"\x01\x00\x00\x00\x00\x00\x00\x00\x09not json");
+    h.put_raw(
+        "meshguard/v1/jwks/main",
+        b"\x01\x00\x00\x00\x00\x00\x00\x00\x09not json",
+    );
     h.advance(Duration::from_secs(2));
     allowed(&a.auth(&tok("valid_RS256")));
     // A fresh worker that never parsed keys still waits.
     let mut fresh = Worker::new(&h);
-    assert_eq!(fresh.auth(&tok("valid_RS256")), AuthOutcome::KeysPending { provider: 0 });
+    assert_eq!(
+        fresh.auth(&tok("valid_RS256")),
+        AuthOutcome::KeysPending { provider: 0 }
+    );
 }
 
 #[test]

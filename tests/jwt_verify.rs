@@ -22,7 +22,10 @@ fn every_algorithm_verifies() {
         let out = s.auth(&h, &bearer(&tok(&format!("valid_{alg}"))), &mut cache);
         let (claims, _) = allowed(&out);
         assert_eq!(claims["sub"], "user-1", "{alg}");
-        assert_eq!(cache.stats.verify.signature_checks, 1, "{alg}: exactly one key tried");
+        assert_eq!(
+            cache.stats.verify.signature_checks, 1,
+            "{alg}: exactly one key tried"
+        );
     }
 }
 
@@ -47,7 +50,11 @@ fn default_allowlist_is_asymmetric_only() {
     let s = Setup::single(json!({}));
     let h = host();
     for alg in ALL_ALGS {
-        let out = s.auth(&h, &bearer(&tok(&format!("valid_{alg}"))), &mut TokenCache::default());
+        let out = s.auth(
+            &h,
+            &bearer(&tok(&format!("valid_{alg}"))),
+            &mut TokenCache::default(),
+        );
         if alg.starts_with("HS") {
             assert_eq!(denial(&out), (401, "algorithm not allowed".into()), "{alg}");
         } else {
@@ -88,10 +95,26 @@ fn rejection_reasons() {
         ("es256_with_rsa_kid", json!({}), "no matching key"),
         ("no_exp", json!({}), "missing exp claim"),
         ("big_claims", json!({}), "token too large"),
-        ("valid_RS256", json!({ "max_lifetime": "24h" }), "token lifetime exceeds max_lifetime"),
-        ("no_iat_far_exp", json!({ "max_lifetime": "24h" }), "token lifetime exceeds max_lifetime"),
-        ("valid_RS256", json!({ "audiences": ["other-api"] }), "audience not accepted"),
-        ("valid_RS256", json!({ "issuer": "https://issuer.test/" }), "issuer not accepted"),
+        (
+            "valid_RS256",
+            json!({ "max_lifetime": "24h" }),
+            "token lifetime exceeds max_lifetime",
+        ),
+        (
+            "no_iat_far_exp",
+            json!({ "max_lifetime": "24h" }),
+            "token lifetime exceeds max_lifetime",
+        ),
+        (
+            "valid_RS256",
+            json!({ "audiences": ["other-api"] }),
+            "audience not accepted",
+        ),
+        (
+            "valid_RS256",
+            json!({ "issuer": "https://issuer.test/" }),
+            "issuer not accepted",
+        ),
     ];
     let h = host();
     for (name, extra, want) in cases {
@@ -112,9 +135,18 @@ fn malformed_tokens_are_rejected_without_panicking() {
         (format!("{}.{}", parts[0], parts[1]), "malformed token"),
         (format!("{valid}.x"), "malformed token"),
         (format!("{}.{}.", parts[0], parts[1]), "malformed signature"),
-        (format!("{}x.{}.{}", parts[0], parts[1], parts[2]), "malformed token header"),
-        (format!("{}.{}!.{}", parts[0], parts[1], parts[2]), "malformed token payload"),
-        (format!("{}.{}.{}=", parts[0], parts[1], parts[2]), "malformed signature"),
+        (
+            format!("{}x.{}.{}", parts[0], parts[1], parts[2]),
+            "malformed token header",
+        ),
+        (
+            format!("{}.{}!.{}", parts[0], parts[1], parts[2]),
+            "malformed token payload",
+        ),
+        (
+            format!("{}.{}.{}=", parts[0], parts[1], parts[2]),
+            "malformed signature",
+        ),
         ("a".repeat(8 * 1024 + 1), "token too large"),
         ("é.é.é".to_string(), "malformed token header"),
     ];
@@ -144,7 +176,10 @@ fn accepted_variations() {
         }
         let s = Setup::new(json!({ "main": p }), json!({ "providers": ["main"] }));
         let out = s.auth(&h, &bearer(&tok(name)), &mut TokenCache::default());
-        assert!(matches!(out, AuthOutcome::Allowed { .. }), "{name} with {extra}: {out:?}");
+        assert!(
+            matches!(out, AuthOutcome::Allowed { .. }),
+            "{name} with {extra}: {out:?}"
+        );
     }
 }
 
@@ -177,7 +212,11 @@ fn clock_skew_applies_to_exp() {
         if ok {
             allowed(&out);
         } else {
-            assert_eq!(denial(&out), (401, "token expired".into()), "{extra} at {now}");
+            assert_eq!(
+                denial(&out),
+                (401, "token expired".into()),
+                "{extra} at {now}"
+            );
         }
     }
 }
@@ -217,13 +256,20 @@ fn denials_follow_rfc6750_and_never_echo_the_token() {
     let s = Setup::single(json!({}));
     let t = tok("expired");
     match s.auth(&host(), &bearer(&t), &mut TokenCache::default()) {
-        AuthOutcome::Denied { status, www_authenticate, body } => {
+        AuthOutcome::Denied {
+            status,
+            www_authenticate,
+            body,
+        } => {
             assert_eq!(status, 401);
             assert_eq!(
                 www_authenticate,
                 r#"Bearer realm="api", error="invalid_token", error_description="token expired""#
             );
-            assert_eq!(body, r#"{"error":"invalid_token","error_description":"token expired"}"#);
+            assert_eq!(
+                body,
+                r#"{"error":"invalid_token","error_description":"token expired"}"#
+            );
             for part in t.split('.') {
                 assert!(!body.contains(part) && !www_authenticate.contains(part));
             }

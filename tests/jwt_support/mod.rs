@@ -27,7 +27,10 @@ pub const JWKS_MIXED: &str = include_str!("../fixtures/jwt/jwks_mixed.json");
 
 pub fn tok(name: &str) -> String {
     let all: Value = serde_json::from_str(TOKENS).unwrap();
-    all[name].as_str().unwrap_or_else(|| panic!("no fixture token {name}")).to_string()
+    all[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fixture token {name}"))
+        .to_string()
 }
 
 pub fn jwks() -> Value {
@@ -76,7 +79,10 @@ impl Setup {
 
     /// One provider `main` (see [`provider`]) on route `api`.
     pub fn single(extra: Value) -> Setup {
-        Setup::new(json!({ "main": provider(extra) }), json!({ "providers": ["main"] }))
+        Setup::new(
+            json!({ "main": provider(extra) }),
+            json!({ "providers": ["main"] }),
+        )
     }
 
     pub fn providers(&self) -> &JwtProviders {
@@ -121,7 +127,10 @@ pub fn denial(o: &AuthOutcome) -> (u32, String) {
     match o {
         AuthOutcome::Denied { status, body, .. } => {
             let b: Value = serde_json::from_str(body).unwrap();
-            (*status, b["error_description"].as_str().unwrap_or("").to_string())
+            (
+                *status,
+                b["error_description"].as_str().unwrap_or("").to_string(),
+            )
         }
         other => panic!("expected a denial, got {other:?}"),
     }
@@ -129,7 +138,11 @@ pub fn denial(o: &AuthOutcome) -> (u32, String) {
 
 pub fn allowed(o: &AuthOutcome) -> (Arc<Value>, Vec<HeaderOp>) {
     match o {
-        AuthOutcome::Allowed { claims: Some(c), header_ops, .. } => (c.clone(), header_ops.clone()),
+        AuthOutcome::Allowed {
+            claims: Some(c),
+            header_ops,
+            ..
+        } => (c.clone(), header_ops.clone()),
         other => panic!("expected allowed with claims, got {other:?}"),
     }
 }
@@ -144,7 +157,10 @@ pub struct NativeHost {
 
 impl NativeHost {
     pub fn new() -> Self {
-        NativeHost { inner: host(), calls: Arc::default() }
+        NativeHost {
+            inner: host(),
+            calls: Arc::default(),
+        }
     }
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::SeqCst)
@@ -204,14 +220,31 @@ impl Host for NativeHost {
         assert_eq!(name, "verify_signature");
         self.calls.fetch_add(1, Ordering::SeqCst);
         let f = read_fields(args);
-        let get = |n: u64| f.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()).unwrap();
+        let get = |n: u64| {
+            f.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
         let hash = String::from_utf8(get(1)).unwrap();
         let key = rsa::RsaPublicKey::from_public_key_der(&get(2)).unwrap();
         let (sig, text) = (get(3), get(4));
         let ok = match hash.as_str() {
-            "sha256" => key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &sha2::Sha256::digest(&text), &sig),
-            "sha384" => key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha384>(), &sha2::Sha384::digest(&text), &sig),
-            "sha512" => key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha512>(), &sha2::Sha512::digest(&text), &sig),
+            "sha256" => key.verify(
+                rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+                &sha2::Sha256::digest(&text),
+                &sig,
+            ),
+            "sha384" => key.verify(
+                rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
+                &sha2::Sha384::digest(&text),
+                &sig,
+            ),
+            "sha512" => key.verify(
+                rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
+                &sha2::Sha512::digest(&text),
+                &sig,
+            ),
             other => panic!("unexpected hash {other}"),
         }
         .is_ok();
