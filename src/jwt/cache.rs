@@ -1,0 +1,206 @@
+//! Per-worker cache of verified tokens, so each distinct token pays for
+//! signature verification once (PLATFORM.md: pure-Rust RSA costs ~0.7 ms).
+//!
+//! Key: SHA-256 of the token bytes (the token itself is never stored).
+//! Value: the provider that verified it, its claims and payload segment.
+//! An entry lives until the token's `exp` and at most [`MAX_ENTRY_TTL`];
+//! when full, the oldest insertion is evicted. Route claim rules are NOT
+//! cached: they are evaluated on every request (they differ per route).
+
+use super::verify::{NativeRsa, VerifyStats};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Default number of entries.
+pub const DEFAULT_CAPACITY: usize = 1024;
+/// An entry is re-verified at least this often (nanoseconds): bounds how
+/// long a token stays accepted after its key left the JWKS.
+pub const MAX_ENTRY_TTL: u64 = 300 * 1_000_000_000;
+
+/// A verified token.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub provider: usize,
+    pub claims: Arc<Value>,
+    /// The payload segment (base64url), for `payload_header`.
+    pub payload_b64: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    expires_at: u64,
+    value: Verified,
+}
+
+/// Per-worker JWT state: the verified-token cache, whether the host's
+/// native RSA verification works, and counters. Keep one per worker VM
+/// (in the root context) and pass it to [`super::authenticate`].
+#[derive(Debug)]
+pub struct TokenCache {
+    capacity: usize,
+    map: HashMap<[u8; 32], Entry>,
+    order: BTreeMap<u64, [u8; 32]>,
+    next_seq: u64,
+    pub(crate) native_rsa: NativeRsa,
+    /// Work counters (tests, debugging).
+    pub stats: CacheStats,
+}
+
+/// Counters of a [`TokenCache`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub verify: VerifyStats,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache::new(DEFAULT_CAPACITY)
+    }
+}
+
+/// The cache key of a token.
+pub fn token_key(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl TokenCache {
+    /// A cache holding at most `capacity` tokens (0 disables caching).
+    pub fn new(capacity: usize) -> Self {
+        TokenCache {
+            capacity,
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
+            native_rsa: NativeRsa::Unknown,
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether the host's native RSA verification was found usable.
+    pub fn native_rsa(&self) -> NativeRsa {
+        self.native_rsa
+    }
+
+    /// A live entry for `key` at `now` (nanoseconds); expired ones are dropped.
+    pub fn get(&mut self, key: &[u8; 32], now: u64) -> Option<Verified> {
+        let live = match self.map.get(key) {
+            None => return None,
+            Some(e) => now < e.expires_at,
+        };
+        if live {
+            return self.map.get(key).map(|e| e.value.clone());
+        }
+        if let Some(e) = self.map.remove(key) {
+            self.order.remove(&e.seq);
+        }
+        None
+    }
+
+    /// Stores a verified token until `exp_secs` (if any), at most
+    /// [`MAX_ENTRY_TTL`] from `now`.
+    pub fn insert(&mut self, key: [u8; 32], value: Verified, exp_secs: Option<i64>, now: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut expires_at = now.saturating_add(MAX_ENTRY_TTL);
+        if let Some(exp) = exp_secs {
+            let exp_nanos = u64::try_from(exp)
+                .unwrap_or(0)
+                .saturating_mul(1_000_000_000);
+            expires_at = expires_at.min(exp_nanos);
+        }
+        if expires_at <= now {
+            return;
+        }
+        if let Some(old) = self.map.remove(&key) {
+            self.order.remove(&old.seq);
+        }
+        while self.map.len() >= self.capacity {
+            match self.order.pop_first() {
+                Some((_, k)) => {
+                    self.map.remove(&k);
+                }
+                None => break,
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.insert(seq, key);
+        self.map.insert(
+            key,
+            Entry {
+                seq,
+                expires_at,
+                value,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn v(p: usize) -> Verified {
+        Verified {
+            provider: p,
+            claims: Arc::new(Value::Null),
+            payload_b64: Arc::from(""),
+        }
+    }
+
+    #[test]
+    fn entries_expire_at_exp_and_at_most_after_max_ttl() {
+        let mut c = TokenCache::new(4);
+        let now = 1000 * S;
+        c.insert(token_key(b"a"), v(0), Some(1010), now);
+        c.insert(token_key(b"b"), v(0), None, now);
+        assert!(c.get(&token_key(b"a"), now + 9 * S).is_some());
+        assert!(c.get(&token_key(b"a"), now + 10 * S).is_none());
+        assert!(c.get(&token_key(b"b"), now + MAX_ENTRY_TTL - 1).is_some());
+        assert!(c.get(&token_key(b"b"), now + MAX_ENTRY_TTL).is_none());
+        assert!(c.is_empty());
+        // Already expired: not stored.
+        c.insert(token_key(b"c"), v(0), Some(999), now);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn full_cache_evicts_oldest_insertion() {
+        let mut c = TokenCache::new(2);
+        for t in [b"1", b"2", b"3"] {
+            c.insert(token_key(t), v(0), None, 0);
+        }
+        assert_eq!(c.len(), 2);
+        assert!(c.get(&token_key(b"1"), 0).is_none());
+        assert!(c.get(&token_key(b"3"), 0).is_some());
+        // Re-inserting refreshes position.
+        c.insert(token_key(b"2"), v(1), None, 0);
+        c.insert(token_key(b"4"), v(0), None, 0);
+        assert!(c.get(&token_key(b"3"), 0).is_none());
+        assert_eq!(c.get(&token_key(b"2"), 0).map(|e| e.provider), Some(1));
+    }
+
+    #[test]
+    fn zero_capacity_disables() {
+        let mut c = TokenCache::new(0);
+        c.insert(token_key(b"1"), v(0), None, 0);
+        assert!(c.is_empty());
+    }
+}

@@ -1,0 +1,324 @@
+//! JWKS (RFC 7517) to verification keys.
+//!
+//! Entries meshguard cannot use (unknown `kty`, bad key material, an
+//! unsupported curve, `use` other than `sig`, an unknown `alg`) are skipped
+//! with one `warn` line naming the provider and the `kid`; the others are
+//! kept, so one odd key published by an IdP never locks everybody out.
+
+use super::jose::{b64url_decode, Alg};
+use rsa::pkcs8::EncodePublicKey;
+use rsa::traits::PublicKeyParts;
+use rsa::{BigUint, RsaPublicKey};
+use serde_json::Value;
+
+/// At most this many keys of one JWKS are kept (the rest are skipped).
+pub const MAX_KEYS: usize = 64;
+/// Smallest RSA modulus accepted (bits).
+pub const MIN_RSA_BITS: usize = 2048;
+/// Smallest HMAC secret accepted (bytes): RFC 7518 3.2 wants at least the
+/// hash size; 32 bytes is the floor for HS256.
+pub const MIN_OCT_BYTES: usize = 32;
+
+/// Public key material (or an HMAC secret) ready to verify.
+pub enum KeyMaterial {
+    Rsa {
+        key: RsaPublicKey,
+        /// DER SubjectPublicKeyInfo, for Envoy's native `verify_signature`.
+        spki_der: Vec<u8>,
+    },
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
+    Oct(Vec<u8>),
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    // Never print key material (oct keys are secrets).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyMaterial::Rsa { .. } => "Rsa",
+            KeyMaterial::P256(_) => "P256",
+            KeyMaterial::P384(_) => "P384",
+            KeyMaterial::Ed25519(_) => "Ed25519",
+            KeyMaterial::Oct(_) => "Oct(<secret>)",
+        })
+    }
+}
+
+/// One usable JWK.
+#[derive(Debug)]
+pub struct Jwk {
+    pub kid: Option<String>,
+    /// The JWK's own `alg`, when it pins one.
+    pub alg: Option<Alg>,
+    pub material: KeyMaterial,
+}
+
+impl Jwk {
+    /// Can this key verify `alg`? Key type must match the algorithm family
+    /// (so an RSA public key is never an HMAC secret), and a pinned `alg`
+    /// must be equal.
+    pub fn supports(&self, alg: Alg) -> bool {
+        if self.alg.is_some_and(|a| a != alg) {
+            return false;
+        }
+        matches!(
+            (&self.material, alg),
+            (
+                KeyMaterial::Rsa { .. },
+                Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
+            ) | (KeyMaterial::P256(_), Alg::ES256)
+                | (KeyMaterial::P384(_), Alg::ES384)
+                | (KeyMaterial::Ed25519(_), Alg::EdDSA)
+                | (KeyMaterial::Oct(_), Alg::HS256 | Alg::HS384 | Alg::HS512)
+        )
+    }
+}
+
+/// The usable keys of one JWKS.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<Jwk>,
+}
+
+impl KeySet {
+    /// Parses JWKS JSON text; see [`KeySet::from_value`].
+    pub fn from_text(text: &[u8], provider: &str) -> Result<KeySet, &'static str> {
+        let v: Value = serde_json::from_slice(text).map_err(|_| "JWKS is not valid JSON")?;
+        KeySet::from_value(&v, provider)
+    }
+
+    /// Parses a JWKS object, skipping (with a warning) entries it cannot use.
+    /// Errors only when the document itself is not a JWKS.
+    pub fn from_value(v: &Value, provider: &str) -> Result<KeySet, &'static str> {
+        let keys = v
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("a JWKS object with a \"keys\" array")?;
+        let mut out = KeySet::default();
+        for (i, k) in keys.iter().enumerate() {
+            let kid = k.get("kid").and_then(Value::as_str);
+            if out.keys.len() >= MAX_KEYS {
+                log::warn!("meshguard: jwt provider {provider}: more than {MAX_KEYS} keys in JWKS, the rest are skipped");
+                break;
+            }
+            match parse_jwk(k) {
+                Ok(jwk) => out.keys.push(jwk),
+                Err(why) => log::warn!(
+                    "meshguard: jwt provider {provider}: skipping JWKS key {} (kid {:?}): {why}",
+                    i,
+                    kid.unwrap_or("<none>")
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys that may verify a token with this `alg` and `kid`. A token
+    /// without `kid` is tried against every compatible key.
+    pub fn candidates<'a>(
+        &'a self,
+        alg: Alg,
+        kid: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Jwk> + 'a {
+        self.keys.iter().filter(move |k| {
+            k.supports(alg)
+                && match kid {
+                    Some(kid) => k.kid.as_deref() == Some(kid),
+                    None => true,
+                }
+        })
+    }
+
+    /// Does any key carry this `kid` (whatever its type)?
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}
+
+fn field<'a>(k: &'a Value, name: &str) -> Result<&'a str, &'static str> {
+    k.get(name)
+        .and_then(Value::as_str)
+        .ok_or("missing or non-string key parameter")
+}
+
+fn b64(k: &Value, name: &str) -> Result<Vec<u8>, &'static str> {
+    b64url_decode(field(k, name)?.as_bytes()).ok_or("key parameter is not base64url")
+}
+
+/// Parses one JWK into a usable key, or says why it cannot be used.
+pub fn parse_jwk(k: &Value) -> Result<Jwk, &'static str> {
+    if !k.is_object() {
+        return Err("not an object");
+    }
+    if let Some(u) = k.get("use") {
+        if u.as_str() != Some("sig") {
+            return Err("\"use\" is not \"sig\"");
+        }
+    }
+    let alg = match k.get("alg") {
+        None => None,
+        Some(a) => Some(
+            a.as_str()
+                .and_then(Alg::from_name)
+                .ok_or("unsupported \"alg\"")?,
+        ),
+    };
+    let kid = match k.get("kid") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("\"kid\" is not a string"),
+    };
+    let material = match field(k, "kty")? {
+        "RSA" => {
+            let n = BigUint::from_bytes_be(&b64(k, "n")?);
+            let e = BigUint::from_bytes_be(&b64(k, "e")?);
+            let key = RsaPublicKey::new(n, e).map_err(|_| "invalid RSA key")?;
+            if key.n().bits() < MIN_RSA_BITS {
+                return Err("RSA key shorter than 2048 bits");
+            }
+            let spki_der = key
+                .to_public_key_der()
+                .map_err(|_| "invalid RSA key")?
+                .into_vec();
+            KeyMaterial::Rsa { key, spki_der }
+        }
+        "EC" => {
+            let crv = field(k, "crv")?;
+            let (x, y) = (b64(k, "x")?, b64(k, "y")?);
+            let size = match crv {
+                "P-256" => 32,
+                "P-384" => 48,
+                _ => return Err("unsupported EC curve"),
+            };
+            if x.len() != size || y.len() != size {
+                return Err("EC coordinates have the wrong length");
+            }
+            let mut sec1 = Vec::with_capacity(1 + 2 * size);
+            sec1.push(0x04);
+            sec1.extend_from_slice(&x);
+            sec1.extend_from_slice(&y);
+            if size == 32 {
+                KeyMaterial::P256(
+                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+                        .map_err(|_| "EC point not on the curve")?,
+                )
+            } else {
+                KeyMaterial::P384(
+                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+                        .map_err(|_| "EC point not on the curve")?,
+                )
+            }
+        }
+        "OKP" => {
+            if field(k, "crv")? != "Ed25519" {
+                return Err("unsupported OKP curve");
+            }
+            let x: [u8; 32] = b64(k, "x")?
+                .try_into()
+                .map_err(|_| "Ed25519 key is not 32 bytes")?;
+            KeyMaterial::Ed25519(
+                ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| "invalid Ed25519 key")?,
+            )
+        }
+        "oct" => {
+            let secret = b64(k, "k")?;
+            if secret.len() < MIN_OCT_BYTES {
+                return Err("HMAC secret shorter than 32 bytes");
+            }
+            KeyMaterial::Oct(secret)
+        }
+        _ => return Err("unsupported \"kty\""),
+    };
+    let jwk = Jwk { kid, alg, material };
+    if let Some(a) = alg {
+        if !jwk.supports(a) {
+            return Err("\"alg\" does not match the key type");
+        }
+    }
+    Ok(jwk)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bad_entries_are_skipped_and_good_ones_kept() {
+        let text = include_str!("../../tests/fixtures/jwt/jwks_mixed.json");
+        let ks = KeySet::from_text(text.as_bytes(), "t").unwrap();
+        assert_eq!(ks.keys.len(), 1);
+        assert_eq!(ks.keys[0].kid.as_deref(), Some("rsa-1"));
+    }
+
+    #[test]
+    fn every_fixture_key_parses() {
+        let text = include_str!("../../tests/fixtures/jwt/jwks.json");
+        let ks = KeySet::from_text(text.as_bytes(), "t").unwrap();
+        assert_eq!(ks.keys.len(), 6);
+    }
+
+    #[test]
+    fn rsa_spki_der_matches_an_independent_encoder() {
+        use base64::Engine;
+        let text = include_str!("../../tests/fixtures/jwt/jwks.json");
+        let ks = KeySet::from_text(text.as_bytes(), "t").unwrap();
+        let want = base64::engine::general_purpose::STANDARD
+            .decode(include_str!("../../tests/fixtures/jwt/rsa_spki_der.b64").trim())
+            .unwrap();
+        match &ks.keys[0].material {
+            KeyMaterial::Rsa { spki_der, .. } => assert_eq!(spki_der, &want),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejected_entries_say_why() {
+        let cases = [
+            (
+                json!({"kty": "oct", "k": "c2hvcnQ"}),
+                "HMAC secret shorter than 32 bytes",
+            ),
+            (
+                json!({"kty": "RSA", "n": crate::jwt::jose::b64url_encode(&[0xff; 128]), "e": "AQAB"}),
+                "RSA key shorter than 2048 bits",
+            ),
+            (
+                json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}),
+                "EC coordinates have the wrong length",
+            ),
+            (
+                json!({"kty": "OKP", "crv": "Ed448", "x": "AA"}),
+                "unsupported OKP curve",
+            ),
+            (
+                json!({"kty": "oct", "use": "enc", "k": "AA"}),
+                "\"use\" is not \"sig\"",
+            ),
+            (
+                json!({"kty": "oct", "alg": "none", "k": "AA"}),
+                "unsupported \"alg\"",
+            ),
+            (json!({"kty": "dsa"}), "unsupported \"kty\""),
+            (json!({"n": "x"}), "missing or non-string key parameter"),
+            (json!("x"), "not an object"),
+        ];
+        for (k, want) in cases {
+            assert_eq!(parse_jwk(&k).err(), Some(want), "{k}");
+        }
+        let secret = "A".repeat(43);
+        let pinned = json!({"kty": "oct", "alg": "ES256", "k": secret});
+        assert_eq!(
+            parse_jwk(&pinned).err(),
+            Some("\"alg\" does not match the key type")
+        );
+    }
+
+    #[test]
+    fn not_a_jwks_is_an_error() {
+        assert!(KeySet::from_text(b"{}", "t").is_err());
+        assert!(KeySet::from_text(b"nope", "t").is_err());
+    }
+}

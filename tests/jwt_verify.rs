@@ -1,0 +1,279 @@
+//! Signature verification and token rejection, over the public API with
+//! fixtures made by Python `cryptography` (tests/fixtures/jwt/gen.py).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod jwt_support;
+
+use jwt_support::*;
+use meshguard::jwt::verify::NativeRsa;
+use meshguard::jwt::{AuthOutcome, TokenCache};
+use serde_json::json;
+
+fn all_algs() -> serde_json::Value {
+    json!({ "algorithms": ALL_ALGS })
+}
+
+#[test]
+fn every_algorithm_verifies() {
+    let s = Setup::single(all_algs());
+    let h = host();
+    for alg in ALL_ALGS {
+        let mut cache = TokenCache::default();
+        let out = s.auth(&h, &bearer(&tok(&format!("valid_{alg}"))), &mut cache);
+        let (claims, _) = allowed(&out);
+        assert_eq!(claims["sub"], "user-1", "{alg}");
+        assert_eq!(
+            cache.stats.verify.signature_checks, 1,
+            "{alg}: exactly one key tried"
+        );
+    }
+}
+
+#[test]
+fn every_algorithm_rejects_a_tampered_signature() {
+    let s = Setup::single(all_algs());
+    let h = host();
+    for alg in ALL_ALGS {
+        let t = tok(&format!("valid_{alg}"));
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        // Flip one bit of the first signature byte (the 2nd base64 char keeps padding bits valid).
+        let mut sig: Vec<u8> = sig.bytes().collect();
+        sig[0] = if sig[0] == b'A' { b'B' } else { b'A' };
+        let bad = format!("{head}.{}", String::from_utf8(sig).unwrap());
+        let out = s.auth(&h, &bearer(&bad), &mut TokenCache::default());
+        assert_eq!(denial(&out), (401, "invalid signature".into()), "{alg}");
+    }
+}
+
+#[test]
+fn default_allowlist_is_asymmetric_only() {
+    let s = Setup::single(json!({}));
+    let h = host();
+    for alg in ALL_ALGS {
+        let out = s.auth(
+            &h,
+            &bearer(&tok(&format!("valid_{alg}"))),
+            &mut TokenCache::default(),
+        );
+        if alg.starts_with("HS") {
+            assert_eq!(denial(&out), (401, "algorithm not allowed".into()), "{alg}");
+        } else {
+            allowed(&out);
+        }
+    }
+}
+
+#[test]
+fn allowlist_restricts_algorithms() {
+    let s = Setup::single(json!({ "algorithms": ["ES256"] }));
+    let h = host();
+    allowed(&s.auth(&h, &bearer(&tok("valid_ES256")), &mut TokenCache::default()));
+    let out = s.auth(&h, &bearer(&tok("valid_RS256")), &mut TokenCache::default());
+    assert_eq!(denial(&out), (401, "algorithm not allowed".into()));
+}
+
+#[test]
+fn rejection_reasons() {
+    let all = all_algs();
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("expired", json!({}), "token expired"),
+        ("nbf_future", json!({}), "token not yet valid"),
+        ("iat_future", json!({}), "token issued in the future"),
+        ("bad_iss", json!({}), "issuer not accepted"),
+        ("bad_aud", json!({}), "audience not accepted"),
+        ("no_aud", json!({}), "audience not accepted"),
+        ("tampered", json!({}), "invalid signature"),
+        ("tampered_payload", json!({}), "invalid signature"),
+        ("alg_none", all.clone(), "unsupported algorithm"),
+        // HS256 keyed with the RSA public key bytes: RSA keys are never HMAC secrets.
+        ("alg_confusion", all.clone(), "no matching key"),
+        ("alg_confusion_der", all.clone(), "no matching key"),
+        ("alg_confusion", json!({}), "algorithm not allowed"),
+        ("crit", json!({}), "crit header parameter not supported"),
+        ("unknown_kid", json!({}), "unknown key id"),
+        ("wrong_key_kid", json!({}), "invalid signature"),
+        ("es256_with_rsa_kid", json!({}), "no matching key"),
+        ("no_exp", json!({}), "missing exp claim"),
+        ("big_claims", json!({}), "token too large"),
+        (
+            "valid_RS256",
+            json!({ "max_lifetime": "24h" }),
+            "token lifetime exceeds max_lifetime",
+        ),
+        (
+            "no_iat_far_exp",
+            json!({ "max_lifetime": "24h" }),
+            "token lifetime exceeds max_lifetime",
+        ),
+        (
+            "valid_RS256",
+            json!({ "audiences": ["other-api"] }),
+            "audience not accepted",
+        ),
+        (
+            "valid_RS256",
+            json!({ "issuer": "https://issuer.test/" }),
+            "issuer not accepted",
+        ),
+    ];
+    let h = host();
+    for (name, extra, want) in cases {
+        let s = Setup::single(extra.clone());
+        let out = s.auth(&h, &bearer(&tok(name)), &mut TokenCache::default());
+        assert_eq!(denial(&out), (401, want.to_string()), "{name} with {extra}");
+    }
+}
+
+#[test]
+fn malformed_tokens_are_rejected_without_panicking() {
+    let s = Setup::single(json!({}));
+    let h = host();
+    let valid = tok("valid_RS256");
+    let parts: Vec<&str> = valid.split('.').collect();
+    let cases = [
+        ("abc".to_string(), "malformed token"),
+        (format!("{}.{}", parts[0], parts[1]), "malformed token"),
+        (format!("{valid}.x"), "malformed token"),
+        (format!("{}.{}.", parts[0], parts[1]), "malformed signature"),
+        (
+            format!("{}x.{}.{}", parts[0], parts[1], parts[2]),
+            "malformed token header",
+        ),
+        (
+            format!("{}.{}!.{}", parts[0], parts[1], parts[2]),
+            "malformed token payload",
+        ),
+        (
+            format!("{}.{}.{}=", parts[0], parts[1], parts[2]),
+            "malformed signature",
+        ),
+        ("a".repeat(8 * 1024 + 1), "token too large"),
+        ("é.é.é".to_string(), "malformed token header"),
+    ];
+    for (t, want) in cases {
+        let out = s.auth(&h, &bearer(&t), &mut TokenCache::default());
+        assert_eq!(denial(&out), (401, want.to_string()), "{t:.40}");
+    }
+}
+
+#[test]
+fn accepted_variations() {
+    let cases: Vec<(&str, serde_json::Value)> = vec![
+        ("crit_empty", json!({})),
+        ("aud_array", json!({})),
+        ("no_aud", json!({ "audiences": null })),
+        ("no_kid_RS256", json!({})),
+        ("no_kid_ES256", json!({})),
+        ("no_exp", json!({ "require_exp": false })),
+        ("short_lived", json!({ "max_lifetime": "2h" })),
+        ("bad_aud", json!({ "audiences": ["other", "api"] })),
+    ];
+    let h = host();
+    for (name, extra) in cases {
+        let mut p = provider(extra.clone());
+        if extra.get("audiences").is_some_and(|a| a.is_null()) {
+            p.as_object_mut().unwrap().remove("audiences");
+        }
+        let s = Setup::new(json!({ "main": p }), json!({ "providers": ["main"] }));
+        let out = s.auth(&h, &bearer(&tok(name)), &mut TokenCache::default());
+        assert!(
+            matches!(out, AuthOutcome::Allowed { .. }),
+            "{name} with {extra}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn token_without_kid_tries_only_compatible_keys() {
+    // no_kid_RS256 is signed by rsa-2: rsa-1 is tried first, then rsa-2; the
+    // EC, OKP and oct keys are never tried.
+    let s = Setup::single(all_algs());
+    let mut cache = TokenCache::default();
+    allowed(&s.auth(&host(), &bearer(&tok("no_kid_RS256")), &mut cache));
+    assert_eq!(cache.stats.verify.signature_checks, 2);
+}
+
+#[test]
+fn clock_skew_applies_to_exp() {
+    // short_lived: iat 1800000000, exp 1800003600.
+    let exp = 1_800_003_600;
+    let cases = [
+        (json!({}), exp + 59, true),
+        (json!({}), exp + 60, false),
+        (json!({ "clock_skew": "0s" }), exp - 1, true),
+        (json!({ "clock_skew": "0s" }), exp, false),
+        (json!({ "clock_skew": "5m" }), exp + 299, true),
+    ];
+    for (extra, now, ok) in cases {
+        let s = Setup::single(extra.clone());
+        let h = host();
+        h.set_now(now * SEC);
+        let out = s.auth(&h, &bearer(&tok("short_lived")), &mut TokenCache::default());
+        if ok {
+            allowed(&out);
+        } else {
+            assert_eq!(
+                denial(&out),
+                (401, "token expired".into()),
+                "{extra} at {now}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rsa_falls_back_to_pure_rust_when_the_host_lacks_verify_signature() {
+    let s = Setup::single(json!({}));
+    let mut cache = TokenCache::default();
+    assert_eq!(cache.native_rsa(), NativeRsa::Unknown);
+    allowed(&s.auth(&host(), &bearer(&tok("valid_RS256")), &mut cache));
+    assert_eq!(cache.native_rsa(), NativeRsa::Unavailable);
+    assert_eq!(cache.stats.verify.native_calls, 0);
+    allowed(&s.auth(&host(), &bearer(&tok("valid_RS512")), &mut cache));
+}
+
+#[test]
+fn rsa_uses_native_verify_signature_when_available() {
+    let s = Setup::single(json!({}));
+    let h = NativeHost::new();
+    let mut cache = TokenCache::default();
+    for name in ["valid_RS256", "valid_RS384", "valid_RS512"] {
+        allowed(&s.auth(&h, &bearer(&tok(name)), &mut cache));
+    }
+    assert_eq!(h.calls(), 3);
+    assert_eq!(cache.native_rsa(), NativeRsa::Available);
+    // A bad signature is rejected by the native answer, without a pure-Rust retry.
+    let out = s.auth(&h, &bearer(&tok("tampered")), &mut cache);
+    assert_eq!(denial(&out), (401, "invalid signature".into()));
+    assert_eq!(h.calls(), 4);
+    // PSS never goes native (Envoy's function is PKCS#1 v1.5 only).
+    allowed(&s.auth(&h, &bearer(&tok("valid_PS256")), &mut cache));
+    assert_eq!(h.calls(), 4);
+}
+
+#[test]
+fn denials_follow_rfc6750_and_never_echo_the_token() {
+    let s = Setup::single(json!({}));
+    let t = tok("expired");
+    match s.auth(&host(), &bearer(&t), &mut TokenCache::default()) {
+        AuthOutcome::Denied {
+            status,
+            www_authenticate,
+            body,
+        } => {
+            assert_eq!(status, 401);
+            assert_eq!(
+                www_authenticate,
+                r#"Bearer realm="api", error="invalid_token", error_description="token expired""#
+            );
+            assert_eq!(
+                body,
+                r#"{"error":"invalid_token","error_description":"token expired"}"#
+            );
+            for part in t.split('.') {
+                assert!(!body.contains(part) && !www_authenticate.contains(part));
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}

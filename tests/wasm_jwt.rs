@@ -1,0 +1,85 @@
+//! Proves the JWT crypto in wasm: run with wasm-bindgen-test in Node
+//! (`CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
+//! cargo test --target wasm32-unknown-unknown --test wasm_jwt`).
+#![cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use meshguard::config::Config;
+use meshguard::host::fake::FakeHost;
+use meshguard::jwt::{authenticate, AuthOutcome, TokenCache};
+use meshguard::request::Request;
+use wasm_bindgen_test::wasm_bindgen_test;
+
+const TOKENS: &str = include_str!("fixtures/jwt/tokens.json");
+const JWKS: &str = include_str!("fixtures/jwt/jwks.json");
+
+fn check(name: &str) -> AuthOutcome {
+    let doc = format!(
+        r#"{{"jwt_providers":{{"main":{{"issuer":"https://issuer.test","audiences":["api"],
+            "algorithms":["RS256","PS256","ES256","EdDSA","HS256"],"jwks":{{"inline":{JWKS}}}}}}},
+            "routes":[{{"name":"api","jwt":{{"providers":["main"]}}}}]}}"#
+    );
+    let cfg = Config::from_bytes(doc.as_bytes()).unwrap();
+    let tokens: serde_json::Value = serde_json::from_str(TOKENS).unwrap();
+    let token = tokens[name].as_str().unwrap();
+    let req = Request {
+        method: "GET".into(),
+        path: "/".into(),
+        headers: vec![(
+            "authorization".into(),
+            format!("Bearer {token}").into_bytes(),
+        )],
+        ..Default::default()
+    };
+    let host = FakeHost::new(1_800_000_000 * 1_000_000_000);
+    let route = cfg.routes[0].jwt.as_ref().unwrap();
+    authenticate(
+        &host,
+        &cfg.jwt_providers,
+        route,
+        "api",
+        &req,
+        &mut TokenCache::default(),
+    )
+}
+
+fn assert_allowed(name: &str) {
+    let out = check(name);
+    assert!(
+        matches!(out, AuthOutcome::Allowed { .. }),
+        "{name}: {out:?}"
+    );
+}
+
+#[wasm_bindgen_test]
+fn rs256_verifies_in_wasm() {
+    assert_allowed("valid_RS256");
+}
+
+#[wasm_bindgen_test]
+fn ps256_verifies_in_wasm() {
+    assert_allowed("valid_PS256");
+}
+
+#[wasm_bindgen_test]
+fn es256_verifies_in_wasm() {
+    assert_allowed("valid_ES256");
+}
+
+#[wasm_bindgen_test]
+fn eddsa_verifies_in_wasm() {
+    assert_allowed("valid_EdDSA");
+}
+
+#[wasm_bindgen_test]
+fn hs256_verifies_in_wasm() {
+    assert_allowed("valid_HS256");
+}
+
+#[wasm_bindgen_test]
+fn tampered_rs256_is_rejected_in_wasm() {
+    assert!(matches!(
+        check("tampered"),
+        AuthOutcome::Denied { status: 401, .. }
+    ));
+}
