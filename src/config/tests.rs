@@ -35,7 +35,7 @@ fn schema_key_is_allowed_only_at_top_level() {
 fn the_contract_example_loads() {
     let c = ok(r#"{
       "jwt_providers": { "corp": { "issuer": "https://auth.example.com",
-          "jwks": { "inline": { "keys": [ { "kty": "oct", "kid": "k1", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg" } ] } },
+          "jwks": { "inline": { "keys": [ { "kty": "oct", "kid": "k1", "k": "YW4taG1hYy1zZWNyZXQtb2YtYXQtbGVhc3QtMzItYnl0ZXMh" } ] } },
           "algorithms": ["HS256"] } },
       "routes": [ { "name": "orders-api",
         "match": { "path_prefix": "/api/", "methods": ["GET", "POST"], "hosts": ["api.example.com", "*.example.com"],
