@@ -27,7 +27,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
     // A panic aborts the VM (panic = "abort"); say why before it does.
     std::panic::set_hook(Box::new(|info| log::error!("meshguard: panic: {info}")));
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(filter::Root::new())
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(filter::Root::new(context_id))
     });
 }}

@@ -8,8 +8,14 @@
 //! stores -> rate-limit and cache headers are added. At most one local reply
 //! is sent per stream; a reply meshguard generated is never counted by the
 //! breaker nor stored by the cache.
+//!
+//! Pauses: a request waiting for a remote JWKS (startup) or for another
+//! request filling the same cache entry is parked; the root context's timer
+//! (10 ms while anything is parked) runs its pipeline again, and every park
+//! has a deadline (`pipeline::JWKS_WAIT_NS`, `pipeline::CACHE_WAIT_NS`).
 
 mod http;
+mod pipeline;
 mod root;
 
 pub use root::Root;

@@ -173,6 +173,12 @@ pub fn dispatch_http_call(
         .map_err(|s| HostError(status(s)))
 }
 
+/// Makes `context_id` the context later calls act on (the root resuming a
+/// parked stream). False when that context no longer exists.
+pub fn set_effective_context(context_id: u32) -> bool {
+    hostcalls::set_effective_context(context_id).is_ok()
+}
+
 /// Sets the root context's tick period (0 disables).
 pub fn set_tick_period(period: Duration) {
     let _ = hostcalls::set_tick_period(period);

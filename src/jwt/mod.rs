@@ -201,6 +201,15 @@ impl JwtProviders {
         Ok(out)
     }
 
+    /// Number of providers.
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+
     /// The remote JWKS of a provider, if it has one.
     pub fn remote(&self, provider: usize) -> Option<&RemoteJwks> {
         match &self.providers.get(provider)?.keys {

@@ -1,0 +1,457 @@
+//! The per-stream pipeline: request stages in order (JWT, rate limit,
+//! cache, breaker), resumable after a pause, and the response side.
+//!
+//! A stage returns when it either lets the request go on, answers it
+//! locally (at most once per stream), or parks it (the root's timer runs
+//! [`run`] again: JWKS still loading, or another request filling the cache
+//! entry). Every park has a deadline, so no request can hang.
+
+use super::root::{Runtime, Worker};
+use crate::breaker::{self, Admission};
+use crate::cache::{self, CacheRoute, Lookup, MissContext, ResponseDecision};
+use crate::config::Route;
+use crate::host::proxy_wasm::{self as adapter, ProxyWasmHost};
+use crate::host::Host;
+use crate::jwt::{self, AuthOutcome, HeaderOp};
+use crate::ratelimit;
+use crate::request::Request;
+use std::rc::Rc;
+
+/// How long a request may wait for a remote JWKS at startup.
+pub const JWKS_WAIT_NS: u64 = 5_000_000_000;
+/// How long a request may wait for another request filling the cache.
+pub const CACHE_WAIT_NS: u64 = 6_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Jwt,
+    RateLimit,
+    Cache,
+    Breaker,
+    Upstream,
+}
+
+/// What the callback should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    Replied,
+    Park,
+}
+
+/// A request the breaker let through, until its outcome is recorded.
+pub struct BreakerTicket {
+    pub key: String,
+    pub probe: bool,
+    pub started_ns: u64,
+}
+
+/// A response being copied into the cache as it streams through.
+pub struct Capture {
+    pub body: Vec<u8>,
+    pub max_body: usize,
+    pub status: u32,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Everything one stream carries between callbacks.
+pub struct StreamState {
+    pub rt: Rc<Runtime>,
+    pub route: usize,
+    pub req: Request,
+    pub stage: Stage,
+    pub claims: Option<Rc<serde_json::Value>>,
+    /// Set once meshguard answered the request itself.
+    pub local_reply: bool,
+    /// Headers to add to the upstream's response.
+    pub response_headers: Vec<(&'static str, String)>,
+    pub breaker: Option<BreakerTicket>,
+    pub cache: Option<MissContext>,
+    /// The response being copied for the cache.
+    pub capture: Option<Capture>,
+    /// Deadline of the current park (0: not parked yet).
+    pub park_deadline_ns: u64,
+}
+
+impl StreamState {
+    pub fn new(rt: Rc<Runtime>, route: usize, req: Request) -> Self {
+        StreamState {
+            rt,
+            route,
+            req,
+            stage: Stage::Jwt,
+            claims: None,
+            local_reply: false,
+            response_headers: Vec::new(),
+            breaker: None,
+            cache: None,
+            capture: None,
+            park_deadline_ns: 0,
+        }
+    }
+
+    /// Sends a local reply (once per stream) with the rate-limit headers
+    /// gathered so far.
+    pub fn reply(&mut self, status: u32, extra: &[(&str, &str)], body: &[u8]) -> Step {
+        if !self.local_reply {
+            self.local_reply = true;
+            let mut h: Vec<(&str, &str)> = extra.to_vec();
+            h.extend(self.response_headers.iter().map(|(n, v)| (*n, v.as_str())));
+            if !adapter::send_local_reply(status, &h, body) {
+                log::warn!("meshguard: the host refused a local {status} reply");
+            }
+        }
+        Step::Replied
+    }
+
+    fn json_reply(&mut self, status: u32, extra: &[(&str, &str)], body: &str) -> Step {
+        let mut h = vec![("content-type", "application/json")];
+        h.extend_from_slice(extra);
+        self.reply(status, &h, body.as_bytes())
+    }
+
+    fn park_until(&mut self, now: u64, wait_ns: u64) -> bool {
+        if self.park_deadline_ns == 0 {
+            self.park_deadline_ns = now.saturating_add(wait_ns);
+        }
+        now < self.park_deadline_ns
+    }
+}
+
+fn cache_route<'a>(rt: &'a Runtime, route: &'a Route, idx: usize) -> Option<CacheRoute<'a>> {
+    Some(CacheRoute {
+        name: &route.name,
+        policy: route.cache.as_ref()?,
+        store: &rt.config.cache_store,
+        metrics: rt.cache_metrics.get(idx)?,
+    })
+}
+
+/// Runs the request stages from where the stream stands.
+pub fn run(s: &mut StreamState, w: &Worker) -> Step {
+    let host = ProxyWasmHost;
+    let rt = s.rt.clone();
+    let Some(route) = rt.config.routes.get(s.route) else {
+        return Step::Continue;
+    };
+    loop {
+        match s.stage {
+            Stage::Jwt => {
+                if let Some(j) = &route.jwt {
+                    let outcome = match w.tokens.try_borrow_mut() {
+                        Ok(mut cache) => jwt::authenticate(
+                            &host,
+                            &rt.config.jwt_providers,
+                            j,
+                            &route.name,
+                            &s.req,
+                            &mut cache,
+                        ),
+                        Err(_) => jwt::authenticate(
+                            &host,
+                            &rt.config.jwt_providers,
+                            j,
+                            &route.name,
+                            &s.req,
+                            &mut jwt::TokenCache::new(1),
+                        ),
+                    };
+                    if let Some(Some(m)) = rt.jwt_metrics.get(s.route) {
+                        m.record(&host, &outcome);
+                    }
+                    match outcome {
+                        AuthOutcome::Allowed {
+                            claims, header_ops, ..
+                        } => {
+                            for op in &header_ops {
+                                match op {
+                                    HeaderOp::Remove(n) => adapter::remove_request_header(n),
+                                    HeaderOp::Set(n, v) => adapter::set_request_header(n, Some(v)),
+                                }
+                            }
+                            s.claims = claims.map(|c| Rc::new((*c).clone()));
+                        }
+                        AuthOutcome::Denied {
+                            status,
+                            www_authenticate,
+                            body,
+                        } => {
+                            return s.json_reply(
+                                status,
+                                &[("www-authenticate", &www_authenticate)],
+                                &body,
+                            );
+                        }
+                        AuthOutcome::KeysPending { provider } => {
+                            w.poll_jwks_soon();
+                            if s.park_until(host.now_nanos(), JWKS_WAIT_NS) {
+                                return Step::Park;
+                            }
+                            log::warn!("meshguard: route {}: no keys for JWT provider #{provider} after waiting; answering 503", route.name);
+                            let body = serde_json::json!({
+                                "error": "jwks_unavailable",
+                                "route": route.name,
+                                "error_description": "the signing keys could not be fetched yet",
+                            })
+                            .to_string();
+                            return s.json_reply(503, &[("retry-after", "1")], &body);
+                        }
+                    }
+                }
+                s.park_deadline_ns = 0;
+                s.stage = Stage::RateLimit;
+            }
+            Stage::RateLimit => {
+                if !route.rate_limits.is_empty() {
+                    let d = ratelimit::check(
+                        &host,
+                        &rt.limiter,
+                        &route.name,
+                        &route.rate_limits,
+                        &s.req,
+                        s.claims.as_deref(),
+                    );
+                    s.response_headers.extend(d.headers.iter().cloned());
+                    if !d.allowed {
+                        let retry = d.retry_after_secs.to_string();
+                        return s.json_reply(429, &[("retry-after", &retry)], &d.body(&route.name));
+                    }
+                }
+                s.stage = Stage::Cache;
+            }
+            Stage::Cache => {
+                if let Some(cr) = cache_route(&rt, route, s.route) {
+                    match cache::lookup(&host, &cr, &s.req) {
+                        Lookup::Hit(resp) | Lookup::OnlyIfCachedMiss(resp) => {
+                            let h: Vec<(String, String)> = resp
+                                .headers
+                                .iter()
+                                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                                .collect();
+                            let refs: Vec<(&str, &str)> =
+                                h.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                            return s.reply(resp.status, &refs, &resp.body);
+                        }
+                        Lookup::Wait { .. } => {
+                            if s.park_until(host.now_nanos(), CACHE_WAIT_NS) {
+                                return Step::Park;
+                            }
+                            // Waited long enough: go upstream uncached.
+                        }
+                        Lookup::Miss { ctx } | Lookup::Bypass { ctx } => s.cache = Some(ctx),
+                        Lookup::Revalidate {
+                            add_request_headers,
+                            ctx,
+                        } => {
+                            for (n, v) in &add_request_headers {
+                                adapter::set_request_header(n, Some(v));
+                            }
+                            s.cache = Some(ctx);
+                        }
+                    }
+                }
+                s.park_deadline_ns = 0;
+                s.stage = Stage::Breaker;
+            }
+            Stage::Breaker => {
+                if let Some(policy) = &route.breaker {
+                    let cluster = match policy.scope {
+                        breaker::Scope::Upstream => adapter::property_str(&["xds", "cluster_name"]),
+                        breaker::Scope::Route => None,
+                    };
+                    let key =
+                        breaker::breaker_key(policy, &route.name, cluster.as_deref()).to_string();
+                    match breaker::admit(&host, policy, &key) {
+                        Admission::Allowed { probe } => {
+                            s.breaker = Some(BreakerTicket {
+                                key,
+                                probe,
+                                started_ns: host.now_nanos(),
+                            });
+                        }
+                        Admission::Rejected { retry_after_secs } => {
+                            abandon_cache(s);
+                            let body = serde_json::json!({
+                                "error": "circuit_open",
+                                "route": route.name,
+                                "retry_after": retry_after_secs,
+                            })
+                            .to_string();
+                            let retry = retry_after_secs.to_string();
+                            return s.json_reply(503, &[("retry-after", &retry)], &body);
+                        }
+                    }
+                }
+                s.stage = Stage::Upstream;
+            }
+            Stage::Upstream => return Step::Continue,
+        }
+    }
+}
+
+/// Releases the cache fill lock of a request that will not be stored.
+pub fn abandon_cache(s: &mut StreamState) {
+    let rt = s.rt.clone();
+    if let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) {
+        if let Some(cr) = cache_route(&rt, route, s.route) {
+            cache::abandon(&ProxyWasmHost, &cr, &mut ctx);
+        }
+    }
+    s.capture = None;
+}
+
+/// Records the outcome of a request the breaker admitted, once. Called at
+/// response headers (`status` known), or at the end of the stream when no
+/// response came (reset, client gone).
+pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
+    let Some(ticket) = s.breaker.take() else {
+        return;
+    };
+    let rt = s.rt.clone();
+    let Some(policy) = rt
+        .config
+        .routes
+        .get(s.route)
+        .and_then(|r| r.breaker.as_ref())
+    else {
+        return;
+    };
+    let host = ProxyWasmHost;
+    let upstream_failure = breaker::upstream_failure_from_response_flags(flags);
+    let cancelled = breaker::client_cancelled_from_response_flags(flags)
+        || (status.is_none() && !upstream_failure);
+    let elapsed = host.now_nanos().saturating_sub(ticket.started_ns);
+    match breaker::classify(policy, status, upstream_failure, elapsed, false, cancelled) {
+        Some(outcome) => breaker::record(&host, policy, &ticket.key, outcome, ticket.probe),
+        None if ticket.probe => breaker::release(&host, policy, &ticket.key),
+        None => {}
+    }
+}
+
+/// Response headers from upstream (or from Envoy for upstream failures).
+/// Returns true when meshguard replaced the response with its own.
+pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
+    let status = adapter::response_header(":status").and_then(|v| {
+        std::str::from_utf8(&v)
+            .ok()
+            .and_then(|t| t.parse::<u32>().ok())
+    });
+    let flags = adapter::property_u64(&["response", "flags"]).unwrap_or(0);
+    record_breaker(s, status, flags);
+
+    let mut cache_status: Option<String> = None;
+    let rt = s.rt.clone();
+    if let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) {
+        if let Some(cr) = cache_route(&rt, route, s.route) {
+            let host = ProxyWasmHost;
+            if breaker::upstream_failure_from_response_flags(flags) {
+                if let Some(stale) = cache::on_upstream_failure(&host, &cr, &mut ctx) {
+                    replace_response(s, stale);
+                    return true;
+                }
+                cache_status = Some(ctx.cache_status());
+            } else {
+                let headers = adapter::response_headers();
+                match cache::on_response_headers(
+                    &host,
+                    &cr,
+                    &mut ctx,
+                    status.unwrap_or(0),
+                    &headers,
+                ) {
+                    ResponseDecision::Replace { response } => {
+                        replace_response(s, response);
+                        return true;
+                    }
+                    ResponseDecision::Store {
+                        max_body,
+                        cache_status: cs,
+                    } => {
+                        cache_status = Some(cs);
+                        if end_of_stream {
+                            cache::store(&host, &cr, &mut ctx, status.unwrap_or(0), &headers, &[]);
+                        } else {
+                            s.capture = Some(Capture {
+                                body: Vec::new(),
+                                max_body,
+                                status: status.unwrap_or(0),
+                                headers,
+                            });
+                            s.cache = Some(ctx);
+                        }
+                    }
+                    ResponseDecision::DontStore { cache_status: cs } => cache_status = Some(cs),
+                }
+            }
+        }
+    }
+    for (name, value) in &s.response_headers {
+        adapter::set_response_header(name, value.as_bytes());
+    }
+    if let Some(cs) = cache_status {
+        let existing = adapter::response_header("cache-status");
+        let v = cache::headers::append_cache_status(existing.as_deref(), &cs);
+        adapter::set_response_header("cache-status", &v);
+    }
+    false
+}
+
+/// Sends a stored response instead of the upstream's (revalidated 304,
+/// stale-if-error).
+fn replace_response(s: &mut StreamState, resp: cache::CachedResponse) {
+    let h: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let refs: Vec<(&str, &str)> = h.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    s.reply(resp.status, &refs, &resp.body);
+}
+
+/// A response body chunk passing through: copied for the cache, never held.
+pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
+    let Some(cap) = s.capture.as_mut() else {
+        return;
+    };
+    if size > 0 {
+        if cap.body.len() + size > cap.max_body {
+            abandon_cache(s);
+            return;
+        }
+        match adapter::response_body(0, size) {
+            Some(chunk) => cap.body.extend_from_slice(&chunk),
+            None => {
+                abandon_cache(s);
+                return;
+            }
+        }
+    }
+    if end_of_stream {
+        let rt = s.rt.clone();
+        if let (Some(cap), Some(mut ctx), Some(route)) = (
+            s.capture.take(),
+            s.cache.take(),
+            rt.config.routes.get(s.route),
+        ) {
+            if let Some(cr) = cache_route(&rt, route, s.route) {
+                cache::store(
+                    &ProxyWasmHost,
+                    &cr,
+                    &mut ctx,
+                    cap.status,
+                    &cap.headers,
+                    &cap.body,
+                );
+            }
+        }
+    }
+}
+
+/// The stream ended: record a breaker outcome still pending, release locks.
+pub fn on_stream_end(s: &mut StreamState) {
+    if s.breaker.is_some() {
+        let flags = adapter::property_u64(&["response", "flags"]).unwrap_or(0);
+        record_breaker(s, None, flags);
+    }
+    abandon_cache(s);
+}
