@@ -138,6 +138,17 @@ pub fn take(
                 }
             };
             let t = st.take(params, cost, now);
+            if !t.allowed && create_cas != CREATE_CAS {
+                // A refusal takes nothing: the refill it computed is derived
+                // again from the stored `last_ns` by the next writer, so not
+                // writing is exact, and floods of refused requests cause no
+                // write contention at all.
+                return Ok(Taken {
+                    take: t,
+                    slot,
+                    evicted,
+                });
+            }
             match host.shared_set(&key, &encode(identity, &st, params), Some(create_cas)) {
                 Ok(()) => {
                     return Ok(Taken {
