@@ -12,7 +12,7 @@ ENVOY_BIN ?= $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages
 WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean
+.PHONY: all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci
 
 all: build
 
@@ -45,11 +45,19 @@ fmt-check:
 	cargo fmt --all -- --check
 
 clippy: targets
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --all-features -- -D warnings
 	cargo clippy --all-targets --target wasm32-wasip1 -- -D warnings
 
 unit:
-	cargo test
+	cargo test --features cli
+
+# The JSON Schema of the configuration, generated from the Rust types.
+schema:
+	cargo run -q --features cli --bin meshguard-validate -- --print-schema > meshguard.schema.json
+
+# The native validator for users' CI: target/release/meshguard-validate
+validate-tool:
+	cargo build --release --features cli --bin meshguard-validate
 
 wasm-test: tools
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \

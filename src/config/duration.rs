@@ -86,6 +86,20 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(\\.[0-9]{1,9})?(ns|us|µs|ms|s|m|h)$",
+            "description": "A duration: \"250ms\", \"2s\", \"1.5s\", \"5m\", \"1h\"."
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,6 +173,18 @@ impl Config {
     }
 }
 
+/// The JSON Schema of the configuration document, generated from the serde
+/// types (committed as `meshguard.schema.json`; a test keeps it fresh).
+/// It checks structure, names and simple ranges; cross-field rules (unique
+/// names, provider references, cost <= capacity...) are only checked by
+/// [`Config::from_bytes`] (and `meshguard-validate`).
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(raw::RawConfig);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
 /// Rewrites serde's wording ("invalid type: string \"x\", expected u32")
 /// into the contract's ("expected an integer, got string \"x\"").
 fn humanize_serde(e: &serde_json::Error) -> String {

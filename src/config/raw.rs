@@ -2,37 +2,48 @@
 //! types, unknown keys rejected. Semantic checks happen in `compile`.
 
 use super::duration::Duration;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "meshguard configuration",
+    description = "The JSON document of the meshguard proxy-wasm filter (Envoy `configuration` / Istio `pluginConfig`)."
+)]
 pub struct RawConfig {
     /// Editor hint (`"$schema": "..."`), ignored.
     #[serde(rename = "$schema", default)]
     pub schema: Option<String>,
+    /// JWT providers by name, referenced by routes' `jwt.providers`.
     #[serde(default)]
     pub jwt_providers: BTreeMap<String, RawProvider>,
+    /// Routes, tried in order; the first match applies; no match passes through.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Rate-limit response headers: "ietf" (default), "legacy", "both" or "none".
     #[serde(default)]
+    #[schemars(regex(pattern = "^(ietf|legacy|both|none)$"))]
     pub rate_limit_headers: Option<String>,
     #[serde(default)]
     pub client_ip: Option<RawClientIp>,
     #[serde(default)]
     pub cache_store: Option<RawCacheStore>,
+    /// Most rate-limit buckets kept per Envoy process (default 10000).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000000))]
     pub max_rate_limit_keys: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawClientIp {
     #[serde(default)]
     pub xff_trusted_hops: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCacheStore {
     #[serde(default)]
@@ -41,10 +52,13 @@ pub struct RawCacheStore {
     pub max_entry_bytes: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// Unique route name, 1-64 characters of [A-Za-z0-9_-] (used in metric names).
+    #[schemars(regex(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub name: String,
+    /// Request matcher; all fields optional and ANDed.
     #[serde(default, rename = "match")]
     pub matcher: Option<RawMatch>,
     #[serde(default)]
@@ -57,7 +71,7 @@ pub struct RawRoute {
     pub cache: Option<RawCache>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     #[serde(default)]
@@ -72,7 +86,7 @@ pub struct RawMatch {
     pub headers: Option<Vec<RawHeaderMatch>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderMatch {
     pub name: String,
@@ -84,7 +98,7 @@ pub struct RawHeaderMatch {
 
 // ---------------------------------------------------------------- JWT
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub issuer: String,
@@ -109,7 +123,7 @@ pub struct RawProvider {
     pub payload_header: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwks {
     #[serde(default)]
@@ -120,7 +134,7 @@ pub struct RawJwks {
     pub remote: Option<RawRemoteJwks>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRemoteJwks {
     pub cluster: String,
@@ -133,7 +147,7 @@ pub struct RawRemoteJwks {
     pub cache_duration: Option<Duration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTokenSource {
     #[serde(default)]
@@ -146,14 +160,14 @@ pub struct RawTokenSource {
     pub query: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawClaimToHeader {
     pub claim: String,
     pub header: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteJwt {
     pub providers: Vec<String>,
@@ -163,7 +177,7 @@ pub struct RawRouteJwt {
     pub claims: Vec<RawClaimRule>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawClaimRule {
     pub claim: String,
@@ -177,19 +191,25 @@ pub struct RawClaimRule {
 
 // ---------------------------------------------------------------- rate limit
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub key: Vec<RawKeyPart>,
+    /// Tokens the bucket holds (buckets start full).
+    #[schemars(range(min = 1, max = 1000000000))]
     pub capacity: i64,
+    /// Tokens added per refill_interval, continuously (default: capacity).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000000000))]
     pub refill_tokens: Option<i64>,
     #[serde(default)]
     pub refill_interval: Option<Duration>,
+    /// Tokens a request takes (default 1, at most capacity).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000000000))]
     pub cost: Option<i64>,
     #[serde(default)]
     pub shadow: bool,
@@ -197,7 +217,7 @@ pub struct RawRateLimit {
 
 /// A rate-limit key part: a bare string (`"client_ip"`, `"path"`,
 /// `"method"`) or a one-key object (`{"header": "x-api-key"}`...).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawKeyPart {
     Simple(String),
@@ -206,7 +226,7 @@ pub enum RawKeyPart {
 
 // ---------------------------------------------------------------- breaker
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     #[serde(default)]
@@ -235,7 +255,7 @@ pub struct RawBreaker {
 
 // ---------------------------------------------------------------- cache
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     #[serde(default)]
