@@ -71,6 +71,12 @@ test: fmt-check clippy unit wasm-test e2e
 bench: build venv
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(PY) bench/bench.py
 
+# Istio-compatible Wasm OCI image (compat layout, plugin.wasm) as an OCI
+# image-layout tarball; oci/Dockerfile builds the same with Docker.
+oci: build
+	@mkdir -p target/oci
+	python3 oci/build.py $(WASM) target/oci/meshguard-oci.tar $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
 clean:
 	cargo clean
 	rm -rf $(VENV)
