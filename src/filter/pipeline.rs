@@ -156,8 +156,14 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                             &mut jwt::TokenCache::new(1),
                         ),
                     };
-                    if let Some(Some(m)) = rt.jwt_metrics.get(s.route) {
-                        m.record(&host, &outcome);
+                    let metrics = rt.jwt_metrics.get(s.route).copied().flatten();
+                    // A parked request is re-run on every fast tick: count
+                    // `keys_pending` once per request, not once per retry.
+                    let retry = s.park_deadline_ns != 0;
+                    if let Some(m) = &metrics {
+                        if !(retry && matches!(outcome, AuthOutcome::KeysPending { .. })) {
+                            m.record(&host, &outcome);
+                        }
                     }
                     match outcome {
                         AuthOutcome::Allowed {
@@ -194,6 +200,9 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                                 "error_description": "the signing keys could not be fetched yet",
                             })
                             .to_string();
+                            if let Some(m) = &metrics {
+                                host.increment_metric(m.denied, 1);
+                            }
                             return s.json_reply(503, &[("retry-after", "1")], &body);
                         }
                     }
@@ -415,7 +424,16 @@ pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
     };
     if size > 0 {
         if cap.body.len() + size > cap.max_body {
-            abandon_cache(s);
+            // Too big to store (no Content-Length said so up front): release
+            // the fill lock as "pass" so waiting requests go upstream
+            // together instead of queueing one by one.
+            let rt = s.rt.clone();
+            if let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) {
+                if let Some(cr) = cache_route(&rt, route, s.route) {
+                    cache::abandon_too_big(&ProxyWasmHost, &cr, &mut ctx);
+                }
+            }
+            s.capture = None;
             return;
         }
         match adapter::response_body(0, size) {

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,13 +83,15 @@ class JwksServer:
     `delay_count` fetches only, if set). `stop()` closes the socket so
     nothing listens any more."""
 
-    def __init__(self, jwks, delay=0.0, delay_count=None):
+    def __init__(self, jwks, delay=0.0, delay_count=None, fail_first=0):
         self.jwks = jwks
+        self.fail_first = fail_first  # answer 500 to this many first fetches
         self.delay = delay
         self.delay_count = delay_count
         self.fetches = []  # (monotonic time, path, headers dict)
         self.lock = threading.Lock()
         self.stopped = False
+        self.conns = set()  # open client connections (Envoy keeps them alive)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -96,6 +99,16 @@ class JwksServer:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with outer.lock:
+                    outer.conns.add(self.connection)
+
+            def finish(self):
+                with outer.lock:
+                    outer.conns.discard(self.connection)
+                super().finish()
 
             def do_GET(self):
                 with outer.lock:
@@ -106,7 +119,11 @@ class JwksServer:
                     delay = outer.delay if (outer.delay_count is None or n <= outer.delay_count) else 0
                 if delay:
                     time.sleep(delay)
-                self.send_response(200)
+                if n <= outer.fail_first:
+                    body = b'{"error":"boom"}'
+                    self.send_response(500)
+                else:
+                    self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -132,6 +149,15 @@ class JwksServer:
             self.stopped = True
             self.server.shutdown()
             self.server.server_close()
+            # Also drop kept-alive connections: otherwise the handler threads
+            # keep answering Envoy's pooled connection after the "stop".
+            with self.lock:
+                conns = list(self.conns)
+            for c in conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def wait_until(pred, timeout=10.0, interval=0.05):
