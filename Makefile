@@ -12,7 +12,7 @@ ENVOY_BIN ?= $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages
 WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci
+.PHONY: wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci
 
 all: build
 
@@ -34,8 +34,19 @@ tools: targets
 	  cargo install -q wasm-bindgen-cli --version $(WBG_VERSION); \
 	fi
 
-build: targets
+# wasm-opt (binaryen) -O3 after cargo: ~10% smaller and faster code. Runs only
+# when cargo produced a new module (stamp file); installed from Debian if missing.
+WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
+
+wasm-opt:
+	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen >/dev/null; }
+
+build: targets wasm-opt
 	cargo build --release --target wasm32-wasip1
+	@if [ ! -f $(WASM).optimized ] || [ $(WASM) -nt $(WASM).optimized ]; then \
+	  wasm-opt $(WASM_OPT_FLAGS) $(WASM) -o $(WASM).tmp && mv $(WASM).tmp $(WASM) && touch $(WASM).optimized; \
+	fi
 	@ls -l $(WASM)
 
 demo: build venv

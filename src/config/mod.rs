@@ -155,8 +155,13 @@ impl Config {
                 format!("{first:?}..."),
             ));
         }
-        let mut de = serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = match serde_path_to_error::deserialize(&mut de) {
+        // Two steps: JSON text to a `Value` (syntax errors, with line and
+        // column), then the `Value` to the typed document with the JSON path
+        // tracked. Deserializing from a `Value` rather than from the text
+        // keeps the path-tracking code small in the wasm module.
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::new("", humanize_serde(&e)))?;
+        let raw: RawConfig = match serde_path_to_error::deserialize(&value) {
             Ok(r) => r,
             Err(e) => {
                 let path = match e.path().to_string().as_str() {
@@ -166,9 +171,6 @@ impl Config {
                 return Err(ConfigError::new(path, humanize_serde(&e.into_inner())));
             }
         };
-        if let Err(e) = de.end() {
-            return Err(ConfigError::new("", humanize_serde(&e)));
-        }
         compile(raw)
     }
 }
