@@ -122,3 +122,8 @@ def test_a_running_envoy_refuses_to_start_with_a_bad_config(tmp_path, upstream):
         e.start(timeout=30)
     assert "meshguard: invalid config at routes[0].name: expected a string, got integer `1`" in str(err.value)
     e.stop()
+
+
+def test_module_is_well_under_one_megabyte():
+    size = os.path.getsize(harness.wasm_path())
+    assert size < 960_000, f"meshguard.wasm is {size} bytes"
