@@ -60,7 +60,7 @@ pub struct StreamState {
     pub route: usize,
     pub req: Request,
     pub stage: Stage,
-    pub claims: Option<Rc<serde_json::Value>>,
+    pub claims: Option<std::sync::Arc<serde_json::Value>>,
     /// Set once meshguard answered the request itself.
     pub local_reply: bool,
     /// Headers to add to the upstream's response.
@@ -175,7 +175,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                                     HeaderOp::Set(n, v) => adapter::set_request_header(n, Some(v)),
                                 }
                             }
-                            s.claims = claims.map(|c| Rc::new((*c).clone()));
+                            s.claims = claims;
                         }
                         AuthOutcome::Denied {
                             status,
