@@ -128,3 +128,34 @@ def test_meshguard_own_replies_never_count(envoy, upstream):
     for _ in range(5):
         assert e.request("/")[0] == 429
     assert e.stat("wasmcustom.meshguard.breaker.api.trips") == 0
+
+
+def test_upstream_scope_shares_one_breaker_across_routes(envoy, upstream):
+    """scope "upstream": two routes to the same cluster trip one breaker."""
+    b = {"consecutive_failures": 2, "open_duration": "10s", "scope": "upstream"}
+    e = envoy({"routes": [
+        {"name": "a", "match": {"path_prefix": "/a"}, "circuit_breaker": b},
+        {"name": "b", "match": {"path_prefix": "/b"}, "circuit_breaker": b},
+    ]}, concurrency=2)
+    set_status(upstream, 503)
+    assert e.request("/a")[0] == 503
+    assert e.request("/b")[0] == 503
+    s, _, body = e.request("/a")
+    assert s == 503 and json.loads(body)["error"] == "circuit_open"
+    s, _, body = e.request("/b")
+    assert s == 503 and json.loads(body)["error"] == "circuit_open"
+    assert upstream.hits == 2
+
+
+def test_route_scope_keeps_routes_apart(envoy, upstream):
+    b = {"consecutive_failures": 2, "open_duration": "10s"}
+    e = envoy({"routes": [
+        {"name": "a", "match": {"path_prefix": "/a"}, "circuit_breaker": b},
+        {"name": "b", "match": {"path_prefix": "/b"}, "circuit_breaker": b},
+    ]}, concurrency=2)
+    set_status(upstream, 503)
+    assert e.request("/a")[0] == 503
+    assert e.request("/a")[0] == 503
+    assert json.loads(e.request("/a")[2])["error"] == "circuit_open"
+    s, _, body = e.request("/b")
+    assert s == 503 and b"circuit_open" not in body  # b's own breaker is still closed
