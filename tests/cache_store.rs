@@ -1078,17 +1078,53 @@ fn client_validators_are_answered_after_a_revalidation() {
     });
     assert_eq!(s.status, 304);
     assert!(s.body.is_empty());
-    // A 304 naming another representation is not merged.
+    // A 304 naming another representation is not merged, and an
+    // unconditional client never gets it (502, retry is a miss).
     w.host.advance(Duration::from_secs(20));
     let s = exchange(&w, &w.host, &r, &|_| {
         Some((304, hs(&[("etag", "\"other\"")]), vec![]))
     });
-    assert_eq!(s.status, 304);
+    assert_eq!(s.status, 502);
+    assert_eq!(s.h("retry-after").as_deref(), Some("0"));
     assert_eq!(
         s.cs(),
         "meshguard; fwd=stale; fwd-status=304; detail=validator-mismatch"
     );
     assert!(exchange(&w, &w.host, &r, &ok(&[], "x")).upstream.is_some());
+}
+
+#[test]
+fn a_mismatched_304_reaches_only_clients_whose_conditions_it_answers() {
+    let w = World::new();
+    let stored = &ok(
+        &[("cache-control", "max-age=10"), ("etag", "\"v1\"")],
+        "body",
+    );
+    let mismatch = |_: &Hs| {
+        Some((
+            304,
+            hs(&[("etag", "\"v2\""), ("cache-control", "max-age=10")]),
+            vec![],
+        ))
+    };
+    for (client, want) in [
+        (vec![("if-none-match", "\"v2\"")], 304),
+        (vec![("if-none-match", "W/\"v2\", \"x\"")], 304),
+        (vec![("if-none-match", "\"v1\"")], 502),
+        (vec![], 502),
+    ] {
+        let r = get("/mm", &client);
+        exchange(&w, &w.host, &get("/mm", &[]), stored);
+        w.host.advance(Duration::from_secs(20));
+        let s = exchange(&w, &w.host, &r, &mismatch);
+        assert_eq!(s.status, want, "{client:?}");
+        assert!(s.cs().ends_with("detail=validator-mismatch"), "{}", s.cs());
+        // The entry was dropped either way.
+        assert!(exchange(&w, &w.host, &get("/mm", &[]), stored)
+            .upstream
+            .is_some());
+        w.host.advance(Duration::from_secs(20));
+    }
 }
 
 #[test]

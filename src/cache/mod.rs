@@ -96,7 +96,10 @@
 //!   not stored (`no-store`, `private`, `authorization`, `set-cookie`,
 //!   `vary-star`, `vary-not-allowed`, `status`, `no-freshness`, `too-big`,
 //!   `head`, `request-no-store`, `validator-mismatch` when a revalidation's
-//!   304 names another representation than the stored one).
+//!   304 names another representation than the stored one: the entry is
+//!   dropped and the client gets that 304 only if its own `If-None-Match` /
+//!   `If-Modified-Since` make it valid for it, else a 502 with
+//!   `Retry-After: 0`; the retry is a miss and fetches the full response).
 //!
 //! # The filter's side (API)
 //!
@@ -112,8 +115,9 @@
 //! 2. `on_http_response_headers`: [`on_response_headers`] with the context.
 //!    `Replace`: send that response instead of the upstream one (the
 //!    upstream body is discarded). `Store { max_body }`: copy the body as it
-//!    streams (never pause); at end of stream call [`store()`] if it stayed
-//!    within `max_body`, else [`abandon`]. `DontStore`: nothing more. In
+//!    streams (never pause); at end of stream call [`store()`]; as soon as
+//!    it outgrows `max_body`, call [`abandon_too_big`] and stop copying.
+//!    `DontStore`: nothing more. In
 //!    every case put the returned `cache_status` in `Cache-Status` (use
 //!    [`headers::append_cache_status`] to keep an upstream value).
 //!    A key whose response was not storable is not locked for the next 5 s
@@ -502,6 +506,19 @@ fn gateway_timeout() -> CachedResponse {
     }
 }
 
+/// The 502 sent when a revalidation's 304 cannot be used for the client.
+fn validator_mismatch(cache_status: String) -> CachedResponse {
+    CachedResponse {
+        status: 502,
+        headers: vec![
+            ("content-type".into(), b"text/plain".to_vec()),
+            ("retry-after".into(), b"0".to_vec()),
+            ("cache-status".into(), cache_status.into_bytes()),
+        ],
+        body: b"the origin answered 304 for another representation than the stored one\n".to_vec(),
+    }
+}
+
 enum Found {
     Entry(Entry),
     VaryMiss,
@@ -660,6 +677,16 @@ fn release(store: &Store<'_, impl Host>, ctx: &mut MissContext) {
     }
 }
 
+/// Releases the fill lock as "pass": nothing was stored (the origin failed,
+/// or the response is not storable), so the requests waiting for the key go
+/// upstream together rather than taking the lock one after another (during
+/// an outage, one origin timeout each).
+fn release_pass(store: &Store<'_, impl Host>, ctx: &mut MissContext) {
+    if let Some(g) = ctx.lock.take() {
+        store.unlock_pass(g);
+    }
+}
+
 /// Path of a `Location` / `Content-Location` value when it names the same
 /// host as the request.
 fn same_host_path(value: &[u8], authority: &str) -> Option<String> {
@@ -704,7 +731,7 @@ fn serve_stale_if_error(
     host.increment_metric(route.metrics.hit, 1);
     let ttl = life as i64 - age as i64;
     let status = fwd_status(
-        "stale",
+        ctx.fwd,
         upstream_status,
         false,
         Some("stale-if-error"),
@@ -753,7 +780,7 @@ pub fn on_response_headers(
     }
     if matches!(status, 500 | 502 | 503 | 504) {
         if let Some(r) = serve_stale_if_error(host, route, ctx, Some(status)) {
-            release(&store, ctx);
+            release_pass(&store, ctx);
             return ResponseDecision::Replace { response: r };
         }
     }
@@ -763,17 +790,23 @@ pub fn on_response_headers(
         return match replaced {
             Some(r) => ResponseDecision::Replace { response: r },
             // The 304 is for another representation than the stored one
-            // (4.3.4): the entry was dropped; the 304 goes through as is
-            // (a retry without validators would need the filter's help).
-            None => ResponseDecision::DontStore {
-                cache_status: fwd_status(
-                    ctx.fwd,
-                    Some(304),
-                    false,
-                    Some("validator-mismatch"),
-                    None,
-                ),
-            },
+            // (4.3.4): the entry was dropped. The 304 answers the cache's
+            // validators, not the client's: it goes through only when the
+            // client's own conditions make it valid for the client. Anyone
+            // else gets a 502 (a retry, now a miss, fetches the full
+            // response); a bodiless 304 to an unconditional GET would be
+            // taken for an empty representation.
+            None => {
+                let cache_status =
+                    fwd_status(ctx.fwd, Some(304), false, Some("validator-mismatch"), None);
+                if etag::answer_304(&ctx.request_headers, response, now / NS) {
+                    ResponseDecision::DontStore { cache_status }
+                } else {
+                    ResponseDecision::Replace {
+                        response: validator_mismatch(cache_status),
+                    }
+                }
+            }
         };
     }
     match storable_now(route, ctx, status, response, now) {
@@ -891,7 +924,9 @@ fn revalidated(
     }
     let (_, life, age) = entry_times(&merged, route.policy, host.now_nanos());
     let ttl = life as i64 - age as i64;
-    let status = fwd_status("stale", Some(304), stored, None, Some(ttl));
+    // `fwd=stale`, or `fwd=request` when the entry was fresh but the
+    // request's own directives (`no-cache`, `max-age`...) sent it upstream.
+    let status = fwd_status(ctx.fwd, Some(304), stored, None, Some(ttl));
     Some(respond(
         &merged,
         &ctx.request_headers,
@@ -964,7 +999,8 @@ pub fn store(
 
 /// The upstream failed before sending headers (reset, connect failure,
 /// timeout): the stale response to send instead, if `stale-if-error`
-/// allows. Releases the fill lock.
+/// allows. Releases the fill lock as "pass" (waiting requests go upstream
+/// together, each can still get the stale response).
 pub fn on_upstream_failure(
     host: &impl Host,
     route: &CacheRoute,
@@ -974,14 +1010,25 @@ pub fn on_upstream_failure(
         Mode::Fill | Mode::Revalidate => serve_stale_if_error(host, route, ctx, None),
         _ => None,
     };
-    release(&Store::new(host, route.store), ctx);
+    release_pass(&Store::new(host, route.store), ctx);
     r
 }
 
-/// The stream ended without [`store()`] (body too large, reset...): releases
-/// the fill lock so waiting requests go upstream at once.
+/// The stream ended without [`store()`] (reset, client gone...): releases
+/// the fill lock so waiting requests go upstream at once (one of them takes
+/// the lock and may still fill the entry).
 pub fn abandon(host: &impl Host, route: &CacheRoute, ctx: &mut MissContext) {
     release(&Store::new(host, route.store), ctx);
+}
+
+/// The body grew past `max_body` (no `Content-Length` announced it): the
+/// response will not be stored. Releases the fill lock as "pass", like any
+/// other unstorable response, so the requests waiting for this key go
+/// upstream together instead of taking the lock one after another.
+pub fn abandon_too_big(host: &impl Host, route: &CacheRoute, ctx: &mut MissContext) {
+    if let Some(g) = ctx.lock.take() {
+        Store::new(host, route.store).unlock_pass(g);
+    }
 }
 
 #[cfg(test)]
@@ -1012,6 +1059,242 @@ mod tests {
         assert_eq!(same_host_path(b"https://b.com/y", "a.com"), None);
         assert_eq!(same_host_path(b"//b.com/y", "a.com"), None);
         assert_eq!(same_host_path(b"rel/y", "a.com"), None);
+    }
+
+    #[test]
+    fn a_mismatched_304_is_a_502_unless_the_client_asked_for_it() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let policy = CachePolicy::default();
+        let store_cfg = CacheStoreConfig {
+            max_bytes: 1 << 20,
+            max_entry_bytes: 65536,
+        };
+        let route = CacheRoute {
+            name: "r",
+            policy: &policy,
+            store: &store_cfg,
+            metrics: &CacheMetrics::NONE,
+        };
+        let h = |v: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
+            v.iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let get = |headers: &[(&str, &str)]| Request {
+            method: "GET".into(),
+            path: "/x".into(),
+            authority: "a".into(),
+            headers: h(headers),
+            peer_ip: String::new(),
+        };
+        let stored = h(&[("cache-control", "max-age=1"), ("etag", "\"v1\"")]);
+        let answer = h(&[("etag", "\"v2\"")]);
+        for (client, want_502) in [(vec![], true), (vec![("if-none-match", "\"v2\"")], false)] {
+            let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+                panic!("expected a miss")
+            };
+            assert!(matches!(
+                on_response_headers(&host, &route, &mut ctx, 200, &stored),
+                ResponseDecision::Store { .. }
+            ));
+            assert!(store(&host, &route, &mut ctx, 200, &stored, b"body"));
+            host.advance(std::time::Duration::from_secs(5));
+            let Lookup::Revalidate { mut ctx, .. } = lookup(&host, &route, &get(&client)) else {
+                panic!("expected a revalidation")
+            };
+            match on_response_headers(&host, &route, &mut ctx, 304, &answer) {
+                ResponseDecision::Replace { response } => {
+                    assert!(want_502);
+                    assert_eq!(response.status, 502);
+                    assert_eq!(
+                        response.header("cache-status"),
+                        Some(
+                            &b"meshguard; fwd=stale; fwd-status=304; detail=validator-mismatch"[..]
+                        )
+                    );
+                }
+                ResponseDecision::DontStore { cache_status } => {
+                    assert!(!want_502);
+                    assert!(cache_status.ends_with("detail=validator-mismatch"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_forced_revalidation_reports_fwd_request() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let policy = CachePolicy::default();
+        let store_cfg = CacheStoreConfig {
+            max_bytes: 1 << 20,
+            max_entry_bytes: 65536,
+        };
+        let route = CacheRoute {
+            name: "r",
+            policy: &policy,
+            store: &store_cfg,
+            metrics: &CacheMetrics::NONE,
+        };
+        let h = |v: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
+            v.iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let get = |headers: &[(&str, &str)]| Request {
+            method: "GET".into(),
+            path: "/x".into(),
+            authority: "a".into(),
+            headers: h(headers),
+            peer_ip: String::new(),
+        };
+        let stored = h(&[
+            ("cache-control", "max-age=60, stale-if-error=60"),
+            ("etag", "\"v1\""),
+        ]);
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &stored);
+        assert!(store(&host, &route, &mut ctx, 200, &stored, b"body"));
+        let no_cache = get(&[("cache-control", "no-cache")]);
+        // Fresh entry, origin 304: fwd=request, not fwd=stale.
+        let Lookup::Revalidate { mut ctx, .. } = lookup(&host, &route, &no_cache) else {
+            panic!("expected a revalidation")
+        };
+        let ResponseDecision::Replace { response } =
+            on_response_headers(&host, &route, &mut ctx, 304, &h(&[("etag", "\"v1\"")]))
+        else {
+            panic!("expected the refreshed entry")
+        };
+        assert_eq!(
+            response.header("cache-status"),
+            Some(&b"meshguard; fwd=request; fwd-status=304; stored; ttl=60"[..])
+        );
+        // Fresh entry, origin 503 within stale-if-error: fwd=request too.
+        let Lookup::Revalidate { mut ctx, .. } = lookup(&host, &route, &no_cache) else {
+            panic!("expected a revalidation")
+        };
+        let ResponseDecision::Replace { response } =
+            on_response_headers(&host, &route, &mut ctx, 503, &[])
+        else {
+            panic!("expected the stored entry")
+        };
+        assert_eq!(
+            response.header("cache-status"),
+            Some(&b"meshguard; fwd=request; fwd-status=503; ttl=60; detail=stale-if-error"[..])
+        );
+    }
+
+    #[test]
+    fn a_too_big_body_lets_waiters_go_upstream_together() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let policy = CachePolicy::default();
+        let store_cfg = CacheStoreConfig {
+            max_bytes: 1 << 20,
+            max_entry_bytes: 65536,
+        };
+        let route = CacheRoute {
+            name: "r",
+            policy: &policy,
+            store: &store_cfg,
+            metrics: &CacheMetrics::NONE,
+        };
+        let get = |path: &str| Request {
+            method: "GET".into(),
+            path: path.into(),
+            authority: "a".into(),
+            headers: Vec::new(),
+            peer_ip: String::new(),
+        };
+        let miss = |path: &str| match lookup(&host, &route, &get(path)) {
+            Lookup::Miss { ctx } => Some(ctx),
+            Lookup::Wait { .. } => None,
+            other => panic!("{other:?}"),
+        };
+        let cc = vec![("cache-control".to_string(), b"max-age=60".to_vec())];
+        for (path, too_big) in [("/big", true), ("/reset", false)] {
+            let mut first = miss(path).expect("the first request misses");
+            assert!(first.holds_fill_lock());
+            assert!(matches!(
+                on_response_headers(&host, &route, &mut first, 200, &cc),
+                ResponseDecision::Store { .. }
+            ));
+            assert!(miss(path).is_none(), "others wait for the filler");
+            if too_big {
+                abandon_too_big(&host, &route, &mut first);
+                // Everyone goes upstream at once, no one takes the lock.
+                for _ in 0..3 {
+                    assert!(!miss(path).expect("no waiting").holds_fill_lock());
+                }
+            } else {
+                abandon(&host, &route, &mut first);
+                // A reset says nothing about the response: the next one fills.
+                assert!(miss(path).expect("no waiting").holds_fill_lock());
+                assert!(miss(path).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn origin_failures_let_waiters_go_upstream_together() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let policy = CachePolicy::default();
+        let store_cfg = CacheStoreConfig {
+            max_bytes: 1 << 20,
+            max_entry_bytes: 65536,
+        };
+        let route = CacheRoute {
+            name: "r",
+            policy: &policy,
+            store: &store_cfg,
+            metrics: &CacheMetrics::NONE,
+        };
+        let get = |path: &str| Request {
+            method: "GET".into(),
+            path: path.into(),
+            authority: "a".into(),
+            headers: Vec::new(),
+            peer_ip: String::new(),
+        };
+        let cc = vec![(
+            "cache-control".to_string(),
+            b"max-age=1, stale-if-error=60".to_vec(),
+        )];
+        for (path, failure) in [("/reset", None), ("/503", Some(503))] {
+            let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(path)) else {
+                panic!("expected a miss")
+            };
+            on_response_headers(&host, &route, &mut ctx, 200, &cc);
+            assert!(store(&host, &route, &mut ctx, 200, &cc, b"good"));
+            host.advance(std::time::Duration::from_secs(5));
+            let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(path)) else {
+                panic!("expected a stale miss")
+            };
+            assert!(ctx.holds_fill_lock());
+            assert!(matches!(
+                lookup(&host, &route, &get(path)),
+                Lookup::Wait { .. }
+            ));
+            let stale = match failure {
+                None => on_upstream_failure(&host, &route, &mut ctx),
+                Some(st) => match on_response_headers(&host, &route, &mut ctx, st, &[]) {
+                    ResponseDecision::Replace { response } => Some(response),
+                    other => panic!("{other:?}"),
+                },
+            };
+            assert_eq!(stale.map(|r| r.body), Some(b"good".to_vec()));
+            for _ in 0..3 {
+                match lookup(&host, &route, &get(path)) {
+                    Lookup::Miss { ctx } => assert!(!ctx.holds_fill_lock()),
+                    other => panic!("{path}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]
