@@ -246,6 +246,10 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                                 return Step::Park;
                             }
                             // Waited long enough: go upstream uncached.
+                            s.response_headers.push((
+                                "cache-status",
+                                format!("{}; fwd=miss; detail=wait-timeout", cache::CACHE_NAME),
+                            ));
                         }
                         Lookup::Miss { ctx } | Lookup::Bypass { ctx } => s.cache = Some(ctx),
                         Lookup::Revalidate {

@@ -84,7 +84,11 @@ class Upstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            # Many connections arrive at once in the concurrency tests.
+            request_queue_size = 128
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -154,6 +158,9 @@ def bootstrap(config, upstream_port, listen_port, admin_port, extra_clusters=(),
             "listeners": [{
                 "name": "main",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                # A port taken by another test's Envoy must fail startup,
+                # never silently share the port (Envoy reuses ports by default).
+                "enable_reuse_port": False,
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
@@ -188,6 +195,22 @@ class Envoy:
         self.config_path = os.path.join(self.workdir, f"envoy-{self.listen_port}.json")
 
     def start(self, timeout=60):
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as e:
+                # Another process took a port between free_port() and bind:
+                # pick new ports and try again (static listeners only).
+                listeners = self.doc.get("static_resources", {}).get("listeners") or []
+                if "ddress already in use" not in str(e) or attempt == 2:
+                    raise
+                self.listen_port, self.admin_port = free_port(), free_port()
+                self.doc["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
+                for l in listeners:
+                    l["address"]["socket_address"]["port_value"] = self.listen_port
+        raise RuntimeError("unreachable")
+
+    def _start(self, timeout):
         with open(self.config_path, "w") as f:
             json.dump(self.doc, f, indent=1)
         self._log = open(self.log_path, "w")
