@@ -1,0 +1,1017 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: meshguard vs Envoy's native filters vs no filter.
+
+One shared upstream Envoy (direct_response 200, cacheable), and for every
+scenario a proxy Envoy (--concurrency 1) in front of it, loaded with wrk.
+Per scenario and round: proxy CPU time (utime+stime from /proc/<pid>/stat)
+per completed request, and requests/s. Rounds are interleaved; the report
+uses medians, and overhead = scenario minus passthrough of the same run
+(also paired: minus a passthrough run made right before the scenario's).
+
+    ENVOY_BIN=... MESHGUARD_WASM=... python3 bench/bench.py [--quick]
+
+See bench/README.md.
+"""
+
+import argparse
+import base64
+import datetime
+import hashlib
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "jwt")
+TRIVIAL_DIR = os.path.join(HERE, "trivial-filter")
+TRIVIAL_WASM = os.path.join(TRIVIAL_DIR, "target", "wasm32-wasip1", "release", "trivial_filter.wasm")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PATH = "/bench"
+ISSUER = "https://issuer.test"
+AUDIENCE = "api"
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------ tools
+
+def ensure_wrk():
+    if shutil.which("wrk"):
+        return shutil.which("wrk")
+    cmd = ["apt-get", "install", "-y", "wrk"]
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log("bench: wrk is missing; running: " + " ".join(cmd))
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            subprocess.run(["apt-get", "update"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if shutil.which("wrk"):
+            return shutil.which("wrk")
+        raise BenchError("installing wrk failed:\n" + r.stderr[-2000:])
+    raise BenchError("wrk is not installed; install it with: sudo apt-get install -y wrk")
+
+
+def ensure_cryptography():
+    try:
+        import cryptography  # noqa: F401
+        return
+    except ImportError:
+        pass
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "cryptography"]
+    if sys.prefix != sys.base_prefix:  # running inside a venv: install into it
+        log("bench: installing the `cryptography` package into " + sys.prefix)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode == 0:
+            import importlib
+            importlib.invalidate_caches()
+            import cryptography  # noqa: F401
+            return
+        raise BenchError("pip install cryptography failed:\n" + r.stderr[-2000:])
+    raise BenchError("the bench needs the `cryptography` package to sign tokens; "
+                     "run it from a venv (`make bench` uses .venv) or: " + " ".join(cmd))
+
+
+def ensure_trivial_wasm(skip_build):
+    if not skip_build:
+        log("bench: building the trivial reference filter (bench/trivial-filter)")
+        r = subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "-q"],
+                           cwd=TRIVIAL_DIR, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BenchError("building bench/trivial-filter failed (rustup target add wasm32-wasip1?):\n"
+                             + r.stderr[-3000:])
+    if not os.path.exists(TRIVIAL_WASM):
+        raise BenchError(f"{TRIVIAL_WASM} is missing")
+    return TRIVIAL_WASM
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ envoy
+
+ALL_PROCS = []  # every process we start; killed in main's finally
+_BASE_ID = [random.randint(100, 5000) * 10]
+
+
+def next_base_id():
+    _BASE_ID[0] += 1
+    return _BASE_ID[0] * 10 + os.getpid() % 10
+
+
+def router_filter():
+    return {"name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+
+
+def static_cluster(name, port):
+    return {
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+
+
+def hcm(stat_prefix, route_config, http_filters):
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            "route_config": route_config,
+            "http_filters": list(http_filters) + [router_filter()],
+        },
+    }
+
+
+def listener(port, hcm_filter):
+    return {"name": "main",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [hcm_filter]}]}
+
+
+UPSTREAM_BODY = "hello from the bench upstream\n"
+
+
+def upstream_bootstrap(listen_port, admin_port):
+    route_config = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": UPSTREAM_BODY}},
+        "response_headers_to_add": [
+            {"header": {"key": "cache-control", "value": "public, max-age=600"}},
+            {"header": {"key": "content-type", "value": "text/plain"}}],
+    }]}]}
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {"listeners": [listener(listen_port, {
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "up", "route_config": route_config, "http_filters": [router_filter()]}})]},
+    }
+
+
+def proxy_bootstrap(listen_port, admin_port, upstream_port, http_filters):
+    route_config = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+        "match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "5s"}}]}]}
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [listener(listen_port, hcm("ingress", route_config, http_filters))],
+            "clusters": [static_cluster("upstream", upstream_port)],
+        },
+    }
+
+
+class Envoy:
+    """One Envoy process on 127.0.0.1 ports; `make_doc(listen, admin)` builds its bootstrap."""
+
+    def __init__(self, envoy_bin, workdir, name, make_doc, concurrency=1):
+        self.envoy_bin, self.workdir, self.name = envoy_bin, workdir, name
+        self.make_doc, self.concurrency = make_doc, concurrency
+        self.proc = None
+        self.load_time_s = None
+
+    def start(self, timeout=60):
+        for attempt in range(3):
+            self.listen_port, self.admin_port = free_port(), free_port()
+            tag = f"{self.name}-{self.listen_port}"
+            self.config_path = os.path.join(self.workdir, tag + ".json")
+            self.log_path = os.path.join(self.workdir, tag + ".log")
+            with open(self.config_path, "w") as f:
+                json.dump(self.make_doc(self.listen_port, self.admin_port), f, indent=1)
+            logf = open(self.log_path, "w")
+            t0 = time.monotonic()
+            self.proc = subprocess.Popen(
+                [self.envoy_bin, "-c", self.config_path, "--concurrency", str(self.concurrency),
+                 "--base-id", str(next_base_id()), "--disable-hot-restart", "--log-level", "warn",
+                 "--drain-time-s", "0", "--parent-shutdown-time-s", "1"],
+                stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir)
+            logf.close()
+            ALL_PROCS.append(self.proc)
+            end = t0 + timeout
+            while time.monotonic() < end:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                        if r.status == 200:
+                            self.load_time_s = time.monotonic() - t0
+                            return self
+                except OSError:
+                    pass
+                time.sleep(0.005)  # polling interval, not a readiness guess
+            tail = self.log()[-4000:]
+            self.stop()
+            if "Address already in use" in tail or "cannot bind" in tail:
+                continue  # a port was taken between free_port() and bind: retry with new ports
+            raise BenchError(
+                f"Envoy '{self.name}' did not become ready "
+                f"(exit code {self.proc.returncode}); config {self.config_path}; log tail:\n{tail}")
+        raise BenchError(f"Envoy '{self.name}': could not bind free ports 3 times")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def cpu_us(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is the state (field 3); utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) * 1e6 / CLK_TCK
+
+    def rss_kb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stat(self, name):
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/stats?filter=^{re.escape(name)}$", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                k, _, v = line.partition(": ")
+                if k == name:
+                    return int(v)
+        return 0
+
+    def stats_matching(self, regex):
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/stats?filter={urllib.request.quote(regex)}", timeout=5) as r:
+            out = {}
+            for line in r.read().decode().splitlines():
+                k, _, v = line.partition(": ")
+                try:
+                    out[k] = int(v)
+                except ValueError:
+                    pass
+            return out
+
+    def request(self, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.listen_port, timeout=10)
+        try:
+            conn.request("GET", PATH, headers=headers or {})
+            r = conn.getresponse()
+            body = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+        finally:
+            conn.close()
+
+
+# ------------------------------------------------------------------ filters
+
+def wasm_filter(name, filename, root_id, config_text):
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name, "root_id": root_id, "fail_open": False,
+                "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": filename}}},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": config_text},
+            },
+        },
+    }
+
+
+def native_local_ratelimit():
+    pct = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    return {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "bench_rl",
+        "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"},
+        "filter_enabled": dict(pct, runtime_key="bench_rl_enabled"),
+        "filter_enforced": dict(pct, runtime_key="bench_rl_enforced"),
+    }}
+
+
+def native_jwt_authn(jwks, cache):
+    provider = {"issuer": ISSUER, "audiences": [AUDIENCE], "forward": False,
+                "local_jwks": {"inline_string": json.dumps(jwks)}}
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 1024}
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"bench": provider},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+    }}
+
+
+def native_cache():
+    return {"name": "envoy.filters.http.cache", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"},
+    }}
+
+
+# ------------------------------------------------------------------ tokens
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def int_b64url(n):
+    return b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+
+def make_distinct_tokens(count):
+    """A fresh RSA key (kid bench-rsa) and `count` distinct RS256 tokens signed by it."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pub = key.public_key().public_numbers()
+    jwk = {"kty": "RSA", "kid": "bench-rsa", "use": "sig", "alg": "RS256",
+           "n": int_b64url(pub.n), "e": int_b64url(pub.e)}
+    header = b64url(json.dumps({"alg": "RS256", "kid": "bench-rsa", "typ": "JWT"},
+                               separators=(",", ":")).encode())
+    now = int(time.time())
+    tokens = []
+    for i in range(count):
+        payload = b64url(json.dumps({"iss": ISSUER, "aud": AUDIENCE, "sub": f"user-{i}", "jti": f"bench-{i}",
+                                     "iat": now - 60, "exp": now + 6 * 3600},
+                                    separators=(",", ":")).encode())
+        signing_input = f"{header}.{payload}".encode()
+        sig = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        tokens.append(f"{header}.{payload}.{b64url(sig)}")
+    return jwk, tokens
+
+
+# ------------------------------------------------------------------ wrk
+
+def lua_str(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_static_lua(path, headers):
+    with open(path, "w") as f:
+        for k, v in headers.items():
+            f.write(f"wrk.headers[{lua_str(k)}] = {lua_str(v)}\n")
+    return path
+
+
+def write_rotating_lua(path, tokens, threads):
+    """Each wrk thread cycles its own disjoint slice of the tokens."""
+    with open(path, "w") as f:
+        f.write("local tokens = {\n")
+        for t in tokens:
+            f.write(f"  {lua_str(t)},\n")
+        f.write("}\n")
+        f.write(f"local nthreads = {threads}\n")
+        f.write("""local next_id = 0
+function setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+function init(args)
+  local per = math.floor(#tokens / nthreads)
+  lo = (tid or 0) * per + 1
+  hi = lo + per - 1
+  idx = lo
+end
+function request()
+  local t = tokens[idx]
+  idx = idx + 1
+  if idx > hi then idx = lo end
+  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. t})
+end
+""")
+    return path
+
+
+UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_latency(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m|h)$", text)
+    return float(m.group(1)) * UNITS_S[m.group(2)] * 1e3 if m else None  # ms
+
+
+def run_wrk(wrk, port, script, duration, threads, connections):
+    cmd = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+           "-s", script, f"http://127.0.0.1:{port}{PATH}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    out = r.stdout
+    if r.returncode != 0:
+        raise BenchError(f"wrk failed ({r.returncode}): {r.stderr[-2000:]}\n{out[-2000:]}")
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    if not m:
+        raise BenchError("cannot parse wrk output:\n" + out + r.stderr)
+    res = {"requests": int(m.group(1)), "elapsed_s": float(m.group(2)) * UNITS_S[m.group(3)]}
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else res["requests"] / max(res["elapsed_s"], 1e-9)
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        res[f"p{pct}_ms"] = parse_latency(m.group(1)) if m else None
+    return res
+
+
+# ------------------------------------------------------------------ scenarios
+
+class Scenario:
+    def __init__(self, name, desc, filters, headers=None, tokens=None, group=None,
+                 probe=None, expect_upstream=None, expect_stat=None):
+        self.name, self.desc, self.filters = name, desc, filters
+        self.headers = headers or {}
+        self.tokens = tokens            # rotate these as Bearer tokens (distinct-token scenarios)
+        self.group = group
+        self.probe = probe              # extra check: f(envoy) raising BenchError
+        self.expect_upstream = expect_upstream or ("none" if group == "cache" else "all")
+        self.expect_stat = expect_stat  # regex of a stat that must be > 0 after the run
+        self.rounds = []
+        self.load_times = []
+        self.error = None
+        self.envoy = None
+        self.paired = []  # per round: this scenario's CPU/req minus a passthrough run just before it
+
+    def first_headers(self):
+        h = dict(self.headers)
+        if self.tokens:
+            h["Authorization"] = "Bearer " + self.tokens[0]
+        return h
+
+
+def probe_status(envoy, headers, want, what):
+    status, hdrs, body = envoy.request(headers)
+    if status != want:
+        raise BenchError(f"{what}: expected {want}, got {status} {hdrs} {body[:300]!r}")
+    return hdrs
+
+
+def jwt_probe(envoy, sc):
+    probe_status(envoy, {}, 401, "request without a token")
+    bad = dict(sc.first_headers())
+    bad["Authorization"] = bad["Authorization"][:-6] + ("AAAAAA" if not bad["Authorization"].endswith("AAAAAA") else "BBBBBB")
+    probe_status(envoy, bad, 401, "request with a forged signature")
+
+
+def mg_cache_probe(envoy, sc):
+    probe_status(envoy, sc.first_headers(), 200, "first request")
+    hdrs = probe_status(envoy, sc.first_headers(), 200, "second request")
+    if "hit" not in hdrs.get("cache-status", "").lower():
+        raise BenchError(f"meshguard cache: second response is not a hit: {hdrs}")
+
+
+def native_cache_probe(envoy, sc):
+    probe_status(envoy, sc.first_headers(), 200, "first request")
+    hdrs = probe_status(envoy, sc.first_headers(), 200, "second request")
+    if "age" not in hdrs:
+        raise BenchError(f"native cache: second response has no Age header (not a hit): {hdrs}")
+
+
+def mg_ratelimit_probe(envoy, sc):
+    hdrs = probe_status(envoy, sc.first_headers(), 200, "request")
+    if "ratelimit-policy" not in hdrs:
+        raise BenchError(f"meshguard rate limit: no RateLimit-Policy header, is the limit active? {hdrs}")
+
+
+DIAG_OPS = ("all_headers", "status", "flags", "metric", "shared", "remove_auth")
+
+
+def diag_scenarios(trivial_wasm):
+    """The trivial filter plus one host call per request (--diag): prices host calls."""
+    return [Scenario(f"diag-{op}", f"trivial filter + {op.replace('_', ' ')}",
+                     [wasm_filter("trivial", trivial_wasm, "trivial", "hdr," + op)],
+                     headers={"x-api-key": "k1"}, group="diag") for op in DIAG_OPS]
+
+
+def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinct_jwk, distinct_tokens):
+    jwks = {"keys": [k for k in fixture_jwks["keys"] if k["kty"] in ("RSA", "EC")] + [distinct_jwk]}
+    route = {"name": "bench", "match": {"path_prefix": "/"}}
+    rl = [{"name": "all", "capacity": 1000000000, "refill_tokens": 1000000000, "refill_interval": "1s"}]
+    rl_key = [dict(rl[0], name="per-key", key=[{"header": "x-api-key"}])]
+    provider = {"bench": {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": {"inline": jwks}}}
+    breaker = {"consecutive_failures": 5, "open_duration": "5s"}
+    cache = {"methods": ["GET", "HEAD"]}
+
+    def mg(doc):
+        return [wasm_filter("meshguard", mg_wasm, "meshguard", json.dumps(doc))]
+
+    def mg_route(**policies):
+        doc = {"routes": [dict(route, **policies)]}
+        if "jwt" in policies:
+            doc["jwt_providers"] = provider
+        return mg(doc)
+
+    rs = {"Authorization": "Bearer " + tokens_fixture["valid_RS256"]}
+    es = {"Authorization": "Bearer " + tokens_fixture["valid_ES256"]}
+    jwt = {"providers": ["bench"]}
+    S = Scenario
+    return [
+        S("passthrough", "no HTTP filter but the router", []),
+        S("trivial-wasm", "reference wasm filter reading one header", [
+            wasm_filter("trivial", trivial_wasm, "trivial", "")], headers={"x-api-key": "k1"}),
+        S("mg-nopolicy", "meshguard, one route, no policy", mg_route()),
+        S("mg-ratelimit", "meshguard rate limit, one bucket, all pass", mg_route(rate_limit=rl),
+          group="ratelimit", probe=mg_ratelimit_probe),
+        S("native-ratelimit", "local_ratelimit, all pass", [native_local_ratelimit()],
+          group="ratelimit", expect_stat=r"http_local_rate_limit\.ok$"),
+        S("mg-ratelimit-key", "meshguard rate limit keyed by x-api-key", mg_route(rate_limit=rl_key),
+          headers={"x-api-key": "k1"}, group="ratelimit", probe=mg_ratelimit_probe),
+        S("mg-jwt-rs256", "meshguard JWT RS256, one repeated token", mg_route(jwt=jwt),
+          headers=rs, group="jwt-rs256", probe=jwt_probe),
+        S("native-jwt-rs256", "jwt_authn RS256, repeated token, no cache", [native_jwt_authn(jwks, False)],
+          headers=rs, group="jwt-rs256", probe=jwt_probe, expect_stat=r"jwt_authn\.allowed$"),
+        S("native-jwt-rs256-cache", "jwt_authn RS256, repeated token, jwt_cache_config",
+          [native_jwt_authn(jwks, True)], headers=rs, group="jwt-rs256", probe=jwt_probe,
+          expect_stat=r"jwt_authn\.jwt_cache_hit$"),
+        S("mg-jwt-es256", "meshguard JWT ES256, one repeated token", mg_route(jwt=jwt),
+          headers=es, group="jwt-es256", probe=jwt_probe),
+        S("native-jwt-es256", "jwt_authn ES256, repeated token, no cache", [native_jwt_authn(jwks, False)],
+          headers=es, group="jwt-es256", probe=jwt_probe),
+        S("native-jwt-es256-cache", "jwt_authn ES256, repeated token, jwt_cache_config",
+          [native_jwt_authn(jwks, True)], headers=es, group="jwt-es256", probe=jwt_probe),
+        S("mg-jwt-rs256-distinct", f"meshguard JWT RS256, {len(distinct_tokens)} distinct tokens cycled",
+          mg_route(jwt=jwt), tokens=distinct_tokens, group="jwt-distinct", probe=jwt_probe),
+        S("native-jwt-rs256-distinct", f"jwt_authn RS256, {len(distinct_tokens)} distinct tokens, no cache",
+          [native_jwt_authn(jwks, False)], tokens=distinct_tokens, group="jwt-distinct", probe=jwt_probe),
+        S("mg-cache-hit", "meshguard cache, every request a HIT", mg_route(cache=cache),
+          group="cache", probe=mg_cache_probe, expect_upstream="none"),
+        S("native-cache-hit", "cache filter (SimpleHttpCache), every request a HIT", [native_cache()],
+          group="cache", probe=native_cache_probe, expect_upstream="none"),
+        S("mg-breaker", "meshguard circuit breaker, CLOSED", mg_route(circuit_breaker=breaker)),
+        S("mg-all4", "meshguard JWT RS256 (repeated) + rate limit + breaker + cache",
+          mg_route(jwt=jwt, rate_limit=rl, circuit_breaker=breaker, cache=cache),
+          headers=rs, probe=jwt_probe, expect_upstream="any"),
+    ]
+
+
+# ------------------------------------------------------------------ running
+
+def start_scenario(sc, args, ctx):
+    """Starts the scenario's proxy, checks it does what it claims, warms it up."""
+    up = ctx["upstream"]
+    envoy = Envoy(ctx["envoy_bin"], ctx["workdir"], sc.name,
+                  lambda lp, ap: proxy_bootstrap(lp, ap, up.listen_port, sc.filters))
+    sc.envoy = envoy
+    envoy.start()
+    sc.load_times.append(envoy.load_time_s)
+    probe_status(envoy, sc.first_headers(), 200, f"{sc.name}: request")
+    if sc.probe:
+        sc.probe(envoy, sc)
+    if args.warmup > 0:
+        run_wrk(ctx["wrk"], envoy.listen_port, sc.script, args.warmup, args.threads, args.connections)
+
+
+def measure(sc, args, ctx, record=True):
+    """One measured wrk run against the scenario's (running) proxy."""
+    up, envoy = ctx["upstream"], sc.envoy
+    if envoy.proc.poll() is not None:
+        raise BenchError(f"Envoy exited (code {envoy.proc.returncode}):\n{envoy.log()[-4000:]}")
+    up_before = up.stat("http.up.downstream_rq_total")
+    cpu_before = envoy.cpu_us()
+    res = run_wrk(ctx["wrk"], envoy.listen_port, sc.script, args.duration, args.threads, args.connections)
+    cpu_after = envoy.cpu_us()
+    up_after = up.stat("http.up.downstream_rq_total")
+    if envoy.proc.poll() is not None:
+        raise BenchError(f"Envoy exited during the run:\n{envoy.log()[-4000:]}")
+    n = res["requests"]
+    if n == 0:
+        raise BenchError("wrk completed no request")
+    if res["non_2xx"] > 0.01 * n:
+        raise BenchError(f"{res['non_2xx']} of {n} responses were not 2xx/3xx; "
+                         f"the scenario is misconfigured. Envoy log tail:\n{envoy.log()[-3000:]}")
+    if res["socket_errors"] > 0.01 * n:
+        raise BenchError(f"{res['socket_errors']} socket errors for {n} requests")
+    res["cpu_us_per_req"] = (cpu_after - cpu_before) / n
+    res["upstream_fraction"] = (up_after - up_before) / n
+    if sc.expect_upstream == "none" and res["upstream_fraction"] > 0.01:
+        raise BenchError(f"cache scenario: {res['upstream_fraction']:.1%} of requests reached the upstream")
+    if sc.expect_upstream == "all" and res["upstream_fraction"] < 0.95:
+        raise BenchError(f"only {res['upstream_fraction']:.1%} of requests reached the upstream")
+    if sc.expect_stat:
+        st = envoy.stats_matching(sc.expect_stat)
+        if not st or max(st.values()) == 0:
+            raise BenchError(f"stat /{sc.expect_stat}/ is 0 or missing: the native filter did not act ({st})")
+    try:  # meshguard's own counters (e.g. JWT cache hits), for the JSON report
+        res["wasm_stats"] = {k: v for k, v in envoy.stats_matching("^wasmcustom\\.").items() if v}
+    except OSError:
+        res["wasm_stats"] = {}
+    if record:
+        sc.rounds.append(res)
+    return res
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def measure_rss(args, ctx, scenarios_by_name):
+    """VmRSS at --concurrency 2 after ready, and after a short load."""
+    out = {}
+    up = ctx["upstream"]
+    for name in ("passthrough", "trivial-wasm", "mg-nopolicy", "mg-all4"):
+        sc = scenarios_by_name[name]
+        envoy = Envoy(ctx["envoy_bin"], ctx["workdir"], name + "-c2",
+                      lambda lp, ap, sc=sc: proxy_bootstrap(lp, ap, up.listen_port, sc.filters), concurrency=2)
+        try:
+            envoy.start()
+            idle = envoy.rss_kb()
+            run_wrk(ctx["wrk"], envoy.listen_port, sc.script, max(1, args.warmup), args.threads, args.connections)
+            loaded = envoy.rss_kb()
+            out[name] = {"rss_ready_kb": idle, "rss_after_load_kb": loaded, "load_time_s": envoy.load_time_s}
+        finally:
+            envoy.stop()
+    return out
+
+
+def machine_info(envoy_bin):
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    ver = subprocess.run([envoy_bin, "--version"], capture_output=True, text=True).stdout.strip()
+    m = re.search(r"version: (\S+)", ver)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "envoy_version": m.group(1) if m else ver,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "git": git or "?"}
+
+
+def fmt(x, nd=1):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def best_overhead(s):
+    """The paired overhead when measured (less sensitive to machine drift), else the difference of medians."""
+    if s is None:
+        return None
+    return s["paired_overhead_us"] if s.get("paired_overhead_us") is not None else s["overhead_us"]
+
+
+def evaluate(summary):
+    def ov(name):
+        return best_overhead(summary.get(name))
+
+    def cpu(name):
+        s = summary.get(name)
+        return None if s is None else s["cpu_us_per_req"]
+
+    def rps(name):
+        s = summary.get(name)
+        return None if s is None else s["rps"]
+
+    def check(label, value, limit, ok, detail):
+        return {"target": label, "measured": value, "limit": limit,
+                "holds": None if value is None or limit is None else ok(value, limit), "detail": detail}
+
+    nop, triv = ov("mg-nopolicy"), ov("trivial-wasm")
+    t = []
+    t.append(check("no-policy overhead <= 1.2x trivial wasm filter overhead", nop,
+                   None if triv is None else 1.2 * triv, lambda v, l: v <= l,
+                   f"mg-nopolicy {fmt(nop)} us vs trivial {fmt(triv)} us"
+                   + ("" if not nop or not triv else f" (ratio {nop / triv:.2f}x)")))
+    rl = ov("mg-ratelimit")
+    t.append(check("rate limit overhead <= no-policy + 3 us", rl, None if nop is None else nop + 3,
+                   lambda v, l: v <= l, f"mg-ratelimit {fmt(rl)} us vs no-policy {fmt(nop)} us"))
+    jr = ov("mg-jwt-rs256")
+    t.append(check("JWT RS256 repeated overhead <= no-policy + 5 us", jr, None if nop is None else nop + 5,
+                   lambda v, l: v <= l, f"mg-jwt-rs256 {fmt(jr)} us vs no-policy {fmt(nop)} us"))
+    md, nd = ov("mg-jwt-rs256-distinct"), ov("native-jwt-rs256-distinct")
+    t.append(check("distinct RS256 overhead <= 1.5x native jwt_authn (no cache)", md,
+                   None if nd is None else 1.5 * nd, lambda v, l: v <= l,
+                   f"meshguard {fmt(md)} us vs native {fmt(nd)} us"
+                   + ("" if not md or not nd else f" (ratio {md / nd:.2f}x)")))
+    mc, nc = cpu("mg-cache-hit"), cpu("native-cache-hit")
+    mo, no = ov("mg-cache-hit"), ov("native-cache-hit")
+    t.append(check("cache HIT CPU/request <= native cache HIT", mo, no, lambda v, l: v <= l,
+                   f"meshguard {fmt(mc)} us/req vs native {fmt(nc)} us/req"
+                   + ("" if not mc or not nc else f" (ratio {mc / nc:.2f}x)")
+                   + f"; overheads {fmt(mo)} vs {fmt(no)} us"))
+    a4, pt = rps("mg-all4"), rps("passthrough")
+    t.append(check("all-four requests/s >= 80% of passthrough", a4, None if pt is None else 0.8 * pt,
+                   lambda v, l: v >= l, f"all-four {fmt(a4, 0)} req/s vs passthrough {fmt(pt, 0)} req/s"
+                   + ("" if not a4 or not pt else f" ({a4 / pt:.0%})")))
+    return t
+
+
+def render(info, args, summary, scenarios, targets, extra):
+    L = []
+    L.append("# meshguard benchmark results\n")
+    L.append(f"- date: {info['date']}; git {info['git']}")
+    L.append(f"- machine: {info['nproc']} CPUs, {info['cpu_model']}, Linux {info['kernel']}")
+    L.append(f"- Envoy {info['envoy_version']}, proxy `--concurrency 1`, V8 runtime; one shared upstream "
+             f"Envoy (direct_response 200)")
+    L.append(f"- load: wrk -t{args.threads} -c{args.connections}, {args.duration}s per scenario per round, "
+             f"{args.rounds} interleaved round(s); each proxy warmed up {args.warmup}s after start and kept "
+             f"running across rounds; medians over rounds")
+    if extra.get("note"):
+        L.append(f"- note: {extra['note']}")
+    L.append(f"- meshguard.wasm: {extra['wasm_size']:,} bytes (sha256 {extra['wasm_sha256'][:12]}); "
+             f"trivial filter: {extra['trivial_size']:,} bytes")
+    L.append("")
+    L.append("CPU/req = proxy Envoy utime+stime / requests completed (median over rounds). Overhead = median "
+             "CPU/req minus median passthrough CPU/req. Paired overhead = median over rounds of (CPU/req minus "
+             "a passthrough run made just before it), with its range: the estimate the targets use, since it "
+             "cancels most of the machine's drift. Upstream = share of requests that reached the upstream.\n")
+    L.append("| scenario | what | CPU us/req | overhead us/req | paired overhead us/req [range] | min CPU us/req | req/s | p50 ms | p99 ms | upstream | per-round CPU us/req |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for sc in scenarios:
+        s = summary.get(sc.name)
+        if s is None:
+            L.append(f"| {sc.name} | {sc.desc} | FAILED | | | | | | | | {(sc.error or '').splitlines()[0][:100]} |")
+            continue
+        per = ", ".join(f"{r['cpu_us_per_req']:.1f}" for r in sc.rounds)
+        paired = "-" if not sc.paired else (f"{fmt(s['paired_overhead_us'])} "
+                                            f"[{min(sc.paired):.0f}..{max(sc.paired):.0f}]")
+        L.append(f"| {sc.name} | {sc.desc} | {fmt(s['cpu_us_per_req'])} | {fmt(s['overhead_us'])} | {paired} | "
+                 f"{fmt(s['cpu_us_per_req_min'])} | "
+                 f"{fmt(s['rps'], 0)} | {fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} | "
+                 f"{s['upstream_fraction']:.0%} | {per} |")
+    L.append("")
+    L.append("## meshguard vs native\n")
+    L.append("Overheads are the paired overheads (when measured).\n")
+    L.append("| comparison | meshguard overhead us | native overhead us | meshguard / native |")
+    L.append("|---|---:|---:|---:|")
+    pairs = [("rate limit", "mg-ratelimit", "native-ratelimit"),
+             ("rate limit (keyed by header) vs native", "mg-ratelimit-key", "native-ratelimit"),
+             ("JWT RS256 repeated vs jwt_authn no cache", "mg-jwt-rs256", "native-jwt-rs256"),
+             ("JWT RS256 repeated vs jwt_authn + cache", "mg-jwt-rs256", "native-jwt-rs256-cache"),
+             ("JWT ES256 repeated vs jwt_authn no cache", "mg-jwt-es256", "native-jwt-es256"),
+             ("JWT ES256 repeated vs jwt_authn + cache", "mg-jwt-es256", "native-jwt-es256-cache"),
+             ("JWT RS256 distinct tokens vs jwt_authn no cache", "mg-jwt-rs256-distinct", "native-jwt-rs256-distinct"),
+             ("cache HIT", "mg-cache-hit", "native-cache-hit")]
+    for label, a, b in pairs:
+        sa, sb = summary.get(a), summary.get(b)
+        if not sa or not sb:
+            L.append(f"| {label} | {fmt(best_overhead(sa))} | {fmt(best_overhead(sb))} | - |")
+            continue
+        oa, ob = best_overhead(sa), best_overhead(sb)
+        ratio = oa / ob if ob > 0.5 else None
+        L.append(f"| {label} | {fmt(oa)} | {fmt(ob)} | "
+                 f"{'-' if ratio is None else f'{ratio:.2f}x'} |")
+    L.append("")
+    diag = [sc for sc in scenarios if sc.group == "diag" and summary.get(sc.name)]
+    if diag and summary.get("trivial-wasm"):
+        L.append("## Host call prices (--diag: trivial filter + one call per request, minus trivial)\n")
+        L.append("| extra call per request | us/req |")
+        L.append("|---|---:|")
+        base = best_overhead(summary["trivial-wasm"])
+        for sc in diag:
+            L.append(f"| {sc.desc.replace('trivial filter + ', '')} | {best_overhead(summary[sc.name]) - base:.1f} |")
+        L.append("")
+    L.append("## Targets (ratios measured in this run)\n")
+    L.append("| target | holds | detail |")
+    L.append("|---|---|---|")
+    for t in targets:
+        h = {True: "yes", False: "**NO**", None: "n/a"}[t["holds"]]
+        L.append(f"| {t['target']} | {h} | {t['detail']} |")
+    L.append("")
+    L.append("## Resources\n")
+    L.append(f"- wasm module size: meshguard {extra['wasm_size']:,} bytes; trivial filter {extra['trivial_size']:,} bytes")
+    rss = extra.get("rss") or {}
+    if rss:
+        L.append("")
+        L.append("| Envoy `--concurrency 2` | VmRSS after ready | VmRSS after 1 s+ of load | start to /ready |")
+        L.append("|---|---:|---:|---:|")
+        for name, r in rss.items():
+            L.append(f"| {name} | {r['rss_ready_kb'] / 1024:.1f} MiB | {r['rss_after_load_kb'] / 1024:.1f} MiB | "
+                     f"{r['load_time_s'] * 1000:.0f} ms |")
+    L.append("")
+    L.append("| config load time (`--concurrency 1`, process start to /ready) | ms |")
+    L.append("|---|---:|")
+    for sc in scenarios:
+        if sc.load_times and sc.name in ("passthrough", "trivial-wasm", "mg-nopolicy", "mg-jwt-rs256-distinct",
+                                         "mg-all4", "native-jwt-rs256"):
+            L.append(f"| {sc.name} | {median(sc.load_times) * 1000:.0f} |")
+    L.append("")
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 round, 2 s per scenario (smoke run)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=2, help="seconds of measured load per scenario per round")
+    ap.add_argument("--unpaired", action="store_true",
+                    help="do not measure passthrough right before every scenario (twice as fast, noisier overheads)")
+    ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load after a proxy starts")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=2000, help="distinct tokens for the *-distinct scenarios")
+    ap.add_argument("--only", default="", help="comma-separated scenario names (passthrough is always included)")
+    ap.add_argument("--diag", action="store_true",
+                    help="also price single host calls with variants of the trivial filter")
+    ap.add_argument("--no-rss", action="store_true", help="skip the --concurrency 2 memory measurement")
+    ap.add_argument("--no-build", action="store_true", help="do not (re)build bench/trivial-filter")
+    ap.add_argument("--out", default=HERE, help="directory for results.md and results.json")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, Envoy logs)")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 2, 1
+
+    envoy_bin = os.environ.get("ENVOY_BIN", "")
+    if not envoy_bin or not os.access(envoy_bin, os.X_OK):
+        raise BenchError(f"set ENVOY_BIN to the Envoy binary (got {envoy_bin!r}); `make bench` does it")
+    mg_src = os.environ.get("MESHGUARD_WASM") or os.path.join(ROOT, "target/wasm32-wasip1/release/meshguard.wasm")
+    if not os.path.exists(mg_src):
+        raise BenchError(f"{mg_src} is missing: cargo build --release --target wasm32-wasip1 (or make build)")
+    wrk = ensure_wrk()
+    ensure_cryptography()
+    trivial_src = ensure_trivial_wasm(args.no_build)
+
+    workdir = tempfile.mkdtemp(prefix="meshguard-bench-")
+    ok = False
+    try:
+        # Snapshot the modules: others may rebuild target/ while we run.
+        mg_wasm = os.path.join(workdir, "meshguard.wasm")
+        shutil.copyfile(mg_src, mg_wasm)
+        trivial_wasm = os.path.join(workdir, "trivial_filter.wasm")
+        shutil.copyfile(trivial_src, trivial_wasm)
+        extra = {"wasm_size": os.path.getsize(mg_wasm), "wasm_sha256": sha256_file(mg_wasm),
+                 "trivial_size": os.path.getsize(trivial_wasm), "wasm_source": mg_src}
+        info = machine_info(envoy_bin)
+        log(f"bench: Envoy {info['envoy_version']}, {info['nproc']} CPUs ({info['cpu_model']}), "
+            f"meshguard.wasm {extra['wasm_size']:,} bytes, workdir {workdir}")
+
+        with open(os.path.join(FIXTURES, "tokens.json")) as f:
+            tokens_fixture = json.load(f)
+        with open(os.path.join(FIXTURES, "jwks.json")) as f:
+            fixture_jwks = json.load(f)
+        t0 = time.monotonic()
+        distinct_jwk, distinct_tokens = make_distinct_tokens(args.tokens)
+        log(f"bench: signed {len(distinct_tokens)} distinct RS256 tokens in {time.monotonic() - t0:.1f}s")
+
+        scenarios = build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks,
+                                    distinct_jwk, distinct_tokens)
+        if args.diag:
+            scenarios += diag_scenarios(trivial_wasm)
+        if args.only:
+            keep = set(args.only.split(",")) | {"passthrough"}
+            unknown = keep - {s.name for s in scenarios}
+            if unknown:
+                raise BenchError(f"unknown scenarios: {sorted(unknown)}")
+            scenarios = [s for s in scenarios if s.name in keep]
+        by_name = {s.name: s for s in scenarios}
+        for sc in scenarios:
+            path = os.path.join(workdir, f"wrk-{sc.name}.lua")
+            sc.script = (write_rotating_lua(path, sc.tokens, args.threads) if sc.tokens
+                         else write_static_lua(path, sc.headers))
+
+        up = Envoy(envoy_bin, workdir, "upstream", upstream_bootstrap, concurrency=1)
+        up.start()
+        ctx = {"envoy_bin": envoy_bin, "workdir": workdir, "wrk": wrk, "upstream": up}
+        try:
+            started = time.monotonic()
+            # One proxy per scenario, started one after the other (so load
+            # times do not disturb each other), then kept running for all rounds.
+            for sc in scenarios:
+                try:
+                    start_scenario(sc, args, ctx)
+                    log(f"bench: {sc.name:28s} ready in {sc.envoy.load_time_s * 1000:6.0f} ms")
+                except BenchError as e:
+                    sc.error = str(e)
+                    log(f"\n!!!!! SCENARIO {sc.name} FAILED TO START !!!!!\n{e}\n")
+                    if sc.envoy:
+                        sc.envoy.stop()
+            pt_sc = by_name["passthrough"]
+            for rnd in range(args.rounds):
+                # Rotate the order each round so no scenario always runs first or last.
+                k = rnd * max(1, len(scenarios) // max(1, args.rounds)) % len(scenarios)
+                for sc in scenarios[k:] + scenarios[:k]:
+                    if sc.error:
+                        continue
+                    try:
+                        base = None
+                        if not args.unpaired and sc is not pt_sc and not pt_sc.error:
+                            base = measure(pt_sc, args, ctx, record=False)
+                        r = measure(sc, args, ctx)
+                        if base is not None:
+                            sc.paired.append(r["cpu_us_per_req"] - base["cpu_us_per_req"])
+                        log(f"round {rnd + 1}/{args.rounds} {sc.name:28s} {r['cpu_us_per_req']:7.1f} us/req "
+                            f"{r['rps']:8.0f} req/s  non-2xx {r['non_2xx']}  upstream {r['upstream_fraction']:.0%}"
+                            + ("" if base is None else f"  paired overhead {sc.paired[-1]:6.1f} us"))
+                    except BenchError as e:
+                        sc.error = str(e)
+                        log(f"\n!!!!! SCENARIO {sc.name} FAILED !!!!!\n{e}\n")
+                log(f"bench: round {rnd + 1} done after {time.monotonic() - started:.0f}s")
+            for sc in scenarios:
+                if sc.envoy:
+                    sc.envoy.stop()
+            if up.proc.poll() is not None:
+                raise BenchError("the upstream Envoy died:\n" + up.log()[-4000:])
+            extra["rss"] = {} if args.no_rss or args.only else measure_rss(args, ctx, by_name)
+        finally:
+            for sc in scenarios:
+                if sc.envoy:
+                    sc.envoy.stop()
+            up.stop()
+
+        summary = {}
+        pt = by_name["passthrough"].rounds
+        pt_cpu = median([r["cpu_us_per_req"] for r in pt]) if pt else None
+        for sc in scenarios:
+            if sc.error or not sc.rounds:
+                continue
+            cpu = median([r["cpu_us_per_req"] for r in sc.rounds])
+            summary[sc.name] = {
+                "cpu_us_per_req": cpu,
+                "cpu_us_per_req_min": min(r["cpu_us_per_req"] for r in sc.rounds),
+                "paired_overhead_us": median(sc.paired) if sc.paired else (0.0 if sc.name == "passthrough" else None),
+                "overhead_us": None if pt_cpu is None else cpu - pt_cpu,
+                "rps": median([r["rps"] for r in sc.rounds]),
+                "p50_ms": median([r["p50_ms"] for r in sc.rounds]),
+                "p99_ms": median([r["p99_ms"] for r in sc.rounds]),
+                "upstream_fraction": median([r["upstream_fraction"] for r in sc.rounds]),
+                "load_time_ms": median(sc.load_times) * 1000 if sc.load_times else None,
+            }
+        targets = evaluate(summary)
+        if sha256_file(mg_src) != extra["wasm_sha256"]:
+            extra["note"] = f"{mg_src} was rebuilt during the run; the results are for the snapshot taken at start"
+        md = render(info, args, summary, scenarios, targets, extra)
+        print("\n" + md)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump({"machine": info, "settings": vars(args), "extra": extra, "summary": summary,
+                       "targets": targets,
+                       "scenarios": {s.name: {"desc": s.desc, "rounds": s.rounds, "paired_overhead_us": s.paired,
+                                              "load_times_s": s.load_times,
+                                              "error": s.error} for s in scenarios}}, f, indent=1)
+        log(f"bench: wrote {os.path.join(args.out, 'results.md')} and results.json")
+        failed = [s.name for s in scenarios if s.error]
+        if failed:
+            log(f"bench: FAILED scenarios: {', '.join(failed)}")
+            return 1
+        ok = True
+        return 0
+    finally:
+        for p in ALL_PROCS:
+            if p.poll() is None:
+                p.terminate()
+        for p in ALL_PROCS:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"bench: configs and Envoy logs kept in {workdir}")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)

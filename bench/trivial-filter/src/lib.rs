@@ -1,0 +1,99 @@
+//! The benchmark's reference filter. With an empty configuration it reads
+//! the `x-api-key` request header and continues: the floor cost of "any wasm
+//! filter". `bench.py --diag` also loads it with a comma-separated list of
+//! extra operations, one per request, to price individual host calls:
+//! `all_headers` (read every request header), `status` (read `:status` of
+//! the response), `flags` (read the `response.flags` property), `metric`
+//! (increment a counter), `shared` (shared-data get + compare-and-swap set),
+//! `remove_auth` (remove the `authorization` request header).
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { ops: Rc::new(Ops::default()) }) });
+}}
+
+#[derive(Default)]
+struct Ops {
+    all_headers: bool,
+    status: bool,
+    flags: bool,
+    metric: Option<u32>,
+    shared: bool,
+    remove_auth: bool,
+}
+
+struct Root {
+    ops: Rc<Ops>,
+}
+
+impl Context for Root {}
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let text = self
+            .get_plugin_configuration()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let mut ops = Ops::default();
+        for op in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match op {
+                "hdr" => {}
+                "all_headers" => ops.all_headers = true,
+                "status" => ops.status = true,
+                "flags" => ops.flags = true,
+                "metric" => ops.metric = hostcalls::define_metric(MetricType::Counter, "trivial.requests").ok(),
+                "shared" => ops.shared = true,
+                "remove_auth" => ops.remove_auth = true,
+                _ => return false,
+            }
+        }
+        self.ops = Rc::new(ops);
+        true
+    }
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Trivial { ops: self.ops.clone() }))
+    }
+}
+
+struct Trivial {
+    ops: Rc<Ops>,
+}
+impl Context for Trivial {}
+impl HttpContext for Trivial {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _ = self.get_http_request_header("x-api-key");
+        let ops = &self.ops;
+        if ops.all_headers {
+            let _ = hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders);
+        }
+        if let Some(m) = ops.metric {
+            let _ = hostcalls::increment_metric(m, 1);
+        }
+        if ops.shared {
+            if let Ok((v, cas)) = hostcalls::get_shared_data("trivial/k") {
+                let mut n = v.as_deref().and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+                n = n.wrapping_add(1);
+                let _ = hostcalls::set_shared_data("trivial/k", Some(&n.to_le_bytes()), cas);
+            }
+        }
+        if ops.remove_auth {
+            let _ = hostcalls::remove_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, "authorization");
+        }
+        Action::Continue
+    }
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.ops.status {
+            let _ = hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpResponseHeaders, ":status");
+        }
+        if self.ops.flags {
+            let _ = hostcalls::get_property(vec!["response", "flags"]);
+        }
+        Action::Continue
+    }
+}
