@@ -1,7 +1,11 @@
 //! Per-worker cache of verified tokens, so each distinct token pays for
 //! signature verification once (PLATFORM.md: pure-Rust RSA costs ~0.7 ms).
 //!
-//! Key: SHA-256 of the token bytes (the token itself is never stored).
+//! Key: the token bytes themselves, in this worker's memory only (never
+//! logged, never in shared data). Hashing them with std's keyed SipHash and
+//! comparing the full bytes is exact and ~5x cheaper in wasm than a SHA-256
+//! of the token on every request; tokens over [`MAX_CACHED_TOKEN`] bytes are
+//! not cached (bounded memory: capacity x 4 KiB at most).
 //! Value: the provider that verified it, its claims and payload segment.
 //! An entry lives until the token's `exp` and at most [`MAX_ENTRY_TTL`];
 //! when full, the oldest insertion is evicted. Route claim rules are NOT
@@ -9,10 +13,11 @@
 
 use super::verify::{NativeRsa, VerifyStats};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// Longest token kept in the cache (bytes).
+pub const MAX_CACHED_TOKEN: usize = 4096;
 /// Default number of entries.
 pub const DEFAULT_CAPACITY: usize = 1024;
 /// An entry is re-verified at least this often (nanoseconds): bounds how
@@ -41,8 +46,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct TokenCache {
     capacity: usize,
-    map: HashMap<[u8; 32], Entry>,
-    order: BTreeMap<u64, [u8; 32]>,
+    map: HashMap<Arc<[u8]>, Entry>,
+    order: BTreeMap<u64, Arc<[u8]>>,
     next_seq: u64,
     pub(crate) native_rsa: NativeRsa,
     /// Work counters (tests, debugging).
@@ -61,11 +66,6 @@ impl Default for TokenCache {
     fn default() -> Self {
         TokenCache::new(DEFAULT_CAPACITY)
     }
-}
-
-/// The cache key of a token.
-pub fn token_key(token: &[u8]) -> [u8; 32] {
-    Sha256::digest(token).into()
 }
 
 impl TokenCache {
@@ -95,7 +95,7 @@ impl TokenCache {
     }
 
     /// A live entry for `key` at `now` (nanoseconds); expired ones are dropped.
-    pub fn get(&mut self, key: &[u8; 32], now: u64) -> Option<Verified> {
+    pub fn get(&mut self, key: &[u8], now: u64) -> Option<Verified> {
         let live = match self.map.get(key) {
             None => return None,
             Some(e) => now < e.expires_at,
@@ -111,10 +111,11 @@ impl TokenCache {
 
     /// Stores a verified token until `exp_secs` (if any), at most
     /// [`MAX_ENTRY_TTL`] from `now`.
-    pub fn insert(&mut self, key: [u8; 32], value: Verified, exp_secs: Option<i64>, now: u64) {
-        if self.capacity == 0 {
+    pub fn insert(&mut self, token: &[u8], value: Verified, exp_secs: Option<i64>, now: u64) {
+        if self.capacity == 0 || token.len() > MAX_CACHED_TOKEN {
             return;
         }
+        let key: Arc<[u8]> = Arc::from(token);
         let mut expires_at = now.saturating_add(MAX_ENTRY_TTL);
         if let Some(exp) = exp_secs {
             let exp_nanos = u64::try_from(exp)
@@ -125,20 +126,20 @@ impl TokenCache {
         if expires_at <= now {
             return;
         }
-        if let Some(old) = self.map.remove(&key) {
+        if let Some(old) = self.map.remove(token) {
             self.order.remove(&old.seq);
         }
         while self.map.len() >= self.capacity {
             match self.order.pop_first() {
                 Some((_, k)) => {
-                    self.map.remove(&k);
+                    self.map.remove(&*k);
                 }
                 None => break,
             }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.order.insert(seq, key);
+        self.order.insert(seq, key.clone());
         self.map.insert(
             key,
             Entry {
@@ -169,15 +170,15 @@ mod tests {
     fn entries_expire_at_exp_and_at_most_after_max_ttl() {
         let mut c = TokenCache::new(4);
         let now = 1000 * S;
-        c.insert(token_key(b"a"), v(0), Some(1010), now);
-        c.insert(token_key(b"b"), v(0), None, now);
-        assert!(c.get(&token_key(b"a"), now + 9 * S).is_some());
-        assert!(c.get(&token_key(b"a"), now + 10 * S).is_none());
-        assert!(c.get(&token_key(b"b"), now + MAX_ENTRY_TTL - 1).is_some());
-        assert!(c.get(&token_key(b"b"), now + MAX_ENTRY_TTL).is_none());
+        c.insert(b"a", v(0), Some(1010), now);
+        c.insert(b"b", v(0), None, now);
+        assert!(c.get(b"a", now + 9 * S).is_some());
+        assert!(c.get(b"a", now + 10 * S).is_none());
+        assert!(c.get(b"b", now + MAX_ENTRY_TTL - 1).is_some());
+        assert!(c.get(b"b", now + MAX_ENTRY_TTL).is_none());
         assert!(c.is_empty());
         // Already expired: not stored.
-        c.insert(token_key(b"c"), v(0), Some(999), now);
+        c.insert(b"c", v(0), Some(999), now);
         assert!(c.is_empty());
     }
 
@@ -185,22 +186,22 @@ mod tests {
     fn full_cache_evicts_oldest_insertion() {
         let mut c = TokenCache::new(2);
         for t in [b"1", b"2", b"3"] {
-            c.insert(token_key(t), v(0), None, 0);
+            c.insert(t, v(0), None, 0);
         }
         assert_eq!(c.len(), 2);
-        assert!(c.get(&token_key(b"1"), 0).is_none());
-        assert!(c.get(&token_key(b"3"), 0).is_some());
+        assert!(c.get(b"1", 0).is_none());
+        assert!(c.get(b"3", 0).is_some());
         // Re-inserting refreshes position.
-        c.insert(token_key(b"2"), v(1), None, 0);
-        c.insert(token_key(b"4"), v(0), None, 0);
-        assert!(c.get(&token_key(b"3"), 0).is_none());
-        assert_eq!(c.get(&token_key(b"2"), 0).map(|e| e.provider), Some(1));
+        c.insert(b"2", v(1), None, 0);
+        c.insert(b"4", v(0), None, 0);
+        assert!(c.get(b"3", 0).is_none());
+        assert_eq!(c.get(b"2", 0).map(|e| e.provider), Some(1));
     }
 
     #[test]
     fn zero_capacity_disables() {
         let mut c = TokenCache::new(0);
-        c.insert(token_key(b"1"), v(0), None, 0);
+        c.insert(b"1", v(0), None, 0);
         assert!(c.is_empty());
     }
 }

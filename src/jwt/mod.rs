@@ -775,23 +775,26 @@ fn check_token(
     if tok.len() > jose::MAX_TOKEN_BYTES {
         return Err(Failure::Invalid("token too large"));
     }
-    let key = cache::token_key(tok);
-    if let Some(v) = cache.get(&key, now) {
+    if let Some(v) = cache.get(tok, now) {
         if holders.iter().any(|(p, _)| *p == v.provider) {
             cache.stats.hits += 1;
             return Ok((v, true));
         }
     }
     cache.stats.misses += 1;
-    let jws = jose::parse(tok).map_err(Failure::Invalid)?;
-    let iss = jws.claims.get("iss").and_then(Value::as_str);
+    let mut jws = jose::parse(tok).map_err(Failure::Invalid)?;
+    let iss = jws
+        .claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut first: Option<Failure> = None;
     let mut matched = false;
     for &(p, _) in holders {
         let Some(prov) = providers.providers.get(p) else {
             continue;
         };
-        if Some(prov.issuer.as_str()) != iss {
+        if Some(prov.issuer.as_str()) != iss.as_deref() {
             continue;
         }
         matched = true;
@@ -799,10 +802,10 @@ fn check_token(
             Ok(exp) => {
                 let v = cache::Verified {
                     provider: p,
-                    claims: Arc::new(jws.claims.clone()),
+                    claims: Arc::new(std::mem::take(&mut jws.claims)),
                     payload_b64: Arc::from(jws.payload_b64),
                 };
-                cache.insert(key, v.clone(), exp, now);
+                cache.insert(tok, v.clone(), exp, now);
                 return Ok((v, false));
             }
             Err(f) => {
