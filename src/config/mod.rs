@@ -377,6 +377,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 }
                 rate_limits.push(policy);
             }
+            crate::ratelimit::policy::set_policy_header(&mut rate_limits);
         }
         let breaker = match &r.circuit_breaker {
             Some(b) => Some(BreakerPolicy::compile(

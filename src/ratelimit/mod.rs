@@ -231,12 +231,18 @@ fn headers(
     };
     let reset = reset_ns.div_ceil(1_000_000_000);
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
-        let policy: Vec<String> = limits
-            .iter()
-            .filter(|l| !l.shadow)
-            .map(|l| format!("\"{}\";q={};w={}", l.name, l.capacity, l.window_secs()))
-            .collect();
-        out.push(("ratelimit-policy", policy.join(", ")));
+        let policy = match &limits.first() {
+            Some(first) if !first.policy_header.is_empty() => first.policy_header.to_string(),
+            _ => {
+                // Limits not built by `config` (tests): compute it here.
+                let mut copy = limits.to_vec();
+                policy::set_policy_header(&mut copy);
+                copy.first()
+                    .map(|l| l.policy_header.to_string())
+                    .unwrap_or_default()
+            }
+        };
+        out.push(("ratelimit-policy", policy));
         out.push((
             "ratelimit",
             format!("\"{}\";r={remaining};t={reset}", l.name),

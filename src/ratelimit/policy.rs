@@ -44,6 +44,23 @@ pub struct LimitPolicy {
     pub cost: u64,
     pub shadow: bool,
     pub metrics: LimitMetrics,
+    /// The route's `RateLimit-Policy` value (same for every limit of the
+    /// route), built once at configuration time by [`set_policy_header`].
+    pub policy_header: std::sync::Arc<str>,
+}
+
+/// Builds the `RateLimit-Policy` value of a route's limits (enforced ones
+/// only) and stores it in each of them.
+pub fn set_policy_header(limits: &mut [LimitPolicy]) {
+    let items: Vec<String> = limits
+        .iter()
+        .filter(|l| !l.shadow)
+        .map(|l| format!("\"{}\";q={};w={}", l.name, l.capacity, l.window_secs()))
+        .collect();
+    let header: std::sync::Arc<str> = std::sync::Arc::from(items.join(", "));
+    for l in limits.iter_mut() {
+        l.policy_header = header.clone();
+    }
 }
 
 impl LimitPolicy {
@@ -113,6 +130,7 @@ impl LimitPolicy {
             cost,
             shadow: raw.shadow,
             metrics: LimitMetrics::default(),
+            policy_header: std::sync::Arc::from(""),
         })
     }
 
