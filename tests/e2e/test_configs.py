@@ -127,3 +127,17 @@ def test_a_running_envoy_refuses_to_start_with_a_bad_config(tmp_path, upstream):
 def test_module_is_well_under_one_megabyte():
     size = os.path.getsize(harness.wasm_path())
     assert size < 960_000, f"meshguard.wasm is {size} bytes"
+
+
+def test_readme_jwt_example_works_as_documented(envoy, upstream):
+    """The README's JWT example: examples/jwt.json and the token shown there."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        token = re.search(r"^TOKEN=(\S+)$", f.read(), re.M).group(1)
+    e = envoy(example("jwt.json"))
+    s, _, _ = e.request("/orders", headers={"authorization": f"Bearer {token}"})
+    assert s == 200
+    _, path, headers = upstream.requests[-1]
+    assert headers["x-user"] == "user-1" and headers["x-org"] == "acme"
+    assert "authorization" not in headers
+    s, h, _ = e.request("/orders")
+    assert s == 401 and h["www-authenticate"] == 'Bearer realm="orders"'
