@@ -99,6 +99,17 @@ pub struct Route {
     pub cache: Option<CachePolicy>,
 }
 
+impl Route {
+    /// Whether any policy applies (a route without one only marks traffic
+    /// as matched: it is passed through untouched).
+    pub fn has_policy(&self) -> bool {
+        self.jwt.is_some()
+            || !self.rate_limits.is_empty()
+            || self.breaker.is_some()
+            || self.cache.is_some()
+    }
+}
+
 /// The validated, immutable configuration.
 #[derive(Debug)]
 pub struct Config {

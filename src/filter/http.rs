@@ -59,9 +59,12 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         let mut req = read_request();
-        let Some((idx, _)) = crate::route::find(&rt.config.routes, &req, |r| &r.matcher) else {
+        let Some((idx, route)) = crate::route::find(&rt.config.routes, &req, |r| &r.matcher) else {
             return Action::Continue;
         };
+        if !route.has_policy() {
+            return Action::Continue;
+        }
         if rt.needs_peer_ip.get(idx).copied().unwrap_or(false) {
             req.peer_ip = adapter::property_str(&["source", "address"])
                 .map(|a| ip_of_address(&a))

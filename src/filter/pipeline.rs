@@ -344,12 +344,21 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
 /// Response headers from upstream (or from Envoy for upstream failures).
 /// Returns true when meshguard replaced the response with its own.
 pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
-    let status = adapter::response_header(":status").and_then(|v| {
-        std::str::from_utf8(&v)
-            .ok()
-            .and_then(|t| t.parse::<u32>().ok())
-    });
-    let flags = adapter::property_u64(&["response", "flags"]).unwrap_or(0);
+    // Status and flags are two host calls: only the breaker and the cache
+    // need them (a rate-limit-only route just adds its headers).
+    let (status, flags) = if s.breaker.is_some() || s.cache.is_some() {
+        let status = adapter::response_header(":status").and_then(|v| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|t| t.parse::<u32>().ok())
+        });
+        (
+            status,
+            adapter::property_u64(&["response", "flags"]).unwrap_or(0),
+        )
+    } else {
+        (None, 0)
+    };
     record_breaker(s, status, flags);
 
     let mut cache_status: Option<String> = None;
