@@ -1036,6 +1036,24 @@ pub fn abandon_too_big(host: &impl Host, route: &CacheRoute, ctx: &mut MissConte
 mod tests {
     use super::*;
 
+    /// Headers as the API takes them.
+    fn h(v: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// A GET of `a/x` with these headers.
+    fn get(headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/x".into(),
+            authority: "a".into(),
+            headers: h(headers),
+            peer_ip: String::new(),
+        }
+    }
+
     #[test]
     fn key_paths_drop_fragments_and_optionally_queries() {
         assert_eq!(key_path("/a?b=1#f", false), "/a?b=1");
@@ -1075,18 +1093,6 @@ mod tests {
             policy: &policy,
             store: &store_cfg,
             metrics: &CacheMetrics::NONE,
-        };
-        let h = |v: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
-            v.iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect()
-        };
-        let get = |headers: &[(&str, &str)]| Request {
-            method: "GET".into(),
-            path: "/x".into(),
-            authority: "a".into(),
-            headers: h(headers),
-            peer_ip: String::new(),
         };
         let stored = h(&[("cache-control", "max-age=1"), ("etag", "\"v1\"")]);
         let answer = h(&[("etag", "\"v2\"")]);
@@ -1137,18 +1143,6 @@ mod tests {
             policy: &policy,
             store: &store_cfg,
             metrics: &CacheMetrics::NONE,
-        };
-        let h = |v: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
-            v.iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect()
-        };
-        let get = |headers: &[(&str, &str)]| Request {
-            method: "GET".into(),
-            path: "/x".into(),
-            authority: "a".into(),
-            headers: h(headers),
-            peer_ip: String::new(),
         };
         let stored = h(&[
             ("cache-control", "max-age=60, stale-if-error=60"),
