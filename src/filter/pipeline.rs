@@ -232,14 +232,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                 if let Some(cr) = cache_route(&rt, route, s.route) {
                     match cache::lookup(&host, &cr, &s.req) {
                         Lookup::Hit(resp) | Lookup::OnlyIfCachedMiss(resp) => {
-                            let h: Vec<(String, String)> = resp
-                                .headers
-                                .iter()
-                                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
-                                .collect();
-                            let refs: Vec<(&str, &str)> =
-                                h.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                            return s.reply(resp.status, &refs, &resp.body);
+                            return send_cached(s, &resp);
                         }
                         Lookup::Wait { .. } => {
                             if s.park_until(host.now_nanos(), CACHE_WAIT_NS) {
@@ -368,7 +361,7 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
             let host = ProxyWasmHost;
             if breaker::upstream_failure_from_response_flags(flags) {
                 if let Some(stale) = cache::on_upstream_failure(&host, &cr, &mut ctx) {
-                    replace_response(s, stale);
+                    send_cached(s, &stale);
                     return true;
                 }
                 cache_status = Some(ctx.cache_status());
@@ -382,7 +375,7 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
                     &headers,
                 ) {
                     ResponseDecision::Replace { response } => {
-                        replace_response(s, response);
+                        send_cached(s, &response);
                         return true;
                     }
                     ResponseDecision::Store {
@@ -418,16 +411,22 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
     false
 }
 
-/// Sends a stored response instead of the upstream's (revalidated 304,
-/// stale-if-error).
-fn replace_response(s: &mut StreamState, resp: cache::CachedResponse) {
-    let h: Vec<(String, String)> = resp
+/// Sends a stored response as meshguard's reply: a cache hit, or instead of
+/// the upstream's response (revalidated 304, stale-if-error). Header values
+/// are borrowed as they are (valid UTF-8 in practice), copied only if not.
+fn send_cached(s: &mut StreamState, resp: &cache::CachedResponse) -> Step {
+    let values: Vec<std::borrow::Cow<'_, str>> = resp
         .headers
         .iter()
-        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+        .map(|(_, v)| String::from_utf8_lossy(v))
         .collect();
-    let refs: Vec<(&str, &str)> = h.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    s.reply(resp.status, &refs, &resp.body);
+    let refs: Vec<(&str, &str)> = resp
+        .headers
+        .iter()
+        .zip(&values)
+        .map(|((n, _), v)| (n.as_str(), v.as_ref()))
+        .collect();
+    s.reply(resp.status, &refs, &resp.body)
 }
 
 /// A response body chunk passing through: copied for the cache, never held.
