@@ -1043,6 +1043,24 @@ mod tests {
             .collect()
     }
 
+    /// A 1 MiB store with 64 KiB entries.
+    fn store_1mib() -> CacheStoreConfig {
+        CacheStoreConfig {
+            max_bytes: 1 << 20,
+            max_entry_bytes: 65536,
+        }
+    }
+
+    /// Route "r" over `policy` and `store`, without metrics.
+    fn test_route<'a>(policy: &'a CachePolicy, store: &'a CacheStoreConfig) -> CacheRoute<'a> {
+        CacheRoute {
+            name: "r",
+            policy,
+            store,
+            metrics: &CacheMetrics::NONE,
+        }
+    }
+
     /// A GET of `a/x` with these headers.
     fn get(headers: &[(&str, &str)]) -> Request {
         Request {
@@ -1083,17 +1101,8 @@ mod tests {
     fn a_mismatched_304_is_a_502_unless_the_client_asked_for_it() {
         use crate::host::fake::FakeHost;
         let host = FakeHost::new(1_700_000_000 * NS);
-        let policy = CachePolicy::default();
-        let store_cfg = CacheStoreConfig {
-            max_bytes: 1 << 20,
-            max_entry_bytes: 65536,
-        };
-        let route = CacheRoute {
-            name: "r",
-            policy: &policy,
-            store: &store_cfg,
-            metrics: &CacheMetrics::NONE,
-        };
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
         let stored = h(&[("cache-control", "max-age=1"), ("etag", "\"v1\"")]);
         let answer = h(&[("etag", "\"v2\"")]);
         for (client, want_502) in [(vec![], true), (vec![("if-none-match", "\"v2\"")], false)] {
@@ -1133,17 +1142,8 @@ mod tests {
     fn a_request_forced_revalidation_reports_fwd_request() {
         use crate::host::fake::FakeHost;
         let host = FakeHost::new(1_700_000_000 * NS);
-        let policy = CachePolicy::default();
-        let store_cfg = CacheStoreConfig {
-            max_bytes: 1 << 20,
-            max_entry_bytes: 65536,
-        };
-        let route = CacheRoute {
-            name: "r",
-            policy: &policy,
-            store: &store_cfg,
-            metrics: &CacheMetrics::NONE,
-        };
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
         let stored = h(&[
             ("cache-control", "max-age=60, stale-if-error=60"),
             ("etag", "\"v1\""),
@@ -1186,17 +1186,8 @@ mod tests {
     fn a_too_big_body_lets_waiters_go_upstream_together() {
         use crate::host::fake::FakeHost;
         let host = FakeHost::new(1_700_000_000 * NS);
-        let policy = CachePolicy::default();
-        let store_cfg = CacheStoreConfig {
-            max_bytes: 1 << 20,
-            max_entry_bytes: 65536,
-        };
-        let route = CacheRoute {
-            name: "r",
-            policy: &policy,
-            store: &store_cfg,
-            metrics: &CacheMetrics::NONE,
-        };
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
         let get = |path: &str| Request {
             method: "GET".into(),
             path: path.into(),
@@ -1237,17 +1228,8 @@ mod tests {
     fn origin_failures_let_waiters_go_upstream_together() {
         use crate::host::fake::FakeHost;
         let host = FakeHost::new(1_700_000_000 * NS);
-        let policy = CachePolicy::default();
-        let store_cfg = CacheStoreConfig {
-            max_bytes: 1 << 20,
-            max_entry_bytes: 65536,
-        };
-        let route = CacheRoute {
-            name: "r",
-            policy: &policy,
-            store: &store_cfg,
-            metrics: &CacheMetrics::NONE,
-        };
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
         let get = |path: &str| Request {
             method: "GET".into(),
             path: path.into(),
