@@ -713,6 +713,7 @@ fn only_if_cached_gives_504_on_miss() {
     let s = exchange(&w, &w.host, &r, &never);
     assert_eq!(s.status, 504);
     assert_eq!(s.cs(), "meshguard; fwd=bypass; detail=only-if-cached");
+    assert_eq!(s.body, b"only-if-cached: no stored response\n");
     exchange(
         &w,
         &w.host,
@@ -721,7 +722,12 @@ fn only_if_cached_gives_504_on_miss() {
     );
     assert_eq!(exchange(&w, &w.host, &r, &never).status, 200);
     w.host.advance(Duration::from_secs(10));
-    assert_eq!(exchange(&w, &w.host, &r, &never).status, 504);
+    let stale = exchange(&w, &w.host, &r, &never);
+    assert_eq!(stale.status, 504);
+    assert_eq!(
+        stale.body,
+        b"only-if-cached: the stored response would need validating with the origin\n"
+    );
     let ms = get("/oic", &[("cache-control", "only-if-cached, max-stale")]);
     assert_eq!(exchange(&w, &w.host, &ms, &never).status, 200);
 }

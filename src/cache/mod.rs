@@ -492,7 +492,9 @@ fn validators(entry: &Entry) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-fn gateway_timeout() -> CachedResponse {
+/// The 504 for `only-if-cached` (RFC 9111 5.2.1.7) when nothing stored may
+/// answer; `why` tells the client which case it was.
+fn gateway_timeout(why: &str) -> CachedResponse {
     CachedResponse {
         status: 504,
         headers: vec![
@@ -502,7 +504,7 @@ fn gateway_timeout() -> CachedResponse {
                 fwd_status("bypass", None, false, Some("only-if-cached"), None).into_bytes(),
             ),
         ],
-        body: b"only-if-cached: no stored response\n".to_vec(),
+        body: format!("only-if-cached: {why}\n").into_bytes(),
     }
 }
 
@@ -565,7 +567,7 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
         Found::VaryMiss | Found::UriMiss => {
             host.increment_metric(m.miss, 1);
             if ctx.req_cc.only_if_cached {
-                return Lookup::OnlyIfCachedMiss(gateway_timeout());
+                return Lookup::OnlyIfCachedMiss(gateway_timeout("no stored response"));
             }
             ctx.fwd = if matches!(found, Found::VaryMiss) {
                 "vary-miss"
@@ -588,7 +590,9 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
     if ctx.has_authorization && !shareable_with_authorization(&cc) {
         host.increment_metric(m.miss, 1);
         if ctx.req_cc.only_if_cached {
-            return Lookup::OnlyIfCachedMiss(gateway_timeout());
+            return Lookup::OnlyIfCachedMiss(gateway_timeout(
+                "the stored response may not answer a request with Authorization",
+            ));
         }
         ctx.fwd = "request";
         ctx.detail = Some("authorization");
@@ -623,7 +627,9 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
         freshness::Usability::MustValidate { ttl } => {
             if ctx.req_cc.only_if_cached {
                 host.increment_metric(m.miss, 1);
-                return Lookup::OnlyIfCachedMiss(gateway_timeout());
+                return Lookup::OnlyIfCachedMiss(gateway_timeout(
+                    "the stored response would need validating with the origin",
+                ));
             }
             let entry_itself_stale = ttl <= 0 || cc.no_cache;
             if entry_itself_stale {

@@ -37,6 +37,13 @@ def cfg(cache=None, store=None):
     return c
 
 
+# A freshness lifetime for tests that expect a hit right after storing and
+# a stale entry after sleeping SHORT + 1.1 s. Not 1: the origin's Date has
+# one-second resolution, so a max-age=1 response whose Date is from the
+# previous second is already stale on arrival (RFC 9111 4.2.3, apparent age).
+SHORT = 3
+
+
 def serve(upstream, cache_control=None, body=b"hello", status=200, delay=0, **extra):
     """The origin answers every request with the same response."""
     h = {"content-type": "text/plain"}
@@ -133,10 +140,10 @@ def test_fresh_response_is_stored_and_served_from_cache(envoy, upstream):
 
 def test_expiry(envoy, upstream):
     e = envoy(cfg())
-    serve(upstream, "max-age=1")
+    serve(upstream, f"max-age={SHORT}")
     assert is_stored(e.request("/c/x")[1])
     assert is_hit(e.request("/c/x")[1])
-    time.sleep(2.1)
+    time.sleep(SHORT + 1.1)
     s, h, _ = e.request("/c/x")
     assert s == 200 and not is_hit(h) and is_stored(h), cs(h)
     assert hits(upstream, "/c/x") == 2
@@ -146,10 +153,10 @@ def test_expiry(envoy, upstream):
 
 def test_s_maxage_wins_over_max_age(envoy, upstream):
     e = envoy(cfg())
-    serve(upstream, "max-age=60, s-maxage=1")
+    serve(upstream, f"max-age=60, s-maxage={SHORT}")
     e.request("/c/short")
     assert is_hit(e.request("/c/short")[1])
-    time.sleep(2.1)
+    time.sleep(SHORT + 1.1)
     assert not is_hit(e.request("/c/short")[1])
     assert hits(upstream, "/c/short") == 2
 
@@ -236,15 +243,15 @@ def test_no_cache_response_is_stored_but_revalidated(envoy, upstream):
 
 def test_must_revalidate_never_serves_stale(envoy, upstream):
     e = envoy(cfg())
-    serve(upstream, "max-age=1, must-revalidate, stale-if-error=60, stale-while-revalidate=60",
-          body=b"v1")
+    serve(upstream, f"max-age={SHORT}, must-revalidate, stale-if-error=60, "
+                    "stale-while-revalidate=60", body=b"v1")
     e.request("/c/mr")
     assert is_hit(e.request("/c/mr")[1])
-    time.sleep(2.1)
+    time.sleep(SHORT + 1.1)
     # max-stale does not override must-revalidate
     s, h, b = e.request("/c/mr", headers={"cache-control": "max-stale=100"})
     assert not is_hit(h) and hits(upstream, "/c/mr") == 2
-    time.sleep(2.1)
+    time.sleep(SHORT + 1.1)
     serve(upstream, "max-age=1", status=500, body=b"boom")
     s, h, b = e.request("/c/mr")
     assert (s, b) == (500, b"boom"), cs(h)  # no stale-if-error either
@@ -284,7 +291,7 @@ def test_request_no_store(envoy, upstream):
 
 def test_request_max_age_min_fresh_max_stale(envoy, upstream):
     e = envoy(cfg())
-    serve(upstream, "max-age=2")
+    serve(upstream, f"max-age={SHORT}")
     e.request("/c/q")
     time.sleep(1.1)
     # max-age=0: the stored response (age >= 1) is too old
@@ -294,13 +301,13 @@ def test_request_max_age_min_fresh_max_stale(envoy, upstream):
     # the refetched entry is young: max-age=30 accepts it
     s, h, _ = e.request("/c/q", headers={"cache-control": "max-age=30"})
     assert is_hit(h), cs(h)
-    # min-fresh: needs more than the 2s left
+    # min-fresh: needs more than the few seconds left
     s, h, _ = e.request("/c/q", headers={"cache-control": "min-fresh=30"})
     assert not is_hit(h), cs(h)
     assert hits(upstream, "/c/q") == 3
     s, h, _ = e.request("/c/q", headers={"cache-control": "min-fresh=1"})
     assert is_hit(h), cs(h)
-    time.sleep(3.1)
+    time.sleep(SHORT + 1.1)
     # stale now: max-stale accepts it, with a negative ttl
     s, h, b = e.request("/c/q", headers={"cache-control": "max-stale=60"})
     assert is_hit(h) and ttl(cs(h)) < 0 and b == b"hello", cs(h)
@@ -313,16 +320,19 @@ def test_request_max_age_min_fresh_max_stale(envoy, upstream):
 
 def test_only_if_cached(envoy, upstream):
     e = envoy(cfg())
-    serve(upstream, "max-age=1")
-    s, h, _ = e.request("/c/oic", headers={"cache-control": "only-if-cached"})
+    serve(upstream, f"max-age={SHORT}")
+    s, h, b = e.request("/c/oic", headers={"cache-control": "only-if-cached"})
     assert s == 504 and "only-if-cached" in cs(h)
+    assert b == b"only-if-cached: no stored response\n"
     assert hits(upstream, "/c/oic") == 0
-    e.request("/c/oic")
+    s, h, _ = e.request("/c/oic")
+    assert s == 200 and is_stored(h), cs(h)
     s, h, b = e.request("/c/oic", headers={"cache-control": "only-if-cached"})
     assert (s, b) == (200, b"hello") and is_hit(h)
-    time.sleep(2.1)
-    s, h, _ = e.request("/c/oic", headers={"cache-control": "only-if-cached"})
+    time.sleep(SHORT + 1.1)
+    s, h, b = e.request("/c/oic", headers={"cache-control": "only-if-cached"})
     assert s == 504, cs(h)
+    assert b == b"only-if-cached: the stored response would need validating with the origin\n"
     s, h, _ = e.request("/c/oic", headers={"cache-control": "only-if-cached, max-stale=60"})
     assert s == 200 and is_hit(h)
     assert hits(upstream, "/c/oic") == 1
