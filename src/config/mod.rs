@@ -21,6 +21,8 @@ pub mod raw;
 use crate::breaker::BreakerPolicy;
 use crate::cache::CachePolicy;
 use crate::jwt::{JwtProviders, RouteJwt};
+use crate::ratelimit::policy::Scope;
+use crate::ratelimit::rls::RlsConfig;
 use crate::ratelimit::{HeaderStyle, LimitPolicy};
 use crate::route::RouteMatch;
 pub use duration::Duration;
@@ -94,7 +96,11 @@ pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
     pub jwt: Option<RouteJwt>,
+    /// Local (`"scope": "local"`) limits, in order.
     pub rate_limits: Vec<LimitPolicy>,
+    /// Global (`"scope": "global"`) limits, in order: counted by the rate
+    /// limit service, after the local ones.
+    pub global_limits: Vec<LimitPolicy>,
     pub breaker: Option<BreakerPolicy>,
     pub cache: Option<CachePolicy>,
 }
@@ -105,6 +111,7 @@ impl Route {
     pub fn has_policy(&self) -> bool {
         self.jwt.is_some()
             || !self.rate_limits.is_empty()
+            || !self.global_limits.is_empty()
             || self.breaker.is_some()
             || self.cache.is_some()
     }
@@ -119,6 +126,7 @@ pub struct Config {
     pub xff_trusted_hops: u32,
     pub cache_store: CacheStoreConfig,
     pub max_rate_limit_keys: u32,
+    pub rate_limit_service: Option<RlsConfig>,
 }
 
 impl Config {
@@ -134,6 +142,7 @@ impl Config {
                 max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
             },
             max_rate_limit_keys: DEFAULT_MAX_RATE_LIMIT_KEYS,
+            rate_limit_service: None,
         }
     }
 
@@ -322,6 +331,10 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         cfg.max_rate_limit_keys = n as u32;
     }
 
+    if let Some(rls) = &raw.rate_limit_service {
+        cfg.rate_limit_service = Some(RlsConfig::compile(rls, "rate_limit_service")?);
+    }
+
     cfg.jwt_providers = JwtProviders::compile(&raw.jwt_providers)?;
 
     if raw.routes.len() > MAX_ROUTES {
@@ -361,6 +374,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             None => None,
         };
         let mut rate_limits = Vec::new();
+        let mut global_limits = Vec::new();
         if let Some(limits) = &r.rate_limit {
             if limits.len() > MAX_LIMITS_PER_ROUTE {
                 return Err(ConfigError::expected(
@@ -386,7 +400,16 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                         "expected a \"jwt\" section on this route: a {\"claim\": ...} key part needs a verified token",
                     ));
                 }
-                rate_limits.push(policy);
+                match policy.scope {
+                    Scope::Local => rate_limits.push(policy),
+                    Scope::Global if cfg.rate_limit_service.is_none() => {
+                        return Err(ConfigError::new(
+                            format!("{lp}.scope"),
+                            "expected a top-level \"rate_limit_service\" section: a global limit is counted by that service",
+                        ));
+                    }
+                    Scope::Global => global_limits.push(policy),
+                }
             }
             crate::ratelimit::policy::set_policy_header(&mut rate_limits);
         }
@@ -406,6 +429,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             matcher,
             jwt,
             rate_limits,
+            global_limits,
             breaker,
             cache,
         });

@@ -30,6 +30,9 @@ pub struct RawConfig {
     pub client_ip: Option<RawClientIp>,
     #[serde(default)]
     pub cache_store: Option<RawCacheStore>,
+    /// The rate limit service that counts `"scope": "global"` limits.
+    #[serde(default)]
+    pub rate_limit_service: Option<RawRateLimitService>,
     /// Most rate-limit buckets kept per Envoy process (default 10000).
     #[serde(default)]
     #[schemars(range(min = 1, max = 1000000))]
@@ -193,14 +196,22 @@ pub struct RawClaimRule {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = rate_limit_scope_rule)]
 pub struct RawRateLimit {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub key: Vec<RawKeyPart>,
-    /// Tokens the bucket holds (buckets start full).
+    /// "local" (default): a token bucket in this Envoy process. "global":
+    /// counted by the rate limit service (top-level `rate_limit_service`),
+    /// whose own configuration sets the rate.
+    #[serde(default)]
+    #[schemars(regex(pattern = "^(local|global)$"))]
+    pub scope: Option<String>,
+    /// Tokens the bucket holds (buckets start full). Local limits only.
+    #[serde(default)]
     #[schemars(range(min = 1, max = 1000000000))]
-    pub capacity: i64,
+    pub capacity: Option<i64>,
     /// Tokens added per refill_interval, continuously (default: capacity).
     #[serde(default)]
     #[schemars(range(min = 1, max = 1000000000))]
@@ -213,6 +224,41 @@ pub struct RawRateLimit {
     pub cost: Option<i64>,
     #[serde(default)]
     pub shadow: bool,
+}
+
+/// Schema rule: a local limit needs `capacity` and `refill_interval`; a
+/// global one must not have them (the rate limit service sets the rate).
+fn rate_limit_scope_rule(schema: &mut schemars::Schema) {
+    let rule = serde_json::json!({
+        "if": { "properties": { "scope": { "const": "global" } }, "required": ["scope"] },
+        "then": { "not": { "anyOf": [
+            { "required": ["capacity"] },
+            { "required": ["refill_tokens"] },
+            { "required": ["refill_interval"] }
+        ] } },
+        "else": { "required": ["capacity", "refill_interval"] }
+    });
+    if let (Some(obj), serde_json::Value::Object(rule)) = (schema.as_object_mut(), rule) {
+        obj.extend(rule);
+    }
+}
+
+/// The Envoy rate limit service (RLS gRPC protocol) used by global limits.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimitService {
+    /// Envoy cluster of the service (HTTP/2).
+    pub cluster: String,
+    /// The RLS `domain` (default "meshguard").
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Deadline of one call (default "20ms").
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    /// When the service fails or is late: "allow" (default) or "deny".
+    #[serde(default)]
+    #[schemars(regex(pattern = "^(allow|deny)$"))]
+    pub failure_mode: Option<String>,
 }
 
 /// A rate-limit key part: a bare string (`"client_ip"`, `"path"`,

@@ -264,3 +264,122 @@ fn deeply_nested_json_does_not_crash() {
     let doc = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert!(Config::from_bytes(doc.as_bytes()).is_err());
 }
+
+#[test]
+fn global_limits_and_the_rate_limit_service() {
+    let c = ok(r#"{
+      "rate_limit_service": { "cluster": "ratelimit", "domain": "shop", "timeout": "50ms",
+                              "failure_mode": "deny" },
+      "routes": [ { "name": "api", "rate_limit": [
+          { "name": "g", "scope": "global", "key": ["client_ip"], "cost": 2 },
+          { "name": "burst", "scope": "local", "capacity": 5, "refill_interval": "1s" },
+          { "name": "all", "capacity": 50, "refill_interval": "1m" } ] } ]
+    }"#);
+    let svc = c.rate_limit_service.as_ref().expect("service");
+    assert_eq!(
+        (
+            svc.cluster.as_str(),
+            svc.domain.as_str(),
+            svc.timeout_ns,
+            svc.deny_on_failure
+        ),
+        ("ratelimit", "shop", 50_000_000, true)
+    );
+    let r = &c.routes[0];
+    let names = |ls: &[LimitPolicy]| ls.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&r.rate_limits), ["burst", "all"]);
+    assert_eq!(names(&r.global_limits), ["g"]);
+    assert_eq!(r.global_limits[0].cost, 2);
+    // The RateLimit-Policy of local limits leaves global ones out.
+    assert_eq!(
+        &*r.rate_limits[0].policy_header,
+        "\"burst\";q=5;w=1, \"all\";q=50;w=60"
+    );
+    // Defaults.
+    let c = ok(r#"{"rate_limit_service": {"cluster": "rls"},
+                   "routes": [{"name": "a", "rate_limit": [{"scope": "global"}]}]}"#);
+    let svc = c.rate_limit_service.as_ref().expect("service");
+    assert_eq!(
+        (svc.domain.as_str(), svc.timeout_ns, svc.deny_on_failure),
+        ("meshguard", 20_000_000, false)
+    );
+    assert!(c.routes[0].has_policy());
+}
+
+#[test]
+fn global_limit_errors() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"scope": "global"}]}]}"#,
+            "routes[0].rate_limit[0].scope",
+            "top-level \"rate_limit_service\"",
+        ),
+        (
+            r#"{"rate_limit_service": {"cluster": "r"},
+                "routes": [{"name": "a", "rate_limit": [{"scope": "global", "capacity": 5}]}]}"#,
+            "routes[0].rate_limit[0].capacity",
+            "expected no bucket settings on a global limit",
+        ),
+        (
+            r#"{"rate_limit_service": {"cluster": "r"},
+                "routes": [{"name": "a", "rate_limit": [{"scope": "global", "refill_interval": "1s"}]}]}"#,
+            "routes[0].rate_limit[0].refill_interval",
+            "rate limit service's own configuration",
+        ),
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"scope": "planet", "capacity": 1, "refill_interval": "1s"}]}]}"#,
+            "routes[0].rate_limit[0].scope",
+            "expected \"local\" or \"global\", got \"planet\"",
+        ),
+        (
+            r#"{"routes": [{"name": "a", "rate_limit": [{"refill_interval": "1s"}]}]}"#,
+            "routes[0].rate_limit[0].capacity",
+            "missing required key `capacity`",
+        ),
+        (
+            r#"{"rate_limit_service": {}}"#,
+            "rate_limit_service",
+            "missing required key `cluster`",
+        ),
+        (
+            r#"{"rate_limit_service": {"cluster": ""}}"#,
+            "rate_limit_service.cluster",
+            "printable ASCII",
+        ),
+        (
+            r#"{"rate_limit_service": {"cluster": "r\u00e9gion"}}"#,
+            "rate_limit_service.cluster",
+            "printable ASCII",
+        ),
+        (
+            r#"{"rate_limit_service": {"cluster": "r", "timeout": "0s"}}"#,
+            "rate_limit_service.timeout",
+            "from \"1ms\" to \"10s\"",
+        ),
+        (
+            r#"{"rate_limit_service": {"cluster": "r", "timeout": "11s"}}"#,
+            "rate_limit_service.timeout",
+            "from \"1ms\" to \"10s\"",
+        ),
+        (
+            r#"{"rate_limit_service": {"cluster": "r", "failure_mode": "open"}}"#,
+            "rate_limit_service.failure_mode",
+            "expected \"allow\" or \"deny\", got \"open\"",
+        ),
+        (
+            r#"{"rate_limit_service": {"cluster": "r", "domain": ""}}"#,
+            "rate_limit_service.domain",
+            "non-empty",
+        ),
+        (
+            r#"{"rate_limit_service": {"cluster": "r", "clustr": "x"}}"#,
+            "rate_limit_service.clustr",
+            "unknown key `clustr`",
+        ),
+    ];
+    for (doc, path, words) in cases {
+        let e = err(doc);
+        assert_eq!(&e.path, path, "{doc}: {e}");
+        assert!(e.msg.contains(words), "{doc}: {e}");
+    }
+}

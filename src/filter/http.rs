@@ -48,7 +48,12 @@ fn read_request() -> Request {
     req
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        self.worker
+            .on_rls_response(token, status_code, response_size);
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -81,6 +86,11 @@ impl HttpContext for Stream {
             Step::Replied => Action::Pause,
             Step::Park => {
                 self.worker.park(self.context_id, state);
+                Action::Pause
+            }
+            Step::AwaitRls { token, deadline_ns } => {
+                self.worker
+                    .await_rls(self.context_id, state, token, deadline_ns);
                 Action::Pause
             }
         }
@@ -117,6 +127,9 @@ impl HttpContext for Stream {
         self.worker.unpark(self.context_id);
         if let Some(state) = &self.state {
             if let Ok(mut s) = state.try_borrow_mut() {
+                if let Some(token) = s.rls_token.take() {
+                    self.worker.forget_rls(token);
+                }
                 pipeline::on_stream_end(&mut s);
             }
         }

@@ -13,7 +13,7 @@ use crate::config::Route;
 use crate::host::proxy_wasm::{self as adapter, ProxyWasmHost};
 use crate::host::Host;
 use crate::jwt::{self, AuthOutcome, HeaderOp};
-use crate::ratelimit;
+use crate::ratelimit::{self, rls, LocalOutcome};
 use crate::request::Request;
 use std::rc::Rc;
 
@@ -26,6 +26,9 @@ pub const CACHE_WAIT_NS: u64 = 6_000_000_000;
 pub enum Stage {
     Jwt,
     RateLimit,
+    /// Global limits: the call to the rate limit service, its wait, its
+    /// verdict.
+    GlobalRateLimit,
     Cache,
     Breaker,
     Upstream,
@@ -37,6 +40,13 @@ pub enum Step {
     Continue,
     Replied,
     Park,
+    /// Paused until the rate limit service answers call `token` (or its
+    /// deadline passes): the caller hands the stream to
+    /// [`Worker::await_rls`].
+    AwaitRls {
+        token: u32,
+        deadline_ns: u64,
+    },
 }
 
 /// A request the breaker let through, until its outcome is recorded.
@@ -71,6 +81,15 @@ pub struct StreamState {
     pub capture: Option<Capture>,
     /// Deadline of the current park (0: not parked yet).
     pub park_deadline_ns: u64,
+    /// Local rate-limit tokens taken, kept while the global limits are
+    /// decided (given back if the service refuses).
+    pub rl_admitted: Option<ratelimit::Admitted>,
+    /// The outstanding call to the rate limit service.
+    pub rls_token: Option<u32>,
+    /// Its outcome: the answer's bytes, or why there is none.
+    pub rls_result: Option<Result<Vec<u8>, rls::CallError>>,
+    /// Headers the rate limit service asked to add to the response.
+    pub service_headers: Vec<(String, String)>,
 }
 
 impl StreamState {
@@ -87,6 +106,10 @@ impl StreamState {
             cache: None,
             capture: None,
             park_deadline_ns: 0,
+            rl_admitted: None,
+            rls_token: None,
+            rls_result: None,
+            service_headers: Vec::new(),
         }
     }
 
@@ -97,6 +120,11 @@ impl StreamState {
             self.local_reply = true;
             let mut h: Vec<(&str, &str)> = extra.to_vec();
             h.extend(self.response_headers.iter().map(|(n, v)| (*n, v.as_str())));
+            h.extend(
+                self.service_headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
             if !adapter::send_local_reply(status, &h, body) {
                 log::warn!("meshguard: the host refused a local {status} reply");
             }
@@ -211,20 +239,45 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                 s.stage = Stage::RateLimit;
             }
             Stage::RateLimit => {
-                if !route.rate_limits.is_empty() {
-                    let d = ratelimit::check(
-                        &host,
-                        &rt.limiter,
-                        &route.name,
-                        &route.rate_limits,
-                        &s.req,
-                        s.claims.as_deref(),
-                    );
-                    s.response_headers.extend(d.headers.iter().cloned());
-                    if !d.allowed {
-                        let retry = d.retry_after_secs.to_string();
-                        return s.json_reply(429, &[("retry-after", &retry)], &d.body(&route.name));
+                if route.global_limits.is_empty() {
+                    if !route.rate_limits.is_empty() {
+                        let d = ratelimit::check(
+                            &host,
+                            &rt.limiter,
+                            &route.name,
+                            &route.rate_limits,
+                            &s.req,
+                            s.claims.as_deref(),
+                        );
+                        if let Some(step) = apply_decision(s, &d, &route.name) {
+                            return step;
+                        }
                     }
+                    s.stage = Stage::Cache;
+                    continue;
+                }
+                match ratelimit::check_local(
+                    &host,
+                    &rt.limiter,
+                    &route.name,
+                    &route.rate_limits,
+                    &s.req,
+                    s.claims.as_deref(),
+                ) {
+                    LocalOutcome::Refused(d) => {
+                        if let Some(step) = apply_decision(s, &d, &route.name) {
+                            return step;
+                        }
+                    }
+                    LocalOutcome::Admitted(a) => {
+                        s.rl_admitted = Some(a);
+                        s.stage = Stage::GlobalRateLimit;
+                    }
+                }
+            }
+            Stage::GlobalRateLimit => {
+                if let Some(step) = global_rate_limit(s, w, &rt, route) {
+                    return step;
                 }
                 s.stage = Stage::Cache;
             }
@@ -293,6 +346,124 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
             Stage::Upstream => return Step::Continue,
         }
     }
+}
+
+/// Adds a rate-limit decision's headers; answers 429 if it refuses.
+fn apply_decision(s: &mut StreamState, d: &ratelimit::Decision, route: &str) -> Option<Step> {
+    s.response_headers.extend(d.headers.iter().cloned());
+    s.service_headers.extend(d.service_headers.iter().cloned());
+    if d.allowed {
+        return None;
+    }
+    let retry = d.retry_after_secs.to_string();
+    Some(s.json_reply(429, &[("retry-after", &retry)], &d.body(route)))
+}
+
+/// The global limits of a route: sends the call to the rate limit service,
+/// waits for it, applies its verdict or the failure mode. `None` when the
+/// request goes on.
+fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Route) -> Option<Step> {
+    let host = ProxyWasmHost;
+    let svc = rt.config.rate_limit_service.as_ref()?;
+    let metrics = rt
+        .rls_metrics
+        .get(s.route)
+        .copied()
+        .unwrap_or(rls::RlsMetrics::NONE);
+    let result = match s.rls_result.take() {
+        Some(r) => r,
+        None => {
+            if s.rls_token.is_some() {
+                // Still waiting (the worker resumes us on the answer or at
+                // the deadline).
+                return Some(Step::Park);
+            }
+            let msg = rls::request(
+                &svc.domain,
+                &route.name,
+                &route.global_limits,
+                &s.req,
+                s.claims.as_deref(),
+                rt.limiter.xff_trusted_hops,
+            );
+            match adapter::dispatch_grpc_call(
+                &svc.grpc_service,
+                rls::SERVICE,
+                rls::METHOD,
+                &msg,
+                std::time::Duration::from_nanos(svc.timeout_ns),
+            ) {
+                Ok(token) => {
+                    s.rls_token = Some(token);
+                    let deadline_ns = host
+                        .now_nanos()
+                        .saturating_add(svc.timeout_ns + rls::GRACE_NS);
+                    return Some(Step::AwaitRls { token, deadline_ns });
+                }
+                Err(e) => Err(rls::CallError::Dispatch(e.0)),
+            }
+        }
+    };
+    let admitted = s.rl_admitted.take().unwrap_or_default();
+    let verdict = result.and_then(|body| rls::decode(&body, route.global_limits.len()));
+    let d = match verdict {
+        Ok(v) => {
+            let over = v.statuses.iter().any(|st| st.over);
+            host.increment_metric(if over { metrics.over_limit } else { metrics.ok }, 1);
+            for (name, value) in &v.request_headers {
+                adapter::set_request_header(name, Some(value.as_bytes()));
+            }
+            ratelimit::apply_verdict(
+                &host,
+                rt.limiter.style,
+                &route.name,
+                &route.rate_limits,
+                &route.global_limits,
+                &admitted,
+                &v,
+            )
+        }
+        Err(e) => {
+            host.increment_metric(
+                if e.is_timeout() {
+                    metrics.timeout
+                } else {
+                    metrics.error
+                },
+                1,
+            );
+            w.warn_rls(&host, &route.name, &svc.cluster, &e, svc.deny_on_failure);
+            let deny = svc.deny_on_failure;
+            host.increment_metric(
+                if deny {
+                    metrics.failure_mode_denied
+                } else {
+                    metrics.failure_mode_allowed
+                },
+                1,
+            );
+            let d = ratelimit::apply_failure(
+                &host,
+                rt.limiter.style,
+                &route.name,
+                &route.rate_limits,
+                &route.global_limits,
+                &admitted,
+                deny,
+            );
+            if deny {
+                let body = serde_json::json!({
+                    "error": "rate_limit_unavailable",
+                    "route": route.name,
+                    "retry_after": 1,
+                })
+                .to_string();
+                return Some(s.json_reply(503, &[("retry-after", "1")], &body));
+            }
+            d
+        }
+    };
+    apply_decision(s, &d, &route.name)
 }
 
 /// Releases the cache fill lock of a request that will not be stored.
@@ -402,6 +573,9 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
     }
     for (name, value) in &s.response_headers {
         adapter::set_response_header(name, value.as_bytes());
+    }
+    for (name, value) in &s.service_headers {
+        adapter::add_response_header(name, value.as_bytes());
     }
     if let Some(cs) = cache_status {
         let existing = adapter::response_header("cache-status");

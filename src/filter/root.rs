@@ -9,10 +9,12 @@ use crate::config::Config;
 use crate::host::proxy_wasm::{self as adapter, ProxyWasmHost};
 use crate::host::{Host, MetricId, MetricKind};
 use crate::jwt::{FetchFailure, JwtMetrics, TokenCache};
+use crate::ratelimit::rls::{self, CallError, RlsMetrics};
 use crate::ratelimit::{self, Limiter};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ pub struct Runtime {
     pub needs_peer_ip: Vec<bool>,
     pub jwt_metrics: Vec<Option<JwtMetrics>>,
     pub cache_metrics: Vec<CacheMetrics>,
+    /// Per route: counters of its calls to the rate limit service.
+    pub rls_metrics: Vec<RlsMetrics>,
     pub has_remote_jwks: bool,
 }
 
@@ -34,8 +38,15 @@ impl Runtime {
             .unwrap_or(MetricId::NONE);
         let mut jwt_metrics = Vec::new();
         let mut cache_metrics = Vec::new();
+        let mut rls_metrics = Vec::new();
         for r in config.routes.iter_mut() {
             ratelimit::define_metrics(host, &r.name, &mut r.rate_limits);
+            ratelimit::define_metrics(host, &r.name, &mut r.global_limits);
+            rls_metrics.push(if r.global_limits.is_empty() {
+                RlsMetrics::NONE
+            } else {
+                RlsMetrics::define(host, &r.name)
+            });
             if let Some(b) = r.breaker.as_mut() {
                 b.metrics = breaker::BreakerMetrics::define(host, &r.name);
             }
@@ -52,6 +63,7 @@ impl Runtime {
                 config.xff_trusted_hops > 0
                     || r.rate_limits
                         .iter()
+                        .chain(&r.global_limits)
                         .any(|l| l.key.contains(&ratelimit::KeyPart::ClientIp))
             })
             .collect();
@@ -69,6 +81,7 @@ impl Runtime {
             needs_peer_ip,
             jwt_metrics,
             cache_metrics,
+            rls_metrics,
             has_remote_jwks,
         }
     }
@@ -84,8 +97,19 @@ pub struct Worker {
     pub parked: RefCell<Vec<(u32, Rc<RefCell<StreamState>>)>>,
     /// Outstanding JWKS fetches: (call token, runtime, provider).
     jwks_calls: RefCell<Vec<(u32, Rc<Runtime>, usize)>>,
+    /// Streams waiting for the rate limit service, by call token:
+    /// (stream context id, stream, deadline).
+    rls_calls: RefCell<HashMap<u32, RlsWait>>,
+    /// When the last rate-limit-service warning was logged (one a second).
+    last_rls_warning_ns: Cell<u64>,
     next_jwks_poll_ns: Cell<u64>,
     fast_tick: Cell<bool>,
+}
+
+struct RlsWait {
+    context_id: u32,
+    state: Rc<RefCell<StreamState>>,
+    deadline_ns: u64,
 }
 
 /// Tick while streams are parked.
@@ -109,6 +133,139 @@ impl Worker {
         if let Ok(mut p) = self.parked.try_borrow_mut() {
             p.retain(|(id, _)| *id != context_id);
         }
+    }
+
+    /// Pauses a stream until the rate limit service answers call `token`,
+    /// or until `deadline_ns` (the fast tick checks).
+    pub fn await_rls(
+        &self,
+        context_id: u32,
+        state: Rc<RefCell<StreamState>>,
+        token: u32,
+        deadline_ns: u64,
+    ) {
+        if let Ok(mut calls) = self.rls_calls.try_borrow_mut() {
+            calls.insert(
+                token,
+                RlsWait {
+                    context_id,
+                    state,
+                    deadline_ns,
+                },
+            );
+        }
+        if !self.fast_tick.replace(true) {
+            adapter::set_tick_period(FAST_TICK);
+        }
+    }
+
+    /// Forgets a call whose stream ended (Envoy cancels the call itself).
+    pub fn forget_rls(&self, token: u32) {
+        if let Ok(mut calls) = self.rls_calls.try_borrow_mut() {
+            calls.remove(&token);
+        }
+    }
+
+    /// The answer (or gRPC error) of call `token`, in the host's callback.
+    pub fn on_rls_response(&self, token: u32, grpc_status: u32, size: usize) {
+        let wait = match self.rls_calls.try_borrow_mut() {
+            Ok(mut calls) => calls.remove(&token),
+            Err(_) => None,
+        };
+        let Some(wait) = wait else {
+            return;
+        };
+        // The answer lives on the stream's context in the host: read it
+        // (and resume) there, whichever context the SDK called.
+        if !adapter::set_effective_context(wait.context_id) {
+            return;
+        }
+        let result = match grpc_status {
+            0 => match adapter::grpc_call_response_body(size) {
+                Some(body) => Ok(body),
+                None if size == 0 => Ok(Vec::new()),
+                None => Err(CallError::BadResponse(
+                    "the answer could not be read".into(),
+                )),
+            },
+            rls::GRPC_DEADLINE_EXCEEDED => Err(CallError::Timeout),
+            code => Err(CallError::Status(code, adapter::grpc_status_message())),
+        };
+        self.resume_rls(wait, result);
+    }
+
+    /// Gives up on calls past their deadline (the host never answered).
+    fn expire_rls(&self, now: u64) {
+        let expired: Vec<(u32, RlsWait)> = match self.rls_calls.try_borrow_mut() {
+            Ok(mut calls) => {
+                let tokens: Vec<u32> = calls
+                    .iter()
+                    .filter(|(_, w)| now >= w.deadline_ns)
+                    .map(|(t, _)| *t)
+                    .collect();
+                tokens
+                    .into_iter()
+                    .filter_map(|t| calls.remove(&t).map(|w| (t, w)))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for (token, wait) in expired {
+            if !adapter::set_effective_context(wait.context_id) {
+                continue; // the stream is gone
+            }
+            adapter::cancel_grpc_call(token);
+            self.resume_rls(wait, Err(CallError::Timeout));
+        }
+    }
+
+    fn resume_rls(&self, wait: RlsWait, result: Result<Vec<u8>, CallError>) {
+        let step = match wait.state.try_borrow_mut() {
+            Ok(mut s) => {
+                s.rls_token = None;
+                s.rls_result = Some(result);
+                pipeline::run(&mut s, self)
+            }
+            Err(_) => return,
+        };
+        match step {
+            Step::Continue => adapter::resume_request(),
+            Step::Replied => {}
+            Step::Park => self.park(wait.context_id, wait.state),
+            Step::AwaitRls { token, deadline_ns } => {
+                self.await_rls(wait.context_id, wait.state, token, deadline_ns)
+            }
+        }
+    }
+
+    /// Logs a failed call at warn level, at most once a second per worker
+    /// (metrics count every one).
+    pub fn warn_rls(
+        &self,
+        host: &impl Host,
+        route: &str,
+        cluster: &str,
+        e: &CallError,
+        deny: bool,
+    ) {
+        let now = host.now_nanos();
+        if now.saturating_sub(self.last_rls_warning_ns.get()) < 1_000_000_000 {
+            return;
+        }
+        self.last_rls_warning_ns.set(now);
+        let what = match e {
+            CallError::Dispatch(m) => format!("could not be sent ({m})"),
+            CallError::Status(code, msg) => format!(
+                "failed with gRPC status {code}{}",
+                msg.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+            ),
+            CallError::Timeout => "timed out".to_string(),
+            CallError::BadResponse(m) => format!("gave an unusable answer ({m})"),
+        };
+        log::warn!(
+            "meshguard: route {route}: rate limit service call to cluster {cluster} {what}; failure_mode {}",
+            if deny { "deny: answering 503" } else { "allow: letting the request through" }
+        );
     }
 
     /// Asks for an early JWKS poll (a request waits for keys).
@@ -183,13 +340,17 @@ impl Root {
                 Step::Continue => adapter::resume_request(),
                 Step::Replied => {}
                 Step::Park => keep.push((id, state)),
+                Step::AwaitRls { token, deadline_ns } => {
+                    self.worker.await_rls(id, state, token, deadline_ns)
+                }
             }
         }
         self.worker.parked.borrow_mut().extend(keep);
     }
 
     fn set_tick(&self, rt: Option<&Rc<Runtime>>) {
-        let parked = !self.worker.parked.borrow().is_empty();
+        let parked =
+            !self.worker.parked.borrow().is_empty() || !self.worker.rls_calls.borrow().is_empty();
         self.worker.fast_tick.set(parked);
         let period = if parked {
             FAST_TICK
@@ -204,6 +365,13 @@ impl Root {
 }
 
 impl Context for Root {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        // Calls sent while the root's timer resumed a stream are answered
+        // here; the worker routes the answer to its stream.
+        self.worker
+            .on_rls_response(token, status_code, response_size);
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -293,6 +461,7 @@ impl RootContext for Root {
             self.poll_jwks(&host, rt);
         }
         self.run_parked();
+        self.worker.expire_rls(host.now_nanos());
         self.set_tick(rt.as_ref());
     }
 

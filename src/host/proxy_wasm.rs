@@ -195,3 +195,71 @@ pub fn plugin_configuration() -> Option<Vec<u8>> {
 pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
     hostcalls::call_foreign_function(name, Some(args)).map_err(|s| HostError(status(s)))
 }
+
+/// Sends a unary gRPC call; returns its token. `grpc_service` is a
+/// serialized `envoy.config.core.v3.GrpcService` (see
+/// `ratelimit::rls::grpc_service`): Envoy always parses it, so no cluster
+/// name can be mistaken for a proto. The SDK panics on statuses Envoy's
+/// `grpcCall` does not return for a well-formed service (only `Ok`,
+/// `ParseFailure`, `BadArgument` for a client it cannot build, and
+/// `InternalFailure` exist there); a valid `GrpcService` keeps us on the
+/// `Ok` / `InternalFailure` paths.
+pub fn dispatch_grpc_call(
+    grpc_service: &[u8],
+    service: &str,
+    method: &str,
+    message: &[u8],
+    timeout: Duration,
+) -> Result<u32, HostError> {
+    // The SDK takes the service as `&str` and passes its bytes through.
+    // The descriptor is ASCII (an ASCII cluster name of at most 120 bytes,
+    // checked by the configuration, and one-byte tags and lengths); anything
+    // else is refused here and the caller applies its failure mode.
+    let upstream = std::str::from_utf8(grpc_service)
+        .map_err(|_| HostError("gRPC service descriptor is not UTF-8".into()))?;
+    hostcalls::dispatch_grpc_call(upstream, service, method, vec![], Some(message), timeout)
+        .map_err(|s| HostError(status(s)))
+}
+
+/// The body of the gRPC response being delivered (in its callback).
+pub fn grpc_call_response_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+        .ok()
+        .flatten()
+}
+
+/// Cancels an outstanding gRPC call (unknown tokens are ignored).
+pub fn cancel_grpc_call(token: u32) {
+    let _ = hostcalls::cancel_grpc_call(token);
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_status(
+        return_code: *mut u32,
+        return_message_data: *mut *mut u8,
+        return_message_size: *mut usize,
+    ) -> Status;
+}
+
+/// The message of the gRPC status being delivered (in its callback), for
+/// logs. The SDK's own reader panics on a non-UTF-8 message; this one
+/// never does.
+pub fn grpc_status_message() -> Option<String> {
+    let mut code: u32 = 0;
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a buffer it allocated through the module's
+    // exported allocator (the SDK's `proxy_on_memory_allocate`), so taking
+    // ownership with the global allocator's `Vec::from_raw_parts` is how the
+    // SDK itself frees such buffers.
+    unsafe {
+        match proxy_get_status(&mut code, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => {
+                let bytes = Vec::from_raw_parts(data, size, size);
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            _ => None,
+        }
+    }
+}

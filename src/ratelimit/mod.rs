@@ -48,6 +48,7 @@
 
 pub mod bucket;
 pub mod policy;
+pub mod rls;
 pub mod store;
 
 use crate::host::{Host, MetricId, MetricKind};
@@ -82,6 +83,8 @@ pub struct Decision {
     pub allowed: bool,
     /// Headers to add to the response (the 429, or the upstream's).
     pub headers: Vec<(&'static str, String)>,
+    /// Headers the rate limit service asked to add to the response.
+    pub service_headers: Vec<(String, String)>,
     /// Set when refused: the refusing limit and the seconds to wait.
     pub refused_by: Option<String>,
     pub retry_after_secs: u64,
@@ -134,8 +137,52 @@ fn bump(host: &impl Host, m: Option<MetricId>) {
     }
 }
 
-/// Applies a route's limits to a request. `claims` are the verified JWT
-/// claims, if any (for `{"claim": ...}` key parts).
+/// A local limit that took tokens for a request (given back if a later
+/// limit, local or global, refuses it).
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub limit: usize,
+    pub identity: String,
+    pub slot: u32,
+}
+
+/// The most constrained enforced limit of a request so far (for the
+/// rate-limit headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tightest {
+    pub name: String,
+    pub remaining: u64,
+    pub reset_secs: u64,
+    /// The limit's size (`capacity`, or the service's requests per unit).
+    pub limit: u64,
+}
+
+/// What the local limits did with a request.
+#[derive(Debug)]
+pub enum LocalOutcome {
+    /// A local limit refused it (earlier tokens already given back).
+    Refused(Decision),
+    /// Every local limit admitted it.
+    Admitted(Admitted),
+}
+
+#[derive(Debug, Default)]
+pub struct Admitted {
+    pub taken: Vec<Taken>,
+    pub tightest: Option<Tightest>,
+}
+
+fn params(l: &LimitPolicy) -> BucketParams {
+    BucketParams {
+        capacity: l.capacity,
+        refill_tokens: l.refill_tokens,
+        refill_interval_ns: l.refill_interval_ns,
+    }
+}
+
+/// Applies a route's local limits and builds the final decision (routes
+/// without global limits). `claims` are the verified JWT claims, if any
+/// (for `{"claim": ...}` key parts).
 pub fn check(
     host: &impl Host,
     limiter: &Limiter,
@@ -144,22 +191,38 @@ pub fn check(
     req: &Request,
     claims: Option<&serde_json::Value>,
 ) -> Decision {
-    // (limit, identity, slot) of every token taken, to refund on refusal.
-    let mut taken: Vec<(&LimitPolicy, String, u32)> = Vec::with_capacity(limits.len());
-    // Most constrained enforced limit: (remaining, reset_ns, limit).
-    let mut tightest: Option<(u64, u64, &LimitPolicy)> = None;
-    for l in limits {
+    match check_local(host, limiter, route, limits, req, claims) {
+        LocalOutcome::Refused(d) => d,
+        LocalOutcome::Admitted(a) => Decision {
+            allowed: true,
+            headers: headers(limiter.style, &policy_of(limits, &[]), a.tightest.as_ref()),
+            service_headers: Vec::new(),
+            refused_by: None,
+            retry_after_secs: 0,
+        },
+    }
+}
+
+/// Takes tokens from every local limit of a route, in order.
+pub fn check_local(
+    host: &impl Host,
+    limiter: &Limiter,
+    route: &str,
+    limits: &[LimitPolicy],
+    req: &Request,
+    claims: Option<&serde_json::Value>,
+) -> LocalOutcome {
+    let mut admitted = Admitted {
+        taken: Vec::with_capacity(limits.len()),
+        tightest: None,
+    };
+    for (i, l) in limits.iter().enumerate() {
         let identity = format!(
             "{route}\u{1f}{}\u{1f}{}",
             l.name,
             l.bucket_key(req, claims, limiter.xff_trusted_hops)
         );
-        let params = BucketParams {
-            capacity: l.capacity,
-            refill_tokens: l.refill_tokens,
-            refill_interval_ns: l.refill_interval_ns,
-        };
-        let t = match store::take(host, limiter.slots, &identity, &params, l.cost) {
+        let t = match store::take(host, limiter.slots, &identity, &params(l), l.cost) {
             Ok(t) => t,
             Err(e) => {
                 log::warn!(
@@ -176,7 +239,11 @@ pub fn check(
         if t.take.allowed {
             bump(host, l.metrics.allowed);
             if !l.shadow {
-                taken.push((l, identity, t.slot));
+                admitted.taken.push(Taken {
+                    limit: i,
+                    identity,
+                    slot: t.slot,
+                });
             }
         } else if l.shadow {
             bump(host, l.metrics.shadow_limited);
@@ -187,71 +254,220 @@ pub fn check(
             continue;
         } else {
             bump(host, l.metrics.limited);
-            for (pl, pid, slot) in &taken {
-                let pp = BucketParams {
-                    capacity: pl.capacity,
-                    refill_tokens: pl.refill_tokens,
-                    refill_interval_ns: pl.refill_interval_ns,
-                };
-                if let Err(e) = store::refund(host, *slot, pid, &pp, pl.cost) {
-                    log::warn!(
-                        "meshguard: rate limit refund {route}/{} failed: {e:?}",
-                        pl.name
-                    );
-                }
-            }
+            refund(host, route, limits, &admitted.taken);
             let retry = t.take.retry_after_ns.div_ceil(1_000_000_000).max(1);
-            return Decision {
+            let tight = Tightest {
+                name: l.name.clone(),
+                remaining: 0,
+                reset_secs: t.take.reset_ns.div_ceil(1_000_000_000),
+                limit: l.capacity,
+            };
+            return LocalOutcome::Refused(Decision {
                 allowed: false,
-                headers: headers(limiter.style, limits, Some((0, t.take.reset_ns, l))),
+                headers: headers(limiter.style, &policy_of(limits, &[]), Some(&tight)),
+                service_headers: Vec::new(),
                 refused_by: Some(l.name.clone()),
                 retry_after_secs: retry,
+            });
+        }
+        let reset_secs = t.take.reset_ns.div_ceil(1_000_000_000);
+        if !l.shadow
+            && admitted
+                .tightest
+                .as_ref()
+                .is_none_or(|b| t.take.remaining < b.remaining)
+        {
+            admitted.tightest = Some(Tightest {
+                name: l.name.clone(),
+                remaining: t.take.remaining,
+                reset_secs,
+                limit: l.capacity,
+            });
+        }
+    }
+    LocalOutcome::Admitted(admitted)
+}
+
+/// Gives back the tokens a request took from local limits.
+pub fn refund(host: &impl Host, route: &str, limits: &[LimitPolicy], taken: &[Taken]) {
+    for t in taken {
+        let Some(l) = limits.get(t.limit) else {
+            continue;
+        };
+        if let Err(e) = store::refund(host, t.slot, &t.identity, &params(l), l.cost) {
+            log::warn!(
+                "meshguard: rate limit refund {route}/{} failed: {e:?}",
+                l.name
+            );
+        }
+    }
+}
+
+/// Combines local admission with the rate limit service's verdict on the
+/// route's global limits: counts each global limit, gives local tokens
+/// back when the service refuses, and builds the decision.
+pub fn apply_verdict(
+    host: &impl Host,
+    style: HeaderStyle,
+    route: &str,
+    local: &[LimitPolicy],
+    global: &[LimitPolicy],
+    admitted: &Admitted,
+    verdict: &rls::Verdict,
+) -> Decision {
+    let mut refusing: Option<(&LimitPolicy, &rls::LimitStatus)> = None;
+    let mut tightest = admitted.tightest.clone();
+    for (l, st) in global.iter().zip(&verdict.statuses) {
+        if st.over && l.shadow {
+            bump(host, l.metrics.shadow_limited);
+            log::info!(
+                "meshguard: shadow global rate limit {route}/{} would have refused a request",
+                l.name
+            );
+            continue;
+        }
+        if st.over {
+            bump(host, l.metrics.limited);
+            refusing = refusing.or(Some((l, st)));
+            continue;
+        }
+        bump(host, l.metrics.allowed);
+        if let Some((size, unit)) = st.limit.filter(|_| !l.shadow) {
+            if tightest.as_ref().is_none_or(|b| st.remaining < b.remaining) {
+                tightest = Some(Tightest {
+                    name: l.name.clone(),
+                    remaining: st.remaining,
+                    reset_secs: st.reset_secs.unwrap_or(unit),
+                    limit: size,
+                });
+            }
+        }
+    }
+    let policy = policy_of(local, &global_policy_items(global, verdict));
+    match refusing {
+        Some((l, st)) => {
+            refund(host, route, local, &admitted.taken);
+            let retry = st
+                .reset_secs
+                .or(st.limit.map(|(_, unit)| unit))
+                .unwrap_or(1)
+                .max(1);
+            let tight = Tightest {
+                name: l.name.clone(),
+                remaining: 0,
+                reset_secs: retry,
+                limit: st.limit.map_or(0, |(size, _)| size),
             };
+            Decision {
+                allowed: false,
+                headers: headers(style, &policy, st.limit.map(|_| &tight)),
+                service_headers: verdict.response_headers.clone(),
+                refused_by: Some(l.name.clone()),
+                retry_after_secs: retry,
+            }
         }
-        if !l.shadow && tightest.is_none_or(|(r, _, _)| t.take.remaining < r) {
-            tightest = Some((t.take.remaining, t.take.reset_ns, l));
-        }
+        None => Decision {
+            allowed: true,
+            headers: headers(style, &policy, tightest.as_ref()),
+            service_headers: verdict.response_headers.clone(),
+            refused_by: None,
+            retry_after_secs: 0,
+        },
+    }
+}
+
+/// The call to the service failed: counts it on every global limit and
+/// applies `failure_mode`. Allowed: the local headers only. Denied: the
+/// local tokens are given back and the caller answers 503.
+pub fn apply_failure(
+    host: &impl Host,
+    style: HeaderStyle,
+    route: &str,
+    local: &[LimitPolicy],
+    global: &[LimitPolicy],
+    admitted: &Admitted,
+    deny: bool,
+) -> Decision {
+    for l in global {
+        bump(host, l.metrics.errors);
+    }
+    if deny {
+        refund(host, route, local, &admitted.taken);
     }
     Decision {
-        allowed: true,
-        headers: headers(limiter.style, limits, tightest),
+        allowed: !deny,
+        headers: if deny {
+            Vec::new()
+        } else {
+            headers(style, &policy_of(local, &[]), admitted.tightest.as_ref())
+        },
+        service_headers: Vec::new(),
         refused_by: None,
-        retry_after_secs: 0,
+        retry_after_secs: if deny { 1 } else { 0 },
     }
+}
+
+/// `RateLimit-Policy` items of the global limits the service described.
+fn global_policy_items(global: &[LimitPolicy], verdict: &rls::Verdict) -> Vec<String> {
+    global
+        .iter()
+        .zip(&verdict.statuses)
+        .filter(|(l, _)| !l.shadow)
+        .filter_map(|(l, st)| {
+            let (size, unit) = st.limit?;
+            Some(format!("\"{}\";q={size};w={unit}", l.name))
+        })
+        .collect()
+}
+
+/// The route's `RateLimit-Policy` value: the local limits' (precomputed at
+/// configuration time) and `extra` items.
+fn policy_of(local: &[LimitPolicy], extra: &[String]) -> String {
+    let base: String = match local.first() {
+        Some(first) if !first.policy_header.is_empty() => first.policy_header.to_string(),
+        Some(_) => {
+            // Limits not built by `config` (tests): compute it here.
+            let mut copy = local.to_vec();
+            policy::set_policy_header(&mut copy);
+            copy.first()
+                .map(|l| l.policy_header.to_string())
+                .unwrap_or_default()
+        }
+        None => String::new(),
+    };
+    if extra.is_empty() {
+        return base;
+    }
+    let mut items: Vec<&str> = Vec::with_capacity(1 + extra.len());
+    if !base.is_empty() {
+        items.push(&base);
+    }
+    items.extend(extra.iter().map(String::as_str));
+    items.join(", ")
 }
 
 fn headers(
     style: HeaderStyle,
-    limits: &[LimitPolicy],
-    tightest: Option<(u64, u64, &LimitPolicy)>,
+    policy: &str,
+    tightest: Option<&Tightest>,
 ) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    let Some((remaining, reset_ns, l)) = tightest else {
+    let Some(t) = tightest else {
         return out;
     };
-    let reset = reset_ns.div_ceil(1_000_000_000);
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
-        let policy = match &limits.first() {
-            Some(first) if !first.policy_header.is_empty() => first.policy_header.to_string(),
-            _ => {
-                // Limits not built by `config` (tests): compute it here.
-                let mut copy = limits.to_vec();
-                policy::set_policy_header(&mut copy);
-                copy.first()
-                    .map(|l| l.policy_header.to_string())
-                    .unwrap_or_default()
-            }
-        };
-        out.push(("ratelimit-policy", policy));
+        if !policy.is_empty() {
+            out.push(("ratelimit-policy", policy.to_string()));
+        }
         out.push((
             "ratelimit",
-            format!("\"{}\";r={remaining};t={reset}", l.name),
+            format!("\"{}\";r={};t={}", t.name, t.remaining, t.reset_secs),
         ));
     }
     if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
-        out.push(("x-ratelimit-limit", l.capacity.to_string()));
-        out.push(("x-ratelimit-remaining", remaining.to_string()));
-        out.push(("x-ratelimit-reset", reset.to_string()));
+        out.push(("x-ratelimit-limit", t.limit.to_string()));
+        out.push(("x-ratelimit-remaining", t.remaining.to_string()));
+        out.push(("x-ratelimit-reset", t.reset_secs.to_string()));
     }
     out
 }
@@ -397,5 +613,189 @@ mod tests {
         assert!(check(&h, &lim, "api", &ls, &req(""), Some(&alice)).allowed);
         assert!(check(&h, &lim, "api", &ls, &req(""), Some(&bob)).allowed);
         assert!(!check(&h, &lim, "api", &ls, &req(""), Some(&alice)).allowed);
+    }
+    fn verdict(statuses: Vec<rls::LimitStatus>) -> rls::Verdict {
+        rls::Verdict {
+            statuses,
+            response_headers: vec![("x-rls".into(), "1".into())],
+            request_headers: vec![],
+        }
+    }
+
+    fn st(
+        over: bool,
+        limit: Option<(u64, u64)>,
+        remaining: u64,
+        reset: Option<u64>,
+    ) -> rls::LimitStatus {
+        rls::LimitStatus {
+            over,
+            limit,
+            remaining,
+            reset_secs: reset,
+        }
+    }
+
+    fn admit(h: &FakeHost, local: &[LimitPolicy]) -> Admitted {
+        match check_local(
+            h,
+            &limiter(HeaderStyle::Ietf),
+            "api",
+            local,
+            &req("a"),
+            None,
+        ) {
+            LocalOutcome::Admitted(a) => a,
+            LocalOutcome::Refused(d) => panic!("refused: {d:?}"),
+        }
+    }
+
+    #[test]
+    fn global_refusal_gives_local_tokens_back() {
+        let h = FakeHost::new(1);
+        let local = limits(r#"[{"name": "burst", "capacity": 2, "refill_interval": "1h"}]"#);
+        let mut global = limits(r#"[{"name": "g", "scope": "global"}]"#);
+        define_metrics(&h, "api", &mut global);
+        let a = admit(&h, &local);
+        assert_eq!(a.taken.len(), 1);
+        let v = verdict(vec![st(true, Some((10, 60)), 0, Some(42))]);
+        let d = apply_verdict(&h, HeaderStyle::Both, "api", &local, &global, &a, &v);
+        assert!(!d.allowed);
+        assert_eq!(d.refused_by.as_deref(), Some("g"));
+        assert_eq!(d.retry_after_secs, 42);
+        assert_eq!(
+            d.headers,
+            vec![
+                (
+                    "ratelimit-policy",
+                    "\"burst\";q=2;w=3600, \"g\";q=10;w=60".to_string()
+                ),
+                ("ratelimit", "\"g\";r=0;t=42".to_string()),
+                ("x-ratelimit-limit", "10".to_string()),
+                ("x-ratelimit-remaining", "0".to_string()),
+                ("x-ratelimit-reset", "42".to_string()),
+            ]
+        );
+        assert_eq!(
+            d.service_headers,
+            vec![("x-rls".to_string(), "1".to_string())]
+        );
+        assert_eq!(h.metric("meshguard.ratelimit.api.g.limited"), Some(1));
+        // The local token came back: two more requests fit in "burst".
+        admit(&h, &local);
+        admit(&h, &local);
+        assert!(matches!(
+            check_local(
+                &h,
+                &limiter(HeaderStyle::Ietf),
+                "api",
+                &local,
+                &req("a"),
+                None
+            ),
+            LocalOutcome::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn global_headers_report_the_tightest_limit() {
+        let h = FakeHost::new(1);
+        let local = limits(r#"[{"name": "burst", "capacity": 100, "refill_interval": "1s"}]"#);
+        let mut global =
+            limits(r#"[{"name": "g", "scope": "global"}, {"name": "h", "scope": "global"}]"#);
+        define_metrics(&h, "api", &mut global);
+        let a = admit(&h, &local);
+        let v = verdict(vec![
+            st(false, Some((50, 60)), 3, Some(20)),
+            st(false, None, 0, None),
+        ]);
+        let d = apply_verdict(&h, HeaderStyle::Ietf, "api", &local, &global, &a, &v);
+        assert!(d.allowed);
+        assert_eq!(
+            d.headers,
+            vec![
+                (
+                    "ratelimit-policy",
+                    "\"burst\";q=100;w=1, \"g\";q=50;w=60".to_string()
+                ),
+                ("ratelimit", "\"g\";r=3;t=20".to_string()),
+            ]
+        );
+        assert_eq!(h.metric("meshguard.ratelimit.api.g.allowed"), Some(1));
+        assert_eq!(h.metric("meshguard.ratelimit.api.h.allowed"), Some(1));
+    }
+
+    #[test]
+    fn retry_after_falls_back_to_the_unit_then_one_second() {
+        let h = FakeHost::new(1);
+        let global = limits(r#"[{"name": "g", "scope": "global"}]"#);
+        let a = Admitted::default();
+        let unit = verdict(vec![st(true, Some((5, 3600)), 0, None)]);
+        let d = apply_verdict(&h, HeaderStyle::None, "api", &[], &global, &a, &unit);
+        assert_eq!((d.allowed, d.retry_after_secs), (false, 3600));
+        assert!(d.headers.is_empty());
+        let bare = verdict(vec![st(true, None, 0, None)]);
+        let d = apply_verdict(&h, HeaderStyle::Ietf, "api", &[], &global, &a, &bare);
+        assert_eq!((d.allowed, d.retry_after_secs), (false, 1));
+        assert!(d.headers.is_empty(), "no limit described: no headers");
+        let body: serde_json::Value = serde_json::from_str(&d.body("api")).expect("json");
+        assert_eq!(body["limit"], "g");
+    }
+
+    #[test]
+    fn shadow_global_limits_never_refuse() {
+        let h = FakeHost::new(1);
+        let mut global = limits(
+            r#"[{"name": "s", "scope": "global", "shadow": true}, {"name": "g", "scope": "global"}]"#,
+        );
+        define_metrics(&h, "api", &mut global);
+        let v = verdict(vec![
+            st(true, Some((1, 1)), 0, Some(1)),
+            st(false, Some((9, 1)), 8, Some(1)),
+        ]);
+        let d = apply_verdict(
+            &h,
+            HeaderStyle::Ietf,
+            "api",
+            &[],
+            &global,
+            &Admitted::default(),
+            &v,
+        );
+        assert!(d.allowed);
+        assert_eq!(
+            d.headers,
+            vec![
+                ("ratelimit-policy", "\"g\";q=9;w=1".to_string()),
+                ("ratelimit", "\"g\";r=8;t=1".to_string()),
+            ],
+            "shadow limits are invisible to clients"
+        );
+        assert_eq!(
+            h.metric("meshguard.ratelimit.api.s.shadow_limited"),
+            Some(1)
+        );
+        assert_eq!(h.metric("meshguard.ratelimit.api.s.limited"), Some(0));
+    }
+
+    #[test]
+    fn failure_mode_allow_keeps_local_headers_and_deny_refunds() {
+        let h = FakeHost::new(1);
+        let local = limits(r#"[{"name": "burst", "capacity": 1, "refill_interval": "1h"}]"#);
+        let mut global = limits(r#"[{"name": "g", "scope": "global"}]"#);
+        define_metrics(&h, "api", &mut global);
+        let a = admit(&h, &local);
+        let d = apply_failure(&h, HeaderStyle::Ietf, "api", &local, &global, &a, false);
+        assert!(d.allowed);
+        assert_eq!(
+            d.headers[1],
+            ("ratelimit", "\"burst\";r=0;t=3600".to_string())
+        );
+        assert_eq!(h.metric("meshguard.ratelimit.api.g.errors"), Some(1));
+        // deny: the token taken by "burst" is given back.
+        let d = apply_failure(&h, HeaderStyle::Ietf, "api", &local, &global, &a, true);
+        assert!(!d.allowed && d.headers.is_empty());
+        admit(&h, &local);
+        assert_eq!(h.metric("meshguard.ratelimit.api.g.errors"), Some(2));
     }
 }

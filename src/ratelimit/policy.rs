@@ -26,6 +26,17 @@ pub enum KeyPart {
     Constant(String),
 }
 
+/// Where a limit is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// A token bucket in this Envoy process's shared data.
+    #[default]
+    Local,
+    /// The rate limit service (`rate_limit_service`), shared by every
+    /// replica; its own configuration sets the rate.
+    Global,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LimitMetrics {
     pub allowed: Option<MetricId>,
@@ -37,7 +48,9 @@ pub struct LimitMetrics {
 #[derive(Debug, Clone)]
 pub struct LimitPolicy {
     pub name: String,
+    pub scope: Scope,
     pub key: Vec<KeyPart>,
+    /// Bucket parameters (local limits; 0 for global ones).
     pub capacity: u64,
     pub refill_tokens: u64,
     pub refill_interval_ns: u64,
@@ -94,8 +107,60 @@ impl LimitPolicy {
                 ))
             }
         };
-        let capacity = int("capacity", raw.capacity)?;
-        let refill_tokens = int("refill_tokens", raw.refill_tokens.unwrap_or(raw.capacity))?;
+        let scope = match raw.scope.as_deref() {
+            None | Some("local") => Scope::Local,
+            Some("global") => Scope::Global,
+            Some(other) => {
+                return Err(ConfigError::expected(
+                    format!("{path}.scope"),
+                    "\"local\" or \"global\"",
+                    show_str(other),
+                ))
+            }
+        };
+        let mut key = Vec::new();
+        for (i, part) in raw.key.iter().enumerate() {
+            key.push(compile_part(part, &format!("{path}.key[{i}]"))?);
+        }
+        if scope == Scope::Global {
+            for (field, present) in [
+                ("capacity", raw.capacity.is_some()),
+                ("refill_tokens", raw.refill_tokens.is_some()),
+                ("refill_interval", raw.refill_interval.is_some()),
+            ] {
+                if present {
+                    return Err(ConfigError::new(
+                        format!("{path}.{field}"),
+                        "expected no bucket settings on a global limit: the rate limit service's own configuration sets its rate (remove the key, or use \"scope\": \"local\")",
+                    ));
+                }
+            }
+            return Ok(LimitPolicy {
+                name,
+                scope,
+                key,
+                capacity: 0,
+                refill_tokens: 0,
+                refill_interval_ns: 0,
+                cost: int("cost", raw.cost.unwrap_or(1))?,
+                shadow: raw.shadow,
+                metrics: LimitMetrics::default(),
+                policy_header: std::sync::Arc::from(""),
+            });
+        }
+        let capacity = int(
+            "capacity",
+            raw.capacity.ok_or_else(|| {
+                ConfigError::new(
+                    format!("{path}.capacity"),
+                    "missing required key `capacity`: expected an integer from 1 to 1000000000 (or \"scope\": \"global\")",
+                )
+            })?,
+        )?;
+        let refill_tokens = int(
+            "refill_tokens",
+            raw.refill_tokens.unwrap_or(capacity as i64),
+        )?;
         let cost = int("cost", raw.cost.unwrap_or(1))?;
         if cost > capacity {
             return Err(ConfigError::expected(
@@ -117,12 +182,9 @@ impl LimitPolicy {
                 format!("{}ns", interval.0),
             ));
         }
-        let mut key = Vec::new();
-        for (i, part) in raw.key.iter().enumerate() {
-            key.push(compile_part(part, &format!("{path}.key[{i}]"))?);
-        }
         Ok(LimitPolicy {
             name,
+            scope,
             key,
             capacity,
             refill_tokens,
@@ -141,7 +203,7 @@ impl LimitPolicy {
     /// Seconds for an empty bucket to become full again (the IETF `w`).
     pub fn window_secs(&self) -> u64 {
         let ns = (self.capacity as u128 * self.refill_interval_ns as u128)
-            .div_ceil(self.refill_tokens as u128);
+            .div_ceil(self.refill_tokens.max(1) as u128);
         (ns.div_ceil(1_000_000_000) as u64).max(1)
     }
 
@@ -156,29 +218,58 @@ impl LimitPolicy {
     ) -> String {
         let mut out = String::new();
         for part in &self.key {
-            let v: String = match part {
-                KeyPart::ClientIp => req.client_ip(xff_hops),
-                KeyPart::Path => req.path_only().to_string(),
-                KeyPart::Method => req.method.clone(),
-                KeyPart::Header(h) => req
-                    .header(h)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default(),
-                KeyPart::Query(q) => req.query_param(q).unwrap_or_default(),
-                KeyPart::Cookie(c) => req.cookie(c).unwrap_or_default(),
-                KeyPart::Claim(path) => claim_value(claims, path),
-                KeyPart::Constant(c) => c.clone(),
-            };
-            let v = if v.len() > MAX_KEY_PART {
-                hash_hex(v.as_bytes())
-            } else {
-                v
-            };
+            let v = part.value(req, claims, xff_hops);
             out.push_str(&v.len().to_string());
             out.push(':');
             out.push_str(&v);
         }
         out
+    }
+}
+
+impl KeyPart {
+    /// This part's value for a request: missing is "", values longer than
+    /// [`MAX_KEY_PART`] bytes are replaced by their SHA-256 (hex).
+    pub fn value(
+        &self,
+        req: &Request,
+        claims: Option<&serde_json::Value>,
+        xff_hops: u32,
+    ) -> String {
+        let v: String = match self {
+            KeyPart::ClientIp => req.client_ip(xff_hops),
+            KeyPart::Path => req.path_only().to_string(),
+            KeyPart::Method => req.method.clone(),
+            KeyPart::Header(h) => req
+                .header(h)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default(),
+            KeyPart::Query(q) => req.query_param(q).unwrap_or_default(),
+            KeyPart::Cookie(c) => req.cookie(c).unwrap_or_default(),
+            KeyPart::Claim(path) => claim_value(claims, path),
+            KeyPart::Constant(c) => c.clone(),
+        };
+        if v.len() > MAX_KEY_PART {
+            hash_hex(v.as_bytes())
+        } else {
+            v
+        }
+    }
+
+    /// The descriptor entry key naming this part in rate limit service
+    /// requests: `client_ip`, `path`, `method`, `header.<name>`,
+    /// `query.<name>`, `cookie.<name>`, `claim.<dotted.path>`, `constant`.
+    pub fn descriptor_key(&self) -> String {
+        match self {
+            KeyPart::ClientIp => "client_ip".into(),
+            KeyPart::Path => "path".into(),
+            KeyPart::Method => "method".into(),
+            KeyPart::Header(h) => format!("header.{h}"),
+            KeyPart::Query(q) => format!("query.{q}"),
+            KeyPart::Cookie(c) => format!("cookie.{c}"),
+            KeyPart::Claim(p) => format!("claim.{}", p.join(".")),
+            KeyPart::Constant(_) => "constant".into(),
+        }
     }
 }
 
