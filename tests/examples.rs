@@ -38,6 +38,10 @@ fn examples_configure_their_feature() {
     assert!(load("jwt.json").routes[0].jwt.is_some());
     assert!(load("breaker.json").routes[0].breaker.is_some());
     assert!(load("cache.json").routes[0].cache.is_some());
+    let global = load("global-ratelimit.json");
+    assert!(global.rate_limit_service.is_some());
+    assert_eq!(global.routes[0].rate_limits.len(), 1);
+    assert_eq!(global.routes[0].global_limits.len(), 2);
     let full = load("full.json");
     let r = &full.routes[1];
     assert!(

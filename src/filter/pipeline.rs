@@ -84,8 +84,9 @@ pub struct StreamState {
     /// Local rate-limit tokens taken, kept while the global limits are
     /// decided (given back if the service refuses).
     pub rl_admitted: Option<ratelimit::Admitted>,
-    /// The outstanding call to the rate limit service.
+    /// The outstanding call to the rate limit service, and its deadline.
     pub rls_token: Option<u32>,
+    pub rls_deadline_ns: u64,
     /// Its outcome: the answer's bytes, or why there is none.
     pub rls_result: Option<Result<Vec<u8>, rls::CallError>>,
     /// Headers the rate limit service asked to add to the response.
@@ -108,6 +109,7 @@ impl StreamState {
             park_deadline_ns: 0,
             rl_admitted: None,
             rls_token: None,
+            rls_deadline_ns: 0,
             rls_result: None,
             service_headers: Vec::new(),
         }
@@ -373,10 +375,13 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
     let result = match s.rls_result.take() {
         Some(r) => r,
         None => {
-            if s.rls_token.is_some() {
-                // Still waiting (the worker resumes us on the answer or at
-                // the deadline).
-                return Some(Step::Park);
+            if let Some(token) = s.rls_token {
+                // Still waiting: the worker resumes us on the answer or at
+                // the deadline (registering again is harmless).
+                return Some(Step::AwaitRls {
+                    token,
+                    deadline_ns: s.rls_deadline_ns,
+                });
             }
             let msg = rls::request(
                 &svc.domain,
@@ -394,10 +399,11 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
                 std::time::Duration::from_nanos(svc.timeout_ns),
             ) {
                 Ok(token) => {
-                    s.rls_token = Some(token);
                     let deadline_ns = host
                         .now_nanos()
                         .saturating_add(svc.timeout_ns + rls::GRACE_NS);
+                    s.rls_token = Some(token);
+                    s.rls_deadline_ns = deadline_ns;
                     return Some(Step::AwaitRls { token, deadline_ns });
                 }
                 Err(e) => Err(rls::CallError::Dispatch(e.0)),

@@ -52,6 +52,17 @@ def test_demo_envoy_yaml_validates_and_embeds_the_demo_example(tmp_path):
     assert [json.loads(c) for c in configs] == [example("demo.json")]
 
 
+def test_rls_envoy_yaml_validates_and_embeds_the_global_example(tmp_path):
+    code, out = harness.validate(os.path.join(ROOT, "envoy/rls/envoy.yaml"), ROOT)
+    assert code == 0, out
+    doc = load_yaml("envoy/rls/envoy.yaml")
+    assert [json.loads(c) for c in meshguard_configs(doc)] == [example("global-ratelimit.json")]
+    cluster = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "ratelimit")
+    opts = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http2_protocol_options" in opts["explicit_http_config"], "gRPC needs HTTP/2"
+
+
 def test_docker_compose_envoy_config_validates(tmp_path):
     doc = load_yaml("envoy/docker/envoy.yaml")
     assert [json.loads(c) for c in meshguard_configs(doc)] == [example("demo.json")]
