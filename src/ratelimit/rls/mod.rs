@@ -54,7 +54,6 @@ use crate::config::raw::RawRateLimitService;
 use crate::config::{show_str, ConfigError};
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::Request;
-use prost::Message;
 
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const METHOD: &str = "ShouldRateLimit";
@@ -136,7 +135,7 @@ pub fn grpc_service(cluster: &str) -> Vec<u8> {
             cluster_name: cluster.to_string(),
         }),
     }
-    .encode_to_vec()
+    .encode()
 }
 
 /// Per-route counters of the calls.
@@ -221,7 +220,7 @@ pub fn request(
         descriptors,
         hits_addend: hits,
     }
-    .encode_to_vec()
+    .encode()
 }
 
 /// Why a call gave no verdict.
