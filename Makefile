@@ -11,8 +11,9 @@ ENVOY_BIN ?= $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages
 # wasm-bindgen-cli must match the wasm-bindgen in Cargo.lock exactly.
 WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
 export CARGO_TERM_COLOR ?= never
+RLS_MANIFEST := tests/rls-server/Cargo.toml
 
-.PHONY: registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci
+.PHONY: registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -59,10 +60,13 @@ demo: build venv
 
 fmt-check:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path $(RLS_MANIFEST) -- --check
 
 clippy: targets
 	cargo clippy --all-targets --all-features -- -D warnings
 	cargo clippy --all-targets --target wasm32-wasip1 -- -D warnings
+	@tests/rls-server/patch-limitador.sh
+	cargo clippy --manifest-path $(RLS_MANIFEST) --target-dir target/rls-server --all-targets -- -D warnings
 
 unit:
 	cargo test --features cli
@@ -83,10 +87,20 @@ wasm-test: tools
 registry:
 	@command -v docker-registry >/dev/null || { apt-get update -qq && apt-get install -y -qq docker-registry >/dev/null; }
 
-e2e: build venv registry
+# The rate limit service of the global rate limit e2e tests (limitador on
+# Debian's redis-server): tests/rls-server, built into target/rls-server.
+rls:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+	@tests/rls-server/patch-limitador.sh
+	cargo build --manifest-path $(RLS_MANIFEST) --target-dir target/rls-server
+
+rls-test: rls
+	cargo test --manifest-path $(RLS_MANIFEST) --target-dir target/rls-server
+
+e2e: build venv registry rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(VENV)/bin/pytest -q -n 2 tests/e2e
 
-test: fmt-check clippy unit wasm-test e2e
+test: fmt-check clippy unit wasm-test rls-test e2e
 
 bench: build venv
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(PY) bench/bench.py
