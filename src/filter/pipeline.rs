@@ -86,6 +86,7 @@ pub struct StreamState {
     pub rl_admitted: Option<ratelimit::Admitted>,
     /// The outstanding call to the rate limit service, and its deadline.
     pub rls_token: Option<u32>,
+    pub rls_sent_ns: u64,
     pub rls_deadline_ns: u64,
     /// Its outcome: the answer's bytes, or why there is none.
     pub rls_result: Option<Result<Vec<u8>, rls::CallError>>,
@@ -109,6 +110,7 @@ impl StreamState {
             park_deadline_ns: 0,
             rl_admitted: None,
             rls_token: None,
+            rls_sent_ns: 0,
             rls_deadline_ns: 0,
             rls_result: None,
             service_headers: Vec::new(),
@@ -399,10 +401,10 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
                 std::time::Duration::from_nanos(svc.timeout_ns),
             ) {
                 Ok(token) => {
-                    let deadline_ns = host
-                        .now_nanos()
-                        .saturating_add(svc.timeout_ns + rls::GRACE_NS);
+                    let now = host.now_nanos();
+                    let deadline_ns = now.saturating_add(svc.timeout_ns + rls::GRACE_NS);
                     s.rls_token = Some(token);
+                    s.rls_sent_ns = now;
                     s.rls_deadline_ns = deadline_ns;
                     return Some(Step::AwaitRls { token, deadline_ns });
                 }
@@ -410,6 +412,22 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
             }
         }
     };
+    // Envoy reports its own deadline as UNAVAILABLE ("upstream request
+    // timeout"), not DEADLINE_EXCEEDED: an error saying so, or arriving
+    // when the timeout has (nearly: Envoy's timer and this clock differ by
+    // a few milliseconds) passed, is a timeout.
+    let elapsed = host.now_nanos().saturating_sub(s.rls_sent_ns);
+    let result = result.map_err(|e| match e {
+        rls::CallError::Status(_, ref msg)
+            if elapsed >= svc.timeout_ns / 10 * 9
+                || msg
+                    .as_deref()
+                    .is_some_and(|m| m.to_ascii_lowercase().contains("timeout")) =>
+        {
+            rls::CallError::Timeout
+        }
+        e => e,
+    });
     let admitted = s.rl_admitted.take().unwrap_or_default();
     let verdict = result.and_then(|body| rls::decode(&body, route.global_limits.len()));
     let d = match verdict {
@@ -438,7 +456,14 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
                 },
                 1,
             );
-            w.warn_rls(&host, &route.name, &svc.cluster, &e, svc.deny_on_failure);
+            w.warn_rls(
+                &host,
+                &route.name,
+                &svc.cluster,
+                &e,
+                elapsed / 1_000_000,
+                svc.deny_on_failure,
+            );
             let deny = svc.deny_on_failure;
             host.increment_metric(
                 if deny {

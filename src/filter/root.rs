@@ -14,7 +14,6 @@ use crate::ratelimit::{self, Limiter};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -97,9 +96,10 @@ pub struct Worker {
     pub parked: RefCell<Vec<(u32, Rc<RefCell<StreamState>>)>>,
     /// Outstanding JWKS fetches: (call token, runtime, provider).
     jwks_calls: RefCell<Vec<(u32, Rc<Runtime>, usize)>>,
-    /// Streams waiting for the rate limit service, by call token:
-    /// (stream context id, stream, deadline).
-    rls_calls: RefCell<HashMap<u32, RlsWait>>,
+    /// Streams waiting for the rate limit service, by call token. A short
+    /// vector (one entry per call in flight on this worker): no hash map
+    /// code in the module for it.
+    rls_calls: RefCell<Vec<(u32, RlsWait)>>,
     /// When the last rate-limit-service warning was logged (one a second).
     last_rls_warning_ns: Cell<u64>,
     next_jwks_poll_ns: Cell<u64>,
@@ -145,14 +145,15 @@ impl Worker {
         deadline_ns: u64,
     ) {
         if let Ok(mut calls) = self.rls_calls.try_borrow_mut() {
-            calls.insert(
+            calls.retain(|(t, _)| *t != token);
+            calls.push((
                 token,
                 RlsWait {
                     context_id,
                     state,
                     deadline_ns,
                 },
-            );
+            ));
         }
         if !self.fast_tick.replace(true) {
             adapter::set_tick_period(FAST_TICK);
@@ -162,14 +163,19 @@ impl Worker {
     /// Forgets a call whose stream ended (Envoy cancels the call itself).
     pub fn forget_rls(&self, token: u32) {
         if let Ok(mut calls) = self.rls_calls.try_borrow_mut() {
-            calls.remove(&token);
+            if let Some(i) = calls.iter().position(|(t, _)| *t == token) {
+                calls.swap_remove(i);
+            }
         }
     }
 
     /// The answer (or gRPC error) of call `token`, in the host's callback.
     pub fn on_rls_response(&self, token: u32, grpc_status: u32, size: usize) {
         let wait = match self.rls_calls.try_borrow_mut() {
-            Ok(mut calls) => calls.remove(&token),
+            Ok(mut calls) => calls
+                .iter()
+                .position(|(t, _)| *t == token)
+                .map(|i| calls.swap_remove(i).1),
             Err(_) => None,
         };
         let Some(wait) = wait else {
@@ -197,18 +203,14 @@ impl Worker {
     /// Gives up on calls past their deadline (the host never answered).
     fn expire_rls(&self, now: u64) {
         let expired: Vec<(u32, RlsWait)> = match self.rls_calls.try_borrow_mut() {
-            Ok(mut calls) => {
-                let tokens: Vec<u32> = calls
-                    .iter()
-                    .filter(|(_, w)| now >= w.deadline_ns)
-                    .map(|(t, _)| *t)
-                    .collect();
-                tokens
+            Ok(mut calls) if calls.iter().any(|(_, w)| now >= w.deadline_ns) => {
+                let (gone, keep) = std::mem::take(&mut *calls)
                     .into_iter()
-                    .filter_map(|t| calls.remove(&t).map(|w| (t, w)))
-                    .collect()
+                    .partition(|(_, w)| now >= w.deadline_ns);
+                *calls = keep;
+                gone
             }
-            Err(_) => Vec::new(),
+            _ => Vec::new(),
         };
         for (token, wait) in expired {
             if !adapter::set_effective_context(wait.context_id) {
@@ -246,6 +248,7 @@ impl Worker {
         route: &str,
         cluster: &str,
         e: &CallError,
+        elapsed_ms: u64,
         deny: bool,
     ) {
         let now = host.now_nanos();
@@ -256,10 +259,10 @@ impl Worker {
         let what = match e {
             CallError::Dispatch(m) => format!("could not be sent ({m})"),
             CallError::Status(code, msg) => format!(
-                "failed with gRPC status {code}{}",
+                "failed after {elapsed_ms} ms with gRPC status {code}{}",
                 msg.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
             ),
-            CallError::Timeout => "timed out".to_string(),
+            CallError::Timeout => format!("timed out after {elapsed_ms} ms"),
             CallError::BadResponse(m) => format!("gave an unusable answer ({m})"),
         };
         log::warn!(

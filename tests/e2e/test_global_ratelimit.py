@@ -5,6 +5,7 @@ tests/e2e/rls.py). Two Envoy processes stand for two replicas."""
 
 import json
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,7 +41,7 @@ def limit(name, n, seconds=60, route="g", var=None):
 
 @pytest.fixture
 def redis(tmp_path):
-    r = rls.Redis(tmp_path)
+    r = rls.Redis(tmp_path).start()
     yield r
     r.stop()
 
@@ -54,7 +55,7 @@ def rls_server(tmp_path, redis):
     def make(limits, delay_ms=None):
         s = rls.RlsServer(tmp_path, limits, redis_url=redis.url, delay_ms=delay_ms)
         started.append(s)
-        return s
+        return s.start()
 
     yield make
     for s in started:
@@ -187,7 +188,7 @@ def test_redis_stopped_follows_failure_mode(envoy, upstream, rls_server, redis):
     assert stat(allow, "rls.g.error") == 1 and stat(allow, "rls.g.failure_mode_allowed") == 1
     assert stat(deny, "rls.g.error") == 1 and stat(deny, "rls.g.failure_mode_denied") == 1
     assert stat(allow, "ratelimit.g.quota.errors") == 1
-    assert "rate limit service call to cluster ratelimit failed with gRPC status" in allow.log()
+    assert re.search(r"rate limit service call to cluster ratelimit failed after \d+ ms with gRPC status 14", allow.log())
 
     redis.start()
     assert harness_wait(lambda: deny.request("/g/x")[0] == 200), deny.log()[-3000:]
@@ -232,10 +233,10 @@ def test_unknown_cluster_applies_failure_mode(envoy, upstream):
     config = cfg([{"name": "quota", "scope": "global"}], mode="allow")
     config["rate_limit_service"]["cluster"] = "no-such-cluster"
     e = envoy(config)
-    assert [e.request("/g/x")[0] for _ in range(3)] == [200] * 3
-    assert stat(e, "rls.g.error") == 3 and stat(e, "rls.g.failure_mode_allowed") == 3
-    # One warning per second at most, not one per request.
-    assert e.log().count("could not be sent") == 1
+    assert [e.request("/g/x")[0] for _ in range(8)] == [200] * 8
+    assert stat(e, "rls.g.error") == 8 and stat(e, "rls.g.failure_mode_allowed") == 8
+    # One warning per second and worker at most (2 workers), not one per request.
+    assert 1 <= e.log().count("could not be sent") <= 2
 
 
 def test_many_concurrent_requests_all_get_an_answer(envoy, upstream, rls_server):
