@@ -270,3 +270,31 @@ def test_documented_limitador_limits_match_meshguard_descriptors(envoy, upstream
     assert e.request("/api/x", headers={"x-api-key": "k1"})[0] == 200
     assert stat(e, "rls.public-api.ok") == 2
     assert stat(e, "ratelimit.public-api.per-ip.allowed") == 2
+
+
+# ------------------------------------------------------------ resumed requests
+
+def test_requests_resumed_after_waiting_for_jwks_still_ask_the_service(envoy, upstream, rls_server):
+    """Requests parked until the remote JWKS arrives are resumed by the
+    worker's timer, which then sends their rate limit call: the answer comes
+    back to the root context and must still reach each stream."""
+    from jwt_support import JWKS, TOKENS, JwksServer
+
+    idp = JwksServer(JWKS, delay=1.0, delay_count=1)
+    try:
+        svc = rls_server([limit("per-user", 3, var="claim.sub")])
+        config = cfg([{"name": "per-user", "scope": "global", "key": [{"claim": "sub"}]}])
+        config["jwt_providers"] = {"idp": {
+            "issuer": "https://issuer.test", "audiences": ["api"],
+            "jwks": {"remote": {"cluster": "idp", "path": "/jwks.json"}}}}
+        config["routes"][0]["jwt"] = {"providers": ["idp"]}
+        e = envoy(config, extra_clusters=rls_cluster(svc) + [harness.static_cluster("idp", idp.port)])
+        auth = {"authorization": "Bearer " + TOKENS["valid_ES256"]}
+        res = fire([e], 5, headers=auth)
+        statuses = sorted(s for s, _, _ in res)
+        assert statuses == [200, 200, 200, 429, 429], [(s, b) for s, _, b in res]
+        assert stat(e, "jwt.g.keys_pending") >= 1, "the requests did wait for the keys"
+        assert stat(e, "rls.g.ok") + stat(e, "rls.g.over_limit") == 5
+        assert "claim.sub=user-1" in svc.log(), svc.log()[-2000:]
+    finally:
+        idp.stop()
