@@ -304,6 +304,11 @@ fn global_limits_and_the_rate_limit_service() {
         ("meshguard", 20_000_000, false)
     );
     assert!(c.routes[0].has_policy());
+    // Istio's generated cluster names are accepted.
+    let c = ok(
+        r#"{"rate_limit_service": {"cluster": "outbound|8081||ratelimit.ratelimit.svc.cluster.local"}}"#,
+    );
+    assert!(c.rate_limit_service.is_some());
 }
 
 #[test]
