@@ -75,7 +75,12 @@ impl HttpContext for Stream {
                 .map(|a| ip_of_address(&a))
                 .unwrap_or_default();
         }
-        let state = Rc::new(RefCell::new(StreamState::new(rt, idx, req)));
+        let state = Rc::new(RefCell::new(StreamState::new(
+            self.context_id,
+            rt,
+            idx,
+            req,
+        )));
         self.state = Some(state.clone());
         let step = match state.try_borrow_mut() {
             Ok(mut s) => pipeline::run(&mut s, &self.worker),

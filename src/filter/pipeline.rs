@@ -66,6 +66,8 @@ pub struct Capture {
 
 /// Everything one stream carries between callbacks.
 pub struct StreamState {
+    /// The stream's context id in the host.
+    pub context_id: u32,
     pub rt: Rc<Runtime>,
     pub route: usize,
     pub req: Request,
@@ -95,8 +97,9 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    pub fn new(rt: Rc<Runtime>, route: usize, req: Request) -> Self {
+    pub fn new(context_id: u32, rt: Rc<Runtime>, route: usize, req: Request) -> Self {
         StreamState {
+            context_id,
             rt,
             route,
             req,
@@ -393,7 +396,12 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
                 s.claims.as_deref(),
                 rt.limiter.xff_trusted_hops,
             );
-            match adapter::dispatch_grpc_call(
+            // The call belongs to the root context (it outlives the stream:
+            // an answer arriving after the client left is simply dropped,
+            // and nothing is left behind in the SDK's table of calls).
+            match adapter::dispatch_grpc_call_from(
+                w.root_context_id(),
+                s.context_id,
                 &svc.grpc_service,
                 rls::SERVICE,
                 rls::METHOD,

@@ -104,6 +104,9 @@ pub struct Worker {
     last_rls_warning_ns: Cell<u64>,
     next_jwks_poll_ns: Cell<u64>,
     fast_tick: Cell<bool>,
+    /// The root context of this VM: it owns the calls to the rate limit
+    /// service.
+    root_context_id: Cell<u32>,
 }
 
 struct RlsWait {
@@ -160,7 +163,13 @@ impl Worker {
         }
     }
 
-    /// Forgets a call whose stream ended (Envoy cancels the call itself).
+    pub fn root_context_id(&self) -> u32 {
+        self.root_context_id.get()
+    }
+
+    /// Forgets a call whose stream ended: its answer, when it comes, is
+    /// dropped (the call is the root's, so it completes and the SDK's
+    /// bookkeeping of it ends normally).
     pub fn forget_rls(&self, token: u32) {
         if let Ok(mut calls) = self.rls_calls.try_borrow_mut() {
             if let Some(i) = calls.iter().position(|(t, _)| *t == token) {
@@ -181,11 +190,10 @@ impl Worker {
         let Some(wait) = wait else {
             return;
         };
-        // The answer lives on the stream's context in the host: read it
-        // (and resume) there, whichever context the SDK called.
-        if !adapter::set_effective_context(wait.context_id) {
-            return;
-        }
+        // The answer lives on the root context in the host (which owns the
+        // call): read it there, whichever context the SDK called, then
+        // resume the stream in its own context.
+        adapter::set_effective_context(self.root_context_id.get());
         let result = match grpc_status {
             0 => match adapter::grpc_call_response_body(size) {
                 Some(body) => Ok(body),
@@ -197,6 +205,9 @@ impl Worker {
             rls::GRPC_DEADLINE_EXCEEDED => Err(CallError::Timeout),
             code => Err(CallError::Status(code, adapter::grpc_status_message())),
         };
+        if !adapter::set_effective_context(wait.context_id) {
+            return; // the stream is gone
+        }
         self.resume_rls(wait, result);
     }
 
@@ -213,10 +224,11 @@ impl Worker {
             _ => Vec::new(),
         };
         for (token, wait) in expired {
+            adapter::set_effective_context(self.root_context_id.get());
+            adapter::cancel_grpc_call(token);
             if !adapter::set_effective_context(wait.context_id) {
                 continue; // the stream is gone
             }
-            adapter::cancel_grpc_call(token);
             self.resume_rls(wait, Err(CallError::Timeout));
         }
     }
@@ -285,9 +297,11 @@ pub struct Root {
 
 impl Root {
     pub fn new(context_id: u32) -> Self {
+        let worker = Worker::default();
+        worker.root_context_id.set(context_id);
         Root {
             context_id,
-            worker: Rc::new(Worker::default()),
+            worker: Rc::new(worker),
         }
     }
 

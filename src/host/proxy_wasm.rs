@@ -196,7 +196,9 @@ pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>,
     hostcalls::call_foreign_function(name, Some(args)).map_err(|s| HostError(status(s)))
 }
 
-/// Sends a unary gRPC call; returns its token. `grpc_service` is a
+/// Sends a unary gRPC call owned by `owner_context` (the root: the host
+/// keeps the call and its answer there), then makes `current_context`
+/// effective again; returns the call's token. `grpc_service` is a
 /// serialized `envoy.config.core.v3.GrpcService` (see
 /// `ratelimit::rls::grpc_service`): Envoy always parses it, so no cluster
 /// name can be mistaken for a proto. The SDK panics on statuses Envoy's
@@ -204,7 +206,9 @@ pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>,
 /// `ParseFailure`, `BadArgument` for a client it cannot build, and
 /// `InternalFailure` exist there); a valid `GrpcService` keeps us on the
 /// `Ok` / `InternalFailure` paths.
-pub fn dispatch_grpc_call(
+pub fn dispatch_grpc_call_from(
+    owner_context: u32,
+    current_context: u32,
     grpc_service: &[u8],
     service: &str,
     method: &str,
@@ -217,8 +221,14 @@ pub fn dispatch_grpc_call(
     // else is refused here and the caller applies its failure mode.
     let upstream = std::str::from_utf8(grpc_service)
         .map_err(|_| HostError("gRPC service descriptor is not UTF-8".into()))?;
-    hostcalls::dispatch_grpc_call(upstream, service, method, vec![], Some(message), timeout)
-        .map_err(|s| HostError(status(s)))
+    // The host attaches the call (and later its answer) to the effective
+    // context: make it `owner_context`, then give the stream back its own.
+    set_effective_context(owner_context);
+    let r =
+        hostcalls::dispatch_grpc_call(upstream, service, method, vec![], Some(message), timeout)
+            .map_err(|s| HostError(status(s)));
+    set_effective_context(current_context);
+    r
 }
 
 /// The body of the gRPC response being delivered (in its callback).

@@ -298,3 +298,23 @@ def test_requests_resumed_after_waiting_for_jwks_still_ask_the_service(envoy, up
         assert "claim.sub=user-1" in svc.log(), svc.log()[-2000:]
     finally:
         idp.stop()
+
+
+def test_clients_leaving_during_the_call_leave_nothing_behind(envoy, upstream, rls_server):
+    """A client that disconnects while its request waits for the service:
+    the answer arrives for a stream that is gone and is dropped; the
+    worker keeps serving."""
+    import socket
+
+    svc = rls_server([limit("quota", 1000)], delay_ms=400)
+    e = envoy(cfg([{"name": "quota", "scope": "global"}], timeout="2s"),
+              extra_clusters=rls_cluster(svc))
+    for _ in range(6):
+        with socket.create_connection(("127.0.0.1", e.listen_port)) as c:
+            c.sendall(b"GET /g/x HTTP/1.1\r\nhost: t\r\n\r\n")
+            time.sleep(0.05)
+    time.sleep(0.6)  # the six answers arrive after their clients left
+    assert e.request("/g/x")[0] == 200
+    assert upstream.hits == 1, "the abandoned requests never went upstream"
+    assert stat(e, "rls.g.ok") == 1
+    assert "panicked" not in e.log() and "Function: proxy_on" not in e.log()
