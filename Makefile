@@ -102,7 +102,7 @@ e2e: build venv registry rls
 
 test: fmt-check clippy unit wasm-test rls-test e2e
 
-bench: build venv
+bench: build venv rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(PY) bench/bench.py
 
 # Istio-compatible Wasm OCI image (compat layout, plugin.wasm) as an OCI

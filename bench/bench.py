@@ -38,10 +38,26 @@ ROOT = os.path.dirname(HERE)
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "jwt")
 TRIVIAL_DIR = os.path.join(HERE, "trivial-filter")
 TRIVIAL_WASM = os.path.join(TRIVIAL_DIR, "target", "wasm32-wasip1", "release", "trivial_filter.wasm")
+E2E_DIR = os.path.join(ROOT, "tests", "e2e")  # tests/e2e/rls.py: the test rate limit service
+RLS_MANIFEST = os.path.join(ROOT, "tests", "rls-server", "Cargo.toml")
+RLS_TARGET = os.path.join(ROOT, "target", "rls-server")  # where `make rls` builds (debug)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PATH = "/bench"
 ISSUER = "https://issuer.test"
 AUDIENCE = "api"
+# Global rate limits: one rate limit service (tests/rls-server, in memory) for
+# meshguard's global limit and Envoy's ratelimit filter alike.
+RLS_CLUSTER = "ratelimit"
+RLS_DOMAIN = "meshguard"
+RLS_TIMEOUT = "1s"  # generous: load must not turn into failure-mode passes (those fail the scenario)
+# The descriptor both sides send: route=bench, limit=all.
+RLS_DESCRIPTOR = "{route=bench,limit=all}"
+# 4e9 per 60 s: every request passes, and it fits the RLS proto's uint32 requests_per_unit.
+RLS_LIMITS = [{"name": "bench-all", "namespace": RLS_DOMAIN, "max_value": 4000000000, "seconds": 60,
+               "conditions": ["descriptors[0].route == 'bench'", "descriptors[0].limit == 'all'"]}]
+NATIVE_RATE_LIMITS = [{"actions": [
+    {"generic_key": {"descriptor_key": "route", "descriptor_value": "bench"}},
+    {"generic_key": {"descriptor_key": "limit", "descriptor_value": "all"}}]}]
 
 
 class BenchError(Exception):
@@ -103,6 +119,27 @@ def ensure_trivial_wasm(skip_build):
     return TRIVIAL_WASM
 
 
+def ensure_rls_bin(skip_build):
+    """The rate limit service binary for the global scenarios: $MESHGUARD_RLS_BIN, else a release
+    build of tests/rls-server (built here, next to `make rls`'s debug one: the debug build costs ~8x
+    the CPU per call and caps the load at ~2000 req/s on 2 cores), else the debug one."""
+    if os.environ.get("MESHGUARD_RLS_BIN"):
+        return os.environ["MESHGUARD_RLS_BIN"], "from MESHGUARD_RLS_BIN"
+    release = os.path.join(RLS_TARGET, "release", "meshguard-test-rls")
+    debug = os.path.join(RLS_TARGET, "debug", "meshguard-test-rls")
+    why = ""
+    if not skip_build:
+        log("bench: building the rate limit service in release mode (tests/rls-server; ~6 min the first time)")
+        r = subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path", RLS_MANIFEST,
+                            "--target-dir", RLS_TARGET], capture_output=True, text=True)
+        if r.returncode != 0:
+            why = "release build failed (run `make rls` first: it patches limitador): " + r.stderr[-1500:]
+    if not why and os.path.exists(release):
+        return release, "release build"
+    log(f"bench: WARNING: using the debug build of the rate limit service. {why or 'no release build'}")
+    return debug, "debug build (" + ("release build failed" if why else "no release build") + ")"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,12 +170,17 @@ def router_filter():
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 
 
-def static_cluster(name, port):
-    return {
+def static_cluster(name, port, http2=False):
+    c = {
         "name": name, "type": "STATIC", "connect_timeout": "1s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
     }
+    if http2:  # gRPC services (the rate limit service)
+        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return c
 
 
 def hcm(stat_prefix, route_config, http_filters):
@@ -180,14 +222,16 @@ def upstream_bootstrap(listen_port, admin_port):
     }
 
 
-def proxy_bootstrap(listen_port, admin_port, upstream_port, http_filters):
+def proxy_bootstrap(listen_port, admin_port, upstream_port, http_filters, route_extra=None, extra_clusters=()):
+    """`route_extra`: more fields of the route action (e.g. `rate_limits`); `extra_clusters`: more clusters."""
+    action = dict({"cluster": "upstream", "timeout": "5s"}, **(route_extra or {}))
     route_config = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
-        "match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "5s"}}]}]}
+        "match": {"prefix": "/"}, "route": action}]}]}
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
             "listeners": [listener(listen_port, hcm("ingress", route_config, http_filters))],
-            "clusters": [static_cluster("upstream", upstream_port)],
+            "clusters": [static_cluster("upstream", upstream_port)] + list(extra_clusters),
         },
     }
 
@@ -329,6 +373,19 @@ def native_local_ratelimit():
     }}
 
 
+def native_global_ratelimit():
+    """Envoy's own RLS client, `envoy.filters.http.ratelimit`, on the same service as meshguard's
+    global limit; the route's `rate_limits` (NATIVE_RATE_LIMITS) build the same descriptor."""
+    return {"name": "envoy.filters.http.ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        "domain": RLS_DOMAIN,
+        "timeout": RLS_TIMEOUT,
+        "failure_mode_deny": False,
+        "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": RLS_CLUSTER}},
+                               "transport_api_version": "V3"},
+    }}
+
+
 def native_jwt_authn(jwks, cache):
     provider = {"issuer": ISSUER, "audiences": [AUDIENCE], "forward": False,
                 "local_jwks": {"inline_string": json.dumps(jwks)}}
@@ -457,8 +514,12 @@ def run_wrk(wrk, port, script, duration, threads, connections):
 
 class Scenario:
     def __init__(self, name, desc, filters, headers=None, tokens=None, group=None,
-                 probe=None, expect_upstream=None, expect_stat=None):
+                 probe=None, expect_upstream=None, expect_stat=None, expect_zero=None,
+                 route_extra=None, uses_rls=False):
         self.name, self.desc, self.filters = name, desc, filters
+        self.route_extra = route_extra  # more fields of the proxy's route action (native rate_limits)
+        self.uses_rls = uses_rls        # needs the `ratelimit` cluster; every request must call the service
+        self.expect_zero = expect_zero  # regex of stats that must stay 0 (failure-mode passes, errors)
         self.headers = headers or {}
         self.tokens = tokens            # rotate these as Bearer tokens (distinct-token scenarios)
         self.group = group
@@ -512,6 +573,78 @@ def mg_ratelimit_probe(envoy, sc):
         raise BenchError(f"meshguard rate limit: no RateLimit-Policy header, is the limit active? {hdrs}")
 
 
+def mg_global_probe(envoy, sc):
+    """The service answered and its limit matched: meshguard builds RateLimit-Policy from the
+    service's current_limit, so a `"all"` policy means a real answer, not a failure-mode pass."""
+    hdrs = probe_status(envoy, sc.first_headers(), 200, "request")
+    if '"all"' not in hdrs.get("ratelimit-policy", ""):
+        raise BenchError(f"meshguard global limit: no RateLimit-Policy for \"all\" (did the service "
+                         f"answer and match?) {hdrs}")
+
+
+class BenchRls:
+    """The one rate limit service of the run (tests/e2e/rls.py RlsServer: tests/rls-server, counting in
+    memory), shared by every scenario with uses_rls. Its stderr has one line per ShouldRateLimit call,
+    written before the answer is sent: after wrk completed n requests, at least n lines are there."""
+
+    def __init__(self, workdir):
+        if E2E_DIR not in sys.path:
+            sys.path.insert(0, E2E_DIR)
+        from rls import RlsServer  # noqa: E402 (tests/e2e, with its harness module)
+        self.server = RlsServer(workdir, RLS_LIMITS)
+
+    def start(self):
+        try:
+            self.server.start()
+        except RuntimeError as e:  # binary missing (`make rls`), bad limits, ...
+            raise BenchError(f"rate limit service: {e}")
+        ALL_PROCS.append(self.server.proc)
+        self.port = self.server.port
+        return self
+
+    def stop(self):
+        self.server.stop()
+
+    def alive(self):
+        return self.server.proc is not None and self.server.proc.poll() is None
+
+    def cpu_us(self):
+        with open(f"/proc/{self.server.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1e6 / CLK_TCK
+
+    def mark(self):
+        return os.path.getsize(self.server.log_path), self.cpu_us()
+
+    def since(self, mark):
+        """Calls logged since `mark`: total, the ones for our descriptor answered OK by our limit,
+        examples of the others; and the service's CPU time meanwhile."""
+        offset, cpu0 = mark
+        cpu = self.cpu_us() - cpu0
+        with open(self.server.log_path, "rb") as f:
+            f.seek(offset)
+            data = f.read().decode(errors="replace")
+        calls = ok = dropped = 0
+        other = []
+        for line in data.splitlines():
+            if line.startswith("rls: sending the answer:"):
+                # The client reset the stream before the answer: Envoy cancels the calls of the
+                # requests in flight when wrk closes its connections at the end of a run. (A
+                # deadline would also do it; the proxy's timeout stats catch that.)
+                dropped += 1
+                continue
+            if not line.startswith("rls: domain="):
+                if line.strip() and len(other) < 5:
+                    other.append(line)
+                continue
+            calls += 1
+            if (line.startswith(f'rls: domain="{RLS_DOMAIN}" [{RLS_DESCRIPTOR}+1] -> OK [OK "bench-all" ')):
+                ok += 1
+            elif len(other) < 5:
+                other.append(line)
+        return {"calls": calls, "ok": ok, "dropped": dropped, "other": other, "cpu_us": cpu}
+
+
 DIAG_OPS = ("all_headers", "status", "flags", "metric", "shared", "remove_auth")
 
 
@@ -540,6 +673,9 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
             doc["jwt_providers"] = provider
         return mg(doc)
 
+    mg_global = mg({"rate_limit_service": {"cluster": RLS_CLUSTER, "domain": RLS_DOMAIN, "timeout": RLS_TIMEOUT,
+                                           "failure_mode": "allow"},
+                    "routes": [dict(route, rate_limit=[{"name": "all", "scope": "global"}])]})
     rs = {"Authorization": "Bearer " + tokens_fixture["valid_RS256"]}
     es = {"Authorization": "Bearer " + tokens_fixture["valid_ES256"]}
     jwt = {"providers": ["bench"]}
@@ -555,6 +691,16 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
           group="ratelimit", expect_stat=r"http_local_rate_limit\.ok$"),
         S("mg-ratelimit-key", "meshguard rate limit keyed by x-api-key", mg_route(rate_limit=rl_key),
           headers={"x-api-key": "k1"}, group="ratelimit", probe=mg_ratelimit_probe),
+        S("mg-ratelimit-global", "meshguard global limit: one RLS call per request, all pass", mg_global,
+          group="ratelimit-global", probe=mg_global_probe, uses_rls=True,
+          expect_stat=r"^wasmcustom\.meshguard\.rls\.bench\.ok$",
+          expect_zero=(r"^wasmcustom\.meshguard\.(rls\.bench\.(error|timeout|over_limit|failure_mode_\w+)"
+                       r"|ratelimit\.bench\.all\.errors)$")),
+        S("native-ratelimit-global", "ratelimit filter on the same RLS, same descriptor, all pass",
+          [native_global_ratelimit()], group="ratelimit-global", uses_rls=True,
+          route_extra={"rate_limits": NATIVE_RATE_LIMITS},
+          expect_stat=r"^cluster\.upstream\.ratelimit\.ok$",
+          expect_zero=r"^cluster\.upstream\.ratelimit\.(error|failure_mode_allowed|over_limit)$"),
         S("mg-jwt-rs256", "meshguard JWT RS256, one repeated token", mg_route(jwt=jwt),
           headers=rs, group="jwt-rs256", probe=jwt_probe),
         S("native-jwt-rs256", "jwt_authn RS256, repeated token, no cache", [native_jwt_authn(jwks, False)],
@@ -588,16 +734,35 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
 def start_scenario(sc, args, ctx):
     """Starts the scenario's proxy, checks it does what it claims, warms it up."""
     up = ctx["upstream"]
+    clusters = []
+    if sc.uses_rls:
+        rls = ctx.get("rls")
+        if rls is None:
+            raise BenchError(f"the rate limit service did not start: {ctx.get('rls_error')}")
+        clusters.append(static_cluster(RLS_CLUSTER, rls.port, http2=True))
     envoy = Envoy(ctx["envoy_bin"], ctx["workdir"], sc.name,
-                  lambda lp, ap: proxy_bootstrap(lp, ap, up.listen_port, sc.filters))
+                  lambda lp, ap: proxy_bootstrap(lp, ap, up.listen_port, sc.filters, sc.route_extra, clusters))
     sc.envoy = envoy
     envoy.start()
     sc.load_times.append(envoy.load_time_s)
+    mark = ctx["rls"].mark() if sc.uses_rls else None
     probe_status(envoy, sc.first_headers(), 200, f"{sc.name}: request")
     if sc.probe:
         sc.probe(envoy, sc)
+    if sc.uses_rls:
+        seen = ctx["rls"].since(mark)
+        if seen["ok"] < 1 or seen["ok"] != seen["calls"]:
+            raise BenchError(f"the rate limit service did not see the probe as expected: {seen}")
+    check_zero_stats(sc)
     if args.warmup > 0:
         run_wrk(ctx["wrk"], envoy.listen_port, sc.script, args.warmup, args.threads, args.connections)
+
+
+def check_zero_stats(sc):
+    if sc.expect_zero:
+        bad = {k: v for k, v in sc.envoy.stats_matching(sc.expect_zero).items() if v}
+        if bad:
+            raise BenchError(f"stats that must stay 0 are not: {bad} (failure-mode passes are not a measurement)")
 
 
 def measure(sc, args, ctx, record=True):
@@ -605,10 +770,15 @@ def measure(sc, args, ctx, record=True):
     up, envoy = ctx["upstream"], sc.envoy
     if envoy.proc.poll() is not None:
         raise BenchError(f"Envoy exited (code {envoy.proc.returncode}):\n{envoy.log()[-4000:]}")
+    rls = ctx.get("rls") if sc.uses_rls else None
+    if rls is not None and not rls.alive():
+        raise BenchError("the rate limit service exited:\n" + rls.server.log()[-3000:])
     up_before = up.stat("http.up.downstream_rq_total")
+    rls_mark = rls.mark() if rls else None
     cpu_before = envoy.cpu_us()
     res = run_wrk(ctx["wrk"], envoy.listen_port, sc.script, args.duration, args.threads, args.connections)
     cpu_after = envoy.cpu_us()
+    rls_seen = rls.since(rls_mark) if rls else None
     up_after = up.stat("http.up.downstream_rq_total")
     if envoy.proc.poll() is not None:
         raise BenchError(f"Envoy exited during the run:\n{envoy.log()[-4000:]}")
@@ -629,7 +799,20 @@ def measure(sc, args, ctx, record=True):
     if sc.expect_stat:
         st = envoy.stats_matching(sc.expect_stat)
         if not st or max(st.values()) == 0:
-            raise BenchError(f"stat /{sc.expect_stat}/ is 0 or missing: the native filter did not act ({st})")
+            raise BenchError(f"stat /{sc.expect_stat}/ is 0 or missing: the filter did not act ({st})")
+    check_zero_stats(sc)
+    if rls_seen is not None:
+        # Every completed request made one call, logged before its answer was sent: at least n
+        # calls for our descriptor, each answered OK by our limit, and no other call.
+        if rls_seen["ok"] < n or rls_seen["ok"] != rls_seen["calls"]:
+            raise BenchError(f"the rate limit service logged {rls_seen['ok']} matching OK calls of "
+                             f"{rls_seen['calls']} for {n} completed requests: {rls_seen['other']}")
+        if rls_seen["other"]:
+            log(f"bench: {sc.name}: the rate limit service also logged: {rls_seen['other']}")
+        res["rls_calls"] = rls_seen["calls"]
+        res["rls_answers_dropped"] = rls_seen["dropped"]
+        res["rls_calls_per_req"] = rls_seen["calls"] / n
+        res["rls_cpu_us_per_req"] = rls_seen["cpu_us"] / n
     try:  # meshguard's own counters (e.g. JWT cache hits), for the JSON report
         res["wasm_stats"] = {k: v for k, v in envoy.stats_matching("^wasmcustom\\.").items() if v}
     except OSError:
@@ -749,6 +932,9 @@ def render(info, args, summary, scenarios, targets, extra):
     L.append(f"- load: wrk -t{args.threads} -c{args.connections}, {args.duration}s per scenario per round, "
              f"{args.rounds} interleaved round(s); each proxy warmed up {args.warmup}s after start and kept "
              f"running across rounds; medians over rounds")
+    if extra.get("rls_bin"):
+        L.append(f"- rate limit service (global scenarios): tests/rls-server {extra['rls_bin']['kind']}, "
+                 f"limitador counting in memory, on 127.0.0.1, shared by both global scenarios")
     if extra.get("note"):
         L.append(f"- note: {extra['note']}")
     L.append(f"- meshguard.wasm: {extra['wasm_size']:,} bytes (sha256 {extra['wasm_sha256'][:12]}); "
@@ -758,6 +944,7 @@ def render(info, args, summary, scenarios, targets, extra):
              "CPU/req minus median passthrough CPU/req. Paired overhead = median over rounds of (CPU/req minus "
              "a passthrough run made just before it), with its range: the estimate the targets use, since it "
              "cancels most of the machine's drift. Upstream = share of requests that reached the upstream.\n")
+    names = {sc.name for sc in scenarios}
     L.append("| scenario | what | CPU us/req | overhead us/req | paired overhead us/req [range] | min CPU us/req | req/s | p50 ms | p99 ms | upstream | per-round CPU us/req |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for sc in scenarios:
@@ -774,27 +961,58 @@ def render(info, args, summary, scenarios, targets, extra):
                  f"{s['upstream_fraction']:.0%} | {per} |")
     L.append("")
     L.append("## meshguard vs native\n")
-    L.append("Overheads are the paired overheads (when measured).\n")
-    L.append("| comparison | meshguard overhead us | native overhead us | meshguard / native |")
-    L.append("|---|---:|---:|---:|")
+    L.append("Overheads are the paired overheads (when measured); CPU/req is the median absolute cost. "
+             "Ratios are meshguard / native (overhead ratio only when the native overhead is above 0.5 us).\n")
+    L.append("| comparison | meshguard overhead us | native overhead us | meshguard / native | "
+             "meshguard CPU us/req | native CPU us/req | CPU/req meshguard / native |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
     pairs = [("rate limit", "mg-ratelimit", "native-ratelimit"),
              ("rate limit (keyed by header) vs native", "mg-ratelimit-key", "native-ratelimit"),
+             ("global rate limit (same RLS) vs ratelimit filter", "mg-ratelimit-global", "native-ratelimit-global"),
              ("JWT RS256 repeated vs jwt_authn no cache", "mg-jwt-rs256", "native-jwt-rs256"),
              ("JWT RS256 repeated vs jwt_authn + cache", "mg-jwt-rs256", "native-jwt-rs256-cache"),
              ("JWT ES256 repeated vs jwt_authn no cache", "mg-jwt-es256", "native-jwt-es256"),
              ("JWT ES256 repeated vs jwt_authn + cache", "mg-jwt-es256", "native-jwt-es256-cache"),
              ("JWT RS256 distinct tokens vs jwt_authn no cache", "mg-jwt-rs256-distinct", "native-jwt-rs256-distinct"),
              ("cache HIT", "mg-cache-hit", "native-cache-hit")]
+
+    def cpu(s):
+        return None if s is None else s["cpu_us_per_req"]
+
     for label, a, b in pairs:
         sa, sb = summary.get(a), summary.get(b)
+        if a not in names or b not in names:
+            continue  # not run (--only)
         if not sa or not sb:
-            L.append(f"| {label} | {fmt(best_overhead(sa))} | {fmt(best_overhead(sb))} | - |")
+            L.append(f"| {label} | {fmt(best_overhead(sa))} | {fmt(best_overhead(sb))} | - | "
+                     f"{fmt(cpu(sa))} | {fmt(cpu(sb))} | - |")
             continue
         oa, ob = best_overhead(sa), best_overhead(sb)
-        ratio = oa / ob if ob > 0.5 else None
+        ratio = oa / ob if ob is not None and oa is not None and ob > 0.5 else None
         L.append(f"| {label} | {fmt(oa)} | {fmt(ob)} | "
-                 f"{'-' if ratio is None else f'{ratio:.2f}x'} |")
+                 f"{'-' if ratio is None else f'{ratio:.2f}x'} | {fmt(cpu(sa))} | {fmt(cpu(sb))} | "
+                 f"{cpu(sa) / cpu(sb):.2f}x |")
     L.append("")
+    rls_rows = [sc for sc in scenarios if sc.uses_rls and summary.get(sc.name)]
+    if rls_rows:
+        L.append("## Global rate limits: the rate limit service\n")
+        kind = (extra.get("rls_bin") or {}).get("kind", "?")
+        L.append(f"Both scenarios call the same service (tests/rls-server, limitador counting in memory, {kind}), "
+                 "which logs one line per call; a run fails unless it logged at least one matching OK "
+                 "call per completed request and nothing else, and unless the proxy's error / timeout / "
+                 "failure-mode stats stay 0. The service's own CPU is not in the proxy's CPU/req.\n")
+        L.append("| scenario | RLS calls / request | RLS CPU us/req | proxy CPU us/req | req/s | p50 ms | p99 ms |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        pt = summary.get("passthrough")
+        if pt:
+            L.append(f"| passthrough (no call) | 0 | - | {fmt(pt['cpu_us_per_req'])} | {fmt(pt['rps'], 0)} | "
+                     f"{fmt(pt['p50_ms'], 2)} | {fmt(pt['p99_ms'], 2)} |")
+        for sc in rls_rows:
+            s = summary[sc.name]
+            L.append(f"| {sc.name} | {fmt(s.get('rls_calls_per_req'), 3)} | {fmt(s.get('rls_cpu_us_per_req'))} | "
+                     f"{fmt(s['cpu_us_per_req'])} | {fmt(s['rps'], 0)} | {fmt(s['p50_ms'], 2)} | "
+                     f"{fmt(s['p99_ms'], 2)} |")
+        L.append("")
     diag = [sc for sc in scenarios if sc.group == "diag" and summary.get(sc.name)]
     if diag and summary.get("trivial-wasm"):
         L.append("## Host call prices (--diag: trivial filter + one call per request, minus trivial)\n")
@@ -847,7 +1065,7 @@ def main():
     ap.add_argument("--diag", action="store_true",
                     help="also price single host calls with variants of the trivial filter")
     ap.add_argument("--no-rss", action="store_true", help="skip the --concurrency 2 memory measurement")
-    ap.add_argument("--no-build", action="store_true", help="do not (re)build bench/trivial-filter")
+    ap.add_argument("--no-build", action="store_true", help="do not (re)build bench/trivial-filter nor the release rate limit service")
     ap.add_argument("--out", default=HERE, help="directory for results.md and results.json")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, Envoy logs)")
     args = ap.parse_args()
@@ -897,6 +1115,10 @@ def main():
                 raise BenchError(f"unknown scenarios: {sorted(unknown)}")
             scenarios = [s for s in scenarios if s.name in keep]
         by_name = {s.name: s for s in scenarios}
+        if any(sc.uses_rls for sc in scenarios):
+            rls_bin, rls_kind = ensure_rls_bin(args.no_build)
+            os.environ["MESHGUARD_RLS_BIN"] = rls_bin  # read by tests/e2e/rls.py
+            extra["rls_bin"] = {"path": rls_bin, "kind": rls_kind}
         for sc in scenarios:
             path = os.path.join(workdir, f"wrk-{sc.name}.lua")
             sc.script = (write_rotating_lua(path, sc.tokens, args.threads) if sc.tokens
@@ -905,6 +1127,13 @@ def main():
         up = Envoy(envoy_bin, workdir, "upstream", upstream_bootstrap, concurrency=1)
         up.start()
         ctx = {"envoy_bin": envoy_bin, "workdir": workdir, "wrk": wrk, "upstream": up}
+        if any(sc.uses_rls for sc in scenarios):
+            try:
+                ctx["rls"] = BenchRls(workdir).start()
+                log(f"bench: rate limit service (tests/rls-server, in memory) on port {ctx['rls'].port}")
+            except BenchError as e:
+                ctx["rls_error"] = str(e)  # its scenarios fail at start, the others run
+                log(f"\n!!!!! THE RATE LIMIT SERVICE DID NOT START !!!!!\n{e}\n")
         try:
             started = time.monotonic()
             # One proxy per scenario, started one after the other (so load
@@ -950,6 +1179,8 @@ def main():
                 if sc.envoy:
                     sc.envoy.stop()
             up.stop()
+            if ctx.get("rls"):
+                ctx["rls"].stop()
 
         summary = {}
         pt = by_name["passthrough"].rounds
@@ -969,6 +1200,11 @@ def main():
                 "upstream_fraction": median([r["upstream_fraction"] for r in sc.rounds]),
                 "load_time_ms": median(sc.load_times) * 1000 if sc.load_times else None,
             }
+            if sc.uses_rls:
+                summary[sc.name].update({
+                    "rls_calls_per_req": median([r.get("rls_calls_per_req") for r in sc.rounds]),
+                    "rls_cpu_us_per_req": median([r.get("rls_cpu_us_per_req") for r in sc.rounds]),
+                })
         targets = evaluate(summary)
         if sha256_file(mg_src) != extra["wasm_sha256"]:
             extra["note"] = f"{mg_src} was rebuilt during the run; the results are for the snapshot taken at start"

@@ -39,7 +39,12 @@
 //!   `request_headers_to_add` on the request sent upstream.
 //! - The request is paused during the call and always resumed or answered:
 //!   Envoy enforces `timeout` on the call, and the worker's timer enforces
-//!   it again (plus a small grace) in case no answer ever comes.
+//!   it again (plus a small grace) in case no answer ever comes. Envoy
+//!   reports its own deadline as UNAVAILABLE "upstream request timeout";
+//!   meshguard counts that as a timeout.
+//! - Calls belong to the worker's root context, not to the stream
+//!   (`filter/root.rs`): a client that leaves mid-call leaves nothing
+//!   behind; the late answer is dropped.
 //!
 //! Metrics (counters, per route): `meshguard.rls.<route>.ok`, `.over_limit`,
 //! `.error` (service or transport error, undecodable answer), `.timeout`,
