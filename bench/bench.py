@@ -723,6 +723,9 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
         S("native-cache-hit", "cache filter (SimpleHttpCache), every request a HIT", [native_cache()],
           group="cache", probe=native_cache_probe, expect_upstream="none"),
         S("mg-breaker", "meshguard circuit breaker, CLOSED", mg_route(circuit_breaker=breaker)),
+        S("mg-jwt-rl-breaker", "meshguard JWT RS256 (repeated) + rate limit + breaker (no cache: every request goes upstream)",
+          mg_route(jwt=jwt, rate_limit=rl, circuit_breaker=breaker),
+          headers=rs, probe=jwt_probe),
         S("mg-all4", "meshguard JWT RS256 (repeated) + rate limit + breaker + cache",
           mg_route(jwt=jwt, rate_limit=rl, circuit_breaker=breaker, cache=cache),
           headers=rs, probe=jwt_probe, expect_upstream="any"),
@@ -915,10 +918,17 @@ def evaluate(summary):
                    f"meshguard {fmt(mc)} us/req vs native {fmt(nc)} us/req"
                    + ("" if not mc or not nc else f" (ratio {mc / nc:.2f}x)")
                    + f"; overheads {fmt(mo)} vs {fmt(no)} us"))
-    a4, pt = rps("mg-all4"), rps("passthrough")
-    t.append(check("all-four requests/s >= 80% of passthrough", a4, None if pt is None else 0.8 * pt,
-                   lambda v, l: v >= l, f"all-four {fmt(a4, 0)} req/s vs passthrough {fmt(pt, 0)} req/s"
-                   + ("" if not a4 or not pt else f" ({a4 / pt:.0%})")))
+    pt = rps("passthrough")
+    # The target: JWT + rate limit + breaker on one route, every
+    # request going upstream. (all-four adds the cache: every request is a
+    # hit, faster than passthrough; shown for reference.)
+    for name, label in (("mg-jwt-rl-breaker", "JWT + rate limit + breaker"),
+                        ("mg-all4", "all four (cache hits)")):
+        r = rps(name)
+        t.append(check(f"{label} requests/s >= 80% of passthrough", r,
+                       None if pt is None else 0.8 * pt, lambda v, l: v >= l,
+                       f"{name} {fmt(r, 0)} req/s vs passthrough {fmt(pt, 0)} req/s"
+                       + ("" if not r or not pt else f" ({r / pt:.0%})")))
     return t
 
 
