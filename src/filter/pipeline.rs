@@ -11,7 +11,7 @@ use crate::breaker::{self, Admission};
 use crate::cache::{self, CacheRoute, Lookup, MissContext, ResponseDecision};
 use crate::config::Route;
 use crate::host::proxy_wasm::{self as adapter, ProxyWasmHost};
-use crate::host::Host;
+use crate::host::{Host, OneClock};
 use crate::jwt::{self, AuthOutcome, HeaderOp};
 use crate::ratelimit::{self, rls, LocalOutcome};
 use crate::request::Request;
@@ -164,7 +164,8 @@ fn cache_route<'a>(rt: &'a Runtime, route: &'a Route, idx: usize) -> Option<Cach
 
 /// Runs the request stages from where the stream stands.
 pub fn run(s: &mut StreamState, w: &Worker) -> Step {
-    let host = ProxyWasmHost;
+    // One clock reading for the whole pass (JWT expiry, buckets, breaker).
+    let host = OneClock::new(&ProxyWasmHost);
     let rt = s.rt.clone();
     let Some(route) = rt.config.routes.get(s.route) else {
         return Step::Continue;

@@ -113,3 +113,81 @@ pub trait Host {
         }
     }
 }
+
+/// A host whose clock is read once: the first `now_nanos` asks the host,
+/// later ones return the same instant. For one pass over a request's
+/// policies (microseconds long), where each clock read is a host call that
+/// costs more than the precision it would buy. Everything else goes to the
+/// inner host.
+pub struct OneClock<'a, H: Host> {
+    inner: &'a H,
+    now: std::cell::Cell<Option<u64>>,
+}
+
+impl<'a, H: Host> OneClock<'a, H> {
+    pub fn new(inner: &'a H) -> Self {
+        OneClock {
+            inner,
+            now: std::cell::Cell::new(None),
+        }
+    }
+}
+
+impl<H: Host> Host for OneClock<'_, H> {
+    fn now_nanos(&self) -> u64 {
+        match self.now.get() {
+            Some(t) => t,
+            None => {
+                let t = self.inner.now_nanos();
+                self.now.set(Some(t));
+                t
+            }
+        }
+    }
+    fn shared_get(&self, key: &str) -> Result<SharedValue, HostError> {
+        self.inner.shared_get(key)
+    }
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        self.inner.shared_set(key, value, cas)
+    }
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        self.inner.random_bytes(buf)
+    }
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<MetricId, HostError> {
+        self.inner.define_metric(kind, name)
+    }
+    fn increment_metric(&self, id: MetricId, delta: i64) {
+        self.inner.increment_metric(id, delta)
+    }
+    fn record_metric(&self, id: MetricId, value: u64) {
+        self.inner.record_metric(id, value)
+    }
+    fn call_foreign(&self, name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        self.inner.call_foreign(name, args)
+    }
+}
+
+#[cfg(test)]
+mod one_clock_tests {
+    use super::fake::FakeHost;
+    use super::*;
+
+    #[test]
+    fn reads_the_clock_once_and_delegates_the_rest() {
+        let h = FakeHost::new(1);
+        let c = OneClock::new(&h);
+        let t0 = c.now_nanos();
+        h.advance(std::time::Duration::from_secs(5));
+        assert_eq!(c.now_nanos(), t0, "the first reading sticks");
+        assert_eq!(h.now_nanos(), t0 + 5_000_000_000);
+        assert_eq!(OneClock::new(&h).now_nanos(), t0 + 5_000_000_000);
+        c.shared_set("k", b"v", None).expect("set");
+        assert_eq!(
+            h.shared_get("k").expect("get").0.as_deref(),
+            Some(&b"v"[..])
+        );
+        let id = c.define_metric(MetricKind::Counter, "m").expect("metric");
+        c.increment_metric(id, 2);
+        assert_eq!(h.metric("m"), Some(2));
+    }
+}
