@@ -247,24 +247,13 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                 s.stage = Stage::RateLimit;
             }
             Stage::RateLimit => {
-                if route.global_limits.is_empty() {
-                    if !route.rate_limits.is_empty() {
-                        let d = ratelimit::check(
-                            &host,
-                            &rt.limiter,
-                            &route.name,
-                            &route.rate_limits,
-                            &s.req,
-                            s.claims.as_deref(),
-                        );
-                        if let Some(step) = apply_decision(s, &d, &route.name) {
-                            return step;
-                        }
-                    }
-                    s.stage = Stage::Cache;
+                s.stage = Stage::Cache;
+                if route.rate_limits.is_empty() && route.global_limits.is_empty() {
                     continue;
                 }
-                match ratelimit::check_local(
+                // Local limits first: a request they refuse costs no call
+                // to the rate limit service.
+                let d = match ratelimit::check_local(
                     &host,
                     &rt.limiter,
                     &route.name,
@@ -272,15 +261,18 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                     &s.req,
                     s.claims.as_deref(),
                 ) {
-                    LocalOutcome::Refused(d) => {
-                        if let Some(step) = apply_decision(s, &d, &route.name) {
-                            return step;
-                        }
-                    }
-                    LocalOutcome::Admitted(a) => {
+                    LocalOutcome::Refused(d) => d,
+                    LocalOutcome::Admitted(a) if !route.global_limits.is_empty() => {
                         s.rl_admitted = Some(a);
                         s.stage = Stage::GlobalRateLimit;
+                        continue;
                     }
+                    LocalOutcome::Admitted(a) => {
+                        ratelimit::admitted(rt.limiter.style, &route.rate_limits, &a)
+                    }
+                };
+                if let Some(step) = apply_decision(s, &d, &route.name) {
+                    return step;
                 }
             }
             Stage::GlobalRateLimit => {

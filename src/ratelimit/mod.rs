@@ -193,13 +193,18 @@ pub fn check(
 ) -> Decision {
     match check_local(host, limiter, route, limits, req, claims) {
         LocalOutcome::Refused(d) => d,
-        LocalOutcome::Admitted(a) => Decision {
-            allowed: true,
-            headers: headers(limiter.style, &policy_of(limits, &[]), a.tightest.as_ref()),
-            service_headers: Vec::new(),
-            refused_by: None,
-            retry_after_secs: 0,
-        },
+        LocalOutcome::Admitted(a) => admitted(limiter.style, limits, &a),
+    }
+}
+
+/// The decision for a request every local limit admitted (no global ones).
+pub fn admitted(style: HeaderStyle, limits: &[LimitPolicy], a: &Admitted) -> Decision {
+    Decision {
+        allowed: true,
+        headers: headers(style, &policy_of(limits, &[]), a.tightest.as_ref()),
+        service_headers: Vec::new(),
+        refused_by: None,
+        retry_after_secs: 0,
     }
 }
 
