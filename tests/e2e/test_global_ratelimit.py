@@ -235,8 +235,8 @@ def test_unknown_cluster_applies_failure_mode(envoy, upstream):
     e = envoy(config)
     assert [e.request("/g/x")[0] for _ in range(8)] == [200] * 8
     assert stat(e, "rls.g.error") == 8 and stat(e, "rls.g.failure_mode_allowed") == 8
-    # One warning per second and worker at most (2 workers), not one per request.
-    assert 1 <= e.log().count("could not be sent") <= 2
+    # Warnings are rate-limited (one per second and worker), not one per request.
+    assert 1 <= e.log().count("could not be sent") < 8
 
 
 def test_many_concurrent_requests_all_get_an_answer(envoy, upstream, rls_server):
