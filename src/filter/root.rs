@@ -208,7 +208,7 @@ impl Worker {
         if !adapter::set_effective_context(wait.context_id) {
             return; // the stream is gone
         }
-        self.resume_rls(wait, result);
+        self.resume_rls(token, wait, result);
     }
 
     /// Gives up on calls past their deadline (the host never answered).
@@ -229,18 +229,25 @@ impl Worker {
             if !adapter::set_effective_context(wait.context_id) {
                 continue; // the stream is gone
             }
-            self.resume_rls(wait, Err(CallError::Timeout));
+            self.resume_rls(token, wait, Err(CallError::Timeout));
         }
     }
 
-    fn resume_rls(&self, wait: RlsWait, result: Result<Vec<u8>, CallError>) {
+    fn resume_rls(&self, token: u32, wait: RlsWait, result: Result<Vec<u8>, CallError>) {
         let step = match wait.state.try_borrow_mut() {
             Ok(mut s) => {
                 s.rls_token = None;
                 s.rls_result = Some(result);
-                pipeline::run(&mut s, self)
+                Some(pipeline::run(&mut s, self))
             }
-            Err(_) => return,
+            Err(_) => None,
+        };
+        let Some(step) = step else {
+            // The stream is busy in another callback (not expected): keep
+            // it waiting with its deadline passed, so the next tick applies
+            // the failure mode instead of leaving it paused.
+            self.await_rls(wait.context_id, wait.state, token, 0);
+            return;
         };
         match step {
             Step::Continue => adapter::resume_request(),
