@@ -1,0 +1,71 @@
+//! Native driver of the JWT hot path: a repeated RS256 token answered from
+//! the per-worker verified-token cache, as `pipeline::run` does it. For
+//! instruction counting (`valgrind --tool=callgrind`), see bench/README.md.
+//!
+//!     cargo build --release --bench jwt_hit
+//!     valgrind --tool=callgrind target/release/deps/jwt_hit-* 2000
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use meshguard::config::Config;
+use meshguard::host::fake::FakeHost;
+use meshguard::jwt::{self, AuthOutcome, TokenCache};
+use meshguard::request::Request;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/jwks.json")).unwrap())
+            .unwrap();
+    let tokens: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/tokens.json")).unwrap())
+            .unwrap();
+    let doc = serde_json::json!({
+        "jwt_providers": {"bench": {"issuer": "https://issuer.test", "audiences": ["api"], "jwks": {"inline": jwks}}},
+        "routes": [{"name": "bench", "match": {"path_prefix": "/"}, "jwt": {"providers": ["bench"]}}],
+    });
+    let cfg = Config::from_bytes(doc.to_string().as_bytes()).unwrap();
+    let route = &cfg.routes[0];
+    let rj = route.jwt.as_ref().unwrap();
+    let token = tokens["valid_RS256"].as_str().unwrap();
+    let mut headers: Vec<(String, Vec<u8>)> = [
+        ("user-agent", "wrk"),
+        ("accept", "*/*"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "5f0e6c1e-4a8b-4d53-9a7e-3a1f2b0c9d11"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+    .collect();
+    headers.push((
+        "authorization".into(),
+        format!("Bearer {token}").into_bytes(),
+    ));
+    let req = Request {
+        method: "GET".into(),
+        path: "/bench".into(),
+        authority: "127.0.0.1:10000".into(),
+        headers,
+        peer_ip: String::new(),
+    };
+    let host = FakeHost::new(1_700_000_000_000_000_000);
+    let mut cache = TokenCache::default();
+    let t0 = std::time::Instant::now();
+    let mut allowed = 0;
+    for _ in 0..n {
+        match jwt::authenticate(&host, &cfg.jwt_providers, rj, &route.name, &req, &mut cache) {
+            AuthOutcome::Allowed { .. } => allowed += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let el = t0.elapsed();
+    println!(
+        "{n} requests, {allowed} allowed, cache hits {}, {:.0} ns/request",
+        cache.stats.hits,
+        el.as_nanos() as f64 / n as f64
+    );
+}
