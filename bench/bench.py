@@ -6,7 +6,8 @@ scenario a proxy Envoy (--concurrency 1) in front of it, loaded with wrk.
 Per scenario and round: proxy CPU time (utime+stime from /proc/<pid>/stat)
 per completed request, and requests/s. Rounds are interleaved; the report
 uses medians, and overhead = scenario minus passthrough of the same run
-(also paired: minus a passthrough run made right before the scenario's).
+(also paired: minus a passthrough proxy loaded at the same time on the
+same CPU, its "twin", which cancels the machine's drift).
 
     ENVOY_BIN=... MESHGUARD_WASM=... python3 bench/bench.py [--quick]
 
@@ -157,6 +158,37 @@ def sha256_file(path):
 # ------------------------------------------------------------------ envoy
 
 ALL_PROCS = []  # every process we start; killed in main's finally
+
+# CPU placement (--pin, the default with 2+ CPUs): the proxy under test alone on the last CPU, the
+# load generator, the upstream and the rate limit service on the others. Without it the proxy, wrk
+# and the upstream share every core and the proxy's CPU per request swings by +-20 us between runs
+# (cache and scheduler interference), more than most differences we want to see.
+PIN = {"proxy": None, "others": None}
+
+
+def set_pinning(enabled):
+    cpus = sorted(os.sched_getaffinity(0))
+    if enabled and len(cpus) >= 2:
+        PIN["proxy"], PIN["others"] = {cpus[-1]}, set(cpus[:-1])
+    else:
+        PIN["proxy"] = PIN["others"] = None
+
+
+def pin_preexec(role):
+    cpus = PIN[role]
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
+def pin_running(pid, role):
+    """Moves every thread of a running process (the rate limit service) to the role's CPUs."""
+    cpus = PIN[role]
+    if not cpus:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass  # a thread that just ended
 _BASE_ID = [random.randint(100, 5000) * 10]
 
 
@@ -239,8 +271,8 @@ def proxy_bootstrap(listen_port, admin_port, upstream_port, http_filters, route_
 class Envoy:
     """One Envoy process on 127.0.0.1 ports; `make_doc(listen, admin)` builds its bootstrap."""
 
-    def __init__(self, envoy_bin, workdir, name, make_doc, concurrency=1):
-        self.envoy_bin, self.workdir, self.name = envoy_bin, workdir, name
+    def __init__(self, envoy_bin, workdir, name, make_doc, concurrency=1, role="proxy"):
+        self.envoy_bin, self.workdir, self.name, self.role = envoy_bin, workdir, name, role
         self.make_doc, self.concurrency = make_doc, concurrency
         self.proc = None
         self.load_time_s = None
@@ -259,7 +291,7 @@ class Envoy:
                 [self.envoy_bin, "-c", self.config_path, "--concurrency", str(self.concurrency),
                  "--base-id", str(next_base_id()), "--disable-hot-restart", "--log-level", "warn",
                  "--drain-time-s", "0", "--parent-shutdown-time-s", "1"],
-                stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir)
+                stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir, preexec_fn=pin_preexec(self.role))
             logf.close()
             ALL_PROCS.append(self.proc)
             end = t0 + timeout
@@ -487,16 +519,24 @@ def parse_latency(text):
     return float(m.group(1)) * UNITS_S[m.group(2)] * 1e3 if m else None  # ms
 
 
-def run_wrk(wrk, port, script, duration, threads, connections):
+def start_wrk(wrk, port, script, duration, threads, connections):
     cmd = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
            "-s", script, f"http://127.0.0.1:{port}{PATH}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    out = r.stdout
-    if r.returncode != 0:
-        raise BenchError(f"wrk failed ({r.returncode}): {r.stderr[-2000:]}\n{out[-2000:]}")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pin_preexec("others"))
+
+
+def finish_wrk(proc, duration):
+    try:
+        out, err = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise BenchError("wrk did not finish")
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({proc.returncode}): {err[-2000:]}\n{out[-2000:]}")
     m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
     if not m:
-        raise BenchError("cannot parse wrk output:\n" + out + r.stderr)
+        raise BenchError("cannot parse wrk output:\n" + out + err)
     res = {"requests": int(m.group(1)), "elapsed_s": float(m.group(2)) * UNITS_S[m.group(3)]}
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     res["non_2xx"] = int(m.group(1)) if m else 0
@@ -508,6 +548,10 @@ def run_wrk(wrk, port, script, duration, threads, connections):
         m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
         res[f"p{pct}_ms"] = parse_latency(m.group(1)) if m else None
     return res
+
+
+def run_wrk(wrk, port, script, duration, threads, connections):
+    return finish_wrk(start_wrk(wrk, port, script, duration, threads, connections), duration)
 
 
 # ------------------------------------------------------------------ scenarios
@@ -530,7 +574,8 @@ class Scenario:
         self.load_times = []
         self.error = None
         self.envoy = None
-        self.paired = []  # per round: this scenario's CPU/req minus a passthrough run just before it
+        self.paired = []  # per round: this scenario's CPU/req minus its passthrough twin's (or the run before)
+        self.paired_rps = []  # per round: this scenario's req/s / its passthrough twin's
 
     def first_headers(self):
         h = dict(self.headers)
@@ -599,6 +644,7 @@ class BenchRls:
         except RuntimeError as e:  # binary missing (`make rls`), bad limits, ...
             raise BenchError(f"rate limit service: {e}")
         ALL_PROCS.append(self.server.proc)
+        pin_running(self.server.proc.pid, "others")
         self.port = self.server.port
         return self
 
@@ -645,14 +691,30 @@ class BenchRls:
         return {"calls": calls, "ok": ok, "dropped": dropped, "other": other, "cpu_us": cpu}
 
 
-DIAG_OPS = ("all_headers", "status", "flags", "metric", "shared", "remove_auth")
+DIAG_OPS = ("all_headers", "status", "flags", "metric", "shared", "remove_auth", "time", "add_resp_header")
+DIAG_REPEAT = 50  # host calls of one kind per request: one call's price = (overhead - trivial's) / 50
 
 
 def diag_scenarios(trivial_wasm):
-    """The trivial filter plus one host call per request (--diag): prices host calls."""
-    return [Scenario(f"diag-{op}", f"trivial filter + {op.replace('_', ' ')}",
-                     [wasm_filter("trivial", trivial_wasm, "trivial", "hdr," + op)],
+    """The trivial filter plus DIAG_REPEAT host calls of one kind per request (--diag): prices host calls."""
+    return [Scenario(f"diag-{op}", f"trivial filter + {DIAG_REPEAT} x {op.replace('_', ' ')}",
+                     [wasm_filter("trivial", trivial_wasm, "trivial", f"hdr,{op}*{DIAG_REPEAT}")],
                      headers={"x-api-key": "k1"}, group="diag") for op in DIAG_OPS]
+
+
+# Head-to-head comparisons behind the targets: the two proxies run at the same time on the same CPU
+# (twins), so the difference is not blurred by the machine's drift between runs. (a, b, label):
+# the result is b minus a.
+COMPARISONS = [
+    ("trivial-wasm", "mg-nopolicy", "meshguard no-policy route vs trivial wasm filter"),
+    ("mg-nopolicy", "mg-ratelimit", "rate limit (one bucket) vs no-policy route"),
+    ("mg-nopolicy", "mg-ratelimit-key", "rate limit keyed by header vs no-policy route"),
+    ("mg-nopolicy", "mg-jwt-rs256", "JWT RS256 repeated token vs no-policy route"),
+    ("mg-nopolicy", "mg-breaker", "circuit breaker CLOSED vs no-policy route"),
+    ("native-ratelimit", "mg-ratelimit", "meshguard vs native local rate limit"),
+    ("native-jwt-rs256-distinct", "mg-jwt-rs256-distinct", "distinct RS256 tokens: meshguard vs jwt_authn"),
+    ("native-cache-hit", "mg-cache-hit", "cache HIT: meshguard vs native cache filter"),
+]
 
 
 def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinct_jwk, distinct_tokens):
@@ -768,61 +830,85 @@ def check_zero_stats(sc):
             raise BenchError(f"stats that must stay 0 are not: {bad} (failure-mode passes are not a measurement)")
 
 
+UPSTREAM_STAT = "cluster.upstream.upstream_rq_total"  # the proxy's own count of requests sent upstream
+
+
 def measure(sc, args, ctx, record=True):
     """One measured wrk run against the scenario's (running) proxy."""
-    up, envoy = ctx["upstream"], sc.envoy
-    if envoy.proc.poll() is not None:
-        raise BenchError(f"Envoy exited (code {envoy.proc.returncode}):\n{envoy.log()[-4000:]}")
-    rls = ctx.get("rls") if sc.uses_rls else None
-    if rls is not None and not rls.alive():
-        raise BenchError("the rate limit service exited:\n" + rls.server.log()[-3000:])
-    up_before = up.stat("http.up.downstream_rq_total")
-    rls_mark = rls.mark() if rls else None
-    cpu_before = envoy.cpu_us()
-    res = run_wrk(ctx["wrk"], envoy.listen_port, sc.script, args.duration, args.threads, args.connections)
-    cpu_after = envoy.cpu_us()
-    rls_seen = rls.since(rls_mark) if rls else None
-    up_after = up.stat("http.up.downstream_rq_total")
-    if envoy.proc.poll() is not None:
-        raise BenchError(f"Envoy exited during the run:\n{envoy.log()[-4000:]}")
-    n = res["requests"]
-    if n == 0:
-        raise BenchError("wrk completed no request")
-    if res["non_2xx"] > 0.01 * n:
-        raise BenchError(f"{res['non_2xx']} of {n} responses were not 2xx/3xx; "
-                         f"the scenario is misconfigured. Envoy log tail:\n{envoy.log()[-3000:]}")
-    if res["socket_errors"] > 0.01 * n:
-        raise BenchError(f"{res['socket_errors']} socket errors for {n} requests")
-    res["cpu_us_per_req"] = (cpu_after - cpu_before) / n
-    res["upstream_fraction"] = (up_after - up_before) / n
-    if sc.expect_upstream == "none" and res["upstream_fraction"] > 0.01:
-        raise BenchError(f"cache scenario: {res['upstream_fraction']:.1%} of requests reached the upstream")
-    if sc.expect_upstream == "all" and res["upstream_fraction"] < 0.95:
-        raise BenchError(f"only {res['upstream_fraction']:.1%} of requests reached the upstream")
-    if sc.expect_stat:
-        st = envoy.stats_matching(sc.expect_stat)
-        if not st or max(st.values()) == 0:
-            raise BenchError(f"stat /{sc.expect_stat}/ is 0 or missing: the filter did not act ({st})")
-    check_zero_stats(sc)
-    if rls_seen is not None:
-        # Every completed request made one call, logged before its answer was sent: at least n
-        # calls for our descriptor, each answered OK by our limit, and no other call.
-        if rls_seen["ok"] < n or rls_seen["ok"] != rls_seen["calls"]:
-            raise BenchError(f"the rate limit service logged {rls_seen['ok']} matching OK calls of "
-                             f"{rls_seen['calls']} for {n} completed requests: {rls_seen['other']}")
-        if rls_seen["other"]:
-            log(f"bench: {sc.name}: the rate limit service also logged: {rls_seen['other']}")
-        res["rls_calls"] = rls_seen["calls"]
-        res["rls_answers_dropped"] = rls_seen["dropped"]
-        res["rls_calls_per_req"] = rls_seen["calls"] / n
-        res["rls_cpu_us_per_req"] = rls_seen["cpu_us"] / n
-    try:  # meshguard's own counters (e.g. JWT cache hits), for the JSON report
-        res["wasm_stats"] = {k: v for k, v in envoy.stats_matching("^wasmcustom\\.").items() if v}
-    except OSError:
-        res["wasm_stats"] = {}
-    if record:
-        sc.rounds.append(res)
-    return res
+    return measure_many([(sc, record)], args, ctx)[0]
+
+
+def measure_many(items, args, ctx):
+    """Measured wrk runs against several running proxies at the same time, one wrk each, the
+    connections and threads split between them: `items` is [(scenario, record)]. Proxies measured
+    together share the same CPU at the same moments, so their difference is free of the machine's
+    drift (which, on these shared 2-core machines, is larger than most differences we look for)."""
+    n_items = len(items)
+    threads = max(1, args.threads // n_items)
+    conns = max(threads, args.connections // n_items)
+    pre = []
+    for sc, _ in items:
+        envoy = sc.envoy
+        if envoy.proc.poll() is not None:
+            raise BenchError(f"{sc.name}: Envoy exited (code {envoy.proc.returncode}):\n{envoy.log()[-4000:]}")
+        rls = ctx.get("rls") if sc.uses_rls else None
+        if rls is not None and not rls.alive():
+            raise BenchError("the rate limit service exited:\n" + rls.server.log()[-3000:])
+        pre.append({"rls": rls, "up": envoy.stat(UPSTREAM_STAT), "rls_mark": rls.mark() if rls else None})
+    for (sc, _), p in zip(items, pre):
+        p["cpu"] = sc.envoy.cpu_us()
+    procs = [start_wrk(ctx["wrk"], sc.envoy.listen_port, sc.script, args.duration, threads, conns)
+             for sc, _ in items]
+    results = [finish_wrk(proc, args.duration) for proc in procs]
+    for (sc, _), p in zip(items, pre):
+        p["cpu_after"] = sc.envoy.cpu_us()
+    out = []
+    for (sc, record), p, res in zip(items, pre, results):
+        envoy, rls = sc.envoy, p["rls"]
+        rls_seen = rls.since(p["rls_mark"]) if rls else None
+        up_after = envoy.stat(UPSTREAM_STAT)
+        if envoy.proc.poll() is not None:
+            raise BenchError(f"{sc.name}: Envoy exited during the run:\n{envoy.log()[-4000:]}")
+        n = res["requests"]
+        if n == 0:
+            raise BenchError(f"{sc.name}: wrk completed no request")
+        if res["non_2xx"] > 0.01 * n:
+            raise BenchError(f"{sc.name}: {res['non_2xx']} of {n} responses were not 2xx/3xx; "
+                             f"the scenario is misconfigured. Envoy log tail:\n{envoy.log()[-3000:]}")
+        if res["socket_errors"] > 0.01 * n:
+            raise BenchError(f"{sc.name}: {res['socket_errors']} socket errors for {n} requests")
+        res["cpu_us_per_req"] = (p["cpu_after"] - p["cpu"]) / n
+        res["upstream_fraction"] = (up_after - p["up"]) / n
+        res["measured_with"] = [o.name for o, _ in items if o is not sc]
+        if sc.expect_upstream == "none" and res["upstream_fraction"] > 0.01:
+            raise BenchError(f"cache scenario: {res['upstream_fraction']:.1%} of requests reached the upstream")
+        if sc.expect_upstream == "all" and res["upstream_fraction"] < 0.95:
+            raise BenchError(f"only {res['upstream_fraction']:.1%} of requests reached the upstream")
+        if sc.expect_stat:
+            st = envoy.stats_matching(sc.expect_stat)
+            if not st or max(st.values()) == 0:
+                raise BenchError(f"stat /{sc.expect_stat}/ is 0 or missing: the filter did not act ({st})")
+        check_zero_stats(sc)
+        if rls_seen is not None:
+            # Every completed request made one call, logged before its answer was sent: at least n
+            # calls for our descriptor, each answered OK by our limit, and no other call.
+            if rls_seen["ok"] < n or rls_seen["ok"] != rls_seen["calls"]:
+                raise BenchError(f"the rate limit service logged {rls_seen['ok']} matching OK calls of "
+                                 f"{rls_seen['calls']} for {n} completed requests: {rls_seen['other']}")
+            if rls_seen["other"]:
+                log(f"bench: {sc.name}: the rate limit service also logged: {rls_seen['other']}")
+            res["rls_calls"] = rls_seen["calls"]
+            res["rls_answers_dropped"] = rls_seen["dropped"]
+            res["rls_calls_per_req"] = rls_seen["calls"] / n
+            res["rls_cpu_us_per_req"] = rls_seen["cpu_us"] / n
+        try:  # meshguard's own counters (e.g. JWT cache hits), for the JSON report
+            res["wasm_stats"] = {k: v for k, v in envoy.stats_matching("^wasmcustom\\.").items() if v}
+        except OSError:
+            res["wasm_stats"] = {}
+        if record:
+            sc.rounds.append(res)
+        out.append(res)
+    return out
 
 
 def median(xs):
@@ -879,7 +965,11 @@ def best_overhead(s):
     return s["paired_overhead_us"] if s.get("paired_overhead_us") is not None else s["overhead_us"]
 
 
-def evaluate(summary):
+def evaluate(summary, comp=None):
+    """The issue's targets. Each uses the head-to-head twin comparison when it ran (b - a measured at
+    the same moments on the same CPU), else the paired overheads of separate runs."""
+    comp = comp or {}
+
     def ov(name):
         return best_overhead(summary.get(name))
 
@@ -891,33 +981,66 @@ def evaluate(summary):
         s = summary.get(name)
         return None if s is None else s["rps"]
 
+    def twin(a, b):
+        c = comp.get(f"{b} - {a}")
+        return None if c is None else c["diff_us"]
+
+    def twin_note(a, b):
+        c = comp.get(f"{b} - {a}")
+        return "" if c is None else f" [twins: {c['min']:+.1f}..{c['max']:+.1f} over {c['n']} rounds]"
+
     def check(label, value, limit, ok, detail):
         return {"target": label, "measured": value, "limit": limit,
                 "holds": None if value is None or limit is None else ok(value, limit), "detail": detail}
 
     nop, triv = ov("mg-nopolicy"), ov("trivial-wasm")
     t = []
-    t.append(check("no-policy overhead <= 1.2x trivial wasm filter overhead", nop,
-                   None if triv is None else 1.2 * triv, lambda v, l: v <= l,
-                   f"mg-nopolicy {fmt(nop)} us vs trivial {fmt(triv)} us"
-                   + ("" if not nop or not triv else f" (ratio {nop / triv:.2f}x)")))
-    rl = ov("mg-ratelimit")
-    t.append(check("rate limit overhead <= no-policy + 3 us", rl, None if nop is None else nop + 3,
-                   lambda v, l: v <= l, f"mg-ratelimit {fmt(rl)} us vs no-policy {fmt(nop)} us"))
-    jr = ov("mg-jwt-rs256")
-    t.append(check("JWT RS256 repeated overhead <= no-policy + 5 us", jr, None if nop is None else nop + 5,
-                   lambda v, l: v <= l, f"mg-jwt-rs256 {fmt(jr)} us vs no-policy {fmt(nop)} us"))
+    d = twin("trivial-wasm", "mg-nopolicy")
+    if d is not None and triv is not None:
+        t.append(check("no-policy overhead <= 1.2x trivial wasm filter overhead", d, 0.2 * triv,
+                       lambda v, l: v <= l,
+                       f"no-policy minus trivial {d:+.1f} us (twins){twin_note('trivial-wasm', 'mg-nopolicy')}; "
+                       f"allowed +{0.2 * triv:.1f} us (0.2 x trivial's {triv:.1f} us overhead)"))
+    else:
+        t.append(check("no-policy overhead <= 1.2x trivial wasm filter overhead", nop,
+                       None if triv is None else 1.2 * triv, lambda v, l: v <= l,
+                       f"mg-nopolicy {fmt(nop)} us vs trivial {fmt(triv)} us"
+                       + ("" if not nop or not triv else f" (ratio {nop / triv:.2f}x)")))
+    for name, label, extra in (("mg-ratelimit", "rate limit", 3), ("mg-jwt-rs256", "JWT RS256 repeated", 5)):
+        d = twin("mg-nopolicy", name)
+        if d is not None:
+            t.append(check(f"{label} overhead <= no-policy + {extra} us", d, extra, lambda v, l: v <= l,
+                           f"{name} minus mg-nopolicy {d:+.1f} us (twins){twin_note('mg-nopolicy', name)}"))
+        else:
+            o = ov(name)
+            t.append(check(f"{label} overhead <= no-policy + {extra} us", o, None if nop is None else nop + extra,
+                           lambda v, l: v <= l, f"{name} {fmt(o)} us vs no-policy {fmt(nop)} us"))
     md, nd = ov("mg-jwt-rs256-distinct"), ov("native-jwt-rs256-distinct")
-    t.append(check("distinct RS256 overhead <= 1.5x native jwt_authn (no cache)", md,
-                   None if nd is None else 1.5 * nd, lambda v, l: v <= l,
-                   f"meshguard {fmt(md)} us vs native {fmt(nd)} us"
-                   + ("" if not md or not nd else f" (ratio {md / nd:.2f}x)")))
+    d = twin("native-jwt-rs256-distinct", "mg-jwt-rs256-distinct")
+    if d is not None and nd is not None:
+        t.append(check("distinct RS256 overhead <= 1.5x native jwt_authn (no cache)", d, 0.5 * nd,
+                       lambda v, l: v <= l,
+                       f"meshguard minus native {d:+.1f} us (twins){twin_note('native-jwt-rs256-distinct', 'mg-jwt-rs256-distinct')}; "
+                       f"allowed +{0.5 * nd:.1f} us (0.5 x native's {nd:.1f} us overhead); ratio "
+                       f"{(nd + d) / nd:.2f}x"))
+    else:
+        t.append(check("distinct RS256 overhead <= 1.5x native jwt_authn (no cache)", md,
+                       None if nd is None else 1.5 * nd, lambda v, l: v <= l,
+                       f"meshguard {fmt(md)} us vs native {fmt(nd)} us"
+                       + ("" if not md or not nd else f" (ratio {md / nd:.2f}x)")))
     mc, nc = cpu("mg-cache-hit"), cpu("native-cache-hit")
-    mo, no = ov("mg-cache-hit"), ov("native-cache-hit")
-    t.append(check("cache HIT CPU/request <= native cache HIT", mo, no, lambda v, l: v <= l,
-                   f"meshguard {fmt(mc)} us/req vs native {fmt(nc)} us/req"
-                   + ("" if not mc or not nc else f" (ratio {mc / nc:.2f}x)")
-                   + f"; overheads {fmt(mo)} vs {fmt(no)} us"))
+    d = twin("native-cache-hit", "mg-cache-hit")
+    if d is not None:
+        c = comp["mg-cache-hit - native-cache-hit"]
+        t.append(check("cache HIT CPU/request <= native cache HIT", d, 0.0, lambda v, l: v <= l,
+                       f"meshguard minus native {d:+.1f} us/req (twins){twin_note('native-cache-hit', 'mg-cache-hit')}; "
+                       f"{c['b_us']:.1f} vs {c['a_us']:.1f} us/req ({c['b_us'] / c['a_us']:.2f}x)"))
+    else:
+        mo, no = ov("mg-cache-hit"), ov("native-cache-hit")
+        t.append(check("cache HIT CPU/request <= native cache HIT", mo, no, lambda v, l: v <= l,
+                       f"meshguard {fmt(mc)} us/req vs native {fmt(nc)} us/req"
+                       + ("" if not mc or not nc else f" (ratio {mc / nc:.2f}x)")
+                       + f"; overheads {fmt(mo)} vs {fmt(no)} us"))
     pt = rps("passthrough")
     # The issue's target: JWT + rate limit + breaker on one route, every
     # request going upstream. (all-four adds the cache: every request is a
@@ -925,6 +1048,11 @@ def evaluate(summary):
     for name, label in (("mg-jwt-rl-breaker", "JWT + rate limit + breaker"),
                         ("mg-all4", "all four (cache hits)")):
         r = rps(name)
+        ratio = (summary.get(name) or {}).get("paired_rps_ratio")
+        if ratio is not None:  # req/s over its passthrough twin's, same moments, same CPU
+            t.append(check(f"{label} requests/s >= 80% of passthrough", ratio, 0.8, lambda v, l: v >= l,
+                           f"{name} {ratio:.0%} of its passthrough twin's req/s (median over rounds)"))
+            continue
         t.append(check(f"{label} requests/s >= 80% of passthrough", r,
                        None if pt is None else 0.8 * pt, lambda v, l: v >= l,
                        f"{name} {fmt(r, 0)} req/s vs passthrough {fmt(pt, 0)} req/s"
@@ -932,7 +1060,7 @@ def evaluate(summary):
     return t
 
 
-def render(info, args, summary, scenarios, targets, extra):
+def render(info, args, summary, scenarios, targets, extra, comp=None):
     L = []
     L.append("# meshguard benchmark results\n")
     L.append(f"- date: {info['date']}; git {info['git']}")
@@ -942,6 +1070,13 @@ def render(info, args, summary, scenarios, targets, extra):
     L.append(f"- load: wrk -t{args.threads} -c{args.connections}, {args.duration}s per scenario per round, "
              f"{args.rounds} interleaved round(s); each proxy warmed up {args.warmup}s after start and kept "
              f"running across rounds; medians over rounds")
+    if PIN["proxy"]:
+        L.append(f"- CPUs: proxies under test on CPU {','.join(map(str, sorted(PIN['proxy'])))}; wrk, the upstream "
+                 f"and the rate limit service on CPU {','.join(map(str, sorted(PIN['others'])))}")
+    if args.pairing == "twin":
+        L.append("- pairing: every scenario runs at the same time as a passthrough proxy (its twin), each with "
+                 "its own wrk (half the threads and connections), both proxies on the same CPU; the passthrough "
+                 "row is the median of all twin runs")
     if extra.get("rls_bin"):
         L.append(f"- rate limit service (global scenarios): tests/rls-server {extra['rls_bin']['kind']}, "
                  f"limitador counting in memory, on 127.0.0.1, shared by both global scenarios")
@@ -952,8 +1087,9 @@ def render(info, args, summary, scenarios, targets, extra):
     L.append("")
     L.append("CPU/req = proxy Envoy utime+stime / requests completed (median over rounds). Overhead = median "
              "CPU/req minus median passthrough CPU/req. Paired overhead = median over rounds of (CPU/req minus "
-             "a passthrough run made just before it), with its range: the estimate the targets use, since it "
-             "cancels most of the machine's drift. Upstream = share of requests that reached the upstream.\n")
+             + ("its passthrough twin's, measured at the same moments on the same CPU" if args.pairing == "twin"
+                else "a passthrough run made just before it") +
+             "), with its range: the estimate the targets use, since it cancels most of the machine's drift. Upstream = share of requests that reached the upstream.\n")
     names = {sc.name for sc in scenarios}
     L.append("| scenario | what | CPU us/req | overhead us/req | paired overhead us/req [range] | min CPU us/req | req/s | p50 ms | p99 ms | upstream | per-round CPU us/req |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -1025,12 +1161,22 @@ def render(info, args, summary, scenarios, targets, extra):
         L.append("")
     diag = [sc for sc in scenarios if sc.group == "diag" and summary.get(sc.name)]
     if diag and summary.get("trivial-wasm"):
-        L.append("## Host call prices (--diag: trivial filter + one call per request, minus trivial)\n")
-        L.append("| extra call per request | us/req |")
+        L.append(f"## Host call prices (--diag: trivial filter + {DIAG_REPEAT} calls of one kind per request, "
+                 "minus trivial, divided by the count)\n")
+        L.append("| host call | us per call |")
         L.append("|---|---:|")
         base = best_overhead(summary["trivial-wasm"])
         for sc in diag:
-            L.append(f"| {sc.desc.replace('trivial filter + ', '')} | {best_overhead(summary[sc.name]) - base:.1f} |")
+            what = sc.desc.replace(f"trivial filter + {DIAG_REPEAT} x ", "")
+            L.append(f"| {what} | {(best_overhead(summary[sc.name]) - base) / DIAG_REPEAT:.2f} |")
+        L.append("")
+    if comp:
+        L.append("## Head to head (twins: both proxies loaded at the same moments on the same CPU)\n")
+        L.append("| comparison | b minus a, us/req (median) | range | rounds | a us/req | b us/req |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        for c in comp.values():
+            L.append(f"| {c['label']} (a = {c['a']}, b = {c['b']}) | {c['diff_us']:+.1f} | "
+                     f"{c['min']:+.1f}..{c['max']:+.1f} | {c['n']} | {c['a_us']:.1f} | {c['b_us']:.1f} |")
         L.append("")
     L.append("## Targets (ratios measured in this run)\n")
     L.append("| target | holds | detail |")
@@ -1065,8 +1211,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 round, 2 s per scenario (smoke run)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=2, help="seconds of measured load per scenario per round")
-    ap.add_argument("--unpaired", action="store_true",
-                    help="do not measure passthrough right before every scenario (twice as fast, noisier overheads)")
+    ap.add_argument("--pairing", choices=("twin", "before", "none"), default="twin",
+                    help="twin (default): each scenario runs at the same time as a passthrough proxy on the same "
+                         "CPU, its overhead is the difference; before: a passthrough run right before each "
+                         "scenario run; none: overheads from medians only")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load after a proxy starts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
@@ -1074,6 +1222,8 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated scenario names (passthrough is always included)")
     ap.add_argument("--diag", action="store_true",
                     help="also price single host calls with variants of the trivial filter")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="do not pin the proxy to its own CPU (load generator and upstream on the others)")
     ap.add_argument("--no-rss", action="store_true", help="skip the --concurrency 2 memory measurement")
     ap.add_argument("--no-build", action="store_true", help="do not (re)build bench/trivial-filter nor the release rate limit service")
     ap.add_argument("--out", default=HERE, help="directory for results.md and results.json")
@@ -1081,6 +1231,7 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2, 1
+    set_pinning(not args.no_pin)
 
     envoy_bin = os.environ.get("ENVOY_BIN", "")
     if not envoy_bin or not os.access(envoy_bin, os.X_OK):
@@ -1134,9 +1285,10 @@ def main():
             sc.script = (write_rotating_lua(path, sc.tokens, args.threads) if sc.tokens
                          else write_static_lua(path, sc.headers))
 
-        up = Envoy(envoy_bin, workdir, "upstream", upstream_bootstrap, concurrency=1)
+        up = Envoy(envoy_bin, workdir, "upstream", upstream_bootstrap, concurrency=1, role="others")
         up.start()
         ctx = {"envoy_bin": envoy_bin, "workdir": workdir, "wrk": wrk, "upstream": up}
+        comparisons = {}  # (a, b) -> twin runs of a and b at the same time
         if any(sc.uses_rls for sc in scenarios):
             try:
                 ctx["rls"] = BenchRls(workdir).start()
@@ -1166,17 +1318,39 @@ def main():
                         continue
                     try:
                         base = None
-                        if not args.unpaired and sc is not pt_sc and not pt_sc.error:
-                            base = measure(pt_sc, args, ctx, record=False)
-                        r = measure(sc, args, ctx)
+                        if args.pairing == "twin" and sc is pt_sc:
+                            continue  # measured as every other scenario's twin
+                        if args.pairing == "twin" and not pt_sc.error:
+                            base, r = measure_many([(pt_sc, True), (sc, True)], args, ctx)
+                        else:
+                            if args.pairing == "before" and sc is not pt_sc and not pt_sc.error:
+                                base = measure(pt_sc, args, ctx, record=False)
+                            r = measure(sc, args, ctx)
                         if base is not None:
                             sc.paired.append(r["cpu_us_per_req"] - base["cpu_us_per_req"])
+                            sc.paired_rps.append(r["rps"] / base["rps"])
                         log(f"round {rnd + 1}/{args.rounds} {sc.name:28s} {r['cpu_us_per_req']:7.1f} us/req "
                             f"{r['rps']:8.0f} req/s  non-2xx {r['non_2xx']}  upstream {r['upstream_fraction']:.0%}"
                             + ("" if base is None else f"  paired overhead {sc.paired[-1]:6.1f} us"))
                     except BenchError as e:
                         sc.error = str(e)
                         log(f"\n!!!!! SCENARIO {sc.name} FAILED !!!!!\n{e}\n")
+                if args.pairing == "twin":
+                    for a, b, _ in COMPARISONS:
+                        sa, sb = by_name.get(a), by_name.get(b)
+                        if not sa or not sb or sa.error or sb.error:
+                            continue
+                        pair = [(sa, False), (sb, False)] if rnd % 2 == 0 else [(sb, False), (sa, False)]
+                        try:
+                            res = dict(zip((pair[0][0].name, pair[1][0].name), measure_many(pair, args, ctx)))
+                        except BenchError as e:
+                            log(f"bench: comparison {a} / {b} failed: {e}")
+                            continue
+                        d = res[b]["cpu_us_per_req"] - res[a]["cpu_us_per_req"]
+                        comparisons.setdefault((a, b), []).append(
+                            {"diff_us": d, "a_us": res[a]["cpu_us_per_req"], "b_us": res[b]["cpu_us_per_req"],
+                             "rps_ratio": res[b]["rps"] / res[a]["rps"]})
+                        log(f"round {rnd + 1}/{args.rounds} twins {b} - {a}: {d:+.1f} us/req")
                 log(f"bench: round {rnd + 1} done after {time.monotonic() - started:.0f}s")
             for sc in scenarios:
                 if sc.envoy:
@@ -1203,6 +1377,7 @@ def main():
                 "cpu_us_per_req": cpu,
                 "cpu_us_per_req_min": min(r["cpu_us_per_req"] for r in sc.rounds),
                 "paired_overhead_us": median(sc.paired) if sc.paired else (0.0 if sc.name == "passthrough" else None),
+                "paired_rps_ratio": median(sc.paired_rps) if sc.paired_rps else None,
                 "overhead_us": None if pt_cpu is None else cpu - pt_cpu,
                 "rps": median([r["rps"] for r in sc.rounds]),
                 "p50_ms": median([r["p50_ms"] for r in sc.rounds]),
@@ -1215,18 +1390,28 @@ def main():
                     "rls_calls_per_req": median([r.get("rls_calls_per_req") for r in sc.rounds]),
                     "rls_cpu_us_per_req": median([r.get("rls_cpu_us_per_req") for r in sc.rounds]),
                 })
-        targets = evaluate(summary)
+        comp = {}
+        for a, b, label in COMPARISONS:
+            runs = comparisons.get((a, b))
+            if runs:
+                diffs = [r["diff_us"] for r in runs]
+                comp[f"{b} - {a}"] = {"a": a, "b": b, "label": label, "diff_us": median(diffs),
+                                      "min": min(diffs), "max": max(diffs), "n": len(diffs),
+                                      "a_us": median([r["a_us"] for r in runs]),
+                                      "b_us": median([r["b_us"] for r in runs])}
+        targets = evaluate(summary, comp)
         if sha256_file(mg_src) != extra["wasm_sha256"]:
             extra["note"] = f"{mg_src} was rebuilt during the run; the results are for the snapshot taken at start"
-        md = render(info, args, summary, scenarios, targets, extra)
+        md = render(info, args, summary, scenarios, targets, extra, comp)
         print("\n" + md)
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(md)
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump({"machine": info, "settings": vars(args), "extra": extra, "summary": summary,
-                       "targets": targets,
+                       "targets": targets, "comparisons": comp,
                        "scenarios": {s.name: {"desc": s.desc, "rounds": s.rounds, "paired_overhead_us": s.paired,
+                                              "paired_rps_ratio": s.paired_rps,
                                               "load_times_s": s.load_times,
                                               "error": s.error} for s in scenarios}}, f, indent=1)
         log(f"bench: wrote {os.path.join(args.out, 'results.md')} and results.json")

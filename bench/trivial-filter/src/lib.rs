@@ -5,7 +5,10 @@
 //! `all_headers` (read every request header), `status` (read `:status` of
 //! the response), `flags` (read the `response.flags` property), `metric`
 //! (increment a counter), `shared` (shared-data get + compare-and-swap set),
-//! `remove_auth` (remove the `authorization` request header).
+//! `remove_auth` (remove the `authorization` request header), `time` (read
+//! the clock), `add_resp_header` (add a response header). `op*N` repeats an
+//! operation N times per request, so one call's price stands out of the
+//! run-to-run noise.
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -18,12 +21,14 @@ proxy_wasm::main! {{
 
 #[derive(Default)]
 struct Ops {
-    all_headers: bool,
-    status: bool,
-    flags: bool,
-    metric: Option<u32>,
-    shared: bool,
-    remove_auth: bool,
+    all_headers: u32,
+    status: u32,
+    flags: u32,
+    metric: Option<(u32, u32)>,
+    shared: u32,
+    remove_auth: u32,
+    time: u32,
+    add_resp_header: u32,
 }
 
 struct Root {
@@ -39,14 +44,27 @@ impl RootContext for Root {
             .unwrap_or_default();
         let mut ops = Ops::default();
         for op in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (op, n) = match op.split_once('*') {
+                Some((op, n)) => match n.parse::<u32>() {
+                    Ok(n) => (op, n),
+                    Err(_) => return false,
+                },
+                None => (op, 1),
+            };
             match op {
                 "hdr" => {}
-                "all_headers" => ops.all_headers = true,
-                "status" => ops.status = true,
-                "flags" => ops.flags = true,
-                "metric" => ops.metric = hostcalls::define_metric(MetricType::Counter, "trivial.requests").ok(),
-                "shared" => ops.shared = true,
-                "remove_auth" => ops.remove_auth = true,
+                "all_headers" => ops.all_headers = n,
+                "status" => ops.status = n,
+                "flags" => ops.flags = n,
+                "metric" => {
+                    ops.metric = hostcalls::define_metric(MetricType::Counter, "trivial.requests")
+                        .ok()
+                        .map(|m| (m, n))
+                }
+                "shared" => ops.shared = n,
+                "remove_auth" => ops.remove_auth = n,
+                "time" => ops.time = n,
+                "add_resp_header" => ops.add_resp_header = n,
                 _ => return false,
             }
         }
@@ -69,30 +87,38 @@ impl HttpContext for Trivial {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let _ = self.get_http_request_header("x-api-key");
         let ops = &self.ops;
-        if ops.all_headers {
+        for _ in 0..ops.all_headers {
             let _ = hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders);
         }
-        if let Some(m) = ops.metric {
-            let _ = hostcalls::increment_metric(m, 1);
+        if let Some((m, n)) = ops.metric {
+            for _ in 0..n {
+                let _ = hostcalls::increment_metric(m, 1);
+            }
         }
-        if ops.shared {
+        for _ in 0..ops.shared {
             if let Ok((v, cas)) = hostcalls::get_shared_data("trivial/k") {
                 let mut n = v.as_deref().and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
                 n = n.wrapping_add(1);
                 let _ = hostcalls::set_shared_data("trivial/k", Some(&n.to_le_bytes()), cas);
             }
         }
-        if ops.remove_auth {
+        for _ in 0..ops.remove_auth {
             let _ = hostcalls::remove_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, "authorization");
+        }
+        for _ in 0..ops.time {
+            let _ = hostcalls::get_current_time();
         }
         Action::Continue
     }
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.ops.status {
+        for _ in 0..self.ops.status {
             let _ = hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpResponseHeaders, ":status");
         }
-        if self.ops.flags {
+        for _ in 0..self.ops.flags {
             let _ = hostcalls::get_property(vec!["response", "flags"]);
+        }
+        for _ in 0..self.ops.add_resp_header {
+            let _ = hostcalls::add_map_value(proxy_wasm::types::MapType::HttpResponseHeaders, "x-diag", "1");
         }
         Action::Continue
     }
