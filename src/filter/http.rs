@@ -17,7 +17,13 @@ pub struct Stream {
     runtime: Option<Rc<Runtime>>,
     worker: Rc<Worker>,
     state: Option<Rc<RefCell<StreamState>>>,
+    /// Response headers to add, for a stream whose state was released
+    /// because the response side had nothing else to do.
+    headers_only: Option<ResponseHeaders>,
 }
+
+/// meshguard's own response headers and the rate limit service's.
+type ResponseHeaders = (Vec<(&'static str, String)>, Vec<(String, String)>);
 
 impl Stream {
     pub fn new(context_id: u32, runtime: Option<Rc<Runtime>>, worker: Rc<Worker>) -> Self {
@@ -26,7 +32,29 @@ impl Stream {
             runtime,
             worker,
             state: None,
+            headers_only: None,
         }
+    }
+
+    /// The request goes upstream: keeps only what the response side needs.
+    fn release_if_done(&mut self) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        let Ok(mut s) = state.try_borrow_mut() else {
+            return;
+        };
+        if s.needs_response_side() {
+            return;
+        }
+        if !s.response_headers.is_empty() || !s.service_headers.is_empty() {
+            self.headers_only = Some((
+                std::mem::take(&mut s.response_headers),
+                std::mem::take(&mut s.service_headers),
+            ));
+        }
+        drop(s);
+        self.state = None;
     }
 }
 
@@ -87,7 +115,10 @@ impl HttpContext for Stream {
             Err(_) => Step::Continue,
         };
         match step {
-            Step::Continue => Action::Continue,
+            Step::Continue => {
+                self.release_if_done();
+                Action::Continue
+            }
             Step::Replied => Action::Pause,
             Step::Park => {
                 self.worker.park(self.context_id, state);
@@ -102,6 +133,10 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if let Some((own, service)) = self.headers_only.take() {
+            pipeline::add_response_headers(&own, &service);
+            return Action::Continue;
+        }
         let Some(state) = &self.state else {
             return Action::Continue;
         };

