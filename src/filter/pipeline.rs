@@ -541,17 +541,20 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
 /// Returns true when meshguard replaced the response with its own.
 pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
     // Status and flags are two host calls: only the breaker and the cache
-    // need them (a rate-limit-only route just adds its headers).
+    // need them, and the flags only on responses that may be Envoy's own
+    // reply to an upstream failure.
     let (status, flags) = if s.breaker.is_some() || s.cache.is_some() {
         let status = adapter::response_header(":status").and_then(|v| {
             std::str::from_utf8(&v)
                 .ok()
                 .and_then(|t| t.parse::<u32>().ok())
         });
-        (
-            status,
-            adapter::property_u64(&["response", "flags"]).unwrap_or(0),
-        )
+        let flags = if breaker::response_flags_matter(status) {
+            adapter::property_u64(&["response", "flags"]).unwrap_or(0)
+        } else {
+            0
+        };
+        (status, flags)
     } else {
         (None, 0)
     };
