@@ -714,6 +714,8 @@ COMPARISONS = [
     ("native-ratelimit", "mg-ratelimit", "meshguard vs native local rate limit"),
     ("native-jwt-rs256-distinct", "mg-jwt-rs256-distinct", "distinct RS256 tokens: meshguard vs jwt_authn"),
     ("native-cache-hit", "mg-cache-hit", "cache HIT: meshguard vs native cache filter"),
+    ("native-cache-hit", "trivial-reply", "cache HIT floor: a wasm filter that only answers vs native cache filter"),
+    ("trivial-reply", "mg-cache-hit", "cache HIT: meshguard vs the wasm floor"),
 ]
 
 
@@ -746,6 +748,9 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
         S("passthrough", "no HTTP filter but the router", []),
         S("trivial-wasm", "reference wasm filter reading one header", [
             wasm_filter("trivial", trivial_wasm, "trivial", "")], headers={"x-api-key": "k1"}),
+        S("trivial-reply", "reference wasm filter answering every request itself (the floor of a wasm cache hit)",
+          [wasm_filter("trivial", trivial_wasm, "trivial", "reply")], headers={"x-api-key": "k1"},
+          group="cache", expect_upstream="none"),
         S("mg-nopolicy", "meshguard, one route, no policy", mg_route()),
         S("mg-ratelimit", "meshguard rate limit, one bucket, all pass", mg_route(rate_limit=rl),
           group="ratelimit", probe=mg_ratelimit_probe),
@@ -1034,7 +1039,12 @@ def evaluate(summary, comp=None):
         c = comp["mg-cache-hit - native-cache-hit"]
         t.append(check("cache HIT CPU/request <= native cache HIT", d, 0.0, lambda v, l: v <= l,
                        f"meshguard minus native {d:+.1f} us/req (twins){twin_note('native-cache-hit', 'mg-cache-hit')}; "
-                       f"{c['b_us']:.1f} vs {c['a_us']:.1f} us/req ({c['b_us'] / c['a_us']:.2f}x)"))
+                       f"{c['b_us']:.1f} vs {c['a_us']:.1f} us/req ({c['b_us'] / c['a_us']:.2f}x)"
+                       + ("" if twin("native-cache-hit", "trivial-reply") is None else
+                          f"; a wasm filter that only answers (trivial-reply) costs "
+                          f"{twin('native-cache-hit', 'trivial-reply'):+.1f} us/req over native, meshguard "
+                          f"{twin('trivial-reply', 'mg-cache-hit'):+.1f} us/req over that floor"
+                          if twin("trivial-reply", "mg-cache-hit") is not None else "")))
     else:
         mo, no = ov("mg-cache-hit"), ov("native-cache-hit")
         t.append(check("cache HIT CPU/request <= native cache HIT", mo, no, lambda v, l: v <= l,

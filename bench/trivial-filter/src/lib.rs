@@ -6,7 +6,9 @@
 //! the response), `flags` (read the `response.flags` property), `metric`
 //! (increment a counter), `shared` (shared-data get + compare-and-swap set),
 //! `remove_auth` (remove the `authorization` request header), `time` (read
-//! the clock), `add_resp_header` (add a response header). `op*N` repeats an
+//! the clock), `add_resp_header` (add a response header), `reply` (answer
+//! every request itself with a 200 and the upstream's 30-byte body, like a
+//! cache hit: the floor of any wasm filter that answers). `op*N` repeats an
 //! operation N times per request, so one call's price stands out of the
 //! run-to-run noise.
 use proxy_wasm::hostcalls;
@@ -29,6 +31,7 @@ struct Ops {
     remove_auth: u32,
     time: u32,
     add_resp_header: u32,
+    reply: bool,
 }
 
 struct Root {
@@ -65,6 +68,7 @@ impl RootContext for Root {
                 "remove_auth" => ops.remove_auth = n,
                 "time" => ops.time = n,
                 "add_resp_header" => ops.add_resp_header = n,
+                "reply" => ops.reply = true,
                 _ => return false,
             }
         }
@@ -107,6 +111,14 @@ impl HttpContext for Trivial {
         }
         for _ in 0..ops.time {
             let _ = hostcalls::get_current_time();
+        }
+        if ops.reply {
+            let _ = hostcalls::send_http_response(
+                200,
+                vec![("content-type", "text/plain"), ("cache-control", "public, max-age=600")],
+                Some(b"hello from the bench upstream\n"),
+            );
+            return Action::Pause;
         }
         Action::Continue
     }
