@@ -77,6 +77,21 @@ def test_legacy_and_none_header_styles(envoy, upstream):
     assert s == 429 and "retry-after" in h
 
 
+def test_upstream_rate_limit_fields_are_kept_beside_ours(envoy, upstream):
+    """RateLimit and RateLimit-Policy are lists (one member per policy): ours is added after the
+    upstream's; the single-valued X-RateLimit-* fields replace the upstream's."""
+    upstream.behaviour = lambda m, p, h: (200, {
+        "ratelimit-policy": '"origin";q=100;w=60', "ratelimit": '"origin";r=99;t=60',
+        "x-ratelimit-limit": "100", "x-ratelimit-remaining": "99", "x-ratelimit-reset": "60"}, b"ok", 0)
+    e = envoy({"rate_limit_headers": "both", "routes": [route([limit(2, refill_interval="30s")])]})
+    s, h, _ = e.request("/a")
+    assert s == 200
+    assert h["ratelimit-policy"] == '"origin";q=100;w=60, "all";q=2;w=60', h
+    assert h["ratelimit"] == '"origin";r=99;t=60, "all";r=1;t=30', h
+    assert (h["x-ratelimit-limit"], h["x-ratelimit-remaining"]) == ("2", "1"), h
+    assert 0 < int(h["x-ratelimit-reset"]) <= 30, h
+
+
 def test_keys_header_query_cookie_and_missing_parts(envoy, upstream):
     cfg = {"routes": [
         route([limit(1, key=[{"header": "x-api-key"}])], name="hdr", match={"path_prefix": "/h"}),
