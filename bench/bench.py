@@ -394,15 +394,19 @@ def wasm_filter(name, filename, root_id, config_text):
     }
 
 
-def native_local_ratelimit():
+def native_local_ratelimit(headers=False):
+    """`headers`: also send X-RateLimit-Limit/Remaining/Reset (off by default in Envoy)."""
     pct = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
-    return {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+    cfg = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
         "stat_prefix": "bench_rl",
         "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"},
         "filter_enabled": dict(pct, runtime_key="bench_rl_enabled"),
         "filter_enforced": dict(pct, runtime_key="bench_rl_enforced"),
-    }}
+    }
+    if headers:
+        cfg["enable_x_ratelimit_headers"] = "DRAFT_VERSION_03"
+    return {"name": "envoy.filters.http.local_ratelimit", "typed_config": cfg}
 
 
 def native_global_ratelimit():
@@ -618,6 +622,12 @@ def mg_ratelimit_probe(envoy, sc):
         raise BenchError(f"meshguard rate limit: no RateLimit-Policy header, is the limit active? {hdrs}")
 
 
+def legacy_headers_probe(envoy, sc):
+    hdrs = probe_status(envoy, sc.first_headers(), 200, "request")
+    if "x-ratelimit-limit" not in hdrs:
+        raise BenchError(f"{sc.name}: no X-RateLimit-Limit header, is the limit active? {hdrs}")
+
+
 def mg_global_probe(envoy, sc):
     """The service answered and its limit matched: meshguard builds RateLimit-Policy from the
     service's current_limit, so a `"all"` policy means a real answer, not a failure-mode pass."""
@@ -711,7 +721,9 @@ COMPARISONS = [
     ("mg-nopolicy", "mg-ratelimit-key", "rate limit keyed by header vs no-policy route"),
     ("mg-nopolicy", "mg-jwt-rs256", "JWT RS256 repeated token vs no-policy route"),
     ("mg-nopolicy", "mg-breaker", "circuit breaker CLOSED vs no-policy route"),
-    ("native-ratelimit", "mg-ratelimit", "meshguard vs native local rate limit"),
+    ("mg-nopolicy", "mg-ratelimit-noheaders", "rate limit without rate-limit headers vs no-policy route"),
+    ("native-ratelimit", "mg-ratelimit-noheaders", "local rate limit, no headers: meshguard vs native"),
+    ("native-ratelimit-headers", "mg-ratelimit-legacy", "local rate limit, X-RateLimit-* headers: meshguard vs native"),
     ("native-jwt-rs256-distinct", "mg-jwt-rs256-distinct", "distinct RS256 tokens: meshguard vs jwt_authn"),
     ("native-cache-hit", "mg-cache-hit", "cache HIT: meshguard vs native cache filter"),
     ("native-cache-hit", "trivial-reply", "cache HIT floor: a wasm filter that only answers vs native cache filter"),
@@ -756,6 +768,15 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
           group="ratelimit", probe=mg_ratelimit_probe),
         S("native-ratelimit", "local_ratelimit, all pass", [native_local_ratelimit()],
           group="ratelimit", expect_stat=r"http_local_rate_limit\.ok$"),
+        S("mg-ratelimit-noheaders", "meshguard rate limit, one bucket, all pass, rate_limit_headers none "
+          "(like local_ratelimit's default)", mg({"rate_limit_headers": "none", "routes": [dict(route, rate_limit=rl)]}),
+          group="ratelimit", expect_stat=r"^wasmcustom\.meshguard\.ratelimit\.bench\.all\.allowed$"),
+        S("mg-ratelimit-legacy", "meshguard rate limit, one bucket, all pass, X-RateLimit-* headers",
+          mg({"rate_limit_headers": "legacy", "routes": [dict(route, rate_limit=rl)]}), group="ratelimit",
+          probe=legacy_headers_probe),
+        S("native-ratelimit-headers", "local_ratelimit, all pass, X-RateLimit-* headers (DRAFT_VERSION_03)",
+          [native_local_ratelimit(headers=True)], group="ratelimit", expect_stat=r"http_local_rate_limit\.ok$",
+          probe=legacy_headers_probe),
         S("mg-ratelimit-key", "meshguard rate limit keyed by x-api-key", mg_route(rate_limit=rl_key),
           headers={"x-api-key": "k1"}, group="ratelimit", probe=mg_ratelimit_probe),
         S("mg-ratelimit-global", "meshguard global limit: one RLS call per request, all pass", mg_global,
@@ -1011,7 +1032,9 @@ def evaluate(summary, comp=None):
                        None if triv is None else 1.2 * triv, lambda v, l: v <= l,
                        f"mg-nopolicy {fmt(nop)} us vs trivial {fmt(triv)} us"
                        + ("" if not nop or not triv else f" (ratio {nop / triv:.2f}x)")))
-    for name, label, extra in (("mg-ratelimit", "rate limit", 3), ("mg-jwt-rs256", "JWT RS256 repeated", 5)):
+    for name, label, extra in (("mg-ratelimit", "rate limit (default: IETF RateLimit headers)", 3),
+                               ("mg-ratelimit-noheaders", "rate limit without headers (local_ratelimit's default)", 3),
+                               ("mg-jwt-rs256", "JWT RS256 repeated", 5)):
         d = twin("mg-nopolicy", name)
         if d is not None:
             t.append(check(f"{label} overhead <= no-policy + {extra} us", d, extra, lambda v, l: v <= l,
