@@ -608,9 +608,9 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
     }
     add_response_headers(&s.response_headers, &s.service_headers);
     if let Some(cs) = cache_status {
-        let existing = adapter::response_header("cache-status");
-        let v = cache::headers::append_cache_status(existing.as_deref(), &cs);
-        adapter::set_response_header("cache-status", &v);
+        // A list field: our member goes after the upstream's (see
+        // `add_response_headers`), without reading theirs first.
+        adapter::add_response_header("cache-status", cs.as_bytes());
     }
     false
 }
