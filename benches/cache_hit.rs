@@ -177,17 +177,8 @@ fn response() -> (u32, Hs, Vec<u8>) {
 /// `serialize_map`). Returns the serialized size (kept alive).
 fn send_like_the_filter(resp: &cache::CachedResponse) -> usize {
     // send_cached
-    let values: Vec<std::borrow::Cow<'_, str>> = resp
-        .headers
-        .iter()
-        .map(|(_, v)| String::from_utf8_lossy(v))
-        .collect();
-    let refs: Vec<(&str, &str)> = resp
-        .headers
-        .iter()
-        .zip(&values)
-        .map(|((n, _), v)| (n.as_str(), v.as_ref()))
-        .collect();
+    let mut spill = Vec::new();
+    let refs = resp.text_headers(&mut spill);
     // StreamState::reply (no extra response headers on a plain cache route)
     let h: Vec<(&str, &str)> = refs.to_vec();
     // adapter::send_local_reply, then hostcalls::send_http_response
