@@ -180,7 +180,7 @@ impl<'a> EntryView<'a> {
         let vary_start = r.i;
         for _ in 0..vary_count {
             let len = r.u16()? as usize;
-            std::str::from_utf8(r.take(len)?).map_err(|_| "vary name not UTF-8")?;
+            utf8(r.take(len)?).ok_or("vary name not UTF-8")?;
         }
         let vary = (vary_start, r.i);
         let header_count = r.u16()? as usize;
@@ -190,7 +190,7 @@ impl<'a> EntryView<'a> {
         let headers_start = r.i;
         for _ in 0..header_count {
             let len = r.u16()? as usize;
-            std::str::from_utf8(r.take(len)?).map_err(|_| "header name not UTF-8")?;
+            utf8(r.take(len)?).ok_or("header name not UTF-8")?;
             let vlen = r.u32()? as usize;
             r.take(vlen)?;
         }
@@ -321,6 +321,15 @@ impl<'a> Iterator for HeaderIter<'a> {
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         (0, Some(self.left))
+    }
+}
+
+/// Whether `b` is UTF-8; names are ASCII in practice, checked inline.
+fn utf8(b: &[u8]) -> Option<()> {
+    if b.is_ascii() || std::str::from_utf8(b).is_ok() {
+        Some(())
+    } else {
+        None
     }
 }
 

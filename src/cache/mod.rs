@@ -395,16 +395,18 @@ fn uri_key_len(route: &str, authority: &str, path: &str) -> usize {
 /// authority lower-cased.
 fn write_uri_key(route: &str, authority: &str, path: &str, key: &mut [u8]) {
     let mut n = 0;
-    for (i, part) in [route, authority, path].into_iter().enumerate() {
-        let len = (part.len() as u32).to_le_bytes();
-        for (d, s) in key
-            .iter_mut()
-            .skip(n)
-            .zip(len.iter().chain(part.as_bytes()))
-        {
-            *d = if i == 1 { s.to_ascii_lowercase() } else { *s };
+    for part in [route, authority, path] {
+        let end = n + 4 + part.len();
+        if let Some(dst) = key.get_mut(n..end) {
+            let (len, bytes) = dst.split_at_mut(4);
+            len.copy_from_slice(&(part.len() as u32).to_le_bytes());
+            bytes.copy_from_slice(part.as_bytes());
         }
-        n += 4 + part.len();
+        n = end;
+    }
+    let a = 4 + route.len() + 4;
+    if let Some(auth) = key.get_mut(a..a + authority.len()) {
+        auth.make_ascii_lowercase();
     }
 }
 

@@ -168,13 +168,14 @@ impl Key {
                 break;
             }
         }
+        let (p, d) = (prefix.len(), &digits[n..]);
         let mut buf = [0u8; 40];
-        let mut len = 0;
-        for (d, s) in buf.iter_mut().zip(prefix.iter().chain(&digits[n..])) {
-            *d = *s;
-            len += 1;
+        buf[..p].copy_from_slice(prefix);
+        buf[p..p + d.len()].copy_from_slice(d);
+        Key {
+            buf,
+            len: p + d.len(),
         }
-        Key { buf, len }
     }
     pub fn chunk(i: u32) -> Key {
         Key::new(CHUNK_PREFIX, i)
