@@ -74,14 +74,57 @@ pub fn parse_list(v: &[u8]) -> Vec<ETag<'_>> {
     out
 }
 
+/// The stored response's fields a conditional request is compared with:
+/// the first `ETag`, `Last-Modified` and `Date` values (as
+/// [`headers::first`] finds them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredValidators<'a> {
+    pub etag: Option<&'a [u8]>,
+    pub last_modified: Option<&'a [u8]>,
+    pub date: Option<&'a [u8]>,
+}
+
+impl<'a> StoredValidators<'a> {
+    pub fn of(stored: &'a Headers) -> StoredValidators<'a> {
+        let mut s = StoredValidators::default();
+        for (n, v) in stored {
+            s.see(n, v);
+        }
+        s
+    }
+
+    /// Takes in the next stored header (in order).
+    pub fn see(&mut self, name: &str, value: &'a [u8]) {
+        if value.len() > crate::request::MAX_HEADER_VALUE {
+            return;
+        }
+        let slot = if name.eq_ignore_ascii_case("etag") {
+            &mut self.etag
+        } else if name.eq_ignore_ascii_case("last-modified") {
+            &mut self.last_modified
+        } else if name.eq_ignore_ascii_case("date") {
+            &mut self.date
+        } else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = Some(value);
+        }
+    }
+}
+
 /// `If-None-Match` evaluation against a stored response (weak comparison,
 /// as 13.1.2 requires): true when the condition is FALSE, i.e. the client's
 /// copy is current and a 304 is the answer. `*` matches any stored response.
 pub fn if_none_match_hits(if_none_match: &[&[u8]], stored: &Headers) -> bool {
+    if_none_match_hits_etag(if_none_match, StoredValidators::of(stored).etag)
+}
+
+fn if_none_match_hits_etag(if_none_match: &[&[u8]], stored_etag: Option<&[u8]>) -> bool {
     if if_none_match.iter().any(|v| v.trim_ascii() == b"*") {
         return true;
     }
-    let Some(tag) = headers::first(stored, "etag").and_then(parse) else {
+    let Some(tag) = stored_etag.and_then(parse) else {
         return false;
     };
     if_none_match
@@ -90,17 +133,21 @@ pub fn if_none_match_hits(if_none_match: &[&[u8]], stored: &Headers) -> bool {
         .any(|t| weak_eq(&t, &tag))
 }
 
-/// `If-Modified-Since` evaluation (13.1.3): true when the stored response
-/// was not modified since the given date. The stored response's
+/// Whether the stored response is not modified since `If-Modified-Since`:
 /// modification time is `Last-Modified`, else its `Date`, else when it was
 /// received (RFC 9111 4.3.2). An invalid date ignores the header.
 pub fn not_modified_since(ims: &[u8], stored: &Headers, response_time_secs: u64) -> bool {
+    not_modified_since_by(ims, &StoredValidators::of(stored), response_time_secs)
+}
+
+fn not_modified_since_by(ims: &[u8], stored: &StoredValidators, response_time_secs: u64) -> bool {
     let Some(since) = httpdate::parse(ims) else {
         return false;
     };
-    let modified = headers::first(stored, "last-modified")
+    let modified = stored
+        .last_modified
         .and_then(httpdate::parse)
-        .or_else(|| headers::first(stored, "date").and_then(httpdate::parse))
+        .or_else(|| stored.date.and_then(httpdate::parse))
         .unwrap_or(response_time_secs);
     modified <= since
 }
@@ -109,12 +156,21 @@ pub fn not_modified_since(ims: &[u8], stored: &Headers, response_time_secs: u64)
 /// stored response: `If-None-Match` if present (then `If-Modified-Since` is
 /// ignored, 13.2.2), otherwise `If-Modified-Since`.
 pub fn answer_304(request: &Headers, stored: &Headers, response_time_secs: u64) -> bool {
+    answer_304_by(request, &StoredValidators::of(stored), response_time_secs)
+}
+
+/// [`answer_304`] given the stored response's validators.
+pub fn answer_304_by(
+    request: &Headers,
+    stored: &StoredValidators,
+    response_time_secs: u64,
+) -> bool {
     let inm: Vec<&[u8]> = headers::all(request, "if-none-match").collect();
     if !inm.is_empty() {
-        return if_none_match_hits(&inm, stored);
+        return if_none_match_hits_etag(&inm, stored.etag);
     }
     match headers::first(request, "if-modified-since") {
-        Some(ims) => not_modified_since(ims, stored, response_time_secs),
+        Some(ims) => not_modified_since_by(ims, stored, response_time_secs),
         None => false,
     }
 }

@@ -52,14 +52,33 @@ pub fn lifetime(
     response_time_secs: u64,
     cfg: FreshnessConfig,
 ) -> (u64, LifetimeSource) {
+    if let Some(explicit) = explicit_lifetime(headers, cc, response_time_secs) {
+        return explicit;
+    }
+    // Last-Modified is only parsed when the heuristic may apply.
+    let heuristic = if cfg.heuristic && (heuristically_cacheable(status) || cc.public) {
+        heuristic_base(headers, response_time_secs)
+    } else {
+        None
+    };
+    configured_lifetime(status, cc.public, heuristic, cfg)
+}
+
+/// The lifetime the response's own fields give (`s-maxage`, `max-age`,
+/// `Expires`), which no configuration changes; `None` when they say nothing.
+pub fn explicit_lifetime(
+    headers: &Headers,
+    cc: &ResponseDirectives,
+    response_time_secs: u64,
+) -> Option<(u64, LifetimeSource)> {
     match cc.s_maxage {
-        Some(Seconds::Value(n)) => return (n, LifetimeSource::SMaxAge),
-        Some(Seconds::Invalid) => return (0, LifetimeSource::SMaxAge),
+        Some(Seconds::Value(n)) => return Some((n, LifetimeSource::SMaxAge)),
+        Some(Seconds::Invalid) => return Some((0, LifetimeSource::SMaxAge)),
         None => {}
     }
     match cc.max_age {
-        Some(Seconds::Value(n)) => return (n, LifetimeSource::MaxAge),
-        Some(Seconds::Invalid) => return (0, LifetimeSource::MaxAge),
+        Some(Seconds::Value(n)) => return Some((n, LifetimeSource::MaxAge)),
+        Some(Seconds::Invalid) => return Some((0, LifetimeSource::MaxAge)),
         None => {}
     }
     if headers::has(headers, "expires") {
@@ -70,23 +89,40 @@ pub fn lifetime(
             None
         };
         let date = date_secs(headers).unwrap_or(response_time_secs);
-        return (
+        return Some((
             expires.map_or(0, |e| e.saturating_sub(date)),
             LifetimeSource::Expires,
-        );
+        ));
     }
-    if cfg.heuristic && (heuristically_cacheable(status) || cc.public) {
-        if let Some(lm) = headers::first(headers, "last-modified").and_then(httpdate::parse) {
-            let date = date_secs(headers).unwrap_or(response_time_secs);
+    None
+}
+
+/// The uncapped heuristic lifetime (10% of `Date - Last-Modified`), when
+/// `Last-Modified` is valid.
+pub fn heuristic_base(headers: &Headers, response_time_secs: u64) -> Option<u64> {
+    let lm = headers::first(headers, "last-modified").and_then(httpdate::parse)?;
+    let date = date_secs(headers).unwrap_or(response_time_secs);
+    Some(date.saturating_sub(lm) / 10)
+}
+
+/// The lifetime of a response without explicit freshness: the heuristic
+/// (given `heuristic_base`) when configured, else `default_ttl`, for
+/// statuses cacheable by default or `public` responses.
+pub fn configured_lifetime(
+    status: u32,
+    public: bool,
+    heuristic_base: Option<u64>,
+    cfg: FreshnessConfig,
+) -> (u64, LifetimeSource) {
+    let allowed = heuristically_cacheable(status) || public;
+    if cfg.heuristic && allowed {
+        if let Some(h) = heuristic_base {
             let cap = cfg.default_ttl_secs.unwrap_or(HEURISTIC_CAP_SECS);
-            return (
-                (date.saturating_sub(lm) / 10).min(cap),
-                LifetimeSource::Heuristic,
-            );
+            return (h.min(cap), LifetimeSource::Heuristic);
         }
     }
     if let Some(ttl) = cfg.default_ttl_secs {
-        if heuristically_cacheable(status) || cc.public {
+        if allowed {
             return (ttl, LifetimeSource::DefaultTtl);
         }
     }
@@ -123,14 +159,99 @@ pub fn current_age(
     response_time_ns: u64,
     now_ns: u64,
 ) -> u64 {
+    age_at(
+        initial_age(headers, request_time_ns, response_time_ns),
+        response_time_ns,
+        now_ns,
+    )
+}
+
+/// `corrected_initial_age` of [`current_age`]: everything but the time
+/// spent in the cache.
+pub fn initial_age(headers: &Headers, request_time_ns: u64, response_time_ns: u64) -> u64 {
     let response_time = response_time_ns / 1_000_000_000;
     let date_value = date_secs(headers).unwrap_or(response_time);
     let apparent_age = response_time.saturating_sub(date_value);
     let response_delay = response_time_ns.saturating_sub(request_time_ns) / 1_000_000_000;
     let corrected_age_value = age_header(headers).saturating_add(response_delay);
-    let corrected_initial_age = apparent_age.max(corrected_age_value);
+    apparent_age.max(corrected_age_value)
+}
+
+/// [`current_age`] from its `corrected_initial_age`: adds the resident time.
+pub fn age_at(initial_age: u64, response_time_ns: u64, now_ns: u64) -> u64 {
     let resident_time = now_ns.saturating_sub(response_time_ns) / 1_000_000_000;
-    corrected_initial_age.saturating_add(resident_time)
+    initial_age.saturating_add(resident_time)
+}
+
+/// What a stored response's header fields say about its freshness and
+/// use, worked out once when it is stored, so that a hit parses no header
+/// (no `Cache-Control`, no dates). Stored with the entry (see
+/// [`entry`](super::entry)); [`Facts::of`] is the only way to build one
+/// from a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Facts {
+    /// The lifetime from `s-maxage` / `max-age` / `Expires`, if they say.
+    pub explicit_lifetime: Option<(u64, LifetimeSource)>,
+    /// 10% of `Date - Last-Modified`, uncapped ([`heuristic_base`]).
+    pub heuristic_base: Option<u64>,
+    /// `corrected_initial_age` ([`initial_age`]).
+    pub initial_age: u64,
+    /// The response directives a stored response is judged by.
+    pub max_age: Option<Seconds>,
+    pub s_maxage: Option<Seconds>,
+    pub no_cache: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+}
+
+impl Facts {
+    /// The facts of a response received at `response_time_ns` for a
+    /// request sent at `request_time_ns`.
+    pub fn of(headers: &Headers, request_time_ns: u64, response_time_ns: u64) -> Facts {
+        let cc = ResponseDirectives::parse(headers);
+        let response_time_secs = response_time_ns / 1_000_000_000;
+        Facts {
+            explicit_lifetime: explicit_lifetime(headers, &cc, response_time_secs),
+            heuristic_base: heuristic_base(headers, response_time_secs),
+            initial_age: initial_age(headers, request_time_ns, response_time_ns),
+            max_age: cc.max_age,
+            s_maxage: cc.s_maxage,
+            no_cache: cc.no_cache,
+            public: cc.public,
+            must_revalidate: cc.must_revalidate,
+            proxy_revalidate: cc.proxy_revalidate,
+            stale_while_revalidate: cc.stale_while_revalidate,
+            stale_if_error: cc.stale_if_error,
+        }
+    }
+
+    /// [`lifetime`] under the route's configuration.
+    pub fn lifetime(&self, status: u32, cfg: FreshnessConfig) -> (u64, LifetimeSource) {
+        match self.explicit_lifetime {
+            Some(explicit) => explicit,
+            None => configured_lifetime(status, self.public, self.heuristic_base, cfg),
+        }
+    }
+
+    /// The directives [`usability`], [`stale_if_error_allows`] and the
+    /// authorization rule read (the others are those of a stored response:
+    /// no `no-store`, no `private`).
+    pub fn directives(&self) -> ResponseDirectives {
+        ResponseDirectives {
+            max_age: self.max_age,
+            s_maxage: self.s_maxage,
+            no_cache: self.no_cache,
+            public: self.public,
+            must_revalidate: self.must_revalidate,
+            proxy_revalidate: self.proxy_revalidate,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+            ..ResponseDirectives::default()
+        }
+    }
 }
 
 /// What a stored response can do for a request.
@@ -274,6 +395,86 @@ mod tests {
         );
         assert_eq!(life(&[("cache-control", "max-age=oops")], none).0, 0);
         assert_eq!(life(&[], none), (0, LifetimeSource::None));
+    }
+
+    #[test]
+    fn stored_facts_give_the_same_lifetime_and_age_as_the_headers() {
+        let d = httpdate::format(NOW);
+        let e = httpdate::format(NOW + 500);
+        let lm = httpdate::format(NOW - 1000);
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("cache-control", "max-age=10, s-maxage=20")],
+            vec![("cache-control", "max-age=oops")],
+            vec![("cache-control", "s-maxage=-1, public")],
+            vec![("date", &d), ("expires", &e)],
+            vec![("expires", &e), ("expires", &e)],
+            vec![("expires", "0"), ("last-modified", &lm)],
+            vec![("date", &d), ("last-modified", &lm)],
+            vec![
+                ("date", &d),
+                ("last-modified", &lm),
+                ("cache-control", "public"),
+            ],
+            vec![("last-modified", "garbage"), ("age", "12")],
+            vec![("date", &lm), ("age", "x"), ("cache-control", "no-cache")],
+        ];
+        let cfgs = [
+            FreshnessConfig::default(),
+            FreshnessConfig {
+                default_ttl_secs: Some(30),
+                heuristic: false,
+            },
+            FreshnessConfig {
+                default_ttl_secs: None,
+                heuristic: true,
+            },
+            FreshnessConfig {
+                default_ttl_secs: Some(60),
+                heuristic: true,
+            },
+        ];
+        let (req, resp) = (NOW * S - 3 * S, NOW * S);
+        for h in &cases {
+            let h = hs(h);
+            let cc = ResponseDirectives::parse(&h);
+            let f = Facts::of(&h, req, resp);
+            for status in [200, 302, 404, 500] {
+                for cfg in cfgs {
+                    assert_eq!(
+                        f.lifetime(status, cfg),
+                        lifetime(status, &h, &cc, NOW, cfg),
+                        "{h:?} {status} {cfg:?}"
+                    );
+                }
+            }
+            for now in [resp - 100 * S, resp, resp + 7 * S, resp + 86_400 * S] {
+                assert_eq!(
+                    age_at(f.initial_age, resp, now),
+                    current_age(&h, req, resp, now),
+                    "{h:?}"
+                );
+            }
+            let d = f.directives();
+            assert_eq!(
+                (
+                    d.no_cache,
+                    d.public,
+                    d.forbids_stale(),
+                    d.has_explicit_max_age()
+                ),
+                (
+                    cc.no_cache,
+                    cc.public,
+                    cc.forbids_stale(),
+                    cc.has_explicit_max_age()
+                )
+            );
+            assert_eq!(
+                (d.stale_while_revalidate, d.stale_if_error),
+                (cc.stale_while_revalidate, cc.stale_if_error)
+            );
+        }
     }
 
     #[test]

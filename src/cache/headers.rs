@@ -44,15 +44,46 @@ pub fn is_token(name: &str) -> bool {
 /// list is ordered from origin to client, so the cache nearest the client
 /// comes last).
 pub fn append_cache_status(existing: Option<&[u8]>, ours: &str) -> Vec<u8> {
+    append_cache_status_owned(existing, ours.as_bytes().to_vec())
+}
+
+/// [`append_cache_status`] taking our member as bytes it may keep (no copy
+/// when there is no existing value).
+pub fn append_cache_status_owned(existing: Option<&[u8]>, ours: Vec<u8>) -> Vec<u8> {
     match existing {
         Some(e) if !e.iter().all(u8::is_ascii_whitespace) => {
-            let mut v = e.to_vec();
+            let mut v = Vec::with_capacity(e.len() + 2 + ours.len());
+            v.extend_from_slice(e);
             v.extend_from_slice(b", ");
-            v.extend_from_slice(ours.as_bytes());
+            v.extend_from_slice(&ours);
             v
         }
-        _ => ours.as_bytes().to_vec(),
+        _ => ours,
     }
+}
+
+/// Appends the decimal digits of `v` (no `core::fmt`).
+pub fn push_u64(out: &mut Vec<u8>, v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `v` in decimal, with a `-` when negative (no `core::fmt`).
+pub fn push_i64(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, v.unsigned_abs());
 }
 
 #[cfg(test)]
@@ -72,6 +103,20 @@ mod tests {
         assert_eq!(first(&h, "x"), None);
         assert!(has(&h, "x"));
         assert_eq!(count(&h, "etag"), 2);
+    }
+
+    #[test]
+    fn integers_are_written_like_display() {
+        for v in [0i64, 1, 9, 10, 42, 600, -1, -5, -600, i64::MAX, i64::MIN] {
+            let mut out = b"x=".to_vec();
+            push_i64(&mut out, v);
+            assert_eq!(out, format!("x={v}").into_bytes());
+        }
+        for v in [0u64, 7, 86_400, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@
 //!   workers), never exceeded: the table of shared-data keys is fixed when
 //!   configured and full slots are overwritten, oldest stored first among
 //!   a URI's 4 candidate slots. `max_entry_bytes`: responses whose stored
-//!   form (status, kept headers, body, ~100 bytes of bookkeeping) is larger
+//!   form (status, kept headers, body, ~150 bytes of bookkeeping) is larger
 //!   are never stored.
 //! - At most 4 variants of one URI (different `Vary` values or
 //!   `key_headers` values) are kept at once; a fifth replaces the oldest.
@@ -147,9 +147,9 @@ use crate::config::CacheStoreConfig;
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::{strip_port, Request};
 use directives::{RequestDirectives, ResponseDirectives};
-use entry::Entry;
+use entry::{Entry, EntryView};
 use sha2::{Digest, Sha256};
-use store::{LockGuard, LockOutcome, Store, WriteOutcome};
+use store::{LockGuard, LockOutcome, Probe, Store, WriteOutcome};
 
 /// The name meshguard uses in `Cache-Status`.
 pub const CACHE_NAME: &str = "meshguard";
@@ -220,6 +220,33 @@ pub struct CachedResponse {
 impl CachedResponse {
     pub fn header<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
         headers::first(&self.headers, name)
+    }
+
+    /// The headers as the host API takes them (text pairs, in order):
+    /// values borrowed when they are all UTF-8 (one pass, one vector, the
+    /// case in practice); otherwise every value is copied into `spill`,
+    /// invalid sequences replaced.
+    pub fn text_headers<'a>(&'a self, spill: &'a mut Vec<String>) -> Vec<(&'a str, &'a str)> {
+        let mut out = Vec::with_capacity(self.headers.len());
+        for (n, v) in &self.headers {
+            match std::str::from_utf8(v) {
+                Ok(v) => out.push((n.as_str(), v)),
+                Err(_) => {
+                    *spill = self
+                        .headers
+                        .iter()
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                        .collect();
+                    return self
+                        .headers
+                        .iter()
+                        .zip(spill.iter())
+                        .map(|((n, _), v)| (n.as_str(), v.as_str()))
+                        .collect();
+                }
+            }
+        }
+        out
     }
 }
 
@@ -321,11 +348,17 @@ fn fwd_status(
     s
 }
 
-fn hit_status(ttl: i64, detail: Option<&str>) -> String {
-    match detail {
-        Some(d) => format!("{CACHE_NAME}; hit; ttl={ttl}; detail={d}"),
-        None => format!("{CACHE_NAME}; hit; ttl={ttl}"),
+/// Our `Cache-Status` member for a hit (built without `core::fmt`).
+fn hit_status(ttl: i64, detail: Option<&str>) -> Vec<u8> {
+    let mut s = Vec::with_capacity(48);
+    s.extend_from_slice(CACHE_NAME.as_bytes());
+    s.extend_from_slice(b"; hit; ttl=");
+    headers::push_i64(&mut s, ttl);
+    if let Some(d) = detail {
+        s.extend_from_slice(b"; detail=");
+        s.extend_from_slice(d.as_bytes());
     }
+    s
 }
 
 /// The path as keyed: fragment dropped, query dropped with `ignore_query`.
@@ -341,27 +374,107 @@ fn key_path(path: &str, ignore_query: bool) -> &str {
     }
 }
 
+/// Domain prefix of [`uri_hash`].
+const URI_HASH_PREFIX: &[u8] = b"meshguard/v1/cache/uri\0GET\0";
+
 /// Hash of (method GET, route, authority, path): all variants of a URI.
+/// The authority is lower-cased (without allocating).
 pub fn uri_hash(route: &str, authority: &str, path: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"meshguard/v1/cache/uri\0GET\0");
-    for part in [
-        route.as_bytes(),
-        authority.to_ascii_lowercase().as_bytes(),
-        path.as_bytes(),
-    ] {
-        h.update((part.len() as u32).to_le_bytes());
-        h.update(part);
+    let mut key = vec![0u8; uri_key_len(route, authority, path)];
+    write_uri_key(route, authority, path, &mut key);
+    hash_uri_key(&key)
+}
+
+/// Length of the bytes [`uri_hash`] hashes after its prefix.
+fn uri_key_len(route: &str, authority: &str, path: &str) -> usize {
+    12 + route.len() + authority.len() + path.len()
+}
+
+/// Writes the bytes [`uri_hash`] hashes after its prefix into `key`
+/// ([`uri_key_len`] long): each part's length (u32 LE) and bytes, the
+/// authority lower-cased.
+fn write_uri_key(route: &str, authority: &str, path: &str, key: &mut [u8]) {
+    let mut n = 0;
+    for part in [route, authority, path] {
+        let end = n + 4 + part.len();
+        if let Some(dst) = key.get_mut(n..end) {
+            let (len, bytes) = dst.split_at_mut(4);
+            len.copy_from_slice(&(part.len() as u32).to_le_bytes());
+            bytes.copy_from_slice(part.as_bytes());
+        }
+        n = end;
     }
+    let a = 4 + route.len() + 4;
+    if let Some(auth) = key.get_mut(a..a + authority.len()) {
+        auth.make_ascii_lowercase();
+    }
+}
+
+/// SHA-256 of [`URI_HASH_PREFIX`] then `key` (one copy of the hashing code).
+#[inline(never)]
+fn hash_uri_key(key: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(URI_HASH_PREFIX);
+    h.update(key);
     h.finalize().into()
 }
 
-/// Primary key: the URI hash plus the `key_headers` values.
+/// Keys of [`UriMemo`] (the bytes [`uri_hash`] hashes after its prefix)
+/// longer than this are hashed every time.
+const URI_MEMO_MAX_KEY: usize = 256;
+/// Slots of [`UriMemo`].
+const URI_MEMO_SLOTS: usize = 128;
+
+/// Recent URI hashes of this worker (a VM runs one thread; natively, each
+/// thread has its own): SHA-256 is the largest cost of a hit, and hot URIs
+/// repeat. Direct-mapped, bounded (at most [`URI_MEMO_SLOTS`] keys of at
+/// most [`URI_MEMO_MAX_KEY`] bytes, ~40 KiB); the whole key is compared,
+/// so a memoised hash is always the hash of the key.
+/// (key, hash); an empty key is a free slot (a key is never empty).
+type UriMemo = Vec<(Vec<u8>, [u8; 32])>;
+
+thread_local! {
+    static URI_MEMO: std::cell::RefCell<UriMemo> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`uri_hash`] through this worker's [`UriMemo`].
+pub fn uri_hash_memo(route: &str, authority: &str, path: &str) -> [u8; 32] {
+    let mut buf = [0u8; URI_MEMO_MAX_KEY];
+    let Some(key) = buf.get_mut(..uri_key_len(route, authority, path)) else {
+        return uri_hash(route, authority, path);
+    };
+    write_uri_key(route, authority, path, key);
+    let key = &*key;
+    let slot = store::checksum(key) as usize % URI_MEMO_SLOTS;
+    URI_MEMO.with(|memo| {
+        let Ok(mut memo) = memo.try_borrow_mut() else {
+            return hash_uri_key(key);
+        };
+        if memo.is_empty() {
+            memo.resize_with(URI_MEMO_SLOTS, Default::default);
+        }
+        let Some((k, h)) = memo.get_mut(slot) else {
+            return hash_uri_key(key);
+        };
+        if k.as_slice() != key {
+            k.clear();
+            k.extend_from_slice(key);
+            *h = hash_uri_key(key);
+        }
+        *h
+    })
+}
+
+/// Primary key: the URI hash plus the `key_headers` values; the URI hash
+/// itself when the route has no `key_headers` (one hash less per lookup).
 pub fn primary_hash(
     uri: &[u8; 32],
     key_headers: &[String],
     request: &headers::Headers,
 ) -> [u8; 32] {
+    if key_headers.is_empty() {
+        return *uri;
+    }
     let mut h = Sha256::new();
     h.update(uri);
     h.update(vary::secondary_key(key_headers, request));
@@ -372,10 +485,36 @@ fn is_safe(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
 }
 
+/// What a lookup knows of the request before reading the store.
+struct Keys {
+    uri: [u8; 32],
+    primary: [u8; 32],
+    req_cc: RequestDirectives,
+    has_authorization: bool,
+    head: bool,
+}
+
+impl Keys {
+    fn of(route: &CacheRoute, req: &Request) -> Keys {
+        let path = key_path(&req.path, route.policy.ignore_query);
+        let uri = uri_hash_memo(route.name, &req.authority, path);
+        Keys {
+            uri,
+            primary: primary_hash(&uri, &route.policy.key_headers, &req.headers),
+            req_cc: RequestDirectives::parse(&req.headers),
+            has_authorization: req.header("authorization").is_some(),
+            head: req.method == "HEAD",
+        }
+    }
+}
+
 fn context(route: &CacheRoute, req: &Request, now: u64) -> MissContext {
-    let path = key_path(&req.path, route.policy.ignore_query).to_string();
-    let uri = uri_hash(route.name, &req.authority, &path);
-    let primary = primary_hash(&uri, &route.policy.key_headers, &req.headers);
+    context_from(route, req, now, Keys::of(route, req))
+}
+
+/// The request's state for the response side (built only when the request
+/// goes upstream: a hit needs none of it).
+fn context_from(route: &CacheRoute, req: &Request, now: u64, keys: Keys) -> MissContext {
     let request_headers = req
         .headers
         .iter()
@@ -393,13 +532,13 @@ fn context(route: &CacheRoute, req: &Request, now: u64) -> MissContext {
         mode: Mode::Fill,
         fwd: "miss",
         detail: None,
-        head: req.method == "HEAD",
+        head: keys.head,
         authority: req.authority.to_ascii_lowercase(),
-        uri,
-        primary,
+        uri: keys.uri,
+        primary: keys.primary,
         request_headers,
-        has_authorization: req.header("authorization").is_some(),
-        req_cc: RequestDirectives::parse(&req.headers),
+        has_authorization: keys.has_authorization,
+        req_cc: keys.req_cc,
         request_time_ns: now,
         response_time_ns: now,
         lock: None,
@@ -412,6 +551,17 @@ fn shareable_with_authorization(cc: &ResponseDirectives) -> bool {
     cc.public || cc.s_maxage.is_some() || cc.must_revalidate
 }
 
+/// Fields kept in a 304 built from a stored response.
+const KEEP_304: [&str; 7] = [
+    "cache-control",
+    "content-location",
+    "date",
+    "etag",
+    "expires",
+    "vary",
+    "last-modified",
+];
+
 /// Builds the response sent from an entry: 304 when the request's own
 /// conditions hold (2xx entries only), no body for HEAD.
 fn respond(
@@ -419,48 +569,117 @@ fn respond(
     request: &headers::Headers,
     head: bool,
     age: u64,
-    cache_status: &str,
+    cache_status: Vec<u8>,
 ) -> CachedResponse {
-    let not_modified = (200..300).contains(&entry.status)
-        && etag::answer_304(request, &entry.headers, entry.response_time_ns / NS);
-    let upstream_status: Vec<u8> = headers::all(&entry.headers, "cache-status")
-        .collect::<Vec<_>>()
-        .join(&b", "[..]);
-    let keep_304 = [
-        "cache-control",
-        "content-location",
-        "date",
-        "etag",
-        "expires",
-        "vary",
-        "last-modified",
-    ];
-    let mut out: Vec<(String, Vec<u8>)> = entry
-        .headers
-        .iter()
-        .filter(|(n, _)| n != "age" && n != "cache-status")
-        .filter(|(n, _)| !not_modified || keep_304.contains(&n.as_str()))
-        .cloned()
-        .collect();
-    out.push(("age".into(), age.to_string().into_bytes()));
+    let (mut response, with_body) = respond_headers(
+        entry.status,
+        &mut entry
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice())),
+        entry.headers.len(),
+        entry.response_time_ns,
+        request,
+        head,
+        age,
+        cache_status,
+    );
+    if with_body {
+        response.body = entry.body.clone();
+    }
+    response
+}
+
+/// [`respond`] for an entry read in place (a hit), without its body: the
+/// body's place in the payload when it is to be sent (see [`with_body`]).
+fn respond_in_place(
+    view: &EntryView<'_>,
+    request: &headers::Headers,
+    head: bool,
+    age: u64,
+    cache_status: Vec<u8>,
+) -> (CachedResponse, Option<(usize, usize)>) {
+    let (response, with_body) = respond_headers(
+        view.status,
+        &mut view.headers(),
+        view.header_count(),
+        view.response_time_ns,
+        request,
+        head,
+        age,
+        cache_status,
+    );
+    (
+        response,
+        with_body.then_some((view.body_offset, view.body_len)),
+    )
+}
+
+/// Completes [`respond_in_place`]: the body is moved out of the buffer the
+/// store read (no copy).
+fn with_body(
+    (mut response, body): (CachedResponse, Option<(usize, usize)>),
+    payload: store::Payload,
+) -> CachedResponse {
+    if let Some((offset, len)) = body {
+        response.body = payload.into_range(offset, len);
+    }
+    response
+}
+
+/// The status and headers of [`respond`] from the stored headers, in
+/// order: all but `Age` and `Cache-Status` (only [`KEEP_304`] for a 304),
+/// then `Age`, then `Cache-Status` (the stored one's members, then ours).
+/// One pass over the stored headers. The body is left empty; `true` when
+/// it should be sent.
+#[allow(clippy::too_many_arguments)]
+fn respond_headers<'a>(
+    status: u16,
+    stored: &mut dyn Iterator<Item = (&'a str, &'a [u8])>,
+    count: usize,
+    response_time_ns: u64,
+    request: &headers::Headers,
+    head: bool,
+    age: u64,
+    cache_status: Vec<u8>,
+) -> (CachedResponse, bool) {
+    let mut validators = etag::StoredValidators::default();
+    let mut upstream_status: Vec<u8> = Vec::new();
+    let mut upstream_lines = 0usize;
+    let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(count + 2);
+    for (n, v) in stored {
+        validators.see(n, v);
+        if n.eq_ignore_ascii_case("cache-status") && v.len() <= crate::request::MAX_HEADER_VALUE {
+            if upstream_lines > 0 {
+                upstream_status.extend_from_slice(b", ");
+            }
+            upstream_status.extend_from_slice(v);
+            upstream_lines += 1;
+        }
+        if n == "age" || n == "cache-status" {
+            continue;
+        }
+        out.push((n.to_string(), v.to_vec()));
+    }
+    let not_modified = (200..300).contains(&status)
+        && etag::answer_304_by(request, &validators, response_time_ns / NS);
+    if not_modified {
+        out.retain(|(n, _)| KEEP_304.contains(&n.as_str()));
+    }
+    let mut age_value = Vec::with_capacity(20);
+    headers::push_u64(&mut age_value, age);
+    out.push(("age".into(), age_value));
     let existing = (!upstream_status.is_empty()).then_some(upstream_status.as_slice());
     out.push((
         "cache-status".into(),
-        headers::append_cache_status(existing, cache_status),
+        headers::append_cache_status_owned(existing, cache_status),
     ));
-    CachedResponse {
-        status: if not_modified {
-            304
-        } else {
-            entry.status as u32
-        },
+    let response = CachedResponse {
+        status: if not_modified { 304 } else { status as u32 },
         headers: out,
-        body: if head || not_modified {
-            Vec::new()
-        } else {
-            entry.body.clone()
-        },
-    }
+        body: Vec::new(),
+    };
+    (response, !(head || not_modified))
 }
 
 fn entry_times(entry: &Entry, policy: &CachePolicy, now: u64) -> (ResponseDirectives, u64, u64) {
@@ -521,36 +740,16 @@ fn validator_mismatch(cache_status: String) -> CachedResponse {
     }
 }
 
-enum Found {
-    Entry(Entry),
-    VaryMiss,
-    UriMiss,
-}
-
-fn find(store: &Store<'_, impl Host>, ctx: &MissContext, req: &Request) -> Found {
-    let heads = store.matching_heads(&ctx.uri, Some(&ctx.primary));
-    let mut any = false;
-    for (slot, head) in heads {
-        if let Some(e) = store.read_entry(slot, &head) {
-            any = true;
-            if e.secondary == vary::secondary_key(&e.vary_names, &req.headers) {
-                return Found::Entry(e);
-            }
-        }
-    }
-    if any {
-        Found::VaryMiss
-    } else {
-        Found::UriMiss
-    }
-}
-
 /// Step 1, on the request headers (see the module docs).
+///
+/// A hit reads the store once when the entry sits in its URI's first slot
+/// and fits one chunk, parses no stored header (the entry carries its
+/// [`freshness::Facts`]) and copies no body.
 pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
     let now = host.now_nanos();
-    let mut ctx = context(route, req, now);
     let m = route.metrics;
     if !route.policy.caches_method(&req.method) {
+        let mut ctx = context(route, req, now);
         host.increment_metric(m.bypass, 1);
         ctx.mode = if is_safe(&req.method) {
             Mode::Bypass
@@ -560,59 +759,49 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
         ctx.fwd = "method";
         return Lookup::Bypass { ctx };
     }
+    let keys = Keys::of(route, req);
     let store = Store::new(host, route.store);
-    let found = find(&store, &ctx, req);
-    let entry = match found {
-        Found::Entry(e) => e,
-        Found::VaryMiss | Found::UriMiss => {
-            host.increment_metric(m.miss, 1);
-            if ctx.req_cc.only_if_cached {
-                return Lookup::OnlyIfCachedMiss(gateway_timeout("no stored response"));
-            }
-            ctx.fwd = if matches!(found, Found::VaryMiss) {
-                "vary-miss"
-            } else {
-                "uri-miss"
-            };
-            match fill_lock(&store, &ctx) {
-                LockOutcome::Acquired(g) => ctx.lock = Some(g),
-                LockOutcome::HeldByOther { remaining_ns } => {
-                    return Lookup::Wait {
-                        retry_after_ms: (remaining_ns / 1_000_000).clamp(1, WAIT_POLL_MS),
-                    }
-                }
-                LockOutcome::Unavailable => {}
-            }
-            return Lookup::Miss { ctx };
-        }
+    let probe = store.probe(&keys.uri, &keys.primary, |e| {
+        e.secondary == vary::secondary_key_of(e.vary_names(), &req.headers)
+    });
+    let (payload, meta) = match probe {
+        Probe::Found(p, meta) => (p, meta),
+        Probe::Rejected => return miss(host, &store, route, req, now, keys, "vary-miss"),
+        Probe::Nothing => return miss(host, &store, route, req, now, keys, "uri-miss"),
     };
-    let (cc, life, age) = entry_times(&entry, route.policy, now);
-    if ctx.has_authorization && !shareable_with_authorization(&cc) {
+    let view = EntryView::again(payload.bytes(), meta);
+    let cc = view.facts.directives();
+    let (life, _) = view
+        .facts
+        .lifetime(view.status as u32, route.policy.freshness());
+    let age = freshness::age_at(view.facts.initial_age, view.response_time_ns, now);
+    if keys.has_authorization && !shareable_with_authorization(&cc) {
         host.increment_metric(m.miss, 1);
-        if ctx.req_cc.only_if_cached {
+        if keys.req_cc.only_if_cached {
             return Lookup::OnlyIfCachedMiss(gateway_timeout(
                 "the stored response may not answer a request with Authorization",
             ));
         }
+        let mut ctx = context_from(route, req, now, keys);
         ctx.fwd = "request";
         ctx.detail = Some("authorization");
         return Lookup::Miss { ctx };
     }
-    let usability = freshness::usability(life, age, &cc, &ctx.req_cc);
+    let usability = freshness::usability(life, age, &cc, &keys.req_cc);
     match usability {
         freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => {
             host.increment_metric(m.hit, 1);
-            Lookup::Hit(respond(
-                &entry,
-                &req.headers,
-                ctx.head,
-                age,
-                &hit_status(ttl, None),
+            let status = hit_status(ttl, None);
+            Lookup::Hit(with_body(
+                respond_in_place(&view, &req.headers, keys.head, age, status),
+                payload,
             ))
         }
         // HEAD never takes the fill lock: its response cannot refill the entry.
-        freshness::Usability::StaleWhileRevalidate { ttl } => match fill_lock(&store, &ctx) {
+        freshness::Usability::StaleWhileRevalidate { ttl } => match fill_lock(&store, &keys) {
             LockOutcome::Acquired(g) => {
+                let entry = view.to_entry();
+                let mut ctx = context_from(route, req, now, keys);
                 ctx.lock = Some(g);
                 host.increment_metric(m.miss, 1);
                 ctx.fwd = "stale";
@@ -621,20 +810,24 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
             _ => {
                 host.increment_metric(m.hit, 1);
                 let status = hit_status(ttl, Some("stale-while-revalidate"));
-                Lookup::Hit(respond(&entry, &req.headers, ctx.head, age, &status))
+                Lookup::Hit(with_body(
+                    respond_in_place(&view, &req.headers, keys.head, age, status),
+                    payload,
+                ))
             }
         },
         freshness::Usability::MustValidate { ttl } => {
-            if ctx.req_cc.only_if_cached {
+            if keys.req_cc.only_if_cached {
                 host.increment_metric(m.miss, 1);
                 return Lookup::OnlyIfCachedMiss(gateway_timeout(
                     "the stored response would need validating with the origin",
                 ));
             }
             let entry_itself_stale = ttl <= 0 || cc.no_cache;
+            let mut lock = None;
             if entry_itself_stale {
-                match fill_lock(&store, &ctx) {
-                    LockOutcome::Acquired(g) => ctx.lock = Some(g),
+                match fill_lock(&store, &keys) {
+                    LockOutcome::Acquired(g) => lock = Some(g),
                     LockOutcome::HeldByOther { remaining_ns } => {
                         return Lookup::Wait {
                             retry_after_ms: (remaining_ns / 1_000_000).clamp(1, WAIT_POLL_MS),
@@ -644,6 +837,9 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
                 }
             }
             host.increment_metric(m.miss, 1);
+            let entry = view.to_entry();
+            let mut ctx = context_from(route, req, now, keys);
+            ctx.lock = lock;
             ctx.fwd = if entry_itself_stale {
                 "stale"
             } else {
@@ -654,13 +850,42 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
     }
 }
 
+/// Nothing stored answers the request (`fwd`: `uri-miss` or `vary-miss`).
+fn miss(
+    host: &impl Host,
+    store: &Store<'_, impl Host>,
+    route: &CacheRoute,
+    req: &Request,
+    now: u64,
+    keys: Keys,
+    fwd: &'static str,
+) -> Lookup {
+    host.increment_metric(route.metrics.miss, 1);
+    if keys.req_cc.only_if_cached {
+        return Lookup::OnlyIfCachedMiss(gateway_timeout("no stored response"));
+    }
+    let lock = fill_lock(store, &keys);
+    let mut ctx = context_from(route, req, now, keys);
+    ctx.fwd = fwd;
+    match lock {
+        LockOutcome::Acquired(g) => ctx.lock = Some(g),
+        LockOutcome::HeldByOther { remaining_ns } => {
+            return Lookup::Wait {
+                retry_after_ms: (remaining_ns / 1_000_000).clamp(1, WAIT_POLL_MS),
+            }
+        }
+        LockOutcome::Unavailable => {}
+    }
+    Lookup::Miss { ctx }
+}
+
 /// Takes the fill lock, unless this request's response can never fill the
 /// entry (HEAD, request `no-store`).
-fn fill_lock(store: &Store<'_, impl Host>, ctx: &MissContext) -> LockOutcome {
-    if ctx.head || ctx.req_cc.no_store {
+fn fill_lock(store: &Store<'_, impl Host>, keys: &Keys) -> LockOutcome {
+    if keys.head || keys.req_cc.no_store {
         return LockOutcome::Unavailable;
     }
-    store.try_lock(&ctx.primary)
+    store.try_lock(&keys.primary)
 }
 
 fn go_upstream(mut ctx: MissContext, entry: Entry) -> Lookup {
@@ -743,7 +968,13 @@ fn serve_stale_if_error(
         Some("stale-if-error"),
         Some(ttl),
     );
-    Some(respond(stale, &ctx.request_headers, ctx.head, age, &status))
+    Some(respond(
+        stale,
+        &ctx.request_headers,
+        ctx.head,
+        age,
+        status.into_bytes(),
+    ))
 }
 
 /// Step 2, on the upstream response headers (see the module docs).
@@ -938,7 +1169,7 @@ fn revalidated(
         &ctx.request_headers,
         ctx.head,
         age,
-        &status,
+        status.into_bytes(),
     ))
 }
 
@@ -1085,6 +1316,122 @@ mod tests {
         assert_ne!(uri_hash("r", "h", "/a"), uri_hash("r", "h", "/b"));
         assert_ne!(uri_hash("r", "h", "/a"), uri_hash("s", "h", "/a"));
         assert_eq!(uri_hash("r", "H.com", "/a"), uri_hash("r", "h.com", "/a"));
+    }
+
+    #[test]
+    fn the_uri_hash_is_sha256_of_the_length_prefixed_parts() {
+        let mut m = b"meshguard/v1/cache/uri\0GET\0".to_vec();
+        for part in [&b"r"[..], b"a.com:80", b"/P?q"] {
+            m.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            m.extend_from_slice(part);
+        }
+        let want: [u8; 32] = Sha256::digest(&m).into();
+        assert_eq!(uri_hash("r", "A.Com:80", "/P?q"), want);
+        assert_eq!(uri_hash_memo("r", "A.Com:80", "/P?q"), want);
+    }
+
+    #[test]
+    fn memoised_uri_hashes_are_the_hashes() {
+        let long = "/".repeat(URI_MEMO_MAX_KEY);
+        let cases = [
+            ("r", "a.com", "/x"),
+            ("r", "A.Com:8080", "/x?q=1"),
+            ("route", "b", ""),
+            ("r", "a.com", long.as_str()),
+        ];
+        for round in 0..3 {
+            for (r, a, p) in cases {
+                assert_eq!(uri_hash_memo(r, a, p), uri_hash(r, a, p), "{round} {r} {a}");
+            }
+            // Many keys: slots are shared and overwritten.
+            for i in 0..(3 * URI_MEMO_SLOTS) {
+                let p = format!("/p/{i}");
+                assert_eq!(uri_hash_memo("r", "H", &p), uri_hash("r", "h", &p));
+            }
+        }
+        assert_ne!(uri_hash_memo("r", "a", "/x"), uri_hash_memo("r", "a", "/y"));
+        assert_ne!(uri_hash_memo("ra", "", "/x"), uri_hash_memo("r", "a", "/x"));
+    }
+
+    #[test]
+    fn without_key_headers_the_primary_key_is_the_uri_hash() {
+        let uri = uri_hash("r", "a", "/x");
+        let req = h(&[("x-tenant", "1")]);
+        assert_eq!(primary_hash(&uri, &[], &req), uri);
+        let tenant = primary_hash(&uri, &["x-tenant".to_string()], &req);
+        assert_ne!(tenant, uri);
+        assert_ne!(
+            tenant,
+            primary_hash(&uri, &["x-tenant".to_string()], &h(&[("x-tenant", "2")]))
+        );
+    }
+
+    #[test]
+    fn a_hit_reads_the_store_once_and_copies_the_body_once() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let stored = h(&[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("age", "3"),
+            ("cache-status", "origin; hit"),
+        ]);
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &stored);
+        assert!(store(&host, &route, &mut ctx, 200, &stored, b"body"));
+        host.advance(std::time::Duration::from_secs(2));
+        let reads = std::cell::Cell::new(0);
+        let counting = store::Counting(&host, &reads);
+        let Lookup::Hit(r) = lookup(&counting, &route, &get(&[("accept", "x")])) else {
+            panic!("expected a hit")
+        };
+        assert_eq!(reads.get(), 1);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"body");
+        assert_eq!(
+            r.headers,
+            h(&[
+                ("cache-control", "max-age=60"),
+                ("etag", "\"v1\""),
+                ("age", "5"),
+                ("cache-status", "origin; hit, meshguard; hit; ttl=55"),
+            ])
+        );
+        // Conditional: a 304 with the kept fields only.
+        let Lookup::Hit(r) = lookup(&counting, &route, &get(&[("if-none-match", "\"v1\"")])) else {
+            panic!("expected a hit")
+        };
+        assert_eq!((r.status, r.body.len()), (304, 0));
+        assert_eq!(r.header("etag"), Some(&b"\"v1\""[..]));
+        assert_eq!(r.header("age"), Some(&b"5"[..]));
+    }
+
+    #[test]
+    fn text_headers_borrow_utf8_and_replace_the_rest() {
+        let r = CachedResponse {
+            status: 200,
+            headers: h(&[("a", "1"), ("b", "é")]),
+            body: Vec::new(),
+        };
+        let mut spill = Vec::new();
+        assert_eq!(r.text_headers(&mut spill), vec![("a", "1"), ("b", "é")]);
+        assert!(spill.is_empty());
+        let mut bad = r.clone();
+        bad.headers.insert(1, ("x".into(), vec![b'o', 0xff, b'k']));
+        bad.headers.push(("y".into(), vec![0xfe]));
+        assert_eq!(
+            bad.text_headers(&mut spill),
+            vec![
+                ("a", "1"),
+                ("x", "o\u{fffd}k"),
+                ("b", "é"),
+                ("y", "\u{fffd}")
+            ]
+        );
     }
 
     #[test]
@@ -1281,7 +1628,11 @@ mod tests {
 
     #[test]
     fn cache_status_strings() {
-        assert_eq!(hit_status(42, None), "meshguard; hit; ttl=42");
+        assert_eq!(hit_status(42, None), b"meshguard; hit; ttl=42");
+        assert_eq!(
+            hit_status(-3, Some("stale-while-revalidate")),
+            b"meshguard; hit; ttl=-3; detail=stale-while-revalidate"
+        );
         assert_eq!(
             fwd_status("uri-miss", Some(200), true, None, None),
             "meshguard; fwd=uri-miss; fwd-status=200; stored"

@@ -664,18 +664,9 @@ impl StreamState {
 /// the upstream's response (revalidated 304, stale-if-error). Header values
 /// are borrowed as they are (valid UTF-8 in practice), copied only if not.
 fn send_cached(s: &mut StreamState, resp: &cache::CachedResponse) -> Step {
-    let values: Vec<std::borrow::Cow<'_, str>> = resp
-        .headers
-        .iter()
-        .map(|(_, v)| String::from_utf8_lossy(v))
-        .collect();
-    let refs: Vec<(&str, &str)> = resp
-        .headers
-        .iter()
-        .zip(&values)
-        .map(|((n, _), v)| (n.as_str(), v.as_ref()))
-        .collect();
-    s.reply(resp.status, &refs, &resp.body)
+    let mut spill = Vec::new();
+    let headers = resp.text_headers(&mut spill);
+    s.reply(resp.status, &headers, &resp.body)
 }
 
 /// A response body chunk passing through: copied for the cache, never held.
