@@ -2,14 +2,17 @@
 //! signature verification once (PLATFORM.md: pure-Rust RSA costs ~0.7 ms).
 //!
 //! Key: the token bytes themselves, in this worker's memory only (never
-//! logged, never in shared data), found with one hash-map lookup: a fast
-//! hash (foldhash) of the bytes, then a comparison of the full bytes, so a
-//! hit is exact. The hash need not resist collision attacks (std's SipHash
-//! does, at 3-4x the cost: it was 60% of a cache hit's instructions for a
-//! 700-byte token): only tokens whose signature verified are ever inserted,
-//! so nobody without the signing key can choose which keys share a bucket.
-//! Tokens over [`MAX_CACHED_TOKEN`] bytes are not cached (bounded memory:
-//! capacity x 4 KiB at most).
+//! logged, never in shared data). The map is indexed by a fingerprint:
+//! std's keyed SipHash of the token's length and its last
+//! [`FINGERPRINT_TAIL`] bytes (the end of the signature: the most varying
+//! part), and an entry matches only if the full bytes are equal, so a hit
+//! is exact. Hashing the whole ~700-byte token was 60% of a cache hit's
+//! instructions; the tail is enough because only tokens whose signature
+//! verified are ever inserted: nobody without the signing key can choose
+//! which tokens share a fingerprint, and two verified tokens that do (not
+//! seen in practice) just evict each other. Tokens over
+//! [`MAX_CACHED_TOKEN`] bytes are not cached (bounded memory: capacity x
+//! 4 KiB at most).
 //! Value: the provider that verified it, its claims and payload segment.
 //! An entry lives until the token's `exp` and at most [`MAX_ENTRY_TTL`];
 //! when full, the oldest insertion is evicted. Route claim rules are NOT
@@ -17,10 +20,13 @@
 
 use super::verify::{NativeRsa, VerifyStats};
 use serde_json::Value;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-
-type Map = HashMap<Arc<[u8]>, Entry, foldhash::fast::FixedState>;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+/// How many bytes at the end of a token its fingerprint hashes.
+pub const FINGERPRINT_TAIL: usize = 64;
 
 /// Longest token kept in the cache (bytes).
 pub const MAX_CACHED_TOKEN: usize = 4096;
@@ -41,6 +47,7 @@ pub struct Verified {
 
 #[derive(Debug)]
 struct Entry {
+    token: Arc<[u8]>,
     seq: u64,
     expires_at: u64,
     value: Verified,
@@ -52,8 +59,11 @@ struct Entry {
 #[derive(Debug)]
 pub struct TokenCache {
     capacity: usize,
-    map: Map,
-    order: BTreeMap<u64, Arc<[u8]>>,
+    /// Fingerprint -> entry.
+    map: HashMap<u64, Entry>,
+    /// Insertion order: seq -> fingerprint.
+    order: BTreeMap<u64, u64>,
+    hasher: RandomState,
     next_seq: u64,
     pub(crate) native_rsa: NativeRsa,
     /// Work counters (tests, debugging).
@@ -79,8 +89,9 @@ impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         TokenCache {
             capacity,
-            map: Map::default(),
+            map: HashMap::new(),
             order: BTreeMap::new(),
+            hasher: RandomState::new(),
             next_seq: 0,
             native_rsa: NativeRsa::Unknown,
             stats: CacheStats::default(),
@@ -102,15 +113,23 @@ impl TokenCache {
 
     /// A live entry for `key` at `now` (nanoseconds); expired ones are dropped.
     pub fn get(&mut self, key: &[u8], now: u64) -> Option<Verified> {
-        // One lookup on the hot path (a hit); the expired case pays a second.
-        let e = self.map.get(key)?;
+        let fp = self.fingerprint(key);
+        let e = self.map.get(&fp)?;
+        if *e.token != *key {
+            return None;
+        }
         if now < e.expires_at {
             return Some(e.value.clone());
         }
-        if let Some(e) = self.map.remove(key) {
+        if let Some(e) = self.map.remove(&fp) {
             self.order.remove(&e.seq);
         }
         None
+    }
+
+    fn fingerprint(&self, token: &[u8]) -> u64 {
+        let tail = &token[token.len().saturating_sub(FINGERPRINT_TAIL)..];
+        self.hasher.hash_one((token.len(), tail))
     }
 
     /// Stores a verified token until `exp_secs` (if any), at most
@@ -119,7 +138,7 @@ impl TokenCache {
         if self.capacity == 0 || token.len() > MAX_CACHED_TOKEN {
             return;
         }
-        let key: Arc<[u8]> = Arc::from(token);
+        let fp = self.fingerprint(token);
         let mut expires_at = now.saturating_add(MAX_ENTRY_TTL);
         if let Some(exp) = exp_secs {
             let exp_nanos = u64::try_from(exp)
@@ -130,23 +149,24 @@ impl TokenCache {
         if expires_at <= now {
             return;
         }
-        if let Some(old) = self.map.remove(token) {
+        if let Some(old) = self.map.remove(&fp) {
             self.order.remove(&old.seq);
         }
         while self.map.len() >= self.capacity {
             match self.order.pop_first() {
-                Some((_, k)) => {
-                    self.map.remove(&*k);
+                Some((_, old_fp)) => {
+                    self.map.remove(&old_fp);
                 }
                 None => break,
             }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.order.insert(seq, key.clone());
+        self.order.insert(seq, fp);
         self.map.insert(
-            key,
+            fp,
             Entry {
+                token: Arc::from(token),
                 seq,
                 expires_at,
                 value,
@@ -200,6 +220,29 @@ mod tests {
         c.insert(b"4", v(0), None, 0);
         assert!(c.get(b"3", 0).is_none());
         assert_eq!(c.get(b"2", 0).map(|e| e.provider), Some(1));
+    }
+
+    #[test]
+    fn a_hit_needs_the_whole_token_not_just_its_fingerprint() {
+        let mut c = TokenCache::new(8);
+        let now = 1000 * S;
+        // Same length, same last 64 bytes: same fingerprint.
+        let a = [b"aaaa.".as_slice(), &[b'x'; 100]].concat();
+        let b = [b"bbbb.".as_slice(), &[b'x'; 100]].concat();
+        c.insert(&a, v(1), None, now);
+        assert_eq!(c.get(&a, now).map(|x| x.provider), Some(1));
+        assert!(c.get(&b, now).is_none(), "never another token's verdict");
+        // Both verified: they share the slot, the newer one wins.
+        c.insert(&b, v(2), None, now);
+        assert_eq!(c.get(&b, now).map(|x| x.provider), Some(2));
+        assert!(c.get(&a, now).is_none());
+        assert_eq!(c.len(), 1);
+        // Short tokens and the empty token work too.
+        c.insert(b"t", v(3), None, now);
+        c.insert(b"", v(4), None, now);
+        assert_eq!(c.get(b"t", now).map(|x| x.provider), Some(3));
+        assert_eq!(c.get(b"", now).map(|x| x.provider), Some(4));
+        assert!(c.get(b"u", now).is_none());
     }
 
     #[test]
