@@ -142,20 +142,74 @@ fn bump(host: &impl Host, m: Option<MetricId>) {
 /// limit, local or global, refuses it).
 #[derive(Debug, Clone)]
 pub struct Taken {
+    /// Index of the limit in the route's local limits.
     pub limit: usize,
-    pub identity: String,
+    /// The request's bucket key for that limit (its identity is the limit's
+    /// `identity_prefix` followed by this; empty for unkeyed limits).
+    pub key: String,
     pub slot: u32,
+}
+
+/// Which limit a [`Tightest`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitRef {
+    /// Index in the route's local limits.
+    Local(usize),
+    /// Index in the route's global limits.
+    Global(usize),
 }
 
 /// The most constrained enforced limit of a request so far (for the
 /// rate-limit headers).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tightest {
-    pub name: String,
+    pub of: LimitRef,
     pub remaining: u64,
     pub reset_secs: u64,
     /// The limit's size (`capacity`, or the service's requests per unit).
     pub limit: u64,
+}
+
+impl Tightest {
+    /// The limit's name.
+    fn name<'a>(&self, local: &'a [LimitPolicy], global: &'a [LimitPolicy]) -> &'a str {
+        let l = match self.of {
+            LimitRef::Local(i) => local.get(i),
+            LimitRef::Global(i) => global.get(i),
+        };
+        l.map_or("", |l| l.name.as_str())
+    }
+}
+
+/// The local limits that took tokens for a request: the first one inline
+/// (a route with one limit allocates nothing), more in a `Vec`.
+#[derive(Debug, Clone, Default)]
+pub struct TakenList {
+    first: Option<Taken>,
+    rest: Vec<Taken>,
+}
+
+impl TakenList {
+    pub fn push(&mut self, t: Taken) {
+        if self.first.is_none() {
+            self.first = Some(t);
+        } else {
+            self.rest.push(t);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// In the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = &Taken> {
+        self.first.iter().chain(self.rest.iter())
+    }
 }
 
 /// What the local limits did with a request.
@@ -169,7 +223,7 @@ pub enum LocalOutcome {
 
 #[derive(Debug, Default)]
 pub struct Admitted {
-    pub taken: Vec<Taken>,
+    pub taken: TakenList,
     pub tightest: Option<Tightest>,
 }
 
@@ -178,6 +232,26 @@ fn params(l: &LimitPolicy) -> BucketParams {
         capacity: l.capacity,
         refill_tokens: l.refill_tokens,
         refill_interval_ns: l.refill_interval_ns,
+    }
+}
+
+/// The start of limit `l`'s bucket identities on `route`, and its hash: the
+/// one `compile` built, or (limits compiled for another route name, as in
+/// tests) built here.
+fn prefix_of<'a>(l: &'a LimitPolicy, route: &str) -> (std::borrow::Cow<'a, str>, u64) {
+    let p: &str = &l.identity_prefix;
+    let b = p.as_bytes();
+    let built_for_route = b.len() == route.len() + l.name.len() + 2
+        && b.get(..route.len()) == Some(route.as_bytes())
+        && b.get(route.len()) == Some(&0x1f)
+        && b.get(route.len() + 1..b.len() - 1) == Some(l.name.as_bytes())
+        && b.last() == Some(&0x1f);
+    if built_for_route {
+        (std::borrow::Cow::Borrowed(p), l.identity_prefix_hash)
+    } else {
+        let p = policy::identity_prefix(route, &l.name);
+        let h = store::fnv1a(p.as_bytes());
+        (std::borrow::Cow::Owned(p), h)
     }
 }
 
@@ -200,13 +274,35 @@ pub fn check(
 
 /// The decision for a request every local limit admitted (no global ones).
 pub fn admitted(style: HeaderStyle, limits: &[LimitPolicy], a: &Admitted) -> Decision {
+    let mut headers = Vec::new();
+    admitted_headers(style, limits, a, &mut headers);
     Decision {
         allowed: true,
-        headers: headers(style, &policy_of(limits, &[]), a.tightest.as_ref()),
+        headers,
         service_headers: Vec::new(),
         refused_by: None,
         retry_after_secs: 0,
     }
+}
+
+/// Appends the headers of [`admitted`]`(style, limits, a)` to `out`: the
+/// same headers, in the same order, without the `Decision` around them
+/// (for callers that collect response headers in a list of their own).
+pub fn admitted_headers(
+    style: HeaderStyle,
+    limits: &[LimitPolicy],
+    a: &Admitted,
+    out: &mut Vec<(&'static str, String)>,
+) {
+    let Some(t) = a.tightest.as_ref() else {
+        return;
+    };
+    push_headers(
+        out,
+        style,
+        &policy_of(limits, &[]),
+        Some((t.name(limits, &[]), t)),
+    );
 }
 
 /// Takes tokens from every local limit of a route, in order.
@@ -218,17 +314,21 @@ pub fn check_local(
     req: &Request,
     claims: Option<&serde_json::Value>,
 ) -> LocalOutcome {
-    let mut admitted = Admitted {
-        taken: Vec::with_capacity(limits.len()),
-        tightest: None,
-    };
+    let mut admitted = Admitted::default();
     for (i, l) in limits.iter().enumerate() {
-        let identity = format!(
-            "{route}\u{1f}{}\u{1f}{}",
-            l.name,
-            l.bucket_key(req, claims, limiter.xff_trusted_hops)
-        );
-        let t = match store::take(host, limiter.slots, &identity, &params(l), l.cost) {
+        let (prefix, prefix_hash) = prefix_of(l, route);
+        let mut key = String::new();
+        if !l.key.is_empty() {
+            // Most keys fit: one allocation, no growth.
+            key.reserve(64);
+            l.push_bucket_key(req, claims, limiter.xff_trusted_hops, &mut key);
+        }
+        let identity = store::Identity {
+            prefix: &prefix,
+            prefix_hash,
+            key: &key,
+        };
+        let t = match store::take_id(host, limiter.slots, &identity, &params(l), l.cost) {
             Ok(t) => t,
             Err(e) => {
                 log::warn!(
@@ -247,7 +347,7 @@ pub fn check_local(
             if !l.shadow {
                 admitted.taken.push(Taken {
                     limit: i,
-                    identity,
+                    key,
                     slot: t.slot,
                 });
             }
@@ -263,14 +363,21 @@ pub fn check_local(
             refund(host, route, limits, &admitted.taken);
             let retry = t.take.retry_after_ns.div_ceil(1_000_000_000).max(1);
             let tight = Tightest {
-                name: l.name.clone(),
+                of: LimitRef::Local(i),
                 remaining: 0,
                 reset_secs: t.take.reset_ns.div_ceil(1_000_000_000),
                 limit: l.capacity,
             };
+            let mut headers = Vec::new();
+            push_headers(
+                &mut headers,
+                limiter.style,
+                &policy_of(limits, &[]),
+                Some((&l.name, &tight)),
+            );
             return LocalOutcome::Refused(Decision {
                 allowed: false,
-                headers: headers(limiter.style, &policy_of(limits, &[]), Some(&tight)),
+                headers,
                 service_headers: Vec::new(),
                 refused_by: Some(l.name.clone()),
                 retry_after_secs: retry,
@@ -284,7 +391,7 @@ pub fn check_local(
                 .is_none_or(|b| t.take.remaining < b.remaining)
         {
             admitted.tightest = Some(Tightest {
-                name: l.name.clone(),
+                of: LimitRef::Local(i),
                 remaining: t.take.remaining,
                 reset_secs,
                 limit: l.capacity,
@@ -295,12 +402,18 @@ pub fn check_local(
 }
 
 /// Gives back the tokens a request took from local limits.
-pub fn refund(host: &impl Host, route: &str, limits: &[LimitPolicy], taken: &[Taken]) {
-    for t in taken {
+pub fn refund(host: &impl Host, route: &str, limits: &[LimitPolicy], taken: &TakenList) {
+    for t in taken.iter() {
         let Some(l) = limits.get(t.limit) else {
             continue;
         };
-        if let Err(e) = store::refund(host, t.slot, &t.identity, &params(l), l.cost) {
+        let (prefix, prefix_hash) = prefix_of(l, route);
+        let identity = store::Identity {
+            prefix: &prefix,
+            prefix_hash,
+            key: &t.key,
+        };
+        if let Err(e) = store::refund_id(host, t.slot, &identity, &params(l), l.cost) {
             log::warn!(
                 "meshguard: rate limit refund {route}/{} failed: {e:?}",
                 l.name
@@ -321,9 +434,9 @@ pub fn apply_verdict(
     admitted: &Admitted,
     verdict: &rls::Verdict,
 ) -> Decision {
-    let mut refusing: Option<(&LimitPolicy, &rls::LimitStatus)> = None;
-    let mut tightest = admitted.tightest.clone();
-    for (l, st) in global.iter().zip(&verdict.statuses) {
+    let mut refusing: Option<(usize, &LimitPolicy, &rls::LimitStatus)> = None;
+    let mut tightest = admitted.tightest;
+    for (i, (l, st)) in global.iter().zip(&verdict.statuses).enumerate() {
         if st.over && l.shadow {
             bump(host, l.metrics.shadow_limited);
             log::info!(
@@ -334,14 +447,14 @@ pub fn apply_verdict(
         }
         if st.over {
             bump(host, l.metrics.limited);
-            refusing = refusing.or(Some((l, st)));
+            refusing = refusing.or(Some((i, l, st)));
             continue;
         }
         bump(host, l.metrics.allowed);
         if let Some((size, unit)) = st.limit.filter(|_| !l.shadow) {
             if tightest.as_ref().is_none_or(|b| st.remaining < b.remaining) {
                 tightest = Some(Tightest {
-                    name: l.name.clone(),
+                    of: LimitRef::Global(i),
                     remaining: st.remaining,
                     reset_secs: st.reset_secs.unwrap_or(unit),
                     limit: size,
@@ -350,8 +463,9 @@ pub fn apply_verdict(
         }
     }
     let policy = policy_of(local, &global_policy_items(global, verdict));
+    let mut headers = Vec::new();
     match refusing {
-        Some((l, st)) => {
+        Some((i, l, st)) => {
             refund(host, route, local, &admitted.taken);
             let retry = st
                 .reset_secs
@@ -359,26 +473,40 @@ pub fn apply_verdict(
                 .unwrap_or(1)
                 .max(1);
             let tight = Tightest {
-                name: l.name.clone(),
+                of: LimitRef::Global(i),
                 remaining: 0,
                 reset_secs: retry,
                 limit: st.limit.map_or(0, |(size, _)| size),
             };
+            push_headers(
+                &mut headers,
+                style,
+                &policy,
+                st.limit.map(|_| (l.name.as_str(), &tight)),
+            );
             Decision {
                 allowed: false,
-                headers: headers(style, &policy, st.limit.map(|_| &tight)),
+                headers,
                 service_headers: verdict.response_headers.clone(),
                 refused_by: Some(l.name.clone()),
                 retry_after_secs: retry,
             }
         }
-        None => Decision {
-            allowed: true,
-            headers: headers(style, &policy, tightest.as_ref()),
-            service_headers: verdict.response_headers.clone(),
-            refused_by: None,
-            retry_after_secs: 0,
-        },
+        None => {
+            push_headers(
+                &mut headers,
+                style,
+                &policy,
+                tightest.as_ref().map(|t| (t.name(local, global), t)),
+            );
+            Decision {
+                allowed: true,
+                headers,
+                service_headers: verdict.response_headers.clone(),
+                refused_by: None,
+                retry_after_secs: 0,
+            }
+        }
     }
 }
 
@@ -400,13 +528,13 @@ pub fn apply_failure(
     if deny {
         refund(host, route, local, &admitted.taken);
     }
+    let mut headers = Vec::new();
+    if !deny {
+        admitted_headers(style, local, admitted, &mut headers);
+    }
     Decision {
         allowed: !deny,
-        headers: if deny {
-            Vec::new()
-        } else {
-            headers(style, &policy_of(local, &[]), admitted.tightest.as_ref())
-        },
+        headers,
         service_headers: Vec::new(),
         refused_by: None,
         retry_after_secs: if deny { 1 } else { 0 },
@@ -427,19 +555,22 @@ fn global_policy_items(global: &[LimitPolicy], verdict: &rls::Verdict) -> Vec<St
 }
 
 /// The route's `RateLimit-Policy` value: the local limits' (precomputed at
-/// configuration time) and `extra` items.
-fn policy_of(local: &[LimitPolicy], extra: &[String]) -> String {
-    let base: String = match local.first() {
-        Some(first) if !first.policy_header.is_empty() => first.policy_header.to_string(),
+/// configuration time, borrowed) and `extra` items.
+fn policy_of<'a>(local: &'a [LimitPolicy], extra: &[String]) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
+    let base: Cow<'a, str> = match local.first() {
+        Some(first) if !first.policy_header.is_empty() => Cow::Borrowed(&first.policy_header),
         Some(_) => {
             // Limits not built by `config` (tests): compute it here.
             let mut copy = local.to_vec();
             policy::set_policy_header(&mut copy);
-            copy.first()
-                .map(|l| l.policy_header.to_string())
-                .unwrap_or_default()
+            Cow::Owned(
+                copy.first()
+                    .map(|l| l.policy_header.to_string())
+                    .unwrap_or_default(),
+            )
         }
-        None => String::new(),
+        None => Cow::Borrowed(""),
     };
     if extra.is_empty() {
         return base;
@@ -449,33 +580,45 @@ fn policy_of(local: &[LimitPolicy], extra: &[String]) -> String {
         items.push(&base);
     }
     items.extend(extra.iter().map(String::as_str));
-    items.join(", ")
+    Cow::Owned(items.join(", "))
 }
 
-fn headers(
+/// Appends the rate-limit headers of `style` for the limit `tightest` (its
+/// name and state) to `out`; nothing without one. Values are built without
+/// `core::fmt`, each in a `String` of the right capacity.
+fn push_headers(
+    out: &mut Vec<(&'static str, String)>,
     style: HeaderStyle,
     policy: &str,
-    tightest: Option<&Tightest>,
-) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    let Some(t) = tightest else {
-        return out;
+    tightest: Option<(&str, &Tightest)>,
+) {
+    let Some((name, t)) = tightest else {
+        return;
     };
-    if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
+    let ietf = matches!(style, HeaderStyle::Ietf | HeaderStyle::Both);
+    let legacy = matches!(style, HeaderStyle::Legacy | HeaderStyle::Both);
+    out.reserve(usize::from(ietf) * 2 + usize::from(legacy) * 3);
+    if ietf {
         if !policy.is_empty() {
             out.push(("ratelimit-policy", policy.to_string()));
         }
-        out.push((
-            "ratelimit",
-            format!("\"{}\";r={};t={}", t.name, t.remaining, t.reset_secs),
-        ));
+        // "<name>";r=<remaining>;t=<reset>
+        let r = text::Decimal::new(t.remaining);
+        let reset = text::Decimal::new(t.reset_secs);
+        let mut v = String::with_capacity(name.len() + 8 + r.len() + reset.len());
+        v.push('"');
+        v.push_str(name);
+        v.push_str("\";r=");
+        r.push_to(&mut v);
+        v.push_str(";t=");
+        reset.push_to(&mut v);
+        out.push(("ratelimit", v));
     }
-    if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
-        out.push(("x-ratelimit-limit", t.limit.to_string()));
-        out.push(("x-ratelimit-remaining", t.remaining.to_string()));
-        out.push(("x-ratelimit-reset", t.reset_secs.to_string()));
+    if legacy {
+        out.push(("x-ratelimit-limit", text::u64_string(t.limit)));
+        out.push(("x-ratelimit-remaining", text::u64_string(t.remaining)));
+        out.push(("x-ratelimit-reset", text::u64_string(t.reset_secs)));
     }
-    out
 }
 
 #[cfg(test)]
