@@ -1,6 +1,14 @@
 //! Small text builders for the request path, without `core::fmt` (whose
 //! machinery is a large share of a request's instructions in wasm).
 
+/// "00" to "99".
+const PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 /// A `u64` in decimal, on the stack.
 pub struct Decimal {
     buf: [u8; 20],
@@ -8,16 +16,34 @@ pub struct Decimal {
 }
 
 impl Decimal {
-    pub fn new(mut n: u64) -> Decimal {
+    pub fn new(n: u64) -> Decimal {
         let mut buf = [b'0'; 20];
         let mut start = buf.len();
-        loop {
+        // Above 2^32 a digit at a time (64-bit division: a hardware divide
+        // in wasm); below, two digits per 32-bit division by a constant
+        // (a multiply).
+        let mut n64 = n;
+        while n64 > u32::MAX as u64 {
             start -= 1;
-            buf[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+            buf[start] = b'0' + (n64 % 10) as u8;
+            n64 /= 10;
+        }
+        let mut m = n64 as u32;
+        while m >= 100 {
+            let d = (m % 100) as usize * 2;
+            m /= 100;
+            start -= 2;
+            buf[start] = PAIRS[d];
+            buf[start + 1] = PAIRS[d + 1];
+        }
+        if m >= 10 {
+            let d = m as usize * 2;
+            start -= 2;
+            buf[start] = PAIRS[d];
+            buf[start + 1] = PAIRS[d + 1];
+        } else {
+            start -= 1;
+            buf[start] = b'0' + m as u8;
         }
         Decimal { buf, start }
     }
@@ -83,6 +109,10 @@ mod tests {
             values.push(10u64.pow(p));
             values.push(10u64.pow(p) - 1);
         }
+        for v in [u32::MAX as u64 - 1, u32::MAX as u64, u32::MAX as u64 + 1] {
+            values.push(v);
+        }
+        values.extend(0..1000);
         for v in values {
             assert_eq!(u64_string(v), v.to_string());
             let d = Decimal::new(v);
