@@ -227,6 +227,85 @@ pub struct Admitted {
     pub tightest: Option<Tightest>,
 }
 
+impl Admitted {
+    /// The rate-limit headers for this request, as numbers (see
+    /// [`HeaderValues`]); `None` when there are none to send.
+    pub fn header_values(&self, style: HeaderStyle) -> Option<HeaderValues> {
+        match style {
+            HeaderStyle::None => None,
+            _ => self
+                .tightest
+                .map(|tightest| HeaderValues { style, tightest }),
+        }
+    }
+}
+
+/// The headers [`admitted_headers`] gives for a request every local limit
+/// admitted, kept as numbers until the response is written: small, `Copy`,
+/// and written without any allocation by [`HeaderValues::for_each`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderValues {
+    style: HeaderStyle,
+    tightest: Tightest,
+}
+
+/// Room on the stack for a `RateLimit` value: a name (at most 64 bytes in a
+/// valid configuration) and two numbers.
+const RATELIMIT_VALUE_MAX: usize = 128;
+
+impl HeaderValues {
+    /// Calls `f(name, value)` for each header, in the order and with the
+    /// bytes [`admitted_headers`] gives them (`limits`: the route's local
+    /// limits, as given to [`check_local`]).
+    pub fn for_each(&self, limits: &[LimitPolicy], mut f: impl FnMut(&'static str, &[u8])) {
+        let t = &self.tightest;
+        let ietf = matches!(self.style, HeaderStyle::Ietf | HeaderStyle::Both);
+        let legacy = matches!(self.style, HeaderStyle::Legacy | HeaderStyle::Both);
+        if ietf {
+            let policy = policy_of(limits, &[]);
+            if !policy.is_empty() {
+                f("ratelimit-policy", policy.as_bytes());
+            }
+            let name = t.name(limits, &[]);
+            let r = text::Decimal::new(t.remaining);
+            let reset = text::Decimal::new(t.reset_secs);
+            let parts: [&[u8]; 6] = [
+                b"\"",
+                name.as_bytes(),
+                b"\";r=",
+                r.as_bytes(),
+                b";t=",
+                reset.as_bytes(),
+            ];
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            if len <= RATELIMIT_VALUE_MAX {
+                let mut buf = [0u8; RATELIMIT_VALUE_MAX];
+                let mut at = 0;
+                for p in parts {
+                    if let Some(dst) = buf.get_mut(at..at + p.len()) {
+                        dst.copy_from_slice(p);
+                    }
+                    at += p.len();
+                }
+                f("ratelimit", buf.get(..len).unwrap_or(&[]));
+            } else {
+                f("ratelimit", &parts.concat());
+            }
+        }
+        if legacy {
+            f("x-ratelimit-limit", text::Decimal::new(t.limit).as_bytes());
+            f(
+                "x-ratelimit-remaining",
+                text::Decimal::new(t.remaining).as_bytes(),
+            );
+            f(
+                "x-ratelimit-reset",
+                text::Decimal::new(t.reset_secs).as_bytes(),
+            );
+        }
+    }
+}
+
 fn params(l: &LimitPolicy) -> BucketParams {
     BucketParams {
         capacity: l.capacity,
@@ -676,6 +755,112 @@ mod tests {
         assert_eq!(body["retry_after"], 10);
         assert_eq!(h.metric("meshguard.ratelimit.api.all.allowed"), Some(2));
         assert_eq!(h.metric("meshguard.ratelimit.api.all.limited"), Some(1));
+    }
+
+    #[test]
+    fn header_values_write_what_admitted_gives() {
+        let long = "n".repeat(200);
+        for style in [
+            HeaderStyle::Ietf,
+            HeaderStyle::Legacy,
+            HeaderStyle::Both,
+            HeaderStyle::None,
+        ] {
+            for json in [
+                r#"[{"name": "all", "capacity": 1000000000, "refill_interval": "1s"}]"#.to_string(),
+                r#"[{"name": "a", "capacity": 5, "refill_interval": "1h"},
+                    {"name": "b", "capacity": 2, "refill_interval": "1m", "cost": 2},
+                    {"name": "s", "capacity": 1, "refill_interval": "1s", "shadow": true}]"#
+                    .to_string(),
+                r#"[{"name": "long", "capacity": 3, "refill_interval": "1s"}]"#.to_string(),
+                r#"[{"name": "s", "capacity": 1, "refill_interval": "1s", "shadow": true}]"#
+                    .to_string(),
+            ] {
+                let raw: Vec<RawRateLimit> = serde_json::from_str(&json).expect("json");
+                let mut ls: Vec<LimitPolicy> = raw
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| LimitPolicy::compile(r, i, "api", "p").expect("valid"))
+                    .collect();
+                if json.contains("\"long\"") {
+                    // Longer than any valid name: the value no longer fits
+                    // on the stack.
+                    ls[0].name = long.clone();
+                }
+                if json.contains("\"a\"") {
+                    policy::set_policy_header(&mut ls);
+                }
+                let h = FakeHost::new(1);
+                for _ in 0..3 {
+                    let LocalOutcome::Admitted(a) =
+                        check_local(&h, &limiter(style), "api", &ls, &req("k"), None)
+                    else {
+                        continue;
+                    };
+                    let want = admitted(style, &ls, &a).headers;
+                    let mut got: Vec<(&'static str, String)> = Vec::new();
+                    if let Some(v) = a.header_values(style) {
+                        v.for_each(&ls, |n, b| {
+                            got.push((n, String::from_utf8(b.to_vec()).expect("utf8")))
+                        });
+                    }
+                    assert_eq!(got, want, "{style:?} {json}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn admitted_headers_append_what_admitted_gives() {
+        let h = FakeHost::new(1);
+        let ls = limits(r#"[{"name": "all", "capacity": 3, "refill_interval": "1s"}]"#);
+        let LocalOutcome::Admitted(a) =
+            check_local(&h, &limiter(HeaderStyle::Both), "api", &ls, &req("a"), None)
+        else {
+            panic!("refused");
+        };
+        let mut out = vec![("cache-status", "x".to_string())];
+        admitted_headers(HeaderStyle::Both, &ls, &a, &mut out);
+        let want = admitted(HeaderStyle::Both, &ls, &a).headers;
+        assert_eq!(out[0], ("cache-status", "x".to_string()));
+        assert_eq!(&out[1..], &want[..]);
+        assert_eq!(
+            want,
+            vec![
+                ("ratelimit-policy", "\"all\";q=3;w=1".to_string()),
+                ("ratelimit", "\"all\";r=2;t=1".to_string()),
+                ("x-ratelimit-limit", "3".to_string()),
+                ("x-ratelimit-remaining", "2".to_string()),
+                ("x-ratelimit-reset", "1".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn identities_are_route_limit_and_key_whatever_the_compiled_route() {
+        // Compiled for route "r", used on "api": the identity follows the
+        // route it is used on (as before the prefix was precomputed).
+        let h = FakeHost::new(1);
+        let ls = limits(
+            r#"[{"name": "l", "capacity": 2, "refill_interval": "1h", "key": [{"header": "x-api-key"}]}]"#,
+        );
+        let lim = limiter(HeaderStyle::None);
+        assert!(check(&h, &lim, "api", &ls, &req("k"), None).allowed);
+        let t =
+            store::take(&h, lim.slots, "api\u{1f}l\u{1f}1:k", &params(&ls[0]), 1).expect("take");
+        assert!(t.take.allowed && t.take.remaining == 0, "{t:?}");
+        assert!(!check(&h, &lim, "api", &ls, &req("k"), None).allowed);
+        // On its own route the precomputed prefix is used, with the same result.
+        let (p, hash) = prefix_of(&ls[0], "r");
+        assert!(matches!(p, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            (&*p, hash),
+            ("r\u{1f}l\u{1f}", store::fnv1a("r\u{1f}l\u{1f}".as_bytes()))
+        );
+        let (p, _) = prefix_of(&ls[0], "api");
+        assert_eq!(&*p, "api\u{1f}l\u{1f}");
+        let (p, _) = prefix_of(&ls[0], "r\u{1f}l");
+        assert_eq!(&*p, "r\u{1f}l\u{1f}l\u{1f}");
     }
 
     #[test]
