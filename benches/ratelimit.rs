@@ -9,10 +9,13 @@
 //! callgrind_annotate /tmp/cg-rl.out | head -60
 //! ```
 //!
-//! Arguments: `[N] [plain|keyed|plain-proposed|keyed-proposed|all]`
+//! Arguments: `[N] [plain|keyed|plain-proposed|keyed-proposed|plain-values|keyed-values|host-only|host-only-keyed|all]`
 //! (default 100000, all); `-proposed`: with the filter-layer change
 //! proposed for `pipeline.rs` (`admitted_headers` instead of `admitted`
-//! and a clone of its headers). The route is
+//! and a clone of its headers); `-values`: with the further change (the
+//! stream keeps `HeaderValues` and writes the headers from them);
+//! `host-only[-keyed]`: the same host calls without meshguard's logic (the
+//! in-memory host's own cost, to subtract). The route is
 //! compiled from JSON by the real configuration code, its metrics defined as
 //! the root context does, and each request runs what the filter runs:
 //! `check_local`, `admitted`, the headers moved into the stream's response
@@ -132,6 +135,26 @@ enum Filter {
     /// The proposed change: `admitted_headers` appends them to the stream's
     /// list directly.
     Proposed,
+    /// The further change: the stream keeps `HeaderValues` (numbers) and
+    /// writes the headers from them at response time (no allocation).
+    Values,
+    /// No rate limiting: only the host calls the admitted path makes (same
+    /// key, a value of the same size), to subtract the in-memory host's own
+    /// cost from the others.
+    HostOnly,
+}
+
+/// The host calls of one admitted request, without meshguard's logic.
+#[inline(never)]
+fn host_only(host: &CountingHost, key: &str, value: &[u8], metric: MetricId) -> usize {
+    let clock = OneClock::new(host);
+    black_box(clock.now_nanos());
+    let (v, cas) = host.shared_get(key).expect("get");
+    black_box(v);
+    host.shared_set(key, value, cas).expect("set");
+    host.increment_metric(metric, 1);
+    host.count(|c| c.set_response_header += 2);
+    2
 }
 
 /// One request through the rate-limit stage as `pipeline::run` runs it.
@@ -152,6 +175,21 @@ fn one_request(
             // `apply_decision`
             response_headers.extend(d.headers.iter().cloned());
             assert!(d.allowed);
+        }
+        LocalOutcome::Admitted(a) if filter == Filter::Values => {
+            let values = a.header_values(limiter.style);
+            drop(a);
+            // `on_response_headers`
+            let mut n = 0;
+            if let Some(v) = values {
+                v.for_each(&route.rate_limits, |name, value| {
+                    black_box((name, value));
+                    host.count(|c| c.set_response_header += 1);
+                    n += 1;
+                });
+            }
+            respond(host, &response_headers);
+            return n;
         }
         LocalOutcome::Admitted(a) => {
             ratelimit::admitted_headers(
@@ -193,6 +231,13 @@ fn run(label: &str, limits_json: &str, req: &Request, n: u64, filter: Filter) {
     let route = &config.routes[0];
     // Warm up (creates the bucket), then count.
     one_request(&host, &limiter, route, req, filter);
+    // For `HostOnly`: the bucket's slot and a value of its size.
+    let slot_key = (0..limiter.slots)
+        .map(meshguard::ratelimit::store::slot_key)
+        .find(|k| host.inner.raw(k).is_some())
+        .expect("the bucket's slot");
+    let value = host.inner.raw(&slot_key).expect("value");
+    let allowed_id = route.rate_limits[0].metrics.allowed.expect("metric");
     host.calls.set(Calls::default());
     let allocs0 = ALLOCS.load(Ordering::Relaxed);
     let t0 = Instant::now();
@@ -200,7 +245,11 @@ fn run(label: &str, limits_json: &str, req: &Request, n: u64, filter: Filter) {
     for _ in 0..n {
         host.inner
             .set_now(host.inner.now_nanos().wrapping_add(1_000));
-        headers += one_request(&host, &limiter, route, req, filter);
+        headers += if filter == Filter::HostOnly {
+            host_only(&host, &slot_key, &value, allowed_id)
+        } else {
+            one_request(&host, &limiter, route, req, filter)
+        };
     }
     let elapsed = t0.elapsed();
     let allocs = ALLOCS.load(Ordering::Relaxed) - allocs0;
@@ -255,6 +304,10 @@ fn main() {
         ("keyed", keyed, Filter::Today),
         ("plain-proposed", plain, Filter::Proposed),
         ("keyed-proposed", keyed, Filter::Proposed),
+        ("plain-values", plain, Filter::Values),
+        ("keyed-values", keyed, Filter::Values),
+        ("host-only", plain, Filter::HostOnly),
+        ("host-only-keyed", keyed, Filter::HostOnly),
     ];
     for (label, limits, filter) in runs {
         if which == "all" || which == label {
