@@ -328,10 +328,16 @@ fn prefix_of<'a>(l: &'a LimitPolicy, route: &str) -> (std::borrow::Cow<'a, str>,
     if built_for_route {
         (std::borrow::Cow::Borrowed(p), l.identity_prefix_hash)
     } else {
-        let p = policy::identity_prefix(route, &l.name);
-        let h = store::fnv1a(p.as_bytes());
-        (std::borrow::Cow::Owned(p), h)
+        build_prefix(l, route)
     }
+}
+
+#[cold]
+#[inline(never)]
+fn build_prefix<'a>(l: &LimitPolicy, route: &str) -> (std::borrow::Cow<'a, str>, u64) {
+    let p = policy::identity_prefix(route, &l.name);
+    let h = store::fnv1a(p.as_bytes());
+    (std::borrow::Cow::Owned(p), h)
 }
 
 /// Applies a route's local limits and builds the final decision (routes
