@@ -71,12 +71,8 @@ pub struct LimitPolicy {
 
 /// The start of a bucket identity (see [`LimitPolicy::identity_prefix`]).
 pub fn identity_prefix(route: &str, name: &str) -> String {
-    let mut s = String::with_capacity(route.len() + name.len() + 2);
-    s.push_str(route);
-    s.push('\u{1f}');
-    s.push_str(name);
-    s.push('\u{1f}');
-    s
+    // Configuration time only: the formatting machinery is in the module anyway.
+    format!("{route}\u{1f}{name}\u{1f}")
 }
 
 /// Builds the `RateLimit-Policy` value of a route's limits (enforced ones

@@ -149,16 +149,10 @@ fn with_encoded<R>(
         write_value(&mut buf[..len], identity, st, p);
         f(&buf[..len])
     } else {
-        f(&encode_heap(identity, st, p))
+        let mut v = vec![0u8; len];
+        write_value(&mut v, identity, st, p);
+        f(&v)
     }
-}
-
-#[cold]
-#[inline(never)]
-fn encode_heap(identity: &Identity<'_>, st: &BucketState, p: &BucketParams) -> Vec<u8> {
-    let mut v = vec![0u8; HEADER_LEN + identity.len()];
-    write_value(&mut v, identity, st, p);
-    v
 }
 
 /// Writes a value into `out` (exactly `HEADER_LEN + identity.len()` bytes).
