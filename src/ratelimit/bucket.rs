@@ -49,6 +49,25 @@ impl BucketParams {
         let ns = level.div_ceil(self.refill_tokens.max(1) as u128);
         ns.min(u64::MAX as u128) as u64
     }
+    /// [`Self::ns_to_refill`] of a level that fits in 64 bits: the same
+    /// value (the quotient is at most `level`, so never clamped), with a
+    /// native division instead of a 128-bit one.
+    fn ns_to_refill_u64(&self, level: u64) -> u64 {
+        level.div_ceil(self.refill_tokens.max(1))
+    }
+}
+
+/// `a x b` when it fits in 64 bits. The common case is decided by leading
+/// zeros alone: wasm32 has no 64x64->128 multiply, so an overflow-checked
+/// multiply is a call into a 128-bit helper there.
+#[inline]
+fn mul_u64(a: u64, b: u64) -> Option<u64> {
+    if a.leading_zeros() + b.leading_zeros() >= 64 {
+        // a < 2^(64-za) and b < 2^(64-zb): the product is below 2^64.
+        Some(a.wrapping_mul(b))
+    } else {
+        a.checked_mul(b)
+    }
 }
 
 impl BucketState {
@@ -65,6 +84,40 @@ impl BucketState {
     /// written under another interval, refills, clamps to capacity. A clock
     /// that went backwards adds nothing and keeps `last_ns`.
     pub fn refill(&mut self, p: &BucketParams, now_ns: u64) {
+        if !self.refill_u64(p, now_ns) {
+            self.refill_u128(p, now_ns);
+        }
+    }
+
+    /// [`Self::refill`] in 64-bit arithmetic, when the interval is unchanged
+    /// and both the level and the capacity level fit in 64 bits (every
+    /// limit whose `capacity x refill_interval` is below 1.8e19 token-ns,
+    /// e.g. 10^9 tokens per second). Returns false, changing nothing,
+    /// otherwise. Same result as the 128-bit path: a sum or product that
+    /// does not fit in 64 bits exceeds the capacity level, which is what
+    /// both paths then clamp to.
+    fn refill_u64(&mut self, p: &BucketParams, now_ns: u64) -> bool {
+        if self.scale_ns != p.refill_interval_ns {
+            return false;
+        }
+        let (Ok(mut level), Some(cap)) = (
+            u64::try_from(self.level),
+            mul_u64(p.capacity, p.refill_interval_ns),
+        ) else {
+            return false;
+        };
+        if now_ns > self.last_ns {
+            let elapsed = now_ns - self.last_ns;
+            let added = mul_u64(elapsed, p.refill_tokens).unwrap_or(u64::MAX);
+            level = level.saturating_add(added);
+            self.last_ns = now_ns;
+        }
+        self.level = level.min(cap) as u128;
+        true
+    }
+
+    /// [`Self::refill`] in 128-bit arithmetic (any parameters).
+    fn refill_u128(&mut self, p: &BucketParams, now_ns: u64) {
         if self.scale_ns != p.refill_interval_ns && self.scale_ns != 0 {
             self.level =
                 self.level.saturating_mul(p.refill_interval_ns as u128) / self.scale_ns as u128;
@@ -98,6 +151,41 @@ impl BucketState {
     /// Takes `cost` tokens if available.
     pub fn take(&mut self, p: &BucketParams, cost: u64, now_ns: u64) -> Take {
         self.refill(p, now_ns);
+        // After the refill the level is at most the capacity level: when
+        // that and the cost fit in 64 bits, so does everything below.
+        if let (Ok(level), Some(cap), Some(need)) = (
+            u64::try_from(self.level),
+            mul_u64(p.capacity, p.refill_interval_ns),
+            mul_u64(cost, p.refill_interval_ns),
+        ) {
+            if level <= cap {
+                return self.take_u64(p, level, cap, need);
+            }
+        }
+        self.take_u128(p, cost)
+    }
+
+    /// The 64-bit body of [`Self::take`] (`level <= cap`): the same results
+    /// as [`Self::take_u128`], with native divisions.
+    fn take_u64(&mut self, p: &BucketParams, mut level: u64, cap: u64, need: u64) -> Take {
+        let allowed = level >= need;
+        let mut retry_after_ns = 0;
+        if allowed {
+            level -= need;
+        } else {
+            retry_after_ns = p.ns_to_refill_u64(need - level);
+        }
+        self.level = level as u128;
+        Take {
+            allowed,
+            remaining: level / p.refill_interval_ns.max(1),
+            retry_after_ns,
+            reset_ns: p.ns_to_refill_u64(cap - level),
+        }
+    }
+
+    /// The 128-bit body of [`Self::take`] (any parameters; already refilled).
+    fn take_u128(&mut self, p: &BucketParams, cost: u64) -> Take {
         let need = p.tokens_level(cost);
         let allowed = self.level >= need;
         let mut retry_after_ns = 0;
@@ -231,6 +319,218 @@ mod tests {
         assert_eq!(b.level, p.cap_level());
         b.refund(&p, 5, 0);
         assert_eq!(b.level, p.cap_level());
+    }
+
+    /// The arithmetic before the 64-bit paths, verbatim: the reference the
+    /// fast paths must match bit for bit.
+    mod reference {
+        use super::super::{BucketParams, BucketState, Take};
+
+        fn cap_level(p: &BucketParams) -> u128 {
+            p.capacity as u128 * p.refill_interval_ns as u128
+        }
+        fn ns_to_refill(p: &BucketParams, level: u128) -> u64 {
+            let ns = level.div_ceil(p.refill_tokens.max(1) as u128);
+            ns.min(u64::MAX as u128) as u64
+        }
+        pub fn refill(s: &mut BucketState, p: &BucketParams, now_ns: u64) {
+            if s.scale_ns != p.refill_interval_ns && s.scale_ns != 0 {
+                s.level = s.level.saturating_mul(p.refill_interval_ns as u128) / s.scale_ns as u128;
+                s.scale_ns = p.refill_interval_ns;
+            }
+            if now_ns > s.last_ns {
+                let elapsed = (now_ns - s.last_ns) as u128;
+                s.level = s
+                    .level
+                    .saturating_add(elapsed.saturating_mul(p.refill_tokens as u128));
+                s.last_ns = now_ns;
+            }
+            s.level = s.level.min(cap_level(p));
+        }
+        pub fn take(s: &mut BucketState, p: &BucketParams, cost: u64, now_ns: u64) -> Take {
+            refill(s, p, now_ns);
+            let need = cost as u128 * p.refill_interval_ns as u128;
+            let allowed = s.level >= need;
+            let mut retry_after_ns = 0;
+            if allowed {
+                s.level -= need;
+            } else {
+                retry_after_ns = ns_to_refill(p, need - s.level);
+            }
+            Take {
+                allowed,
+                remaining: (s.level / p.refill_interval_ns.max(1) as u128) as u64,
+                retry_after_ns,
+                reset_ns: ns_to_refill(p, cap_level(p) - s.level),
+            }
+        }
+        pub fn refund(s: &mut BucketState, p: &BucketParams, cost: u64, now_ns: u64) {
+            refill(s, p, now_ns);
+            s.level = s
+                .level
+                .saturating_add(cost as u128 * p.refill_interval_ns as u128)
+                .min(cap_level(p));
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// Values of every magnitude, with the edges over-represented.
+        fn any(&mut self) -> u64 {
+            let x = self.next();
+            match x % 8 {
+                0 => 0,
+                1 => 1,
+                2 => u64::MAX - (x >> 60),
+                3 => 1u64 << (x >> 58),
+                _ => self.next() >> (x % 64),
+            }
+        }
+        /// Parameters in the configured range (and some beyond).
+        fn params(&mut self) -> BucketParams {
+            let pick = |r: &mut Rng, max: u64| match r.next() % 4 {
+                0 => max,
+                1 => 1 + r.next() % 10,
+                _ => 1 + r.next() % max,
+            };
+            let interval = match self.next() % 5 {
+                0 => SEC,
+                1 => 60 * SEC,
+                2 => 3600 * SEC,
+                3 => 366 * 24 * 3600 * SEC,
+                _ => 1_000_000 + self.next() % (366 * 24 * 3600 * SEC),
+            };
+            let mut p = BucketParams {
+                capacity: pick(self, 1_000_000_000),
+                refill_tokens: pick(self, 1_000_000_000),
+                refill_interval_ns: interval,
+            };
+            if self.next() % 16 == 0 {
+                // Out of the configured range: anything must still match.
+                p = BucketParams {
+                    capacity: self.any(),
+                    refill_tokens: self.any(),
+                    refill_interval_ns: self.any(),
+                };
+            }
+            p
+        }
+    }
+
+    #[test]
+    fn fast_paths_match_the_128_bit_arithmetic() {
+        let mut r = Rng(0x2545_F491_4F6C_DD1D);
+        let mut fast_takes = 0;
+        for _ in 0..200_000 {
+            let p = r.params();
+            // A state as stored: written under these or other parameters.
+            let written = if r.next() % 4 == 0 { r.params() } else { p };
+            let cap = written.capacity as u128 * written.refill_interval_ns as u128;
+            let level = match r.next() % 4 {
+                0 => cap,
+                1 => 0,
+                2 => (r.any() as u128) << (r.next() % 64),
+                _ => cap / (1 + (r.next() % 1000) as u128),
+            };
+            let start = BucketState {
+                level,
+                last_ns: r.any(),
+                scale_ns: if r.next() % 64 == 0 {
+                    0
+                } else {
+                    written.refill_interval_ns
+                },
+            };
+            let now = match r.next() % 4 {
+                0 => start.last_ns.wrapping_add(r.next() % 2_000_000_000),
+                1 => start.last_ns.wrapping_sub(r.next() % 1000),
+                2 => start.last_ns,
+                _ => r.any(),
+            };
+            let cost = match r.next() % 3 {
+                0 => 1,
+                1 => p.capacity,
+                _ => r.any() % p.capacity.saturating_add(2),
+            };
+
+            let (mut a, mut b) = (start, start);
+            a.refill(&p, now);
+            reference::refill(&mut b, &p, now);
+            assert_eq!(a, b, "refill {start:?} {p:?} now={now}");
+
+            let (mut a, mut b) = (start, start);
+            let ta = a.take(&p, cost, now);
+            let tb = reference::take(&mut b, &p, cost, now);
+            assert_eq!(
+                (ta, a),
+                (tb, b),
+                "take {start:?} {p:?} cost={cost} now={now}"
+            );
+            if u64::try_from(b.level).is_ok()
+                && p.capacity.checked_mul(p.refill_interval_ns).is_some()
+            {
+                fast_takes += 1;
+            }
+
+            let (mut a, mut b) = (start, start);
+            a.refund(&p, cost, now);
+            reference::refund(&mut b, &p, cost, now);
+            assert_eq!(a, b, "refund {start:?} {p:?} cost={cost} now={now}");
+        }
+        assert!(
+            fast_takes > 50_000,
+            "the 64-bit path was exercised: {fast_takes}"
+        );
+    }
+
+    #[test]
+    fn fast_paths_match_over_a_bucket_lifetime() {
+        // A sequence of takes and refunds on one bucket, as traffic does.
+        let mut r = Rng(7);
+        for _ in 0..2000 {
+            let p = r.params();
+            let start = BucketState::full(&p, r.next() >> 2);
+            let (mut a, mut b) = (start, start);
+            let mut now = start.last_ns;
+            for _ in 0..50 {
+                now = match r.next() % 8 {
+                    0 => now.saturating_sub(r.next() % 1_000_000),
+                    1 => {
+                        now.saturating_add(r.next() % p.refill_interval_ns.saturating_mul(2).max(1))
+                    }
+                    _ => now.saturating_add(r.next() % 10_000),
+                };
+                let cost = 1 + r.next() % p.capacity.clamp(1, 5);
+                if r.next() % 5 == 0 {
+                    a.refund(&p, cost, now);
+                    reference::refund(&mut b, &p, cost, now);
+                } else {
+                    let ta = a.take(&p, cost, now);
+                    let tb = reference::take(&mut b, &p, cost, now);
+                    assert_eq!(ta, tb, "{p:?}");
+                }
+                assert_eq!(a, b, "{p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn mul_u64_is_checked_multiplication() {
+        let mut r = Rng(99);
+        for _ in 0..100_000 {
+            let (a, b) = (r.any(), r.any());
+            assert_eq!(mul_u64(a, b), a.checked_mul(b), "{a} x {b}");
+        }
+        assert_eq!(mul_u64(1 << 32, 1 << 32), None);
+        assert_eq!(mul_u64(1 << 31, 1 << 32), Some(1 << 63));
+        assert_eq!(mul_u64(u64::MAX, 1), Some(u64::MAX));
+        assert_eq!(mul_u64(u64::MAX, 0), Some(0));
     }
 
     #[test]

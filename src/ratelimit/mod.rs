@@ -50,6 +50,7 @@ pub mod bucket;
 pub mod policy;
 pub mod rls;
 pub mod store;
+pub mod text;
 
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::Request;
@@ -141,20 +142,74 @@ fn bump(host: &impl Host, m: Option<MetricId>) {
 /// limit, local or global, refuses it).
 #[derive(Debug, Clone)]
 pub struct Taken {
+    /// Index of the limit in the route's local limits.
     pub limit: usize,
-    pub identity: String,
+    /// The request's bucket key for that limit (its identity is the limit's
+    /// `identity_prefix` followed by this; empty for unkeyed limits).
+    pub key: String,
     pub slot: u32,
+}
+
+/// Which limit a [`Tightest`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitRef {
+    /// Index in the route's local limits.
+    Local(usize),
+    /// Index in the route's global limits.
+    Global(usize),
 }
 
 /// The most constrained enforced limit of a request so far (for the
 /// rate-limit headers).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tightest {
-    pub name: String,
+    pub of: LimitRef,
     pub remaining: u64,
     pub reset_secs: u64,
     /// The limit's size (`capacity`, or the service's requests per unit).
     pub limit: u64,
+}
+
+impl Tightest {
+    /// The limit's name.
+    fn name<'a>(&self, local: &'a [LimitPolicy], global: &'a [LimitPolicy]) -> &'a str {
+        let l = match self.of {
+            LimitRef::Local(i) => local.get(i),
+            LimitRef::Global(i) => global.get(i),
+        };
+        l.map_or("", |l| l.name.as_str())
+    }
+}
+
+/// The local limits that took tokens for a request: the first one inline
+/// (a route with one limit allocates nothing), more in a `Vec`.
+#[derive(Debug, Clone, Default)]
+pub struct TakenList {
+    first: Option<Taken>,
+    rest: Vec<Taken>,
+}
+
+impl TakenList {
+    pub fn push(&mut self, t: Taken) {
+        if self.first.is_none() {
+            self.first = Some(t);
+        } else {
+            self.rest.push(t);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// In the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = &Taken> {
+        self.first.iter().chain(self.rest.iter())
+    }
 }
 
 /// What the local limits did with a request.
@@ -168,8 +223,87 @@ pub enum LocalOutcome {
 
 #[derive(Debug, Default)]
 pub struct Admitted {
-    pub taken: Vec<Taken>,
+    pub taken: TakenList,
     pub tightest: Option<Tightest>,
+}
+
+impl Admitted {
+    /// The rate-limit headers for this request, as numbers (see
+    /// [`HeaderValues`]); `None` when there are none to send.
+    pub fn header_values(&self, style: HeaderStyle) -> Option<HeaderValues> {
+        match style {
+            HeaderStyle::None => None,
+            _ => self
+                .tightest
+                .map(|tightest| HeaderValues { style, tightest }),
+        }
+    }
+}
+
+/// The headers [`admitted_headers`] gives for a request every local limit
+/// admitted, kept as numbers until the response is written: small, `Copy`,
+/// and written without any allocation by [`HeaderValues::for_each`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderValues {
+    style: HeaderStyle,
+    tightest: Tightest,
+}
+
+/// Room on the stack for a `RateLimit` value: a name (at most 64 bytes in a
+/// valid configuration) and two numbers.
+const RATELIMIT_VALUE_MAX: usize = 128;
+
+impl HeaderValues {
+    /// Calls `f(name, value)` for each header, in the order and with the
+    /// bytes [`admitted_headers`] gives them (`limits`: the route's local
+    /// limits, as given to [`check_local`]).
+    pub fn for_each(&self, limits: &[LimitPolicy], mut f: impl FnMut(&'static str, &[u8])) {
+        let t = &self.tightest;
+        let ietf = matches!(self.style, HeaderStyle::Ietf | HeaderStyle::Both);
+        let legacy = matches!(self.style, HeaderStyle::Legacy | HeaderStyle::Both);
+        if ietf {
+            let policy = policy_of(limits, &[]);
+            if !policy.is_empty() {
+                f("ratelimit-policy", policy.as_bytes());
+            }
+            let name = t.name(limits, &[]);
+            let r = text::Decimal::new(t.remaining);
+            let reset = text::Decimal::new(t.reset_secs);
+            let parts: [&[u8]; 6] = [
+                b"\"",
+                name.as_bytes(),
+                b"\";r=",
+                r.as_bytes(),
+                b";t=",
+                reset.as_bytes(),
+            ];
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            if len <= RATELIMIT_VALUE_MAX {
+                let mut buf = [0u8; RATELIMIT_VALUE_MAX];
+                let mut at = 0;
+                for p in parts {
+                    if let Some(dst) = buf.get_mut(at..at + p.len()) {
+                        dst.copy_from_slice(p);
+                    }
+                    at += p.len();
+                }
+                f("ratelimit", buf.get(..len).unwrap_or(&[]));
+            } else {
+                f("ratelimit", &parts.concat());
+            }
+        }
+        if legacy {
+            f("x-ratelimit-limit", text::Decimal::new(t.limit).as_bytes());
+            f(
+                "x-ratelimit-remaining",
+                text::Decimal::new(t.remaining).as_bytes(),
+            );
+            f(
+                "x-ratelimit-reset",
+                text::Decimal::new(t.reset_secs).as_bytes(),
+            );
+        }
+    }
 }
 
 fn params(l: &LimitPolicy) -> BucketParams {
@@ -178,6 +312,32 @@ fn params(l: &LimitPolicy) -> BucketParams {
         refill_tokens: l.refill_tokens,
         refill_interval_ns: l.refill_interval_ns,
     }
+}
+
+/// The start of limit `l`'s bucket identities on `route`, and its hash: the
+/// one `compile` built, or (limits compiled for another route name, as in
+/// tests) built here.
+fn prefix_of<'a>(l: &'a LimitPolicy, route: &str) -> (std::borrow::Cow<'a, str>, u64) {
+    let p: &str = &l.identity_prefix;
+    let b = p.as_bytes();
+    let built_for_route = b.len() == route.len() + l.name.len() + 2
+        && b.get(..route.len()) == Some(route.as_bytes())
+        && b.get(route.len()) == Some(&0x1f)
+        && b.get(route.len() + 1..b.len() - 1) == Some(l.name.as_bytes())
+        && b.last() == Some(&0x1f);
+    if built_for_route {
+        (std::borrow::Cow::Borrowed(p), l.identity_prefix_hash)
+    } else {
+        build_prefix(l, route)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn build_prefix<'a>(l: &LimitPolicy, route: &str) -> (std::borrow::Cow<'a, str>, u64) {
+    let p = policy::identity_prefix(route, &l.name);
+    let h = store::fnv1a(p.as_bytes());
+    (std::borrow::Cow::Owned(p), h)
 }
 
 /// Applies a route's local limits and builds the final decision (routes
@@ -199,13 +359,35 @@ pub fn check(
 
 /// The decision for a request every local limit admitted (no global ones).
 pub fn admitted(style: HeaderStyle, limits: &[LimitPolicy], a: &Admitted) -> Decision {
+    let mut headers = Vec::new();
+    admitted_headers(style, limits, a, &mut headers);
     Decision {
         allowed: true,
-        headers: headers(style, &policy_of(limits, &[]), a.tightest.as_ref()),
+        headers,
         service_headers: Vec::new(),
         refused_by: None,
         retry_after_secs: 0,
     }
+}
+
+/// Appends the headers of [`admitted`]`(style, limits, a)` to `out`: the
+/// same headers, in the same order, without the `Decision` around them
+/// (for callers that collect response headers in a list of their own).
+pub fn admitted_headers(
+    style: HeaderStyle,
+    limits: &[LimitPolicy],
+    a: &Admitted,
+    out: &mut Vec<(&'static str, String)>,
+) {
+    let Some(t) = a.tightest.as_ref() else {
+        return;
+    };
+    push_headers(
+        out,
+        style,
+        &policy_of(limits, &[]),
+        Some((t.name(limits, &[]), t)),
+    );
 }
 
 /// Takes tokens from every local limit of a route, in order.
@@ -217,17 +399,21 @@ pub fn check_local(
     req: &Request,
     claims: Option<&serde_json::Value>,
 ) -> LocalOutcome {
-    let mut admitted = Admitted {
-        taken: Vec::with_capacity(limits.len()),
-        tightest: None,
-    };
+    let mut admitted = Admitted::default();
     for (i, l) in limits.iter().enumerate() {
-        let identity = format!(
-            "{route}\u{1f}{}\u{1f}{}",
-            l.name,
-            l.bucket_key(req, claims, limiter.xff_trusted_hops)
-        );
-        let t = match store::take(host, limiter.slots, &identity, &params(l), l.cost) {
+        let (prefix, prefix_hash) = prefix_of(l, route);
+        let mut key = String::new();
+        if !l.key.is_empty() {
+            // Most keys fit: one allocation, no growth.
+            key.reserve(64);
+            l.push_bucket_key(req, claims, limiter.xff_trusted_hops, &mut key);
+        }
+        let identity = store::Identity {
+            prefix: &prefix,
+            prefix_hash,
+            key: &key,
+        };
+        let t = match store::take_id(host, limiter.slots, &identity, &params(l), l.cost) {
             Ok(t) => t,
             Err(e) => {
                 log::warn!(
@@ -246,7 +432,7 @@ pub fn check_local(
             if !l.shadow {
                 admitted.taken.push(Taken {
                     limit: i,
-                    identity,
+                    key,
                     slot: t.slot,
                 });
             }
@@ -262,14 +448,21 @@ pub fn check_local(
             refund(host, route, limits, &admitted.taken);
             let retry = t.take.retry_after_ns.div_ceil(1_000_000_000).max(1);
             let tight = Tightest {
-                name: l.name.clone(),
+                of: LimitRef::Local(i),
                 remaining: 0,
                 reset_secs: t.take.reset_ns.div_ceil(1_000_000_000),
                 limit: l.capacity,
             };
+            let mut headers = Vec::new();
+            push_headers(
+                &mut headers,
+                limiter.style,
+                &policy_of(limits, &[]),
+                Some((&l.name, &tight)),
+            );
             return LocalOutcome::Refused(Decision {
                 allowed: false,
-                headers: headers(limiter.style, &policy_of(limits, &[]), Some(&tight)),
+                headers,
                 service_headers: Vec::new(),
                 refused_by: Some(l.name.clone()),
                 retry_after_secs: retry,
@@ -283,7 +476,7 @@ pub fn check_local(
                 .is_none_or(|b| t.take.remaining < b.remaining)
         {
             admitted.tightest = Some(Tightest {
-                name: l.name.clone(),
+                of: LimitRef::Local(i),
                 remaining: t.take.remaining,
                 reset_secs,
                 limit: l.capacity,
@@ -294,12 +487,18 @@ pub fn check_local(
 }
 
 /// Gives back the tokens a request took from local limits.
-pub fn refund(host: &impl Host, route: &str, limits: &[LimitPolicy], taken: &[Taken]) {
-    for t in taken {
+pub fn refund(host: &impl Host, route: &str, limits: &[LimitPolicy], taken: &TakenList) {
+    for t in taken.iter() {
         let Some(l) = limits.get(t.limit) else {
             continue;
         };
-        if let Err(e) = store::refund(host, t.slot, &t.identity, &params(l), l.cost) {
+        let (prefix, prefix_hash) = prefix_of(l, route);
+        let identity = store::Identity {
+            prefix: &prefix,
+            prefix_hash,
+            key: &t.key,
+        };
+        if let Err(e) = store::refund_id(host, t.slot, &identity, &params(l), l.cost) {
             log::warn!(
                 "meshguard: rate limit refund {route}/{} failed: {e:?}",
                 l.name
@@ -320,9 +519,9 @@ pub fn apply_verdict(
     admitted: &Admitted,
     verdict: &rls::Verdict,
 ) -> Decision {
-    let mut refusing: Option<(&LimitPolicy, &rls::LimitStatus)> = None;
-    let mut tightest = admitted.tightest.clone();
-    for (l, st) in global.iter().zip(&verdict.statuses) {
+    let mut refusing: Option<(usize, &LimitPolicy, &rls::LimitStatus)> = None;
+    let mut tightest = admitted.tightest;
+    for (i, (l, st)) in global.iter().zip(&verdict.statuses).enumerate() {
         if st.over && l.shadow {
             bump(host, l.metrics.shadow_limited);
             log::info!(
@@ -333,14 +532,14 @@ pub fn apply_verdict(
         }
         if st.over {
             bump(host, l.metrics.limited);
-            refusing = refusing.or(Some((l, st)));
+            refusing = refusing.or(Some((i, l, st)));
             continue;
         }
         bump(host, l.metrics.allowed);
         if let Some((size, unit)) = st.limit.filter(|_| !l.shadow) {
             if tightest.as_ref().is_none_or(|b| st.remaining < b.remaining) {
                 tightest = Some(Tightest {
-                    name: l.name.clone(),
+                    of: LimitRef::Global(i),
                     remaining: st.remaining,
                     reset_secs: st.reset_secs.unwrap_or(unit),
                     limit: size,
@@ -349,8 +548,9 @@ pub fn apply_verdict(
         }
     }
     let policy = policy_of(local, &global_policy_items(global, verdict));
+    let mut headers = Vec::new();
     match refusing {
-        Some((l, st)) => {
+        Some((i, l, st)) => {
             refund(host, route, local, &admitted.taken);
             let retry = st
                 .reset_secs
@@ -358,26 +558,40 @@ pub fn apply_verdict(
                 .unwrap_or(1)
                 .max(1);
             let tight = Tightest {
-                name: l.name.clone(),
+                of: LimitRef::Global(i),
                 remaining: 0,
                 reset_secs: retry,
                 limit: st.limit.map_or(0, |(size, _)| size),
             };
+            push_headers(
+                &mut headers,
+                style,
+                &policy,
+                st.limit.map(|_| (l.name.as_str(), &tight)),
+            );
             Decision {
                 allowed: false,
-                headers: headers(style, &policy, st.limit.map(|_| &tight)),
+                headers,
                 service_headers: verdict.response_headers.clone(),
                 refused_by: Some(l.name.clone()),
                 retry_after_secs: retry,
             }
         }
-        None => Decision {
-            allowed: true,
-            headers: headers(style, &policy, tightest.as_ref()),
-            service_headers: verdict.response_headers.clone(),
-            refused_by: None,
-            retry_after_secs: 0,
-        },
+        None => {
+            push_headers(
+                &mut headers,
+                style,
+                &policy,
+                tightest.as_ref().map(|t| (t.name(local, global), t)),
+            );
+            Decision {
+                allowed: true,
+                headers,
+                service_headers: verdict.response_headers.clone(),
+                refused_by: None,
+                retry_after_secs: 0,
+            }
+        }
     }
 }
 
@@ -399,13 +613,13 @@ pub fn apply_failure(
     if deny {
         refund(host, route, local, &admitted.taken);
     }
+    let mut headers = Vec::new();
+    if !deny {
+        admitted_headers(style, local, admitted, &mut headers);
+    }
     Decision {
         allowed: !deny,
-        headers: if deny {
-            Vec::new()
-        } else {
-            headers(style, &policy_of(local, &[]), admitted.tightest.as_ref())
-        },
+        headers,
         service_headers: Vec::new(),
         refused_by: None,
         retry_after_secs: if deny { 1 } else { 0 },
@@ -426,19 +640,22 @@ fn global_policy_items(global: &[LimitPolicy], verdict: &rls::Verdict) -> Vec<St
 }
 
 /// The route's `RateLimit-Policy` value: the local limits' (precomputed at
-/// configuration time) and `extra` items.
-fn policy_of(local: &[LimitPolicy], extra: &[String]) -> String {
-    let base: String = match local.first() {
-        Some(first) if !first.policy_header.is_empty() => first.policy_header.to_string(),
+/// configuration time, borrowed) and `extra` items.
+fn policy_of<'a>(local: &'a [LimitPolicy], extra: &[String]) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
+    let base: Cow<'a, str> = match local.first() {
+        Some(first) if !first.policy_header.is_empty() => Cow::Borrowed(&first.policy_header),
         Some(_) => {
             // Limits not built by `config` (tests): compute it here.
             let mut copy = local.to_vec();
             policy::set_policy_header(&mut copy);
-            copy.first()
-                .map(|l| l.policy_header.to_string())
-                .unwrap_or_default()
+            Cow::Owned(
+                copy.first()
+                    .map(|l| l.policy_header.to_string())
+                    .unwrap_or_default(),
+            )
         }
-        None => String::new(),
+        None => Cow::Borrowed(""),
     };
     if extra.is_empty() {
         return base;
@@ -448,33 +665,45 @@ fn policy_of(local: &[LimitPolicy], extra: &[String]) -> String {
         items.push(&base);
     }
     items.extend(extra.iter().map(String::as_str));
-    items.join(", ")
+    Cow::Owned(items.join(", "))
 }
 
-fn headers(
+/// Appends the rate-limit headers of `style` for the limit `tightest` (its
+/// name and state) to `out`; nothing without one. Values are built without
+/// `core::fmt`, each in a `String` of the right capacity.
+fn push_headers(
+    out: &mut Vec<(&'static str, String)>,
     style: HeaderStyle,
     policy: &str,
-    tightest: Option<&Tightest>,
-) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    let Some(t) = tightest else {
-        return out;
+    tightest: Option<(&str, &Tightest)>,
+) {
+    let Some((name, t)) = tightest else {
+        return;
     };
-    if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
+    let ietf = matches!(style, HeaderStyle::Ietf | HeaderStyle::Both);
+    let legacy = matches!(style, HeaderStyle::Legacy | HeaderStyle::Both);
+    out.reserve(usize::from(ietf) * 2 + usize::from(legacy) * 3);
+    if ietf {
         if !policy.is_empty() {
             out.push(("ratelimit-policy", policy.to_string()));
         }
-        out.push((
-            "ratelimit",
-            format!("\"{}\";r={};t={}", t.name, t.remaining, t.reset_secs),
-        ));
+        // "<name>";r=<remaining>;t=<reset>
+        let r = text::Decimal::new(t.remaining);
+        let reset = text::Decimal::new(t.reset_secs);
+        let mut v = String::with_capacity(name.len() + 8 + r.len() + reset.len());
+        v.push('"');
+        v.push_str(name);
+        v.push_str("\";r=");
+        r.push_to(&mut v);
+        v.push_str(";t=");
+        reset.push_to(&mut v);
+        out.push(("ratelimit", v));
     }
-    if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
-        out.push(("x-ratelimit-limit", t.limit.to_string()));
-        out.push(("x-ratelimit-remaining", t.remaining.to_string()));
-        out.push(("x-ratelimit-reset", t.reset_secs.to_string()));
+    if legacy {
+        out.push(("x-ratelimit-limit", text::u64_string(t.limit)));
+        out.push(("x-ratelimit-remaining", text::u64_string(t.remaining)));
+        out.push(("x-ratelimit-reset", text::u64_string(t.reset_secs)));
     }
-    out
 }
 
 #[cfg(test)]
@@ -532,6 +761,112 @@ mod tests {
         assert_eq!(body["retry_after"], 10);
         assert_eq!(h.metric("meshguard.ratelimit.api.all.allowed"), Some(2));
         assert_eq!(h.metric("meshguard.ratelimit.api.all.limited"), Some(1));
+    }
+
+    #[test]
+    fn header_values_write_what_admitted_gives() {
+        let long = "n".repeat(200);
+        for style in [
+            HeaderStyle::Ietf,
+            HeaderStyle::Legacy,
+            HeaderStyle::Both,
+            HeaderStyle::None,
+        ] {
+            for json in [
+                r#"[{"name": "all", "capacity": 1000000000, "refill_interval": "1s"}]"#.to_string(),
+                r#"[{"name": "a", "capacity": 5, "refill_interval": "1h"},
+                    {"name": "b", "capacity": 2, "refill_interval": "1m", "cost": 2},
+                    {"name": "s", "capacity": 1, "refill_interval": "1s", "shadow": true}]"#
+                    .to_string(),
+                r#"[{"name": "long", "capacity": 3, "refill_interval": "1s"}]"#.to_string(),
+                r#"[{"name": "s", "capacity": 1, "refill_interval": "1s", "shadow": true}]"#
+                    .to_string(),
+            ] {
+                let raw: Vec<RawRateLimit> = serde_json::from_str(&json).expect("json");
+                let mut ls: Vec<LimitPolicy> = raw
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| LimitPolicy::compile(r, i, "api", "p").expect("valid"))
+                    .collect();
+                if json.contains("\"long\"") {
+                    // Longer than any valid name: the value no longer fits
+                    // on the stack.
+                    ls[0].name = long.clone();
+                }
+                if json.contains("\"a\"") {
+                    policy::set_policy_header(&mut ls);
+                }
+                let h = FakeHost::new(1);
+                for _ in 0..3 {
+                    let LocalOutcome::Admitted(a) =
+                        check_local(&h, &limiter(style), "api", &ls, &req("k"), None)
+                    else {
+                        continue;
+                    };
+                    let want = admitted(style, &ls, &a).headers;
+                    let mut got: Vec<(&'static str, String)> = Vec::new();
+                    if let Some(v) = a.header_values(style) {
+                        v.for_each(&ls, |n, b| {
+                            got.push((n, String::from_utf8(b.to_vec()).expect("utf8")))
+                        });
+                    }
+                    assert_eq!(got, want, "{style:?} {json}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn admitted_headers_append_what_admitted_gives() {
+        let h = FakeHost::new(1);
+        let ls = limits(r#"[{"name": "all", "capacity": 3, "refill_interval": "1s"}]"#);
+        let LocalOutcome::Admitted(a) =
+            check_local(&h, &limiter(HeaderStyle::Both), "api", &ls, &req("a"), None)
+        else {
+            panic!("refused");
+        };
+        let mut out = vec![("cache-status", "x".to_string())];
+        admitted_headers(HeaderStyle::Both, &ls, &a, &mut out);
+        let want = admitted(HeaderStyle::Both, &ls, &a).headers;
+        assert_eq!(out[0], ("cache-status", "x".to_string()));
+        assert_eq!(&out[1..], &want[..]);
+        assert_eq!(
+            want,
+            vec![
+                ("ratelimit-policy", "\"all\";q=3;w=1".to_string()),
+                ("ratelimit", "\"all\";r=2;t=1".to_string()),
+                ("x-ratelimit-limit", "3".to_string()),
+                ("x-ratelimit-remaining", "2".to_string()),
+                ("x-ratelimit-reset", "1".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn identities_are_route_limit_and_key_whatever_the_compiled_route() {
+        // Compiled for route "r", used on "api": the identity follows the
+        // route it is used on (as before the prefix was precomputed).
+        let h = FakeHost::new(1);
+        let ls = limits(
+            r#"[{"name": "l", "capacity": 2, "refill_interval": "1h", "key": [{"header": "x-api-key"}]}]"#,
+        );
+        let lim = limiter(HeaderStyle::None);
+        assert!(check(&h, &lim, "api", &ls, &req("k"), None).allowed);
+        let t =
+            store::take(&h, lim.slots, "api\u{1f}l\u{1f}1:k", &params(&ls[0]), 1).expect("take");
+        assert!(t.take.allowed && t.take.remaining == 0, "{t:?}");
+        assert!(!check(&h, &lim, "api", &ls, &req("k"), None).allowed);
+        // On its own route the precomputed prefix is used, with the same result.
+        let (p, hash) = prefix_of(&ls[0], "r");
+        assert!(matches!(p, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            (&*p, hash),
+            ("r\u{1f}l\u{1f}", store::fnv1a("r\u{1f}l\u{1f}".as_bytes()))
+        );
+        let (p, _) = prefix_of(&ls[0], "api");
+        assert_eq!(&*p, "api\u{1f}l\u{1f}");
+        let (p, _) = prefix_of(&ls[0], "r\u{1f}l");
+        assert_eq!(&*p, "r\u{1f}l\u{1f}l\u{1f}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Validated rate-limit configuration: one [`LimitPolicy`] per entry of a
 //! route's `rate_limit` list, and how its bucket key is built.
 
+use super::store::fnv1a;
+use super::text::Decimal;
 use crate::config::raw::{RawKeyPart, RawRateLimit};
 use crate::config::{show_str, valid_name, ConfigError, NAME_EXPECTED};
 use crate::host::MetricId;
@@ -60,6 +62,17 @@ pub struct LimitPolicy {
     /// The route's `RateLimit-Policy` value (same for every limit of the
     /// route), built once at configuration time by [`set_policy_header`].
     pub policy_header: std::sync::Arc<str>,
+    /// `<route>\u{1f}<name>\u{1f}`: how every bucket identity of this limit
+    /// starts (the request's bucket key follows), built by [`Self::compile`].
+    pub identity_prefix: std::sync::Arc<str>,
+    /// `fnv1a(identity_prefix)`, to hash an identity from its key alone.
+    pub identity_prefix_hash: u64,
+}
+
+/// The start of a bucket identity (see [`LimitPolicy::identity_prefix`]).
+pub fn identity_prefix(route: &str, name: &str) -> String {
+    // Configuration time only: the formatting machinery is in the module anyway.
+    format!("{route}\u{1f}{name}\u{1f}")
 }
 
 /// Builds the `RateLimit-Policy` value of a route's limits (enforced ones
@@ -80,7 +93,7 @@ impl LimitPolicy {
     pub fn compile(
         raw: &RawRateLimit,
         index: usize,
-        _route: &str,
+        route: &str,
         path: &str,
     ) -> Result<LimitPolicy, ConfigError> {
         let name = match &raw.name {
@@ -146,6 +159,8 @@ impl LimitPolicy {
                 shadow: raw.shadow,
                 metrics: LimitMetrics::default(),
                 policy_header: std::sync::Arc::from(""),
+                identity_prefix: std::sync::Arc::from(""),
+                identity_prefix_hash: fnv1a(b""),
             });
         }
         let capacity = int(
@@ -182,7 +197,10 @@ impl LimitPolicy {
                 format!("{}ns", interval.0),
             ));
         }
+        let prefix = identity_prefix(route, &name);
         Ok(LimitPolicy {
+            identity_prefix_hash: fnv1a(prefix.as_bytes()),
+            identity_prefix: std::sync::Arc::from(prefix),
             name,
             scope,
             key,
@@ -217,14 +235,47 @@ impl LimitPolicy {
         xff_hops: u32,
     ) -> String {
         let mut out = String::new();
-        for part in &self.key {
-            let v = part.value(req, claims, xff_hops);
-            out.push_str(&v.len().to_string());
-            out.push(':');
-            out.push_str(&v);
-        }
+        self.push_bucket_key(req, claims, xff_hops, &mut out);
         out
     }
+
+    /// Appends [`Self::bucket_key`] to `out`. The parts read as text from
+    /// the request (a header that is valid UTF-8, the path, the method, the
+    /// peer address, a constant) are copied from where they are, without
+    /// an intermediate `String`.
+    pub fn push_bucket_key(
+        &self,
+        req: &Request,
+        claims: Option<&serde_json::Value>,
+        xff_hops: u32,
+        out: &mut String,
+    ) {
+        for part in &self.key {
+            let borrowed: Option<&str> = match part {
+                KeyPart::Header(h) => match req.header(h) {
+                    Some(v) => std::str::from_utf8(v).ok(),
+                    None => Some(""),
+                },
+                KeyPart::Path => Some(req.path_only()),
+                KeyPart::Method => Some(&req.method),
+                KeyPart::ClientIp if xff_hops == 0 => Some(&req.peer_ip),
+                KeyPart::Constant(c) => Some(c),
+                _ => None,
+            };
+            match borrowed {
+                // Longer values are hashed by `value`.
+                Some(v) if v.len() <= MAX_KEY_PART => push_part(out, v),
+                _ => push_part(out, &part.value(req, claims, xff_hops)),
+            }
+        }
+    }
+}
+
+/// One length-prefixed key part: `<len>:<value>`.
+fn push_part(out: &mut String, v: &str) {
+    Decimal::new(v.len() as u64).push_to(out);
+    out.push(':');
+    out.push_str(v);
 }
 
 impl KeyPart {
@@ -476,6 +527,84 @@ mod tests {
         assert_eq!(k, "9:127.0.0.73:GET2:/a3:abc2:K11:S1:c0:2:42");
         // Without claims the claim part is empty, still one well-defined bucket.
         assert!(p.bucket_key(&req(), None, 0).ends_with("0:0:"));
+    }
+
+    /// The bucket key as built before `push_bucket_key`: every part through
+    /// `value`, lengths through `to_string`.
+    fn reference_key(
+        p: &LimitPolicy,
+        req: &Request,
+        claims: Option<&serde_json::Value>,
+        hops: u32,
+    ) -> String {
+        let mut out = String::new();
+        for part in &p.key {
+            let v = part.value(req, claims, hops);
+            out.push_str(&v.len().to_string());
+            out.push(':');
+            out.push_str(&v);
+        }
+        out
+    }
+
+    #[test]
+    fn bucket_keys_match_the_reference_on_many_requests() {
+        let p = policy(
+            r#"{"capacity": 5, "refill_interval": "1s", "key": ["client_ip", "method", "path",
+                {"header": "X-Api-Key"}, {"query": "api_key"}, {"cookie": "sid"}, {"constant": "c:1"},
+                {"header": "absent"}, {"claim": "org.id"}]}"#,
+        )
+        .expect("ok");
+        let mut x: u64 = 12345;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let values: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"abc".to_vec(),
+            vec![0xff, 0xfe, b'a'],
+            "é日本".as_bytes().to_vec(),
+            vec![b'k'; MAX_KEY_PART],
+            vec![b'k'; MAX_KEY_PART + 1],
+            vec![0xc3; MAX_KEY_PART / 2 + 1],
+            b"1.2.3.4, 5.6.7.8".to_vec(),
+        ];
+        for _ in 0..2000 {
+            let mut pick = || values[(next() % values.len() as u64) as usize].clone();
+            let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+            let r = Request {
+                method: text(pick()),
+                path: format!("/{}?api_key={}", text(pick()), text(pick())),
+                authority: "h".into(),
+                headers: vec![
+                    ("x-api-key".into(), pick()),
+                    ("cookie".into(), [b"sid=".to_vec(), pick()].concat()),
+                    ("x-forwarded-for".into(), pick()),
+                ],
+                peer_ip: text(pick()),
+            };
+            let claims = serde_json::json!({"org": {"id": text(pick())}});
+            for hops in [0, 1] {
+                for c in [None, Some(&claims)] {
+                    assert_eq!(p.bucket_key(&r, c, hops), reference_key(&p, &r, c, hops));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn identity_prefix_is_route_and_name_and_hashed() {
+        let p =
+            policy(r#"{"name": "per-key", "capacity": 5, "refill_interval": "1s"}"#).expect("ok");
+        assert_eq!(&*p.identity_prefix, "r\u{1f}per-key\u{1f}");
+        assert_eq!(
+            p.identity_prefix_hash,
+            fnv1a("r\u{1f}per-key\u{1f}".as_bytes())
+        );
+        assert_eq!(identity_prefix("api", "all"), "api\u{1f}all\u{1f}");
     }
 
     #[test]

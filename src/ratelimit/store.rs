@@ -13,6 +13,7 @@
 //! `[1u8][level u128][last_ns u64][scale_ns u64][capacity u64][refill_tokens u64][identity bytes]`
 
 use super::bucket::{BucketParams, BucketState, Take};
+use super::text::Decimal;
 use crate::host::{Host, SetError, CREATE_CAS};
 
 pub const VERSION: u8 = 1;
@@ -43,18 +44,132 @@ pub struct Taken {
 }
 
 pub fn slot_key(slot: u32) -> String {
-    format!("{KEY_PREFIX}{slot}")
+    SlotKey::new(slot).as_str().to_string()
 }
+
+/// The key of a slot, built on the stack (`meshguard/v1/rl/<slot>`).
+pub struct SlotKey {
+    buf: [u8; KEY_PREFIX.len() + 10],
+    len: usize,
+}
+
+impl SlotKey {
+    pub fn new(slot: u32) -> SlotKey {
+        let mut buf = [0u8; KEY_PREFIX.len() + 10];
+        buf[..KEY_PREFIX.len()].copy_from_slice(KEY_PREFIX.as_bytes());
+        let digits = Decimal::new(slot as u64);
+        let d = digits.as_bytes();
+        let len = KEY_PREFIX.len() + d.len();
+        buf[KEY_PREFIX.len()..len].copy_from_slice(d);
+        SlotKey { buf, len }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ASCII only: the prefix and decimal digits.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or(KEY_PREFIX)
+    }
+}
+
+/// FNV-1a offset basis: the hash of no bytes.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// FNV-1a, 64 bit: stable across worker VMs and processes (slot positions
 /// must agree between workers), and fast.
 pub fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a_continue(FNV_OFFSET, data)
+}
+
+/// FNV-1a of `a ++ data`, given `h = fnv1a(a)`.
+pub fn fnv1a_continue(mut h: u64, data: &[u8]) -> u64 {
     for b in data {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// A bucket's identity (`route \u{1f} limit \u{1f} key`, as stored in its
+/// slot) in two pieces, so the constant start of it is built, and hashed,
+/// once at configuration time rather than per request.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// The constant start (route and limit).
+    pub prefix: &'a str,
+    /// `fnv1a(prefix)`.
+    pub prefix_hash: u64,
+    /// The request's bucket key.
+    pub key: &'a str,
+}
+
+impl<'a> Identity<'a> {
+    /// An identity given whole.
+    pub fn whole(identity: &'a str) -> Identity<'a> {
+        Identity {
+            prefix: identity,
+            prefix_hash: fnv1a(identity.as_bytes()),
+            key: "",
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.prefix.len() + self.key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `fnv1a` of the whole identity.
+    pub fn hash(&self) -> u64 {
+        fnv1a_continue(self.prefix_hash, self.key.as_bytes())
+    }
+
+    /// Is `stored` this identity, byte for byte?
+    pub fn matches(&self, stored: &[u8]) -> bool {
+        stored.len() == self.len()
+            && stored.get(..self.prefix.len()) == Some(self.prefix.as_bytes())
+            && stored.get(self.prefix.len()..) == Some(self.key.as_bytes())
+    }
+}
+
+/// Values up to this size are encoded on the stack.
+const STACK_VALUE: usize = 256;
+
+/// Encodes a slot value (see [`encode`]) and hands it to `f`: on the stack
+/// when it fits in [`STACK_VALUE`] bytes, else in a `Vec`.
+fn with_encoded<R>(
+    identity: &Identity<'_>,
+    st: &BucketState,
+    p: &BucketParams,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    let len = HEADER_LEN + identity.len();
+    if len <= STACK_VALUE {
+        let mut buf = [0u8; STACK_VALUE];
+        write_value(&mut buf[..len], identity, st, p);
+        f(&buf[..len])
+    } else {
+        let mut v = vec![0u8; len];
+        write_value(&mut v, identity, st, p);
+        f(&v)
+    }
+}
+
+/// Writes a value into `out` (exactly `HEADER_LEN + identity.len()` bytes).
+fn write_value(out: &mut [u8], identity: &Identity<'_>, st: &BucketState, p: &BucketParams) {
+    let (head, id) = out.split_at_mut(HEADER_LEN.min(out.len()));
+    if head.len() < HEADER_LEN || id.len() != identity.len() {
+        return;
+    }
+    head[0] = VERSION;
+    head[1..17].copy_from_slice(&st.level.to_le_bytes());
+    head[17..25].copy_from_slice(&st.last_ns.to_le_bytes());
+    head[25..33].copy_from_slice(&st.scale_ns.to_le_bytes());
+    head[33..41].copy_from_slice(&p.capacity.to_le_bytes());
+    head[41..49].copy_from_slice(&p.refill_tokens.to_le_bytes());
+    let (pre, key) = id.split_at_mut(identity.prefix.len());
+    pre.copy_from_slice(identity.prefix.as_bytes());
+    key.copy_from_slice(identity.key.as_bytes());
 }
 
 pub fn encode(identity: &str, st: &BucketState, p: &BucketParams) -> Vec<u8> {
@@ -105,8 +220,19 @@ pub fn take(
     params: &BucketParams,
     cost: u64,
 ) -> Result<Taken, StoreError> {
+    take_id(host, slots, &Identity::whole(identity), params, cost)
+}
+
+/// [`take`] with the identity in pieces.
+pub fn take_id(
+    host: &impl Host,
+    slots: u32,
+    identity: &Identity<'_>,
+    params: &BucketParams,
+    cost: u64,
+) -> Result<Taken, StoreError> {
     let slots = slots.max(1);
-    let start = (fnv1a(identity.as_bytes()) % slots as u64) as u32;
+    let start = (identity.hash() % slots as u64) as u32;
     let probes = PROBES.min(slots);
     'attempt: for _ in 0..MAX_CAS_RETRIES {
         let now = host.now_nanos();
@@ -114,11 +240,12 @@ pub fn take(
         let mut reuse: Option<(u32, u32, u64)> = None;
         for i in 0..probes {
             let slot = (start + i) % slots;
-            let key = slot_key(slot);
-            let (value, cas) = host.shared_get(&key).map_err(|e| StoreError::Host(e.0))?;
+            let key = SlotKey::new(slot);
+            let key = key.as_str();
+            let (value, cas) = host.shared_get(key).map_err(|e| StoreError::Host(e.0))?;
             let (mut st, create_cas, evicted) = match value.as_deref().map(decode) {
                 None => (BucketState::full(params, now), CREATE_CAS, false),
-                Some(Some((st, _, id))) if id == identity.as_bytes() => {
+                Some(Some((st, _, id))) if identity.matches(id) => {
                     (st, cas.unwrap_or(CREATE_CAS), false)
                 }
                 Some(other) => {
@@ -149,7 +276,9 @@ pub fn take(
                     evicted,
                 });
             }
-            match host.shared_set(&key, &encode(identity, &st, params), Some(create_cas)) {
+            match with_encoded(identity, &st, params, |v| {
+                host.shared_set(key, v, Some(create_cas))
+            }) {
                 Ok(()) => {
                     return Ok(Taken {
                         take: t,
@@ -167,7 +296,10 @@ pub fn take(
         };
         let mut st = BucketState::full(params, now);
         let t = st.take(params, cost, now);
-        match host.shared_set(&slot_key(slot), &encode(identity, &st, params), Some(cas)) {
+        let key = SlotKey::new(slot);
+        match with_encoded(identity, &st, params, |v| {
+            host.shared_set(key.as_str(), v, Some(cas))
+        }) {
             Ok(()) => {
                 return Ok(Taken {
                     take: t,
@@ -190,17 +322,29 @@ pub fn refund(
     params: &BucketParams,
     cost: u64,
 ) -> Result<(), StoreError> {
-    let key = slot_key(slot);
+    refund_id(host, slot, &Identity::whole(identity), params, cost)
+}
+
+/// [`refund`] with the identity in pieces.
+pub fn refund_id(
+    host: &impl Host,
+    slot: u32,
+    identity: &Identity<'_>,
+    params: &BucketParams,
+    cost: u64,
+) -> Result<(), StoreError> {
+    let key = SlotKey::new(slot);
+    let key = key.as_str();
     for _ in 0..MAX_CAS_RETRIES {
-        let (value, cas) = host.shared_get(&key).map_err(|e| StoreError::Host(e.0))?;
+        let (value, cas) = host.shared_get(key).map_err(|e| StoreError::Host(e.0))?;
         let Some((mut st, _, id)) = value.as_deref().and_then(decode) else {
             return Ok(());
         };
-        if id != identity.as_bytes() {
+        if !identity.matches(id) {
             return Ok(()); // reused by another bucket meanwhile: nothing to give back
         }
         st.refund(params, cost, host.now_nanos());
-        match host.shared_set(&key, &encode(identity, &st, params), cas) {
+        match with_encoded(identity, &st, params, |v| host.shared_set(key, v, cas)) {
             Ok(()) => return Ok(()),
             Err(SetError::CasMismatch) => continue,
             Err(SetError::Host(e)) => return Err(StoreError::Host(e)),
@@ -220,6 +364,93 @@ mod tests {
         refill_tokens: 1,
         refill_interval_ns: 3600 * SEC,
     };
+
+    #[test]
+    fn slot_keys_are_the_prefix_and_the_decimal_slot() {
+        for slot in [0, 1, 9, 10, 4095, 65_536, 999_999_999, u32::MAX] {
+            assert_eq!(SlotKey::new(slot).as_str(), format!("{KEY_PREFIX}{slot}"));
+            assert_eq!(slot_key(slot), format!("meshguard/v1/rl/{slot}"));
+        }
+    }
+
+    #[test]
+    fn split_identities_hash_and_match_as_whole_ones() {
+        let cases = [
+            ("api\u{1f}all\u{1f}", ""),
+            ("api\u{1f}per-key\u{1f}", "3:abc"),
+            ("", ""),
+            ("", "x"),
+            ("r\u{1f}l\u{1f}", "9:127.0.0.1"),
+        ];
+        for (prefix, key) in cases {
+            let whole = format!("{prefix}{key}");
+            let id = Identity {
+                prefix,
+                prefix_hash: fnv1a(prefix.as_bytes()),
+                key,
+            };
+            assert_eq!(id.hash(), fnv1a(whole.as_bytes()), "{whole:?}");
+            assert_eq!(id.len(), whole.len());
+            assert!(id.matches(whole.as_bytes()));
+            assert!(!id.matches(format!("{whole}x").as_bytes()));
+            assert!(
+                !id.matches(&whole.as_bytes()[..whole.len().saturating_sub(1)]) || whole.is_empty()
+            );
+            // Same bytes cut elsewhere: the same identity.
+            let cut = Identity::whole(&whole);
+            assert_eq!(
+                (cut.hash(), cut.matches(whole.as_bytes())),
+                (id.hash(), true)
+            );
+        }
+        let id = Identity {
+            prefix: "ab",
+            prefix_hash: fnv1a(b"ab"),
+            key: "c",
+        };
+        assert!(!id.matches(b"abd") && !id.matches(b"xbc") && !id.matches(b"ab"));
+    }
+
+    #[test]
+    fn values_built_in_place_equal_encode_on_stack_and_heap() {
+        let st = BucketState {
+            level: 12345678901234567890123,
+            last_ns: 42,
+            scale_ns: 7,
+        };
+        for key_len in [0, 10, STACK_VALUE - HEADER_LEN - 8, STACK_VALUE, 5000] {
+            let key = "k".repeat(key_len);
+            let id = Identity {
+                prefix: "route\u{1f}l\u{1f}",
+                prefix_hash: fnv1a("route\u{1f}l\u{1f}".as_bytes()),
+                key: &key,
+            };
+            let whole = format!("route\u{1f}l\u{1f}{key}");
+            let v = with_encoded(&id, &st, &P, |v| v.to_vec());
+            assert_eq!(v, encode(&whole, &st, &P), "key of {key_len} bytes");
+        }
+    }
+
+    #[test]
+    fn split_and_whole_identities_share_one_bucket() {
+        let h = FakeHost::new(SEC);
+        let id = Identity {
+            prefix: "api\u{1f}all\u{1f}",
+            prefix_hash: fnv1a("api\u{1f}all\u{1f}".as_bytes()),
+            key: "1:k",
+        };
+        let a = take_id(&h, 100, &id, &P, 2).expect("take");
+        let b = take(&h, 100, "api\u{1f}all\u{1f}1:k", &P, 1).expect("take");
+        assert_eq!((a.slot, b.take.remaining), (b.slot, 0));
+        refund_id(&h, a.slot, &id, &P, 2).expect("refund");
+        assert_eq!(
+            take(&h, 100, "api\u{1f}all\u{1f}1:k", &P, 0)
+                .expect("take")
+                .take
+                .remaining,
+            2
+        );
+    }
 
     #[test]
     fn encode_decode_round_trip() {
