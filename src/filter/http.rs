@@ -22,8 +22,14 @@ pub struct Stream {
     headers_only: Option<ResponseHeaders>,
 }
 
-/// meshguard's own response headers and the rate limit service's.
-type ResponseHeaders = (Vec<(&'static str, String)>, Vec<(String, String)>);
+/// What a released stream still adds to the response: the rate-limit
+/// headers (route index, values), meshguard's other headers, the rate
+/// limit service's.
+struct ResponseHeaders {
+    rl: Option<(usize, crate::ratelimit::HeaderValues)>,
+    own: Vec<(&'static str, String)>,
+    service: Vec<(String, String)>,
+}
 
 impl Stream {
     pub fn new(context_id: u32, runtime: Option<Rc<Runtime>>, worker: Rc<Worker>) -> Self {
@@ -47,11 +53,13 @@ impl Stream {
         if s.needs_response_side() {
             return;
         }
-        if !s.response_headers.is_empty() || !s.service_headers.is_empty() {
-            self.headers_only = Some((
-                std::mem::take(&mut s.response_headers),
-                std::mem::take(&mut s.service_headers),
-            ));
+        if s.rl_headers.is_some() || !s.response_headers.is_empty() || !s.service_headers.is_empty()
+        {
+            self.headers_only = Some(ResponseHeaders {
+                rl: s.rl_headers.map(|v| (s.route, v)),
+                own: std::mem::take(&mut s.response_headers),
+                service: std::mem::take(&mut s.service_headers),
+            });
         }
         drop(s);
         self.state = None;
@@ -133,8 +141,11 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if let Some((own, service)) = self.headers_only.take() {
-            pipeline::add_response_headers(&own, &service);
+        if let Some(h) = self.headers_only.take() {
+            let rt = self.runtime.as_deref();
+            let rl =
+                h.rl.and_then(|(route, v)| Some((v, rt?.config.routes.get(route)?)));
+            pipeline::add_response_headers(rl, &h.own, &h.service);
             return Action::Continue;
         }
         let Some(state) = &self.state else {

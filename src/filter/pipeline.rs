@@ -77,6 +77,10 @@ pub struct StreamState {
     pub local_reply: bool,
     /// Headers to add to the upstream's response.
     pub response_headers: Vec<(&'static str, String)>,
+    /// The rate-limit headers of a request the local limits admitted (on
+    /// routes without global limits), kept as numbers and written before
+    /// `response_headers`.
+    pub rl_headers: Option<ratelimit::HeaderValues>,
     pub breaker: Option<BreakerTicket>,
     pub cache: Option<MissContext>,
     /// The response being copied for the cache.
@@ -107,6 +111,7 @@ impl StreamState {
             claims: None,
             local_reply: false,
             response_headers: Vec::new(),
+            rl_headers: None,
             breaker: None,
             cache: None,
             capture: None,
@@ -125,7 +130,15 @@ impl StreamState {
     pub fn reply(&mut self, status: u32, extra: &[(&str, &str)], body: &[u8]) -> Step {
         if !self.local_reply {
             self.local_reply = true;
+            let mut rl: Vec<(&str, String)> = Vec::new();
+            if let (Some(v), Some(route)) = (self.rl_headers, self.rt.config.routes.get(self.route))
+            {
+                v.for_each(&route.rate_limits, |n, b| {
+                    rl.push((n, String::from_utf8_lossy(b).into_owned()))
+                });
+            }
             let mut h: Vec<(&str, &str)> = extra.to_vec();
+            h.extend(rl.iter().map(|(n, v)| (*n, v.as_str())));
             h.extend(self.response_headers.iter().map(|(n, v)| (*n, v.as_str())));
             h.extend(
                 self.service_headers
@@ -268,10 +281,12 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                         continue;
                     }
                     LocalOutcome::Admitted(a) => {
-                        ratelimit::admitted(rt.limiter.style, &route.rate_limits, &a)
+                        // Written at response time (on_response_headers, reply).
+                        s.rl_headers = a.header_values(rt.limiter.style);
+                        continue;
                     }
                 };
-                if let Some(step) = apply_decision(s, &d, &route.name) {
+                if let Some(step) = apply_decision(s, d, &route.name) {
                     return step;
                 }
             }
@@ -349,9 +364,9 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
 }
 
 /// Adds a rate-limit decision's headers; answers 429 if it refuses.
-fn apply_decision(s: &mut StreamState, d: &ratelimit::Decision, route: &str) -> Option<Step> {
-    s.response_headers.extend(d.headers.iter().cloned());
-    s.service_headers.extend(d.service_headers.iter().cloned());
+fn apply_decision(s: &mut StreamState, mut d: ratelimit::Decision, route: &str) -> Option<Step> {
+    s.response_headers.append(&mut d.headers);
+    s.service_headers.append(&mut d.service_headers);
     if d.allowed {
         return None;
     }
@@ -495,7 +510,7 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
             d
         }
     };
-    apply_decision(s, &d, &route.name)
+    apply_decision(s, d, &route.name)
 }
 
 /// Releases the cache fill lock of a request that will not be stored.
@@ -606,7 +621,8 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
             }
         }
     }
-    add_response_headers(&s.response_headers, &s.service_headers);
+    let rl = s.rl_headers.zip(rt.config.routes.get(s.route));
+    add_response_headers(rl, &s.response_headers, &s.service_headers);
     if let Some(cs) = cache_status {
         // A list field: our member goes after the upstream's (see
         // `add_response_headers`), without reading theirs first.
@@ -625,7 +641,20 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
 /// 5.3): the upstream's own members are kept, and adding costs ~1.6 us
 /// less per header than replacing (measured, twins). The single-valued
 /// legacy `X-RateLimit-*` fields replace the upstream's.
-pub fn add_response_headers(own: &[(&'static str, String)], service: &[(String, String)]) {
+pub fn add_response_headers(
+    rl: Option<(ratelimit::HeaderValues, &Route)>,
+    own: &[(&'static str, String)],
+    service: &[(String, String)],
+) {
+    if let Some((v, route)) = rl {
+        v.for_each(&route.rate_limits, |name, value| {
+            if is_list_field(name) {
+                adapter::add_response_header(name, value);
+            } else {
+                adapter::set_response_header(name, value);
+            }
+        });
+    }
     for (name, value) in own {
         if is_list_field(name) {
             adapter::add_response_header(name, value.as_bytes());
