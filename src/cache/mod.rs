@@ -118,8 +118,9 @@
 //!    streams (never pause); at end of stream call [`store()`]; as soon as
 //!    it outgrows `max_body`, call [`abandon_too_big`] and stop copying.
 //!    `DontStore`: nothing more. In
-//!    every case put the returned `cache_status` in `Cache-Status` (use
-//!    [`headers::append_cache_status`] to keep an upstream value).
+//!    every case add the returned `cache_status` as a `Cache-Status` field
+//!    line after the upstream's (a list: recipients combine the lines, and
+//!    the upstream's member is kept; the filter does not read it first).
 //!    A key whose response was not storable is not locked for the next 5 s
 //!    (no queueing behind uncacheable URLs). The filter should still cap
 //!    the total time it keeps a request waiting (e.g. 5 s).
