@@ -801,6 +801,10 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
         // HEAD never takes the fill lock: its response cannot refill the entry.
         freshness::Usability::StaleWhileRevalidate { ttl } => match fill_lock(&store, &keys) {
             LockOutcome::Acquired(g) => {
+                if let Some(hit) = look_again(host, &store, route, req, &keys, &g) {
+                    store.unlock(g);
+                    return hit;
+                }
                 let entry = view.to_entry();
                 let mut ctx = context_from(route, req, now, keys);
                 ctx.lock = Some(g);
@@ -828,7 +832,13 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
             let mut lock = None;
             if entry_itself_stale {
                 match fill_lock(&store, &keys) {
-                    LockOutcome::Acquired(g) => lock = Some(g),
+                    LockOutcome::Acquired(g) => {
+                        if let Some(hit) = look_again(host, &store, route, req, &keys, &g) {
+                            store.unlock(g);
+                            return hit;
+                        }
+                        lock = Some(g)
+                    }
                     LockOutcome::HeldByOther { remaining_ns } => {
                         return Lookup::Wait {
                             retry_after_ms: (remaining_ns / 1_000_000).clamp(1, WAIT_POLL_MS),
@@ -861,11 +871,18 @@ fn miss(
     keys: Keys,
     fwd: &'static str,
 ) -> Lookup {
-    host.increment_metric(route.metrics.miss, 1);
     if keys.req_cc.only_if_cached {
+        host.increment_metric(route.metrics.miss, 1);
         return Lookup::OnlyIfCachedMiss(gateway_timeout("no stored response"));
     }
     let lock = fill_lock(store, &keys);
+    if let LockOutcome::Acquired(g) = lock {
+        if let Some(hit) = look_again(host, store, route, req, &keys, &g) {
+            store.unlock(g);
+            return hit;
+        }
+    }
+    host.increment_metric(route.metrics.miss, 1);
     let mut ctx = context_from(route, req, now, keys);
     ctx.fwd = fwd;
     match lock {
@@ -878,6 +895,55 @@ fn miss(
         LockOutcome::Unavailable => {}
     }
     Lookup::Miss { ctx }
+}
+
+/// Called right after this request took the fill lock, having found the
+/// entry missing or stale. The previous holder of this key's lock stores
+/// (or refreshes) the entry and *then* releases the lock, so between our
+/// read of the store and our lock it may have made the entry fresh: read
+/// once more, and answer from it if it now may be served without going
+/// upstream (else the caller goes upstream holding the lock). Skipped when
+/// nobody locked this key before (a first fill): nothing can have changed.
+/// Without this, concurrent requests arriving as a revalidation completes
+/// could revalidate the same key twice.
+fn look_again(
+    host: &impl Host,
+    store: &Store<'_, impl Host>,
+    route: &CacheRoute,
+    req: &Request,
+    keys: &Keys,
+    guard: &LockGuard,
+) -> Option<Lookup> {
+    if !guard.key_locked_before {
+        return None;
+    }
+    let Probe::Found(payload, meta) = store.probe(&keys.uri, &keys.primary, |e| {
+        e.secondary == vary::secondary_key_of(e.vary_names(), &req.headers)
+    }) else {
+        return None;
+    };
+    let view = EntryView::again(payload.bytes(), meta);
+    let cc = view.facts.directives();
+    if keys.has_authorization && !shareable_with_authorization(&cc) {
+        return None;
+    }
+    let (life, _) = view
+        .facts
+        .lifetime(view.status as u32, route.policy.freshness());
+    let age = freshness::age_at(
+        view.facts.initial_age,
+        view.response_time_ns,
+        host.now_nanos(),
+    );
+    match freshness::usability(life, age, &cc, &keys.req_cc) {
+        freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => {
+            host.increment_metric(route.metrics.hit, 1);
+            let status = hit_status(ttl, None);
+            let parts = respond_in_place(&view, &req.headers, keys.head, age, status);
+            Some(Lookup::Hit(with_body(parts, payload)))
+        }
+        _ => None,
+    }
 }
 
 /// Takes the fill lock, unless this request's response can never fill the
@@ -1624,6 +1690,136 @@ mod tests {
                     other => panic!("{path}: {other:?}"),
                 }
             }
+        }
+    }
+
+    /// A worker's host that lets another worker act (`between`) right
+    /// after this worker read the store and before it reads the fill lock.
+    struct ActsBeforeLockRead<'a, F: FnOnce()> {
+        host: &'a crate::host::fake::FakeHost,
+        between: std::cell::RefCell<Option<F>>,
+    }
+
+    impl<F: FnOnce()> Host for ActsBeforeLockRead<'_, F> {
+        fn now_nanos(&self) -> u64 {
+            self.host.now_nanos()
+        }
+        fn shared_get(
+            &self,
+            key: &str,
+        ) -> Result<crate::host::SharedValue, crate::host::HostError> {
+            if key.starts_with("meshguard/v1/cache/lock/") {
+                if let Some(act) = self.between.borrow_mut().take() {
+                    act();
+                }
+            }
+            self.host.shared_get(key)
+        }
+        fn shared_set(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), crate::host::SetError> {
+            self.host.shared_set(key, value, cas)
+        }
+        fn random_bytes(&self, buf: &mut [u8]) -> Result<(), crate::host::HostError> {
+            self.host.random_bytes(buf)
+        }
+        fn define_metric(
+            &self,
+            kind: crate::host::MetricKind,
+            name: &str,
+        ) -> Result<crate::host::MetricId, crate::host::HostError> {
+            self.host.define_metric(kind, name)
+        }
+        fn increment_metric(&self, id: crate::host::MetricId, delta: i64) {
+            self.host.increment_metric(id, delta)
+        }
+        fn record_metric(&self, id: crate::host::MetricId, value: u64) {
+            self.host.record_metric(id, value)
+        }
+    }
+
+    #[test]
+    fn a_request_that_locks_after_a_revalidation_completed_is_a_hit() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let first = h(&[("cache-control", "max-age=1"), ("etag", "\"k\"")]);
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &first);
+        assert!(store(&host, &route, &mut ctx, 200, &first, b"kept"));
+        host.advance(std::time::Duration::from_secs(3));
+        // Worker B revalidates; worker A reads the stale entry, then B's 304
+        // lands (entry refreshed, lock released) before A reaches the lock.
+        let Lookup::Revalidate { ctx: b_ctx, .. } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a revalidation")
+        };
+        assert!(b_ctx.holds_fill_lock());
+        let b_ctx = std::cell::RefCell::new(b_ctx);
+        let not_modified = h(&[("cache-control", "max-age=60"), ("etag", "\"k\"")]);
+        let worker_a = ActsBeforeLockRead {
+            host: &host,
+            between: std::cell::RefCell::new(Some(|| {
+                let mut b = b_ctx.borrow_mut();
+                let d = on_response_headers(&host, &route, &mut b, 304, &not_modified);
+                assert!(matches!(d, ResponseDecision::Replace { .. }), "{d:?}");
+            })),
+        };
+        match lookup(&worker_a, &route, &get(&[])) {
+            Lookup::Hit(r) => assert_eq!((r.status, r.body), (200, b"kept".to_vec())),
+            other => panic!("A must not revalidate again: {other:?}"),
+        }
+        assert!(worker_a.between.borrow().is_none(), "B acted");
+        // A released the lock it took: once stale again, the next request
+        // takes it (and does not wait for A).
+        host.advance(std::time::Duration::from_secs(61));
+        match lookup(&host, &route, &get(&[])) {
+            Lookup::Revalidate { ctx, .. } => assert!(ctx.holds_fill_lock()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_that_locks_after_a_fill_completed_is_a_hit() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let cc = h(&[("cache-control", "max-age=60")]);
+        let Lookup::Miss { ctx: b_ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        assert!(b_ctx.holds_fill_lock());
+        let b_ctx = std::cell::RefCell::new(b_ctx);
+        let worker_a = ActsBeforeLockRead {
+            host: &host,
+            between: std::cell::RefCell::new(Some(|| {
+                let mut b = b_ctx.borrow_mut();
+                on_response_headers(&host, &route, &mut b, 200, &cc);
+                assert!(store(&host, &route, &mut b, 200, &cc, b"filled"));
+            })),
+        };
+        match lookup(&worker_a, &route, &get(&[])) {
+            Lookup::Hit(r) => assert_eq!(r.body, b"filled"),
+            other => panic!("A must not fetch again: {other:?}"),
+        }
+        assert!(worker_a.between.borrow().is_none(), "B acted");
+        // A key nobody locked before is not read twice: a plain miss.
+        match lookup(
+            &host,
+            &route,
+            &Request {
+                path: "/other".into(),
+                ..get(&[])
+            },
+        ) {
+            Lookup::Miss { ctx } => assert!(ctx.holds_fill_lock()),
+            other => panic!("{other:?}"),
         }
     }
 

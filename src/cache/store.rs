@@ -370,6 +370,10 @@ pub enum LockOutcome {
 pub struct LockGuard {
     pub slot: u32,
     pub holder: u64,
+    /// The lock record we replaced was this key's (released, expired or
+    /// "pass"): someone locked the key before us and may have stored or
+    /// refreshed its entry after the caller read the store.
+    pub key_locked_before: bool,
 }
 
 impl<'h, H: Host> Store<'h, H> {
@@ -769,6 +773,7 @@ impl<'h, H: Host> Store<'h, H> {
             let Some((cur, cas)) = self.read_lock(slot) else {
                 return LockOutcome::Unavailable;
             };
+            let key_locked_before = cur.is_some_and(|(_, t, _)| t == tag);
             if let Some((deadline, t, holder_of)) = cur {
                 let live = deadline > now && deadline - now <= LOCK_TTL_NS;
                 if live {
@@ -789,7 +794,13 @@ impl<'h, H: Host> Store<'h, H> {
                 LOCK_VALUE_LEN,
                 Some(cas.unwrap_or(CREATE_CAS)),
             ) {
-                Ok(()) => return LockOutcome::Acquired(LockGuard { slot, holder }),
+                Ok(()) => {
+                    return LockOutcome::Acquired(LockGuard {
+                        slot,
+                        holder,
+                        key_locked_before,
+                    })
+                }
                 Err(SetError::CasMismatch) => continue,
                 Err(SetError::Host(_)) => return LockOutcome::Unavailable,
             }
