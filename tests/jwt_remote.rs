@@ -32,9 +32,12 @@ struct Worker {
 
 impl Worker {
     fn new(host: &FakeHost) -> Worker {
+        Worker::with(host, json!({}))
+    }
+    fn with(host: &FakeHost, remote: serde_json::Value) -> Worker {
         Worker {
             host: host.clone(),
-            setup: remote_setup(json!({})),
+            setup: remote_setup(remote),
             cache: TokenCache::default(),
         }
     }
@@ -230,4 +233,61 @@ fn remote_config_defaults_and_overrides() {
     let s = remote_setup(json!({}));
     let r = s.providers().remote(0).unwrap();
     assert_eq!((r.timeout, r.cache_duration), (5 * SEC, 600 * SEC));
+}
+
+#[test]
+fn a_cached_token_stops_being_accepted_when_its_key_leaves_the_jwks() {
+    let h = host();
+    let mut a = Worker::with(&h, json!({ "cache_duration": "60s" }));
+    assert_eq!(a.poll().len(), 1);
+    a.deliver(Ok(&jwks_text(&["rsa-1", "ec-256"])));
+    let rs = tok("valid_RS256");
+    let es = tok("valid_ES256");
+    allowed(&a.auth(&rs));
+    allowed(&a.auth(&es));
+    let verified = a.cache.stats.verify;
+    allowed(&a.auth(&rs));
+    assert_eq!(a.cache.stats.verify, verified, "a hit verifies nothing");
+
+    // The IdP drops rsa-1 (e.g. a compromised key); the refresh lands.
+    // A refresh is due after 51-54 s (85-90% of cache_duration), well
+    // inside the token cache's own 5-minute bound.
+    h.advance(Duration::from_secs(55));
+    assert_eq!(a.poll().len(), 1);
+    assert!(a.deliver(Ok(&jwks_text(&["ec-256"]))));
+    // The worker re-reads the shared record (at most once a second): the
+    // cached token is checked against the new set.
+    h.advance(Duration::from_secs(2));
+    assert_eq!(denial(&a.auth(&rs)), (401, "unknown key id".into()));
+    assert_eq!(denial(&a.auth(&rs)), (401, "unknown key id".into()));
+    // A token whose key stayed is still a hit: no new verification.
+    let hits = a.cache.stats.hits;
+    let verified = a.cache.stats.verify;
+    allowed(&a.auth(&es));
+    assert_eq!(a.cache.stats.hits, hits + 1);
+    assert_eq!(a.cache.stats.verify, verified);
+}
+
+#[test]
+fn a_refetched_jwks_with_the_same_keys_keeps_cached_tokens() {
+    let h = host();
+    let mut a = Worker::with(&h, json!({ "cache_duration": "60s" }));
+    assert_eq!(a.poll().len(), 1);
+    a.deliver(Ok(&jwks_text(&["rsa-1"])));
+    let rs = tok("valid_RS256");
+    allowed(&a.auth(&rs));
+    for _ in 0..3 {
+        h.advance(Duration::from_secs(55));
+        assert_eq!(a.poll().len(), 1);
+        assert!(a.deliver(Ok(&jwks_text(&["ec-256", "rsa-1"]))));
+        h.advance(Duration::from_secs(2));
+        let (hits, misses) = (a.cache.stats.hits, a.cache.stats.misses);
+        allowed(&a.auth(&rs));
+        allowed(&a.auth(&rs));
+        assert_eq!(
+            (a.cache.stats.hits, a.cache.stats.misses),
+            (hits + 2, misses),
+            "the key moved to the new set: still a hit"
+        );
+    }
 }

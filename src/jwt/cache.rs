@@ -14,10 +14,15 @@
 //! [`MAX_CACHED_TOKEN`] bytes are not cached (bounded memory: capacity x
 //! 4 KiB at most).
 //! Value: the provider that verified it, its claims and payload segment.
-//! An entry lives until the token's `exp` and at most [`MAX_ENTRY_TTL`];
+//! An entry lives until the token's `exp` and at most [`MAX_ENTRY_TTL`],
+//! and for a remote JWKS only while the key that verified it is still in
+//! the provider's current key set (checked on every hit against this
+//! worker's copy, which follows the shared record within a second: a key
+//! removed by the IdP stops a cached token as soon as it stops a new one);
 //! when full, the oldest insertion is evicted. Route claim rules are NOT
 //! cached: they are evaluated on every request (they differ per route).
 
+use super::jwk::KeySet;
 use super::verify::{NativeRsa, VerifyStats};
 use serde_json::Value;
 use std::collections::hash_map::RandomState;
@@ -43,6 +48,17 @@ pub struct Verified {
     pub claims: Arc<Value>,
     /// The payload segment (base64url), for `payload_header`.
     pub payload_b64: Arc<str>,
+    /// The key that verified it, when it came from a remote JWKS (which can
+    /// change): a hit is honoured only while that key is still in the
+    /// provider's current set. `None` for inline keys (they never change).
+    pub key: Option<KeyRef>,
+}
+
+/// A key of a remote provider's key set, by position.
+#[derive(Debug, Clone)]
+pub struct KeyRef {
+    pub set: Arc<KeySet>,
+    pub index: usize,
 }
 
 #[derive(Debug)]
@@ -127,6 +143,27 @@ impl TokenCache {
         None
     }
 
+    /// Drops `key`'s entry (its verifying key left the JWKS).
+    pub fn forget(&mut self, key: &[u8]) {
+        let fp = self.fingerprint(key);
+        if self.map.get(&fp).is_some_and(|e| *e.token == *key) {
+            if let Some(e) = self.map.remove(&fp) {
+                self.order.remove(&e.seq);
+            }
+        }
+    }
+
+    /// Points `key`'s entry at the same key in a newer key set (the JWKS
+    /// was refetched and still holds it), so later hits compare pointers.
+    pub fn rebind(&mut self, key: &[u8], to: KeyRef) {
+        let fp = self.fingerprint(key);
+        if let Some(e) = self.map.get_mut(&fp) {
+            if *e.token == *key {
+                e.value.key = Some(to);
+            }
+        }
+    }
+
     fn fingerprint(&self, token: &[u8]) -> u64 {
         let tail = &token[token.len().saturating_sub(FINGERPRINT_TAIL)..];
         self.hasher.hash_one((token.len(), tail))
@@ -187,6 +224,7 @@ mod tests {
             provider: p,
             claims: Arc::new(Value::Null),
             payload_b64: Arc::from(""),
+            key: None,
         }
     }
 

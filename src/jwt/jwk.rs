@@ -55,6 +55,24 @@ pub struct Jwk {
 }
 
 impl Jwk {
+    /// Is `other` the same key: same `kid`, same pinned `alg`, same
+    /// material? (A refetched JWKS parses into new values; this is how a
+    /// cached token finds the key that verified it in the new set.)
+    pub fn same_key(&self, other: &Jwk) -> bool {
+        self.kid == other.kid
+            && self.alg == other.alg
+            && match (&self.material, &other.material) {
+                (KeyMaterial::Rsa { spki_der: a, .. }, KeyMaterial::Rsa { spki_der: b, .. }) => {
+                    a == b
+                }
+                (KeyMaterial::P256(a), KeyMaterial::P256(b)) => a == b,
+                (KeyMaterial::P384(a), KeyMaterial::P384(b)) => a == b,
+                (KeyMaterial::Ed25519(a), KeyMaterial::Ed25519(b)) => a == b,
+                (KeyMaterial::Oct(a), KeyMaterial::Oct(b)) => a == b,
+                _ => false,
+            }
+    }
+
     /// Can this key verify `alg`? Key type must match the algorithm family
     /// (so an RSA public key is never an HMAC secret), and a pinned `alg`
     /// must be equal.

@@ -70,9 +70,11 @@
 //!
 //! # Speed
 //!
-//! Each worker keeps a [`TokenCache`] of verified tokens (SHA-256 of the
-//! token -> provider + claims), valid until `exp` and at most 5 minutes, 1024
-//! entries. Route claim rules and header operations are computed per request.
+//! Each worker keeps a [`TokenCache`] of verified tokens (the token maps to
+//! its provider and claims), valid until `exp` and at most 5 minutes, 1024
+//! entries; for a remote JWKS only while the verifying key is still in the
+//! current set (a removed key stops cached tokens too). Route claim rules
+//! and header operations are computed per request.
 //!
 //! # What the filter calls
 //!
@@ -777,8 +779,19 @@ fn check_token(
     }
     if let Some(v) = cache.get(tok, now) {
         if holders.iter().any(|(p, _)| *p == v.provider) {
-            cache.stats.hits += 1;
-            return Ok((v, true));
+            match key_still_trusted(host, providers, &v) {
+                KeyTrust::Same => {
+                    cache.stats.hits += 1;
+                    return Ok((v, true));
+                }
+                KeyTrust::Moved(to) => {
+                    cache.rebind(tok, to);
+                    cache.stats.hits += 1;
+                    return Ok((v, true));
+                }
+                // Verified again below, against the current keys.
+                KeyTrust::Gone => cache.forget(tok),
+            }
         }
     }
     cache.stats.misses += 1;
@@ -799,8 +812,9 @@ fn check_token(
         }
         matched = true;
         match check_with_provider(host, prov, &jws, cache, now) {
-            Ok(exp) => {
+            Ok((exp, key)) => {
                 let v = cache::Verified {
+                    key,
                     provider: p,
                     claims: Arc::new(std::mem::take(&mut jws.claims)),
                     payload_b64: Arc::from(jws.payload_b64),
@@ -823,13 +837,47 @@ fn check_token(
     Err(first.unwrap_or(Failure::Invalid("invalid token")))
 }
 
+/// Whether a cached token's verifying key is still in its provider's keys.
+enum KeyTrust {
+    /// Inline keys, or the same key set as when it was verified.
+    Same,
+    /// The JWKS was refetched and still holds the key (here).
+    Moved(cache::KeyRef),
+    /// The key left the JWKS: verify the token again.
+    Gone,
+}
+
+fn key_still_trusted(host: &impl Host, providers: &JwtProviders, v: &cache::Verified) -> KeyTrust {
+    let Some(was) = &v.key else {
+        return KeyTrust::Same;
+    };
+    let Some(Keys::Remote(r)) = providers.providers.get(v.provider).map(|p| &p.keys) else {
+        return KeyTrust::Same;
+    };
+    let Some(now) = r.keys(host) else {
+        return KeyTrust::Same;
+    };
+    if Arc::ptr_eq(&now, &was.set) {
+        return KeyTrust::Same;
+    }
+    let Some(old) = was.set.keys.get(was.index) else {
+        return KeyTrust::Gone;
+    };
+    match now.keys.iter().position(|k| k.same_key(old)) {
+        Some(index) => KeyTrust::Moved(cache::KeyRef { set: now, index }),
+        None => KeyTrust::Gone,
+    }
+}
+
+/// Checks a parsed token against one provider: `(exp, the verifying key
+/// when it came from a remote JWKS)`.
 fn check_with_provider(
     host: &impl Host,
     prov: &Provider,
     jws: &jose::Jws<'_>,
     cache: &mut TokenCache,
     now: u64,
-) -> Result<Option<i64>, Failure> {
+) -> Result<(Option<i64>, Option<cache::KeyRef>), Failure> {
     if !prov.algorithms.contains(jws.alg) {
         return Err(Failure::Invalid("algorithm not allowed"));
     }
@@ -841,7 +889,7 @@ fn check_with_provider(
         },
     };
     let mut tried = 0;
-    let mut ok = false;
+    let mut ok = None;
     for key in keys
         .candidates(jws.alg, jws.kid.as_deref())
         .take(MAX_KEY_TRIES)
@@ -856,7 +904,7 @@ fn check_with_provider(
             jws.signing_input,
             &jws.signature,
         ) {
-            ok = true;
+            ok = Some(key);
             break;
         }
     }
@@ -871,14 +919,26 @@ fn check_with_provider(
             _ => "no matching key",
         }));
     }
-    if !ok {
+    let Some(verified_by) = ok else {
         return Err(Failure::Invalid("invalid signature"));
-    }
+    };
+    let key = match &prov.keys {
+        Keys::Inline(_) => None,
+        Keys::Remote(_) => keys
+            .keys
+            .iter()
+            .position(|k| std::ptr::eq(k, verified_by))
+            .map(|index| cache::KeyRef {
+                set: keys.clone(),
+                index,
+            }),
+    };
     if let Some(aud) = &prov.audiences {
         if !claims::audience_ok(&jws.claims, aud) {
             return Err(Failure::Invalid("audience not accepted"));
         }
     }
     let now_secs = i64::try_from(now / 1_000_000_000).unwrap_or(i64::MAX);
-    claims::check_times(&jws.claims, &prov.times, now_secs).map_err(Failure::Invalid)
+    let exp = claims::check_times(&jws.claims, &prov.times, now_secs).map_err(Failure::Invalid)?;
+    Ok((exp, key))
 }

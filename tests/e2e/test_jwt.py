@@ -484,6 +484,11 @@ def test_remote_jwks_rotation_unknown_kid_refetch(envoy, upstream):
         fresh_old = [TOKENS[f"valid_{a}"] for a in ("PS256", "RS384", "PS512")] * 2
         statuses = [e.request("/d", headers=bearer(t))[0] for t in fresh_old]
         assert statuses == [401] * 6, statuses
+        # So does the token accepted (and cached) before the rotation: the
+        # verified-token cache holds a token only while its key is in the set.
+        for _ in range(6):
+            s, h, _ = e.request("/e", headers=bearer(old))
+            assert s == 401 and 'error_description="unknown key id"' in h["www-authenticate"], (s, h)
         assert idp.count == 2, idp.count  # the unknown-kid cooldown holds
         assert new not in e.log() and old not in e.log()
         print(f"rotation: new kid accepted {took:.2f}s after the IdP switched")
