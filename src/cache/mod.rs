@@ -18,8 +18,9 @@
 //! ```
 //!
 //! - `methods`: a non-empty subset of `GET`, `HEAD` (default both). GET
-//!   responses are stored; HEAD is answered from stored GET responses and
-//!   its own responses are never stored.
+//!   responses are stored; HEAD is answered from stored GET responses
+//!   (with the GET's `Content-Length` and `Content-Type`) and its own
+//!   responses are never stored.
 //! - `vary_allowlist`: lower-cased header names a response may `Vary` on.
 //!   A response varying on anything else, or on `*`, is not stored.
 //! - `key_headers`: request headers whose values are part of the primary
@@ -214,7 +215,10 @@ pub struct CachedResponse {
     pub status: u32,
     /// Includes `Age` and `Cache-Status`.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Empty for HEAD and 304.
+    /// Empty for a 304. For HEAD, the stored body all the same: the filter
+    /// hands it to Envoy's local reply, which answers a HEAD request with
+    /// the headers only and sets `Content-Length` from it (given no body,
+    /// Envoy drops `Content-Length` and `Content-Type`).
     pub body: Vec<u8>,
 }
 
@@ -564,11 +568,10 @@ const KEEP_304: [&str; 7] = [
 ];
 
 /// Builds the response sent from an entry: 304 when the request's own
-/// conditions hold (2xx entries only), no body for HEAD.
+/// conditions hold (2xx entries only).
 fn respond(
     entry: &Entry,
     request: &headers::Headers,
-    head: bool,
     age: u64,
     cache_status: Vec<u8>,
 ) -> CachedResponse {
@@ -581,7 +584,6 @@ fn respond(
         entry.headers.len(),
         entry.response_time_ns,
         request,
-        head,
         age,
         cache_status,
     );
@@ -596,7 +598,6 @@ fn respond(
 fn respond_in_place(
     view: &EntryView<'_>,
     request: &headers::Headers,
-    head: bool,
     age: u64,
     cache_status: Vec<u8>,
 ) -> (CachedResponse, Option<(usize, usize)>) {
@@ -606,7 +607,6 @@ fn respond_in_place(
         view.header_count(),
         view.response_time_ns,
         request,
-        head,
         age,
         cache_status,
     );
@@ -640,7 +640,6 @@ fn respond_headers<'a>(
     count: usize,
     response_time_ns: u64,
     request: &headers::Headers,
-    head: bool,
     age: u64,
     cache_status: Vec<u8>,
 ) -> (CachedResponse, bool) {
@@ -680,7 +679,7 @@ fn respond_headers<'a>(
         headers: out,
         body: Vec::new(),
     };
-    (response, !(head || not_modified))
+    (response, !not_modified)
 }
 
 fn entry_times(entry: &Entry, policy: &CachePolicy, now: u64) -> (ResponseDirectives, u64, u64) {
@@ -794,7 +793,7 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
             host.increment_metric(m.hit, 1);
             let status = hit_status(ttl, None);
             Lookup::Hit(with_body(
-                respond_in_place(&view, &req.headers, keys.head, age, status),
+                respond_in_place(&view, &req.headers, age, status),
                 payload,
             ))
         }
@@ -816,7 +815,7 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
                 host.increment_metric(m.hit, 1);
                 let status = hit_status(ttl, Some("stale-while-revalidate"));
                 Lookup::Hit(with_body(
-                    respond_in_place(&view, &req.headers, keys.head, age, status),
+                    respond_in_place(&view, &req.headers, age, status),
                     payload,
                 ))
             }
@@ -939,7 +938,7 @@ fn look_again(
         freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => {
             host.increment_metric(route.metrics.hit, 1);
             let status = hit_status(ttl, None);
-            let parts = respond_in_place(&view, &req.headers, keys.head, age, status);
+            let parts = respond_in_place(&view, &req.headers, age, status);
             Some(Lookup::Hit(with_body(parts, payload)))
         }
         _ => None,
@@ -1038,7 +1037,6 @@ fn serve_stale_if_error(
     Some(respond(
         stale,
         &ctx.request_headers,
-        ctx.head,
         age,
         status.into_bytes(),
     ))
@@ -1234,7 +1232,6 @@ fn revalidated(
     Some(respond(
         &merged,
         &ctx.request_headers,
-        ctx.head,
         age,
         status.into_bytes(),
     ))

@@ -7,6 +7,7 @@ Route "c" (/c/...) caches; route "plain" (/n/...) does not."""
 
 import email.utils
 import re
+import http.client
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -374,7 +375,19 @@ def test_head_served_from_stored_get(envoy, upstream):
     e.request("/c/h")
     s, h, b = e.request("/c/h", method="HEAD")
     assert s == 200 and b == b"" and is_hit(h), cs(h)
-    assert h.get("content-length") in (None, "10"), h
+    # The headers a GET would get (RFC 9110 9.3.2), not a chunked nothing.
+    assert h.get("content-length") == "10" and h.get("content-type") == "text/plain", h
+    assert "transfer-encoding" not in h, h
+    # No body bytes follow the HEAD response on the connection: the next
+    # response on it parses.
+    conn = http.client.HTTPConnection("127.0.0.1", e.listen_port, timeout=10)
+    try:
+        for method, body in [("HEAD", b""), ("GET", b"0123456789"), ("HEAD", b""), ("GET", b"0123456789")]:
+            conn.request(method, "/c/h")
+            r = conn.getresponse()
+            assert (r.status, r.read(), r.getheader("content-length")) == (200, body, "10")
+    finally:
+        conn.close()
     assert hits(upstream, "/c/h") == 1
     # HEAD on an uncached URI goes upstream and is not stored
     s, h, b = e.request("/c/h2", method="HEAD")
