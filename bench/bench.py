@@ -871,7 +871,11 @@ def measure_many(items, args, ctx):
     """Measured wrk runs against several running proxies at the same time, one wrk each, the
     connections and threads split between them: `items` is [(scenario, record)]. Proxies measured
     together share the same CPU at the same moments, so their difference is free of the machine's
-    drift (which, on these shared 2-core machines, is larger than most differences we look for)."""
+    drift (which, on these shared 2-core machines, is larger than most differences we look for).
+    An item may carry a third element, the wrk script to load it with instead of its own (a
+    passthrough twin sent the same requests as the scenario it is paired with)."""
+    scripts = [it[2] if len(it) > 2 and it[2] else it[0].script for it in items]
+    items = [(it[0], it[1]) for it in items]
     n_items = len(items)
     threads = max(1, args.threads // n_items)
     conns = max(threads, args.connections // n_items)
@@ -886,8 +890,8 @@ def measure_many(items, args, ctx):
         pre.append({"rls": rls, "up": envoy.stat(UPSTREAM_STAT), "rls_mark": rls.mark() if rls else None})
     for (sc, _), p in zip(items, pre):
         p["cpu"] = sc.envoy.cpu_us()
-    procs = [start_wrk(ctx["wrk"], sc.envoy.listen_port, sc.script, args.duration, threads, conns)
-             for sc, _ in items]
+    procs = [start_wrk(ctx["wrk"], sc.envoy.listen_port, script, args.duration, threads, conns)
+             for (sc, _), script in zip(items, scripts)]
     results = [finish_wrk(proc, args.duration) for proc in procs]
     for (sc, _), p in zip(items, pre):
         p["cpu_after"] = sc.envoy.cpu_us()
@@ -1115,8 +1119,9 @@ def render(info, args, summary, scenarios, targets, extra, comp=None):
                  f"and the rate limit service on CPU {','.join(map(str, sorted(PIN['others'])))}")
     if args.pairing == "twin":
         L.append("- pairing: every scenario runs at the same time as a passthrough proxy (its twin), each with "
-                 "its own wrk (half the threads and connections), both proxies on the same CPU; the passthrough "
-                 "row is the median of all twin runs")
+                 "its own wrk (half the threads and connections) sending the same requests (the scenario's "
+                 "headers and tokens), both proxies on the same CPU; the passthrough row is the median of the "
+                 "twin runs with plain requests")
     if extra.get("rls_bin"):
         L.append(f"- rate limit service (global scenarios): tests/rls-server {extra['rls_bin']['kind']}, "
                  f"limitador counting in memory, on 127.0.0.1, shared by both global scenarios")
@@ -1361,7 +1366,12 @@ def main():
                         if args.pairing == "twin" and sc is pt_sc:
                             continue  # measured as every other scenario's twin
                         if args.pairing == "twin" and not pt_sc.error:
-                            base, r = measure_many([(pt_sc, True), (sc, True)], args, ctx)
+                            # The twin gets the scenario's own requests (its headers, its tokens):
+                            # the overhead is what the filter adds to the same traffic, not what a
+                            # larger request costs Envoy. Only plain-request twin runs make up the
+                            # passthrough row.
+                            base, r = measure_many([(pt_sc, True, sc.script), (sc, True)], args, ctx)
+                            base["plain"] = not sc.headers and not sc.tokens
                         else:
                             if args.pairing == "before" and sc is not pt_sc and not pt_sc.error:
                                 base = measure(pt_sc, args, ctx, record=False)
@@ -1407,7 +1417,10 @@ def main():
                 ctx["rls"].stop()
 
         summary = {}
-        pt = by_name["passthrough"].rounds
+        # The passthrough row: its twin runs with plain requests (all of them if none was plain).
+        pt_sc = by_name["passthrough"]
+        pt_sc.rounds = [r for r in pt_sc.rounds if r.get("plain", True)] or pt_sc.rounds
+        pt = pt_sc.rounds
         pt_cpu = median([r["cpu_us_per_req"] for r in pt]) if pt else None
         for sc in scenarios:
             if sc.error or not sc.rounds:

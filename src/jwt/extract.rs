@@ -4,6 +4,7 @@ use super::HeaderOp;
 use crate::config::raw::RawTokenSource;
 use crate::config::{show_str, ConfigError};
 use crate::request::{percent_decode, Request};
+use std::borrow::Cow;
 
 /// One configured token location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +61,9 @@ impl Source {
     }
 
     /// The token at this location, if any (empty values hold no token).
-    pub fn find(&self, req: &Request) -> Option<Vec<u8>> {
-        let tok: Vec<u8> = match self {
+    pub fn find<'r>(&self, req: &'r Request) -> Option<Cow<'r, [u8]>> {
+        let tok: Cow<'r, [u8]> = match self {
+            // Borrowed: a header token (the usual case) is not copied.
             Source::Header { name, prefix } => {
                 let v = req.header(name)?;
                 let rest = match prefix {
@@ -74,10 +76,10 @@ impl Source {
                     }
                     None => v,
                 };
-                trim(rest).to_vec()
+                Cow::Borrowed(trim(rest))
             }
-            Source::Cookie(name) => req.cookie(name)?.into_bytes(),
-            Source::Query(name) => req.query_param(name)?.into_bytes(),
+            Source::Cookie(name) => Cow::Owned(req.cookie(name)?.into_bytes()),
+            Source::Query(name) => Cow::Owned(req.query_param(name)?.into_bytes()),
         };
         (!tok.is_empty()).then_some(tok)
     }

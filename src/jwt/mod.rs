@@ -597,7 +597,7 @@ impl JwtMetrics {
 
 /// A token found in the request, with the `(provider, source index)`
 /// pairs that found it.
-type Candidate = (Vec<u8>, Vec<(usize, usize)>);
+type Candidate<'r> = (std::borrow::Cow<'r, [u8]>, Vec<(usize, usize)>);
 
 /// Why one token failed.
 enum Failure {
