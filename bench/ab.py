@@ -86,6 +86,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--duration", type=int, default=3, help="seconds per round")
     ap.add_argument("--perf", action="store_true", help="split the CPU with perf (see above)")
+    ap.add_argument("--expect-upstream", choices=("all", "none"), default="all",
+                    help="share of requests that must reach the upstream: all (default), or none (cache hits)")
     args = ap.parse_args()
     envoy_bin = os.environ.get("ENVOY_BIN", "")
     if not os.access(envoy_bin, os.X_OK):
@@ -106,7 +108,7 @@ def main():
         for name, wasm, conf in (("A", args.a_wasm, args.a_config),
                                  ("B", args.b_wasm or args.a_wasm, args.b_config or args.a_config)):
             sc = B.Scenario(name, name, [B.wasm_filter(args.root_id, os.path.abspath(wasm), args.root_id, conf)],
-                            headers=headers)
+                            headers=headers, expect_upstream=args.expect_upstream)
             sc.script = B.write_static_lua(os.path.join(workdir, name + ".lua"), sc.headers)
             B.start_scenario(sc, Opts, ctx)
             sides.append(sc)

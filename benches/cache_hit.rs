@@ -176,37 +176,12 @@ fn response() -> (u32, Hs, Vec<u8>) {
 /// header pairs, copied twice, then serialized (proxy-wasm's
 /// `serialize_map`). Returns the serialized size (kept alive).
 fn send_like_the_filter(resp: &cache::CachedResponse) -> usize {
-    // send_cached
-    let mut spill = Vec::new();
-    let refs = resp.text_headers(&mut spill);
-    // StreamState::reply (no extra response headers on a plain cache route)
-    let h: Vec<(&str, &str)> = refs.to_vec();
-    // adapter::send_local_reply, then hostcalls::send_http_response
-    let h2 = h.to_vec();
-    let serialized = serialize_map(&h2);
+    // pipeline::send_cached, then StreamState::reply_map (no extra response
+    // headers on a plain cache route) and adapter::send_local_reply_map:
+    // the headers are already in the host's format.
+    let serialized = resp.headers.finish();
     black_box(&resp.body);
     black_box(serialized).len()
-}
-
-/// proxy-wasm 0.2's `utils::serialize_map`.
-fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
-    let mut size: usize = 4;
-    for (name, value) in map {
-        size += name.len() + value.len() + 10;
-    }
-    let mut bytes = Vec::with_capacity(size);
-    bytes.extend_from_slice(&(map.len() as u32).to_le_bytes());
-    for (name, value) in map {
-        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    }
-    for (name, value) in map {
-        bytes.extend_from_slice(name.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(value.as_bytes());
-        bytes.push(0);
-    }
-    bytes
 }
 
 fn main() {

@@ -112,7 +112,7 @@ fn exchange(
         Lookup::Hit(resp) | Lookup::OnlyIfCachedMiss(resp) => {
             return Seen {
                 status: resp.status,
-                headers: resp.headers,
+                headers: resp.headers.to_pairs(),
                 body: resp.body,
                 upstream: None,
                 waited: false,
@@ -138,7 +138,7 @@ fn exchange(
         return match on_upstream_failure(host, &route, &mut ctx) {
             Some(resp) => Seen {
                 status: resp.status,
-                headers: resp.headers,
+                headers: resp.headers.to_pairs(),
                 body: resp.body,
                 upstream: Some(added),
                 waited: false,
@@ -155,7 +155,7 @@ fn exchange(
     match on_response_headers(host, &route, &mut ctx, status, &headers) {
         ResponseDecision::Replace { response } => Seen {
             status: response.status,
-            headers: response.headers,
+            headers: response.headers.to_pairs(),
             body: response.body,
             upstream: Some(added),
             waited: false,

@@ -146,6 +146,7 @@ pub mod vary;
 pub use policy::CachePolicy;
 
 use crate::config::CacheStoreConfig;
+use crate::host::header_map::HeaderMap;
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::{strip_port, Request};
 use directives::{RequestDirectives, ResponseDirectives};
@@ -213,8 +214,9 @@ pub struct CacheRoute<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedResponse {
     pub status: u32,
-    /// Includes `Age` and `Cache-Status`.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Includes `Age` and `Cache-Status`; already in the host's header-map
+    /// format, written straight from the stored bytes (no copy per header).
+    pub headers: HeaderMap,
     /// Empty for a 304. For HEAD, the stored body all the same: the filter
     /// hands it to Envoy's local reply, which answers a HEAD request with
     /// the headers only and sets `Content-Length` from it (given no body,
@@ -223,35 +225,9 @@ pub struct CachedResponse {
 }
 
 impl CachedResponse {
-    pub fn header<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
-        headers::first(&self.headers, name)
-    }
-
-    /// The headers as the host API takes them (text pairs, in order):
-    /// values borrowed when they are all UTF-8 (one pass, one vector, the
-    /// case in practice); otherwise every value is copied into `spill`,
-    /// invalid sequences replaced.
-    pub fn text_headers<'a>(&'a self, spill: &'a mut Vec<String>) -> Vec<(&'a str, &'a str)> {
-        let mut out = Vec::with_capacity(self.headers.len());
-        for (n, v) in &self.headers {
-            match std::str::from_utf8(v) {
-                Ok(v) => out.push((n.as_str(), v)),
-                Err(_) => {
-                    *spill = self
-                        .headers
-                        .iter()
-                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                        .collect();
-                    return self
-                        .headers
-                        .iter()
-                        .zip(spill.iter())
-                        .map(|((n, _), v)| (n.as_str(), v.as_str()))
-                        .collect();
-                }
-            }
-        }
-        out
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.get(name)
     }
 }
 
@@ -577,7 +553,7 @@ fn respond(
 ) -> CachedResponse {
     let (mut response, with_body) = respond_headers(
         entry.status,
-        &mut entry
+        entry
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_slice())),
@@ -603,7 +579,7 @@ fn respond_in_place(
 ) -> (CachedResponse, Option<(usize, usize)>) {
     let (response, with_body) = respond_headers(
         view.status,
-        &mut view.headers(),
+        view.headers(),
         view.header_count(),
         view.response_time_ns,
         request,
@@ -631,24 +607,30 @@ fn with_body(
 /// The status and headers of [`respond`] from the stored headers, in
 /// order: all but `Age` and `Cache-Status` (only [`KEEP_304`] for a 304),
 /// then `Age`, then `Cache-Status` (the stored one's members, then ours).
-/// One pass over the stored headers. The body is left empty; `true` when
-/// it should be sent.
+/// One pass over the stored headers (two for a conditional request: its
+/// validators first), written into the host's header-map format. The body
+/// is left empty; `true` when it should be sent.
 #[allow(clippy::too_many_arguments)]
 fn respond_headers<'a>(
     status: u16,
-    stored: &mut dyn Iterator<Item = (&'a str, &'a [u8])>,
+    stored: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
     count: usize,
     response_time_ns: u64,
     request: &headers::Headers,
     age: u64,
     cache_status: Vec<u8>,
 ) -> (CachedResponse, bool) {
-    let mut validators = etag::StoredValidators::default();
+    let not_modified = (200..300).contains(&status) && etag::is_conditional(request) && {
+        let mut validators = etag::StoredValidators::default();
+        for (n, v) in stored.clone() {
+            validators.see(n, v);
+        }
+        etag::answer_304_by(request, &validators, response_time_ns / NS)
+    };
     let mut upstream_status: Vec<u8> = Vec::new();
     let mut upstream_lines = 0usize;
-    let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(count + 2);
+    let mut out = HeaderMap::with_capacity(count + 2, 64 * count + 64);
     for (n, v) in stored {
-        validators.see(n, v);
         if n.eq_ignore_ascii_case("cache-status") && v.len() <= crate::request::MAX_HEADER_VALUE {
             if upstream_lines > 0 {
                 upstream_status.extend_from_slice(b", ");
@@ -656,24 +638,19 @@ fn respond_headers<'a>(
             upstream_status.extend_from_slice(v);
             upstream_lines += 1;
         }
-        if n == "age" || n == "cache-status" {
+        if n == "age" || n == "cache-status" || (not_modified && !KEEP_304.contains(&n)) {
             continue;
         }
-        out.push((n.to_string(), v.to_vec()));
-    }
-    let not_modified = (200..300).contains(&status)
-        && etag::answer_304_by(request, &validators, response_time_ns / NS);
-    if not_modified {
-        out.retain(|(n, _)| KEEP_304.contains(&n.as_str()));
+        out.add(n.as_bytes(), v);
     }
     let mut age_value = Vec::with_capacity(20);
     headers::push_u64(&mut age_value, age);
-    out.push(("age".into(), age_value));
+    out.add(b"age", &age_value);
     let existing = (!upstream_status.is_empty()).then_some(upstream_status.as_slice());
-    out.push((
-        "cache-status".into(),
-        headers::append_cache_status_owned(existing, cache_status),
-    ));
+    out.add(
+        b"cache-status",
+        &headers::append_cache_status_owned(existing, cache_status),
+    );
     let response = CachedResponse {
         status: if not_modified { 304 } else { status as u32 },
         headers: out,
@@ -716,13 +693,13 @@ fn validators(entry: &Entry) -> Vec<(String, Vec<u8>)> {
 fn gateway_timeout(why: &str) -> CachedResponse {
     CachedResponse {
         status: 504,
-        headers: vec![
-            ("content-type".into(), b"text/plain".to_vec()),
+        headers: HeaderMap::from_pairs(&[
+            ("content-type", "text/plain".to_string()),
             (
-                "cache-status".into(),
-                fwd_status("bypass", None, false, Some("only-if-cached"), None).into_bytes(),
+                "cache-status",
+                fwd_status("bypass", None, false, Some("only-if-cached"), None),
             ),
-        ],
+        ]),
         body: format!("only-if-cached: {why}\n").into_bytes(),
     }
 }
@@ -731,11 +708,11 @@ fn gateway_timeout(why: &str) -> CachedResponse {
 fn validator_mismatch(cache_status: String) -> CachedResponse {
     CachedResponse {
         status: 502,
-        headers: vec![
-            ("content-type".into(), b"text/plain".to_vec()),
-            ("retry-after".into(), b"0".to_vec()),
-            ("cache-status".into(), cache_status.into_bytes()),
-        ],
+        headers: HeaderMap::from_pairs(&[
+            ("content-type", "text/plain"),
+            ("retry-after", "0"),
+            ("cache-status", cache_status.as_str()),
+        ]),
         body: b"the origin answered 304 for another representation than the stored one\n".to_vec(),
     }
 }
@@ -1436,12 +1413,14 @@ mod tests {
         let host = FakeHost::new(1_700_000_000 * NS);
         let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
         let route = test_route(&policy, &store_cfg);
-        let stored = h(&[
+        let mut stored = h(&[
             ("cache-control", "max-age=60"),
             ("etag", "\"v1\""),
             ("age", "3"),
             ("cache-status", "origin; hit"),
         ]);
+        // Not UTF-8: sent as the bytes stored.
+        stored.push(("x-raw".into(), vec![b'o', 0xe9, 0xff]));
         let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
             panic!("expected a miss")
         };
@@ -1456,8 +1435,22 @@ mod tests {
         assert_eq!(reads.get(), 1);
         assert_eq!(r.status, 200);
         assert_eq!(r.body, b"body");
+        let mut want = h(&[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("x-raw", ""),
+            ("age", "5"),
+            ("cache-status", "origin; hit, meshguard; hit; ttl=55"),
+        ]);
+        want[2].1 = vec![b'o', 0xe9, 0xff];
+        assert_eq!(r.headers.to_pairs(), want);
+        // Conditional: a 304 with the kept fields only.
+        let Lookup::Hit(r) = lookup(&counting, &route, &get(&[("if-none-match", "\"v1\"")])) else {
+            panic!("expected a hit")
+        };
+        assert_eq!((r.status, r.body.len()), (304, 0));
         assert_eq!(
-            r.headers,
+            r.headers.to_pairs(),
             h(&[
                 ("cache-control", "max-age=60"),
                 ("etag", "\"v1\""),
@@ -1465,37 +1458,12 @@ mod tests {
                 ("cache-status", "origin; hit, meshguard; hit; ttl=55"),
             ])
         );
-        // Conditional: a 304 with the kept fields only.
-        let Lookup::Hit(r) = lookup(&counting, &route, &get(&[("if-none-match", "\"v1\"")])) else {
+        // A validator that does not match: the full response.
+        let Lookup::Hit(r) = lookup(&counting, &route, &get(&[("if-none-match", "\"v0\"")])) else {
             panic!("expected a hit")
         };
-        assert_eq!((r.status, r.body.len()), (304, 0));
-        assert_eq!(r.header("etag"), Some(&b"\"v1\""[..]));
-        assert_eq!(r.header("age"), Some(&b"5"[..]));
-    }
-
-    #[test]
-    fn text_headers_borrow_utf8_and_replace_the_rest() {
-        let r = CachedResponse {
-            status: 200,
-            headers: h(&[("a", "1"), ("b", "é")]),
-            body: Vec::new(),
-        };
-        let mut spill = Vec::new();
-        assert_eq!(r.text_headers(&mut spill), vec![("a", "1"), ("b", "é")]);
-        assert!(spill.is_empty());
-        let mut bad = r.clone();
-        bad.headers.insert(1, ("x".into(), vec![b'o', 0xff, b'k']));
-        bad.headers.push(("y".into(), vec![0xfe]));
-        assert_eq!(
-            bad.text_headers(&mut spill),
-            vec![
-                ("a", "1"),
-                ("x", "o\u{fffd}k"),
-                ("b", "é"),
-                ("y", "\u{fffd}")
-            ]
-        );
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"body"[..]));
+        assert_eq!(r.headers.len(), 5);
     }
 
     #[test]

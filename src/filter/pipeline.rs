@@ -10,6 +10,7 @@ use super::root::{Runtime, Worker};
 use crate::breaker::{self, Admission};
 use crate::cache::{self, CacheRoute, Lookup, MissContext, ResponseDecision};
 use crate::config::Route;
+use crate::host::header_map::HeaderMap;
 use crate::host::proxy_wasm::{self as adapter, ProxyWasmHost};
 use crate::host::{Host, OneClock};
 use crate::jwt::{self, AuthOutcome, HeaderOp};
@@ -128,24 +129,30 @@ impl StreamState {
     /// Sends a local reply (once per stream) with the rate-limit headers
     /// gathered so far.
     pub fn reply(&mut self, status: u32, extra: &[(&str, &str)], body: &[u8]) -> Step {
+        let mut map = HeaderMap::with_capacity(extra.len() + 4, 256);
+        for (n, v) in extra {
+            map.add(n.as_bytes(), v.as_bytes());
+        }
+        self.reply_map(status, map, body)
+    }
+
+    /// [`StreamState::reply`] with the reply's own headers already in a
+    /// [`HeaderMap`] (a cached response's, as stored bytes); the rate-limit
+    /// headers and meshguard's other response headers follow them.
+    pub fn reply_map(&mut self, status: u32, mut map: HeaderMap, body: &[u8]) -> Step {
         if !self.local_reply {
             self.local_reply = true;
-            let mut rl: Vec<(&str, String)> = Vec::new();
             if let (Some(v), Some(route)) = (self.rl_headers, self.rt.config.routes.get(self.route))
             {
-                v.for_each(&route.rate_limits, |n, b| {
-                    rl.push((n, String::from_utf8_lossy(b).into_owned()))
-                });
+                v.for_each(&route.rate_limits, |n, b| map.add(n.as_bytes(), b));
             }
-            let mut h: Vec<(&str, &str)> = extra.to_vec();
-            h.extend(rl.iter().map(|(n, v)| (*n, v.as_str())));
-            h.extend(self.response_headers.iter().map(|(n, v)| (*n, v.as_str())));
-            h.extend(
-                self.service_headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str())),
-            );
-            if !adapter::send_local_reply(status, &h, body) {
+            for (n, v) in &self.response_headers {
+                map.add(n.as_bytes(), v.as_bytes());
+            }
+            for (n, v) in &self.service_headers {
+                map.add(n.as_bytes(), v.as_bytes());
+            }
+            if !adapter::send_local_reply_map(status, &map, body) {
                 log::warn!("meshguard: the host refused a local {status} reply");
             }
         }
@@ -300,7 +307,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                 if let Some(cr) = cache_route(&rt, route, s.route) {
                     match cache::lookup(&host, &cr, &s.req) {
                         Lookup::Hit(resp) | Lookup::OnlyIfCachedMiss(resp) => {
-                            return send_cached(s, &resp);
+                            return send_cached(s, resp);
                         }
                         Lookup::Wait { .. } => {
                             if s.park_until(host.now_nanos(), CACHE_WAIT_NS) {
@@ -582,7 +589,7 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
             let host = ProxyWasmHost;
             if breaker::upstream_failure_from_response_flags(flags) {
                 if let Some(stale) = cache::on_upstream_failure(&host, &cr, &mut ctx) {
-                    send_cached(s, &stale);
+                    send_cached(s, stale);
                     return true;
                 }
                 cache_status = Some(ctx.cache_status());
@@ -596,7 +603,7 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
                     &headers,
                 ) {
                     ResponseDecision::Replace { response } => {
-                        send_cached(s, &response);
+                        send_cached(s, response);
                         return true;
                     }
                     ResponseDecision::Store {
@@ -691,11 +698,10 @@ impl StreamState {
 
 /// Sends a stored response as meshguard's reply: a cache hit, or instead of
 /// the upstream's response (revalidated 304, stale-if-error). Header values
-/// are borrowed as they are (valid UTF-8 in practice), copied only if not.
-fn send_cached(s: &mut StreamState, resp: &cache::CachedResponse) -> Step {
-    let mut spill = Vec::new();
-    let headers = resp.text_headers(&mut spill);
-    s.reply(resp.status, &headers, &resp.body)
+/// go to the host as the bytes stored (Envoy accepted them from the origin;
+/// they need not be UTF-8).
+fn send_cached(s: &mut StreamState, resp: cache::CachedResponse) -> Step {
+    s.reply_map(resp.status, resp.headers, &resp.body)
 }
 
 /// A response body chunk passing through: copied for the cache, never held.

@@ -16,6 +16,7 @@
 //! - There is no delete and no eviction: keys must come from bounded sets.
 
 pub mod fake;
+pub mod header_map;
 #[cfg(target_os = "wasi")]
 pub mod proxy_wasm;
 

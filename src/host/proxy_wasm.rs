@@ -3,6 +3,7 @@
 //! SDK statuses to the domain errors of `host` (never a panic: the SDK's
 //! own trait helpers unwrap, so we call `hostcalls` directly).
 
+use super::header_map::HeaderMap;
 use super::{Host, HostError, MetricId, MetricKind, SetError, SharedValue};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
@@ -151,7 +152,33 @@ pub fn property_u64(path: &[&str]) -> Option<u64> {
 
 /// Sends a local reply; returns false if the host refused it.
 pub fn send_local_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
-    hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_ok()
+    let mut map = HeaderMap::with_capacity(headers.len(), 256);
+    for (n, v) in headers {
+        map.add(n.as_bytes(), v.as_bytes());
+    }
+    send_local_reply_map(status, &map, body)
+}
+
+/// Sends a local reply with headers already in the ABI's map format;
+/// returns false if the host refused it. Through meshguard's own import:
+/// the SDK's `send_http_response` panics (aborting the VM) on any status
+/// but Ok, and needs `&str` pairs.
+pub fn send_local_reply_map(status: u32, headers: &HeaderMap, body: &[u8]) -> bool {
+    let map = headers.finish();
+    // SAFETY: every pointer/size pair describes a live slice for the call.
+    let st = unsafe {
+        proxy_send_local_response(
+            status,
+            std::ptr::null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            -1,
+        )
+    };
+    st == Status::Ok as u32
 }
 
 pub fn resume_request() {
@@ -245,6 +272,16 @@ pub fn cancel_grpc_call(token: u32) {
 
 #[link(wasm_import_module = "env")]
 extern "C" {
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
     fn proxy_get_status(
         return_code: *mut u32,
         return_message_data: *mut *mut u8,

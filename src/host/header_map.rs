@@ -1,0 +1,189 @@
+//! proxy-wasm's serialized header map, written straight from byte slices.
+//!
+//! The ABI's format (little-endian): the pair count (u32), then each pair's
+//! name size and value size (u32 each), then each name and value, each
+//! followed by a NUL. Building it here lets a local reply go from the
+//! stored bytes to the host in one buffer, instead of through
+//! `Vec<(&str, &str)>` copies, UTF-8 checks and the SDK's own
+//! serialization (three allocations and a pass per header less on every
+//! cache hit). Header values are bytes: Envoy's own header values (what a
+//! cached response carries) need not be UTF-8.
+
+/// A header map being written; [`HeaderMap::finish`] gives the bytes.
+/// Pairs keep their order; names are compared as given (meshguard's are
+/// lower case).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeaderMap {
+    sizes: Vec<(u32, u32)>,
+    data: Vec<u8>,
+}
+
+impl HeaderMap {
+    /// Room for `pairs` headers of `bytes` name and value bytes in all.
+    pub fn with_capacity(pairs: usize, bytes: usize) -> Self {
+        HeaderMap {
+            sizes: Vec::with_capacity(pairs),
+            data: Vec::with_capacity(bytes + 2 * pairs),
+        }
+    }
+
+    /// Adds one header. A name or value over 4 GiB (impossible for a
+    /// header Envoy accepted) is skipped rather than truncated.
+    pub fn add(&mut self, name: &[u8], value: &[u8]) {
+        let (Ok(n), Ok(v)) = (u32::try_from(name.len()), u32::try_from(value.len())) else {
+            return;
+        };
+        self.sizes.push((n, v));
+        self.data.extend_from_slice(name);
+        self.data.push(0);
+        self.data.extend_from_slice(value);
+        self.data.push(0);
+    }
+
+    /// A map of these pairs, in order.
+    pub fn from_pairs<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Self {
+        let bytes = pairs
+            .iter()
+            .map(|(n, v)| n.as_ref().len() + v.as_ref().len())
+            .sum();
+        let mut m = HeaderMap::with_capacity(pairs.len(), bytes);
+        for (n, v) in pairs {
+            m.add(n.as_ref(), v.as_ref());
+        }
+        m
+    }
+
+    /// The pairs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let mut pos = 0usize;
+        self.sizes.iter().map(move |&(n, v)| {
+            let (n, v) = (n as usize, v as usize);
+            let name = &self.data[pos..pos + n];
+            let value = &self.data[pos + n + 1..pos + n + 1 + v];
+            pos += n + v + 2;
+            (name, value)
+        })
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    /// The pairs as owned text names and byte values (tests, logs).
+    pub fn to_pairs(&self) -> Vec<(String, Vec<u8>)> {
+        self.iter()
+            .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sizes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sizes.is_empty()
+    }
+
+    /// The serialized map.
+    pub fn finish(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + 8 * self.sizes.len() + self.data.len());
+        out.extend_from_slice(&(self.sizes.len() as u32).to_le_bytes());
+        for (n, v) in &self.sizes {
+            out.extend_from_slice(&n.to_le_bytes());
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.data);
+        out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// The ABI's decoding, written independently of the encoder.
+    fn decode(b: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+        let n = u32_at(0);
+        let mut pos = 4 + 8 * n;
+        let mut out = Vec::new();
+        for i in 0..n {
+            let (ns, vs) = (u32_at(4 + 8 * i), u32_at(8 + 8 * i));
+            let name = b[pos..pos + ns].to_vec();
+            assert_eq!(b[pos + ns], 0, "name NUL");
+            pos += ns + 1;
+            let value = b[pos..pos + vs].to_vec();
+            assert_eq!(b[pos + vs], 0, "value NUL");
+            pos += vs + 1;
+            out.push((name, value));
+        }
+        assert_eq!(pos, b.len(), "nothing after the last pair");
+        out
+    }
+
+    #[test]
+    fn an_empty_map_is_a_zero_count() {
+        let m = HeaderMap::default();
+        assert!(m.is_empty());
+        assert_eq!(m.finish(), vec![0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn pairs_round_trip_in_order_with_any_bytes() {
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b"content-type", b"text/plain"),
+            (b"x-empty", b""),
+            (b"x-latin1", &[b'o', 0xe9, 0xff]),
+            (b"cache-status", b"meshguard; hit; ttl=42"),
+        ];
+        let mut m = HeaderMap::with_capacity(2, 8);
+        for (n, v) in &pairs {
+            m.add(n, v);
+        }
+        assert_eq!(m.len(), 4);
+        let want: Vec<(Vec<u8>, Vec<u8>)> = pairs
+            .iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(decode(&m.finish()), want);
+    }
+
+    #[test]
+    fn pairs_read_back_and_the_first_value_wins() {
+        let m = HeaderMap::from_pairs(&[("a", "1"), ("b", ""), ("a", "2")]);
+        let got: Vec<(&[u8], &[u8])> = m.iter().collect();
+        assert_eq!(got, vec![(&b"a"[..], &b"1"[..]), (b"b", b""), (b"a", b"2")]);
+        assert_eq!(m.get("a"), Some(&b"1"[..]));
+        assert_eq!(m.get("b"), Some(&b""[..]));
+        assert_eq!(m.get("c"), None);
+        assert_eq!(
+            m.to_pairs(),
+            vec![
+                ("a".to_string(), b"1".to_vec()),
+                ("b".to_string(), Vec::new()),
+                ("a".to_string(), b"2".to_vec())
+            ]
+        );
+        assert_eq!(
+            decode(&m.finish()),
+            m.iter()
+                .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn matches_the_layout_of_the_sdk_serializer() {
+        // One pair, byte by byte: count, sizes, "a\0bc\0".
+        let mut m = HeaderMap::default();
+        m.add(b"a", b"bc");
+        assert_eq!(
+            m.finish(),
+            vec![1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'b', b'c', 0]
+        );
+    }
+}
