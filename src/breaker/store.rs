@@ -89,7 +89,12 @@ pub fn shared_key(key: &str) -> String {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if plain {
-        return format!("{KEY_PREFIX}{key}");
+        // Two copies into one allocation (no formatting machinery: this
+        // runs twice per request).
+        let mut s = String::with_capacity(KEY_PREFIX.len() + key.len());
+        s.push_str(KEY_PREFIX);
+        s.push_str(key);
+        return s;
     }
     let readable: String = key
         .chars()

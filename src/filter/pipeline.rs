@@ -547,7 +547,8 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
     else {
         return;
     };
-    let host = ProxyWasmHost;
+    // One clock reading for the elapsed time and the breaker's own update.
+    let host = OneClock::new(&ProxyWasmHost);
     let upstream_failure = breaker::upstream_failure_from_response_flags(flags);
     let cancelled = breaker::client_cancelled_from_response_flags(flags)
         || (status.is_none() && !upstream_failure);
