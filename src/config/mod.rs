@@ -17,6 +17,7 @@
 
 pub mod duration;
 pub mod raw;
+pub mod shape;
 
 use crate::breaker::BreakerPolicy;
 use crate::cache::CachePolicy;
@@ -181,6 +182,9 @@ impl Config {
         // keeps the path-tracking code small in the wasm module.
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ConfigError::new("", humanize_serde(&e)))?;
+        if let Some(path) = shape::array_where_object(&value) {
+            return Err(ConfigError::expected(path, "an object", "an array"));
+        }
         let raw: RawConfig = match serde_path_to_error::deserialize(&value) {
             Ok(r) => r,
             Err(e) => {
