@@ -113,6 +113,8 @@ BAD = [
      'meshguard: invalid config at routes[0].rate_limit[0].refill_interval: '
      'expected a duration string like "250ms"'),
     ("not json", "meshguard: invalid config: expected a JSON object"),
+    ('{"routes": [{"name": "a", "match": ["/api/"], "rate_limit": [{"capacity": 5, "refill_interval": "1s"}]}]}',
+     "meshguard: invalid config at routes[0].match: expected an object, got an array"),
 ]
 
 
