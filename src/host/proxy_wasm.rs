@@ -150,15 +150,6 @@ pub fn property_u64(path: &[&str]) -> Option<u64> {
     Some(u64::from_le_bytes(a))
 }
 
-/// Sends a local reply; returns false if the host refused it.
-pub fn send_local_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
-    let mut map = HeaderMap::with_capacity(headers.len(), 256);
-    for (n, v) in headers {
-        map.add(n.as_bytes(), v.as_bytes());
-    }
-    send_local_reply_map(status, &map, body)
-}
-
 /// Sends a local reply with headers already in the ABI's map format;
 /// returns false if the host refused it. Through meshguard's own import:
 /// the SDK's `send_http_response` panics (aborting the VM) on any status
