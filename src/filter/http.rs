@@ -70,12 +70,17 @@ impl Stream {
 fn read_request() -> Request {
     let mut req = Request::default();
     let mut headers = adapter::request_headers();
-    headers.retain(|(name, value)| {
-        let take = |slot: &mut String| *slot = String::from_utf8_lossy(value).into_owned();
+    // Pseudo-headers become fields, their values moved (not copied) when
+    // they are UTF-8, as they are in practice.
+    let text = |value: &mut Vec<u8>| match String::from_utf8(std::mem::take(value)) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    headers.retain_mut(|(name, value)| {
         match name.as_str() {
-            ":method" => take(&mut req.method),
-            ":path" => take(&mut req.path),
-            ":authority" => take(&mut req.authority),
+            ":method" => req.method = text(value),
+            ":path" => req.path = text(value),
+            ":authority" => req.authority = text(value),
             _ => return !name.starts_with(':'),
         }
         false

@@ -84,10 +84,11 @@ impl Source {
         (!tok.is_empty()).then_some(tok)
     }
 
-    /// Header operations that remove the token at this location.
-    pub fn removal(&self, req: &Request) -> Vec<HeaderOp> {
+    /// The header operation that removes the token at this location (none
+    /// for a query token in a request without a query).
+    pub fn removal(&self, req: &Request) -> Option<HeaderOp> {
         match self {
-            Source::Header { name, .. } => vec![HeaderOp::Remove(name.clone())],
+            Source::Header { name, .. } => Some(HeaderOp::Remove(name.clone())),
             Source::Cookie(name) => {
                 let mut kept: Vec<String> = Vec::new();
                 for v in req.header_all("cookie") {
@@ -103,15 +104,13 @@ impl Source {
                     }
                 }
                 if kept.is_empty() {
-                    vec![HeaderOp::Remove("cookie".into())]
+                    Some(HeaderOp::Remove("cookie".into()))
                 } else {
-                    vec![HeaderOp::Set("cookie".into(), kept.join("; ").into_bytes())]
+                    Some(HeaderOp::Set("cookie".into(), kept.join("; ").into_bytes()))
                 }
             }
             Source::Query(name) => {
-                let Some(q) = req.query() else {
-                    return Vec::new();
-                };
+                let q = req.query()?;
                 let kept: Vec<&str> = q
                     .split('&')
                     .filter(|pair| {
@@ -126,7 +125,7 @@ impl Source {
                     path.push_str(&kept.join("&"));
                 }
                 path.push_str(frag);
-                vec![HeaderOp::Set(":path".into(), path.into_bytes())]
+                Some(HeaderOp::Set(":path".into(), path.into_bytes()))
             }
         }
     }
@@ -253,24 +252,28 @@ mod tests {
         );
         assert_eq!(
             Source::Query("access_token".into()).removal(&r),
-            vec![HeaderOp::Set(":path".into(), b"/p?a=1&b=2#f".to_vec())]
+            Some(HeaderOp::Set(":path".into(), b"/p?a=1&b=2#f".to_vec()))
         );
         assert_eq!(
             Source::Cookie("at".into()).removal(&r),
-            vec![HeaderOp::Set("cookie".into(), b"a=1; b=2".to_vec())]
+            Some(HeaderOp::Set("cookie".into(), b"a=1; b=2".to_vec()))
         );
         let only = req("/p?access_token=q1", &[("cookie", b"at=tok")]);
         assert_eq!(
             Source::Cookie("at".into()).removal(&only),
-            vec![HeaderOp::Remove("cookie".into())]
+            Some(HeaderOp::Remove("cookie".into()))
         );
         assert_eq!(
             Source::Query("access_token".into()).removal(&only),
-            vec![HeaderOp::Set(":path".into(), b"/p".to_vec())]
+            Some(HeaderOp::Set(":path".into(), b"/p".to_vec()))
         );
         assert_eq!(
             header("authorization", Some("Bearer ")).removal(&only),
-            vec![HeaderOp::Remove("authorization".into())]
+            Some(HeaderOp::Remove("authorization".into()))
+        );
+        assert_eq!(
+            Source::Query("access_token".into()).removal(&req("/p", &[])),
+            None
         );
     }
 
