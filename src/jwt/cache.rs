@@ -6,12 +6,11 @@
 //! seeded mix of the token's length and its last [`FINGERPRINT_TAIL`]
 //! bytes (the end of the signature: the most varying part), used as the
 //! map's hash as it is, and an entry matches only if the full bytes are
-//! equal, so a hit
-//! is exact. Hashing the whole ~700-byte token was 60% of a cache hit's
-//! instructions; the tail is enough because only tokens whose signature
-//! verified are ever inserted: nobody without the signing key can choose
-//! which tokens share a fingerprint, and two verified tokens that do (not
-//! seen in practice) just evict each other. Tokens over
+//! equal, so a hit is exact. Hashing the whole ~700-byte token was 60% of
+//! a cache hit's instructions; the tail is enough because only tokens whose
+//! signature verified are ever inserted: nobody without the signing key
+//! can choose which tokens share a fingerprint, and two verified tokens
+//! that do (not seen in practice) just evict each other. Tokens over
 //! [`MAX_CACHED_TOKEN`] bytes are not cached (bounded memory: capacity x
 //! 4 KiB at most).
 //! Value: the provider that verified it, its claims and payload segment.
