@@ -738,21 +738,19 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
     }
     let keys = Keys::of(route, req);
     let store = Store::new(host, route.store);
-    let probe = store.probe(&keys.uri, &keys.primary, |e| {
-        e.secondary == vary::secondary_key_of(e.vary_names(), &req.headers)
-    });
-    let (payload, meta) = match probe {
+    let (payload, meta) = match probe(&store, &keys, req) {
         Probe::Found(p, meta) => (p, meta),
         Probe::Rejected => return miss(host, &store, route, req, now, keys, "vary-miss"),
         Probe::Nothing => return miss(host, &store, route, req, now, keys, "uri-miss"),
     };
     let view = EntryView::again(payload.bytes(), meta);
-    let cc = view.facts.directives();
-    let (life, _) = view
-        .facts
-        .lifetime(view.status as u32, route.policy.freshness());
-    let age = freshness::age_at(view.facts.initial_age, view.response_time_ns, now);
-    if keys.has_authorization && !shareable_with_authorization(&cc) {
+    let Judged {
+        cc,
+        age,
+        usability,
+        shareable,
+    } = judge(route, &keys, &view, now);
+    if !shareable {
         host.increment_metric(m.miss, 1);
         if keys.req_cc.only_if_cached {
             return Lookup::OnlyIfCachedMiss(gateway_timeout(
@@ -764,15 +762,9 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
         ctx.detail = Some("authorization");
         return Lookup::Miss { ctx };
     }
-    let usability = freshness::usability(life, age, &cc, &keys.req_cc);
     match usability {
         freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => {
-            host.increment_metric(m.hit, 1);
-            let status = hit_status(ttl, None);
-            Lookup::Hit(with_body(
-                respond_in_place(&view, &req.headers, age, status),
-                payload,
-            ))
+            hit(host, route, req, payload, meta, age, hit_status(ttl, None))
         }
         // HEAD never takes the fill lock: its response cannot refill the entry.
         freshness::Usability::StaleWhileRevalidate { ttl } => match fill_lock(&store, &keys) {
@@ -789,12 +781,8 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
                 go_upstream(ctx, entry)
             }
             _ => {
-                host.increment_metric(m.hit, 1);
                 let status = hit_status(ttl, Some("stale-while-revalidate"));
-                Lookup::Hit(with_body(
-                    respond_in_place(&view, &req.headers, age, status),
-                    payload,
-                ))
+                hit(host, route, req, payload, meta, age, status)
             }
         },
         freshness::Usability::MustValidate { ttl } => {
@@ -873,6 +861,58 @@ fn miss(
     Lookup::Miss { ctx }
 }
 
+/// The stored entry of the request's key whose `Vary` values match it.
+fn probe(store: &Store<'_, impl Host>, keys: &Keys, req: &Request) -> Probe {
+    store.probe(&keys.uri, &keys.primary, |e| {
+        e.secondary == vary::secondary_key_of(e.vary_names(), &req.headers)
+    })
+}
+
+/// What a stored entry is worth to this request at `now`.
+struct Judged {
+    cc: ResponseDirectives,
+    age: u64,
+    usability: freshness::Usability,
+    /// False when the request carries `Authorization` and the entry may not
+    /// answer it (RFC 9111 3.5).
+    shareable: bool,
+}
+
+fn judge(route: &CacheRoute, keys: &Keys, view: &EntryView<'_>, now: u64) -> Judged {
+    let cc = view.facts.directives();
+    let (life, _) = view
+        .facts
+        .lifetime(view.status as u32, route.policy.freshness());
+    let age = freshness::age_at(view.facts.initial_age, view.response_time_ns, now);
+    Judged {
+        usability: freshness::usability(life, age, &cc, &keys.req_cc),
+        shareable: !keys.has_authorization || shareable_with_authorization(&cc),
+        cc,
+        age,
+    }
+}
+
+/// A hit from the entry read in place: counted, its body moved out of the
+/// buffer the store read.
+fn hit(
+    host: &impl Host,
+    route: &CacheRoute,
+    req: &Request,
+    payload: store::Payload,
+    meta: entry::EntryMeta,
+    age: u64,
+    cache_status: Vec<u8>,
+) -> Lookup {
+    host.increment_metric(route.metrics.hit, 1);
+    let parts = respond_in_place(
+        &EntryView::again(payload.bytes(), meta),
+        &req.headers,
+        age,
+        cache_status,
+    );
+    Lookup::Hit(with_body(parts, payload))
+}
+
 /// Called right after this request took the fill lock, having found the
 /// entry missing or stale. The previous holder of this key's lock stores
 /// (or refreshes) the entry and *then* releases the lock, so between our
@@ -893,30 +933,21 @@ fn look_again(
     if !guard.key_locked_before {
         return None;
     }
-    let Probe::Found(payload, meta) = store.probe(&keys.uri, &keys.primary, |e| {
-        e.secondary == vary::secondary_key_of(e.vary_names(), &req.headers)
-    }) else {
+    let Probe::Found(payload, meta) = probe(store, keys, req) else {
         return None;
     };
-    let view = EntryView::again(payload.bytes(), meta);
-    let cc = view.facts.directives();
-    if keys.has_authorization && !shareable_with_authorization(&cc) {
-        return None;
-    }
-    let (life, _) = view
-        .facts
-        .lifetime(view.status as u32, route.policy.freshness());
-    let age = freshness::age_at(
-        view.facts.initial_age,
-        view.response_time_ns,
+    let judged = judge(
+        route,
+        keys,
+        &EntryView::again(payload.bytes(), meta),
         host.now_nanos(),
     );
-    match freshness::usability(life, age, &cc, &keys.req_cc) {
-        freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => {
-            host.increment_metric(route.metrics.hit, 1);
+    match judged.usability {
+        freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl }
+            if judged.shareable =>
+        {
             let status = hit_status(ttl, None);
-            let parts = respond_in_place(&view, &req.headers, age, status);
-            Some(Lookup::Hit(with_body(parts, payload)))
+            Some(hit(host, route, req, payload, meta, judged.age, status))
         }
         _ => None,
     }
@@ -1428,7 +1459,7 @@ mod tests {
         assert!(store(&host, &route, &mut ctx, 200, &stored, b"body"));
         host.advance(std::time::Duration::from_secs(2));
         let reads = std::cell::Cell::new(0);
-        let counting = store::Counting(&host, &reads);
+        let counting = store::counting(&host, &reads);
         let Lookup::Hit(r) = lookup(&counting, &route, &get(&[("accept", "x")])) else {
             panic!("expected a hit")
         };
@@ -1658,51 +1689,21 @@ mod tests {
         }
     }
 
-    /// A worker's host that lets another worker act (`between`) right
+    /// A worker's host that lets another worker act (`between`, once) right
     /// after this worker read the store and before it reads the fill lock.
-    struct ActsBeforeLockRead<'a, F: FnOnce()> {
+    fn acts_before_lock_read<'a>(
         host: &'a crate::host::fake::FakeHost,
-        between: std::cell::RefCell<Option<F>>,
-    }
-
-    impl<F: FnOnce()> Host for ActsBeforeLockRead<'_, F> {
-        fn now_nanos(&self) -> u64 {
-            self.host.now_nanos()
-        }
-        fn shared_get(
-            &self,
-            key: &str,
-        ) -> Result<crate::host::SharedValue, crate::host::HostError> {
-            if key.starts_with("meshguard/v1/cache/lock/") {
-                if let Some(act) = self.between.borrow_mut().take() {
-                    act();
+        between: &'a std::cell::RefCell<Option<impl FnOnce()>>,
+    ) -> store::Spy<'a, impl Fn(&str) + 'a> {
+        store::Spy {
+            host,
+            before_get: move |key: &str| {
+                if key.starts_with("meshguard/v1/cache/lock/") {
+                    if let Some(act) = between.borrow_mut().take() {
+                        act();
+                    }
                 }
-            }
-            self.host.shared_get(key)
-        }
-        fn shared_set(
-            &self,
-            key: &str,
-            value: &[u8],
-            cas: Option<u32>,
-        ) -> Result<(), crate::host::SetError> {
-            self.host.shared_set(key, value, cas)
-        }
-        fn random_bytes(&self, buf: &mut [u8]) -> Result<(), crate::host::HostError> {
-            self.host.random_bytes(buf)
-        }
-        fn define_metric(
-            &self,
-            kind: crate::host::MetricKind,
-            name: &str,
-        ) -> Result<crate::host::MetricId, crate::host::HostError> {
-            self.host.define_metric(kind, name)
-        }
-        fn increment_metric(&self, id: crate::host::MetricId, delta: i64) {
-            self.host.increment_metric(id, delta)
-        }
-        fn record_metric(&self, id: crate::host::MetricId, value: u64) {
-            self.host.record_metric(id, value)
+            },
         }
     }
 
@@ -1727,19 +1728,17 @@ mod tests {
         assert!(b_ctx.holds_fill_lock());
         let b_ctx = std::cell::RefCell::new(b_ctx);
         let not_modified = h(&[("cache-control", "max-age=60"), ("etag", "\"k\"")]);
-        let worker_a = ActsBeforeLockRead {
-            host: &host,
-            between: std::cell::RefCell::new(Some(|| {
-                let mut b = b_ctx.borrow_mut();
-                let d = on_response_headers(&host, &route, &mut b, 304, &not_modified);
-                assert!(matches!(d, ResponseDecision::Replace { .. }), "{d:?}");
-            })),
-        };
+        let between = std::cell::RefCell::new(Some(|| {
+            let mut b = b_ctx.borrow_mut();
+            let d = on_response_headers(&host, &route, &mut b, 304, &not_modified);
+            assert!(matches!(d, ResponseDecision::Replace { .. }), "{d:?}");
+        }));
+        let worker_a = acts_before_lock_read(&host, &between);
         match lookup(&worker_a, &route, &get(&[])) {
             Lookup::Hit(r) => assert_eq!((r.status, r.body), (200, b"kept".to_vec())),
             other => panic!("A must not revalidate again: {other:?}"),
         }
-        assert!(worker_a.between.borrow().is_none(), "B acted");
+        assert!(between.borrow().is_none(), "B acted");
         // A released the lock it took: once stale again, the next request
         // takes it (and does not wait for A).
         host.advance(std::time::Duration::from_secs(61));
@@ -1761,19 +1760,17 @@ mod tests {
         };
         assert!(b_ctx.holds_fill_lock());
         let b_ctx = std::cell::RefCell::new(b_ctx);
-        let worker_a = ActsBeforeLockRead {
-            host: &host,
-            between: std::cell::RefCell::new(Some(|| {
-                let mut b = b_ctx.borrow_mut();
-                on_response_headers(&host, &route, &mut b, 200, &cc);
-                assert!(store(&host, &route, &mut b, 200, &cc, b"filled"));
-            })),
-        };
+        let between = std::cell::RefCell::new(Some(|| {
+            let mut b = b_ctx.borrow_mut();
+            on_response_headers(&host, &route, &mut b, 200, &cc);
+            assert!(store(&host, &route, &mut b, 200, &cc, b"filled"));
+        }));
+        let worker_a = acts_before_lock_read(&host, &between);
         match lookup(&worker_a, &route, &get(&[])) {
             Lookup::Hit(r) => assert_eq!(r.body, b"filled"),
             other => panic!("A must not fetch again: {other:?}"),
         }
-        assert!(worker_a.between.borrow().is_none(), "B acted");
+        assert!(between.borrow().is_none(), "B acted");
         // A key nobody locked before is not read twice: a plain miss.
         match lookup(
             &host,

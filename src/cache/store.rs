@@ -838,40 +838,54 @@ impl<'h, H: Host> Store<'h, H> {
     }
 }
 
-/// A host counting its shared-data reads (tests).
+/// A test host that calls `before_get` with the key before every
+/// shared-data read, then reads from the fake (count reads, or let another
+/// "worker" act between two reads).
 #[cfg(test)]
-pub(crate) struct Counting<'a>(
-    pub &'a crate::host::fake::FakeHost,
-    pub &'a std::cell::Cell<usize>,
-);
+pub(crate) struct Spy<'a, F: Fn(&str)> {
+    pub host: &'a crate::host::fake::FakeHost,
+    pub before_get: F,
+}
+
+/// A spy counting its shared-data reads in `reads`.
+#[cfg(test)]
+pub(crate) fn counting<'a>(
+    host: &'a crate::host::fake::FakeHost,
+    reads: &'a std::cell::Cell<usize>,
+) -> Spy<'a, impl Fn(&str) + 'a> {
+    Spy {
+        host,
+        before_get: move |_: &str| reads.set(reads.get() + 1),
+    }
+}
 
 #[cfg(test)]
-impl Host for Counting<'_> {
+impl<F: Fn(&str)> Host for Spy<'_, F> {
     fn now_nanos(&self) -> u64 {
-        self.0.now_nanos()
+        self.host.now_nanos()
     }
     fn shared_get(&self, key: &str) -> Result<crate::host::SharedValue, crate::host::HostError> {
-        self.1.set(self.1.get() + 1);
-        self.0.shared_get(key)
+        (self.before_get)(key);
+        self.host.shared_get(key)
     }
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-        self.0.shared_set(key, value, cas)
+        self.host.shared_set(key, value, cas)
     }
     fn random_bytes(&self, buf: &mut [u8]) -> Result<(), crate::host::HostError> {
-        self.0.random_bytes(buf)
+        self.host.random_bytes(buf)
     }
     fn define_metric(
         &self,
         kind: crate::host::MetricKind,
         name: &str,
     ) -> Result<crate::host::MetricId, crate::host::HostError> {
-        self.0.define_metric(kind, name)
+        self.host.define_metric(kind, name)
     }
     fn increment_metric(&self, id: crate::host::MetricId, delta: i64) {
-        self.0.increment_metric(id, delta)
+        self.host.increment_metric(id, delta)
     }
     fn record_metric(&self, id: crate::host::MetricId, value: u64) {
-        self.0.record_metric(id, value)
+        self.host.record_metric(id, value)
     }
 }
 
@@ -1015,7 +1029,7 @@ mod tests {
         assert!(matches!(s.write(&uri, &a), WriteOutcome::Stored { .. }));
         assert!(matches!(s.write(&uri, &b), WriteOutcome::Stored { .. }));
         let reads = std::cell::Cell::new(0);
-        let counting = Counting(&h, &reads);
+        let counting = counting(&h, &reads);
         let cs = Store::new(&counting, &cfg(1 << 20));
         let Probe::Found(p, _) = cs.probe(&uri, &uri, |_| true) else {
             panic!("stored");
