@@ -131,38 +131,41 @@ impl TokenCache {
 
     /// A live entry for `key` at `now` (nanoseconds); expired ones are dropped.
     pub fn get(&mut self, key: &[u8], now: u64) -> Option<Verified> {
-        let fp = self.fingerprint(key);
-        let e = self.map.get(&fp)?;
-        if *e.token != *key {
-            return None;
-        }
+        let (fp, e) = self.entry_of(key)?;
         if now < e.expires_at {
             return Some(e.value.clone());
         }
-        if let Some(e) = self.map.remove(&fp) {
-            self.order.remove(&e.seq);
-        }
+        self.remove(fp);
         None
     }
 
     /// Drops `key`'s entry (its verifying key left the JWKS).
     pub fn forget(&mut self, key: &[u8]) {
-        let fp = self.fingerprint(key);
-        if self.map.get(&fp).is_some_and(|e| *e.token == *key) {
-            if let Some(e) = self.map.remove(&fp) {
-                self.order.remove(&e.seq);
-            }
+        if let Some((fp, _)) = self.entry_of(key) {
+            self.remove(fp);
         }
     }
 
     /// Points `key`'s entry at the same key in a newer key set (the JWKS
     /// was refetched and still holds it), so later hits compare pointers.
     pub fn rebind(&mut self, key: &[u8], to: KeyRef) {
-        let fp = self.fingerprint(key);
-        if let Some(e) = self.map.get_mut(&fp) {
-            if *e.token == *key {
+        if let Some((fp, _)) = self.entry_of(key) {
+            if let Some(e) = self.map.get_mut(&fp) {
                 e.value.key = Some(to);
             }
+        }
+    }
+
+    /// `key`'s fingerprint and entry, when the entry holds exactly `key`.
+    fn entry_of(&self, key: &[u8]) -> Option<(u64, &Entry)> {
+        let fp = self.fingerprint(key);
+        let e = self.map.get(&fp)?;
+        (*e.token == *key).then_some((fp, e))
+    }
+
+    fn remove(&mut self, fp: u64) {
+        if let Some(e) = self.map.remove(&fp) {
+            self.order.remove(&e.seq);
         }
     }
 
@@ -188,9 +191,7 @@ impl TokenCache {
         if expires_at <= now {
             return;
         }
-        if let Some(old) = self.map.remove(&fp) {
-            self.order.remove(&old.seq);
-        }
+        self.remove(fp);
         while self.map.len() >= self.capacity {
             match self.order.pop_first() {
                 Some((_, old_fp)) => {
