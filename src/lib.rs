@@ -21,13 +21,3 @@ pub mod filter;
 
 /// The git commit this module was built from (`unknown` outside a checkout).
 pub const GIT_HASH: &str = env!("MESHGUARD_GIT_HASH");
-
-#[cfg(target_os = "wasi")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    // A panic aborts the VM (panic = "abort"); say why before it does.
-    std::panic::set_hook(Box::new(|info| log::error!("meshguard: panic: {info}")));
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(filter::Root::new(context_id))
-    });
-}}

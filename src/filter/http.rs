@@ -7,8 +7,7 @@ use super::pipeline::{self, Step, StreamState};
 use super::root::{Runtime, Worker};
 use crate::host::proxy_wasm as adapter;
 use crate::request::{ip_of_address, Request};
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use crate::host::abi::action;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -89,27 +88,26 @@ fn read_request() -> Request {
     req
 }
 
-impl Context for Stream {
-    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
-        self.worker
-            .on_rls_response(token, status_code, response_size);
+/// The host's callbacks of a stream (`dispatch` routes them here); the
+/// `u32` results are the ABI's `action` values.
+impl Stream {
+    pub fn worker(&self) -> Rc<Worker> {
+        self.worker.clone()
     }
-}
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    pub fn on_request_headers(&mut self) -> u32 {
         let Some(rt) = self.runtime.clone() else {
-            return Action::Continue;
+            return action::CONTINUE;
         };
         if rt.config.routes.is_empty() {
-            return Action::Continue;
+            return action::CONTINUE;
         }
         let mut req = read_request();
         let Some((idx, route)) = crate::route::find(&rt.config.routes, &req, |r| &r.matcher) else {
-            return Action::Continue;
+            return action::CONTINUE;
         };
         if !route.has_policy() {
-            return Action::Continue;
+            return action::CONTINUE;
         }
         if rt.needs_peer_ip.get(idx).copied().unwrap_or(false) {
             req.peer_ip = adapter::property_str(&["source", "address"])
@@ -130,45 +128,45 @@ impl HttpContext for Stream {
         match step {
             Step::Continue => {
                 self.release_if_done();
-                Action::Continue
+                action::CONTINUE
             }
-            Step::Replied => Action::Pause,
+            Step::Replied => action::PAUSE,
             Step::Park => {
                 self.worker.park(self.context_id, state);
-                Action::Pause
+                action::PAUSE
             }
             Step::AwaitRls { token, deadline_ns } => {
                 self.worker
                     .await_rls(self.context_id, state, token, deadline_ns);
-                Action::Pause
+                action::PAUSE
             }
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    pub fn on_response_headers(&mut self, end_of_stream: bool) -> u32 {
         if let Some(h) = self.headers_only.take() {
             let rt = self.runtime.as_deref();
             let rl =
                 h.rl.and_then(|(route, v)| Some((v, rt?.config.routes.get(route)?)));
             pipeline::add_response_headers(rl, &h.own, &h.service);
-            return Action::Continue;
+            return action::CONTINUE;
         }
         let Some(state) = &self.state else {
-            return Action::Continue;
+            return action::CONTINUE;
         };
         let Ok(mut s) = state.try_borrow_mut() else {
-            return Action::Continue;
+            return action::CONTINUE;
         };
         if s.local_reply {
-            return Action::Continue;
+            return action::CONTINUE;
         }
         if pipeline::on_response_headers(&mut s, end_of_stream) {
-            return Action::Pause;
+            return action::PAUSE;
         }
-        Action::Continue
+        action::CONTINUE
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> u32 {
         if let Some(state) = &self.state {
             if let Ok(mut s) = state.try_borrow_mut() {
                 if !s.local_reply {
@@ -176,10 +174,10 @@ impl HttpContext for Stream {
                 }
             }
         }
-        Action::Continue
+        action::CONTINUE
     }
 
-    fn on_log(&mut self) {
+    pub fn on_log(&mut self) {
         self.worker.unpark(self.context_id);
         if let Some(state) = &self.state {
             if let Ok(mut s) = state.try_borrow_mut() {

@@ -14,8 +14,7 @@
 //! (10 ms while anything is parked) runs its pipeline again, and every park
 //! has a deadline (`pipeline::JWKS_WAIT_NS`, `pipeline::CACHE_WAIT_NS`).
 
+mod dispatch;
 mod http;
 mod pipeline;
 mod root;
-
-pub use root::Root;

@@ -11,8 +11,6 @@ use crate::host::{Host, MetricId, MetricKind};
 use crate::jwt::{FetchFailure, JwtMetrics, TokenCache};
 use crate::ratelimit::rls::{self, CallError, RlsMetrics};
 use crate::ratelimit::{self, Limiter};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
@@ -296,7 +294,7 @@ impl Worker {
     }
 }
 
-/// The root context of one worker VM.
+/// The root context of one configuration in a worker VM.
 pub struct Root {
     context_id: u32,
     worker: Rc<Worker>,
@@ -310,6 +308,21 @@ impl Root {
             context_id,
             worker: Rc::new(worker),
         }
+    }
+
+    pub fn context_id(&self) -> u32 {
+        self.context_id
+    }
+
+    pub fn worker(&self) -> Rc<Worker> {
+        self.worker.clone()
+    }
+
+    /// A new stream of this configuration (the one loaded now: a stream
+    /// keeps it to its end, even if a new one is loaded meanwhile).
+    pub fn new_stream(&self, context_id: u32) -> Stream {
+        let rt = self.worker.runtime.borrow().clone();
+        Stream::new(context_id, rt, self.worker.clone())
     }
 
     fn poll_jwks(&self, host: &ProxyWasmHost, rt: &Rc<Runtime>) {
@@ -388,21 +401,10 @@ impl Root {
     }
 }
 
-impl Context for Root {
-    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
-        // Calls sent while the root's timer resumed a stream are answered
-        // here; the worker routes the answer to its stream.
-        self.worker
-            .on_rls_response(token, status_code, response_size);
-    }
-
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
+/// The host's callbacks of a root context (`dispatch` routes them here).
+impl Root {
+    /// A JWKS fetch's answer.
+    pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
         let call = {
             let mut calls = self.worker.jwks_calls.borrow_mut();
             calls
@@ -444,10 +446,8 @@ impl Context for Root {
             log::info!("meshguard: JWKS for provider #{provider} refreshed");
         }
     }
-}
 
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
+    pub fn on_vm_start(&mut self) -> bool {
         log::info!(
             "meshguard {} ({}) started",
             env!("CARGO_PKG_VERSION"),
@@ -456,7 +456,7 @@ impl RootContext for Root {
         true
     }
 
-    fn on_configure(&mut self, _size: usize) -> bool {
+    pub fn on_configure(&mut self) -> bool {
         let bytes = adapter::plugin_configuration().unwrap_or_default();
         match Config::from_bytes(&bytes) {
             Ok(config) => {
@@ -478,7 +478,7 @@ impl RootContext for Root {
         }
     }
 
-    fn on_tick(&mut self) {
+    pub fn on_tick(&mut self) {
         let rt = self.worker.runtime.borrow().clone();
         let host = ProxyWasmHost;
         if let Some(rt) = &rt {
@@ -487,14 +487,5 @@ impl RootContext for Root {
         self.run_parked();
         self.worker.expire_rls(host.now_nanos());
         self.set_tick(rt.as_ref());
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let rt = self.worker.runtime.borrow().clone();
-        Some(Box::new(Stream::new(context_id, rt, self.worker.clone())))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }

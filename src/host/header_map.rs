@@ -100,6 +100,44 @@ impl HeaderMap {
     }
 }
 
+/// Reads a serialized map the host returned: `(name, value)` pairs, names
+/// as text (lossy: Envoy's names are lower-case ASCII), values as bytes.
+/// A malformed buffer (truncated, sizes past its end, missing NULs) gives
+/// `None`: the host's bytes are checked, never trusted to index with.
+pub fn decode_pairs(b: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let u32_at = |i: usize| -> Option<usize> {
+        let w: [u8; 4] = b.get(i..i.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(w) as usize)
+    };
+    let n = u32_at(0)?;
+    let mut pos = 8usize.checked_mul(n)?.checked_add(4)?;
+    if pos > b.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (ns, vs) = (u32_at(4 + 8 * i)?, u32_at(8 + 8 * i)?);
+        let name = b.get(pos..pos.checked_add(ns)?)?;
+        pos += ns;
+        if b.get(pos) != Some(&0) {
+            return None;
+        }
+        pos += 1;
+        let value = b.get(pos..pos.checked_add(vs)?)?;
+        pos += vs;
+        if b.get(pos) != Some(&0) {
+            return None;
+        }
+        pos += 1;
+        let name = match std::str::from_utf8(name) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(name).into_owned(),
+        };
+        out.push((name, value.to_vec()));
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -174,6 +212,38 @@ mod tests {
                 .map(|(n, v)| (n.to_vec(), v.to_vec()))
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn decode_pairs_reads_what_finish_writes() {
+        let m = HeaderMap::from_pairs(&[
+            (&b":path"[..], &b"/a?b"[..]),
+            (b"x-empty", b""),
+            (b"x-bytes", &[0xff, 0, 1]),
+        ]);
+        assert_eq!(decode_pairs(&m.finish()), Some(m.to_pairs()));
+        assert_eq!(decode_pairs(&[0, 0, 0, 0]), Some(Vec::new()));
+    }
+
+    #[test]
+    fn decode_pairs_refuses_malformed_buffers_without_panicking() {
+        let good = HeaderMap::from_pairs(&[("name", "value"), ("b", "c")]).finish();
+        // Every truncation is refused.
+        for cut in 0..good.len() {
+            assert_eq!(decode_pairs(&good[..cut]), None, "cut at {cut}");
+        }
+        // A missing NUL is refused.
+        let mut bad = good.clone();
+        let nul = 4 + 16 + 4; // after "name"
+        bad[nul] = b'x';
+        assert_eq!(decode_pairs(&bad), None);
+        // Sizes and counts past the end (or overflowing) are refused.
+        let mut huge = good.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_pairs(&huge), None);
+        let mut count = good;
+        count[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_pairs(&count), None);
     }
 
     #[test]

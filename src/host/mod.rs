@@ -1,8 +1,8 @@
 //! The host port: everything meshguard's logic needs from its environment.
 //!
 //! Features (rate limiting, JWT, breaker, cache) take `&impl Host` and never
-//! call the proxy-wasm SDK themselves. `proxy_wasm.rs` is the only adapter to
-//! the real host (Envoy); `fake.rs` is an in-memory host with the same
+//! call the host themselves. `proxy_wasm.rs` is the only adapter to the real
+//! host (Envoy), through the ABI imports declared in `abi.rs`; `fake.rs` is an in-memory host with the same
 //! compare-and-swap semantics and a settable clock, for native tests.
 //!
 //! Shared-data semantics (as implemented by Envoy, and mirrored by the fake):
@@ -17,6 +17,8 @@
 
 pub mod fake;
 pub mod header_map;
+#[cfg(target_os = "wasi")]
+pub mod abi;
 #[cfg(target_os = "wasi")]
 pub mod proxy_wasm;
 

@@ -1,46 +1,100 @@
 //! The adapter to the real host: the ONLY file that calls proxy-wasm host
-//! functions. Every call returns a `Result` that is handled here, mapping
-//! SDK statuses to the domain errors of `host` (never a panic: the SDK's
-//! own trait helpers unwrap, so we call `hostcalls` directly).
+//! functions (declared in `abi.rs`). Every call's status is handled here and
+//! mapped to the domain errors of `host`; nothing here panics, whatever the
+//! host returns.
 
-use super::header_map::HeaderMap;
+use super::abi::{self, buffer, map, status};
+use super::header_map::{decode_pairs, HeaderMap};
 use super::{Host, HostError, MetricId, MetricKind, SetError, SharedValue};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
-use std::time::{Duration, UNIX_EPOCH};
+use std::mem::MaybeUninit;
+use std::ptr::{null, null_mut};
+use std::time::Duration;
+
+/// The allocator the host uses for every buffer it returns (the ABI's
+/// `proxy_on_memory_allocate`): a boxed slice of exactly `size` bytes, so
+/// [`take`] can own it as a `Vec` of that length and capacity.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let mut slice: Box<[MaybeUninit<u8>]> = Box::new_uninit_slice(size);
+    let ptr = slice.as_mut_ptr() as *mut u8;
+    std::mem::forget(slice);
+    ptr
+}
+
+/// Owns a buffer the host wrote through [`proxy_on_memory_allocate`].
+///
+/// # Safety
+/// `data` is null or was returned by `proxy_on_memory_allocate(size)` and
+/// filled by the host.
+unsafe fn take(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if data.is_null() {
+        None
+    } else {
+        Some(Vec::from_raw_parts(data, size, size))
+    }
+}
+
+fn host_status(code: u32) -> String {
+    format!("host status {code}")
+}
+
+/// Calls a host function that returns one buffer: `Ok(None)` when the host
+/// says not found or returns nothing.
+fn read(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec<u8>>, u32> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    let st = call(&mut data, &mut size);
+    // SAFETY: the host sets data/size only through our allocator.
+    let bytes = unsafe { take(data, size) };
+    match st {
+        status::OK => Ok(bytes),
+        status::NOT_FOUND => Ok(None),
+        other => Err(other),
+    }
+}
 
 /// The real host (Envoy). Zero-sized: state lives in the host.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProxyWasmHost;
 
-fn status(s: Status) -> String {
-    format!("host status {s:?}")
-}
-
 impl Host for ProxyWasmHost {
     fn now_nanos(&self) -> u64 {
-        match hostcalls::get_current_time() {
-            Ok(t) => t
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
-            Err(_) => 0,
+        let mut t: u64 = 0;
+        // SAFETY: the host writes one u64.
+        match unsafe { abi::proxy_get_current_time_nanoseconds(&mut t) } {
+            status::OK => t,
+            _ => 0,
         }
     }
 
     fn shared_get(&self, key: &str) -> Result<SharedValue, HostError> {
-        match hostcalls::get_shared_data(key) {
-            Ok(v) => Ok(v),
-            Err(Status::NotFound) => Ok((None, None)),
-            Err(s) => Err(HostError(status(s))),
+        let mut cas: u32 = 0;
+        // SAFETY: key is a live slice; the host writes through our allocator.
+        let r = read(|d, s| unsafe {
+            abi::proxy_get_shared_data(key.as_ptr(), key.len(), d, s, &mut cas)
+        });
+        match r {
+            Ok(Some(v)) => Ok((Some(v), (cas != 0).then_some(cas))),
+            Ok(None) => Ok((None, (cas != 0).then_some(cas))),
+            Err(s) => Err(HostError(host_status(s))),
         }
     }
 
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
-            Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
-            Err(s) => Err(SetError::Host(status(s))),
+        // SAFETY: both slices are live for the call.
+        let st = unsafe {
+            abi::proxy_set_shared_data(
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+                cas.unwrap_or(0),
+            )
+        };
+        match st {
+            status::OK => Ok(()),
+            status::CAS_MISMATCH => Err(SetError::CasMismatch),
+            s => Err(SetError::Host(host_status(s))),
         }
     }
 
@@ -50,13 +104,16 @@ impl Host for ProxyWasmHost {
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<MetricId, HostError> {
         let t = match kind {
-            MetricKind::Counter => MetricType::Counter,
-            MetricKind::Gauge => MetricType::Gauge,
-            MetricKind::Histogram => MetricType::Histogram,
+            MetricKind::Counter => abi::metric::COUNTER,
+            MetricKind::Gauge => abi::metric::GAUGE,
+            MetricKind::Histogram => abi::metric::HISTOGRAM,
         };
-        hostcalls::define_metric(t, name)
-            .map(MetricId)
-            .map_err(|s| HostError(status(s)))
+        let mut id: u32 = 0;
+        // SAFETY: name is live; the host writes one u32.
+        match unsafe { abi::proxy_define_metric(t, name.as_ptr(), name.len(), &mut id) } {
+            status::OK => Ok(MetricId(id)),
+            s => Err(HostError(host_status(s))),
+        }
     }
 
     fn call_foreign(&self, name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
@@ -65,75 +122,134 @@ impl Host for ProxyWasmHost {
 
     fn increment_metric(&self, id: MetricId, delta: i64) {
         if id != MetricId::NONE {
-            let _ = hostcalls::increment_metric(id.0, delta);
+            // SAFETY: plain values.
+            unsafe { abi::proxy_increment_metric(id.0, delta) };
         }
     }
 
     fn record_metric(&self, id: MetricId, value: u64) {
         if id != MetricId::NONE {
-            let _ = hostcalls::record_metric(id.0, value);
+            // SAFETY: plain values.
+            unsafe { abi::proxy_record_metric(id.0, value) };
         }
     }
 }
 
 // ------------------------------------------------------------------ streams
-// Per-stream calls used by `filter`. Each one is valid only inside the
-// callback of the stream's context (the SDK sets the effective context).
+// Per-stream calls used by `filter`. Each one acts on the host's effective
+// context: the stream whose callback is running, or the one the root made
+// effective with `set_effective_context`.
+
+fn map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
+    // SAFETY: the host writes through our allocator.
+    match read(|d, s| unsafe { abi::proxy_get_header_map_pairs(map_type, d, s) }) {
+        Ok(Some(b)) => decode_pairs(&b).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn map_value(map_type: u32, name: &str) -> Option<Vec<u8>> {
+    // SAFETY: name is live; the host writes through our allocator.
+    read(|d, s| unsafe { abi::proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), d, s) })
+        .ok()
+        .flatten()
+}
+
+fn map_replace(map_type: u32, name: &str, value: &[u8]) {
+    // SAFETY: both slices are live for the call.
+    unsafe {
+        abi::proxy_replace_header_map_value(
+            map_type,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+}
+
+fn map_add(map_type: u32, name: &str, value: &[u8]) {
+    // SAFETY: both slices are live for the call.
+    unsafe {
+        abi::proxy_add_header_map_value(
+            map_type,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+}
+
+fn map_remove(map_type: u32, name: &str) {
+    // SAFETY: name is live for the call.
+    unsafe { abi::proxy_remove_header_map_value(map_type, name.as_ptr(), name.len()) };
+}
+
+fn buffer_bytes(buffer_type: u32, start: usize, size: usize) -> Option<Vec<u8>> {
+    // SAFETY: the host writes through our allocator.
+    read(|d, s| unsafe { abi::proxy_get_buffer_bytes(buffer_type, start, size, d, s) })
+        .ok()
+        .flatten()
+}
 
 /// All request headers (one host call), names lower case, values as bytes.
 pub fn request_headers() -> Vec<(String, Vec<u8>)> {
-    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+    map_pairs(map::REQUEST_HEADERS)
 }
 
 pub fn response_headers() -> Vec<(String, Vec<u8>)> {
-    hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()
+    map_pairs(map::RESPONSE_HEADERS)
 }
 
 pub fn response_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
+    map_value(map::RESPONSE_HEADERS, name)
 }
 
+/// Sets (replaces) a request header; `None` removes it.
 pub fn set_request_header(name: &str, value: Option<&[u8]>) {
-    let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+    match value {
+        Some(v) => map_replace(map::REQUEST_HEADERS, name, v),
+        None => map_remove(map::REQUEST_HEADERS, name),
+    }
 }
 
 pub fn remove_request_header(name: &str) {
-    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    map_remove(map::REQUEST_HEADERS, name);
 }
 
 pub fn set_response_header(name: &str, value: &[u8]) {
-    let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value));
+    map_replace(map::RESPONSE_HEADERS, name, value);
 }
 
 pub fn add_response_header(name: &str, value: &[u8]) {
-    let _ = hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value);
+    map_add(map::RESPONSE_HEADERS, name, value);
 }
 
 pub fn remove_response_header(name: &str) {
-    let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+    map_remove(map::RESPONSE_HEADERS, name);
 }
 
 pub fn response_body(start: usize, size: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::HttpResponseBody, start, size)
-        .ok()
-        .flatten()
+    buffer_bytes(buffer::RESPONSE_BODY, start, size)
 }
 
 pub fn http_call_response_headers() -> Vec<(String, Vec<u8>)> {
-    hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default()
+    map_pairs(map::HTTP_CALL_RESPONSE_HEADERS)
 }
 
 pub fn http_call_response_body(size: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
-        .ok()
-        .flatten()
+    buffer_bytes(buffer::HTTP_CALL_RESPONSE_BODY, 0, size)
 }
 
-/// A property (e.g. `["source", "address"]`) as bytes.
+/// A property (e.g. `["source", "address"]`) as bytes. The ABI's path is
+/// the segments joined by NULs.
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+    let serialized = path.join("\0");
+    // SAFETY: the path is live; the host writes through our allocator.
+    read(|d, s| unsafe { abi::proxy_get_property(serialized.as_ptr(), serialized.len(), d, s) })
+        .ok()
+        .flatten()
 }
 
 /// A property as UTF-8 text.
@@ -151,16 +267,14 @@ pub fn property_u64(path: &[&str]) -> Option<u64> {
 }
 
 /// Sends a local reply with headers already in the ABI's map format;
-/// returns false if the host refused it. Through meshguard's own import:
-/// the SDK's `send_http_response` panics (aborting the VM) on any status
-/// but Ok, and needs `&str` pairs.
+/// returns false if the host refused it.
 pub fn send_local_reply_map(status: u32, headers: &HeaderMap, body: &[u8]) -> bool {
     let map = headers.finish();
     // SAFETY: every pointer/size pair describes a live slice for the call.
     let st = unsafe {
-        proxy_send_local_response(
+        abi::proxy_send_local_response(
             status,
-            std::ptr::null(),
+            null(),
             0,
             body.as_ptr(),
             body.len(),
@@ -169,15 +283,21 @@ pub fn send_local_reply_map(status: u32, headers: &HeaderMap, body: &[u8]) -> bo
             -1,
         )
     };
-    st == Status::Ok as u32
+    st == status::OK
 }
 
 pub fn resume_request() {
-    let _ = hostcalls::resume_http_request();
+    // SAFETY: plain value.
+    unsafe { abi::proxy_continue_stream(abi::stream::REQUEST) };
 }
 
 pub fn resume_response() {
-    let _ = hostcalls::resume_http_response();
+    // SAFETY: plain value.
+    unsafe { abi::proxy_continue_stream(abi::stream::RESPONSE) };
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// Dispatches an HTTP call to an Envoy cluster; returns the token.
@@ -187,31 +307,70 @@ pub fn dispatch_http_call(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<u32, HostError> {
-    hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
-        .map_err(|s| HostError(status(s)))
+    let headers = HeaderMap::from_pairs(headers).finish();
+    let trailers = HeaderMap::default().finish();
+    let body = body.unwrap_or_default();
+    let mut token: u32 = 0;
+    // SAFETY: every pointer/size pair describes a live slice for the call.
+    let st = unsafe {
+        abi::proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            body.as_ptr(),
+            body.len(),
+            trailers.as_ptr(),
+            trailers.len(),
+            millis(timeout),
+            &mut token,
+        )
+    };
+    match st {
+        status::OK => Ok(token),
+        s => Err(HostError(host_status(s))),
+    }
 }
 
 /// Makes `context_id` the context later calls act on (the root resuming a
 /// parked stream). False when that context no longer exists.
 pub fn set_effective_context(context_id: u32) -> bool {
-    hostcalls::set_effective_context(context_id).is_ok()
+    // SAFETY: plain value.
+    unsafe { abi::proxy_set_effective_context(context_id) == status::OK }
 }
 
 /// Sets the root context's tick period (0 disables).
 pub fn set_tick_period(period: Duration) {
-    let _ = hostcalls::set_tick_period(period);
+    // SAFETY: plain value.
+    unsafe { abi::proxy_set_tick_period_milliseconds(millis(period)) };
 }
 
 /// Reads the plugin configuration buffer.
 pub fn plugin_configuration() -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-        .ok()
-        .flatten()
+    buffer_bytes(buffer::PLUGIN_CONFIGURATION, 0, usize::MAX)
 }
 
 /// Calls a host foreign function (e.g. Envoy's `verify_signature`).
 pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
-    hostcalls::call_foreign_function(name, Some(args)).map_err(|s| HostError(status(s)))
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: both slices are live; the host writes through our allocator.
+    let st = unsafe {
+        abi::proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            args.as_ptr(),
+            args.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    // SAFETY: as above.
+    let bytes = unsafe { take(data, size) };
+    match st {
+        status::OK => Ok(bytes),
+        s => Err(HostError(host_status(s))),
+    }
 }
 
 /// Sends a unary gRPC call owned by `owner_context` (the root: the host
@@ -219,11 +378,7 @@ pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>,
 /// effective again; returns the call's token. `grpc_service` is a
 /// serialized `envoy.config.core.v3.GrpcService` (see
 /// `ratelimit::rls::grpc_service`): Envoy always parses it, so no cluster
-/// name can be mistaken for a proto. The SDK panics on statuses Envoy's
-/// `grpcCall` does not return for a well-formed service (only `Ok`,
-/// `ParseFailure`, `BadArgument` for a client it cannot build, and
-/// `InternalFailure` exist there); a valid `GrpcService` keeps us on the
-/// `Ok` / `InternalFailure` paths.
+/// name can be mistaken for a proto.
 pub fn dispatch_grpc_call_from(
     owner_context: u32,
     current_context: u32,
@@ -233,71 +388,94 @@ pub fn dispatch_grpc_call_from(
     message: &[u8],
     timeout: Duration,
 ) -> Result<u32, HostError> {
-    // The SDK takes the service as `&str` and passes its bytes through.
-    // The descriptor is ASCII (an ASCII cluster name of at most 120 bytes,
-    // checked by the configuration, and one-byte tags and lengths); anything
-    // else is refused here and the caller applies its failure mode.
-    let upstream = std::str::from_utf8(grpc_service)
-        .map_err(|_| HostError("gRPC service descriptor is not UTF-8".into()))?;
+    let metadata = HeaderMap::default().finish();
+    let mut token: u32 = 0;
     // The host attaches the call (and later its answer) to the effective
     // context: make it `owner_context`, then give the stream back its own.
     set_effective_context(owner_context);
-    let r =
-        hostcalls::dispatch_grpc_call(upstream, service, method, vec![], Some(message), timeout)
-            .map_err(|s| HostError(status(s)));
+    // SAFETY: every pointer/size pair describes a live slice for the call.
+    let st = unsafe {
+        abi::proxy_grpc_call(
+            grpc_service.as_ptr(),
+            grpc_service.len(),
+            service.as_ptr(),
+            service.len(),
+            method.as_ptr(),
+            method.len(),
+            metadata.as_ptr(),
+            metadata.len(),
+            message.as_ptr(),
+            message.len(),
+            millis(timeout),
+            &mut token,
+        )
+    };
     set_effective_context(current_context);
-    r
+    match st {
+        status::OK => Ok(token),
+        s => Err(HostError(host_status(s))),
+    }
 }
 
 /// The body of the gRPC response being delivered (in its callback).
 pub fn grpc_call_response_body(size: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
-        .ok()
-        .flatten()
+    buffer_bytes(buffer::GRPC_RECEIVE, 0, size)
 }
 
 /// Cancels an outstanding gRPC call (unknown tokens are ignored).
 pub fn cancel_grpc_call(token: u32) {
-    let _ = hostcalls::cancel_grpc_call(token);
-}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_send_local_response(
-        status_code: u32,
-        status_code_details_data: *const u8,
-        status_code_details_size: usize,
-        body_data: *const u8,
-        body_size: usize,
-        headers_data: *const u8,
-        headers_size: usize,
-        grpc_status: i32,
-    ) -> u32;
-    fn proxy_get_status(
-        return_code: *mut u32,
-        return_message_data: *mut *mut u8,
-        return_message_size: *mut usize,
-    ) -> Status;
+    // SAFETY: plain value.
+    unsafe { abi::proxy_grpc_cancel(token) };
 }
 
 /// The message of the gRPC status being delivered (in its callback), for
-/// logs. The SDK's own reader panics on a non-UTF-8 message; this one
-/// never does.
+/// logs, whatever its bytes.
 pub fn grpc_status_message() -> Option<String> {
     let mut code: u32 = 0;
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a buffer it allocated through the module's
-    // exported allocator (the SDK's `proxy_on_memory_allocate`), so taking
-    // ownership with the global allocator's `Vec::from_raw_parts` is how the
-    // SDK itself frees such buffers.
-    unsafe {
-        match proxy_get_status(&mut code, &mut data, &mut size) {
-            Status::Ok if !data.is_null() => {
-                let bytes = Vec::from_raw_parts(data, size, size);
-                Some(String::from_utf8_lossy(&bytes).into_owned())
-            }
-            _ => None,
+    // SAFETY: the host writes one u32 and a buffer through our allocator.
+    let bytes = read(|d, s| unsafe { abi::proxy_get_status(&mut code, d, s) })
+        .ok()
+        .flatten()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+// ------------------------------------------------------------------ logging
+
+/// `log` records go to the host's log (`proxy_log`), at the host's level
+/// filter; `init_logging` installs it once per VM, with a panic hook that
+/// says why before `panic = "abort"` ends the VM.
+struct HostLogger;
+
+static LOGGER: HostLogger = HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
         }
+        let level = match record.level() {
+            log::Level::Trace => abi::level::TRACE,
+            log::Level::Debug => abi::level::DEBUG,
+            log::Level::Info => abi::level::INFO,
+            log::Level::Warn => abi::level::WARN,
+            log::Level::Error => abi::level::ERROR,
+        };
+        let message = record.args().to_string();
+        // SAFETY: the message is live for the call.
+        unsafe { abi::proxy_log(level, message.as_ptr(), message.len()) };
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the host logger (info and above) and the panic hook.
+pub fn init_logging() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+        std::panic::set_hook(Box::new(|info| log::error!("meshguard: panic: {info}")));
     }
 }

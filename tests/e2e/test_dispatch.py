@@ -1,0 +1,84 @@
+"""The module's own dispatcher (src/filter/dispatch.rs) in a real Envoy:
+streams reach the configuration of the filter they belong to when several
+share one VM, and a stream's state is forgotten at its end (the module
+exports no proxy_on_done / proxy_on_delete)."""
+
+import http.client
+import threading
+
+import harness
+
+
+def limited_route(name, prefix, capacity):
+    return {"name": name, "match": {"path_prefix": prefix},
+            "rate_limit": [{"name": "all", "capacity": capacity, "refill_tokens": 1,
+                            "refill_interval": "1h"}]}
+
+
+def test_two_configurations_in_one_vm_each_serve_their_own_streams(envoy, upstream):
+    """Two meshguard filters in one chain, same vm_id (one VM per worker, two
+    root contexts): each request passes both, and each filter applies its own
+    configuration, on every worker."""
+    first = {"routes": [limited_route("one", "/one", 1)]}
+    second = {"routes": [limited_route("two", "/two", 3)]}
+    e = envoy(second, concurrency=2, filters_before=[harness.wasm_filter(first)])
+    one = [e.request("/one")[0] for _ in range(4)]
+    two = [e.request("/two")[0] for _ in range(5)]
+    assert one == [200, 429, 429, 429], one
+    assert two == [200, 200, 200, 429, 429], two
+    stats = e.stats()
+    assert stats["wasmcustom.meshguard.ratelimit.one.all.allowed"] == 1
+    assert stats["wasmcustom.meshguard.ratelimit.one.all.limited"] == 3
+    assert stats["wasmcustom.meshguard.ratelimit.two.all.allowed"] == 3
+    assert stats["wasmcustom.meshguard.ratelimit.two.all.limited"] == 2
+    assert upstream.hits == 4
+
+
+def _load(e, n, threads=4):
+    """n requests over keep-alive connections; returns the statuses seen."""
+    seen = {}
+    lock = threading.Lock()
+
+    def worker(count):
+        conn = http.client.HTTPConnection("127.0.0.1", e.listen_port, timeout=10)
+        local = {}
+        for i in range(count):
+            conn.request("GET", f"/s/{i}", headers={"authorization": "Bearer x"})
+            r = conn.getresponse()
+            r.read()
+            local[r.status] = local.get(r.status, 0) + 1
+        conn.close()
+        with lock:
+            for k, v in local.items():
+                seen[k] = seen.get(k, 0) + v
+
+    ts = [threading.Thread(target=worker, args=(n // threads,)) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return seen
+
+
+def test_stream_state_is_forgotten_at_the_end_of_each_stream(envoy, upstream):
+    """A route whose streams keep state until the response (breaker, rate
+    limit headers, a token removed): 24,000 requests must not grow the VMs'
+    memory. A stream kept after its end holds its request (headers, token)
+    and pipeline state, ~1 KB: 24,000 of them would be tens of MB of linear
+    memory, which V8 never returns (checked: the test fails when
+    proxy_on_log keeps the stream)."""
+    config = {"routes": [{
+        "name": "s", "match": {"path_prefix": "/s/"},
+        "rate_limit": [{"name": "all", "capacity": 1000000, "refill_tokens": 1000000,
+                        "refill_interval": "1s"}],
+        "circuit_breaker": {"consecutive_failures": 1000},
+    }]}
+    e = envoy(config, concurrency=2)
+    assert _load(e, 4000) == {200: 4000}
+    before = e.rss_bytes()
+    assert _load(e, 24000) == {200: 24000}
+    after = e.rss_bytes()
+    growth = after - before
+    print(f"RSS growth over 24,000 requests: {growth} bytes")
+    assert growth < 8 * 1024 * 1024, f"RSS grew by {growth} bytes"
+    assert e.stat("wasmcustom.meshguard.ratelimit.s.all.allowed") == 28000
