@@ -87,8 +87,9 @@ impl Contexts {
         if self.roots.len() < 2 {
             return;
         }
-        self.roots
-            .retain(|r| r.context_id() == current || adapter::set_effective_context(r.context_id()));
+        self.roots.retain(|r| {
+            r.context_id() == current || adapter::set_effective_context(r.context_id())
+        });
         adapter::set_effective_context(current);
     }
 }

@@ -5,9 +5,9 @@
 
 use super::pipeline::{self, Step, StreamState};
 use super::root::{Runtime, Worker};
+use crate::host::abi::action;
 use crate::host::proxy_wasm as adapter;
 use crate::request::{ip_of_address, Request};
-use crate::host::abi::action;
 use std::cell::RefCell;
 use std::rc::Rc;
 

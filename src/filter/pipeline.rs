@@ -413,7 +413,8 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
             );
             // The call belongs to the root context (it outlives the stream:
             // an answer arriving after the client left is simply dropped,
-            // and nothing is left behind in the SDK's table of calls).
+            // and nothing is left behind: the module keeps no table of
+            // calls besides the worker's list of waiting streams).
             match adapter::dispatch_grpc_call_from(
                 w.root_context_id(),
                 s.context_id,

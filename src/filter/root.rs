@@ -166,8 +166,8 @@ impl Worker {
     }
 
     /// Forgets a call whose stream ended: its answer, when it comes, is
-    /// dropped (the call is the root's, so it completes and the SDK's
-    /// bookkeeping of it ends normally).
+    /// dropped (the call is the root's, so it completes normally and
+    /// `dispatch` finds no stream waiting for it).
     pub fn forget_rls(&self, token: u32) {
         if let Ok(mut calls) = self.rls_calls.try_borrow_mut() {
             if let Some(i) = calls.iter().position(|(t, _)| *t == token) {
@@ -189,7 +189,7 @@ impl Worker {
             return;
         };
         // The answer lives on the root context in the host (which owns the
-        // call): read it there, whichever context the SDK called, then
+        // call): read it there, whichever context was called back, then
         // resume the stream in its own context.
         adapter::set_effective_context(self.root_context_id.get());
         let result = match grpc_status {

@@ -76,8 +76,7 @@ extern "C" {
         data: *mut *mut u8,
         size: *mut usize,
     ) -> u32;
-    pub fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize)
-        -> u32;
+    pub fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
     pub fn proxy_get_header_map_value(
         map_type: u32,
         key: *const u8,

@@ -4,9 +4,9 @@
 //! name size and value size (u32 each), then each name and value, each
 //! followed by a NUL. Building it here lets a local reply go from the
 //! stored bytes to the host in one buffer, instead of through
-//! `Vec<(&str, &str)>` copies, UTF-8 checks and the SDK's own
-//! serialization (three allocations and a pass per header less on every
-//! cache hit). Header values are bytes: Envoy's own header values (what a
+//! `Vec<(&str, &str)>` copies, UTF-8 checks and a serializer of pairs
+//! (three allocations and a pass per header less on every cache hit).
+//! [`decode_pairs`] reads the same format back from the host. Header values are bytes: Envoy's own header values (what a
 //! cached response carries) need not be UTF-8.
 
 /// A header map being written; [`HeaderMap::finish`] gives the bytes.

@@ -15,10 +15,10 @@
 //!   (once in 4 billion writes), so racing creators lose and retry.
 //! - There is no delete and no eviction: keys must come from bounded sets.
 
-pub mod fake;
-pub mod header_map;
 #[cfg(target_os = "wasi")]
 pub mod abi;
+pub mod fake;
+pub mod header_map;
 #[cfg(target_os = "wasi")]
 pub mod proxy_wasm;
 

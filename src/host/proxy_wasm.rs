@@ -150,9 +150,11 @@ fn map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
 
 fn map_value(map_type: u32, name: &str) -> Option<Vec<u8>> {
     // SAFETY: name is live; the host writes through our allocator.
-    read(|d, s| unsafe { abi::proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), d, s) })
-        .ok()
-        .flatten()
+    read(|d, s| unsafe {
+        abi::proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), d, s)
+    })
+    .ok()
+    .flatten()
 }
 
 fn map_replace(map_type: u32, name: &str, value: &[u8]) {
