@@ -87,10 +87,18 @@ impl Contexts {
         if self.roots.len() < 2 {
             return;
         }
+        let before = self.roots.len();
         self.roots.retain(|r| {
             r.context_id() == current || adapter::set_effective_context(r.context_id())
         });
         adapter::set_effective_context(current);
+        let dropped = before - self.roots.len();
+        if dropped > 0 {
+            log::info!(
+                "meshguard: forgot {dropped} configuration(s) Envoy has deleted ({} loaded in this VM)",
+                self.roots.len()
+            );
+        }
     }
 }
 

@@ -4,7 +4,9 @@ share one VM, and a stream's state is forgotten at its end (the module
 exports no proxy_on_done / proxy_on_delete)."""
 
 import http.client
+import json
 import threading
+import time
 
 import harness
 
@@ -82,3 +84,43 @@ def test_stream_state_is_forgotten_at_the_end_of_each_stream(envoy, upstream):
     print(f"RSS growth over 24,000 requests: {growth} bytes")
     assert growth < 8 * 1024 * 1024, f"RSS grew by {growth} bytes"
     assert e.stat("wasmcustom.meshguard.ratelimit.s.all.allowed") == 28000
+
+
+def test_reloads_serve_the_newest_configuration_and_forget_deleted_ones(tmp_path, upstream, request):
+    """Four configurations in a row through file-based LDS: each new one is
+    served at once, and the configurations Envoy has deleted are dropped
+    from the VM (found when the next one loads: no proxy_on_delete)."""
+    from test_reload import listener_resource, wait_for, write_atomically
+
+    lds_dir = tmp_path / "lds"
+    lds_dir.mkdir()
+    lds = str(lds_dir / "listeners.json")
+    e = harness.Envoy(tmp_path, "{}", upstream.port, concurrency=2)
+
+    def cfg(capacity):
+        return json.dumps({"routes": [limited_route(f"gen{capacity}", "/", capacity)]})
+
+    write_atomically(lds, listener_resource(cfg(1), upstream.port, e.listen_port))
+    del e.doc["static_resources"]["listeners"]
+    e.doc["node"] = {"id": "meshguard-test", "cluster": "meshguard-test"}
+    e.doc["dynamic_resources"] = {"lds_config": {"path_config_source": {
+        "path": lds, "watched_directory": {"path": str(lds_dir)}}, "resource_api_version": "V3"}}
+    try:
+        e.start()
+        wait_for(e, "listener_manager.lds.update_success", 1)
+        for capacity in (1, 2, 3, 4):
+            if capacity > 1:
+                write_atomically(lds, listener_resource(cfg(capacity), upstream.port, e.listen_port))
+                wait_for(e, "listener_manager.lds.update_success", capacity)
+                # the previous listener drains (drain time 0) before the next update
+                end = time.time() + 20
+                while e.stat("listener_manager.total_listeners_draining", 0) > 0 and time.time() < end:
+                    time.sleep(0.05)
+            statuses = [e.request("/x")[0] for _ in range(capacity + 1)]
+            assert statuses == [200] * capacity + [429], (capacity, statuses)
+            assert e.stat(f"wasmcustom.meshguard.ratelimit.gen{capacity}.all.allowed") == capacity
+        assert "configuration(s) Envoy has deleted" in e.log(), e.log()[-4000:]
+    finally:
+        e.stop()
+        if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+            print(e.log()[-20000:])
