@@ -157,10 +157,13 @@ fn map_value(map_type: u32, name: &str) -> Option<Vec<u8>> {
     .flatten()
 }
 
-fn map_replace(map_type: u32, name: &str, value: &[u8]) {
+/// `proxy_replace_header_map_value` or `proxy_add_header_map_value`.
+type MapWrite = unsafe extern "C" fn(u32, *const u8, usize, *const u8, usize) -> u32;
+
+fn map_write(write: MapWrite, map_type: u32, name: &str, value: &[u8]) {
     // SAFETY: both slices are live for the call.
     unsafe {
-        abi::proxy_replace_header_map_value(
+        write(
             map_type,
             name.as_ptr(),
             name.len(),
@@ -170,17 +173,12 @@ fn map_replace(map_type: u32, name: &str, value: &[u8]) {
     };
 }
 
+fn map_replace(map_type: u32, name: &str, value: &[u8]) {
+    map_write(abi::proxy_replace_header_map_value, map_type, name, value);
+}
+
 fn map_add(map_type: u32, name: &str, value: &[u8]) {
-    // SAFETY: both slices are live for the call.
-    unsafe {
-        abi::proxy_add_header_map_value(
-            map_type,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    };
+    map_write(abi::proxy_add_header_map_value, map_type, name, value);
 }
 
 fn map_remove(map_type: u32, name: &str) {

@@ -90,21 +90,12 @@ def test_reloads_serve_the_newest_configuration_and_forget_deleted_ones(tmp_path
     """Four configurations in a row through file-based LDS: each new one is
     served at once, and the configurations Envoy has deleted are dropped
     from the VM (found when the next one loads: no proxy_on_delete)."""
-    from test_reload import listener_resource, wait_for, write_atomically
-
-    lds_dir = tmp_path / "lds"
-    lds_dir.mkdir()
-    lds = str(lds_dir / "listeners.json")
-    e = harness.Envoy(tmp_path, "{}", upstream.port, concurrency=2)
+    from test_reload import lds_envoy, listener_resource, wait_for, write_atomically
 
     def cfg(capacity):
         return json.dumps({"routes": [limited_route(f"gen{capacity}", "/", capacity)]})
 
-    write_atomically(lds, listener_resource(cfg(1), upstream.port, e.listen_port))
-    del e.doc["static_resources"]["listeners"]
-    e.doc["node"] = {"id": "meshguard-test", "cluster": "meshguard-test"}
-    e.doc["dynamic_resources"] = {"lds_config": {"path_config_source": {
-        "path": lds, "watched_directory": {"path": str(lds_dir)}}, "resource_api_version": "V3"}}
+    e, lds = lds_envoy(tmp_path, upstream, cfg(1))
     try:
         e.start()
         wait_for(e, "listener_manager.lds.update_success", 1)

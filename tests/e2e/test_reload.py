@@ -34,24 +34,32 @@ def wait_for(e, stat, at_least, timeout=20):
     raise AssertionError(f"{stat} never reached {at_least}:\n{e.log()[-4000:]}")
 
 
+def lds_envoy(tmp_path, upstream, config_text):
+    """An Envoy (not started) whose listener comes from a watched LDS file,
+    first written with meshguard configuration `config_text`; returns the
+    Envoy and the file's path (rewrite it with `write_atomically`)."""
+    lds_dir = tmp_path / "lds"
+    lds_dir.mkdir()
+    lds = str(lds_dir / "listeners.json")
+    e = harness.Envoy(tmp_path, "{}", upstream.port, concurrency=2)
+    write_atomically(lds, listener_resource(config_text, upstream.port, e.listen_port))
+    del e.doc["static_resources"]["listeners"]
+    e.doc["node"] = {"id": "meshguard-test", "cluster": "meshguard-test"}
+    e.doc["dynamic_resources"] = {"lds_config": {"path_config_source": {
+        "path": lds, "watched_directory": {"path": str(lds_dir)}}, "resource_api_version": "V3"}}
+    return e, lds
+
+
 def route(name, prefix, capacity):
     return {"name": name, "match": {"path_prefix": prefix},
             "rate_limit": [{"name": "all", "capacity": capacity, "refill_tokens": 1, "refill_interval": "1h"}]}
 
 
 def test_hot_reload_keeps_state_and_refuses_bad_updates(tmp_path, upstream, request):
-    lds_dir = tmp_path / "lds"
-    lds_dir.mkdir()
-    lds = str(lds_dir / "listeners.json")
-    e = harness.Envoy(tmp_path, "{}", upstream.port, concurrency=2)
     cfg1 = {"routes": [route("api", "/api", 3),
                        {"name": "flaky", "match": {"path_prefix": "/flaky"},
                         "circuit_breaker": {"consecutive_failures": 2, "open_duration": "1h"}}]}
-    write_atomically(lds, listener_resource(json.dumps(cfg1), upstream.port, e.listen_port))
-    del e.doc["static_resources"]["listeners"]
-    e.doc["node"] = {"id": "meshguard-test", "cluster": "meshguard-test"}
-    e.doc["dynamic_resources"] = {"lds_config": {"path_config_source": {
-        "path": lds, "watched_directory": {"path": str(lds_dir)}}, "resource_api_version": "V3"}}
+    e, lds = lds_envoy(tmp_path, upstream, json.dumps(cfg1))
     try:
         e.start()
         wait_for(e, "listener_manager.lds.update_success", 1)
