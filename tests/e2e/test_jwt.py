@@ -467,10 +467,12 @@ def test_remote_jwks_rotation_unknown_kid_refetch(envoy, upstream):
         new = TOKENS["unknown_kid"]  # kid rotated-9
         assert e.request("/a", headers=bearer(old), timeout=15)[0] == 200
         assert idp.count == 1
+        # The IdP rotates (new kid only) before any token with the new kid
+        # arrives: the refetch that token schedules may run on any worker's
+        # next tick, within milliseconds, so rotating after it would race.
+        idp.set_jwks(rotated_jwks())
         s, h, _ = e.request("/b", headers=bearer(new))
         assert s == 401 and 'error_description="unknown key id"' in h["www-authenticate"]
-        # The IdP rotates: new kid only.
-        idp.set_jwks(rotated_jwks())
         t0 = time.monotonic()
         ok = wait_until(lambda: e.request("/c", headers=bearer(new))[0] == 200, timeout=8, interval=0.2)
         took = time.monotonic() - t0
