@@ -3,8 +3,8 @@
 //! Stores one typical cacheable response (the bench upstream's body, ~8
 //! response headers), then runs the HIT path N times exactly as the filter
 //! does: `cache::lookup` for a GET with 6 typical request headers, then the
-//! reply built as `send_cached` builds it (plus the copies `reply` and the
-//! SDK's `send_http_response` make). Prints the host calls per hit by kind
+//! reply built as `send_cached` builds it (up to the buffer handed to the
+//! host's `proxy_send_local_response`). Prints the host calls per hit by kind
 //! and the time per hit.
 //!
 //! ```sh
@@ -171,10 +171,10 @@ fn response() -> (u32, Hs, Vec<u8>) {
     (200, headers, body)
 }
 
-/// What the filter's `send_cached` + `StreamState::reply` + the SDK's
-/// `send_http_response` do with a response before the host call: the
-/// header pairs, copied twice, then serialized (proxy-wasm's
-/// `serialize_map`). Returns the serialized size (kept alive).
+/// What the filter's `send_cached` + `StreamState::reply_map` +
+/// `adapter::send_local_reply_map` do with a response before the host
+/// call: the stored headers, already in the host's map format, finished
+/// into one buffer. Returns the serialized size (kept alive).
 fn send_like_the_filter(resp: &cache::CachedResponse) -> usize {
     // pipeline::send_cached, then StreamState::reply_map (no extra response
     // headers on a plain cache route) and adapter::send_local_reply_map:
