@@ -91,8 +91,8 @@ fn read_request() -> Request {
 /// The host's callbacks of a stream (`dispatch` routes them here); the
 /// `u32` results are the ABI's `action` values.
 impl Stream {
-    pub fn worker(&self) -> Rc<Worker> {
-        self.worker.clone()
+    pub fn worker(&self) -> &Worker {
+        &self.worker
     }
 
     pub fn on_request_headers(&mut self) -> u32 {

@@ -314,8 +314,8 @@ impl Root {
         self.context_id
     }
 
-    pub fn worker(&self) -> Rc<Worker> {
-        self.worker.clone()
+    pub fn worker(&self) -> &Worker {
+        &self.worker
     }
 
     /// A new stream of this configuration (the one loaded now: a stream

@@ -38,18 +38,23 @@ fn host_status(code: u32) -> String {
     format!("host status {code}")
 }
 
-/// Calls a host function that returns one buffer: `Ok(None)` when the host
-/// says not found or returns nothing.
-fn read(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec<u8>>, u32> {
+/// Calls a host function that returns one buffer: its status, and the
+/// buffer if the host wrote one (owned, so it is freed whatever the status).
+fn read_raw(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> (u32, Option<Vec<u8>>) {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     let st = call(&mut data, &mut size);
     // SAFETY: the host sets data/size only through our allocator.
-    let bytes = unsafe { take(data, size) };
-    match st {
-        status::OK => Ok(bytes),
-        status::NOT_FOUND => Ok(None),
-        other => Err(other),
+    (st, unsafe { take(data, size) })
+}
+
+/// [`read_raw`] for lookups: `Ok(None)` when the host says not found or
+/// returns nothing.
+fn read(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec<u8>>, u32> {
+    match read_raw(call) {
+        (status::OK, bytes) => Ok(bytes),
+        (status::NOT_FOUND, _) => Ok(None),
+        (other, _) => Err(other),
     }
 }
 
@@ -350,23 +355,13 @@ pub fn plugin_configuration() -> Option<Vec<u8>> {
     buffer_bytes(buffer::PLUGIN_CONFIGURATION, 0, usize::MAX)
 }
 
-/// Calls a host foreign function (e.g. Envoy's `verify_signature`).
+/// Calls a host foreign function (e.g. Envoy's `verify_signature`). A
+/// host without it answers not found: an error, so the caller falls back.
 pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
     // SAFETY: both slices are live; the host writes through our allocator.
-    let st = unsafe {
-        abi::proxy_call_foreign_function(
-            name.as_ptr(),
-            name.len(),
-            args.as_ptr(),
-            args.len(),
-            &mut data,
-            &mut size,
-        )
-    };
-    // SAFETY: as above.
-    let bytes = unsafe { take(data, size) };
+    let (st, bytes) = read_raw(|d, s| unsafe {
+        abi::proxy_call_foreign_function(name.as_ptr(), name.len(), args.as_ptr(), args.len(), d, s)
+    });
     match st {
         status::OK => Ok(bytes),
         s => Err(HostError(host_status(s))),
