@@ -451,16 +451,29 @@ def int_b64url(n):
     return b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
 
-def make_distinct_tokens(count):
-    """A fresh RSA key (kid bench-rsa) and `count` distinct RS256 tokens signed by it."""
+def make_distinct_tokens(count, alg="RS256"):
+    """A fresh key (kid bench-rsa for RS256, bench-ec for ES256) and `count` distinct tokens signed by it."""
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pub = key.public_key().public_numbers()
-    jwk = {"kty": "RSA", "kid": "bench-rsa", "use": "sig", "alg": "RS256",
-           "n": int_b64url(pub.n), "e": int_b64url(pub.e)}
-    header = b64url(json.dumps({"alg": "RS256", "kid": "bench-rsa", "typ": "JWT"},
-                               separators=(",", ":")).encode())
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+    if alg == "RS256":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pub = key.public_key().public_numbers()
+        kid = "bench-rsa"
+        jwk = {"kty": "RSA", "kid": kid, "use": "sig", "alg": alg, "n": int_b64url(pub.n), "e": int_b64url(pub.e)}
+
+        def sign(data):
+            return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        pub = key.public_key().public_numbers()
+        kid = "bench-ec"
+        jwk = {"kty": "EC", "kid": kid, "use": "sig", "alg": alg, "crv": "P-256",
+               "x": b64url(pub.x.to_bytes(32, "big")), "y": b64url(pub.y.to_bytes(32, "big"))}
+
+        def sign(data):
+            r, s = utils.decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    header = b64url(json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}, separators=(",", ":")).encode())
     now = int(time.time())
     tokens = []
     for i in range(count):
@@ -468,8 +481,7 @@ def make_distinct_tokens(count):
                                      "iat": now - 60, "exp": now + 6 * 3600},
                                     separators=(",", ":")).encode())
         signing_input = f"{header}.{payload}".encode()
-        sig = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-        tokens.append(f"{header}.{payload}.{b64url(sig)}")
+        tokens.append(f"{header}.{payload}.{b64url(sign(signing_input))}")
     return jwk, tokens
 
 
@@ -486,20 +498,23 @@ def write_static_lua(path, headers):
     return path
 
 
-def write_rotating_lua(path, tokens, threads):
-    """Each wrk thread cycles its own disjoint slice of the tokens."""
+def write_rotating_lua(path, tokens):
+    """Each wrk thread cycles its own disjoint slice of the tokens. The number of threads is the
+    script's argument (`start_wrk` passes the `-t` it runs with): a twin's wrk runs half the
+    threads, and slicing for more threads than run would cycle only part of the tokens (then
+    short enough for the verified-token cache to hold: hits, not distinct tokens)."""
     with open(path, "w") as f:
         f.write("local tokens = {\n")
         for t in tokens:
             f.write(f"  {lua_str(t)},\n")
         f.write("}\n")
-        f.write(f"local nthreads = {threads}\n")
         f.write("""local next_id = 0
 function setup(thread)
   thread:set("tid", next_id)
   next_id = next_id + 1
 end
 function init(args)
+  local nthreads = tonumber(args[1]) or 1
   local per = math.floor(#tokens / nthreads)
   lo = (tid or 0) * per + 1
   hi = lo + per - 1
@@ -525,7 +540,7 @@ def parse_latency(text):
 
 def start_wrk(wrk, port, script, duration, threads, connections):
     cmd = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
-           "-s", script, f"http://127.0.0.1:{port}{PATH}"]
+           "-s", script, f"http://127.0.0.1:{port}{PATH}", "--", str(threads)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=pin_preexec("others"))
 
@@ -726,14 +741,23 @@ COMPARISONS = [
     ("native-ratelimit", "mg-ratelimit-noheaders", "local rate limit, no headers: meshguard vs native"),
     ("native-ratelimit-headers", "mg-ratelimit-legacy", "local rate limit, X-RateLimit-* headers: meshguard vs native"),
     ("native-jwt-rs256-distinct", "mg-jwt-rs256-distinct", "distinct RS256 tokens: meshguard vs jwt_authn"),
+    ("native-jwt-es256-distinct", "mg-jwt-es256-distinct", "distinct ES256 tokens: meshguard vs jwt_authn"),
     ("native-cache-hit", "mg-cache-hit", "cache HIT: meshguard vs native cache filter"),
     ("native-cache-hit", "trivial-reply", "cache HIT floor: a wasm filter that only answers vs native cache filter"),
     ("trivial-reply", "mg-cache-hit", "cache HIT: meshguard vs the wasm floor"),
 ]
 
 
-def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinct_jwk, distinct_tokens):
-    jwks = {"keys": [k for k in fixture_jwks["keys"] if k["kty"] in ("RSA", "EC")] + [distinct_jwk]}
+# Distinct-token scenarios must measure signature checks, not the verified-token cache: each wrk
+# thread cycles more tokens than the cache holds (FIFO), so no request may be a cache hit, and every
+# check must have gone to Envoy's native verify_signature.
+DISTINCT_ZERO = r"^wasmcustom\.meshguard\.jwt\.bench\.(cache_hit|signature_checks_wasm)$"
+
+
+def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinct):
+    """`distinct`: {"RS256": (jwk, tokens), "ES256": (jwk, tokens)}."""
+    jwks = {"keys": [k for k in fixture_jwks["keys"] if k["kty"] in ("RSA", "EC")] + [j for j, _ in distinct.values()]}
+    distinct_tokens, es_distinct_tokens = distinct["RS256"][1], distinct["ES256"][1]
     route = {"name": "bench", "match": {"path_prefix": "/"}}
     rl = [{"name": "all", "capacity": 1000000000, "refill_tokens": 1000000000, "refill_interval": "1s"}]
     rl_key = [dict(rl[0], name="per-key", key=[{"header": "x-api-key"}])]
@@ -806,9 +830,17 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
         S("native-jwt-es256-cache", "jwt_authn ES256, repeated token, jwt_cache_config",
           [native_jwt_authn(jwks, True)], headers=es, group="jwt-es256", probe=jwt_probe),
         S("mg-jwt-rs256-distinct", f"meshguard JWT RS256, {len(distinct_tokens)} distinct tokens cycled",
-          mg_route(jwt=jwt), tokens=distinct_tokens, group="jwt-distinct", probe=jwt_probe),
+          mg_route(jwt=jwt), tokens=distinct_tokens, group="jwt-distinct", probe=jwt_probe,
+          expect_stat=r"^wasmcustom\.meshguard\.jwt\.bench\.signature_checks_native$",
+          expect_zero=DISTINCT_ZERO),
         S("native-jwt-rs256-distinct", f"jwt_authn RS256, {len(distinct_tokens)} distinct tokens, no cache",
           [native_jwt_authn(jwks, False)], tokens=distinct_tokens, group="jwt-distinct", probe=jwt_probe),
+        S("mg-jwt-es256-distinct", f"meshguard JWT ES256, {len(es_distinct_tokens)} distinct tokens cycled",
+          mg_route(jwt=jwt), tokens=es_distinct_tokens, group="jwt-distinct", probe=jwt_probe,
+          expect_stat=r"^wasmcustom\.meshguard\.jwt\.bench\.signature_checks_native$",
+          expect_zero=DISTINCT_ZERO),
+        S("native-jwt-es256-distinct", f"jwt_authn ES256, {len(es_distinct_tokens)} distinct tokens, no cache",
+          [native_jwt_authn(jwks, False)], tokens=es_distinct_tokens, group="jwt-distinct", probe=jwt_probe),
         S("mg-cache-hit", "meshguard cache, every request a HIT", mg_route(cache=cache),
           group="cache", probe=mg_cache_probe, expect_upstream="none"),
         S("native-cache-hit", "cache filter (SimpleHttpCache), every request a HIT", [native_cache()],
@@ -1165,6 +1197,7 @@ def render(info, args, summary, scenarios, targets, extra, comp=None):
              ("JWT ES256 repeated vs jwt_authn no cache", "mg-jwt-es256", "native-jwt-es256"),
              ("JWT ES256 repeated vs jwt_authn + cache", "mg-jwt-es256", "native-jwt-es256-cache"),
              ("JWT RS256 distinct tokens vs jwt_authn no cache", "mg-jwt-rs256-distinct", "native-jwt-rs256-distinct"),
+             ("JWT ES256 distinct tokens vs jwt_authn no cache", "mg-jwt-es256-distinct", "native-jwt-es256-distinct"),
              ("cache HIT", "mg-cache-hit", "native-cache-hit")]
 
     def cpu(s):
@@ -1263,7 +1296,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load after a proxy starts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=2000, help="distinct tokens for the *-distinct scenarios")
+    ap.add_argument("--tokens", type=int, default=4400,
+                    help="distinct tokens for the *-distinct scenarios: each wrk thread must cycle more than "
+                         "the verified-token cache holds (1024), whatever the other threads do")
     ap.add_argument("--only", default="", help="comma-separated scenario names (passthrough is always included)")
     ap.add_argument("--diag", action="store_true",
                     help="also price single host calls with variants of the trivial filter")
@@ -1307,11 +1342,10 @@ def main():
         with open(os.path.join(FIXTURES, "jwks.json")) as f:
             fixture_jwks = json.load(f)
         t0 = time.monotonic()
-        distinct_jwk, distinct_tokens = make_distinct_tokens(args.tokens)
-        log(f"bench: signed {len(distinct_tokens)} distinct RS256 tokens in {time.monotonic() - t0:.1f}s")
+        distinct = {alg: make_distinct_tokens(args.tokens, alg) for alg in ("RS256", "ES256")}
+        log(f"bench: signed {args.tokens} distinct RS256 and ES256 tokens in {time.monotonic() - t0:.1f}s")
 
-        scenarios = build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks,
-                                    distinct_jwk, distinct_tokens)
+        scenarios = build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinct)
         if args.diag:
             scenarios += diag_scenarios(trivial_wasm)
         if args.only:
@@ -1327,7 +1361,7 @@ def main():
             extra["rls_bin"] = {"path": rls_bin, "kind": rls_kind}
         for sc in scenarios:
             path = os.path.join(workdir, f"wrk-{sc.name}.lua")
-            sc.script = (write_rotating_lua(path, sc.tokens, args.threads) if sc.tokens
+            sc.script = (write_rotating_lua(path, sc.tokens) if sc.tokens
                          else write_static_lua(path, sc.headers))
 
         up = Envoy(envoy_bin, workdir, "upstream", upstream_bootstrap, concurrency=1, role="others")

@@ -5,7 +5,7 @@
 mod jwt_support;
 
 use jwt_support::*;
-use meshguard::jwt::verify::NativeRsa;
+use meshguard::jwt::verify::NativeState;
 use meshguard::jwt::{AuthOutcome, TokenCache};
 use serde_json::json;
 
@@ -225,9 +225,9 @@ fn clock_skew_applies_to_exp() {
 fn rsa_falls_back_to_pure_rust_when_the_host_lacks_verify_signature() {
     let s = Setup::single(json!({}));
     let mut cache = TokenCache::default();
-    assert_eq!(cache.native_rsa(), NativeRsa::Unknown);
+    assert_eq!(cache.native().rsa, NativeState::Unknown);
     allowed(&s.auth(&host(), &bearer(&tok("valid_RS256")), &mut cache));
-    assert_eq!(cache.native_rsa(), NativeRsa::Unavailable);
+    assert_eq!(cache.native().rsa, NativeState::Unavailable);
     assert_eq!(cache.stats.verify.native_calls, 0);
     allowed(&s.auth(&host(), &bearer(&tok("valid_RS512")), &mut cache));
 }
@@ -241,7 +241,7 @@ fn rsa_uses_native_verify_signature_when_available() {
         allowed(&s.auth(&h, &bearer(&tok(name)), &mut cache));
     }
     assert_eq!(h.calls(), 3);
-    assert_eq!(cache.native_rsa(), NativeRsa::Available);
+    assert_eq!(cache.native().rsa, NativeState::Available);
     // A bad signature is rejected by the native answer, without a pure-Rust retry.
     let out = s.auth(&h, &bearer(&tok("tampered")), &mut cache);
     assert_eq!(denial(&out), (401, "invalid signature".into()));
@@ -249,6 +249,86 @@ fn rsa_uses_native_verify_signature_when_available() {
     // PSS never goes native (Envoy's function is PKCS#1 v1.5 only).
     allowed(&s.auth(&h, &bearer(&tok("valid_PS256")), &mut cache));
     assert_eq!(h.calls(), 4);
+}
+
+/// `token` with one character of its signature changed (mid-signature, so
+/// every base64url bit of it is significant).
+fn with_bad_signature(token: &str) -> String {
+    let dot = token.rfind('.').unwrap();
+    let at = dot + (token.len() - dot) / 2;
+    let c = token.as_bytes()[at];
+    let mut t = token.to_string();
+    t.replace_range(at..=at, if c == b'A' { "B" } else { "A" });
+    t
+}
+
+#[test]
+fn ecdsa_uses_native_verify_signature_after_its_self_test() {
+    let s = Setup::single(all_algs());
+    let h = NativeHost::new();
+    let mut cache = TokenCache::default();
+    allowed(&s.auth(&h, &bearer(&tok("valid_ES256")), &mut cache));
+    // The self-test (good signature, altered message), then the token.
+    assert_eq!(h.calls(), 3);
+    assert_eq!(cache.native().p256, NativeState::Available);
+    assert_eq!(cache.native().p384, NativeState::Unknown);
+    allowed(&s.auth(&h, &bearer(&tok("valid_ES384")), &mut cache));
+    assert_eq!(h.calls(), 6);
+    assert_eq!(cache.native().p384, NativeState::Available);
+    assert_eq!(cache.stats.verify.native_calls, 2);
+    // Later tokens: one call each, bad signatures refused by the host's
+    // answer alone.
+    for name in ["valid_ES256", "valid_ES384"] {
+        let out = s.auth(&h, &bearer(&with_bad_signature(&tok(name))), &mut cache);
+        assert_eq!(denial(&out), (401, "invalid signature".into()), "{name}");
+    }
+    assert_eq!(h.calls(), 8);
+    assert_eq!(cache.stats.verify.native_calls, 4);
+}
+
+#[test]
+fn ecdsa_stays_in_wasm_when_the_host_cannot_verify_it() {
+    // A host whose function knows RSA only says `false` to the self-test:
+    // ES tokens are still verified (in wasm), RSA still goes native.
+    let s = Setup::single(all_algs());
+    let h = NativeHost::with(NativeKind::RsaOnly);
+    let mut cache = TokenCache::default();
+    for name in ["valid_ES256", "valid_ES384", "valid_ES256"] {
+        allowed(&s.auth(&h, &bearer(&tok(name)), &mut cache));
+    }
+    assert_eq!(h.calls(), 2 + 2, "one self-test per curve, nothing after");
+    assert_eq!(cache.native().p256, NativeState::Unavailable);
+    assert_eq!(cache.native().p384, NativeState::Unavailable);
+    let out = s.auth(&h, &bearer(&with_bad_signature(&tok("valid_ES256"))), &mut cache);
+    assert_eq!(denial(&out), (401, "invalid signature".into()));
+    allowed(&s.auth(&h, &bearer(&tok("valid_RS256")), &mut cache));
+    assert_eq!(cache.native().rsa, NativeState::Available);
+}
+
+#[test]
+fn a_host_that_accepts_everything_is_not_trusted_with_ecdsa() {
+    let s = Setup::single(all_algs());
+    let h = NativeHost::with(NativeKind::AlwaysTrue);
+    let mut cache = TokenCache::default();
+    for name in ["valid_ES256", "valid_ES384"] {
+        let out = s.auth(&h, &bearer(&with_bad_signature(&tok(name))), &mut cache);
+        assert_eq!(denial(&out), (401, "invalid signature".into()), "{name}");
+        allowed(&s.auth(&h, &bearer(&tok(name)), &mut cache));
+    }
+    assert_eq!(cache.native().p256, NativeState::Unavailable);
+    assert_eq!(cache.native().p384, NativeState::Unavailable);
+    assert_eq!(cache.stats.verify.native_calls, 0);
+}
+
+#[test]
+fn ecdsa_falls_back_to_wasm_when_the_host_lacks_verify_signature() {
+    let s = Setup::single(all_algs());
+    let mut cache = TokenCache::default();
+    allowed(&s.auth(&host(), &bearer(&tok("valid_ES256")), &mut cache));
+    allowed(&s.auth(&host(), &bearer(&tok("valid_ES384")), &mut cache));
+    assert_eq!(cache.native().p256, NativeState::Unavailable);
+    assert_eq!(cache.native().p384, NativeState::Unavailable);
+    assert_eq!(cache.stats.verify.native_calls, 0);
 }
 
 #[test]

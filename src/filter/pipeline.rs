@@ -194,23 +194,21 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
         match s.stage {
             Stage::Jwt => {
                 if let Some(j) = &route.jwt {
-                    let outcome = match w.tokens.try_borrow_mut() {
-                        Ok(mut cache) => jwt::authenticate(
+                    let auth = |cache: &mut jwt::TokenCache| {
+                        let before = cache.stats.verify;
+                        let outcome = jwt::authenticate(
                             &host,
                             &rt.config.jwt_providers,
                             j,
                             &route.name,
                             &s.req,
-                            &mut cache,
-                        ),
-                        Err(_) => jwt::authenticate(
-                            &host,
-                            &rt.config.jwt_providers,
-                            j,
-                            &route.name,
-                            &s.req,
-                            &mut jwt::TokenCache::new(1),
-                        ),
+                            cache,
+                        );
+                        (outcome, cache.stats.verify.since(before))
+                    };
+                    let (outcome, checks) = match w.tokens.try_borrow_mut() {
+                        Ok(mut cache) => auth(&mut cache),
+                        Err(_) => auth(&mut jwt::TokenCache::new(1)),
                     };
                     let metrics = rt.jwt_metrics.get(s.route).copied().flatten();
                     // A parked request is re-run on every fast tick: count
@@ -220,6 +218,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                         if !(retry && matches!(outcome, AuthOutcome::KeysPending { .. })) {
                             m.record(&host, &outcome);
                         }
+                        m.record_checks(&host, checks);
                     }
                     match outcome {
                         AuthOutcome::Allowed {

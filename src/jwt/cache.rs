@@ -23,7 +23,7 @@
 //! cached: they are evaluated on every request (they differ per route).
 
 use super::jwk::KeySet;
-use super::verify::{NativeRsa, VerifyStats};
+use super::verify::{NativePaths, VerifyStats};
 use serde_json::Value;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
@@ -83,7 +83,7 @@ pub struct TokenCache {
     /// between workers and runs.
     seed: u64,
     next_seq: u64,
-    pub(crate) native_rsa: NativeRsa,
+    pub(crate) native: NativePaths,
     /// Work counters (tests, debugging).
     pub stats: CacheStats,
 }
@@ -111,7 +111,7 @@ impl TokenCache {
             order: BTreeMap::new(),
             seed: RandomState::new().hash_one(0x6d65_7368_6775_6172_u64),
             next_seq: 0,
-            native_rsa: NativeRsa::Unknown,
+            native: NativePaths::default(),
             stats: CacheStats::default(),
         }
     }
@@ -124,9 +124,9 @@ impl TokenCache {
         self.map.is_empty()
     }
 
-    /// Whether the host's native RSA verification was found usable.
-    pub fn native_rsa(&self) -> NativeRsa {
-        self.native_rsa
+    /// What this worker learned about the host's native verification.
+    pub fn native(&self) -> NativePaths {
+        self.native
     }
 
     /// A live entry for `key` at `now` (nanoseconds); expired ones are dropped.

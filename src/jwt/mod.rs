@@ -92,7 +92,11 @@
 //!   (or deny with 503/401 at the filter's deadline).
 //!
 //! Metrics (counters, per route): `meshguard.jwt.<route>.allowed`,
-//! `.denied`, `.cache_hit`, `.keys_pending`.
+//! `.denied`, `.cache_hit`, `.keys_pending`; and signature checks by where
+//! they ran, `.signature_checks_native` (the host's `verify_signature`) and
+//! `.signature_checks_wasm` (pure Rust: PS*, EdDSA, HS*, and RS*/ES* on a
+//! host without the native path). A verified-token cache hit checks no
+//! signature.
 
 pub mod cache;
 pub mod claims;
@@ -564,6 +568,8 @@ pub struct JwtMetrics {
     pub denied: MetricId,
     pub cache_hit: MetricId,
     pub keys_pending: MetricId,
+    pub checks_native: MetricId,
+    pub checks_wasm: MetricId,
 }
 
 impl JwtMetrics {
@@ -578,6 +584,20 @@ impl JwtMetrics {
             denied: d("denied"),
             cache_hit: d("cache_hit"),
             keys_pending: d("keys_pending"),
+            checks_native: d("signature_checks_native"),
+            checks_wasm: d("signature_checks_wasm"),
+        }
+    }
+
+    /// Counts one request's signature checks (none on a cache hit: no host
+    /// call then).
+    pub fn record_checks(&self, host: &impl Host, checks: verify::VerifyStats) {
+        let native = checks.native_calls.min(checks.signature_checks);
+        if native > 0 {
+            host.increment_metric(self.checks_native, native as i64);
+        }
+        if checks.signature_checks > native {
+            host.increment_metric(self.checks_wasm, (checks.signature_checks - native) as i64);
         }
     }
 
@@ -897,7 +917,7 @@ fn check_with_provider(
         tried += 1;
         if verify::verify(
             host,
-            &mut cache.native_rsa,
+            &mut cache.native,
             &mut cache.stats.verify,
             jws.alg,
             key,

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import harness
-from jwt_support import (ALGS, JWKS, TOKENS, JwksServer, b64u, claims, jwk, mint_hs,
+from jwt_support import (ALGS, JWKS, TOKENS, JwksServer, b64u, b64u_decode, claims, jwk, mint_hs,
                          payload_of, wait_until)
 
 SOURCES = [{"header": "authorization", "prefix": "Bearer "},
@@ -119,6 +119,12 @@ def test_every_algorithm_is_accepted(envoy, upstream):
         method, path, hdrs = last_upstream(upstream)
         assert path == f"/api/{alg}"
         assert hdrs["x-user"] == "user-1"
+    # RS* and ES* were checked by Envoy's native verify_signature (ES* after
+    # each worker's self-test), PS*, EdDSA and HS* in wasm: one check each.
+    native = [a for a in ALGS if a[:2] in ("RS", "ES")]
+    assert len(native) == 5, ALGS
+    assert e.stat("wasmcustom.meshguard.jwt.api.signature_checks_native") == len(native)
+    assert e.stat("wasmcustom.meshguard.jwt.api.signature_checks_wasm") == len(ALGS) - len(native)
     # Tokens without kid are tried against the keys of the right type.
     for name in ("no_kid_RS256", "no_kid_ES256", "aud_array"):
         s, h, body = e.request("/api/nokid", headers=bearer(TOKENS[name]))
@@ -133,6 +139,37 @@ def test_every_algorithm_is_accepted(envoy, upstream):
     # RS* went through Envoy's native verify_signature (a failed call is
     # logged once per worker, then falls back to wasm RSA).
     assert "foreign function is unavailable" not in log, log[-3000:]
+    assert "does not verify" not in log, log[-3000:]
+
+
+def bad_signature(tok):
+    """`tok` with one character in the middle of its signature changed."""
+    at = tok.rindex(".") + (len(tok) - tok.rindex(".")) // 2
+    return tok[:at] + ("B" if tok[at] == "A" else "A") + tok[at + 1:]
+
+
+def test_native_ecdsa_refuses_bad_signatures(envoy, upstream):
+    """ES256 / ES384 through BoringSSL: a changed signature, one truncated,
+    r and s swapped, and zeros are all refused; valid ones pass; each
+    request costs one native check once the worker's self-test passed."""
+    e = start(envoy, upstream)
+    for alg, n in (("ES256", 32), ("ES384", 48)):
+        tok = TOKENS[f"valid_{alg}"]
+        head, sig = tok.rsplit(".", 1)
+        raw = b64u_decode(sig)
+        assert len(raw) == 2 * n
+        for bad in (bad_signature(tok),
+                    head + "." + b64u(raw[n:] + raw[:n]),
+                    head + "." + b64u(bytes(2 * n)),
+                    head + "." + b64u(raw[:-1])):
+            assert_invalid(e, bad, reason="invalid signature")
+        assert e.request("/api/x", headers=bearer(tok))[0] == 200
+    # Per curve: 3 bad signatures and the good one went to the host; the
+    # truncated one was refused by its size in wasm.
+    assert e.stat("wasmcustom.meshguard.jwt.api.signature_checks_native") == 8
+    assert e.stat("wasmcustom.meshguard.jwt.api.signature_checks_wasm") == 2
+    log = e.log()
+    assert "does not verify" not in log and "foreign function is unavailable" not in log, log[-3000:]
 
 
 def test_default_allowlist_refuses_hmac(envoy, upstream):

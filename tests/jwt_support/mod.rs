@@ -153,13 +153,31 @@ pub fn allowed(o: &AuthOutcome) -> (Arc<Value>, Vec<HeaderOp>) {
 pub struct NativeHost {
     pub inner: FakeHost,
     pub calls: Arc<AtomicU64>,
+    pub kind: NativeKind,
+}
+
+/// What the emulated `verify_signature` can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NativeKind {
+    /// Like Envoy with BoringSSL: RSA PKCS#1 v1.5 and ECDSA (DER signature).
+    #[default]
+    RsaAndEcdsa,
+    /// A host whose function imports RSA keys only: any other key is
+    /// `result: false` with an error, as for a bad signature.
+    RsaOnly,
+    /// A broken host that answers `true` to everything.
+    AlwaysTrue,
 }
 
 impl NativeHost {
     pub fn new() -> Self {
+        Self::with(NativeKind::RsaAndEcdsa)
+    }
+    pub fn with(kind: NativeKind) -> Self {
         NativeHost {
             inner: host(),
             calls: Arc::default(),
+            kind,
         }
     }
     pub fn calls(&self) -> u64 {
@@ -216,7 +234,6 @@ impl Host for NativeHost {
     }
     fn call_foreign(&self, name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
         use rsa::pkcs8::DecodePublicKey;
-        use sha2::Digest;
         assert_eq!(name, "verify_signature");
         self.calls.fetch_add(1, Ordering::SeqCst);
         let f = read_fields(args);
@@ -227,27 +244,15 @@ impl Host for NativeHost {
                 .unwrap()
         };
         let hash = String::from_utf8(get(1)).unwrap();
-        let key = rsa::RsaPublicKey::from_public_key_der(&get(2)).unwrap();
-        let (sig, text) = (get(3), get(4));
-        let ok = match hash.as_str() {
-            "sha256" => key.verify(
-                rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
-                &sha2::Sha256::digest(&text),
-                &sig,
-            ),
-            "sha384" => key.verify(
-                rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
-                &sha2::Sha384::digest(&text),
-                &sig,
-            ),
-            "sha512" => key.verify(
-                rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
-                &sha2::Sha512::digest(&text),
-                &sig,
-            ),
-            other => panic!("unexpected hash {other}"),
-        }
-        .is_ok();
+        let (spki, sig, text) = (get(2), get(3), get(4));
+        let ok = match self.kind {
+            NativeKind::AlwaysTrue => true,
+            _ => match rsa::RsaPublicKey::from_public_key_der(&spki) {
+                Ok(key) => verify_rsa(&key, &hash, &sig, &text),
+                Err(_) if self.kind == NativeKind::RsaOnly => false,
+                Err(_) => verify_ecdsa(&spki, &hash, &sig, &text),
+            },
+        };
         // VerifySignatureResult { result = 1 (bool), error = 2 (string) }
         let mut out = vec![0x08, u8::from(ok)];
         if !ok {
@@ -255,4 +260,51 @@ impl Host for NativeHost {
         }
         Ok(Some(out))
     }
+}
+
+fn verify_rsa(key: &rsa::RsaPublicKey, hash: &str, sig: &[u8], text: &[u8]) -> bool {
+    use sha2::Digest;
+    match hash {
+        "sha256" => key.verify(
+            rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+            &sha2::Sha256::digest(text),
+            sig,
+        ),
+        "sha384" => key.verify(
+            rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
+            &sha2::Sha384::digest(text),
+            sig,
+        ),
+        "sha512" => key.verify(
+            rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
+            &sha2::Sha512::digest(text),
+            sig,
+        ),
+        other => panic!("unexpected hash {other}"),
+    }
+    .is_ok()
+}
+
+/// ECDSA as BoringSSL's `EVP_DigestVerify` does it: the key from a DER
+/// SubjectPublicKeyInfo, the signature DER-encoded, decoded here by the
+/// curve crates' own parsers (strict DER). A hash that does not match the
+/// curve is accepted by BoringSSL too, but meshguard never sends one.
+fn verify_ecdsa(spki: &[u8], hash: &str, sig: &[u8], text: &[u8]) -> bool {
+    use p256::pkcs8::DecodePublicKey;
+    use p256::ecdsa::signature::Verifier;
+    if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(spki) {
+        assert_eq!(hash, "sha256", "ES256 is P-256 with SHA-256");
+        return match p256::ecdsa::Signature::from_der(sig) {
+            Ok(s) => key.verify(text, &s).is_ok(),
+            Err(_) => false,
+        };
+    }
+    if let Ok(key) = p384::ecdsa::VerifyingKey::from_public_key_der(spki) {
+        assert_eq!(hash, "sha384", "ES384 is P-384 with SHA-384");
+        return match p384::ecdsa::Signature::from_der(sig) {
+            Ok(s) => key.verify(text, &s).is_ok(),
+            Err(_) => false,
+        };
+    }
+    panic!("verify_signature got a key that is neither RSA nor P-256/P-384");
 }
