@@ -299,7 +299,11 @@ fn ecdsa_stays_in_wasm_when_the_host_cannot_verify_it() {
     assert_eq!(h.calls(), 2 + 2, "one self-test per curve, nothing after");
     assert_eq!(cache.native().p256, NativeState::Unavailable);
     assert_eq!(cache.native().p384, NativeState::Unavailable);
-    let out = s.auth(&h, &bearer(&with_bad_signature(&tok("valid_ES256"))), &mut cache);
+    let out = s.auth(
+        &h,
+        &bearer(&with_bad_signature(&tok("valid_ES256"))),
+        &mut cache,
+    );
     assert_eq!(denial(&out), (401, "invalid signature".into()));
     allowed(&s.auth(&h, &bearer(&tok("valid_RS256")), &mut cache));
     assert_eq!(cache.native().rsa, NativeState::Available);

@@ -59,7 +59,9 @@ impl VerifyStats {
     /// The work done since `before` (an earlier copy of these counts).
     pub fn since(&self, before: VerifyStats) -> VerifyStats {
         VerifyStats {
-            signature_checks: self.signature_checks.saturating_sub(before.signature_checks),
+            signature_checks: self
+                .signature_checks
+                .saturating_sub(before.signature_checks),
             native_calls: self.native_calls.saturating_sub(before.native_calls),
         }
     }
@@ -97,7 +99,9 @@ pub fn verify(
         }
         (KeyMaterial::P256(k), Alg::ES256) => {
             let point = k.to_encoded_point(false);
-            if let Some(ok) = verify_native_ec(host, native, stats, Curve::P256, point.as_bytes(), msg, sig) {
+            if let Some(ok) =
+                verify_native_ec(host, native, stats, Curve::P256, point.as_bytes(), msg, sig)
+            {
                 return ok;
             }
             use p256::ecdsa::signature::Verifier;
@@ -108,7 +112,9 @@ pub fn verify(
         }
         (KeyMaterial::P384(k), Alg::ES384) => {
             let point = k.to_encoded_point(false);
-            if let Some(ok) = verify_native_ec(host, native, stats, Curve::P384, point.as_bytes(), msg, sig) {
+            if let Some(ok) =
+                verify_native_ec(host, native, stats, Curve::P384, point.as_bytes(), msg, sig)
+            {
                 return ok;
             }
             use p384::ecdsa::signature::Verifier;
@@ -186,7 +192,10 @@ fn verify_native_ec(
 /// to anything must never be trusted).
 fn self_test(host: &impl Host, curve: Curve) -> NativeState {
     let (point, sig) = native::self_test_vector(curve);
-    let (Some(spki), Some(der)) = (native::ec_spki_der(curve, point), native::ecdsa_der(curve, sig)) else {
+    let (Some(spki), Some(der)) = (
+        native::ec_spki_der(curve, point),
+        native::ecdsa_der(curve, sig),
+    ) else {
         return NativeState::Unavailable;
     };
     let msg = native::SELF_TEST_MESSAGE;

@@ -290,8 +290,8 @@ fn verify_rsa(key: &rsa::RsaPublicKey, hash: &str, sig: &[u8], text: &[u8]) -> b
 /// curve crates' own parsers (strict DER). A hash that does not match the
 /// curve is accepted by BoringSSL too, but meshguard never sends one.
 fn verify_ecdsa(spki: &[u8], hash: &str, sig: &[u8], text: &[u8]) -> bool {
-    use p256::pkcs8::DecodePublicKey;
     use p256::ecdsa::signature::Verifier;
+    use p256::pkcs8::DecodePublicKey;
     if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(spki) {
         assert_eq!(hash, "sha256", "ES256 is P-256 with SHA-256");
         return match p256::ecdsa::Signature::from_der(sig) {
