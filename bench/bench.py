@@ -499,32 +499,41 @@ def write_static_lua(path, headers):
 
 
 def write_rotating_lua(path, tokens):
-    """Each wrk thread cycles its own disjoint slice of the tokens. The number of threads is the
-    script's argument (`start_wrk` passes the `-t` it runs with): a twin's wrk runs half the
-    threads, and slicing for more threads than run would cycle only part of the tokens (then
-    short enough for the verified-token cache to hold: hits, not distinct tokens)."""
+    """The tokens in order, from a cursor on: thread t of T sends positions cursor + t, + T, + 2T...
+    (each thread its own tokens), wrapping around the list. `start_wrk` passes T (the `-t` it runs
+    with: a twin's wrk runs half the threads) and the cursor; at the end the script prints the
+    first position no thread used, and the next run of the same scenario starts there. So a token
+    comes back only after every other token was sent: none is still in meshguard's verified-token
+    cache (1024 entries, oldest evicted first) when the list is longer than that, across wrk runs
+    too (a new run starting over from the first tokens would find the previous run's last ones
+    still cached)."""
     with open(path, "w") as f:
         f.write("local tokens = {\n")
         for t in tokens:
             f.write(f"  {lua_str(t)},\n")
         f.write("}\n")
-        f.write("""local next_id = 0
+        # wrk calls setup(thread) in its main Lua state, then init(args) in the thread's.
+        f.write("""local threads = {}
 function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
 end
 function init(args)
-  local nthreads = tonumber(args[1]) or 1
-  local per = math.floor(#tokens / nthreads)
-  lo = (tid or 0) * per + 1
-  hi = lo + per - 1
-  idx = lo
+  nthreads = tonumber(args[1]) or 1
+  pos = (tonumber(args[2]) or 0) + tid
 end
 function request()
-  local t = tokens[idx]
-  idx = idx + 1
-  if idx > hi then idx = lo end
+  local t = tokens[(pos % #tokens) + 1]
+  pos = pos + nthreads
   return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. t})
+end
+function done(summary, latency, requests)
+  local next_pos = 0
+  for _, thread in ipairs(threads) do
+    local p = thread:get("pos")
+    if p and p > next_pos then next_pos = p end
+  end
+  io.write("meshguard-token-cursor " .. next_pos .. "\\n")
 end
 """)
     return path
@@ -538,9 +547,10 @@ def parse_latency(text):
     return float(m.group(1)) * UNITS_S[m.group(2)] * 1e3 if m else None  # ms
 
 
-def start_wrk(wrk, port, script, duration, threads, connections):
+def start_wrk(wrk, port, script, duration, threads, connections, cursor=0):
+    """`cursor`: where a rotating-token script starts (see `write_rotating_lua`)."""
     cmd = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
-           "-s", script, f"http://127.0.0.1:{port}{PATH}", "--", str(threads)]
+           "-s", script, f"http://127.0.0.1:{port}{PATH}", "--", str(threads), str(cursor)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=pin_preexec("others"))
 
@@ -563,14 +573,21 @@ def finish_wrk(proc, duration):
     res["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     res["rps"] = float(m.group(1)) if m else res["requests"] / max(res["elapsed_s"], 1e-9)
+    m = re.search(r"^meshguard-token-cursor (\d+)$", out, re.M)
+    res["token_cursor"] = int(m.group(1)) if m else None
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
         res[f"p{pct}_ms"] = parse_latency(m.group(1)) if m else None
     return res
 
 
-def run_wrk(wrk, port, script, duration, threads, connections):
-    return finish_wrk(start_wrk(wrk, port, script, duration, threads, connections), duration)
+def run_wrk(wrk, port, script, duration, threads, connections, sc=None):
+    """`sc`: the scenario whose token cursor the run starts from and advances."""
+    cursor = sc.token_cursor if sc else 0
+    res = finish_wrk(start_wrk(wrk, port, script, duration, threads, connections, cursor), duration)
+    if sc and res["token_cursor"] is not None:
+        sc.token_cursor = res["token_cursor"]
+    return res
 
 
 # ------------------------------------------------------------------ scenarios
@@ -585,6 +602,7 @@ class Scenario:
         self.expect_zero = expect_zero  # regex of stats that must stay 0 (failure-mode passes, errors)
         self.headers = headers or {}
         self.tokens = tokens            # rotate these as Bearer tokens (distinct-token scenarios)
+        self.token_cursor = 1           # the next token a wrk run sends (the probe sent the first)
         self.group = group
         self.probe = probe              # extra check: f(envoy) raising BenchError
         self.expect_upstream = expect_upstream or ("none" if group == "cache" else "all")
@@ -881,7 +899,7 @@ def start_scenario(sc, args, ctx):
             raise BenchError(f"the rate limit service did not see the probe as expected: {seen}")
     check_zero_stats(sc)
     if args.warmup > 0:
-        run_wrk(ctx["wrk"], envoy.listen_port, sc.script, args.warmup, args.threads, args.connections)
+        run_wrk(ctx["wrk"], envoy.listen_port, sc.script, args.warmup, args.threads, args.connections, sc)
 
 
 def check_zero_stats(sc):
@@ -922,9 +940,12 @@ def measure_many(items, args, ctx):
         pre.append({"rls": rls, "up": envoy.stat(UPSTREAM_STAT), "rls_mark": rls.mark() if rls else None})
     for (sc, _), p in zip(items, pre):
         p["cpu"] = sc.envoy.cpu_us()
-    procs = [start_wrk(ctx["wrk"], sc.envoy.listen_port, script, args.duration, threads, conns)
+    procs = [start_wrk(ctx["wrk"], sc.envoy.listen_port, script, args.duration, threads, conns, sc.token_cursor)
              for (sc, _), script in zip(items, scripts)]
     results = [finish_wrk(proc, args.duration) for proc in procs]
+    for (sc, _), res in zip(items, results):
+        if res["token_cursor"] is not None:
+            sc.token_cursor = res["token_cursor"]
     for (sc, _), p in zip(items, pre):
         p["cpu_after"] = sc.envoy.cpu_us()
     out = []
@@ -992,7 +1013,8 @@ def measure_rss(args, ctx, scenarios_by_name):
         try:
             envoy.start()
             idle = envoy.rss_kb()
-            run_wrk(ctx["wrk"], envoy.listen_port, sc.script, max(1, args.warmup), args.threads, args.connections)
+            run_wrk(ctx["wrk"], envoy.listen_port, sc.script, max(1, args.warmup), args.threads, args.connections,
+                    sc)
             loaded = envoy.rss_kb()
             out[name] = {"rss_ready_kb": idle, "rss_after_load_kb": loaded, "load_time_s": envoy.load_time_s}
         finally:
