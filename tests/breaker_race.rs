@@ -192,7 +192,7 @@ fn released_probe_slot_goes_to_another_worker() {
         admit(&b, &p, "cancel"),
         Admission::Rejected { .. }
     ));
-    release(&a, &p, "cancel");
+    release(&a, &p, "cancel", true);
     assert_eq!(admit(&b, &p, "cancel"), Admission::Allowed { probe: true });
     record(&b, &p, "cancel", Outcome::Success, true);
     assert_eq!(snapshot(&host, "cancel").unwrap().phase, Phase::Closed);

@@ -141,9 +141,11 @@
 //!   (Istio cluster names contain `|`) are stored as a readable prefix plus
 //!   a SHA-256 hash ([`shared_key`]). Their number is bounded by the
 //!   configured routes / clusters, not by traffic.
-//! - Known limitation: probes are not tagged with their HALF_OPEN round,
-//!   so a probe of an earlier round that reports late can free a slot of
-//!   the current round (at most `half_open_requests` extra probes).
+//! - Probes carry their HALF_OPEN round ([`ProbeTicket`], from
+//!   [`admit_ticket`]: the `opened_at` of the OPEN period the round follows,
+//!   set by each trip). A probe of an earlier round that reports late (it
+//!   outlived a reopening) neither counts nor frees a slot of the current
+//!   round: its slot went with its round.
 //!
 //! # Metrics and logs
 //!
@@ -180,10 +182,10 @@ pub mod state;
 pub mod store;
 
 pub use policy::{BreakerPolicy, RatioRule, Scope, StatusSet};
-pub use state::{Admission, BreakerState, Outcome, Phase};
+pub use state::{Admission, BreakerState, Outcome, Phase, ProbeTicket};
 pub use store::{
-    admit, breaker_key, record, release, shared_key, snapshot, BreakerMetrics, KEY_PREFIX,
-    MAX_CAS_ATTEMPTS,
+    admit, admit_ticket, breaker_key, record, release, shared_key, snapshot, BreakerMetrics,
+    KEY_PREFIX, MAX_CAS_ATTEMPTS,
 };
 
 /// Envoy `response.flags` bits (the legacy `ResponseFlag` bit vector that

@@ -45,6 +45,29 @@ pub enum Admission {
     Rejected { retry_after_secs: u64 },
 }
 
+/// What [`BreakerState::admit`] said about a request, as its outcome is
+/// reported: whether it was a probe, and of which HALF_OPEN round
+/// ([`BreakerState::round`]). A bare `bool` converts to a ticket without a
+/// round (the probe is then taken to belong to the current round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTicket {
+    pub probe: bool,
+    pub round: Option<u64>,
+}
+
+impl From<bool> for ProbeTicket {
+    fn from(probe: bool) -> Self {
+        ProbeTicket { probe, round: None }
+    }
+}
+
+impl ProbeTicket {
+    /// Does this probe hold a slot of `state`'s current HALF_OPEN round?
+    fn holds_slot_of(&self, state: &BreakerState) -> bool {
+        self.probe && self.round.is_none_or(|r| r == state.round())
+    }
+}
+
 /// How an upstream exchange ended, for the breaker (see `classify`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -148,25 +171,39 @@ impl BreakerState {
     }
 
     /// Records a success (T1, T6).
-    pub fn on_success(&mut self, policy: &BreakerPolicy, now: u64, probe: bool) {
+    pub fn on_success(&mut self, policy: &BreakerPolicy, now: u64, probe: impl Into<ProbeTicket>) {
         self.on_outcome(policy, Outcome::Success, probe, now, 0);
     }
 
     /// Records a failure (T1, T2, T7); `jitter` is a random `u64` used only
     /// if this failure opens the breaker.
-    pub fn on_failure(&mut self, policy: &BreakerPolicy, now: u64, probe: bool, jitter: u64) {
+    pub fn on_failure(
+        &mut self,
+        policy: &BreakerPolicy,
+        now: u64,
+        probe: impl Into<ProbeTicket>,
+        jitter: u64,
+    ) {
         self.on_outcome(policy, Outcome::Failure, probe, now, jitter);
     }
 
-    /// Records an outcome. `probe` is what `admit` said for that request.
+    /// The current HALF_OPEN round: `opened_at` of the OPEN period it
+    /// follows (each trip sets it, and HALF_OPEN never changes it).
+    pub fn round(&self) -> u64 {
+        self.opened_at
+    }
+
+    /// Records an outcome. `probe` is what `admit` said for that request
+    /// (with the round it was admitted in, see [`ProbeTicket`]).
     pub fn on_outcome(
         &mut self,
         policy: &BreakerPolicy,
         outcome: Outcome,
-        probe: bool,
+        probe: impl Into<ProbeTicket>,
         now: u64,
         jitter: u64,
     ) {
+        let ticket = probe.into();
         match self.phase {
             // A probe reported after others already closed the breaker is an
             // ordinary, recent observation: it counts like any other.
@@ -188,9 +225,11 @@ impl BreakerState {
             // nothing new: the breaker is already open.
             Phase::Open => {}
             Phase::HalfOpen => {
-                if !probe {
+                if !ticket.holds_slot_of(self) {
                     // Admitted while CLOSED (before the trip) or by a
-                    // fail-open fallback: only probes decide HALF_OPEN.
+                    // fail-open fallback, or a probe of an earlier round
+                    // (its slot went with that round): only this round's
+                    // probes decide HALF_OPEN.
                     return;
                 }
                 self.half_open_in_flight = self.half_open_in_flight.saturating_sub(1);
@@ -208,9 +247,9 @@ impl BreakerState {
     }
 
     /// A probe ended with no outcome (client cancelled): frees its slot and
-    /// counts nothing (T8).
-    pub fn release_probe(&mut self) {
-        if self.phase == Phase::HalfOpen {
+    /// counts nothing (T8); a probe of an earlier round frees nothing.
+    pub fn release_probe(&mut self, probe: impl Into<ProbeTicket>) {
+        if self.phase == Phase::HalfOpen && probe.into().holds_slot_of(self) {
             self.half_open_in_flight = self.half_open_in_flight.saturating_sub(1);
         }
     }
@@ -450,7 +489,7 @@ mod tests {
         s.on_failure(&p, T0 + S, false, 0);
         s.on_success(&p, T0 + S, false);
         s.on_failure(&p, T0 + S, true, 0);
-        s.release_probe();
+        s.release_probe(true);
         assert_eq!(s, before);
     }
 
@@ -484,7 +523,7 @@ mod tests {
                 retry_after_secs: 1
             }
         );
-        s.release_probe();
+        s.release_probe(true);
         assert_eq!(s.half_open_in_flight, 1);
         assert_eq!(s.admit(&p, t), Admission::Allowed { probe: true });
     }
@@ -549,6 +588,48 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_of_an_earlier_round_decides_nothing() {
+        let p = BreakerPolicy {
+            half_open_requests: 2,
+            ..policy()
+        };
+        let mut s = tripped(&p, T0);
+        // Round 1: two probes; B fails and reopens the breaker.
+        let t1 = T0 + 5 * S;
+        assert_eq!(s.admit(&p, t1), Admission::Allowed { probe: true });
+        let round1 = s.round();
+        let a = ProbeTicket {
+            probe: true,
+            round: Some(round1),
+        };
+        assert_eq!(s.admit(&p, t1), Admission::Allowed { probe: true });
+        s.on_failure(&p, t1, a, 0);
+        assert_eq!(s.phase, Phase::Open);
+        // Round 2: probe C takes a slot.
+        let t2 = s.open_until;
+        assert_eq!(s.admit(&p, t2), Admission::Allowed { probe: true });
+        let round2 = s.round();
+        assert_ne!(round1, round2);
+        assert_eq!(s.half_open_in_flight, 1);
+        // A (round 1) reports late: a success that would have closed the
+        // breaker, then (as if released) nothing: neither counts nor frees.
+        s.on_success(&p, t2 + S, a);
+        s.release_probe(a);
+        assert_eq!(s.phase, Phase::HalfOpen);
+        assert_eq!((s.half_open_in_flight, s.half_open_successes), (1, 0));
+        // C's own report decides.
+        s.on_success(
+            &p,
+            t2 + S,
+            ProbeTicket {
+                probe: true,
+                round: Some(round2),
+            },
+        );
+        assert_eq!(s.phase, Phase::Closed);
+    }
+
+    #[test]
     fn reopen_jitter_stays_within_ten_percent() {
         let p = policy();
         for j in [0, 1, 1 << 63, u64::MAX] {
@@ -567,7 +648,7 @@ mod tests {
         let mut s = BreakerState::new();
         s.on_failure(&p, T0, true, 0);
         assert_eq!(s.consecutive_failures, 1);
-        s.release_probe();
+        s.release_probe(true);
         assert_eq!(s.consecutive_failures, 1);
     }
 

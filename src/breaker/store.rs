@@ -6,7 +6,7 @@
 
 use super::codec;
 use super::policy::{fmt_duration, BreakerPolicy};
-use super::state::{Admission, BreakerState, Outcome, Phase};
+use super::state::{Admission, BreakerState, Outcome, Phase, ProbeTicket};
 use crate::host::{Host, MetricId, MetricKind, SetError, CREATE_CAS};
 use sha2::{Digest, Sha256};
 
@@ -253,28 +253,53 @@ fn fail_open_log(metrics: &BreakerMetrics, key: &str, what: &str, e: &UpdateErro
 /// [`MAX_CAS_ATTEMPTS`], the request is admitted as a non-probe and a
 /// `warn` line is logged.
 pub fn admit(host: &impl Host, policy: &BreakerPolicy, key: &str) -> Admission {
+    admit_ticket(host, policy, key).0
+}
+
+/// [`admit`], with the ticket to report the outcome with (a probe carries
+/// its HALF_OPEN round, so a late report of an earlier round's probe
+/// decides nothing).
+pub fn admit_ticket(
+    host: &impl Host,
+    policy: &BreakerPolicy,
+    key: &str,
+) -> (Admission, ProbeTicket) {
     let now = host.now_nanos();
     let metrics = &policy.metrics;
-    match update(host, key, |s| s.admit(policy, now)) {
+    match update(host, key, |s| (s.admit(policy, now), s.round())) {
         Ok(u) => {
             report(host, metrics, key, &u, now);
-            match u.result {
+            let (admission, round) = u.result;
+            let probe = matches!(admission, Admission::Allowed { probe: true });
+            match admission {
                 Admission::Rejected { .. } => host.increment_metric(metrics.rejected, 1),
                 Admission::Allowed { probe: true } => host.increment_metric(metrics.probes, 1),
                 Admission::Allowed { probe: false } => {}
             }
-            u.result
+            let round = probe.then_some(round);
+            (admission, ProbeTicket { probe, round })
         }
         Err(e) => {
             fail_open_log(metrics, key, "admitting the request (fail open)", &e);
-            Admission::Allowed { probe: false }
+            (
+                Admission::Allowed { probe: false },
+                ProbeTicket::from(false),
+            )
         }
     }
 }
 
-/// Reports how an admitted request ended. `probe` is what [`admit`] said;
-/// a probe's report also frees its HALF_OPEN slot.
-pub fn record(host: &impl Host, policy: &BreakerPolicy, key: &str, outcome: Outcome, probe: bool) {
+/// Reports how an admitted request ended. `probe` is what [`admit`] said
+/// (or the ticket of [`admit_ticket`]); a probe's report also frees its
+/// HALF_OPEN slot.
+pub fn record(
+    host: &impl Host,
+    policy: &BreakerPolicy,
+    key: &str,
+    outcome: Outcome,
+    probe: impl Into<ProbeTicket>,
+) {
+    let probe = probe.into();
     let now = host.now_nanos();
     let metrics = &policy.metrics;
     // Randomness is only needed if this failure may open the breaker.
@@ -293,8 +318,9 @@ pub fn record(host: &impl Host, policy: &BreakerPolicy, key: &str, outcome: Outc
 /// A probe's stream ended with no outcome (client cancelled, or meshguard
 /// replied locally after admitting it): frees its slot, counts nothing.
 /// Non-probes need no call.
-pub fn release(host: &impl Host, policy: &BreakerPolicy, key: &str) {
-    match update(host, key, |s| s.release_probe()) {
+pub fn release(host: &impl Host, policy: &BreakerPolicy, key: &str, probe: impl Into<ProbeTicket>) {
+    let probe = probe.into();
+    match update(host, key, |s| s.release_probe(probe)) {
         Ok(_) => {}
         Err(e) => fail_open_log(
             &policy.metrics,
@@ -445,7 +471,7 @@ mod tests {
             admit(&host, &p, "release"),
             Admission::Rejected { .. }
         ));
-        release(&host, &p, "release");
+        release(&host, &p, "release", true);
         let s = snapshot(&host, "release").unwrap();
         assert_eq!(
             (s.phase, s.half_open_in_flight, s.half_open_successes),
@@ -532,7 +558,7 @@ mod tests {
             Admission::Allowed { probe: false }
         );
         record(&host, &p, "broken", Outcome::Failure, false);
-        release(&host, &p, "broken");
+        release(&host, &p, "broken", true);
         let lines = logs("route=broken: shared data unavailable");
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].contains("admitting the request (fail open)"));

@@ -53,7 +53,8 @@ pub enum Step {
 /// A request the breaker let through, until its outcome is recorded.
 pub struct BreakerTicket {
     pub key: String,
-    pub probe: bool,
+    /// Whether it is a probe, and of which HALF_OPEN round.
+    pub probe: breaker::ProbeTicket,
     pub started_ns: u64,
 }
 
@@ -341,8 +342,9 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                     };
                     let key =
                         breaker::breaker_key(policy, &route.name, cluster.as_deref()).to_string();
-                    match breaker::admit(&host, policy, &key) {
-                        Admission::Allowed { probe } => {
+                    let (admission, probe) = breaker::admit_ticket(&host, policy, &key);
+                    match admission {
+                        Admission::Allowed { .. } => {
                             s.breaker = Some(BreakerTicket {
                                 key,
                                 probe,
@@ -555,7 +557,7 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
     let elapsed = host.now_nanos().saturating_sub(ticket.started_ns);
     match breaker::classify(policy, status, upstream_failure, elapsed, false, cancelled) {
         Some(outcome) => breaker::record(&host, policy, &ticket.key, outcome, ticket.probe),
-        None if ticket.probe => breaker::release(&host, policy, &ticket.key),
+        None if ticket.probe.probe => breaker::release(&host, policy, &ticket.key, ticket.probe),
         None => {}
     }
 }
