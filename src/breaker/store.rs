@@ -197,18 +197,14 @@ fn who(metrics: &BreakerMetrics, key: &str) -> String {
     }
 }
 
-/// Metrics and the info line of a committed transition.
-fn report<H: Host>(
-    host: &H,
-    metrics: &BreakerMetrics,
-    key: &str,
-    u: &Updated<impl Sized>,
-    now: u64,
-) {
+/// Metrics and the info line of a committed transition (the clock is read
+/// only then: with the pipeline's `OneClock` it is the reading already made).
+fn report<H: Host>(host: &H, metrics: &BreakerMetrics, key: &str, u: &Updated<impl Sized>) {
     let (from, to) = (u.before.phase, u.after.phase);
     if from == to {
         return;
     }
+    let now = host.now_nanos();
     host.record_metric(metrics.state, to as u64);
     match to {
         Phase::Open => {
@@ -268,7 +264,7 @@ pub fn admit_ticket(
     let metrics = &policy.metrics;
     match update(host, key, |s| (s.admit(policy, now), s.round())) {
         Ok(u) => {
-            report(host, metrics, key, &u, now);
+            report(host, metrics, key, &u);
             let (admission, round) = u.result;
             let probe = matches!(admission, Admission::Allowed { probe: true });
             match admission {
@@ -300,7 +296,13 @@ pub fn record(
     probe: impl Into<ProbeTicket>,
 ) {
     let probe = probe.into();
-    let now = host.now_nanos();
+    // A success without the ratio rule needs no time (it resets a count or
+    // closes the breaker): no clock reading, the common case of a healthy
+    // upstream.
+    let now = match (outcome, &policy.ratio) {
+        (Outcome::Success, None) => 0,
+        _ => host.now_nanos(),
+    };
     let metrics = &policy.metrics;
     // Randomness is only needed if this failure may open the breaker.
     let jitter = match outcome {
@@ -310,7 +312,7 @@ pub fn record(
     match update(host, key, |s| {
         s.on_outcome(policy, outcome, probe, now, jitter)
     }) {
-        Ok(u) => report(host, metrics, key, &u, now),
+        Ok(u) => report(host, metrics, key, &u),
         Err(e) => fail_open_log(metrics, key, "outcome not counted", &e),
     }
 }
@@ -396,6 +398,37 @@ mod tests {
         for _ in 0..p.consecutive_failures {
             record(host, p, key, Outcome::Failure, false);
         }
+    }
+
+    #[test]
+    fn only_outcomes_that_need_the_time_read_the_clock() {
+        let (host, mut p) = setup("clock");
+        assert_eq!(
+            admit(&host, &p, "clock"),
+            Admission::Allowed { probe: false }
+        );
+        let reads = host.clock_reads();
+        // A success without the ratio rule: no clock (the healthy case).
+        record(&host, &p, "clock", Outcome::Success, false);
+        assert_eq!(host.clock_reads(), reads);
+        // A failure may trip (the OPEN time starts now): one reading.
+        record(&host, &p, "clock", Outcome::Failure, false);
+        assert_eq!(host.clock_reads(), reads + 1);
+        // The tripping failure reads once more for its info line.
+        record(&host, &p, "clock", Outcome::Failure, false);
+        assert_eq!(snapshot(&host, "clock").map(|s| s.phase), Some(Phase::Open));
+        assert_eq!(host.clock_reads(), reads + 3);
+        // With the ratio rule a success goes into the time window.
+        p.ratio = Some(super::super::RatioRule {
+            failure_ratio: 0.5,
+            min_requests: 10,
+            window_ns: 10 * S,
+        });
+        let reads = host.clock_reads();
+        record(&host, &p, "clock-ratio", Outcome::Success, false);
+        assert_eq!(host.clock_reads(), reads + 1);
+        let s = snapshot(&host, "clock-ratio").unwrap();
+        assert_eq!(s.window_totals(T0), (1, 0));
     }
 
     #[test]

@@ -549,12 +549,17 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
     else {
         return;
     };
-    // One clock reading for the elapsed time and the breaker's own update.
+    // At most one clock reading, shared by the elapsed time and the
+    // breaker's own update, and none when neither needs it (no `slow_call`,
+    // a success without the ratio rule).
     let host = OneClock::new(&ProxyWasmHost);
     let upstream_failure = breaker::upstream_failure_from_response_flags(flags);
     let cancelled = breaker::client_cancelled_from_response_flags(flags)
         || (status.is_none() && !upstream_failure);
-    let elapsed = host.now_nanos().saturating_sub(ticket.started_ns);
+    let elapsed = match policy.slow_call_ns {
+        Some(_) => host.now_nanos().saturating_sub(ticket.started_ns),
+        None => 0,
+    };
     match breaker::classify(policy, status, upstream_failure, elapsed, false, cancelled) {
         Some(outcome) => breaker::record(&host, policy, &ticket.key, outcome, ticket.probe),
         None if ticket.probe.probe => breaker::release(&host, policy, &ticket.key, ticket.probe),

@@ -22,6 +22,8 @@ struct Store {
 pub struct FakeHost {
     store: Arc<Mutex<Store>>,
     clock: Arc<AtomicU64>,
+    /// `now_nanos` calls so far (each one a host call in Envoy).
+    clock_reads: Arc<AtomicU64>,
     rng: Arc<AtomicU64>,
     /// When > 0, the next N `shared_set` calls fail with a CAS mismatch.
     forced_cas_failures: Arc<AtomicU64>,
@@ -36,6 +38,11 @@ impl FakeHost {
         h.clock.store(start_nanos, Ordering::SeqCst);
         h.rng.store(0x9E37_79B9_7F4A_7C15, Ordering::SeqCst);
         h
+    }
+
+    /// How many times the clock was read.
+    pub fn clock_reads(&self) -> u64 {
+        self.clock_reads.load(Ordering::SeqCst)
     }
 
     pub fn set_now(&self, nanos: u64) {
@@ -112,6 +119,7 @@ impl Store {
 
 impl Host for FakeHost {
     fn now_nanos(&self) -> u64 {
+        self.clock_reads.fetch_add(1, Ordering::SeqCst);
         self.clock.load(Ordering::SeqCst)
     }
 
