@@ -775,7 +775,6 @@ DISTINCT_ZERO = r"^wasmcustom\.meshguard\.jwt\.bench\.(cache_hit|signature_check
 def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinct):
     """`distinct`: {"RS256": (jwk, tokens), "ES256": (jwk, tokens)}."""
     jwks = {"keys": [k for k in fixture_jwks["keys"] if k["kty"] in ("RSA", "EC")] + [j for j, _ in distinct.values()]}
-    distinct_tokens, es_distinct_tokens = distinct["RS256"][1], distinct["ES256"][1]
     route = {"name": "bench", "match": {"path_prefix": "/"}}
     rl = [{"name": "all", "capacity": 1000000000, "refill_tokens": 1000000000, "refill_interval": "1s"}]
     rl_key = [dict(rl[0], name="per-key", key=[{"header": "x-api-key"}])]
@@ -847,18 +846,13 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
           headers=es, group="jwt-es256", probe=jwt_probe),
         S("native-jwt-es256-cache", "jwt_authn ES256, repeated token, jwt_cache_config",
           [native_jwt_authn(jwks, True)], headers=es, group="jwt-es256", probe=jwt_probe),
-        S("mg-jwt-rs256-distinct", f"meshguard JWT RS256, {len(distinct_tokens)} distinct tokens cycled",
-          mg_route(jwt=jwt), tokens=distinct_tokens, group="jwt-distinct", probe=jwt_probe,
-          expect_stat=r"^wasmcustom\.meshguard\.jwt\.bench\.signature_checks_native$",
-          expect_zero=DISTINCT_ZERO),
-        S("native-jwt-rs256-distinct", f"jwt_authn RS256, {len(distinct_tokens)} distinct tokens, no cache",
-          [native_jwt_authn(jwks, False)], tokens=distinct_tokens, group="jwt-distinct", probe=jwt_probe),
-        S("mg-jwt-es256-distinct", f"meshguard JWT ES256, {len(es_distinct_tokens)} distinct tokens cycled",
-          mg_route(jwt=jwt), tokens=es_distinct_tokens, group="jwt-distinct", probe=jwt_probe,
-          expect_stat=r"^wasmcustom\.meshguard\.jwt\.bench\.signature_checks_native$",
-          expect_zero=DISTINCT_ZERO),
-        S("native-jwt-es256-distinct", f"jwt_authn ES256, {len(es_distinct_tokens)} distinct tokens, no cache",
-          [native_jwt_authn(jwks, False)], tokens=es_distinct_tokens, group="jwt-distinct", probe=jwt_probe),
+        *[sc for alg, (_, toks) in distinct.items() for sc in (
+            S(f"mg-jwt-{alg.lower()}-distinct", f"meshguard JWT {alg}, {len(toks)} distinct tokens cycled",
+              mg_route(jwt=jwt), tokens=toks, group="jwt-distinct", probe=jwt_probe,
+              expect_stat=r"^wasmcustom\.meshguard\.jwt\.bench\.signature_checks_native$",
+              expect_zero=DISTINCT_ZERO),
+            S(f"native-jwt-{alg.lower()}-distinct", f"jwt_authn {alg}, {len(toks)} distinct tokens, no cache",
+              [native_jwt_authn(jwks, False)], tokens=toks, group="jwt-distinct", probe=jwt_probe))],
         S("mg-cache-hit", "meshguard cache, every request a HIT", mg_route(cache=cache),
           group="cache", probe=mg_cache_probe, expect_upstream="none"),
         S("native-cache-hit", "cache filter (SimpleHttpCache), every request a HIT", [native_cache()],
