@@ -86,6 +86,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--duration", type=int, default=3, help="seconds per round")
     ap.add_argument("--perf", action="store_true", help="split the CPU with perf (see above)")
+    ap.add_argument("--distinct-tokens", choices=("RS256", "ES256"),
+                    help="send 4400 distinct tokens of this algorithm, in order, continuing across rounds (as "
+                         "bench.py's distinct-token scenarios); their key is added to every inline JWKS of both "
+                         "configurations")
     ap.add_argument("--expect-upstream", choices=("all", "none"), default="all",
                     help="share of requests that must reach the upstream: all (default), or none (cache hits)")
     args = ap.parse_args()
@@ -95,6 +99,16 @@ def main():
     B.set_pinning(True)
     headers = dict(h.split(":", 1) for h in args.header)
     headers = {k.strip(): v.strip() for k, v in headers.items()}
+    tokens = None
+    if args.distinct_tokens:
+        jwk, tokens = B.make_distinct_tokens(4400, args.distinct_tokens)
+        for attr in ("a_config", "b_config"):
+            text = getattr(args, attr)
+            if text:
+                doc = json.loads(text)
+                for prov in doc.get("jwt_providers", {}).values():
+                    prov.get("jwks", {}).get("inline", {}).setdefault("keys", []).append(jwk)
+                setattr(args, attr, json.dumps(doc))
     workdir = tempfile.mkdtemp(prefix="meshguard-ab-")
     up = B.Envoy(envoy_bin, workdir, "upstream", B.upstream_bootstrap, role="others")
 
@@ -108,8 +122,9 @@ def main():
         for name, wasm, conf in (("A", args.a_wasm, args.a_config),
                                  ("B", args.b_wasm or args.a_wasm, args.b_config or args.a_config)):
             sc = B.Scenario(name, name, [B.wasm_filter(args.root_id, os.path.abspath(wasm), args.root_id, conf)],
-                            headers=headers, expect_upstream=args.expect_upstream)
-            sc.script = B.write_static_lua(os.path.join(workdir, name + ".lua"), sc.headers)
+                            headers=headers, expect_upstream=args.expect_upstream, tokens=tokens)
+            path = os.path.join(workdir, name + ".lua")
+            sc.script = B.write_rotating_lua(path, tokens) if tokens else B.write_static_lua(path, sc.headers)
             B.start_scenario(sc, Opts, ctx)
             sides.append(sc)
         perf = None

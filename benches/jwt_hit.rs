@@ -5,9 +5,11 @@
 //!     cargo build --release --bench jwt_hit
 //!     valgrind --tool=callgrind target/release/deps/jwt_hit-* 2000 [miss]
 //!
-//! `miss`: no verified-token cache, and a host whose `verify_signature`
-//! answers "valid" at once: what a distinct token costs meshguard itself
-//! around the native check (parsing, the call's arguments, claims).
+//! `miss`: a host whose `verify_signature` answers "valid" at once, and
+//! every request a distinct token (4096 signatures cycled through the full
+//! 1024-entry cache: each request inserts and evicts): what a distinct
+//! token costs meshguard itself around the native check (parsing, the
+//! call's arguments, claims, the cache's bookkeeping).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshguard::config::Config;
@@ -91,15 +93,34 @@ fn main() {
     };
     let miss = std::env::args().nth(2).as_deref() == Some("miss");
     let host = InstantNative(FakeHost::new(1_700_000_000_000_000_000));
-    let mut cache = if miss {
-        TokenCache::new(0)
+    let mut cache = TokenCache::default();
+    // Distinct tokens: the signature's last 4 characters numbered (the
+    // instant host accepts any signature).
+    let requests: Vec<Request> = if miss {
+        (0..4096)
+            .map(|i| {
+                let mut r = req.clone();
+                if let Some((_, v)) = r.headers.iter_mut().find(|(k, _)| k == "authorization") {
+                    // Not the last characters: the very last one of a
+                    // base64url signature carries padding bits.
+                    let at = v.len() - 8;
+                    let digits: Vec<u8> = format!("{i:04}")
+                        .bytes()
+                        .map(|d| b'A' + (d - b'0'))
+                        .collect();
+                    v[at..at + 4].copy_from_slice(&digits);
+                }
+                r
+            })
+            .collect()
     } else {
-        TokenCache::default()
+        vec![req]
     };
     let t0 = std::time::Instant::now();
     let mut allowed = 0;
-    for _ in 0..n {
-        match jwt::authenticate(&host, &cfg.jwt_providers, rj, &route.name, &req, &mut cache) {
+    for i in 0..n {
+        let req = &requests[i % requests.len()];
+        match jwt::authenticate(&host, &cfg.jwt_providers, rj, &route.name, req, &mut cache) {
             AuthOutcome::Allowed { .. } => allowed += 1,
             other => panic!("{other:?}"),
         }
