@@ -86,7 +86,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--duration", type=int, default=3, help="seconds per round")
     ap.add_argument("--perf", action="store_true", help="split the CPU with perf (see above)")
-    ap.add_argument("--distinct-tokens", choices=("RS256", "ES256"),
+    ap.add_argument("--distinct-tokens", choices=("RS256", "ES256", "PS256", "EdDSA"),
                     help="send 4400 distinct tokens of this algorithm, in order, continuing across rounds (as "
                          "bench.py's distinct-token scenarios); their key is added to every inline JWKS of both "
                          "configurations")

@@ -452,17 +452,29 @@ def int_b64url(n):
 
 
 def make_distinct_tokens(count, alg="RS256"):
-    """A fresh key (kid bench-rsa for RS256, bench-ec for ES256) and `count` distinct tokens signed by it."""
+    """A fresh key (kid bench-rsa for RS256/PS256, bench-ec for ES256, bench-ed for EdDSA) and `count`
+    distinct tokens signed by it."""
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-    if alg == "RS256":
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+    if alg in ("RS256", "PS256"):
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pub = key.public_key().public_numbers()
         kid = "bench-rsa"
         jwk = {"kty": "RSA", "kid": kid, "use": "sig", "alg": alg, "n": int_b64url(pub.n), "e": int_b64url(pub.e)}
+        pad = (padding.PKCS1v15() if alg == "RS256"
+               else padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32))
 
         def sign(data):
-            return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+            return key.sign(data, pad, hashes.SHA256())
+    elif alg == "EdDSA":
+        key = ed25519.Ed25519PrivateKey.generate()
+        from cryptography.hazmat.primitives import serialization
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        kid = "bench-ed"
+        jwk = {"kty": "OKP", "kid": kid, "use": "sig", "alg": alg, "crv": "Ed25519", "x": b64url(raw)}
+
+        def sign(data):
+            return key.sign(data)
     else:
         key = ec.generate_private_key(ec.SECP256R1())
         pub = key.public_key().public_numbers()
