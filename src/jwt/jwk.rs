@@ -25,6 +25,9 @@ pub enum KeyMaterial {
         key: RsaPublicKey,
         /// DER SubjectPublicKeyInfo, for Envoy's native `verify_signature`.
         spki_der: Vec<u8>,
+        /// The modulus ready for meshguard's own e = 65537 verification
+        /// ([`super::rsa_fast`]); `None` for another exponent.
+        fast: Option<Box<super::rsa_fast::Modulus>>,
     },
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
@@ -199,7 +202,14 @@ pub fn parse_jwk(k: &Value) -> Result<Jwk, &'static str> {
                 .to_public_key_der()
                 .map_err(|_| "invalid RSA key")?
                 .into_vec();
-            KeyMaterial::Rsa { key, spki_der }
+            let fast = (*key.e() == BigUint::from(65537u32))
+                .then(|| super::rsa_fast::Modulus::new(key.n()).map(Box::new))
+                .flatten();
+            KeyMaterial::Rsa {
+                key,
+                spki_der,
+                fast,
+            }
         }
         "EC" => {
             let crv = field(k, "crv")?;

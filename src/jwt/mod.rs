@@ -105,6 +105,7 @@ pub mod jose;
 pub mod jwk;
 pub mod native;
 pub mod remote;
+pub mod rsa_fast;
 pub mod verify;
 
 pub use cache::TokenCache;
