@@ -14,6 +14,7 @@
 //! salt as long as the hash (RFC 7518 3.5), EMSA-PKCS1-v1_5 9.2).
 
 use super::jose::Hash;
+use super::verify::digest;
 use rsa::BigUint;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
@@ -196,14 +197,6 @@ fn digest_info_prefix(hash: Hash) -> &'static [u8] {
             0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
             0x03, 0x05, 0x00, 0x04, 0x40,
         ],
-    }
-}
-
-fn digest(hash: Hash, msg: &[u8]) -> Vec<u8> {
-    match hash {
-        Hash::Sha256 => Sha256::digest(msg).to_vec(),
-        Hash::Sha384 => Sha384::digest(msg).to_vec(),
-        Hash::Sha512 => Sha512::digest(msg).to_vec(),
     }
 }
 

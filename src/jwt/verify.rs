@@ -260,7 +260,8 @@ fn hmac_ok<M: Mac + hmac::digest::KeyInit>(secret: &[u8], msg: &[u8], sig: &[u8]
     }
 }
 
-fn digest(hash: Hash, msg: &[u8]) -> Vec<u8> {
+/// `hash(msg)`.
+pub(crate) fn digest(hash: Hash, msg: &[u8]) -> Vec<u8> {
     match hash {
         Hash::Sha256 => Sha256::digest(msg).to_vec(),
         Hash::Sha384 => Sha384::digest(msg).to_vec(),
