@@ -22,12 +22,10 @@ pub const MIN_OCT_BYTES: usize = 32;
 /// Public key material (or an HMAC secret) ready to verify.
 pub enum KeyMaterial {
     Rsa {
-        key: RsaPublicKey,
+        /// Ready for verification in wasm ([`super::rsassa`]).
+        key: super::rsassa::RsaKey,
         /// DER SubjectPublicKeyInfo, for Envoy's native `verify_signature`.
         spki_der: Vec<u8>,
-        /// The modulus ready for meshguard's own e = 65537 verification
-        /// ([`super::rsa_fast`]); `None` for another exponent.
-        fast: Option<Box<super::rsa_fast::Modulus>>,
     },
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
@@ -202,14 +200,8 @@ pub fn parse_jwk(k: &Value) -> Result<Jwk, &'static str> {
                 .to_public_key_der()
                 .map_err(|_| "invalid RSA key")?
                 .into_vec();
-            let fast = (*key.e() == BigUint::from(65537u32))
-                .then(|| super::rsa_fast::Modulus::new(key.n()).map(Box::new))
-                .flatten();
-            KeyMaterial::Rsa {
-                key,
-                spki_der,
-                fast,
-            }
+            let key = super::rsassa::RsaKey::new(key.n(), key.e()).ok_or("invalid RSA key")?;
+            KeyMaterial::Rsa { key, spki_der }
         }
         "EC" => {
             let crv = field(k, "crv")?;

@@ -105,7 +105,7 @@ pub mod jose;
 pub mod jwk;
 pub mod native;
 pub mod remote;
-pub mod rsa_fast;
+pub mod rsassa;
 pub mod verify;
 
 pub use cache::TokenCache;

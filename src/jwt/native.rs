@@ -1,6 +1,6 @@
 //! Envoy's `verify_signature` foreign function (PLATFORM.md): native
 //! BoringSSL verification, for RSA PKCS#1 v1.5 (RS*) about 3x cheaper than
-//! RSA inside wasm (`rsa_fast`; 12x cheaper than the `rsa` crate), and for
+//! RSA inside wasm (`rsassa`; 12x cheaper than the `rsa` crate), and for
 //! ECDSA (ES256, ES384) about 9x cheaper than the `p256` / `p384` crates.
 //!
 //! Envoy hands the key to BoringSSL's generic `EVP_DigestVerify`, so any

@@ -6,15 +6,14 @@
 //! native again. ECDSA goes native only after the host verified a
 //! known-good signature for that curve once ([`NativePaths`]). PS* and
 //! EdDSA always use pure Rust: Envoy's function cannot do them. RSA in
-//! pure Rust goes through [`super::rsa_fast`] for the exponent 65537 (4.5x
-//! faster under V8), the `rsa` crate otherwise.
+//! pure Rust is [`super::rsassa`] (4.5x faster under V8 than the `rsa`
+//! crate's exponentiation).
 
 use super::jose::{Alg, Hash};
 use super::jwk::{Jwk, KeyMaterial};
 use super::native::{self, Curve};
 use crate::host::Host;
 use hmac::{Hmac, Mac};
-use rsa::{Pkcs1v15Sign, Pss, RsaPublicKey};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// Per-worker knowledge of one native path.
@@ -85,14 +84,7 @@ pub fn verify(
     }
     stats.signature_checks += 1;
     match (&key.material, alg) {
-        (
-            KeyMaterial::Rsa {
-                key,
-                spki_der,
-                fast,
-            },
-            Alg::RS256 | Alg::RS384 | Alg::RS512,
-        ) => {
+        (KeyMaterial::Rsa { key, spki_der }, Alg::RS256 | Alg::RS384 | Alg::RS512) => {
             if native.rsa != NativeState::Unavailable {
                 if let Some(ok) = verify_native(host, alg.hash().envoy_name(), spki_der, msg, sig) {
                     native.rsa = NativeState::Available;
@@ -101,15 +93,11 @@ pub fn verify(
                 }
                 native.rsa = NativeState::Unavailable;
             }
-            match fast {
-                Some(m) => m.verify_pkcs1(alg.hash(), msg, sig),
-                None => verify_rsa_pkcs1(key, alg.hash(), msg, sig),
-            }
+            key.verify_pkcs1(alg.hash(), msg, sig)
         }
-        (KeyMaterial::Rsa { key, fast, .. }, Alg::PS256 | Alg::PS384 | Alg::PS512) => match fast {
-            Some(m) => m.verify_pss(alg.hash(), msg, sig),
-            None => verify_rsa_pss(key, alg.hash(), msg, sig),
-        },
+        (KeyMaterial::Rsa { key, .. }, Alg::PS256 | Alg::PS384 | Alg::PS512) => {
+            key.verify_pss(alg.hash(), msg, sig)
+        }
         (KeyMaterial::P256(k), Alg::ES256) => {
             let point = k.to_encoded_point(false);
             if let Some(ok) =
@@ -267,24 +255,4 @@ pub(crate) fn digest(hash: Hash, msg: &[u8]) -> Vec<u8> {
         Hash::Sha384 => Sha384::digest(msg).to_vec(),
         Hash::Sha512 => Sha512::digest(msg).to_vec(),
     }
-}
-
-/// Pure-Rust RSASSA-PKCS1-v1_5.
-pub fn verify_rsa_pkcs1(key: &RsaPublicKey, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
-    let scheme = match hash {
-        Hash::Sha256 => Pkcs1v15Sign::new::<Sha256>(),
-        Hash::Sha384 => Pkcs1v15Sign::new::<Sha384>(),
-        Hash::Sha512 => Pkcs1v15Sign::new::<Sha512>(),
-    };
-    key.verify(scheme, &digest(hash, msg), sig).is_ok()
-}
-
-/// Pure-Rust RSASSA-PSS with MGF1 and salt length = hash length (RFC 7518 3.5).
-pub fn verify_rsa_pss(key: &RsaPublicKey, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
-    let scheme = match hash {
-        Hash::Sha256 => Pss::new::<Sha256>(),
-        Hash::Sha384 => Pss::new::<Sha384>(),
-        Hash::Sha512 => Pss::new::<Sha512>(),
-    };
-    key.verify(scheme, &digest(hash, msg), sig).is_ok()
 }

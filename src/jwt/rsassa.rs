@@ -1,17 +1,18 @@
-//! RSA signature verification for the public exponent 65537, the one every
-//! IdP uses: RS256/384/512 (RSASSA-PKCS1-v1_5) when the host has no native
-//! `verify_signature`, and PS256/384/512 (RSASSA-PSS) always.
+//! RSA signature verification: RS256/384/512 (RSASSA-PKCS1-v1_5) when the
+//! host has no native `verify_signature`, and PS256/384/512 (RSASSA-PSS)
+//! always. The `rsa` crate parses and checks keys (`jwk.rs`); verifying is
+//! done here.
 //!
 //! Written here, not taken from the `rsa` crate, for speed only: the crate
 //! raises to the power with `num-bigint-dig`'s generic windowed
-//! exponentiation (about 39 Montgomery products for a 17-bit exponent,
-//! each allocating), which costs 664 us per 2048-bit operation under V8
-//! (Node, measured) where 16 squarings and one product in place cost 146 us.
-//! The `rsa` crate stays for keys with another exponent. Verification uses
-//! no secret, so nothing here needs to run in constant time. The unit tests
-//! check the arithmetic against `num-bigint-dig` and the encodings against
-//! the `rsa` crate (RFC 8017: RSAVP1 5.2.2, EMSA-PSS-VERIFY 9.1.2 with the
-//! salt as long as the hash (RFC 7518 3.5), EMSA-PKCS1-v1_5 9.2).
+//! exponentiation (about 39 Montgomery products for the usual exponent
+//! 65537, each allocating), which costs 664 us per 2048-bit operation under
+//! V8 (Node, measured) where square-and-multiply in place (16 squarings and
+//! one product for 65537) costs 146 us. Verification uses no secret, so
+//! nothing here needs to run in constant time. The unit tests check the
+//! arithmetic against `num-bigint-dig` and the verdicts against the `rsa`
+//! crate (RFC 8017: RSAVP1 5.2.2, EMSA-PSS-VERIFY 9.1.2 with the salt as
+//! long as the hash (RFC 7518 3.5), EMSA-PKCS1-v1_5 9.2).
 
 use super::jose::Hash;
 use super::verify::digest;
@@ -22,25 +23,35 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 const MAX_BITS: usize = 8192;
 const MAX_LIMBS: usize = MAX_BITS / 32;
 
-/// An RSA modulus prepared for Montgomery arithmetic (32-bit limbs: wasm
+/// An RSA public key prepared for Montgomery arithmetic (32-bit limbs: wasm
 /// multiplies 32 x 32 -> 64 bits natively).
 #[derive(Clone)]
-pub struct Modulus {
+pub struct RsaKey {
     /// n, little-endian limbs.
     n: Vec<u32>,
     /// -n^-1 mod 2^32.
     n0inv: u32,
     /// R^2 mod n, R = 2^(32 * limbs): brings a number into Montgomery form.
     rr: Vec<u32>,
+    /// The public exponent (odd, >= 3).
+    e: u64,
     /// Size of n in bytes (k) and in bits.
     bytes: usize,
     bits: usize,
 }
 
-impl Modulus {
-    /// For an odd modulus of 512..=8192 bits; `None` otherwise (the caller
-    /// then uses the `rsa` crate).
-    pub fn new(n: &BigUint) -> Option<Modulus> {
+impl RsaKey {
+    /// For an odd modulus of 512..=8192 bits and an odd exponent from 3 to
+    /// 2^64 - 1; `None` otherwise (not a usable RSA key).
+    pub fn new(n: &BigUint, e: &BigUint) -> Option<RsaKey> {
+        let e_bytes = e.to_bytes_be();
+        if e_bytes.len() > 8 {
+            return None;
+        }
+        let e = e_bytes.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+        if e < 3 || e % 2 == 0 {
+            return None;
+        }
         let bits = n.bits();
         if !(512..=MAX_BITS).contains(&bits) {
             return None;
@@ -58,8 +69,9 @@ impl Modulus {
             inv = inv.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(inv)));
         }
         let rr = (BigUint::from(1u32) << (64 * limbs)) % n;
-        Some(Modulus {
+        Some(RsaKey {
             rr: to_limbs(&rr, limbs)?,
+            e,
             n: n_limbs,
             n0inv: inv.wrapping_neg(),
             bytes: bits.div_ceil(8),
@@ -67,8 +79,9 @@ impl Modulus {
         })
     }
 
-    /// RSAVP1 with e = 65537: `sig^65537 mod n` as k big-endian bytes.
-    /// `None` when `sig` is not exactly k bytes or not below n.
+    /// RSAVP1: `sig^e mod n` as k big-endian bytes, by square-and-multiply
+    /// from the exponent's top bit. `None` when `sig` is not exactly k bytes
+    /// or not below n.
     pub fn public_op(&self, sig: &[u8]) -> Option<Vec<u8>> {
         if sig.len() != self.bytes {
             return None;
@@ -85,15 +98,20 @@ impl Modulus {
         self.mul(&s, &self.rr, &mut xm);
         let mut acc = xm.clone();
         let mut tmp = vec![0u32; l];
-        for _ in 0..16 {
+        let top = 63 - self.e.leading_zeros();
+        for bit in (0..top).rev() {
             self.mul(&acc, &acc, &mut tmp);
             std::mem::swap(&mut acc, &mut tmp);
+            if self.e >> bit & 1 == 1 {
+                self.mul(&acc, &xm, &mut tmp);
+                std::mem::swap(&mut acc, &mut tmp);
+            }
         }
-        self.mul(&acc, &xm, &mut tmp);
         // Out of Montgomery form: a product with 1.
         let mut one = vec![0u32; l];
         *one.first_mut()? = 1;
-        self.mul(&tmp, &one, &mut acc);
+        self.mul(&acc, &one, &mut tmp);
+        let acc = tmp;
         let mut out = vec![0u8; self.bytes];
         for (i, o) in out.iter_mut().rev().enumerate() {
             *o = (acc.get(i / 4)? >> (8 * (i % 4))) as u8;
@@ -303,7 +321,7 @@ mod tests {
             *nb.last_mut().unwrap() |= 1;
             let n = BigUint::from_bytes_be(&nb);
             assert_eq!(n.bits(), bits);
-            let m = Modulus::new(&n).unwrap();
+            let m = RsaKey::new(&n, &e).unwrap();
             for _ in 0..40 {
                 let s = BigUint::from_bytes_be(&bytes(&mut seed, nb.len())) % &n;
                 let mut sb = s.to_bytes_be();
@@ -313,6 +331,21 @@ mod tests {
                 let want = s.modpow(&e, &n);
                 let got = BigUint::from_bytes_be(&m.public_op(&sb).unwrap());
                 assert_eq!(got, want, "{bits} bits");
+            }
+            // Other exponents: the smallest, a small one with several bits
+            // set, and the largest.
+            for other in [3u64, 0x1_0003, u64::MAX] {
+                let e = BigUint::from(other);
+                let k = RsaKey::new(&n, &e).unwrap();
+                for _ in 0..3 {
+                    let s = BigUint::from_bytes_be(&bytes(&mut seed, nb.len())) % &n;
+                    let mut sb = s.to_bytes_be();
+                    while sb.len() < nb.len() {
+                        sb.insert(0, 0);
+                    }
+                    let got = BigUint::from_bytes_be(&k.public_op(&sb).unwrap());
+                    assert_eq!(got, s.modpow(&e, &n), "{bits} bits, e = {other}");
+                }
             }
             // Out of range or of the wrong size: no result.
             assert!(m.public_op(&nb).is_none(), "s = n");
@@ -325,12 +358,22 @@ mod tests {
     }
 
     #[test]
-    fn unusable_moduli_are_left_to_the_rsa_crate() {
-        assert!(Modulus::new(&BigUint::from(65537u32)).is_none());
+    fn unusable_keys_are_refused() {
+        let e = BigUint::from(65537u32);
+        assert!(RsaKey::new(&BigUint::from(65537u32), &e).is_none());
         let even = BigUint::from(1u32) << 2047;
-        assert!(Modulus::new(&even).is_none());
+        assert!(RsaKey::new(&even, &e).is_none());
         let huge = (BigUint::from(1u32) << 8200) + BigUint::from(1u32);
-        assert!(Modulus::new(&huge).is_none());
+        assert!(RsaKey::new(&huge, &e).is_none());
+        let n = (BigUint::from(1u32) << 2047) + BigUint::from(1u32);
+        assert!(RsaKey::new(&n, &e).is_some());
+        for bad_e in [
+            BigUint::from(1u32),
+            BigUint::from(65536u32),
+            BigUint::from(1u32) << 64,
+        ] {
+            assert!(RsaKey::new(&n, &bad_e).is_none(), "e = {bad_e}");
+        }
     }
 
     /// EMSA-PSS-ENCODE (RFC 8017 9.1.1), for the tests only.
@@ -419,13 +462,32 @@ mod tests {
         assert!(!pkcs1_em_ok(&em[..40], Hash::Sha256, b"msg"));
     }
 
+    /// The `rsa` crate's RSASSA-PKCS1-v1_5: the reference.
+    fn verify_rsa_pkcs1(key: &rsa::RsaPublicKey, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
+        let scheme = match hash {
+            Hash::Sha256 => rsa::Pkcs1v15Sign::new::<Sha256>(),
+            Hash::Sha384 => rsa::Pkcs1v15Sign::new::<Sha384>(),
+            Hash::Sha512 => rsa::Pkcs1v15Sign::new::<Sha512>(),
+        };
+        key.verify(scheme, &digest(hash, msg), sig).is_ok()
+    }
+
+    /// The `rsa` crate's RSASSA-PSS (salt = hash length): the reference.
+    fn verify_rsa_pss(key: &rsa::RsaPublicKey, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
+        let scheme = match hash {
+            Hash::Sha256 => rsa::Pss::new::<Sha256>(),
+            Hash::Sha384 => rsa::Pss::new::<Sha384>(),
+            Hash::Sha512 => rsa::Pss::new::<Sha512>(),
+        };
+        key.verify(scheme, &digest(hash, msg), sig).is_ok()
+    }
+
     /// The fixture tokens (signed by Python `cryptography`) through both
     /// implementations: the same verdict for the real signature and for
     /// every altered one, altered message, or other hash.
     #[test]
     fn verdicts_equal_the_rsa_crate_on_real_tokens() {
         use crate::jwt::jose::b64url_decode;
-        use crate::jwt::verify::{verify_rsa_pkcs1, verify_rsa_pss};
         let jwks: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/fixtures/jwt/jwks.json")).unwrap();
         let tokens: serde_json::Value =
@@ -454,7 +516,7 @@ mod tests {
                 BigUint::from_bytes_be(&b64url_decode(key[f].as_str().unwrap().as_bytes()).unwrap())
             };
             let public = rsa::RsaPublicKey::new(int("n"), int("e")).unwrap();
-            let m = Modulus::new(&int("n")).unwrap();
+            let m = RsaKey::new(&int("n"), &int("e")).unwrap();
             let dot = t.rfind('.').unwrap();
             let (msg, sig) = (
                 &t.as_bytes()[..dot],
