@@ -6,6 +6,7 @@
 //! kept, so one odd key published by an IdP never locks everybody out.
 
 use super::jose::{b64url_decode, Alg};
+use super::native::{ec_spki_der, Curve};
 use rsa::pkcs8::EncodePublicKey;
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
@@ -27,8 +28,15 @@ pub enum KeyMaterial {
         /// DER SubjectPublicKeyInfo, for Envoy's native `verify_signature`.
         spki_der: Vec<u8>,
     },
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
+    /// `spki_der`: DER SubjectPublicKeyInfo, for the native `verify_signature`.
+    P256 {
+        key: p256::ecdsa::VerifyingKey,
+        spki_der: Vec<u8>,
+    },
+    P384 {
+        key: p384::ecdsa::VerifyingKey,
+        spki_der: Vec<u8>,
+    },
     Ed25519(ed25519_dalek::VerifyingKey),
     Oct(Vec<u8>),
 }
@@ -38,8 +46,8 @@ impl std::fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             KeyMaterial::Rsa { .. } => "Rsa",
-            KeyMaterial::P256(_) => "P256",
-            KeyMaterial::P384(_) => "P384",
+            KeyMaterial::P256 { .. } => "P256",
+            KeyMaterial::P384 { .. } => "P384",
             KeyMaterial::Ed25519(_) => "Ed25519",
             KeyMaterial::Oct(_) => "Oct(<secret>)",
         })
@@ -66,8 +74,8 @@ impl Jwk {
                 (KeyMaterial::Rsa { spki_der: a, .. }, KeyMaterial::Rsa { spki_der: b, .. }) => {
                     a == b
                 }
-                (KeyMaterial::P256(a), KeyMaterial::P256(b)) => a == b,
-                (KeyMaterial::P384(a), KeyMaterial::P384(b)) => a == b,
+                (KeyMaterial::P256 { key: a, .. }, KeyMaterial::P256 { key: b, .. }) => a == b,
+                (KeyMaterial::P384 { key: a, .. }, KeyMaterial::P384 { key: b, .. }) => a == b,
                 (KeyMaterial::Ed25519(a), KeyMaterial::Ed25519(b)) => a == b,
                 (KeyMaterial::Oct(a), KeyMaterial::Oct(b)) => a == b,
                 _ => false,
@@ -86,8 +94,8 @@ impl Jwk {
             (
                 KeyMaterial::Rsa { .. },
                 Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
-            ) | (KeyMaterial::P256(_), Alg::ES256)
-                | (KeyMaterial::P384(_), Alg::ES384)
+            ) | (KeyMaterial::P256 { .. }, Alg::ES256)
+                | (KeyMaterial::P384 { .. }, Alg::ES384)
                 | (KeyMaterial::Ed25519(_), Alg::EdDSA)
                 | (KeyMaterial::Oct(_), Alg::HS256 | Alg::HS384 | Alg::HS512)
         )
@@ -218,16 +226,20 @@ pub fn parse_jwk(k: &Value) -> Result<Jwk, &'static str> {
             sec1.push(0x04);
             sec1.extend_from_slice(&x);
             sec1.extend_from_slice(&y);
-            if size == 32 {
-                KeyMaterial::P256(
-                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+            let curve = if size == 32 { Curve::P256 } else { Curve::P384 };
+            let spki_der =
+                ec_spki_der(curve, &sec1).ok_or("EC coordinates have the wrong length")?;
+            match curve {
+                Curve::P256 => KeyMaterial::P256 {
+                    key: p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
                         .map_err(|_| "EC point not on the curve")?,
-                )
-            } else {
-                KeyMaterial::P384(
-                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+                    spki_der,
+                },
+                Curve::P384 => KeyMaterial::P384 {
+                    key: p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
                         .map_err(|_| "EC point not on the curve")?,
-                )
+                    spki_der,
+                },
             }
         }
         "OKP" => {

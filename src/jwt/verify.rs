@@ -98,10 +98,8 @@ pub fn verify(
         (KeyMaterial::Rsa { key, .. }, Alg::PS256 | Alg::PS384 | Alg::PS512) => {
             key.verify_pss(alg.hash(), msg, sig)
         }
-        (KeyMaterial::P256(k), Alg::ES256) => {
-            let point = k.to_encoded_point(false);
-            if let Some(ok) =
-                verify_native_ec(host, native, stats, Curve::P256, point.as_bytes(), msg, sig)
+        (KeyMaterial::P256 { key: k, spki_der }, Alg::ES256) => {
+            if let Some(ok) = verify_native_ec(host, native, stats, Curve::P256, spki_der, msg, sig)
             {
                 return ok;
             }
@@ -111,10 +109,8 @@ pub fn verify(
                 Err(_) => false,
             }
         }
-        (KeyMaterial::P384(k), Alg::ES384) => {
-            let point = k.to_encoded_point(false);
-            if let Some(ok) =
-                verify_native_ec(host, native, stats, Curve::P384, point.as_bytes(), msg, sig)
+        (KeyMaterial::P384 { key: k, spki_der }, Alg::ES384) => {
+            if let Some(ok) = verify_native_ec(host, native, stats, Curve::P384, spki_der, msg, sig)
             {
                 return ok;
             }
@@ -162,7 +158,7 @@ fn verify_native_ec(
     native: &mut NativePaths,
     stats: &mut VerifyStats,
     curve: Curve,
-    point: &[u8],
+    spki_der: &[u8],
     msg: &[u8],
     sig: &[u8],
 ) -> Option<bool> {
@@ -173,10 +169,9 @@ fn verify_native_ec(
     if *state != NativeState::Available {
         return None;
     }
-    let spki = native::ec_spki_der(curve, point)?;
     // Not `r || s` of the curve's size: the wasm path refuses it at once.
     let der = native::ecdsa_der(curve, sig)?;
-    match verify_native(host, curve.hash_name(), &spki, msg, &der) {
+    match verify_native(host, curve.hash_name(), spki_der, msg, &der) {
         Some(ok) => {
             stats.native_calls += 1;
             Some(ok)
