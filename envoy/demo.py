@@ -68,6 +68,7 @@ def main():
         curl([URL])
         print("Metrics:")
         print("$ curl -s 127.0.0.1:9901/stats | grep meshguard")
+        time.sleep(0.3)  # counters reach Envoy's stats within metrics_flush_interval (100 ms)
         with urllib.request.urlopen(ADMIN + "/stats", timeout=5) as r:
             for line in r.read().decode().splitlines():
                 if "meshguard" in line:

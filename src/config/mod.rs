@@ -39,6 +39,9 @@ pub const MAX_ROUTES: usize = 1000;
 pub const MAX_LIMITS_PER_ROUTE: usize = 16;
 pub const DEFAULT_MAX_RATE_LIMIT_KEYS: u32 = 10_000;
 pub const MAX_RATE_LIMIT_KEYS: u64 = 1_000_000;
+/// Default and bound of `metrics_flush_interval`.
+pub const DEFAULT_METRICS_FLUSH_INTERVAL_NS: u64 = 100_000_000;
+pub const MAX_METRICS_FLUSH_INTERVAL_NS: u64 = 10_000_000_000;
 pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 
@@ -128,6 +131,9 @@ pub struct Config {
     pub cache_store: CacheStoreConfig,
     pub max_rate_limit_keys: u32,
     pub rate_limit_service: Option<RlsConfig>,
+    /// Counter increments wait at most this long in the worker before they
+    /// reach the host (0: not batched; see `host::batch`).
+    pub metrics_flush_interval_ns: u64,
 }
 
 impl Config {
@@ -144,6 +150,7 @@ impl Config {
             },
             max_rate_limit_keys: DEFAULT_MAX_RATE_LIMIT_KEYS,
             rate_limit_service: None,
+            metrics_flush_interval_ns: DEFAULT_METRICS_FLUSH_INTERVAL_NS,
         }
     }
 
@@ -333,6 +340,17 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
         cfg.max_rate_limit_keys = n as u32;
+    }
+
+    if let Some(d) = raw.metrics_flush_interval {
+        if d.0 > MAX_METRICS_FLUSH_INTERVAL_NS {
+            return Err(ConfigError::expected(
+                "metrics_flush_interval",
+                "a duration from \"0s\" (every increment at once) to \"10s\"",
+                show_str(&crate::breaker::policy::fmt_duration(d.0)),
+            ));
+        }
+        cfg.metrics_flush_interval_ns = d.0;
     }
 
     if let Some(rls) = &raw.rate_limit_service {

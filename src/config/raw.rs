@@ -37,6 +37,10 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_rate_limit_keys: Option<u64>,
+    /// How long counter increments may wait before they reach Envoy's
+    /// stats (default "100ms"; "0s": every increment at once).
+    #[serde(default)]
+    pub metrics_flush_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

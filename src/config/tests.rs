@@ -388,3 +388,33 @@ fn global_limit_errors() {
         assert!(e.msg.contains(words), "{doc}: {e}");
     }
 }
+
+#[test]
+fn metrics_flush_interval_defaults_to_100ms_accepts_0s_and_refuses_the_rest() {
+    assert_eq!(ok("{}").metrics_flush_interval_ns, 100_000_000);
+    assert_eq!(
+        ok(r#"{"metrics_flush_interval": "0s"}"#).metrics_flush_interval_ns,
+        0,
+        "0s: no batching"
+    );
+    assert_eq!(
+        ok(r#"{"metrics_flush_interval": "1.5s"}"#).metrics_flush_interval_ns,
+        1_500_000_000
+    );
+    assert_eq!(
+        ok(r#"{"metrics_flush_interval": "10s"}"#).metrics_flush_interval_ns,
+        10_000_000_000
+    );
+    let e = err(r#"{"metrics_flush_interval": "11s"}"#);
+    assert_eq!(e.path, "metrics_flush_interval");
+    assert!(
+        e.to_string()
+            .contains("from \"0s\" (every increment at once) to \"10s\"")
+            && e.to_string().contains("got \"11s\""),
+        "{e}"
+    );
+    for bad in [r#""soon""#, "100", r#""-1s""#] {
+        let e = err(&format!(r#"{{"metrics_flush_interval": {bad}}}"#));
+        assert_eq!(e.path, "metrics_flush_interval", "{bad}: {e}");
+    }
+}

@@ -25,30 +25,10 @@ use super::http::Stream;
 use super::root::Root;
 use crate::host::abi::action;
 use crate::host::proxy_wasm as adapter;
+use crate::host::IdHasher;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// Context ids are small sequential integers given by the host: used as
-/// their own hash (no SipHash per lookup).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        // Spread sequential ids over the table's buckets (hashbrown takes
-        // the top bits for its control bytes).
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+use std::hash::BuildHasherDefault;
 
 #[derive(Default)]
 struct Contexts {

@@ -11,7 +11,7 @@ use crate::breaker::{self, Admission};
 use crate::cache::{self, CacheRoute, Lookup, MissContext, ResponseDecision};
 use crate::config::Route;
 use crate::host::header_map::HeaderMap;
-use crate::host::proxy_wasm::{self as adapter, ProxyWasmHost};
+use crate::host::proxy_wasm as adapter;
 use crate::host::{Host, OneClock};
 use crate::jwt::{self, AuthOutcome, HeaderOp};
 use crate::ratelimit::{self, rls, LocalOutcome};
@@ -186,8 +186,9 @@ fn cache_route<'a>(rt: &'a Runtime, route: &'a Route, idx: usize) -> Option<Cach
 /// Runs the request stages from where the stream stands.
 pub fn run(s: &mut StreamState, w: &Worker) -> Step {
     // One clock reading for the whole pass (JWT expiry, buckets, breaker).
-    let host = OneClock::new(&ProxyWasmHost);
     let rt = s.rt.clone();
+    let batched = rt.host();
+    let host = OneClock::new(&batched);
     let Some(route) = rt.config.routes.get(s.route) else {
         return Step::Continue;
     };
@@ -386,7 +387,7 @@ fn apply_decision(s: &mut StreamState, mut d: ratelimit::Decision, route: &str) 
 /// waits for it, applies its verdict or the failure mode. `None` when the
 /// request goes on.
 fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Route) -> Option<Step> {
-    let host = ProxyWasmHost;
+    let host = rt.host();
     let svc = rt.config.rate_limit_service.as_ref()?;
     let metrics = rt
         .rls_metrics
@@ -527,7 +528,7 @@ pub fn abandon_cache(s: &mut StreamState) {
     let rt = s.rt.clone();
     if let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) {
         if let Some(cr) = cache_route(&rt, route, s.route) {
-            cache::abandon(&ProxyWasmHost, &cr, &mut ctx);
+            cache::abandon(&rt.host(), &cr, &mut ctx);
         }
     }
     s.capture = None;
@@ -552,7 +553,8 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
     // At most one clock reading, shared by the elapsed time and the
     // breaker's own update, and none when neither needs it (no `slow_call`,
     // a success without the ratio rule).
-    let host = OneClock::new(&ProxyWasmHost);
+    let batched = rt.host();
+    let host = OneClock::new(&batched);
     let upstream_failure = breaker::upstream_failure_from_response_flags(flags);
     let cancelled = breaker::client_cancelled_from_response_flags(flags)
         || (status.is_none() && !upstream_failure);
@@ -594,7 +596,7 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
     let rt = s.rt.clone();
     if let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) {
         if let Some(cr) = cache_route(&rt, route, s.route) {
-            let host = ProxyWasmHost;
+            let host = rt.host();
             if breaker::upstream_failure_from_response_flags(flags) {
                 if let Some(stale) = cache::on_upstream_failure(&host, &cr, &mut ctx) {
                     send_cached(s, stale);
@@ -725,7 +727,7 @@ pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
             let rt = s.rt.clone();
             if let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) {
                 if let Some(cr) = cache_route(&rt, route, s.route) {
-                    cache::abandon_too_big(&ProxyWasmHost, &cr, &mut ctx);
+                    cache::abandon_too_big(&rt.host(), &cr, &mut ctx);
                 }
             }
             s.capture = None;
@@ -748,7 +750,7 @@ pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
         ) {
             if let Some(cr) = cache_route(&rt, route, s.route) {
                 cache::store(
-                    &ProxyWasmHost,
+                    &rt.host(),
                     &cr,
                     &mut ctx,
                     cap.status,

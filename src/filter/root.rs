@@ -5,9 +5,10 @@ use super::http::Stream;
 use super::pipeline::{self, Step, StreamState};
 use crate::breaker;
 use crate::cache::CacheMetrics;
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_METRICS_FLUSH_INTERVAL_NS};
+use crate::host::batch::Batched;
 use crate::host::proxy_wasm::{self as adapter, ProxyWasmHost};
-use crate::host::{Host, MetricId, MetricKind};
+use crate::host::{Host, MetricId, MetricKind, OneClock};
 use crate::jwt::{FetchFailure, JwtMetrics, TokenCache};
 use crate::ratelimit::rls::{self, CallError, RlsMetrics};
 use crate::ratelimit::{self, Limiter};
@@ -29,6 +30,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The host a stream's work uses: Envoy, with counter increments
+    /// batched in the VM unless `metrics_flush_interval` is "0s" (the
+    /// root's tick flushes them; see `host::batch`).
+    pub fn host(&self) -> Batched<'static, ProxyWasmHost> {
+        Batched::new(
+            &ProxyWasmHost,
+            (self.config.metrics_flush_interval_ns > 0).then(adapter::metric_batch),
+        )
+    }
+
     pub fn new(host: &impl Host, mut config: Config) -> Runtime {
         let evictions = host
             .define_metric(MetricKind::Counter, "meshguard.ratelimit.evictions")
@@ -102,6 +113,8 @@ pub struct Worker {
     last_rls_warning_ns: Cell<u64>,
     next_jwks_poll_ns: Cell<u64>,
     fast_tick: Cell<bool>,
+    /// The root's tick period as last set (zero: no tick).
+    tick_period: Cell<Duration>,
     /// The root context of this VM: it owns the calls to the rate limit
     /// service.
     root_context_id: Cell<u32>,
@@ -126,6 +139,7 @@ impl Worker {
         }
         if !self.fast_tick.replace(true) {
             // Sets the tick of this VM's root context (from any context).
+            self.tick_period.set(FAST_TICK);
             adapter::set_tick_period(FAST_TICK);
         }
     }
@@ -157,6 +171,7 @@ impl Worker {
             ));
         }
         if !self.fast_tick.replace(true) {
+            self.tick_period.set(FAST_TICK);
             adapter::set_tick_period(FAST_TICK);
         }
     }
@@ -325,7 +340,7 @@ impl Root {
         Stream::new(context_id, rt, self.worker.clone())
     }
 
-    fn poll_jwks(&self, host: &ProxyWasmHost, rt: &Rc<Runtime>) {
+    fn poll_jwks(&self, host: &impl Host, rt: &Rc<Runtime>) {
         let now = host.now_nanos();
         if !rt.has_remote_jwks || now < self.worker.next_jwks_poll_ns.get() {
             return;
@@ -385,19 +400,33 @@ impl Root {
         self.worker.parked.borrow_mut().extend(keep);
     }
 
+    /// The tick this root needs now: fast while streams wait, else the
+    /// metrics flush interval and the JWKS refresh poll (the shorter), else
+    /// none. The host is only called when the period changes.
     fn set_tick(&self, rt: Option<&Rc<Runtime>>) {
         let parked =
             !self.worker.parked.borrow().is_empty() || !self.worker.rls_calls.borrow().is_empty();
         self.worker.fast_tick.set(parked);
+        let flush = match rt.map_or(0, |r| r.config.metrics_flush_interval_ns) {
+            0 if adapter::metric_batch().ever_used() => {
+                Some(Duration::from_nanos(DEFAULT_METRICS_FLUSH_INTERVAL_NS))
+            }
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        };
+        let jwks = rt.is_some_and(|r| r.has_remote_jwks).then_some(SLOW_TICK);
         let period = if parked {
             FAST_TICK
-        } else if rt.is_some_and(|r| r.has_remote_jwks) {
-            SLOW_TICK
         } else {
-            Duration::ZERO
+            match (flush, jwks) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(Duration::ZERO),
+            }
         };
-        adapter::set_effective_context(self.context_id);
-        adapter::set_tick_period(period);
+        if self.worker.tick_period.replace(period) != period {
+            adapter::set_effective_context(self.context_id);
+            adapter::set_tick_period(period);
+        }
     }
 }
 
@@ -465,7 +494,10 @@ impl Root {
                 if rt.has_remote_jwks {
                     // First fetch as soon as the cluster manager is up.
                     self.worker.poll_jwks_soon();
+                    self.worker.tick_period.set(FAST_TICK);
                     adapter::set_tick_period(FAST_TICK);
+                } else {
+                    self.set_tick(Some(&rt));
                 }
                 *self.worker.runtime.borrow_mut() = Some(rt);
                 log::info!("meshguard: configuration loaded ({routes} routes)");
@@ -479,13 +511,17 @@ impl Root {
     }
 
     pub fn on_tick(&mut self) {
+        adapter::flush_metrics();
         let rt = self.worker.runtime.borrow().clone();
-        let host = ProxyWasmHost;
-        if let Some(rt) = &rt {
+        // At most one clock reading; none on a tick that only flushes.
+        let host = OneClock::new(&ProxyWasmHost);
+        if let Some(rt) = rt.as_ref().filter(|r| r.has_remote_jwks) {
             self.poll_jwks(&host, rt);
         }
         self.run_parked();
-        self.worker.expire_rls(host.now_nanos());
+        if !self.worker.rls_calls.borrow().is_empty() {
+            self.worker.expire_rls(host.now_nanos());
+        }
         self.set_tick(rt.as_ref());
     }
 }

@@ -4,6 +4,9 @@
 //! call the host themselves. `proxy_wasm.rs` is the only adapter to the real
 //! host (Envoy), through the ABI imports declared in `abi.rs`; `fake.rs` is an in-memory host with the same
 //! compare-and-swap semantics and a settable clock, for native tests.
+//! Two wrappers shape how a request's work reaches the host: `OneClock`
+//! (one clock reading per pass) and `batch::Batched` (counter increments
+//! summed in the worker VM and flushed by the root's tick).
 //!
 //! Shared-data semantics (as implemented by Envoy, and mirrored by the fake):
 //! - `shared_get` returns the value and its CAS token (never 0).
@@ -17,6 +20,7 @@
 
 #[cfg(target_os = "wasi")]
 pub mod abi;
+pub mod batch;
 pub mod fake;
 pub mod header_map;
 #[cfg(target_os = "wasi")]
@@ -73,6 +77,28 @@ pub struct MetricId(pub u32);
 
 impl MetricId {
     pub const NONE: MetricId = MetricId(u32::MAX);
+}
+
+/// Hasher for small integer ids the host hands out (context ids, metric
+/// ids): the id, spread by one multiplication, is its own hash (no SipHash
+/// per lookup).
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        // Spread sequential ids over the table's buckets (hashbrown takes
+        // the top bits for its control bytes).
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// What meshguard needs from its host.

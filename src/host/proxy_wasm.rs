@@ -4,6 +4,7 @@
 //! host returns.
 
 use super::abi::{self, buffer, map, status};
+use super::batch::MetricBatch;
 use super::header_map::{decode_pairs, HeaderMap};
 use super::{Host, HostError, MetricId, MetricKind, SetError, SharedValue};
 use std::mem::MaybeUninit;
@@ -56,6 +57,23 @@ fn read(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec
         (status::NOT_FOUND, _) => Ok(None),
         (other, _) => Err(other),
     }
+}
+
+thread_local! {
+    /// The VM's pending counter increments (a worker VM runs one thread;
+    /// leaked once so streams and root contexts share it as `'static`).
+    static METRICS: &'static MetricBatch = Box::leak(Box::default());
+}
+
+/// This VM's counter batch (see `host::batch`), shared by all its root
+/// contexts: metric ids belong to the VM, so any root's tick may flush it.
+pub fn metric_batch() -> &'static MetricBatch {
+    METRICS.with(|m| *m)
+}
+
+/// Hands the VM's pending counter increments to Envoy.
+pub fn flush_metrics() -> usize {
+    metric_batch().flush(&ProxyWasmHost)
 }
 
 /// The real host (Envoy). Zero-sized: state lives in the host.

@@ -13,6 +13,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# meshguard hands its counter increments to Envoy once per
+# `metrics_flush_interval` (default 100 ms) per worker: stats() waits this
+# long first, so the counters it reads include every request already answered.
+METRICS_SETTLE_S = 0.35
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
@@ -275,7 +279,11 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=10) as r:
             return r.read().decode()
 
-    def stats(self):
+    def stats(self, settle=True):
+        """Every stat, after meshguard's counters had time to be flushed
+        (`settle=False`: as they are at this instant)."""
+        if settle:
+            time.sleep(METRICS_SETTLE_S)
         out = {}
         for line in self.admin("/stats").splitlines():
             name, _, value = line.partition(": ")
@@ -285,8 +293,8 @@ class Envoy:
                 out[name] = value
         return out
 
-    def stat(self, name, default=0):
-        return self.stats().get(name, default)
+    def stat(self, name, default=0, settle=True):
+        return self.stats(settle).get(name, default)
 
     def rss_bytes(self):
         with open(f"/proc/{self.proc.pid}/status") as f:

@@ -113,6 +113,9 @@ BAD = [
      'meshguard: invalid config at routes[0].rate_limit[0].refill_interval: '
      'expected a duration string like "250ms"'),
     ("not json", "meshguard: invalid config: expected a JSON object"),
+    ('{"metrics_flush_interval": "1m"}',
+     'meshguard: invalid config at metrics_flush_interval: expected a duration from "0s" '
+     '(every increment at once) to "10s", got \"1m\"'),
     ('{"routes": [{"name": "a", "match": ["/api/"], "rate_limit": [{"capacity": 5, "refill_interval": "1s"}]}]}',
      "meshguard: invalid config at routes[0].match: expected an object, got an array"),
 ]

@@ -4,10 +4,13 @@ shadow mode, bounded memory, metrics."""
 import json
 import random
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import http.client
+
+import harness
 
 
 def route(limits, name="api", **extra):
@@ -171,6 +174,7 @@ def test_prometheus_names(envoy, upstream):
     e = envoy({"routes": [route([limit(1)])]})
     e.request("/")
     e.request("/")
+    time.sleep(harness.METRICS_SETTLE_S)
     prom = e.admin("/stats/prometheus")
     assert "meshguard_ratelimit_api_all_allowed" in prom
     line = [l for l in prom.splitlines() if l.startswith("meshguard_ratelimit_api_all_limited")]

@@ -28,7 +28,7 @@ def write_atomically(path, doc):
 def wait_for(e, stat, at_least, timeout=20):
     end = time.time() + timeout
     while time.time() < end:
-        if e.stat(stat, 0) >= at_least:
+        if e.stat(stat, 0, settle=False) >= at_least:
             return
         time.sleep(0.05)
     raise AssertionError(f"{stat} never reached {at_least}:\n{e.log()[-4000:]}")
