@@ -6,16 +6,22 @@
 //! kept, so one odd key published by an IdP never locks everybody out.
 
 use super::jose::{b64url_decode, Alg};
-use super::native::{ec_spki_der, Curve};
-use rsa::pkcs8::EncodePublicKey;
-use rsa::traits::PublicKeyParts;
-use rsa::{BigUint, RsaPublicKey};
+use super::native::{ec_spki_der, rsa_spki_der, Curve};
+use super::rsassa::{modulus_bits, strip_zeros, RsaKey};
 use serde_json::Value;
 
 /// At most this many keys of one JWKS are kept (the rest are skipped).
 pub const MAX_KEYS: usize = 64;
 /// Smallest RSA modulus accepted (bits).
 pub const MIN_RSA_BITS: usize = 2048;
+/// Largest RSA modulus accepted (bits): verification cost grows with the
+/// cube of the size, and 4096 is the common ceiling (BoringSSL, the `rsa`
+/// crate).
+pub const MAX_RSA_BITS: usize = 4096;
+/// Largest RSA public exponent accepted: 2^33 - 1, the bound of BoringSSL
+/// (Envoy's native `verify_signature` would refuse every signature of a
+/// key above it) and of the `rsa` crate.
+pub const MAX_RSA_EXPONENT: u64 = (1 << 33) - 1;
 /// Smallest HMAC secret accepted (bytes): RFC 7518 3.2 wants at least the
 /// hash size; 32 bytes is the floor for HS256.
 pub const MIN_OCT_BYTES: usize = 32;
@@ -198,17 +204,23 @@ pub fn parse_jwk(k: &Value) -> Result<Jwk, &'static str> {
     };
     let material = match field(k, "kty")? {
         "RSA" => {
-            let n = BigUint::from_bytes_be(&b64(k, "n")?);
-            let e = BigUint::from_bytes_be(&b64(k, "e")?);
-            let key = RsaPublicKey::new(n, e).map_err(|_| "invalid RSA key")?;
-            if key.n().bits() < MIN_RSA_BITS {
+            let n = b64(k, "n")?;
+            let e = b64(k, "e")?;
+            let (n, e) = (strip_zeros(&n), strip_zeros(&e));
+            let bits = modulus_bits(n);
+            if bits < MIN_RSA_BITS {
                 return Err("RSA key shorter than 2048 bits");
             }
-            let spki_der = key
-                .to_public_key_der()
-                .map_err(|_| "invalid RSA key")?
-                .into_vec();
-            let key = super::rsassa::RsaKey::new(key.n(), key.e()).ok_or("invalid RSA key")?;
+            if bits > MAX_RSA_BITS {
+                return Err("RSA key longer than 4096 bits");
+            }
+            if e.len() > 8
+                || e.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)) > MAX_RSA_EXPONENT
+            {
+                return Err("invalid RSA key");
+            }
+            let key = RsaKey::new(n, e).ok_or("invalid RSA key")?;
+            let spki_der = rsa_spki_der(n, e);
             KeyMaterial::Rsa { key, spki_der }
         }
         "EC" => {
@@ -316,6 +328,25 @@ mod tests {
             (
                 json!({"kty": "RSA", "n": crate::jwt::jose::b64url_encode(&[0xff; 128]), "e": "AQAB"}),
                 "RSA key shorter than 2048 bits",
+            ),
+            (
+                json!({"kty": "RSA", "n": crate::jwt::jose::b64url_encode(&[0xff; 513]), "e": "AQAB"}),
+                "RSA key longer than 4096 bits",
+            ),
+            (
+                // e = 2^33 + 1: above BoringSSL's bound.
+                json!({"kty": "RSA", "n": crate::jwt::jose::b64url_encode(&[0xff; 256]),
+                       "e": crate::jwt::jose::b64url_encode(&[2, 0, 0, 0, 1])}),
+                "invalid RSA key",
+            ),
+            (
+                json!({"kty": "RSA", "n": crate::jwt::jose::b64url_encode(&[0xff; 256]), "e": "AAE"}),
+                "invalid RSA key",
+            ),
+            (
+                // An even modulus.
+                json!({"kty": "RSA", "n": crate::jwt::jose::b64url_encode(&[0xfe; 256]), "e": "AQAB"}),
+                "invalid RSA key",
             ),
             (
                 json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}),

@@ -165,6 +165,65 @@ pub fn ec_spki_der(curve: Curve, point: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// DER SubjectPublicKeyInfo of an RSA public key (RFC 8017 A.1.1 inside
+/// RFC 5280's SubjectPublicKeyInfo, algorithm rsaEncryption with NULL
+/// parameters), from the big-endian modulus and exponent without leading
+/// zeros (as `jwk.rs` hands them).
+pub fn rsa_spki_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    /// AlgorithmIdentifier { rsaEncryption (1.2.840.113549.1.1.1), NULL }.
+    const ALGORITHM: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut key = Vec::with_capacity(n.len() + e.len() + 16);
+    der_unsigned(&mut key, n);
+    der_unsigned(&mut key, e);
+    let mut bits = Vec::with_capacity(key.len() + 5);
+    bits.push(0); // no unused bits
+    der_tlv(&mut bits, 0x30, &key);
+    let mut body = Vec::with_capacity(ALGORITHM.len() + bits.len() + 5);
+    body.extend_from_slice(&ALGORITHM);
+    der_tlv(&mut body, 0x03, &bits);
+    let mut out = Vec::with_capacity(body.len() + 5);
+    der_tlv(&mut out, 0x30, &body);
+    out
+}
+
+/// Appends a DER INTEGER of the unsigned big-endian `v` (minimal: leading
+/// zeros dropped, one 0x00 added when the top bit is set; zero is `00`).
+fn der_unsigned(out: &mut Vec<u8>, v: &[u8]) {
+    let first = v.iter().position(|&b| b != 0).unwrap_or(v.len());
+    let v = &v[first..];
+    let pad = v.first().is_none_or(|&b| b & 0x80 != 0);
+    der_header(out, 0x02, v.len() + usize::from(pad));
+    if pad {
+        out.push(0);
+    }
+    out.extend_from_slice(v);
+}
+
+/// Appends tag, DER length and `content`.
+fn der_tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
+    der_header(out, tag, content.len());
+    out.extend_from_slice(content);
+}
+
+/// Appends a tag and a definite length (short form below 128, else the
+/// long form with the fewest bytes).
+fn der_header(out: &mut Vec<u8>, tag: u8, len: usize) {
+    out.push(tag);
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let first = bytes
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len() - 1);
+    out.push(0x80 | (bytes.len() - first) as u8);
+    out.extend_from_slice(&bytes[first..]);
+}
+
 /// A JWS ECDSA signature (`r || s`, each `scalar_len` bytes, big endian)
 /// as DER `SEQUENCE { INTEGER r, INTEGER s }`, each integer minimal and
 /// non-negative. `None` when the length is not exactly twice the scalar
@@ -176,25 +235,11 @@ pub fn ecdsa_der(curve: Curve, sig: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (r, s) = sig.split_at(n);
-    // At most 2 + 2 * (2 + 1 + 48) = 104 bytes: every length fits in the
-    // short form (< 128).
-    let mut out = Vec::with_capacity(2 + 2 * (3 + n));
-    out.extend_from_slice(&[0x30, 0]);
-    for int in [r, s] {
-        let first = int.iter().position(|&b| b != 0).unwrap_or(int.len() - 1);
-        let digits = int.get(first..).unwrap_or(&[0]);
-        let pad = digits.first().is_some_and(|&b| b & 0x80 != 0);
-        out.push(0x02);
-        out.push((digits.len() + usize::from(pad)) as u8);
-        if pad {
-            out.push(0);
-        }
-        out.extend_from_slice(digits);
-    }
-    let body = out.len() - 2;
-    if let Some(len) = out.get_mut(1) {
-        *len = body as u8;
-    }
+    let mut ints = Vec::with_capacity(2 * (3 + n));
+    der_unsigned(&mut ints, r);
+    der_unsigned(&mut ints, s);
+    let mut out = Vec::with_capacity(ints.len() + 3);
+    der_tlv(&mut out, 0x30, &ints);
     Some(out)
 }
 
@@ -258,6 +303,52 @@ mod tests {
                 b'a', b'b'
             ]
         );
+    }
+
+    #[test]
+    fn rsa_spki_equals_the_rsa_crate_encoding() {
+        use rsa::pkcs8::EncodePublicKey;
+        use rsa::BigUint;
+        let mut seed = 0x5eed_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        };
+        // Sizes around the DER length boundaries (content of 128 and 256
+        // bytes and more), exponents short, long and with the top bit set.
+        for bits in [2048usize, 2049, 2056, 2047 + 8, 3072, 4096] {
+            for e in [3u64, 65537, 0x8000_0001, (1 << 33) - 1] {
+                let mut nb: Vec<u8> = (0..bits.div_ceil(8)).map(|_| next()).collect();
+                let top = bits - 8 * (nb.len() - 1);
+                nb[0] = (nb[0] | 0x80) >> (8 - top);
+                *nb.last_mut().unwrap() |= 1;
+                let eb = BigUint::from(e).to_bytes_be();
+                let want = rsa::RsaPublicKey::new(BigUint::from_bytes_be(&nb), BigUint::from(e))
+                    .unwrap()
+                    .to_public_key_der()
+                    .unwrap()
+                    .into_vec();
+                assert_eq!(rsa_spki_der(&nb, &eb), want, "{bits} bits, e = {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn der_integers_are_minimal_and_non_negative() {
+        let enc = |v: &[u8]| {
+            let mut out = Vec::new();
+            der_unsigned(&mut out, v);
+            out
+        };
+        assert_eq!(enc(&[]), [2, 1, 0]);
+        assert_eq!(enc(&[0, 0]), [2, 1, 0]);
+        assert_eq!(enc(&[0, 0x7f]), [2, 1, 0x7f]);
+        assert_eq!(enc(&[0x80]), [2, 2, 0, 0x80]);
+        let mut long = vec![0x02, 0x82, 0x01, 0x01, 0x00];
+        long.extend([0xff; 256]);
+        assert_eq!(enc(&[0xff; 256]), long);
     }
 
     #[test]

@@ -1,25 +1,25 @@
 //! RSA signature verification: RS256/384/512 (RSASSA-PKCS1-v1_5) when the
 //! host has no native `verify_signature`, and PS256/384/512 (RSASSA-PSS)
-//! always. The `rsa` crate parses and checks keys (`jwk.rs`); verifying is
-//! done here.
+//! always, from the key's bytes (`jwk.rs`).
 //!
-//! Written here, not taken from the `rsa` crate, for speed only: the crate
+//! Written here, not taken from the `rsa` crate, for speed and size: the crate
 //! raises to the power with `num-bigint-dig`'s generic windowed
 //! exponentiation (about 39 Montgomery products for the usual exponent
 //! 65537, each allocating), which costs 664 us per 2048-bit operation under
 //! V8 (Node, measured) where square-and-multiply in place (16 squarings and
 //! one product for 65537) costs 146 us. Verification uses no secret, so
-//! nothing here needs to run in constant time. The unit tests check the
+//! nothing here needs to run in constant time. Without the crate the module
+//! also sheds `num-bigint-dig` and the DER encoders (the key's
+//! SubjectPublicKeyInfo is built in `native.rs`). The unit tests check the
 //! arithmetic against `num-bigint-dig` and the verdicts against the `rsa`
 //! crate (RFC 8017: RSAVP1 5.2.2, EMSA-PSS-VERIFY 9.1.2 with the salt as
 //! long as the hash (RFC 7518 3.5), EMSA-PKCS1-v1_5 9.2).
 
 use super::jose::Hash;
 use super::verify::digest;
-use rsa::BigUint;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-/// Largest modulus handled (bits); the `rsa` crate accepts up to 4096.
+/// Largest modulus handled (bits); keys are accepted up to 4096 (`jwk.rs`).
 const MAX_BITS: usize = 8192;
 const MAX_LIMBS: usize = MAX_BITS / 32;
 
@@ -41,18 +41,20 @@ pub struct RsaKey {
 }
 
 impl RsaKey {
-    /// For an odd modulus of 512..=8192 bits and an odd exponent from 3 to
-    /// 2^64 - 1; `None` otherwise (not a usable RSA key).
-    pub fn new(n: &BigUint, e: &BigUint) -> Option<RsaKey> {
-        let e_bytes = e.to_bytes_be();
-        if e_bytes.len() > 8 {
+    /// From the big-endian bytes of the modulus and the exponent (leading
+    /// zeros allowed), for an odd modulus of 512..=8192 bits and an odd
+    /// exponent from 3 to 2^64 - 1; `None` otherwise (not a usable RSA key).
+    pub fn new(n: &[u8], e: &[u8]) -> Option<RsaKey> {
+        let e = strip_zeros(e);
+        if e.len() > 8 {
             return None;
         }
-        let e = e_bytes.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+        let e = e.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
         if e < 3 || e % 2 == 0 {
             return None;
         }
-        let bits = n.bits();
+        let n = strip_zeros(n);
+        let bits = modulus_bits(n);
         if !(512..=MAX_BITS).contains(&bits) {
             return None;
         }
@@ -68,15 +70,44 @@ impl RsaKey {
         for _ in 0..4 {
             inv = inv.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(inv)));
         }
-        let rr = (BigUint::from(1u32) << (64 * limbs)) % n;
-        Some(RsaKey {
-            rr: to_limbs(&rr, limbs)?,
+        let mut key = RsaKey {
+            rr: Vec::new(),
             e,
             n: n_limbs,
             n0inv: inv.wrapping_neg(),
             bytes: bits.div_ceil(8),
             bits,
-        })
+        };
+        key.rr = key.r_squared();
+        Some(key)
+    }
+
+    /// R^2 mod n (R = 2^(32 * limbs)) with no big-number library: R mod n
+    /// by doubling 2^(bits - 1) (which is below n) up to R; that is 1 in
+    /// Montgomery form, and doubling it `limbs` more times gives 2^limbs in
+    /// Montgomery form; five Montgomery squarings raise that to
+    /// 2^(32 * limbs) = R, whose Montgomery form R * R mod n is the result.
+    fn r_squared(&self) -> Vec<u32> {
+        let l = self.n.len();
+        let mut x = vec![0u32; l];
+        let top = self.bits - 1;
+        if let Some(limb) = x.get_mut(top / 32) {
+            *limb = 1 << (top % 32);
+        }
+        for _ in 0..(32 * l - top) + l {
+            double_mod(&mut x, &self.n);
+        }
+        let mut tmp = vec![0u32; l];
+        for _ in 0..5 {
+            self.mul(&x, &x, &mut tmp);
+            std::mem::swap(&mut x, &mut tmp);
+        }
+        x
+    }
+
+    /// Size of the modulus in bits.
+    pub fn bits(&self) -> usize {
+        self.bits
     }
 
     /// RSAVP1: `sig^e mod n` as k big-endian bytes, by square-and-multiply
@@ -181,13 +212,48 @@ impl RsaKey {
     }
 }
 
-/// `n` as exactly `limbs` little-endian 32-bit limbs.
-fn to_limbs(n: &BigUint, limbs: usize) -> Option<Vec<u32>> {
+/// Big-endian bytes without their leading zeros.
+pub fn strip_zeros(b: &[u8]) -> &[u8] {
+    let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[first..]
+}
+
+/// Size in bits of a big-endian number given without leading zeros.
+pub fn modulus_bits(n: &[u8]) -> usize {
+    match n.first() {
+        Some(&top) => 8 * n.len() - top.leading_zeros() as usize,
+        None => 0,
+    }
+}
+
+/// A big-endian number as exactly `limbs` little-endian 32-bit limbs
+/// (`None` if it does not fit).
+fn to_limbs(be: &[u8], limbs: usize) -> Option<Vec<u32>> {
     let mut out = vec![0u32; limbs];
-    for (i, b) in n.to_bytes_le().iter().enumerate() {
+    for (i, b) in be.iter().rev().enumerate() {
         *out.get_mut(i / 4)? |= u32::from(*b) << (8 * (i % 4));
     }
     Some(out)
+}
+
+/// x = 2x mod n, for x < n (little-endian limbs of the same length).
+fn double_mod(x: &mut [u32], n: &[u32]) {
+    let mut carry = 0u32;
+    for limb in x.iter_mut() {
+        let next = *limb >> 31;
+        *limb = *limb << 1 | carry;
+        carry = next;
+    }
+    // 2x < 2n: at most one subtraction (with the carry, 2x exceeds the
+    // limbs and the difference fits them).
+    if carry != 0 || !less_than(x, n) {
+        let mut borrow: i64 = 0;
+        for (xi, &ni) in x.iter_mut().zip(n) {
+            let d = i64::from(*xi) - i64::from(ni) + borrow;
+            *xi = d as u32;
+            borrow = d >> 32;
+        }
+    }
 }
 
 /// a < b, both little-endian limbs of the same length.
@@ -297,6 +363,11 @@ pub fn pss_em_ok<D: Digest>(em_k: &[u8], mod_bits: usize, msg: &[u8]) -> bool {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use rsa::BigUint;
+
+    fn key(n: &BigUint, e: &BigUint) -> Option<RsaKey> {
+        RsaKey::new(&n.to_bytes_be(), &e.to_bytes_be())
+    }
 
     /// A xorshift stream: deterministic test numbers.
     fn bytes(seed: &mut u64, n: usize) -> Vec<u8> {
@@ -321,7 +392,7 @@ mod tests {
             *nb.last_mut().unwrap() |= 1;
             let n = BigUint::from_bytes_be(&nb);
             assert_eq!(n.bits(), bits);
-            let m = RsaKey::new(&n, &e).unwrap();
+            let m = key(&n, &e).unwrap();
             for _ in 0..40 {
                 let s = BigUint::from_bytes_be(&bytes(&mut seed, nb.len())) % &n;
                 let mut sb = s.to_bytes_be();
@@ -336,7 +407,7 @@ mod tests {
             // set, and the largest.
             for other in [3u64, 0x1_0003, u64::MAX] {
                 let e = BigUint::from(other);
-                let k = RsaKey::new(&n, &e).unwrap();
+                let k = key(&n, &e).unwrap();
                 for _ in 0..3 {
                     let s = BigUint::from_bytes_be(&bytes(&mut seed, nb.len())) % &n;
                     let mut sb = s.to_bytes_be();
@@ -358,21 +429,71 @@ mod tests {
     }
 
     #[test]
+    fn r_squared_equals_the_big_number_remainder() {
+        let mut seed = 0x0123_4567_89ab_cdef;
+        for bits in [
+            512usize, 513, 1023, 2048, 2049, 2056, 3072, 4095, 4096, 8192,
+        ] {
+            for _ in 0..4 {
+                let mut nb = bytes(&mut seed, bits.div_ceil(8));
+                let top = bits - 8 * (nb.len() - 1);
+                nb[0] = (nb[0] | 0x80) >> (8 - top);
+                *nb.last_mut().unwrap() |= 1;
+                let n = BigUint::from_bytes_be(&nb);
+                let k = key(&n, &BigUint::from(65537u32)).unwrap();
+                let limbs = bits.div_ceil(32);
+                let want = (BigUint::from(1u32) << (64 * limbs)) % &n;
+                assert_eq!(
+                    k.rr,
+                    to_limbs(&want.to_bytes_be(), limbs).unwrap(),
+                    "{bits} bits"
+                );
+                assert_eq!(k.bits(), bits);
+            }
+        }
+        // The smallest odd modulus of a size: 2^(bits-1) + 1.
+        let n = (BigUint::from(1u32) << 2047) + BigUint::from(1u32);
+        let want = (BigUint::from(1u32) << 4096) % &n;
+        let k = key(&n, &BigUint::from(3u32)).unwrap();
+        assert_eq!(k.rr, to_limbs(&want.to_bytes_be(), 64).unwrap());
+    }
+
+    #[test]
+    fn leading_zero_bytes_do_not_change_the_key() {
+        let n = (BigUint::from(1u32) << 2047) + BigUint::from(12345u32);
+        let plain = RsaKey::new(&n.to_bytes_be(), &[1, 0, 1]).unwrap();
+        let mut padded_n = vec![0, 0];
+        padded_n.extend(n.to_bytes_be());
+        let padded = RsaKey::new(&padded_n, &[0, 0, 0, 1, 0, 1]).unwrap();
+        assert_eq!(
+            (plain.n, plain.rr, plain.e),
+            (padded.n, padded.rr, padded.e)
+        );
+        assert_eq!(padded.bits, 2048);
+        assert!(RsaKey::new(&[], &[1, 0, 1]).is_none(), "no modulus");
+        assert!(RsaKey::new(&[0; 300], &[1, 0, 1]).is_none(), "zero modulus");
+        assert!(RsaKey::new(&padded_n, &[]).is_none(), "no exponent");
+        assert_eq!(strip_zeros(&[0, 0, 5, 0]), &[5, 0]);
+        assert_eq!(modulus_bits(&[0x01, 0]), 9);
+        assert_eq!(modulus_bits(&[]), 0);
+    }
+
+    #[test]
     fn unusable_keys_are_refused() {
         let e = BigUint::from(65537u32);
-        assert!(RsaKey::new(&BigUint::from(65537u32), &e).is_none());
+        assert!(key(&BigUint::from(65537u32), &e).is_none());
         let even = BigUint::from(1u32) << 2047;
-        assert!(RsaKey::new(&even, &e).is_none());
+        assert!(key(&even, &e).is_none());
         let huge = (BigUint::from(1u32) << 8200) + BigUint::from(1u32);
-        assert!(RsaKey::new(&huge, &e).is_none());
+        assert!(key(&huge, &e).is_none());
         let n = (BigUint::from(1u32) << 2047) + BigUint::from(1u32);
-        assert!(RsaKey::new(&n, &e).is_some());
+        assert!(key(&n, &e).is_some());
         for bad_e in [
             BigUint::from(1u32),
             BigUint::from(65536u32),
             BigUint::from(1u32) << 64,
         ] {
-            assert!(RsaKey::new(&n, &bad_e).is_none(), "e = {bad_e}");
+            assert!(key(&n, &bad_e).is_none(), "e = {bad_e}");
         }
     }
 
@@ -516,7 +637,7 @@ mod tests {
                 BigUint::from_bytes_be(&b64url_decode(key[f].as_str().unwrap().as_bytes()).unwrap())
             };
             let public = rsa::RsaPublicKey::new(int("n"), int("e")).unwrap();
-            let m = RsaKey::new(&int("n"), &int("e")).unwrap();
+            let m = RsaKey::new(&int("n").to_bytes_be(), &int("e").to_bytes_be()).unwrap();
             let dot = t.rfind('.').unwrap();
             let (msg, sig) = (
                 &t.as_bytes()[..dot],
