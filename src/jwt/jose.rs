@@ -6,7 +6,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use serde::de::{Deserializer, IgnoredAny};
+use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Largest token accepted (bytes). Larger tokens are rejected unparsed.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -151,6 +154,38 @@ pub fn b64url_encode(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
+/// The JOSE header members meshguard reads, decoded straight into fields
+/// (other members are skipped, no map is built: this runs once per new
+/// token). `alg` must be a string; `kid` a string and `crit` an array when
+/// present (`null` is neither); a repeated member is an error (RFC 7515 4:
+/// "MUST either reject ... or use ... the lexically last"; rejecting is the
+/// safer choice).
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default, deserialize_with = "present")]
+    kid: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    crit: Option<Vec<IgnoredAny>>,
+}
+
+/// A member that, when present, must hold a `T` (`null` included in the
+/// refusal, unlike a plain `Option`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// The header, which must be a JSON object (serde would also read a struct
+/// from an array of its fields in order).
+fn parse_header(json: &[u8]) -> Option<Header<'_>> {
+    let first = json.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
 /// Parses a compact JWS. Does NOT verify the signature.
 pub fn parse(token: &[u8]) -> Result<Jws<'_>, &'static str> {
     if token.len() > MAX_TOKEN_BYTES {
@@ -166,27 +201,14 @@ pub fn parse(token: &[u8]) -> Result<Jws<'_>, &'static str> {
         return Err("malformed token");
     }
     let header_bytes = b64url_decode(h.as_bytes()).ok_or("malformed token header")?;
-    let header: Value =
-        serde_json::from_slice(&header_bytes).map_err(|_| "malformed token header")?;
-    let header = header.as_object().ok_or("malformed token header")?;
-    let alg_name = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or("malformed token header")?;
-    let alg = Alg::from_name(alg_name).ok_or("unsupported algorithm")?;
+    let header = parse_header(&header_bytes).ok_or("malformed token header")?;
+    let alg = Alg::from_name(&header.alg).ok_or("unsupported algorithm")?;
     // RFC 7515 4.1.11: a recipient MUST reject a token whose `crit` lists an
     // extension it does not understand; meshguard understands none.
-    match header.get("crit") {
-        None => {}
-        Some(Value::Array(a)) if a.is_empty() => {}
-        Some(Value::Array(_)) => return Err("crit header parameter not supported"),
-        Some(_) => return Err("malformed token header"),
+    if header.crit.is_some_and(|c| !c.is_empty()) {
+        return Err("crit header parameter not supported");
     }
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(k)) => Some(k.clone()),
-        Some(_) => return Err("malformed token header"),
-    };
+    let kid = header.kid;
     let payload = b64url_decode(p.as_bytes()).ok_or("malformed token payload")?;
     let claims: Value = serde_json::from_slice(&payload).map_err(|_| "malformed token payload")?;
     if !claims.is_object() {
@@ -264,6 +286,27 @@ mod tests {
                 tok(r#"{"alg":"RS256","crit":"b64"}"#, "{}", b"s"),
                 "malformed token header",
             ),
+            (
+                tok(r#"{"alg":"RS256","crit":null}"#, "{}", b"s"),
+                "malformed token header",
+            ),
+            (
+                tok(r#"{"alg":"RS256","kid":null}"#, "{}", b"s"),
+                "malformed token header",
+            ),
+            (tok(r#"{"alg":null}"#, "{}", b"s"), "malformed token header"),
+            (tok(r#"{"alg":256}"#, "{}", b"s"), "malformed token header"),
+            (
+                tok(r#"{"alg":"none","alg":"RS256"}"#, "{}", b"s"),
+                "malformed token header",
+            ),
+            (tok(r#"["RS256"]"#, "{}", b"s"), "malformed token header"),
+            (tok(r#" ["RS256"]"#, "{}", b"s"), "malformed token header"),
+            (
+                tok(r#"{"alg":"RS256"} x"#, "{}", b"s"),
+                "malformed token header",
+            ),
+            (tok("", "{}", b"s"), "malformed token"),
             (tok(ok_h, "[]", b"s"), "malformed token payload"),
             (tok(ok_h, "{", b"s"), "malformed token payload"),
             (tok(ok_h, "{}", b""), "malformed signature"),
@@ -291,6 +334,18 @@ mod tests {
             parse(&[0xff, b'.', b'a', b'.', b'b']).err(),
             Some("malformed token")
         );
+    }
+
+    #[test]
+    fn header_members_are_read_whatever_their_order_spacing_or_escapes() {
+        let t = tok(
+            " {\"typ\" : \"JWT\", \"x5t\": {\"a\": [1, 2]}, \"kid\":\"k\\/1\", \"alg\":\"E\\u0053256\"}\n",
+            "{}",
+            b"s",
+        );
+        let j = parse(t.as_bytes()).unwrap();
+        assert_eq!(j.alg, Alg::ES256);
+        assert_eq!(j.kid.as_deref(), Some("k/1"));
     }
 
     #[test]
