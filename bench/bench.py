@@ -781,6 +781,10 @@ COMPARISONS = [
 # Distinct-token scenarios must measure signature checks, not the verified-token cache: each wrk
 # thread cycles more tokens than the cache holds (FIFO), so no request may be a cache hit, and every
 # check must have gone to Envoy's native verify_signature.
+# The issue's reference: a wasm filter reading one header cost ~12 us of CPU per request on its host
+# (Envoy 1.40 / V8); its absolute budgets (+3 us, +5 us) are read against that.
+ISSUE_TRIVIAL_US = 12
+
 DISTINCT_ZERO = r"^wasmcustom\.meshguard\.jwt\.bench\.(cache_hit|signature_checks_wasm)$"
 
 
@@ -1105,8 +1109,15 @@ def evaluate(summary, comp=None):
             ("mg-jwt-rs256", "mg-nopolicy-token", "JWT RS256 repeated", 5)):
         d = twin(base, name)
         if d is not None:
+            # The budgets are absolute microseconds on the issue's host, where a wasm filter
+            # reading one header cost ~12 us; shown also scaled to this host's trivial filter
+            # (for information: the verdict is on the absolute figure).
+            scaled = ("" if not triv else
+                      f"; scaled to this host (trivial filter {triv:.1f} us vs the issue's ~{ISSUE_TRIVIAL_US} us): "
+                      f"+{extra * triv / ISSUE_TRIVIAL_US:.1f} us, "
+                      f"{'within' if d <= extra * triv / ISSUE_TRIVIAL_US else 'over'}")
             t.append(check(f"{label} overhead <= no-policy + {extra} us", d, extra, lambda v, l: v <= l,
-                           f"{name} minus {base} {d:+.1f} us (twins){twin_note(base, name)}"))
+                           f"{name} minus {base} {d:+.1f} us (twins){twin_note(base, name)}{scaled}"))
         else:
             o = ov(name)
             t.append(check(f"{label} overhead <= no-policy + {extra} us", o, None if nop is None else nop + extra,
