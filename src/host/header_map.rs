@@ -105,37 +105,70 @@ impl HeaderMap {
 /// A malformed buffer (truncated, sizes past its end, missing NULs) gives
 /// `None`: the host's bytes are checked, never trusted to index with.
 pub fn decode_pairs(b: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-    let u32_at = |i: usize| -> Option<usize> {
-        let w: [u8; 4] = b.get(i..i.checked_add(4)?)?.try_into().ok()?;
-        Some(u32::from_le_bytes(w) as usize)
-    };
-    let n = u32_at(0)?;
-    let mut pos = 8usize.checked_mul(n)?.checked_add(4)?;
-    if pos > b.len() {
+    // Every pair takes at least 10 bytes (two sizes, two NULs): a count
+    // larger than that allows is refused below, never allocated for.
+    let mut out = Vec::with_capacity(pair_count(b).unwrap_or(0).min(b.len() / 10));
+    visit_pairs(b, |name, value| out.push((name_text(name), value.to_vec())))?;
+    Some(out)
+}
+
+/// A header name as text (lossy if it is not UTF-8, which Envoy's are).
+pub fn name_text(name: &[u8]) -> String {
+    match std::str::from_utf8(name) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(name).into_owned(),
+    }
+}
+
+/// The number of pairs a serialized map announces (unchecked).
+fn pair_count(b: &[u8]) -> Option<usize> {
+    let w: [u8; 4] = b.get(..4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(w) as usize)
+}
+
+/// Calls `f(name, value)` for each pair of a serialized map, in order, with
+/// slices of `b` (no copy): for callers that keep only some pairs, or keep
+/// them their own way. The whole buffer is checked first: a malformed one
+/// calls `f` for nothing and gives `None`; else the number of pairs.
+pub fn visit_pairs<'a>(b: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> Option<usize> {
+    let n = pair_count(b)?;
+    let first = 8usize.checked_mul(n)?.checked_add(4)?;
+    if first > b.len() {
         return None;
     }
-    let mut out = Vec::with_capacity(n);
+    let mut pos = first;
     for i in 0..n {
-        let (ns, vs) = (u32_at(4 + 8 * i)?, u32_at(8 + 8 * i)?);
-        let name = b.get(pos..pos.checked_add(ns)?)?;
-        pos += ns;
-        if b.get(pos) != Some(&0) {
-            return None;
-        }
-        pos += 1;
-        let value = b.get(pos..pos.checked_add(vs)?)?;
-        pos += vs;
-        if b.get(pos) != Some(&0) {
-            return None;
-        }
-        pos += 1;
-        let name = match std::str::from_utf8(name) {
-            Ok(s) => s.to_owned(),
-            Err(_) => String::from_utf8_lossy(name).into_owned(),
-        };
-        out.push((name, value.to_vec()));
+        pos = pair_at(b, i, pos)?.2;
     }
-    Some(out)
+    let mut pos = first;
+    for i in 0..n {
+        let (name, value, next) = pair_at(b, i, pos)?;
+        f(name, value);
+        pos = next;
+    }
+    Some(n)
+}
+
+/// Pair `i`, whose name starts at `pos`: its name, its value, and where the
+/// next pair's name starts. `None` if the sizes run past the buffer or a
+/// terminating NUL is missing.
+fn pair_at(b: &[u8], i: usize, pos: usize) -> Option<(&[u8], &[u8], usize)> {
+    let u32_at = |at: usize| -> Option<usize> {
+        let w: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(w) as usize)
+    };
+    let (ns, vs) = (u32_at(4 + 8 * i)?, u32_at(8 + 8 * i)?);
+    let name = b.get(pos..pos.checked_add(ns)?)?;
+    let pos = pos + ns;
+    if b.get(pos) != Some(&0) {
+        return None;
+    }
+    let value = b.get(pos + 1..(pos + 1).checked_add(vs)?)?;
+    let pos = pos + 1 + vs;
+    if b.get(pos) != Some(&0) {
+        return None;
+    }
+    Some((name, value, pos + 1))
 }
 
 #[cfg(test)]
@@ -244,6 +277,28 @@ mod tests {
         let mut count = good;
         count[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode_pairs(&count), None);
+    }
+
+    #[test]
+    fn visit_pairs_lends_every_pair_in_order_or_none_of_a_malformed_buffer() {
+        let good = HeaderMap::from_pairs(&[(":path", "/x"), ("a", ""), ("b", "c")]).finish();
+        let mut seen: Vec<(&[u8], &[u8])> = Vec::new();
+        assert_eq!(visit_pairs(&good, |n, v| seen.push((n, v))), Some(3));
+        assert_eq!(
+            seen,
+            vec![
+                (&b":path"[..], &b"/x"[..]),
+                (&b"a"[..], &b""[..]),
+                (&b"b"[..], &b"c"[..])
+            ]
+        );
+        // A buffer whose last pair is broken: not even the good pairs
+        // before it are visited.
+        let mut calls = 0;
+        let cut = &good[..good.len() - 1];
+        assert_eq!(visit_pairs(cut, |_, _| calls += 1), None);
+        assert_eq!(calls, 0);
+        assert_eq!(name_text(&[b'a', 0xff]), "a\u{fffd}");
     }
 
     #[test]

@@ -216,9 +216,13 @@ fn buffer_bytes(buffer_type: u32, start: usize, size: usize) -> Option<Vec<u8>> 
         .flatten()
 }
 
-/// All request headers (one host call), names lower case, values as bytes.
-pub fn request_headers() -> Vec<(String, Vec<u8>)> {
-    map_pairs(map::REQUEST_HEADERS)
+/// The request headers as the host serialized them (one host call), for
+/// [`super::header_map::visit_pairs`]; `None` when the host gives none.
+pub fn request_headers_raw() -> Option<Vec<u8>> {
+    // SAFETY: the host writes through our allocator.
+    read(|d, s| unsafe { abi::proxy_get_header_map_pairs(map::REQUEST_HEADERS, d, s) })
+        .ok()
+        .flatten()
 }
 
 pub fn response_headers() -> Vec<(String, Vec<u8>)> {
