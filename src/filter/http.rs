@@ -6,7 +6,7 @@
 use super::pipeline::{self, Step, StreamState};
 use super::root::{Runtime, Worker};
 use crate::host::abi::action;
-use crate::host::header_map::{name_text, visit_pairs};
+use crate::host::header_map::visit_pairs;
 use crate::host::proxy_wasm as adapter;
 use crate::request::{ip_of_address, Request};
 use std::cell::RefCell;
@@ -77,17 +77,14 @@ fn read_request() -> Request {
     let Some(raw) = adapter::request_headers_raw() else {
         return req;
     };
-    let text = |value: &[u8]| match std::str::from_utf8(value) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(value).into_owned(),
-    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut headers = Vec::with_capacity(8);
     visit_pairs(&raw, |name, value| match name {
         b":method" => req.method = text(value),
         b":path" => req.path = text(value),
         b":authority" => req.authority = text(value),
         [b':', ..] => {}
-        _ => headers.push((name_text(name), value.to_vec())),
+        _ => headers.push((text(name), value.to_vec())),
     });
     req.headers = headers;
     req
