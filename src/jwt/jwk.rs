@@ -214,12 +214,9 @@ pub fn parse_jwk(k: &Value) -> Result<Jwk, &'static str> {
             if bits > MAX_RSA_BITS {
                 return Err("RSA key longer than 4096 bits");
             }
-            if e.len() > 8
-                || e.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)) > MAX_RSA_EXPONENT
-            {
-                return Err("invalid RSA key");
-            }
-            let key = RsaKey::new(n, e).ok_or("invalid RSA key")?;
+            let key = RsaKey::new(n, e)
+                .filter(|k| k.exponent() <= MAX_RSA_EXPONENT)
+                .ok_or("invalid RSA key")?;
             let spki_der = rsa_spki_der(n, e);
             KeyMaterial::Rsa { key, spki_der }
         }

@@ -110,6 +110,11 @@ impl RsaKey {
         self.bits
     }
 
+    /// The public exponent.
+    pub fn exponent(&self) -> u64 {
+        self.e
+    }
+
     /// RSAVP1: `sig^e mod n` as k big-endian bytes, by square-and-multiply
     /// from the exponent's top bit. `None` when `sig` is not exactly k bytes
     /// or not below n.
