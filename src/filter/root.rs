@@ -138,9 +138,7 @@ impl Worker {
             p.push((context_id, state));
         }
         if !self.fast_tick.replace(true) {
-            // Sets the tick of this VM's root context (from any context).
-            self.tick_period.set(FAST_TICK);
-            adapter::set_tick_period(FAST_TICK);
+            self.tick_every(FAST_TICK);
         }
     }
 
@@ -171,8 +169,16 @@ impl Worker {
             ));
         }
         if !self.fast_tick.replace(true) {
-            self.tick_period.set(FAST_TICK);
-            adapter::set_tick_period(FAST_TICK);
+            self.tick_every(FAST_TICK);
+        }
+    }
+
+    /// Sets the tick of this worker's root context (callable from any of
+    /// its contexts: the host applies it to the caller's root), calling the
+    /// host only when the period changes.
+    fn tick_every(&self, period: Duration) {
+        if self.tick_period.replace(period) != period {
+            adapter::set_tick_period(period);
         }
     }
 
@@ -423,9 +429,11 @@ impl Root {
                 (a, b) => a.or(b).unwrap_or(Duration::ZERO),
             }
         };
-        if self.worker.tick_period.replace(period) != period {
+        if self.worker.tick_period.get() != period {
+            // A parked stream's callback may have left another context
+            // effective.
             adapter::set_effective_context(self.context_id);
-            adapter::set_tick_period(period);
+            self.worker.tick_every(period);
         }
     }
 }
@@ -494,8 +502,7 @@ impl Root {
                 if rt.has_remote_jwks {
                     // First fetch as soon as the cluster manager is up.
                     self.worker.poll_jwks_soon();
-                    self.worker.tick_period.set(FAST_TICK);
-                    adapter::set_tick_period(FAST_TICK);
+                    self.worker.tick_every(FAST_TICK);
                 } else {
                     self.set_tick(Some(&rt));
                 }
