@@ -148,7 +148,8 @@ fn request() -> Request {
             ("accept-language", "en-US,en;q=0.9"),
             ("x-forwarded-proto", "http"),
             ("x-request-id", "0b7e4c1e-5a39-4c4f-9a83-2d6f3b6f9e51"),
-        ]),
+        ])
+        .into(),
         peer_ip: "127.0.0.1".into(),
     }
 }

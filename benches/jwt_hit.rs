@@ -88,7 +88,7 @@ fn main() {
         method: "GET".into(),
         path: "/bench".into(),
         authority: "127.0.0.1:10000".into(),
-        headers,
+        headers: headers.clone().into(),
         peer_ip: String::new(),
     };
     let miss = std::env::args().nth(2).as_deref() == Some("miss");
@@ -99,8 +99,8 @@ fn main() {
     let requests: Vec<Request> = if miss {
         (0..4096)
             .map(|i| {
-                let mut r = req.clone();
-                if let Some((_, v)) = r.headers.iter_mut().find(|(k, _)| k == "authorization") {
+                let mut hs = headers.clone();
+                if let Some((_, v)) = hs.iter_mut().find(|(k, _)| k == "authorization") {
                     // Not the last characters: the very last one of a
                     // base64url signature carries padding bits.
                     let at = v.len() - 8;
@@ -110,7 +110,10 @@ fn main() {
                         .collect();
                     v[at..at + 4].copy_from_slice(&digits);
                 }
-                r
+                Request {
+                    headers: hs.into(),
+                    ..req.clone()
+                }
             })
             .collect()
     } else {

@@ -296,7 +296,8 @@ fn main() {
             h("x-request-id", "7f1c1d9e-3a51-4c2e-9f4b-0d6f7f0e9a21"),
             h("x-api-key", "key-0123456789abcdef"),
             h("x-forwarded-proto", "http"),
-        ],
+        ]
+        .into(),
         peer_ip: "127.0.0.1".into(),
     };
     let runs = [

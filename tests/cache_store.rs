@@ -32,7 +32,7 @@ fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
         method: method.into(),
         path: path.into(),
         authority: "api.example.com".into(),
-        headers: hs(headers),
+        headers: hs(headers).into(),
         peer_ip: "10.0.0.1".into(),
     }
 }

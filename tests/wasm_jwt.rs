@@ -28,7 +28,8 @@ fn check(name: &str) -> AuthOutcome {
         headers: vec![(
             "authorization".into(),
             format!("Bearer {token}").into_bytes(),
-        )],
+        )]
+        .into(),
         ..Default::default()
     };
     let host = FakeHost::new(1_800_000_000 * 1_000_000_000);

@@ -19,7 +19,7 @@
 //! - `Pragma: no-cache` counts as request `no-cache` only when the request
 //!   has no `Cache-Control` at all (RFC 9111 5.4); it is ignored on responses.
 
-use super::headers::{self, Headers};
+use super::headers::{self, HeaderList, Headers};
 
 /// Directives read from one message; the rest are ignored.
 pub const MAX_DIRECTIVES: usize = 64;
@@ -210,7 +210,7 @@ impl ResponseDirectives {
 }
 
 impl RequestDirectives {
-    pub fn parse(headers: &Headers) -> RequestDirectives {
+    pub fn parse(headers: &(impl HeaderList + ?Sized)) -> RequestDirectives {
         let mut d = RequestDirectives::default();
         if !headers::has(headers, "cache-control") {
             // RFC 9111 5.4: Pragma only when Cache-Control is absent.

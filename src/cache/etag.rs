@@ -2,7 +2,7 @@
 //! 13.2.2): entity-tag comparison, `If-None-Match` lists and `*`, and
 //! `If-Modified-Since` against `Last-Modified`.
 
-use super::headers::{self, Headers};
+use super::headers::{self, HeaderList, Headers};
 use super::httpdate;
 
 /// A parsed entity-tag: `W/"x"` or `"x"`.
@@ -155,13 +155,17 @@ fn not_modified_since_by(ims: &[u8], stored: &StoredValidators, response_time_se
 /// Whether a conditional GET/HEAD request may be answered with 304 from the
 /// stored response: `If-None-Match` if present (then `If-Modified-Since` is
 /// ignored, 13.2.2), otherwise `If-Modified-Since`.
-pub fn answer_304(request: &Headers, stored: &Headers, response_time_secs: u64) -> bool {
+pub fn answer_304(
+    request: &(impl HeaderList + ?Sized),
+    stored: &Headers,
+    response_time_secs: u64,
+) -> bool {
     answer_304_by(request, &StoredValidators::of(stored), response_time_secs)
 }
 
 /// [`answer_304`] given the stored response's validators.
 pub fn answer_304_by(
-    request: &Headers,
+    request: &(impl HeaderList + ?Sized),
     stored: &StoredValidators,
     response_time_secs: u64,
 ) -> bool {
@@ -176,7 +180,7 @@ pub fn answer_304_by(
 }
 
 /// Whether the request carries its own validators.
-pub fn is_conditional(request: &Headers) -> bool {
+pub fn is_conditional(request: &(impl HeaderList + ?Sized)) -> bool {
     headers::has(request, "if-none-match") || headers::has(request, "if-modified-since")
 }
 

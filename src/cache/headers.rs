@@ -4,29 +4,57 @@ use crate::request::MAX_HEADER_VALUE;
 
 pub type Headers = [(String, Vec<u8>)];
 
+/// A list of header fields `(name, value)`, in order: stored and response
+/// lists ([`Headers`]) and the request's own (`request::Headers`, which
+/// keeps the host's buffer). The helpers below take either.
+pub trait HeaderList {
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_;
+}
+
+impl HeaderList for Headers {
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+}
+
+impl HeaderList for Vec<(String, Vec<u8>)> {
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.as_slice().fields()
+    }
+}
+
+impl HeaderList for crate::request::Headers {
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.iter()
+    }
+}
+
 /// All values of a header (names compared case-insensitively); values longer
 /// than [`MAX_HEADER_VALUE`] are skipped, as if absent.
-pub fn all<'a>(headers: &'a Headers, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+pub fn all<'a, H: HeaderList + ?Sized>(
+    headers: &'a H,
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
-        .iter()
+        .fields()
         .filter(move |(n, v)| n.eq_ignore_ascii_case(name) && v.len() <= MAX_HEADER_VALUE)
-        .map(|(_, v)| v.as_slice())
+        .map(|(_, v)| v)
 }
 
 /// First value of a header.
-pub fn first<'a>(headers: &'a Headers, name: &'a str) -> Option<&'a [u8]> {
+pub fn first<'a, H: HeaderList + ?Sized>(headers: &'a H, name: &'a str) -> Option<&'a [u8]> {
     all(headers, name).next()
 }
 
 /// Whether a header is present at all.
-pub fn has(headers: &Headers, name: &str) -> bool {
-    headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+pub fn has<H: HeaderList + ?Sized>(headers: &H, name: &str) -> bool {
+    headers.fields().any(|(n, _)| n.eq_ignore_ascii_case(name))
 }
 
 /// Number of field lines of a header.
-pub fn count(headers: &Headers, name: &str) -> usize {
+pub fn count<H: HeaderList + ?Sized>(headers: &H, name: &str) -> usize {
     headers
-        .iter()
+        .fields()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
         .count()
 }

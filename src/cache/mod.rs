@@ -451,7 +451,7 @@ pub fn uri_hash_memo(route: &str, authority: &str, path: &str) -> [u8; 32] {
 pub fn primary_hash(
     uri: &[u8; 32],
     key_headers: &[String],
-    request: &headers::Headers,
+    request: &(impl headers::HeaderList + ?Sized),
 ) -> [u8; 32] {
     if key_headers.is_empty() {
         return *uri;
@@ -507,7 +507,7 @@ fn context_from(route: &CacheRoute, req: &Request, now: u64, keys: Keys) -> Miss
                     || n == "if-modified-since")
         })
         .take(MAX_KEPT_HEADERS)
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
         .collect();
     MissContext {
         mode: Mode::Fill,
@@ -547,7 +547,7 @@ const KEEP_304: [&str; 7] = [
 /// conditions hold (2xx entries only).
 fn respond(
     entry: &Entry,
-    request: &headers::Headers,
+    request: &(impl headers::HeaderList + ?Sized),
     age: u64,
     cache_status: Vec<u8>,
 ) -> CachedResponse {
@@ -573,7 +573,7 @@ fn respond(
 /// body's place in the payload when it is to be sent (see [`with_body`]).
 fn respond_in_place(
     view: &EntryView<'_>,
-    request: &headers::Headers,
+    request: &(impl headers::HeaderList + ?Sized),
     age: u64,
     cache_status: Vec<u8>,
 ) -> (CachedResponse, Option<(usize, usize)>) {
@@ -616,7 +616,7 @@ fn respond_headers<'a>(
     stored: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
     count: usize,
     response_time_ns: u64,
-    request: &headers::Headers,
+    request: &(impl headers::HeaderList + ?Sized),
     age: u64,
     cache_status: Vec<u8>,
 ) -> (CachedResponse, bool) {
@@ -1376,7 +1376,7 @@ mod tests {
             method: "GET".into(),
             path: "/x".into(),
             authority: "a".into(),
-            headers: h(headers),
+            headers: h(headers).into(),
             peer_ip: String::new(),
         }
     }
@@ -1608,7 +1608,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             authority: "a".into(),
-            headers: Vec::new(),
+            headers: Default::default(),
             peer_ip: String::new(),
         };
         let miss = |path: &str| match lookup(&host, &route, &get(path)) {
@@ -1650,7 +1650,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             authority: "a".into(),
-            headers: Vec::new(),
+            headers: Default::default(),
             peer_ip: String::new(),
         };
         let cc = vec![(

@@ -6,7 +6,7 @@
 //! runs of spaces / tabs collapse to one space; several field lines are
 //! joined with `", "`; an absent header differs from an empty one.
 
-use super::headers::{self, Headers};
+use super::headers::{self, HeaderList, Headers};
 use sha2::{Digest, Sha256};
 
 /// Most header names a stored response may vary on.
@@ -82,7 +82,7 @@ pub fn normalise<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> 
 }
 
 /// The secondary key of a request for the given vary names.
-pub fn secondary_key(names: &[String], request: &Headers) -> [u8; 32] {
+pub fn secondary_key(names: &[String], request: &(impl HeaderList + ?Sized)) -> [u8; 32] {
     secondary_key_of(names.iter().map(String::as_str), request)
 }
 
@@ -96,7 +96,7 @@ pub const NO_VARY: [u8; 32] = [
 /// constant [`NO_VARY`] (no hashing).
 pub fn secondary_key_of<'a>(
     names: impl IntoIterator<Item = &'a str>,
-    request: &Headers,
+    request: &(impl HeaderList + ?Sized),
 ) -> [u8; 32] {
     let mut names = names.into_iter().peekable();
     if names.peek().is_none() {

@@ -6,9 +6,8 @@
 use super::pipeline::{self, Step, StreamState};
 use super::root::{Runtime, Worker};
 use crate::host::abi::action;
-use crate::host::header_map::visit_pairs;
 use crate::host::proxy_wasm as adapter;
-use crate::request::{ip_of_address, Request};
+use crate::request::{ip_of_address, Headers, Request};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -66,27 +65,21 @@ impl Stream {
     }
 }
 
-/// Reads the request headers once: pseudo-headers into fields, the rest kept.
-/// Decoded straight from the host's buffer: a pseudo-header costs one
-/// allocation (its value), another header two (name and value), nothing
-/// else is copied (profiled in Node's V8 with `bench/v8prof.cjs`: this was
-/// half of a no-policy request's wasm time). A malformed buffer reads as no
-/// headers at all.
+/// Reads the request headers once: pseudo-headers into fields, the others
+/// left in the host's buffer, indexed (`request::Headers`). A malformed
+/// buffer reads as no headers at all.
 fn read_request() -> Request {
     let mut req = Request::default();
     let Some(raw) = adapter::request_headers_raw() else {
         return req;
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let mut headers = Vec::with_capacity(8);
-    visit_pairs(&raw, |name, value| match name {
+    req.headers = Headers::from_serialized(raw, |name, value| match name {
         b":method" => req.method = text(value),
         b":path" => req.path = text(value),
         b":authority" => req.authority = text(value),
-        [b':', ..] => {}
-        _ => headers.push((text(name), value.to_vec())),
+        _ => {}
     });
-    req.headers = headers;
     req
 }
 

@@ -731,7 +731,7 @@ mod tests {
 
     fn req(key: &str) -> Request {
         Request {
-            headers: vec![("x-api-key".into(), key.as_bytes().to_vec())],
+            headers: vec![("x-api-key".into(), key.as_bytes().to_vec())].into(),
             ..Request::default()
         }
     }

@@ -428,7 +428,8 @@ mod tests {
             headers: vec![
                 ("x-api-key".into(), b"abc".to_vec()),
                 ("cookie".into(), b"sid=S".to_vec()),
-            ],
+            ]
+            .into(),
             peer_ip: "127.0.0.7".into(),
         }
     }
@@ -583,7 +584,8 @@ mod tests {
                     ("x-api-key".into(), pick()),
                     ("cookie".into(), [b"sid=".to_vec(), pick()].concat()),
                     ("x-forwarded-for".into(), pick()),
-                ],
+                ]
+                .into(),
                 peer_ip: text(pick()),
             };
             let claims = serde_json::json!({"org": {"id": text(pick())}});
@@ -615,7 +617,8 @@ mod tests {
             headers: vec![
                 ("a".into(), a.as_bytes().to_vec()),
                 ("b".into(), b.as_bytes().to_vec()),
-            ],
+            ]
+            .into(),
             ..Request::default()
         };
         assert_ne!(
@@ -631,7 +634,7 @@ mod tests {
                 .expect("ok");
         let long = "k".repeat(10_000);
         let r = Request {
-            headers: vec![("x-api-key".into(), long.into_bytes())],
+            headers: vec![("x-api-key".into(), long.into_bytes())].into(),
             ..Request::default()
         };
         let k = p.bucket_key(&r, None, 0);
