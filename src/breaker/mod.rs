@@ -41,7 +41,8 @@
 //!    429, cache hits, the breaker's own 503) never counts: `None`.
 //! 2. A stream the client cancelled (Envoy flag `DC`, or the downstream
 //!    reset before a response) never counts: `None`. A probe that ends
-//!    this way must be given back with [`release`].
+//!    this way must be given back with [`release`] (the filter does it
+//!    when its tick finds the stream gone: `filter::dispatch`).
 //! 3. An upstream failure is a failure: connect failure, reset, timeout,
 //!    overflow. The filter derives it from Envoy's `response.flags` with
 //!    [`upstream_failure_from_response_flags`], which accepts `UH` (no

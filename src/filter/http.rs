@@ -172,14 +172,17 @@ impl Stream {
         action::CONTINUE
     }
 
-    pub fn on_log(&mut self) {
+    /// The stream is over: `seen` when its response's end passed through
+    /// the filter, false when the sweep found it deleted by Envoy (reset,
+    /// or ended past the filter; see `dispatch`).
+    pub fn on_end(&mut self, seen: bool) {
         self.worker.unpark(self.context_id);
         if let Some(state) = &self.state {
             if let Ok(mut s) = state.try_borrow_mut() {
                 if let Some(token) = s.rls_token.take() {
                     self.worker.forget_rls(token);
                 }
-                pipeline::on_stream_end(&mut s);
+                pipeline::on_stream_end(&mut s, seen);
             }
         }
     }

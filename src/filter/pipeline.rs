@@ -763,9 +763,17 @@ pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
 }
 
 /// The stream ended: record a breaker outcome still pending, release locks.
-pub fn on_stream_end(s: &mut StreamState) {
+/// `context_alive`: the stream's context is the effective one (its end
+/// passed through the filter), so its response flags can be read; a
+/// stream Envoy already deleted had no response through the filter and
+/// counts as cancelled.
+pub fn on_stream_end(s: &mut StreamState, context_alive: bool) {
     if s.breaker.is_some() {
-        let flags = adapter::property_u64(&["response", "flags"]).unwrap_or(0);
+        let flags = if context_alive {
+            adapter::property_u64(&["response", "flags"]).unwrap_or(0)
+        } else {
+            0
+        };
         record_breaker(s, None, flags);
     }
     abandon_cache(s);

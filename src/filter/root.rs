@@ -130,6 +130,9 @@ struct RlsWait {
 const FAST_TICK: Duration = Duration::from_millis(10);
 /// Tick otherwise, when remote JWKS need refreshing.
 const SLOW_TICK: Duration = Duration::from_millis(500);
+/// The longest tick: streams whose end the filter did not see are looked
+/// for at every tick (`dispatch`), so there is always one.
+const SWEEP_TICK: Duration = Duration::from_secs(1);
 
 impl Worker {
     /// Parks a stream; the root's fast tick will run it again.
@@ -407,8 +410,9 @@ impl Root {
     }
 
     /// The tick this root needs now: fast while streams wait, else the
-    /// metrics flush interval and the JWKS refresh poll (the shorter), else
-    /// none. The host is only called when the period changes.
+    /// shortest of the metrics flush interval, the JWKS refresh poll and
+    /// the stream sweep's second. The host is only called when the period
+    /// changes.
     fn set_tick(&self, rt: Option<&Rc<Runtime>>) {
         let parked =
             !self.worker.parked.borrow().is_empty() || !self.worker.rls_calls.borrow().is_empty();
@@ -424,10 +428,10 @@ impl Root {
         let period = if parked {
             FAST_TICK
         } else {
-            match (flush, jwks) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => a.or(b).unwrap_or(Duration::ZERO),
-            }
+            [flush, jwks]
+                .into_iter()
+                .flatten()
+                .fold(SWEEP_TICK, Duration::min)
         };
         if self.worker.tick_period.get() != period {
             // A parked stream's callback may have left another context

@@ -3,6 +3,7 @@ touching the upstream, probes, closes, re-opens for longer; connection
 refused and timeouts trip it; 404s do not."""
 
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -162,3 +163,37 @@ def test_route_scope_keeps_routes_apart(envoy, upstream):
     assert json.loads(e.request("/a")[2])["error"] == "circuit_open"
     s, _, body = e.request("/b")
     assert s == 503 and b"circuit_open" not in body  # b's own breaker is still closed
+
+
+def test_a_probe_the_client_abandons_is_given_back(envoy, upstream):
+    """A HALF_OPEN probe whose client hangs up before the response: its
+    stream never reaches a response callback, so the filter learns of its
+    end from the root's sweep (proxy_on_log is not exported) and gives the
+    probe slot back within about a second. It counts as cancelled: the
+    breaker stays HALF_OPEN and the next request is the probe that closes
+    it. Without the give-back the slot would stay taken for 30 s (the lost
+    probe rule), and every request until then would get 503."""
+    e = envoy(cfg(consecutive_failures=1, open_duration="1s", half_open_requests=1,
+                  success_threshold=1), concurrency=2)
+    set_status(upstream, 500)
+    assert e.request("/")[0] == 500
+    assert e.request("/")[0] == 503
+    time.sleep(1.3)
+
+    # The probe: the upstream takes 3 s; the client leaves after 0.3 s.
+    set_status(upstream, 200, delay=3)
+    hits = upstream.hits
+    with socket.create_connection(("127.0.0.1", e.listen_port), timeout=5) as s:
+        s.sendall(b"GET /probe HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert wait_until(lambda: upstream.hits == hits + 1, timeout=5), "the probe never reached the upstream"
+        time.sleep(0.3)
+    # While the abandoned probe's slot is taken, others are refused.
+    set_status(upstream, 200)
+    statuses = []
+    assert wait_until(lambda: statuses.append(e.request("/next")[0]) or statuses[-1] == 200, timeout=5), statuses
+    assert set(statuses[:-1]) <= {503}, statuses
+    assert e.stat("wasmcustom.meshguard.breaker.api.state") == 0
+    assert e.stat("wasmcustom.meshguard.breaker.api.probes") == 2
+    # The abandoned probe did not re-open it: one trip only.
+    assert e.stat("wasmcustom.meshguard.breaker.api.trips") == 1
+    assert "HALF_OPEN -> CLOSED" in e.log() and "HALF_OPEN -> OPEN" not in e.log()

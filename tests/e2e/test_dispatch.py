@@ -67,8 +67,8 @@ def test_stream_state_is_forgotten_at_the_end_of_each_stream(envoy, upstream):
     limit headers, a token removed): 24,000 requests must not grow the VMs'
     memory. A stream kept after its end holds its request (headers, token)
     and pipeline state, ~1 KB: 24,000 of them would be tens of MB of linear
-    memory, which V8 never returns (checked: the test fails when
-    proxy_on_log keeps the stream)."""
+    memory, which V8 never returns (checked: the test fails when the
+    stream is kept after the response's end)."""
     config = {"routes": [{
         "name": "s", "match": {"path_prefix": "/s/"},
         "rate_limit": [{"name": "all", "capacity": 1000000, "refill_tokens": 1000000,
