@@ -24,16 +24,19 @@ const inspector = require('node:inspector');
 
 const [wasmPath, configText, nArg, ...flags] = process.argv.slice(2);
 if (!wasmPath || configText === undefined) {
-  console.error('usage: v8prof.cjs MODULE.wasm CONFIG_JSON [N] [--cpu-prof] [--header "name: value"]...');
+  console.error('usage: v8prof.cjs MODULE.wasm CONFIG_JSON [N] [--cpu-prof] [--count-calls] [--header "name: value"]... [--response-header "name: value"]...');
   process.exit(2);
 }
 const N = Number(nArg || 100000);
 const cpuProf = flags.includes('--cpu-prof');
+const countCalls = flags.includes('--count-calls');
 const extra = [];
+const extraResponse = [];
 for (let i = 0; i < flags.length; i++) {
-  if (flags[i] === '--header') {
-    const [k, ...v] = flags[++i].split(':');
-    extra.push([k.trim().toLowerCase(), v.join(':').trim()]);
+  if (flags[i] === '--header' || flags[i] === '--response-header') {
+    const [k, ...v] = flags[i + 1].split(':');
+    (flags[i] === '--header' ? extra : extraResponse).push([k.trim().toLowerCase(), v.join(':').trim()]);
+    i++;
   }
 }
 
@@ -150,6 +153,14 @@ const env = {
   proxy_grpc_cancel: () => OK,
 };
 
+// --count-calls: every import counted; printed per request after the run.
+const calls = new Map();
+if (countCalls) {
+  for (const [name, f] of Object.entries(env)) {
+    env[name] = (...args) => { calls.set(name, (calls.get(name) || 0) + 1); return f(...args); };
+  }
+}
+
 const wasi = new WASI({ version: 'preview1', returnOnExit: true });
 const wasmModule = new WebAssembly.Module(fs.readFileSync(wasmPath));
 const instance = new WebAssembly.Instance(wasmModule, { env, wasi_snapshot_preview1: wasi.wasiImport });
@@ -170,7 +181,8 @@ const request = [[':authority', 'bench.local'], [':path', '/bench'], [':method',
   ...extra];
 const requestPairs = pairs(request);
 const response = [[':status', '200'], ['content-length', '30'], ['content-type', 'text/plain'],
-  ['date', 'Wed, 02 Dec 2026 06:00:00 GMT'], ['server', 'envoy'], ['x-envoy-upstream-service-time', '0']];
+  ['date', 'Wed, 02 Dec 2026 06:00:00 GMT'], ['server', 'envoy'], ['x-envoy-upstream-service-time', '0'],
+  ...extraResponse];
 
 let paused = 0;
 function one(id) {
@@ -192,11 +204,18 @@ if (cpuProf) {
   session.post('Profiler.setSamplingInterval', { interval: 50 });
   session.post('Profiler.start');
 }
+calls.clear();
 const t0 = process.hrtime.bigint();
 for (let i = 0; i < N; i++) one(100000 + i);
 const ns = Number(process.hrtime.bigint() - t0) / N;
 console.log(`${N} requests: ${ns.toFixed(0)} ns/request in Node's V8 (host calls nearly free here); ` +
   `${paused} paused or answered; ${added} response headers written`);
+if (countCalls) {
+  console.log('host calls per request (the module\'s imports):');
+  for (const [name, n] of [...calls.entries()].sort((a, b) => b[1] - a[1])) {
+    console.log(`${(n / N).toFixed(2).padStart(8)}  ${name}`);
+  }
+}
 if (cpuProf) {
   session.post('Profiler.stop', (err, { profile }) => {
     if (err) throw err;
