@@ -118,6 +118,14 @@ impl Headers {
             .map(|s| (self.name(s), self.bytes(s.value)))
     }
 
+    /// The fields in order, names as bytes (for comparisons: no UTF-8
+    /// check).
+    pub fn raw_iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans
+            .iter()
+            .map(|s| (self.bytes(s.name), self.bytes(s.value)))
+    }
+
     /// All values of a header (names compared case-insensitively), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.spans
@@ -330,6 +338,10 @@ mod tests {
                 ("empty", b"")
             ]
         );
+        let raw: Vec<(&[u8], &[u8])> = h.raw_iter().collect();
+        let as_bytes: Vec<(&[u8], &[u8])> =
+            fields.iter().map(|(n, v)| (n.as_bytes(), *v)).collect();
+        assert_eq!(raw, as_bytes);
         assert_eq!(h.len(), 4);
         assert_eq!(h.get("X-A"), Some(&b"1"[..]));
         assert_eq!(h.get("cookie"), Some(&b"a=1"[..]));

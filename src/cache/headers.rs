@@ -6,24 +6,37 @@ pub type Headers = [(String, Vec<u8>)];
 
 /// A list of header fields `(name, value)`, in order: stored and response
 /// lists ([`Headers`]) and the request's own (`request::Headers`, which
-/// keeps the host's buffer). The helpers below take either.
+/// keeps the host's buffer). The helpers below take either, and compare
+/// names as bytes (no UTF-8 check per field and per look-up).
 pub trait HeaderList {
+    /// The fields with their names as bytes.
+    fn raw_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_;
+    /// The fields with their names as text.
     fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_;
 }
 
 impl HeaderList for Headers {
+    fn raw_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()))
+    }
     fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
     }
 }
 
 impl HeaderList for Vec<(String, Vec<u8>)> {
+    fn raw_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.as_slice().raw_fields()
+    }
     fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.as_slice().fields()
     }
 }
 
 impl HeaderList for crate::request::Headers {
+    fn raw_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.raw_iter()
+    }
     fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.iter()
     }
@@ -36,8 +49,10 @@ pub fn all<'a, H: HeaderList + ?Sized>(
     name: &'a str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
-        .fields()
-        .filter(move |(n, v)| n.eq_ignore_ascii_case(name) && v.len() <= MAX_HEADER_VALUE)
+        .raw_fields()
+        .filter(move |(n, v)| {
+            n.eq_ignore_ascii_case(name.as_bytes()) && v.len() <= MAX_HEADER_VALUE
+        })
         .map(|(_, v)| v)
 }
 
@@ -48,14 +63,16 @@ pub fn first<'a, H: HeaderList + ?Sized>(headers: &'a H, name: &'a str) -> Optio
 
 /// Whether a header is present at all.
 pub fn has<H: HeaderList + ?Sized>(headers: &H, name: &str) -> bool {
-    headers.fields().any(|(n, _)| n.eq_ignore_ascii_case(name))
+    headers
+        .raw_fields()
+        .any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// Number of field lines of a header.
 pub fn count<H: HeaderList + ?Sized>(headers: &H, name: &str) -> usize {
     headers
-        .fields()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .raw_fields()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
         .count()
 }
 
