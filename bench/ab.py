@@ -101,6 +101,7 @@ def main():
     headers = {k.strip(): v.strip() for k, v in headers.items()}
     tokens = None
     if args.distinct_tokens:
+        B.ensure_cryptography()
         jwk, tokens = B.make_distinct_tokens(4400, args.distinct_tokens)
         for attr in ("a_config", "b_config"):
             text = getattr(args, attr)
