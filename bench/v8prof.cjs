@@ -24,12 +24,14 @@ const inspector = require('node:inspector');
 
 const [wasmPath, configText, nArg, ...flags] = process.argv.slice(2);
 if (!wasmPath || configText === undefined) {
-  console.error('usage: v8prof.cjs MODULE.wasm CONFIG_JSON [N] [--cpu-prof] [--count-calls] [--header "name: value"]... [--response-header "name: value"]...');
+  console.error('usage: v8prof.cjs MODULE.wasm CONFIG_JSON [N] [--cpu-prof] [--count-calls] [--header "name: value"]... [--response-header "name: value"]... [--body-bytes N]');
   process.exit(2);
 }
 const N = Number(nArg || 100000);
 const cpuProf = flags.includes('--cpu-prof');
 const countCalls = flags.includes('--count-calls');
+const bodyAt = flags.indexOf('--body-bytes');
+const BODY = bodyAt >= 0 ? Number(flags[bodyAt + 1]) : 30;
 const extra = [];
 const extraResponse = [];
 for (let i = 0; i < flags.length; i++) {
@@ -110,7 +112,7 @@ const env = {
   proxy_get_buffer_bytes: (type, start_, size, pp, sp) => {
     size >>>= 0; // usize::MAX arrives as -1
     if (type === 7) { give(config.subarray(start_, Math.min(config.length, start_ + size)), pp, sp); return OK; }
-    if (type === 1) { give(Buffer.alloc(Math.min(size, 30), 0x61), pp, sp); return OK; }
+    if (type === 1) { give(Buffer.alloc(Math.min(size, BODY), 0x61), pp, sp); return OK; }
     return NOT_FOUND;
   },
   proxy_get_header_map_pairs: (type, pp, sp) => {
@@ -180,7 +182,7 @@ const request = [[':authority', 'bench.local'], [':path', '/bench'], [':method',
   ['user-agent', 'wrk'], ['x-forwarded-proto', 'http'], ['x-request-id', '6c1e8f0a-1d7b-4b8e-9c1f-3f2a7d9e0b11'],
   ...extra];
 const requestPairs = pairs(request);
-const response = [[':status', '200'], ['content-length', '30'], ['content-type', 'text/plain'],
+const response = [[':status', '200'], ['content-length', String(BODY)], ['content-type', 'text/plain'],
   ['date', 'Wed, 02 Dec 2026 06:00:00 GMT'], ['server', 'envoy'], ['x-envoy-upstream-service-time', '0'],
   ...extraResponse];
 
@@ -191,7 +193,7 @@ function one(id) {
   if (exp.proxy_on_request_headers(id, request.length, 1) !== 0) paused++;
   maps[2] = response;
   exp.proxy_on_response_headers(id, response.length, 0);
-  exp.proxy_on_response_body(id, 30, 1);
+  exp.proxy_on_response_body(id, BODY, 1);
   if (exp.proxy_on_log) exp.proxy_on_log(id);
 }
 
