@@ -8,6 +8,7 @@
 //! turns feature verdicts into proxy-wasm actions).
 
 pub mod breaker;
+pub mod bytes;
 pub mod cache;
 pub mod config;
 pub mod host;

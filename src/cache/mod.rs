@@ -437,7 +437,7 @@ pub fn uri_hash_memo(route: &str, authority: &str, path: &str) -> [u8; 32] {
         let Some((k, h)) = memo.get_mut(slot) else {
             return hash_uri_key(key);
         };
-        if k.as_slice() != key {
+        if !crate::bytes::eq(k, key) {
             k.clear();
             k.extend_from_slice(key);
             *h = hash_uri_key(key);

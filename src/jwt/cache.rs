@@ -160,7 +160,7 @@ impl TokenCache {
     fn entry_of(&self, key: &[u8]) -> Option<(u64, &Entry)> {
         let fp = self.fingerprint(key);
         let e = self.map.get(&fp)?;
-        (*e.token == *key).then_some((fp, e))
+        crate::bytes::eq(&e.token, key).then_some((fp, e))
     }
 
     fn remove(&mut self, fp: u64) {

@@ -1,0 +1,45 @@
+//! Byte-slice helpers for hot paths.
+//!
+//! Why [`eq`] exists: in a wasm32 build, `==` on byte slices calls the C
+//! library's `memcmp`, which compares one byte per step (wasi-libc's, like
+//! compiler-builtins', is a plain byte loop): measured with
+//! `bench/v8prof.cjs`, matching a ~700-byte bearer token against the
+//! verified-token cache cost ~400 ns per request. Comparing 8 bytes per
+//! step is several times cheaper; natively it is at least as fast.
+
+/// Whether `a` and `b` hold the same bytes, compared 8 bytes at a time.
+pub fn eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (wa, ra) = a.as_chunks::<8>();
+    let (wb, rb) = b.as_chunks::<8>();
+    wa.iter()
+        .zip(wb)
+        .all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
+        && ra == rb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eq;
+
+    #[test]
+    fn equal_exactly_when_the_bytes_are() {
+        let base: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37)).collect();
+        for len in 0..base.len() {
+            let a = &base[..len];
+            assert!(eq(a, a));
+            assert!(eq(a, &a.to_vec()));
+            // Every single changed byte, in the words and in the tail.
+            for i in 0..len {
+                let mut b = a.to_vec();
+                b[i] ^= 0x80;
+                assert!(!eq(a, &b), "len {len}, byte {i}");
+            }
+            // Other lengths never compare equal.
+            assert!(!eq(a, &base[..len + 1]));
+        }
+        assert!(eq(b"", b""));
+    }
+}
