@@ -74,7 +74,7 @@ pub struct StreamState {
     pub route: usize,
     pub req: Request,
     pub stage: Stage,
-    pub claims: Option<std::sync::Arc<serde_json::Value>>,
+    pub claims: Option<std::sync::Arc<crate::jwt::claims::Claims>>,
     /// Set once meshguard answered the request itself.
     pub local_reply: bool,
     /// Headers to add to the upstream's response.

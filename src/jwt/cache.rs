@@ -24,7 +24,6 @@
 
 use super::jwk::KeySet;
 use super::verify::{NativePaths, VerifyStats};
-use serde_json::Value;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -45,7 +44,7 @@ pub const MAX_ENTRY_TTL: u64 = 300 * 1_000_000_000;
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub provider: usize,
-    pub claims: Arc<Value>,
+    pub claims: Arc<super::claims::Claims>,
     /// The payload segment (base64url), for `payload_header`.
     pub payload_b64: Arc<str>,
     /// The key that verified it, when it came from a remote JWKS (which can
@@ -281,7 +280,7 @@ mod tests {
     fn v(p: usize) -> Verified {
         Verified {
             provider: p,
-            claims: Arc::new(Value::Null),
+            claims: Arc::default(),
             payload_b64: Arc::from(""),
             key: None,
         }

@@ -8,7 +8,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::de::{Deserializer, IgnoredAny};
 use serde::Deserialize;
-use serde_json::Value;
 use std::borrow::Cow;
 
 /// Largest token accepted (bytes). Larger tokens are rejected unparsed.
@@ -141,7 +140,7 @@ pub struct Jws<'a> {
     pub payload_b64: &'a str,
     pub signature: Vec<u8>,
     /// The decoded payload; always a JSON object.
-    pub claims: Value,
+    pub claims: super::claims::Claims,
 }
 
 /// Decodes unpadded base64url (RFC 7515 section 2); padding or any other
@@ -210,10 +209,7 @@ pub fn parse(token: &[u8]) -> Result<Jws<'_>, &'static str> {
     }
     let kid = header.kid;
     let payload = b64url_decode(p.as_bytes()).ok_or("malformed token payload")?;
-    let claims: Value = serde_json::from_slice(&payload).map_err(|_| "malformed token payload")?;
-    if !claims.is_object() {
-        return Err("malformed token payload");
-    }
+    let claims = super::claims::Claims::parse(payload)?;
     let signature = b64url_decode(s.as_bytes()).ok_or("malformed signature")?;
     if signature.is_empty() {
         return Err("malformed signature");

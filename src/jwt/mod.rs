@@ -545,7 +545,7 @@ pub enum AuthOutcome {
     /// Continue upstream after applying `header_ops`. `claims` is `None`
     /// only when the token was missing and the route allows that.
     Allowed {
-        claims: Option<Arc<Value>>,
+        claims: Option<Arc<claims::Claims>>,
         provider: Option<usize>,
         cache_hit: bool,
         header_ops: Vec<HeaderOp>,

@@ -349,7 +349,7 @@ pub fn check(
     route: &str,
     limits: &[LimitPolicy],
     req: &Request,
-    claims: Option<&serde_json::Value>,
+    claims: Option<&crate::jwt::claims::Claims>,
 ) -> Decision {
     match check_local(host, limiter, route, limits, req, claims) {
         LocalOutcome::Refused(d) => d,
@@ -397,7 +397,7 @@ pub fn check_local(
     route: &str,
     limits: &[LimitPolicy],
     req: &Request,
-    claims: Option<&serde_json::Value>,
+    claims: Option<&crate::jwt::claims::Claims>,
 ) -> LocalOutcome {
     let mut admitted = Admitted::default();
     for (i, l) in limits.iter().enumerate() {
@@ -948,8 +948,9 @@ mod tests {
         let h = FakeHost::new(1);
         let ls = limits(r#"[{"capacity": 1, "refill_interval": "1h", "key": [{"claim": "sub"}]}]"#);
         let lim = limiter(HeaderStyle::None);
-        let alice = serde_json::json!({"sub": "alice"});
-        let bob = serde_json::json!({"sub": "bob"});
+        let claims = |v| crate::jwt::claims::Claims::from_value(&v).expect("object");
+        let alice = claims(serde_json::json!({"sub": "alice"}));
+        let bob = claims(serde_json::json!({"sub": "bob"}));
         assert!(check(&h, &lim, "api", &ls, &req(""), Some(&alice)).allowed);
         assert!(check(&h, &lim, "api", &ls, &req(""), Some(&bob)).allowed);
         assert!(!check(&h, &lim, "api", &ls, &req(""), Some(&alice)).allowed);

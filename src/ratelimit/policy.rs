@@ -231,7 +231,7 @@ impl LimitPolicy {
     pub fn bucket_key(
         &self,
         req: &Request,
-        claims: Option<&serde_json::Value>,
+        claims: Option<&crate::jwt::claims::Claims>,
         xff_hops: u32,
     ) -> String {
         let mut out = String::new();
@@ -246,7 +246,7 @@ impl LimitPolicy {
     pub fn push_bucket_key(
         &self,
         req: &Request,
-        claims: Option<&serde_json::Value>,
+        claims: Option<&crate::jwt::claims::Claims>,
         xff_hops: u32,
         out: &mut String,
     ) {
@@ -284,7 +284,7 @@ impl KeyPart {
     pub fn value(
         &self,
         req: &Request,
-        claims: Option<&serde_json::Value>,
+        claims: Option<&crate::jwt::claims::Claims>,
         xff_hops: u32,
     ) -> String {
         let v: String = match self {
@@ -326,12 +326,12 @@ impl KeyPart {
 
 /// The value of a claim at a dotted path, as key text: strings as they are,
 /// other JSON values as JSON; missing = "".
-pub fn claim_value(claims: Option<&serde_json::Value>, path: &[String]) -> String {
-    let mut cur = match claims {
-        Some(c) => c,
-        None => return String::new(),
+pub fn claim_value(claims: Option<&crate::jwt::claims::Claims>, path: &[String]) -> String {
+    let mut segs = path.iter();
+    let Some(mut cur) = claims.zip(segs.next()).and_then(|(c, s)| c.get(s)) else {
+        return String::new();
     };
-    for seg in path {
+    for seg in segs {
         match cur.get(seg.as_str()) {
             Some(v) => cur = v,
             None => return String::new(),
@@ -523,7 +523,9 @@ mod tests {
                 {"header": "absent"}, {"claim": "org.id"}]}"#,
         )
         .expect("ok");
-        let claims = serde_json::json!({"org": {"id": 42}});
+        let claims =
+            crate::jwt::claims::Claims::from_value(&serde_json::json!({"org": {"id": 42}}))
+                .expect("object");
         let k = p.bucket_key(&req(), Some(&claims), 0);
         assert_eq!(k, "9:127.0.0.73:GET2:/a3:abc2:K11:S1:c0:2:42");
         // Without claims the claim part is empty, still one well-defined bucket.
@@ -535,7 +537,7 @@ mod tests {
     fn reference_key(
         p: &LimitPolicy,
         req: &Request,
-        claims: Option<&serde_json::Value>,
+        claims: Option<&crate::jwt::claims::Claims>,
         hops: u32,
     ) -> String {
         let mut out = String::new();
@@ -588,7 +590,10 @@ mod tests {
                 .into(),
                 peer_ip: text(pick()),
             };
-            let claims = serde_json::json!({"org": {"id": text(pick())}});
+            let claims = crate::jwt::claims::Claims::from_value(
+                &serde_json::json!({"org": {"id": text(pick())}}),
+            )
+            .expect("object");
             for hops in [0, 1] {
                 for c in [None, Some(&claims)] {
                     assert_eq!(p.bucket_key(&r, c, hops), reference_key(&p, &r, c, hops));

@@ -136,7 +136,7 @@ pub fn denial(o: &AuthOutcome) -> (u32, String) {
     }
 }
 
-pub fn allowed(o: &AuthOutcome) -> (Arc<Value>, Vec<HeaderOp>) {
+pub fn allowed(o: &AuthOutcome) -> (Arc<meshguard::jwt::claims::Claims>, Vec<HeaderOp>) {
     match o {
         AuthOutcome::Allowed {
             claims: Some(c),

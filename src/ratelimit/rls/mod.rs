@@ -190,7 +190,7 @@ pub fn request(
     route: &str,
     limits: &[LimitPolicy],
     req: &Request,
-    claims: Option<&serde_json::Value>,
+    claims: Option<&crate::jwt::claims::Claims>,
     xff_hops: u32,
 ) -> Vec<u8> {
     let same_cost = limits.windows(2).all(|w| w[0].cost == w[1].cost);

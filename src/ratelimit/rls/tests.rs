@@ -89,7 +89,8 @@ fn one_descriptor_per_limit_with_route_limit_and_key_parts() {
 fn missing_parts_are_empty_and_long_ones_hashed() {
     let ls = limits(r#"[{"scope": "global", "key": [{"header": "x-user"}, {"claim": "org.id"}]}]"#);
     let long = "u".repeat(300);
-    let claims = serde_json::json!({"org": {"id": 42}});
+    let claims = crate::jwt::claims::Claims::from_value(&serde_json::json!({"org": {"id": 42}}))
+        .expect("object");
     let r = decode_request(&request(
         "d",
         "api",
