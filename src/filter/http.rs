@@ -73,7 +73,12 @@ fn read_request() -> Request {
     let Some(raw) = adapter::request_headers_raw() else {
         return req;
     };
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    // `from_utf8` first: the lossy decoder's chunk iterator costs more,
+    // and pseudo-header values are ASCII in practice.
+    let text = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(t) => t.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    };
     req.headers = Headers::from_serialized(raw, |name, value| match name {
         b":method" => req.method = text(value),
         b":path" => req.path = text(value),
