@@ -51,16 +51,18 @@ impl Headers {
     pub fn from_serialized(buf: Vec<u8>, mut pseudo: impl FnMut(&[u8], &[u8])) -> Headers {
         let base = buf.as_ptr() as usize;
         let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-        let mut spans = Vec::new();
+        // Sized once: the map's pair count (pseudo-headers included), at
+        // most one pair per 10 bytes of the buffer.
+        let count = buf
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, |b| u32::from_le_bytes(b) as usize);
+        let mut spans = Vec::with_capacity(count.min(buf.len() / 10));
         let mut lossy: Vec<(usize, String)> = Vec::new();
         visit_pairs(&buf, |name, value| {
             if name.first() == Some(&b':') {
                 pseudo(name, value);
                 return;
-            }
-            if spans.capacity() == 0 {
-                // Sized once: at most every pair, each at least 10 bytes.
-                spans.reserve(buf.len() / 10);
             }
             if std::str::from_utf8(name).is_err() {
                 lossy.push((spans.len(), String::from_utf8_lossy(name).into_owned()));
