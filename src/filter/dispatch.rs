@@ -11,27 +11,28 @@
 //! | `proxy_on_vm_start`, `proxy_on_configure`, `proxy_on_tick` | root contexts |
 //! | `proxy_on_context_create` | a stream's root (a VM can hold several configurations) |
 //! | `proxy_on_request_headers`, `proxy_on_response_headers`, `proxy_on_response_body` | the pipeline; the response's end also ends the stream |
+//! | `proxy_on_response_trailers` | the end of a response that has trailers (gRPC: every response) |
 //! | `proxy_on_http_call_response`, `proxy_on_grpc_receive`, `proxy_on_grpc_close` | JWKS fetches, rate limit service calls |
 //!
 //! Not exported, so never entered: `proxy_on_log`, `proxy_on_done` and
-//! `proxy_on_delete`, request bodies and trailers, response trailers, gRPC
-//! metadata, queues, foreign-function callbacks and TCP (network filter)
-//! callbacks.
+//! `proxy_on_delete`, request bodies and trailers, gRPC metadata, queues,
+//! foreign-function callbacks and TCP (network filter) callbacks.
 //!
 //! # The end of a stream
 //!
 //! A stream is forgotten (its breaker outcome recorded if still pending,
 //! cache locks released, waits cancelled) when the response's last byte
-//! passes: `end_of_stream` on the response headers or on a body frame.
-//! A stream whose end never passes through the filter (the client reset
-//! it, the response ended with trailers) is found by the root's tick
+//! passes: `end_of_stream` on the response headers or on a body frame, or
+//! the response's trailers (Envoy enters the VM for those only when a
+//! response has them). A stream whose end never passes through the filter
+//! (the client or the upstream reset it) is found by the root's tick
 //! ([`Contexts::sweep`]): `proxy_set_effective_context` fails for a
 //! context Envoy has deleted. The sweep looks at a stream first after
 //! [`FIRST_CHECK_NS`], then at doubling intervals up to [`MAX_CHECK_NS`],
 //! so long-lived streams (websockets, long polls) cost one cheap host call
 //! now and then. A stream found gone this way had no response through the
 //! filter: for the breaker it was cancelled (it never counts; a probe is
-//! given back). A root context Envoy has deleted is found the same way,
+//! given back); the counter `meshguard.streams_reset` counts them. A root context Envoy has deleted is found the same way,
 //! when another root is configured.
 use super::http::Stream;
 use super::root::Root;
@@ -57,6 +58,26 @@ struct Liveness {
     /// per stream).
     check_at_ns: u64,
     wait_ns: u64,
+}
+
+/// Counts the streams the sweep forgot (`meshguard.streams_reset`), defined
+/// once per VM on first use.
+fn count_reset(n: usize) {
+    thread_local! {
+        static ID: std::cell::Cell<Option<crate::host::MetricId>> = const { std::cell::Cell::new(None) };
+    }
+    let id = ID.with(|c| {
+        c.get().or_else(|| {
+            let id = ProxyWasmHost
+                .define_metric(crate::host::MetricKind::Counter, "meshguard.streams_reset")
+                .ok();
+            c.set(id);
+            id
+        })
+    });
+    if let Some(id) = id {
+        ProxyWasmHost.increment_metric(id, n as i64);
+    }
 }
 
 /// A stream is first checked this long after a sweep first saw it: most
@@ -145,6 +166,9 @@ impl Contexts {
         }
         if asked {
             adapter::set_effective_context(current);
+        }
+        if !gone.is_empty() {
+            count_reset(gone.len());
         }
         for id in gone {
             if let Some((mut s, _)) = self.streams.remove(&id) {
@@ -239,6 +263,13 @@ pub extern "C" fn proxy_on_response_body(context_id: u32, body_size: usize, eos:
         a
     })
     .unwrap_or(action::CONTINUE)
+}
+
+/// Trailers end the response (and the stream); they pass unchanged.
+#[no_mangle]
+pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
+    with(|c| c.end_if_last(context_id, true, action::CONTINUE));
+    action::CONTINUE
 }
 
 #[no_mangle]

@@ -196,4 +196,6 @@ def test_a_probe_the_client_abandons_is_given_back(envoy, upstream):
     assert e.stat("wasmcustom.meshguard.breaker.api.probes") == 2
     # The abandoned probe did not re-open it: one trip only.
     assert e.stat("wasmcustom.meshguard.breaker.api.trips") == 1
+    # The check that found the stream gone counted it.
+    assert e.stat("wasmcustom.meshguard.streams_reset") >= 1
     assert "HALF_OPEN -> CLOSED" in e.log() and "HALF_OPEN -> OPEN" not in e.log()

@@ -5,6 +5,7 @@ exports no proxy_on_done / proxy_on_delete)."""
 
 import http.client
 import json
+import socket
 import threading
 import time
 
@@ -113,5 +114,87 @@ def test_reloads_serve_the_newest_configuration_and_forget_deleted_ones(tmp_path
         assert "configuration(s) Envoy has deleted" in e.log(), e.log()[-4000:]
     finally:
         e.stop()
+        if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+            print(e.log()[-20000:])
+
+
+class TrailerUpstream:
+    """An HTTP/1.1 origin on 127.0.0.1 whose every response is chunked and
+    ends with a trailer (as a gRPC response ends with grpc-status)."""
+
+    RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n"
+                b"trailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc123\r\n\r\n")
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                conn.sendall(self.RESPONSE)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_response_with_trailers_ends_its_stream_at_the_trailers(tmp_path, request):
+    """Responses that end with trailers (every gRPC response does) end their
+    stream in the trailers callback: none is left for the periodic check
+    that finds streams gone without their end (`streams_reset` stays 0,
+    where without the trailers callback every one of them would be counted
+    there), and the trailer reaches the client unchanged."""
+    up = TrailerUpstream()
+    config = {"routes": [{
+        "name": "t", "match": {"path_prefix": "/"},
+        "rate_limit": [{"name": "all", "capacity": 1000000, "refill_tokens": 1000000, "refill_interval": "1s"}],
+        "circuit_breaker": {"consecutive_failures": 1000},
+    }]}
+    e = harness.Envoy(tmp_path, config, up.port, concurrency=2)
+    hcm = e.doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_protocol_options"] = {"enable_trailers": True}
+    e.doc["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {"enable_trailers": True}},
+        }}
+    try:
+        e.start()
+        with socket.create_connection(("127.0.0.1", e.listen_port), timeout=5) as s:
+            s.sendall(b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n")
+            raw = b""
+            while not raw.endswith(b"\r\n\r\n") or b"0\r\n" not in raw:
+                data = s.recv(65536)
+                assert data, raw
+                raw += data
+        assert b"hello" in raw and b"x-checksum: abc123" in raw, raw
+        for _ in range(60):
+            s, _, body = e.request("/y")
+            assert (s, body) == (200, b"hello")
+        # Well past the check's first look (200 ms) and its next (400 ms).
+        time.sleep(1.5)
+        assert e.stat("wasmcustom.meshguard.ratelimit.t.all.allowed") == 61
+        assert e.stat("wasmcustom.meshguard.streams_reset") == 0
+    finally:
+        e.stop()
+        up.close()
         if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
             print(e.log()[-20000:])
