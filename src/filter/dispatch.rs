@@ -61,7 +61,7 @@ struct Liveness {
 }
 
 /// Counts the streams the sweep forgot (`meshguard.streams_reset`), defined
-/// once per VM on first use.
+/// once per VM (at the first configuration).
 fn count_reset(n: usize) {
     thread_local! {
         static ID: std::cell::Cell<Option<crate::host::MetricId>> = const { std::cell::Cell::new(None) };
@@ -75,7 +75,7 @@ fn count_reset(n: usize) {
             id
         })
     });
-    if let Some(id) = id {
+    if let (Some(id), true) = (id, n > 0) {
         ProxyWasmHost.increment_metric(id, n as i64);
     }
 }
@@ -203,6 +203,8 @@ pub extern "C" fn proxy_on_vm_start(root_id: u32, _vm_configuration_size: usize)
 pub extern "C" fn proxy_on_configure(root_id: u32, _configuration_size: usize) -> u32 {
     with(|c| {
         c.forget_deleted_roots(root_id);
+        // Defined with the configuration's metrics, so it shows as 0.
+        count_reset(0);
         c.root(root_id).on_configure()
     })
     .unwrap_or(false) as u32
