@@ -3,7 +3,7 @@
 //! Header names are lower case (HTTP/2 and Envoy normalise them); values are
 //! bytes, since HTTP does not promise UTF-8.
 
-use crate::host::header_map::visit_pairs;
+use crate::host::header_map::{pair_count, visit_pairs};
 
 /// Longest header value meshguard looks at (bytes); longer values are
 /// treated as absent by the features that parse them.
@@ -53,10 +53,7 @@ impl Headers {
         let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
         // Sized once: the map's pair count (pseudo-headers included), at
         // most one pair per 10 bytes of the buffer.
-        let count = buf
-            .get(..4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map_or(0, |b| u32::from_le_bytes(b) as usize);
+        let count = pair_count(&buf).unwrap_or(0);
         let mut spans = Vec::with_capacity(count.min(buf.len() / 10));
         let mut lossy: Vec<(usize, String)> = Vec::new();
         visit_pairs(&buf, |name, value| {

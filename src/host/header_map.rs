@@ -115,7 +115,7 @@ pub fn decode_pairs(b: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
 }
 
 /// The number of pairs a serialized map announces (unchecked).
-fn pair_count(b: &[u8]) -> Option<usize> {
+pub fn pair_count(b: &[u8]) -> Option<usize> {
     let w: [u8; 4] = b.get(..4)?.try_into().ok()?;
     Some(u32::from_le_bytes(w) as usize)
 }
