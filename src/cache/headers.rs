@@ -9,36 +9,25 @@ pub type Headers = [(String, Vec<u8>)];
 /// keeps the host's buffer). The helpers below take either, and compare
 /// names as bytes (no UTF-8 check per field and per look-up).
 pub trait HeaderList {
-    /// The fields with their names as bytes.
-    fn raw_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_;
-    /// The fields with their names as text.
-    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_;
+    /// The fields, names as bytes.
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_;
 }
 
 impl HeaderList for Headers {
-    fn raw_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()))
-    }
-    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
     }
 }
 
 impl HeaderList for Vec<(String, Vec<u8>)> {
-    fn raw_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.as_slice().raw_fields()
-    }
-    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.as_slice().fields()
     }
 }
 
 impl HeaderList for crate::request::Headers {
-    fn raw_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.raw_iter()
-    }
-    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.iter()
     }
 }
 
@@ -49,7 +38,7 @@ pub fn all<'a, H: HeaderList + ?Sized>(
     name: &'a str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
-        .raw_fields()
+        .fields()
         .filter(move |(n, v)| {
             n.eq_ignore_ascii_case(name.as_bytes()) && v.len() <= MAX_HEADER_VALUE
         })
@@ -64,14 +53,14 @@ pub fn first<'a, H: HeaderList + ?Sized>(headers: &'a H, name: &'a str) -> Optio
 /// Whether a header is present at all.
 pub fn has<H: HeaderList + ?Sized>(headers: &H, name: &str) -> bool {
     headers
-        .raw_fields()
+        .fields()
         .any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// Number of field lines of a header.
 pub fn count<H: HeaderList + ?Sized>(headers: &H, name: &str) -> usize {
     headers
-        .raw_fields()
+        .fields()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
         .count()
 }
