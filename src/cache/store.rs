@@ -512,9 +512,7 @@ impl<'h, H: Host> Store<'h, H> {
                 continue;
             }
             let known = checked::get(slot, &head);
-            let Some(payload) =
-                self.read_payload_checked(slot, &head, Some(value), known.is_none())
-            else {
+            let Some(payload) = self.read_payload(slot, &head, Some(value), known.is_none()) else {
                 continue;
             };
             let view = match known {
@@ -571,23 +569,17 @@ impl<'h, H: Host> Store<'h, H> {
     /// the run was partly overwritten (evicted) or is corrupt (logged and
     /// dropped).
     pub fn read_entry(&self, slot: u32, head: &HeadInfo) -> Option<Entry> {
-        let payload = self.read_payload(slot, head, None)?;
+        let payload = self.read_payload(slot, head, None, true)?;
         let view = self.check(slot, head, payload.bytes())?;
         Some(view.to_entry())
     }
 
     /// Reads the encoding of the entry whose head is `head` at `slot`
     /// (`first`: the head chunk's value when already read) and checks its
-    /// run and checksum; `None` when evicted or corrupt (dropped).
-    fn read_payload(&self, slot: u32, head: &HeadInfo, first: Option<Vec<u8>>) -> Option<Payload> {
-        self.read_payload_checked(slot, head, first, true)
-    }
-
-    /// [`Store::read_payload`]; the checksum is compared only with
-    /// `verify` (false: this worker has checked this very entry before,
-    /// see [`checked`]). The run's generations, indexes and lengths are
-    /// always checked.
-    fn read_payload_checked(
+    /// run (generations, indexes, lengths) and, with `verify`, its checksum
+    /// (false: this worker has checked this very entry before, see
+    /// [`checked`]); `None` when evicted or corrupt (dropped).
+    fn read_payload(
         &self,
         slot: u32,
         head: &HeadInfo,
