@@ -137,7 +137,9 @@
 //!   210-byte little-endian layout with a version byte) is reset to CLOSED
 //!   with a `warn` line.
 //! - Only changes are written: a healthy CLOSED breaker without the ratio
-//!   rule costs one shared-data read per request.
+//!   rule or `slow_call` costs two shared-data reads per request (at the
+//!   admission, and at the response to see whether a failure elsewhere
+//!   needs resetting), no write and no clock reading.
 //! - Keys longer than 64 bytes or with characters outside `[A-Za-z0-9._-]`
 //!   (Istio cluster names contain `|`) are stored as a readable prefix plus
 //!   a SHA-256 hash ([`shared_key`]). Their number is bounded by the

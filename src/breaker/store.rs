@@ -7,7 +7,7 @@
 use super::codec;
 use super::policy::{fmt_duration, BreakerPolicy};
 use super::state::{Admission, BreakerState, Outcome, Phase, ProbeTicket};
-use crate::host::{Host, MetricId, MetricKind, SetError, CREATE_CAS};
+use crate::host::{Host, MetricId, MetricKind, OneClock, SetError, CREATE_CAS};
 use sha2::{Digest, Sha256};
 
 /// Shared-data namespace of breaker states.
@@ -260,9 +260,19 @@ pub fn admit_ticket(
     policy: &BreakerPolicy,
     key: &str,
 ) -> (Admission, ProbeTicket) {
-    let now = host.now_nanos();
+    // A CLOSED breaker admits without looking at the time: the clock is
+    // read only when the state read says OPEN or HALF_OPEN (once, even if
+    // the compare-and-swap is retried), so a healthy breaker costs no clock
+    // reading per request.
+    let host = &OneClock::new(host);
     let metrics = &policy.metrics;
-    match update(host, key, |s| (s.admit(policy, now), s.round())) {
+    match update(host, key, |s| {
+        let now = match s.phase {
+            Phase::Closed => 0,
+            Phase::Open | Phase::HalfOpen => host.now_nanos(),
+        };
+        (s.admit(policy, now), s.round())
+    }) {
         Ok(u) => {
             report(host, metrics, key, &u);
             let (admission, round) = u.result;
@@ -403,11 +413,13 @@ mod tests {
     #[test]
     fn only_outcomes_that_need_the_time_read_the_clock() {
         let (host, mut p) = setup("clock");
+        // A CLOSED breaker admits without the time (the healthy case).
+        let reads = host.clock_reads();
         assert_eq!(
             admit(&host, &p, "clock"),
             Admission::Allowed { probe: false }
         );
-        let reads = host.clock_reads();
+        assert_eq!(host.clock_reads(), reads);
         // A success without the ratio rule: no clock (the healthy case).
         record(&host, &p, "clock", Outcome::Success, false);
         assert_eq!(host.clock_reads(), reads);
@@ -418,6 +430,22 @@ mod tests {
         record(&host, &p, "clock", Outcome::Failure, false);
         assert_eq!(snapshot(&host, "clock").map(|s| s.phase), Some(Phase::Open));
         assert_eq!(host.clock_reads(), reads + 3);
+        // OPEN: the admission needs the time (one reading).
+        let reads = host.clock_reads();
+        assert!(matches!(
+            admit(&host, &p, "clock"),
+            Admission::Rejected { .. }
+        ));
+        assert_eq!(host.clock_reads(), reads + 1);
+        // OPEN -> HALF_OPEN once its time is over: the same one reading
+        // serves the transition's info line.
+        host.set_now(T0 + 61 * S);
+        let reads = host.clock_reads();
+        assert_eq!(
+            admit(&host, &p, "clock"),
+            Admission::Allowed { probe: true }
+        );
+        assert_eq!(host.clock_reads(), reads + 1);
         // With the ratio rule a success goes into the time window.
         p.ratio = Some(super::super::RatioRule {
             failure_ratio: 0.5,
@@ -428,7 +456,7 @@ mod tests {
         record(&host, &p, "clock-ratio", Outcome::Success, false);
         assert_eq!(host.clock_reads(), reads + 1);
         let s = snapshot(&host, "clock-ratio").unwrap();
-        assert_eq!(s.window_totals(T0), (1, 0));
+        assert_eq!(s.window_totals(T0 + 61 * S), (1, 0));
     }
 
     #[test]

@@ -349,7 +349,11 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                             s.breaker = Some(BreakerTicket {
                                 key,
                                 probe,
-                                started_ns: host.now_nanos(),
+                                // Only `slow_call` needs the time to response headers.
+                                started_ns: match policy.slow_call_ns {
+                                    Some(_) => host.now_nanos(),
+                                    None => 0,
+                                },
                             });
                         }
                         Admission::Rejected { retry_after_secs } => {
