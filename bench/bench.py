@@ -1323,6 +1323,78 @@ def render(info, args, summary, scenarios, targets, extra, comp=None):
     return "\n".join(L)
 
 
+README_START = "<!-- bench:latest:start (written by make bench: bench/bench.py) -->"
+README_END = "<!-- bench:latest:end -->"
+
+
+def render_readme(info, args, summary, scenarios, targets, extra, comp):
+    """The README's "latest run" block: machine, versions, every scenario's
+    figures, the head-to-head twins and the targets (the whole record is
+    bench/results.md)."""
+    L = [README_START, ""]
+    L.append(f"Latest full run: {info['date']}, git {info['git']}; {info['nproc']} CPUs ({info['cpu_model']}), "
+             f"Linux {info['kernel']}; Envoy {info['envoy_version']} (V8), proxy `--concurrency 1`; "
+             f"wrk -t{args.threads} -c{args.connections}, {args.rounds} rounds of {args.duration} s; "
+             f"meshguard.wasm {extra['wasm_size']:,} bytes. Overhead = CPU per request minus the passthrough "
+             "twin's, measured at the same moments on the same CPU (median over rounds, range in brackets).")
+    L.append("")
+    L.append("| scenario | what | CPU us/req | overhead us/req [range] | req/s | p99 ms |")
+    L.append("|---|---|---:|---:|---:|---:|")
+    for sc in scenarios:
+        s = summary.get(sc.name)
+        if s is None:
+            continue
+        paired = "-" if not sc.paired else (f"{fmt(s['paired_overhead_us'])} "
+                                            f"[{min(sc.paired):.0f}..{max(sc.paired):.0f}]")
+        L.append(f"| {sc.name} | {sc.desc} | {fmt(s['cpu_us_per_req'])} | {paired} | {fmt(s['rps'], 0)} | "
+                 f"{fmt(s['p99_ms'], 2)} |")
+    L.append("")
+    if comp:
+        L.append("| head to head (twins) | b minus a, us/req [range] |")
+        L.append("|---|---:|")
+        for c in comp.values():
+            L.append(f"| {c['label']} | {c['diff_us']:+.1f} [{c['min']:+.1f}..{c['max']:+.1f}] |")
+        L.append("")
+    rss = extra.get("rss") or {}
+    loads = [(sc.name, median(sc.load_times) * 1000) for sc in scenarios
+             if getattr(sc, "load_times", None) and sc.name in ("passthrough", "trivial-wasm", "mg-nopolicy", "mg-all4")]
+    if rss or loads:
+        parts = [f"{name} {r['rss_after_load_kb'] / 1024:.0f} MiB" for name, r in rss.items()]
+        line = "Resources: module " + f"{extra['wasm_size']:,} bytes"
+        if parts:
+            line += "; Envoy RSS at `--concurrency 2` after load: " + ", ".join(parts)
+        if loads:
+            line += "; config load (start to /ready): " + ", ".join(f"{n} {ms:.0f} ms" for n, ms in loads)
+        L.append(line + ".")
+        L.append("")
+    L.append("| target (issue #8) | holds | detail |")
+    L.append("|---|---|---|")
+    for t in targets:
+        h = {True: "yes", False: "**NO**", None: "n/a"}[t["holds"]]
+        L.append(f"| {t['target']} | {h} | {t['detail']} |")
+    L.append("")
+    L.append(README_END)
+    return "\n".join(L)
+
+
+def update_readme(path, block):
+    """Replaces the block between the markers of `path`; returns False (and
+    changes nothing) when the file or its markers are missing."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return False
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    text = text[:start] + block + text[end + len(README_END):]
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 round, 2 s per scenario (smoke run)")
@@ -1347,6 +1419,10 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="do not (re)build bench/trivial-filter nor the release rate limit service")
     ap.add_argument("--out", default=HERE, help="directory for results.md and results.json")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, Envoy logs)")
+    ap.add_argument("--readme", default=os.path.join(os.path.dirname(HERE), "README.md"),
+                    help="README whose latest-run block a complete run rewrites (not with --quick, --only, "
+                         "--diag, or a failed scenario)")
+    ap.add_argument("--no-readme", action="store_true", help="leave the README alone")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2, 1
@@ -1545,6 +1621,12 @@ def main():
         if failed:
             log(f"bench: FAILED scenarios: {', '.join(failed)}")
             return 1
+        if args.no_readme or args.quick or args.only or args.diag:
+            log("bench: README left alone (not a complete run, or --no-readme)")
+        elif update_readme(args.readme, render_readme(info, args, summary, scenarios, targets, extra, comp)):
+            log(f"bench: wrote the latest-run block of {args.readme}")
+        else:
+            log(f"bench: {args.readme} has no latest-run block ({README_START}): left alone")
         ok = True
         return 0
     finally:
