@@ -394,18 +394,26 @@ def wasm_filter(name, filename, root_id, config_text):
     }
 
 
-def native_local_ratelimit(headers=False):
-    """`headers`: also send X-RateLimit-Limit/Remaining/Reset (off by default in Envoy)."""
+def native_local_ratelimit(headers=False, key_header=None):
+    """`headers`: also send X-RateLimit-Limit/Remaining/Reset (off by default in Envoy).
+    `key_header`: one bucket per value of this request header (a descriptor without a value:
+    Envoy's dynamic descriptors, at most 10000 like meshguard's default `max_rate_limit_keys`)."""
     pct = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    bucket = {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"}
     cfg = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
         "stat_prefix": "bench_rl",
-        "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"},
+        "token_bucket": bucket,
         "filter_enabled": dict(pct, runtime_key="bench_rl_enabled"),
         "filter_enforced": dict(pct, runtime_key="bench_rl_enforced"),
     }
     if headers:
         cfg["enable_x_ratelimit_headers"] = "DRAFT_VERSION_03"
+    if key_header:
+        cfg["rate_limits"] = [{"actions": [{"request_headers": {"header_name": key_header,
+                                                                 "descriptor_key": "key"}}]}]
+        cfg["descriptors"] = [{"entries": [{"key": "key"}], "token_bucket": bucket}]
+        cfg["max_dynamic_descriptors"] = 10000
     return {"name": "envoy.filters.http.local_ratelimit", "typed_config": cfg}
 
 
@@ -770,6 +778,7 @@ COMPARISONS = [
     ("mg-nopolicy", "mg-ratelimit-noheaders", "rate limit without rate-limit headers vs no-policy route"),
     ("native-ratelimit", "mg-ratelimit-noheaders", "local rate limit, no headers: meshguard vs native"),
     ("native-ratelimit-headers", "mg-ratelimit-legacy", "local rate limit, X-RateLimit-* headers: meshguard vs native"),
+    ("native-ratelimit-key", "mg-ratelimit-key", "local rate limit keyed by header: meshguard vs native"),
     ("native-jwt-rs256-distinct", "mg-jwt-rs256-distinct", "distinct RS256 tokens: meshguard vs jwt_authn"),
     ("native-jwt-es256-distinct", "mg-jwt-es256-distinct", "distinct ES256 tokens: meshguard vs jwt_authn"),
     ("native-cache-hit", "mg-cache-hit", "cache HIT: meshguard vs native cache filter"),
@@ -839,6 +848,9 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
           probe=legacy_headers_probe),
         S("mg-ratelimit-key", "meshguard rate limit keyed by x-api-key", mg_route(rate_limit=rl_key),
           headers={"x-api-key": "k1"}, group="ratelimit", probe=mg_ratelimit_probe),
+        S("native-ratelimit-key", "local_ratelimit keyed by x-api-key (a bucket per value), all pass",
+          [native_local_ratelimit(key_header="x-api-key")], headers={"x-api-key": "k1"}, group="ratelimit",
+          expect_stat=r"http_local_rate_limit\.ok$"),
         S("mg-ratelimit-global", "meshguard global limit: one RLS call per request, all pass", mg_global,
           group="ratelimit-global", probe=mg_global_probe, uses_rls=True,
           expect_stat=r"^wasmcustom\.meshguard\.rls\.bench\.ok$",
@@ -1229,7 +1241,7 @@ def render(info, args, summary, scenarios, targets, extra, comp=None):
              "meshguard CPU us/req | native CPU us/req | CPU/req meshguard / native |")
     L.append("|---|---:|---:|---:|---:|---:|---:|")
     pairs = [("rate limit", "mg-ratelimit", "native-ratelimit"),
-             ("rate limit (keyed by header) vs native", "mg-ratelimit-key", "native-ratelimit"),
+             ("rate limit keyed by header", "mg-ratelimit-key", "native-ratelimit-key"),
              ("global rate limit (same RLS) vs ratelimit filter", "mg-ratelimit-global", "native-ratelimit-global"),
              ("JWT RS256 repeated vs jwt_authn no cache", "mg-jwt-rs256", "native-jwt-rs256"),
              ("JWT RS256 repeated vs jwt_authn + cache", "mg-jwt-rs256", "native-jwt-rs256-cache"),
