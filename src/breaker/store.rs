@@ -26,6 +26,10 @@ pub const MAX_CAS_ATTEMPTS: u32 = 8;
 pub struct BreakerMetrics {
     /// The route name, used in log lines.
     pub route: String,
+    /// `shared_key(route)`, built once at configuration: the key of a
+    /// route-scoped breaker needs no formatting per request. Empty for
+    /// [`BreakerMetrics::none`].
+    pub route_shared_key: String,
     /// Gauge `meshguard.breaker.<route>.state`: 0 closed, 1 open, 2 half-open.
     pub state: MetricId,
     /// Counter `meshguard.breaker.<route>.trips`: transitions to OPEN.
@@ -41,6 +45,7 @@ impl BreakerMetrics {
     pub fn none() -> Self {
         BreakerMetrics {
             route: String::new(),
+            route_shared_key: String::new(),
             state: MetricId::NONE,
             trips: MetricId::NONE,
             rejected: MetricId::NONE,
@@ -63,6 +68,7 @@ impl BreakerMetrics {
         };
         BreakerMetrics {
             route: route.to_string(),
+            route_shared_key: shared_key(route),
             state: def(MetricKind::Gauge, "state"),
             trips: def(MetricKind::Counter, "trips"),
             rejected: def(MetricKind::Counter, "rejected"),
@@ -146,10 +152,16 @@ struct Updated<R> {
 /// reads as CLOSED and is overwritten.
 fn update<H: Host, R>(
     host: &H,
+    metrics: &BreakerMetrics,
     key: &str,
     mut apply: impl FnMut(&mut BreakerState) -> R,
 ) -> Result<Updated<R>, UpdateError> {
-    let skey = shared_key(key);
+    let skey: std::borrow::Cow<'_, str> =
+        if key == metrics.route && !metrics.route_shared_key.is_empty() {
+            metrics.route_shared_key.as_str().into()
+        } else {
+            shared_key(key).into()
+        };
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (bytes, cas) = host.shared_get(&skey).map_err(|e| UpdateError::Host(e.0))?;
         let (mut state, cas, must_write) = match bytes {
@@ -266,7 +278,7 @@ pub fn admit_ticket(
     // reading per request.
     let host = &OneClock::new(host);
     let metrics = &policy.metrics;
-    match update(host, key, |s| {
+    match update(host, metrics, key, |s| {
         let now = match s.phase {
             Phase::Closed => 0,
             Phase::Open | Phase::HalfOpen => host.now_nanos(),
@@ -319,7 +331,7 @@ pub fn record(
         Outcome::Failure => host.random_u64(),
         Outcome::Success => 0,
     };
-    match update(host, key, |s| {
+    match update(host, metrics, key, |s| {
         s.on_outcome(policy, outcome, probe, now, jitter)
     }) {
         Ok(u) => report(host, metrics, key, &u),
@@ -332,7 +344,7 @@ pub fn record(
 /// Non-probes need no call.
 pub fn release(host: &impl Host, policy: &BreakerPolicy, key: &str, probe: impl Into<ProbeTicket>) {
     let probe = probe.into();
-    match update(host, key, |s| s.release_probe(probe)) {
+    match update(host, &policy.metrics, key, |s| s.release_probe(probe)) {
         Ok(_) => {}
         Err(e) => fail_open_log(
             &policy.metrics,
@@ -697,6 +709,13 @@ mod tests {
         let host = FakeHost::new(0);
         let m = BreakerMetrics::define(&host, "orders");
         assert_eq!(m.route, "orders");
+        assert_eq!(m.route_shared_key, shared_key("orders"));
+        assert_eq!(m.route_shared_key, "meshguard/v1/cb/orders");
+        // A long route name: the hashed form, built once.
+        let long = format!("r-{}", "é".repeat(70));
+        let m = BreakerMetrics::define(&FakeHost::new(0), &long);
+        assert_eq!(m.route_shared_key, shared_key(&long));
+        assert!(m.route_shared_key.contains('~'));
         let mut names = host.metric_names();
         names.sort();
         assert_eq!(

@@ -52,7 +52,9 @@ pub enum Step {
 
 /// A request the breaker let through, until its outcome is recorded.
 pub struct BreakerTicket {
-    pub key: String,
+    /// The breaker key when it is not the route's name (`"scope":
+    /// "upstream"`: the cluster); `None` (no copy per request) for the route.
+    pub key: Option<String>,
     /// Whether it is a probe, and of which HALF_OPEN round.
     pub probe: breaker::ProbeTicket,
     pub started_ns: u64,
@@ -341,13 +343,12 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                         breaker::Scope::Upstream => adapter::property_str(&["xds", "cluster_name"]),
                         breaker::Scope::Route => None,
                     };
-                    let key =
-                        breaker::breaker_key(policy, &route.name, cluster.as_deref()).to_string();
-                    let (admission, probe) = breaker::admit_ticket(&host, policy, &key);
+                    let key = breaker::breaker_key(policy, &route.name, cluster.as_deref());
+                    let (admission, probe) = breaker::admit_ticket(&host, policy, key);
                     match admission {
                         Admission::Allowed { .. } => {
                             s.breaker = Some(BreakerTicket {
-                                key,
+                                key: (key != route.name).then(|| key.to_string()),
                                 probe,
                                 // Only `slow_call` needs the time to response headers.
                                 started_ns: match policy.slow_call_ns {
@@ -546,14 +547,15 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
         return;
     };
     let rt = s.rt.clone();
-    let Some(policy) = rt
+    let Some((route, policy)) = rt
         .config
         .routes
         .get(s.route)
-        .and_then(|r| r.breaker.as_ref())
+        .and_then(|r| Some((r, r.breaker.as_ref()?)))
     else {
         return;
     };
+    let key = ticket.key.as_deref().unwrap_or(&route.name);
     // At most one clock reading, shared by the elapsed time and the
     // breaker's own update, and none when neither needs it (no `slow_call`,
     // a success without the ratio rule).
@@ -567,8 +569,8 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
         None => 0,
     };
     match breaker::classify(policy, status, upstream_failure, elapsed, false, cancelled) {
-        Some(outcome) => breaker::record(&host, policy, &ticket.key, outcome, ticket.probe),
-        None if ticket.probe.probe => breaker::release(&host, policy, &ticket.key, ticket.probe),
+        Some(outcome) => breaker::record(&host, policy, key, outcome, ticket.probe),
+        None if ticket.probe.probe => breaker::release(&host, policy, key, ticket.probe),
         None => {}
     }
 }
