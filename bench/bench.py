@@ -1187,6 +1187,16 @@ def evaluate(summary, comp=None):
     return t
 
 
+def targets_table(targets, title):
+    """The targets as markdown lines (a blank line after)."""
+    L = [f"| {title} | holds | detail |", "|---|---|---|"]
+    for t in targets:
+        h = {True: "yes", False: "**NO**", None: "n/a"}[t["holds"]]
+        L.append(f"| {t['target']} | {h} | {t['detail']} |")
+    L.append("")
+    return L
+
+
 def render(info, args, summary, scenarios, targets, extra, comp=None):
     L = []
     L.append("# meshguard benchmark results\n")
@@ -1308,12 +1318,7 @@ def render(info, args, summary, scenarios, targets, extra, comp=None):
                      f"{c['min']:+.1f}..{c['max']:+.1f} | {c['n']} | {c['a_us']:.1f} | {c['b_us']:.1f} |")
         L.append("")
     L.append("## Targets (ratios measured in this run)\n")
-    L.append("| target | holds | detail |")
-    L.append("|---|---|---|")
-    for t in targets:
-        h = {True: "yes", False: "**NO**", None: "n/a"}[t["holds"]]
-        L.append(f"| {t['target']} | {h} | {t['detail']} |")
-    L.append("")
+    L.extend(targets_table(targets, "target"))
     L.append("## Resources\n")
     L.append(f"- wasm module size: meshguard {extra['wasm_size']:,} bytes; trivial filter {extra['trivial_size']:,} bytes")
     rss = extra.get("rss") or {}
@@ -1379,12 +1384,7 @@ def render_readme(info, args, summary, scenarios, targets, extra, comp):
             line += "; config load (start to /ready): " + ", ".join(f"{n} {ms:.0f} ms" for n, ms in loads)
         L.append(line + ".")
         L.append("")
-    L.append("| target (issue #8) | holds | detail |")
-    L.append("|---|---|---|")
-    for t in targets:
-        h = {True: "yes", False: "**NO**", None: "n/a"}[t["holds"]]
-        L.append(f"| {t['target']} | {h} | {t['detail']} |")
-    L.append("")
+    L.extend(targets_table(targets, "target (issue #8)"))
     L.append(README_END)
     return "\n".join(L)
 
