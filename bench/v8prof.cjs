@@ -24,12 +24,15 @@ const inspector = require('node:inspector');
 
 const [wasmPath, configText, nArg, ...flags] = process.argv.slice(2);
 if (!wasmPath || configText === undefined) {
-  console.error('usage: v8prof.cjs MODULE.wasm CONFIG_JSON [N] [--cpu-prof] [--count-calls] [--header "name: value"]... [--response-header "name: value"]... [--body-bytes N]');
+  console.error('usage: v8prof.cjs MODULE.wasm CONFIG_JSON [N] [--cpu-prof] [--count-calls] [--count-allocs] [--header "name: value"]... [--response-header "name: value"]... [--body-bytes N]');
   process.exit(2);
 }
 const N = Number(nArg || 100000);
 const cpuProf = flags.includes('--cpu-prof');
 const countCalls = flags.includes('--count-calls');
+// --count-allocs: heap allocations per request, from a module built with
+// `--features alloc-count` (src/host/alloc_count.rs).
+const countAllocs = flags.includes('--count-allocs');
 const bodyAt = flags.indexOf('--body-bytes');
 const BODY = bodyAt >= 0 ? Number(flags[bodyAt + 1]) : 30;
 const extra = [];
@@ -206,12 +209,27 @@ if (cpuProf) {
   session.post('Profiler.setSamplingInterval', { interval: 50 });
   session.post('Profiler.start');
 }
+if (countAllocs && !exp.meshguard_alloc_count) {
+  console.error('--count-allocs needs a module built with --features alloc-count');
+  process.exit(2);
+}
+let hostAllocs = 0;
+if (countAllocs) {
+  const allocate = exp.proxy_on_memory_allocate;
+  exp = Object.assign({}, exp, { proxy_on_memory_allocate: (n) => { hostAllocs++; return allocate(n); } });
+}
+const allocs0 = countAllocs ? exp.meshguard_alloc_count() : 0n;
 calls.clear();
 const t0 = process.hrtime.bigint();
 for (let i = 0; i < N; i++) one(100000 + i);
 const ns = Number(process.hrtime.bigint() - t0) / N;
 console.log(`${N} requests: ${ns.toFixed(0)} ns/request in Node's V8 (host calls nearly free here); ` +
   `${paused} paused or answered; ${added} response headers written`);
+if (countAllocs) {
+  const total = Number(exp.meshguard_alloc_count() - allocs0);
+  console.log(`heap allocations per request: ${(total / N).toFixed(2)} ` +
+    `(of which buffers the host asked for: ${(hostAllocs / N).toFixed(2)})`);
+}
 if (countCalls) {
   console.log('host calls per request (the module\'s imports):');
   for (const [name, n] of [...calls.entries()].sort((a, b) => b[1] - a[1])) {

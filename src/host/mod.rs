@@ -20,6 +20,8 @@
 
 #[cfg(target_os = "wasi")]
 pub mod abi;
+#[cfg(all(target_os = "wasi", feature = "alloc-count"))]
+mod alloc_count;
 pub mod batch;
 pub mod fake;
 pub mod header_map;
