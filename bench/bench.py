@@ -655,6 +655,19 @@ def jwt_probe(envoy, sc):
     probe_status(envoy, bad, 401, "request with a forged signature")
 
 
+# The IETF headers of meshguard's bench rate limit on a first request (a bucket of 10^9 refilled
+# every second), which the floor filter (trivial-rl-floor, op `rl_headers`) sends verbatim: both
+# probes check them, so the floor stays the same bytes as what it is the floor of.
+RL_HEADERS = {"ratelimit-policy": '"all";q=1000000000;w=1', "ratelimit": '"all";r=999999999;t=1'}
+
+
+def rl_floor_probe(envoy, sc):
+    hdrs = probe_status(envoy, sc.first_headers(), 200, "request")
+    got = {k: hdrs.get(k) for k in RL_HEADERS}
+    if got != RL_HEADERS:
+        raise BenchError(f"{sc.name}: the floor filter must send {RL_HEADERS}, sent {got}")
+
+
 def mg_cache_probe(envoy, sc):
     probe_status(envoy, sc.first_headers(), 200, "first request")
     hdrs = probe_status(envoy, sc.first_headers(), 200, "second request")
@@ -673,6 +686,11 @@ def mg_ratelimit_probe(envoy, sc):
     hdrs = probe_status(envoy, sc.first_headers(), 200, "request")
     if "ratelimit-policy" not in hdrs:
         raise BenchError(f"meshguard rate limit: no RateLimit-Policy header, is the limit active? {hdrs}")
+    if sc.name == "mg-ratelimit":
+        got = {k: hdrs.get(k) for k in RL_HEADERS}
+        if got != RL_HEADERS:
+            raise BenchError(f"meshguard rate limit: headers {got}, the floor (trivial-rl-floor) sends "
+                             f"{RL_HEADERS}: update RL_HEADERS and the trivial filter's `rl_headers`")
 
 
 def legacy_headers_probe(envoy, sc):
@@ -776,6 +794,10 @@ COMPARISONS = [
     ("mg-nopolicy-token", "mg-jwt-rs256", "JWT RS256 repeated token vs no-policy route, same requests"),
     ("mg-nopolicy", "mg-breaker", "circuit breaker CLOSED vs no-policy route"),
     ("mg-nopolicy", "mg-ratelimit-noheaders", "rate limit without rate-limit headers vs no-policy route"),
+    ("trivial-wasm", "trivial-rl-floor", "rate-limit floor: the host calls of an exact bucket + IETF headers, over the trivial filter"),
+    ("trivial-wasm", "trivial-rl-floor-noheaders", "rate-limit floor without headers: the host calls of an exact bucket, over the trivial filter"),
+    ("trivial-rl-floor", "mg-ratelimit", "rate limit (IETF headers): meshguard vs the floor of its host calls"),
+    ("trivial-rl-floor-noheaders", "mg-ratelimit-noheaders", "rate limit without headers: meshguard vs the floor of its host calls"),
     ("native-ratelimit", "mg-ratelimit-noheaders", "local rate limit, no headers: meshguard vs native"),
     ("native-ratelimit-headers", "mg-ratelimit-legacy", "local rate limit, X-RateLimit-* headers: meshguard vs native"),
     ("native-ratelimit-key", "mg-ratelimit-key", "local rate limit keyed by header: meshguard vs native"),
@@ -830,6 +852,15 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
         S("trivial-reply", "reference wasm filter answering every request itself (the floor of a wasm cache hit)",
           [wasm_filter("trivial", trivial_wasm, "trivial", "reply")], headers={"x-api-key": "k1"},
           group="cache", expect_upstream="none"),
+        S("trivial-rl-floor", "reference wasm filter making the host calls of an exact shared bucket with "
+          "IETF headers (clock, shared-data get, compare-and-swap set, the two headers meshguard sends): "
+          "the floor of the rate-limit target", [wasm_filter("trivial", trivial_wasm, "trivial",
+                                                              "shared,time,rl_headers")],
+          headers={"x-api-key": "k1"}, probe=rl_floor_probe),
+        S("trivial-rl-floor-noheaders", "reference wasm filter making the host calls of an exact shared bucket "
+          "(clock, shared-data get, compare-and-swap set)", [wasm_filter("trivial", trivial_wasm, "trivial",
+                                                                        "shared,time")],
+          headers={"x-api-key": "k1"}),
         S("mg-nopolicy", "meshguard, one route, no policy", mg_route()),
         S("mg-nopolicy-token", "meshguard, one route, no policy, requests carrying the RS256 token "
           "(the baseline of the JWT target: same request bytes)", mg_route(), headers=rs),
@@ -1128,8 +1159,14 @@ def evaluate(summary, comp=None):
                       f"; scaled to this host (trivial filter {triv:.1f} us vs the issue's ~{ISSUE_TRIVIAL_US} us): "
                       f"+{extra * triv / ISSUE_TRIVIAL_US:.1f} us, "
                       f"{'within' if d <= extra * triv / ISSUE_TRIVIAL_US else 'over'}")
+            floor = {"mg-ratelimit": "trivial-rl-floor",
+                     "mg-ratelimit-noheaders": "trivial-rl-floor-noheaders"}.get(name)
+            f_over, mg_over = twin("trivial-wasm", floor), twin(floor, name)
+            floor_note = ("" if f_over is None or mg_over is None else
+                          f"; the floor of its host calls ({floor}) costs {f_over:+.1f} us over the trivial "
+                          f"filter, meshguard {mg_over:+.1f} us over that floor")
             t.append(check(f"{label} overhead <= no-policy + {extra} us", d, extra, lambda v, l: v <= l,
-                           f"{name} minus {base} {d:+.1f} us (twins){twin_note(base, name)}{scaled}"))
+                           f"{name} minus {base} {d:+.1f} us (twins){twin_note(base, name)}{scaled}{floor_note}"))
         else:
             o = ov(name)
             t.append(check(f"{label} overhead <= no-policy + {extra} us", o, None if nop is None else nop + extra,

@@ -6,7 +6,9 @@
 //! the response), `flags` (read the `response.flags` property), `metric`
 //! (increment a counter), `shared` (shared-data get + compare-and-swap set),
 //! `remove_auth` (remove the `authorization` request header), `time` (read
-//! the clock), `add_resp_header` (add a response header), `reply` (answer
+//! the clock), `add_resp_header` (add a response header), `rl_headers` (add
+//! the two IETF rate-limit response headers meshguard sends on the bench's
+//! rate-limit route, same names and values), `reply` (answer
 //! every request itself with a 200 and the upstream's 30-byte body, like a
 //! cache hit: the floor of any wasm filter that answers). `op*N` repeats an
 //! operation N times per request, so one call's price stands out of the
@@ -31,6 +33,7 @@ struct Ops {
     remove_auth: u32,
     time: u32,
     add_resp_header: u32,
+    rl_headers: u32,
     reply: bool,
 }
 
@@ -68,6 +71,7 @@ impl RootContext for Root {
                 "remove_auth" => ops.remove_auth = n,
                 "time" => ops.time = n,
                 "add_resp_header" => ops.add_resp_header = n,
+                "rl_headers" => ops.rl_headers = n,
                 "reply" => ops.reply = true,
                 _ => return false,
             }
@@ -79,7 +83,9 @@ impl RootContext for Root {
         Some(ContextType::HttpContext)
     }
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Trivial { ops: self.ops.clone() }))
+        Some(Box::new(Trivial {
+            ops: self.ops.clone(),
+        }))
     }
 }
 
@@ -101,13 +107,20 @@ impl HttpContext for Trivial {
         }
         for _ in 0..ops.shared {
             if let Ok((v, cas)) = hostcalls::get_shared_data("trivial/k") {
-                let mut n = v.as_deref().and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+                let mut n = v
+                    .as_deref()
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0);
                 n = n.wrapping_add(1);
                 let _ = hostcalls::set_shared_data("trivial/k", Some(&n.to_le_bytes()), cas);
             }
         }
         for _ in 0..ops.remove_auth {
-            let _ = hostcalls::remove_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, "authorization");
+            let _ = hostcalls::remove_map_value(
+                proxy_wasm::types::MapType::HttpRequestHeaders,
+                "authorization",
+            );
         }
         for _ in 0..ops.time {
             let _ = hostcalls::get_current_time();
@@ -115,7 +128,10 @@ impl HttpContext for Trivial {
         if ops.reply {
             let _ = hostcalls::send_http_response(
                 200,
-                vec![("content-type", "text/plain"), ("cache-control", "public, max-age=600")],
+                vec![
+                    ("content-type", "text/plain"),
+                    ("cache-control", "public, max-age=600"),
+                ],
                 Some(b"hello from the bench upstream\n"),
             );
             return Action::Pause;
@@ -124,13 +140,25 @@ impl HttpContext for Trivial {
     }
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         for _ in 0..self.ops.status {
-            let _ = hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpResponseHeaders, ":status");
+            let _ = hostcalls::get_map_value_bytes(
+                proxy_wasm::types::MapType::HttpResponseHeaders,
+                ":status",
+            );
         }
         for _ in 0..self.ops.flags {
             let _ = hostcalls::get_property(vec!["response", "flags"]);
         }
         for _ in 0..self.ops.add_resp_header {
-            let _ = hostcalls::add_map_value(proxy_wasm::types::MapType::HttpResponseHeaders, "x-diag", "1");
+            let _ = hostcalls::add_map_value(
+                proxy_wasm::types::MapType::HttpResponseHeaders,
+                "x-diag",
+                "1",
+            );
+        }
+        for _ in 0..self.ops.rl_headers {
+            let map = proxy_wasm::types::MapType::HttpResponseHeaders;
+            let _ = hostcalls::add_map_value(map, "ratelimit-policy", "\"all\";q=1000000000;w=1");
+            let _ = hostcalls::add_map_value(map, "ratelimit", "\"all\";r=999999999;t=1");
         }
         Action::Continue
     }
