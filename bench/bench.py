@@ -668,6 +668,12 @@ def rl_floor_probe(envoy, sc):
         raise BenchError(f"{sc.name}: the floor filter must send {RL_HEADERS}, sent {got}")
 
 
+def hit_floor_probe(envoy, sc):
+    hdrs = probe_status(envoy, sc.first_headers(), 200, "request")
+    if "hit" not in hdrs.get("cache-status", "") or "age" not in hdrs:
+        raise BenchError(f"{sc.name}: the floor must answer like meshguard's hit (Age, Cache-Status): {hdrs}")
+
+
 def mg_cache_probe(envoy, sc):
     probe_status(envoy, sc.first_headers(), 200, "first request")
     hdrs = probe_status(envoy, sc.first_headers(), 200, "second request")
@@ -805,7 +811,10 @@ COMPARISONS = [
     ("native-jwt-es256-distinct", "mg-jwt-es256-distinct", "distinct ES256 tokens: meshguard vs jwt_authn"),
     ("native-cache-hit", "mg-cache-hit", "cache HIT: meshguard vs native cache filter"),
     ("native-cache-hit", "trivial-reply", "cache HIT floor: a wasm filter that only answers vs native cache filter"),
+    ("native-cache-hit", "trivial-hit-floor", "cache HIT floor with a hit's host calls and headers vs native cache filter"),
     ("trivial-reply", "mg-cache-hit", "cache HIT: meshguard vs the wasm floor"),
+    ("trivial-reply", "trivial-hit-floor", "cache HIT: a hit's host calls and headers (no lookup) over answering only"),
+    ("trivial-hit-floor", "mg-cache-hit", "cache HIT: meshguard vs the floor of its host calls and headers"),
 ]
 
 
@@ -912,6 +921,11 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
               expect_zero=DISTINCT_ZERO),
             S(f"native-jwt-{alg.lower()}-distinct", f"jwt_authn {alg}, {len(toks)} distinct tokens, no cache",
               [native_jwt_authn(jwks, False)], tokens=toks, group="jwt-distinct", probe=jwt_probe))],
+        S("trivial-hit-floor", "reference wasm filter doing a cache hit's host calls without a lookup (read "
+          "every request header, the clock, a 558-byte shared-data value; answer with the 8 headers and body "
+          "meshguard's hit sends): the floor of meshguard's hit", [wasm_filter("trivial", trivial_wasm, "trivial",
+                                                                             "hit_floor")],
+          group="cache", probe=hit_floor_probe, expect_upstream="none"),
         S("mg-cache-hit", "meshguard cache, every request a HIT", mg_route(cache=cache),
           group="cache", probe=mg_cache_probe, expect_upstream="none"),
         S("native-cache-hit", "cache filter (SimpleHttpCache), every request a HIT", [native_cache()],
@@ -1195,7 +1209,12 @@ def evaluate(summary, comp=None):
                           f"; a wasm filter that only answers (trivial-reply) costs "
                           f"{twin('native-cache-hit', 'trivial-reply'):+.1f} us/req over native, meshguard "
                           f"{twin('trivial-reply', 'mg-cache-hit'):+.1f} us/req over that floor"
-                          if twin("trivial-reply", "mg-cache-hit") is not None else "")))
+                          if twin("trivial-reply", "mg-cache-hit") is not None else "")
+                       + ("" if twin("trivial-hit-floor", "mg-cache-hit") is None else
+                          f"; a filter making a hit's host calls and sending its headers without any lookup "
+                          f"(trivial-hit-floor) {twin('native-cache-hit', 'trivial-hit-floor'):+.1f} us/req over "
+                          f"native, meshguard {twin('trivial-hit-floor', 'mg-cache-hit'):+.1f} us/req over it"
+                          if twin("native-cache-hit", "trivial-hit-floor") is not None else "")))
     else:
         mo, no = ov("mg-cache-hit"), ov("native-cache-hit")
         t.append(check("cache HIT CPU/request <= native cache HIT", mo, no, lambda v, l: v <= l,

@@ -8,7 +8,10 @@
 //! `remove_auth` (remove the `authorization` request header), `time` (read
 //! the clock), `add_resp_header` (add a response header), `rl_headers` (add
 //! the two IETF rate-limit response headers meshguard sends on the bench's
-//! rate-limit route, same names and values), `reply` (answer
+//! rate-limit route, same names and values), `hit_floor` (what a cache hit
+//! must do, with no lookup: read every request header, read the clock, read
+//! a 558-byte shared-data value (a stored entry's size), and answer with
+//! the 8 headers and the body meshguard's hit sends), `reply` (answer
 //! every request itself with a 200 and the upstream's 30-byte body, like a
 //! cache hit: the floor of any wasm filter that answers). `op*N` repeats an
 //! operation N times per request, so one call's price stands out of the
@@ -34,8 +37,12 @@ struct Ops {
     time: u32,
     add_resp_header: u32,
     rl_headers: u32,
+    hit_floor: bool,
     reply: bool,
 }
+
+/// The shared-data key of `hit_floor`'s stand-in entry.
+const ENTRY_KEY: &str = "trivial/entry";
 
 struct Root {
     ops: Rc<Ops>,
@@ -73,6 +80,12 @@ impl RootContext for Root {
                 "add_resp_header" => ops.add_resp_header = n,
                 "rl_headers" => ops.rl_headers = n,
                 "reply" => ops.reply = true,
+                "hit_floor" => {
+                    ops.hit_floor = true;
+                    if hostcalls::set_shared_data(ENTRY_KEY, Some(&[b'e'; 558]), None).is_err() {
+                        return false;
+                    }
+                }
                 _ => return false,
             }
         }
@@ -124,6 +137,26 @@ impl HttpContext for Trivial {
         }
         for _ in 0..ops.time {
             let _ = hostcalls::get_current_time();
+        }
+        if ops.hit_floor {
+            let _ = hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders);
+            let _ = hostcalls::get_current_time();
+            let _ = hostcalls::get_shared_data(ENTRY_KEY);
+            let _ = hostcalls::send_http_response(
+                200,
+                vec![
+                    ("content-length", "30"),
+                    ("content-type", "text/plain"),
+                    ("date", "Wed, 02 Dec 2026 06:00:00 GMT"),
+                    ("server", "envoy"),
+                    ("x-envoy-upstream-service-time", "0"),
+                    ("cache-control", "public, max-age=600"),
+                    ("age", "1"),
+                    ("cache-status", "meshguard; hit; ttl=599"),
+                ],
+                Some(b"hello from the bench upstream\n"),
+            );
+            return Action::Pause;
         }
         if ops.reply {
             let _ = hostcalls::send_http_response(
