@@ -799,6 +799,8 @@ COMPARISONS = [
     ("mg-nopolicy", "mg-nopolicy-token", "no-policy route: requests with the ~700-byte token vs without"),
     ("mg-nopolicy-token", "mg-jwt-rs256", "JWT RS256 repeated token vs no-policy route, same requests"),
     ("mg-nopolicy", "mg-breaker", "circuit breaker CLOSED vs no-policy route"),
+    ("trivial-wasm", "trivial-breaker-floor", "breaker floor: a healthy breaker's host calls, over the trivial filter"),
+    ("trivial-breaker-floor", "mg-breaker", "circuit breaker CLOSED: meshguard vs the floor of its host calls"),
     ("mg-nopolicy", "mg-ratelimit-noheaders", "rate limit without rate-limit headers vs no-policy route"),
     ("trivial-wasm", "trivial-rl-floor", "rate-limit floor: the host calls of an exact bucket + IETF headers, over the trivial filter"),
     ("trivial-wasm", "trivial-rl-floor-noheaders", "rate-limit floor without headers: the host calls of an exact bucket, over the trivial filter"),
@@ -870,6 +872,9 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
           "(clock, shared-data get, compare-and-swap set)", [wasm_filter("trivial", trivial_wasm, "trivial",
                                                                         "shared,time")],
           headers={"x-api-key": "k1"}),
+        S("trivial-breaker-floor", "reference wasm filter making the host calls of a healthy breaker (two "
+          "shared-data reads of a key never written, the response's :status)",
+          [wasm_filter("trivial", trivial_wasm, "trivial", "shared_absent*2,status")], headers={"x-api-key": "k1"}),
         S("mg-nopolicy", "meshguard, one route, no policy", mg_route()),
         S("mg-nopolicy-token", "meshguard, one route, no policy, requests carrying the RS256 token "
           "(the baseline of the JWT target: same request bytes)", mg_route(), headers=rs),

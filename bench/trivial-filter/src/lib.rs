@@ -5,7 +5,9 @@
 //! `all_headers` (read every request header), `status` (read `:status` of
 //! the response), `flags` (read the `response.flags` property), `metric`
 //! (increment a counter), `shared` (shared-data get + compare-and-swap set),
-//! `remove_auth` (remove the `authorization` request header), `time` (read
+//! `shared_absent` (a shared-data read of a key never written: what a
+//! healthy breaker's reads find), `remove_auth` (remove the
+//! `authorization` request header), `time` (read
 //! the clock), `add_resp_header` (add a response header), `rl_headers` (add
 //! the two IETF rate-limit response headers meshguard sends on the bench's
 //! rate-limit route, same names and values), `hit_floor` (what a cache hit
@@ -33,6 +35,7 @@ struct Ops {
     flags: u32,
     metric: Option<(u32, u32)>,
     shared: u32,
+    shared_absent: u32,
     remove_auth: u32,
     time: u32,
     add_resp_header: u32,
@@ -75,6 +78,7 @@ impl RootContext for Root {
                         .map(|m| (m, n))
                 }
                 "shared" => ops.shared = n,
+                "shared_absent" => ops.shared_absent = n,
                 "remove_auth" => ops.remove_auth = n,
                 "time" => ops.time = n,
                 "add_resp_header" => ops.add_resp_header = n,
@@ -128,6 +132,9 @@ impl HttpContext for Trivial {
                 n = n.wrapping_add(1);
                 let _ = hostcalls::set_shared_data("trivial/k", Some(&n.to_le_bytes()), cas);
             }
+        }
+        for _ in 0..ops.shared_absent {
+            let _ = hostcalls::get_shared_data("trivial/never-written");
         }
         for _ in 0..ops.remove_auth {
             let _ = hostcalls::remove_map_value(
