@@ -864,17 +864,17 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
           [wasm_filter("trivial", trivial_wasm, "trivial", "reply")], headers={"x-api-key": "k1"},
           group="cache", expect_upstream="none"),
         S("trivial-rl-floor", "reference wasm filter making the host calls of an exact shared bucket with "
-          "IETF headers (clock, shared-data get, compare-and-swap set, the two headers meshguard sends): "
+          "IETF headers (all request headers, clock, shared-data get, compare-and-swap set, the two headers "
+          "meshguard sends), same requests as meshguard's: "
           "the floor of the rate-limit target", [wasm_filter("trivial", trivial_wasm, "trivial",
-                                                              "shared,time,rl_headers")],
-          headers={"x-api-key": "k1"}, probe=rl_floor_probe),
+                                                              "all_headers,shared,time,rl_headers")],
+          probe=rl_floor_probe),
         S("trivial-rl-floor-noheaders", "reference wasm filter making the host calls of an exact shared bucket "
-          "(clock, shared-data get, compare-and-swap set)", [wasm_filter("trivial", trivial_wasm, "trivial",
-                                                                        "shared,time")],
-          headers={"x-api-key": "k1"}),
-        S("trivial-breaker-floor", "reference wasm filter making the host calls of a healthy breaker (two "
-          "shared-data reads of a key never written, the response's :status)",
-          [wasm_filter("trivial", trivial_wasm, "trivial", "shared_absent*2,status")], headers={"x-api-key": "k1"}),
+          "(all request headers, clock, shared-data get, compare-and-swap set)", [wasm_filter("trivial", trivial_wasm, "trivial",
+                                                                        "all_headers,shared,time")]),
+        S("trivial-breaker-floor", "reference wasm filter making the host calls of a healthy breaker (all "
+          "request headers, two shared-data reads of a key never written, the response's :status)",
+          [wasm_filter("trivial", trivial_wasm, "trivial", "all_headers,shared_absent*2,status")]),
         S("mg-nopolicy", "meshguard, one route, no policy", mg_route()),
         S("mg-nopolicy-token", "meshguard, one route, no policy, requests carrying the RS256 token "
           "(the baseline of the JWT target: same request bytes)", mg_route(), headers=rs),
