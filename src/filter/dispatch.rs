@@ -49,6 +49,13 @@ struct Contexts {
     /// Root contexts: one per configuration loaded into this VM (usually one).
     roots: Vec<Root>,
     streams: HashMap<u32, (Stream, Liveness), BuildHasherDefault<IdHasher>>,
+    /// The earliest `check_at_ns` among the streams the sweep has seen:
+    /// until then, and unless a stream was created since, a tick has
+    /// nothing to sweep (the tick runs every 10 ms while streams wait, and
+    /// a stream is first checked after 200 ms).
+    sweep_due_ns: u64,
+    /// A stream was created since the last sweep (it has no check time yet).
+    unseen: bool,
 }
 
 /// When the sweep next asks the host whether a stream still exists.
@@ -145,25 +152,29 @@ impl Contexts {
     /// through the filter (see the module doc). Leaves `current` (the
     /// ticking root) effective.
     fn sweep(&mut self, current: u32, now_ns: u64) {
+        if !self.unseen && now_ns < self.sweep_due_ns {
+            return;
+        }
+        self.unseen = false;
+        let mut due = u64::MAX;
         let mut asked = false;
         let mut gone = Vec::new();
         for (id, (_, l)) in self.streams.iter_mut() {
             if l.check_at_ns == 0 {
                 l.wait_ns = FIRST_CHECK_NS;
                 l.check_at_ns = now_ns.saturating_add(FIRST_CHECK_NS);
-                continue;
-            }
-            if now_ns < l.check_at_ns {
-                continue;
-            }
-            asked = true;
-            if adapter::set_effective_context(*id) {
+            } else if now_ns >= l.check_at_ns {
+                asked = true;
+                if !adapter::set_effective_context(*id) {
+                    gone.push(*id);
+                    continue;
+                }
                 l.wait_ns = l.wait_ns.saturating_mul(2).min(MAX_CHECK_NS);
                 l.check_at_ns = now_ns.saturating_add(l.wait_ns);
-            } else {
-                gone.push(*id);
             }
+            due = due.min(l.check_at_ns);
         }
+        self.sweep_due_ns = due;
         if asked {
             adapter::set_effective_context(current);
         }
@@ -228,6 +239,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
         } else {
             let stream = c.root(parent_id).new_stream(context_id);
             c.streams.insert(context_id, (stream, Liveness::default()));
+            c.unseen = true;
         }
     });
 }
