@@ -151,6 +151,7 @@ fn request() -> Request {
         ])
         .into(),
         peer_ip: "127.0.0.1".into(),
+        norm_path: None,
     }
 }
 

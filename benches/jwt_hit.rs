@@ -90,6 +90,7 @@ fn main() {
         authority: "127.0.0.1:10000".into(),
         headers: headers.clone().into(),
         peer_ip: String::new(),
+        norm_path: None,
     };
     let miss = std::env::args().nth(2).as_deref() == Some("miss");
     let host = InstantNative(FakeHost::new(1_700_000_000_000_000_000));

@@ -225,7 +225,7 @@ fn run(label: &str, limits_json: &str, req: &Request, n: u64, filter: Filter) {
     let limiter = Limiter {
         slots: config.max_rate_limit_keys,
         style: config.rate_limit_headers,
-        xff_trusted_hops: config.xff_trusted_hops,
+        client_ip: meshguard::request::ClientIpRule::hops(config.xff_trusted_hops),
         evictions,
     };
     let route = &config.routes[0];
@@ -299,6 +299,7 @@ fn main() {
         ]
         .into(),
         peer_ip: "127.0.0.1".into(),
+        norm_path: None,
     };
     let runs = [
         ("plain", plain, Filter::Today),

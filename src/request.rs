@@ -5,6 +5,11 @@
 
 use crate::host::header_map::{pair_count, visit_pairs};
 
+pub mod ip;
+pub mod path;
+
+pub use ip::ClientIpRule;
+
 /// Longest header value meshguard looks at (bytes); longer values are
 /// treated as absent by the features that parse them.
 pub const MAX_HEADER_VALUE: usize = 16 * 1024;
@@ -18,8 +23,12 @@ pub struct Request {
     pub authority: String,
     /// Header fields other than the pseudo-headers, in order.
     pub headers: Headers,
-    /// Downstream peer IP (no port), from `source.address`.
+    /// Downstream peer IP (no port), from `source.address`, written
+    /// canonically ([`ip::canonical`]).
     pub peer_ip: String,
+    /// The normalised path ([`path::normalize`]) when it differs from
+    /// [`Request::path_only`]; what routes match and `path` keys read.
+    pub norm_path: Option<String>,
 }
 
 /// A request's header fields, in order, as `(name, value bytes)`: names
@@ -89,6 +98,15 @@ impl Headers {
         self.spans.push(Span {
             name: (name_at, name.len()),
             value: (value_at, value.len()),
+        });
+    }
+
+    /// Drops every field whose name (as bytes) `drop` accepts.
+    pub fn remove_where(&mut self, mut drop: impl FnMut(&[u8]) -> bool) {
+        let Headers { buf, spans } = self;
+        spans.retain(|s| {
+            let name = buf.get(s.name.0..s.name.0 + s.name.1).unwrap_or_default();
+            !drop(name)
         });
     }
 
@@ -190,6 +208,31 @@ impl Request {
         }
     }
 
+    /// The path routes match and `path` key parts read: normalised
+    /// ([`path::normalize`]), or as sent when normalisation is off.
+    pub fn match_path(&self) -> &str {
+        self.norm_path
+            .as_deref()
+            .unwrap_or_else(|| self.path_only())
+    }
+
+    /// Normalises the path (once, when the request is read); the reason
+    /// when it must be refused.
+    pub fn normalize_path(&mut self, slashes: path::EscapedSlashes) -> Result<(), path::PathError> {
+        if let std::borrow::Cow::Owned(p) = path::normalize(self.path_only(), slashes)? {
+            self.norm_path = Some(p);
+        }
+        Ok(())
+    }
+
+    /// Lower-cases the path routes and keys read (a route matched with
+    /// `"case_sensitive": false`: its keys must not tell `/A` from `/a`).
+    pub fn fold_path_case(&mut self) {
+        if self.match_path().bytes().any(|b| b.is_ascii_uppercase()) {
+            self.norm_path = Some(self.match_path().to_ascii_lowercase());
+        }
+    }
+
     /// Raw query string (without `?`), if any.
     pub fn query(&self) -> Option<&str> {
         let q = self.path.split_once('?')?.1;
@@ -220,24 +263,27 @@ impl Request {
         strip_port(&self.authority).to_ascii_lowercase()
     }
 
-    /// Client IP: the peer address, or with `xff_trusted_hops = N > 0` the
-    /// N-th address from the right of `X-Forwarded-For` (all headers joined).
-    /// Falls back to the peer address when the header has fewer entries.
-    pub fn client_ip(&self, xff_trusted_hops: u32) -> String {
-        if xff_trusted_hops == 0 {
+    /// Client IP, written canonically ([`ip`]): the peer address, or with
+    /// `xff_trusted_hops = N > 0` the N-th address from the right of
+    /// `X-Forwarded-For` (all headers joined; an entry that is not an
+    /// address is [`ip::UNPARSED`]). Falls back to the peer address when
+    /// the header has fewer entries.
+    pub fn client_ip(&self, rule: ClientIpRule) -> String {
+        if rule.xff_trusted_hops == 0 {
             return self.peer_ip.clone();
         }
         let mut addrs: Vec<&str> = Vec::new();
         for v in self.header_all("x-forwarded-for") {
-            if let Ok(v) = std::str::from_utf8(v) {
-                addrs.extend(v.split(',').map(str::trim).filter(|s| !s.is_empty()));
+            match std::str::from_utf8(v) {
+                Ok(v) => addrs.extend(v.split(',').map(str::trim).filter(|s| !s.is_empty())),
+                // Not text: one entry that is no address.
+                Err(_) => addrs.push(""),
             }
         }
-        let n = xff_trusted_hops as usize;
-        if addrs.len() >= n {
-            addrs[addrs.len() - n].to_string()
-        } else {
-            self.peer_ip.clone()
+        let n = rule.xff_trusted_hops as usize;
+        match addrs.len().checked_sub(n).and_then(|i| addrs.get(i)) {
+            Some(a) => ip::canonical(a, rule.ipv6_prefix),
+            None => self.peer_ip.clone(),
         }
     }
 }
@@ -301,6 +347,7 @@ mod tests {
             authority: "api.example.com:8080".into(),
             headers: headers.iter().copied().collect(),
             peer_ip: "10.0.0.9".into(),
+            norm_path: None,
         }
     }
 
@@ -432,11 +479,61 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
             ("x-forwarded-for", "3.3.3.3"),
         ]);
-        assert_eq!(r.client_ip(0), "10.0.0.9");
-        assert_eq!(r.client_ip(1), "3.3.3.3");
-        assert_eq!(r.client_ip(3), "1.1.1.1");
+        let hops = ClientIpRule::hops;
+        assert_eq!(r.client_ip(hops(0)), "10.0.0.9");
+        assert_eq!(r.client_ip(hops(1)), "3.3.3.3");
+        assert_eq!(r.client_ip(hops(3)), "1.1.1.1");
         // Fewer entries than trusted hops: the peer is the best we know.
-        assert_eq!(r.client_ip(4), "10.0.0.9");
+        assert_eq!(r.client_ip(hops(4)), "10.0.0.9");
+    }
+
+    #[test]
+    fn client_ips_from_xff_are_canonical() {
+        let cases = [
+            ("::1", "::1"),
+            ("0:0:0:0:0:0:0:1", "::1"),
+            ("[::1]", "::1"),
+            ("::ffff:1.2.3.4", "1.2.3.4"),
+            ("1.2.3.4:999", "1.2.3.4"),
+            ("001.002.003.004", ip::UNPARSED),
+            ("not-an-ip", ip::UNPARSED),
+        ];
+        for (xff, want) in cases {
+            let r = req(&[("x-forwarded-for", xff)]);
+            assert_eq!(r.client_ip(ClientIpRule::hops(1)), want, "{xff}");
+        }
+        let r = req(&[("x-forwarded-for", "2001:db8:0:1:2:3:4:5")]);
+        let rule = ClientIpRule {
+            xff_trusted_hops: 1,
+            ipv6_prefix: 64,
+        };
+        assert_eq!(r.client_ip(rule), "2001:db8:0:1::/64");
+        let r = req(&[("x-forwarded-for", "1.1.1.1")]);
+        let mut r2 = r.clone();
+        r2.headers = vec![("x-forwarded-for".to_string(), b"\xff\xfe".to_vec())].into();
+        assert_eq!(r2.client_ip(ClientIpRule::hops(1)), ip::UNPARSED);
+        assert_eq!(r.client_ip(ClientIpRule::hops(1)), "1.1.1.1");
+    }
+
+    #[test]
+    fn the_match_path_is_normalised_and_folded_on_demand() {
+        let mut r = req(&[]);
+        r.path = "/x/../A%62c//d?q=%2F".into();
+        assert_eq!(r.match_path(), "/x/../A%62c//d");
+        r.normalize_path(path::EscapedSlashes::Reject).unwrap();
+        assert_eq!(r.match_path(), "/Abc/d");
+        assert_eq!(
+            r.path, "/x/../A%62c//d?q=%2F",
+            "the path sent upstream is unchanged"
+        );
+        r.fold_path_case();
+        assert_eq!(r.match_path(), "/abc/d");
+        let mut bad = req(&[]);
+        bad.path = "/a%2Fb".into();
+        assert_eq!(
+            bad.normalize_path(path::EscapedSlashes::Reject),
+            Err(path::PathError::EscapedSlash)
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! they are ANDed; an empty `match` matches everything; routes are tried in
 //! order and the first match wins.
 //!
-//! - `path_prefix` / `path_exact` compare against the path without its query.
+//! - `path_prefix` / `path_exact` compare against the normalised path
+//!   without its query (`request::path`: dot segments, merged slashes,
+//!   decoded unreserved characters), byte for byte, or ignoring ASCII case
+//!   with `"case_sensitive": false`.
 //! - `methods`: exact, case-sensitive (HTTP methods are case-sensitive).
 //! - `hosts`: `api.example.com` or `*.example.com` (any non-empty label
 //!   sequence before the suffix), compared case-insensitively, port ignored.
@@ -20,6 +23,8 @@ pub struct RouteMatch {
     methods: Vec<String>,
     hosts: Vec<HostPattern>,
     headers: Vec<HeaderMatch>,
+    /// `"case_sensitive": false`.
+    ignore_case: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,18 +125,32 @@ impl RouteMatch {
             methods,
             hosts,
             headers,
+            ignore_case: raw.case_sensitive == Some(false),
         })
     }
 
+    /// Whether paths are compared ignoring ASCII case (the route's keys
+    /// then read the path lower-cased: `Request::fold_path_case`).
+    pub fn ignores_case(&self) -> bool {
+        self.ignore_case
+    }
+
     pub fn matches(&self, req: &Request) -> bool {
-        let path = req.path_only();
+        let path = req.match_path().as_bytes();
+        let same = |a: &[u8], b: &[u8]| match self.ignore_case {
+            true => a.eq_ignore_ascii_case(b),
+            false => a == b,
+        };
         if let Some(p) = &self.path_exact {
-            if path != p {
+            if !same(path, p.as_bytes()) {
                 return false;
             }
         }
         if let Some(p) = &self.path_prefix {
-            if !path.starts_with(p.as_str()) {
+            if !path
+                .get(..p.len())
+                .is_some_and(|head| same(head, p.as_bytes()))
+            {
                 return false;
             }
         }
@@ -186,6 +205,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
                 .collect(),
             peer_ip: "127.0.0.1".into(),
+            norm_path: None,
         }
     }
 
@@ -202,6 +222,41 @@ mod tests {
         let e = m(r#"{"path_exact": "/api/orders"}"#);
         assert!(e.matches(&req("GET", "/api/orders?page=2", "h", &[])));
         assert!(!e.matches(&req("GET", "/api/orders/1", "h", &[])));
+    }
+
+    #[test]
+    fn paths_match_in_their_normalised_form() {
+        let admin = m(r#"{"path_prefix": "/admin"}"#);
+        for p in [
+            "/admin/users",
+            "//admin/users",
+            "/%61dmin/users",
+            "/x/../admin/users",
+            "/./admin/users",
+        ] {
+            let mut r = req("GET", p, "h", &[]);
+            r.normalize_path(crate::request::path::EscapedSlashes::Reject)
+                .unwrap();
+            assert!(admin.matches(&r), "{p}");
+        }
+        // Unnormalised (normalisation off), the raw path is matched.
+        assert!(!admin.matches(&req("GET", "//admin/users", "h", &[])));
+    }
+
+    #[test]
+    fn case_insensitive_paths_when_asked() {
+        let ci = m(r#"{"path_prefix": "/Admin/", "case_sensitive": false}"#);
+        assert!(ci.ignores_case());
+        assert!(ci.matches(&req("GET", "/ADMIN/x", "h", &[])));
+        assert!(ci.matches(&req("GET", "/admin/x", "h", &[])));
+        assert!(!ci.matches(&req("GET", "/admi", "h", &[])));
+        let exact = m(r#"{"path_exact": "/a/B", "case_sensitive": false}"#);
+        assert!(exact.matches(&req("GET", "/A/b?x", "h", &[])));
+        let cs = m(r#"{"path_prefix": "/Admin/"}"#);
+        assert!(!cs.ignores_case());
+        assert!(!cs.matches(&req("GET", "/admin/x", "h", &[])));
+        // Multi-byte text never splits a character or panics.
+        assert!(!ci.matches(&req("GET", "/é", "h", &[])));
     }
 
     #[test]

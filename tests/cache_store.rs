@@ -34,6 +34,7 @@ fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
         authority: "api.example.com".into(),
         headers: hs(headers).into(),
         peer_ip: "10.0.0.1".into(),
+        norm_path: None,
     }
 }
 

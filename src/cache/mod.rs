@@ -1378,6 +1378,7 @@ mod tests {
             authority: "a".into(),
             headers: h(headers).into(),
             peer_ip: String::new(),
+            norm_path: None,
         }
     }
 
@@ -1610,6 +1611,7 @@ mod tests {
             authority: "a".into(),
             headers: Default::default(),
             peer_ip: String::new(),
+            norm_path: None,
         };
         let miss = |path: &str| match lookup(&host, &route, &get(path)) {
             Lookup::Miss { ctx } => Some(ctx),
@@ -1652,6 +1654,7 @@ mod tests {
             authority: "a".into(),
             headers: Default::default(),
             peer_ip: String::new(),
+            norm_path: None,
         };
         let cc = vec![(
             "cache-control".to_string(),

@@ -25,6 +25,7 @@ use crate::jwt::{JwtProviders, RouteJwt};
 use crate::ratelimit::policy::Scope;
 use crate::ratelimit::rls::RlsConfig;
 use crate::ratelimit::{HeaderStyle, LimitPolicy};
+use crate::request::path::EscapedSlashes;
 use crate::route::RouteMatch;
 pub use duration::Duration;
 use raw::RawConfig;
@@ -128,6 +129,14 @@ pub struct Config {
     pub jwt_providers: JwtProviders,
     pub rate_limit_headers: HeaderStyle,
     pub xff_trusted_hops: u32,
+    /// `client_ip.ipv6_prefix` (128: whole addresses).
+    pub ipv6_prefix: u8,
+    /// `path_normalization`: `None` when off.
+    pub path_normalization: Option<EscapedSlashes>,
+    /// Every header any provider maps claims to (and `payload_header`),
+    /// lower case with `_` written `-`: removed from every request
+    /// meshguard sees, in any spelling (`x_user` too).
+    pub claim_headers: Vec<String>,
     pub cache_store: CacheStoreConfig,
     pub max_rate_limit_keys: u32,
     pub rate_limit_service: Option<RlsConfig>,
@@ -144,6 +153,9 @@ impl Config {
             jwt_providers: JwtProviders::default(),
             rate_limit_headers: HeaderStyle::Ietf,
             xff_trusted_hops: 0,
+            ipv6_prefix: 128,
+            path_normalization: Some(EscapedSlashes::Reject),
+            claim_headers: Vec::new(),
             cache_store: CacheStoreConfig {
                 max_bytes: DEFAULT_CACHE_MAX_BYTES,
                 max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
@@ -298,6 +310,30 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
         cfg.xff_trusted_hops = ip.xff_trusted_hops;
+        if let Some(p) = ip.ipv6_prefix {
+            if !(1..=128).contains(&p) {
+                return Err(ConfigError::expected(
+                    "client_ip.ipv6_prefix",
+                    "a prefix length from 1 to 128",
+                    p,
+                ));
+            }
+            cfg.ipv6_prefix = p;
+        }
+    }
+    if let Some(pn) = &raw.path_normalization {
+        let slashes = match pn.escaped_slashes.as_deref() {
+            None | Some("reject") => EscapedSlashes::Reject,
+            Some("keep") => EscapedSlashes::Keep,
+            Some(other) => {
+                return Err(ConfigError::expected(
+                    "path_normalization.escaped_slashes",
+                    "\"reject\" or \"keep\"",
+                    show_str(other),
+                ))
+            }
+        };
+        cfg.path_normalization = (pn.enabled != Some(false)).then_some(slashes);
     }
     if let Some(cs) = &raw.cache_store {
         if let Some(m) = cs.max_bytes {
@@ -358,6 +394,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     cfg.jwt_providers = JwtProviders::compile(&raw.jwt_providers)?;
+    cfg.claim_headers = cfg.jwt_providers.claim_headers();
 
     if raw.routes.len() > MAX_ROUTES {
         return Err(ConfigError::expected(

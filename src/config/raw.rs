@@ -28,6 +28,10 @@ pub struct RawConfig {
     pub rate_limit_headers: Option<String>,
     #[serde(default)]
     pub client_ip: Option<RawClientIp>,
+    /// How the path is normalised before routes match and `path` keys are
+    /// built (on by default).
+    #[serde(default)]
+    pub path_normalization: Option<RawPathNormalization>,
     #[serde(default)]
     pub cache_store: Option<RawCacheStore>,
     /// The rate limit service that counts `"scope": "global"` limits.
@@ -48,6 +52,24 @@ pub struct RawConfig {
 pub struct RawClientIp {
     #[serde(default)]
     pub xff_trusted_hops: u32,
+    /// IPv6 clients are identified by this prefix length (e.g. 64); default
+    /// 128 (whole addresses).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 128))]
+    pub ipv6_prefix: Option<u8>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathNormalization {
+    /// false: routes match the path exactly as sent (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// An encoded `/` or `\` (`%2F`, `%5C`) in the path: "reject" (400,
+    /// default) or "keep" (kept encoded: the path stays distinct).
+    #[serde(default)]
+    #[schemars(regex(pattern = "^(reject|keep)$"))]
+    pub escaped_slashes: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -91,6 +113,12 @@ pub struct RawMatch {
     pub hosts: Option<Vec<String>>,
     #[serde(default)]
     pub headers: Option<Vec<RawHeaderMatch>>,
+    /// `false`: `path_prefix` / `path_exact` compare ASCII letters
+    /// case-insensitively, and `path` key parts of the route's limits are
+    /// lower-cased (for origins that do not tell `/Admin` from `/admin`).
+    /// Default true.
+    #[serde(default)]
+    pub case_sensitive: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -180,6 +208,12 @@ pub struct RawRouteJwt {
     pub providers: Vec<String>,
     #[serde(default)]
     pub allow_missing: bool,
+    /// true: a request carrying more than one distinct token (in any of the
+    /// providers' locations, or twice in one) is refused with 400
+    /// `invalid_request` (RFC 6750 3.1). Default false: the first valid
+    /// token is used and every other token location is removed.
+    #[serde(default)]
+    pub reject_multiple_tokens: bool,
     #[serde(default)]
     pub claims: Vec<RawClaimRule>,
 }

@@ -6,8 +6,12 @@
 use super::pipeline::{self, Step, StreamState};
 use super::root::{Runtime, Worker};
 use crate::host::abi::action;
+use crate::host::header_map::HeaderMap;
 use crate::host::proxy_wasm as adapter;
-use crate::request::{ip_of_address, Headers, Request};
+use crate::host::proxy_wasm::ProxyWasmHost;
+use crate::host::Host;
+use crate::request::path::PathError;
+use crate::request::{ip, Headers, Request};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -88,6 +92,17 @@ fn read_request() -> Request {
     req
 }
 
+/// Refuses a request whose path cannot be normalised (400, a short JSON
+/// body; see `request::path`).
+fn reject_path(e: PathError) {
+    let body = serde_json::json!({"error": "invalid_path", "error_description": e.reason()});
+    let mut map = HeaderMap::with_capacity(1, 32);
+    map.add(b"content-type", b"application/json");
+    if !adapter::send_local_reply_map(400, &map, body.to_string().as_bytes()) {
+        log::warn!("meshguard: the host refused a local 400 reply");
+    }
+}
+
 /// The host's callbacks of a stream (`dispatch` routes them here); the
 /// `u32` results are the ABI's `action` values.
 impl Stream {
@@ -99,19 +114,48 @@ impl Stream {
         let Some(rt) = self.runtime.clone() else {
             return action::CONTINUE;
         };
-        if rt.config.routes.is_empty() {
+        let config = &rt.config;
+        if config.routes.is_empty() && config.claim_headers.is_empty() {
             return action::CONTINUE;
         }
         let mut req = read_request();
-        let Some((idx, route)) = crate::route::find(&rt.config.routes, &req, |r| &r.matcher) else {
+        // A client's own copy of a header meshguard sets from verified
+        // claims, in any spelling, on every request: the upstream must
+        // never take one for a verified identity.
+        if !config.claim_headers.is_empty() {
+            let injected = crate::jwt::injected_claim_headers(&config.claim_headers, &req);
+            if !injected.is_empty() {
+                for name in &injected {
+                    adapter::remove_request_header(name);
+                }
+                req.headers
+                    .remove_where(|n| injected.iter().any(|i| i.as_bytes() == n));
+                ProxyWasmHost.increment_metric(rt.claim_headers_removed, 1);
+            }
+        }
+        if config.routes.is_empty() {
+            return action::CONTINUE;
+        }
+        // Routes match, and keys read, one spelling of the path.
+        if let Some(slashes) = config.path_normalization {
+            if let Err(e) = req.normalize_path(slashes) {
+                ProxyWasmHost.increment_metric(rt.path_rejected, 1);
+                reject_path(e);
+                return action::PAUSE;
+            }
+        }
+        let Some((idx, route)) = crate::route::find(&config.routes, &req, |r| &r.matcher) else {
             return action::CONTINUE;
         };
         if !route.has_policy() {
             return action::CONTINUE;
         }
+        if route.matcher.ignores_case() {
+            req.fold_path_case();
+        }
         if rt.needs_peer_ip.get(idx).copied().unwrap_or(false) {
             req.peer_ip = adapter::property_str(&["source", "address"])
-                .map(|a| ip_of_address(&a))
+                .map(|a| ip::canonical(&a, rt.limiter.client_ip.ipv6_prefix))
                 .unwrap_or_default();
         }
         let state = Rc::new(RefCell::new(StreamState::new(

@@ -416,7 +416,7 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
                 &route.global_limits,
                 &s.req,
                 s.claims.as_deref(),
-                rt.limiter.xff_trusted_hops,
+                rt.limiter.client_ip,
             );
             // The call belongs to the root context (it outlives the stream:
             // an answer arriving after the client left is simply dropped,

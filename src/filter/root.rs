@@ -12,6 +12,7 @@ use crate::host::{Host, MetricId, MetricKind, OneClock};
 use crate::jwt::{FetchFailure, JwtMetrics, TokenCache};
 use crate::ratelimit::rls::{self, CallError, RlsMetrics};
 use crate::ratelimit::{self, Limiter};
+use crate::request::ClientIpRule;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
@@ -27,6 +28,12 @@ pub struct Runtime {
     /// Per route: counters of its calls to the rate limit service.
     pub rls_metrics: Vec<RlsMetrics>,
     pub has_remote_jwks: bool,
+    /// `meshguard.path_rejected`: requests refused for a path that cannot
+    /// be normalised (`request::path`).
+    pub path_rejected: MetricId,
+    /// `meshguard.claim_headers_removed`: requests that carried their own
+    /// copy of a header meshguard sets from claims (removed).
+    pub claim_headers_removed: MetricId,
 }
 
 impl Runtime {
@@ -78,9 +85,18 @@ impl Runtime {
         let limiter = Limiter {
             slots: config.max_rate_limit_keys,
             style: config.rate_limit_headers,
-            xff_trusted_hops: config.xff_trusted_hops,
+            client_ip: ClientIpRule {
+                xff_trusted_hops: config.xff_trusted_hops,
+                ipv6_prefix: config.ipv6_prefix,
+            },
             evictions,
         };
+        let counter = |name: &str| {
+            host.define_metric(MetricKind::Counter, name)
+                .unwrap_or(MetricId::NONE)
+        };
+        let path_rejected = counter("meshguard.path_rejected");
+        let claim_headers_removed = counter("meshguard.claim_headers_removed");
         let has_remote_jwks =
             (0..config.jwt_providers.len()).any(|i| config.jwt_providers.remote(i).is_some());
         Runtime {
@@ -91,6 +107,8 @@ impl Runtime {
             cache_metrics,
             rls_metrics,
             has_remote_jwks,
+            path_rejected,
+            claim_headers_removed,
         }
     }
 }

@@ -42,6 +42,13 @@ impl Claims {
     pub fn parse(payload: Vec<u8>) -> Result<Claims, &'static str> {
         const BAD: &str = "malformed token payload";
         let json = String::from_utf8(payload).map_err(|_| BAD)?;
+        // Values are kept as raw text and parsed on first use, and the
+        // parser does not check `\u` escapes when it only skips a value:
+        // check them here, or a lone surrogate ("\ud800admin") would make
+        // a claim read as absent instead of the token invalid.
+        if !escapes_are_text(json.as_bytes()) {
+            return Err(BAD);
+        }
         let base = json.as_ptr() as usize;
         let at = |s: &str| (s.as_ptr() as usize - base, s.len());
         let mut de = serde_json::Deserializer::from_str(&json);
@@ -94,12 +101,55 @@ impl Claims {
     /// object's value would be).
     pub fn get(&self, name: &str) -> Option<&Value> {
         let m = self.members.iter().rev().find(|m| self.name(m) == name)?;
-        // The text was validated by the parse: this cannot fail.
+        // The text was validated by the parse (syntax, and every `\u`
+        // escape by `escapes_are_text`): this does not fail.
         Some(
             m.parsed
                 .get_or_init(|| serde_json::from_str(self.text(m.value)).unwrap_or(Value::Null)),
         )
     }
+}
+
+/// Whether every `\u` escape in a (syntactically valid) JSON text is
+/// text: a UTF-16 high surrogate is followed by a `\u` low surrogate, and
+/// no low surrogate stands alone. Outside strings a valid JSON text has no
+/// backslash, so scanning escapes from every backslash is exact.
+fn escapes_are_text(json: &[u8]) -> bool {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = json.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(off) = json
+        .get(i..)
+        .and_then(|r| r.iter().position(|&b| b == b'\\'))
+    {
+        let at = i + off;
+        match json.get(at + 1) {
+            Some(b'u') => {
+                let Some(u) = unit(at + 2) else {
+                    return false;
+                };
+                match u {
+                    0xD800..=0xDBFF => {
+                        let low = (json.get(at + 6..at + 8) == Some(b"\\u"))
+                            .then(|| unit(at + 8))
+                            .flatten();
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return false;
+                        }
+                        i = at + 12;
+                    }
+                    0xDC00..=0xDFFF => return false,
+                    _ => i = at + 6,
+                }
+            }
+            // Any other escape is two bytes.
+            Some(_) => i = at + 2,
+            None => return false,
+        }
+    }
+    true
 }
 
 impl std::fmt::Debug for Claims {
@@ -410,6 +460,37 @@ mod tests {
         }
         assert!(Claims::from_value(&json!([1])).is_none());
         assert!(Claims::from_value(&json!({"a": 1})).is_some());
+    }
+
+    #[test]
+    fn payloads_with_text_that_is_not_unicode_are_refused() {
+        for bad in [
+            r#"{"sub":"\ud800admin"}"#,
+            r#"{"sub":"admin\udc00"}"#,
+            r#"{"sub":"\ud800\u0041"}"#,
+            r#"{"sub":"\ud800\ud800"}"#,
+            r#"{"sub":"\uDBFF"}"#,
+            r#"{"a":{"deep":["\ud800"]}}"#,
+            r#"{"\ud800":1}"#,
+        ] {
+            assert_eq!(
+                Claims::parse(bad.as_bytes().to_vec()).err(),
+                Some("malformed token payload"),
+                "{bad}"
+            );
+        }
+        // Real text, escaped or not, is fine: pairs, BMP escapes, escaped
+        // backslashes before a "u".
+        for good in [
+            r#"{"sub":"\ud83d\ude00"}"#,
+            r#"{"sub":"\u00e9\n\"\\"}"#,
+            r#"{"sub":"\\ud800"}"#,
+            r#"{"sub":"😀é"}"#,
+        ] {
+            let c = Claims::parse(good.as_bytes().to_vec()).expect(good);
+            let full: Value = serde_json::from_str(good).unwrap();
+            assert_eq!(c.get("sub"), full.get("sub"), "{good}");
+        }
     }
 
     #[test]

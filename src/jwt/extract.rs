@@ -84,51 +84,167 @@ impl Source {
         (!tok.is_empty()).then_some(tok)
     }
 
-    /// The header operation that removes the token at this location (none
-    /// for a query token in a request without a query).
-    pub fn removal(&self, req: &Request) -> Option<HeaderOp> {
+    /// Every token at this location: each value of the header (with the
+    /// prefix), each cookie or query parameter of that name; empty values
+    /// hold none.
+    pub fn find_all<'r>(&self, req: &'r Request) -> Vec<Cow<'r, [u8]>> {
+        let mut out: Vec<Cow<'r, [u8]>> = Vec::new();
         match self {
-            Source::Header { name, .. } => Some(HeaderOp::Remove(name.clone())),
-            Source::Cookie(name) => {
-                let mut kept: Vec<String> = Vec::new();
-                for v in req.header_all("cookie") {
-                    let Ok(v) = std::str::from_utf8(v) else {
-                        continue;
+            Source::Header { name, prefix } => {
+                let values = req
+                    .headers
+                    .raw_iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|(_, v)| v);
+                for v in values {
+                    let rest = match prefix {
+                        Some(p) => match v.get(..p.len()) {
+                            Some(head) if head.eq_ignore_ascii_case(p.as_bytes()) => {
+                                v.get(p.len()..).unwrap_or_default()
+                            }
+                            _ => continue,
+                        },
+                        None => v,
                     };
-                    for c in v.split(';') {
-                        let c = c.trim();
-                        let cname = c.split_once('=').map_or(c, |(k, _)| k).trim();
-                        if !c.is_empty() && cname != name {
-                            kept.push(c.to_string());
-                        }
-                    }
+                    out.push(Cow::Borrowed(trim(rest)));
                 }
-                if kept.is_empty() {
-                    Some(HeaderOp::Remove("cookie".into()))
-                } else {
-                    Some(HeaderOp::Set("cookie".into(), kept.join("; ").into_bytes()))
+            }
+            Source::Cookie(name) => {
+                for (k, v, _) in cookie_pairs(req) {
+                    if k == name {
+                        out.push(Cow::Owned(v.trim_matches('"').as_bytes().to_vec()));
+                    }
                 }
             }
             Source::Query(name) => {
-                let q = req.query()?;
-                let kept: Vec<&str> = q
-                    .split('&')
-                    .filter(|pair| {
-                        let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
-                        percent_decode(k).as_deref() != Some(name.as_str())
-                    })
-                    .collect();
-                let frag = req.path.find('#').map_or("", |i| &req.path[i..]);
-                let mut path = req.path_only().to_string();
-                if !kept.is_empty() {
-                    path.push('?');
-                    path.push_str(&kept.join("&"));
+                for pair in req.query().into_iter().flat_map(|q| q.split('&')) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if percent_decode(k).as_deref() == Some(name.as_str()) {
+                        if let Some(v) = percent_decode(v) {
+                            out.push(Cow::Owned(v.into_bytes()));
+                        }
+                    }
                 }
-                path.push_str(frag);
-                Some(HeaderOp::Set(":path".into(), path.into_bytes()))
+            }
+        }
+        out.retain(|t| !t.is_empty());
+        out
+    }
+}
+
+/// The cookies of every `Cookie` header in order, as `(name, value, the
+/// pair as sent)`, trimmed (headers that are not text hold none).
+fn cookie_pairs(req: &Request) -> impl Iterator<Item = (&str, &str, &str)> + '_ {
+    req.header_all("cookie")
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| match c.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim(), c),
+            None => (c, "", c),
+        })
+}
+
+/// The header operations that leave the upstream exactly one token: the
+/// one in `kept` (a provider with `forward: true`; its location keeps only
+/// its first value, the one verified), and no other token location of
+/// `sources` (every location of every provider of the route). A location
+/// absent from the request costs nothing.
+pub fn scrub(sources: &[&Source], kept: Option<&Source>, req: &Request) -> Vec<HeaderOp> {
+    let mut ops = Vec::new();
+    let kept_header = match kept {
+        Some(Source::Header { name, .. }) => Some(name.as_str()),
+        _ => None,
+    };
+    // Headers.
+    let mut done: Vec<&str> = Vec::new();
+    for s in sources {
+        if let Source::Header { name, .. } = s {
+            if done.contains(&name.as_str()) {
+                continue;
+            }
+            done.push(name);
+            if Some(name.as_str()) == kept_header {
+                let mut values = req.header_all(name);
+                if let (Some(first), Some(_)) = (values.next(), values.next()) {
+                    ops.push(HeaderOp::Set(name.clone(), first.to_vec()));
+                }
+            } else if req.header(name).is_some() {
+                ops.push(HeaderOp::Remove(name.clone()));
             }
         }
     }
+    // Cookies: one rewrite of the `Cookie` header for all of them.
+    let kept_cookie = match kept {
+        Some(Source::Cookie(n)) => Some(n.as_str()),
+        _ => None,
+    };
+    let drop_cookie = |k: &str| {
+        sources
+            .iter()
+            .any(|s| matches!(s, Source::Cookie(n) if n == k) && Some(k) != kept_cookie)
+    };
+    if sources.iter().any(|s| matches!(s, Source::Cookie(_))) && req.header("cookie").is_some() {
+        let mut kept_pairs: Vec<&str> = Vec::new();
+        let (mut changed, mut seen_kept) = (false, false);
+        for (k, _, pair) in cookie_pairs(req) {
+            let dup_of_kept = Some(k) == kept_cookie && std::mem::replace(&mut seen_kept, true);
+            if drop_cookie(k) || dup_of_kept {
+                changed = true;
+            } else {
+                kept_pairs.push(pair);
+            }
+        }
+        // Several `Cookie` lines are joined into one when anything changes.
+        if changed {
+            ops.push(if kept_pairs.is_empty() {
+                HeaderOp::Remove("cookie".into())
+            } else {
+                HeaderOp::Set("cookie".into(), kept_pairs.join("; ").into_bytes())
+            });
+        }
+    }
+    // Query parameters: one rewrite of `:path` for all of them.
+    let kept_query = match kept {
+        Some(Source::Query(n)) => Some(n.as_str()),
+        _ => None,
+    };
+    if let Some(q) = req.query() {
+        if sources.iter().any(|s| matches!(s, Source::Query(_))) {
+            let mut seen_kept = false;
+            let mut changed = false;
+            let kept_params: Vec<&str> = q
+                .split('&')
+                .filter(|pair| {
+                    let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                    let Some(k) = percent_decode(k) else {
+                        return true;
+                    };
+                    let keep = if Some(k.as_str()) == kept_query {
+                        !std::mem::replace(&mut seen_kept, true)
+                    } else {
+                        !sources
+                            .iter()
+                            .any(|s| matches!(s, Source::Query(n) if *n == k))
+                    };
+                    changed |= !keep;
+                    keep
+                })
+                .collect();
+            if changed {
+                let frag = req.path.find('#').map_or("", |i| &req.path[i..]);
+                let mut path = req.path_only().to_string();
+                if !kept_params.is_empty() {
+                    path.push('?');
+                    path.push_str(&kept_params.join("&"));
+                }
+                path.push_str(frag);
+                ops.push(HeaderOp::Set(":path".into(), path.into_bytes()));
+            }
+        }
+    }
+    ops
 }
 
 fn non_empty(s: &str, path: &str) -> Result<String, ConfigError> {
@@ -246,34 +362,111 @@ mod tests {
 
     #[test]
     fn removing_tokens() {
+        let q = Source::Query("access_token".into());
+        let c = Source::Cookie("at".into());
+        let h = header("authorization", Some("Bearer "));
         let r = req(
             "/p?a=1&access_token=q1&b=2#f",
             &[("cookie", b"a=1; at=tok; b=2")],
         );
         assert_eq!(
-            Source::Query("access_token".into()).removal(&r),
-            Some(HeaderOp::Set(":path".into(), b"/p?a=1&b=2#f".to_vec()))
+            scrub(&[&q], None, &r),
+            vec![HeaderOp::Set(":path".into(), b"/p?a=1&b=2#f".to_vec())]
         );
         assert_eq!(
-            Source::Cookie("at".into()).removal(&r),
-            Some(HeaderOp::Set("cookie".into(), b"a=1; b=2".to_vec()))
+            scrub(&[&c], None, &r),
+            vec![HeaderOp::Set("cookie".into(), b"a=1; b=2".to_vec())]
         );
         let only = req("/p?access_token=q1", &[("cookie", b"at=tok")]);
         assert_eq!(
-            Source::Cookie("at".into()).removal(&only),
-            Some(HeaderOp::Remove("cookie".into()))
+            scrub(&[&c], None, &only),
+            vec![HeaderOp::Remove("cookie".into())]
         );
         assert_eq!(
-            Source::Query("access_token".into()).removal(&only),
-            Some(HeaderOp::Set(":path".into(), b"/p".to_vec()))
+            scrub(&[&q], None, &only),
+            vec![HeaderOp::Set(":path".into(), b"/p".to_vec())]
+        );
+        // Absent locations cost nothing.
+        assert_eq!(scrub(&[&h, &q, &c], None, &req("/p", &[])), vec![]);
+        assert_eq!(
+            scrub(&[&h], None, &req("/", &[("authorization", b"Bearer x")])),
+            vec![HeaderOp::Remove("authorization".into())]
+        );
+    }
+
+    #[test]
+    fn every_other_token_location_is_scrubbed_and_the_kept_one_holds_one_value() {
+        let h = header("authorization", Some("Bearer "));
+        let c = Source::Cookie("at".into());
+        let s = Source::Cookie("session".into());
+        let q = Source::Query("token".into());
+        let r = req(
+            "/p?token=A&x=1&token=B",
+            &[
+                ("authorization", b"Bearer good"),
+                ("authorization", b"Bearer forged"),
+                ("cookie", b"at=forged; keep=1"),
+                ("cookie", b"session=s1; session=s2"),
+            ],
+        );
+        // forward: true through the header: its first value only, the rest gone.
+        let ops = scrub(&[&h, &c, &s, &q], Some(&h), &r);
+        assert_eq!(
+            ops,
+            vec![
+                HeaderOp::Set("authorization".into(), b"Bearer good".to_vec()),
+                HeaderOp::Set("cookie".into(), b"keep=1".to_vec()),
+                HeaderOp::Set(":path".into(), b"/p?x=1".to_vec()),
+            ]
+        );
+        // forward: true through a cookie: later copies of it dropped.
+        let ops = scrub(&[&h, &c, &s, &q], Some(&s), &r);
+        assert_eq!(
+            ops,
+            vec![
+                HeaderOp::Remove("authorization".into()),
+                HeaderOp::Set("cookie".into(), b"keep=1; session=s1".to_vec()),
+                HeaderOp::Set(":path".into(), b"/p?x=1".to_vec()),
+            ]
+        );
+        // forward: true through the query: its first occurrence stays.
+        let ops = scrub(&[&h, &c, &s, &q], Some(&q), &r);
+        assert_eq!(
+            ops.last(),
+            Some(&HeaderOp::Set(":path".into(), b"/p?token=A&x=1".to_vec()))
+        );
+        // An encoded parameter name is the same parameter.
+        let enc = req("/p?t%6Fken=A&x=1", &[]);
+        assert_eq!(
+            scrub(&[&q], None, &enc),
+            vec![HeaderOp::Set(":path".into(), b"/p?x=1".to_vec())]
+        );
+    }
+
+    #[test]
+    fn every_token_at_a_location_is_found() {
+        let h = header("authorization", Some("Bearer "));
+        let r = req(
+            "/p?token=A&token=&token=B%2E",
+            &[
+                ("authorization", b"Bearer one"),
+                ("authorization", b"Basic two"),
+                ("authorization", b"bearer three "),
+                ("cookie", b"at=c1; at=\"c2\""),
+                ("cookie", b"at=c3"),
+            ],
+        );
+        let all = |s: &Source| -> Vec<Vec<u8>> {
+            s.find_all(&r).into_iter().map(|t| t.into_owned()).collect()
+        };
+        assert_eq!(all(&h), vec![b"one".to_vec(), b"three".to_vec()]);
+        assert_eq!(
+            all(&Source::Cookie("at".into())),
+            vec![b"c1".to_vec(), b"c2".to_vec(), b"c3".to_vec()]
         );
         assert_eq!(
-            header("authorization", Some("Bearer ")).removal(&only),
-            Some(HeaderOp::Remove("authorization".into()))
-        );
-        assert_eq!(
-            Source::Query("access_token".into()).removal(&req("/p", &[])),
-            None
+            all(&Source::Query("token".into())),
+            vec![b"A".to_vec(), b"B.".to_vec()]
         );
     }
 

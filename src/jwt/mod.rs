@@ -43,15 +43,25 @@
 //!    `contains` on arrays and space-separated strings; dotted paths, a
 //!    top-level key containing dots wins): failing is 403
 //!    `error="insufficient_scope"`.
-//! 6. **Headers.** Every `claims_to_headers` header and `payload_header` of
-//!    ALL the route's providers is removed from the request first, always
-//!    (also when the token is missing or the claim absent). Then, for the
-//!    accepted provider: with `forward: false` (default) the token is
-//!    removed (header removed, cookie dropped from `Cookie`, query
-//!    parameter dropped from `:path`); present claims are set (strings as
-//!    is, numbers/booleans as JSON text, arrays joined with `,`; values with
-//!    control characters or over 4 KiB are not sent); `payload_header` gets
-//!    the payload segment (base64url).
+//! 6. **Headers.** Every `claims_to_headers` header and `payload_header`
+//!    of ANY provider is removed from EVERY request meshguard sees, in any
+//!    spelling (`x_user` and `X-User` for `x-user`), on every route and on
+//!    requests no route matches (the filter does it before routing, with
+//!    [`JwtProviders::claim_headers`]). Then, for the accepted provider:
+//!    the upstream gets exactly one token or none ([`extract::scrub`]):
+//!    with `forward: false` (default) every token location of every
+//!    provider of the route is removed (header removed, cookie dropped from
+//!    `Cookie`, query parameter dropped from `:path`); with `forward: true`
+//!    the verified location keeps only the verified value and every other
+//!    location is removed. Present claims are set (strings as is,
+//!    numbers/booleans as JSON text, arrays joined with `,`; values with
+//!    control characters or over 4 KiB are not sent); `payload_header`
+//!    gets the payload segment (base64url).
+//! 7. **Several tokens.** With `reject_multiple_tokens: true` a request
+//!    holding more than one distinct token (across the route's providers'
+//!    locations, or twice in one) is refused: 400 `invalid_request`
+//!    (RFC 6750 3.1). Otherwise the first valid one is used and the others
+//!    removed as above.
 //!
 //! Denials never echo the token: 401 `Bearer realm="<route>",
 //! error="invalid_token", error_description="<short fixed reason>"` with
@@ -149,6 +159,47 @@ pub(crate) fn valid_header_name(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// A header name as the family of its spellings: lower case, `_` as `-`
+/// (Envoy lets `x_user` through by default and many frameworks read it as
+/// `x-user`).
+pub fn header_family(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' => '-',
+            b => b.to_ascii_lowercase() as char,
+        })
+        .collect()
+}
+
+/// Whether header `name` is a spelling of `family` ([`header_family`]).
+pub fn in_header_family(name: &[u8], family: &str) -> bool {
+    name.len() == family.len()
+        && name.iter().zip(family.bytes()).all(|(&a, f)| {
+            let a = if a == b'_' {
+                b'-'
+            } else {
+                a.to_ascii_lowercase()
+            };
+            a == f
+        })
+}
+
+/// The names of the request's headers that are a spelling of one of
+/// `families` (from [`JwtProviders::claim_headers`]), once each, as sent:
+/// a client's attempt to set a header meshguard sets from verified
+/// claims. The filter removes them from every request.
+pub fn injected_claim_headers(families: &[String], req: &Request) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (name, _) in req.headers.raw_iter() {
+        if families.iter().any(|f| in_header_family(name, f))
+            && !out.iter().any(|o| o.as_bytes() == name)
+        {
+            out.push(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    out
+}
+
 /// Where a provider's keys come from.
 #[derive(Debug)]
 pub enum Keys {
@@ -215,6 +266,28 @@ impl JwtProviders {
 
     pub fn is_empty(&self) -> bool {
         self.providers.is_empty()
+    }
+
+    /// Every header name a provider sets (`claims_to_headers`,
+    /// `payload_header`), lower case with `_` written as `-`
+    /// ([`header_family`]), once each. A client's copies of these, in any
+    /// spelling, are removed from every request.
+    pub fn claim_headers(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in &self.providers {
+            let names = p
+                .claims_to_headers
+                .iter()
+                .map(|(_, h)| h)
+                .chain(p.payload_header.iter());
+            for h in names {
+                let f = header_family(h);
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        }
+        out
     }
 
     /// The remote JWKS of a provider, if it has one.
@@ -470,9 +543,8 @@ pub struct RouteJwt {
     pub providers: Vec<usize>,
     pub allow_missing: bool,
     pub rules: Vec<ClaimRule>,
-    /// Headers always removed from the request (claims_to_headers and
-    /// payload_header of every listed provider).
-    pub strip_headers: Vec<String>,
+    /// `reject_multiple_tokens`.
+    pub reject_multiple_tokens: bool,
 }
 
 impl RouteJwt {
@@ -489,7 +561,6 @@ impl RouteJwt {
             ));
         }
         let mut idx = Vec::new();
-        let mut strip_headers: Vec<String> = Vec::new();
         for (i, p) in raw.providers.iter().enumerate() {
             let at = format!("{path}.providers[{i}]");
             let k = providers.names.iter().position(|n| n == p).ok_or_else(|| {
@@ -503,18 +574,6 @@ impl RouteJwt {
                 ));
             }
             idx.push(k);
-            if let Some(prov) = providers.providers.get(k) {
-                let hs = prov
-                    .claims_to_headers
-                    .iter()
-                    .map(|(_, h)| h)
-                    .chain(prov.payload_header.iter());
-                for h in hs {
-                    if !strip_headers.contains(h) {
-                        strip_headers.push(h.clone());
-                    }
-                }
-            }
         }
         let rules = raw
             .claims
@@ -526,7 +585,7 @@ impl RouteJwt {
             providers: idx,
             allow_missing: raw.allow_missing,
             rules,
-            strip_headers,
+            reject_multiple_tokens: raw.reject_multiple_tokens,
         })
     }
 }
@@ -691,11 +750,7 @@ pub fn authenticate(
     cache: &mut TokenCache,
 ) -> AuthOutcome {
     let now = host.now_nanos();
-    let mut ops: Vec<HeaderOp> = route
-        .strip_headers
-        .iter()
-        .map(|h| HeaderOp::Remove(h.clone()))
-        .collect();
+    let mut ops: Vec<HeaderOp> = Vec::new();
 
     // 1. Extraction: (token, [(provider, source index)]).
     let mut candidates: Vec<Candidate> = Vec::new();
@@ -724,6 +779,14 @@ pub fn authenticate(
         }
         return deny_missing(route_name);
     }
+    if route.reject_multiple_tokens && carries_several_tokens(providers, route, req) {
+        return deny(
+            route_name,
+            400,
+            "invalid_request",
+            "more than one token in the request",
+        );
+    }
 
     let mut invalid: Option<&'static str> = None;
     let mut pending: Option<usize> = None;
@@ -748,15 +811,20 @@ pub fn authenticate(
         let Some(prov) = providers.providers.get(v.provider) else {
             continue;
         };
-        if !prov.forward {
-            if let Some(src) = holders
-                .iter()
-                .find(|(p, _)| *p == v.provider)
-                .and_then(|(_, si)| prov.sources.get(*si))
-            {
-                ops.extend(src.removal(req));
-            }
-        }
+        // The upstream gets the verified token (`forward: true`) or none,
+        // never a token from another location nobody verified.
+        let verified_at = holders
+            .iter()
+            .find(|(p, _)| *p == v.provider)
+            .and_then(|(_, si)| prov.sources.get(*si));
+        let kept = verified_at.filter(|_| prov.forward);
+        let sources: Vec<&Source> = route
+            .providers
+            .iter()
+            .filter_map(|&p| providers.providers.get(p))
+            .flat_map(|p| p.sources.iter())
+            .collect();
+        ops.extend(extract::scrub(&sources, kept, req));
         for (claim, header) in &prov.claims_to_headers {
             if let Some(val) = claims::lookup(&v.claims, claim).and_then(claim_header_value) {
                 ops.push(HeaderOp::Set(header.clone(), val));
@@ -784,6 +852,29 @@ pub fn authenticate(
         "invalid_token",
         invalid.unwrap_or("invalid token"),
     )
+}
+
+/// Whether the request carries more than one distinct token across every
+/// location of the route's providers (several values in one location
+/// count).
+fn carries_several_tokens(providers: &JwtProviders, route: &RouteJwt, req: &Request) -> bool {
+    let mut first: Option<std::borrow::Cow<'_, [u8]>> = None;
+    for prov in route
+        .providers
+        .iter()
+        .filter_map(|&p| providers.providers.get(p))
+    {
+        for s in &prov.sources {
+            for t in s.find_all(req) {
+                match &first {
+                    None => first = Some(t),
+                    Some(f) if *f != t => return true,
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    false
 }
 
 /// Verifies one token for the providers that found it (cache first).

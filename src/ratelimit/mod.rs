@@ -53,7 +53,7 @@ pub mod store;
 pub mod text;
 
 use crate::host::{Host, MetricId, MetricKind};
-use crate::request::Request;
+use crate::request::{ClientIpRule, Request};
 use bucket::BucketParams;
 pub use policy::{KeyPart, LimitMetrics, LimitPolicy};
 
@@ -109,7 +109,7 @@ impl Decision {
 pub struct Limiter {
     pub slots: u32,
     pub style: HeaderStyle,
-    pub xff_trusted_hops: u32,
+    pub client_ip: ClientIpRule,
     pub evictions: MetricId,
 }
 
@@ -406,7 +406,7 @@ pub fn check_local(
         if !l.key.is_empty() {
             // Most keys fit: one allocation, no growth.
             key.reserve(64);
-            l.push_bucket_key(req, claims, limiter.xff_trusted_hops, &mut key);
+            l.push_bucket_key(req, claims, limiter.client_ip, &mut key);
         }
         let identity = store::Identity {
             prefix: &prefix,
@@ -724,7 +724,7 @@ mod tests {
         Limiter {
             slots: 1000,
             style,
-            xff_trusted_hops: 0,
+            client_ip: ClientIpRule::default(),
             evictions: MetricId::NONE,
         }
     }

@@ -6,7 +6,7 @@ use super::text::Decimal;
 use crate::config::raw::{RawKeyPart, RawRateLimit};
 use crate::config::{show_str, valid_name, ConfigError, NAME_EXPECTED};
 use crate::host::MetricId;
-use crate::request::Request;
+use crate::request::{ClientIpRule, Request};
 
 /// Largest capacity / refill / cost accepted: keeps the bucket arithmetic
 /// (tokens x interval in nanoseconds) far from overflow.
@@ -232,7 +232,7 @@ impl LimitPolicy {
         &self,
         req: &Request,
         claims: Option<&crate::jwt::claims::Claims>,
-        xff_hops: u32,
+        xff_hops: ClientIpRule,
     ) -> String {
         let mut out = String::new();
         self.push_bucket_key(req, claims, xff_hops, &mut out);
@@ -247,7 +247,7 @@ impl LimitPolicy {
         &self,
         req: &Request,
         claims: Option<&crate::jwt::claims::Claims>,
-        xff_hops: u32,
+        xff_hops: ClientIpRule,
         out: &mut String,
     ) {
         for part in &self.key {
@@ -256,9 +256,9 @@ impl LimitPolicy {
                     Some(v) => std::str::from_utf8(v).ok(),
                     None => Some(""),
                 },
-                KeyPart::Path => Some(req.path_only()),
+                KeyPart::Path => Some(req.match_path()),
                 KeyPart::Method => Some(&req.method),
-                KeyPart::ClientIp if xff_hops == 0 => Some(&req.peer_ip),
+                KeyPart::ClientIp if xff_hops.xff_trusted_hops == 0 => Some(&req.peer_ip),
                 KeyPart::Constant(c) => Some(c),
                 _ => None,
             };
@@ -285,11 +285,11 @@ impl KeyPart {
         &self,
         req: &Request,
         claims: Option<&crate::jwt::claims::Claims>,
-        xff_hops: u32,
+        xff_hops: ClientIpRule,
     ) -> String {
         let v: String = match self {
             KeyPart::ClientIp => req.client_ip(xff_hops),
-            KeyPart::Path => req.path_only().to_string(),
+            KeyPart::Path => req.match_path().to_string(),
             KeyPart::Method => req.method.clone(),
             KeyPart::Header(h) => req
                 .header(h)
@@ -431,6 +431,7 @@ mod tests {
             ]
             .into(),
             peer_ip: "127.0.0.7".into(),
+            norm_path: None,
         }
     }
 
@@ -526,10 +527,12 @@ mod tests {
         let claims =
             crate::jwt::claims::Claims::from_value(&serde_json::json!({"org": {"id": 42}}))
                 .expect("object");
-        let k = p.bucket_key(&req(), Some(&claims), 0);
+        let k = p.bucket_key(&req(), Some(&claims), ClientIpRule::default());
         assert_eq!(k, "9:127.0.0.73:GET2:/a3:abc2:K11:S1:c0:2:42");
         // Without claims the claim part is empty, still one well-defined bucket.
-        assert!(p.bucket_key(&req(), None, 0).ends_with("0:0:"));
+        assert!(p
+            .bucket_key(&req(), None, ClientIpRule::default())
+            .ends_with("0:0:"));
     }
 
     /// The bucket key as built before `push_bucket_key`: every part through
@@ -538,7 +541,7 @@ mod tests {
         p: &LimitPolicy,
         req: &Request,
         claims: Option<&crate::jwt::claims::Claims>,
-        hops: u32,
+        hops: ClientIpRule,
     ) -> String {
         let mut out = String::new();
         for part in &p.key {
@@ -589,12 +592,13 @@ mod tests {
                 ]
                 .into(),
                 peer_ip: text(pick()),
+                norm_path: None,
             };
             let claims = crate::jwt::claims::Claims::from_value(
                 &serde_json::json!({"org": {"id": text(pick())}}),
             )
             .expect("object");
-            for hops in [0, 1] {
+            for hops in [ClientIpRule::hops(0), ClientIpRule::hops(1)] {
                 for c in [None, Some(&claims)] {
                     assert_eq!(p.bucket_key(&r, c, hops), reference_key(&p, &r, c, hops));
                 }
@@ -627,8 +631,8 @@ mod tests {
             ..Request::default()
         };
         assert_ne!(
-            p.bucket_key(&mk("x:", "y"), None, 0),
-            p.bucket_key(&mk("x", ":y"), None, 0)
+            p.bucket_key(&mk("x:", "y"), None, ClientIpRule::default()),
+            p.bucket_key(&mk("x", ":y"), None, ClientIpRule::default())
         );
     }
 
@@ -642,7 +646,7 @@ mod tests {
             headers: vec![("x-api-key".into(), long.into_bytes())].into(),
             ..Request::default()
         };
-        let k = p.bucket_key(&r, None, 0);
+        let k = p.bucket_key(&r, None, ClientIpRule::default());
         assert_eq!(k.len(), 3 + 64);
     }
 }

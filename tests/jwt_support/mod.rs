@@ -115,6 +115,7 @@ pub fn req(path: &str, headers: &[(&str, &str)]) -> Request {
             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
             .collect(),
         peer_ip: "10.0.0.1".into(),
+        norm_path: None,
     }
 }
 

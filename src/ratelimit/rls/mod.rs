@@ -58,7 +58,7 @@ use super::policy::{KeyPart, LimitPolicy};
 use crate::config::raw::RawRateLimitService;
 use crate::config::{show_str, ConfigError};
 use crate::host::{Host, MetricId, MetricKind};
-use crate::request::Request;
+use crate::request::{ClientIpRule, Request};
 
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const METHOD: &str = "ShouldRateLimit";
@@ -191,7 +191,7 @@ pub fn request(
     limits: &[LimitPolicy],
     req: &Request,
     claims: Option<&crate::jwt::claims::Claims>,
-    xff_hops: u32,
+    xff_hops: ClientIpRule,
 ) -> Vec<u8> {
     let same_cost = limits.windows(2).all(|w| w[0].cost == w[1].cost);
     let descriptors = limits

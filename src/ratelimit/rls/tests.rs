@@ -61,7 +61,14 @@ fn one_descriptor_per_limit_with_route_limit_and_key_parts() {
                       {"constant": "gold"}]},
             {"name": "all", "scope": "global"}]"#,
     );
-    let bytes = request("shop", "api", &ls, &req(&[("x-api-key", "k1")]), None, 0);
+    let bytes = request(
+        "shop",
+        "api",
+        &ls,
+        &req(&[("x-api-key", "k1")]),
+        None,
+        ClientIpRule::default(),
+    );
     let r = decode_request(&bytes);
     assert_eq!(r.domain, "shop");
     assert_eq!(r.hits_addend, 0, "cost 1 everywhere: the default addend");
@@ -97,14 +104,21 @@ fn missing_parts_are_empty_and_long_ones_hashed() {
         &ls,
         &req(&[("x-user", &long)]),
         Some(&claims),
-        0,
+        ClientIpRule::default(),
     ));
     let e = entries(&r.descriptors[0]);
     assert_eq!(e[1], ("limit", "limit0"));
     assert_eq!(e[2].0, "header.x-user");
     assert_eq!(e[2].1.len(), 64, "SHA-256 hex of a value over 256 bytes");
     assert_eq!(e[3], ("claim.org.id", "42"));
-    let r = decode_request(&request("d", "api", &ls, &req(&[]), None, 0));
+    let r = decode_request(&request(
+        "d",
+        "api",
+        &ls,
+        &req(&[]),
+        None,
+        ClientIpRule::default(),
+    ));
     let e = entries(&r.descriptors[0]);
     assert_eq!(
         e[2],
@@ -118,11 +132,25 @@ fn missing_parts_are_empty_and_long_ones_hashed() {
 fn cost_becomes_the_hits_addend() {
     let same =
         limits(r#"[{"scope": "global", "cost": 5}, {"name": "b", "scope": "global", "cost": 5}]"#);
-    let r = decode_request(&request("d", "api", &same, &req(&[]), None, 0));
+    let r = decode_request(&request(
+        "d",
+        "api",
+        &same,
+        &req(&[]),
+        None,
+        ClientIpRule::default(),
+    ));
     assert_eq!(r.hits_addend, 5);
     assert!(r.descriptors.iter().all(|d| d.hits_addend.is_none()));
     let mixed = limits(r#"[{"scope": "global", "cost": 5}, {"name": "b", "scope": "global"}]"#);
-    let r = decode_request(&request("d", "api", &mixed, &req(&[]), None, 0));
+    let r = decode_request(&request(
+        "d",
+        "api",
+        &mixed,
+        &req(&[]),
+        None,
+        ClientIpRule::default(),
+    ));
     assert_eq!(r.hits_addend, 0);
     assert_eq!(r.descriptors[0].hits_addend, Some(UInt64Value { value: 5 }));
     assert_eq!(r.descriptors[1].hits_addend, Some(UInt64Value { value: 1 }));
