@@ -261,10 +261,20 @@ class Envoy:
     # -------------------------------------------------------------- requests
     def request(self, path="/", method="GET", headers=None, body=None, timeout=10):
         """One request on a fresh connection: (status, headers dict, body bytes).
+        `headers`: a dict, or a list of (name, value) pairs (names may repeat).
         Header names are lower case; repeated headers are joined with ", "."""
         conn = http.client.HTTPConnection("127.0.0.1", self.listen_port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            if isinstance(headers, list):
+                # (name, value) pairs: repeated names are sent as repeated lines.
+                conn.putrequest(method, path)
+                for k, v in headers:
+                    conn.putheader(k, v)
+                if body is not None:
+                    conn.putheader("content-length", str(len(body)))
+                conn.endheaders(body)
+            else:
+                conn.request(method, path, body=body, headers=headers or {})
             r = conn.getresponse()
             data = r.read()
             hdrs = {}
