@@ -361,3 +361,69 @@ fn denials_follow_rfc6750_and_never_echo_the_token() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The pure-Rust ECDSA path (hosts without `verify_signature`) refuses the
+/// degenerate and out-of-range signatures an attacker builds by hand:
+/// r = 0, s = 0, r or s equal to or above the group order n. A high-s
+/// signature (n - s: the same signature, negated) is valid ECDSA and valid
+/// JWS (RFC 7518 does not ask for low s), and Envoy's native check accepts
+/// it too: both paths agree, and the verified-token cache keys by the
+/// token's bytes, so the twin is simply another token.
+#[test]
+fn pure_rust_ecdsa_refuses_degenerate_and_out_of_range_signatures() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let orders: [(&str, &str); 2] = [
+        (
+            "valid_ES256",
+            "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551",
+        ),
+        (
+            "valid_ES384",
+            "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973",
+        ),
+    ];
+    let s = Setup::single(all_algs());
+    for (name, n_hex) in orders {
+        let n: Vec<u8> = (0..n_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&n_hex[i..i + 2], 16).unwrap())
+            .collect();
+        let w = n.len();
+        let good = tok(name);
+        let dot = good.rfind('.').unwrap();
+        let sig = b64.decode(&good[dot + 1..]).unwrap();
+        assert_eq!(sig.len(), 2 * w);
+        let (r, sv) = sig.split_at(w);
+        let with = |r: &[u8], s: &[u8]| format!("{}.{}", &good[..dot], b64.encode([r, s].concat()));
+        let zero = vec![0u8; w];
+        let ones = vec![0xffu8; w];
+        // n - s, big-endian.
+        let mut high = vec![0u8; w];
+        let mut borrow = 0i16;
+        for i in (0..w).rev() {
+            let d = n[i] as i16 - sv[i] as i16 - borrow;
+            borrow = i16::from(d < 0);
+            high[i] = d.rem_euclid(256) as u8;
+        }
+        let refused: [(&str, String); 6] = [
+            ("r = 0", with(&zero, sv)),
+            ("s = 0", with(r, &zero)),
+            ("r = s = 0", with(&zero, &zero)),
+            ("r = n", with(&n, sv)),
+            ("s = n", with(r, &n)),
+            ("r, s > n", with(&ones, &ones)),
+        ];
+        for (what, t) in refused {
+            // No host function: the pure-Rust path decides.
+            let out = s.auth(&host(), &bearer(&t), &mut TokenCache::default());
+            assert_eq!(denial(&out).0, 401, "{name}: {what}");
+        }
+        let mut cache = TokenCache::default();
+        allowed(&s.auth(&host(), &bearer(&with(r, &high)), &mut cache));
+        assert_eq!(
+            cache.stats.verify.native_calls, 0,
+            "{name}: decided in Rust"
+        );
+    }
+}

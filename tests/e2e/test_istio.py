@@ -25,6 +25,47 @@ def listener_with(http_filter, port):
     return doc
 
 
+HARDENING = {"normalize_path": True, "merge_slashes": True,
+             "path_with_escaped_slashes_action": "REJECT_REQUEST",
+             "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"}}
+
+
+def merge_hardening(doc, patch):
+    """Applies a NETWORK_FILTER MERGE patch to the bootstrap's connection
+    manager, after checking it carries the whole hardening."""
+    assert patch["patch"]["operation"] == "MERGE"
+    assert patch["match"]["listener"]["filterChain"]["filter"]["name"] == \
+        "envoy.filters.network.http_connection_manager"
+    typed = patch["patch"]["value"]["typed_config"]
+    assert {k: v for k, v in typed.items() if k != "@type"} == HARDENING
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert typed["@type"] == hcm["@type"]
+    hcm.update({k: v for k, v in typed.items() if k != "@type"})
+
+
+def test_shipped_envoy_configs_harden_the_ingress_listener():
+    for name in ["envoy.yaml", os.path.join("docker", "envoy.yaml"), os.path.join("rls", "envoy.yaml")]:
+        with open(os.path.join(harness.ROOT, "envoy", name)) as f:
+            doc = yaml.safe_load(f)
+        hcms = [flt["typed_config"] for lst in doc["static_resources"]["listeners"]
+                for fc in lst["filter_chains"] for flt in fc["filters"]
+                if flt["name"] == "envoy.filters.network.http_connection_manager"
+                and any(h["name"] == "envoy.filters.http.wasm" for h in flt["typed_config"]["http_filters"])]
+        assert hcms, name
+        for hcm in hcms:
+            for k, v in HARDENING.items():
+                assert hcm.get(k) == v, (name, k)
+
+
+def test_wasmplugin_hardening_validates_in_envoy(tmp_path):
+    (ef,) = [d for d in docs("wasmplugin.yaml") if d["kind"] == "EnvoyFilter"]
+    (patch,) = ef["spec"]["configPatches"]
+    doc = harness.bootstrap("{}", harness.free_port(), harness.free_port(), harness.free_port())
+    merge_hardening(doc, patch)
+    code, out = harness.validate(doc, tmp_path)
+    assert code == 0, out
+
+
 def test_wasmplugin_configs_validate_in_envoy(tmp_path):
     plugins = [d for d in docs("wasmplugin.yaml") if d["kind"] == "WasmPlugin"]
     assert {p["metadata"]["name"] for p in plugins} == {"meshguard-authn", "meshguard-traffic"}
@@ -77,6 +118,9 @@ def test_envoyfilter_fragments_assemble_into_a_valid_bootstrap(tmp_path):
 
     doc = listener_with({"name": ext_value["name"], "typed_config": typed}, harness.free_port())
     doc["static_resources"]["clusters"].extend(clusters)
+    # The hardening patch merges into the HTTP connection manager.
+    (hardening,) = by_kind["NETWORK_FILTER"]
+    merge_hardening(doc, hardening)
     code, out = harness.validate(doc, tmp_path)
     assert code == 0, out
     assert "meshguard: configuration loaded (1 routes)" in out, out
