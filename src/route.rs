@@ -1,4 +1,4 @@
-//! Route matching (CONFIG.md "Route"): every `match` field is optional and
+//! Route matching (README "Routes"): every `match` field is optional and
 //! they are ANDed; an empty `match` matches everything; routes are tried in
 //! order and the first match wins.
 //!

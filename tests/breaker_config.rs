@@ -1,5 +1,5 @@
 //! The breaker section through the whole configuration parser: errors name
-//! the full JSON path, defaults apply, and the example of CONFIG.md compiles.
+//! the full JSON path, defaults apply, and the README example compiles.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,4 +1,4 @@
-//! Circuit breaker (CONFIG.md `circuit_breaker`): stop sending requests to
+//! Circuit breaker (README "Circuit breaker", `circuit_breaker`): stop sending requests to
 //! an upstream that keeps failing, answer them locally with 503 instead,
 //! and let a few probes find out when it has recovered.
 //!

@@ -1,4 +1,4 @@
-//! Durations as CONFIG.md writes them: `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`,
+//! Durations as the configuration writes them: `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`,
 //! `"1h"`. Stored as whole nanoseconds.
 
 use serde::de::{self, Deserializer, Visitor};

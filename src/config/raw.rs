@@ -1,4 +1,4 @@
-//! The configuration document exactly as users write it (CONFIG.md): serde
+//! The configuration document exactly as users write it (README "Configuration"): serde
 //! types, unknown keys rejected. Semantic checks happen in `compile`.
 
 use super::duration::Duration;

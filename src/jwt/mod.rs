@@ -1,4 +1,4 @@
-//! JWT bearer verification (CONFIG.md `jwt_providers` and route `jwt`).
+//! JWT bearer verification (README "JWT": `jwt_providers` and route `jwt`).
 //!
 //! ```json
 //! { "jwt_providers": {

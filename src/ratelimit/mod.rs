@@ -1,5 +1,5 @@
 //! Token-bucket rate limiting, exact across all worker threads of one Envoy
-//! process (CONFIG.md `rate_limit`).
+//! process (README "Rate limiting", `rate_limit`).
 //!
 //! ```json
 //! "rate_limit": [
