@@ -259,8 +259,11 @@ impl Request {
     }
 
     /// Host without port, lower case.
+    /// Host without port, lower case, without the trailing dot of a fully
+    /// qualified name (`api.example.com.` is `api.example.com`).
     pub fn host_no_port(&self) -> String {
-        strip_port(&self.authority).to_ascii_lowercase()
+        let h = strip_port(&self.authority);
+        h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()
     }
 
     /// Client IP, written canonically ([`ip`]): the peer address, or with
@@ -544,6 +547,11 @@ mod tests {
         assert_eq!(ip_of_address("127.0.0.1:5555"), "127.0.0.1");
         assert_eq!(ip_of_address("[::1]:5555"), "::1");
         assert_eq!(req(&[]).host_no_port(), "api.example.com");
+        let mut fqdn = req(&[]);
+        fqdn.authority = "API.example.com.:8443".into();
+        assert_eq!(fqdn.host_no_port(), "api.example.com");
+        fqdn.authority = "api.example.com.".into();
+        assert_eq!(fqdn.host_no_port(), "api.example.com");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   with `"case_sensitive": false`.
 //! - `methods`: exact, case-sensitive (HTTP methods are case-sensitive).
 //! - `hosts`: `api.example.com` or `*.example.com` (any non-empty label
-//!   sequence before the suffix), compared case-insensitively, port ignored.
+//!   sequence before the suffix), compared case-insensitively, port and the
+//!   trailing dot of a fully qualified name (`api.example.com.`) ignored.
 //! - `headers`: `{"name", "exact"}` compares the first value byte for byte;
 //!   `{"name", "present": true|false}` checks presence.
 

@@ -25,7 +25,7 @@ def listener_with(http_filter, port):
     return doc
 
 
-HARDENING = {"normalize_path": True, "merge_slashes": True,
+HARDENING = {"normalize_path": True, "merge_slashes": True, "strip_trailing_host_dot": True,
              "path_with_escaped_slashes_action": "REJECT_REQUEST",
              "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"}}
 

@@ -174,6 +174,7 @@ def path_config(**top):
         "jwt_providers": {"a": hs_provider(ISSUER, [BEARER])},
         "routes": [
             {"name": "admin", "match": {"path_prefix": "/admin"}, "jwt": {"providers": ["a"]}},
+            {"name": "vhost", "match": {"hosts": ["api.example.com"]}, "jwt": {"providers": ["a"]}},
             {"name": "ci", "match": {"path_prefix": "/Internal/", "case_sensitive": False},
              "jwt": {"providers": ["a"]},
              "rate_limit": [{"key": ["path"], "capacity": 1, "refill_interval": "1h"}]},
@@ -197,6 +198,10 @@ def test_equivalent_paths_cannot_skip_a_routes_policy(envoy, upstream):
         s, _, body = e.request(p)
         assert s == 401, (p, s, body)
     assert upstream.hits == hits
+    # A fully qualified host name is the same host.
+    for host in ["api.example.com", "API.example.com.", "api.example.com.:80"]:
+        s, _, _ = e.request("/v", headers={"host": host})
+        assert s == 401, host
     # Case-insensitive on request: /INTERNAL/ is the /Internal/ route.
     s, _, _ = e.request("/INTERNAL/x")
     assert s == 401
