@@ -234,6 +234,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                                     HeaderOp::Set(n, v) => adapter::set_request_header(n, Some(v)),
                                 }
                             }
+                            forward_header_ops(&mut s.req, &header_ops);
                             s.claims = claims;
                         }
                         AuthOutcome::Denied {
@@ -377,6 +378,19 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
     }
 }
 
+/// Makes `req` the request as forwarded after the JWT stage's header
+/// changes (claim headers set, client copies and tokens removed), so that
+/// the later stages (rate-limit keys, the cache's `Vary` and `key_headers`)
+/// read what the upstream receives, never the client's own copies.
+fn forward_header_ops(req: &mut Request, ops: &[HeaderOp]) {
+    for op in ops {
+        match op {
+            HeaderOp::Remove(n) => req.forward_header(n, None),
+            HeaderOp::Set(n, v) => req.forward_header(n, Some(v)),
+        }
+    }
+}
+
 /// Adds a rate-limit decision's headers; answers 429 if it refuses.
 fn apply_decision(s: &mut StreamState, mut d: ratelimit::Decision, route: &str) -> Option<Step> {
     s.response_headers.append(&mut d.headers);
@@ -467,6 +481,7 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
             host.increment_metric(if over { metrics.over_limit } else { metrics.ok }, 1);
             for (name, value) in &v.request_headers {
                 adapter::set_request_header(name, Some(value.as_bytes()));
+                s.req.forward_header(name, Some(value.as_bytes()));
             }
             ratelimit::apply_verdict(
                 &host,

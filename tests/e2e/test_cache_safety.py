@@ -1,0 +1,177 @@
+"""Cache safety in a real Envoy: no response of one user reaches another, a
+client cannot poison an entry, and what meshguard cannot read completely
+is not stored. Real tokens (HMAC-minted for the fixture JWKS), one Envoy
+(--concurrency 2) for the whole module; every test uses its own paths.
+
+Routes: "vary" (/vary/, JWT from Authorization, `claims_to_headers` sub ->
+x-user, Vary allowed on x-user), "keyed" (/keyed/, the same with
+`key_headers: ["x-user"]`), "cookie" (/cookie/, JWT from a cookie or the
+query), "big" (/big/, `key_headers: ["x-tenant"]`), "static" (/static/,
+`default_ttl`), "c" (/c/, defaults)."""
+
+import email.utils
+import http.client
+import re
+import sys
+import threading
+import time
+
+import pytest
+
+import harness
+from jwt_support import ISSUER, JWKS, claims, mint_hs, wait_until
+
+ALICE, BOB, CAROL = (mint_hs(claims(sub=u)) for u in ("alice", "bob", "carol"))
+
+
+def provider(sources=None):
+    p = {"issuer": ISSUER, "audiences": ["api"], "algorithms": ["HS256"],
+         "jwks": {"inline": JWKS},
+         "claims_to_headers": [{"claim": "sub", "header": "x-user"}]}
+    if sources:
+        p["from"] = sources
+    return p
+
+
+CONFIG = {
+    "jwt_providers": {
+        "bearer": provider(),
+        "cookie": provider([{"cookie": "access_token"}, {"query": "access_token"}]),
+    },
+    "routes": [
+        {"name": "vary", "match": {"path_prefix": "/vary/"}, "jwt": {"providers": ["bearer"]},
+         "cache": {"vary_allowlist": ["x-user"]}},
+        {"name": "keyed", "match": {"path_prefix": "/keyed/"}, "jwt": {"providers": ["bearer"]},
+         "cache": {"key_headers": ["x-user"]}},
+        {"name": "cookie", "match": {"path_prefix": "/cookie/"}, "jwt": {"providers": ["cookie"]},
+         "cache": {}},
+        {"name": "big", "match": {"path_prefix": "/big/"}, "cache": {"key_headers": ["x-tenant"]}},
+        {"name": "static", "match": {"path_prefix": "/static/"}, "cache": {"default_ttl": "60s"}},
+        {"name": "c", "match": {"path_prefix": "/c/"}, "cache": {}},
+    ],
+}
+
+# The origin of each test, by path prefix (longest prefix wins).
+ORIGINS = {}
+
+
+def origin(prefix, fn):
+    ORIGINS[prefix] = fn
+
+
+def dispatch(method, path, headers):
+    for prefix in sorted(ORIGINS, key=len, reverse=True):
+        if path.startswith(prefix):
+            return ORIGINS[prefix](method, path, headers)
+    return 404, {"content-type": "text/plain"}, b"no origin for this path", 0
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    up = harness.Upstream()
+    up.behaviour = dispatch
+    e = harness.Envoy(tmp_path_factory.mktemp("cache-safety"), CONFIG, up.port, concurrency=2)
+    try:
+        e.start()
+        yield e, up
+    finally:
+        e.stop()
+        up.stop()
+
+
+@pytest.fixture(autouse=True)
+def envoy_log_on_failure(request, mesh):
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        e = mesh[0]
+        sys.stderr.write(f"\n----- Envoy log ({e.log_path}) -----\n{e.log()[-20000:]}\n")
+
+
+def get(e, path, headers=None, method="GET", body=None):
+    """One request on a fresh connection, with exactly these headers (no
+    implicit Accept-Encoding): (status, headers dict, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", e.listen_port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("content-length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        data = r.read()
+        hdrs = {}
+        for k, v in r.getheaders():
+            k = k.lower()
+            hdrs[k] = f"{hdrs[k]}, {v}" if k in hdrs else v
+        return r.status, hdrs, data
+    finally:
+        conn.close()
+
+
+def cs(h):
+    v = h.get("cache-status", "")
+    member = [m.strip() for m in v.split(",") if m.strip().startswith("meshguard")]
+    assert len(member) == 1, h
+    return member[0]
+
+
+def is_hit(h):
+    return cs(h).startswith("meshguard; hit")
+
+
+def detail(h):
+    m = re.search(r"; detail=([a-z-]+)", cs(h))
+    return m.group(1) if m else None
+
+
+def upstream_requests(up, path):
+    with up.lock:
+        return [r for r in up.requests if r[1] == path]
+
+
+def bearer(tok):
+    return {"authorization": f"Bearer {tok}"}
+
+
+def per_user(cache_control, vary=None):
+    def answer(method, path, h):
+        rh = {"content-type": "text/plain", "cache-control": cache_control}
+        if vary:
+            rh["vary"] = vary
+        return 200, rh, f"for {h.get('x-user', '-')}".encode(), 0
+    return answer
+
+
+# ------------------------------------------------------------ 1. the forwarded identity
+
+def test_vary_reads_the_identity_meshguard_forwards(mesh):
+    e, up = mesh
+    origin("/vary/", per_user("s-maxage=60", vary="x-user"))
+    assert get(e, "/vary/1", bearer(ALICE))[2] == b"for alice"
+    s, h, b = get(e, "/vary/1", bearer(BOB))
+    assert (s, b) == (200, b"for bob"), cs(h)
+    s, h, b = get(e, "/vary/1", bearer(ALICE))
+    assert b == b"for alice" and is_hit(h), cs(h)
+    s, h, b = get(e, "/vary/1", bearer(BOB))
+    assert b == b"for bob" and is_hit(h), cs(h)
+    # A client-sent x-user is replaced before the key is computed: alice
+    # claiming to be carol stores under alice, carol gets her own.
+    assert get(e, "/vary/2", {**bearer(ALICE), "x-user": "carol"})[2] == b"for alice"
+    s, h, b = get(e, "/vary/2", {**bearer(CAROL), "x-user": "carol"})
+    assert b == b"for carol", cs(h)
+    assert len(upstream_requests(up, "/vary/1")) == 2
+
+
+def test_key_headers_read_the_identity_meshguard_forwards(mesh):
+    e, up = mesh
+    origin("/keyed/", per_user("s-maxage=60"))
+    assert get(e, "/keyed/1", bearer(ALICE))[2] == b"for alice"
+    s, h, b = get(e, "/keyed/1", bearer(BOB))
+    assert b == b"for bob", cs(h)
+    assert get(e, "/keyed/2", {**bearer(ALICE), "x-user": "carol"})[2] == b"for alice"
+    s, h, b = get(e, "/keyed/2", {**bearer(CAROL), "x-user": "carol"})
+    assert b == b"for carol", cs(h)
+    s, h, b = get(e, "/keyed/2", bearer(ALICE))
+    assert b == b"for alice" and is_hit(h), cs(h)
