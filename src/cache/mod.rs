@@ -273,7 +273,7 @@ pub struct MissContext {
     uri: [u8; 32],
     primary: [u8; 32],
     request_headers: Vec<(String, Vec<u8>)>,
-    has_authorization: bool,
+    authenticated: bool,
     req_cc: RequestDirectives,
     request_time_ns: u64,
     response_time_ns: u64,
@@ -466,31 +466,43 @@ fn is_safe(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
 }
 
+/// What meshguard knows of a request's identity beyond the header fields
+/// the cache reads itself (`Authorization`, `Cookie`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The request carried a token at a location of one of the route's JWT
+    /// providers (header, cookie or query; verified or not, and possibly
+    /// removed before forwarding): it is authenticated, as with
+    /// `Authorization` (RFC 9111 3.5).
+    pub token: bool,
+}
+
 /// What a lookup knows of the request before reading the store.
 struct Keys {
     uri: [u8; 32],
     primary: [u8; 32],
     req_cc: RequestDirectives,
-    has_authorization: bool,
+    /// `Authorization` or a token: RFC 9111 3.5 applies.
+    authenticated: bool,
     head: bool,
 }
 
 impl Keys {
-    fn of(route: &CacheRoute, req: &Request) -> Keys {
+    fn of(route: &CacheRoute, req: &Request, identity: Identity) -> Keys {
         let path = key_path(&req.path, route.policy.ignore_query);
         let uri = uri_hash_memo(route.name, &req.authority, path);
         Keys {
             uri,
             primary: primary_hash(&uri, &route.policy.key_headers, &req.headers),
             req_cc: RequestDirectives::parse(&req.headers),
-            has_authorization: req.header("authorization").is_some(),
+            authenticated: identity.token || req.header("authorization").is_some(),
             head: req.method == "HEAD",
         }
     }
 }
 
-fn context(route: &CacheRoute, req: &Request, now: u64) -> MissContext {
-    context_from(route, req, now, Keys::of(route, req))
+fn context(route: &CacheRoute, req: &Request, now: u64, identity: Identity) -> MissContext {
+    context_from(route, req, now, Keys::of(route, req, identity))
 }
 
 /// The request's state for the response side (built only when the request
@@ -518,7 +530,7 @@ fn context_from(route: &CacheRoute, req: &Request, now: u64, keys: Keys) -> Miss
         uri: keys.uri,
         primary: keys.primary,
         request_headers,
-        has_authorization: keys.has_authorization,
+        authenticated: keys.authenticated,
         req_cc: keys.req_cc,
         request_time_ns: now,
         response_time_ns: now,
@@ -723,10 +735,21 @@ fn validator_mismatch(cache_status: String) -> CachedResponse {
 /// and fits one chunk, parses no stored header (the entry carries its
 /// [`freshness::Facts`]) and copies no body.
 pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
+    lookup_as(host, route, req, Identity::default())
+}
+
+/// [`lookup`] for a request whose [`Identity`] meshguard knows more of
+/// (the filter: a JWT route's token locations).
+pub fn lookup_as(
+    host: &impl Host,
+    route: &CacheRoute,
+    req: &Request,
+    identity: Identity,
+) -> Lookup {
     let now = host.now_nanos();
     let m = route.metrics;
     if !route.policy.caches_method(&req.method) {
-        let mut ctx = context(route, req, now);
+        let mut ctx = context(route, req, now, identity);
         host.increment_metric(m.bypass, 1);
         ctx.mode = if is_safe(&req.method) {
             Mode::Bypass
@@ -736,7 +759,7 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
         ctx.fwd = "method";
         return Lookup::Bypass { ctx };
     }
-    let keys = Keys::of(route, req);
+    let keys = Keys::of(route, req, identity);
     let store = Store::new(host, route.store);
     let (payload, meta) = match probe(&store, &keys, req) {
         Probe::Found(p, meta) => (p, meta),
@@ -873,8 +896,8 @@ struct Judged {
     cc: ResponseDirectives,
     age: u64,
     usability: freshness::Usability,
-    /// False when the request carries `Authorization` and the entry may not
-    /// answer it (RFC 9111 3.5).
+    /// False when the request carries `Authorization` or a token and the
+    /// entry may not answer it (RFC 9111 3.5).
     shareable: bool,
 }
 
@@ -886,7 +909,7 @@ fn judge(route: &CacheRoute, keys: &Keys, view: &EntryView<'_>, now: u64) -> Jud
     let age = freshness::age_at(view.facts.initial_age, view.response_time_ns, now);
     Judged {
         usability: freshness::usability(life, age, &cc, &keys.req_cc),
-        shareable: !keys.has_authorization || shareable_with_authorization(&cc),
+        shareable: !keys.authenticated || shareable_with_authorization(&cc),
         cc,
         age,
     }
@@ -1157,7 +1180,7 @@ fn storable_now(
         status,
         response,
         &cc,
-        ctx.has_authorization,
+        ctx.authenticated,
         ctx.req_cc.no_store,
         &route.policy.vary_allowlist,
     )?;
@@ -1222,7 +1245,7 @@ fn revalidated(
         merged.status as u32,
         &merged.headers,
         &cc,
-        ctx.has_authorization,
+        ctx.authenticated,
         ctx.req_cc.no_store,
         &route.policy.vary_allowlist,
     )
@@ -1280,7 +1303,7 @@ pub fn store(
                 status,
                 response,
                 &cc,
-                ctx.has_authorization,
+                ctx.authenticated,
                 ctx.req_cc.no_store,
                 &route.policy.vary_allowlist,
             ) {
@@ -1495,6 +1518,58 @@ mod tests {
         };
         assert_eq!((r.status, r.body.as_slice()), (200, &b"body"[..]));
         assert_eq!(r.headers.len(), 5);
+    }
+
+    #[test]
+    fn a_token_is_a_credential_like_authorization() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let token = Identity { token: true };
+        let private = h(&[("cache-control", "max-age=60")]);
+        // Not stored from a request with a token...
+        let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &get(&[]), token) else {
+            panic!("expected a miss")
+        };
+        let ResponseDecision::DontStore { cache_status } =
+            on_response_headers(&host, &route, &mut ctx, 200, &private)
+        else {
+            panic!("must not be stored")
+        };
+        assert!(
+            cache_status.ends_with("detail=authorization"),
+            "{cache_status}"
+        );
+        // ... and an anonymous entry is not served to one.
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &private);
+        assert!(store(&host, &route, &mut ctx, 200, &private, b"anonymous"));
+        assert!(matches!(lookup(&host, &route, &get(&[])), Lookup::Hit(_)));
+        match lookup_as(&host, &route, &get(&[]), token) {
+            Lookup::Miss { ctx } => assert_eq!(
+                ctx.cache_status(),
+                "meshguard; fwd=request; detail=authorization"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A response that allows sharing is shared.
+        let shared = h(&[("cache-control", "s-maxage=60")]);
+        let r = Request {
+            path: "/shared".into(),
+            ..get(&[])
+        };
+        let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &r, token) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &shared);
+        assert!(store(&host, &route, &mut ctx, 200, &shared, b"shared"));
+        assert!(matches!(
+            lookup_as(&host, &route, &r, token),
+            Lookup::Hit(_)
+        ));
     }
 
     #[test]

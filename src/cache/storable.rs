@@ -6,8 +6,10 @@
 //!   `private="field"` list is treated like plain `private`);
 //! - the status is one meshguard understands and is not 206 (no range
 //!   support), 304 (only used to refresh) or 1xx;
-//! - the request had no `Authorization`, or the response has `public`,
-//!   `s-maxage` or `must-revalidate` (3.5);
+//! - the request had no `Authorization` and no token of the route's JWT
+//!   providers (at any of their locations: header, cookie, query), or the
+//!   response has `public`, `s-maxage` or `must-revalidate` (3.5; a token
+//!   is a credential like `Authorization`, wherever the client put it);
 //! - `Vary` is not `*` and names only headers in `vary_allowlist`;
 //! - `Set-Cookie` is present only with `public` or `s-maxage` (and then
 //!   the `Set-Cookie` lines are NOT kept: one client's cookie is never
@@ -40,7 +42,7 @@ pub fn check(
     status: u32,
     response: &Headers,
     cc: &ResponseDirectives,
-    request_has_authorization: bool,
+    request_authenticated: bool,
     request_no_store: bool,
     vary_allowlist: &[String],
 ) -> Result<Vec<String>, Refusal> {
@@ -56,7 +58,7 @@ pub fn check(
     if !status_storable(status) {
         return Err("status");
     }
-    if request_has_authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+    if request_authenticated && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
         return Err("authorization");
     }
     if headers::has(response, "set-cookie") && !(cc.public || cc.s_maxage.is_some()) {

@@ -309,7 +309,10 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
             }
             Stage::Cache => {
                 if let Some(cr) = cache_route(&rt, route, s.route) {
-                    match cache::lookup(&host, &cr, &s.req) {
+                    let identity = cache::Identity {
+                        token: s.claims.is_some() || carries_token(&rt, route, &s.req),
+                    };
+                    match cache::lookup_as(&host, &cr, &s.req, identity) {
                         Lookup::Hit(resp) | Lookup::OnlyIfCachedMiss(resp) => {
                             return send_cached(s, resp);
                         }
@@ -389,6 +392,22 @@ fn forward_header_ops(req: &mut Request, ops: &[HeaderOp]) {
             HeaderOp::Set(n, v) => req.forward_header(n, Some(v)),
         }
     }
+}
+
+/// Whether the request (as forwarded) still holds a token at a location of
+/// one of the route's JWT providers. Asked only when no token was verified:
+/// a verified one is known from the claims, even once removed.
+fn carries_token(rt: &Runtime, route: &Route, req: &Request) -> bool {
+    let Some(j) = &route.jwt else {
+        return false;
+    };
+    j.providers.iter().any(|&p| {
+        rt.config
+            .jwt_providers
+            .providers
+            .get(p)
+            .is_some_and(|prov| prov.sources.iter().any(|src| src.find(req).is_some()))
+    })
 }
 
 /// Adds a rate-limit decision's headers; answers 429 if it refuses.

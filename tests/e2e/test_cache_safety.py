@@ -175,3 +175,25 @@ def test_key_headers_read_the_identity_meshguard_forwards(mesh):
     assert b == b"for carol", cs(h)
     s, h, b = get(e, "/keyed/2", bearer(ALICE))
     assert b == b"for alice" and is_hit(h), cs(h)
+
+
+# ------------------------------------------------------------ 2. tokens from any location
+
+def test_a_token_in_a_cookie_or_the_query_is_a_credential(mesh):
+    e, up = mesh
+    origin("/cookie/", per_user("max-age=60"))
+    s, h, b = get(e, "/cookie/inbox", {"cookie": f"theme=dark; access_token={ALICE}"})
+    assert b == b"for alice" and detail(h) == "authorization", cs(h)
+    s, h, b = get(e, "/cookie/inbox", {"cookie": f"access_token={BOB}"})
+    assert (s, b) == (200, b"for bob"), cs(h)
+    # The query token is removed from the forwarded path (forward: false):
+    # both users' requests have the same key, still never shared.
+    assert get(e, f"/cookie/q?access_token={ALICE}")[2] == b"for alice"
+    s, h, b = get(e, f"/cookie/q?access_token={BOB}")
+    assert b == b"for bob", cs(h)
+    assert len(upstream_requests(up, "/cookie/q")) == 2
+    # A response that says it may be shared is shared.
+    origin("/cookie/pub", lambda m, p, h: (200, {"cache-control": "public, max-age=60"}, b"news", 0))
+    get(e, "/cookie/pub", {"cookie": f"access_token={ALICE}"})
+    s, h, b = get(e, "/cookie/pub", {"cookie": f"access_token={BOB}"})
+    assert b == b"news" and is_hit(h), cs(h)
