@@ -273,6 +273,11 @@ pub struct MissContext {
     uri: [u8; 32],
     primary: [u8; 32],
     request_headers: Vec<(String, Vec<u8>)>,
+    /// Names in `vary_allowlist` with a line `request_headers` could not
+    /// keep (over `MAX_HEADER_VALUE`, or past `MAX_KEPT_HEADERS` lines): a
+    /// response varying on one is not stored, since its secondary key
+    /// could not be computed exactly.
+    unkept_vary: Vec<String>,
     authenticated: bool,
     req_cc: RequestDirectives,
     request_time_ns: u64,
@@ -508,19 +513,20 @@ fn context(route: &CacheRoute, req: &Request, now: u64, identity: Identity) -> M
 /// The request's state for the response side (built only when the request
 /// goes upstream: a hit needs none of it).
 fn context_from(route: &CacheRoute, req: &Request, now: u64, keys: Keys) -> MissContext {
-    let request_headers = req
-        .headers
-        .iter()
-        .filter(|(n, v)| {
-            let n = n.to_ascii_lowercase();
-            v.len() <= crate::request::MAX_HEADER_VALUE
-                && (route.policy.vary_allowlist.contains(&n)
-                    || n == "if-none-match"
-                    || n == "if-modified-since")
-        })
-        .take(MAX_KEPT_HEADERS)
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
-        .collect();
+    let mut request_headers = Vec::new();
+    let mut unkept_vary = Vec::new();
+    for (n, v) in req.headers.iter() {
+        let n = n.to_ascii_lowercase();
+        let varied = route.policy.vary_allowlist.contains(&n);
+        if !(varied || n == "if-none-match" || n == "if-modified-since") {
+            continue;
+        }
+        if v.len() <= crate::request::MAX_HEADER_VALUE && request_headers.len() < MAX_KEPT_HEADERS {
+            request_headers.push((n, v.to_vec()));
+        } else if varied && !unkept_vary.contains(&n) {
+            unkept_vary.push(n);
+        }
+    }
     MissContext {
         mode: Mode::Fill,
         fwd: "miss",
@@ -530,6 +536,7 @@ fn context_from(route: &CacheRoute, req: &Request, now: u64, keys: Keys) -> Miss
         uri: keys.uri,
         primary: keys.primary,
         request_headers,
+        unkept_vary,
         authenticated: keys.authenticated,
         req_cc: keys.req_cc,
         request_time_ns: now,
@@ -1184,6 +1191,9 @@ fn storable_now(
         ctx.req_cc.no_store,
         &route.policy.vary_allowlist,
     )?;
+    if vary_names.iter().any(|n| ctx.unkept_vary.contains(n)) {
+        return Err("vary-request-too-big");
+    }
     let (life, _) = freshness::lifetime(status, response, &cc, now / NS, route.policy.freshness());
     let has_validator = headers::has(response, "etag") || headers::has(response, "last-modified");
     let explicit = cc.has_explicit_max_age() || headers::has(response, "expires") || cc.no_cache;
@@ -1570,6 +1580,49 @@ mod tests {
             lookup_as(&host, &route, &r, token),
             Lookup::Hit(_)
         ));
+    }
+
+    #[test]
+    fn a_varied_header_too_big_to_keep_is_never_keyed_as_absent() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let varies = h(&[("cache-control", "max-age=60"), ("vary", "accept-encoding")]);
+        let huge = format!("gzip, {}", "x".repeat(17_000));
+        let many: Vec<(&str, &str)> = vec![("accept-encoding", "gzip"); MAX_KEPT_HEADERS + 1];
+        for (name, attack) in [
+            ("huge", vec![("accept-encoding", huge.as_str())]),
+            ("many", many),
+        ] {
+            let r = Request {
+                path: format!("/{name}"),
+                ..get(&attack)
+            };
+            let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
+                panic!("expected a miss")
+            };
+            let ResponseDecision::DontStore { cache_status } =
+                on_response_headers(&host, &route, &mut ctx, 200, &varies)
+            else {
+                panic!("{name}: must not be stored")
+            };
+            assert!(
+                cache_status.ends_with("detail=vary-request-too-big"),
+                "{cache_status}"
+            );
+            assert!(!store(&host, &route, &mut ctx, 200, &varies, b"gzip"));
+            // A response that does not vary on it is stored as usual.
+            let plain = h(&[("cache-control", "max-age=60")]);
+            let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
+                panic!("expected a miss")
+            };
+            on_response_headers(&host, &route, &mut ctx, 200, &plain);
+            assert!(
+                store(&host, &route, &mut ctx, 200, &plain, b"any"),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -197,3 +197,24 @@ def test_a_token_in_a_cookie_or_the_query_is_a_credential(mesh):
     get(e, "/cookie/pub", {"cookie": f"access_token={ALICE}"})
     s, h, b = get(e, "/cookie/pub", {"cookie": f"access_token={BOB}"})
     assert b == b"news" and is_hit(h), cs(h)
+
+
+# ------------------------------------------------------------ 3. oversized inputs
+
+def test_an_oversized_varied_or_keyed_header_is_not_keyed_as_absent(mesh):
+    e, up = mesh
+    origin("/big/ae", lambda m, p, h: (
+        200, {"cache-control": "max-age=60", "vary": "Accept-Encoding"},
+        b"gzip body" if "gzip" in h.get("accept-encoding", "") else b"plain body", 0))
+    huge = "gzip, " + "x" * 17000
+    assert get(e, "/big/ae", {"accept-encoding": huge})[2] == b"gzip body"
+    s, h, b = get(e, "/big/ae")
+    assert b == b"plain body", cs(h)
+    origin("/big/t", lambda m, p, h: (
+        200, {"cache-control": "max-age=60"}, f"tenant of {len(h.get('x-tenant', ''))} bytes".encode(), 0))
+    assert get(e, "/big/t", {"x-tenant": "t" * 17000})[2] == b"tenant of 17000 bytes"
+    s, h, b = get(e, "/big/t")
+    assert b == b"tenant of 0 bytes", cs(h)
+    # The same huge value again is keyed exactly: it finds its own entry.
+    s, h, b = get(e, "/big/t", {"x-tenant": "t" * 17000})
+    assert b == b"tenant of 17000 bytes" and is_hit(h), cs(h)
