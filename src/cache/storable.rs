@@ -2,6 +2,8 @@
 //!
 //! A response to a GET is stored when ALL of these hold:
 //! - the request has no `no-store`, the response has no `no-store`;
+//! - the response's `Cache-Control` was read completely (see
+//!   [`directives`](super::directives): fail closed);
 //! - the response is not `private` (meshguard is a shared cache; a
 //!   `private="field"` list is treated like plain `private`);
 //! - the status is one meshguard understands and is not 206 (no range
@@ -48,6 +50,9 @@ pub fn check(
 ) -> Result<Vec<String>, Refusal> {
     if request_no_store {
         return Err("request-no-store");
+    }
+    if cc.unparsed {
+        return Err("cache-control-unparsed");
     }
     if cc.no_store {
         return Err("no-store");
@@ -154,6 +159,11 @@ mod tests {
             Err("vary-not-allowed")
         );
         assert_eq!(chk(200, &[("set-cookie", "a=b")], false), Err("set-cookie"));
+        let many: Vec<String> = (0..65).map(|i| format!("x{i}")).collect();
+        assert_eq!(
+            chk(200, &[("cache-control", &many.join(","))], false),
+            Err("cache-control-unparsed")
+        );
         let h = hs(&[]);
         assert_eq!(
             check(

@@ -218,3 +218,25 @@ def test_an_oversized_varied_or_keyed_header_is_not_keyed_as_absent(mesh):
     # The same huge value again is keyed exactly: it finds its own entry.
     s, h, b = get(e, "/big/t", {"x-tenant": "t" * 17000})
     assert b == b"tenant of 17000 bytes" and is_hit(h), cs(h)
+
+
+# ------------------------------------------------------------ 4. Cache-Control that cannot be read
+
+CC_SHAPES = {
+    "huge": 'private, no-store, x="' + "y" * 17000 + '"',
+    "many": ", ".join(f"x{i}" for i in range(64)) + ", private",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(CC_SHAPES))
+def test_a_cache_control_that_cannot_be_parsed_completely_is_not_stored(mesh, shape):
+    e, up = mesh
+    expires = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    path = f"/c/cc-{shape}"
+    origin(path, lambda m, p, h: (
+        200, {"cache-control": CC_SHAPES[shape], "expires": expires}, b"private data", 0))
+    s, h, b = get(e, path)
+    assert (s, b) == (200, b"private data")
+    s, h, b = get(e, path)
+    assert not is_hit(h), cs(h)
+    assert len(upstream_requests(up, path)) == 2
