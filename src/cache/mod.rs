@@ -111,8 +111,9 @@
 //!    send that local reply. `Wait`: pause, set a timer of
 //!    `retry_after_ms`, call [`lookup`] again when it fires (it turns into
 //!    `Hit`, or `Miss` once the other worker's lock expires). `Miss`,
-//!    `Revalidate` (set the listed request headers, replacing any existing
-//!    ones), `Bypass`: continue upstream and keep the [`MissContext`].
+//!    `Revalidate` (remove the listed request headers, the client's own
+//!    conditions, then set the listed ones, meshguard's validators),
+//!    `Bypass`: continue upstream and keep the [`MissContext`].
 //! 2. `on_http_response_headers`: [`on_response_headers`] with the context.
 //!    `Replace`: send that response instead of the upstream one (the
 //!    upstream body is discarded). `Store { max_body }`: copy the body as it
@@ -158,6 +159,22 @@ use store::{LockGuard, LockOutcome, Probe, Store, WriteOutcome};
 pub const CACHE_NAME: &str = "meshguard";
 /// Longest poll interval suggested to waiting requests.
 pub const WAIT_POLL_MS: u64 = 25;
+/// The client's own conditions, never forwarded when meshguard revalidates
+/// a stored response with its validators: an origin answering 304 to the
+/// client's `If-None-Match: *` would otherwise refresh (and pin) a stored
+/// response it never judged. `Range` goes with `If-Range` (without it, a
+/// client asking "the range if unchanged, else everything" would get a
+/// range of a changed representation); a full response is also what
+/// refreshes the entry. A cache ignores the origin-only `If-Match` and
+/// `If-Unmodified-Since` (RFC 9111 4.3.2), as hits do.
+pub const CLIENT_CONDITIONS: &[&str] = &[
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+];
 /// Most request headers a [`MissContext`] keeps.
 const MAX_KEPT_HEADERS: usize = 64;
 const NS: u64 = 1_000_000_000;
@@ -240,9 +257,14 @@ pub enum Lookup {
     OnlyIfCachedMiss(CachedResponse),
     /// Go upstream; the fill lock is held when `ctx.holds_fill_lock()`.
     Miss { ctx: MissContext },
-    /// Go upstream with these request headers SET (replacing any present):
-    /// the stored validators (`if-none-match`, `if-modified-since`).
+    /// Go upstream without the request headers `remove_request_headers`
+    /// (the client's own conditions, [`CLIENT_CONDITIONS`]) and with
+    /// `add_request_headers` SET: the stored validators (`if-none-match`,
+    /// `if-modified-since`). The origin then judges the stored response
+    /// only; the client's `If-None-Match` / `If-Modified-Since` are
+    /// evaluated against the result (RFC 9111 4.3.2).
     Revalidate {
+        remove_request_headers: &'static [&'static str],
         add_request_headers: Vec<(String, Vec<u8>)>,
         ctx: MissContext,
     },
@@ -1000,6 +1022,7 @@ fn go_upstream(mut ctx: MissContext, entry: Entry) -> Lookup {
     } else {
         ctx.mode = Mode::Revalidate;
         Lookup::Revalidate {
+            remove_request_headers: CLIENT_CONDITIONS,
             add_request_headers: add,
             ctx,
         }
@@ -1623,6 +1646,60 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_revalidation_replaces_the_clients_conditions_with_the_stored_validators() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let stored = h(&[("cache-control", "max-age=1"), ("last-modified", lm)]);
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &stored);
+        assert!(store(&host, &route, &mut ctx, 200, &stored, b"v1"));
+        host.advance(std::time::Duration::from_secs(5));
+        let client = get(&[
+            ("if-none-match", "*"),
+            ("if-match", "\"x\""),
+            ("if-unmodified-since", lm),
+            ("if-range", "\"x\""),
+            ("range", "bytes=0-1"),
+        ]);
+        let Lookup::Revalidate {
+            remove_request_headers,
+            add_request_headers,
+            mut ctx,
+        } = lookup(&host, &route, &client)
+        else {
+            panic!("expected a revalidation")
+        };
+        for n in [
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+            "if-range",
+            "range",
+        ] {
+            assert!(remove_request_headers.contains(&n), "{n}");
+        }
+        assert_eq!(add_request_headers, h(&[("if-modified-since", lm)]));
+        // The origin's 304 answers meshguard's validator; the client's
+        // `If-None-Match: *` is then evaluated against the refreshed entry.
+        let ResponseDecision::Replace { response } = on_response_headers(
+            &host,
+            &route,
+            &mut ctx,
+            304,
+            &h(&[("cache-control", "max-age=60")]),
+        ) else {
+            panic!("expected the refreshed entry")
+        };
+        assert_eq!((response.status, response.body.len()), (304, 0));
     }
 
     #[test]

@@ -328,9 +328,13 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                         }
                         Lookup::Miss { ctx } | Lookup::Bypass { ctx } => s.cache = Some(ctx),
                         Lookup::Revalidate {
+                            remove_request_headers,
                             add_request_headers,
                             ctx,
                         } => {
+                            for n in remove_request_headers {
+                                adapter::remove_request_header(n);
+                            }
                             for (n, v) in &add_request_headers {
                                 adapter::set_request_header(n, Some(v));
                             }

@@ -240,3 +240,34 @@ def test_a_cache_control_that_cannot_be_parsed_completely_is_not_stored(mesh, sh
     s, h, b = get(e, path)
     assert not is_hit(h), cs(h)
     assert len(upstream_requests(up, path)) == 2
+
+
+# ------------------------------------------------------------ 5. revalidation validators
+
+def test_a_revalidation_carries_only_meshguards_validators(mesh):
+    e, up = mesh
+    version = {"lm": email.utils.formatdate(time.time() - 3600, usegmt=True), "body": b"v1"}
+
+    def answer(m, p, h):
+        lm = version["lm"]
+        fresh = {"cache-control": "max-age=60", "last-modified": lm}
+        if h.get("if-none-match", "").strip() == "*":
+            return 304, fresh, b"", 0
+        ims = email.utils.parsedate_to_datetime(h["if-modified-since"]) if "if-modified-since" in h else None
+        if ims is not None and ims >= email.utils.parsedate_to_datetime(lm):
+            return 304, fresh, b"", 0
+        return 200, {"cache-control": "max-age=1", "last-modified": lm}, version["body"], 0
+
+    origin("/c/pin", answer)
+    assert get(e, "/c/pin")[2] == b"v1"
+    version.update(lm=email.utils.formatdate(time.time(), usegmt=True), body=b"v2")
+    time.sleep(2.1)
+    s, h, b = get(e, "/c/pin", {"if-none-match": "*"})
+    _, _, sent = upstream_requests(up, "/c/pin")[-1]
+    assert "if-none-match" not in sent, sent
+    assert (s, b) == (200, b"v2"), (s, cs(h))
+    s, h, b = get(e, "/c/pin")
+    assert b == b"v2" and is_hit(h), cs(h)
+    # The client's own conditional is answered from the revalidated entry.
+    s, h, b = get(e, "/c/pin", {"if-none-match": "*"})
+    assert (s, b) == (304, b"") and is_hit(h), cs(h)
