@@ -301,6 +301,8 @@ pub struct MissContext {
     /// could not be computed exactly.
     unkept_vary: Vec<String>,
     authenticated: bool,
+    /// The request had one of [`storable::CONDITIONS`].
+    conditional: bool,
     req_cc: RequestDirectives,
     request_time_ns: u64,
     response_time_ns: u64,
@@ -316,6 +318,14 @@ impl MissContext {
     /// The `Cache-Status` to use if the request ends without a response.
     pub fn cache_status(&self) -> String {
         fwd_status(self.fwd, None, false, self.detail, None)
+    }
+
+    fn request_facts(&self) -> storable::RequestFacts {
+        storable::RequestFacts {
+            authenticated: self.authenticated,
+            no_store: self.req_cc.no_store,
+            conditional: self.conditional,
+        }
     }
 }
 
@@ -560,6 +570,7 @@ fn context_from(route: &CacheRoute, req: &Request, now: u64, keys: Keys) -> Miss
         request_headers,
         unkept_vary,
         authenticated: keys.authenticated,
+        conditional: storable::CONDITIONS.iter().any(|n| req.header(n).is_some()),
         req_cc: keys.req_cc,
         request_time_ns: now,
         response_time_ns: now,
@@ -1210,8 +1221,7 @@ fn storable_now(
         status,
         response,
         &cc,
-        ctx.authenticated,
-        ctx.req_cc.no_store,
+        ctx.request_facts(),
         &route.policy.vary_allowlist,
     )?;
     if vary_names.iter().any(|n| ctx.unkept_vary.contains(n)) {
@@ -1278,8 +1288,7 @@ fn revalidated(
         merged.status as u32,
         &merged.headers,
         &cc,
-        ctx.authenticated,
-        ctx.req_cc.no_store,
+        ctx.request_facts(),
         &route.policy.vary_allowlist,
     )
     .is_ok()
@@ -1336,8 +1345,7 @@ pub fn store(
                 status,
                 response,
                 &cc,
-                ctx.authenticated,
-                ctx.req_cc.no_store,
+                ctx.request_facts(),
                 &route.policy.vary_allowlist,
             ) {
                 Ok(vary_names) => {

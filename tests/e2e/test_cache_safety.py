@@ -271,3 +271,44 @@ def test_a_revalidation_carries_only_meshguards_validators(mesh):
     # The client's own conditional is answered from the revalidated entry.
     s, h, b = get(e, "/c/pin", {"if-none-match": "*"})
     assert (s, b) == (304, b"") and is_hit(h), cs(h)
+
+
+# ------------------------------------------------------------ 6. errors caused by request headers
+
+def error_origin(m, p, h):
+    """An origin that adds max-age=60 to everything (s-maxage=60 on paths
+    ending in -explicit), and fails on some request headers."""
+    cc = "s-maxage=60" if p.endswith("-explicit") else "max-age=60"
+    rh = {"cache-control": cc, "content-type": "text/plain"}
+    if "if-match" in h:
+        return 412, rh, b"precondition failed", 0
+    if "range" in h:
+        return 416, {**rh, "content-range": "bytes */4"}, b"", 0
+    if "x-oversized" in h:
+        return 400, rh, b"bad request", 0
+    if "x-http-method-override" in h:
+        return 405, rh, b"method not allowed", 0
+    return 200, rh, b"fine", 0
+
+
+@pytest.mark.parametrize("status,hdrs", [
+    (412, {"if-match": '"nope"'}),
+    (416, {"range": "bytes=999999-"}),
+    (400, {"x-oversized": "z" * 4000}),
+    (405, {"x-http-method-override": "DELETE"}),
+])
+def test_errors_caused_by_unkeyed_request_headers_are_not_stored(mesh, status, hdrs):
+    e, up = mesh
+    origin("/c/err-", error_origin)
+    path = f"/c/err-{status}"
+    assert get(e, path, hdrs)[0] == status
+    s, h, b = get(e, path)
+    assert (s, b) == (200, b"fine"), (s, cs(h))
+
+
+def test_an_error_the_origin_marks_shareable_explicitly_is_stored(mesh):
+    e, up = mesh
+    origin("/c/err-", error_origin)
+    assert get(e, "/c/err-405-explicit", {"x-http-method-override": "DELETE"})[0] == 405
+    s, h, b = get(e, "/c/err-405-explicit")
+    assert s == 405 and is_hit(h), cs(h)
