@@ -303,6 +303,10 @@ pub struct MissContext {
     authenticated: bool,
     /// The request had one of [`storable::CONDITIONS`].
     conditional: bool,
+    /// The request carried credentials: `Authorization`, a token, or a
+    /// `Cookie`. Its response gets no configured freshness (`default_ttl`,
+    /// heuristic) unless it is `public`.
+    credentials: bool,
     req_cc: RequestDirectives,
     request_time_ns: u64,
     response_time_ns: u64,
@@ -571,6 +575,7 @@ fn context_from(route: &CacheRoute, req: &Request, now: u64, keys: Keys) -> Miss
         unkept_vary,
         authenticated: keys.authenticated,
         conditional: storable::CONDITIONS.iter().any(|n| req.header(n).is_some()),
+        credentials: keys.authenticated || req.header("cookie").is_some(),
         req_cc: keys.req_cc,
         request_time_ns: now,
         response_time_ns: now,
@@ -1227,11 +1232,26 @@ fn storable_now(
     if vary_names.iter().any(|n| ctx.unkept_vary.contains(n)) {
         return Err("vary-request-too-big");
     }
-    let (life, _) = freshness::lifetime(status, response, &cc, now / NS, route.policy.freshness());
+    // A response to a request with credentials may be that user's own: it
+    // is not given a lifetime the origin did not (unless `public`).
+    let configured = route.policy.freshness();
+    let personal = ctx.credentials && !cc.public;
+    let cfg = if personal {
+        freshness::FreshnessConfig::default()
+    } else {
+        configured
+    };
+    let (life, _) = freshness::lifetime(status, response, &cc, now / NS, cfg);
     let has_validator = headers::has(response, "etag") || headers::has(response, "last-modified");
     let explicit = cc.has_explicit_max_age() || headers::has(response, "expires") || cc.no_cache;
     if life == 0 && !(has_validator && explicit) {
-        return Err("no-freshness");
+        let denied =
+            personal && freshness::lifetime(status, response, &cc, now / NS, configured).0 > 0;
+        return Err(if denied {
+            "credentials"
+        } else {
+            "no-freshness"
+        });
     }
     let skeleton = Entry {
         status: 0,
@@ -1708,6 +1728,85 @@ mod tests {
             panic!("expected the refreshed entry")
         };
         assert_eq!((response.status, response.body.len()), (304, 0));
+    }
+
+    #[test]
+    fn configured_freshness_never_applies_to_a_request_with_credentials() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let policy = CachePolicy {
+            default_ttl_secs: Some(60),
+            heuristic_freshness: true,
+            ..CachePolicy::default()
+        };
+        let store_cfg = store_1mib();
+        let route = test_route(&policy, &store_cfg);
+        let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let cases: [(&str, Vec<(&str, &str)>, Identity); 3] = [
+            (
+                "/cookie",
+                vec![("cookie", "session=victim")],
+                Identity::default(),
+            ),
+            ("/token", vec![], Identity { token: true }),
+            (
+                "/authorization",
+                vec![("authorization", "Basic x")],
+                Identity::default(),
+            ),
+        ];
+        for (path, creds, identity) in cases {
+            let r = Request {
+                path: path.into(),
+                ..get(&creds)
+            };
+            for response in [
+                h(&[]),
+                h(&[("last-modified", lm)]),
+                h(&[("cache-control", "must-revalidate")]),
+            ] {
+                let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &r, identity) else {
+                    panic!("expected a miss")
+                };
+                let ResponseDecision::DontStore { cache_status } =
+                    on_response_headers(&host, &route, &mut ctx, 200, &response)
+                else {
+                    panic!("{path}: must not be stored: {response:?}")
+                };
+                // 3.5 refuses first when it applies (not to must-revalidate).
+                let why = if identity.token || path == "/authorization" {
+                    if response.first().is_some_and(|(n, _)| n == "cache-control") {
+                        "credentials"
+                    } else {
+                        "authorization"
+                    }
+                } else {
+                    "credentials"
+                };
+                assert!(
+                    cache_status.ends_with(&format!("detail={why}")),
+                    "{path}: {cache_status}"
+                );
+            }
+            // `public` allows it (and then 3.5 too).
+            let public = h(&[("cache-control", "public")]);
+            let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &r, identity) else {
+                panic!("expected a miss")
+            };
+            let d = on_response_headers(&host, &route, &mut ctx, 200, &public);
+            assert!(matches!(d, ResponseDecision::Store { .. }), "{path}: {d:?}");
+            assert!(store(&host, &route, &mut ctx, 200, &public, b"shared"));
+        }
+        // Without credentials, default_ttl applies.
+        let r = Request {
+            path: "/anonymous".into(),
+            ..get(&[])
+        };
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
+            panic!("expected a miss")
+        };
+        let d = on_response_headers(&host, &route, &mut ctx, 200, &[]);
+        assert!(matches!(d, ResponseDecision::Store { .. }), "{d:?}");
     }
 
     #[test]

@@ -312,3 +312,23 @@ def test_an_error_the_origin_marks_shareable_explicitly_is_stored(mesh):
     assert get(e, "/c/err-405-explicit", {"x-http-method-override": "DELETE"})[0] == 405
     s, h, b = get(e, "/c/err-405-explicit")
     assert s == 405 and is_hit(h), cs(h)
+
+
+# ------------------------------------------------------------ 7. default_ttl and credentials
+
+def static_origin(m, p, h):
+    who = re.search(r"session=(\w+)", h.get("cookie", ""))
+    return 200, {"content-type": "text/html"}, f"page of {who.group(1) if who else 'nobody'}".encode(), 0
+
+
+@pytest.mark.parametrize("path", ["/static/account", "/static/%2e%2e/account"])
+def test_default_ttl_never_applies_to_a_request_with_credentials(mesh, path):
+    e, up = mesh
+    origin("/static/", static_origin)
+    assert get(e, path, {"cookie": "session=victim"})[2] == b"page of victim"
+    s, h, b = get(e, path)
+    assert b == b"page of nobody", h.get("cache-status")
+    # Anonymous responses still get default_ttl.
+    get(e, path + ".js")
+    s, h, b = get(e, path + ".js")
+    assert b == b"page of nobody" and is_hit(h), h.get("cache-status")
