@@ -606,6 +606,7 @@ fn respond(
     entry: &Entry,
     request: &(impl headers::HeaderList + ?Sized),
     age: u64,
+    now: u64,
     cache_status: Vec<u8>,
 ) -> CachedResponse {
     let (mut response, with_body) = respond_headers(
@@ -617,7 +618,7 @@ fn respond(
         entry.headers.len(),
         entry.response_time_ns,
         request,
-        age,
+        (age, now),
         cache_status,
     );
     if with_body {
@@ -631,7 +632,7 @@ fn respond(
 fn respond_in_place(
     view: &EntryView<'_>,
     request: &(impl headers::HeaderList + ?Sized),
-    age: u64,
+    age_now: (u64, u64),
     cache_status: Vec<u8>,
 ) -> (CachedResponse, Option<(usize, usize)>) {
     let (response, with_body) = respond_headers(
@@ -640,7 +641,7 @@ fn respond_in_place(
         view.header_count(),
         view.response_time_ns,
         request,
-        age,
+        age_now,
         cache_status,
     );
     (
@@ -666,7 +667,8 @@ fn with_body(
 /// then `Age`, then `Cache-Status` (the stored one's members, then ours).
 /// One pass over the stored headers (two for a conditional request: its
 /// validators first), written into the host's header-map format. The body
-/// is left empty; `true` when it should be sent.
+/// is left empty; `true` when it should be sent. `(age, now)`: the
+/// entry's current age (s) and the time (ns).
 #[allow(clippy::too_many_arguments)]
 fn respond_headers<'a>(
     status: u16,
@@ -674,7 +676,7 @@ fn respond_headers<'a>(
     count: usize,
     response_time_ns: u64,
     request: &(impl headers::HeaderList + ?Sized),
-    age: u64,
+    (age, now): (u64, u64),
     cache_status: Vec<u8>,
 ) -> (CachedResponse, bool) {
     let not_modified = (200..300).contains(&status) && etag::is_conditional(request) && {
@@ -682,7 +684,7 @@ fn respond_headers<'a>(
         for (n, v) in stored.clone() {
             validators.see(n, v);
         }
-        etag::answer_304_by(request, &validators, response_time_ns / NS)
+        etag::answer_304_by(request, &validators, response_time_ns / NS, now / NS)
     };
     let mut upstream_status: Vec<u8> = Vec::new();
     let mut upstream_lines = 0usize;
@@ -831,9 +833,15 @@ pub fn lookup_as(
         return Lookup::Miss { ctx };
     }
     match usability {
-        freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => {
-            hit(host, route, req, payload, meta, age, hit_status(ttl, None))
-        }
+        freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => hit(
+            host,
+            route,
+            req,
+            payload,
+            meta,
+            (age, now),
+            hit_status(ttl, None),
+        ),
         // HEAD never takes the fill lock: its response cannot refill the entry.
         freshness::Usability::StaleWhileRevalidate { ttl } => match fill_lock(&store, &keys) {
             LockOutcome::Acquired(g) => {
@@ -850,7 +858,7 @@ pub fn lookup_as(
             }
             _ => {
                 let status = hit_status(ttl, Some("stale-while-revalidate"));
-                hit(host, route, req, payload, meta, age, status)
+                hit(host, route, req, payload, meta, (age, now), status)
             }
         },
         freshness::Usability::MustValidate { ttl } => {
@@ -968,14 +976,14 @@ fn hit(
     req: &Request,
     payload: store::Payload,
     meta: entry::EntryMeta,
-    age: u64,
+    age_now: (u64, u64),
     cache_status: Vec<u8>,
 ) -> Lookup {
     host.increment_metric(route.metrics.hit, 1);
     let parts = respond_in_place(
         &EntryView::again(payload.bytes(), meta),
         &req.headers,
-        age,
+        age_now,
         cache_status,
     );
     Lookup::Hit(with_body(parts, payload))
@@ -1004,18 +1012,22 @@ fn look_again(
     let Probe::Found(payload, meta) = probe(store, keys, req) else {
         return None;
     };
-    let judged = judge(
-        route,
-        keys,
-        &EntryView::again(payload.bytes(), meta),
-        host.now_nanos(),
-    );
+    let now = host.now_nanos();
+    let judged = judge(route, keys, &EntryView::again(payload.bytes(), meta), now);
     match judged.usability {
         freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl }
             if judged.shareable =>
         {
             let status = hit_status(ttl, None);
-            Some(hit(host, route, req, payload, meta, judged.age, status))
+            Some(hit(
+                host,
+                route,
+                req,
+                payload,
+                meta,
+                (judged.age, now),
+                status,
+            ))
         }
         _ => None,
     }
@@ -1115,6 +1127,7 @@ fn serve_stale_if_error(
         stale,
         &ctx.request_headers,
         age,
+        now,
         status.into_bytes(),
     ))
 }
@@ -1178,7 +1191,7 @@ pub fn on_response_headers(
             None => {
                 let cache_status =
                     fwd_status(ctx.fwd, Some(304), false, Some("validator-mismatch"), None);
-                if etag::answer_304(&ctx.request_headers, response, now / NS) {
+                if etag::answer_304(&ctx.request_headers, response, now / NS, now / NS) {
                     ResponseDecision::DontStore { cache_status }
                 } else {
                     ResponseDecision::Replace {
@@ -1317,7 +1330,8 @@ fn revalidated(
     if !keep {
         store.invalidate(&ctx.uri);
     }
-    let (_, life, age) = entry_times(&merged, route.policy, host.now_nanos());
+    let now = host.now_nanos();
+    let (_, life, age) = entry_times(&merged, route.policy, now);
     let ttl = life as i64 - age as i64;
     // `fwd=stale`, or `fwd=request` when the entry was fresh but the
     // request's own directives (`no-cache`, `max-age`...) sent it upstream.
@@ -1326,6 +1340,7 @@ fn revalidated(
         &merged,
         &ctx.request_headers,
         age,
+        now,
         status.into_bytes(),
     ))
 }

@@ -332,3 +332,18 @@ def test_default_ttl_never_applies_to_a_request_with_credentials(mesh, path):
     get(e, path + ".js")
     s, h, b = get(e, path + ".js")
     assert b == b"page of nobody" and is_hit(h), h.get("cache-status")
+
+
+# ------------------------------------------------------------ 8. conditionals and invalidation
+
+def test_an_if_modified_since_in_the_future_is_ignored(mesh):
+    e, up = mesh
+    lm = email.utils.formatdate(time.time() - 3600, usegmt=True)
+    origin("/c/ims", lambda m, p, h: (200, {"cache-control": "max-age=60", "last-modified": lm}, b"full", 0))
+    get(e, "/c/ims")
+    future = email.utils.formatdate(time.time() + 86400, usegmt=True)
+    s, h, b = get(e, "/c/ims", {"if-modified-since": future})
+    assert (s, b) == (200, b"full") and is_hit(h), (s, cs(h))
+    now = email.utils.formatdate(time.time(), usegmt=True)
+    s, h, b = get(e, "/c/ims", {"if-modified-since": now})
+    assert s == 304 and is_hit(h), (s, cs(h))
