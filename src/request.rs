@@ -110,6 +110,18 @@ impl Headers {
         });
     }
 
+    /// Removes every field named `name` (compared case-insensitively).
+    /// Their bytes stay in the buffer until the headers are dropped.
+    pub fn remove(&mut self, name: &str) {
+        self.remove_where(|n| n.eq_ignore_ascii_case(name.as_bytes()));
+    }
+
+    /// Replaces every field named `name` with one field of this value.
+    pub fn set(&mut self, name: &str, value: &[u8]) {
+        self.remove(name);
+        self.push(name, value);
+    }
+
     /// Number of fields.
     pub fn len(&self) -> usize {
         self.spans.len()
@@ -198,6 +210,28 @@ impl Request {
     /// All values of a header, in order.
     pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers.get_all(name)
+    }
+
+    /// Applies a change meshguard makes to the request it forwards, so that
+    /// later stages see the request as the upstream will: `value` `None`
+    /// removes every field named `name`, `Some` replaces them all with one.
+    /// `:path` changes [`Request::path`] (a value that is not UTF-8 is kept
+    /// in its lossy form); other pseudo-headers are not fields here and are
+    /// ignored.
+    pub fn forward_header(&mut self, name: &str, value: Option<&[u8]>) {
+        if name.eq_ignore_ascii_case(":path") {
+            if let Some(v) = value {
+                self.path = String::from_utf8_lossy(v).into_owned();
+            }
+            return;
+        }
+        if name.starts_with(':') {
+            return;
+        }
+        match value {
+            Some(v) => self.headers.set(name, v),
+            None => self.headers.remove(name),
+        }
     }
 
     /// Path without the query string.
@@ -457,6 +491,29 @@ mod tests {
         assert_eq!(h.get("b"), Some(&b"2"[..]));
         assert_eq!(format!("{h:?}"), r#"[("a", "1"), ("B", "2")]"#);
         assert!(Headers::default().is_empty());
+    }
+
+    #[test]
+    fn forwarded_changes_replace_and_remove_every_copy() {
+        let mut r = req(&[
+            ("X-User", "mallory"),
+            ("cookie", "a=1"),
+            ("x-user", "eve"),
+            ("accept", "*/*"),
+        ]);
+        r.forward_header("x-user", Some(b"alice"));
+        assert_eq!(r.header_all("x-user").collect::<Vec<_>>(), vec![b"alice"]);
+        r.forward_header("COOKIE", None);
+        assert_eq!(r.header("cookie"), None);
+        r.forward_header("x-absent", None);
+        r.forward_header(":path", Some(b"/a/b?x=1"));
+        r.forward_header(":authority", Some(b"evil"));
+        assert_eq!(
+            (r.path.as_str(), r.authority.as_str()),
+            ("/a/b?x=1", "api.example.com:8080")
+        );
+        let fields: Vec<(&str, &[u8])> = r.headers.iter().collect();
+        assert_eq!(fields, vec![("accept", &b"*/*"[..]), ("x-user", b"alice")]);
     }
 
     #[test]

@@ -133,6 +133,7 @@ fn exchange(
         Lookup::Revalidate {
             add_request_headers,
             ctx,
+            ..
         } => (ctx, add_request_headers),
     };
     let Some((status, mut headers, body)) = origin(&added) else {

@@ -68,6 +68,7 @@ fn freshness_and_age_in_wasm() {
     assert!(etag::answer_304(
         &hs(&[("if-none-match", "W/\"a\"")]),
         &hs(&[("etag", "\"a\"")]),
-        0
+        0,
+        NOW
     ));
 }

@@ -16,6 +16,12 @@
 //!   `max-stale` whose value is optional: `max-stale=abc` is ignored too.
 //! - Delta-seconds larger than 2^31 saturate to 2^31 (RFC 9111 1.2.2).
 //! - Unknown directives are ignored. At most [`MAX_DIRECTIVES`] are read.
+//! - A `Cache-Control` that cannot be read completely fails closed: more
+//!   than [`MAX_DIRECTIVES`] directives, a quoted string without its
+//!   closing quote, or a field line longer than
+//!   [`MAX_HEADER_VALUE`](crate::request::MAX_HEADER_VALUE) (never read).
+//!   On a response it sets [`ResponseDirectives::unparsed`] and the
+//!   response is not stored; on a request it counts as `no-store`.
 //! - `Pragma: no-cache` counts as request `no-cache` only when the request
 //!   has no `Cache-Control` at all (RFC 9111 5.4); it is ignored on responses.
 
@@ -53,6 +59,9 @@ pub struct ResponseDirectives {
     pub immutable: bool,
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
+    /// The field could not be read completely (see the module docs): the
+    /// response is not stored, whatever the directives read say.
+    pub unparsed: bool,
 }
 
 /// Request `Cache-Control` (plus `Pragma: no-cache`).
@@ -77,11 +86,26 @@ pub struct Directive {
 
 /// Splits the `Cache-Control` field lines into directives.
 pub fn parse_list<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<Directive> {
+    parse_list_checked(lines).0
+}
+
+/// [`parse_list`], and whether the lines were read completely: false when
+/// a directive past the [`MAX_DIRECTIVES`] kept was left unread, or a
+/// quoted string has no closing quote.
+pub fn parse_list_checked<'a>(lines: impl Iterator<Item = &'a [u8]>) -> (Vec<Directive>, bool) {
     let mut out = Vec::new();
+    let mut complete = true;
     for line in lines {
         let mut i = 0;
         let b = line;
-        while i < b.len() && out.len() < MAX_DIRECTIVES {
+        while i < b.len() {
+            if out.len() == MAX_DIRECTIVES {
+                // Anything but separators left is a directive not read.
+                if b[i..].iter().any(|&c| !matches!(c, b',' | b' ' | b'\t')) {
+                    complete = false;
+                }
+                break;
+            }
             // skip separators and whitespace
             while i < b.len() && (b[i] == b',' || b[i] == b' ' || b[i] == b'\t') {
                 i += 1;
@@ -109,6 +133,9 @@ pub fn parse_list<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<Directive> {
                         v.push(b[i]);
                         i += 1;
                     }
+                    if i >= b.len() {
+                        complete = false; // no closing quote
+                    }
                     i += 1; // closing quote (or end)
                     while i < b.len() && b[i] != b',' {
                         i += 1; // junk after the quoted string is ignored
@@ -127,7 +154,7 @@ pub fn parse_list<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<Directive> {
             }
         }
     }
-    out
+    (out, complete)
 }
 
 /// Parses delta-seconds: digits only, saturating at [`DELTA_MAX`].
@@ -166,7 +193,9 @@ fn seconds(v: &Option<String>) -> Seconds {
 impl ResponseDirectives {
     pub fn parse(headers: &Headers) -> ResponseDirectives {
         let mut d = ResponseDirectives::default();
-        for Directive { name, value } in parse_list(headers::all(headers, "cache-control")) {
+        let (list, complete) = read_all(headers);
+        d.unparsed = !complete;
+        for Directive { name, value } in list {
             match name.as_str() {
                 "max-age" if d.max_age.is_none() => d.max_age = Some(seconds(&value)),
                 "s-maxage" if d.s_maxage.is_none() => d.s_maxage = Some(seconds(&value)),
@@ -209,6 +238,15 @@ impl ResponseDirectives {
     }
 }
 
+/// The directives of every `Cache-Control` line, and whether all of them
+/// were read (no line too long to read, [`parse_list_checked`]).
+fn read_all<H: HeaderList + ?Sized>(headers: &H) -> (Vec<Directive>, bool) {
+    let (list, complete) = parse_list_checked(headers::all(headers, "cache-control"));
+    let unread =
+        headers::all(headers, "cache-control").count() != headers::count(headers, "cache-control");
+    (list, complete && !unread)
+}
+
 impl RequestDirectives {
     pub fn parse(headers: &(impl HeaderList + ?Sized)) -> RequestDirectives {
         let mut d = RequestDirectives::default();
@@ -221,7 +259,10 @@ impl RequestDirectives {
             });
             return d;
         }
-        for Directive { name, value } in parse_list(headers::all(headers, "cache-control")) {
+        let (list, complete) = read_all(headers);
+        // What cannot be read may have said no-store: never store for it.
+        d.no_store = !complete;
+        for Directive { name, value } in list {
             let n = value.as_deref().and_then(delta_seconds);
             match name.as_str() {
                 "max-age" if d.max_age.is_none() => d.max_age = n,
@@ -342,6 +383,42 @@ mod tests {
         assert!(r.no_store && r.only_if_cached);
         assert_eq!(r.min_fresh, Some(5));
         assert_eq!(r.stale_if_error, Some(9));
+    }
+
+    #[test]
+    fn what_cannot_be_read_completely_fails_closed() {
+        let junk: Vec<String> = (0..MAX_DIRECTIVES).map(|i| format!("x{i}")).collect();
+        let huge = format!("private, no-store, x=\"{}\"", "y".repeat(17_000));
+        let unreadable = [
+            format!("{}, private", junk.join(", ")),
+            huge.clone(),
+            "max-age=60, x=\"no closing quote, private".to_string(),
+        ];
+        for cc in &unreadable {
+            assert!(
+                ResponseDirectives::parse(&h(&[cc])).unparsed,
+                "{}",
+                &cc[..40]
+            );
+            assert!(
+                RequestDirectives::parse(&h(&[cc])).no_store,
+                "{}",
+                &cc[..40]
+            );
+        }
+        // Two lines, one unreadable: the whole field is.
+        let d = ResponseDirectives::parse(&h(&["max-age=60", &huge]));
+        assert!(d.unparsed && d.max_age == Some(Seconds::Value(60)));
+        // Exactly the kept number, trailing separators, quoted commas: read.
+        for cc in [
+            junk.join(", "),
+            format!("{}, ,  ", junk.join(",")),
+            "max-age=5, x=\"a, b\", public".to_string(),
+        ] {
+            assert!(!ResponseDirectives::parse(&h(&[&cc])).unparsed, "{cc}");
+            assert!(!RequestDirectives::parse(&h(&[&cc])).no_store, "{cc}");
+        }
+        assert!(!ResponseDirectives::parse(&h(&[])).unparsed);
     }
 
     #[test]

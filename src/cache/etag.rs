@@ -1,6 +1,9 @@
 //! Validators and conditional requests (RFC 9110 8.8.3, 13.1.2, 13.1.3,
 //! 13.2.2): entity-tag comparison, `If-None-Match` lists and `*`, and
-//! `If-Modified-Since` against `Last-Modified`.
+//! `If-Modified-Since` against `Last-Modified`. An `If-Modified-Since`
+//! that is not a valid date, or is later than the cache's current time,
+//! is ignored (RFC 9110 13.1.3: only a date the recipient has seen pass
+//! can say the client's copy is current): the full response is sent.
 
 use super::headers::{self, HeaderList, Headers};
 use super::httpdate;
@@ -135,13 +138,29 @@ fn if_none_match_hits_etag(if_none_match: &[&[u8]], stored_etag: Option<&[u8]>) 
 
 /// Whether the stored response is not modified since `If-Modified-Since`:
 /// modification time is `Last-Modified`, else its `Date`, else when it was
-/// received (RFC 9111 4.3.2). An invalid date ignores the header.
-pub fn not_modified_since(ims: &[u8], stored: &Headers, response_time_secs: u64) -> bool {
-    not_modified_since_by(ims, &StoredValidators::of(stored), response_time_secs)
+/// received (RFC 9111 4.3.2). An invalid date, or one later than
+/// `now_secs`, ignores the header.
+pub fn not_modified_since(
+    ims: &[u8],
+    stored: &Headers,
+    response_time_secs: u64,
+    now_secs: u64,
+) -> bool {
+    not_modified_since_by(
+        ims,
+        &StoredValidators::of(stored),
+        response_time_secs,
+        now_secs,
+    )
 }
 
-fn not_modified_since_by(ims: &[u8], stored: &StoredValidators, response_time_secs: u64) -> bool {
-    let Some(since) = httpdate::parse(ims) else {
+fn not_modified_since_by(
+    ims: &[u8],
+    stored: &StoredValidators,
+    response_time_secs: u64,
+    now_secs: u64,
+) -> bool {
+    let Some(since) = httpdate::parse(ims).filter(|&s| s <= now_secs) else {
         return false;
     };
     let modified = stored
@@ -155,12 +174,19 @@ fn not_modified_since_by(ims: &[u8], stored: &StoredValidators, response_time_se
 /// Whether a conditional GET/HEAD request may be answered with 304 from the
 /// stored response: `If-None-Match` if present (then `If-Modified-Since` is
 /// ignored, 13.2.2), otherwise `If-Modified-Since`.
+/// `now_secs` is the cache's current time.
 pub fn answer_304(
     request: &(impl HeaderList + ?Sized),
     stored: &Headers,
     response_time_secs: u64,
+    now_secs: u64,
 ) -> bool {
-    answer_304_by(request, &StoredValidators::of(stored), response_time_secs)
+    answer_304_by(
+        request,
+        &StoredValidators::of(stored),
+        response_time_secs,
+        now_secs,
+    )
 }
 
 /// [`answer_304`] given the stored response's validators.
@@ -168,13 +194,14 @@ pub fn answer_304_by(
     request: &(impl HeaderList + ?Sized),
     stored: &StoredValidators,
     response_time_secs: u64,
+    now_secs: u64,
 ) -> bool {
     let inm: Vec<&[u8]> = headers::all(request, "if-none-match").collect();
     if !inm.is_empty() {
         return if_none_match_hits_etag(&inm, stored.etag);
     }
     match headers::first(request, "if-modified-since") {
-        Some(ims) => not_modified_since_by(ims, stored, response_time_secs),
+        Some(ims) => not_modified_since_by(ims, stored, response_time_secs, now_secs),
         None => false,
     }
 }
@@ -229,23 +256,38 @@ mod tests {
     #[test]
     fn if_modified_since() {
         let stored = hs(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let now = 784_111_777 + 3600;
         assert!(not_modified_since(
             b"Sun, 06 Nov 1994 08:49:37 GMT",
             &stored,
-            0
+            0,
+            now
         ));
         assert!(!not_modified_since(
             b"Sat, 05 Nov 1994 08:49:37 GMT",
             &stored,
-            0
+            0,
+            now
         ));
-        assert!(!not_modified_since(b"garbage", &stored, 0));
+        assert!(!not_modified_since(b"garbage", &stored, 0, now));
         // No Last-Modified: the time it was received.
         assert!(not_modified_since(
             b"Sun, 06 Nov 1994 08:49:37 GMT",
             &hs(&[]),
-            784_111_777
+            784_111_777,
+            now
         ));
+    }
+
+    #[test]
+    fn an_if_modified_since_in_the_future_is_ignored() {
+        let stored = hs(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let ims = b"Sun, 06 Nov 1994 09:49:37 GMT"; // 784_115_377
+        assert!(not_modified_since(ims, &stored, 0, 784_115_377));
+        assert!(!not_modified_since(ims, &stored, 0, 784_115_376));
+        let req = hs(&[("if-modified-since", "Sun, 06 Nov 1994 09:49:37 GMT")]);
+        assert!(answer_304(&req, &stored, 0, 784_115_400));
+        assert!(!answer_304(&req, &stored, 0, 784_111_777));
     }
 
     #[test]
@@ -258,7 +300,7 @@ mod tests {
             ("if-none-match", "\"y\""),
             ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
         ]);
-        assert!(!answer_304(&req, &stored, 0));
+        assert!(!answer_304(&req, &stored, 0, u64::MAX));
         assert!(is_conditional(&req));
     }
 }

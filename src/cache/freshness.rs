@@ -33,7 +33,9 @@ pub struct FreshnessConfig {
 }
 
 /// Statuses that are heuristically cacheable (RFC 9110 15.1), minus 206
-/// which meshguard does not store.
+/// which meshguard does not store. Of these, 405, 414 and 501 get no
+/// configured freshness all the same: their cause may be a request header
+/// ([`storable::may_be_caused_by_the_request`](super::storable::may_be_caused_by_the_request)).
 pub fn heuristically_cacheable(status: u32) -> bool {
     matches!(
         status,
@@ -107,14 +109,16 @@ pub fn heuristic_base(headers: &Headers, response_time_secs: u64) -> Option<u64>
 
 /// The lifetime of a response without explicit freshness: the heuristic
 /// (given `heuristic_base`) when configured, else `default_ttl`, for
-/// statuses cacheable by default or `public` responses.
+/// statuses cacheable by default or `public` responses, never for errors
+/// the request may have caused.
 pub fn configured_lifetime(
     status: u32,
     public: bool,
     heuristic_base: Option<u64>,
     cfg: FreshnessConfig,
 ) -> (u64, LifetimeSource) {
-    let allowed = heuristically_cacheable(status) || public;
+    let allowed = (heuristically_cacheable(status) || public)
+        && !super::storable::may_be_caused_by_the_request(status);
     if cfg.heuristic && allowed {
         if let Some(h) = heuristic_base {
             let cap = cfg.default_ttl_secs.unwrap_or(HEURISTIC_CAP_SECS);

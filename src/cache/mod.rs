@@ -111,8 +111,9 @@
 //!    send that local reply. `Wait`: pause, set a timer of
 //!    `retry_after_ms`, call [`lookup`] again when it fires (it turns into
 //!    `Hit`, or `Miss` once the other worker's lock expires). `Miss`,
-//!    `Revalidate` (set the listed request headers, replacing any existing
-//!    ones), `Bypass`: continue upstream and keep the [`MissContext`].
+//!    `Revalidate` (remove the listed request headers, the client's own
+//!    conditions, then set the listed ones, meshguard's validators),
+//!    `Bypass`: continue upstream and keep the [`MissContext`].
 //! 2. `on_http_response_headers`: [`on_response_headers`] with the context.
 //!    `Replace`: send that response instead of the upstream one (the
 //!    upstream body is discarded). `Store { max_body }`: copy the body as it
@@ -158,6 +159,22 @@ use store::{LockGuard, LockOutcome, Probe, Store, WriteOutcome};
 pub const CACHE_NAME: &str = "meshguard";
 /// Longest poll interval suggested to waiting requests.
 pub const WAIT_POLL_MS: u64 = 25;
+/// The client's own conditions, never forwarded when meshguard revalidates
+/// a stored response with its validators: an origin answering 304 to the
+/// client's `If-None-Match: *` would otherwise refresh (and pin) a stored
+/// response it never judged. `Range` goes with `If-Range` (without it, a
+/// client asking "the range if unchanged, else everything" would get a
+/// range of a changed representation); a full response is also what
+/// refreshes the entry. A cache ignores the origin-only `If-Match` and
+/// `If-Unmodified-Since` (RFC 9111 4.3.2), as hits do.
+pub const CLIENT_CONDITIONS: &[&str] = &[
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+];
 /// Most request headers a [`MissContext`] keeps.
 const MAX_KEPT_HEADERS: usize = 64;
 const NS: u64 = 1_000_000_000;
@@ -240,9 +257,14 @@ pub enum Lookup {
     OnlyIfCachedMiss(CachedResponse),
     /// Go upstream; the fill lock is held when `ctx.holds_fill_lock()`.
     Miss { ctx: MissContext },
-    /// Go upstream with these request headers SET (replacing any present):
-    /// the stored validators (`if-none-match`, `if-modified-since`).
+    /// Go upstream without the request headers `remove_request_headers`
+    /// (the client's own conditions, [`CLIENT_CONDITIONS`]) and with
+    /// `add_request_headers` SET: the stored validators (`if-none-match`,
+    /// `if-modified-since`). The origin then judges the stored response
+    /// only; the client's `If-None-Match` / `If-Modified-Since` are
+    /// evaluated against the result (RFC 9111 4.3.2).
     Revalidate {
+        remove_request_headers: &'static [&'static str],
         add_request_headers: Vec<(String, Vec<u8>)>,
         ctx: MissContext,
     },
@@ -273,7 +295,18 @@ pub struct MissContext {
     uri: [u8; 32],
     primary: [u8; 32],
     request_headers: Vec<(String, Vec<u8>)>,
-    has_authorization: bool,
+    /// Names in `vary_allowlist` with a line `request_headers` could not
+    /// keep (over `MAX_HEADER_VALUE`, or past `MAX_KEPT_HEADERS` lines): a
+    /// response varying on one is not stored, since its secondary key
+    /// could not be computed exactly.
+    unkept_vary: Vec<String>,
+    authenticated: bool,
+    /// The request had one of [`storable::CONDITIONS`].
+    conditional: bool,
+    /// The request carried credentials: `Authorization`, a token, or a
+    /// `Cookie`. Its response gets no configured freshness (`default_ttl`,
+    /// heuristic) unless it is `public`.
+    credentials: bool,
     req_cc: RequestDirectives,
     request_time_ns: u64,
     response_time_ns: u64,
@@ -289,6 +322,14 @@ impl MissContext {
     /// The `Cache-Status` to use if the request ends without a response.
     pub fn cache_status(&self) -> String {
         fwd_status(self.fwd, None, false, self.detail, None)
+    }
+
+    fn request_facts(&self) -> storable::RequestFacts {
+        storable::RequestFacts {
+            authenticated: self.authenticated,
+            no_store: self.req_cc.no_store,
+            conditional: self.conditional,
+        }
     }
 }
 
@@ -466,49 +507,62 @@ fn is_safe(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
 }
 
+/// What meshguard knows of a request's identity beyond the header fields
+/// the cache reads itself (`Authorization`, `Cookie`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The request carried a token at a location of one of the route's JWT
+    /// providers (header, cookie or query; verified or not, and possibly
+    /// removed before forwarding): it is authenticated, as with
+    /// `Authorization` (RFC 9111 3.5).
+    pub token: bool,
+}
+
 /// What a lookup knows of the request before reading the store.
 struct Keys {
     uri: [u8; 32],
     primary: [u8; 32],
     req_cc: RequestDirectives,
-    has_authorization: bool,
+    /// `Authorization` or a token: RFC 9111 3.5 applies.
+    authenticated: bool,
     head: bool,
 }
 
 impl Keys {
-    fn of(route: &CacheRoute, req: &Request) -> Keys {
+    fn of(route: &CacheRoute, req: &Request, identity: Identity) -> Keys {
         let path = key_path(&req.path, route.policy.ignore_query);
         let uri = uri_hash_memo(route.name, &req.authority, path);
         Keys {
             uri,
             primary: primary_hash(&uri, &route.policy.key_headers, &req.headers),
             req_cc: RequestDirectives::parse(&req.headers),
-            has_authorization: req.header("authorization").is_some(),
+            authenticated: identity.token || req.header("authorization").is_some(),
             head: req.method == "HEAD",
         }
     }
 }
 
-fn context(route: &CacheRoute, req: &Request, now: u64) -> MissContext {
-    context_from(route, req, now, Keys::of(route, req))
+fn context(route: &CacheRoute, req: &Request, now: u64, identity: Identity) -> MissContext {
+    context_from(route, req, now, Keys::of(route, req, identity))
 }
 
 /// The request's state for the response side (built only when the request
 /// goes upstream: a hit needs none of it).
 fn context_from(route: &CacheRoute, req: &Request, now: u64, keys: Keys) -> MissContext {
-    let request_headers = req
-        .headers
-        .iter()
-        .filter(|(n, v)| {
-            let n = n.to_ascii_lowercase();
-            v.len() <= crate::request::MAX_HEADER_VALUE
-                && (route.policy.vary_allowlist.contains(&n)
-                    || n == "if-none-match"
-                    || n == "if-modified-since")
-        })
-        .take(MAX_KEPT_HEADERS)
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
-        .collect();
+    let mut request_headers = Vec::new();
+    let mut unkept_vary = Vec::new();
+    for (n, v) in req.headers.iter() {
+        let n = n.to_ascii_lowercase();
+        let varied = route.policy.vary_allowlist.contains(&n);
+        if !(varied || n == "if-none-match" || n == "if-modified-since") {
+            continue;
+        }
+        if v.len() <= crate::request::MAX_HEADER_VALUE && request_headers.len() < MAX_KEPT_HEADERS {
+            request_headers.push((n, v.to_vec()));
+        } else if varied && !unkept_vary.contains(&n) {
+            unkept_vary.push(n);
+        }
+    }
     MissContext {
         mode: Mode::Fill,
         fwd: "miss",
@@ -518,7 +572,10 @@ fn context_from(route: &CacheRoute, req: &Request, now: u64, keys: Keys) -> Miss
         uri: keys.uri,
         primary: keys.primary,
         request_headers,
-        has_authorization: keys.has_authorization,
+        unkept_vary,
+        authenticated: keys.authenticated,
+        conditional: storable::CONDITIONS.iter().any(|n| req.header(n).is_some()),
+        credentials: keys.authenticated || req.header("cookie").is_some(),
         req_cc: keys.req_cc,
         request_time_ns: now,
         response_time_ns: now,
@@ -549,6 +606,7 @@ fn respond(
     entry: &Entry,
     request: &(impl headers::HeaderList + ?Sized),
     age: u64,
+    now: u64,
     cache_status: Vec<u8>,
 ) -> CachedResponse {
     let (mut response, with_body) = respond_headers(
@@ -560,7 +618,7 @@ fn respond(
         entry.headers.len(),
         entry.response_time_ns,
         request,
-        age,
+        (age, now),
         cache_status,
     );
     if with_body {
@@ -574,7 +632,7 @@ fn respond(
 fn respond_in_place(
     view: &EntryView<'_>,
     request: &(impl headers::HeaderList + ?Sized),
-    age: u64,
+    age_now: (u64, u64),
     cache_status: Vec<u8>,
 ) -> (CachedResponse, Option<(usize, usize)>) {
     let (response, with_body) = respond_headers(
@@ -583,7 +641,7 @@ fn respond_in_place(
         view.header_count(),
         view.response_time_ns,
         request,
-        age,
+        age_now,
         cache_status,
     );
     (
@@ -609,7 +667,8 @@ fn with_body(
 /// then `Age`, then `Cache-Status` (the stored one's members, then ours).
 /// One pass over the stored headers (two for a conditional request: its
 /// validators first), written into the host's header-map format. The body
-/// is left empty; `true` when it should be sent.
+/// is left empty; `true` when it should be sent. `(age, now)`: the
+/// entry's current age (s) and the time (ns).
 #[allow(clippy::too_many_arguments)]
 fn respond_headers<'a>(
     status: u16,
@@ -617,7 +676,7 @@ fn respond_headers<'a>(
     count: usize,
     response_time_ns: u64,
     request: &(impl headers::HeaderList + ?Sized),
-    age: u64,
+    (age, now): (u64, u64),
     cache_status: Vec<u8>,
 ) -> (CachedResponse, bool) {
     let not_modified = (200..300).contains(&status) && etag::is_conditional(request) && {
@@ -625,7 +684,7 @@ fn respond_headers<'a>(
         for (n, v) in stored.clone() {
             validators.see(n, v);
         }
-        etag::answer_304_by(request, &validators, response_time_ns / NS)
+        etag::answer_304_by(request, &validators, response_time_ns / NS, now / NS)
     };
     let mut upstream_status: Vec<u8> = Vec::new();
     let mut upstream_lines = 0usize;
@@ -723,10 +782,21 @@ fn validator_mismatch(cache_status: String) -> CachedResponse {
 /// and fits one chunk, parses no stored header (the entry carries its
 /// [`freshness::Facts`]) and copies no body.
 pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
+    lookup_as(host, route, req, Identity::default())
+}
+
+/// [`lookup`] for a request whose [`Identity`] meshguard knows more of
+/// (the filter: a JWT route's token locations).
+pub fn lookup_as(
+    host: &impl Host,
+    route: &CacheRoute,
+    req: &Request,
+    identity: Identity,
+) -> Lookup {
     let now = host.now_nanos();
     let m = route.metrics;
     if !route.policy.caches_method(&req.method) {
-        let mut ctx = context(route, req, now);
+        let mut ctx = context(route, req, now, identity);
         host.increment_metric(m.bypass, 1);
         ctx.mode = if is_safe(&req.method) {
             Mode::Bypass
@@ -736,7 +806,7 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
         ctx.fwd = "method";
         return Lookup::Bypass { ctx };
     }
-    let keys = Keys::of(route, req);
+    let keys = Keys::of(route, req, identity);
     let store = Store::new(host, route.store);
     let (payload, meta) = match probe(&store, &keys, req) {
         Probe::Found(p, meta) => (p, meta),
@@ -763,9 +833,15 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
         return Lookup::Miss { ctx };
     }
     match usability {
-        freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => {
-            hit(host, route, req, payload, meta, age, hit_status(ttl, None))
-        }
+        freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl } => hit(
+            host,
+            route,
+            req,
+            payload,
+            meta,
+            (age, now),
+            hit_status(ttl, None),
+        ),
         // HEAD never takes the fill lock: its response cannot refill the entry.
         freshness::Usability::StaleWhileRevalidate { ttl } => match fill_lock(&store, &keys) {
             LockOutcome::Acquired(g) => {
@@ -782,7 +858,7 @@ pub fn lookup(host: &impl Host, route: &CacheRoute, req: &Request) -> Lookup {
             }
             _ => {
                 let status = hit_status(ttl, Some("stale-while-revalidate"));
-                hit(host, route, req, payload, meta, age, status)
+                hit(host, route, req, payload, meta, (age, now), status)
             }
         },
         freshness::Usability::MustValidate { ttl } => {
@@ -873,8 +949,8 @@ struct Judged {
     cc: ResponseDirectives,
     age: u64,
     usability: freshness::Usability,
-    /// False when the request carries `Authorization` and the entry may not
-    /// answer it (RFC 9111 3.5).
+    /// False when the request carries `Authorization` or a token and the
+    /// entry may not answer it (RFC 9111 3.5).
     shareable: bool,
 }
 
@@ -886,7 +962,7 @@ fn judge(route: &CacheRoute, keys: &Keys, view: &EntryView<'_>, now: u64) -> Jud
     let age = freshness::age_at(view.facts.initial_age, view.response_time_ns, now);
     Judged {
         usability: freshness::usability(life, age, &cc, &keys.req_cc),
-        shareable: !keys.has_authorization || shareable_with_authorization(&cc),
+        shareable: !keys.authenticated || shareable_with_authorization(&cc),
         cc,
         age,
     }
@@ -900,14 +976,14 @@ fn hit(
     req: &Request,
     payload: store::Payload,
     meta: entry::EntryMeta,
-    age: u64,
+    age_now: (u64, u64),
     cache_status: Vec<u8>,
 ) -> Lookup {
     host.increment_metric(route.metrics.hit, 1);
     let parts = respond_in_place(
         &EntryView::again(payload.bytes(), meta),
         &req.headers,
-        age,
+        age_now,
         cache_status,
     );
     Lookup::Hit(with_body(parts, payload))
@@ -936,18 +1012,22 @@ fn look_again(
     let Probe::Found(payload, meta) = probe(store, keys, req) else {
         return None;
     };
-    let judged = judge(
-        route,
-        keys,
-        &EntryView::again(payload.bytes(), meta),
-        host.now_nanos(),
-    );
+    let now = host.now_nanos();
+    let judged = judge(route, keys, &EntryView::again(payload.bytes(), meta), now);
     match judged.usability {
         freshness::Usability::Fresh { ttl } | freshness::Usability::StaleAllowed { ttl }
             if judged.shareable =>
         {
             let status = hit_status(ttl, None);
-            Some(hit(host, route, req, payload, meta, judged.age, status))
+            Some(hit(
+                host,
+                route,
+                req,
+                payload,
+                meta,
+                (judged.age, now),
+                status,
+            ))
         }
         _ => None,
     }
@@ -970,6 +1050,7 @@ fn go_upstream(mut ctx: MissContext, entry: Entry) -> Lookup {
     } else {
         ctx.mode = Mode::Revalidate;
         Lookup::Revalidate {
+            remove_request_headers: CLIENT_CONDITIONS,
             add_request_headers: add,
             ctx,
         }
@@ -1046,6 +1127,7 @@ fn serve_stale_if_error(
         stale,
         &ctx.request_headers,
         age,
+        now,
         status.into_bytes(),
     ))
 }
@@ -1109,7 +1191,7 @@ pub fn on_response_headers(
             None => {
                 let cache_status =
                     fwd_status(ctx.fwd, Some(304), false, Some("validator-mismatch"), None);
-                if etag::answer_304(&ctx.request_headers, response, now / NS) {
+                if etag::answer_304(&ctx.request_headers, response, now / NS, now / NS) {
                     ResponseDecision::DontStore { cache_status }
                 } else {
                     ResponseDecision::Replace {
@@ -1157,15 +1239,32 @@ fn storable_now(
         status,
         response,
         &cc,
-        ctx.has_authorization,
-        ctx.req_cc.no_store,
+        ctx.request_facts(),
         &route.policy.vary_allowlist,
     )?;
-    let (life, _) = freshness::lifetime(status, response, &cc, now / NS, route.policy.freshness());
+    if vary_names.iter().any(|n| ctx.unkept_vary.contains(n)) {
+        return Err("vary-request-too-big");
+    }
+    // A response to a request with credentials may be that user's own: it
+    // is not given a lifetime the origin did not (unless `public`).
+    let configured = route.policy.freshness();
+    let personal = ctx.credentials && !cc.public;
+    let cfg = if personal {
+        freshness::FreshnessConfig::default()
+    } else {
+        configured
+    };
+    let (life, _) = freshness::lifetime(status, response, &cc, now / NS, cfg);
     let has_validator = headers::has(response, "etag") || headers::has(response, "last-modified");
     let explicit = cc.has_explicit_max_age() || headers::has(response, "expires") || cc.no_cache;
     if life == 0 && !(has_validator && explicit) {
-        return Err("no-freshness");
+        let denied =
+            personal && freshness::lifetime(status, response, &cc, now / NS, configured).0 > 0;
+        return Err(if denied {
+            "credentials"
+        } else {
+            "no-freshness"
+        });
     }
     let skeleton = Entry {
         status: 0,
@@ -1222,8 +1321,7 @@ fn revalidated(
         merged.status as u32,
         &merged.headers,
         &cc,
-        ctx.has_authorization,
-        ctx.req_cc.no_store,
+        ctx.request_facts(),
         &route.policy.vary_allowlist,
     )
     .is_ok()
@@ -1232,7 +1330,8 @@ fn revalidated(
     if !keep {
         store.invalidate(&ctx.uri);
     }
-    let (_, life, age) = entry_times(&merged, route.policy, host.now_nanos());
+    let now = host.now_nanos();
+    let (_, life, age) = entry_times(&merged, route.policy, now);
     let ttl = life as i64 - age as i64;
     // `fwd=stale`, or `fwd=request` when the entry was fresh but the
     // request's own directives (`no-cache`, `max-age`...) sent it upstream.
@@ -1241,6 +1340,7 @@ fn revalidated(
         &merged,
         &ctx.request_headers,
         age,
+        now,
         status.into_bytes(),
     ))
 }
@@ -1280,8 +1380,7 @@ pub fn store(
                 status,
                 response,
                 &cc,
-                ctx.has_authorization,
-                ctx.req_cc.no_store,
+                ctx.request_facts(),
                 &route.policy.vary_allowlist,
             ) {
                 Ok(vary_names) => {
@@ -1496,6 +1595,234 @@ mod tests {
         };
         assert_eq!((r.status, r.body.as_slice()), (200, &b"body"[..]));
         assert_eq!(r.headers.len(), 5);
+    }
+
+    #[test]
+    fn a_token_is_a_credential_like_authorization() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let token = Identity { token: true };
+        let private = h(&[("cache-control", "max-age=60")]);
+        // Not stored from a request with a token...
+        let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &get(&[]), token) else {
+            panic!("expected a miss")
+        };
+        let ResponseDecision::DontStore { cache_status } =
+            on_response_headers(&host, &route, &mut ctx, 200, &private)
+        else {
+            panic!("must not be stored")
+        };
+        assert!(
+            cache_status.ends_with("detail=authorization"),
+            "{cache_status}"
+        );
+        // ... and an anonymous entry is not served to one.
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &private);
+        assert!(store(&host, &route, &mut ctx, 200, &private, b"anonymous"));
+        assert!(matches!(lookup(&host, &route, &get(&[])), Lookup::Hit(_)));
+        match lookup_as(&host, &route, &get(&[]), token) {
+            Lookup::Miss { ctx } => assert_eq!(
+                ctx.cache_status(),
+                "meshguard; fwd=request; detail=authorization"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A response that allows sharing is shared.
+        let shared = h(&[("cache-control", "s-maxage=60")]);
+        let r = Request {
+            path: "/shared".into(),
+            ..get(&[])
+        };
+        let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &r, token) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &shared);
+        assert!(store(&host, &route, &mut ctx, 200, &shared, b"shared"));
+        assert!(matches!(
+            lookup_as(&host, &route, &r, token),
+            Lookup::Hit(_)
+        ));
+    }
+
+    #[test]
+    fn a_varied_header_too_big_to_keep_is_never_keyed_as_absent() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let varies = h(&[("cache-control", "max-age=60"), ("vary", "accept-encoding")]);
+        let huge = format!("gzip, {}", "x".repeat(17_000));
+        let many: Vec<(&str, &str)> = vec![("accept-encoding", "gzip"); MAX_KEPT_HEADERS + 1];
+        for (name, attack) in [
+            ("huge", vec![("accept-encoding", huge.as_str())]),
+            ("many", many),
+        ] {
+            let r = Request {
+                path: format!("/{name}"),
+                ..get(&attack)
+            };
+            let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
+                panic!("expected a miss")
+            };
+            let ResponseDecision::DontStore { cache_status } =
+                on_response_headers(&host, &route, &mut ctx, 200, &varies)
+            else {
+                panic!("{name}: must not be stored")
+            };
+            assert!(
+                cache_status.ends_with("detail=vary-request-too-big"),
+                "{cache_status}"
+            );
+            assert!(!store(&host, &route, &mut ctx, 200, &varies, b"gzip"));
+            // A response that does not vary on it is stored as usual.
+            let plain = h(&[("cache-control", "max-age=60")]);
+            let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
+                panic!("expected a miss")
+            };
+            on_response_headers(&host, &route, &mut ctx, 200, &plain);
+            assert!(
+                store(&host, &route, &mut ctx, 200, &plain, b"any"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_revalidation_replaces_the_clients_conditions_with_the_stored_validators() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let stored = h(&[("cache-control", "max-age=1"), ("last-modified", lm)]);
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &stored);
+        assert!(store(&host, &route, &mut ctx, 200, &stored, b"v1"));
+        host.advance(std::time::Duration::from_secs(5));
+        let client = get(&[
+            ("if-none-match", "*"),
+            ("if-match", "\"x\""),
+            ("if-unmodified-since", lm),
+            ("if-range", "\"x\""),
+            ("range", "bytes=0-1"),
+        ]);
+        let Lookup::Revalidate {
+            remove_request_headers,
+            add_request_headers,
+            mut ctx,
+        } = lookup(&host, &route, &client)
+        else {
+            panic!("expected a revalidation")
+        };
+        for n in [
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+            "if-range",
+            "range",
+        ] {
+            assert!(remove_request_headers.contains(&n), "{n}");
+        }
+        assert_eq!(add_request_headers, h(&[("if-modified-since", lm)]));
+        // The origin's 304 answers meshguard's validator; the client's
+        // `If-None-Match: *` is then evaluated against the refreshed entry.
+        let ResponseDecision::Replace { response } = on_response_headers(
+            &host,
+            &route,
+            &mut ctx,
+            304,
+            &h(&[("cache-control", "max-age=60")]),
+        ) else {
+            panic!("expected the refreshed entry")
+        };
+        assert_eq!((response.status, response.body.len()), (304, 0));
+    }
+
+    #[test]
+    fn configured_freshness_never_applies_to_a_request_with_credentials() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let policy = CachePolicy {
+            default_ttl_secs: Some(60),
+            heuristic_freshness: true,
+            ..CachePolicy::default()
+        };
+        let store_cfg = store_1mib();
+        let route = test_route(&policy, &store_cfg);
+        let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let cases: [(&str, Vec<(&str, &str)>, Identity); 3] = [
+            (
+                "/cookie",
+                vec![("cookie", "session=victim")],
+                Identity::default(),
+            ),
+            ("/token", vec![], Identity { token: true }),
+            (
+                "/authorization",
+                vec![("authorization", "Basic x")],
+                Identity::default(),
+            ),
+        ];
+        for (path, creds, identity) in cases {
+            let r = Request {
+                path: path.into(),
+                ..get(&creds)
+            };
+            for response in [
+                h(&[]),
+                h(&[("last-modified", lm)]),
+                h(&[("cache-control", "must-revalidate")]),
+            ] {
+                let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &r, identity) else {
+                    panic!("expected a miss")
+                };
+                let ResponseDecision::DontStore { cache_status } =
+                    on_response_headers(&host, &route, &mut ctx, 200, &response)
+                else {
+                    panic!("{path}: must not be stored: {response:?}")
+                };
+                // 3.5 refuses first when it applies (not to must-revalidate).
+                let why = if identity.token || path == "/authorization" {
+                    if response.first().is_some_and(|(n, _)| n == "cache-control") {
+                        "credentials"
+                    } else {
+                        "authorization"
+                    }
+                } else {
+                    "credentials"
+                };
+                assert!(
+                    cache_status.ends_with(&format!("detail={why}")),
+                    "{path}: {cache_status}"
+                );
+            }
+            // `public` allows it (and then 3.5 too).
+            let public = h(&[("cache-control", "public")]);
+            let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &r, identity) else {
+                panic!("expected a miss")
+            };
+            let d = on_response_headers(&host, &route, &mut ctx, 200, &public);
+            assert!(matches!(d, ResponseDecision::Store { .. }), "{path}: {d:?}");
+            assert!(store(&host, &route, &mut ctx, 200, &public, b"shared"));
+        }
+        // Without credentials, default_ttl applies.
+        let r = Request {
+            path: "/anonymous".into(),
+            ..get(&[])
+        };
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
+            panic!("expected a miss")
+        };
+        let d = on_response_headers(&host, &route, &mut ctx, 200, &[]);
+        assert!(matches!(d, ResponseDecision::Store { .. }), "{d:?}");
     }
 
     #[test]

@@ -2,12 +2,28 @@
 //!
 //! A response to a GET is stored when ALL of these hold:
 //! - the request has no `no-store`, the response has no `no-store`;
+//! - the response's `Cache-Control` was read completely (see
+//!   [`directives`](super::directives): fail closed);
 //! - the response is not `private` (meshguard is a shared cache; a
 //!   `private="field"` list is treated like plain `private`);
 //! - the status is one meshguard understands and is not 206 (no range
 //!   support), 304 (only used to refresh) or 1xx;
-//! - the request had no `Authorization`, or the response has `public`,
-//!   `s-maxage` or `must-revalidate` (3.5);
+//! - the request had no condition or range (`If-Match`, `If-None-Match`,
+//!   `If-Modified-Since`, `If-Unmodified-Since`, `If-Range`, `Range`), or
+//!   the status is not one those fields produce (206, 304, 412, 416): the
+//!   answer to one client's condition is not the resource for the others;
+//! - the status is not an error whose cause may be a request header the key
+//!   does not cover ([`may_be_caused_by_the_request`]: every 4xx and 5xx but
+//!   404 and 410), unless the origin marks it shareable explicitly:
+//!   `s-maxage`, or `public` with `max-age` or `Expires`. `default_ttl` and
+//!   the heuristic never apply to such statuses. (An origin adding
+//!   `max-age=60` to everything would otherwise let one client's oversized
+//!   header, method-override header or unsatisfiable `Range` make an error
+//!   every client receives for a minute: cache-poisoned denial of service.)
+//! - the request had no `Authorization` and no token of the route's JWT
+//!   providers (at any of their locations: header, cookie, query), or the
+//!   response has `public`, `s-maxage` or `must-revalidate` (3.5; a token
+//!   is a credential like `Authorization`, wherever the client put it);
 //! - `Vary` is not `*` and names only headers in `vary_allowlist`;
 //! - `Set-Cookie` is present only with `public` or `s-maxage` (and then
 //!   the `Set-Cookie` lines are NOT kept: one client's cookie is never
@@ -35,17 +51,61 @@ pub fn status_storable(status: u32) -> bool {
     (200..=599).contains(&status) && status != 206 && status != 304
 }
 
+/// Error statuses whose cause may be the request's header fields rather
+/// than the resource the key names: every 4xx and 5xx except 404 (Not
+/// Found) and 410 (Gone), which are about the URI itself. Such a response
+/// is stored only when the origin says it may be shared explicitly
+/// ([`explicitly_shareable`]), and gets no configured freshness.
+pub fn may_be_caused_by_the_request(status: u32) -> bool {
+    (400..=599).contains(&status) && status != 404 && status != 410
+}
+
+/// `s-maxage`, or `public` with an explicit lifetime (`max-age`, `Expires`).
+pub fn explicitly_shareable(response: &Headers, cc: &ResponseDirectives) -> bool {
+    cc.s_maxage.is_some()
+        || (cc.public && (cc.max_age.is_some() || headers::has(response, "expires")))
+}
+
+/// Request fields that make it conditional or partial.
+pub const CONDITIONS: [&str; 6] = [
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+];
+
+/// Statuses that answer a request's conditions or range rather than
+/// represent the resource.
+fn answers_a_condition(status: u32) -> bool {
+    matches!(status, 206 | 304 | 412 | 416)
+}
+
+/// What the storage rules need to know of the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestFacts {
+    /// `Authorization` or a token (RFC 9111 3.5).
+    pub authenticated: bool,
+    /// Request `no-store`.
+    pub no_store: bool,
+    /// One of [`CONDITIONS`] present.
+    pub conditional: bool,
+}
+
 /// Checks the rules above except freshness; `Ok(vary names)` when storable.
 pub fn check(
     status: u32,
     response: &Headers,
     cc: &ResponseDirectives,
-    request_has_authorization: bool,
-    request_no_store: bool,
+    request: RequestFacts,
     vary_allowlist: &[String],
 ) -> Result<Vec<String>, Refusal> {
-    if request_no_store {
+    if request.no_store {
         return Err("request-no-store");
+    }
+    if cc.unparsed {
+        return Err("cache-control-unparsed");
     }
     if cc.no_store {
         return Err("no-store");
@@ -56,7 +116,13 @@ pub fn check(
     if !status_storable(status) {
         return Err("status");
     }
-    if request_has_authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+    if request.conditional && answers_a_condition(status) {
+        return Err("conditional");
+    }
+    if may_be_caused_by_the_request(status) && !explicitly_shareable(response, cc) {
+        return Err("error-status");
+    }
+    if request.authenticated && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
         return Err("authorization");
     }
     if headers::has(response, "set-cookie") && !(cc.public || cc.s_maxage.is_some()) {
@@ -118,15 +184,18 @@ mod tests {
         vec!["accept-encoding".into()]
     }
     fn chk(status: u32, h: &[(&str, &str)], auth: bool) -> Result<Vec<String>, Refusal> {
-        let h = hs(h);
-        check(
+        chk_req(
             status,
-            &h,
-            &ResponseDirectives::parse(&h),
-            auth,
-            false,
-            &allow(),
+            h,
+            RequestFacts {
+                authenticated: auth,
+                ..RequestFacts::default()
+            },
         )
+    }
+    fn chk_req(status: u32, h: &[(&str, &str)], req: RequestFacts) -> Result<Vec<String>, Refusal> {
+        let h = hs(h);
+        check(status, &h, &ResponseDirectives::parse(&h), req, &allow())
     }
 
     #[test]
@@ -152,18 +221,73 @@ mod tests {
             Err("vary-not-allowed")
         );
         assert_eq!(chk(200, &[("set-cookie", "a=b")], false), Err("set-cookie"));
-        let h = hs(&[]);
+        let many: Vec<String> = (0..65).map(|i| format!("x{i}")).collect();
         assert_eq!(
-            check(
-                200,
-                &h,
-                &ResponseDirectives::default(),
-                false,
-                true,
-                &allow()
-            ),
-            Err("request-no-store")
+            chk(200, &[("cache-control", &many.join(","))], false),
+            Err("cache-control-unparsed")
         );
+        let no_store = RequestFacts {
+            no_store: true,
+            ..RequestFacts::default()
+        };
+        assert_eq!(chk_req(200, &[], no_store), Err("request-no-store"));
+    }
+
+    #[test]
+    fn errors_the_request_may_cause_need_an_explicit_mark() {
+        let max_age = [("cache-control", "max-age=60")];
+        for status in [400, 403, 405, 412, 413, 414, 416, 429, 431, 500, 501, 503] {
+            assert!(may_be_caused_by_the_request(status), "{status}");
+            assert_eq!(
+                chk(status, &max_age, false),
+                Err("error-status"),
+                "{status}"
+            );
+            assert_eq!(
+                chk(
+                    status,
+                    &[("cache-control", "public"), ("expires", "0")],
+                    false
+                ),
+                Ok(vec![]),
+                "{status}"
+            );
+            for cc in ["s-maxage=60", "public, max-age=60"] {
+                assert_eq!(
+                    chk(status, &[("cache-control", cc)], false),
+                    Ok(vec![]),
+                    "{status} {cc}"
+                );
+            }
+            // `public` alone gives no lifetime: it is not explicit enough.
+            assert_eq!(
+                chk(status, &[("cache-control", "public")], false),
+                Err("error-status")
+            );
+        }
+        for status in [200, 203, 204, 301, 308, 404, 410] {
+            assert!(!may_be_caused_by_the_request(status), "{status}");
+            assert_eq!(chk(status, &max_age, false), Ok(vec![]), "{status}");
+        }
+    }
+
+    #[test]
+    fn answers_to_conditions_and_ranges_are_not_the_resource() {
+        let conditional = RequestFacts {
+            conditional: true,
+            ..RequestFacts::default()
+        };
+        for status in [412, 416] {
+            assert_eq!(
+                chk_req(status, &[("cache-control", "s-maxage=60")], conditional),
+                Err("conditional")
+            );
+            // Explicitly shareable, for a request without conditions.
+            assert!(chk(status, &[("cache-control", "s-maxage=60")], false).is_ok());
+        }
+        for status in [200, 404] {
+            assert!(chk_req(status, &[("cache-control", "max-age=60")], conditional).is_ok());
+        }
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! values for those names. Normalisation: each field line is trimmed and
 //! runs of spaces / tabs collapse to one space; several field lines are
 //! joined with `", "`; an absent header differs from an empty one.
+//!
+//! Values of every length are keyed exactly, whatever limit other parts of
+//! meshguard put on the values they read: a value too long to read is never
+//! keyed as if absent (that would let one client's response answer clients
+//! that sent nothing). The hash is computed as the value streams in: no
+//! copy of the value is made.
 
 use super::headers::{self, HeaderList, Headers};
 use sha2::{Digest, Sha256};
@@ -56,29 +62,54 @@ pub fn vary_names(response: &Headers, allowlist: &[String]) -> Result<Vec<String
 
 /// Normalised value of one request header (`None` when absent).
 pub fn normalise<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    for v in values {
-        let buf = out.get_or_insert_with(Vec::new);
-        if !buf.is_empty() {
-            buf.extend_from_slice(b", ");
-        }
-        let mut last_space = true; // trims leading whitespace
-        for &b in v {
-            if b == b' ' || b == b'\t' {
-                if !last_space {
-                    buf.push(b' ');
-                }
-                last_space = true;
-            } else {
-                buf.push(b);
-                last_space = false;
+    let mut out = Vec::new();
+    emit_normalised(values, |part| out.extend_from_slice(part)).then_some(out)
+}
+
+/// Hands the normalised value of the field lines `values` to `emit`, in
+/// parts; false when there are no lines (the header is absent). The parts
+/// joined are [`normalise`]'s value: the lines' runs of non-blank bytes,
+/// one space between runs of a line, `", "` before a line's first run when
+/// something came before, and a lone `","` for a blank line that follows.
+fn emit_normalised<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    mut emit: impl FnMut(&[u8]),
+) -> bool {
+    let mut present = false;
+    let mut any_out = false;
+    for line in values {
+        present = true;
+        let mut first = true;
+        for run in line
+            .split(|&b| b == b' ' || b == b'\t')
+            .filter(|r| !r.is_empty())
+        {
+            if !first {
+                emit(b" ");
+            } else if any_out {
+                emit(b", ");
             }
+            emit(run);
+            first = false;
+            any_out = true;
         }
-        if buf.last() == Some(&b' ') {
-            buf.pop();
+        if first && any_out {
+            emit(b",");
         }
     }
-    out
+    present
+}
+
+/// Every field line of `name` in the request, however long (names
+/// compared case-insensitively).
+fn lines<'a, H: HeaderList + ?Sized>(
+    request: &'a H,
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    request
+        .fields()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v)
 }
 
 /// The secondary key of a request for the given vary names.
@@ -106,13 +137,14 @@ pub fn secondary_key_of<'a>(
     for n in names {
         h.update((n.len() as u32).to_le_bytes());
         h.update(n.as_bytes());
-        match normalise(headers::all(request, n)) {
-            Some(v) => {
-                h.update([1u8]);
-                h.update((v.len() as u32).to_le_bytes());
-                h.update(&v);
-            }
-            None => h.update([0u8]),
+        // Two passes over the lines, no copy: the length, then the bytes.
+        let mut len = 0usize;
+        if emit_normalised(lines(request, n), |part| len += part.len()) {
+            h.update([1u8]);
+            h.update((len as u32).to_le_bytes());
+            emit_normalised(lines(request, n), |part| h.update(part));
+        } else {
+            h.update([0u8]);
         }
     }
     h.finalize().into()
@@ -186,6 +218,73 @@ mod tests {
             secondary_key_of(["accept", "accept-encoding"], &req)
         );
         assert_ne!(secondary_key(&names, &req), NO_VARY);
+    }
+
+    #[test]
+    fn streamed_normalisation_is_the_joined_value() {
+        let cases: &[&[&str]] = &[
+            &[],
+            &[""],
+            &["", "a"],
+            &["a", ""],
+            &["a", "  ", "\t"],
+            &["  gzip,\t\t br  "],
+            &["gzip,", " br"],
+            &[" a  b ", "c", "", " d "],
+        ];
+        // The byte-wise definition the streamed form replaced.
+        let reference = |lines: &[&str]| -> Option<Vec<u8>> {
+            let mut out: Option<Vec<u8>> = None;
+            for v in lines {
+                let buf = out.get_or_insert_with(Vec::new);
+                if !buf.is_empty() {
+                    buf.extend_from_slice(b", ");
+                }
+                let mut last_space = true;
+                for &b in v.as_bytes() {
+                    if b == b' ' || b == b'\t' {
+                        if !last_space {
+                            buf.push(b' ');
+                        }
+                        last_space = true;
+                    } else {
+                        buf.push(b);
+                        last_space = false;
+                    }
+                }
+                if buf.last() == Some(&b' ') {
+                    buf.pop();
+                }
+            }
+            out
+        };
+        for lines in cases {
+            let got = normalise(lines.iter().map(|l| l.as_bytes()));
+            assert_eq!(got, reference(lines), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn values_of_any_length_are_keyed_exactly() {
+        let names = vec!["accept-encoding".to_string()];
+        let huge = format!("gzip, {}", "x".repeat(17_000));
+        assert!(huge.len() > crate::request::MAX_HEADER_VALUE);
+        let with = hs(&[("accept-encoding", &huge)]);
+        let key = secondary_key(&names, &with);
+        assert_ne!(key, secondary_key(&names, &hs(&[])));
+        assert_ne!(
+            key,
+            secondary_key(&names, &hs(&[("accept-encoding", "gzip")]))
+        );
+        assert_eq!(key, secondary_key(&names, &with));
+        let mut by_hand = Sha256::new();
+        let v = normalise(std::iter::once(huge.as_bytes())).unwrap();
+        by_hand.update(15u32.to_le_bytes());
+        by_hand.update(b"accept-encoding");
+        by_hand.update([1u8]);
+        by_hand.update((v.len() as u32).to_le_bytes());
+        by_hand.update(&v);
+        assert_eq!(key, <[u8; 32]>::from(by_hand.finalize()));
     }
 
     #[test]

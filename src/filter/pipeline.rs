@@ -234,6 +234,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                                     HeaderOp::Set(n, v) => adapter::set_request_header(n, Some(v)),
                                 }
                             }
+                            forward_header_ops(&mut s.req, &header_ops);
                             s.claims = claims;
                         }
                         AuthOutcome::Denied {
@@ -308,7 +309,10 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
             }
             Stage::Cache => {
                 if let Some(cr) = cache_route(&rt, route, s.route) {
-                    match cache::lookup(&host, &cr, &s.req) {
+                    let identity = cache::Identity {
+                        token: s.claims.is_some() || carries_token(&rt, route, &s.req),
+                    };
+                    match cache::lookup_as(&host, &cr, &s.req, identity) {
                         Lookup::Hit(resp) | Lookup::OnlyIfCachedMiss(resp) => {
                             return send_cached(s, resp);
                         }
@@ -324,9 +328,13 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                         }
                         Lookup::Miss { ctx } | Lookup::Bypass { ctx } => s.cache = Some(ctx),
                         Lookup::Revalidate {
+                            remove_request_headers,
                             add_request_headers,
                             ctx,
                         } => {
+                            for n in remove_request_headers {
+                                adapter::remove_request_header(n);
+                            }
                             for (n, v) in &add_request_headers {
                                 adapter::set_request_header(n, Some(v));
                             }
@@ -375,6 +383,35 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
             Stage::Upstream => return Step::Continue,
         }
     }
+}
+
+/// Makes `req` the request as forwarded after the JWT stage's header
+/// changes (claim headers set, client copies and tokens removed), so that
+/// the later stages (rate-limit keys, the cache's `Vary` and `key_headers`)
+/// read what the upstream receives, never the client's own copies.
+fn forward_header_ops(req: &mut Request, ops: &[HeaderOp]) {
+    for op in ops {
+        match op {
+            HeaderOp::Remove(n) => req.forward_header(n, None),
+            HeaderOp::Set(n, v) => req.forward_header(n, Some(v)),
+        }
+    }
+}
+
+/// Whether the request (as forwarded) still holds a token at a location of
+/// one of the route's JWT providers. Asked only when no token was verified:
+/// a verified one is known from the claims, even once removed.
+fn carries_token(rt: &Runtime, route: &Route, req: &Request) -> bool {
+    let Some(j) = &route.jwt else {
+        return false;
+    };
+    j.providers.iter().any(|&p| {
+        rt.config
+            .jwt_providers
+            .providers
+            .get(p)
+            .is_some_and(|prov| prov.sources.iter().any(|src| src.find(req).is_some()))
+    })
 }
 
 /// Adds a rate-limit decision's headers; answers 429 if it refuses.
@@ -467,6 +504,7 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
             host.increment_metric(if over { metrics.over_limit } else { metrics.ok }, 1);
             for (name, value) in &v.request_headers {
                 adapter::set_request_header(name, Some(value.as_bytes()));
+                s.req.forward_header(name, Some(value.as_bytes()));
             }
             ratelimit::apply_verdict(
                 &host,
