@@ -796,6 +796,7 @@ COMPARISONS = [
     ("trivial-wasm", "mg-nopolicy", "meshguard no-policy route vs trivial wasm filter"),
     ("mg-nopolicy", "mg-ratelimit", "rate limit (one bucket) vs no-policy route"),
     ("mg-nopolicy", "mg-ratelimit-key", "rate limit keyed by header vs no-policy route"),
+    ("mg-routes-first", "mg-routes-last", "1,000 routes matched by header: the last route vs the first (route index)"),
     ("mg-nopolicy", "mg-nopolicy-token", "no-policy route: requests with the ~700-byte token vs without"),
     ("mg-nopolicy-token", "mg-jwt-rs256", "JWT RS256 repeated token vs no-policy route, same requests"),
     ("mg-nopolicy", "mg-breaker", "circuit breaker CLOSED vs no-policy route"),
@@ -839,6 +840,9 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
     provider = {"bench": {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": {"inline": jwks}}}
     breaker = {"consecutive_failures": 5, "open_duration": "5s"}
     cache = {"methods": ["GET", "HEAD"]}
+    # Route selection at scale: 1,000 routes told apart by a header, each with a limit.
+    many_routes = {"routes": [{"name": f"t{i}", "match": {"headers": [{"name": "x-tenant", "exact": f"t{i}"}]},
+                               "rate_limit": rl} for i in range(1000)]}
 
     def mg(doc):
         return [wasm_filter("meshguard", mg_wasm, "meshguard", json.dumps(doc))]
@@ -891,6 +895,12 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
         S("native-ratelimit-headers", "local_ratelimit, all pass, X-RateLimit-* headers (DRAFT_VERSION_03)",
           [native_local_ratelimit(headers=True)], group="ratelimit", expect_stat=r"http_local_rate_limit\.ok$",
           probe=legacy_headers_probe),
+        S("mg-routes-first", "meshguard, 1,000 routes matched by an x-tenant header, request for the first",
+          mg(many_routes), headers={"x-tenant": "t0"}, group="ratelimit",
+          expect_stat=r"^wasmcustom\.meshguard\.ratelimit\.t0\.all\.allowed$"),
+        S("mg-routes-last", "meshguard, 1,000 routes matched by an x-tenant header, request for the last",
+          mg(many_routes), headers={"x-tenant": "t999"}, group="ratelimit",
+          expect_stat=r"^wasmcustom\.meshguard\.ratelimit\.t999\.all\.allowed$"),
         S("mg-ratelimit-key", "meshguard rate limit keyed by x-api-key", mg_route(rate_limit=rl_key),
           headers={"x-api-key": "k1"}, group="ratelimit", probe=mg_ratelimit_probe),
         S("native-ratelimit-key", "local_ratelimit keyed by x-api-key (a bucket per value), all pass",
@@ -1226,6 +1236,10 @@ def evaluate(summary, comp=None):
                        f"meshguard {fmt(mc)} us/req vs native {fmt(nc)} us/req"
                        + ("" if not mc or not nc else f" (ratio {mc / nc:.2f}x)")
                        + f"; overheads {fmt(mo)} vs {fmt(no)} us"))
+    d = twin("mg-routes-first", "mg-routes-last")
+    if d is not None:
+        t.append(check("1,000th route costs <= the first + 1 us", d, 1.0, lambda v, l: v <= l,
+                       f"last minus first {d:+.1f} us (twins){twin_note('mg-routes-first', 'mg-routes-last')}"))
     pt = rps("passthrough")
     # The issue's target: JWT + rate limit + breaker on one route, every
     # request going upstream. (all-four adds the cache: every request is a

@@ -126,6 +126,9 @@ impl Route {
 #[derive(Debug)]
 pub struct Config {
     pub routes: Vec<Route>,
+    /// Finds the route of a request in time that does not grow with the
+    /// number of routes.
+    pub route_index: crate::route::RouteIndex,
     pub jwt_providers: JwtProviders,
     pub rate_limit_headers: HeaderStyle,
     pub xff_trusted_hops: u32,
@@ -150,6 +153,7 @@ impl Config {
     pub fn empty() -> Self {
         Config {
             routes: Vec::new(),
+            route_index: crate::route::RouteIndex::default(),
             jwt_providers: JwtProviders::default(),
             rate_limit_headers: HeaderStyle::Ietf,
             xff_trusted_hops: 0,
@@ -493,6 +497,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             cache,
         });
     }
+    cfg.route_index = crate::route::RouteIndex::new(cfg.routes.iter().map(|r| &r.matcher));
     Ok(cfg)
 }
 

@@ -144,7 +144,10 @@ impl Stream {
                 return action::PAUSE;
             }
         }
-        let Some((idx, route)) = crate::route::find(&config.routes, &req, |r| &r.matcher) else {
+        let Some((idx, route)) = config
+            .route_index
+            .find(&config.routes, &req, |r| &r.matcher)
+        else {
             return action::CONTINUE;
         };
         if !route.has_policy() {
