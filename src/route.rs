@@ -211,7 +211,7 @@ pub struct RouteIndex {
     /// Routes with `"case_sensitive": false`, paths lower-cased.
     exact_path_ci: BTreeMap<String, Vec<usize>>,
     /// By header name, then first value.
-    header: Vec<(String, BTreeMap<Vec<u8>, Vec<usize>>)>,
+    header: Vec<(String, RoutesByValue)>,
     host: BTreeMap<String, Vec<usize>>,
     prefix: BTreeMap<String, Vec<usize>>,
     prefix_ci: BTreeMap<String, Vec<usize>>,
@@ -332,6 +332,9 @@ impl RouteIndex {
         })
     }
 }
+
+/// Routes (indices) by the exact value they require.
+type RoutesByValue = BTreeMap<Vec<u8>, Vec<usize>>;
 
 fn fold(s: &str, ignore_case: bool) -> String {
     match ignore_case {
