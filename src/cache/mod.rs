@@ -1299,7 +1299,7 @@ fn revalidated(
         headers::first(&stale.headers, "etag").and_then(etag::parse),
     ) {
         if !etag::weak_eq(&new, &old) {
-            store.invalidate(&ctx.uri);
+            store.drop_uri(&ctx.uri);
             return None;
         }
     }
@@ -1326,9 +1326,9 @@ fn revalidated(
     )
     .is_ok()
         && merged.encoded_len() as u64 <= route.store.max_entry_bytes;
-    let stored = keep && record_write(host, route, store.write(&ctx.uri, &merged));
+    let stored = keep && write_fill(host, route, store, ctx, &merged);
     if !keep {
-        store.invalidate(&ctx.uri);
+        store.drop_uri(&ctx.uri);
     }
     let now = host.now_nanos();
     let (_, life, age) = entry_times(&merged, route.policy, now);
@@ -1343,6 +1343,38 @@ fn revalidated(
         now,
         status.into_bytes(),
     ))
+}
+
+/// Writes the entry a request filled (or refreshed), unless an unsafe
+/// method invalidated its URI since the request was looked up: the
+/// response may predate the change. Checked before writing, and after
+/// (an invalidation in between drops what was written; a later one drops
+/// it itself), see the [`store`](mod@store) module.
+fn write_fill(
+    host: &impl Host,
+    route: &CacheRoute,
+    store: &Store<'_, impl Host>,
+    ctx: &MissContext,
+    entry: &Entry,
+) -> bool {
+    let invalidated = || store.invalidated_since(&ctx.uri, ctx.request_time_ns);
+    if invalidated() {
+        log::debug!(
+            "meshguard: cache: {}: not stored: invalidated while filling",
+            route.name
+        );
+        return false;
+    }
+    let outcome = store.write(&ctx.uri, entry);
+    if matches!(outcome, WriteOutcome::Stored { .. }) && invalidated() {
+        store.drop_uri(&ctx.uri);
+        log::debug!(
+            "meshguard: cache: {}: dropped: invalidated while storing",
+            route.name
+        );
+        return false;
+    }
+    record_write(host, route, outcome)
 }
 
 fn record_write(host: &impl Host, route: &CacheRoute, outcome: WriteOutcome) -> bool {
@@ -1394,7 +1426,7 @@ pub fn store(
                         headers: storable::strip_for_storage(response),
                         body: body.to_vec(),
                     };
-                    record_write(host, route, store.write(&ctx.uri, &entry))
+                    write_fill(host, route, &store, ctx, &entry)
                 }
                 Err(_) => false,
             }
@@ -1757,7 +1789,8 @@ mod tests {
         let store_cfg = store_1mib();
         let route = test_route(&policy, &store_cfg);
         let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
-        let cases: [(&str, Vec<(&str, &str)>, Identity); 3] = [
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Identity);
+        let cases: [Case; 3] = [
             (
                 "/cookie",
                 vec![("cookie", "session=victim")],
@@ -1822,6 +1855,76 @@ mod tests {
         };
         let d = on_response_headers(&host, &route, &mut ctx, 200, &[]);
         assert!(matches!(d, ResponseDecision::Store { .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_fill_overlapping_an_invalidation_is_not_stored() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let cc = h(&[("cache-control", "max-age=60")]);
+        let unsafe_request = |host: &FakeHost| {
+            let post = Request {
+                method: "POST".into(),
+                ..get(&[])
+            };
+            let Lookup::Bypass { mut ctx } = lookup(host, &route, &post) else {
+                panic!("expected a bypass")
+            };
+            on_response_headers(host, &route, &mut ctx, 200, &[]);
+        };
+        // The GET is looked up, the POST's 2xx invalidates, the GET's
+        // response arrives: not stored.
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        host.advance(std::time::Duration::from_millis(100));
+        unsafe_request(&host);
+        host.advance(std::time::Duration::from_millis(100));
+        on_response_headers(&host, &route, &mut ctx, 200, &cc);
+        assert!(!store(
+            &host,
+            &route,
+            &mut ctx,
+            200,
+            &cc,
+            b"before the POST"
+        ));
+        // A GET looked up after the invalidation stores.
+        host.advance(std::time::Duration::from_millis(1));
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &cc);
+        assert!(store(&host, &route, &mut ctx, 200, &cc, b"after the POST"));
+        // An invalidation recorded between the check and the write: the
+        // check after the write drops the entry.
+        let r = Request {
+            path: "/race".into(),
+            ..get(&[])
+        };
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &cc);
+        let inv_reads = std::cell::Cell::new(0);
+        let uri = ctx.uri;
+        let racing = store::Spy {
+            host: &host,
+            before_get: |key: &str| {
+                if key.starts_with("meshguard/v1/cache/inv/") {
+                    inv_reads.set(inv_reads.get() + 1);
+                    if inv_reads.get() == 2 {
+                        // Another worker, between recording and dropping.
+                        Store::new(&host, &store_cfg).record_invalidation(&uri);
+                    }
+                }
+            },
+        };
+        assert!(!store(&racing, &route, &mut ctx, 200, &cc, b"raced"));
+        assert_eq!(inv_reads.get(), 2);
+        assert!(matches!(lookup(&host, &route, &r), Lookup::Miss { .. }));
     }
 
     #[test]

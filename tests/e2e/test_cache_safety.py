@@ -347,3 +347,27 @@ def test_an_if_modified_since_in_the_future_is_ignored(mesh):
     now = email.utils.formatdate(time.time(), usegmt=True)
     s, h, b = get(e, "/c/ims", {"if-modified-since": now})
     assert s == 304 and is_hit(h), (s, cs(h))
+
+
+def test_a_fill_overlapping_an_invalidation_is_not_stored(mesh):
+    e, up = mesh
+    version = {"n": 0}
+
+    def answer(m, p, h):
+        if m != "GET":
+            version["n"] += 1
+            return 200, {}, b"updated", 0
+        # The representation as of the request's arrival, sent late.
+        return 200, {"cache-control": "max-age=60"}, f"v{version['n']}".encode(), 1.5
+
+    origin("/c/slow", answer)
+    got = {}
+    t = threading.Thread(target=lambda: got.update(r=get(e, "/c/slow")))
+    t.start()
+    assert wait_until(lambda: len(upstream_requests(up, "/c/slow")) == 1, timeout=5)
+    s, h, _ = get(e, "/c/slow", method="POST", body=b"x")
+    assert s == 200, s
+    t.join(10)
+    assert got["r"][2] == b"v0"
+    s, h, b = get(e, "/c/slow")
+    assert b == b"v1" and not is_hit(h), cs(h)
