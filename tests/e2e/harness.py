@@ -259,12 +259,23 @@ class Envoy:
             return ""
 
     # -------------------------------------------------------------- requests
-    def request(self, path="/", method="GET", headers=None, body=None, timeout=10):
+    def request(self, path="/", method="GET", headers=None, body=None, timeout=10,
+                exact_headers=False):
         """One request on a fresh connection: (status, headers dict, body bytes).
-        Header names are lower case; repeated headers are joined with ", "."""
+        Header names are lower case; repeated headers are joined with ", ".
+        `exact_headers`: send these headers only (http.client adds no
+        `Accept-Encoding: identity`)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.listen_port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            if exact_headers:
+                conn.putrequest(method, path, skip_accept_encoding=True)
+                for k, v in (headers or {}).items():
+                    conn.putheader(k, v)
+                if body is not None:
+                    conn.putheader("content-length", str(len(body)))
+                conn.endheaders(body)
+            else:
+                conn.request(method, path, body=body, headers=headers or {})
             r = conn.getresponse()
             data = r.read()
             hdrs = {}

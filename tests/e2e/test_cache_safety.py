@@ -10,7 +10,6 @@ query), "big" (/big/, `key_headers: ["x-tenant"]`), "static" (/static/,
 `default_ttl`), "c" (/c/, defaults)."""
 
 import email.utils
-import http.client
 import re
 import sys
 import threading
@@ -89,25 +88,9 @@ def envoy_log_on_failure(request, mesh):
 
 
 def get(e, path, headers=None, method="GET", body=None):
-    """One request on a fresh connection, with exactly these headers (no
-    implicit Accept-Encoding): (status, headers dict, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", e.listen_port, timeout=10)
-    try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        for k, v in (headers or {}).items():
-            conn.putheader(k, v)
-        if body is not None:
-            conn.putheader("content-length", str(len(body)))
-        conn.endheaders(body)
-        r = conn.getresponse()
-        data = r.read()
-        hdrs = {}
-        for k, v in r.getheaders():
-            k = k.lower()
-            hdrs[k] = f"{hdrs[k]}, {v}" if k in hdrs else v
-        return r.status, hdrs, data
-    finally:
-        conn.close()
+    """One request with exactly these headers (no implicit Accept-Encoding):
+    (status, headers dict, body bytes)."""
+    return e.request(path, method=method, headers=headers, body=body, exact_headers=True)
 
 
 def cs(h):
