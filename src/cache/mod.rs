@@ -27,7 +27,9 @@
 //!   key (e.g. a tenant header that the origin does not put in `Vary`).
 //! - `ignore_query`: the query string is not part of the key.
 //! - `default_ttl`: freshness for responses without explicit freshness
-//!   (statuses cacheable by default, or `public`). Off by default.
+//!   (statuses cacheable by default, or `public`). Off by default. Never
+//!   for a request with credentials nor for an error status (see
+//!   [Cache safety](#cache-safety)).
 //! - `heuristic_freshness`: RFC 9111 4.2.2 heuristic, 10% of
 //!   `Date - Last-Modified`, capped at `default_ttl` or one day.
 //! - `cache_store.max_bytes`: the whole process's budget (all routes, all
@@ -39,20 +41,21 @@
 //! - At most 4 variants of one URI (different `Vary` values or
 //!   `key_headers` values) are kept at once; a fifth replaces the oldest.
 //! - The primary key is (route, GET, authority, path with or without the
-//!   query, `key_headers` values); HEAD uses the GET key.
+//!   query, `key_headers` values); HEAD uses the GET key. Keys read the
+//!   request as forwarded (see [Cache safety](#cache-safety)).
 //!
 //! # What meshguard does with each directive
 //!
 //! | Directive | Where | meshguard |
 //! |---|---|---|
 //! | `max-age=N` | response | freshness lifetime N s (unless `s-maxage`); a bad value (`max-age=x`) makes the response stale (4.2.1) |
-//! | `s-maxage=N` | response | freshness lifetime N s, wins over everything; implies `proxy-revalidate`; allows storing with `Authorization` and `Set-Cookie` |
+//! | `s-maxage=N` | response | freshness lifetime N s, wins over everything; implies `proxy-revalidate`; allows storing with `Authorization` (or a token), `Set-Cookie`, and error statuses |
 //! | `Expires` | response | lifetime `Expires - Date` when no max-age; invalid or repeated means already stale |
 //! | `no-store` | both | not stored (a request `no-store` may still be served a hit) |
 //! | `no-cache` | response | stored, but every use is revalidated; `no-cache="f"` is treated as plain `no-cache` |
 //! | `no-cache` / `Pragma: no-cache` | request | forward with the stored validators (the `Pragma` only without `Cache-Control`) |
 //! | `private` | response | never stored (shared cache); `private="f"` too |
-//! | `public` | response | storable status-independent; allows storing with `Authorization` / `Set-Cookie` |
+//! | `public` | response | storable status-independent; allows storing with `Authorization` (or a token) / `Set-Cookie`, configured freshness for requests with credentials, and (with `max-age` / `Expires`) error statuses |
 //! | `must-revalidate`, `proxy-revalidate` | response | never served stale (no max-stale, no stale-while-revalidate, no stale-if-error) |
 //! | `must-revalidate` | response | also allows storing with `Authorization` (3.5) |
 //! | `stale-while-revalidate=N` | response | within N s of expiry: the first request revalidates (holding the fill lock), the others get the stale copy at once |
@@ -64,7 +67,9 @@
 //! | `must-understand`, `no-transform`, `immutable` | response | parsed; no effect (meshguard never transforms, understands every status it stores) |
 //!
 //! Duplicate directives: the first value wins (`max-age=10, max-age=99` is
-//! 10); flags count wherever they appear. Also: `Vary: *` and unlisted
+//! 10); flags count wherever they appear. A `Cache-Control` that cannot be
+//! read completely (over 16 KiB, more than 64 directives, an unterminated
+//! quoted string) is not stored. Also: `Vary: *` and unlisted
 //! `Vary` names are not stored; `Set-Cookie` responses are not stored unless
 //! `public` or `s-maxage`, and then without their `Set-Cookie` lines;
 //! requests with `Authorization` are only served entries whose response
@@ -72,7 +77,49 @@
 //! 206 and 304 are never stored; hop-by-hop fields are stripped.
 //! Unsafe methods (anything but GET, HEAD, OPTIONS, TRACE) answered with a
 //! 2xx/3xx invalidate the target URI and the `Location` /
-//! `Content-Location` URIs on the same host (4.4), every variant.
+//! `Content-Location` URIs on the same host (4.4), every variant; a fill
+//! whose request was looked up before such an invalidation is not stored.
+//!
+//! # Cache safety
+//!
+//! No response of one user may reach another, and no client may choose
+//! what others are served:
+//!
+//! - **The request as forwarded.** The filter hands [`lookup_as`] the
+//!   request after meshguard's own changes (the JWT stage's
+//!   `claims_to_headers`, with the client's copies and the token removed):
+//!   `Vary` and `key_headers` read what the upstream receives, so
+//!   `Vary: x-user` keyed by a verified claim gives each user their entry
+//!   and a client-sent `x-user` chooses nothing.
+//! - **Authenticated requests** (RFC 9111 3.5): `Authorization`, or a token
+//!   at any location of the route's JWT providers ([`Identity::token`],
+//!   verified or not, even once removed) are neither stored for nor served
+//!   from entries without `public`, `s-maxage` or `must-revalidate`.
+//! - **Credentials** (the above, or a `Cookie`): no configured freshness
+//!   (`default_ttl`, heuristic) unless `public` (`detail=credentials`).
+//! - **Exact keys.** Header values of any length are keyed exactly; a
+//!   varied header the miss context could not keep (over 16 KiB, past 64
+//!   lines) makes a response varying on it unstored
+//!   (`detail=vary-request-too-big`).
+//! - **Fail closed on what cannot be read**: an incomplete `Cache-Control`
+//!   (`detail=cache-control-unparsed`; `no-store` on a request), an
+//!   unreadable `Vary`, `Expires` or invalidation record.
+//! - **Unkeyed causes.** 4xx and 5xx other than 404 and 410 may be caused by
+//!   a request header the key does not cover: stored only with `s-maxage`,
+//!   or `public` with `max-age` / `Expires` (`detail=error-status`); 206,
+//!   304, 412 and 416 answering a request with a condition or a range are
+//!   not stored (`detail=conditional`). See [`storable`].
+//! - **Revalidation** sends only meshguard's validators
+//!   ([`CLIENT_CONDITIONS`] are removed); the client's `If-None-Match` /
+//!   `If-Modified-Since` are evaluated against the result. An
+//!   `If-Modified-Since` later than the cache's clock is ignored.
+//! - **Invalidation wins over fills in flight** (see [`store`](mod@store)).
+//!
+//! What the route must key: everything else the response depends on
+//! (`key_headers` for request headers the origin does not list in `Vary`;
+//! the identity, when per-user responses are to be shared by one user's
+//! requests; cookies are never keyed, so cookie-dependent responses must
+//! be `private`).
 //!
 //! # Reading `Cache-Status`
 //!
@@ -90,13 +137,16 @@
 //!   was served. `fwd=stale; fwd-status=503; detail=stale-if-error`: the
 //!   origin failed and the stale entry was served.
 //! - `meshguard; fwd=request`: the request's own directives (`no-cache`,
-//!   `max-age`, `min-fresh`, `Authorization`) required going upstream.
+//!   `max-age`, `min-fresh`, `Authorization` or a token) required going
+//!   upstream.
 //! - `meshguard; fwd=method`: the method is not cached (unsafe methods also
 //!   invalidate). `meshguard; fwd=bypass; detail=only-if-cached`: 504.
 //! - `fwd-status=N`: the upstream status; `detail=...` why a response was
 //!   not stored (`no-store`, `private`, `authorization`, `set-cookie`,
 //!   `vary-star`, `vary-not-allowed`, `status`, `no-freshness`, `too-big`,
-//!   `head`, `request-no-store`, `validator-mismatch` when a revalidation's
+//!   `head`, `request-no-store`, `cache-control-unparsed`, `credentials`,
+//!   `error-status`, `conditional`, `vary-request-too-big`,
+//!   `validator-mismatch` when a revalidation's
 //!   304 names another representation than the stored one: the entry is
 //!   dropped and the client gets that 304 only if its own `If-None-Match` /
 //!   `If-Modified-Since` make it valid for it, else a 502 with
@@ -107,9 +157,11 @@
 //! Build a [`CacheRoute`] per route (with [`CacheMetrics::define`] called
 //! once in `on_configure`), then per request:
 //!
-//! 1. `on_http_request_headers`: [`lookup`]. `Hit` / `OnlyIfCachedMiss`:
+//! 1. `on_http_request_headers`, after meshguard's own request changes:
+//!    [`lookup_as`] (with the request's [`Identity`]; [`lookup`] for a
+//!    request with none). `Hit` / `OnlyIfCachedMiss`:
 //!    send that local reply. `Wait`: pause, set a timer of
-//!    `retry_after_ms`, call [`lookup`] again when it fires (it turns into
+//!    `retry_after_ms`, look up again when it fires (it turns into
 //!    `Hit`, or `Miss` once the other worker's lock expires). `Miss`,
 //!    `Revalidate` (remove the listed request headers, the client's own
 //!    conditions, then set the listed ones, meshguard's validators),
@@ -1299,7 +1351,7 @@ fn revalidated(
         headers::first(&stale.headers, "etag").and_then(etag::parse),
     ) {
         if !etag::weak_eq(&new, &old) {
-            store.invalidate(&ctx.uri);
+            store.drop_uri(&ctx.uri);
             return None;
         }
     }
@@ -1326,9 +1378,9 @@ fn revalidated(
     )
     .is_ok()
         && merged.encoded_len() as u64 <= route.store.max_entry_bytes;
-    let stored = keep && record_write(host, route, store.write(&ctx.uri, &merged));
+    let stored = keep && write_fill(host, route, store, ctx, &merged);
     if !keep {
-        store.invalidate(&ctx.uri);
+        store.drop_uri(&ctx.uri);
     }
     let now = host.now_nanos();
     let (_, life, age) = entry_times(&merged, route.policy, now);
@@ -1343,6 +1395,38 @@ fn revalidated(
         now,
         status.into_bytes(),
     ))
+}
+
+/// Writes the entry a request filled (or refreshed), unless an unsafe
+/// method invalidated its URI since the request was looked up: the
+/// response may predate the change. Checked before writing, and after
+/// (an invalidation in between drops what was written; a later one drops
+/// it itself), see the [`store`](mod@store) module.
+fn write_fill(
+    host: &impl Host,
+    route: &CacheRoute,
+    store: &Store<'_, impl Host>,
+    ctx: &MissContext,
+    entry: &Entry,
+) -> bool {
+    let invalidated = || store.invalidated_since(&ctx.uri, ctx.request_time_ns);
+    if invalidated() {
+        log::debug!(
+            "meshguard: cache: {}: not stored: invalidated while filling",
+            route.name
+        );
+        return false;
+    }
+    let outcome = store.write(&ctx.uri, entry);
+    if matches!(outcome, WriteOutcome::Stored { .. }) && invalidated() {
+        store.drop_uri(&ctx.uri);
+        log::debug!(
+            "meshguard: cache: {}: dropped: invalidated while storing",
+            route.name
+        );
+        return false;
+    }
+    record_write(host, route, outcome)
 }
 
 fn record_write(host: &impl Host, route: &CacheRoute, outcome: WriteOutcome) -> bool {
@@ -1394,7 +1478,7 @@ pub fn store(
                         headers: storable::strip_for_storage(response),
                         body: body.to_vec(),
                     };
-                    record_write(host, route, store.write(&ctx.uri, &entry))
+                    write_fill(host, route, &store, ctx, &entry)
                 }
                 Err(_) => false,
             }
@@ -1478,6 +1562,36 @@ mod tests {
             headers: h(headers).into(),
             peer_ip: String::new(),
             norm_path: None,
+        }
+    }
+
+    /// A miss for `r` (with `identity`) answered 200 with `response`:
+    /// `Ok` when it was stored, else `Err(Cache-Status)`.
+    fn fill_as(
+        host: &impl Host,
+        route: &CacheRoute,
+        r: &Request,
+        identity: Identity,
+        response: &[(String, Vec<u8>)],
+    ) -> Result<(), String> {
+        let Lookup::Miss { mut ctx } = lookup_as(host, route, r, identity) else {
+            panic!("expected a miss")
+        };
+        match on_response_headers(host, route, &mut ctx, 200, response) {
+            ResponseDecision::Store { .. } => {
+                assert!(store(host, route, &mut ctx, 200, response, b"body"));
+                Ok(())
+            }
+            ResponseDecision::DontStore { cache_status } => Err(cache_status),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `r` at path `path`.
+    fn at(path: &str, r: Request) -> Request {
+        Request {
+            path: path.into(),
+            ..r
         }
     }
 
@@ -1603,27 +1717,19 @@ mod tests {
         let host = FakeHost::new(1_700_000_000 * NS);
         let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
         let route = test_route(&policy, &store_cfg);
-        let token = Identity { token: true };
+        let (anonymous, token) = (Identity::default(), Identity { token: true });
         let private = h(&[("cache-control", "max-age=60")]);
         // Not stored from a request with a token...
-        let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &get(&[]), token) else {
-            panic!("expected a miss")
-        };
-        let ResponseDecision::DontStore { cache_status } =
-            on_response_headers(&host, &route, &mut ctx, 200, &private)
-        else {
-            panic!("must not be stored")
-        };
-        assert!(
-            cache_status.ends_with("detail=authorization"),
-            "{cache_status}"
+        let refused = fill_as(&host, &route, &get(&[]), token, &private);
+        assert_eq!(
+            refused,
+            Err("meshguard; fwd=uri-miss; fwd-status=200; detail=authorization".into())
         );
         // ... and an anonymous entry is not served to one.
-        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
-            panic!("expected a miss")
-        };
-        on_response_headers(&host, &route, &mut ctx, 200, &private);
-        assert!(store(&host, &route, &mut ctx, 200, &private, b"anonymous"));
+        assert_eq!(
+            fill_as(&host, &route, &get(&[]), anonymous, &private),
+            Ok(())
+        );
         assert!(matches!(lookup(&host, &route, &get(&[])), Lookup::Hit(_)));
         match lookup_as(&host, &route, &get(&[]), token) {
             Lookup::Miss { ctx } => assert_eq!(
@@ -1634,15 +1740,8 @@ mod tests {
         }
         // A response that allows sharing is shared.
         let shared = h(&[("cache-control", "s-maxage=60")]);
-        let r = Request {
-            path: "/shared".into(),
-            ..get(&[])
-        };
-        let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &r, token) else {
-            panic!("expected a miss")
-        };
-        on_response_headers(&host, &route, &mut ctx, 200, &shared);
-        assert!(store(&host, &route, &mut ctx, 200, &shared, b"shared"));
+        let r = at("/shared", get(&[]));
+        assert_eq!(fill_as(&host, &route, &r, token, &shared), Ok(()));
         assert!(matches!(
             lookup_as(&host, &route, &r, token),
             Lookup::Hit(_)
@@ -1656,37 +1755,23 @@ mod tests {
         let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
         let route = test_route(&policy, &store_cfg);
         let varies = h(&[("cache-control", "max-age=60"), ("vary", "accept-encoding")]);
+        let plain = h(&[("cache-control", "max-age=60")]);
         let huge = format!("gzip, {}", "x".repeat(17_000));
         let many: Vec<(&str, &str)> = vec![("accept-encoding", "gzip"); MAX_KEPT_HEADERS + 1];
         for (name, attack) in [
             ("huge", vec![("accept-encoding", huge.as_str())]),
             ("many", many),
         ] {
-            let r = Request {
-                path: format!("/{name}"),
-                ..get(&attack)
-            };
-            let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
-                panic!("expected a miss")
-            };
-            let ResponseDecision::DontStore { cache_status } =
-                on_response_headers(&host, &route, &mut ctx, 200, &varies)
-            else {
-                panic!("{name}: must not be stored")
-            };
+            let r = at(&format!("/{name}"), get(&attack));
+            let refused = fill_as(&host, &route, &r, Identity::default(), &varies);
             assert!(
-                cache_status.ends_with("detail=vary-request-too-big"),
-                "{cache_status}"
+                refused.is_err_and(|cs| cs.ends_with("detail=vary-request-too-big")),
+                "{name}"
             );
-            assert!(!store(&host, &route, &mut ctx, 200, &varies, b"gzip"));
             // A response that does not vary on it is stored as usual.
-            let plain = h(&[("cache-control", "max-age=60")]);
-            let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
-                panic!("expected a miss")
-            };
-            on_response_headers(&host, &route, &mut ctx, 200, &plain);
-            assert!(
-                store(&host, &route, &mut ctx, 200, &plain, b"any"),
+            assert_eq!(
+                fill_as(&host, &route, &r, Identity::default(), &plain),
+                Ok(()),
                 "{name}"
             );
         }
@@ -1758,71 +1843,129 @@ mod tests {
         let store_cfg = store_1mib();
         let route = test_route(&policy, &store_cfg);
         let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
-        let cases: [(&str, Vec<(&str, &str)>, Identity); 3] = [
+        let (anonymous, token) = (Identity::default(), Identity { token: true });
+        let cookie = get(&[("cookie", "session=victim")]);
+        let basic = get(&[("authorization", "Basic x")]);
+        let must_revalidate = h(&[("cache-control", "must-revalidate")]);
+        // (request, identity, response, why not stored): 3.5 refuses first
+        // when it applies (not with must-revalidate).
+        let cases = [
+            (&cookie, anonymous, h(&[]), "credentials"),
             (
-                "/cookie",
-                vec![("cookie", "session=victim")],
-                Identity::default(),
-            ),
-            ("/token", vec![], Identity { token: true }),
-            (
-                "/authorization",
-                vec![("authorization", "Basic x")],
-                Identity::default(),
-            ),
-        ];
-        for (path, creds, identity) in cases {
-            let r = Request {
-                path: path.into(),
-                ..get(&creds)
-            };
-            for response in [
-                h(&[]),
+                &cookie,
+                anonymous,
                 h(&[("last-modified", lm)]),
-                h(&[("cache-control", "must-revalidate")]),
-            ] {
-                let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &r, identity) else {
-                    panic!("expected a miss")
-                };
-                let ResponseDecision::DontStore { cache_status } =
-                    on_response_headers(&host, &route, &mut ctx, 200, &response)
-                else {
-                    panic!("{path}: must not be stored: {response:?}")
-                };
-                // 3.5 refuses first when it applies (not to must-revalidate).
-                let why = if identity.token || path == "/authorization" {
-                    if response.first().is_some_and(|(n, _)| n == "cache-control") {
-                        "credentials"
-                    } else {
-                        "authorization"
-                    }
-                } else {
-                    "credentials"
-                };
-                assert!(
-                    cache_status.ends_with(&format!("detail={why}")),
-                    "{path}: {cache_status}"
-                );
-            }
+                "credentials",
+            ),
+            (&cookie, anonymous, must_revalidate.clone(), "credentials"),
+            (&basic, anonymous, h(&[]), "authorization"),
+            (&basic, anonymous, must_revalidate.clone(), "credentials"),
+            (
+                &get(&[]),
+                token,
+                h(&[("last-modified", lm)]),
+                "authorization",
+            ),
+            (&get(&[]), token, must_revalidate, "credentials"),
+        ];
+        for (i, (r, identity, response, why)) in cases.into_iter().enumerate() {
+            let r = at(&format!("/{i}"), r.clone());
+            let refused = fill_as(&host, &route, &r, identity, &response);
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|cs| cs.ends_with(&format!("detail={why}"))),
+                "{i}: {refused:?}"
+            );
             // `public` allows it (and then 3.5 too).
             let public = h(&[("cache-control", "public")]);
-            let Lookup::Miss { mut ctx } = lookup_as(&host, &route, &r, identity) else {
-                panic!("expected a miss")
-            };
-            let d = on_response_headers(&host, &route, &mut ctx, 200, &public);
-            assert!(matches!(d, ResponseDecision::Store { .. }), "{path}: {d:?}");
-            assert!(store(&host, &route, &mut ctx, 200, &public, b"shared"));
+            assert_eq!(
+                fill_as(
+                    &host,
+                    &route,
+                    &at(&format!("/public/{i}"), r),
+                    identity,
+                    &public
+                ),
+                Ok(()),
+                "{i}"
+            );
         }
         // Without credentials, default_ttl applies.
+        assert_eq!(
+            fill_as(&host, &route, &at("/anonymous", get(&[])), anonymous, &[]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_fill_overlapping_an_invalidation_is_not_stored() {
+        use crate::host::fake::FakeHost;
+        let host = FakeHost::new(1_700_000_000 * NS);
+        let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+        let route = test_route(&policy, &store_cfg);
+        let cc = h(&[("cache-control", "max-age=60")]);
+        let unsafe_request = |host: &FakeHost| {
+            let post = Request {
+                method: "POST".into(),
+                ..get(&[])
+            };
+            let Lookup::Bypass { mut ctx } = lookup(host, &route, &post) else {
+                panic!("expected a bypass")
+            };
+            on_response_headers(host, &route, &mut ctx, 200, &[]);
+        };
+        // The GET is looked up, the POST's 2xx invalidates, the GET's
+        // response arrives: not stored.
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        host.advance(std::time::Duration::from_millis(100));
+        unsafe_request(&host);
+        host.advance(std::time::Duration::from_millis(100));
+        on_response_headers(&host, &route, &mut ctx, 200, &cc);
+        assert!(!store(
+            &host,
+            &route,
+            &mut ctx,
+            200,
+            &cc,
+            b"before the POST"
+        ));
+        // A GET looked up after the invalidation stores.
+        host.advance(std::time::Duration::from_millis(1));
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+            panic!("expected a miss")
+        };
+        on_response_headers(&host, &route, &mut ctx, 200, &cc);
+        assert!(store(&host, &route, &mut ctx, 200, &cc, b"after the POST"));
+        // An invalidation recorded between the check and the write: the
+        // check after the write drops the entry.
         let r = Request {
-            path: "/anonymous".into(),
+            path: "/race".into(),
             ..get(&[])
         };
         let Lookup::Miss { mut ctx } = lookup(&host, &route, &r) else {
             panic!("expected a miss")
         };
-        let d = on_response_headers(&host, &route, &mut ctx, 200, &[]);
-        assert!(matches!(d, ResponseDecision::Store { .. }), "{d:?}");
+        on_response_headers(&host, &route, &mut ctx, 200, &cc);
+        let inv_reads = std::cell::Cell::new(0);
+        let uri = ctx.uri;
+        let racing = store::Spy {
+            host: &host,
+            before_get: |key: &str| {
+                if key.starts_with("meshguard/v1/cache/inv/") {
+                    inv_reads.set(inv_reads.get() + 1);
+                    if inv_reads.get() == 2 {
+                        // Another worker, between recording and dropping.
+                        Store::new(&host, &store_cfg).record_invalidation(&uri);
+                    }
+                }
+            },
+        };
+        assert!(!store(&racing, &route, &mut ctx, 200, &cc, b"raced"));
+        assert_eq!(inv_reads.get(), 2);
+        assert!(matches!(lookup(&host, &route, &r), Lookup::Miss { .. }));
     }
 
     #[test]

@@ -6,12 +6,26 @@
 //! - `meshguard/v1/cache/c/<i>` for `i < slots`: chunks, each value at most
 //!   `chunk_bytes` long;
 //! - `meshguard/v1/cache/lock/<i>` for `i < locks`: fill locks, each value
-//!   exactly [`LOCK_VALUE_LEN`] bytes.
+//!   exactly [`LOCK_VALUE_LEN`] bytes;
+//! - `meshguard/v1/cache/inv/<i>` for `i < invalidations`: when URIs were
+//!   last invalidated, each value exactly [`INV_VALUE_LEN`] bytes.
 //!
-//! `slots * chunk_bytes + locks * LOCK_VALUE_LEN <= max_bytes` holds by
-//! construction ([`Layout::new`]) and every write goes through a function
-//! that checks the value length, so the bytes held never exceed the budget
-//! and the number of keys never exceeds `slots + locks`.
+//! `slots * chunk_bytes + locks * LOCK_VALUE_LEN + invalidations *
+//! INV_VALUE_LEN <= max_bytes` holds by construction ([`Layout::new`]) and
+//! every write goes through a function that checks the value length, so
+//! the bytes held never exceed the budget and the number of keys never
+//! exceeds `slots + locks + invalidations`.
+//!
+//! Invalidation and fills in flight: an unsafe request invalidating a URI
+//! ([`Store::invalidate`]) first records the time in the URI's
+//! invalidation record (URIs share [`Layout::invalidations`] records by
+//! hash), then drops the URI's entries. A fill stores only when no
+//! invalidation of its record happened since its request was looked up
+//! ([`Store::invalidated_since`]), checked before writing and again after
+//! (an invalidation recorded in between drops what was written, and one
+//! recorded later drops it itself): a response fetched before a POST
+//! changed the resource is never stored after it. URIs sharing a record
+//! only cost each other a fill now and then.
 //!
 //! An entry (encoded by [`Entry`]) occupies a run of consecutive chunks
 //! (wrapping): a HEAD chunk then CONTINUATION chunks. Every chunk carries the
@@ -44,6 +58,7 @@
 //! tomb: u8 version | u8 kind=3
 //! lock: u8 version | u64 deadline_ns | u64 key tag | u64 holder (0: released;
 //!       a released lock with a live deadline means "pass": go without lock)
+//! inv:  u8 version | u64 last invalidation ns
 //! ```
 //! Chunk versions: 1 had an FNV-1a checksum; 2 (this one) [`checksum`].
 //! Chunks of another version are dropped when read.
@@ -66,6 +81,9 @@ pub const PROBES: usize = 4;
 pub const LOCK_VERSION: u8 = 1;
 pub const LOCK_VALUE_LEN: usize = 25;
 pub const MAX_LOCKS: u64 = 64;
+pub const INV_VERSION: u8 = 1;
+pub const INV_VALUE_LEN: usize = 9;
+pub const MAX_INVALIDATIONS: u64 = 256;
 /// How long a fill lock holds before others may go upstream themselves.
 pub const LOCK_TTL_NS: u64 = 5_000_000_000;
 /// How long a key whose response was not storable is filled without a lock.
@@ -79,16 +97,20 @@ pub struct Layout {
     pub chunk_bytes: usize,
     pub slots: u32,
     pub locks: u32,
+    pub invalidations: u32,
 }
 
 impl Layout {
-    /// Lays out `max_bytes`: a sixteenth at most for locks (up to 64), the
-    /// rest in chunks of about `max_bytes / 256` bytes (256 B to 16 KiB,
-    /// larger only past 65536 slots). `slots == 0` disables storing.
+    /// Lays out `max_bytes`: a sixteenth at most for locks (up to 64), a
+    /// sixty-fourth at most for invalidation records (1 to 256), the rest
+    /// in chunks of about `max_bytes / 256` bytes (256 B to 16 KiB, larger
+    /// only past 65536 slots). `slots == 0` disables storing.
     pub fn new(cfg: &CacheStoreConfig) -> Layout {
         let max = cfg.max_bytes;
         let locks = (max / 16 / LOCK_VALUE_LEN as u64).clamp(0, MAX_LOCKS);
-        let data = max.saturating_sub(locks * LOCK_VALUE_LEN as u64);
+        let inv = INV_VALUE_LEN as u64;
+        let invalidations = (max / 64 / inv).clamp(1, MAX_INVALIDATIONS).min(max / inv);
+        let data = max.saturating_sub(locks * LOCK_VALUE_LEN as u64 + invalidations * inv);
         let mut chunk = (data / 256).clamp(MIN_CHUNK as u64, MAX_CHUNK_TARGET as u64);
         if data / chunk > MAX_SLOTS {
             chunk = data.div_ceil(MAX_SLOTS);
@@ -98,12 +120,15 @@ impl Layout {
             chunk_bytes: chunk as usize,
             slots: slots as u32,
             locks: locks as u32,
+            invalidations: invalidations as u32,
         }
     }
 
     /// Upper bound of the bytes the table can hold.
     pub fn capacity_bytes(&self) -> u64 {
-        self.slots as u64 * self.chunk_bytes as u64 + self.locks as u64 * LOCK_VALUE_LEN as u64
+        self.slots as u64 * self.chunk_bytes as u64
+            + self.locks as u64 * LOCK_VALUE_LEN as u64
+            + self.invalidations as u64 * INV_VALUE_LEN as u64
     }
 
     /// Chunks needed for an encoded entry of `len` bytes.
@@ -120,6 +145,7 @@ impl Layout {
         (0..self.slots)
             .map(chunk_key)
             .chain((0..self.locks).map(lock_key))
+            .chain((0..self.invalidations).map(invalidation_key))
             .collect()
     }
 
@@ -150,6 +176,7 @@ impl Layout {
 
 const CHUNK_PREFIX: &[u8] = b"meshguard/v1/cache/c/";
 const LOCK_PREFIX: &[u8] = b"meshguard/v1/cache/lock/";
+const INV_PREFIX: &[u8] = b"meshguard/v1/cache/inv/";
 
 /// A shared-data key built on the stack (no allocation, no formatting).
 /// The key NAMES never change with the value formats: shared data has no
@@ -187,6 +214,9 @@ impl Key {
     pub fn lock(i: u32) -> Key {
         Key::new(LOCK_PREFIX, i)
     }
+    pub fn invalidation(i: u32) -> Key {
+        Key::new(INV_PREFIX, i)
+    }
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
@@ -198,6 +228,10 @@ pub fn chunk_key(i: u32) -> String {
 
 pub fn lock_key(i: u32) -> String {
     Key::lock(i).as_str().to_string()
+}
+
+pub fn invalidation_key(i: u32) -> String {
+    Key::invalidation(i).as_str().to_string()
 }
 
 /// A lock value: (deadline ns, key tag, holder).
@@ -673,12 +707,94 @@ impl<'h, H: Host> Store<'h, H> {
         .is_ok()
     }
 
-    /// Invalidates every stored variant of a URI; returns how many.
+    /// Invalidates a URI (an unsafe method changed it): records the time,
+    /// so that fills in flight do not store (see the module docs), then
+    /// drops every stored variant; returns how many.
     pub fn invalidate(&self, uri: &[u8; 32]) -> usize {
+        self.record_invalidation(uri);
+        self.drop_uri(uri)
+    }
+
+    /// Drops every stored variant of a URI; returns how many.
+    pub fn drop_uri(&self, uri: &[u8; 32]) -> usize {
         self.matching_heads(uri, None)
             .into_iter()
             .filter(|(slot, _)| self.tombstone(*slot))
             .count()
+    }
+
+    /// The invalidation record of a URI, if the layout has any.
+    fn invalidation_slot(&self, uri: &[u8; 32]) -> Option<u32> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&uri[8..16]);
+        (self.layout.invalidations > 0)
+            .then(|| (u64::from_le_bytes(b) % self.layout.invalidations as u64) as u32)
+    }
+
+    /// Reads an invalidation record: `Ok(None)` absent, `Err` unreadable.
+    fn read_invalidation(&self, key: &str) -> Result<(Option<u64>, Option<u32>), ()> {
+        match self.host.shared_get(key) {
+            Ok((Some(v), cas)) if v.len() == INV_VALUE_LEN && v[0] == INV_VERSION => {
+                Ok((Some(le_u64(&v, 1)), cas))
+            }
+            Ok((Some(_), _)) => {
+                log::warn!("meshguard: cache: dropping corrupt invalidation record at {key}");
+                Err(())
+            }
+            Ok((None, cas)) => Ok((None, cas)),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Records that `uri` was invalidated now (the record keeps the latest
+    /// time: compare-and-swap, a few tries).
+    pub fn record_invalidation(&self, uri: &[u8; 32]) {
+        let Some(slot) = self.invalidation_slot(uri) else {
+            return;
+        };
+        let key = Key::invalidation(slot);
+        let key = key.as_str();
+        let mut latest = self.host.now_nanos();
+        let value = |at: u64| {
+            let mut v = [0u8; INV_VALUE_LEN];
+            v[0] = INV_VERSION;
+            v[1..].copy_from_slice(&at.to_le_bytes());
+            v
+        };
+        for _ in 0..4 {
+            // Corrupt or unreadable: overwritten without CAS.
+            let (at, cas) = match self.read_invalidation(key) {
+                Ok((at, cas)) => (at, Some(cas.unwrap_or(CREATE_CAS))),
+                Err(()) => (None, None),
+            };
+            latest = latest.max(at.unwrap_or(0));
+            match self.put(key, &value(latest), INV_VALUE_LEN, cas) {
+                Ok(()) => return,
+                Err(SetError::CasMismatch) => continue,
+                Err(SetError::Host(e)) => {
+                    log::debug!("meshguard: cache: shared_set {key}: {e}");
+                    return;
+                }
+            }
+        }
+        // Others kept writing (each its own time, as late as it read):
+        // the latest time seen goes in unconditionally.
+        let _ = self.put(key, &value(latest), INV_VALUE_LEN, None);
+    }
+
+    /// Whether `uri`'s invalidation record was written at or after
+    /// `since_ns` (a fill that started then must not store). Fails closed:
+    /// a record that cannot be read, or no record at all in the layout,
+    /// says yes.
+    pub fn invalidated_since(&self, uri: &[u8; 32], since_ns: u64) -> bool {
+        let Some(slot) = self.invalidation_slot(uri) else {
+            return true;
+        };
+        match self.read_invalidation(Key::invalidation(slot).as_str()) {
+            Ok((Some(at), _)) => at >= since_ns,
+            Ok((None, _)) => false,
+            Err(()) => true,
+        }
     }
 
     /// Writes an entry under `uri` (placement described in the module docs).
@@ -1061,6 +1177,7 @@ mod tests {
         for i in [0u32, 7, 10, 65_535, u32::MAX] {
             assert_eq!(chunk_key(i), format!("meshguard/v1/cache/c/{i}"));
             assert_eq!(lock_key(i), format!("meshguard/v1/cache/lock/{i}"));
+            assert_eq!(invalidation_key(i), format!("meshguard/v1/cache/inv/{i}"));
         }
     }
 
@@ -1190,6 +1307,43 @@ mod tests {
         assert!(n > 1);
         assert_eq!(reads.get(), n);
         assert_eq!(EntryView::parse(p.bytes()).unwrap().to_entry(), big);
+    }
+
+    #[test]
+    fn invalidation_records_keep_the_latest_time_and_fail_closed() {
+        let h = FakeHost::new(1_000);
+        let s = Store::new(&h, &cfg(64 * 1024));
+        assert!(s.layout.invalidations >= 1);
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert!(!s.invalidated_since(&a, 0), "never invalidated");
+        s.record_invalidation(&a);
+        assert!(s.invalidated_since(&a, 1_000) && !s.invalidated_since(&a, 1_001));
+        // A clock that went back does not move the record back.
+        h.set_now(500);
+        s.record_invalidation(&a);
+        assert!(s.invalidated_since(&a, 1_000));
+        h.set_now(2_000);
+        s.record_invalidation(&a);
+        assert!(s.invalidated_since(&a, 2_000));
+        // invalidate() records too, and drops the entries.
+        let e = entry(5, 10);
+        assert!(matches!(s.write(&b, &e), WriteOutcome::Stored { .. }));
+        h.set_now(3_000);
+        assert_eq!(s.invalidate(&b), 1);
+        assert!(s.invalidated_since(&b, 3_000));
+        assert!(s.matching_heads(&b, None).is_empty());
+        // An unreadable record says "invalidated" until the next write.
+        let slot = s.invalidation_slot(&a).unwrap();
+        h.put_raw(&invalidation_key(slot), b"junk");
+        assert!(s.invalidated_since(&a, u64::MAX));
+        h.set_now(4_000);
+        s.record_invalidation(&a);
+        assert!(s.invalidated_since(&a, 4_000) && !s.invalidated_since(&a, 4_001));
+        // No record in the layout: nothing is known, nothing may be stored.
+        let tiny = Store::new(&h, &cfg(8));
+        assert_eq!(tiny.layout.invalidations, 0);
+        assert!(tiny.invalidated_since(&a, 0));
+        tiny.record_invalidation(&a);
     }
 
     #[test]

@@ -259,16 +259,20 @@ class Envoy:
             return ""
 
     # -------------------------------------------------------------- requests
-    def request(self, path="/", method="GET", headers=None, body=None, timeout=10):
+    def request(self, path="/", method="GET", headers=None, body=None, timeout=10,
+                exact_headers=False):
         """One request on a fresh connection: (status, headers dict, body bytes).
         `headers`: a dict, or a list of (name, value) pairs (names may repeat).
-        Header names are lower case; repeated headers are joined with ", "."""
+        Header names are lower case; repeated headers are joined with ", ".
+        `exact_headers`: send these headers only (http.client adds no
+        `Accept-Encoding: identity`)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.listen_port, timeout=timeout)
         try:
-            if isinstance(headers, list):
+            if isinstance(headers, list) or exact_headers:
                 # (name, value) pairs: repeated names are sent as repeated lines.
-                conn.putrequest(method, path)
-                for k, v in headers:
+                conn.putrequest(method, path, skip_accept_encoding=exact_headers)
+                pairs = headers if isinstance(headers, list) else list((headers or {}).items())
+                for k, v in pairs:
                     conn.putheader(k, v)
                 if body is not None:
                     conn.putheader("content-length", str(len(body)))

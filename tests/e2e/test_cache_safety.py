@@ -10,7 +10,6 @@ query), "big" (/big/, `key_headers: ["x-tenant"]`), "static" (/static/,
 `default_ttl`), "c" (/c/, defaults)."""
 
 import email.utils
-import http.client
 import re
 import sys
 import threading
@@ -89,25 +88,9 @@ def envoy_log_on_failure(request, mesh):
 
 
 def get(e, path, headers=None, method="GET", body=None):
-    """One request on a fresh connection, with exactly these headers (no
-    implicit Accept-Encoding): (status, headers dict, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", e.listen_port, timeout=10)
-    try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        for k, v in (headers or {}).items():
-            conn.putheader(k, v)
-        if body is not None:
-            conn.putheader("content-length", str(len(body)))
-        conn.endheaders(body)
-        r = conn.getresponse()
-        data = r.read()
-        hdrs = {}
-        for k, v in r.getheaders():
-            k = k.lower()
-            hdrs[k] = f"{hdrs[k]}, {v}" if k in hdrs else v
-        return r.status, hdrs, data
-    finally:
-        conn.close()
+    """One request with exactly these headers (no implicit Accept-Encoding):
+    (status, headers dict, body bytes)."""
+    return e.request(path, method=method, headers=headers, body=body, exact_headers=True)
 
 
 def cs(h):
@@ -347,3 +330,27 @@ def test_an_if_modified_since_in_the_future_is_ignored(mesh):
     now = email.utils.formatdate(time.time(), usegmt=True)
     s, h, b = get(e, "/c/ims", {"if-modified-since": now})
     assert s == 304 and is_hit(h), (s, cs(h))
+
+
+def test_a_fill_overlapping_an_invalidation_is_not_stored(mesh):
+    e, up = mesh
+    version = {"n": 0}
+
+    def answer(m, p, h):
+        if m != "GET":
+            version["n"] += 1
+            return 200, {}, b"updated", 0
+        # The representation as of the request's arrival, sent late.
+        return 200, {"cache-control": "max-age=60"}, f"v{version['n']}".encode(), 1.5
+
+    origin("/c/slow", answer)
+    got = {}
+    t = threading.Thread(target=lambda: got.update(r=get(e, "/c/slow")))
+    t.start()
+    assert wait_until(lambda: len(upstream_requests(up, "/c/slow")) == 1, timeout=5)
+    s, h, _ = get(e, "/c/slow", method="POST", body=b"x")
+    assert s == 200, s
+    t.join(10)
+    assert got["r"][2] == b"v0"
+    s, h, b = get(e, "/c/slow")
+    assert b == b"v1" and not is_hit(h), cs(h)
