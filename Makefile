@@ -13,7 +13,7 @@ WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/
 export CARGO_TERM_COLOR ?= never
 RLS_MANIFEST := tests/rls-server/Cargo.toml
 
-.PHONY: registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
+.PHONY: soak fuzz fuzz-smoke registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -101,6 +101,14 @@ e2e: build venv registry rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(VENV)/bin/pytest -q -n 2 tests/e2e
 
 test: fmt-check clippy unit wasm-test rls-test e2e
+
+# Soak (not part of `make test`): SOAK_SECONDS (default 600) of mixed
+# traffic through all four policies with reloads, key rotation and a
+# flapping upstream; fails on traps, wrong refusals, inexact limits or RSS
+# growth after warm-up (soak/soak.py has every knob).
+SOAK_SECONDS ?= 600
+soak: build venv
+	SOAK_SECONDS=$(SOAK_SECONDS) ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" nice -n 19 $(PY) soak/soak.py
 
 bench: build venv rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(PY) bench/bench.py
