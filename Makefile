@@ -13,7 +13,7 @@ WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/
 export CARGO_TERM_COLOR ?= never
 RLS_MANIFEST := tests/rls-server/Cargo.toml
 
-.PHONY: soak fuzz fuzz-smoke registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
+.PHONY: soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -60,6 +60,7 @@ demo: build venv
 
 fmt-check:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo fmt --manifest-path $(RLS_MANIFEST) -- --check
 
 clippy: targets
@@ -100,7 +101,24 @@ rls-test: rls
 e2e: build venv registry rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(VENV)/bin/pytest -q -n 2 tests/e2e
 
-test: fmt-check clippy unit wasm-test rls-test e2e
+# Fuzzing: cargo-fuzz (libFuzzer) on a nightly toolchain, both installed on
+# first use. `make fuzz` runs every target FUZZ_SECONDS (default 60) from
+# fuzz/seeds plus the corpus grown so far (fuzz/corpus, not checked in);
+# `fuzz-smoke` (part of `make test`) runs each one FUZZ_SMOKE_SECONDS from
+# the checked-in seeds only. See README "Reliability".
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 3
+fuzz-tools:
+	@rustc +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install -q cargo-fuzz
+
+fuzz: fuzz-tools
+	FUZZ_SECONDS=$(FUZZ_SECONDS) nice -n 19 fuzz/run.sh
+
+fuzz-smoke: fuzz-tools
+	FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) FUZZ_CORPUS=tmp fuzz/run.sh
+
+test: fmt-check clippy unit fuzz-smoke wasm-test rls-test e2e
 
 # Soak (not part of `make test`): SOAK_SECONDS (default 600) of mixed
 # traffic through all four policies with reloads, key rotation and a

@@ -186,8 +186,10 @@ proptest! {
     ) {
         let store_host = FakeHost::new(T0);
         let workers: Vec<FakeHost> = (0..3).map(|_| store_host.clone()).collect();
-        let mut policy = CachePolicy::default();
-        policy.vary_allowlist = vec!["accept".to_string()];
+        let policy = CachePolicy {
+            vary_allowlist: vec!["accept".to_string()],
+            ..CachePolicy::default()
+        };
         let w = World {
             policy,
             store: CacheStoreConfig { max_bytes, max_entry_bytes: 8_192 },
@@ -225,8 +227,10 @@ proptest! {
 #[test]
 fn a_hit_for_another_variant_is_caught() {
     let host = FakeHost::new(T0);
-    let mut policy = CachePolicy::default();
-    policy.vary_allowlist = vec!["accept".to_string()];
+    let policy = CachePolicy {
+        vary_allowlist: vec!["accept".to_string()],
+        ..CachePolicy::default()
+    };
     let w = World {
         policy,
         store: CacheStoreConfig {
