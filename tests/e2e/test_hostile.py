@@ -53,13 +53,6 @@ def config(extra_providers=None, extra_routes=()):
     }
 
 
-def start(envoy, cfg, **kw):
-    e = envoy(cfg, concurrency=1, **kw)
-    hcm = e.doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert hcm  # the bootstrap used; the limits below are set before start by `bigger_limits`
-    return e
-
-
 def bigger_limits(doc):
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["max_request_headers_kb"] = 96
@@ -327,3 +320,27 @@ def test_hostile_responses(tmp_path, upstream):
         c.report()
     finally:
         e.stop()
+
+
+def test_the_trap_check_sees_a_real_trap(tmp_path, upstream):
+    """The no-trap checks above can fail: a module whose request callback
+    traps leaves the lines `vmcheck` looks for."""
+    from test_failure_mode import envoy_with
+    e = envoy_with(tmp_path, upstream, fail_open=False)
+    try:
+        assert e.request("/")[0] == 503
+        lines = wait_for_lines(e)
+        assert lines, e.log()[-3000:]
+        print("a trap as Envoy logs it:", lines[0])
+    finally:
+        e.stop()
+
+
+def wait_for_lines(e, timeout=5):
+    end = time.time() + timeout
+    while time.time() < end:
+        lines = vmcheck.trap_lines(e.log())
+        if lines:
+            return lines
+        time.sleep(0.1)
+    return []
