@@ -13,7 +13,12 @@ TARGETS=${*:-$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^meshguar
 LOG_DIR=${FUZZ_LOG_DIR:-target/fuzz-logs}
 mkdir -p "$LOG_DIR"
 # -O -a: optimised, with debug assertions (integer overflow is a finding).
-cargo +nightly fuzz build -O -a >/dev/null
+# Built once, then each binary is run directly (no rebuild check per target:
+# the crate's build script rebuilds it whenever git HEAD moves).
+if ! cargo +nightly fuzz build -O -a >"$LOG_DIR/build.log" 2>&1; then
+  tail -40 "$LOG_DIR/build.log"; exit 1
+fi
+BIN=target/x86_64-unknown-linux-gnu/release
 total=0
 for t in $TARGETS; do
   if [ "${FUZZ_CORPUS:-}" = tmp ]; then
@@ -22,7 +27,8 @@ for t in $TARGETS; do
     corpus=corpus/$t; mkdir -p "$corpus"
   fi
   log=$LOG_DIR/$t.log
-  if ! cargo +nightly fuzz run -O -a "$t" "$corpus" "seeds/$t" -- \
+  mkdir -p "artifacts/$t"
+  if ! "$BIN/$t" "$corpus" "seeds/$t" -artifact_prefix="artifacts/$t/" \
       -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
       -print_final_stats=1 >"$log" 2>&1; then
     echo "fuzz $t: CRASH (log $PWD/$log, input in $PWD/artifacts/$t/)"
@@ -33,6 +39,7 @@ for t in $TARGETS; do
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   echo "fuzz $t: ${runs:-0} executions in ${SECONDS_EACH}s, coverage ${cov:-?} edges, no crash"
   total=$((total + ${runs:-0}))
+  echo "$(date -u +%FT%TZ) $t ${runs:-0} ${SECONDS_EACH}s ${cov:-?}" >> "$LOG_DIR/history"
   if [ "${FUZZ_CORPUS:-}" = tmp ]; then rm -rf "$corpus"; trap - EXIT; fi
 done
 echo "fuzz: $total executions, no crash"
