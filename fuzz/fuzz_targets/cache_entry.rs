@@ -14,8 +14,11 @@ fn walk(b: &[u8]) {
         assert_eq!(v.headers().count(), v.header_count());
         let _ = v.body();
         let e = v.to_entry();
-        // What decodes re-encodes to the same bytes.
-        assert_eq!(e.encode().as_deref(), Some(b));
+        // What decodes re-encodes to an encoding that decodes the same (not
+        // always to the same bytes: the stored freshness facts are derived
+        // from the headers again).
+        let again_bytes = e.encode();
+        assert_eq!(again_bytes.as_deref().map(Entry::decode), Some(Ok(e.clone())));
         let again = EntryView::again(b, v.meta());
         assert_eq!(again.to_entry(), e);
     }
