@@ -116,7 +116,7 @@ fuzz: fuzz-tools
 	FUZZ_SECONDS=$(FUZZ_SECONDS) nice -n 19 fuzz/run.sh
 
 fuzz-smoke: fuzz-tools
-	FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) FUZZ_CORPUS=tmp fuzz/run.sh
+	FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) FUZZ_CORPUS=tmp FUZZ_PROFILE=dev fuzz/run.sh
 
 # Report, not enforced: per file, the indexing/slicing sites in the module
 # that clippy cannot prove in bounds (`clippy::indexing_slicing`).

@@ -5,20 +5,27 @@
 # seeds alone and throws new inputs away, as `make test`'s smoke does).
 # Prints executions per target; exits 1 on the first crash (its input is
 # in fuzz/artifacts/<target>/, reproduce with
-# `cargo +nightly fuzz run -O -a <target> <file>`).
+# `fuzz/target/x86_64-unknown-linux-gnu/release/<target> <file>`).
 set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 TARGETS=${*:-$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^meshguard-fuzz$')}
 LOG_DIR=${FUZZ_LOG_DIR:-target/fuzz-logs}
 mkdir -p "$LOG_DIR"
-# -O -a: optimised, with debug assertions (integer overflow is a finding).
 # Built once, then each binary is run directly (no rebuild check per target:
 # the crate's build script rebuilds it whenever git HEAD moves).
-if ! cargo +nightly fuzz build -O -a >"$LOG_DIR/build.log" 2>&1; then
+# FUZZ_PROFILE=release (default, `make fuzz`): optimised, with debug
+# assertions (integer overflow is a finding). FUZZ_PROFILE=dev (`make
+# fuzz-smoke`): unoptimised, debug assertions too; several times quicker to
+# build, slower to run, which a few seconds per target do not mind.
+if [ "${FUZZ_PROFILE:-release}" = dev ]; then
+  BUILD_FLAGS=(--dev); BIN=target/x86_64-unknown-linux-gnu/debug
+else
+  BUILD_FLAGS=(-O -a); BIN=target/x86_64-unknown-linux-gnu/release
+fi
+if ! cargo +nightly fuzz build "${BUILD_FLAGS[@]}" >"$LOG_DIR/build.log" 2>&1; then
   tail -40 "$LOG_DIR/build.log"; exit 1
 fi
-BIN=target/x86_64-unknown-linux-gnu/release
 total=0
 for t in $TARGETS; do
   if [ "${FUZZ_CORPUS:-}" = tmp ]; then
@@ -39,7 +46,7 @@ for t in $TARGETS; do
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   echo "fuzz $t: ${runs:-0} executions in ${SECONDS_EACH}s, coverage ${cov:-?} edges, no crash"
   total=$((total + ${runs:-0}))
-  echo "$(date -u +%FT%TZ) $t ${runs:-0} ${SECONDS_EACH}s ${cov:-?}" >> "$LOG_DIR/history"
+  [ "${FUZZ_CORPUS:-}" = tmp ] || echo "$(date -u +%FT%TZ) $t ${runs:-0} ${SECONDS_EACH}s ${cov:-?}" >> "$LOG_DIR/history"
   if [ "${FUZZ_CORPUS:-}" = tmp ]; then rm -rf "$corpus"; trap - EXIT; fi
 done
 echo "fuzz: $total executions, no crash"

@@ -315,6 +315,7 @@ def main():
         "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]}}
     e.doc["node"] = {"id": "meshguard-soak", "cluster": "meshguard-soak"}
 
+    git = harness_git()  # of the checkout the run starts from
     stats = Stats()
     stop = threading.Event()
     samples = []  # (t, rss)
@@ -424,7 +425,7 @@ def main():
             "rss_last_mib": rss_last / 1048576, "rss_max_mib": max(r for _, r in samples) / 1048576,
             "rss_slope_kib_per_min": slope, "rss_slope_bound_kib_per_min": RSS_SLOPE_KIB_PER_MIN,
             "traps": traps[:20], "vm_stats_start": vms0, "vm_stats_end": vms1,
-            "git": harness_git(),
+            "git": git, "wasm": harness.wasm_path(),
         }
         os.makedirs(os.path.dirname(REPORT), exist_ok=True)
         with open(REPORT, "w") as f:
