@@ -1,27 +1,4 @@
-//! `Cache-Control` (and `Pragma`) of requests and responses: the directive
-//! list grammar, delta-seconds, field-name lists.
+//! libFuzzer entry of `targets/cache_control.rs` (see there).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use meshguard::cache::directives::{self, RequestDirectives, ResponseDirectives};
 
-mod common;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = directives::parse_list(data.split(|b| *b == b'\n'));
-    if let Ok(s) = std::str::from_utf8(data) {
-        let _ = directives::delta_seconds(s);
-    }
-    let mut h = common::fields(data);
-    if h.is_empty() {
-        h.push(("cache-control".to_string(), data.to_vec()));
-    }
-    let r = ResponseDirectives::parse(&h);
-    let _ = (r.has_explicit_max_age(), r.forbids_stale());
-    let _ = RequestDirectives::parse(&h);
-    let one = vec![
-        ("cache-control".to_string(), data.to_vec()),
-        ("pragma".to_string(), data.to_vec()),
-    ];
-    let _ = ResponseDirectives::parse(&one);
-    let _ = RequestDirectives::parse(&one);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshguard_fuzz::cache_control::run(data));

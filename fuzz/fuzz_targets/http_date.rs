@@ -1,19 +1,4 @@
-//! HTTP dates (IMF-fixdate, RFC 850, asctime): parsing, and formatting
-//! round trips.
+//! libFuzzer entry of `targets/http_date.rs` (see there).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use meshguard::cache::httpdate;
 
-mod common;
-
-fuzz_target!(|data: &[u8]| {
-    if let Some(secs) = httpdate::parse(data) {
-        let text = httpdate::format(secs);
-        assert_eq!(httpdate::parse(text.as_bytes()), Some(secs), "{text}");
-    }
-    let secs = common::Bytes(data).u64();
-    let text = httpdate::format(secs);
-    if let Some(back) = httpdate::parse(text.as_bytes()) {
-        assert_eq!(back, secs, "{text}");
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshguard_fuzz::http_date::run(data));

@@ -1,14 +1,4 @@
-//! The rate limit service's gRPC answer (`RateLimitResponse` protobuf),
-//! raw and as meshguard reads it for 0 to 3 global limits.
+//! libFuzzer entry of `targets/rls_response.rs` (see there).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use meshguard::ratelimit::rls::{self, proto::RateLimitResponse};
 
-fuzz_target!(|data: &[u8]| {
-    let _ = RateLimitResponse::decode(data);
-    for n in 0..4 {
-        if let Ok(v) = rls::decode(data, n) {
-            assert_eq!(v.statuses.len(), n);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshguard_fuzz::rls_response::run(data));

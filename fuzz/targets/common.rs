@@ -1,5 +1,4 @@
 //! Helpers shared by the fuzz targets (each target includes this file).
-#![allow(dead_code)]
 
 /// Header fields from fuzz bytes: one field per `\n`-separated line,
 /// `name:value`; names are lower-cased (as Envoy hands them over), values
