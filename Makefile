@@ -13,7 +13,7 @@ WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/
 export CARGO_TERM_COLOR ?= never
 RLS_MANIFEST := tests/rls-server/Cargo.toml
 
-.PHONY: registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
+.PHONY: soak fuzz fuzz-smoke fuzz-tools lint-indexing registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -60,6 +60,7 @@ demo: build venv
 
 fmt-check:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo fmt --manifest-path $(RLS_MANIFEST) -- --check
 
 clippy: targets
@@ -68,8 +69,9 @@ clippy: targets
 	@tests/rls-server/patch-limitador.sh
 	cargo clippy --manifest-path $(RLS_MANIFEST) --target-dir target/rls-server --all-targets -- -D warnings
 
+# (the fuzz corpus replay without its mutation budget: `fuzz-smoke` runs that)
 unit:
-	cargo test --features cli
+	MESHGUARD_FUZZ_SMOKE_MS=0 cargo test --features cli
 
 # The JSON Schema of the configuration, generated from the Rust types.
 schema:
@@ -100,7 +102,39 @@ rls-test: rls
 e2e: build venv registry rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(VENV)/bin/pytest -q -n 2 tests/e2e
 
-test: fmt-check clippy unit wasm-test rls-test e2e
+# Fuzzing: cargo-fuzz (libFuzzer) on a nightly toolchain, both installed on
+# first use. `make fuzz` runs every target FUZZ_SECONDS (default 60) from
+# fuzz/seeds plus the corpus grown so far (fuzz/corpus, not checked in).
+# `fuzz-smoke` (part of `make test`) runs the same target code natively on
+# the stable toolchain over each checked-in corpus, then over deterministic
+# mutations of it (MESHGUARD_FUZZ_SMOKE_MS per target, default 1500): no
+# nightly, no instrumented build. See README "Reliability".
+FUZZ_SECONDS ?= 60
+fuzz-tools:
+	@rustc +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install -q cargo-fuzz
+
+fuzz: fuzz-tools
+	FUZZ_SECONDS=$(FUZZ_SECONDS) nice -n 19 fuzz/run.sh
+
+fuzz-smoke:
+	cargo test -q --features cli --test fuzz_corpus -- --nocapture
+
+# Report, not enforced: per file, the indexing/slicing sites in the module
+# that clippy cannot prove in bounds (`clippy::indexing_slicing`).
+lint-indexing: targets
+	@cargo clippy --lib --target wasm32-wasip1 --message-format=short -- -W clippy::indexing_slicing 2>&1 \
+	  | grep -E 'indexing may panic|slicing may panic' | sed 's/:[0-9]*:[0-9]*:.*//' | sort | uniq -c | sort -rn
+
+test: fmt-check clippy unit fuzz-smoke wasm-test rls-test e2e
+
+# Soak (not part of `make test`): SOAK_SECONDS (default 600) of mixed
+# traffic through all four policies with reloads, key rotation and a
+# flapping upstream; fails on traps, wrong refusals, inexact limits or RSS
+# growth after warm-up (soak/soak.py has every knob).
+SOAK_SECONDS ?= 600
+soak: build venv
+	SOAK_SECONDS=$(SOAK_SECONDS) ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" nice -n 19 $(PY) soak/soak.py
 
 bench: build venv rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(PY) bench/bench.py

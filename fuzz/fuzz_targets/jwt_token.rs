@@ -1,0 +1,4 @@
+//! libFuzzer entry of `targets/jwt_token.rs` (see there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshguard_fuzz::jwt_token::run(data));

@@ -1,0 +1,4 @@
+//! See `targets/mod.rs`.
+#[path = "../targets/mod.rs"]
+mod targets;
+pub use targets::*;
