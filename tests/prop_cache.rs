@@ -64,6 +64,7 @@ fn request(r: Req) -> Request {
         authority: "h".into(),
         headers: headers.into(),
         peer_ip: "127.0.0.1".into(),
+        norm_path: None,
     }
 }
 

@@ -18,8 +18,8 @@ pub fn run(data: &[u8]) {
         ("date".to_string(), b.to_vec()),
     ];
     let _ = etag::if_none_match_hits(&[a], &stored);
-    let _ = etag::not_modified_since(a, &stored, 1_700_000_000);
+    let _ = etag::not_modified_since(a, &stored, 1_700_000_000, 1_700_000_100);
     let req = super::common::fields(data);
     let _ = etag::is_conditional(&req);
-    let _ = etag::answer_304(&req, &stored, 1_700_000_000);
+    let _ = etag::answer_304(&req, &stored, 1_700_000_000, 1_700_000_100);
 }

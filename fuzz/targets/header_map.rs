@@ -38,8 +38,20 @@ pub fn run(data: &[u8]) {
     let _ = req.cookie("a");
     let _ = req.host_no_port();
     for hops in [0, 1, 5] {
-        let _ = req.client_ip(hops);
+        for ipv6_prefix in [128, 64] {
+            let _ = req.client_ip(request::ClientIpRule {
+                xff_trusted_hops: hops,
+                ipv6_prefix,
+            });
+        }
     }
+    let _ = request::ip::canonical(&text, 64);
+    let _ = request::path::normalize(&text, request::path::EscapedSlashes::Reject);
+    let _ = request::path::normalize(&text, request::path::EscapedSlashes::Keep);
+    let mut r2 = req.clone();
+    let _ = r2.normalize_path(request::path::EscapedSlashes::Keep);
+    r2.fold_path_case();
+    let _ = r2.match_path();
     let _ = request::percent_decode(&text);
     let _ = request::strip_port(&text);
     let _ = request::ip_of_address(&text);
