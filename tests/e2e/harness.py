@@ -151,7 +151,12 @@ def static_cluster(name, port, http2=False, connect_timeout="1s"):
 
 
 def bootstrap(config, upstream_port, listen_port, admin_port, extra_clusters=(),
-              route_timeout="5s", fail_open=False, filters_before=(), filters_after=()):
+              route_timeout="5s", fail_open=False, filters_before=(), filters_after=(),
+              downstream_http2=False, upstream_http2=False):
+    """`downstream_http2`: the listener also speaks HTTP/2 without TLS (h2c
+    with prior knowledge, as gRPC clients do; HTTP/1.1 still works:
+    `codec_type: AUTO`). `upstream_http2`: Envoy talks HTTP/2 to the
+    upstream (a gRPC server)."""
     http_filters = list(filters_before) + [wasm_filter(config, fail_open)] + list(filters_after) + [{
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -170,6 +175,8 @@ def bootstrap(config, upstream_port, listen_port, admin_port, extra_clusters=(),
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "ingress",
+                        **({"codec_type": "AUTO", "http2_protocol_options": {}}
+                           if downstream_http2 else {}),
                         "route_config": {"virtual_hosts": [{
                             "name": "all", "domains": ["*"],
                             "routes": [{"match": {"prefix": "/"},
@@ -179,7 +186,8 @@ def bootstrap(config, upstream_port, listen_port, admin_port, extra_clusters=(),
                     },
                 }]}],
             }],
-            "clusters": [static_cluster("upstream", upstream_port)] + list(extra_clusters),
+            "clusters": [static_cluster("upstream", upstream_port, http2=upstream_http2)]
+            + list(extra_clusters),
         },
     }
 
