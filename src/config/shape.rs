@@ -16,7 +16,7 @@
 use serde_json::Value;
 
 /// Every place where the schema has an object and never an array.
-pub const OBJECT_PLACES: [&str; 18] = [
+pub const OBJECT_PLACES: [&str; 20] = [
     "cache_store",
     "client_ip",
     "jwt_providers",
@@ -25,6 +25,7 @@ pub const OBJECT_PLACES: [&str; 18] = [
     "jwt_providers.*.from[]",
     "jwt_providers.*.jwks",
     "jwt_providers.*.jwks.remote",
+    "path_normalization",
     "rate_limit_service",
     "routes[]",
     "routes[].cache",
@@ -32,6 +33,7 @@ pub const OBJECT_PLACES: [&str; 18] = [
     "routes[].jwt",
     "routes[].jwt.claims[]",
     "routes[].match",
+    "routes[].match.grpc",
     "routes[].match.headers[]",
     "routes[].rate_limit[]",
     "routes[].rate_limit[].key[]",
