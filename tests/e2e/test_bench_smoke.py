@@ -15,6 +15,7 @@ SCENARIOS = [
     "trivial-wasm", "trivial-rl-floor", "trivial-rl-floor-noheaders", "trivial-breaker-floor",
     "trivial-reply", "trivial-hit-floor", "mg-nopolicy", "mg-ratelimit", "mg-ratelimit-noheaders",
     "mg-ratelimit-key", "native-ratelimit-key", "mg-breaker", "mg-cache-hit", "native-cache-hit",
+    "grpc-passthrough", "mg-grpc-ratelimit",
 ]
 
 
@@ -39,6 +40,7 @@ def test_the_bench_runs_its_scenarios_checks_them_and_reports(tmp_path):
     assert "(a = trivial-breaker-floor, b = mg-breaker)" in md
     assert "(a = trivial-hit-floor, b = mg-cache-hit)" in md
     assert "(a = native-ratelimit-key, b = mg-ratelimit-key)" in md
+    assert "(a = grpc-passthrough, b = mg-grpc-ratelimit)" in md
     assert "| rate limit (default: IETF RateLimit headers) overhead <= no-policy + 3 us |" in md
     assert "meshguard" in md and "over that floor" in md
     # A partial run (--only) leaves the README's block alone.
