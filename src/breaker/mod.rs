@@ -71,13 +71,15 @@
 //!
 //! # gRPC calls ([`classify_grpc`])
 //!
-//! A gRPC call (request `content-type` `application/grpc*`, gRPC-Web too)
-//! answers HTTP 200 whether it failed or not: its outcome is the
+//! A gRPC call (request `content-type` `application/grpc*`) answers HTTP
+//! 200 whether it failed or not: its outcome is the
 //! `grpc-status`, in the response headers (a trailers-only response: an
 //! error, or Envoy's own reply for an upstream failure) or in the trailers
 //! that end the stream. The filter reads it from the headers, and when a
 //! 200 has none, waits for the trailers (streaming calls are judged at
 //! their end). A response that is not 200 is judged as HTTP (rules 1-6).
+//! A gRPC-Web call's trailers travel in its body, which is not parsed: a
+//! `grpc-status` header (trailers-only) decides, else it is judged as HTTP.
 //! Then, in this order:
 //! 1. A client cancel (`DC`, or the stream gone without its end passing
 //!    through the filter) never counts, as for HTTP.

@@ -646,8 +646,10 @@ pub fn record_grpc(s: &mut StreamState, status: Option<grpc::Status>, flags: u64
 /// a `grpc-status` among them (trailers-only) decides now; none, and the
 /// response goes on, waits for the trailers; none at the end of the stream
 /// is a broken response. Envoy's flags are read only for a status that is
-/// not OK (an upstream failure Envoy answered itself).
-fn grpc_outcome_at_headers(s: &mut StreamState, end_of_stream: bool) {
+/// not OK (an upstream failure Envoy answered itself). A gRPC-Web response
+/// carries its trailers in its body, which meshguard does not parse: without
+/// a `grpc-status` header it is judged as HTTP (a 200).
+fn grpc_outcome_at_headers(s: &mut StreamState, end_of_stream: bool, web: bool) {
     match adapter::response_header("grpc-status") {
         Some(v) => {
             let status = grpc::parse_status(&v);
@@ -657,6 +659,7 @@ fn grpc_outcome_at_headers(s: &mut StreamState, end_of_stream: bool) {
             };
             record_grpc(s, Some(status), flags);
         }
+        None if web => record_breaker(s, Some(200), 0),
         None if end_of_stream => record_grpc(s, None, 0),
         None => {
             let rt = s.rt.clone();
@@ -746,10 +749,14 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
     };
     // A gRPC call answers 200 whatever its outcome: its `grpc-status`
     // decides (any other status is judged as HTTP).
-    if s.breaker.is_some() && status == Some(200) && s.grpc_kind().is_some() {
-        grpc_outcome_at_headers(s, end_of_stream);
-    } else {
-        record_breaker(s, status, flags);
+    // (The request headers are looked at only then.)
+    let grpc = match (&s.breaker, status) {
+        (Some(_), Some(200)) => s.grpc_kind(),
+        _ => None,
+    };
+    match grpc {
+        Some(kind) => grpc_outcome_at_headers(s, end_of_stream, kind != grpc::Kind::Grpc),
+        None => record_breaker(s, status, flags),
     }
 
     let mut cache_status: Option<String> = None;

@@ -143,6 +143,60 @@ class GrpcClient:
                       _md(call.trailing_metadata()), msgs)
 
 
+class TrailersOrigin:
+    """An HTTP/1.1 origin on 127.0.0.1 answering every request with HTTP
+    200 `content-type: application/grpc`, a chunked body of one empty gRPC
+    message and the chunked trailers `trailers` (a list of raw lines, e.g.
+    `[b"grpc-status: banana"]`): what a gRPC server ending with such
+    trailers looks like to Envoy's filters."""
+
+    def __init__(self, trailers):
+        self.trailers = trailers
+        self.hits = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        with conn:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                while len(buf) < length:
+                    buf += conn.recv(4096)
+                buf = buf[length:]
+                self.hits += 1
+                msg = b"\x00\x00\x00\x00\x00"
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+                             b"transfer-encoding: chunked\r\ntrailer: grpc-status\r\n\r\n"
+                             + b"%x\r\n%s\r\n" % (len(msg), msg) + b"0\r\n"
+                             + b"".join(t + b"\r\n" for t in self.trailers) + b"\r\n")
+
+    def stop(self):
+        self.sock.close()
+
+
 class SlowStreamingOrigin:
     """An HTTP/1.1 origin on 127.0.0.1 answering every request with a
     chunked `text/event-stream` that looks cacheable (`cache-control:

@@ -16,7 +16,8 @@ import grpc
 import pytest
 
 import harness
-from grpc_support import OTHER_SERVICE, SERVICE, GrpcClient, GrpcServer, SlowStreamingOrigin
+from grpc_support import (OTHER_SERVICE, SERVICE, GrpcClient, GrpcServer, SlowStreamingOrigin,
+                          TrailersOrigin)
 from jwt_support import JWKS, claims, mint_hs
 
 OK = grpc.StatusCode.OK
@@ -320,3 +321,54 @@ def test_broken_grpc_statuses_count_as_failures(envoy, upstream, headers, body):
     assert upstream.hits == 3
     assert e.stat("wasmcustom.meshguard.breaker.cb.trips") == 1
     assert "panicked" not in e.log()
+
+
+@pytest.mark.parametrize("trailers,failure", [
+    ([b"grpc-status: banana"], True),
+    ([b"grpc-status: 4294967296"], True),
+    ([b"grpc-status: 14", b"grpc-message: down"], True),
+    ([b"x-other: 1"], True),  # trailers without a grpc-status
+    ([b"grpc-status: 0"], False),
+    ([b"grpc-status: 5"], False),  # NOT_FOUND: an answer, not a failure
+], ids=["non-numeric", "huge", "unavailable", "no-status", "ok", "not-found"])
+def test_grpc_status_in_trailers_decides(envoy, trailers, failure):
+    origin = TrailersOrigin(trailers)
+    try:
+        e = envoy({"routes": [grpc_route("cb", circuit_breaker=breaker())]},
+                  upstream_port=origin.port, upstream_http1_trailers=True)
+        path = f"/{SERVICE}/Unary"
+        for _ in range(3):
+            s, h, _ = h1(e, path, {"content-type": "application/grpc"})
+            assert s == 200 and "grpc-status" not in h, h  # the status is in the trailers
+        s, h, _ = h1(e, path, {"content-type": "application/grpc"})
+        if failure:
+            assert h.get("grpc-status") == "14" and h["grpc-message"].startswith("circuit_open"), h
+            assert origin.hits == 3
+        else:
+            assert s == 200 and "grpc-status" not in h, h
+            assert origin.hits == 4
+        assert e.stat("wasmcustom.meshguard.breaker.cb.trips") == (1 if failure else 0)
+        assert "panicked" not in e.log()
+    finally:
+        origin.stop()
+
+
+def test_grpc_web_outcomes_without_a_status_header_are_judged_as_http(envoy, upstream):
+    # gRPC-Web carries its trailers in the body: a 200 without a grpc-status
+    # header is not a broken response (and a trailers-only failure still counts).
+    e = envoy({"routes": [grpc_route("cb", circuit_breaker=breaker())]})
+    frame = b"\x80\x00\x00\x00\x10grpc-status:0\r\n"
+    upstream.behaviour = lambda m, p, h: (200, {"content-type": "application/grpc-web+proto"}, frame, 0)
+    path = f"/{SERVICE}/Unary"
+    web = {"content-type": "application/grpc-web+proto"}
+    for _ in range(4):
+        s, h, body = h1(e, path, web)
+        assert s == 200 and body == frame, (s, h, body)
+    assert e.stat("wasmcustom.meshguard.breaker.cb.trips") == 0
+    upstream.behaviour = lambda m, p, h: (
+        200, {"content-type": "application/grpc-web+proto", "grpc-status": "14"}, b"", 0)
+    for _ in range(3):
+        assert h1(e, path, web)[1]["grpc-status"] == "14"
+    s, h, body = h1(e, path, web)
+    assert h["grpc-message"].startswith("circuit_open") and body.startswith(b"\x80"), (h, body)
+    assert upstream.hits == 7
