@@ -82,7 +82,11 @@
 //! `grpc-status` header (trailers-only) decides, else it is judged as HTTP.
 //! Then, in this order:
 //! 1. A client cancel (`DC`, or the stream gone without its end passing
-//!    through the filter) never counts, as for HTTP.
+//!    through the filter) never counts, as for HTTP. An upstream reset after
+//!    the response headers also ends a stream past the filter: without a
+//!    callback at every stream's end (a cost on every request) it cannot be
+//!    told from a cancel, and does not count either. A reset before the
+//!    headers does: Envoy answers it with `UNAVAILABLE` and a failure flag.
 //! 2. An upstream failure flag is a failure.
 //! 3. No `grpc-status` at the end (the stream ended without trailers, or
 //!    headers-only with none) or a malformed one (not 1 to 10 digits) is a
