@@ -71,20 +71,26 @@ def log(msg):
 
 # ------------------------------------------------------------------ tools
 
-def ensure_wrk():
-    if shutil.which("wrk"):
-        return shutil.which("wrk")
-    cmd = ["apt-get", "install", "-y", "wrk"]
+def ensure_tool(tool="wrk", package="wrk"):
+    """A load generator from Debian: `wrk` (HTTP/1.1), `h2load` (package nghttp2-client: HTTP/2,
+    the gRPC scenarios), installed when missing and running as root."""
+    if shutil.which(tool):
+        return shutil.which(tool)
+    cmd = ["apt-get", "install", "-y", package]
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        log("bench: wrk is missing; running: " + " ".join(cmd))
+        log(f"bench: {tool} is missing; running: " + " ".join(cmd))
         r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
             subprocess.run(["apt-get", "update"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if shutil.which("wrk"):
-            return shutil.which("wrk")
-        raise BenchError("installing wrk failed:\n" + r.stderr[-2000:])
-    raise BenchError("wrk is not installed; install it with: sudo apt-get install -y wrk")
+        if shutil.which(tool):
+            return shutil.which(tool)
+        raise BenchError(f"installing {tool} failed:\n" + r.stderr[-2000:])
+    raise BenchError(f"{tool} is not installed; install it with: sudo apt-get install -y {package}")
+
+
+def ensure_wrk():
+    return ensure_tool("wrk", "wrk")
 
 
 def ensure_cryptography():
@@ -215,12 +221,14 @@ def static_cluster(name, port, http2=False):
     return c
 
 
-def hcm(stat_prefix, route_config, http_filters):
+def hcm(stat_prefix, route_config, http_filters, h2=False):
+    """`h2`: the listener also speaks HTTP/2 without TLS (h2c, as gRPC clients do)."""
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": stat_prefix,
+            **({"codec_type": "AUTO", "http2_protocol_options": {}} if h2 else {}),
             "route_config": route_config,
             "http_filters": list(http_filters) + [router_filter()],
         },
@@ -234,10 +242,23 @@ def listener(port, hcm_filter):
 
 
 UPSTREAM_BODY = "hello from the bench upstream\n"
+# The gRPC scenarios: unary calls of one method, over HTTP/2 (h2c) on both sides of the proxy. The
+# upstream answers each with a trailers-only OK (HTTP 200, grpc-status 0, no body): what a server
+# sends for an empty answer, and no gRPC server process in the measurement.
+GRPC_PATH = "/bench.v1.Bench/Call"
+GRPC_MESSAGE = b"\x00\x00\x00\x00\x05hello"  # one length-prefixed message (5 bytes)
+GRPC_HEADERS = {"content-type": "application/grpc", "te": "trailers"}
+GRPC_STREAMS = 4  # concurrent streams per HTTP/2 connection (gRPC multiplexes)
 
 
 def upstream_bootstrap(listen_port, admin_port):
     route_config = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+        "match": {"prefix": "/bench.v1.Bench/"},
+        "direct_response": {"status": 200},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": "application/grpc"}},
+            {"header": {"key": "grpc-status", "value": "0"}}],
+    }, {
         "match": {"prefix": "/"},
         "direct_response": {"status": 200, "body": {"inline_string": UPSTREAM_BODY}},
         "response_headers_to_add": [
@@ -250,20 +271,23 @@ def upstream_bootstrap(listen_port, admin_port):
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "up", "route_config": route_config, "http_filters": [router_filter()]}})]},
+                "stat_prefix": "up", "codec_type": "AUTO", "http2_protocol_options": {},
+                "route_config": route_config, "http_filters": [router_filter()]}})]},
     }
 
 
-def proxy_bootstrap(listen_port, admin_port, upstream_port, http_filters, route_extra=None, extra_clusters=()):
-    """`route_extra`: more fields of the route action (e.g. `rate_limits`); `extra_clusters`: more clusters."""
+def proxy_bootstrap(listen_port, admin_port, upstream_port, http_filters, route_extra=None, extra_clusters=(),
+                    h2=False):
+    """`route_extra`: more fields of the route action (e.g. `rate_limits`); `extra_clusters`: more clusters;
+    `h2`: HTTP/2 on both sides (the gRPC scenarios)."""
     action = dict({"cluster": "upstream", "timeout": "5s"}, **(route_extra or {}))
     route_config = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
         "match": {"prefix": "/"}, "route": action}]}]}
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
-            "listeners": [listener(listen_port, hcm("ingress", route_config, http_filters))],
-            "clusters": [static_cluster("upstream", upstream_port)] + list(extra_clusters),
+            "listeners": [listener(listen_port, hcm("ingress", route_config, http_filters, h2=h2))],
+            "clusters": [static_cluster("upstream", upstream_port, http2=h2)] + list(extra_clusters),
         },
     }
 
@@ -365,10 +389,15 @@ class Envoy:
                     pass
             return out
 
-    def request(self, headers=None):
+    def request(self, headers=None, grpc=False):
+        """A GET of the bench path; `grpc`: a gRPC call of the bench method instead (sent over
+        HTTP/1.1, which the h2 listeners also speak: a probe, not the load)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.listen_port, timeout=10)
         try:
-            conn.request("GET", PATH, headers=headers or {})
+            if grpc:
+                conn.request("POST", GRPC_PATH, body=GRPC_MESSAGE, headers=dict(GRPC_HEADERS, **(headers or {})))
+            else:
+                conn.request("GET", PATH, headers=headers or {})
             r = conn.getresponse()
             body = r.read()
             return r.status, {k.lower(): v for k, v in r.getheaders()}, body
@@ -601,6 +630,61 @@ def finish_wrk(proc, duration):
     return res
 
 
+def start_h2load(h2load, port, payload, duration, threads, connections):
+    """h2load: `connections` HTTP/2 connections with GRPC_STREAMS streams each, every request the
+    bench gRPC call (POST of `payload`, the gRPC headers)."""
+    threads = max(1, min(threads, connections))
+    cmd = [h2load, "-D", str(duration), "-t", str(threads), "-c", str(connections), "-m", str(GRPC_STREAMS),
+           "-d", payload]
+    for k, v in GRPC_HEADERS.items():
+        cmd += ["-H", f"{k}: {v}"]
+    cmd.append(f"http://127.0.0.1:{port}{GRPC_PATH}")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pin_preexec("others"))
+
+
+def finish_h2load(proc, duration):
+    """The same figures as `finish_wrk` from h2load's report (no percentiles: h2load prints none)."""
+    try:
+        out, err = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise BenchError("h2load did not finish")
+    if proc.returncode != 0:
+        raise BenchError(f"h2load failed ({proc.returncode}): {err[-2000:]}\n{out[-2000:]}")
+    m = re.search(r"finished in ([\d.]+)(us|ms|s|m), ([\d.]+) req/s", out)
+    r = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", out)
+    c = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not (m and r and c):
+        raise BenchError("cannot parse h2load output:\n" + out + err)
+    done = int(r.group(1))
+    return {"requests": done, "elapsed_s": float(m.group(1)) * UNITS_S[m.group(2)],
+            "rps": float(m.group(3)), "non_2xx": int(c.group(3)) + int(c.group(4)),
+            "socket_errors": int(r.group(4)) + int(r.group(5)), "token_cursor": None,
+            "p50_ms": None, "p99_ms": None}
+
+
+def start_load(ctx, sc, port, script, duration, threads, connections, cursor=0):
+    """The scenario's load: h2load for gRPC scenarios, else wrk with `script`."""
+    if sc is not None and sc.grpc:
+        return start_h2load(ctx["h2load"], port, ctx["grpc_payload"], duration, threads, connections)
+    return start_wrk(ctx["wrk"], port, script, duration, threads, connections, cursor)
+
+
+def finish_load(sc, proc, duration):
+    return finish_h2load(proc, duration) if sc is not None and sc.grpc else finish_wrk(proc, duration)
+
+
+def run_load(ctx, sc, port, script, duration, threads, connections):
+    """One load run of a scenario (wrk or h2load), advancing its token cursor."""
+    cursor = sc.token_cursor if sc else 0
+    res = finish_load(sc, start_load(ctx, sc, port, script, duration, threads, connections, cursor), duration)
+    if sc and res["token_cursor"] is not None:
+        sc.token_cursor = res["token_cursor"]
+    return res
+
+
 def run_wrk(wrk, port, script, duration, threads, connections, sc=None):
     """`sc`: the scenario whose token cursor the run starts from and advances."""
     cursor = sc.token_cursor if sc else 0
@@ -615,8 +699,9 @@ def run_wrk(wrk, port, script, duration, threads, connections, sc=None):
 class Scenario:
     def __init__(self, name, desc, filters, headers=None, tokens=None, group=None,
                  probe=None, expect_upstream=None, expect_stat=None, expect_zero=None,
-                 route_extra=None, uses_rls=False):
+                 route_extra=None, uses_rls=False, grpc=False):
         self.name, self.desc, self.filters = name, desc, filters
+        self.grpc = grpc                # gRPC calls over HTTP/2 both sides (h2load), not wrk's GETs
         self.route_extra = route_extra  # more fields of the proxy's route action (native rate_limits)
         self.uses_rls = uses_rls        # needs the `ratelimit` cluster; every request must call the service
         self.expect_zero = expect_zero  # regex of stats that must stay 0 (failure-mode passes, errors)
@@ -646,6 +731,16 @@ def probe_status(envoy, headers, want, what):
     if status != want:
         raise BenchError(f"{what}: expected {want}, got {status} {hdrs} {body[:300]!r}")
     return hdrs
+
+
+def grpc_probe(envoy, sc):
+    """A gRPC scenario answers the bench call with grpc-status 0 (meshguard's: with its limit's
+    RateLimit-Policy, so the limit is active)."""
+    status, hdrs, body = envoy.request(grpc=True)
+    if status != 200 or hdrs.get("grpc-status") != "0":
+        raise BenchError(f"{sc.name}: the gRPC call did not succeed: {status} {hdrs} {body[:300]!r}")
+    if sc.name.startswith("mg-") and "ratelimit-policy" not in hdrs:
+        raise BenchError(f"{sc.name}: no RateLimit-Policy header, is the limit active? {hdrs}")
 
 
 def jwt_probe(envoy, sc):
@@ -818,6 +913,7 @@ COMPARISONS = [
     ("trivial-reply", "mg-cache-hit", "cache HIT: meshguard vs the wasm floor"),
     ("trivial-reply", "trivial-hit-floor", "cache HIT: a hit's host calls and headers (no lookup) over answering only"),
     ("trivial-hit-floor", "mg-cache-hit", "cache HIT: meshguard vs the floor of its host calls and headers"),
+    ("grpc-passthrough", "mg-grpc-ratelimit", "gRPC over HTTP/2: meshguard rate limit vs passthrough"),
 ]
 
 
@@ -946,6 +1042,12 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
         S("native-cache-hit", "cache filter (SimpleHttpCache), every request a HIT", [native_cache()],
           group="cache", probe=native_cache_probe, expect_upstream="none"),
         S("mg-breaker", "meshguard circuit breaker, CLOSED", mg_route(circuit_breaker=breaker)),
+        S("grpc-passthrough", f"gRPC unary calls over HTTP/2 both sides (h2load, {GRPC_STREAMS} streams per "
+          "connection), no HTTP filter but the router", [], grpc=True, probe=grpc_probe),
+        S("mg-grpc-ratelimit", "gRPC unary calls over HTTP/2 both sides, meshguard rate limit (route "
+          "`match.grpc`, one bucket), all pass",
+          mg({"routes": [{"name": "bench", "match": {"grpc": {"service": "bench.v1.Bench"}}, "rate_limit": rl}]}),
+          grpc=True, probe=grpc_probe, expect_stat=r"^wasmcustom\.meshguard\.ratelimit\.bench\.all\.allowed$"),
         S("mg-jwt-rl-breaker", "meshguard JWT RS256 (repeated) + rate limit + breaker (no cache: every request goes upstream)",
           mg_route(jwt=jwt, rate_limit=rl, circuit_breaker=breaker),
           headers=rs, probe=jwt_probe),
@@ -967,12 +1069,14 @@ def start_scenario(sc, args, ctx):
             raise BenchError(f"the rate limit service did not start: {ctx.get('rls_error')}")
         clusters.append(static_cluster(RLS_CLUSTER, rls.port, http2=True))
     envoy = Envoy(ctx["envoy_bin"], ctx["workdir"], sc.name,
-                  lambda lp, ap: proxy_bootstrap(lp, ap, up.listen_port, sc.filters, sc.route_extra, clusters))
+                  lambda lp, ap: proxy_bootstrap(lp, ap, up.listen_port, sc.filters, sc.route_extra, clusters,
+                                                 h2=sc.grpc))
     sc.envoy = envoy
     envoy.start()
     sc.load_times.append(envoy.load_time_s)
     mark = ctx["rls"].mark() if sc.uses_rls else None
-    probe_status(envoy, sc.first_headers(), 200, f"{sc.name}: request")
+    if not sc.grpc:
+        probe_status(envoy, sc.first_headers(), 200, f"{sc.name}: request")
     if sc.probe:
         sc.probe(envoy, sc)
     if sc.uses_rls:
@@ -981,7 +1085,7 @@ def start_scenario(sc, args, ctx):
             raise BenchError(f"the rate limit service did not see the probe as expected: {seen}")
     check_zero_stats(sc)
     if args.warmup > 0:
-        run_wrk(ctx["wrk"], envoy.listen_port, sc.script, args.warmup, args.threads, args.connections, sc)
+        run_load(ctx, sc, envoy.listen_port, sc.script, args.warmup, args.threads, args.connections)
 
 
 def check_zero_stats(sc):
@@ -1022,9 +1126,9 @@ def measure_many(items, args, ctx):
         pre.append({"rls": rls, "up": envoy.stat(UPSTREAM_STAT), "rls_mark": rls.mark() if rls else None})
     for (sc, _), p in zip(items, pre):
         p["cpu"] = sc.envoy.cpu_us()
-    procs = [start_wrk(ctx["wrk"], sc.envoy.listen_port, script, args.duration, threads, conns, sc.token_cursor)
+    procs = [start_load(ctx, sc, sc.envoy.listen_port, script, args.duration, threads, conns, sc.token_cursor)
              for (sc, _), script in zip(items, scripts)]
-    results = [finish_wrk(proc, args.duration) for proc in procs]
+    results = [finish_load(sc, proc, args.duration) for (sc, _), proc in zip(items, procs)]
     for (sc, _), res in zip(items, results):
         if res["token_cursor"] is not None:
             sc.token_cursor = res["token_cursor"]
@@ -1552,6 +1656,8 @@ def main():
             scenarios += diag_scenarios(trivial_wasm)
         if args.only:
             keep = set(args.only.split(",")) | {"passthrough"}
+            if any(s.grpc for s in scenarios if s.name in keep):
+                keep.add("grpc-passthrough")  # the gRPC scenarios' twin
             unknown = keep - {s.name for s in scenarios}
             if unknown:
                 raise BenchError(f"unknown scenarios: {sorted(unknown)}")
@@ -1569,6 +1675,11 @@ def main():
         up = Envoy(envoy_bin, workdir, "upstream", upstream_bootstrap, concurrency=1, role="others")
         up.start()
         ctx = {"envoy_bin": envoy_bin, "workdir": workdir, "wrk": wrk, "upstream": up}
+        if any(sc.grpc for sc in scenarios):
+            ctx["h2load"] = ensure_tool("h2load", "nghttp2-client")
+            ctx["grpc_payload"] = os.path.join(workdir, "grpc-message.bin")
+            with open(ctx["grpc_payload"], "wb") as f:
+                f.write(GRPC_MESSAGE)
         comparisons = {}  # (a, b) -> twin runs of a and b at the same time
         if any(sc.uses_rls for sc in scenarios):
             try:
@@ -1591,6 +1702,7 @@ def main():
                     if sc.envoy:
                         sc.envoy.stop()
             pt_sc = by_name["passthrough"]
+            grpc_pt = by_name.get("grpc-passthrough")
             for rnd in range(args.rounds):
                 # Rotate the order each round so no scenario always runs first or last.
                 k = rnd * max(1, len(scenarios) // max(1, args.rounds)) % len(scenarios)
@@ -1599,18 +1711,20 @@ def main():
                         continue
                     try:
                         base = None
-                        if args.pairing == "twin" and sc is pt_sc:
+                        if args.pairing == "twin" and (sc is pt_sc or sc is grpc_pt):
                             continue  # measured as every other scenario's twin
-                        if args.pairing == "twin" and not pt_sc.error:
+                        # The twin speaks the scenario's protocol: gRPC scenarios have their own.
+                        twin_sc = grpc_pt if sc.grpc and grpc_pt is not None else pt_sc
+                        if args.pairing == "twin" and not twin_sc.error:
                             # The twin gets the scenario's own requests (its headers, its tokens):
                             # the overhead is what the filter adds to the same traffic, not what a
                             # larger request costs Envoy. Only plain-request twin runs make up the
                             # passthrough row.
-                            base, r = measure_many([(pt_sc, True, sc.script), (sc, True)], args, ctx)
+                            base, r = measure_many([(twin_sc, True, sc.script), (sc, True)], args, ctx)
                             base["plain"] = not sc.headers and not sc.tokens
                         else:
-                            if args.pairing == "before" and sc is not pt_sc and not pt_sc.error:
-                                base = measure(pt_sc, args, ctx, record=False)
+                            if args.pairing == "before" and sc is not twin_sc and not twin_sc.error:
+                                base = measure(twin_sc, args, ctx, record=False)
                             r = measure(sc, args, ctx)
                         if base is not None:
                             sc.paired.append(r["cpu_us_per_req"] - base["cpu_us_per_req"])
@@ -1658,16 +1772,21 @@ def main():
         pt_sc.rounds = [r for r in pt_sc.rounds if r.get("plain", True)] or pt_sc.rounds
         pt = pt_sc.rounds
         pt_cpu = median([r["cpu_us_per_req"] for r in pt]) if pt else None
+        # gRPC scenarios are compared with the gRPC passthrough (same protocol, same calls).
+        gpt = by_name.get("grpc-passthrough")
+        gpt_cpu = median([r["cpu_us_per_req"] for r in gpt.rounds]) if gpt and gpt.rounds else None
         for sc in scenarios:
             if sc.error or not sc.rounds:
                 continue
             cpu = median([r["cpu_us_per_req"] for r in sc.rounds])
+            base_cpu = gpt_cpu if sc.grpc else pt_cpu
             summary[sc.name] = {
                 "cpu_us_per_req": cpu,
                 "cpu_us_per_req_min": min(r["cpu_us_per_req"] for r in sc.rounds),
-                "paired_overhead_us": median(sc.paired) if sc.paired else (0.0 if sc.name == "passthrough" else None),
+                "paired_overhead_us": median(sc.paired) if sc.paired else (
+                    0.0 if sc.name in ("passthrough", "grpc-passthrough") else None),
                 "paired_rps_ratio": median(sc.paired_rps) if sc.paired_rps else None,
-                "overhead_us": None if pt_cpu is None else cpu - pt_cpu,
+                "overhead_us": None if base_cpu is None else cpu - base_cpu,
                 "rps": median([r["rps"] for r in sc.rounds]),
                 "p50_ms": median([r["p50_ms"] for r in sc.rounds]),
                 "p99_ms": median([r["p99_ms"] for r in sc.rounds]),

@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod bytes;
 pub mod cache;
 pub mod config;
+pub mod grpc;
 pub mod host;
 pub mod jwt;
 pub mod ratelimit;

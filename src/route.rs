@@ -12,6 +12,11 @@
 //!   trailing dot of a fully qualified name (`api.example.com.`) ignored.
 //! - `headers`: `{"name", "exact"}` compares the first value byte for byte;
 //!   `{"name", "present": true|false}` checks presence.
+//! - `grpc`: `{"service": "pkg.v1.Orders", "method": "Get"}` (method
+//!   optional) matches the gRPC path `/pkg.v1.Orders/Get` (any method of
+//!   the service without `method`), compared exactly, in its normalised
+//!   form like `path_*`. The content-type is not looked at: a client cannot
+//!   step around the route by sending another one.
 
 use crate::config::raw::RawMatch;
 use crate::config::{show_str, ConfigError};
@@ -25,6 +30,8 @@ pub struct RouteMatch {
     methods: Vec<String>,
     hosts: Vec<HostPattern>,
     headers: Vec<HeaderMatch>,
+    /// `grpc`: the service, and the method if one was given.
+    grpc: Option<(String, Option<String>)>,
     /// `"case_sensitive": false`.
     ignore_case: bool,
 }
@@ -121,12 +128,34 @@ impl RouteMatch {
                 rule,
             });
         }
+        let grpc = match &raw.grpc {
+            None => None,
+            Some(g) => {
+                let gp = format!("{path}.grpc");
+                if !crate::grpc::valid_name(&g.service) {
+                    return Err(ConfigError::expected(
+                        format!("{gp}.service"),
+                        "a gRPC service name such as \"pkg.v1.Orders\"",
+                        show_str(&g.service),
+                    ));
+                }
+                if let Some(m) = g.method.as_deref().filter(|m| !crate::grpc::valid_name(m)) {
+                    return Err(ConfigError::expected(
+                        format!("{gp}.method"),
+                        "a gRPC method name such as \"Get\"",
+                        show_str(m),
+                    ));
+                }
+                Some((g.service.clone(), g.method.clone()))
+            }
+        };
         Ok(RouteMatch {
             path_prefix: raw.path_prefix.clone(),
             path_exact: raw.path_exact.clone(),
             methods,
             hosts,
             headers,
+            grpc,
             ignore_case: raw.case_sensitive == Some(false),
         })
     }
@@ -153,6 +182,14 @@ impl RouteMatch {
                 .get(..p.len())
                 .is_some_and(|head| same(head, p.as_bytes()))
             {
+                return false;
+            }
+        }
+        if let Some((service, method)) = &self.grpc {
+            let Some((s, m)) = crate::grpc::service_method(req.match_path()) else {
+                return false;
+            };
+            if s != service || method.as_ref().is_some_and(|want| want != m) {
                 return false;
             }
         }
@@ -451,6 +488,37 @@ mod tests {
     }
 
     #[test]
+    fn grpc_service_and_method() {
+        let svc = m(r#"{"grpc": {"service": "pkg.v1.Orders"}}"#);
+        let one = m(r#"{"grpc": {"service": "pkg.v1.Orders", "method": "Get"}}"#);
+        let grpc = [("content-type", "application/grpc")];
+        let get = req("POST", "/pkg.v1.Orders/Get", "h", &grpc);
+        let list = req("POST", "/pkg.v1.Orders/List", "h", &grpc);
+        assert!(svc.matches(&get) && svc.matches(&list));
+        assert!(one.matches(&get) && !one.matches(&list));
+        // Whatever the content-type: no way around the route.
+        assert!(one.matches(&req("POST", "/pkg.v1.Orders/Get", "h", &[])));
+        for p in [
+            "/pkg.v1.Orders",
+            "/pkg.v1.Orders/",
+            "/pkg.v1.Orders/Get/x",
+            "/pkg.v1.OrdersX/Get",
+            "/pkg.v1/Orders/Get",
+            "/other.Svc/Get",
+            "/",
+        ] {
+            assert!(!svc.matches(&req("POST", p, "h", &grpc)), "{p}");
+        }
+        // The normalised path is matched, like path_prefix.
+        let mut r = req("POST", "/x/../pkg.v1.Orders/%47et", "h", &grpc);
+        r.normalize_path(crate::request::path::EscapedSlashes::Reject)
+            .unwrap();
+        assert!(one.matches(&r));
+        // Query strings do not belong to the method.
+        assert!(one.matches(&req("POST", "/pkg.v1.Orders/Get?x=1", "h", &grpc)));
+    }
+
+    #[test]
     fn bad_matchers_are_config_errors_with_paths() {
         let cases = [
             (r#"{"path_prefix": "api"}"#, "m.path_prefix"),
@@ -460,6 +528,12 @@ mod tests {
             (
                 r#"{"headers": [{"name": "x", "exact": "a", "present": true}]}"#,
                 "m.headers[0]",
+            ),
+            (r#"{"grpc": {"service": ""}}"#, "m.grpc.service"),
+            (r#"{"grpc": {"service": "a/b"}}"#, "m.grpc.service"),
+            (
+                r#"{"grpc": {"service": "a.B", "method": "x y"}}"#,
+                "m.grpc.method",
             ),
         ];
         for (json, path) in cases {

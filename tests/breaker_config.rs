@@ -40,6 +40,14 @@ fn errors_carry_the_full_json_path() {
             "invalid config at routes[1].circuit_breaker.failure_statuses[1]: expected a status code from 100 to 599 (e.g. 503 or \"503\") or a class \"1xx\" to \"5xx\", got 700",
         ),
         (
+            r#"{ "grpc_failure_statuses": ["UNAVAILABLE", "NOPE"] }"#,
+            "invalid config at routes[1].circuit_breaker.grpc_failure_statuses[1]: expected a gRPC status name such as \"UNAVAILABLE\" or a number from 0 to 16, got \"NOPE\"",
+        ),
+        (
+            r#"{ "grpc_failure_statuses": [17] }"#,
+            "invalid config at routes[1].circuit_breaker.grpc_failure_statuses[0]: expected a gRPC status name such as \"UNAVAILABLE\" or a number from 0 to 16, got 17",
+        ),
+        (
             r#"{ "scope": "cluster" }"#,
             "invalid config at routes[1].circuit_breaker.scope: expected \"route\" or \"upstream\", got \"cluster\"",
         ),
@@ -52,6 +60,43 @@ fn errors_carry_the_full_json_path() {
         let err = Config::from_bytes(route_with(cb).as_bytes()).unwrap_err();
         assert_eq!(err.to_string(), want, "{cb}");
     }
+}
+
+#[test]
+fn grpc_failure_statuses_take_names_and_numbers() {
+    use meshguard::grpc::{Code, CodeSet};
+    let doc = route_with(r#"{ "grpc_failure_statuses": ["internal", 14, "4"] }"#);
+    let cfg = Config::from_bytes(doc.as_bytes()).unwrap();
+    let set = cfg.routes[1]
+        .breaker
+        .as_ref()
+        .unwrap()
+        .grpc_failure_statuses;
+    for c in [Code::INTERNAL, Code::UNAVAILABLE, Code::DEADLINE_EXCEEDED] {
+        assert!(set.contains(c), "{c:?}");
+    }
+    assert!(!set.contains(Code::UNKNOWN) && !set.contains(Code::OK));
+    // Empty: only upstream failures, broken responses and slow calls count.
+    let doc = route_with(r#"{ "grpc_failure_statuses": [] }"#);
+    let cfg = Config::from_bytes(doc.as_bytes()).unwrap();
+    assert_eq!(
+        cfg.routes[1]
+            .breaker
+            .as_ref()
+            .unwrap()
+            .grpc_failure_statuses,
+        CodeSet::default()
+    );
+    // Default.
+    let cfg = Config::from_bytes(route_with("{}").as_bytes()).unwrap();
+    assert_eq!(
+        cfg.routes[1]
+            .breaker
+            .as_ref()
+            .unwrap()
+            .grpc_failure_statuses,
+        CodeSet::SERVER_FAILURES
+    );
 }
 
 #[test]

@@ -42,6 +42,20 @@ fn examples_configure_their_feature() {
     assert!(global.rate_limit_service.is_some());
     assert_eq!(global.routes[0].rate_limits.len(), 1);
     assert_eq!(global.routes[0].global_limits.len(), 2);
+    let grpc = load("grpc.json");
+    let orders = &grpc.routes[1];
+    assert!(orders.jwt.is_some() && orders.breaker.is_some() && !orders.rate_limits.is_empty());
+    assert_eq!(
+        orders.rate_limit_grpc_status,
+        meshguard::grpc::Code::RESOURCE_EXHAUSTED
+    );
+    assert_eq!(
+        orders.rate_limits[0].key,
+        [
+            meshguard::ratelimit::KeyPart::GrpcMethod,
+            meshguard::ratelimit::KeyPart::Claim(vec!["sub".into()])
+        ]
+    );
     let full = load("full.json");
     let r = &full.routes[1];
     assert!(

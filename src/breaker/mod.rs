@@ -19,6 +19,7 @@
 //! | field | default | meaning |
 //! |---|---|---|
 //! | `failure_statuses` | `["5xx"]` | codes (`503`, `"503"`, 100..=599) or classes (`"1xx"`..`"5xx"`), at most 64 entries; `[]` = only upstream failures and slow calls count |
+//! | `grpc_failure_statuses` | `["UNKNOWN", "DEADLINE_EXCEEDED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"]` | gRPC calls: `grpc-status` codes that are failures, by name or number (0..=16) |
 //! | `consecutive_failures` | 5 | trip after this many failures in a row (1..=1000000) |
 //! | `failure_ratio` | off | in (0, 1]; trip when failures / requests over `window` reaches it |
 //! | `min_requests` | 20 | ratio rule only: fewer requests in the window never trip (1..=1000000) |
@@ -67,6 +68,33 @@
 //!    (`elapsed_ns > slow_call`) is a failure even if its status is fine.
 //! 6. Any other response is a success. No status and no failure flag (a
 //!    stream that ended with nothing to judge) does not count: `None`.
+//!
+//! # gRPC calls ([`classify_grpc`])
+//!
+//! A gRPC call (request `content-type` `application/grpc*`) answers HTTP
+//! 200 whether it failed or not: its outcome is the
+//! `grpc-status`, in the response headers (a trailers-only response: an
+//! error, or Envoy's own reply for an upstream failure) or in the trailers
+//! that end the stream. The filter reads it from the headers, and when a
+//! 200 has none, waits for the trailers (streaming calls are judged at
+//! their end). A response that is not 200 is judged as HTTP (rules 1-6).
+//! A gRPC-Web call's trailers travel in its body, which is not parsed: a
+//! `grpc-status` header (trailers-only) decides, else it is judged as HTTP.
+//! Then, in this order:
+//! 1. A client cancel (`DC`, or the stream gone without its end passing
+//!    through the filter) never counts, as for HTTP. An upstream reset after
+//!    the response headers also ends a stream past the filter: without a
+//!    callback at every stream's end (a cost on every request) it cannot be
+//!    told from a cancel, and does not count either. A reset before the
+//!    headers does: Envoy answers it with `UNAVAILABLE` and a failure flag.
+//! 2. An upstream failure flag is a failure.
+//! 3. No `grpc-status` at the end (the stream ended without trailers, or
+//!    headers-only with none) or a malformed one (not 1 to 10 digits) is a
+//!    failure: the response is broken. A number above 16 reads `UNKNOWN`.
+//! 4. A code in `grpc_failure_statuses` is a failure.
+//! 5. `slow_call` compares the time to the response *headers* (a
+//!    streaming call may last as long as it likes once it answered).
+//! 6. Anything else is a success.
 //!
 //! # State machine
 //!
@@ -283,10 +311,106 @@ pub fn classify(
     Some(Outcome::Success)
 }
 
+/// Decides what a gRPC call's end means for the breaker (see "gRPC calls"
+/// above): `status` is its `grpc-status` (`None`: the response ended with
+/// none), `elapsed_ns` the time to its response headers.
+pub fn classify_grpc(
+    policy: &BreakerPolicy,
+    status: Option<crate::grpc::Status>,
+    upstream_failure: bool,
+    elapsed_ns: u64,
+    cancelled_by_client: bool,
+) -> Option<Outcome> {
+    use crate::grpc::Status;
+    if cancelled_by_client {
+        return None;
+    }
+    let failed = upstream_failure
+        || match status {
+            None | Some(Status::Malformed) => true,
+            Some(Status::Code(c)) => policy.grpc_failure_statuses.contains(c),
+        };
+    let slow = policy.slow_call_ns.is_some_and(|slow| elapsed_ns > slow);
+    Some(match failed || slow {
+        true => Outcome::Failure,
+        false => Outcome::Success,
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classify_grpc_reads_the_status_and_never_trusts_a_broken_one() {
+        use crate::grpc::{parse_status, Code, Status};
+        let p = BreakerPolicy {
+            slow_call_ns: Some(2000 * MS),
+            ..BreakerPolicy::default()
+        };
+        use Outcome::*;
+        let code = |n| Some(Status::Code(Code::from_number(n).unwrap()));
+        type Case = (Option<Status>, bool, u64, bool, Option<Outcome>);
+        let cases: &[Case] = &[
+            (code(0), false, MS, false, Some(Success)),
+            (code(5), false, MS, false, Some(Success)), // NOT_FOUND
+            (code(8), false, MS, false, Some(Success)), // RESOURCE_EXHAUSTED
+            (code(16), false, MS, false, Some(Success)), // UNAUTHENTICATED
+            (code(14), false, MS, false, Some(Failure)), // UNAVAILABLE
+            (code(2), false, MS, false, Some(Failure)),
+            (code(4), false, MS, false, Some(Failure)),
+            (code(13), false, MS, false, Some(Failure)),
+            (code(15), false, MS, false, Some(Failure)),
+            // Broken: no status at the end, or not a number.
+            (None, false, MS, false, Some(Failure)),
+            (Some(Status::Malformed), false, MS, false, Some(Failure)),
+            (
+                Some(parse_status(b"banana")),
+                false,
+                MS,
+                false,
+                Some(Failure),
+            ),
+            (
+                Some(parse_status(b"99999999999999")),
+                false,
+                MS,
+                false,
+                Some(Failure),
+            ),
+            (
+                Some(parse_status(b"4000000000")),
+                false,
+                MS,
+                false,
+                Some(Failure),
+            ), // UNKNOWN
+            // Upstream failure flags win; a client cancel never counts.
+            (code(0), true, MS, false, Some(Failure)),
+            (code(14), false, MS, true, None),
+            (None, true, MS, true, None),
+            // slow_call: time to headers.
+            (code(0), false, 2000 * MS + 1, false, Some(Failure)),
+            (code(0), false, 2000 * MS, false, Some(Success)),
+        ];
+        for &(st, uf, el, cancel, want) in cases {
+            assert_eq!(
+                classify_grpc(&p, st, uf, el, cancel),
+                want,
+                "{st:?} uf={uf} el={el} cancel={cancel}"
+            );
+        }
+        // The list is configurable.
+        let mut q = BreakerPolicy {
+            grpc_failure_statuses: crate::grpc::CodeSet::default(),
+            ..BreakerPolicy::default()
+        };
+        q.grpc_failure_statuses.insert(Code::RESOURCE_EXHAUSTED);
+        assert_eq!(classify_grpc(&q, code(14), false, 0, false), Some(Success));
+        assert_eq!(classify_grpc(&q, code(8), false, 0, false), Some(Failure));
+        assert_eq!(classify_grpc(&q, None, false, 0, false), Some(Failure));
+    }
 
     #[test]
     fn response_flags_are_read_only_when_they_can_matter() {

@@ -21,6 +21,8 @@ pub const MAX_COUNT: i64 = 1_000_000;
 pub const MAX_HALF_OPEN_REQUESTS: i64 = 1000;
 pub const MAX_SUCCESS_THRESHOLD: i64 = 1000;
 pub const MAX_FAILURE_STATUSES: usize = 64;
+/// One entry per gRPC code, at most.
+pub const MAX_GRPC_FAILURE_STATUSES: usize = 17;
 /// Longest `window` / `slow_call` accepted.
 pub const MAX_WINDOW_NS: u64 = 3600 * SEC;
 /// Longest `open_duration` / `max_open_duration` accepted.
@@ -78,6 +80,8 @@ pub struct RatioRule {
 #[derive(Debug, Clone)]
 pub struct BreakerPolicy {
     pub failure_statuses: StatusSet,
+    /// gRPC calls: the `grpc-status` codes that are failures.
+    pub grpc_failure_statuses: crate::grpc::CodeSet,
     pub consecutive_failures: u32,
     pub ratio: Option<RatioRule>,
     pub slow_call_ns: Option<u64>,
@@ -98,6 +102,7 @@ impl Default for BreakerPolicy {
         failure_statuses.insert_class(5);
         BreakerPolicy {
             failure_statuses,
+            grpc_failure_statuses: crate::grpc::CodeSet::SERVER_FAILURES,
             consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
             ratio: None,
             slow_call_ns: None,
@@ -110,6 +115,10 @@ impl Default for BreakerPolicy {
         }
     }
 }
+
+/// What `grpc_failure_statuses` entries may be.
+pub const GRPC_STATUS_EXPECTED: &str =
+    "a gRPC status name such as \"UNAVAILABLE\" or a number from 0 to 16";
 
 const STATUS_EXPECTED: &str =
     "a status code from 100 to 599 (e.g. 503 or \"503\") or a class \"1xx\" to \"5xx\"";
@@ -223,6 +232,30 @@ impl BreakerPolicy {
                 }
             }
             p.failure_statuses = set;
+        }
+
+        if let Some(list) = &raw.grpc_failure_statuses {
+            if list.len() > MAX_GRPC_FAILURE_STATUSES {
+                return Err(ConfigError::expected(
+                    format!("{path}.grpc_failure_statuses"),
+                    &format!("at most {MAX_GRPC_FAILURE_STATUSES} entries"),
+                    list.len(),
+                ));
+            }
+            let mut set = crate::grpc::CodeSet::default();
+            for (i, v) in list.iter().enumerate() {
+                match crate::grpc::Code::from_json(v) {
+                    Some(c) => set.insert(c),
+                    None => {
+                        return Err(ConfigError::expected(
+                            format!("{path}.grpc_failure_statuses[{i}]"),
+                            GRPC_STATUS_EXPECTED,
+                            show_json(v),
+                        ))
+                    }
+                }
+            }
+            p.grpc_failure_statuses = set;
         }
 
         if let Some(n) = raw.consecutive_failures {

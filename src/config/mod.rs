@@ -106,6 +106,9 @@ pub struct Route {
     /// Global (`"scope": "global"`) limits, in order: counted by the rate
     /// limit service, after the local ones.
     pub global_limits: Vec<LimitPolicy>,
+    /// The gRPC status of rate-limit refusals to gRPC calls
+    /// (`rate_limit_grpc_status`, default `RESOURCE_EXHAUSTED`).
+    pub rate_limit_grpc_status: crate::grpc::Code,
     pub breaker: Option<BreakerPolicy>,
     pub cache: Option<CachePolicy>,
 }
@@ -476,6 +479,25 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             crate::ratelimit::policy::set_policy_header(&mut rate_limits);
         }
+        let rate_limit_grpc_status = match &r.rate_limit_grpc_status {
+            None => crate::grpc::Code::RESOURCE_EXHAUSTED,
+            Some(_) if rate_limits.is_empty() && global_limits.is_empty() => {
+                return Err(ConfigError::new(
+                    format!("{path}.rate_limit_grpc_status"),
+                    "expected a \"rate_limit\" section on this route: the status only applies to its refusals",
+                ));
+            }
+            Some(v) => match crate::grpc::Code::from_json(v) {
+                Some(c) if c != crate::grpc::Code::OK => c,
+                _ => {
+                    return Err(ConfigError::expected(
+                        format!("{path}.rate_limit_grpc_status"),
+                        "a gRPC status name such as \"RESOURCE_EXHAUSTED\" or \"UNAVAILABLE\", or a number from 1 to 16",
+                        v,
+                    ))
+                }
+            },
+        };
         let breaker = match &r.circuit_breaker {
             Some(b) => Some(BreakerPolicy::compile(
                 b,
@@ -493,6 +515,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             jwt,
             rate_limits,
             global_limits,
+            rate_limit_grpc_status,
             breaker,
             cache,
         });

@@ -94,6 +94,12 @@ pub struct RawRoute {
     pub jwt: Option<RawRouteJwt>,
     #[serde(default)]
     pub rate_limit: Option<Vec<RawRateLimit>>,
+    /// The gRPC status of this route's rate-limit refusals to gRPC calls:
+    /// a name (`"RESOURCE_EXHAUSTED"`, the default, which clients do not
+    /// retry on their own; `"UNAVAILABLE"`, which retry policies do retry)
+    /// or a number from 1 to 16.
+    #[serde(default)]
+    pub rate_limit_grpc_status: Option<serde_json::Value>,
     #[serde(default)]
     pub circuit_breaker: Option<RawBreaker>,
     #[serde(default)]
@@ -113,12 +119,26 @@ pub struct RawMatch {
     pub hosts: Option<Vec<String>>,
     #[serde(default)]
     pub headers: Option<Vec<RawHeaderMatch>>,
+    /// gRPC calls to this service (and method): the path
+    /// `/<service>/<method>`, whatever the content-type.
+    #[serde(default)]
+    pub grpc: Option<RawGrpcMatch>,
     /// `false`: `path_prefix` / `path_exact` compare ASCII letters
     /// case-insensitively, and `path` key parts of the route's limits are
     /// lower-cased (for origins that do not tell `/Admin` from `/admin`).
     /// Default true.
     #[serde(default)]
     pub case_sensitive: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpcMatch {
+    /// Fully qualified service name, e.g. `"pkg.v1.Orders"`.
+    pub service: String,
+    /// Method name, e.g. `"Get"`; absent: every method of the service.
+    #[serde(default)]
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -315,6 +335,11 @@ pub enum RawKeyPart {
 pub struct RawBreaker {
     #[serde(default)]
     pub failure_statuses: Option<Vec<serde_json::Value>>,
+    /// gRPC calls: the `grpc-status` codes that count as failures, by name
+    /// (`"UNAVAILABLE"`) or number (`14`). Default: UNKNOWN,
+    /// DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+    #[serde(default)]
+    pub grpc_failure_statuses: Option<Vec<serde_json::Value>>,
     #[serde(default)]
     pub consecutive_failures: Option<i64>,
     #[serde(default)]

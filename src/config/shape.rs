@@ -16,7 +16,7 @@
 use serde_json::Value;
 
 /// Every place where the schema has an object and never an array.
-pub const OBJECT_PLACES: [&str; 19] = [
+pub const OBJECT_PLACES: [&str; 20] = [
     "cache_store",
     "client_ip",
     "jwt_providers",
@@ -33,6 +33,7 @@ pub const OBJECT_PLACES: [&str; 19] = [
     "routes[].jwt",
     "routes[].jwt.claims[]",
     "routes[].match",
+    "routes[].match.grpc",
     "routes[].match.headers[]",
     "routes[].rate_limit[]",
     "routes[].rate_limit[].key[]",

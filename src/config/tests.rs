@@ -214,6 +214,31 @@ fn errors_name_path_expectation_and_value() {
 }
 
 #[test]
+fn rate_limit_grpc_status_names_a_code_for_a_route_with_limits() {
+    let limit = r#""rate_limit": [{"capacity": 1, "refill_interval": "1s"}]"#;
+    let route = |extra: &str| format!(r#"{{"routes": [{{"name": "r", {limit}{extra}}}]}}"#);
+    assert_eq!(
+        ok(&route("")).routes[0].rate_limit_grpc_status,
+        crate::grpc::Code::RESOURCE_EXHAUSTED
+    );
+    for v in [r#""UNAVAILABLE""#, "14", r#""unavailable""#] {
+        let cfg = ok(&route(&format!(r#", "rate_limit_grpc_status": {v}"#)));
+        assert_eq!(
+            cfg.routes[0].rate_limit_grpc_status,
+            crate::grpc::Code::UNAVAILABLE
+        );
+    }
+    for v in [r#""OK""#, "0", "17", r#""NOPE""#, "true"] {
+        let e = err(&route(&format!(r#", "rate_limit_grpc_status": {v}"#)));
+        assert_eq!(e.path, "routes[0].rate_limit_grpc_status", "{v}");
+        assert!(e.msg.starts_with("expected a gRPC status name"), "{v}: {e}");
+    }
+    // Without limits it would do nothing: an error, not a silent no-op.
+    let e = err(r#"{"routes": [{"name": "r", "rate_limit_grpc_status": "UNAVAILABLE"}]}"#);
+    assert_eq!(e.path, "routes[0].rate_limit_grpc_status");
+}
+
+#[test]
 fn non_utf8_bytes_are_refused_cleanly() {
     let e = Config::from_bytes(b"{\"routes\": [\xff\xfe]}").expect_err("must refuse");
     assert!(e.to_string().contains("invalid UTF-8 at byte 12"), "{e}");

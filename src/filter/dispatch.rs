@@ -279,10 +279,16 @@ pub extern "C" fn proxy_on_response_body(context_id: u32, body_size: usize, eos:
     .unwrap_or(action::CONTINUE)
 }
 
-/// Trailers end the response (and the stream); they pass unchanged.
+/// Trailers end the response (and the stream); they pass unchanged. A
+/// gRPC call's breaker outcome may be in them (`grpc-status`).
 #[no_mangle]
 pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
-    with(|c| c.end_if_last(context_id, true, action::CONTINUE));
+    with(|c| {
+        if let Some((s, _)) = c.streams.get_mut(&context_id) {
+            s.on_response_trailers();
+        }
+        c.end_if_last(context_id, true, action::CONTINUE)
+    });
     action::CONTINUE
 }
 

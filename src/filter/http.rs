@@ -93,13 +93,25 @@ fn read_request() -> Request {
 }
 
 /// Refuses a request whose path cannot be normalised (400, a short JSON
-/// body; see `request::path`).
-fn reject_path(e: PathError) {
+/// body; see `request::path`); a gRPC call gets `INVALID_ARGUMENT`.
+fn reject_path(e: PathError, req: &Request) {
     let body = serde_json::json!({"error": "invalid_path", "error_description": e.reason()});
-    let mut map = HeaderMap::with_capacity(1, 32);
-    map.add(b"content-type", b"application/json");
-    if !adapter::send_local_reply_map(400, &map, body.to_string().as_bytes()) {
-        log::warn!("meshguard: the host refused a local 400 reply");
+    let ct = req.header("content-type");
+    let (status, map, body) = match crate::grpc::Kind::of(ct) {
+        Some(kind) => {
+            let message = format!("invalid_path: {}", e.reason());
+            let code = crate::grpc::Code::INVALID_ARGUMENT;
+            let (map, body) = pipeline::grpc_reply(kind, ct, code, &message, &[]);
+            (200, map, body)
+        }
+        None => {
+            let mut map = HeaderMap::with_capacity(1, 32);
+            map.add(b"content-type", b"application/json");
+            (400, map, body.to_string().into_bytes())
+        }
+    };
+    if !adapter::send_local_reply_map(status, &map, &body) {
+        log::warn!("meshguard: the host refused a local {status} reply");
     }
 }
 
@@ -140,7 +152,7 @@ impl Stream {
         if let Some(slashes) = config.path_normalization {
             if let Err(e) = req.normalize_path(slashes) {
                 ProxyWasmHost.increment_metric(rt.path_rejected, 1);
-                reject_path(e);
+                reject_path(e, &req);
                 return action::PAUSE;
             }
         }
@@ -222,6 +234,17 @@ impl Stream {
             }
         }
         action::CONTINUE
+    }
+
+    /// Response trailers: a gRPC call's outcome may wait for them.
+    pub fn on_response_trailers(&mut self) {
+        if let Some(state) = &self.state {
+            if let Ok(mut s) = state.try_borrow_mut() {
+                if !s.local_reply {
+                    pipeline::on_response_trailers(&mut s);
+                }
+            }
+        }
     }
 
     /// The stream is over: `seen` when its response's end passed through

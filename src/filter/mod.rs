@@ -4,8 +4,10 @@
 //! and local replies. No policy logic lives here.
 //!
 //! Request path: route match -> JWT -> rate limit -> cache lookup -> breaker
-//! admit -> upstream. Response path: breaker records the outcome -> cache
-//! stores -> rate-limit and cache headers are added. At most one local reply
+//! admit -> upstream. Response path: breaker records the outcome (a gRPC
+//! call's `grpc-status`: from the headers, else at the trailers) -> cache
+//! stores -> rate-limit and cache headers are added. A refusal to a gRPC or
+//! gRPC-Web call is a gRPC status (`pipeline::grpc_reply`). At most one local reply
 //! is sent per stream; a reply meshguard generated is never counted by the
 //! breaker nor stored by the cache.
 //!

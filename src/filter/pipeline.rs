@@ -10,6 +10,7 @@ use super::root::{Runtime, Worker};
 use crate::breaker::{self, Admission};
 use crate::cache::{self, CacheRoute, Lookup, MissContext, ResponseDecision};
 use crate::config::Route;
+use crate::grpc;
 use crate::host::header_map::HeaderMap;
 use crate::host::proxy_wasm as adapter;
 use crate::host::{Host, OneClock};
@@ -58,6 +59,10 @@ pub struct BreakerTicket {
     /// Whether it is a probe, and of which HALF_OPEN round.
     pub probe: breaker::ProbeTicket,
     pub started_ns: u64,
+    /// A gRPC call whose response headers (HTTP 200, no `grpc-status`)
+    /// passed: its outcome waits for the trailers. The time those headers
+    /// took (what `slow_call` judges; 0 without `slow_call`).
+    pub grpc_headers_elapsed_ns: Option<u64>,
 }
 
 /// A response being copied into the cache as it streams through.
@@ -162,7 +167,29 @@ impl StreamState {
         Step::Replied
     }
 
+    /// How the request speaks gRPC, if it does (read from the request's
+    /// headers when a reply or an outcome needs it, not per request).
+    pub fn grpc_kind(&self) -> Option<grpc::Kind> {
+        grpc::Kind::of(self.req.header("content-type"))
+    }
+
+    /// One of meshguard's refusals: over HTTP, `status` with a JSON body;
+    /// to a gRPC or gRPC-Web call, the same refusal as a trailers-only
+    /// gRPC status ([`grpc_reply`]).
     fn json_reply(&mut self, status: u32, extra: &[(&str, &str)], body: &str) -> Step {
+        if let Some(kind) = self.grpc_kind() {
+            let rate_limited = self
+                .rt
+                .config
+                .routes
+                .get(self.route)
+                .map_or(grpc::Code::RESOURCE_EXHAUSTED, |r| r.rate_limit_grpc_status);
+            let code = grpc::Code::for_reply(status, rate_limited);
+            let message = grpc::message_from_json(body);
+            let (map, body) =
+                grpc_reply(kind, self.req.header("content-type"), code, &message, extra);
+            return self.reply_map(200, map, &body);
+        }
         let mut h = vec![("content-type", "application/json")];
         h.extend_from_slice(extra);
         self.reply(status, &h, body.as_bytes())
@@ -174,6 +201,49 @@ impl StreamState {
         }
         now < self.park_deadline_ns
     }
+}
+
+/// A gRPC (or gRPC-Web) reply, sent with HTTP status 200: its headers and
+/// body. Headers: `content-type` (`application/grpc`, or the request's
+/// gRPC-Web type), `grpc-status`, the percent-encoded `grpc-message`, then
+/// the headers the HTTP reply would carry (`extra`: `www-authenticate`,
+/// `retry-after`...; their `content-type` is dropped). With a
+/// `retry-after`, `grpc-retry-pushback-ms` says the same to gRPC retry
+/// policies (a client configured to retry that code waits that long).
+/// Body: none for gRPC (trailers-only), the same status as a trailers
+/// frame for gRPC-Web (see `grpc`).
+pub fn grpc_reply(
+    kind: grpc::Kind,
+    request_content_type: Option<&[u8]>,
+    code: grpc::Code,
+    message: &str,
+    extra: &[(&str, &str)],
+) -> (HeaderMap, Vec<u8>) {
+    let mut map = HeaderMap::with_capacity(extra.len() + 8, 256);
+    map.add(
+        b"content-type",
+        kind.reply_content_type(request_content_type),
+    );
+    let message = grpc::encode_message(message);
+    map.add(b"grpc-status", code.header_value().as_bytes());
+    map.add(b"grpc-message", message.as_bytes());
+    for (n, v) in extra {
+        if n.eq_ignore_ascii_case("content-type") {
+            continue;
+        }
+        map.add(n.as_bytes(), v.as_bytes());
+        if n.eq_ignore_ascii_case("retry-after") {
+            if let Ok(secs) = v.parse::<u64>() {
+                let ms = secs.saturating_mul(1000).to_string();
+                map.add(b"grpc-retry-pushback-ms", ms.as_bytes());
+            }
+        }
+    }
+    let body = match kind {
+        grpc::Kind::Grpc => Vec::new(),
+        grpc::Kind::GrpcWeb { text } => grpc::web_trailers_frame(code, &message, text),
+    };
+    (map, body)
 }
 
 fn cache_route<'a>(rt: &'a Runtime, route: &'a Route, idx: usize) -> Option<CacheRoute<'a>> {
@@ -363,6 +433,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                                     Some(_) => host.now_nanos(),
                                     None => 0,
                                 },
+                                grpc_headers_elapsed_ns: None,
                             });
                         }
                         Admission::Rejected { retry_after_secs } => {
@@ -581,6 +652,93 @@ pub fn abandon_cache(s: &mut StreamState) {
 /// response headers (`status` known), or at the end of the stream when no
 /// response came (reset, client gone).
 pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
+    record_outcome(s, |policy, ticket, now| {
+        let upstream_failure = breaker::upstream_failure_from_response_flags(flags);
+        let cancelled = breaker::client_cancelled_from_response_flags(flags)
+            || (status.is_none() && !upstream_failure);
+        let elapsed = match policy.slow_call_ns {
+            Some(_) => now().saturating_sub(ticket.started_ns),
+            None => 0,
+        };
+        breaker::classify(policy, status, upstream_failure, elapsed, false, cancelled)
+    });
+}
+
+/// Records the outcome of a gRPC call the breaker admitted, once (see
+/// `breaker::classify_grpc`): `status` is its `grpc-status` (`None`: the
+/// response ended without one), `flags` Envoy's response flags when read.
+pub fn record_grpc(s: &mut StreamState, status: Option<grpc::Status>, flags: u64) {
+    record_outcome(s, |policy, ticket, now| {
+        let upstream_failure = breaker::upstream_failure_from_response_flags(flags);
+        let cancelled = breaker::client_cancelled_from_response_flags(flags);
+        let elapsed = match (policy.slow_call_ns, ticket.grpc_headers_elapsed_ns) {
+            (None, _) => 0,
+            (Some(_), Some(at_headers)) => at_headers,
+            (Some(_), None) => now().saturating_sub(ticket.started_ns),
+        };
+        breaker::classify_grpc(policy, status, upstream_failure, elapsed, cancelled)
+    });
+}
+
+/// The response headers of a gRPC call (HTTP 200) the breaker admitted:
+/// a `grpc-status` among them (trailers-only) decides now; none, and the
+/// response goes on, waits for the trailers; none at the end of the stream
+/// is a broken response. Envoy's flags are read only for a status that is
+/// not OK (an upstream failure Envoy answered itself). A gRPC-Web response
+/// carries its trailers in its body, which meshguard does not parse: without
+/// a `grpc-status` header it is judged as HTTP (a 200).
+fn grpc_outcome_at_headers(s: &mut StreamState, end_of_stream: bool, web: bool) {
+    match adapter::response_header("grpc-status") {
+        Some(v) => {
+            let status = grpc::parse_status(&v);
+            let flags = match status {
+                grpc::Status::Code(grpc::Code::OK) => 0,
+                _ => adapter::property_u64(&["response", "flags"]).unwrap_or(0),
+            };
+            record_grpc(s, Some(status), flags);
+        }
+        None if web => record_breaker(s, Some(200), 0),
+        None if end_of_stream => record_grpc(s, None, 0),
+        None => {
+            let rt = s.rt.clone();
+            let slow_call = rt
+                .config
+                .routes
+                .get(s.route)
+                .and_then(|r| r.breaker.as_ref())
+                .and_then(|p| p.slow_call_ns);
+            if let Some(ticket) = s.breaker.as_mut() {
+                ticket.grpc_headers_elapsed_ns = Some(match slow_call {
+                    Some(_) => rt.host().now_nanos().saturating_sub(ticket.started_ns),
+                    None => 0,
+                });
+            }
+        }
+    }
+}
+
+/// Response trailers: the outcome of a gRPC call waiting for them. Read
+/// only for such a call; trailers pass unchanged.
+pub fn on_response_trailers(s: &mut StreamState) {
+    if s.breaker
+        .as_ref()
+        .is_some_and(|t| t.grpc_headers_elapsed_ns.is_some())
+    {
+        let status = adapter::response_trailer("grpc-status").map(|v| grpc::parse_status(&v));
+        record_grpc(s, status, 0);
+    }
+}
+
+/// Takes the stream's breaker ticket and records what `judge` makes of it
+/// (nothing: a probe gives its slot back).
+fn record_outcome(
+    s: &mut StreamState,
+    judge: impl FnOnce(
+        &breaker::BreakerPolicy,
+        &BreakerTicket,
+        &dyn Fn() -> u64,
+    ) -> Option<breaker::Outcome>,
+) {
     let Some(ticket) = s.breaker.take() else {
         return;
     };
@@ -599,14 +757,7 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
     // a success without the ratio rule).
     let batched = rt.host();
     let host = OneClock::new(&batched);
-    let upstream_failure = breaker::upstream_failure_from_response_flags(flags);
-    let cancelled = breaker::client_cancelled_from_response_flags(flags)
-        || (status.is_none() && !upstream_failure);
-    let elapsed = match policy.slow_call_ns {
-        Some(_) => host.now_nanos().saturating_sub(ticket.started_ns),
-        None => 0,
-    };
-    match breaker::classify(policy, status, upstream_failure, elapsed, false, cancelled) {
+    match judge(policy, &ticket, &|| host.now_nanos()) {
         Some(outcome) => breaker::record(&host, policy, key, outcome, ticket.probe),
         None if ticket.probe.probe => breaker::release(&host, policy, key, ticket.probe),
         None => {}
@@ -634,7 +785,17 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
     } else {
         (None, 0)
     };
-    record_breaker(s, status, flags);
+    // A gRPC call answers 200 whatever its outcome: its `grpc-status`
+    // decides (any other status is judged as HTTP).
+    // (The request headers are looked at only then.)
+    let grpc = match (&s.breaker, status) {
+        (Some(_), Some(200)) => s.grpc_kind(),
+        _ => None,
+    };
+    match grpc {
+        Some(kind) => grpc_outcome_at_headers(s, end_of_stream, kind != grpc::Kind::Grpc),
+        None => record_breaker(s, status, flags),
+    }
 
     let mut cache_status: Option<String> = None;
     let rt = s.rt.clone();
@@ -812,13 +973,22 @@ pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
 /// stream Envoy already deleted had no response through the filter and
 /// counts as cancelled.
 pub fn on_stream_end(s: &mut StreamState, context_alive: bool) {
-    if s.breaker.is_some() {
+    if let Some(ticket) = &s.breaker {
+        let awaiting_grpc_status = ticket.grpc_headers_elapsed_ns.is_some();
         let flags = if context_alive {
             adapter::property_u64(&["response", "flags"]).unwrap_or(0)
         } else {
             0
         };
-        record_breaker(s, None, flags);
+        if awaiting_grpc_status && context_alive {
+            // A gRPC response that ended without trailers: broken (unless
+            // the client left).
+            record_grpc(s, None, flags);
+        } else {
+            // Gone without its end passing the filter: for a gRPC stream
+            // too, a cancel (see `dispatch`).
+            record_breaker(s, None, flags);
+        }
     }
     abandon_cache(s);
 }

@@ -233,6 +233,11 @@ pub fn response_header(name: &str) -> Option<Vec<u8>> {
     map_value(map::RESPONSE_HEADERS, name)
 }
 
+/// A response trailer's value (read for gRPC calls' `grpc-status`).
+pub fn response_trailer(name: &str) -> Option<Vec<u8>> {
+    map_value(map::RESPONSE_TRAILERS, name)
+}
+
 /// Sets (replaces) a request header; `None` removes it.
 pub fn set_request_header(name: &str, value: Option<&[u8]>) {
     match value {

@@ -21,6 +21,10 @@ pub enum KeyPart {
     ClientIp,
     Path,
     Method,
+    /// The gRPC service of the path (`/<service>/<method>`), "" otherwise.
+    GrpcService,
+    /// The gRPC method of the path, "" otherwise.
+    GrpcMethod,
     Header(String),
     Query(String),
     Cookie(String),
@@ -258,6 +262,8 @@ impl LimitPolicy {
                 },
                 KeyPart::Path => Some(req.match_path()),
                 KeyPart::Method => Some(&req.method),
+                KeyPart::GrpcService => Some(grpc_part(req, true)),
+                KeyPart::GrpcMethod => Some(grpc_part(req, false)),
                 KeyPart::ClientIp if xff_hops.xff_trusted_hops == 0 => Some(&req.peer_ip),
                 KeyPart::Constant(c) => Some(c),
                 _ => None,
@@ -268,6 +274,16 @@ impl LimitPolicy {
                 _ => push_part(out, &part.value(req, claims, xff_hops)),
             }
         }
+    }
+}
+
+/// The gRPC service (`service`) or method of the path routes match, ""
+/// when it is not a gRPC path.
+fn grpc_part(req: &Request, service: bool) -> &str {
+    match crate::grpc::service_method(req.match_path()) {
+        Some((s, _)) if service => s,
+        Some((_, m)) => m,
+        None => "",
     }
 }
 
@@ -291,6 +307,8 @@ impl KeyPart {
             KeyPart::ClientIp => req.client_ip(xff_hops),
             KeyPart::Path => req.match_path().to_string(),
             KeyPart::Method => req.method.clone(),
+            KeyPart::GrpcService => grpc_part(req, true).to_string(),
+            KeyPart::GrpcMethod => grpc_part(req, false).to_string(),
             KeyPart::Header(h) => req
                 .header(h)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -315,6 +333,8 @@ impl KeyPart {
             KeyPart::ClientIp => "client_ip".into(),
             KeyPart::Path => "path".into(),
             KeyPart::Method => "method".into(),
+            KeyPart::GrpcService => "grpc_service".into(),
+            KeyPart::GrpcMethod => "grpc_method".into(),
             KeyPart::Header(h) => format!("header.{h}"),
             KeyPart::Query(q) => format!("query.{q}"),
             KeyPart::Cookie(c) => format!("cookie.{c}"),
@@ -356,12 +376,14 @@ pub fn hash_hex(b: &[u8]) -> String {
 }
 
 fn compile_part(part: &RawKeyPart, path: &str) -> Result<KeyPart, ConfigError> {
-    const EXPECTED: &str = "\"client_ip\", \"path\", \"method\", or an object with one of \"header\", \"query\", \"cookie\", \"claim\", \"constant\"";
+    const EXPECTED: &str = "\"client_ip\", \"path\", \"method\", \"grpc_service\", \"grpc_method\", or an object with one of \"header\", \"query\", \"cookie\", \"claim\", \"constant\"";
     match part {
         RawKeyPart::Simple(s) => match s.as_str() {
             "client_ip" => Ok(KeyPart::ClientIp),
             "path" => Ok(KeyPart::Path),
             "method" => Ok(KeyPart::Method),
+            "grpc_service" => Ok(KeyPart::GrpcService),
+            "grpc_method" => Ok(KeyPart::GrpcMethod),
             other => Err(ConfigError::expected(path, EXPECTED, show_str(other))),
         },
         RawKeyPart::Object(map) => {
@@ -604,6 +626,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn grpc_key_parts_read_service_and_method_from_the_path() {
+        let p = policy(
+            r#"{"capacity": 5, "refill_interval": "1s", "key": ["grpc_service", "grpc_method"]}"#,
+        )
+        .expect("ok");
+        let mk = |path: &str| Request {
+            path: path.into(),
+            ..Request::default()
+        };
+        let hops = ClientIpRule::default();
+        assert_eq!(
+            p.bucket_key(&mk("/pkg.v1.Orders/Get"), None, hops),
+            "13:pkg.v1.Orders3:Get"
+        );
+        // Not a gRPC path: both parts are empty.
+        assert_eq!(p.bucket_key(&mk("/a/b/c"), None, hops), "0:0:");
+        assert_eq!(p.bucket_key(&mk("/"), None, hops), "0:0:");
+        // `value` (the rate limit service's descriptors) agrees.
+        let r = mk("/pkg.v1.Orders/Get?x");
+        assert_eq!(
+            p.bucket_key(&r, None, hops),
+            reference_key(&p, &r, None, hops)
+        );
+        assert_eq!(p.key[0].descriptor_key(), "grpc_service");
+        assert_eq!(p.key[1].descriptor_key(), "grpc_method");
     }
 
     #[test]

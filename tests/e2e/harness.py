@@ -129,7 +129,9 @@ def wasm_filter(config, fail_open=False, vm_id="meshguard"):
     }
 
 
-def static_cluster(name, port, http2=False, connect_timeout="1s"):
+def static_cluster(name, port, http2=False, connect_timeout="1s", http1_trailers=False):
+    """`http2`: HTTP/2 to the endpoint; `http1_trailers`: HTTP/1.1 with
+    chunked trailers passed on (Envoy drops them by default)."""
     c = {
         "name": name,
         "type": "STATIC",
@@ -140,18 +142,26 @@ def static_cluster(name, port, http2=False, connect_timeout="1s"):
                 "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
         },
     }
-    if http2:
+    if http2 or http1_trailers:
+        proto = ({"http2_protocol_options": {}} if http2 else
+                 {"http_protocol_options": {"enable_trailers": True}})
         c["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": proto,
             }
         }
     return c
 
 
 def bootstrap(config, upstream_port, listen_port, admin_port, extra_clusters=(),
-              route_timeout="5s", fail_open=False, filters_before=(), filters_after=()):
+              route_timeout="5s", fail_open=False, filters_before=(), filters_after=(),
+              downstream_http2=False, upstream_http2=False, upstream_http1_trailers=False):
+    """`downstream_http2`: the listener also speaks HTTP/2 without TLS (h2c
+    with prior knowledge, as gRPC clients do; HTTP/1.1 still works:
+    `codec_type: AUTO`). `upstream_http2`: Envoy talks HTTP/2 to the
+    upstream (a gRPC server); `upstream_http1_trailers`: HTTP/1.1 with its
+    chunked trailers passed on."""
     http_filters = list(filters_before) + [wasm_filter(config, fail_open)] + list(filters_after) + [{
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -170,6 +180,8 @@ def bootstrap(config, upstream_port, listen_port, admin_port, extra_clusters=(),
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "ingress",
+                        **({"codec_type": "AUTO", "http2_protocol_options": {}}
+                           if downstream_http2 else {}),
                         "route_config": {"virtual_hosts": [{
                             "name": "all", "domains": ["*"],
                             "routes": [{"match": {"prefix": "/"},
@@ -179,7 +191,9 @@ def bootstrap(config, upstream_port, listen_port, admin_port, extra_clusters=(),
                     },
                 }]}],
             }],
-            "clusters": [static_cluster("upstream", upstream_port)] + list(extra_clusters),
+            "clusters": [static_cluster("upstream", upstream_port, http2=upstream_http2,
+                                        http1_trailers=upstream_http1_trailers)]
+            + list(extra_clusters),
         },
     }
 

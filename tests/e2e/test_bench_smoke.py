@@ -16,6 +16,7 @@ SCENARIOS = [
     "trivial-reply", "trivial-hit-floor", "mg-nopolicy", "mg-ratelimit", "mg-ratelimit-noheaders",
     "mg-ratelimit-key", "native-ratelimit-key", "mg-breaker", "mg-cache-hit", "native-cache-hit",
     "mg-routes-first", "mg-routes-last",
+    "grpc-passthrough", "mg-grpc-ratelimit",
 ]
 
 
@@ -42,6 +43,7 @@ def test_the_bench_runs_its_scenarios_checks_them_and_reports(tmp_path):
     assert "(a = native-ratelimit-key, b = mg-ratelimit-key)" in md
     assert "(a = mg-routes-first, b = mg-routes-last)" in md
     assert "| 1,000th route costs <= the first + 1 us |" in md
+    assert "(a = grpc-passthrough, b = mg-grpc-ratelimit)" in md
     assert "| rate limit (default: IETF RateLimit headers) overhead <= no-policy + 3 us |" in md
     assert "meshguard" in md and "over that floor" in md
     # A partial run (--only) leaves the README's block alone.

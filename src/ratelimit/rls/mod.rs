@@ -25,7 +25,7 @@
 //! - One call per request, carrying one descriptor per global limit of the
 //!   route, in order: entries `route` = route name, `limit` = limit name,
 //!   then one entry per key part ([`KeyPart::descriptor_key`]: `client_ip`,
-//!   `path`, `method`, `header.<name>`, `query.<name>`, `cookie.<name>`,
+//!   `path`, `method`, `grpc_service`, `grpc_method`, `header.<name>`, `query.<name>`, `cookie.<name>`,
 //!   `claim.<path>`, `constant`), value as for local bucket keys (missing =
 //!   empty, longer than 256 bytes = its SHA-256).
 //! - Local limits run first: a request they refuse never costs a network
