@@ -240,11 +240,21 @@ impl ResponseDirectives {
 
 /// The directives of every `Cache-Control` line, and whether all of them
 /// were read (no line too long to read, [`parse_list_checked`]).
+/// One pass over the fields (a request's are read on every lookup).
 fn read_all<H: HeaderList + ?Sized>(headers: &H) -> (Vec<Directive>, bool) {
-    let (list, complete) = parse_list_checked(headers::all(headers, "cache-control"));
-    let unread =
-        headers::all(headers, "cache-control").count() != headers::count(headers, "cache-control");
-    (list, complete && !unread)
+    let unread = std::cell::Cell::new(false);
+    let lines = headers
+        .fields()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"cache-control"))
+        .filter_map(|(_, v)| {
+            if v.len() > crate::request::MAX_HEADER_VALUE {
+                unread.set(true);
+                return None;
+            }
+            Some(v)
+        });
+    let (list, complete) = parse_list_checked(lines);
+    (list, complete && !unread.get())
 }
 
 impl RequestDirectives {
