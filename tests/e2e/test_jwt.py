@@ -477,7 +477,9 @@ def test_remote_jwks_startup_requests_wait_for_keys(envoy, upstream):
 def test_remote_jwks_one_fetch_per_process_with_four_workers(envoy, upstream):
     idp = JwksServer(JWKS, delay=0.5, delay_count=1)
     try:
-        e = start(envoy, upstream, remote_config(), concurrency=4,
+        # cache_duration 60s: no scheduled refresh (at 85-90% of it) can
+        # fall inside the test on a slow host; only the startup fetch counts.
+        e = start(envoy, upstream, remote_config(cache_duration="60s"), concurrency=4,
                   extra_clusters=[harness.static_cluster("idp", idp.port)])
         toks = [TOKENS[f"valid_{a}"] for a in ("RS256", "PS384", "ES256", "EdDSA")]
         with ThreadPoolExecutor(max_workers=16) as pool:
