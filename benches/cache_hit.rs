@@ -19,8 +19,8 @@
 //! totals of two runs with different N to get the instructions per hit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use meshguard::cache::CacheStoreConfig;
 use meshguard::cache::{self, CacheMetrics, CachePolicy, CacheRoute, Lookup, ResponseDecision};
-use meshguard::config::CacheStoreConfig;
 use meshguard::host::fake::FakeHost;
 use meshguard::host::{Host, HostError, MetricId, MetricKind, SetError, SharedValue};
 use meshguard::request::Request;

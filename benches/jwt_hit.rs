@@ -12,9 +12,9 @@
 //! call's arguments, claims, the cache's bookkeeping).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use meshguard::config::Config;
 use meshguard::host::fake::FakeHost;
 use meshguard::host::{Host, HostError, MetricId, MetricKind, SetError, SharedValue};
+use meshguard::plan::Config;
 
 /// The in-memory host with a `verify_signature` that says "valid" without
 /// looking (the `miss` mode measures meshguard's side of the call only).

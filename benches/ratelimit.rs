@@ -26,9 +26,9 @@
 //! counts, subtract a run of N from a run of 2N (start-up cancels out).
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
-use meshguard::config::Config;
 use meshguard::host::fake::FakeHost;
 use meshguard::host::{Host, HostError, MetricId, MetricKind, OneClock, SetError, SharedValue};
+use meshguard::plan::Config;
 use meshguard::ratelimit::{self, Limiter, LocalOutcome};
 use meshguard::request::Request;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -162,7 +162,7 @@ fn host_only(host: &CountingHost, key: &str, value: &[u8], metric: MetricId) -> 
 fn one_request(
     host: &CountingHost,
     limiter: &Limiter,
-    route: &meshguard::config::Route,
+    route: &meshguard::plan::Route,
     req: &Request,
     filter: Filter,
 ) -> usize {

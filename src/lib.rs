@@ -14,6 +14,7 @@ pub mod config;
 pub mod grpc;
 pub mod host;
 pub mod jwt;
+pub mod plan;
 pub mod ratelimit;
 pub mod request;
 pub mod route;

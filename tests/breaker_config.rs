@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshguard::breaker::Scope;
-use meshguard::config::Config;
+use meshguard::plan::Config;
 
 fn route_with(cb: &str) -> String {
     format!(

@@ -1,7 +1,7 @@
 //! The `cache` section through the whole configuration parser.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use meshguard::config::Config;
+use meshguard::plan::Config;
 
 #[test]
 fn a_cache_route_compiles_with_defaults() {

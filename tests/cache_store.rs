@@ -4,11 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshguard::cache::store::{chunk_key, Layout};
+use meshguard::cache::CacheStoreConfig;
 use meshguard::cache::{
     abandon, lookup, on_response_headers, on_upstream_failure, store, CacheMetrics, CachePolicy,
     CacheRoute, Lookup, ResponseDecision,
 };
-use meshguard::config::CacheStoreConfig;
 use meshguard::host::fake::FakeHost;
 use meshguard::request::Request;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! is named after.
 #![allow(clippy::panic, clippy::expect_used)]
 
-use meshguard::config::Config;
+use meshguard::plan::Config;
 use std::fs;
 
 fn load(name: &str) -> Config {

@@ -20,11 +20,11 @@
 mod prop_support;
 
 use meshguard::cache::store::Layout;
+use meshguard::cache::CacheStoreConfig;
 use meshguard::cache::{
     abandon, lookup, on_response_headers, store, CacheMetrics, CachePolicy, CacheRoute, Lookup,
     ResponseDecision,
 };
-use meshguard::config::CacheStoreConfig;
 use meshguard::host::fake::FakeHost;
 use meshguard::host::Host;
 use meshguard::request::Request;

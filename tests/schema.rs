@@ -124,7 +124,7 @@ fn an_array_given_for_an_object_is_a_clear_error() {
         ),
         (r#"{"cache_store":[1048576,65536]}"#, "cache_store"),
     ] {
-        let e = meshguard::config::Config::from_bytes(doc.as_bytes())
+        let e = meshguard::plan::Config::from_bytes(doc.as_bytes())
             .err()
             .unwrap_or_else(|| panic!("accepted: {doc}"));
         assert_eq!(e.path, path, "{doc}");

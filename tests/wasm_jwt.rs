@@ -4,9 +4,9 @@
 #![cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use meshguard::config::Config;
 use meshguard::host::fake::FakeHost;
 use meshguard::jwt::{authenticate, AuthOutcome, TokenCache};
+use meshguard::plan::Config;
 use meshguard::request::Request;
 use wasm_bindgen_test::wasm_bindgen_test;
 

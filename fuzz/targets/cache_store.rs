@@ -4,7 +4,7 @@
 //! another version's bytes).
 use meshguard::cache::entry::Entry;
 use meshguard::cache::store::{self, SlotState, Store, WriteOutcome};
-use meshguard::config::CacheStoreConfig;
+use meshguard::cache::CacheStoreConfig;
 use meshguard::host::fake::FakeHost;
 use meshguard::host::Host;
 

@@ -2,9 +2,9 @@
 //! JWS parsing (segments, base64url, JOSE header), claims payload, key
 //! selection and signature verification (pure Rust: the fake host has no
 //! `verify_signature`), time and audience checks, claims rules.
-use meshguard::config::Config;
 use meshguard::host::fake::FakeHost;
 use meshguard::jwt::{self, TokenCache};
+use meshguard::plan::Config;
 use meshguard::request::Request;
 use std::sync::OnceLock;
 

@@ -6,7 +6,7 @@
 //! `meshguard-validate --print-schema` prints the JSON Schema of the
 //! configuration (the committed `meshguard.schema.json`).
 
-use meshguard::config::Config;
+use meshguard::plan::Config;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

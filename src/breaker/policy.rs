@@ -4,7 +4,7 @@
 
 use super::store::BreakerMetrics;
 use crate::config::raw::RawBreaker;
-use crate::config::{show_str, ConfigError};
+use crate::config::{fmt_duration, show_str, ConfigError};
 
 const SEC: u64 = 1_000_000_000;
 
@@ -383,42 +383,10 @@ impl BreakerPolicy {
     }
 }
 
-/// Renders nanoseconds the way configs write durations (`"1.5s"`, `"250ms"`).
-pub fn fmt_duration(ns: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(SEC, "s"), (1_000_000, "ms"), (1_000, "us"), (1, "ns")];
-    if ns == 0 {
-        return "0s".into();
-    }
-    if ns % (3600 * SEC) == 0 {
-        return format!("{}h", ns / (3600 * SEC));
-    }
-    if ns % (60 * SEC) == 0 {
-        return format!("{}m", ns / (60 * SEC));
-    }
-    for (per, unit) in UNITS {
-        if ns >= per {
-            let whole = ns / per;
-            let frac = ns % per;
-            if frac == 0 {
-                return format!("{whole}{unit}");
-            }
-            // Up to 3 decimals, trailing zeros trimmed.
-            let milli = frac * 1000 / per;
-            if milli == 0 {
-                return format!("{whole}{unit}");
-            }
-            let s = format!("{whole}.{milli:03}");
-            return format!("{}{unit}", s.trim_end_matches('0'));
-        }
-    }
-    format!("{ns}ns")
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::config::Duration;
     use serde_json::json;
 
     fn raw(v: serde_json::Value) -> RawBreaker {
@@ -597,19 +565,5 @@ mod tests {
         // The top of the range is reached (almost exactly 10%).
         let t = p.open_time_ns(1, u64::MAX);
         assert!(t > 5 * SEC + 5 * SEC / 10 - 10);
-    }
-
-    #[test]
-    fn durations_render_like_config() {
-        assert_eq!(fmt_duration(0), "0s");
-        assert_eq!(fmt_duration(5 * SEC), "5s");
-        assert_eq!(fmt_duration(1_500_000_000), "1.5s");
-        assert_eq!(fmt_duration(250_000_000), "250ms");
-        assert_eq!(fmt_duration(5_512_345_678), "5.512s");
-        assert_eq!(fmt_duration(7), "7ns");
-        assert_eq!(fmt_duration(90 * SEC), "90s");
-        assert_eq!(fmt_duration(120 * SEC), "2m");
-        assert_eq!(fmt_duration(7200 * SEC), "2h");
-        assert_eq!(Duration::from_secs(2).0, 2 * SEC);
     }
 }

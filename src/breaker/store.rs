@@ -5,8 +5,9 @@
 //! ratio rule costs one `shared_get` per request and one write per failure.
 
 use super::codec;
-use super::policy::{fmt_duration, BreakerPolicy};
+use super::policy::BreakerPolicy;
 use super::state::{Admission, BreakerState, Outcome, Phase, ProbeTicket};
+use crate::config::fmt_duration;
 use crate::host::{Host, MetricId, MetricKind, OneClock, SetError, CREATE_CAS};
 use sha2::{Digest, Sha256};
 

@@ -198,13 +198,13 @@ pub mod vary;
 
 pub use policy::CachePolicy;
 
-use crate::config::CacheStoreConfig;
 use crate::host::header_map::HeaderMap;
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::{strip_port, Request};
 use directives::{RequestDirectives, ResponseDirectives};
 use entry::{Entry, EntryView};
 use sha2::{Digest, Sha256};
+pub use store::CacheStoreConfig;
 use store::{LockGuard, LockOutcome, Probe, Store, WriteOutcome};
 
 /// The name meshguard uses in `Cache-Status`.

@@ -64,8 +64,66 @@
 //! Chunks of another version are dropped when read.
 
 use super::entry::{Entry, EntryMeta, EntryView};
-use crate::config::CacheStoreConfig;
+use crate::config::raw::RawCacheStore;
+use crate::config::ConfigError;
 use crate::host::{Host, SetError, CREATE_CAS};
+
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+
+/// The top-level `cache_store` section: the byte budget shared by every
+/// route's cache, and the largest entry.
+#[derive(Debug, Clone)]
+pub struct CacheStoreConfig {
+    pub max_bytes: u64,
+    pub max_entry_bytes: u64,
+}
+
+impl Default for CacheStoreConfig {
+    fn default() -> Self {
+        CacheStoreConfig {
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
+        }
+    }
+}
+
+impl CacheStoreConfig {
+    pub fn compile(raw: Option<&RawCacheStore>) -> Result<CacheStoreConfig, ConfigError> {
+        let mut out = CacheStoreConfig::default();
+        let Some(cs) = raw else {
+            return Ok(out);
+        };
+        if let Some(m) = cs.max_bytes {
+            if m < 1024 {
+                return Err(ConfigError::expected(
+                    "cache_store.max_bytes",
+                    "an integer >= 1024",
+                    m,
+                ));
+            }
+            out.max_bytes = m;
+        }
+        if let Some(m) = cs.max_entry_bytes {
+            if m < 1 {
+                return Err(ConfigError::expected(
+                    "cache_store.max_entry_bytes",
+                    "an integer >= 1",
+                    m,
+                ));
+            }
+            out.max_entry_bytes = m;
+        }
+        if out.max_entry_bytes > out.max_bytes {
+            return Err(ConfigError::expected(
+                "cache_store.max_entry_bytes",
+                &format!("at most cache_store.max_bytes ({})", out.max_bytes),
+                out.max_entry_bytes,
+            ));
+        }
+        Ok(out)
+    }
+}
 
 pub const CHUNK_VERSION: u8 = 2;
 const KIND_HEAD: u8 = 1;

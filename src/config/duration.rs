@@ -100,6 +100,39 @@ impl schemars::JsonSchema for Duration {
     }
 }
 
+const SEC_NS: u64 = 1_000_000_000;
+
+/// Renders nanoseconds the way configs write durations (`"1.5s"`, `"250ms"`).
+pub fn fmt_duration(ns: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(SEC_NS, "s"), (1_000_000, "ms"), (1_000, "us"), (1, "ns")];
+    if ns == 0 {
+        return "0s".into();
+    }
+    if ns % (3600 * SEC_NS) == 0 {
+        return format!("{}h", ns / (3600 * SEC_NS));
+    }
+    if ns % (60 * SEC_NS) == 0 {
+        return format!("{}m", ns / (60 * SEC_NS));
+    }
+    for (per, unit) in UNITS {
+        if ns >= per {
+            let whole = ns / per;
+            let frac = ns % per;
+            if frac == 0 {
+                return format!("{whole}{unit}");
+            }
+            // Up to 3 decimals, trailing zeros trimmed.
+            let milli = frac * 1000 / per;
+            if milli == 0 {
+                return format!("{whole}{unit}");
+            }
+            let s = format!("{whole}.{milli:03}");
+            return format!("{}{unit}", s.trim_end_matches('0'));
+        }
+    }
+    format!("{ns}ns")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +182,19 @@ mod tests {
         assert_eq!(Duration::from_millis(1500).ceil_secs(), 2);
         assert_eq!(Duration::from_secs(3).ceil_secs(), 3);
         assert_eq!(Duration(0).ceil_secs(), 0);
+    }
+
+    #[test]
+    fn durations_render_like_config() {
+        assert_eq!(fmt_duration(0), "0s");
+        assert_eq!(fmt_duration(5 * 1_000_000_000), "5s");
+        assert_eq!(fmt_duration(1_500_000_000), "1.5s");
+        assert_eq!(fmt_duration(250_000_000), "250ms");
+        assert_eq!(fmt_duration(5_512_345_678), "5.512s");
+        assert_eq!(fmt_duration(7), "7ns");
+        assert_eq!(fmt_duration(90 * 1_000_000_000), "90s");
+        assert_eq!(fmt_duration(120 * 1_000_000_000), "2m");
+        assert_eq!(fmt_duration(7200 * 1_000_000_000), "2h");
+        assert_eq!(Duration::from_secs(2).0, 2 * 1_000_000_000);
     }
 }

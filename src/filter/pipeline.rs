@@ -9,12 +9,12 @@
 use super::root::{Runtime, Worker};
 use crate::breaker::{self, Admission};
 use crate::cache::{self, CacheRoute, Lookup, MissContext, ResponseDecision};
-use crate::config::Route;
 use crate::grpc;
 use crate::host::header_map::HeaderMap;
 use crate::host::proxy_wasm as adapter;
 use crate::host::{Host, OneClock};
 use crate::jwt::{self, AuthOutcome, HeaderOp};
+use crate::plan::Route;
 use crate::ratelimit::{self, rls, LocalOutcome};
 use crate::request::Request;
 use std::rc::Rc;

@@ -67,6 +67,20 @@ pub enum HeaderStyle {
 }
 
 impl HeaderStyle {
+    /// The top-level `rate_limit_headers` (default `ietf`).
+    pub fn compile(raw: Option<&str>) -> Result<HeaderStyle, crate::config::ConfigError> {
+        match raw {
+            None => Ok(HeaderStyle::Ietf),
+            Some(style) => HeaderStyle::parse(style).ok_or_else(|| {
+                crate::config::ConfigError::expected(
+                    "rate_limit_headers",
+                    "one of \"ietf\", \"legacy\", \"both\", \"none\"",
+                    crate::config::show_str(style),
+                )
+            }),
+        }
+    }
+
     pub fn parse(s: &str) -> Option<HeaderStyle> {
         match s {
             "ietf" => Some(HeaderStyle::Ietf),

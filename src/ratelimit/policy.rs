@@ -5,8 +5,10 @@ use super::store::fnv1a;
 use super::text::Decimal;
 use crate::config::raw::{RawKeyPart, RawRateLimit};
 use crate::config::{show_str, valid_name, ConfigError, NAME_EXPECTED};
+use crate::grpc;
 use crate::host::MetricId;
 use crate::request::{ClientIpRule, Request};
+use std::collections::HashSet;
 
 /// Largest capacity / refill / cost accepted: keeps the bucket arithmetic
 /// (tokens x interval in nanoseconds) far from overflow.
@@ -77,6 +79,115 @@ pub struct LimitPolicy {
 pub fn identity_prefix(route: &str, name: &str) -> String {
     // Configuration time only: the formatting machinery is in the module anyway.
     format!("{route}\u{1f}{name}\u{1f}")
+}
+
+/// Bounds that keep per-request work and shared memory predictable.
+pub const MAX_LIMITS_PER_ROUTE: usize = 16;
+pub const DEFAULT_MAX_RATE_LIMIT_KEYS: u32 = 10_000;
+pub const MAX_RATE_LIMIT_KEYS: u64 = 1_000_000;
+
+/// A route's limits, compiled: local ones in order, then global ones (the
+/// rate limit service counts them, after the local ones).
+#[derive(Debug, Default)]
+pub struct RouteLimits {
+    pub local: Vec<LimitPolicy>,
+    pub global: Vec<LimitPolicy>,
+}
+
+impl RouteLimits {
+    /// A route's `rate_limit` list. `has_jwt`: the route verifies tokens
+    /// (claim key parts need one); `has_service`: a top-level
+    /// `rate_limit_service` exists (global limits need one).
+    pub fn compile(
+        raw: Option<&Vec<RawRateLimit>>,
+        route: &str,
+        has_jwt: bool,
+        has_service: bool,
+        path: &str,
+    ) -> Result<RouteLimits, ConfigError> {
+        let mut out = RouteLimits::default();
+        let Some(limits) = raw else {
+            return Ok(out);
+        };
+        if limits.len() > MAX_LIMITS_PER_ROUTE {
+            return Err(ConfigError::expected(
+                format!("{path}.rate_limit"),
+                &format!("at most {MAX_LIMITS_PER_ROUTE} limits"),
+                limits.len(),
+            ));
+        }
+        let mut limit_names = HashSet::new();
+        for (j, l) in limits.iter().enumerate() {
+            let lp = format!("{path}.rate_limit[{j}]");
+            let policy = LimitPolicy::compile(l, j, route, &lp)?;
+            if !limit_names.insert(policy.name.clone()) {
+                return Err(ConfigError::expected(
+                    format!("{lp}.name"),
+                    "a limit name used only once per route",
+                    show_str(&policy.name),
+                ));
+            }
+            if policy.uses_claims() && !has_jwt {
+                return Err(ConfigError::new(
+                    format!("{lp}.key"),
+                    "expected a \"jwt\" section on this route: a {\"claim\": ...} key part needs a verified token",
+                ));
+            }
+            match policy.scope {
+                Scope::Local => out.local.push(policy),
+                Scope::Global if !has_service => {
+                    return Err(ConfigError::new(
+                        format!("{lp}.scope"),
+                        "expected a top-level \"rate_limit_service\" section: a global limit is counted by that service",
+                    ));
+                }
+                Scope::Global => out.global.push(policy),
+            }
+        }
+        set_policy_header(&mut out.local);
+        Ok(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.global.is_empty()
+    }
+}
+
+/// A route's `rate_limit_grpc_status`: the gRPC status of its refusals to
+/// gRPC calls (default `RESOURCE_EXHAUSTED`); only with limits.
+pub fn compile_grpc_status(
+    raw: Option<&serde_json::Value>,
+    has_limits: bool,
+    path: &str,
+) -> Result<grpc::Code, ConfigError> {
+    match raw {
+        None => Ok(grpc::Code::RESOURCE_EXHAUSTED),
+        Some(_) if !has_limits => Err(ConfigError::new(
+            format!("{path}.rate_limit_grpc_status"),
+            "expected a \"rate_limit\" section on this route: the status only applies to its refusals",
+        )),
+        Some(v) => match grpc::Code::from_json(v) {
+            Some(c) if c != grpc::Code::OK => Ok(c),
+            _ => Err(ConfigError::expected(
+                format!("{path}.rate_limit_grpc_status"),
+                "a gRPC status name such as \"RESOURCE_EXHAUSTED\" or \"UNAVAILABLE\", or a number from 1 to 16",
+                v,
+            )),
+        },
+    }
+}
+
+/// The top-level `max_rate_limit_keys` (the bucket table's size).
+pub fn compile_max_keys(raw: Option<u64>) -> Result<u32, ConfigError> {
+    match raw {
+        None => Ok(DEFAULT_MAX_RATE_LIMIT_KEYS),
+        Some(n) if (1..=MAX_RATE_LIMIT_KEYS).contains(&n) => Ok(n as u32),
+        Some(n) => Err(ConfigError::expected(
+            "max_rate_limit_keys",
+            &format!("an integer from 1 to {MAX_RATE_LIMIT_KEYS}"),
+            n,
+        )),
+    }
 }
 
 /// Builds the `RateLimit-Policy` value of a route's limits (enforced ones

@@ -13,6 +13,8 @@
 //! id, leading zeros) is the one identity [`UNPARSED`]: every such
 //! request shares one bucket, never a fresh one per spelling.
 
+use crate::config::raw::RawClientIp;
+use crate::config::ConfigError;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// How the client address is found and written (`client_ip` in the
@@ -23,6 +25,36 @@ pub struct ClientIpRule {
     pub xff_trusted_hops: u32,
     /// IPv6 clients are identified by this prefix (128: whole addresses).
     pub ipv6_prefix: u8,
+}
+
+impl ClientIpRule {
+    /// The top-level `client_ip` section (absent: the peer address, whole
+    /// IPv6 addresses).
+    pub fn compile(raw: Option<&RawClientIp>) -> Result<ClientIpRule, ConfigError> {
+        let mut rule = ClientIpRule::default();
+        let Some(ip) = raw else {
+            return Ok(rule);
+        };
+        if ip.xff_trusted_hops > 64 {
+            return Err(ConfigError::expected(
+                "client_ip.xff_trusted_hops",
+                "an integer from 0 to 64",
+                ip.xff_trusted_hops,
+            ));
+        }
+        rule.xff_trusted_hops = ip.xff_trusted_hops;
+        if let Some(p) = ip.ipv6_prefix {
+            if !(1..=128).contains(&p) {
+                return Err(ConfigError::expected(
+                    "client_ip.ipv6_prefix",
+                    "a prefix length from 1 to 128",
+                    p,
+                ));
+            }
+            rule.ipv6_prefix = p;
+        }
+        Ok(rule)
+    }
 }
 
 impl Default for ClientIpRule {

@@ -28,7 +28,29 @@
 //! The query string is not part of it. A path that needs none of this
 //! (the usual case) is not copied.
 
+use crate::config::raw::RawPathNormalization;
+use crate::config::{show_str, ConfigError};
 use std::borrow::Cow;
+
+/// The top-level `path_normalization` section: `None` when it is turned
+/// off (`"enabled": false`), else what to do with escaped slashes.
+pub fn compile(raw: Option<&RawPathNormalization>) -> Result<Option<EscapedSlashes>, ConfigError> {
+    let Some(pn) = raw else {
+        return Ok(Some(EscapedSlashes::Reject));
+    };
+    let slashes = match pn.escaped_slashes.as_deref() {
+        None | Some("reject") => EscapedSlashes::Reject,
+        Some("keep") => EscapedSlashes::Keep,
+        Some(other) => {
+            return Err(ConfigError::expected(
+                "path_normalization.escaped_slashes",
+                "\"reject\" or \"keep\"",
+                show_str(other),
+            ))
+        }
+    };
+    Ok((pn.enabled != Some(false)).then_some(slashes))
+}
 
 /// What to do with `%2F` / `%5C` in a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

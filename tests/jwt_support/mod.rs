@@ -2,10 +2,10 @@
 //! builders, requests, and a host that emulates Envoy's `verify_signature`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use meshguard::config::Config;
 use meshguard::host::fake::FakeHost;
 use meshguard::host::{Host, HostError, MetricId, MetricKind, SetError, SharedValue};
 use meshguard::jwt::{authenticate, AuthOutcome, HeaderOp, JwtProviders, RouteJwt, TokenCache};
+use meshguard::plan::Config;
 use meshguard::request::Request;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};

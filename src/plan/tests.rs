@@ -2,6 +2,7 @@
 //! is expected and what was found; good input compiles.
 
 use super::*;
+use crate::config::MAX_CONFIG_BYTES;
 
 fn err(json: &str) -> ConfigError {
     match Config::from_bytes(json.as_bytes()) {
