@@ -16,6 +16,9 @@ pub const DEFAULT_MAX_OPEN_DURATION_NS: u64 = 60 * SEC;
 pub const DEFAULT_HALF_OPEN_REQUESTS: u32 = 1;
 pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
 
+/// Buckets in the failure-ratio window (each `window / BUCKETS` wide).
+pub const BUCKETS: usize = 10;
+
 /// Upper bounds: keep counters in `u32` and time sums far from overflow.
 pub const MAX_COUNT: i64 = 1_000_000;
 pub const MAX_HALF_OPEN_REQUESTS: i64 = 1000;
@@ -372,7 +375,7 @@ impl BreakerPolicy {
     /// Width of one bucket of the ratio window (window / 10, at least 1ns).
     pub fn bucket_width_ns(&self) -> u64 {
         match &self.ratio {
-            Some(r) => (r.window_ns / super::state::BUCKETS as u64).max(1),
+            Some(r) => (r.window_ns / BUCKETS as u64).max(1),
             None => 0,
         }
     }

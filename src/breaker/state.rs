@@ -5,8 +5,7 @@
 
 use super::policy::BreakerPolicy;
 
-/// Buckets in the failure-ratio window (each `window / BUCKETS` wide).
-pub const BUCKETS: usize = 10;
+pub use super::policy::BUCKETS;
 
 /// The three states. The discriminant is the `state` gauge value and the
 /// byte in the shared-data encoding.

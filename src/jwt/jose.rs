@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::de::{Deserializer, IgnoredAny};
 use serde::Deserialize;
+use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::borrow::Cow;
 
 /// Largest token accepted (bytes). Larger tokens are rejected unparsed.
@@ -222,6 +223,15 @@ pub fn parse(token: &[u8]) -> Result<Jws<'_>, &'static str> {
         signature,
         claims,
     })
+}
+
+/// `hash(msg)`.
+pub(crate) fn digest(hash: Hash, msg: &[u8]) -> Vec<u8> {
+    match hash {
+        Hash::Sha256 => Sha256::digest(msg).to_vec(),
+        Hash::Sha384 => Sha384::digest(msg).to_vec(),
+        Hash::Sha512 => Sha512::digest(msg).to_vec(),
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@
 //! crate (RFC 8017: RSAVP1 5.2.2, EMSA-PSS-VERIFY 9.1.2 with the salt as
 //! long as the hash (RFC 7518 3.5), EMSA-PKCS1-v1_5 9.2).
 
-use super::jose::Hash;
-use super::verify::digest;
+use super::jose::{digest, Hash};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// Largest modulus handled (bits); keys are accepted up to 4096 (`jwk.rs`).

@@ -9,12 +9,12 @@
 //! pure Rust is [`super::rsassa`] (4.5x faster under V8 than the `rsa`
 //! crate's exponentiation).
 
-use super::jose::{Alg, Hash};
+use super::jose::Alg;
 use super::jwk::{Jwk, KeyMaterial};
 use super::native::{self, Curve};
 use crate::host::Host;
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use sha2::{Sha256, Sha384, Sha512};
 
 /// Per-worker knowledge of one native path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -240,14 +240,5 @@ fn hmac_ok<M: Mac + hmac::digest::KeyInit>(secret: &[u8], msg: &[u8], sig: &[u8]
             m.verify_slice(sig).is_ok()
         }
         Err(_) => false,
-    }
-}
-
-/// `hash(msg)`.
-pub(crate) fn digest(hash: Hash, msg: &[u8]) -> Vec<u8> {
-    match hash {
-        Hash::Sha256 => Sha256::digest(msg).to_vec(),
-        Hash::Sha384 => Sha384::digest(msg).to_vec(),
-        Hash::Sha512 => Sha512::digest(msg).to_vec(),
     }
 }
