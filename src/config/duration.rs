@@ -78,7 +78,10 @@ impl<'de> Deserialize<'de> for Duration {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
                 Duration::parse(v).ok_or_else(|| {
-                    E::custom(format!("expected {EXPECTED}, got {}", super::show_str(v)))
+                    E::custom(format!(
+                        "expected {EXPECTED}, got {}",
+                        super::error::show_str(v)
+                    ))
                 })
             }
         }
