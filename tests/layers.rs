@@ -220,10 +220,13 @@ fn resolve<'a>(
         .find_map(|n| known.get_key_value(&path[..n]).map(|(k, _)| k))
 }
 
-fn graph() -> (
+/// Modules by path, and the modules each imports.
+type Graph = (
     BTreeMap<Vec<String>, PathBuf>,
     BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
-) {
+);
+
+fn graph() -> Graph {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mods = modules(&src);
     let known: BTreeMap<Vec<String>, PathBuf> = mods

@@ -1,6 +1,6 @@
 //! Where tokens come from (`from`), and how to remove them (`forward: false`).
 
-use super::HeaderOp;
+use super::headers::{valid_header_name, HeaderOp, HEADER_EXPECTED};
 use crate::config::raw::RawTokenSource;
 use crate::config::{show_str, ConfigError};
 use crate::request::{percent_decode, Request};
@@ -35,10 +35,10 @@ impl Source {
         let one = "exactly one of \"header\", \"cookie\", \"query\"";
         let src = match (&raw.header, &raw.cookie, &raw.query) {
             (Some(h), None, None) => {
-                if !super::valid_header_name(h) {
+                if !valid_header_name(h) {
                     return Err(ConfigError::expected(
                         format!("{path}.header"),
-                        super::HEADER_EXPECTED,
+                        HEADER_EXPECTED,
                         show_str(h),
                     ));
                 }
