@@ -204,6 +204,7 @@ fn referenced_paths(code: &str, file: &[String], children: &BTreeSet<String>) ->
                 out.push(q);
             }
             i = end;
+            continue;
         }
         out.push(p);
     }
@@ -407,6 +408,7 @@ fn the_reader_sees_imports_of_every_kind() {
     let code = code_of(
         "use crate::config::{raw::RawCache, ConfigError};\n\
          use super::entry::Entry;\n\
+         use super::{jose, verify};\n\
          use inner::Thing;\n\
          fn f() { crate::grpc::Code::OK; }\n\
          mod checked {\n    use super::Memo;\n}\n\
@@ -422,6 +424,8 @@ fn the_reader_sees_imports_of_every_kind() {
         "config::raw::RawCache",
         "config::ConfigError",
         "cache::entry::Entry",
+        "cache::jose",
+        "cache::verify",
         "cache::store::inner::Thing",
         "grpc::Code::OK",
         "cache::store::Memo",
