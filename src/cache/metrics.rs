@@ -1,0 +1,42 @@
+//! Per-route cache counters.
+
+use crate::host::{Host, MetricId, MetricKind};
+
+/// The counters of one route: `meshguard.cache.<route>.{hit,miss,stored,evicted,bypass}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheMetrics {
+    pub hit: MetricId,
+    pub miss: MetricId,
+    pub stored: MetricId,
+    pub evicted: MetricId,
+    pub bypass: MetricId,
+}
+
+impl CacheMetrics {
+    pub const NONE: CacheMetrics = CacheMetrics {
+        hit: MetricId::NONE,
+        miss: MetricId::NONE,
+        stored: MetricId::NONE,
+        evicted: MetricId::NONE,
+        bypass: MetricId::NONE,
+    };
+
+    /// Defines the route's counters (call once, at configuration time). A
+    /// counter the host refuses is `MetricId::NONE` (recording is a no-op).
+    pub fn define(host: &impl Host, route: &str) -> CacheMetrics {
+        let d = |what: &str| {
+            host.define_metric(
+                MetricKind::Counter,
+                &format!("meshguard.cache.{route}.{what}"),
+            )
+            .unwrap_or(MetricId::NONE)
+        };
+        CacheMetrics {
+            hit: d("hit"),
+            miss: d("miss"),
+            stored: d("stored"),
+            evicted: d("evicted"),
+            bypass: d("bypass"),
+        }
+    }
+}
