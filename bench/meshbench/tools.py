@@ -4,6 +4,7 @@ test rate limit service; file hashes and the machine's description."""
 
 import datetime
 import hashlib
+import importlib
 import os
 import platform
 import re
@@ -38,7 +39,7 @@ def ensure_wrk():
 
 def ensure_cryptography():
     try:
-        import cryptography  # noqa: F401
+        importlib.import_module("cryptography")
         return
     except ImportError:
         pass
@@ -47,9 +48,8 @@ def ensure_cryptography():
         log("bench: installing the `cryptography` package into " + sys.prefix)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode == 0:
-            import importlib
             importlib.invalidate_caches()
-            import cryptography  # noqa: F401
+            importlib.import_module("cryptography")
             return
         raise BenchError("pip install cryptography failed:\n" + r.stderr[-2000:])
     raise BenchError("the bench needs the `cryptography` package to sign tokens; "
