@@ -31,7 +31,14 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench as B  # noqa: E402
+from meshbench import procs  # noqa: E402
+from meshbench.bootstraps import upstream_bootstrap, wasm_filter  # noqa: E402
+from meshbench.common import BenchError  # noqa: E402
+from meshbench.drive import write_rotating_lua, write_static_lua  # noqa: E402
+from meshbench.run import measure_many, start_scenario  # noqa: E402
+from meshbench.scenarios import Scenario  # noqa: E402
+from meshbench.tokens import make_distinct_tokens  # noqa: E402
+from meshbench.tools import ensure_cryptography, ensure_wrk  # noqa: E402
 
 SAMPLE_HZ = 2000
 
@@ -95,14 +102,14 @@ def main():
     args = ap.parse_args()
     envoy_bin = os.environ.get("ENVOY_BIN", "")
     if not os.access(envoy_bin, os.X_OK):
-        raise B.BenchError("set ENVOY_BIN to the Envoy binary")
-    B.set_pinning(True)
+        raise BenchError("set ENVOY_BIN to the Envoy binary")
+    procs.set_pinning(True)
     headers = dict(h.split(":", 1) for h in args.header)
     headers = {k.strip(): v.strip() for k, v in headers.items()}
     tokens = None
     if args.distinct_tokens:
-        B.ensure_cryptography()
-        jwk, tokens = B.make_distinct_tokens(4400, args.distinct_tokens)
+        ensure_cryptography()
+        jwk, tokens = make_distinct_tokens(4400, args.distinct_tokens)
         for attr in ("a_config", "b_config"):
             text = getattr(args, attr)
             if text:
@@ -111,22 +118,22 @@ def main():
                     prov.get("jwks", {}).get("inline", {}).setdefault("keys", []).append(jwk)
                 setattr(args, attr, json.dumps(doc))
     workdir = tempfile.mkdtemp(prefix="meshguard-ab-")
-    up = B.Envoy(envoy_bin, workdir, "upstream", B.upstream_bootstrap, role="others")
+    up = procs.envoy(envoy_bin, workdir, "upstream", upstream_bootstrap, role="others")
 
     class Opts:
         warmup, threads, connections, duration = 2, 2, 32, args.duration
 
     sides = []
     try:
-        up.start()
-        ctx = {"envoy_bin": envoy_bin, "workdir": workdir, "wrk": B.ensure_wrk(), "upstream": up}
+        procs.start(up)
+        ctx = {"envoy_bin": envoy_bin, "workdir": workdir, "wrk": ensure_wrk(), "upstream": up}
         for name, wasm, conf in (("A", args.a_wasm, args.a_config),
                                  ("B", args.b_wasm or args.a_wasm, args.b_config or args.a_config)):
-            sc = B.Scenario(name, name, [B.wasm_filter(args.root_id, os.path.abspath(wasm), args.root_id, conf)],
+            sc = Scenario(name, name, [wasm_filter(args.root_id, os.path.abspath(wasm), args.root_id, conf)],
                             headers=headers, expect_upstream=args.expect_upstream, tokens=tokens)
             path = os.path.join(workdir, name + ".lua")
-            sc.script = B.write_rotating_lua(path, tokens) if tokens else B.write_static_lua(path, sc.headers)
-            B.start_scenario(sc, Opts, ctx)
+            sc.script = write_rotating_lua(path, tokens) if tokens else write_static_lua(path, sc.headers)
+            start_scenario(sc, Opts, ctx)
             sides.append(sc)
         perf = None
         if args.perf:
@@ -138,7 +145,7 @@ def main():
         diffs, requests = [], {"A": 0, "B": 0}
         for r in range(args.rounds):
             order = sides if r % 2 == 0 else sides[::-1]
-            res = dict(zip([s.name for s in order], B.measure_many([(s, True) for s in order], Opts, ctx)))
+            res = dict(zip([s.name for s in order], measure_many([(s, True) for s in order], Opts, ctx)))
             d = res["B"]["cpu_us_per_req"] - res["A"]["cpu_us_per_req"]
             diffs.append(d)
             for k in requests:
@@ -170,6 +177,6 @@ def main():
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except B.BenchError as e:
+    except BenchError as e:
         print(f"ab: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -29,6 +29,7 @@ Environment: ENVOY_BIN, MESHGUARD_WASM (as the e2e suite), SOAK_SECONDS
 ROTATE_SECONDS (default 90), FLAP_SECONDS (default 40), LOAD_THREADS (2).
 """
 
+import argparse
 import http.client
 import json
 import os
@@ -280,6 +281,8 @@ def slope_kib_per_min(samples):
 
 
 def main():
+    # No options: everything is set by the environment (see above); --help prints it.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     workdir = tempfile.mkdtemp(prefix="meshguard-soak-")
     upstream = harness.Upstream()
     flap = Flap(time.monotonic())

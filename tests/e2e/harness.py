@@ -5,10 +5,12 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -198,57 +200,149 @@ def bootstrap(config, upstream_port, listen_port, admin_port, extra_clusters=(),
     }
 
 
-class Envoy:
-    """One Envoy process. Use as a context manager or call start/stop."""
+class EnvoyError(RuntimeError):
+    """Envoy did not become ready; `port_taken`: it could not bind a port."""
 
-    def __init__(self, workdir, config, upstream_port, concurrency=2, **kw):
+    def __init__(self, msg, port_taken=False):
+        super().__init__(msg)
+        self.port_taken = port_taken
+
+
+def set_affinity(pid, cpus):
+    """Moves every thread of a running process to `cpus` (a set of CPU numbers)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass  # a thread that just ended
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us(pid):
+    """CPU time (utime + stime) a process used so far, in microseconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) * 1e6 / CLK_TCK
+
+
+class EnvoyProcess:
+    """One Envoy process on 127.0.0.1: the wrapper the e2e tests, the soak,
+    the benchmark and the demo share. Use as a context manager or call
+    start/stop.
+
+    `doc`: the bootstrap (a dict, or `make_doc(listen_port, admin_port)`
+    building it for two free ports), written to `<name>-<port>.json` in
+    `workdir`; or `config_path`: a bootstrap file as it is (then the ports
+    are the file's: `admin_port` if known, else read from Envoy once it
+    bound it, `--admin-address-path`). `cpus`: the CPUs the process may run
+    on; `hot_restart=False`: `--disable-hot-restart`; `poll_s`: how often
+    the admin `/ready` is polled (`load_time_s` is start to ready)."""
+
+    def __init__(self, workdir, doc=None, *, name="envoy", concurrency=2, config_path=None,
+                 admin_port=None, cpus=None, base_id=None, log_level="info", hot_restart=True,
+                 poll_s=0.05, cwd=None, binary=None):
         self.workdir = str(workdir)
-        self.listen_port = free_port()
-        self.admin_port = free_port()
-        self.concurrency = concurrency
-        self.base_id = random.randint(1000, 60000) * 10 + os.getpid() % 10
-        self.doc = bootstrap(config, upstream_port, self.listen_port, self.admin_port, **kw)
+        self.name, self.concurrency = name, concurrency
+        self.cpus, self.log_level, self.hot_restart, self.poll_s = cpus, log_level, hot_restart, poll_s
+        self.cwd = cwd or self.workdir
+        self.binary = binary
+        self.base_id = base_id if base_id is not None else random.randint(1000, 60000) * 10 + os.getpid() % 10
         self.proc = None
-        self.log_path = os.path.join(self.workdir, f"envoy-{self.listen_port}.log")
-        self.config_path = os.path.join(self.workdir, f"envoy-{self.listen_port}.json")
+        self.load_time_s = None
+        if config_path is None:
+            self.listen_port = free_port()
+            self.admin_port = free_port()
+            self.doc = doc(self.listen_port, self.admin_port) if callable(doc) else doc
+            self.config_path = os.path.join(self.workdir, f"{self._tag()}.json")
+        else:
+            self.listen_port, self.admin_port, self.doc = None, admin_port, None
+            self.config_path = config_path
+        self.log_path = os.path.join(self.workdir, f"{self._tag()}.log")
+
+    def _tag(self):
+        return self.name if self.listen_port is None else f"{self.name}-{self.listen_port}"
+
+    def _new_ports(self):
+        """Picks new free ports and writes them into the bootstrap (its admin
+        and every static listener)."""
+        self.listen_port, self.admin_port = free_port(), free_port()
+        self.doc["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
+        for listener in self.doc.get("static_resources", {}).get("listeners") or []:
+            listener["address"]["socket_address"]["port_value"] = self.listen_port
 
     def start(self, timeout=60):
         for attempt in range(3):
             try:
                 return self._start(timeout)
-            except RuntimeError as e:
+            except EnvoyError as e:
                 # Another process took a port between free_port() and bind:
-                # pick new ports and try again (static listeners only).
-                listeners = self.doc.get("static_resources", {}).get("listeners") or []
-                if "ddress already in use" not in str(e) or attempt == 2:
+                # pick new ports and try again (a bootstrap of ours only).
+                if not e.port_taken or self.doc is None or attempt == 2:
                     raise
-                self.listen_port, self.admin_port = free_port(), free_port()
-                self.doc["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
-                for l in listeners:
-                    l["address"]["socket_address"]["port_value"] = self.listen_port
-        raise RuntimeError("unreachable")
+                self._new_ports()
+        raise EnvoyError("unreachable")
 
     def _start(self, timeout):
-        with open(self.config_path, "w") as f:
-            json.dump(self.doc, f, indent=1)
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [envoy_bin(), "-c", self.config_path, "--concurrency", str(self.concurrency),
-             "--base-id", str(self.base_id), "--log-level", "info",
-             "--drain-time-s", "0", "--parent-shutdown-time-s", "1"],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir)
-        end = time.time() + timeout
-        while time.time() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Envoy exited with {self.proc.returncode}:\n{self.log()[-6000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"Envoy not ready after {timeout}s:\n{self.log()[-6000:]}")
+        if self.doc is not None:
+            self.config_path = os.path.join(self.workdir, f"{self._tag()}.json")
+            with open(self.config_path, "w") as f:
+                json.dump(self.doc, f, indent=1)
+        self.log_path = os.path.join(self.workdir, f"{self._tag()}.log")
+        cmd = [self.binary or envoy_bin(), "-c", self.config_path, "--concurrency", str(self.concurrency),
+               "--base-id", str(self.base_id)]
+        if not self.hot_restart:
+            cmd.append("--disable-hot-restart")
+        cmd += ["--log-level", self.log_level, "--drain-time-s", "0", "--parent-shutdown-time-s", "1"]
+        address_path = None
+        if self.admin_port is None:
+            address_path = os.path.join(self.workdir, f"{self._tag()}.admin")
+            if os.path.exists(address_path):
+                os.remove(address_path)
+            cmd += ["--admin-address-path", address_path]
+        cpus = self.cpus
+        with open(self.log_path, "w") as log:
+            t0 = time.monotonic()
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        try:
+            end = t0 + timeout
+            while time.monotonic() < end:
+                if self.proc.poll() is not None:
+                    break
+                if self.admin_port is None:
+                    self.admin_port = self._read_admin_port(address_path)
+                if self.admin_port is not None:
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                            if r.status == 200:
+                                self.load_time_s = time.monotonic() - t0
+                                return self
+                    except OSError:
+                        pass
+                time.sleep(self.poll_s)  # polling interval, not a readiness guess
+        except BaseException:
+            self.stop()
+            raise
+        code = self.proc.poll()
+        tail = self.log()[-6000:]
+        self.stop()
+        why = f"exited with {code}" if code is not None else f"not ready after {timeout}s"
+        raise EnvoyError(f"Envoy {why} ('{self.name}', config {self.config_path}):\n{tail}",
+                         port_taken="ddress already in use" in tail or "cannot bind" in tail)
+
+    @staticmethod
+    def _read_admin_port(path):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            return None
+        port = text.rsplit(":", 1)[-1]
+        return int(port) if port.isdigit() else None
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -324,15 +418,48 @@ class Envoy:
     def stat(self, name, default=0, settle=True):
         return self.stats(settle).get(name, default)
 
-    def rss_bytes(self):
+    def stats_matching(self, regex):
+        """The numeric stats whose name matches `regex`, as they are now
+        (Envoy's admin filters them: cheaper than every stat)."""
+        out = {}
+        for line in self.admin(f"/stats?filter={urllib.parse.quote(regex)}").splitlines():
+            name, _, value = line.partition(": ")
+            try:
+                out[name] = int(value)
+            except ValueError:
+                pass
+        return out
+
+    def stat_now(self, name, default=0):
+        """One stat as it is now, read through the admin filter."""
+        return self.stats_matching(f"^{re.escape(name)}$").get(name, default)
+
+    def cpu_us(self):
+        """CPU time the process used so far (utime + stime), in microseconds."""
+        return cpu_us(self.proc.pid)
+
+    def rss_kb(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                    return int(line.split()[1])
         return 0
+
+    def rss_bytes(self):
+        return self.rss_kb() * 1024
 
     def allocated_bytes(self):
         return int(json.loads(self.admin("/memory"))["allocated"])
+
+
+class Envoy(EnvoyProcess):
+    """An Envoy loading meshguard with `config` on one route to
+    `upstream_port` (`bootstrap`'s other arguments in `kw`). `doc` may be
+    changed before start."""
+
+    def __init__(self, workdir, config, upstream_port, concurrency=2, **kw):
+        super().__init__(workdir, lambda listen, admin: bootstrap(config, upstream_port, listen, admin, **kw),
+                         concurrency=concurrency)
 
 
 def validate(doc_or_path, workdir):

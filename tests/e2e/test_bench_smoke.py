@@ -21,15 +21,15 @@ SCENARIOS = [
 
 
 def test_the_bench_runs_its_scenarios_checks_them_and_reports(tmp_path):
-    readme = tmp_path / "README.md"
+    doc = tmp_path / "performance.md"
     block = "# t\n<!-- bench:latest:start (written by make bench: bench/bench.py) -->\nold\n<!-- bench:latest:end -->\n"
-    readme.write_text(block)
+    doc.write_text(block)
     out = tmp_path / "out"
     env = dict(os.environ, ENVOY_BIN=harness.envoy_bin(), MESHGUARD_WASM=harness.wasm_path())
     r = subprocess.run(
         [sys.executable, os.path.join(harness.ROOT, "bench", "bench.py"), "--quick", "--warmup", "0",
          "--duration", "1", "--no-rss", "--only", ",".join(SCENARIOS), "--out", str(out),
-         "--readme", str(readme)],
+         "--doc", str(doc)],
         env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     md = (out / "results.md").read_text()
@@ -46,6 +46,6 @@ def test_the_bench_runs_its_scenarios_checks_them_and_reports(tmp_path):
     assert "(a = grpc-passthrough, b = mg-grpc-ratelimit)" in md
     assert "| rate limit (default: IETF RateLimit headers) overhead <= no-policy + 3 us |" in md
     assert "meshguard" in md and "over that floor" in md
-    # A partial run (--only) leaves the README's block alone.
-    assert readme.read_text() == block
-    assert "README left alone" in r.stderr + r.stdout
+    # A partial run (--only) leaves the block alone.
+    assert doc.read_text() == block
+    assert f"{doc} left alone" in r.stderr + r.stdout
