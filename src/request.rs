@@ -202,11 +202,6 @@ impl Request {
         self.headers.get(name)
     }
 
-    /// First value of a header as UTF-8 text, if it is text.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
     /// All values of a header, in order.
     pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers.get_all(name)
@@ -337,14 +332,6 @@ pub fn strip_port(authority: &str) -> &str {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
         _ => authority,
     }
-}
-
-/// Extracts the IP from Envoy's `source.address` (`1.2.3.4:5678`, `[::1]:80`).
-pub fn ip_of_address(addr: &str) -> String {
-    let host = strip_port(addr);
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string()
 }
 
 /// Percent-decodes `s` (`+` as space, as in forms); `None` if not UTF-8.
@@ -601,8 +588,6 @@ mod tests {
         assert_eq!(strip_port("a.com:80"), "a.com");
         assert_eq!(strip_port("a.com"), "a.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
-        assert_eq!(ip_of_address("127.0.0.1:5555"), "127.0.0.1");
-        assert_eq!(ip_of_address("[::1]:5555"), "::1");
         assert_eq!(req(&[]).host_no_port(), "api.example.com");
         let mut fqdn = req(&[]);
         fqdn.authority = "API.example.com.:8443".into();

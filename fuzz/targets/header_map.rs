@@ -54,5 +54,4 @@ pub fn run(data: &[u8]) {
     let _ = r2.match_path();
     let _ = request::percent_decode(&text);
     let _ = request::strip_port(&text);
-    let _ = request::ip_of_address(&text);
 }

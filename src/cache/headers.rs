@@ -76,13 +76,7 @@ pub fn is_token(name: &str) -> bool {
 
 /// Appends our Cache-Status member after an existing value (RFC 9211: the
 /// list is ordered from origin to client, so the cache nearest the client
-/// comes last).
-pub fn append_cache_status(existing: Option<&[u8]>, ours: &str) -> Vec<u8> {
-    append_cache_status_owned(existing, ours.as_bytes().to_vec())
-}
-
-/// [`append_cache_status`] taking our member as bytes it may keep (no copy
-/// when there is no existing value).
+/// comes last), keeping our member's bytes when there is no existing value.
 pub fn append_cache_status_owned(existing: Option<&[u8]>, ours: Vec<u8>) -> Vec<u8> {
     match existing {
         Some(e) if !e.iter().all(u8::is_ascii_whitespace) => {
@@ -159,11 +153,11 @@ mod tests {
         assert!(!is_token("bad name"));
         assert!(!is_token(""));
         assert_eq!(
-            append_cache_status(None, "meshguard; hit"),
+            append_cache_status_owned(None, b"meshguard; hit".to_vec()),
             b"meshguard; hit"
         );
         assert_eq!(
-            append_cache_status(Some(b"origin-cache; hit"), "meshguard; hit"),
+            append_cache_status_owned(Some(b"origin-cache; hit"), b"meshguard; hit".to_vec()),
             b"origin-cache; hit, meshguard; hit"
         );
     }

@@ -133,13 +133,6 @@ impl BucketState {
         self.level = self.level.min(p.cap_level());
     }
 
-    /// Is the bucket full at `now_ns` (an idle bucket, free to reuse)?
-    pub fn is_full(&self, p: &BucketParams, now_ns: u64) -> bool {
-        let mut s = *self;
-        s.refill(p, now_ns);
-        s.level >= p.cap_level()
-    }
-
     /// Fraction of capacity held at `now_ns`, in parts per million.
     pub fn fill_ppm(&self, p: &BucketParams, now_ns: u64) -> u64 {
         let mut s = *self;
