@@ -109,7 +109,12 @@ fn walk(
         Some(v) => walk(root, v, &format!("{path}[]"), conditional, out, refs),
         None => {}
     }
-    for v in obj.get("prefixItems").and_then(Value::as_array).into_iter().flatten() {
+    for v in obj
+        .get("prefixItems")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         walk(root, v, &format!("{path}[]"), conditional, out, refs);
     }
     if let Some(v) = obj.get("additionalProperties") {
@@ -312,7 +317,11 @@ fn check_documented(schema: &Value, doc: &str) -> Vec<String> {
                 continue;
             }
             if !documented.insert(name.to_string()) {
-                problems.push(format!("line {}: `{}` documented twice", at + 1, join(path, name)));
+                problems.push(format!(
+                    "line {}: `{}` documented twice",
+                    at + 1,
+                    join(path, name)
+                ));
             }
             if row.len() != FIELD_TABLE_HEADER.len() || row.iter().any(String::is_empty) {
                 problems.push(format!(
@@ -329,7 +338,11 @@ fn check_documented(schema: &Value, doc: &str) -> Vec<String> {
                     "line {}: `{}`: the default column {} \"required\" but the schema {}",
                     at + 1,
                     join(path, name),
-                    if says_required { "says" } else { "does not say" },
+                    if says_required {
+                        "says"
+                    } else {
+                        "does not say"
+                    },
                     if obj.required.contains(name) {
                         "requires it"
                     } else {
@@ -366,7 +379,11 @@ fn the_schema_walk_reaches_every_kind_of_nesting() {
     assert!(objects["routes[]"].required.contains("name"));
     assert!(objects["routes[].rate_limit[]"].required.is_empty());
     let total: usize = objects.values().map(|o| o.props.len()).sum();
-    assert!(objects.len() >= 18 && total >= 90, "{} objects, {total} properties", objects.len());
+    assert!(
+        objects.len() >= 18 && total >= 90,
+        "{} objects, {total} properties",
+        objects.len()
+    );
 }
 
 #[test]
@@ -404,11 +421,20 @@ fn a_property_documented_under_another_object_is_reported() {
     );
     let problems = check_documented(&schema, &doc);
     assert_eq!(problems.len(), 2, "{problems:#?}");
-    assert!(problems[0].contains("`a.name2` is documented but is not a property"), "{problems:#?}");
-    assert!(problems[1].starts_with("map.<name>.name: not documented"), "{problems:#?}");
+    assert!(
+        problems[0].contains("`a.name2` is documented but is not a property"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].starts_with("map.<name>.name: not documented"),
+        "{problems:#?}"
+    );
 
     // A required property must say so, an optional one must not.
-    let doc2 = doc.replace("| `size` | integer | 1 |", "| `size` | integer | required |");
+    let doc2 = doc.replace(
+        "| `size` | integer | 1 |",
+        "| `size` | integer | required |",
+    );
     assert!(check_documented(&schema, &doc2)
         .iter()
         .any(|p| p.contains("`a.size`: the default column says \"required\"")));
@@ -461,9 +487,16 @@ fn every_json_example_in_the_docs_is_a_valid_configuration() {
             }
         }
     }
-    assert!(problems.is_empty(), "invalid examples:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "invalid examples:\n{}",
+        problems.join("\n")
+    );
     let in_reference = json_blocks(&read(CONFIG_DOC)).len();
-    assert!(in_reference >= 8 && n > in_reference, "{in_reference} blocks in {CONFIG_DOC}, {n} in all");
+    assert!(
+        in_reference >= 8 && n > in_reference,
+        "{in_reference} blocks in {CONFIG_DOC}, {n} in all"
+    );
 }
 
 // ------------------------------------------------------------------ citations and links
@@ -582,20 +615,33 @@ fn no_file_cites_a_document_outside_the_repository() {
         for bad in outside_names() {
             for (i, line) in text.lines().enumerate() {
                 if line.contains(&bad) {
-                    problems.push(format!("{file}:{}: names {bad:?}, which is not in this repository", i + 1));
+                    problems.push(format!(
+                        "{file}:{}: names {bad:?}, which is not in this repository",
+                        i + 1
+                    ));
                 }
             }
         }
-        let dir = root().join(&file).parent().map(Path::to_path_buf).unwrap_or_else(root);
+        let dir = root()
+            .join(&file)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(root);
         for (line, name) in md_references(&text) {
-            if let Some(n) = NOT_CITATIONS.iter().position(|(f, m, _)| *f == file && *m == name) {
+            if let Some(n) = NOT_CITATIONS
+                .iter()
+                .position(|(f, m, _)| *f == file && *m == name)
+            {
                 used.insert(n);
                 continue;
             }
             let found = if name.contains('/') {
                 exists(&dir.join(&name)) || exists(&root().join(&name))
             } else {
-                exists(&dir.join(&name)) || all.iter().any(|f| f.rsplit('/').next() == Some(name.as_str()))
+                exists(&dir.join(&name))
+                    || all
+                        .iter()
+                        .any(|f| f.rsplit('/').next() == Some(name.as_str()))
             };
             let problem = format!("{file}:{line}: cites {name:?}, which is not in this repository");
             if !found && !problems.contains(&problem) {
@@ -605,7 +651,9 @@ fn no_file_cites_a_document_outside_the_repository() {
     }
     for (n, (f, m, why)) in NOT_CITATIONS.iter().enumerate() {
         if !used.contains(&n) {
-            problems.push(format!("NOT_CITATIONS entry ({f}, {m}: {why}) is no longer needed"));
+            problems.push(format!(
+                "NOT_CITATIONS entry ({f}, {m}: {why}) is no longer needed"
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -626,7 +674,11 @@ fn anchors(doc: &str) -> BTreeSet<String> {
             }
         }
         let n = seen.entry(slug.clone()).or_insert(0);
-        out.insert(if *n == 0 { slug.clone() } else { format!("{slug}-{n}") });
+        out.insert(if *n == 0 {
+            slug.clone()
+        } else {
+            format!("{slug}-{n}")
+        });
         *n += 1;
     }
     out
@@ -641,11 +693,7 @@ fn links(doc: &str) -> Vec<(usize, String)> {
             continue;
         }
         // Code spans are not links.
-        let text: String = line
-            .split('`')
-            .step_by(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let text: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
         let mut rest = text.as_str();
         while let Some(at) = rest.find("](") {
             let after = &rest[at + 2..];
@@ -664,7 +712,11 @@ fn every_relative_link_in_the_docs_resolves() {
     let mut checked = 0;
     for file in markdown_files() {
         let text = read(&file);
-        let dir = root().join(&file).parent().map(Path::to_path_buf).unwrap_or_else(root);
+        let dir = root()
+            .join(&file)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(root);
         for (line, target) in links(&text) {
             if target.contains("://") || target.starts_with("mailto:") {
                 continue;
@@ -685,9 +737,13 @@ fn every_relative_link_in_the_docs_resolves() {
             }
             if let Some(a) = anchor {
                 let is_md = resolved.extension().is_some_and(|e| e == "md");
-                let heads = fs::read_to_string(&resolved).map(|t| anchors(&t)).unwrap_or_default();
+                let heads = fs::read_to_string(&resolved)
+                    .map(|t| anchors(&t))
+                    .unwrap_or_default();
                 if !is_md || !heads.contains(a) {
-                    problems.push(format!("{file}:{line}: link to {target:?}: no heading with anchor #{a}"));
+                    problems.push(format!(
+                        "{file}:{line}: link to {target:?}: no heading with anchor #{a}"
+                    ));
                 }
             }
         }
@@ -698,14 +754,23 @@ fn every_relative_link_in_the_docs_resolves() {
 
 #[test]
 fn the_link_and_citation_readers_find_what_they_must() {
-    let refs = md_references("see docs/operations.md, `SECURITY.md`; https://x.test/a/README.md and {n}.md, 'a.mdx'");
+    let refs = md_references(
+        "see docs/operations.md, `SECURITY.md`; https://x.test/a/README.md and {n}.md, 'a.mdx'",
+    );
     let names: Vec<&str> = refs.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["docs/operations.md", "SECURITY.md"]);
     let l = links("[a](../SECURITY.md#y) `[b](no)` [c](https://e.test)\n```\n[d](no)\n```\n");
     let targets: Vec<&str> = l.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(targets, ["../SECURITY.md#y", "https://e.test"]);
-    let a = anchors("# Routes: `routes[]`\n## Behaviour\n## Behaviour\n### Scaling out: global rate limits\n");
-    for want in ["routes-routes", "behaviour", "behaviour-1", "scaling-out-global-rate-limits"] {
+    let a = anchors(
+        "# Routes: `routes[]`\n## Behaviour\n## Behaviour\n### Scaling out: global rate limits\n",
+    );
+    for want in [
+        "routes-routes",
+        "behaviour",
+        "behaviour-1",
+        "scaling-out-global-rate-limits",
+    ] {
         assert!(a.contains(want), "{want} in {a:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! Configuration: the JSON document of the README's "Configuration", parsed and validated once
+//! Configuration: the JSON document of docs/configuration.md, parsed and validated once
 //! (in `on_configure`) into an immutable [`Config`].
 //!
 //! ```json
