@@ -108,7 +108,7 @@ e2e: build venv registry rls
 # `fuzz-smoke` (part of `make test`) runs the same target code natively on
 # the stable toolchain over each checked-in corpus, then over deterministic
 # mutations of it (MESHGUARD_FUZZ_SMOKE_MS per target, default 1500): no
-# nightly, no instrumented build. See README "Reliability".
+# nightly, no instrumented build. See docs/operations.md, "Fuzzing".
 FUZZ_SECONDS ?= 60
 fuzz-tools:
 	@rustc +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal

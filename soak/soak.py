@@ -19,7 +19,7 @@ target/soak/report.json). Exits non-zero when:
 - the RSS is still growing after warm-up: the least-squares slope of the
   RSS samples after the first WARMUP_FRACTION of the run (at least 120 s)
   is above RSS_SLOPE_KIB_PER_MIN (default 64 KiB/min, i.e. < 4 MiB/h,
-  documented in the README's Reliability section); runs shorter than
+  documented in docs/operations.md, "Soak"); runs shorter than
   300 s are too short to judge and only report it;
 - transport errors (connection refused/reset, no answer) exceed
   MAX_TRANSPORT_ERRORS (default 0).

@@ -1,4 +1,4 @@
-//! gRPC awareness (README "gRPC"): the pure rules meshguard follows for
+//! gRPC awareness (docs/configuration.md, "gRPC"): the pure rules meshguard follows for
 //! gRPC and gRPC-Web calls, with no host and no feature behind them.
 //!
 //! - [`Kind::of`]: whether a request is gRPC (`content-type`

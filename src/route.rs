@@ -1,4 +1,4 @@
-//! Route matching (README "Routes"): every `match` field is optional and
+//! Route matching (docs/configuration.md, "Routes" and "Matching"): every `match` field is optional and
 //! they are ANDed; an empty `match` matches everything; routes are tried in
 //! order and the first match wins.
 //!

@@ -1,5 +1,6 @@
 //! The breaker section through the whole configuration parser: errors name
-//! the full JSON path, defaults apply, and the README example compiles.
+//! the full JSON path, defaults apply, and the example of
+//! docs/configuration.md ("Circuit breaker") compiles to what it shows.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,20 +13,59 @@ fn route_with(cb: &str) -> String {
     )
 }
 
+/// The first ```json block of the section of docs/configuration.md whose
+/// heading names `routes[].circuit_breaker`.
+fn documented_example() -> String {
+    let path = format!("{}/docs/configuration.md", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let at = doc
+        .lines()
+        .position(|l| l.starts_with('#') && l.contains("`routes[].circuit_breaker`"))
+        .expect("a heading naming `routes[].circuit_breaker`");
+    let mut block = String::new();
+    let mut inside = false;
+    for line in doc.lines().skip(at + 1) {
+        if !inside && line.starts_with('#') {
+            break;
+        }
+        if inside && line.starts_with("```") {
+            return block;
+        }
+        if inside {
+            block.push_str(line);
+            block.push('\n');
+        }
+        inside |= line.starts_with("```json");
+    }
+    panic!("no ```json block in the circuit breaker section of {path}");
+}
+
 #[test]
 fn contract_example_compiles() {
-    let doc = route_with(
-        r#"{ "failure_statuses": ["5xx"], "consecutive_failures": 5,
-             "failure_ratio": 0.5, "min_requests": 20, "window": "10s",
-             "slow_call": "2s", "open_duration": "5s", "max_open_duration": "60s",
-             "half_open_requests": 1, "success_threshold": 1, "scope": "route" }"#,
-    );
+    let doc = documented_example();
     let cfg = Config::from_bytes(doc.as_bytes()).unwrap();
-    assert!(cfg.routes[0].breaker.is_none());
-    let p = cfg.routes[1].breaker.as_ref().unwrap();
+    let p = cfg.routes[0].breaker.as_ref().unwrap();
     assert_eq!(p.consecutive_failures, 5);
     assert_eq!(p.slow_call_ns, Some(2_000_000_000));
+    assert_eq!(p.open_duration_ns, 5_000_000_000);
+    assert_eq!(p.max_open_duration_ns, 60_000_000_000);
+    assert_eq!(p.half_open_requests, 1);
+    assert_eq!(p.success_threshold, 1);
     assert_eq!(p.scope, Scope::Route);
+    let ratio = p.ratio.as_ref().unwrap();
+    assert_eq!(
+        (ratio.failure_ratio, ratio.min_requests, ratio.window_ns),
+        (0.5, 20, 10_000_000_000)
+    );
+    // Beside another route, it is that route's alone.
+    let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let two = route_with(&v["routes"][0]["circuit_breaker"].to_string());
+    let cfg = Config::from_bytes(two.as_bytes()).unwrap();
+    assert!(cfg.routes[0].breaker.is_none());
+    assert_eq!(
+        cfg.routes[1].breaker.as_ref().unwrap().consecutive_failures,
+        5
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Circuit breaker (README "Circuit breaker", `circuit_breaker`): stop sending requests to
+//! Circuit breaker (docs/configuration.md, "Circuit breaker": `routes[].circuit_breaker`): stop sending requests to
 //! an upstream that keeps failing, answer them locally with 503 instead,
 //! and let a few probes find out when it has recovered.
 //!
@@ -193,18 +193,31 @@
 //!
 //! # How the filter uses it
 //!
+//! `filter::pipeline` runs the breaker last before the upstream (after JWT,
+//! rate limit and the cache lookup), and reports at most once per stream:
+//!
 //! ```text
 //! on_configure:      policy.metrics = BreakerMetrics::define(host, &route.name)
 //! request headers:   key = breaker_key(policy, &route.name, cluster);
-//!                    match admit(host, policy, key) {
-//!                        Allowed { probe } => remember (key, probe, now); continue
-//!                        Rejected { retry_after_secs } => local 503 + Retry-After,
+//!                    match admit_ticket(host, policy, key) {
+//!                        (Allowed { .. }, ticket) => keep (key, ticket, and the start
+//!                                 time only with slow_call); continue
+//!                        (Rejected { retry_after_secs }, _) => local 503 + Retry-After,
 //!                                 body {"error":"circuit_open",...}; never record
 //!                    }
-//! response headers:  classify(policy, Some(status), flags_failure, now - start, false, false)
-//!                    -> Some(o) => record(host, policy, key, o, probe)
-//! stream end (log):  if nothing was recorded: classify with the final flags /
-//!                    status; None and probe => release(host, policy, key)
+//! response headers:  HTTP: classify(policy, status, upstream failure flags,
+//!                          elapsed, false, cancelled);
+//!                    gRPC (200): a grpc-status header -> classify_grpc(...),
+//!                          none -> wait for the trailers;
+//!                    Some(o) => record(host, policy, key, o, ticket);
+//!                    None and a probe => release(host, policy, key, ticket)
+//! response trailers: a gRPC call waiting: classify_grpc with their grpc-status
+//! stream end:        the response's last byte (end_of_stream, or the trailers),
+//!                    or the root's tick finding the stream's context gone
+//!                    (`filter::dispatch`; no `proxy_on_log` is exported): if
+//!                    nothing was recorded yet, classify with the final flags (a
+//!                    stream gone without its end passing the filter counts as
+//!                    cancelled); None and a probe => release
 //! ```
 
 pub mod codec;

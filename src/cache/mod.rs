@@ -3,7 +3,7 @@
 //!
 //! # Configuration
 //!
-//! Per route (`routes[i].cache`, see the README "Cache") and once per process
+//! Per route (`routes[i].cache`, see docs/configuration.md, "Cache") and once per process
 //! (`cache_store`):
 //!
 //! ```json

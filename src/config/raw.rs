@@ -1,4 +1,4 @@
-//! The configuration document exactly as users write it (README "Configuration"): serde
+//! The configuration document exactly as users write it (docs/configuration.md): serde
 //! types, unknown keys rejected. Semantic checks happen in `compile`.
 
 use super::duration::Duration;

@@ -1,5 +1,6 @@
 //! Per-worker cache of verified tokens, so each distinct token pays for
-//! signature verification once (PLATFORM.md: pure-Rust RSA costs ~0.7 ms).
+//! signature verification once (a signature check costs ~55-175 us of CPU
+//! in Envoy depending on the algorithm, a cache hit ~2 us).
 //!
 //! Key: the token bytes themselves, in this worker's memory only (never
 //! logged, never in shared data). The map is indexed by a fingerprint: a

@@ -1,4 +1,4 @@
-//! JWT bearer verification (README "JWT": `jwt_providers` and route `jwt`).
+//! JWT bearer verification (docs/configuration.md, "JWT": `jwt_providers` and route `jwt`).
 //!
 //! ```json
 //! { "jwt_providers": {

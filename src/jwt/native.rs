@@ -1,4 +1,5 @@
-//! Envoy's `verify_signature` foreign function (PLATFORM.md): native
+//! Envoy's `verify_signature` foreign function (a function of Envoy's wasm
+//! host that modules call by name with `proxy_call_foreign_function`): native
 //! BoringSSL verification, for RSA PKCS#1 v1.5 (RS*) about 3x cheaper than
 //! RSA inside wasm (`rsassa`; 12x cheaper than the `rsa` crate), and for
 //! ECDSA (ES256, ES384) about 9x cheaper than the `p256` / `p384` crates.

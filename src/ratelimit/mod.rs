@@ -1,5 +1,5 @@
 //! Token-bucket rate limiting, exact across all worker threads of one Envoy
-//! process (README "Rate limiting", `rate_limit`).
+//! process (docs/configuration.md, "Rate limiting": `routes[].rate_limit[]`).
 //!
 //! ```json
 //! "rate_limit": [

@@ -1,5 +1,5 @@
 //! The path routes match and `path` key parts read: RFC 3986 normalised
-//! (see the README's "Threat model").
+//! (see docs/operations.md, "Threat model").
 //!
 //! An origin commonly treats `//admin/users`, `/%61dmin/users`,
 //! `/x/../admin/users` and `/./admin/users` as `/admin/users`. Had meshguard

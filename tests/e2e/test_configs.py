@@ -145,9 +145,10 @@ def test_module_is_well_under_one_megabyte():
     assert size < 960_000, f"meshguard.wasm is {size} bytes"
 
 
-def test_readme_jwt_example_works_as_documented(envoy, upstream):
-    """The README's JWT example: examples/jwt.json and the token shown there."""
-    with open(os.path.join(ROOT, "README.md")) as f:
+def test_documented_jwt_example_works_as_documented(envoy, upstream):
+    """The JWT example of docs/configuration.md: examples/jwt.json and the
+    token shown there."""
+    with open(os.path.join(ROOT, "docs", "configuration.md")) as f:
         token = re.search(r"^TOKEN=(\S+)$", f.read(), re.M).group(1)
     e = envoy(example("jwt.json"))
     s, _, _ = e.request("/orders", headers={"authorization": f"Bearer {token}"})

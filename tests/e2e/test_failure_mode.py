@@ -4,8 +4,8 @@
 A VM failure cannot be provoked in meshguard itself (it has no panics on
 traffic by design), so this test builds, byte by byte, the smallest
 proxy-wasm module whose request callback traps, and runs it in the exact
-filter configuration meshguard uses. It shows Envoy's behaviour that the
-README documents: fail closed = 503 and the upstream untouched; fail open =
+filter configuration meshguard uses. It shows Envoy's behaviour that
+docs/operations.md documents: fail closed = 503 and the upstream untouched; fail open =
 the request passes without the filter."""
 
 import json

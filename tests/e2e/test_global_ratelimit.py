@@ -253,7 +253,7 @@ def test_many_concurrent_requests_all_get_an_answer(envoy, upstream, rls_server)
 # ------------------------------------------------------------ the documented example
 
 def test_documented_limitador_limits_match_meshguard_descriptors(envoy, upstream, rls_server):
-    """envoy/rls/limitador-limits.yaml (the README's Limitador example) counts
+    """envoy/rls/limitador-limits.yaml (the Limitador example of docs/configuration.md) counts
     what examples/global-ratelimit.json sends."""
     with open(os.path.join(harness.ROOT, "envoy/rls/limitador-limits.yaml")) as f:
         limits = yaml.safe_load(f)

@@ -1,10 +1,11 @@
 """Hostile requests and responses through a real Envoy loading meshguard
 (`--concurrency 1`, so "the next request" runs on the very worker that
 handled the hostile one). Every case has a defined outcome (asserted here,
-listed in the README's Reliability section), no wasm trap or panic (Envoy's
+listed in docs/operations.md, "Hostile input"), no wasm trap or panic (Envoy's
 log and its V8 VM counters), and the next normal request succeeds.
 
-Envoy's own limits come first (PLATFORM.md): more than 100 request
+Envoy's own limits come first (its HTTP codec and connection manager
+apply them before any filter runs): more than 100 request
 headers or request headers over `max_request_headers_kb` (60 KiB by
 default) get Envoy's 431, invalid bytes in the request line its 400;
 meshguard never sees those requests. To put meshguard itself in front of
