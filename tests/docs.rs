@@ -482,7 +482,7 @@ fn every_json_example_in_the_docs_is_a_valid_configuration() {
     for file in markdown_files() {
         for (line, text) in json_blocks(&read(&file)) {
             n += 1;
-            if let Err(e) = meshguard::config::Config::from_bytes(text.as_bytes()) {
+            if let Err(e) = meshguard::plan::Config::from_bytes(text.as_bytes()) {
                 problems.push(format!("{file}:{line}: {e}"));
             }
         }

@@ -47,8 +47,8 @@ def test_the_target_file_flags_and_their_old_names():
     parse = cli.build_parser().parse_args
     args = parse([])
     assert (args.doc, args.no_doc) == (docblock.DOC, False)
-    assert parse(["--doc", "x.md"]).doc == "x.md"
-    assert parse(["--readme", "y.md"]).doc == "y.md"  # the old name still works
+    assert parse(["--doc", "out-x.txt"]).doc == "out-x.txt"
+    assert parse(["--readme", "out-y.txt"]).doc == "out-y.txt"  # the old name still works
     assert parse(["--no-doc"]).no_doc and parse(["--no-readme"]).no_doc
 
 
