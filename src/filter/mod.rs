@@ -16,7 +16,25 @@
 //! (10 ms while anything is parked) runs its pipeline again, and every park
 //! has a deadline (`pipeline::JWKS_WAIT_NS`, `pipeline::CACHE_WAIT_NS`).
 
+//!
+//! Layout (imports run one way, down this list): `dispatch` (the ABI
+//! entry points, wasm only) -> `root` (root context, the timer, answers of
+//! calls) -> `http` (one stream's callbacks) -> `pipeline` (the stages and
+//! the response side) -> `worker` (state shared by a worker VM's contexts;
+//! a step becomes its effect) -> `state` (one stream's state and local
+//! replies) -> `runtime` (the configuration and its metric handles). All
+//! but `dispatch` talk to the proxy through the `host::Host` and
+//! `host::Stream` ports, so they compile natively and are tested against
+//! `host::fake_stream`.
+
+#[cfg(target_os = "wasi")]
 mod dispatch;
-mod http;
-mod pipeline;
-mod root;
+pub mod http;
+pub mod pipeline;
+pub mod root;
+pub mod runtime;
+pub mod state;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Native tests of the filter against the fake proxy (`host::fake_stream`).
