@@ -6,7 +6,7 @@
 //! [`run`] again: JWKS still loading, or another request filling the cache
 //! entry). Every park has a deadline, so no request can hang.
 
-use super::runtime::Runtime;
+use super::runtime::{RouteRuntime, Runtime};
 use super::state::{BreakerTicket, Capture, Stage, Step, StreamState};
 use super::worker::Worker;
 use crate::breaker::{self, Admission};
@@ -38,7 +38,8 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
     let rt = s.rt.clone();
     let batched = rt.host(px);
     let host = OneClock::new(&batched);
-    let Some(route) = rt.config.routes.get(s.route) else {
+    // The route and its runtime handles (built together, same index).
+    let Some((route, rr)) = rt.config.routes.get(s.route).zip(rt.route(s.route)) else {
         return Step::Continue;
     };
     loop {
@@ -61,7 +62,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                         Ok(mut cache) => auth(&mut cache),
                         Err(_) => auth(&mut jwt::TokenCache::new(1)),
                     };
-                    let metrics = rt.route(s.route).and_then(|r| r.jwt);
+                    let metrics = rr.jwt;
                     // A parked request is re-run on every fast tick: count
                     // `keys_pending` once per request, not once per retry.
                     let retry = s.park_deadline_ns != 0;
@@ -130,7 +131,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                     &rt.limiter,
                     &route.name,
                     &route.rate_limits,
-                    rt.route(s.route).map_or(&[], |r| &r.limits),
+                    &rr.limits,
                     &s.req,
                     s.claims.as_deref(),
                 ) {
@@ -151,7 +152,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                 }
             }
             Stage::GlobalRateLimit => {
-                if let Some(step) = global_rate_limit(s, w, px, &rt, route) {
+                if let Some(step) = global_rate_limit(s, w, px, &rt, route, rr) {
                     return step;
                 }
                 s.stage = Stage::Cache;
@@ -214,10 +215,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                         breaker::Scope::Route => None,
                     };
                     let key = breaker::breaker_key(policy, &route.name, cluster.as_deref());
-                    let metrics = rt.route(s.route).map(|r| &r.breaker);
-                    let none = breaker::BreakerMetrics::none();
-                    let (admission, probe) =
-                        breaker::admit_ticket(&host, policy, metrics.unwrap_or(&none), key);
+                    let (admission, probe) = breaker::admit_ticket(&host, policy, &rr.breaker, key);
                     match admission {
                         Admission::Allowed { .. } => {
                             s.breaker = Some(BreakerTicket {
@@ -305,13 +303,11 @@ fn global_rate_limit<P: Host + Stream>(
     px: &P,
     rt: &Runtime,
     route: &Route,
+    rr: &RouteRuntime,
 ) -> Option<Step> {
     let host = rt.host(px);
     let svc = rt.config.rate_limit_service.as_ref()?;
-    let (metrics, global_metrics) = match rt.route(s.route) {
-        Some(r) => (r.rls, r.global_limits.as_slice()),
-        None => (rls::RlsMetrics::NONE, &[][..]),
-    };
+    let (metrics, global_metrics) = (rr.rls, rr.global_limits.as_slice());
     let result = match s.rls_result.take() {
         Some(r) => r,
         None => {
@@ -568,17 +564,16 @@ fn record_outcome<P: Host + Stream>(
         return;
     };
     let rt = s.rt.clone();
-    let Some((route, policy)) = rt
+    let Some((route, policy, metrics)) = rt
         .config
         .routes
         .get(s.route)
-        .and_then(|r| Some((r, r.breaker.as_ref()?)))
+        .zip(rt.route(s.route))
+        .and_then(|(r, rr)| Some((r, r.breaker.as_ref()?, &rr.breaker)))
     else {
         return;
     };
     let key = ticket.key.as_deref().unwrap_or(&route.name);
-    let none = breaker::BreakerMetrics::none();
-    let metrics = rt.route(s.route).map_or(&none, |r| &r.breaker);
     // At most one clock reading, shared by the elapsed time and the
     // breaker's own update, and none when neither needs it (no `slow_call`,
     // a success without the ratio rule).
