@@ -180,8 +180,9 @@
 //!
 //! # Metrics and logs
 //!
-//! [`BreakerMetrics::define`] (at configuration time, stored in
-//! `BreakerPolicy::metrics`) defines, per route:
+//! [`BreakerMetrics::define`] (at configuration time; the filter keeps
+//! them beside the policy and passes them to [`admit_ticket`], [`record`]
+//! and [`release`]) defines, per route:
 //! - gauge `meshguard.breaker.<route>.state`: 0 closed, 1 open, 2 half-open,
 //!   set by whichever worker commits a transition (so OPEN -> HALF_OPEN
 //!   shows only when the next request arrives);
@@ -194,17 +195,17 @@
 //! # How the filter uses it
 //!
 //! ```text
-//! on_configure:      policy.metrics = BreakerMetrics::define(host, &route.name)
+//! on_configure:      metrics = BreakerMetrics::define(host, &route.name)
 //! request headers:   key = breaker_key(policy, &route.name, cluster);
-//!                    match admit(host, policy, key) {
+//!                    match admit(host, policy, &metrics, key) {
 //!                        Allowed { probe } => remember (key, probe, now); continue
 //!                        Rejected { retry_after_secs } => local 503 + Retry-After,
 //!                                 body {"error":"circuit_open",...}; never record
 //!                    }
 //! response headers:  classify(policy, Some(status), flags_failure, now - start, false, false)
-//!                    -> Some(o) => record(host, policy, key, o, probe)
+//!                    -> Some(o) => record(host, policy, &metrics, key, o, probe)
 //! stream end (log):  if nothing was recorded: classify with the final flags /
-//!                    status; None and probe => release(host, policy, key)
+//!                    status; None and probe => release(host, &metrics, key, probe)
 //! ```
 
 pub mod codec;

@@ -567,6 +567,33 @@ fn a_grpc_status_in_the_trailers_decides_the_breaker_outcome() {
     assert_eq!(vm.reply(4).header("grpc-status").as_deref(), Some("14"));
 }
 
+#[test]
+fn admitted_responses_get_the_rate_limit_headers_with_or_without_a_response_side() {
+    // With a breaker the stream keeps its state for the response; without,
+    // it keeps only the headers to add (`HttpStream::release_if_done`).
+    for breaker in [true, false] {
+        let mut r = route(json!({ "rate_limit": [
+            { "name": "all", "capacity": 5, "refill_interval": "5s" } ] }));
+        if breaker {
+            r["circuit_breaker"] = json!({});
+        }
+        let mut vm = Vm::new(json!({ "rate_limit_headers": "both", "routes": [r] }));
+        assert_eq!(vm.get(1, "/", &[]), Action::Continue);
+        vm.respond(1, &[(":status", "200"), ("x-ratelimit-limit", "99")], true);
+        let ctx = vm.px.context(1);
+        assert_eq!(
+            ctx.response_header_values("ratelimit"),
+            ["\"all\";r=4;t=1"],
+            "breaker: {breaker}"
+        );
+        assert_eq!(
+            ctx.response_header_values("x-ratelimit-limit"),
+            ["5"],
+            "the single-valued legacy header replaces the upstream's (breaker: {breaker})"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- cache
 
 fn cache_config(max_entry_bytes: u64) -> Value {
@@ -605,11 +632,24 @@ fn a_response_is_copied_into_the_cache_as_it_streams_and_then_served() {
 
 #[test]
 fn a_body_too_big_abandons_the_capture_and_stores_nothing() {
-    let mut vm = Vm::new(cache_config(1_024));
+    let host = FakeHost::new(T0);
+    let mut vm = Vm::on(host.clone(), cache_config(1_024));
+    let mut other = Vm::on(host, cache_config(1_024));
     vm.get(1, "/big", &[]);
+    assert_eq!(
+        other.get(1, "/big", &[]),
+        Action::Pause,
+        "waits for the fill"
+    );
     vm.respond(1, &CACHEABLE, false);
     vm.body(1, &[b'x'; 600], false);
+    other.tick_after(Duration::from_millis(30));
+    assert_eq!(other.resumed(1), 0, "the fill goes on");
     vm.body(1, &[b'y'; 600], false);
+    // Too big: the fill is given up at once, and the waiting request goes
+    // upstream without waiting for the end of this response.
+    other.tick_after(Duration::from_millis(30));
+    assert_eq!(other.resumed(1), 1);
     vm.body(1, b"end", true);
     assert_eq!(vm.metric("meshguard.cache.api.stored"), Some(0));
     // Nothing stored, the lock released: the next request goes upstream at
