@@ -45,6 +45,30 @@ pub struct RawConfig {
     /// stats (default "100ms"; "0s": every increment at once).
     #[serde(default)]
     pub metrics_flush_interval: Option<Duration>,
+    /// What meshguard shows of its decisions: Envoy filter state (access
+    /// logs, RBAC), `Proxy-Status` on its replies, trace context on its
+    /// calls (all on by default).
+    #[serde(default)]
+    pub observability: Option<RawObservability>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawObservability {
+    /// false: no decision summary in Envoy's filter state (default true).
+    #[serde(default)]
+    pub filter_state: Option<bool>,
+    /// Verified claims published as filter state `meshguard.claim.<name>`
+    /// (for Envoy's RBAC filter and access logs); default none.
+    #[serde(default)]
+    pub claims: Vec<String>,
+    /// false: meshguard's replies carry no `Proxy-Status` (default true).
+    #[serde(default)]
+    pub proxy_status: Option<bool>,
+    /// false: calls to the rate limit service and JWKS fetches do not carry
+    /// the request's trace headers (default true).
+    #[serde(default)]
+    pub trace_propagation: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

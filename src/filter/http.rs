@@ -9,6 +9,7 @@ use super::state::{self, Step, StreamState};
 use super::worker::Worker;
 use crate::host::header_map::HeaderMap;
 use crate::host::{Host, Stream};
+use crate::plan::Observability;
 use crate::request::path::PathError;
 use crate::request::{ip, Headers, Request};
 use std::cell::RefCell;
@@ -101,10 +102,10 @@ fn read_request(io: &impl Stream) -> Request {
 
 /// Refuses a request whose path cannot be normalised (400, a short JSON
 /// body; see `request::path`); a gRPC call gets `INVALID_ARGUMENT`.
-fn reject_path(io: &impl Stream, e: PathError, req: &Request) {
+fn reject_path(io: &impl Stream, e: PathError, req: &Request, obs: &Observability) {
     let body = serde_json::json!({"error": "invalid_path", "error_description": e.reason()});
     let ct = req.header("content-type");
-    let (status, map, body) = match crate::grpc::Kind::of(ct) {
+    let (status, mut map, body) = match crate::grpc::Kind::of(ct) {
         Some(kind) => {
             let message = format!("invalid_path: {}", e.reason());
             let code = crate::grpc::Code::INVALID_ARGUMENT;
@@ -117,6 +118,18 @@ fn reject_path(io: &impl Stream, e: PathError, req: &Request) {
             (400, map, body.to_string().into_bytes())
         }
     };
+    if obs.proxy_status {
+        map.add(
+            b"proxy-status",
+            b"meshguard; error=http_request_error; details=\"path invalid_path\"",
+        );
+    }
+    if obs.filter_state {
+        io.set_filter_state(
+            state::FILTER_STATE_KEY,
+            b"route=- decision=denied policy=path reason=invalid_path",
+        );
+    }
     if !io.send_local_reply(status, &map, &body) {
         log::warn!("meshguard: the host refused a local {status} reply");
     }
@@ -158,7 +171,7 @@ impl HttpStream {
         if let Some(slashes) = config.path_normalization {
             if let Err(e) = req.normalize_path(slashes) {
                 px.increment_metric(rt.path_rejected, 1);
-                reject_path(px, e, &req);
+                reject_path(px, e, &req, &config.observability);
                 return Action::Pause;
             }
         }

@@ -7,7 +7,7 @@
 //! entry). Every park has a deadline, so no request can hang.
 
 use super::runtime::{RouteRuntime, Runtime};
-use super::state::{BreakerTicket, Capture, Stage, Step, StreamState};
+use super::state::{self, BreakerTicket, Capture, Stage, Step, StreamState, CLAIM_KEY_PREFIX};
 use super::worker::Worker;
 use crate::breaker::{self, Admission};
 use crate::cache::{self, CacheRoute, Lookup, ResponseDecision};
@@ -74,8 +74,12 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                     }
                     match outcome {
                         AuthOutcome::Allowed {
-                            claims, header_ops, ..
+                            claims,
+                            header_ops,
+                            provider,
+                            ..
                         } => {
+                            note_jwt(s, px, &rt, provider, claims.as_deref());
                             for op in &header_ops {
                                 match op {
                                     HeaderOp::Remove(n) => px.remove_request_header(n),
@@ -90,6 +94,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                             www_authenticate,
                             body,
                         } => {
+                            note_jwt_denied(&mut s.verdict, &body);
                             return s.json_reply(
                                 px,
                                 status,
@@ -99,6 +104,9 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                         }
                         AuthOutcome::KeysPending { provider } => {
                             w.poll_jwks_soon();
+                            if rt.config.observability.trace_propagation {
+                                w.note_jwks_trace(trace_headers(&s.req));
+                            }
                             if s.park_until(host.now_nanos(), JWKS_WAIT_NS) {
                                 return Step::Park;
                             }
@@ -112,6 +120,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                             if let Some(m) = &metrics {
                                 host.increment_metric(m.denied, 1);
                             }
+                            s.verdict.decide("unavailable", "jwt", "jwks_unavailable");
                             return s.json_reply(px, 503, &[("retry-after", "1")], &body);
                         }
                     }
@@ -142,6 +151,15 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                         continue;
                     }
                     LocalOutcome::Admitted(a) => {
+                        if rt.config.observability.filter_state {
+                            s.verdict.limit = a.tightest.as_ref().and_then(|t| match t.of {
+                                ratelimit::LimitRef::Local(i) => route
+                                    .rate_limits
+                                    .get(i)
+                                    .map(|l| (l.name.clone(), t.remaining)),
+                                ratelimit::LimitRef::Global(_) => None,
+                            });
+                        }
                         // Written at response time (on_response_headers, reply).
                         s.rl_headers = a.header_values(rt.limiter.style);
                         continue;
@@ -172,8 +190,11 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                         token: s.claims.is_some() || carries_token(&rt, route, &s.req),
                     };
                     match cache::lookup_as(&host, &cr, &s.req, identity) {
-                        Lookup::Hit(resp) | Lookup::OnlyIfCachedMiss(resp) => {
-                            return send_cached(s, px, resp);
+                        Lookup::Hit(resp) => {
+                            return send_cached(s, px, resp, "hit");
+                        }
+                        Lookup::OnlyIfCachedMiss(resp) => {
+                            return send_cached(s, px, resp, "only_if_cached_miss");
                         }
                         Lookup::Wait { retry_after_ms } => {
                             let now = host.now_nanos();
@@ -218,6 +239,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                     let (admission, probe) = breaker::admit_ticket(&host, policy, &rr.breaker, key);
                     match admission {
                         Admission::Allowed { .. } => {
+                            s.verdict.breaker = Some(if probe.probe { "probe" } else { "closed" });
                             s.breaker = Some(BreakerTicket {
                                 key: (key != route.name).then(|| key.to_string()),
                                 probe,
@@ -231,6 +253,8 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                         }
                         Admission::Rejected { retry_after_secs } => {
                             abandon_cache(s, px);
+                            s.verdict.breaker = Some("open");
+                            s.verdict.decide("unavailable", "breaker", "circuit_open");
                             let body = serde_json::json!({
                                 "error": "circuit_open",
                                 "route": route.name,
@@ -244,10 +268,104 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                 }
                 s.stage = Stage::Upstream;
             }
-            Stage::Upstream => return Step::Continue,
+            Stage::Upstream => {
+                s.verdict.decision = "allowed";
+                s.publish(px);
+                return Step::Continue;
+            }
         }
     }
 }
+
+/// Records a verified token in the verdict (provider, `sub`) and
+/// publishes the claims `observability.claims` names as filter state
+/// `meshguard.claim.<name>` (see [`claim_value`]).
+fn note_jwt(
+    s: &mut StreamState,
+    io: &impl Stream,
+    rt: &Runtime,
+    provider: Option<usize>,
+    claims: Option<&jwt::claims::Claims>,
+) {
+    let obs = &rt.config.observability;
+    let Some(claims) = claims else {
+        return;
+    };
+    if obs.filter_state {
+        let name = provider
+            .and_then(|p| rt.config.jwt_providers.providers.get(p))
+            .map_or_else(String::new, |p| p.name.clone());
+        let sub = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        s.verdict.jwt = Some((name, sub));
+    }
+    for name in &obs.claims {
+        if let Some(v) = jwt::claims::lookup(claims, name) {
+            let key = format!("{CLAIM_KEY_PREFIX}{name}");
+            io.set_filter_state(&key, claim_value(name, v).as_bytes());
+        }
+    }
+}
+
+/// A claim as published: a string as its text, anything else (arrays,
+/// objects, numbers, booleans) as its JSON; `scope` and `scp` are always a
+/// JSON list (a space-separated string is split, RFC 8693 4.2).
+pub fn claim_value(name: &str, v: &serde_json::Value) -> String {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    match v {
+        serde_json::Value::String(text) if last == "scope" || last == "scp" => {
+            serde_json::Value::from(text.split_whitespace().collect::<Vec<_>>()).to_string()
+        }
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A JWT refusal in the verdict: its `error` and `error_description`
+/// (read back from the refusal's JSON body).
+fn note_jwt_denied(v: &mut state::Verdict, body: &str) {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let field = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|p| p.get(k))
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+    };
+    let reason = match field("error").as_deref() {
+        Some("missing_token") => "missing_token",
+        Some("insufficient_scope") => "insufficient_scope",
+        _ => "invalid_token",
+    };
+    v.decide("denied", "jwt", reason);
+    v.detail = field("error_description").unwrap_or_default();
+}
+
+/// The trace headers of a request (W3C Trace Context, B3, Envoy's
+/// `x-request-id`), copied onto meshguard's calls on its behalf so that
+/// they join its trace.
+pub fn trace_headers(req: &Request) -> Vec<(&'static str, Vec<u8>)> {
+    TRACE_HEADERS
+        .iter()
+        .filter_map(|&n| req.header(n).map(|v| (n, v.to_vec())))
+        .collect()
+}
+
+/// The headers [`trace_headers`] copies.
+pub const TRACE_HEADERS: [&str; 10] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-request-id",
+    "x-ot-span-context",
+];
 
 /// Makes `req` the request as forwarded after the JWT stage's header
 /// changes (claim headers set, client copies and tokens removed), so that
@@ -290,6 +408,8 @@ fn apply_decision(
     if d.allowed {
         return None;
     }
+    s.verdict.decide("limited", "ratelimit", "rate_limited");
+    s.verdict.detail = d.refused_by.clone().unwrap_or_default();
     let retry = d.retry_after_secs.to_string();
     Some(s.json_reply(io, 429, &[("retry-after", &retry)], &d.body(route)))
 }
@@ -327,6 +447,12 @@ fn global_rate_limit<P: Host + Stream>(
                 s.claims.as_deref(),
                 rt.limiter.client_ip,
             );
+            let trace = match rt.config.observability.trace_propagation {
+                true => trace_headers(&s.req),
+                false => Vec::new(),
+            };
+            let metadata: Vec<(&str, &[u8])> =
+                trace.iter().map(|(n, v)| (*n, v.as_slice())).collect();
             // The call belongs to the root context (it outlives the stream:
             // an answer arriving after the client left is simply dropped,
             // and nothing is left behind: the module keeps no table of
@@ -337,6 +463,7 @@ fn global_rate_limit<P: Host + Stream>(
                 &svc.grpc_service,
                 rls::SERVICE,
                 rls::METHOD,
+                &metadata,
                 &msg,
                 std::time::Duration::from_nanos(svc.timeout_ns),
             ) {
@@ -426,6 +553,8 @@ fn global_rate_limit<P: Host + Stream>(
                 deny,
             );
             if deny {
+                s.verdict
+                    .decide("unavailable", "ratelimit", "rate_limit_unavailable");
                 let body = serde_json::json!({
                     "error": "rate_limit_unavailable",
                     "route": route.name,
@@ -630,7 +759,7 @@ pub fn on_response_headers<P: Host + Stream>(
             let host = rt.host(px);
             if breaker::upstream_failure_from_response_flags(flags) {
                 if let Some(stale) = cache::on_upstream_failure(&host, &cr, &mut ctx) {
-                    send_cached(s, px, stale);
+                    send_cached(s, px, stale, "stale_if_error");
                     return true;
                 }
                 cache_status = Some(ctx.cache_status());
@@ -644,7 +773,7 @@ pub fn on_response_headers<P: Host + Stream>(
                     &headers,
                 ) {
                     ResponseDecision::Replace { response } => {
-                        send_cached(s, px, response);
+                        send_cached(s, px, response, "revalidated");
                         return true;
                     }
                     ResponseDecision::Store {
@@ -675,6 +804,10 @@ pub fn on_response_headers<P: Host + Stream>(
         // A list field: our member goes after the upstream's (see
         // `add_response_headers`), without reading theirs first.
         px.add_response_header("cache-status", cs.as_bytes());
+        if rt.config.observability.filter_state {
+            s.verdict.cache = Some(cs);
+            s.publish(px);
+        }
     }
     false
 }
@@ -726,7 +859,14 @@ pub fn is_list_field(name: &str) -> bool {
 /// the upstream's response (revalidated 304, stale-if-error). Header values
 /// go to the host as the bytes stored (Envoy accepted them from the origin;
 /// they need not be UTF-8).
-fn send_cached(s: &mut StreamState, io: &impl Stream, resp: cache::CachedResponse) -> Step {
+fn send_cached(
+    s: &mut StreamState,
+    io: &impl Stream,
+    resp: cache::CachedResponse,
+    reason: &'static str,
+) -> Step {
+    s.verdict.decide("cached", "cache", reason);
+    s.verdict.cache = Some(reason.to_string());
     s.reply_map(io, resp.status, resp.headers, &resp.body)
 }
 

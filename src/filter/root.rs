@@ -122,13 +122,28 @@ impl Root {
         self.worker.next_jwks_poll_ns.set(now + 1_000_000_000);
         // Calls are answered to the context that dispatched them: the root.
         px.set_effective_context(self.context_id);
-        for f in rt.config.jwt_providers.poll(host) {
-            let headers = [
+        let fetches = rt.config.jwt_providers.poll(host);
+        // The trace of a request waiting for keys, if one does: taken at
+        // every poll (a waiting request notes it again at each retry), so
+        // a later refresh never carries an old request's trace.
+        let trace = self
+            .worker
+            .jwks_trace
+            .try_borrow_mut()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        let trace: Vec<(&str, String)> = trace
+            .iter()
+            .filter_map(|(n, v)| Some((*n, String::from_utf8(v.clone()).ok()?)))
+            .collect();
+        for f in fetches {
+            let mut headers = vec![
                 (":method", "GET"),
                 (":path", f.path.as_str()),
                 (":authority", f.authority.as_str()),
                 ("accept", "application/json"),
             ];
+            headers.extend(trace.iter().map(|(n, v)| (*n, v.as_str())));
             match px.dispatch_http_call(&f.cluster, &headers, None, f.timeout) {
                 Ok(token) => {
                     self.worker

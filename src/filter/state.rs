@@ -12,6 +12,11 @@ use crate::ratelimit::{self, rls};
 use crate::request::Request;
 use std::rc::Rc;
 
+/// The filter state key of the verdict line (`wasm.meshguard` in Envoy).
+pub const FILTER_STATE_KEY: &str = "meshguard";
+/// The prefix of published claims' keys (`wasm.meshguard.claim.<name>`).
+pub const CLAIM_KEY_PREFIX: &str = "meshguard.claim.";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Jwt,
@@ -61,6 +66,144 @@ pub struct Capture {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// What meshguard decided about a stream, for the mesh to see: published
+/// as one line of filter state (`wasm.meshguard`, see [`Verdict::line`])
+/// when the request goes upstream or meshguard replies, and as the
+/// `Proxy-Status` of meshguard's replies.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// `allowed`, `denied` (JWT), `limited` (429), `unavailable` (503),
+    /// `cached` (a stored response served); empty until decided.
+    pub decision: &'static str,
+    /// The policy that decided: `jwt`, `ratelimit`, `breaker`, `cache`.
+    pub policy: &'static str,
+    /// Why (a short token: `missing_token`, `rate_limited`, ...).
+    pub reason: &'static str,
+    /// Detail for `Proxy-Status` and the log line (a limit's name, the
+    /// JWT error description).
+    pub detail: String,
+    /// The JWT provider that verified the token, and its `sub`.
+    pub jwt: Option<(String, Option<String>)>,
+    /// The tightest local limit and what it has left (admitted requests).
+    pub limit: Option<(String, u64)>,
+    /// The breaker's state as the request passed it: `closed`, `probe`
+    /// (a HALF_OPEN probe) or `open`.
+    pub breaker: Option<&'static str>,
+    /// The request's `Cache-Status`.
+    pub cache: Option<String>,
+}
+
+impl Verdict {
+    pub fn decide(&mut self, decision: &'static str, policy: &'static str, reason: &'static str) {
+        self.decision = decision;
+        self.policy = policy;
+        self.reason = reason;
+    }
+
+    /// The filter state line: space-separated `key=value` pairs, values
+    /// without spaces or quotes (`-`: none): `route`, `decision`, `policy`,
+    /// `reason`, then those that apply of `provider`, `sub`, `limit`,
+    /// `remaining`, `breaker`, `cache`.
+    pub fn line(&self, route: &str) -> String {
+        let mut out = String::with_capacity(96);
+        push_pair(&mut out, "route", route);
+        push_pair(&mut out, "decision", self.decision);
+        push_pair(&mut out, "policy", self.policy);
+        push_pair(&mut out, "reason", self.reason);
+        if !self.detail.is_empty() {
+            push_pair(&mut out, "detail", &self.detail);
+        }
+        if let Some((provider, sub)) = &self.jwt {
+            push_pair(&mut out, "provider", provider);
+            push_pair(&mut out, "sub", sub.as_deref().unwrap_or("-"));
+        }
+        if let Some((name, remaining)) = &self.limit {
+            push_pair(&mut out, "limit", name);
+            push_pair(&mut out, "remaining", &remaining.to_string());
+        }
+        if let Some(b) = self.breaker {
+            push_pair(&mut out, "breaker", b);
+        }
+        if let Some(c) = &self.cache {
+            push_pair(&mut out, "cache", c);
+        }
+        out
+    }
+
+    /// The RFC 9209 `Proxy-Status` value of a reply meshguard generated:
+    /// `meshguard; error=<type>; details="<policy>: <reason> ..."` (no
+    /// `error` for a stored response served).
+    pub fn proxy_status(&self, status: u32) -> String {
+        let error = match (self.decision, status) {
+            ("cached", _) => None,
+            ("limited", _) | ("denied", _) => Some("http_request_denied"),
+            ("unavailable", _) if self.policy == "breaker" => Some("destination_unavailable"),
+            ("unavailable", _) => Some("proxy_internal_error"),
+            (_, 400) => Some("http_request_error"),
+            (_, s) if s >= 500 => Some("proxy_internal_error"),
+            _ => Some("http_request_denied"),
+        };
+        let mut details = format!("{} {}", dash(self.policy), dash(self.reason));
+        if !self.detail.is_empty() {
+            details.push(' ');
+            details.push_str(&self.detail);
+        }
+        let details = sf_string(&details);
+        match error {
+            Some(e) => format!("meshguard; error={e}; details={details}"),
+            None => format!("meshguard; details={details}"),
+        }
+    }
+}
+
+fn dash(v: &str) -> &str {
+    if v.is_empty() {
+        "-"
+    } else {
+        v
+    }
+}
+
+/// Appends ` key=value`, the value with anything but visible ASCII
+/// other than `"` and `\` replaced by `_` (a log line stays one line of
+/// fields whatever a token's `sub` holds).
+fn push_pair(out: &mut String, key: &str, value: &str) {
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(key);
+    out.push('=');
+    if value.is_empty() {
+        out.push('-');
+    }
+    for c in value.chars() {
+        out.push(if c.is_ascii_graphic() && c != '"' && c != '\\' {
+            c
+        } else {
+            '_'
+        });
+    }
+}
+
+/// A structured-field String (RFC 8941 3.3.3): quoted, `"` and `\`
+/// escaped, anything outside printable ASCII replaced by `?`.
+fn sf_string(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Everything one stream carries between callbacks.
 pub struct StreamState {
     /// The stream's context id in the host.
@@ -98,6 +241,8 @@ pub struct StreamState {
     pub rls_result: Option<Result<Vec<u8>, rls::CallError>>,
     /// Headers the rate limit service asked to add to the response.
     pub service_headers: Vec<(String, String)>,
+    /// What was decided, for the mesh (`observability`).
+    pub verdict: Verdict,
 }
 
 impl StreamState {
@@ -123,6 +268,7 @@ impl StreamState {
             rls_deadline_ns: 0,
             rls_result: None,
             service_headers: Vec::new(),
+            verdict: Verdict::default(),
         }
     }
 
@@ -164,11 +310,34 @@ impl StreamState {
             for (n, v) in &self.service_headers {
                 map.add(n.as_bytes(), v.as_bytes());
             }
+            let obs = &self.rt.config.observability;
+            if obs.proxy_status {
+                map.add(
+                    b"proxy-status",
+                    self.verdict.proxy_status(status).as_bytes(),
+                );
+            }
+            self.publish(io);
             if !io.send_local_reply(status, &map, body) {
                 log::warn!("meshguard: the host refused a local {status} reply");
             }
         }
         Step::Replied
+    }
+
+    /// Publishes the verdict as filter state `wasm.meshguard` (see
+    /// [`Verdict::line`]), when `observability.filter_state` is on.
+    pub fn publish(&self, io: &impl Stream) {
+        if !self.rt.config.observability.filter_state {
+            return;
+        }
+        let route = self
+            .rt
+            .config
+            .routes
+            .get(self.route)
+            .map_or("", |r| r.name.as_str());
+        io.set_filter_state(FILTER_STATE_KEY, self.verdict.line(route).as_bytes());
     }
 
     /// How the request speaks gRPC, if it does (read from the request's

@@ -711,3 +711,245 @@ fn a_request_waiting_behind_a_fill_that_never_ends_goes_upstream_at_its_deadline
     // as a miss, not past the 6 s wait.
     assert!(waited <= Duration::from_nanos(super::pipeline::CACHE_WAIT_NS));
 }
+
+// ---------------------------------------------------------- observability
+
+/// The filter state line of stream `id` as `key -> value`.
+fn verdict_of(vm: &Vm, id: u32) -> HashMap<String, String> {
+    let line = vm
+        .px
+        .context(id)
+        .filter_state(super::state::FILTER_STATE_KEY)
+        .unwrap_or_else(|| panic!("no filter state on stream {id}"));
+    line.split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("key=value");
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn observed_config() -> Value {
+    let mut c = inline_jwt_config(json!({ "providers": ["main"] }));
+    c["observability"] = json!({ "claims": ["sub", "scope", "roles", "org", "org.id", "missing"] });
+    c["routes"][0]["rate_limit"] = json!([{ "name": "per-user", "key": [{ "claim": "sub" }],
+        "capacity": 1, "refill_tokens": 1, "refill_interval": "1h" }]);
+    c
+}
+
+#[test]
+fn an_allowed_request_publishes_its_verdict_and_verified_claims() {
+    let mut vm = Vm::new(observed_config());
+    let auth = bearer("valid_RS256");
+    assert_eq!(
+        vm.get(1, "/", &[("authorization", &auth)]),
+        Action::Continue
+    );
+    let v = verdict_of(&vm, 1);
+    assert_eq!(v["route"], "api");
+    assert_eq!(v["decision"], "allowed");
+    assert_eq!((v["policy"].as_str(), v["reason"].as_str()), ("-", "-"));
+    assert_eq!(
+        (v["provider"].as_str(), v["sub"].as_str()),
+        ("main", "user-1")
+    );
+    assert_eq!(
+        (v["limit"].as_str(), v["remaining"].as_str()),
+        ("per-user", "0")
+    );
+    let ctx = vm.px.context(1);
+    let claim = |n: &str| ctx.filter_state(&format!("meshguard.claim.{n}"));
+    assert_eq!(claim("sub").as_deref(), Some("user-1"));
+    // `scope` as a list; arrays and objects as their JSON.
+    assert_eq!(
+        claim("scope").as_deref(),
+        Some(r#"["orders:read","orders:write"]"#)
+    );
+    assert_eq!(claim("roles").as_deref(), Some(r#"["admin","dev"]"#));
+    let org: Value = serde_json::from_str(&claim("org").expect("org")).expect("json");
+    assert_eq!(org, json!({ "id": "acme", "tier": 2 }));
+    assert_eq!(claim("org.id").as_deref(), Some("acme"));
+    assert_eq!(claim("missing"), None);
+    // The upstream's response is not meshguard's: no Proxy-Status on it.
+    vm.respond(1, &[(":status", "200")], true);
+    assert!(vm
+        .px
+        .context(1)
+        .response_header_values("proxy-status")
+        .is_empty());
+}
+
+#[test]
+fn refusals_carry_proxy_status_and_publish_their_reason() {
+    let mut vm = Vm::new(observed_config());
+    // No token: 401 by the JWT policy.
+    vm.get(1, "/", &[]);
+    let r = vm.reply(1);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("proxy-status").as_deref(),
+        Some(
+            r#"meshguard; error=http_request_denied; details="jwt missing_token a bearer token is required""#
+        )
+    );
+    let v = verdict_of(&vm, 1);
+    assert_eq!(
+        (
+            v["decision"].as_str(),
+            v["policy"].as_str(),
+            v["reason"].as_str()
+        ),
+        ("denied", "jwt", "missing_token")
+    );
+    // No claims published for a refused request.
+    assert!(vm
+        .px
+        .context(1)
+        .filter_state("meshguard.claim.sub")
+        .is_none());
+    // The limit's one token, then 429.
+    let auth = bearer("valid_RS256");
+    vm.get(2, "/", &[("authorization", &auth)]);
+    vm.get(3, "/", &[("authorization", &auth)]);
+    let r = vm.reply(3);
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.header("proxy-status").as_deref(),
+        Some(r#"meshguard; error=http_request_denied; details="ratelimit rate_limited per-user""#)
+    );
+    let v = verdict_of(&vm, 3);
+    assert_eq!(
+        (
+            v["decision"].as_str(),
+            v["reason"].as_str(),
+            v["detail"].as_str()
+        ),
+        ("limited", "rate_limited", "per-user")
+    );
+    assert_eq!(v["sub"], "user-1");
+}
+
+#[test]
+fn an_open_breaker_and_a_cache_hit_are_published() {
+    let mut vm = Vm::new(json!({ "routes": [
+        { "name": "flaky", "match": { "path_prefix": "/flaky/" },
+          "circuit_breaker": { "consecutive_failures": 1, "open_duration": "30s" } },
+        { "name": "catalog", "match": { "path_prefix": "/catalog/" },
+          "cache": { "default_ttl": "60s" } }
+    ] }));
+    vm.get(1, "/flaky/a", &[]);
+    assert_eq!(verdict_of(&vm, 1)["breaker"], "closed");
+    vm.respond(1, &[(":status", "500")], true);
+    vm.get(2, "/flaky/b", &[]);
+    let r = vm.reply(2);
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.header("proxy-status").as_deref(),
+        Some(r#"meshguard; error=destination_unavailable; details="breaker circuit_open""#)
+    );
+    let v = verdict_of(&vm, 2);
+    assert_eq!(
+        (
+            v["route"].as_str(),
+            v["decision"].as_str(),
+            v["breaker"].as_str()
+        ),
+        ("flaky", "unavailable", "open")
+    );
+    // Cache: the miss is published with its Cache-Status once the response
+    // is known, the hit as meshguard's own reply.
+    vm.get(3, "/catalog/x", &[]);
+    vm.respond(
+        3,
+        &[(":status", "200"), ("cache-control", "max-age=60")],
+        true,
+    );
+    let miss = verdict_of(&vm, 3);
+    assert_eq!(miss["decision"], "allowed");
+    assert!(miss["cache"].starts_with("meshguard;"), "{miss:?}");
+    vm.get(4, "/catalog/x", &[]);
+    let r = vm.reply(4);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("proxy-status").as_deref(),
+        Some(r#"meshguard; details="cache hit""#)
+    );
+    let hit = verdict_of(&vm, 4);
+    assert_eq!(
+        (
+            hit["decision"].as_str(),
+            hit["policy"].as_str(),
+            hit["reason"].as_str()
+        ),
+        ("cached", "cache", "hit")
+    );
+}
+
+#[test]
+fn observability_off_publishes_nothing_and_adds_no_proxy_status() {
+    let mut c = observed_config();
+    c["observability"] = json!({ "filter_state": false, "proxy_status": false });
+    let mut vm = Vm::new(c);
+    let auth = bearer("valid_RS256");
+    vm.get(1, "/", &[("authorization", &auth)]);
+    vm.get(2, "/", &[("authorization", &auth)]);
+    assert_eq!(vm.reply(2).status, 429);
+    assert_eq!(vm.reply(2).header("proxy-status"), None);
+    for id in [1, 2] {
+        assert!(vm.px.context(id).filter_state.is_empty(), "stream {id}");
+    }
+}
+
+#[test]
+fn the_rls_call_carries_the_requests_trace_headers() {
+    let mut vm = Vm::new(rls_config("deny"));
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    vm.get(
+        1,
+        "/",
+        &[
+            ("traceparent", tp),
+            ("x-b3-sampled", "1"),
+            ("x-other", "no"),
+        ],
+    );
+    let calls = vm.px.grpc_calls();
+    let call = calls.last().expect("a call");
+    assert_eq!(
+        call.headers,
+        vec![
+            ("traceparent".to_string(), tp.to_string()),
+            ("x-b3-sampled".to_string(), "1".to_string())
+        ]
+    );
+    // Switched off: nothing copied.
+    let mut c = rls_config("deny");
+    c["observability"] = json!({ "trace_propagation": false });
+    let mut vm = Vm::new(c);
+    vm.get(1, "/", &[("traceparent", tp)]);
+    assert!(vm
+        .px
+        .grpc_calls()
+        .last()
+        .expect("a call")
+        .headers
+        .is_empty());
+}
+
+#[test]
+fn a_jwks_fetch_for_a_waiting_request_carries_its_trace() {
+    let mut vm = Vm::new(remote_jwt_config());
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let auth = bearer("valid_RS256");
+    vm.get(7, "/", &[("authorization", &auth), ("traceparent", tp)]);
+    vm.tick_after(Duration::from_millis(10));
+    let calls = vm.px.http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        calls[0]
+            .headers
+            .contains(&("traceparent".to_string(), tp.to_string())),
+        "{:?}",
+        calls[0].headers
+    );
+}

@@ -38,6 +38,9 @@ pub struct Worker {
     /// When the last rate-limit-service warning was logged (one a second).
     last_rls_warning_ns: Cell<u64>,
     pub next_jwks_poll_ns: Cell<u64>,
+    /// The trace headers of the first request waiting for keys since the
+    /// last JWKS fetch: the next fetch carries them (joins its trace).
+    pub jwks_trace: RefCell<Vec<(&'static str, Vec<u8>)>>,
     pub fast_tick: Cell<bool>,
     /// The root's tick period as last set (zero: no tick).
     pub tick_period: Cell<Duration>,
@@ -193,6 +196,16 @@ impl Worker {
             "meshguard: route {route}: rate limit service call to cluster {cluster} {what}; failure_mode {}",
             if deny { "deny: answering 503" } else { "allow: letting the request through" }
         );
+    }
+
+    /// Keeps a waiting request's trace headers for the next JWKS fetch
+    /// (the first request's: later ones wait for the same fetch).
+    pub fn note_jwks_trace(&self, headers: Vec<(&'static str, Vec<u8>)>) {
+        if let Ok(mut t) = self.jwks_trace.try_borrow_mut() {
+            if t.is_empty() {
+                *t = headers;
+            }
+        }
     }
 
     /// Asks for an early JWKS poll (a request waits for keys).

@@ -106,6 +106,12 @@ extern "C" {
         value: *mut *mut u8,
         value_size: *mut usize,
     ) -> u32;
+    pub fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     pub fn proxy_get_shared_data(
         key: *const u8,
         key_size: usize,

@@ -50,6 +50,8 @@ pub struct Context {
     pub response_body: Vec<u8>,
     /// Properties by path (segments joined with `.`).
     pub properties: HashMap<String, Vec<u8>>,
+    /// Filter state the filter set, by key (without Envoy's `wasm.`).
+    pub filter_state: HashMap<String, Vec<u8>>,
     /// Every local reply sent (the filter must send at most one).
     pub replies: Vec<Reply>,
     /// How many times the request was resumed.
@@ -68,6 +70,13 @@ impl Context {
     /// A request header's value as text, as the upstream would get it.
     pub fn request_header(&self, name: &str) -> Option<String> {
         Self::header(&self.request_headers, name).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// A filter state value as text.
+    pub fn filter_state(&self, key: &str) -> Option<String> {
+        self.filter_state
+            .get(key)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// Every value of a response header, as text, in order.
@@ -314,6 +323,10 @@ impl Stream for FakeProxy {
         let key = path.join(".");
         self.current(|c| c.properties.get(&key).cloned()).flatten()
     }
+    fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        self.current(|c| c.filter_state.insert(key.to_string(), value.to_vec()))
+            .is_some()
+    }
     fn send_local_reply(&self, status: u32, headers: &HeaderMap, body: &[u8]) -> bool {
         if self.refuse_replies.get() {
             return false;
@@ -355,6 +368,7 @@ impl Stream for FakeProxy {
         _grpc_service: &[u8],
         service: &str,
         method: &str,
+        metadata: &[(&str, &[u8])],
         message: &[u8],
         timeout: Duration,
     ) -> Result<u32, HostError> {
@@ -367,7 +381,10 @@ impl Stream for FakeProxy {
             token,
             owner: owner_context,
             target: format!("{service}/{method}"),
-            headers: Vec::new(),
+            headers: metadata
+                .iter()
+                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
             message: message.to_vec(),
             timeout,
         });

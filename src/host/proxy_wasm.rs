@@ -396,22 +396,36 @@ pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>,
     }
 }
 
+/// Sets filter state `wasm.<key>` (a string value) on the current stream.
+pub fn set_filter_state(key: &str, value: &[u8]) -> bool {
+    // SAFETY: both slices are live for the call.
+    let st =
+        unsafe { abi::proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+    st == status::OK
+}
+
 /// Sends a unary gRPC call owned by `owner_context` (the root: the host
 /// keeps the call and its answer there), then makes `current_context`
 /// effective again; returns the call's token. `grpc_service` is a
 /// serialized `envoy.config.core.v3.GrpcService` (see
 /// `ratelimit::rls::grpc_service`): Envoy always parses it, so no cluster
 /// name can be mistaken for a proto.
+#[allow(clippy::too_many_arguments)]
 pub fn dispatch_grpc_call_from(
     owner_context: u32,
     current_context: u32,
     grpc_service: &[u8],
     service: &str,
     method: &str,
+    metadata: &[(&str, &[u8])],
     message: &[u8],
     timeout: Duration,
 ) -> Result<u32, HostError> {
-    let metadata = HeaderMap::default().finish();
+    let mut map = HeaderMap::with_capacity(metadata.len(), 128);
+    for (n, v) in metadata {
+        map.add(n.as_bytes(), v);
+    }
+    let metadata = map.finish();
     let mut token: u32 = 0;
     // The host attaches the call (and later its answer) to the effective
     // context: make it `owner_context`, then give the stream back its own.
@@ -493,6 +507,9 @@ impl super::stream::Stream for ProxyWasmHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         property(path)
     }
+    fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        set_filter_state(key, value)
+    }
     fn send_local_reply(&self, status: u32, headers: &HeaderMap, body: &[u8]) -> bool {
         send_local_reply_map(status, headers, body)
     }
@@ -515,6 +532,7 @@ impl super::stream::Stream for ProxyWasmHost {
         grpc_service: &[u8],
         service: &str,
         method: &str,
+        metadata: &[(&str, &[u8])],
         message: &[u8],
         timeout: Duration,
     ) -> Result<u32, HostError> {
@@ -524,6 +542,7 @@ impl super::stream::Stream for ProxyWasmHost {
             grpc_service,
             service,
             method,
+            metadata,
             message,
             timeout,
         )

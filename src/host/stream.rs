@@ -54,6 +54,12 @@ pub trait Stream {
         }
         Some(u64::from_le_bytes(a))
     }
+    /// Sets a value in the stream's filter state, where Envoy's access
+    /// logs (`%FILTER_STATE(wasm.<key>:PLAIN)%`), its RBAC filter
+    /// (`filter_state` matcher, key `wasm.<key>`) and later filters read
+    /// it (Envoy prefixes the key with `wasm.`). False when the host
+    /// refused it.
+    fn set_filter_state(&self, key: &str, value: &[u8]) -> bool;
     /// Sends a local reply; false if the host refused it.
     fn send_local_reply(&self, status: u32, headers: &HeaderMap, body: &[u8]) -> bool;
     /// Lets a paused request go on.
@@ -72,7 +78,8 @@ pub trait Stream {
     // ------------------------------------------------------------- calls
     /// Sends a unary gRPC call owned by `owner_context` (the host keeps the
     /// call and its answer there), then makes `current_context` effective
-    /// again; returns the call's token.
+    /// again; returns the call's token. `metadata`: the call's initial
+    /// metadata (trace headers).
     #[allow(clippy::too_many_arguments)]
     fn dispatch_grpc_call_from(
         &self,
@@ -81,6 +88,7 @@ pub trait Stream {
         grpc_service: &[u8],
         service: &str,
         method: &str,
+        metadata: &[(&str, &[u8])],
         message: &[u8],
         timeout: Duration,
     ) -> Result<u32, HostError>;

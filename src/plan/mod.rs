@@ -6,8 +6,9 @@
 
 use crate::breaker::BreakerPolicy;
 use crate::cache::{CachePolicy, CacheStoreConfig};
-use crate::config::raw::RawConfig;
+use crate::config::raw::{RawConfig, RawObservability};
 use crate::config::{self, fmt_duration, show_str, valid_name, ConfigError, NAME_EXPECTED};
+use crate::jwt::claims::check_claim_path;
 use crate::jwt::{JwtProviders, RouteJwt};
 use crate::ratelimit::policy::{
     compile_grpc_status, compile_max_keys, RouteLimits, DEFAULT_MAX_RATE_LIMIT_KEYS,
@@ -79,6 +80,63 @@ pub struct Config {
     /// Counter increments wait at most this long in the worker before they
     /// reach the host (0: not batched; see `host::batch`).
     pub metrics_flush_interval_ns: u64,
+    /// What meshguard shows of its decisions (`observability`).
+    pub observability: Observability,
+}
+
+/// Most claims `observability.claims` may publish.
+pub const MAX_PUBLISHED_CLAIMS: usize = 32;
+
+/// `observability`: what meshguard shows of its decisions to the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observability {
+    /// Publish each decision as filter state `wasm.meshguard`.
+    pub filter_state: bool,
+    /// Verified claims published as filter state `wasm.meshguard.claim.<name>`.
+    pub claims: Vec<String>,
+    /// `Proxy-Status` on meshguard's own replies.
+    pub proxy_status: bool,
+    /// Copy the request's trace headers onto meshguard's calls.
+    pub trace_propagation: bool,
+}
+
+impl Default for Observability {
+    fn default() -> Self {
+        Observability {
+            filter_state: true,
+            claims: Vec::new(),
+            proxy_status: true,
+            trace_propagation: true,
+        }
+    }
+}
+
+impl Observability {
+    fn compile(raw: Option<&RawObservability>) -> Result<Observability, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Observability::default());
+        };
+        if raw.claims.len() > MAX_PUBLISHED_CLAIMS {
+            return Err(ConfigError::expected(
+                "observability.claims",
+                &format!("at most {MAX_PUBLISHED_CLAIMS} claims"),
+                raw.claims.len(),
+            ));
+        }
+        let mut claims: Vec<String> = Vec::with_capacity(raw.claims.len());
+        for (i, c) in raw.claims.iter().enumerate() {
+            check_claim_path(c, &format!("observability.claims[{i}]"))?;
+            if !claims.contains(c) {
+                claims.push(c.clone());
+            }
+        }
+        Ok(Observability {
+            filter_state: raw.filter_state.unwrap_or(true),
+            claims,
+            proxy_status: raw.proxy_status.unwrap_or(true),
+            trace_propagation: raw.trace_propagation.unwrap_or(true),
+        })
+    }
 }
 
 impl Config {
@@ -97,6 +155,7 @@ impl Config {
             max_rate_limit_keys: DEFAULT_MAX_RATE_LIMIT_KEYS,
             rate_limit_service: None,
             metrics_flush_interval_ns: DEFAULT_METRICS_FLUSH_INTERVAL_NS,
+            observability: Observability::default(),
         }
     }
 
@@ -135,6 +194,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         max_rate_limit_keys: compile_max_keys(raw.max_rate_limit_keys)?,
         metrics_flush_interval_ns,
         rate_limit_service,
+        observability: Observability::compile(raw.observability.as_ref())?,
         ..Config::empty()
     };
     cfg.jwt_providers = JwtProviders::compile(&raw.jwt_providers)?;
