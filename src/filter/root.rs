@@ -144,6 +144,7 @@ impl Root {
                 ("accept", "application/json"),
             ];
             headers.extend(trace.iter().map(|(n, v)| (*n, v.as_str())));
+            host.increment_metric(rt.jwks_fetches, 1);
             match px.dispatch_http_call(&f.cluster, &headers, None, f.timeout) {
                 Ok(token) => {
                     self.worker
@@ -152,6 +153,7 @@ impl Root {
                         .push((token, rt.clone(), f.provider))
                 }
                 Err(e) => {
+                    host.increment_metric(rt.jwks_fetch_failures, 1);
                     log::warn!(
                         "meshguard: JWKS fetch to cluster {} could not be sent: {e}",
                         f.cluster
@@ -243,6 +245,9 @@ impl Root {
                     .ok()
                     .and_then(|s| s.parse::<u32>().ok())
             });
+        if status != Some(200) {
+            host.increment_metric(rt.jwks_fetch_failures, 1);
+        }
         let result = match status {
             Some(200) => {
                 let body = px.http_call_response_body(body_size).unwrap_or_default();

@@ -43,6 +43,11 @@ pub struct Runtime {
     /// `meshguard.streams_reset`: streams forgotten without their end
     /// passing through the filter (see `dispatch`).
     pub streams_reset: MetricId,
+    /// `meshguard.jwks.fetches` / `meshguard.jwks.fetch_failures`: JWKS
+    /// fetches sent, and those that failed (not sent, no answer, a status
+    /// other than 200).
+    pub jwks_fetches: MetricId,
+    pub jwks_fetch_failures: MetricId,
 }
 
 impl Runtime {
@@ -94,6 +99,8 @@ impl Runtime {
         let claim_headers_removed = counter("meshguard.claim_headers_removed");
         // Defined with the configuration's metrics, so it shows as 0.
         let streams_reset = counter("meshguard.streams_reset");
+        let jwks_fetches = counter("meshguard.jwks.fetches");
+        let jwks_fetch_failures = counter("meshguard.jwks.fetch_failures");
         let has_remote_jwks =
             (0..config.jwt_providers.len()).any(|i| config.jwt_providers.remote(i).is_some());
         Runtime {
@@ -104,6 +111,8 @@ impl Runtime {
             path_rejected,
             claim_headers_removed,
             streams_reset,
+            jwks_fetches,
+            jwks_fetch_failures,
         }
     }
 

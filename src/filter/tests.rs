@@ -952,4 +952,10 @@ fn a_jwks_fetch_for_a_waiting_request_carries_its_trace() {
         "{:?}",
         calls[0].headers
     );
+    assert_eq!(vm.metric("meshguard.jwks.fetches"), Some(1));
+    // The IdP answers 503: a failed fetch.
+    vm.px.set_call_answer(&[(":status", "503")], b"", None);
+    vm.px.enter(ROOT);
+    vm.root.on_http_call_response(&vm.px, calls[0].token, 0);
+    assert_eq!(vm.metric("meshguard.jwks.fetch_failures"), Some(1));
 }

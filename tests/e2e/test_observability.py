@@ -365,3 +365,77 @@ def test_jwks_fetch_carries_the_waiting_request_trace(tmp_path, upstream, envoys
         assert "traceparent" not in idp.fetches[0][2]  # the startup fetch: no request
     finally:
         idp.stop()
+
+
+# ------------------------------------------------- dashboard and alert rules
+
+def queried_metrics():
+    """Every metric selector the Grafana dashboard and the alert rules
+    query: (where, kind, text), kind "regex" for `{__name__=~"..."}`,
+    "name" for a bare metric name."""
+    import yaml
+    exprs = []
+    with open(os.path.join(EXAMPLES, "grafana-dashboard.json")) as f:
+        dash = json.load(f)
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            exprs.append((f"dashboard panel {p['title']!r}", t["expr"]))
+    with open(os.path.join(EXAMPLES, "prometheus-alerts.yaml")) as f:
+        rules = yaml.safe_load(f)
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            exprs.append((f"alert {r['alert']}", r["expr"]))
+    out = []
+    for where, e in exprs:
+        regexes = re.findall(r'__name__=~"([^"]+)"', e)
+        out += [(where, "regex", rx) for rx in regexes]
+        bare = re.sub(r'\{[^}]*\}', "", e)
+        out += [(where, "name", n) for n in re.findall(r"\bmeshguard_[a-z0-9_]+\b", bare)]
+        assert regexes or re.search(r"\bmeshguard_", bare), (where, e)
+    return out
+
+
+def test_every_metric_the_dashboard_and_alerts_query_exists(tmp_path, upstream, envoys):
+    upstream.behaviour = lambda m, path, h: (
+        (500, {}, b"boom", 0) if path.startswith("/flaky/")
+        else (200, {"content-type": "text/plain", "cache-control": "max-age=60"}, b"ok", 0))
+    rls = FakeRls()
+    idp = JwksServer(JWKS)
+    try:
+        cfg = config()
+        cfg["jwt_providers"]["remote"] = {
+            "issuer": "https://issuer.test", "audiences": ["api"],
+            "jwks": {"remote": {"cluster": "idp", "path": "/jwks.json"}}}
+        cfg["rate_limit_service"] = {"cluster": "ratelimit", "timeout": "2s"}
+        cfg["routes"].append({"name": "global", "match": {"path_prefix": "/g/"},
+                              "jwt": {"providers": ["remote"]},
+                              "rate_limit": [{"name": "all", "scope": "global"}]})
+        e = start(tmp_path, upstream, cfg, extra_clusters=[
+            harness.static_cluster("ratelimit", rls.port, http2=True),
+            harness.static_cluster("idp", idp.port)])
+        envoys.append(e)
+        tok = mint_hs(claims(sub="dash"))
+        from jwt_support import TOKENS
+        for path, h in [("/api/1", bearer(tok)), ("/api/2", {}), ("/catalog/a", {}),
+                        ("/catalog/a", {}), ("/flaky/1", {}), ("/api/%2F", {}),
+                        ("/g/1", bearer(TOKENS["valid_ES256"]))]:
+            e.request(path, headers=h)
+        wait_until(lambda: idp.count >= 1, 5)
+        text = e.admin("/stats/prometheus")
+        text = text.decode() if isinstance(text, bytes) else text
+        names = set(re.findall(r"^(meshguard_[a-z0-9_]+)[{ ]", text, re.M))
+        assert "meshguard_ratelimit_api_per_user_allowed" in names, sorted(names)
+        selectors = queried_metrics()
+        assert len(selectors) >= 15
+        missing = []
+        for where, kind, s in selectors:
+            if kind == "name":
+                ok = s in names
+            else:
+                ok = any(re.fullmatch(s, n) for n in names)
+            if not ok:
+                missing.append((where, s))
+        assert not missing, (missing, sorted(names))
+    finally:
+        rls.stop()
+        idp.stop()
