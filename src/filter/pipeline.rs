@@ -805,7 +805,9 @@ pub fn on_response_headers<P: Host + Stream>(
         // `add_response_headers`), without reading theirs first.
         px.add_response_header("cache-status", cs.as_bytes());
         if rt.config.observability.filter_state {
-            s.verdict.cache = Some(cs);
+            // `meshguard; fwd=uri-miss; stored` -> `fwd=uri-miss;stored`.
+            let member = cs.strip_prefix("meshguard; ").unwrap_or(&cs);
+            s.verdict.cache = Some(member.replace("; ", ";"));
             s.publish(px);
         }
     }

@@ -731,7 +731,8 @@ fn verdict_of(vm: &Vm, id: u32) -> HashMap<String, String> {
 
 fn observed_config() -> Value {
     let mut c = inline_jwt_config(json!({ "providers": ["main"] }));
-    c["observability"] = json!({ "claims": ["sub", "scope", "roles", "org", "org.id", "missing"] });
+    c["observability"] = json!({ "filter_state": true,
+        "claims": ["sub", "scope", "roles", "org", "org.id", "missing"] });
     c["routes"][0]["rate_limit"] = json!([{ "name": "per-user", "key": [{ "claim": "sub" }],
         "capacity": 1, "refill_tokens": 1, "refill_interval": "1h" }]);
     c
@@ -831,12 +832,14 @@ fn refusals_carry_proxy_status_and_publish_their_reason() {
 
 #[test]
 fn an_open_breaker_and_a_cache_hit_are_published() {
-    let mut vm = Vm::new(json!({ "routes": [
+    let mut vm = Vm::new(
+        json!({ "observability": { "filter_state": true }, "routes": [
         { "name": "flaky", "match": { "path_prefix": "/flaky/" },
           "circuit_breaker": { "consecutive_failures": 1, "open_duration": "30s" } },
         { "name": "catalog", "match": { "path_prefix": "/catalog/" },
           "cache": { "default_ttl": "60s" } }
-    ] }));
+    ] }),
+    );
     vm.get(1, "/flaky/a", &[]);
     assert_eq!(verdict_of(&vm, 1)["breaker"], "closed");
     vm.respond(1, &[(":status", "500")], true);
@@ -866,7 +869,8 @@ fn an_open_breaker_and_a_cache_hit_are_published() {
     );
     let miss = verdict_of(&vm, 3);
     assert_eq!(miss["decision"], "allowed");
-    assert!(miss["cache"].starts_with("meshguard;"), "{miss:?}");
+    assert!(miss["cache"].starts_with("fwd=uri-miss;"), "{miss:?}");
+    assert!(miss["cache"].ends_with(";stored"), "{miss:?}");
     vm.get(4, "/catalog/x", &[]);
     let r = vm.reply(4);
     assert_eq!(r.status, 200);
@@ -958,4 +962,46 @@ fn a_jwks_fetch_for_a_waiting_request_carries_its_trace() {
     vm.px.enter(ROOT);
     vm.root.on_http_call_response(&vm.px, calls[0].token, 0);
     assert_eq!(vm.metric("meshguard.jwks.fetch_failures"), Some(1));
+}
+
+#[test]
+fn the_filter_state_line_is_off_by_default_and_claims_are_published_when_listed() {
+    let mut c = inline_jwt_config(json!({ "providers": ["main"] }));
+    c["observability"] = json!({ "claims": ["sub"] });
+    let mut vm = Vm::new(c);
+    let auth = bearer("valid_RS256");
+    vm.get(1, "/", &[("authorization", &auth)]);
+    let ctx = vm.px.context(1);
+    assert_eq!(ctx.filter_state(super::state::FILTER_STATE_KEY), None);
+    assert_eq!(
+        ctx.filter_state("meshguard.claim.sub").as_deref(),
+        Some("user-1")
+    );
+    // Proxy-Status is on by default.
+    vm.get(2, "/", &[]);
+    assert!(vm.reply(2).header("proxy-status").is_some());
+}
+
+#[test]
+fn the_verdict_line_keeps_one_field_per_value_whatever_a_claim_holds() {
+    let v = super::state::Verdict {
+        decision: "allowed",
+        jwt: Some(("p".into(), Some("a b\"c\\d\u{e9}".into()))),
+        ..Default::default()
+    };
+    assert_eq!(
+        v.line("r"),
+        "route=r decision=allowed policy=- reason=- provider=p sub=a_b_c_d_"
+    );
+    let d = super::state::Verdict {
+        decision: "denied",
+        policy: "jwt",
+        reason: "invalid_token",
+        detail: "bad \"sig\"".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        d.proxy_status(401),
+        r#"meshguard; error=http_request_denied; details="jwt invalid_token bad \"sig\"""#
+    );
 }

@@ -243,12 +243,13 @@ class EnvoyProcess:
 
     def __init__(self, workdir, doc=None, *, name="envoy", concurrency=2, config_path=None,
                  admin_port=None, cpus=None, base_id=None, log_level="info", hot_restart=True,
-                 poll_s=0.05, cwd=None, binary=None):
+                 poll_s=0.05, cwd=None, binary=None, extra_args=()):
         self.workdir = str(workdir)
         self.name, self.concurrency = name, concurrency
         self.cpus, self.log_level, self.hot_restart, self.poll_s = cpus, log_level, hot_restart, poll_s
         self.cwd = cwd or self.workdir
         self.binary = binary
+        self.extra_args = list(extra_args)  # more Envoy command-line options
         self.base_id = base_id if base_id is not None else random.randint(1000, 60000) * 10 + os.getpid() % 10
         self.proc = None
         self.load_time_s = None
@@ -296,6 +297,7 @@ class EnvoyProcess:
         if not self.hot_restart:
             cmd.append("--disable-hot-restart")
         cmd += ["--log-level", self.log_level, "--drain-time-s", "0", "--parent-shutdown-time-s", "1"]
+        cmd += self.extra_args
         address_path = None
         if self.admin_port is None:
             address_path = os.path.join(self.workdir, f"{self._tag()}.admin")

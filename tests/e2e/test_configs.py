@@ -47,7 +47,7 @@ def example(name):
 def test_demo_envoy_yaml_validates_and_embeds_the_demo_example(tmp_path):
     code, out = harness.validate(os.path.join(ROOT, "envoy/envoy.yaml"), ROOT)
     assert code == 0, out
-    assert "meshguard: configuration loaded (1 routes)" in out
+    assert "meshguard: configuration loaded (4 routes)" in out
     configs = meshguard_configs(load_yaml("envoy/envoy.yaml"))
     assert [json.loads(c) for c in configs] == [example("demo.json")]
 

@@ -55,7 +55,8 @@ def provider():
 def config(**observability):
     c = {
         "jwt_providers": {"main": provider()},
-        "observability": {"claims": ["role", "roles", "scope", "org"], **observability},
+        "observability": {"filter_state": True, "claims": ["role", "roles", "scope", "org"],
+                          **observability},
         "routes": [
             {"name": "api", "match": {"path_prefix": "/api/"}, "jwt": {"providers": ["main"]},
              "rate_limit": [{"name": "per-user", "key": [{"claim": "sub"}], "capacity": 2,
@@ -102,7 +103,7 @@ def start(tmp_path, upstream, cfg, filters_after=(), extra_clusters=(), concurre
         lambda listen, admin: with_access_log(
             harness.bootstrap(cfg, upstream.port, listen, admin, filters_after=filters_after,
                               extra_clusters=extra_clusters), log_path),
-        concurrency=concurrency)
+        concurrency=concurrency, extra_args=["--file-flush-interval-msec", "100"])
     e.access_log_path = log_path
     e.start()
     return e
@@ -184,7 +185,7 @@ def test_access_log_shows_route_decision_and_reason(tmp_path, upstream, envoys):
     assert limited["decision"] == "limited" and limited["policy"] == "ratelimit"
     assert limited["reason"] == "rate_limited" and limited["detail"] == "per-user"
     assert miss["route"] == "catalog" and miss["decision"] == "allowed"
-    assert miss["cache"].startswith("meshguard;") and "fwd=" in miss["cache"]
+    assert miss["cache"].startswith("fwd=uri-miss;") and miss["cache"].endswith(";stored")
     assert hit["decision"] == "cached" and hit["policy"] == "cache" and hit["reason"] == "hit"
     assert fail1["breaker"] == "closed" and fail1["decision"] == "allowed"
     assert opened["route"] == "flaky" and opened["decision"] == "unavailable"
@@ -260,7 +261,7 @@ def test_claims_exported_faithfully(tmp_path, upstream, envoys):
         tmp_path,
         lambda listen, admin: with_access_log(
             harness.bootstrap(config(), upstream.port, listen, admin), str(tmp_path / "c.log")),
-        concurrency=1)
+        concurrency=1, extra_args=["--file-flush-interval-msec", "100"])
     fmt = ("id=%REQ(X-REQUEST-ID)% role=%FILTER_STATE(wasm.meshguard.claim.role:PLAIN)% "
            "roles=%FILTER_STATE(wasm.meshguard.claim.roles:PLAIN)% "
            "scope=%FILTER_STATE(wasm.meshguard.claim.scope:PLAIN)% "
