@@ -16,7 +16,7 @@
 use serde_json::Value;
 
 /// Every place where the schema has an object and never an array.
-pub const OBJECT_PLACES: [&str; 20] = [
+pub const OBJECT_PLACES: [&str; 21] = [
     "cache_store",
     "client_ip",
     "jwt_providers",
@@ -25,6 +25,7 @@ pub const OBJECT_PLACES: [&str; 20] = [
     "jwt_providers.*.from[]",
     "jwt_providers.*.jwks",
     "jwt_providers.*.jwks.remote",
+    "observability",
     "path_normalization",
     "rate_limit_service",
     "routes[]",
