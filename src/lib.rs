@@ -13,7 +13,7 @@
 //! documentation is in `docs/`.
 
 pub mod breaker;
-pub mod bytes;
+pub(crate) mod bytes;
 pub mod cache;
 pub mod config;
 pub mod grpc;

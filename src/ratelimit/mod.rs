@@ -50,7 +50,7 @@ pub mod bucket;
 pub mod policy;
 pub mod rls;
 pub mod store;
-pub mod text;
+pub(crate) mod text;
 
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::{ClientIpRule, Request};

@@ -58,6 +58,7 @@ impl Decimal {
     }
 
     /// Never: a number has at least one digit.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -71,15 +72,11 @@ impl Decimal {
         }
     }
 
+    #[cfg(test)]
     pub fn as_str(&self) -> &str {
         // Only ASCII digits are ever written.
         std::str::from_utf8(self.as_bytes()).unwrap_or("0")
     }
-}
-
-/// Appends `n` in decimal (what `n.to_string()` gives).
-pub fn push_u64(out: &mut String, n: u64) {
-    Decimal::new(n).push_to(out);
 }
 
 /// `n` in decimal, in a `String` of exactly its size.
@@ -122,7 +119,7 @@ mod tests {
             );
             assert!(!d.is_empty());
             let mut s = String::from("a=");
-            push_u64(&mut s, v);
+            Decimal::new(v).push_to(&mut s);
             assert_eq!(s, format!("a={v}"));
         }
     }
