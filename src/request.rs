@@ -352,11 +352,11 @@ pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let hex = |c: Option<&u8>| c.and_then(|&c| (c as char).to_digit(16));
+                match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
                     (Some(h), Some(l)) => {
                         out.push((h * 16 + l) as u8);
                         i += 3;

@@ -292,9 +292,11 @@ pub fn property_str(path: &[&str]) -> Option<String> {
 /// A property that Envoy serialises as a little-endian integer.
 pub fn property_u64(path: &[&str]) -> Option<u64> {
     let b = property(path)?;
+    // The first 8 bytes at most, zero-extended.
     let mut a = [0u8; 8];
-    let n = b.len().min(8);
-    a[..n].copy_from_slice(&b[..n]);
+    for (d, &s) in a.iter_mut().zip(&b) {
+        *d = s;
+    }
     Some(u64::from_le_bytes(a))
 }
 
