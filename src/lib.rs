@@ -7,6 +7,12 @@
 //! `route` (matching), one folder per feature, and `filter` (the glue that
 //! turns feature verdicts into proxy-wasm actions).
 
+// No indexing or slicing that can panic in library code (`get`, patterns,
+// `split_at_checked`, iterators instead): enforced by `make clippy`, which
+// checks this crate with and without `cfg(test)` (unit tests may index).
+// `unwrap`/`expect`/`panic!` are denied in Cargo.toml `[lints.clippy]`.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 pub mod breaker;
 pub mod bytes;
 pub mod cache;
