@@ -616,6 +616,9 @@ mod tests {
         assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
         assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
         assert_eq!(percent_decode("%zz").as_deref(), Some("%zz"));
+        // An escape cut by the end of the value stays as it is.
+        assert_eq!(percent_decode("a%4").as_deref(), Some("a%4"));
+        assert_eq!(percent_decode("a%41").as_deref(), Some("aA"));
         assert_eq!(percent_decode("%ff"), None);
     }
 }

@@ -340,6 +340,13 @@ mod tests {
         let l = parse_list(std::iter::once(&b"a=\"x\\\"y\", b"[..]));
         assert_eq!(l[0].value.as_deref(), Some("x\"y"));
         assert_eq!(l[1].name, "b");
+        // A backslash as the last byte is kept as is; the quote never closed.
+        let (l, complete) = parse_list_checked(std::iter::once(&b"a=\"x\\"[..]));
+        assert_eq!(l[0].value.as_deref(), Some("x\\"));
+        assert!(!complete);
+        let (l, complete) = parse_list_checked(std::iter::once(&b"a=\""[..]));
+        assert_eq!(l[0].value.as_deref(), Some(""));
+        assert!(!complete);
     }
 
     #[test]

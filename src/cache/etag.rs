@@ -239,6 +239,12 @@ mod tests {
         }
         assert!(parse(b"abc").is_none());
         assert!(parse(b"\"a\"b\"").is_none());
+        // Too short to hold both quotes; the shortest tag is empty.
+        assert!(parse(b"\"").is_none());
+        assert!(parse(b"W/\"").is_none());
+        assert!(parse(b"W/").is_none());
+        assert_eq!(parse(b"\"\"").map(|t| t.opaque), Some(&b""[..]));
+        assert_eq!(parse(b"W/\"\"").map(|t| t.weak), Some(true));
     }
 
     #[test]
@@ -252,6 +258,12 @@ mod tests {
         let l = parse_list(b"\"a,b\", garbage, W/\"c\"");
         assert_eq!(l.len(), 2);
         assert_eq!(l[0].opaque, b"a,b");
+        // Members cut at the end of the list are skipped, not misread.
+        for cut in [&b"\"a\", \"b"[..], b"\"a\", W/", b"\"a\", W/\"", b"\"a\","] {
+            let l = parse_list(cut);
+            assert_eq!(l.len(), 1, "{:?}", String::from_utf8_lossy(cut));
+            assert_eq!(l[0].opaque, b"a");
+        }
     }
 
     #[test]

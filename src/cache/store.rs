@@ -1385,4 +1385,48 @@ mod tests {
         h.set_now(1);
         assert!(matches!(s.try_lock(&p), LockOutcome::Acquired(_)));
     }
+
+    #[test]
+    fn heads_are_read_field_by_field_and_every_truncation_is_refused() {
+        let mut v = vec![CHUNK_VERSION, KIND_HEAD];
+        v.extend_from_slice(&7u64.to_le_bytes()); // generation
+        v.extend_from_slice(&0u16.to_le_bytes()); // index
+        v.extend_from_slice(&3u16.to_le_bytes()); // chunks
+        v.extend_from_slice(&1000u32.to_le_bytes()); // total len
+        v.extend_from_slice(&0xdead_beefu32.to_le_bytes()); // checksum
+        v.extend_from_slice(&[1u8; 32]);
+        v.extend_from_slice(&[2u8; 32]);
+        v.extend_from_slice(&[3u8; 32]);
+        v.extend_from_slice(&99u64.to_le_bytes()); // stored at
+        assert_eq!(v.len(), HEAD_HDR);
+        let head = HeadInfo {
+            generation: 7,
+            chunks: 3,
+            total_len: 1000,
+            checksum: 0xdead_beef,
+            uri: [1; 32],
+            primary: [2; 32],
+            secondary: [3; 32],
+            stored_at_ns: 99,
+        };
+        assert_eq!(parse_head(&v), Ok(SlotState::Head(head.clone())));
+        v.push(0xaa); // payload bytes follow the header
+        assert_eq!(parse_head(&v), Ok(SlotState::Head(head)));
+        for len in 0..HEAD_HDR {
+            let want = if len < 2 {
+                "chunk too short"
+            } else {
+                "malformed chunk"
+            };
+            assert_eq!(parse_head(&v[..len]), Err(want), "{len} bytes");
+        }
+        // A continuation's header, cut short, is malformed too.
+        v[1] = KIND_CONT;
+        assert_eq!(parse_head(&v[..CONT_HDR]), Ok(SlotState::Free));
+        assert_eq!(parse_head(&v[..CONT_HDR - 1]), Err("malformed chunk"));
+        // A head chunk claiming to be a continuation (index != 0) is not a head.
+        v[1] = KIND_HEAD;
+        v[10] = 1;
+        assert_eq!(parse_head(&v), Err("malformed chunk"));
+    }
 }

@@ -398,6 +398,10 @@ mod tests {
         let r = encode_record(42, b"{}");
         assert_eq!(decode_record(&r), Some((42, &b"{}"[..])));
         assert_eq!(decode_record(b"\x02aaaaaaaa"), None);
+        assert_eq!(decode_record(&r[..9]), Some((42, &b""[..])));
+        for len in 0..9 {
+            assert_eq!(decode_record(&r[..len]), None, "{len} bytes");
+        }
     }
 
     #[test]
