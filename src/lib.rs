@@ -12,6 +12,12 @@
 //! (the pipeline and the proxy-wasm glue; private to the crate). The user
 //! documentation is in `docs/`.
 
+// No indexing or slicing that can panic in library code (`get`, patterns,
+// `split_at_checked`, iterators instead): enforced by `make clippy`, which
+// checks this crate with and without `cfg(test)` (unit tests may index).
+// `unwrap`/`expect`/`panic!` are denied in Cargo.toml `[lints.clippy]`.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 pub mod breaker;
 pub(crate) mod bytes;
 pub mod cache;

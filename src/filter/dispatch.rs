@@ -101,6 +101,8 @@ impl Contexts {
                 self.roots.len() - 1
             }
         };
+        // In bounds: `i` was found in `roots`, or is the last index after the push.
+        #[allow(clippy::indexing_slicing)]
         &mut self.roots[i]
     }
 

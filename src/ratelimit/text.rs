@@ -17,15 +17,24 @@ pub struct Decimal {
 
 impl Decimal {
     pub fn new(n: u64) -> Decimal {
+        // u64::MAX has 20 digits and every pair index is below 200, so
+        // every `get` below is `Some` (written checked all the same).
         let mut buf = [b'0'; 20];
         let mut start = buf.len();
+        let put_pair = |buf: &mut [u8; 20], start: usize, d: usize| {
+            if let (Some(dst), Some(src)) = (buf.get_mut(start..start + 2), PAIRS.get(d..d + 2)) {
+                dst.copy_from_slice(src);
+            }
+        };
         // Above 2^32 a digit at a time (64-bit division: a hardware divide
         // in wasm); below, two digits per 32-bit division by a constant
         // (a multiply).
         let mut n64 = n;
         while n64 > u32::MAX as u64 {
             start -= 1;
-            buf[start] = b'0' + (n64 % 10) as u8;
+            if let Some(b) = buf.get_mut(start) {
+                *b = b'0' + (n64 % 10) as u8;
+            }
             n64 /= 10;
         }
         let mut m = n64 as u32;
@@ -33,17 +42,16 @@ impl Decimal {
             let d = (m % 100) as usize * 2;
             m /= 100;
             start -= 2;
-            buf[start] = PAIRS[d];
-            buf[start + 1] = PAIRS[d + 1];
+            put_pair(&mut buf, start, d);
         }
         if m >= 10 {
-            let d = m as usize * 2;
             start -= 2;
-            buf[start] = PAIRS[d];
-            buf[start + 1] = PAIRS[d + 1];
+            put_pair(&mut buf, start, m as usize * 2);
         } else {
             start -= 1;
-            buf[start] = b'0' + m as u8;
+            if let Some(b) = buf.get_mut(start) {
+                *b = b'0' + m as u8;
+            }
         }
         Decimal { buf, start }
     }
