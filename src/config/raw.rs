@@ -56,8 +56,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawObservability {
     /// true: each decision as a line of Envoy filter state
-    /// `wasm.meshguard`, for access logs (default false: it costs ~12 us
-    /// of Envoy CPU per request).
+    /// `wasm.meshguard`, for access logs (default false: it costs Envoy
+    /// several microseconds of CPU per request).
     #[serde(default)]
     pub filter_state: Option<bool>,
     /// Verified claims published as filter state `meshguard.claim.<name>`

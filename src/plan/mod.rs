@@ -91,7 +91,8 @@ pub const MAX_PUBLISHED_CLAIMS: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observability {
     /// Publish each decision as filter state `wasm.meshguard` (off by
-    /// default: one host call that costs Envoy ~12 us per request).
+    /// default: one host call that costs Envoy several microseconds per
+    /// request).
     pub filter_state: bool,
     /// Verified claims published as filter state `wasm.meshguard.claim.<name>`.
     pub claims: Vec<String>,
