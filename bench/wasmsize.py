@@ -97,6 +97,39 @@ def read_module(data):
     return sections, code, names, imports
 
 
+LEGACY_ESCAPES = {"$LT$": "<", "$GT$": ">", "$u20$": " ", "$RF$": "&", "$BP$": "*", "$C$": ",", "$SP$": "@",
+                  "$u7b$": "{", "$u7d$": "}", "$u5b$": "[", "$u5d$": "]", "$u27$": "'", "$u3b$": ";",
+                  "$u22$": '"', "$u7e$": "~", "$LP$": "(", "$RP$": ")"}
+
+
+def demangle(name):
+    """Rust's legacy mangling (`_ZN...17h<hash>E`) to a readable path (hash dropped); v0 names
+    (`_R...`) are left as they are but for their first crate name."""
+    if name.startswith("_ZN") and name.endswith("E"):
+        i, parts = 3, []
+        body = name[:-1]
+        while i < len(body) and body[i].isdigit():
+            j = i
+            while body[j].isdigit():
+                j += 1
+            n = int(body[i:j])
+            part = body[j:j + n]
+            i = j + n
+            if re.fullmatch(r"h[0-9a-f]{16}", part):
+                continue
+            if part.startswith("_$"):
+                part = part[1:]
+            for k, v in LEGACY_ESCAPES.items():
+                part = part.replace(k, v)
+            parts.append(part.replace("..", "::"))
+        return "::".join(parts) if parts else name
+    if name.startswith("_R"):
+        m = re.search(r"C(?:s[0-9A-Za-z]*_)?\d+([A-Za-z_][A-Za-z0-9_]*)", name)
+        if m:
+            return f"{m.group(1)}::<v0 {name[:40]}>"
+    return name
+
+
 def crate_of(name):
     s = name.lstrip("<&*")
     s = re.sub(r"^(mut |const |dyn |impl )+", "", s)
@@ -118,7 +151,7 @@ def main(argv=None):
         print("no name section: build with CARGO_PROFILE_RELEASE_STRIP=false (see --help)", file=sys.stderr)
     print(f"module {len(data):,} bytes; code section {sum(code):,} bytes in {len(code):,} functions")
     print("sections: " + ", ".join(f"{k} {v:,}" for k, v in sections.most_common()))
-    funcs = [(sz, names.get(k + imports, f"f{k + imports}")) for k, sz in enumerate(code)]
+    funcs = [(sz, demangle(names.get(k + imports, f"f{k + imports}"))) for k, sz in enumerate(code)]
     if args.match:
         sel = [(sz, nm) for sz, nm in funcs if args.match in nm]
         print(f"functions matching {args.match!r}: {len(sel)}, {sum(sz for sz, _ in sel):,} bytes")
