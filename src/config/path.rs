@@ -251,10 +251,9 @@ impl<'de> MapAccess<'de> for Members<'de, '_> {
             Some((key, value)) => {
                 self.pending = Some((key.as_str(), value));
                 let de = de::value::BorrowedStrDeserializer::<'de, Error>::new(key.as_str());
-                seed.deserialize(de).map(Some).map_err(|e| {
+                seed.deserialize(de).map(Some).inspect_err(|_| {
                     // An unknown or misspelt key: the path names it.
                     self.steps.borrow_mut().push(Step::Key(key.as_str()));
-                    e
                 })
             }
             None => Ok(None),
@@ -268,9 +267,8 @@ impl<'de> MapAccess<'de> for Members<'de, '_> {
                     value,
                     steps: self.steps,
                 })
-                .map_err(|e| {
+                .inspect_err(|_| {
                     self.steps.borrow_mut().push(Step::Key(key));
-                    e
                 }),
             None => Err(de::Error::custom("value is missing")),
         }
@@ -300,9 +298,8 @@ impl<'de> SeqAccess<'de> for Elements<'de, '_> {
                     steps: self.steps,
                 })
                 .map(Some)
-                .map_err(|e| {
+                .inspect_err(|_| {
                     self.steps.borrow_mut().push(Step::Index(i));
-                    e
                 }),
             None => Ok(None),
         }
@@ -310,5 +307,86 @@ impl<'de> SeqAccess<'de> for Elements<'de, '_> {
 
     fn size_hint(&self) -> Option<usize> {
         Some(self.iter.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        n: u32,
+        #[serde(default)]
+        tags: Option<Vec<String>>,
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        items: Vec<Inner>,
+        #[serde(default)]
+        named: BTreeMap<String, Inner>,
+    }
+
+    fn fail(doc: &str) -> (String, String) {
+        let v: Value = serde_json::from_str(doc).unwrap();
+        let (path, e) = from_value::<Outer>(&v).unwrap_err();
+        (path, e.to_string())
+    }
+
+    #[test]
+    fn a_valid_document_reads_as_serde_json_reads_it() {
+        let doc = r#"{"items": [{"n": 1}, {"n": 2, "tags": ["a"]}], "named": {"x": {"n": 3, "tags": null}}}"#;
+        let v: Value = serde_json::from_str(doc).unwrap();
+        let ours = from_value::<Outer>(&v)
+            .map_err(|(_, e)| e.to_string())
+            .unwrap();
+        let theirs: Outer = serde_json::from_value(v).unwrap();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn errors_name_keys_and_indexes_from_the_outside_in() {
+        let (p, e) = fail(r#"{"items": [{"n": 1}, {"n": "x"}]}"#);
+        assert_eq!(
+            (p.as_str(), e.as_str()),
+            ("items[1].n", "invalid type: string \"x\", expected u32")
+        );
+        let (p, e) = fail(r#"{"items": [], "named": {"k": {"n": 1, "tags": ["a", 7]}}}"#);
+        assert_eq!(
+            (p.as_str(), e.as_str()),
+            (
+                "named.k.tags[1]",
+                "invalid type: integer `7`, expected a string"
+            )
+        );
+        let (p, e) = fail(r#"{"items": [{"n": -1.5}]}"#);
+        assert_eq!(
+            (p.as_str(), e.as_str()),
+            (
+                "items[0].n",
+                "invalid type: floating point `-1.5`, expected u32"
+            )
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_and_a_missing_one_names_its_object() {
+        let (p, e) = fail(r#"{"items": [{"n": 1, "m": 2}]}"#);
+        assert_eq!(p, "items[0].m");
+        assert!(e.starts_with("unknown field `m`"), "{e}");
+        let (p, e) = fail(r#"{"items": [{}]}"#);
+        assert_eq!((p.as_str(), e.as_str()), ("items[0]", "missing field `n`"));
+        let (p, e) = fail(r#"{"items": {"n": 1}}"#);
+        assert_eq!(
+            (p.as_str(), e.as_str()),
+            ("items", "invalid type: map, expected a sequence")
+        );
+        let (p, _) = fail(r#"{"named": {}}"#);
+        assert_eq!(p, "");
     }
 }
