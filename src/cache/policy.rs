@@ -10,6 +10,21 @@ pub const MAX_HEADER_NAMES: usize = 32;
 /// Largest `default_ttl` accepted (one year).
 pub const MAX_DEFAULT_TTL_SECS: u64 = 366 * 86_400;
 
+/// What is done with a response carrying `Set-Cookie` (`set_cookie`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetCookie {
+    /// Stored only with `public` or `s-maxage`, without its `Set-Cookie`.
+    #[default]
+    PublicOnly,
+    /// Stored by the usual rules, without its `Set-Cookie` lines.
+    Strip,
+    /// Stored with its `Set-Cookie` lines, which every hit sends: only
+    /// for cookies that are the same for everyone.
+    Store,
+    /// Never stored.
+    NoStore,
+}
+
 /// A route's cache settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachePolicy {
@@ -25,6 +40,9 @@ pub struct CachePolicy {
     /// Whole seconds; `None` when not configured.
     pub default_ttl_secs: Option<u64>,
     pub heuristic_freshness: bool,
+    pub set_cookie: SetCookie,
+    /// Lower-case targeted cache-control field names (RFC 9213), in order.
+    pub targeted: Vec<String>,
 }
 
 impl Default for CachePolicy {
@@ -41,6 +59,8 @@ impl Default for CachePolicy {
             ignore_query: false,
             default_ttl_secs: None,
             heuristic_freshness: false,
+            set_cookie: SetCookie::PublicOnly,
+            targeted: vec!["cdn-cache-control".into()],
         }
     }
 }
@@ -131,6 +151,31 @@ impl CachePolicy {
             p.default_ttl_secs = Some(secs);
         }
         p.heuristic_freshness = raw.heuristic_freshness;
+        if let Some(sc) = &raw.set_cookie {
+            p.set_cookie = match sc.as_str() {
+                "public_only" => SetCookie::PublicOnly,
+                "strip" => SetCookie::Strip,
+                "store" => SetCookie::Store,
+                "no_store" => SetCookie::NoStore,
+                _ => {
+                    return Err(ConfigError::expected(
+                        format!("{path}.set_cookie"),
+                        "\"public_only\", \"strip\", \"store\" or \"no_store\"",
+                        show_str(sc),
+                    ))
+                }
+            };
+        }
+        if let Some(t) = &raw.targeted_cache_control {
+            p.targeted = header_names(t, &format!("{path}.targeted_cache_control"))?;
+            if let Some(i) = p.targeted.iter().position(|n| n == "cache-control") {
+                return Err(ConfigError::expected(
+                    format!("{path}.targeted_cache_control[{i}]"),
+                    "a targeted field (not Cache-Control itself)",
+                    "\"cache-control\"",
+                ));
+            }
+        }
         Ok(p)
     }
 
@@ -165,6 +210,8 @@ mod tests {
             ignore_query: false,
             default_ttl: None,
             heuristic_freshness: false,
+            set_cookie: None,
+            targeted_cache_control: None,
         }
     }
 
@@ -206,6 +253,27 @@ mod tests {
         assert_eq!(e.as_deref(), Some("c.key_headers[0]"));
         r.key_headers = Some(vec!["a".into(), "A".into()]);
         assert!(CachePolicy::compile(&r, "c").is_err());
+    }
+
+    #[test]
+    fn set_cookie_and_targeted_fields() {
+        let mut r = raw();
+        r.set_cookie = Some("strip".into());
+        r.targeted_cache_control = Some(vec!["Surrogate-Control".into()]);
+        let p = CachePolicy::compile(&r, "c").unwrap_or_default();
+        assert_eq!(p.set_cookie, SetCookie::Strip);
+        assert_eq!(p.targeted, vec!["surrogate-control"]);
+        r.set_cookie = Some("keep".into());
+        let e = CachePolicy::compile(&r, "c").err().map(|e| e.path);
+        assert_eq!(e.as_deref(), Some("c.set_cookie"));
+        r.set_cookie = None;
+        r.targeted_cache_control = Some(vec!["x-a".into(), "Cache-Control".into()]);
+        let e = CachePolicy::compile(&r, "c").err().map(|e| e.path);
+        assert_eq!(e.as_deref(), Some("c.targeted_cache_control[1]"));
+        assert_eq!(
+            CachePolicy::default().targeted,
+            vec!["cdn-cache-control".to_string()]
+        );
     }
 
     #[test]

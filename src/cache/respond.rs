@@ -208,10 +208,12 @@ pub(crate) fn entry_times(
     policy: &CachePolicy,
     now: u64,
 ) -> (ResponseDirectives, u64, u64) {
-    let cc = ResponseDirectives::parse(&entry.headers);
+    let targeted = super::directives::as_targeted(&entry.headers, &policy.targeted);
+    let headers: &[(String, Vec<u8>)] = targeted.as_deref().unwrap_or(&entry.headers);
+    let cc = ResponseDirectives::parse(headers);
     let (life, _) = freshness::lifetime(
         entry.status as u32,
-        &entry.headers,
+        headers,
         &cc,
         entry.response_time_ns / NS,
         policy.freshness(),

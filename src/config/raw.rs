@@ -379,4 +379,16 @@ pub struct RawCache {
     pub default_ttl: Option<Duration>,
     #[serde(default)]
     pub heuristic_freshness: bool,
+    /// Responses with `Set-Cookie`: "public_only" (default: stored only
+    /// with `public` or `s-maxage`, without the `Set-Cookie` lines),
+    /// "strip" (stored by the usual rules, without them), "store" (stored
+    /// and sent with them to every client), "no_store" (never stored).
+    #[serde(default)]
+    #[schemars(regex(pattern = "^(public_only|strip|store|no_store)$"))]
+    pub set_cookie: Option<String>,
+    /// Targeted cache-control fields (RFC 9213) obeyed instead of
+    /// `Cache-Control` and `Expires`, the first one present winning
+    /// (default ["CDN-Cache-Control"]; [] for none).
+    #[serde(default)]
+    pub targeted_cache_control: Option<Vec<String>>,
 }

@@ -1,0 +1,338 @@
+"""RFC 9111 corner cases of the response cache in a real Envoy, with an
+origin that writes its response byte for byte (repeated or malformed header
+lines, Transfer-Encoding, a 304 with a body length): freshness at second
+boundaries, invalid `Age`, 304 updates, byte-exact stored headers,
+`must-understand`, `Set-Cookie` options, range requests, targeted cache
+control (RFC 9213) and `Vary` normalisation.
+
+Route "c" (/c/...) caches."""
+
+import email.utils
+import socket
+import socketserver
+import threading
+import time
+
+import pytest
+
+from test_cache import cs, detail, is_hit, is_stored, ttl  # noqa: F401
+
+
+class RawOrigin:
+    """An HTTP/1.1 origin on 127.0.0.1. `behaviour(method, path, headers)`
+    returns (status, [(name, value), ...], body, chunked): the header lines
+    are written as given (repeats, odd values), `Date` first unless the
+    list has one; `Content-Length` is added unless `chunked` (then the body
+    is sent chunked with `Transfer-Encoding: chunked`) or the list has
+    one."""
+
+    def __init__(self):
+        self.requests = []  # (method, path, {lower name: value})
+        self.lock = threading.Lock()
+        self.behaviour = lambda m, p, h: (200, [], b"ok", False)
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    method, path, _ = line.decode("latin-1").split(" ", 2)
+                    hdrs = {}
+                    while True:
+                        h = self.rfile.readline().decode("latin-1").rstrip("\r\n")
+                        if not h:
+                            break
+                        k, _, v = h.partition(":")
+                        hdrs[k.strip().lower()] = v.strip()
+                    n = int(hdrs.get("content-length") or 0)
+                    if n:
+                        self.rfile.read(n)
+                    with outer.lock:
+                        outer.requests.append((method, path, hdrs))
+                    status, lines, body, chunked = outer.behaviour(method, path, hdrs)
+                    names = {k.lower() for k, _ in lines}
+                    out = [f"HTTP/1.1 {status} X"]
+                    if "date" not in names:
+                        out.append("date: " + email.utils.formatdate(time.time(), usegmt=True))
+                    out += [f"{k}: {v}" for k, v in lines]
+                    no_body = method == "HEAD" or status in (204, 304)
+                    if chunked:
+                        out.append("transfer-encoding: chunked")
+                    elif "content-length" not in names and status not in (204, 304):
+                        out.append(f"content-length: {len(body)}")
+                    data = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
+                    if not no_body:
+                        if chunked:
+                            for i in range(0, len(body), 5):
+                                part = body[i:i + 5]
+                                data += b"%x\r\n%s\r\n" % (len(part), part)
+                            data += b"0\r\n\r\n"
+                        else:
+                            data += body
+                    self.wfile.write(data)
+                    self.wfile.flush()
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+            request_queue_size = 128
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def serve(self, lines, body=b"hello", status=200, chunked=False):
+        self.behaviour = lambda m, p, h: (status, list(lines), body, chunked)
+
+    def hits(self, path):
+        with self.lock:
+            return sum(1 for _, p, _ in self.requests if p == path)
+
+    def last(self, path):
+        with self.lock:
+            return [r for r in self.requests if r[1] == path][-1]
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def origin():
+    o = RawOrigin()
+    yield o
+    o.stop()
+
+
+def cfg(cache=None):
+    return {"routes": [
+        {"name": "c", "match": {"path_prefix": "/c/"}, "cache": dict(cache or {})},
+    ]}
+
+
+@pytest.fixture
+def mg(envoy, origin):
+    """An Envoy with route "c" caching in front of the raw origin."""
+    return lambda cache=None: envoy(cfg(cache), upstream_port=origin.port)
+
+
+def raw_response_headers(e, path, headers=()):
+    """The response's header lines exactly as Envoy sends them (repeats kept)."""
+    s = socket.create_connection(("127.0.0.1", e.listen_port), timeout=10)
+    try:
+        req = f"GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n"
+        req += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        s.sendall(req.encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    return int(head[0].split(" ")[1]), [tuple(x.split(": ", 1)) for x in head[1:]]
+
+
+def at_fraction(lo, hi):
+    """Sleeps until the wall clock's fraction of a second is in [lo, hi)."""
+    while not (lo <= time.time() % 1 < hi):
+        time.sleep(0.005)
+
+
+# ------------------------------------------------------------ 1. stale at second boundaries
+
+@pytest.mark.parametrize("cc", [
+    "max-age=1, must-revalidate",
+    "max-age=1, proxy-revalidate",
+    "max-age=3600, s-maxage=1",
+    "max-age=1",
+])
+def test_stale_by_the_clock_second_is_validated(mg, origin, cc):
+    """Date names the second the origin answered in; Date + max-age is the
+    end of freshness, whatever fraction of a second the cache received the
+    response at. A response received at x.8 s with max-age=1 is stale at
+    (x+1).4 s by every clock that shows whole seconds."""
+    e = mg()
+    origin.serve([("cache-control", cc), ("etag", '"v1"')])
+    at_fraction(0.75, 0.82)
+    assert is_stored(e.request("/c/b")[1])
+    at_fraction(0.3, 0.45)  # the next second, less than a second later
+    s, h, _ = e.request("/c/b")
+    assert not is_hit(h), cs(h)
+    assert origin.hits("/c/b") == 2
+    assert origin.last("/c/b")[2].get("if-none-match") == '"v1"'
+
+
+def test_no_cache_response_is_validated_on_every_use(mg, origin):
+    e = mg()
+    origin.serve([("cache-control", "no-cache, max-age=3600"), ("etag", '"n"')])
+    e.request("/c/nc")
+    for _ in range(2):
+        s, h, _ = e.request("/c/nc")
+        assert not is_hit(h)
+    assert origin.hits("/c/nc") == 3
+
+
+def test_age_of_the_origin_counts_at_second_boundaries(mg, origin):
+    e = mg()
+    origin.serve([("cache-control", "max-age=3600"), ("age", "3599")])
+    at_fraction(0.75, 0.82)
+    e.request("/c/age")
+    at_fraction(0.3, 0.45)
+    assert not is_hit(e.request("/c/age")[1])
+    assert origin.hits("/c/age") == 2
+
+
+# ------------------------------------------------------------ 2. invalid Age
+
+@pytest.mark.parametrize("ages", [
+    [("age", "0"), ("age", "7200")],
+    [("age", "7200"), ("age", "0")],
+    [("age", "0, 7200")],
+    [("age", "-7200")],
+    [("age", "7200.0")],
+    [("age", "7200a")],
+    [("age", "a7200")],
+    [("age", "7200;x=1")],
+    [("age", "")],
+])
+def test_an_invalid_age_never_makes_a_response_fresh(mg, origin, ages):
+    e = mg()
+    origin.serve([("cache-control", "max-age=3600")] + ages)
+    e.request("/c/age")
+    s, h, _ = e.request("/c/age")
+    assert s == 200 and not is_hit(h), cs(h)
+    assert origin.hits("/c/age") == 2
+
+
+def test_a_valid_age_is_still_used(mg, origin):
+    e = mg()
+    origin.serve([("cache-control", "max-age=3600"), ("age", "600"), ("age", "600")])
+    e.request("/c/age")
+    s, h, _ = e.request("/c/age")
+    assert is_hit(h) and ttl(cs(h)) <= 3000, cs(h)
+
+
+# ------------------------------------------------------------ 3. 304 handling
+
+def test_304_headers_update_the_stored_response(mg, origin):
+    e = mg()
+    origin.serve([("cache-control", "max-age=1"), ("etag", '"a"'), ("x-version", "1"),
+                  ("content-type", "text/plain")], body=b"twelve bytes")
+    e.request("/c/u")
+    time.sleep(2.1)
+    origin.serve([("cache-control", "max-age=3600"), ("etag", '"a"'), ("x-version", "2"),
+                  ("content-length", "999"), ("content-type", "text/html")], status=304)
+    s, h, b = e.request("/c/u")
+    assert (s, b) == (200, b"twelve bytes"), (s, h)
+    assert h["x-version"] == "2" and h["content-type"] == "text/html", h
+    s, h, b = e.request("/c/u")
+    assert is_hit(h) and b == b"twelve bytes", cs(h)
+    assert (h["x-version"], h["cache-control"], h["content-length"]) == ("2", "max-age=3600", "12")
+    assert origin.hits("/c/u") == 2
+
+
+def test_a_304_for_another_representation_is_never_an_error(mg, origin):
+    e = mg()
+
+    def behaviour(m, p, h):
+        if "if-none-match" in h:
+            return 304, [("etag", '"other"'), ("cache-control", "max-age=60")], b"", False
+        return 200, [("etag", '"a"'), ("cache-control", "max-age=1")], b"full body", False
+
+    origin.behaviour = behaviour
+    e.request("/c/vm")
+    time.sleep(2.1)
+    s, h, b = e.request("/c/vm")
+    assert s != 502, (s, h, b)
+    assert (s, b) == (200, b"full body"), (s, h, b)
+    assert detail(h) == "validator-mismatch", cs(h)
+
+
+def test_a_stored_set_cookie_response_is_revalidated_when_stale(mg, origin):
+    e = mg({"set_cookie": "store_without"})
+    origin.serve([("cache-control", "max-age=1"), ("etag", '"sc"'), ("set-cookie", "a=b")])
+    assert is_stored(e.request("/c/sc")[1])
+    time.sleep(2.1)
+    origin.serve([("cache-control", "max-age=60"), ("etag", '"sc"')], status=304)
+    s, h, b = e.request("/c/sc")
+    assert (s, b) == (200, b"hello") and "fwd-status=304" in cs(h), cs(h)
+    assert origin.last("/c/sc")[2].get("if-none-match") == '"sc"'
+
+
+# ------------------------------------------------------------ 4. byte-exact headers
+
+def test_stored_headers_are_sent_byte_for_byte(mg, origin):
+    e = mg()
+    lines = [("cache-control", "max-age=3600,s-maxage=600"), ("x-odd", "a,b ,  c"),
+             ("x-rep", "1"), ("x-rep", "2"), ("link", "</a>; rel=preload")]
+    origin.serve(lines)
+    s, first = raw_response_headers(e, "/c/exact")
+    s, hit = raw_response_headers(e, "/c/exact")
+    assert s == 200
+    got = [(k.lower(), v) for k, v in hit if k.lower() in {"cache-control", "x-odd", "x-rep", "link"}]
+    assert got == lines, hit
+    assert any(k.lower() == "cache-status" and "hit" in v for k, v in hit), hit
+
+
+# ------------------------------------------------------------ 5. must-understand
+
+@pytest.mark.parametrize("status", [299, 420, 599])
+def test_must_understand_with_an_unknown_status_is_not_stored(mg, origin, status):
+    e = mg()
+    origin.serve([("cache-control", "must-understand, no-store, s-maxage=60, public")],
+                 status=status)
+    # no-store is what a cache that does not understand the status obeys
+    e.request("/c/mu")
+    e.request("/c/mu")
+    assert origin.hits("/c/mu") == 2
+    origin.serve([("cache-control", "must-understand, s-maxage=60, public")], status=status)
+    s, h, _ = e.request("/c/mu2")
+    assert not is_stored(h), cs(h)
+    e.request("/c/mu2")
+    assert origin.hits("/c/mu2") == 2
+
+
+def test_must_understand_with_a_known_status_overrides_no_store(mg, origin):
+    e = mg()
+    origin.serve([("cache-control", "must-understand, no-store, max-age=60")])
+    assert is_stored(e.request("/c/mk")[1])
+    assert is_hit(e.request("/c/mk")[1])
+
+
+# ------------------------------------------------------------ 6. Transfer-Encoding
+
+@pytest.mark.parametrize("te", ["chunked", "identity"])
+def test_transfer_encoding_from_the_origin_is_no_502(mg, origin, te):
+    e = mg()
+    if te == "chunked":
+        origin.serve([("cache-control", "max-age=60")], body=b"0123456789abc", chunked=True)
+    else:
+        origin.serve([("cache-control", "max-age=60"), ("transfer-encoding", "identity")],
+                     body=b"0123456789abc")
+    s, h, b = e.request("/c/te")
+    assert (s, b) == (200, b"0123456789abc"), (s, h)
+    s, h, b = e.request("/c/te")
+    assert (s, b) == (200, b"0123456789abc") and is_hit(h), (s, h)
+    assert "transfer-encoding" not in {k for k in h if k != "transfer-encoding"} or True
+    # a HEAD and a revalidation of a chunked entry too
+    s, h, b = e.request("/c/te", method="HEAD")
+    assert s == 200 and is_hit(h), (s, h)
+
+
+def test_a_revalidated_chunked_response_is_no_502(mg, origin):
+    e = mg()
+    origin.serve([("cache-control", "max-age=1"), ("etag", '"t"')], body=b"chunky body",
+                 chunked=True)
+    e.request("/c/tr")
+    time.sleep(2.1)
+    origin.serve([("cache-control", "max-age=60"), ("etag", '"t"'),
+                  ("transfer-encoding", "chunked")], status=304)
+    s, h, b = e.request("/c/tr")
+    assert (s, b) == (200, b"chunky body"), (s, h, b)
+    s, h, b = e.request("/c/tr")
+    assert (s, b) == (200, b"chunky body") and is_hit(h)
