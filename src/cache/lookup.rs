@@ -12,6 +12,7 @@ use crate::cache::respond::fwd_status;
 use crate::cache::respond::gateway_timeout;
 use crate::cache::respond::hit_status;
 use crate::cache::respond::respond_in_place;
+use crate::cache::respond::respond_range_in_place;
 use crate::cache::respond::shareable_with_authorization;
 use crate::cache::respond::validators;
 use crate::cache::respond::with_body;
@@ -387,12 +388,13 @@ pub(crate) fn hit(
     cache_status: Vec<u8>,
 ) -> Lookup {
     host.increment_metric(route.metrics.hit, 1);
-    let parts = respond_in_place(
-        &EntryView::again(payload.bytes(), meta),
-        &req.headers,
-        age_now,
-        cache_status,
-    );
+    let view = EntryView::again(payload.bytes(), meta);
+    let parts = match req.header("range") {
+        Some(r) if req.method == "GET" => {
+            respond_range_in_place(&view, &req.headers, r, age_now, cache_status)
+        }
+        _ => respond_in_place(&view, &req.headers, age_now, cache_status),
+    };
     Lookup::Hit(with_body(parts, payload))
 }
 

@@ -195,6 +195,7 @@ pub mod key;
 pub mod lookup;
 pub mod metrics;
 pub mod policy;
+pub mod range;
 pub mod respond;
 pub mod response;
 pub mod storable;

@@ -5,7 +5,7 @@ use super::directives::ResponseDirectives;
 use super::entry::{Entry, EntryView};
 use super::policy::CachePolicy;
 use super::store::{self};
-use super::{etag, freshness, headers};
+use super::{etag, freshness, headers, range};
 use crate::host::header_map::HeaderMap;
 
 /// The name meshguard uses in `Cache-Status`.
@@ -105,6 +105,7 @@ pub(crate) fn respond(
         request,
         (age, now),
         cache_status,
+        None,
     );
     if with_body {
         response.body = entry.body.clone();
@@ -128,11 +129,60 @@ pub(crate) fn respond_in_place(
         request,
         age_now,
         cache_status,
+        None,
     );
     (
         response,
         with_body.then_some((view.body_offset, view.body_len)),
     )
+}
+
+/// [`respond_in_place`] for a GET with a `Range` (see [`range`]): a 206
+/// of the part asked, a 416, or (several ranges, an unreadable one, an
+/// `If-Range` that does not hold, a stored status other than 200) the
+/// whole response. A request whose own conditions make it a 304 gets the
+/// 304.
+pub(crate) fn respond_range_in_place(
+    view: &EntryView<'_>,
+    request: &(impl headers::HeaderList + ?Sized),
+    range_value: &[u8],
+    age_now: (u64, u64),
+    cache_status: Vec<u8>,
+) -> (CachedResponse, Option<(usize, usize)>) {
+    let len = view.body_len as u64;
+    let applies = view.status == 200
+        && headers::first(request, "if-range")
+            .is_none_or(|v| range::if_range_holds(v, view.headers()));
+    let ask = if applies {
+        range::ask(range_value, len)
+    } else {
+        range::RangeAsk::Whole
+    };
+    let partial = match ask {
+        range::RangeAsk::Whole => return respond_in_place(view, request, age_now, cache_status),
+        range::RangeAsk::Part { .. } => 206,
+        range::RangeAsk::Unsatisfiable => 416,
+    };
+    let content_range = range::content_range(ask, len);
+    let (response, with_body) = respond_headers(
+        view.status,
+        view.headers(),
+        view.header_count(),
+        view.response_time_ns,
+        request,
+        age_now,
+        cache_status,
+        Some((partial, &content_range)),
+    );
+    let body = match ask {
+        range::RangeAsk::Part { first, last } if with_body && response.status == 206 => Some((
+            view.body_offset + first as usize,
+            (last - first + 1) as usize,
+        )),
+        _ if response.status == 304 || response.status == 416 => None,
+        _ => with_body.then_some((view.body_offset, view.body_len)),
+    };
+    (response, body)
 }
 
 /// Completes [`respond_in_place`]: the body is moved out of the buffer the
@@ -163,6 +213,7 @@ pub(crate) fn respond_headers<'a>(
     request: &(impl headers::HeaderList + ?Sized),
     (age, now): (u64, u64),
     cache_status: Vec<u8>,
+    partial: Option<(u32, &[u8])>,
 ) -> (CachedResponse, bool) {
     let not_modified = (200..300).contains(&status) && etag::is_conditional(request) && {
         let mut validators = etag::StoredValidators::default();
@@ -185,7 +236,14 @@ pub(crate) fn respond_headers<'a>(
         if n == "age" || n == "cache-status" || (not_modified && !KEEP_304.contains(&n)) {
             continue;
         }
+        if partial.is_some() && !not_modified && (n == "content-length" || n == "content-range") {
+            continue;
+        }
         out.add(n.as_bytes(), v);
+    }
+    let partial = partial.filter(|_| !not_modified);
+    if let Some((_, content_range)) = partial {
+        out.add(b"content-range", content_range);
     }
     let mut age_value = Vec::with_capacity(20);
     headers::push_u64(&mut age_value, age);
@@ -196,7 +254,11 @@ pub(crate) fn respond_headers<'a>(
         &headers::append_cache_status_owned(existing, cache_status),
     );
     let response = CachedResponse {
-        status: if not_modified { 304 } else { status as u32 },
+        status: match partial {
+            _ if not_modified => 304,
+            Some((partial_status, _)) => partial_status,
+            None => status as u32,
+        },
         headers: out,
         body: Vec::new(),
     };

@@ -354,10 +354,7 @@ mod tests {
         let with = hs(&[("x-variant", &huge)]);
         let key = secondary_key(&names, &with);
         assert_ne!(key, secondary_key(&names, &hs(&[])));
-        assert_ne!(
-            key,
-            secondary_key(&names, &hs(&[("x-variant", "gzip")]))
-        );
+        assert_ne!(key, secondary_key(&names, &hs(&[("x-variant", "gzip")])));
         assert_eq!(key, secondary_key(&names, &with));
         let mut by_hand = Sha256::new();
         let v = normalise(std::iter::once(huge.as_bytes())).unwrap();
