@@ -163,13 +163,22 @@ fn one_request(
     host: &CountingHost,
     limiter: &Limiter,
     route: &meshguard::plan::Route,
+    metrics: &[ratelimit::LimitMetrics],
     req: &Request,
     filter: Filter,
 ) -> usize {
     // `pipeline::run`: one clock reading for the whole pass.
     let clock = OneClock::new(host);
     let mut response_headers: Vec<(&'static str, String)> = Vec::new();
-    match ratelimit::check_local(&clock, limiter, &route.name, &route.rate_limits, req, None) {
+    match ratelimit::check_local(
+        &clock,
+        limiter,
+        &route.name,
+        &route.rate_limits,
+        metrics,
+        req,
+        None,
+    ) {
         LocalOutcome::Admitted(a) if filter == Filter::Today => {
             let d = ratelimit::admitted(limiter.style, &route.rate_limits, &a);
             // `apply_decision`
@@ -210,7 +219,7 @@ fn run(label: &str, limits_json: &str, req: &Request, n: u64, filter: Filter) {
     let cfg = format!(
         r#"{{"routes": [{{"name": "bench", "match": {{"path_prefix": "/"}}, "rate_limit": {limits_json}}}]}}"#
     );
-    let mut config = Config::from_bytes(cfg.as_bytes()).expect("config");
+    let config = Config::from_bytes(cfg.as_bytes()).expect("config");
     let host = CountingHost {
         inner: FakeHost::new(1_700_000_000_000_000_000),
         calls: Cell::new(Calls::default()),
@@ -219,9 +228,11 @@ fn run(label: &str, limits_json: &str, req: &Request, n: u64, filter: Filter) {
     let evictions = host
         .define_metric(MetricKind::Counter, "meshguard.ratelimit.evictions")
         .unwrap_or(MetricId::NONE);
-    for r in config.routes.iter_mut() {
-        ratelimit::define_metrics(&host, &r.name, &mut r.rate_limits);
-    }
+    let metrics: Vec<Vec<ratelimit::LimitMetrics>> = config
+        .routes
+        .iter()
+        .map(|r| ratelimit::define_metrics(&host, &r.name, &r.rate_limits))
+        .collect();
     let limiter = Limiter {
         slots: config.max_rate_limit_keys,
         style: config.rate_limit_headers,
@@ -230,14 +241,14 @@ fn run(label: &str, limits_json: &str, req: &Request, n: u64, filter: Filter) {
     };
     let route = &config.routes[0];
     // Warm up (creates the bucket), then count.
-    one_request(&host, &limiter, route, req, filter);
+    one_request(&host, &limiter, route, &metrics[0], req, filter);
     // For `HostOnly`: the bucket's slot and a value of its size.
     let slot_key = (0..limiter.slots)
         .map(meshguard::ratelimit::store::slot_key)
         .find(|k| host.inner.raw(k).is_some())
         .expect("the bucket's slot");
     let value = host.inner.raw(&slot_key).expect("value");
-    let allowed_id = route.rate_limits[0].metrics.allowed.expect("metric");
+    let allowed_id = metrics[0][0].allowed.expect("metric");
     host.calls.set(Calls::default());
     let allocs0 = ALLOCS.load(Ordering::Relaxed);
     let t0 = Instant::now();
@@ -248,7 +259,7 @@ fn run(label: &str, limits_json: &str, req: &Request, n: u64, filter: Filter) {
         headers += if filter == Filter::HostOnly {
             host_only(&host, &slot_key, &value, allowed_id)
         } else {
-            one_request(&host, &limiter, route, req, filter)
+            one_request(&host, &limiter, route, &metrics[0], req, filter)
         };
     }
     let elapsed = t0.elapsed();

@@ -19,7 +19,6 @@ pub mod ratelimit;
 pub mod request;
 pub mod route;
 
-#[cfg(target_os = "wasi")]
 pub mod filter;
 
 /// The git commit this module was built from (`unknown` outside a checkout).

@@ -47,21 +47,25 @@ fn logs(needle: &str) -> Vec<String> {
         .collect()
 }
 
-fn policy(host: &FakeHost, route: &str, half_open: u32, threshold: u32) -> BreakerPolicy {
+fn policy(
+    host: &FakeHost,
+    route: &str,
+    half_open: u32,
+    threshold: u32,
+) -> (BreakerPolicy, BreakerMetrics) {
     logs("");
-    let mut p = BreakerPolicy {
+    let p = BreakerPolicy {
         consecutive_failures: 3,
         half_open_requests: half_open,
         success_threshold: threshold,
         ..BreakerPolicy::default()
     };
-    p.metrics = BreakerMetrics::define(host, route);
-    p
+    (p, BreakerMetrics::define(host, route))
 }
 
-fn trip_and_wait(host: &FakeHost, p: &BreakerPolicy, key: &str) {
+fn trip_and_wait(host: &FakeHost, p: &BreakerPolicy, m: &BreakerMetrics, key: &str) {
     for _ in 0..p.consecutive_failures {
-        record(host, p, key, Outcome::Failure, false);
+        record(host, p, m, key, Outcome::Failure, false);
     }
     let s = snapshot(host, key).unwrap();
     assert_eq!(s.phase, Phase::Open);
@@ -73,6 +77,7 @@ fn trip_and_wait(host: &FakeHost, p: &BreakerPolicy, key: &str) {
 fn race_admit(
     host: &FakeHost,
     p: &BreakerPolicy,
+    m: &BreakerMetrics,
     key: &str,
     per_worker: usize,
 ) -> Vec<Vec<Admission>> {
@@ -85,7 +90,7 @@ fn race_admit(
                 scope.spawn(move || {
                     barrier.wait();
                     (0..per_worker)
-                        .map(|_| admit(&worker, p, key))
+                        .map(|_| admit(&worker, p, m, key))
                         .collect::<Vec<_>>()
                 })
             })
@@ -107,10 +112,10 @@ fn half_open_admits_exactly_half_open_requests_probes_across_workers() {
     for half_open in [1u32, 3, 7] {
         let route = format!("race{half_open}");
         let host = FakeHost::new(T0);
-        let p = policy(&host, &route, half_open, half_open);
-        trip_and_wait(&host, &p, &route);
+        let (p, m) = policy(&host, &route, half_open, half_open);
+        trip_and_wait(&host, &p, &m, &route);
 
-        let results = race_admit(&host, &p, &route, 50);
+        let results = race_admit(&host, &p, &m, &route, 50);
         let fail_open = logs(&format!("route={route}: "))
             .iter()
             .filter(|l| l.contains("fail open"))
@@ -139,14 +144,14 @@ fn half_open_admits_exactly_half_open_requests_probes_across_workers() {
         std::thread::scope(|scope| {
             for _ in 0..half_open {
                 let worker = host.clone();
-                let (p, route) = (&p, &route);
-                scope.spawn(move || record(&worker, p, route, Outcome::Success, true));
+                let (p, m, route) = (&p, &m, &route);
+                scope.spawn(move || record(&worker, p, m, route, Outcome::Success, true));
             }
         });
         let s = snapshot(&host, &route).unwrap();
         assert_eq!(s.phase, Phase::Closed);
         assert_eq!(s.trips, 0);
-        for r in race_admit(&host, &p, &route, 10).iter().flatten() {
+        for r in race_admit(&host, &p, &m, &route, 10).iter().flatten() {
             assert_eq!(*r, Admission::Allowed { probe: false });
         }
         assert_eq!(
@@ -159,19 +164,25 @@ fn half_open_admits_exactly_half_open_requests_probes_across_workers() {
 #[test]
 fn probe_failure_on_one_worker_reopens_for_all_with_longer_time() {
     let host = FakeHost::new(T0);
-    let p = policy(&host, "reopen", 2, 2);
-    trip_and_wait(&host, &p, "reopen");
+    let (p, m) = policy(&host, "reopen", 2, 2);
+    trip_and_wait(&host, &p, &m, "reopen");
     let (a, b) = (host.clone(), host.clone());
-    assert_eq!(admit(&a, &p, "reopen"), Admission::Allowed { probe: true });
-    assert_eq!(admit(&b, &p, "reopen"), Admission::Allowed { probe: true });
-    record(&a, &p, "reopen", Outcome::Success, true);
-    record(&b, &p, "reopen", Outcome::Failure, true);
+    assert_eq!(
+        admit(&a, &p, &m, "reopen"),
+        Admission::Allowed { probe: true }
+    );
+    assert_eq!(
+        admit(&b, &p, &m, "reopen"),
+        Admission::Allowed { probe: true }
+    );
+    record(&a, &p, &m, "reopen", Outcome::Success, true);
+    record(&b, &p, &m, "reopen", Outcome::Failure, true);
     let s = snapshot(&host, "reopen").unwrap();
     assert_eq!((s.phase, s.trips), (Phase::Open, 2));
     assert!((10 * S..=11 * S).contains(&(s.open_until - s.opened_at)));
     for w in [&a, &b, &host] {
         assert!(matches!(
-            admit(w, &p, "reopen"),
+            admit(w, &p, &m, "reopen"),
             Admission::Rejected {
                 retry_after_secs: 10 | 11
             }
@@ -184,17 +195,23 @@ fn probe_failure_on_one_worker_reopens_for_all_with_longer_time() {
 #[test]
 fn released_probe_slot_goes_to_another_worker() {
     let host = FakeHost::new(T0);
-    let p = policy(&host, "cancel", 1, 1);
-    trip_and_wait(&host, &p, "cancel");
+    let (p, m) = policy(&host, "cancel", 1, 1);
+    trip_and_wait(&host, &p, &m, "cancel");
     let (a, b) = (host.clone(), host.clone());
-    assert_eq!(admit(&a, &p, "cancel"), Admission::Allowed { probe: true });
+    assert_eq!(
+        admit(&a, &p, &m, "cancel"),
+        Admission::Allowed { probe: true }
+    );
     assert!(matches!(
-        admit(&b, &p, "cancel"),
+        admit(&b, &p, &m, "cancel"),
         Admission::Rejected { .. }
     ));
-    release(&a, &p, "cancel", true);
-    assert_eq!(admit(&b, &p, "cancel"), Admission::Allowed { probe: true });
-    record(&b, &p, "cancel", Outcome::Success, true);
+    release(&a, &m, "cancel", true);
+    assert_eq!(
+        admit(&b, &p, &m, "cancel"),
+        Admission::Allowed { probe: true }
+    );
+    record(&b, &p, &m, "cancel", Outcome::Success, true);
     assert_eq!(snapshot(&host, "cancel").unwrap().phase, Phase::Closed);
 }
 
@@ -202,7 +219,7 @@ fn released_probe_slot_goes_to_another_worker() {
 fn concurrent_failures_are_counted_exactly_or_logged() {
     let host = FakeHost::new(T0);
     logs("");
-    let mut p = BreakerPolicy {
+    let p = BreakerPolicy {
         consecutive_failures: 1_000_000,
         ratio: Some(RatioRule {
             failure_ratio: 1.0,
@@ -211,7 +228,7 @@ fn concurrent_failures_are_counted_exactly_or_logged() {
         }),
         ..BreakerPolicy::default()
     };
-    p.metrics = BreakerMetrics::define(&host, "count");
+    let m = &BreakerMetrics::define(&host, "count");
     let per_worker = 100u64;
     let barrier = Barrier::new(WORKERS);
     std::thread::scope(|scope| {
@@ -221,7 +238,7 @@ fn concurrent_failures_are_counted_exactly_or_logged() {
             scope.spawn(move || {
                 barrier.wait();
                 for _ in 0..per_worker {
-                    record(&worker, p, "count", Outcome::Failure, false);
+                    record(&worker, p, m, "count", Outcome::Failure, false);
                 }
             });
         }
@@ -241,20 +258,20 @@ fn workers_with_a_moving_clock_trip_once() {
     // Many workers failing at once trip the breaker exactly once (one
     // CLOSED -> OPEN transition, one trips count), whatever the interleaving.
     let host = FakeHost::new(T0);
-    let p = policy(&host, "once", 1, 1);
+    let (p, m) = policy(&host, "once", 1, 1);
     let ticks = AtomicU64::new(0);
     let barrier = Barrier::new(WORKERS);
     std::thread::scope(|scope| {
         for _ in 0..WORKERS {
             let worker = host.clone();
-            let (p, barrier, ticks) = (&p, &barrier, &ticks);
+            let (p, m, barrier, ticks) = (&p, &m, &barrier, &ticks);
             scope.spawn(move || {
                 barrier.wait();
                 for _ in 0..20 {
                     if ticks.fetch_add(1, Ordering::SeqCst) % 7 == 0 {
                         worker.advance(Duration::from_millis(1));
                     }
-                    record(&worker, p, "once", Outcome::Failure, false);
+                    record(&worker, p, m, "once", Outcome::Failure, false);
                 }
             });
         }

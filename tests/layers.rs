@@ -5,7 +5,10 @@
 //! (in `use` lines and inline), and `use child::...` of a module's own
 //! children, outside `#[cfg(test)]` modules and `tests.rs` files, resolved
 //! to the file that defines the module it names. `mod child;` lines are not
-//! imports. A failure lists the circle or the upward import with file names.
+//! imports, and neither is a module's re-export of its own child's items
+//! (`pub use child::X;` in a `mod.rs`: a facade for the module's users, not
+//! a dependency of its code). A failure lists the circle or the upward
+//! import with file names.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -211,6 +214,29 @@ fn referenced_paths(code: &str, file: &[String], children: &BTreeSet<String>) ->
     out
 }
 
+/// `code` without its re-exports of its own children's items
+/// (`pub use child::...;`, possibly over several lines).
+fn without_facades(code: &str, children: &BTreeSet<String>) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in code.lines() {
+        let t = line.trim_start();
+        if !skipping {
+            let facade = t
+                .strip_prefix("pub use ")
+                .and_then(|rest| rest.split("::").next())
+                .is_some_and(|first| children.contains(first));
+            if !facade {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+        }
+        skipping = !t.trim_end().ends_with(';');
+    }
+    out
+}
+
 /// The deepest module of `known` that is a prefix of `path`.
 fn resolve<'a>(
     path: &[String],
@@ -243,7 +269,8 @@ fn graph() -> Graph {
             .filter_map(|k| k.last().cloned())
             .collect();
         let set = edges.entry(m.path.clone()).or_default();
-        for p in referenced_paths(&code_of(&text), &m.path, &children) {
+        let code = without_facades(&code_of(&text), &children);
+        for p in referenced_paths(&code, &m.path, &children) {
             if let Some(target) = resolve(&p, &known) {
                 // A module naming its own descendants (`pub use child::X`,
                 // `mod child`) is not an import upwards; the crate root only
@@ -398,6 +425,14 @@ fn config_imports_nothing_of_meshguard() {
         })
         .collect();
     assert!(out.is_empty(), "{}", out.join("\n"));
+}
+
+#[test]
+fn a_re_export_of_a_child_is_not_an_import() {
+    let children = BTreeSet::from(["store".to_string()]);
+    let code = "pub use store::{\n    Entry, Store,\n};\npub use store::Probe;\nuse store::Lock;\npub use crate::grpc::Code;\n";
+    let kept = without_facades(code, &children);
+    assert_eq!(kept, "use store::Lock;\npub use crate::grpc::Code;\n");
 }
 
 #[test]

@@ -56,17 +56,15 @@ fn act() -> impl Strategy<Value = Act> {
     ]
 }
 
-fn policy(host: &FakeHost, half_open: u32, threshold: u32) -> BreakerPolicy {
-    let mut p = BreakerPolicy {
+fn policy(_host: &FakeHost, half_open: u32, threshold: u32) -> BreakerPolicy {
+    BreakerPolicy {
         consecutive_failures: 2,
         half_open_requests: half_open,
         success_threshold: threshold,
         open_duration_ns: 200_000_000,
         max_open_duration_ns: 800_000_000,
         ..BreakerPolicy::default()
-    };
-    p.metrics = BreakerMetrics::define(host, KEY);
-    p
+    }
 }
 
 /// The invariants, against the requests the workers still hold.
@@ -110,6 +108,7 @@ proptest! {
         let store_host = FakeHost::new(T0);
         let workers: Vec<FakeHost> = (0..3).map(|_| store_host.clone()).collect();
         let p = policy(&store_host, half_open, threshold);
+        let m = BreakerMetrics::define(&store_host, KEY);
         // Every request admitted and not finished yet, by any worker.
         let outstanding: RefCell<Vec<ProbeTicket>> = RefCell::new(Vec::new());
         let mut elapsed_ms = 0;
@@ -127,15 +126,15 @@ proptest! {
                 Act::Admit { worker, plan } | Act::Finish { worker, plan, .. } => {
                     let me = Racing::new(workers[*worker].clone());
                     let rival = workers[(*worker + 1) % 3].clone();
-                    let (pp, out) = (&p, &outstanding);
+                    let (pp, mm, out) = (&p, &m, &outstanding);
                     me.race(plan, move || {
-                        if let (Admission::Allowed { .. }, t) = admit_ticket(&rival, pp, KEY) {
+                        if let (Admission::Allowed { .. }, t) = admit_ticket(&rival, pp, mm, KEY) {
                             out.borrow_mut().push(t);
                         }
                     });
                     match a {
                         Act::Admit { .. } => {
-                            if let (Admission::Allowed { .. }, t) = admit_ticket(&me, &p, KEY) {
+                            if let (Admission::Allowed { .. }, t) = admit_ticket(&me, &p, &m, KEY) {
                                 outstanding.borrow_mut().push(t);
                             }
                         }
@@ -151,9 +150,9 @@ proptest! {
                             };
                             if let Some(t) = t {
                                 match how {
-                                    0 => record(&me, &p, KEY, Outcome::Success, t),
-                                    1 => record(&me, &p, KEY, Outcome::Failure, t),
-                                    _ => release(&me, &p, KEY, t),
+                                    0 => record(&me, &p, &m, KEY, Outcome::Success, t),
+                                    1 => record(&me, &p, &m, KEY, Outcome::Failure, t),
+                                    _ => release(&me, &m, KEY, t),
                                 }
                             }
                         }
@@ -173,12 +172,13 @@ proptest! {
 fn a_lost_probe_report_is_caught() {
     let h = FakeHost::new(T0);
     let p = policy(&h, 2, 1);
+    let m = BreakerMetrics::define(&h, KEY);
     for _ in 0..2 {
-        let (_, t) = admit_ticket(&h, &p, KEY);
-        record(&h, &p, KEY, Outcome::Failure, t);
+        let (_, t) = admit_ticket(&h, &p, &m, KEY);
+        record(&h, &p, &m, KEY, Outcome::Failure, t);
     }
     h.advance(Duration::from_millis(300));
-    let (a, t) = admit_ticket(&h, &p, KEY);
+    let (a, t) = admit_ticket(&h, &p, &m, KEY);
     assert_eq!(a, Admission::Allowed { probe: true });
     assert!(check(&h, &p, &[t]).is_ok());
     // The probe's report is lost: the workers hold nothing, the state one.

@@ -5,7 +5,7 @@
 #![cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use meshguard::breaker::{admit, record, snapshot};
+use meshguard::breaker::{admit, record, snapshot, BreakerMetrics};
 use meshguard::breaker::{codec, Admission, BreakerPolicy, BreakerState, Outcome, Phase};
 use meshguard::host::fake::FakeHost;
 use wasm_bindgen_test::wasm_bindgen_test;
@@ -46,14 +46,24 @@ fn codec_and_shared_store_in_wasm() {
         ..BreakerPolicy::default()
     };
     let host = FakeHost::new(T0);
-    record(&host, &p, "wasm", Outcome::Failure, false);
+    record(
+        &host,
+        &p,
+        &BreakerMetrics::none(),
+        "wasm",
+        Outcome::Failure,
+        false,
+    );
     let s = snapshot(&host, "wasm").unwrap();
     assert_eq!(s.phase, Phase::Open);
     assert_eq!(codec::decode(&codec::encode(&s)), Some(s.clone()));
     assert!(matches!(
-        admit(&host, &p, "wasm"),
+        admit(&host, &p, &BreakerMetrics::none(), "wasm"),
         Admission::Rejected { .. }
     ));
     host.set_now(s.open_until);
-    assert_eq!(admit(&host, &p, "wasm"), Admission::Allowed { probe: true });
+    assert_eq!(
+        admit(&host, &p, &BreakerMetrics::none(), "wasm"),
+        Admission::Allowed { probe: true }
+    );
 }

@@ -11,14 +11,15 @@ pub fn run(data: &[u8]) {
     let mut r = super::common::Bytes(data);
     let host = FakeHost::new(r.u64());
     let policy = BreakerPolicy::default();
+    let metrics = breaker::BreakerMetrics::none();
     host.put_raw(&breaker::shared_key("k"), r.rest());
     for i in 0..4u8 {
-        let (adm, ticket) = breaker::admit_ticket(&host, &policy, "k");
+        let (adm, ticket) = breaker::admit_ticket(&host, &policy, &metrics, "k");
         let _ = adm;
         match i % 3 {
-            0 => breaker::record(&host, &policy, "k", Outcome::Failure, ticket),
-            1 => breaker::record(&host, &policy, "k", Outcome::Success, ticket),
-            _ => breaker::release(&host, &policy, "k", ticket),
+            0 => breaker::record(&host, &policy, &metrics, "k", Outcome::Failure, ticket),
+            1 => breaker::record(&host, &policy, &metrics, "k", Outcome::Success, ticket),
+            _ => breaker::release(&host, &metrics, "k", ticket),
         }
         host.advance(std::time::Duration::from_secs(3));
     }

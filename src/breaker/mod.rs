@@ -180,8 +180,9 @@
 //!
 //! # Metrics and logs
 //!
-//! [`BreakerMetrics::define`] (at configuration time, stored in
-//! `BreakerPolicy::metrics`) defines, per route:
+//! [`BreakerMetrics::define`] (at configuration time; the filter keeps
+//! them beside the policy and passes them to [`admit_ticket`], [`record`]
+//! and [`release`]) defines, per route:
 //! - gauge `meshguard.breaker.<route>.state`: 0 closed, 1 open, 2 half-open,
 //!   set by whichever worker commits a transition (so OPEN -> HALF_OPEN
 //!   shows only when the next request arrives);
@@ -197,9 +198,9 @@
 //! rate limit and the cache lookup), and reports at most once per stream:
 //!
 //! ```text
-//! on_configure:      policy.metrics = BreakerMetrics::define(host, &route.name)
+//! on_configure:      metrics = BreakerMetrics::define(host, &route.name)
 //! request headers:   key = breaker_key(policy, &route.name, cluster);
-//!                    match admit_ticket(host, policy, key) {
+//!                    match admit_ticket(host, policy, &metrics, key) {
 //!                        (Allowed { .. }, ticket) => keep (key, ticket, and the start
 //!                                 time only with slow_call); continue
 //!                        (Rejected { retry_after_secs }, _) => local 503 + Retry-After,
@@ -209,8 +210,8 @@
 //!                          elapsed, false, cancelled);
 //!                    gRPC (200): a grpc-status header -> classify_grpc(...),
 //!                          none -> wait for the trailers;
-//!                    Some(o) => record(host, policy, key, o, ticket);
-//!                    None and a probe => release(host, policy, key, ticket)
+//!                    Some(o) => record(host, policy, &metrics, key, o, ticket);
+//!                    None and a probe => release(host, &metrics, key, ticket)
 //! response trailers: a gRPC call waiting: classify_grpc with their grpc-status
 //! stream end:        the response's last byte (end_of_stream, or the trailers),
 //!                    or the root's tick finding the stream's context gone

@@ -2,7 +2,6 @@
 //! turns the user's [`RawBreaker`] into plain numbers (nanoseconds, counts,
 //! a status bitmap) so nothing is parsed or checked per request.
 
-use super::store::BreakerMetrics;
 use crate::config::raw::RawBreaker;
 use crate::config::{fmt_duration, show_str, ConfigError};
 
@@ -93,9 +92,6 @@ pub struct BreakerPolicy {
     pub half_open_requests: u32,
     pub success_threshold: u32,
     pub scope: Scope,
-    /// Filled by the filter at configuration time with
-    /// [`BreakerMetrics::define`]; [`BreakerMetrics::none`] until then.
-    pub metrics: BreakerMetrics,
 }
 
 impl Default for BreakerPolicy {
@@ -114,7 +110,6 @@ impl Default for BreakerPolicy {
             half_open_requests: DEFAULT_HALF_OPEN_REQUESTS,
             success_threshold: DEFAULT_SUCCESS_THRESHOLD,
             scope: Scope::Route,
-            metrics: BreakerMetrics::none(),
         }
     }
 }

@@ -261,8 +261,13 @@ fn fail_open_log(metrics: &BreakerMetrics, key: &str, what: &str, e: &UpdateErro
 /// Fails open: if shared data is unavailable or contention exhausts
 /// [`MAX_CAS_ATTEMPTS`], the request is admitted as a non-probe and a
 /// `warn` line is logged.
-pub fn admit(host: &impl Host, policy: &BreakerPolicy, key: &str) -> Admission {
-    admit_ticket(host, policy, key).0
+pub fn admit(
+    host: &impl Host,
+    policy: &BreakerPolicy,
+    metrics: &BreakerMetrics,
+    key: &str,
+) -> Admission {
+    admit_ticket(host, policy, metrics, key).0
 }
 
 /// [`admit`], with the ticket to report the outcome with (a probe carries
@@ -271,6 +276,7 @@ pub fn admit(host: &impl Host, policy: &BreakerPolicy, key: &str) -> Admission {
 pub fn admit_ticket(
     host: &impl Host,
     policy: &BreakerPolicy,
+    metrics: &BreakerMetrics,
     key: &str,
 ) -> (Admission, ProbeTicket) {
     // A CLOSED breaker admits without looking at the time: the clock is
@@ -278,7 +284,6 @@ pub fn admit_ticket(
     // the compare-and-swap is retried), so a healthy breaker costs no clock
     // reading per request.
     let host = &OneClock::new(host);
-    let metrics = &policy.metrics;
     match update(host, metrics, key, |s| {
         let now = match s.phase {
             Phase::Closed => 0,
@@ -314,6 +319,7 @@ pub fn admit_ticket(
 pub fn record(
     host: &impl Host,
     policy: &BreakerPolicy,
+    metrics: &BreakerMetrics,
     key: &str,
     outcome: Outcome,
     probe: impl Into<ProbeTicket>,
@@ -326,7 +332,6 @@ pub fn record(
         (Outcome::Success, None) => 0,
         _ => host.now_nanos(),
     };
-    let metrics = &policy.metrics;
     // Randomness is only needed if this failure may open the breaker.
     let jitter = match outcome {
         Outcome::Failure => host.random_u64(),
@@ -343,12 +348,17 @@ pub fn record(
 /// A probe's stream ended with no outcome (client cancelled, or meshguard
 /// replied locally after admitting it): frees its slot, counts nothing.
 /// Non-probes need no call.
-pub fn release(host: &impl Host, policy: &BreakerPolicy, key: &str, probe: impl Into<ProbeTicket>) {
+pub fn release(
+    host: &impl Host,
+    metrics: &BreakerMetrics,
+    key: &str,
+    probe: impl Into<ProbeTicket>,
+) {
     let probe = probe.into();
-    match update(host, &policy.metrics, key, |s| s.release_probe(probe)) {
+    match update(host, metrics, key, |s| s.release_probe(probe)) {
         Ok(_) => {}
         Err(e) => fail_open_log(
-            &policy.metrics,
+            metrics,
             key,
             "probe slot not released (it expires with the probe lease)",
             &e,
@@ -406,47 +416,47 @@ mod tests {
             .collect()
     }
 
-    fn setup(route: &str) -> (FakeHost, BreakerPolicy) {
+    fn setup(route: &str) -> (FakeHost, BreakerPolicy, BreakerMetrics) {
         logs("");
         let host = FakeHost::new(T0);
-        let mut p = BreakerPolicy {
+        let p = BreakerPolicy {
             consecutive_failures: 2,
             ..BreakerPolicy::default()
         };
-        p.metrics = BreakerMetrics::define(&host, route);
-        (host, p)
+        let m = BreakerMetrics::define(&host, route);
+        (host, p, m)
     }
 
-    fn trip(host: &FakeHost, p: &BreakerPolicy, key: &str) {
+    fn trip(host: &FakeHost, p: &BreakerPolicy, m: &BreakerMetrics, key: &str) {
         for _ in 0..p.consecutive_failures {
-            record(host, p, key, Outcome::Failure, false);
+            record(host, p, m, key, Outcome::Failure, false);
         }
     }
 
     #[test]
     fn only_outcomes_that_need_the_time_read_the_clock() {
-        let (host, mut p) = setup("clock");
+        let (host, mut p, m) = setup("clock");
         // A CLOSED breaker admits without the time (the healthy case).
         let reads = host.clock_reads();
         assert_eq!(
-            admit(&host, &p, "clock"),
+            admit(&host, &p, &m, "clock"),
             Admission::Allowed { probe: false }
         );
         assert_eq!(host.clock_reads(), reads);
         // A success without the ratio rule: no clock (the healthy case).
-        record(&host, &p, "clock", Outcome::Success, false);
+        record(&host, &p, &m, "clock", Outcome::Success, false);
         assert_eq!(host.clock_reads(), reads);
         // A failure may trip (the OPEN time starts now): one reading.
-        record(&host, &p, "clock", Outcome::Failure, false);
+        record(&host, &p, &m, "clock", Outcome::Failure, false);
         assert_eq!(host.clock_reads(), reads + 1);
         // The tripping failure reads once more for its info line.
-        record(&host, &p, "clock", Outcome::Failure, false);
+        record(&host, &p, &m, "clock", Outcome::Failure, false);
         assert_eq!(snapshot(&host, "clock").map(|s| s.phase), Some(Phase::Open));
         assert_eq!(host.clock_reads(), reads + 3);
         // OPEN: the admission needs the time (one reading).
         let reads = host.clock_reads();
         assert!(matches!(
-            admit(&host, &p, "clock"),
+            admit(&host, &p, &m, "clock"),
             Admission::Rejected { .. }
         ));
         assert_eq!(host.clock_reads(), reads + 1);
@@ -455,7 +465,7 @@ mod tests {
         host.set_now(T0 + 61 * S);
         let reads = host.clock_reads();
         assert_eq!(
-            admit(&host, &p, "clock"),
+            admit(&host, &p, &m, "clock"),
             Admission::Allowed { probe: true }
         );
         assert_eq!(host.clock_reads(), reads + 1);
@@ -466,7 +476,7 @@ mod tests {
             window_ns: 10 * S,
         });
         let reads = host.clock_reads();
-        record(&host, &p, "clock-ratio", Outcome::Success, false);
+        record(&host, &p, &m, "clock-ratio", Outcome::Success, false);
         assert_eq!(host.clock_reads(), reads + 1);
         let s = snapshot(&host, "clock-ratio").unwrap();
         assert_eq!(s.window_totals(T0 + 61 * S), (1, 0));
@@ -474,13 +484,13 @@ mod tests {
 
     #[test]
     fn full_cycle_updates_state_metrics_and_logs() {
-        let (host, p) = setup("cycle");
+        let (host, p, m) = setup("cycle");
         assert_eq!(
-            admit(&host, &p, "cycle"),
+            admit(&host, &p, &m, "cycle"),
             Admission::Allowed { probe: false }
         );
         assert_eq!(host.shared_len(), 0, "CLOSED admit writes nothing");
-        trip(&host, &p, "cycle");
+        trip(&host, &p, &m, "cycle");
         assert_eq!(host.metric("meshguard.breaker.cycle.state"), Some(1));
         assert_eq!(host.metric("meshguard.breaker.cycle.trips"), Some(1));
         let s = snapshot(&host, "cycle").unwrap();
@@ -489,7 +499,7 @@ mod tests {
         assert!((5 * S..=5 * S + S / 2).contains(&open));
 
         assert!(matches!(
-            admit(&host, &p, "cycle"),
+            admit(&host, &p, &m, "cycle"),
             Admission::Rejected {
                 retry_after_secs: 5 | 6
             }
@@ -498,20 +508,20 @@ mod tests {
 
         host.set_now(s.open_until);
         assert_eq!(
-            admit(&host, &p, "cycle"),
+            admit(&host, &p, &m, "cycle"),
             Admission::Allowed { probe: true }
         );
         assert_eq!(host.metric("meshguard.breaker.cycle.state"), Some(2));
         assert_eq!(host.metric("meshguard.breaker.cycle.probes"), Some(1));
         assert!(matches!(
-            admit(&host, &p, "cycle"),
+            admit(&host, &p, &m, "cycle"),
             Admission::Rejected {
                 retry_after_secs: 1
             }
         ));
         assert_eq!(host.metric("meshguard.breaker.cycle.rejected"), Some(2));
 
-        record(&host, &p, "cycle", Outcome::Success, true);
+        record(&host, &p, &m, "cycle", Outcome::Success, true);
         assert_eq!(host.metric("meshguard.breaker.cycle.state"), Some(0));
         assert_eq!(snapshot(&host, "cycle"), Some(BreakerState::new()));
 
@@ -525,8 +535,8 @@ mod tests {
 
     #[test]
     fn upstream_scope_logs_route_and_key() {
-        let (host, p) = setup("scoped");
-        trip(&host, &p, "outbound|80||svc");
+        let (host, p, m) = setup("scoped");
+        trip(&host, &p, &m, "outbound|80||svc");
         let lines = logs("route=scoped key=outbound|80||svc CLOSED -> OPEN");
         assert_eq!(lines.len(), 1);
         assert!(host.raw(&shared_key("outbound|80||svc")).is_some());
@@ -534,40 +544,40 @@ mod tests {
 
     #[test]
     fn release_frees_a_probe_slot_without_counting() {
-        let (host, p) = setup("release");
-        trip(&host, &p, "release");
+        let (host, p, m) = setup("release");
+        trip(&host, &p, &m, "release");
         host.advance(std::time::Duration::from_secs(6));
         assert_eq!(
-            admit(&host, &p, "release"),
+            admit(&host, &p, &m, "release"),
             Admission::Allowed { probe: true }
         );
         assert!(matches!(
-            admit(&host, &p, "release"),
+            admit(&host, &p, &m, "release"),
             Admission::Rejected { .. }
         ));
-        release(&host, &p, "release", true);
+        release(&host, &m, "release", true);
         let s = snapshot(&host, "release").unwrap();
         assert_eq!(
             (s.phase, s.half_open_in_flight, s.half_open_successes),
             (Phase::HalfOpen, 0, 0)
         );
         assert_eq!(
-            admit(&host, &p, "release"),
+            admit(&host, &p, &m, "release"),
             Admission::Allowed { probe: true }
         );
     }
 
     #[test]
     fn probe_failure_reopens_for_longer() {
-        let (host, p) = setup("reopen");
-        trip(&host, &p, "reopen");
+        let (host, p, m) = setup("reopen");
+        trip(&host, &p, &m, "reopen");
         let first = snapshot(&host, "reopen").unwrap();
         host.set_now(first.open_until);
         assert_eq!(
-            admit(&host, &p, "reopen"),
+            admit(&host, &p, &m, "reopen"),
             Admission::Allowed { probe: true }
         );
-        record(&host, &p, "reopen", Outcome::Failure, true);
+        record(&host, &p, &m, "reopen", Outcome::Failure, true);
         let s = snapshot(&host, "reopen").unwrap();
         assert_eq!((s.phase, s.trips), (Phase::Open, 2));
         let d = s.open_until - s.opened_at;
@@ -578,18 +588,18 @@ mod tests {
 
     #[test]
     fn contention_exhausting_retries_fails_open_with_a_log() {
-        let (host, p) = setup("contended");
-        trip(&host, &p, "contended");
+        let (host, p, m) = setup("contended");
+        trip(&host, &p, &m, "contended");
         host.force_cas_failures(u64::from(MAX_CAS_ATTEMPTS));
         // OPEN and rejecting needs no write, so contention does not matter:
         assert!(matches!(
-            admit(&host, &p, "contended"),
+            admit(&host, &p, &m, "contended"),
             Admission::Rejected { .. }
         ));
         host.advance(std::time::Duration::from_secs(7));
         // The OPEN -> HALF_OPEN write loses every CAS: fail open.
         assert_eq!(
-            admit(&host, &p, "contended"),
+            admit(&host, &p, &m, "contended"),
             Admission::Allowed { probe: false }
         );
         let lines = logs("route=contended: 8 compare-and-swap attempts failed");
@@ -598,25 +608,25 @@ mod tests {
         // State untouched; the next request takes the probe normally.
         assert_eq!(snapshot(&host, "contended").unwrap().phase, Phase::Open);
         assert_eq!(
-            admit(&host, &p, "contended"),
+            admit(&host, &p, &m, "contended"),
             Admission::Allowed { probe: true }
         );
     }
 
     #[test]
     fn contention_below_the_bound_is_retried() {
-        let (host, p) = setup("retried");
+        let (host, p, m) = setup("retried");
         host.force_cas_failures(u64::from(MAX_CAS_ATTEMPTS - 1));
-        record(&host, &p, "retried", Outcome::Failure, false);
+        record(&host, &p, &m, "retried", Outcome::Failure, false);
         assert_eq!(snapshot(&host, "retried").unwrap().consecutive_failures, 1);
         assert!(logs("route=retried").is_empty());
     }
 
     #[test]
     fn lost_outcome_under_contention_is_logged() {
-        let (host, p) = setup("lost");
+        let (host, p, m) = setup("lost");
         host.force_cas_failures(100);
-        record(&host, &p, "lost", Outcome::Failure, false);
+        record(&host, &p, &m, "lost", Outcome::Failure, false);
         assert_eq!(snapshot(&host, "lost"), None);
         assert_eq!(logs("route=lost: 8 compare-and-swap attempts failed under contention; outcome not counted").len(), 1);
         host.force_cas_failures(0);
@@ -624,33 +634,33 @@ mod tests {
 
     #[test]
     fn broken_shared_data_fails_open() {
-        let (host, p) = setup("broken");
-        trip(&host, &p, "broken");
+        let (host, p, m) = setup("broken");
+        trip(&host, &p, &m, "broken");
         host.set_broken(true);
         assert_eq!(
-            admit(&host, &p, "broken"),
+            admit(&host, &p, &m, "broken"),
             Admission::Allowed { probe: false }
         );
-        record(&host, &p, "broken", Outcome::Failure, false);
-        release(&host, &p, "broken", true);
+        record(&host, &p, &m, "broken", Outcome::Failure, false);
+        release(&host, &m, "broken", true);
         let lines = logs("route=broken: shared data unavailable");
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].contains("admitting the request (fail open)"));
         host.set_broken(false);
         assert!(matches!(
-            admit(&host, &p, "broken"),
+            admit(&host, &p, &m, "broken"),
             Admission::Rejected { .. }
         ));
     }
 
     #[test]
     fn corrupt_value_resets_to_closed_with_a_warning() {
-        let (host, p) = setup("corrupt");
+        let (host, p, m) = setup("corrupt");
         let key = shared_key("corrupt");
         for bad in [&b""[..], b"garbage", &[9u8; codec::ENCODED_LEN][..]] {
             host.put_raw(&key, bad);
             assert_eq!(
-                admit(&host, &p, "corrupt"),
+                admit(&host, &p, &m, "corrupt"),
                 Admission::Allowed { probe: false }
             );
             assert_eq!(host.raw(&key), Some(codec::encode(&BreakerState::new())));
@@ -660,23 +670,23 @@ mod tests {
         assert!(lines.iter().all(|l| l.starts_with("WARN ")));
         // A corrupt value seen by record is reset and the outcome counted.
         host.put_raw(&key, b"x");
-        record(&host, &p, "corrupt", Outcome::Failure, false);
+        record(&host, &p, &m, "corrupt", Outcome::Failure, false);
         assert_eq!(snapshot(&host, "corrupt").unwrap().consecutive_failures, 1);
     }
 
     #[test]
     fn two_workers_share_one_state() {
-        let (host, p) = setup("create");
-        record(&host, &p, "create", Outcome::Failure, false);
+        let (host, p, m) = setup("create");
+        record(&host, &p, &m, "create", Outcome::Failure, false);
         let other = host.clone();
-        record(&other, &p, "create", Outcome::Failure, false);
+        record(&other, &p, &m, "create", Outcome::Failure, false);
         assert_eq!(snapshot(&host, "create").unwrap().phase, Phase::Open);
     }
 
     #[test]
     fn success_in_closed_without_ratio_writes_nothing() {
-        let (host, p) = setup("quiet");
-        record(&host, &p, "quiet", Outcome::Success, false);
+        let (host, p, m) = setup("quiet");
+        record(&host, &p, &m, "quiet", Outcome::Success, false);
         assert_eq!(host.shared_len(), 0);
     }
 

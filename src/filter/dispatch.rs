@@ -34,12 +34,12 @@
 //! filter: for the breaker it was cancelled (it never counts; a probe is
 //! given back); the counter `meshguard.streams_reset` counts them. A root context Envoy has deleted is found the same way,
 //! when another root is configured.
-use super::http::Stream;
-use super::root::Root;
+use super::http::{Action, HttpStream};
+use super::root::{self, Root};
 use crate::host::abi::action;
 use crate::host::proxy_wasm::{self as adapter, ProxyWasmHost};
-use crate::host::Host;
 use crate::host::IdHasher;
+use crate::host::{Host, MetricId};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -48,7 +48,7 @@ use std::hash::BuildHasherDefault;
 struct Contexts {
     /// Root contexts: one per configuration loaded into this VM (usually one).
     roots: Vec<Root>,
-    streams: HashMap<u32, (Stream, Liveness), BuildHasherDefault<IdHasher>>,
+    streams: HashMap<u32, (HttpStream, Liveness), BuildHasherDefault<IdHasher>>,
     /// The earliest `check_at_ns` among the streams the sweep has seen:
     /// until then, and unless a stream was created since, a tick has
     /// nothing to sweep (the tick runs every 10 ms while streams wait, and
@@ -67,23 +67,11 @@ struct Liveness {
     wait_ns: u64,
 }
 
-/// Counts the streams the sweep forgot (`meshguard.streams_reset`), defined
-/// once per VM (at the first configuration).
-fn count_reset(n: usize) {
-    thread_local! {
-        static ID: std::cell::Cell<Option<crate::host::MetricId>> = const { std::cell::Cell::new(None) };
-    }
-    let id = ID.with(|c| {
-        c.get().or_else(|| {
-            let id = ProxyWasmHost
-                .define_metric(crate::host::MetricKind::Counter, "meshguard.streams_reset")
-                .ok();
-            c.set(id);
-            id
-        })
-    });
-    if let (Some(id), true) = (id, n > 0) {
-        ProxyWasmHost.increment_metric(id, n as i64);
+/// The host's answer for a stream callback.
+fn abi(a: Action) -> u32 {
+    match a {
+        Action::Continue => action::CONTINUE,
+        Action::Pause => action::PAUSE,
     }
 }
 
@@ -140,18 +128,18 @@ impl Contexts {
     /// After a response callback: the stream ends with the response's last
     /// byte, unless the filter paused it (it is sending its own response
     /// instead, whose end passes later).
-    fn end_if_last(&mut self, context_id: u32, end_of_stream: bool, action: u32) {
-        if end_of_stream && action == action::CONTINUE {
+    fn end_if_last(&mut self, context_id: u32, end_of_stream: bool, action: Action) {
+        if end_of_stream && action == Action::Continue {
             if let Some((mut s, _)) = self.streams.remove(&context_id) {
-                s.on_end(true);
+                s.on_end(&ProxyWasmHost, true);
             }
         }
     }
 
     /// Forgets the streams Envoy has deleted without their end passing
-    /// through the filter (see the module doc). Leaves `current` (the
-    /// ticking root) effective.
-    fn sweep(&mut self, current: u32, now_ns: u64) {
+    /// through the filter (see the module doc), counted on `reset`. Leaves
+    /// `current` (the ticking root) effective.
+    fn sweep(&mut self, current: u32, now_ns: u64, reset: MetricId) {
         if !self.unseen && now_ns < self.sweep_due_ns {
             return;
         }
@@ -179,11 +167,11 @@ impl Contexts {
             adapter::set_effective_context(current);
         }
         if !gone.is_empty() {
-            count_reset(gone.len());
+            ProxyWasmHost.increment_metric(reset, gone.len() as i64);
         }
         for id in gone {
             if let Some((mut s, _)) = self.streams.remove(&id) {
-                s.on_end(false);
+                s.on_end(&ProxyWasmHost, false);
             }
         }
     }
@@ -214,9 +202,8 @@ pub extern "C" fn proxy_on_vm_start(root_id: u32, _vm_configuration_size: usize)
 pub extern "C" fn proxy_on_configure(root_id: u32, _configuration_size: usize) -> u32 {
     with(|c| {
         c.forget_deleted_roots(root_id);
-        // Defined with the configuration's metrics, so it shows as 0.
-        count_reset(0);
-        c.root(root_id).on_configure()
+        let bytes = adapter::plugin_configuration().unwrap_or_default();
+        c.root(root_id).on_configure(&ProxyWasmHost, &bytes)
     })
     .unwrap_or(false) as u32
 }
@@ -224,11 +211,28 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _configuration_size: usize) -
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_id: u32) {
     with(|c| {
-        c.root(root_id).on_tick();
+        let root = c.root(root_id);
+        root.on_tick(&ProxyWasmHost);
+        let reset = root
+            .worker()
+            .runtime
+            .borrow()
+            .as_ref()
+            .map(|rt| rt.streams_reset);
         if !c.streams.is_empty() {
-            c.sweep(root_id, ProxyWasmHost.now_nanos());
+            let reset = reset.unwrap_or_else(reset_counter);
+            c.sweep(root_id, ProxyWasmHost.now_nanos(), reset);
         }
     });
+}
+
+/// `meshguard.streams_reset` for a root without a configuration (every
+/// runtime defines it; see `Runtime::streams_reset`).
+#[cold]
+fn reset_counter() -> MetricId {
+    ProxyWasmHost
+        .define_metric(crate::host::MetricKind::Counter, "meshguard.streams_reset")
+        .unwrap_or(MetricId::NONE)
 }
 
 #[no_mangle]
@@ -247,7 +251,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eos: u32) -> u32 {
     with(|c| match c.streams.get_mut(&context_id) {
-        Some((s, _)) => s.on_request_headers(),
+        Some((s, _)) => abi(s.on_request_headers(&ProxyWasmHost)),
         None => action::CONTINUE,
     })
     .unwrap_or(action::CONTINUE)
@@ -259,9 +263,9 @@ pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, eo
         let Some((s, _)) = c.streams.get_mut(&context_id) else {
             return action::CONTINUE;
         };
-        let a = s.on_response_headers(eos != 0);
+        let a = s.on_response_headers(&ProxyWasmHost, eos != 0);
         c.end_if_last(context_id, eos != 0, a);
-        a
+        abi(a)
     })
     .unwrap_or(action::CONTINUE)
 }
@@ -272,9 +276,9 @@ pub extern "C" fn proxy_on_response_body(context_id: u32, body_size: usize, eos:
         let Some((s, _)) = c.streams.get_mut(&context_id) else {
             return action::CONTINUE;
         };
-        let a = s.on_response_body(body_size, eos != 0);
+        let a = s.on_response_body(&ProxyWasmHost, body_size, eos != 0);
         c.end_if_last(context_id, eos != 0, a);
-        a
+        abi(a)
     })
     .unwrap_or(action::CONTINUE)
 }
@@ -285,9 +289,9 @@ pub extern "C" fn proxy_on_response_body(context_id: u32, body_size: usize, eos:
 pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
     with(|c| {
         if let Some((s, _)) = c.streams.get_mut(&context_id) {
-            s.on_response_trailers();
+            s.on_response_trailers(&ProxyWasmHost);
         }
-        c.end_if_last(context_id, true, action::CONTINUE)
+        c.end_if_last(context_id, true, Action::Continue)
     });
     action::CONTINUE
 }
@@ -302,7 +306,7 @@ pub extern "C" fn proxy_on_http_call_response(
 ) {
     with(|c| {
         if let Some(r) = c.roots.iter_mut().find(|r| r.context_id() == context_id) {
-            r.on_http_call_response(token, body_size);
+            r.on_http_call_response(&ProxyWasmHost, token, body_size);
         }
     });
 }
@@ -328,6 +332,6 @@ fn grpc_answer(context_id: u32, token: u32, status: u32, size: usize) {
                 None => return,
             },
         };
-        worker.on_rls_response(token, status, size);
+        root::on_rls_response(&ProxyWasmHost, worker, token, status, size);
     });
 }

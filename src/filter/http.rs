@@ -1,21 +1,28 @@
 //! One HTTP stream: reads the request once, runs the pipeline, maps its
-//! steps to proxy-wasm actions. The state lives in an `Rc<RefCell<_>>` so
+//! steps to the callbacks' answers ([`Action`]). The state lives in an `Rc<RefCell<_>>` so
 //! the root's timer can resume a parked stream; every borrow is a
 //! `try_borrow_mut` (a re-entrant host callback must never panic).
 
-use super::pipeline::{self, Step, StreamState};
-use super::root::{Runtime, Worker};
-use crate::host::abi::action;
+use super::pipeline;
+use super::runtime::Runtime;
+use super::state::{self, Step, StreamState};
+use super::worker::Worker;
 use crate::host::header_map::HeaderMap;
-use crate::host::proxy_wasm as adapter;
-use crate::host::proxy_wasm::ProxyWasmHost;
-use crate::host::Host;
+use crate::host::{Host, Stream};
 use crate::request::path::PathError;
 use crate::request::{ip, Headers, Request};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-pub struct Stream {
+/// What a stream callback answers the host (`dispatch` turns it into the
+/// ABI's action value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+pub struct HttpStream {
     context_id: u32,
     runtime: Option<Rc<Runtime>>,
     worker: Rc<Worker>,
@@ -34,9 +41,9 @@ struct ResponseHeaders {
     service: Vec<(String, String)>,
 }
 
-impl Stream {
+impl HttpStream {
     pub fn new(context_id: u32, runtime: Option<Rc<Runtime>>, worker: Rc<Worker>) -> Self {
-        Stream {
+        HttpStream {
             context_id,
             runtime,
             worker,
@@ -72,9 +79,9 @@ impl Stream {
 /// Reads the request headers once: pseudo-headers into fields, the others
 /// left in the host's buffer, indexed (`request::Headers`). A malformed
 /// buffer reads as no headers at all.
-fn read_request() -> Request {
+fn read_request(io: &impl Stream) -> Request {
     let mut req = Request::default();
-    let Some(raw) = adapter::request_headers_raw() else {
+    let Some(raw) = io.request_headers_raw() else {
         return req;
     };
     // `from_utf8` first: the lossy decoder's chunk iterator costs more,
@@ -94,14 +101,14 @@ fn read_request() -> Request {
 
 /// Refuses a request whose path cannot be normalised (400, a short JSON
 /// body; see `request::path`); a gRPC call gets `INVALID_ARGUMENT`.
-fn reject_path(e: PathError, req: &Request) {
+fn reject_path(io: &impl Stream, e: PathError, req: &Request) {
     let body = serde_json::json!({"error": "invalid_path", "error_description": e.reason()});
     let ct = req.header("content-type");
     let (status, map, body) = match crate::grpc::Kind::of(ct) {
         Some(kind) => {
             let message = format!("invalid_path: {}", e.reason());
             let code = crate::grpc::Code::INVALID_ARGUMENT;
-            let (map, body) = pipeline::grpc_reply(kind, ct, code, &message, &[]);
+            let (map, body) = state::grpc_reply(kind, ct, code, &message, &[]);
             (200, map, body)
         }
         None => {
@@ -110,27 +117,26 @@ fn reject_path(e: PathError, req: &Request) {
             (400, map, body.to_string().into_bytes())
         }
     };
-    if !adapter::send_local_reply_map(status, &map, &body) {
+    if !io.send_local_reply(status, &map, &body) {
         log::warn!("meshguard: the host refused a local {status} reply");
     }
 }
 
-/// The host's callbacks of a stream (`dispatch` routes them here); the
-/// `u32` results are the ABI's `action` values.
-impl Stream {
+/// The host's callbacks of a stream (`dispatch` routes them here).
+impl HttpStream {
     pub fn worker(&self) -> &Worker {
         &self.worker
     }
 
-    pub fn on_request_headers(&mut self) -> u32 {
+    pub fn on_request_headers<P: Host + Stream>(&mut self, px: &P) -> Action {
         let Some(rt) = self.runtime.clone() else {
-            return action::CONTINUE;
+            return Action::Continue;
         };
         let config = &rt.config;
         if config.routes.is_empty() && config.claim_headers.is_empty() {
-            return action::CONTINUE;
+            return Action::Continue;
         }
-        let mut req = read_request();
+        let mut req = read_request(px);
         // A client's own copy of a header meshguard sets from verified
         // claims, in any spelling, on every request: the upstream must
         // never take one for a verified identity.
@@ -138,38 +144,39 @@ impl Stream {
             let injected = crate::jwt::injected_claim_headers(&config.claim_headers, &req);
             if !injected.is_empty() {
                 for name in &injected {
-                    adapter::remove_request_header(name);
+                    px.remove_request_header(name);
                 }
                 req.headers
                     .remove_where(|n| injected.iter().any(|i| i.as_bytes() == n));
-                ProxyWasmHost.increment_metric(rt.claim_headers_removed, 1);
+                px.increment_metric(rt.claim_headers_removed, 1);
             }
         }
         if config.routes.is_empty() {
-            return action::CONTINUE;
+            return Action::Continue;
         }
         // Routes match, and keys read, one spelling of the path.
         if let Some(slashes) = config.path_normalization {
             if let Err(e) = req.normalize_path(slashes) {
-                ProxyWasmHost.increment_metric(rt.path_rejected, 1);
-                reject_path(e, &req);
-                return action::PAUSE;
+                px.increment_metric(rt.path_rejected, 1);
+                reject_path(px, e, &req);
+                return Action::Pause;
             }
         }
         let Some((idx, route)) = config
             .route_index
             .find(&config.routes, &req, |r| &r.matcher)
         else {
-            return action::CONTINUE;
+            return Action::Continue;
         };
         if !route.has_policy() {
-            return action::CONTINUE;
+            return Action::Continue;
         }
         if route.matcher.ignores_case() {
             req.fold_path_case();
         }
-        if rt.needs_peer_ip.get(idx).copied().unwrap_or(false) {
-            req.peer_ip = adapter::property_str(&["source", "address"])
+        if rt.route(idx).is_some_and(|r| r.needs_peer_ip) {
+            req.peer_ip = px
+                .property_str(&["source", "address"])
                 .map(|a| ip::canonical(&a, rt.limiter.client_ip.ipv6_prefix))
                 .unwrap_or_default();
         }
@@ -181,67 +188,64 @@ impl Stream {
         )));
         self.state = Some(state.clone());
         let step = match state.try_borrow_mut() {
-            Ok(mut s) => pipeline::run(&mut s, &self.worker),
+            Ok(mut s) => pipeline::run(&mut s, &self.worker, px),
             Err(_) => Step::Continue,
         };
+        self.worker.settle(px, self.context_id, state, step, false);
         match step {
             Step::Continue => {
                 self.release_if_done();
-                action::CONTINUE
+                Action::Continue
             }
-            Step::Replied => action::PAUSE,
-            Step::Park => {
-                self.worker.park(self.context_id, state);
-                action::PAUSE
-            }
-            Step::AwaitRls { token, deadline_ns } => {
-                self.worker
-                    .await_rls(self.context_id, state, token, deadline_ns);
-                action::PAUSE
-            }
+            Step::Replied | Step::Park | Step::AwaitRls { .. } => Action::Pause,
         }
     }
 
-    pub fn on_response_headers(&mut self, end_of_stream: bool) -> u32 {
+    pub fn on_response_headers<P: Host + Stream>(&mut self, px: &P, end_of_stream: bool) -> Action {
         if let Some(h) = self.headers_only.take() {
             let rt = self.runtime.as_deref();
             let rl =
                 h.rl.and_then(|(route, v)| Some((v, rt?.config.routes.get(route)?)));
-            pipeline::add_response_headers(rl, &h.own, &h.service);
-            return action::CONTINUE;
+            pipeline::add_response_headers(px, rl, &h.own, &h.service);
+            return Action::Continue;
         }
         let Some(state) = &self.state else {
-            return action::CONTINUE;
+            return Action::Continue;
         };
         let Ok(mut s) = state.try_borrow_mut() else {
-            return action::CONTINUE;
+            return Action::Continue;
         };
         if s.local_reply {
-            return action::CONTINUE;
+            return Action::Continue;
         }
-        if pipeline::on_response_headers(&mut s, end_of_stream) {
-            return action::PAUSE;
+        if pipeline::on_response_headers(&mut s, px, end_of_stream) {
+            return Action::Pause;
         }
-        action::CONTINUE
+        Action::Continue
     }
 
-    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> u32 {
+    pub fn on_response_body<P: Host + Stream>(
+        &mut self,
+        px: &P,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
         if let Some(state) = &self.state {
             if let Ok(mut s) = state.try_borrow_mut() {
                 if !s.local_reply {
-                    pipeline::on_response_body(&mut s, body_size, end_of_stream);
+                    pipeline::on_response_body(&mut s, px, body_size, end_of_stream);
                 }
             }
         }
-        action::CONTINUE
+        Action::Continue
     }
 
     /// Response trailers: a gRPC call's outcome may wait for them.
-    pub fn on_response_trailers(&mut self) {
+    pub fn on_response_trailers<P: Host + Stream>(&mut self, px: &P) {
         if let Some(state) = &self.state {
             if let Ok(mut s) = state.try_borrow_mut() {
                 if !s.local_reply {
-                    pipeline::on_response_trailers(&mut s);
+                    pipeline::on_response_trailers(&mut s, px);
                 }
             }
         }
@@ -250,14 +254,14 @@ impl Stream {
     /// The stream is over: `seen` when its response's end passed through
     /// the filter, false when the sweep found it deleted by Envoy (reset,
     /// or ended past the filter; see `dispatch`).
-    pub fn on_end(&mut self, seen: bool) {
+    pub fn on_end<P: Host + Stream>(&mut self, px: &P, seen: bool) {
         self.worker.unpark(self.context_id);
         if let Some(state) = &self.state {
             if let Ok(mut s) = state.try_borrow_mut() {
                 if let Some(token) = s.rls_token.take() {
                     self.worker.forget_rls(token);
                 }
-                pipeline::on_stream_end(&mut s, seen);
+                pipeline::on_stream_end(&mut s, px, seen);
             }
         }
     }

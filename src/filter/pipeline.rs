@@ -6,262 +6,40 @@
 //! [`run`] again: JWKS still loading, or another request filling the cache
 //! entry). Every park has a deadline, so no request can hang.
 
-use super::root::{Runtime, Worker};
+use super::runtime::{RouteRuntime, Runtime};
+use super::state::{BreakerTicket, Capture, Stage, Step, StreamState};
+use super::worker::Worker;
 use crate::breaker::{self, Admission};
-use crate::cache::{self, CacheRoute, Lookup, MissContext, ResponseDecision};
+use crate::cache::{self, CacheRoute, Lookup, ResponseDecision};
 use crate::grpc;
-use crate::host::header_map::HeaderMap;
-use crate::host::proxy_wasm as adapter;
-use crate::host::{Host, OneClock};
+use crate::host::{Host, OneClock, Stream};
 use crate::jwt::{self, AuthOutcome, HeaderOp};
 use crate::plan::Route;
 use crate::ratelimit::{self, rls, LocalOutcome};
 use crate::request::Request;
-use std::rc::Rc;
 
 /// How long a request may wait for a remote JWKS at startup.
 pub const JWKS_WAIT_NS: u64 = 5_000_000_000;
 /// How long a request may wait for another request filling the cache.
 pub const CACHE_WAIT_NS: u64 = 6_000_000_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Jwt,
-    RateLimit,
-    /// Global limits: the call to the rate limit service, its wait, its
-    /// verdict.
-    GlobalRateLimit,
-    Cache,
-    Breaker,
-    Upstream,
-}
-
-/// What the callback should do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    Continue,
-    Replied,
-    Park,
-    /// Paused until the rate limit service answers call `token` (or its
-    /// deadline passes): the caller hands the stream to
-    /// [`Worker::await_rls`].
-    AwaitRls {
-        token: u32,
-        deadline_ns: u64,
-    },
-}
-
-/// A request the breaker let through, until its outcome is recorded.
-pub struct BreakerTicket {
-    /// The breaker key when it is not the route's name (`"scope":
-    /// "upstream"`: the cluster); `None` (no copy per request) for the route.
-    pub key: Option<String>,
-    /// Whether it is a probe, and of which HALF_OPEN round.
-    pub probe: breaker::ProbeTicket,
-    pub started_ns: u64,
-    /// A gRPC call whose response headers (HTTP 200, no `grpc-status`)
-    /// passed: its outcome waits for the trailers. The time those headers
-    /// took (what `slow_call` judges; 0 without `slow_call`).
-    pub grpc_headers_elapsed_ns: Option<u64>,
-}
-
-/// A response being copied into the cache as it streams through.
-pub struct Capture {
-    pub body: Vec<u8>,
-    pub max_body: usize,
-    pub status: u32,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-/// Everything one stream carries between callbacks.
-pub struct StreamState {
-    /// The stream's context id in the host.
-    pub context_id: u32,
-    pub rt: Rc<Runtime>,
-    pub route: usize,
-    pub req: Request,
-    pub stage: Stage,
-    pub claims: Option<std::sync::Arc<crate::jwt::claims::Claims>>,
-    /// Set once meshguard answered the request itself.
-    pub local_reply: bool,
-    /// Headers to add to the upstream's response.
-    pub response_headers: Vec<(&'static str, String)>,
-    /// The rate-limit headers of a request the local limits admitted (on
-    /// routes without global limits), kept as numbers and written before
-    /// `response_headers`.
-    pub rl_headers: Option<ratelimit::HeaderValues>,
-    pub breaker: Option<BreakerTicket>,
-    pub cache: Option<MissContext>,
-    /// The response being copied for the cache.
-    pub capture: Option<Capture>,
-    /// Deadline of the current park (0: not parked yet).
-    pub park_deadline_ns: u64,
-    /// Local rate-limit tokens taken, kept while the global limits are
-    /// decided (given back if the service refuses).
-    pub rl_admitted: Option<ratelimit::Admitted>,
-    /// The outstanding call to the rate limit service, and its deadline.
-    pub rls_token: Option<u32>,
-    pub rls_sent_ns: u64,
-    pub rls_deadline_ns: u64,
-    /// Its outcome: the answer's bytes, or why there is none.
-    pub rls_result: Option<Result<Vec<u8>, rls::CallError>>,
-    /// Headers the rate limit service asked to add to the response.
-    pub service_headers: Vec<(String, String)>,
-}
-
-impl StreamState {
-    pub fn new(context_id: u32, rt: Rc<Runtime>, route: usize, req: Request) -> Self {
-        StreamState {
-            context_id,
-            rt,
-            route,
-            req,
-            stage: Stage::Jwt,
-            claims: None,
-            local_reply: false,
-            response_headers: Vec::new(),
-            rl_headers: None,
-            breaker: None,
-            cache: None,
-            capture: None,
-            park_deadline_ns: 0,
-            rl_admitted: None,
-            rls_token: None,
-            rls_sent_ns: 0,
-            rls_deadline_ns: 0,
-            rls_result: None,
-            service_headers: Vec::new(),
-        }
-    }
-
-    /// Sends a local reply (once per stream) with the rate-limit headers
-    /// gathered so far.
-    pub fn reply(&mut self, status: u32, extra: &[(&str, &str)], body: &[u8]) -> Step {
-        let mut map = HeaderMap::with_capacity(extra.len() + 4, 256);
-        for (n, v) in extra {
-            map.add(n.as_bytes(), v.as_bytes());
-        }
-        self.reply_map(status, map, body)
-    }
-
-    /// [`StreamState::reply`] with the reply's own headers already in a
-    /// [`HeaderMap`] (a cached response's, as stored bytes); the rate-limit
-    /// headers and meshguard's other response headers follow them.
-    pub fn reply_map(&mut self, status: u32, mut map: HeaderMap, body: &[u8]) -> Step {
-        if !self.local_reply {
-            self.local_reply = true;
-            if let (Some(v), Some(route)) = (self.rl_headers, self.rt.config.routes.get(self.route))
-            {
-                v.for_each(&route.rate_limits, |n, b| map.add(n.as_bytes(), b));
-            }
-            for (n, v) in &self.response_headers {
-                map.add(n.as_bytes(), v.as_bytes());
-            }
-            for (n, v) in &self.service_headers {
-                map.add(n.as_bytes(), v.as_bytes());
-            }
-            if !adapter::send_local_reply_map(status, &map, body) {
-                log::warn!("meshguard: the host refused a local {status} reply");
-            }
-        }
-        Step::Replied
-    }
-
-    /// How the request speaks gRPC, if it does (read from the request's
-    /// headers when a reply or an outcome needs it, not per request).
-    pub fn grpc_kind(&self) -> Option<grpc::Kind> {
-        grpc::Kind::of(self.req.header("content-type"))
-    }
-
-    /// One of meshguard's refusals: over HTTP, `status` with a JSON body;
-    /// to a gRPC or gRPC-Web call, the same refusal as a trailers-only
-    /// gRPC status ([`grpc_reply`]).
-    fn json_reply(&mut self, status: u32, extra: &[(&str, &str)], body: &str) -> Step {
-        if let Some(kind) = self.grpc_kind() {
-            let rate_limited = self
-                .rt
-                .config
-                .routes
-                .get(self.route)
-                .map_or(grpc::Code::RESOURCE_EXHAUSTED, |r| r.rate_limit_grpc_status);
-            let code = grpc::Code::for_reply(status, rate_limited);
-            let message = grpc::message_from_json(body);
-            let (map, body) =
-                grpc_reply(kind, self.req.header("content-type"), code, &message, extra);
-            return self.reply_map(200, map, &body);
-        }
-        let mut h = vec![("content-type", "application/json")];
-        h.extend_from_slice(extra);
-        self.reply(status, &h, body.as_bytes())
-    }
-
-    fn park_until(&mut self, now: u64, wait_ns: u64) -> bool {
-        if self.park_deadline_ns == 0 {
-            self.park_deadline_ns = now.saturating_add(wait_ns);
-        }
-        now < self.park_deadline_ns
-    }
-}
-
-/// A gRPC (or gRPC-Web) reply, sent with HTTP status 200: its headers and
-/// body. Headers: `content-type` (`application/grpc`, or the request's
-/// gRPC-Web type), `grpc-status`, the percent-encoded `grpc-message`, then
-/// the headers the HTTP reply would carry (`extra`: `www-authenticate`,
-/// `retry-after`...; their `content-type` is dropped). With a
-/// `retry-after`, `grpc-retry-pushback-ms` says the same to gRPC retry
-/// policies (a client configured to retry that code waits that long).
-/// Body: none for gRPC (trailers-only), the same status as a trailers
-/// frame for gRPC-Web (see `grpc`).
-pub fn grpc_reply(
-    kind: grpc::Kind,
-    request_content_type: Option<&[u8]>,
-    code: grpc::Code,
-    message: &str,
-    extra: &[(&str, &str)],
-) -> (HeaderMap, Vec<u8>) {
-    let mut map = HeaderMap::with_capacity(extra.len() + 8, 256);
-    map.add(
-        b"content-type",
-        kind.reply_content_type(request_content_type),
-    );
-    let message = grpc::encode_message(message);
-    map.add(b"grpc-status", code.header_value().as_bytes());
-    map.add(b"grpc-message", message.as_bytes());
-    for (n, v) in extra {
-        if n.eq_ignore_ascii_case("content-type") {
-            continue;
-        }
-        map.add(n.as_bytes(), v.as_bytes());
-        if n.eq_ignore_ascii_case("retry-after") {
-            if let Ok(secs) = v.parse::<u64>() {
-                let ms = secs.saturating_mul(1000).to_string();
-                map.add(b"grpc-retry-pushback-ms", ms.as_bytes());
-            }
-        }
-    }
-    let body = match kind {
-        grpc::Kind::Grpc => Vec::new(),
-        grpc::Kind::GrpcWeb { text } => grpc::web_trailers_frame(code, &message, text),
-    };
-    (map, body)
-}
-
 fn cache_route<'a>(rt: &'a Runtime, route: &'a Route, idx: usize) -> Option<CacheRoute<'a>> {
     Some(CacheRoute {
         name: &route.name,
         policy: route.cache.as_ref()?,
         store: &rt.config.cache_store,
-        metrics: rt.cache_metrics.get(idx)?,
+        metrics: &rt.route(idx)?.cache,
     })
 }
 
 /// Runs the request stages from where the stream stands.
-pub fn run(s: &mut StreamState, w: &Worker) -> Step {
+pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
     // One clock reading for the whole pass (JWT expiry, buckets, breaker).
     let rt = s.rt.clone();
-    let batched = rt.host();
+    let batched = rt.host(px);
     let host = OneClock::new(&batched);
-    let Some(route) = rt.config.routes.get(s.route) else {
+    // The route and its runtime handles (built together, same index).
+    let Some((route, rr)) = rt.config.routes.get(s.route).zip(rt.route(s.route)) else {
         return Step::Continue;
     };
     loop {
@@ -284,7 +62,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                         Ok(mut cache) => auth(&mut cache),
                         Err(_) => auth(&mut jwt::TokenCache::new(1)),
                     };
-                    let metrics = rt.jwt_metrics.get(s.route).copied().flatten();
+                    let metrics = rr.jwt;
                     // A parked request is re-run on every fast tick: count
                     // `keys_pending` once per request, not once per retry.
                     let retry = s.park_deadline_ns != 0;
@@ -300,8 +78,8 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                         } => {
                             for op in &header_ops {
                                 match op {
-                                    HeaderOp::Remove(n) => adapter::remove_request_header(n),
-                                    HeaderOp::Set(n, v) => adapter::set_request_header(n, Some(v)),
+                                    HeaderOp::Remove(n) => px.remove_request_header(n),
+                                    HeaderOp::Set(n, v) => px.set_request_header(n, Some(v)),
                                 }
                             }
                             forward_header_ops(&mut s.req, &header_ops);
@@ -313,6 +91,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                             body,
                         } => {
                             return s.json_reply(
+                                px,
                                 status,
                                 &[("www-authenticate", &www_authenticate)],
                                 &body,
@@ -333,7 +112,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                             if let Some(m) = &metrics {
                                 host.increment_metric(m.denied, 1);
                             }
-                            return s.json_reply(503, &[("retry-after", "1")], &body);
+                            return s.json_reply(px, 503, &[("retry-after", "1")], &body);
                         }
                     }
                 }
@@ -352,6 +131,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                     &rt.limiter,
                     &route.name,
                     &route.rate_limits,
+                    &rr.limits,
                     &s.req,
                     s.claims.as_deref(),
                 ) {
@@ -367,27 +147,39 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                         continue;
                     }
                 };
-                if let Some(step) = apply_decision(s, d, &route.name) {
+                if let Some(step) = apply_decision(s, px, d, &route.name) {
                     return step;
                 }
             }
             Stage::GlobalRateLimit => {
-                if let Some(step) = global_rate_limit(s, w, &rt, route) {
+                if let Some(step) = global_rate_limit(s, w, px, &rt, route, rr) {
                     return step;
                 }
                 s.stage = Stage::Cache;
             }
             Stage::Cache => {
                 if let Some(cr) = cache_route(&rt, route, s.route) {
+                    // Waiting behind another request's fill: not before the
+                    // time the cache said to look again (the fast tick
+                    // comes sooner), unless the wait is over.
+                    if s.cache_retry_at_ns != 0 {
+                        let now = host.now_nanos();
+                        if now < s.cache_retry_at_ns && now < s.park_deadline_ns {
+                            return Step::Park;
+                        }
+                    }
                     let identity = cache::Identity {
                         token: s.claims.is_some() || carries_token(&rt, route, &s.req),
                     };
                     match cache::lookup_as(&host, &cr, &s.req, identity) {
                         Lookup::Hit(resp) | Lookup::OnlyIfCachedMiss(resp) => {
-                            return send_cached(s, resp);
+                            return send_cached(s, px, resp);
                         }
-                        Lookup::Wait { .. } => {
-                            if s.park_until(host.now_nanos(), CACHE_WAIT_NS) {
+                        Lookup::Wait { retry_after_ms } => {
+                            let now = host.now_nanos();
+                            if s.park_until(now, CACHE_WAIT_NS) {
+                                s.cache_retry_at_ns =
+                                    now.saturating_add(retry_after_ms.saturating_mul(1_000_000));
                                 return Step::Park;
                             }
                             // Waited long enough: go upstream uncached.
@@ -403,26 +195,27 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                             ctx,
                         } => {
                             for n in remove_request_headers {
-                                adapter::remove_request_header(n);
+                                px.remove_request_header(n);
                             }
                             for (n, v) in &add_request_headers {
-                                adapter::set_request_header(n, Some(v));
+                                px.set_request_header(n, Some(v));
                             }
                             s.cache = Some(ctx);
                         }
                     }
                 }
                 s.park_deadline_ns = 0;
+                s.cache_retry_at_ns = 0;
                 s.stage = Stage::Breaker;
             }
             Stage::Breaker => {
                 if let Some(policy) = &route.breaker {
                     let cluster = match policy.scope {
-                        breaker::Scope::Upstream => adapter::property_str(&["xds", "cluster_name"]),
+                        breaker::Scope::Upstream => px.property_str(&["xds", "cluster_name"]),
                         breaker::Scope::Route => None,
                     };
                     let key = breaker::breaker_key(policy, &route.name, cluster.as_deref());
-                    let (admission, probe) = breaker::admit_ticket(&host, policy, key);
+                    let (admission, probe) = breaker::admit_ticket(&host, policy, &rr.breaker, key);
                     match admission {
                         Admission::Allowed { .. } => {
                             s.breaker = Some(BreakerTicket {
@@ -437,7 +230,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                             });
                         }
                         Admission::Rejected { retry_after_secs } => {
-                            abandon_cache(s);
+                            abandon_cache(s, px);
                             let body = serde_json::json!({
                                 "error": "circuit_open",
                                 "route": route.name,
@@ -445,7 +238,7 @@ pub fn run(s: &mut StreamState, w: &Worker) -> Step {
                             })
                             .to_string();
                             let retry = retry_after_secs.to_string();
-                            return s.json_reply(503, &[("retry-after", &retry)], &body);
+                            return s.json_reply(px, 503, &[("retry-after", &retry)], &body);
                         }
                     }
                 }
@@ -486,27 +279,35 @@ fn carries_token(rt: &Runtime, route: &Route, req: &Request) -> bool {
 }
 
 /// Adds a rate-limit decision's headers; answers 429 if it refuses.
-fn apply_decision(s: &mut StreamState, mut d: ratelimit::Decision, route: &str) -> Option<Step> {
+fn apply_decision(
+    s: &mut StreamState,
+    io: &impl Stream,
+    mut d: ratelimit::Decision,
+    route: &str,
+) -> Option<Step> {
     s.response_headers.append(&mut d.headers);
     s.service_headers.append(&mut d.service_headers);
     if d.allowed {
         return None;
     }
     let retry = d.retry_after_secs.to_string();
-    Some(s.json_reply(429, &[("retry-after", &retry)], &d.body(route)))
+    Some(s.json_reply(io, 429, &[("retry-after", &retry)], &d.body(route)))
 }
 
 /// The global limits of a route: sends the call to the rate limit service,
 /// waits for it, applies its verdict or the failure mode. `None` when the
 /// request goes on.
-fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Route) -> Option<Step> {
-    let host = rt.host();
+fn global_rate_limit<P: Host + Stream>(
+    s: &mut StreamState,
+    w: &Worker,
+    px: &P,
+    rt: &Runtime,
+    route: &Route,
+    rr: &RouteRuntime,
+) -> Option<Step> {
+    let host = rt.host(px);
     let svc = rt.config.rate_limit_service.as_ref()?;
-    let metrics = rt
-        .rls_metrics
-        .get(s.route)
-        .copied()
-        .unwrap_or(rls::RlsMetrics::NONE);
+    let (metrics, global_metrics) = (rr.rls, rr.global_limits.as_slice());
     let result = match s.rls_result.take() {
         Some(r) => r,
         None => {
@@ -530,7 +331,7 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
             // an answer arriving after the client left is simply dropped,
             // and nothing is left behind: the module keeps no table of
             // calls besides the worker's list of waiting streams).
-            match adapter::dispatch_grpc_call_from(
+            match px.dispatch_grpc_call_from(
                 w.root_context_id(),
                 s.context_id,
                 &svc.grpc_service,
@@ -574,7 +375,7 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
             let over = v.statuses.iter().any(|st| st.over);
             host.increment_metric(if over { metrics.over_limit } else { metrics.ok }, 1);
             for (name, value) in &v.request_headers {
-                adapter::set_request_header(name, Some(value.as_bytes()));
+                px.set_request_header(name, Some(value.as_bytes()));
                 s.req.forward_header(name, Some(value.as_bytes()));
             }
             ratelimit::apply_verdict(
@@ -583,6 +384,7 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
                 &route.name,
                 &route.rate_limits,
                 &route.global_limits,
+                global_metrics,
                 &admitted,
                 &v,
             )
@@ -619,6 +421,7 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
                 &route.name,
                 &route.rate_limits,
                 &route.global_limits,
+                global_metrics,
                 &admitted,
                 deny,
             );
@@ -629,20 +432,20 @@ fn global_rate_limit(s: &mut StreamState, w: &Worker, rt: &Runtime, route: &Rout
                     "retry_after": 1,
                 })
                 .to_string();
-                return Some(s.json_reply(503, &[("retry-after", "1")], &body));
+                return Some(s.json_reply(px, 503, &[("retry-after", "1")], &body));
             }
             d
         }
     };
-    apply_decision(s, d, &route.name)
+    apply_decision(s, px, d, &route.name)
 }
 
 /// Releases the cache fill lock of a request that will not be stored.
-pub fn abandon_cache(s: &mut StreamState) {
+pub fn abandon_cache<P: Host + Stream>(s: &mut StreamState, px: &P) {
     let rt = s.rt.clone();
     if let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) {
         if let Some(cr) = cache_route(&rt, route, s.route) {
-            cache::abandon(&rt.host(), &cr, &mut ctx);
+            cache::abandon(&rt.host(px), &cr, &mut ctx);
         }
     }
     s.capture = None;
@@ -651,8 +454,13 @@ pub fn abandon_cache(s: &mut StreamState) {
 /// Records the outcome of a request the breaker admitted, once. Called at
 /// response headers (`status` known), or at the end of the stream when no
 /// response came (reset, client gone).
-pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
-    record_outcome(s, |policy, ticket, now| {
+pub fn record_breaker<P: Host + Stream>(
+    s: &mut StreamState,
+    px: &P,
+    status: Option<u32>,
+    flags: u64,
+) {
+    record_outcome(s, px, |policy, ticket, now| {
         let upstream_failure = breaker::upstream_failure_from_response_flags(flags);
         let cancelled = breaker::client_cancelled_from_response_flags(flags)
             || (status.is_none() && !upstream_failure);
@@ -667,8 +475,13 @@ pub fn record_breaker(s: &mut StreamState, status: Option<u32>, flags: u64) {
 /// Records the outcome of a gRPC call the breaker admitted, once (see
 /// `breaker::classify_grpc`): `status` is its `grpc-status` (`None`: the
 /// response ended without one), `flags` Envoy's response flags when read.
-pub fn record_grpc(s: &mut StreamState, status: Option<grpc::Status>, flags: u64) {
-    record_outcome(s, |policy, ticket, now| {
+pub fn record_grpc<P: Host + Stream>(
+    s: &mut StreamState,
+    px: &P,
+    status: Option<grpc::Status>,
+    flags: u64,
+) {
+    record_outcome(s, px, |policy, ticket, now| {
         let upstream_failure = breaker::upstream_failure_from_response_flags(flags);
         let cancelled = breaker::client_cancelled_from_response_flags(flags);
         let elapsed = match (policy.slow_call_ns, ticket.grpc_headers_elapsed_ns) {
@@ -687,18 +500,23 @@ pub fn record_grpc(s: &mut StreamState, status: Option<grpc::Status>, flags: u64
 /// not OK (an upstream failure Envoy answered itself). A gRPC-Web response
 /// carries its trailers in its body, which meshguard does not parse: without
 /// a `grpc-status` header it is judged as HTTP (a 200).
-fn grpc_outcome_at_headers(s: &mut StreamState, end_of_stream: bool, web: bool) {
-    match adapter::response_header("grpc-status") {
+fn grpc_outcome_at_headers<P: Host + Stream>(
+    s: &mut StreamState,
+    px: &P,
+    end_of_stream: bool,
+    web: bool,
+) {
+    match px.response_header("grpc-status") {
         Some(v) => {
             let status = grpc::parse_status(&v);
             let flags = match status {
                 grpc::Status::Code(grpc::Code::OK) => 0,
-                _ => adapter::property_u64(&["response", "flags"]).unwrap_or(0),
+                _ => px.property_u64(&["response", "flags"]).unwrap_or(0),
             };
-            record_grpc(s, Some(status), flags);
+            record_grpc(s, px, Some(status), flags);
         }
-        None if web => record_breaker(s, Some(200), 0),
-        None if end_of_stream => record_grpc(s, None, 0),
+        None if web => record_breaker(s, px, Some(200), 0),
+        None if end_of_stream => record_grpc(s, px, None, 0),
         None => {
             let rt = s.rt.clone();
             let slow_call = rt
@@ -709,7 +527,7 @@ fn grpc_outcome_at_headers(s: &mut StreamState, end_of_stream: bool, web: bool) 
                 .and_then(|p| p.slow_call_ns);
             if let Some(ticket) = s.breaker.as_mut() {
                 ticket.grpc_headers_elapsed_ns = Some(match slow_call {
-                    Some(_) => rt.host().now_nanos().saturating_sub(ticket.started_ns),
+                    Some(_) => rt.host(px).now_nanos().saturating_sub(ticket.started_ns),
                     None => 0,
                 });
             }
@@ -719,20 +537,23 @@ fn grpc_outcome_at_headers(s: &mut StreamState, end_of_stream: bool, web: bool) 
 
 /// Response trailers: the outcome of a gRPC call waiting for them. Read
 /// only for such a call; trailers pass unchanged.
-pub fn on_response_trailers(s: &mut StreamState) {
+pub fn on_response_trailers<P: Host + Stream>(s: &mut StreamState, px: &P) {
     if s.breaker
         .as_ref()
         .is_some_and(|t| t.grpc_headers_elapsed_ns.is_some())
     {
-        let status = adapter::response_trailer("grpc-status").map(|v| grpc::parse_status(&v));
-        record_grpc(s, status, 0);
+        let status = px
+            .response_trailer("grpc-status")
+            .map(|v| grpc::parse_status(&v));
+        record_grpc(s, px, status, 0);
     }
 }
 
 /// Takes the stream's breaker ticket and records what `judge` makes of it
 /// (nothing: a probe gives its slot back).
-fn record_outcome(
+fn record_outcome<P: Host + Stream>(
     s: &mut StreamState,
+    px: &P,
     judge: impl FnOnce(
         &breaker::BreakerPolicy,
         &BreakerTicket,
@@ -743,11 +564,12 @@ fn record_outcome(
         return;
     };
     let rt = s.rt.clone();
-    let Some((route, policy)) = rt
+    let Some((route, policy, metrics)) = rt
         .config
         .routes
         .get(s.route)
-        .and_then(|r| Some((r, r.breaker.as_ref()?)))
+        .zip(rt.route(s.route))
+        .and_then(|(r, rr)| Some((r, r.breaker.as_ref()?, &rr.breaker)))
     else {
         return;
     };
@@ -755,29 +577,33 @@ fn record_outcome(
     // At most one clock reading, shared by the elapsed time and the
     // breaker's own update, and none when neither needs it (no `slow_call`,
     // a success without the ratio rule).
-    let batched = rt.host();
+    let batched = rt.host(px);
     let host = OneClock::new(&batched);
     match judge(policy, &ticket, &|| host.now_nanos()) {
-        Some(outcome) => breaker::record(&host, policy, key, outcome, ticket.probe),
-        None if ticket.probe.probe => breaker::release(&host, policy, key, ticket.probe),
+        Some(outcome) => breaker::record(&host, policy, metrics, key, outcome, ticket.probe),
+        None if ticket.probe.probe => breaker::release(&host, metrics, key, ticket.probe),
         None => {}
     }
 }
 
 /// Response headers from upstream (or from Envoy for upstream failures).
 /// Returns true when meshguard replaced the response with its own.
-pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
+pub fn on_response_headers<P: Host + Stream>(
+    s: &mut StreamState,
+    px: &P,
+    end_of_stream: bool,
+) -> bool {
     // Status and flags are two host calls: only the breaker and the cache
     // need them, and the flags only on responses that may be Envoy's own
     // reply to an upstream failure.
     let (status, flags) = if s.breaker.is_some() || s.cache.is_some() {
-        let status = adapter::response_header(":status").and_then(|v| {
+        let status = px.response_header(":status").and_then(|v| {
             std::str::from_utf8(&v)
                 .ok()
                 .and_then(|t| t.parse::<u32>().ok())
         });
         let flags = if breaker::response_flags_matter(status) {
-            adapter::property_u64(&["response", "flags"]).unwrap_or(0)
+            px.property_u64(&["response", "flags"]).unwrap_or(0)
         } else {
             0
         };
@@ -793,23 +619,23 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
         _ => None,
     };
     match grpc {
-        Some(kind) => grpc_outcome_at_headers(s, end_of_stream, kind != grpc::Kind::Grpc),
-        None => record_breaker(s, status, flags),
+        Some(kind) => grpc_outcome_at_headers(s, px, end_of_stream, kind != grpc::Kind::Grpc),
+        None => record_breaker(s, px, status, flags),
     }
 
     let mut cache_status: Option<String> = None;
     let rt = s.rt.clone();
     if let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) {
         if let Some(cr) = cache_route(&rt, route, s.route) {
-            let host = rt.host();
+            let host = rt.host(px);
             if breaker::upstream_failure_from_response_flags(flags) {
                 if let Some(stale) = cache::on_upstream_failure(&host, &cr, &mut ctx) {
-                    send_cached(s, stale);
+                    send_cached(s, px, stale);
                     return true;
                 }
                 cache_status = Some(ctx.cache_status());
             } else {
-                let headers = adapter::response_headers();
+                let headers = px.response_headers();
                 match cache::on_response_headers(
                     &host,
                     &cr,
@@ -818,7 +644,7 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
                     &headers,
                 ) {
                     ResponseDecision::Replace { response } => {
-                        send_cached(s, response);
+                        send_cached(s, px, response);
                         return true;
                     }
                     ResponseDecision::Store {
@@ -844,11 +670,11 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
         }
     }
     let rl = s.rl_headers.zip(rt.config.routes.get(s.route));
-    add_response_headers(rl, &s.response_headers, &s.service_headers);
+    add_response_headers(px, rl, &s.response_headers, &s.service_headers);
     if let Some(cs) = cache_status {
         // A list field: our member goes after the upstream's (see
         // `add_response_headers`), without reading theirs first.
-        adapter::add_response_header("cache-status", cs.as_bytes());
+        px.add_response_header("cache-status", cs.as_bytes());
     }
     false
 }
@@ -864,6 +690,7 @@ pub fn on_response_headers(s: &mut StreamState, end_of_stream: bool) -> bool {
 /// less per header than replacing (measured, twins). The single-valued
 /// legacy `X-RateLimit-*` fields replace the upstream's.
 pub fn add_response_headers(
+    io: &impl Stream,
     rl: Option<(ratelimit::HeaderValues, &Route)>,
     own: &[(&'static str, String)],
     service: &[(String, String)],
@@ -871,21 +698,21 @@ pub fn add_response_headers(
     if let Some((v, route)) = rl {
         v.for_each(&route.rate_limits, |name, value| {
             if is_list_field(name) {
-                adapter::add_response_header(name, value);
+                io.add_response_header(name, value);
             } else {
-                adapter::set_response_header(name, value);
+                io.set_response_header(name, value);
             }
         });
     }
     for (name, value) in own {
         if is_list_field(name) {
-            adapter::add_response_header(name, value.as_bytes());
+            io.add_response_header(name, value.as_bytes());
         } else {
-            adapter::set_response_header(name, value.as_bytes());
+            io.set_response_header(name, value.as_bytes());
         }
     }
     for (name, value) in service {
-        adapter::add_response_header(name, value.as_bytes());
+        io.add_response_header(name, value.as_bytes());
     }
 }
 
@@ -895,32 +722,21 @@ pub fn is_list_field(name: &str) -> bool {
     matches!(name, "ratelimit" | "ratelimit-policy" | "cache-status")
 }
 
-impl StreamState {
-    /// After the request stages let a request go upstream: whether the
-    /// response side has anything to do besides adding headers (a breaker
-    /// outcome to record, a cache entry to fill or release, a call to
-    /// forget). When not, the stream keeps only its headers to add and
-    /// drops the rest at once: the response callbacks and the end of the
-    /// stream then cost nothing (measured: ~1-2 us per request).
-    pub fn needs_response_side(&self) -> bool {
-        self.breaker.is_some()
-            || self.cache.is_some()
-            || self.capture.is_some()
-            || self.rls_token.is_some()
-            || self.local_reply
-    }
-}
-
 /// Sends a stored response as meshguard's reply: a cache hit, or instead of
 /// the upstream's response (revalidated 304, stale-if-error). Header values
 /// go to the host as the bytes stored (Envoy accepted them from the origin;
 /// they need not be UTF-8).
-fn send_cached(s: &mut StreamState, resp: cache::CachedResponse) -> Step {
-    s.reply_map(resp.status, resp.headers, &resp.body)
+fn send_cached(s: &mut StreamState, io: &impl Stream, resp: cache::CachedResponse) -> Step {
+    s.reply_map(io, resp.status, resp.headers, &resp.body)
 }
 
 /// A response body chunk passing through: copied for the cache, never held.
-pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
+pub fn on_response_body<P: Host + Stream>(
+    s: &mut StreamState,
+    px: &P,
+    size: usize,
+    end_of_stream: bool,
+) {
     let Some(cap) = s.capture.as_mut() else {
         return;
     };
@@ -932,16 +748,16 @@ pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
             let rt = s.rt.clone();
             if let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) {
                 if let Some(cr) = cache_route(&rt, route, s.route) {
-                    cache::abandon_too_big(&rt.host(), &cr, &mut ctx);
+                    cache::abandon_too_big(&rt.host(px), &cr, &mut ctx);
                 }
             }
             s.capture = None;
             return;
         }
-        match adapter::response_body(0, size) {
+        match px.response_body(0, size) {
             Some(chunk) => cap.body.extend_from_slice(&chunk),
             None => {
-                abandon_cache(s);
+                abandon_cache(s, px);
                 return;
             }
         }
@@ -955,7 +771,7 @@ pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
         ) {
             if let Some(cr) = cache_route(&rt, route, s.route) {
                 cache::store(
-                    &rt.host(),
+                    &rt.host(px),
                     &cr,
                     &mut ctx,
                     cap.status,
@@ -972,23 +788,23 @@ pub fn on_response_body(s: &mut StreamState, size: usize, end_of_stream: bool) {
 /// passed through the filter), so its response flags can be read; a
 /// stream Envoy already deleted had no response through the filter and
 /// counts as cancelled.
-pub fn on_stream_end(s: &mut StreamState, context_alive: bool) {
+pub fn on_stream_end<P: Host + Stream>(s: &mut StreamState, px: &P, context_alive: bool) {
     if let Some(ticket) = &s.breaker {
         let awaiting_grpc_status = ticket.grpc_headers_elapsed_ns.is_some();
         let flags = if context_alive {
-            adapter::property_u64(&["response", "flags"]).unwrap_or(0)
+            px.property_u64(&["response", "flags"]).unwrap_or(0)
         } else {
             0
         };
         if awaiting_grpc_status && context_alive {
             // A gRPC response that ended without trailers: broken (unless
             // the client left).
-            record_grpc(s, None, flags);
+            record_grpc(s, px, None, flags);
         } else {
             // Gone without its end passing the filter: for a gRPC stream
             // too, a cancel (see `dispatch`).
-            record_breaker(s, None, flags);
+            record_breaker(s, px, None, flags);
         }
     }
-    abandon_cache(s);
+    abandon_cache(s, px);
 }

@@ -1,7 +1,9 @@
 //! The host port: everything meshguard's logic needs from its environment.
 //!
 //! Features (rate limiting, JWT, breaker, cache) take `&impl Host` and never
-//! call the host themselves. `proxy_wasm.rs` is the only adapter to the real
+//! call the host themselves. The filter's stream I/O (headers, bodies,
+//! local replies, resumption, calls) goes through the second port,
+//! [`Stream`] (`stream.rs`), faked by `fake_stream.rs`. `proxy_wasm.rs` is the only adapter to the real
 //! host (Envoy), through the ABI imports declared in `abi.rs`; `fake.rs` is an in-memory host with the same
 //! compare-and-swap semantics and a settable clock, for native tests.
 //! Two wrappers shape how a request's work reaches the host: `OneClock`
@@ -24,9 +26,13 @@ pub mod abi;
 mod alloc_count;
 pub mod batch;
 pub mod fake;
+pub mod fake_stream;
 pub mod header_map;
 #[cfg(target_os = "wasi")]
 pub mod proxy_wasm;
+pub mod stream;
+
+pub use stream::Stream;
 
 use std::fmt;
 

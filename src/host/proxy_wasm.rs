@@ -1,5 +1,6 @@
 //! The adapter to the real host: the ONLY file that calls proxy-wasm host
-//! functions (declared in `abi.rs`). Every call's status is handled here and
+//! functions (declared in `abi.rs`), for both ports ([`Host`] and
+//! [`super::stream::Stream`]). Every call's status is handled here and
 //! mapped to the domain errors of `host`; nothing here panics, whatever the
 //! host returns.
 
@@ -459,6 +460,98 @@ pub fn grpc_status_message() -> Option<String> {
         .ok()
         .flatten()?;
     Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+impl super::stream::Stream for ProxyWasmHost {
+    fn request_headers_raw(&self) -> Option<Vec<u8>> {
+        request_headers_raw()
+    }
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
+        set_request_header(name, value)
+    }
+    fn remove_request_header(&self, name: &str) {
+        remove_request_header(name)
+    }
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        response_headers()
+    }
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        response_header(name)
+    }
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        response_trailer(name)
+    }
+    fn set_response_header(&self, name: &str, value: &[u8]) {
+        set_response_header(name, value)
+    }
+    fn add_response_header(&self, name: &str, value: &[u8]) {
+        add_response_header(name, value)
+    }
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        response_body(start, size)
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        property(path)
+    }
+    fn send_local_reply(&self, status: u32, headers: &HeaderMap, body: &[u8]) -> bool {
+        send_local_reply_map(status, headers, body)
+    }
+    fn resume_request(&self) {
+        resume_request()
+    }
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        set_effective_context(context_id)
+    }
+    fn set_tick_period(&self, period: Duration) {
+        set_tick_period(period)
+    }
+    fn metric_batch(&self) -> &MetricBatch {
+        metric_batch()
+    }
+    fn dispatch_grpc_call_from(
+        &self,
+        owner_context: u32,
+        current_context: u32,
+        grpc_service: &[u8],
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        dispatch_grpc_call_from(
+            owner_context,
+            current_context,
+            grpc_service,
+            service,
+            method,
+            message,
+            timeout,
+        )
+    }
+    fn cancel_grpc_call(&self, token: u32) {
+        cancel_grpc_call(token)
+    }
+    fn grpc_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        grpc_call_response_body(size)
+    }
+    fn grpc_status_message(&self) -> Option<String> {
+        grpc_status_message()
+    }
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        dispatch_http_call(cluster, headers, body, timeout)
+    }
+    fn http_call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        http_call_response_headers()
+    }
+    fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        http_call_response_body(size)
+    }
 }
 
 // ------------------------------------------------------------------ logging

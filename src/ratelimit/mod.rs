@@ -127,8 +127,10 @@ pub struct Limiter {
     pub evictions: MetricId,
 }
 
-/// Defines the per-limit metrics of a route (once, at configuration time).
-pub fn define_metrics(host: &impl Host, route: &str, limits: &mut [LimitPolicy]) {
+/// Defines the per-limit metrics of a route (once, at configuration time):
+/// one [`LimitMetrics`] per limit, in the order of `limits`, for the
+/// functions below (the filter keeps them; the policies stay as compiled).
+pub fn define_metrics(host: &impl Host, route: &str, limits: &[LimitPolicy]) -> Vec<LimitMetrics> {
     let def = |l: &str, what: &str| {
         host.define_metric(
             MetricKind::Counter,
@@ -136,14 +138,20 @@ pub fn define_metrics(host: &impl Host, route: &str, limits: &mut [LimitPolicy])
         )
         .ok()
     };
-    for l in limits.iter_mut() {
-        l.metrics = LimitMetrics {
+    limits
+        .iter()
+        .map(|l| LimitMetrics {
             allowed: def(&l.name, "allowed"),
             limited: def(&l.name, "limited"),
             shadow_limited: def(&l.name, "shadow_limited"),
             errors: def(&l.name, "errors"),
-        };
-    }
+        })
+        .collect()
+}
+
+/// Limit `i`'s metrics (none when `metrics` has no entry for it).
+fn metrics_of(metrics: &[LimitMetrics], i: usize) -> LimitMetrics {
+    metrics.get(i).copied().unwrap_or_default()
 }
 
 fn bump(host: &impl Host, m: Option<MetricId>) {
@@ -355,17 +363,19 @@ fn build_prefix<'a>(l: &LimitPolicy, route: &str) -> (std::borrow::Cow<'a, str>,
 }
 
 /// Applies a route's local limits and builds the final decision (routes
-/// without global limits). `claims` are the verified JWT claims, if any
-/// (for `{"claim": ...}` key parts).
+/// without global limits). `metrics`: the limits' counters (from
+/// [`define_metrics`]); `claims` are the verified JWT claims, if any (for
+/// `{"claim": ...}` key parts).
 pub fn check(
     host: &impl Host,
     limiter: &Limiter,
     route: &str,
     limits: &[LimitPolicy],
+    metrics: &[LimitMetrics],
     req: &Request,
     claims: Option<&crate::jwt::claims::Claims>,
 ) -> Decision {
-    match check_local(host, limiter, route, limits, req, claims) {
+    match check_local(host, limiter, route, limits, metrics, req, claims) {
         LocalOutcome::Refused(d) => d,
         LocalOutcome::Admitted(a) => admitted(limiter.style, limits, &a),
     }
@@ -404,17 +414,20 @@ pub fn admitted_headers(
     );
 }
 
-/// Takes tokens from every local limit of a route, in order.
+/// Takes tokens from every local limit of a route, in order (`metrics`:
+/// theirs, from [`define_metrics`]).
 pub fn check_local(
     host: &impl Host,
     limiter: &Limiter,
     route: &str,
     limits: &[LimitPolicy],
+    metrics: &[LimitMetrics],
     req: &Request,
     claims: Option<&crate::jwt::claims::Claims>,
 ) -> LocalOutcome {
     let mut admitted = Admitted::default();
     for (i, l) in limits.iter().enumerate() {
+        let m = metrics_of(metrics, i);
         let (prefix, prefix_hash) = prefix_of(l, route);
         let mut key = String::new();
         if !l.key.is_empty() {
@@ -434,7 +447,7 @@ pub fn check_local(
                     "meshguard: rate limit {route}/{} failed open: {e:?}",
                     l.name
                 );
-                bump(host, l.metrics.errors);
+                bump(host, m.errors);
                 continue;
             }
         };
@@ -442,7 +455,7 @@ pub fn check_local(
             host.increment_metric(limiter.evictions, 1);
         }
         if t.take.allowed {
-            bump(host, l.metrics.allowed);
+            bump(host, m.allowed);
             if !l.shadow {
                 admitted.taken.push(Taken {
                     limit: i,
@@ -451,14 +464,14 @@ pub fn check_local(
                 });
             }
         } else if l.shadow {
-            bump(host, l.metrics.shadow_limited);
+            bump(host, m.shadow_limited);
             log::info!(
                 "meshguard: shadow rate limit {route}/{} would have refused a request",
                 l.name
             );
             continue;
         } else {
-            bump(host, l.metrics.limited);
+            bump(host, m.limited);
             refund(host, route, limits, &admitted.taken);
             let retry = t.take.retry_after_ns.div_ceil(1_000_000_000).max(1);
             let tight = Tightest {
@@ -522,22 +535,26 @@ pub fn refund(host: &impl Host, route: &str, limits: &[LimitPolicy], taken: &Tak
 }
 
 /// Combines local admission with the rate limit service's verdict on the
-/// route's global limits: counts each global limit, gives local tokens
-/// back when the service refuses, and builds the decision.
+/// route's global limits: counts each global limit (`global_metrics`:
+/// theirs), gives local tokens back when the service refuses, and builds
+/// the decision.
+#[allow(clippy::too_many_arguments)]
 pub fn apply_verdict(
     host: &impl Host,
     style: HeaderStyle,
     route: &str,
     local: &[LimitPolicy],
     global: &[LimitPolicy],
+    global_metrics: &[LimitMetrics],
     admitted: &Admitted,
     verdict: &rls::Verdict,
 ) -> Decision {
     let mut refusing: Option<(usize, &LimitPolicy, &rls::LimitStatus)> = None;
     let mut tightest = admitted.tightest;
     for (i, (l, st)) in global.iter().zip(&verdict.statuses).enumerate() {
+        let m = metrics_of(global_metrics, i);
         if st.over && l.shadow {
-            bump(host, l.metrics.shadow_limited);
+            bump(host, m.shadow_limited);
             log::info!(
                 "meshguard: shadow global rate limit {route}/{} would have refused a request",
                 l.name
@@ -545,11 +562,11 @@ pub fn apply_verdict(
             continue;
         }
         if st.over {
-            bump(host, l.metrics.limited);
+            bump(host, m.limited);
             refusing = refusing.or(Some((i, l, st)));
             continue;
         }
-        bump(host, l.metrics.allowed);
+        bump(host, m.allowed);
         if let Some((size, unit)) = st.limit.filter(|_| !l.shadow) {
             if tightest.as_ref().is_none_or(|b| st.remaining < b.remaining) {
                 tightest = Some(Tightest {
@@ -609,20 +626,23 @@ pub fn apply_verdict(
     }
 }
 
-/// The call to the service failed: counts it on every global limit and
-/// applies `failure_mode`. Allowed: the local headers only. Denied: the
-/// local tokens are given back and the caller answers 503.
+/// The call to the service failed: counts it on every global limit
+/// (`global_metrics`: theirs) and applies `failure_mode`. Allowed: the
+/// local headers only. Denied: the local tokens are given back and the
+/// caller answers 503.
+#[allow(clippy::too_many_arguments)]
 pub fn apply_failure(
     host: &impl Host,
     style: HeaderStyle,
     route: &str,
     local: &[LimitPolicy],
     global: &[LimitPolicy],
+    global_metrics: &[LimitMetrics],
     admitted: &Admitted,
     deny: bool,
 ) -> Decision {
-    for l in global {
-        bump(host, l.metrics.errors);
+    for i in 0..global.len() {
+        bump(host, metrics_of(global_metrics, i).errors);
     }
     if deny {
         refund(host, route, local, &admitted.taken);
@@ -753,16 +773,16 @@ mod tests {
     #[test]
     fn refuses_after_capacity_with_retry_after_and_body() {
         let h = FakeHost::new(1);
-        let mut ls = limits(
+        let ls = limits(
             r#"[{"name": "all", "capacity": 2, "refill_tokens": 1, "refill_interval": "10s"}]"#,
         );
-        define_metrics(&h, "api", &mut ls);
+        let m = define_metrics(&h, "api", &ls);
         let lim = limiter(HeaderStyle::Ietf);
-        assert!(check(&h, &lim, "api", &ls, &req("a"), None).allowed);
-        let d = check(&h, &lim, "api", &ls, &req("a"), None);
+        assert!(check(&h, &lim, "api", &ls, &m, &req("a"), None).allowed);
+        let d = check(&h, &lim, "api", &ls, &m, &req("a"), None);
         assert!(d.allowed);
         assert_eq!(d.headers[1], ("ratelimit", "\"all\";r=0;t=20".to_string()));
-        let d = check(&h, &lim, "api", &ls, &req("a"), None);
+        let d = check(&h, &lim, "api", &ls, &m, &req("a"), None);
         assert!(!d.allowed);
         assert_eq!(d.retry_after_secs, 10);
         assert_eq!(d.refused_by.as_deref(), Some("all"));
@@ -813,7 +833,7 @@ mod tests {
                 let h = FakeHost::new(1);
                 for _ in 0..3 {
                     let LocalOutcome::Admitted(a) =
-                        check_local(&h, &limiter(style), "api", &ls, &req("k"), None)
+                        check_local(&h, &limiter(style), "api", &ls, &[], &req("k"), None)
                     else {
                         continue;
                     };
@@ -834,9 +854,15 @@ mod tests {
     fn admitted_headers_append_what_admitted_gives() {
         let h = FakeHost::new(1);
         let ls = limits(r#"[{"name": "all", "capacity": 3, "refill_interval": "1s"}]"#);
-        let LocalOutcome::Admitted(a) =
-            check_local(&h, &limiter(HeaderStyle::Both), "api", &ls, &req("a"), None)
-        else {
+        let LocalOutcome::Admitted(a) = check_local(
+            &h,
+            &limiter(HeaderStyle::Both),
+            "api",
+            &ls,
+            &[],
+            &req("a"),
+            None,
+        ) else {
             panic!("refused");
         };
         let mut out = vec![("cache-status", "x".to_string())];
@@ -865,11 +891,11 @@ mod tests {
             r#"[{"name": "l", "capacity": 2, "refill_interval": "1h", "key": [{"header": "x-api-key"}]}]"#,
         );
         let lim = limiter(HeaderStyle::None);
-        assert!(check(&h, &lim, "api", &ls, &req("k"), None).allowed);
+        assert!(check(&h, &lim, "api", &ls, &[], &req("k"), None).allowed);
         let t =
             store::take(&h, lim.slots, "api\u{1f}l\u{1f}1:k", &params(&ls[0]), 1).expect("take");
         assert!(t.take.allowed && t.take.remaining == 0, "{t:?}");
-        assert!(!check(&h, &lim, "api", &ls, &req("k"), None).allowed);
+        assert!(!check(&h, &lim, "api", &ls, &[], &req("k"), None).allowed);
         // On its own route the precomputed prefix is used, with the same result.
         let (p, hash) = prefix_of(&ls[0], "r");
         assert!(matches!(p, std::borrow::Cow::Borrowed(_)));
@@ -890,13 +916,13 @@ mod tests {
             r#"[{"capacity": 1, "refill_interval": "1h", "key": [{"header": "x-api-key"}]}]"#,
         );
         let lim = limiter(HeaderStyle::None);
-        assert!(check(&h, &lim, "api", &ls, &req("a"), None).allowed);
-        assert!(check(&h, &lim, "api", &ls, &req("b"), None).allowed);
-        assert!(!check(&h, &lim, "api", &ls, &req("a"), None).allowed);
+        assert!(check(&h, &lim, "api", &ls, &[], &req("a"), None).allowed);
+        assert!(check(&h, &lim, "api", &ls, &[], &req("b"), None).allowed);
+        assert!(!check(&h, &lim, "api", &ls, &[], &req("a"), None).allowed);
         // Missing header = empty key: one shared bucket, never an escape.
         let none = Request::default();
-        assert!(check(&h, &lim, "api", &ls, &none, None).allowed);
-        assert!(!check(&h, &lim, "api", &ls, &none, None).allowed);
+        assert!(check(&h, &lim, "api", &ls, &[], &none, None).allowed);
+        assert!(!check(&h, &lim, "api", &ls, &[], &none, None).allowed);
     }
 
     #[test]
@@ -907,7 +933,7 @@ mod tests {
                 {"name": "small", "capacity": 1, "refill_interval": "1h"}]"#,
         );
         let lim = limiter(HeaderStyle::Legacy);
-        let d = check(&h, &lim, "api", &ls, &req("a"), None);
+        let d = check(&h, &lim, "api", &ls, &[], &req("a"), None);
         assert!(d.allowed);
         assert_eq!(
             d.headers[1],
@@ -915,23 +941,23 @@ mod tests {
             "tightest limit reported"
         );
         for _ in 0..5 {
-            assert!(!check(&h, &lim, "api", &ls, &req("a"), None).allowed);
+            assert!(!check(&h, &lim, "api", &ls, &[], &req("a"), None).allowed);
         }
         // "big" lost only the one admitted request's token.
         let only_big = &ls[..1];
-        let d = check(&h, &lim, "api", only_big, &req("a"), None);
+        let d = check(&h, &lim, "api", only_big, &[], &req("a"), None);
         assert_eq!(d.headers[1], ("x-ratelimit-remaining", "8".to_string()));
     }
 
     #[test]
     fn shadow_limits_count_but_never_refuse() {
         let h = FakeHost::new(1);
-        let mut ls =
+        let ls =
             limits(r#"[{"name": "s", "capacity": 1, "refill_interval": "1h", "shadow": true}]"#);
-        define_metrics(&h, "api", &mut ls);
+        let m = define_metrics(&h, "api", &ls);
         let lim = limiter(HeaderStyle::Both);
         for _ in 0..3 {
-            let d = check(&h, &lim, "api", &ls, &req("a"), None);
+            let d = check(&h, &lim, "api", &ls, &m, &req("a"), None);
             assert!(d.allowed);
             assert!(
                 d.headers.is_empty(),
@@ -947,12 +973,12 @@ mod tests {
     #[test]
     fn fails_open_when_shared_data_breaks() {
         let h = FakeHost::new(1);
-        let mut ls = limits(r#"[{"name": "all", "capacity": 1, "refill_interval": "1h"}]"#);
-        define_metrics(&h, "api", &mut ls);
+        let ls = limits(r#"[{"name": "all", "capacity": 1, "refill_interval": "1h"}]"#);
+        let m = define_metrics(&h, "api", &ls);
         h.set_broken(true);
         let lim = limiter(HeaderStyle::Ietf);
         for _ in 0..3 {
-            assert!(check(&h, &lim, "api", &ls, &req("a"), None).allowed);
+            assert!(check(&h, &lim, "api", &ls, &m, &req("a"), None).allowed);
         }
         assert_eq!(h.metric("meshguard.ratelimit.api.all.errors"), Some(3));
     }
@@ -965,9 +991,9 @@ mod tests {
         let claims = |v| crate::jwt::claims::Claims::from_value(&v).expect("object");
         let alice = claims(serde_json::json!({"sub": "alice"}));
         let bob = claims(serde_json::json!({"sub": "bob"}));
-        assert!(check(&h, &lim, "api", &ls, &req(""), Some(&alice)).allowed);
-        assert!(check(&h, &lim, "api", &ls, &req(""), Some(&bob)).allowed);
-        assert!(!check(&h, &lim, "api", &ls, &req(""), Some(&alice)).allowed);
+        assert!(check(&h, &lim, "api", &ls, &[], &req(""), Some(&alice)).allowed);
+        assert!(check(&h, &lim, "api", &ls, &[], &req(""), Some(&bob)).allowed);
+        assert!(!check(&h, &lim, "api", &ls, &[], &req(""), Some(&alice)).allowed);
     }
     fn verdict(statuses: Vec<rls::LimitStatus>) -> rls::Verdict {
         rls::Verdict {
@@ -997,6 +1023,7 @@ mod tests {
             &limiter(HeaderStyle::Ietf),
             "api",
             local,
+            &[],
             &req("a"),
             None,
         ) {
@@ -1009,12 +1036,12 @@ mod tests {
     fn global_refusal_gives_local_tokens_back() {
         let h = FakeHost::new(1);
         let local = limits(r#"[{"name": "burst", "capacity": 2, "refill_interval": "1h"}]"#);
-        let mut global = limits(r#"[{"name": "g", "scope": "global"}]"#);
-        define_metrics(&h, "api", &mut global);
+        let global = limits(r#"[{"name": "g", "scope": "global"}]"#);
+        let m = define_metrics(&h, "api", &global);
         let a = admit(&h, &local);
         assert_eq!(a.taken.len(), 1);
         let v = verdict(vec![st(true, Some((10, 60)), 0, Some(42))]);
-        let d = apply_verdict(&h, HeaderStyle::Both, "api", &local, &global, &a, &v);
+        let d = apply_verdict(&h, HeaderStyle::Both, "api", &local, &global, &m, &a, &v);
         assert!(!d.allowed);
         assert_eq!(d.refused_by.as_deref(), Some("g"));
         assert_eq!(d.retry_after_secs, 42);
@@ -1045,6 +1072,7 @@ mod tests {
                 &limiter(HeaderStyle::Ietf),
                 "api",
                 &local,
+                &[],
                 &req("a"),
                 None
             ),
@@ -1056,15 +1084,15 @@ mod tests {
     fn global_headers_report_the_tightest_limit() {
         let h = FakeHost::new(1);
         let local = limits(r#"[{"name": "burst", "capacity": 100, "refill_interval": "1s"}]"#);
-        let mut global =
+        let global =
             limits(r#"[{"name": "g", "scope": "global"}, {"name": "h", "scope": "global"}]"#);
-        define_metrics(&h, "api", &mut global);
+        let m = define_metrics(&h, "api", &global);
         let a = admit(&h, &local);
         let v = verdict(vec![
             st(false, Some((50, 60)), 3, Some(20)),
             st(false, None, 0, None),
         ]);
-        let d = apply_verdict(&h, HeaderStyle::Ietf, "api", &local, &global, &a, &v);
+        let d = apply_verdict(&h, HeaderStyle::Ietf, "api", &local, &global, &m, &a, &v);
         assert!(d.allowed);
         assert_eq!(
             d.headers,
@@ -1086,11 +1114,11 @@ mod tests {
         let global = limits(r#"[{"name": "g", "scope": "global"}]"#);
         let a = Admitted::default();
         let unit = verdict(vec![st(true, Some((5, 3600)), 0, None)]);
-        let d = apply_verdict(&h, HeaderStyle::None, "api", &[], &global, &a, &unit);
+        let d = apply_verdict(&h, HeaderStyle::None, "api", &[], &global, &[], &a, &unit);
         assert_eq!((d.allowed, d.retry_after_secs), (false, 3600));
         assert!(d.headers.is_empty());
         let bare = verdict(vec![st(true, None, 0, None)]);
-        let d = apply_verdict(&h, HeaderStyle::Ietf, "api", &[], &global, &a, &bare);
+        let d = apply_verdict(&h, HeaderStyle::Ietf, "api", &[], &global, &[], &a, &bare);
         assert_eq!((d.allowed, d.retry_after_secs), (false, 1));
         assert!(d.headers.is_empty(), "no limit described: no headers");
         let body: serde_json::Value = serde_json::from_str(&d.body("api")).expect("json");
@@ -1100,10 +1128,10 @@ mod tests {
     #[test]
     fn shadow_global_limits_never_refuse() {
         let h = FakeHost::new(1);
-        let mut global = limits(
+        let global = limits(
             r#"[{"name": "s", "scope": "global", "shadow": true}, {"name": "g", "scope": "global"}]"#,
         );
-        define_metrics(&h, "api", &mut global);
+        let m = define_metrics(&h, "api", &global);
         let v = verdict(vec![
             st(true, Some((1, 1)), 0, Some(1)),
             st(false, Some((9, 1)), 8, Some(1)),
@@ -1114,6 +1142,7 @@ mod tests {
             "api",
             &[],
             &global,
+            &m,
             &Admitted::default(),
             &v,
         );
@@ -1137,10 +1166,10 @@ mod tests {
     fn failure_mode_allow_keeps_local_headers_and_deny_refunds() {
         let h = FakeHost::new(1);
         let local = limits(r#"[{"name": "burst", "capacity": 1, "refill_interval": "1h"}]"#);
-        let mut global = limits(r#"[{"name": "g", "scope": "global"}]"#);
-        define_metrics(&h, "api", &mut global);
+        let global = limits(r#"[{"name": "g", "scope": "global"}]"#);
+        let m = define_metrics(&h, "api", &global);
         let a = admit(&h, &local);
-        let d = apply_failure(&h, HeaderStyle::Ietf, "api", &local, &global, &a, false);
+        let d = apply_failure(&h, HeaderStyle::Ietf, "api", &local, &global, &m, &a, false);
         assert!(d.allowed);
         assert_eq!(
             d.headers[1],
@@ -1148,7 +1177,7 @@ mod tests {
         );
         assert_eq!(h.metric("meshguard.ratelimit.api.g.errors"), Some(1));
         // deny: the token taken by "burst" is given back.
-        let d = apply_failure(&h, HeaderStyle::Ietf, "api", &local, &global, &a, true);
+        let d = apply_failure(&h, HeaderStyle::Ietf, "api", &local, &global, &m, &a, true);
         assert!(!d.allowed && d.headers.is_empty());
         admit(&h, &local);
         assert_eq!(h.metric("meshguard.ratelimit.api.g.errors"), Some(2));

@@ -64,7 +64,6 @@ pub struct LimitPolicy {
     pub refill_interval_ns: u64,
     pub cost: u64,
     pub shadow: bool,
-    pub metrics: LimitMetrics,
     /// The route's `RateLimit-Policy` value (same for every limit of the
     /// route), built once at configuration time by [`set_policy_header`].
     pub policy_header: std::sync::Arc<str>,
@@ -272,7 +271,6 @@ impl LimitPolicy {
                 refill_interval_ns: 0,
                 cost: int("cost", raw.cost.unwrap_or(1))?,
                 shadow: raw.shadow,
-                metrics: LimitMetrics::default(),
                 policy_header: std::sync::Arc::from(""),
                 identity_prefix: std::sync::Arc::from(""),
                 identity_prefix_hash: fnv1a(b""),
@@ -324,7 +322,6 @@ impl LimitPolicy {
             refill_interval_ns: interval.0,
             cost,
             shadow: raw.shadow,
-            metrics: LimitMetrics::default(),
             policy_header: std::sync::Arc::from(""),
         })
     }

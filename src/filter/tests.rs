@@ -1,0 +1,713 @@
+//! Native tests of the filter against the fake proxy (`host::fake_stream`):
+//! a root context and its streams driven through the same callbacks
+//! `dispatch` routes Envoy's calls to.
+
+use super::http::{Action, HttpStream};
+use super::root::{self, Root};
+use crate::host::fake::FakeHost;
+use crate::host::fake_stream::{FakeProxy, Reply};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const SEC: u64 = 1_000_000_000;
+/// The fixture tokens are valid at this time.
+const T0: u64 = 1_800_000_000 * SEC;
+const ROOT: u32 = 1;
+const ISS: &str = "https://issuer.test";
+const TOKENS: &str = include_str!("../../tests/fixtures/jwt/tokens.json");
+const JWKS: &str = include_str!("../../tests/fixtures/jwt/jwks.json");
+
+fn tok(name: &str) -> String {
+    let all: Value = serde_json::from_str(TOKENS).expect("tokens");
+    all[name].as_str().expect("token").to_string()
+}
+
+fn bearer(name: &str) -> String {
+    format!("Bearer {}", tok(name))
+}
+
+/// One worker VM: its root context, its streams, the fake proxy.
+struct Vm {
+    px: FakeProxy,
+    root: Root,
+    streams: HashMap<u32, HttpStream>,
+}
+
+impl Vm {
+    fn new(config: Value) -> Vm {
+        Vm::on(FakeHost::new(T0), config)
+    }
+
+    /// A worker of the process `host` belongs to.
+    fn on(host: FakeHost, mut config: Value) -> Vm {
+        // Counters straight to the host, so tests read them at once.
+        config["metrics_flush_interval"] = json!("0s");
+        let px = FakeProxy::new(host);
+        let mut root = Root::new(ROOT);
+        px.enter(ROOT);
+        assert!(root.on_configure(&px, config.to_string().as_bytes()));
+        Vm {
+            px,
+            root,
+            streams: HashMap::new(),
+        }
+    }
+
+    /// A request's headers arrive on stream `id`.
+    fn request(&mut self, id: u32, method: &str, path: &str, headers: &[(&str, &str)]) -> Action {
+        let mut all = vec![
+            (":method", method),
+            (":path", path),
+            (":authority", "api.test"),
+        ];
+        all.extend_from_slice(headers);
+        self.px.open(id, &all);
+        let mut s = self.root.new_stream(id);
+        let a = s.on_request_headers(&self.px);
+        self.streams.insert(id, s);
+        a
+    }
+
+    fn get(&mut self, id: u32, path: &str, headers: &[(&str, &str)]) -> Action {
+        self.request(id, "GET", path, headers)
+    }
+
+    /// The upstream's response headers for stream `id` (the stream ends
+    /// with them when `eos` and the filter lets them through, as in
+    /// `dispatch`).
+    fn respond(&mut self, id: u32, headers: &[(&str, &str)], eos: bool) -> Action {
+        self.px.set_response(id, headers);
+        self.px.enter(id);
+        let s = self.streams.get_mut(&id).expect("stream");
+        let a = s.on_response_headers(&self.px, eos);
+        if eos && a == Action::Continue {
+            self.end(id, true);
+        }
+        a
+    }
+
+    fn body(&mut self, id: u32, chunk: &[u8], eos: bool) -> Action {
+        self.px.set_body_chunk(id, chunk);
+        self.px.enter(id);
+        let s = self.streams.get_mut(&id).expect("stream");
+        let a = s.on_response_body(&self.px, chunk.len(), eos);
+        if eos && a == Action::Continue {
+            self.end(id, true);
+        }
+        a
+    }
+
+    fn trailers(&mut self, id: u32, trailers: &[(&str, &str)]) {
+        self.px.set_trailers(id, trailers);
+        self.px.enter(id);
+        let s = self.streams.get_mut(&id).expect("stream");
+        s.on_response_trailers(&self.px);
+        self.end(id, true);
+    }
+
+    /// The stream ends: `seen` through the filter, else found deleted.
+    fn end(&mut self, id: u32, seen: bool) {
+        if !seen {
+            self.px.delete(id);
+        }
+        if let Some(mut s) = self.streams.remove(&id) {
+            s.on_end(&self.px, seen);
+        }
+    }
+
+    /// Time passes, then the root's tick.
+    fn tick_after(&mut self, d: Duration) {
+        self.px.host.advance(d);
+        self.px.enter(ROOT);
+        self.root.on_tick(&self.px);
+    }
+
+    /// The answer of the rate limit service's call `token`.
+    fn rls_answer(&mut self, token: u32, grpc_status: u32, body: &[u8]) {
+        self.px.set_call_answer(&[], body, Some("boom"));
+        self.px.enter(ROOT);
+        root::on_rls_response(&self.px, self.root.worker(), token, grpc_status, body.len());
+    }
+
+    fn replies(&self, id: u32) -> Vec<Reply> {
+        self.px.context(id).replies
+    }
+
+    /// The one local reply of stream `id`.
+    fn reply(&self, id: u32) -> Reply {
+        let r = self.replies(id);
+        assert_eq!(r.len(), 1, "one local reply on stream {id}: {r:?}");
+        r.into_iter().next().expect("reply")
+    }
+
+    fn resumed(&self, id: u32) -> u32 {
+        self.px.context(id).resumed
+    }
+
+    fn metric(&self, name: &str) -> Option<i64> {
+        self.px.host.metric(name)
+    }
+}
+
+fn json_body(r: &Reply) -> Value {
+    serde_json::from_slice(&r.body).expect("a JSON body")
+}
+
+fn route(extra: Value) -> Value {
+    let mut r = json!({ "name": "api", "match": { "path_prefix": "/" } });
+    for (k, v) in extra.as_object().expect("object") {
+        r[k] = v.clone();
+    }
+    r
+}
+
+// ------------------------------------------------------------------ JWT
+
+fn remote_jwt_config() -> Value {
+    json!({
+        "jwt_providers": { "main": { "issuer": ISS, "audiences": ["api"],
+            "jwks": { "remote": { "cluster": "idp", "authority": "auth.test", "path": "/jwks.json" } } } },
+        "routes": [ route(json!({ "jwt": { "providers": ["main"] } })) ]
+    })
+}
+
+fn inline_jwt_config(route_jwt: Value) -> Value {
+    json!({
+        "jwt_providers": { "main": { "issuer": ISS, "audiences": ["api"],
+            "jwks": { "inline": serde_json::from_str::<Value>(JWKS).expect("jwks") } } },
+        "routes": [ route(json!({ "jwt": route_jwt })) ]
+    })
+}
+
+#[test]
+fn a_request_waiting_for_remote_keys_is_paused_then_resumed_when_they_arrive() {
+    let mut vm = Vm::new(remote_jwt_config());
+    let auth = bearer("valid_RS256");
+    assert_eq!(
+        vm.get(7, "/orders", &[("authorization", &auth)]),
+        Action::Pause
+    );
+    assert_eq!(vm.resumed(7), 0);
+    // The tick fetches the keys (the root's call) ...
+    vm.tick_after(Duration::from_millis(10));
+    let calls = vm.px.http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!((calls[0].target.as_str(), calls[0].owner), ("idp", ROOT));
+    vm.tick_after(Duration::from_millis(10));
+    assert_eq!(vm.resumed(7), 0, "still no keys: still paused");
+    // ... they arrive; the next tick runs the request again and resumes it.
+    vm.px
+        .set_call_answer(&[(":status", "200")], JWKS.as_bytes(), None);
+    vm.px.enter(ROOT);
+    vm.root
+        .on_http_call_response(&vm.px, calls[0].token, JWKS.len());
+    vm.tick_after(Duration::from_millis(10));
+    assert_eq!(vm.resumed(7), 1);
+    assert!(vm.replies(7).is_empty());
+    // Verified: the claims went to the upstream, the token did not.
+    let ctx = vm.px.context(7);
+    assert_eq!(ctx.request_header("authorization"), None);
+    assert_eq!(vm.metric("meshguard.jwt.api.allowed"), Some(1));
+    assert_eq!(vm.metric("meshguard.jwt.api.keys_pending"), Some(1));
+    // Nothing left parked: later ticks resume nothing more.
+    vm.tick_after(Duration::from_millis(10));
+    assert_eq!(vm.resumed(7), 1);
+}
+
+#[test]
+fn a_request_waiting_for_keys_past_its_deadline_gets_503() {
+    let mut vm = Vm::new(remote_jwt_config());
+    let auth = bearer("valid_RS256");
+    assert_eq!(vm.get(3, "/", &[("authorization", &auth)]), Action::Pause);
+    // The deadline starts at the first park: just before it, still waiting.
+    vm.tick_after(Duration::from_nanos(super::pipeline::JWKS_WAIT_NS - 1));
+    assert!(vm.replies(3).is_empty(), "not before the deadline");
+    vm.tick_after(Duration::from_millis(1));
+    let r = vm.reply(3);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(json_body(&r)["error"], "jwks_unavailable");
+    assert_eq!(vm.resumed(3), 0, "answered, never let through");
+    assert_eq!(vm.metric("meshguard.jwt.api.denied"), Some(1));
+}
+
+#[test]
+fn jwt_refusals_are_401_403_and_400() {
+    let mut vm = Vm::new(inline_jwt_config(json!({
+        "providers": ["main"],
+        "reject_multiple_tokens": true,
+        "claims": [{ "claim": "scope", "contains": "orders:write" }]
+    })));
+    assert_eq!(vm.get(1, "/", &[]), Action::Pause);
+    let r = vm.reply(1);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some(r#"Bearer realm="api""#)
+    );
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(json_body(&r)["error"], "missing_token");
+
+    let auth = bearer("scope_read_only");
+    assert_eq!(vm.get(2, "/", &[("authorization", &auth)]), Action::Pause);
+    let r = vm.reply(2);
+    assert_eq!(r.status, 403);
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|h| h.contains("insufficient_scope")));
+
+    // Two tokens (two header lines) on a route that refuses several.
+    let mut vm = Vm::new(inline_jwt_config(json!({
+        "providers": ["main"], "reject_multiple_tokens": true
+    })));
+    let auth = bearer("valid_RS256");
+    let auth2 = bearer("valid_ES256");
+    assert_eq!(
+        vm.get(
+            3,
+            "/",
+            &[("authorization", &auth), ("authorization", &auth2)]
+        ),
+        Action::Pause
+    );
+    let r = vm.reply(3);
+    assert_eq!(r.status, 400);
+    assert_eq!(json_body(&r)["error"], "invalid_request");
+
+    let auth = bearer("valid_RS256");
+    assert_eq!(
+        vm.get(4, "/", &[("authorization", &auth)]),
+        Action::Continue
+    );
+    assert!(vm.replies(4).is_empty());
+}
+
+// ------------------------------------------------------------ local limits
+
+#[test]
+fn local_limit_refusal_is_429_with_its_headers_and_admitted_responses_carry_them() {
+    let mut vm = Vm::new(json!({ "routes": [ route(json!({ "rate_limit": [
+        { "name": "all", "capacity": 1, "refill_interval": "10s" } ] })) ] }));
+    assert_eq!(vm.get(1, "/", &[]), Action::Continue);
+    assert!(vm.replies(1).is_empty());
+    assert_eq!(vm.respond(1, &[(":status", "200")], true), Action::Continue);
+    let ctx = vm.px.context(1);
+    assert_eq!(
+        ctx.response_header_values("ratelimit"),
+        ["\"all\";r=0;t=10"]
+    );
+    assert_eq!(
+        ctx.response_header_values("ratelimit-policy"),
+        ["\"all\";q=1;w=10"]
+    );
+
+    assert_eq!(vm.get(2, "/", &[]), Action::Pause);
+    let r = vm.reply(2);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after").as_deref(), Some("10"));
+    assert_eq!(r.header("ratelimit").as_deref(), Some("\"all\";r=0;t=10"));
+    let b = json_body(&r);
+    assert_eq!(
+        (b["error"].as_str(), b["limit"].as_str()),
+        (Some("rate_limited"), Some("all"))
+    );
+    assert_eq!(vm.metric("meshguard.ratelimit.api.all.limited"), Some(1));
+    assert_eq!(vm.metric("meshguard.ratelimit.api.all.allowed"), Some(1));
+}
+
+#[test]
+fn refusals_to_grpc_and_grpc_web_calls_are_trailers_only_statuses() {
+    let mut vm = Vm::new(json!({ "routes": [ route(json!({ "rate_limit": [
+        { "name": "all", "capacity": 1, "refill_interval": "10s" } ] })) ] }));
+    assert_eq!(vm.get(1, "/", &[]), Action::Continue);
+
+    let grpc = [("content-type", "application/grpc")];
+    assert_eq!(vm.request(2, "POST", "/pkg.Svc/Call", &grpc), Action::Pause);
+    let r = vm.reply(2);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/grpc")
+    );
+    assert_eq!(
+        r.header("grpc-status").as_deref(),
+        Some("8"),
+        "RESOURCE_EXHAUSTED"
+    );
+    assert_eq!(r.header("grpc-retry-pushback-ms").as_deref(), Some("10000"));
+    assert!(r.body.is_empty(), "trailers-only");
+
+    let web = [("content-type", "application/grpc-web+proto")];
+    assert_eq!(vm.request(3, "POST", "/pkg.Svc/Call", &web), Action::Pause);
+    let r = vm.reply(3);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/grpc-web+proto")
+    );
+    assert_eq!(r.header("grpc-status").as_deref(), Some("8"));
+    // The status again as a gRPC-Web trailers frame (flag 0x80).
+    assert_eq!(r.body.first(), Some(&0x80));
+    assert!(
+        r.body_text().contains("grpc-status:8"),
+        "{:?}",
+        r.body_text()
+    );
+}
+
+// ---------------------------------------------------------- global limits
+
+fn rls_config(failure_mode: &str) -> Value {
+    json!({
+        "rate_limit_service": { "cluster": "rls", "timeout": "50ms", "failure_mode": failure_mode },
+        "routes": [ route(json!({ "rate_limit": [ { "name": "g", "scope": "global" } ] })) ]
+    })
+}
+
+/// A `RateLimitResponse` with only its `overall_code` (1 OK, 2 OVER_LIMIT).
+fn rls_body(code: u8) -> Vec<u8> {
+    vec![0x08, code]
+}
+
+/// Sends a request on a route with global limits: it waits for the call.
+fn start_global(vm: &mut Vm, id: u32) -> u32 {
+    assert_eq!(vm.get(id, "/", &[]), Action::Pause);
+    let calls = vm.px.grpc_calls();
+    let call = calls.last().expect("a call to the rate limit service");
+    assert_eq!(call.owner, ROOT, "the root owns the call");
+    assert_eq!(
+        call.target,
+        "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+    );
+    call.token
+}
+
+#[test]
+fn the_rate_limit_services_ok_resumes_the_request_in_its_own_context() {
+    let mut vm = Vm::new(rls_config("deny"));
+    let t1 = start_global(&mut vm, 1);
+    let t2 = start_global(&mut vm, 2);
+    vm.rls_answer(t2, 0, &rls_body(1));
+    assert_eq!((vm.resumed(1), vm.resumed(2)), (0, 1));
+    assert!(vm.replies(2).is_empty());
+    vm.rls_answer(t1, 0, &rls_body(1));
+    assert_eq!((vm.resumed(1), vm.resumed(2)), (1, 1));
+    assert_eq!(vm.metric("meshguard.ratelimit.api.g.allowed"), Some(2));
+    assert_eq!(vm.metric("meshguard.rls.api.ok"), Some(2));
+    // Answered: a late tick changes nothing.
+    vm.tick_after(Duration::from_secs(1));
+    assert_eq!((vm.resumed(1), vm.resumed(2)), (1, 1));
+    assert!(vm.px.cancelled().is_empty());
+}
+
+#[test]
+fn the_rate_limit_services_over_limit_is_429() {
+    let mut vm = Vm::new(rls_config("allow"));
+    let t = start_global(&mut vm, 1);
+    vm.rls_answer(t, 0, &rls_body(2));
+    let r = vm.reply(1);
+    assert_eq!(r.status, 429);
+    assert_eq!(json_body(&r)["limit"], "g");
+    assert_eq!(vm.resumed(1), 0);
+    assert_eq!(vm.metric("meshguard.rls.api.over_limit"), Some(1));
+}
+
+#[test]
+fn rls_timeout_applies_the_failure_mode_and_cancels_the_call() {
+    for (mode, denied) in [("allow", false), ("deny", true)] {
+        let mut vm = Vm::new(rls_config(mode));
+        let t = start_global(&mut vm, 1);
+        // Not before the deadline (timeout + grace).
+        vm.tick_after(Duration::from_millis(99));
+        assert_eq!(vm.resumed(1), 0, "{mode}");
+        assert!(vm.replies(1).is_empty(), "{mode}");
+        vm.tick_after(Duration::from_millis(1));
+        assert_eq!(vm.px.cancelled(), [t], "{mode}");
+        assert_eq!(vm.metric("meshguard.rls.api.timeout"), Some(1), "{mode}");
+        if denied {
+            let r = vm.reply(1);
+            assert_eq!(r.status, 503, "{mode}");
+            assert_eq!(json_body(&r)["error"], "rate_limit_unavailable");
+            assert_eq!(vm.resumed(1), 0, "{mode}");
+            assert_eq!(vm.metric("meshguard.rls.api.failure_mode_denied"), Some(1));
+        } else {
+            assert!(vm.replies(1).is_empty(), "{mode}");
+            assert_eq!(vm.resumed(1), 1, "{mode}");
+            assert_eq!(vm.metric("meshguard.rls.api.failure_mode_allowed"), Some(1));
+        }
+        assert_eq!(vm.metric("meshguard.ratelimit.api.g.errors"), Some(1));
+        // A late answer finds nobody waiting.
+        vm.rls_answer(t, 0, &rls_body(2));
+        assert_eq!(vm.replies(1).len(), usize::from(denied), "{mode}");
+    }
+}
+
+#[test]
+fn a_malformed_or_failed_rls_answer_applies_the_failure_mode() {
+    // Malformed (no overall code), a gRPC error, a call that cannot be sent.
+    let mut vm = Vm::new(rls_config("deny"));
+    let t = start_global(&mut vm, 1);
+    vm.rls_answer(t, 0, &[0x08]);
+    assert_eq!(vm.reply(1).status, 503);
+    let t = start_global(&mut vm, 2);
+    vm.rls_answer(t, 14, &[]);
+    assert_eq!(vm.reply(2).status, 503);
+    assert_eq!(vm.metric("meshguard.rls.api.error"), Some(2));
+    vm.px.refuse_calls(Some("no cluster"));
+    assert_eq!(vm.get(3, "/", &[]), Action::Pause);
+    assert_eq!(vm.reply(3).status, 503);
+
+    let mut vm = Vm::new(rls_config("allow"));
+    let t = start_global(&mut vm, 1);
+    vm.rls_answer(t, 0, &[0x08]);
+    assert!(vm.replies(1).is_empty());
+    assert_eq!(vm.resumed(1), 1);
+    vm.px.refuse_calls(Some("no cluster"));
+    assert_eq!(vm.get(2, "/", &[]), Action::Continue, "let through at once");
+    assert_eq!(vm.metric("meshguard.rls.api.failure_mode_allowed"), Some(2));
+}
+
+// ---------------------------------------------------------------- paths
+
+#[test]
+fn a_path_that_cannot_be_normalised_is_400_or_invalid_argument() {
+    let mut vm = Vm::new(json!({ "routes": [ route(json!({ "rate_limit": [
+        { "capacity": 5, "refill_interval": "1s" } ] })) ] }));
+    assert_eq!(vm.get(1, "/a%2Fb", &[]), Action::Pause);
+    let r = vm.reply(1);
+    assert_eq!(r.status, 400);
+    assert_eq!(json_body(&r)["error"], "invalid_path");
+    assert_eq!(vm.metric("meshguard.path_rejected"), Some(1));
+    let grpc = [("content-type", "application/grpc")];
+    assert_eq!(vm.request(2, "POST", "/a%2Fb", &grpc), Action::Pause);
+    let r = vm.reply(2);
+    assert_eq!(
+        (r.status, r.header("grpc-status").as_deref()),
+        (200, Some("3"))
+    );
+    assert_eq!(vm.get(3, "/a/b", &[]), Action::Continue);
+}
+
+// -------------------------------------------------------------- breaker
+
+fn breaker_config() -> Value {
+    json!({ "routes": [ route(json!({ "circuit_breaker": {
+        "consecutive_failures": 2, "open_duration": "5s" } })) ] })
+}
+
+#[test]
+fn the_breaker_counts_upstream_failures_and_answers_503_when_open() {
+    let mut vm = Vm::new(breaker_config());
+    for id in 1..=2 {
+        assert_eq!(vm.get(id, "/", &[]), Action::Continue);
+        vm.respond(id, &[(":status", "502")], true);
+    }
+    assert_eq!(vm.get(3, "/", &[]), Action::Pause);
+    let r = vm.reply(3);
+    assert_eq!(r.status, 503);
+    assert_eq!(json_body(&r)["error"], "circuit_open");
+    // The open time (5 s, plus up to 20% jitter) in whole seconds.
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((5..=6).contains(&retry), "{retry}");
+    assert_eq!(vm.metric("meshguard.breaker.api.trips"), Some(1));
+    assert_eq!(vm.metric("meshguard.breaker.api.rejected"), Some(1));
+    // A success in between resets the count: 200 responses never open it.
+    let mut vm = Vm::new(breaker_config());
+    for (id, status) in [(1, "502"), (2, "200"), (3, "502")] {
+        vm.get(id, "/", &[]);
+        vm.respond(id, &[(":status", status)], true);
+    }
+    assert_eq!(vm.get(4, "/", &[]), Action::Continue);
+}
+
+#[test]
+fn a_grpc_status_in_the_trailers_decides_the_breaker_outcome() {
+    let grpc = [("content-type", "application/grpc")];
+    let ok_headers = [(":status", "200"), ("content-type", "application/grpc")];
+    let mut vm = Vm::new(breaker_config());
+    for id in 1..=2 {
+        assert_eq!(
+            vm.request(id, "POST", "/pkg.Svc/Call", &grpc),
+            Action::Continue
+        );
+        // HTTP 200 without a grpc-status: the outcome waits for the trailers.
+        vm.respond(id, &ok_headers, false);
+        vm.body(id, b"\0\0\0\0\0", false);
+        vm.trailers(id, &[("grpc-status", "14")]);
+    }
+    assert_eq!(vm.request(3, "POST", "/pkg.Svc/Call", &grpc), Action::Pause);
+    let r = vm.reply(3);
+    assert_eq!(
+        (r.status, r.header("grpc-status").as_deref()),
+        (200, Some("14"))
+    );
+    // OK in the trailers is a success; a gRPC stream that ends without
+    // trailers is broken.
+    let mut vm = Vm::new(breaker_config());
+    vm.request(1, "POST", "/pkg.Svc/Call", &grpc);
+    vm.respond(1, &ok_headers, false);
+    vm.trailers(1, &[("grpc-status", "0")]);
+    vm.request(2, "POST", "/pkg.Svc/Call", &grpc);
+    vm.respond(2, &ok_headers, false);
+    vm.body(2, b"", true);
+    assert_eq!(
+        vm.request(3, "POST", "/pkg.Svc/Call", &grpc),
+        Action::Continue
+    );
+    vm.respond(3, &ok_headers, false);
+    vm.body(3, b"", true);
+    assert_eq!(vm.request(4, "POST", "/pkg.Svc/Call", &grpc), Action::Pause);
+    assert_eq!(vm.reply(4).header("grpc-status").as_deref(), Some("14"));
+}
+
+#[test]
+fn admitted_responses_get_the_rate_limit_headers_with_or_without_a_response_side() {
+    // With a breaker the stream keeps its state for the response; without,
+    // it keeps only the headers to add (`HttpStream::release_if_done`).
+    for breaker in [true, false] {
+        let mut r = route(json!({ "rate_limit": [
+            { "name": "all", "capacity": 5, "refill_interval": "5s" } ] }));
+        if breaker {
+            r["circuit_breaker"] = json!({});
+        }
+        let mut vm = Vm::new(json!({ "rate_limit_headers": "both", "routes": [r] }));
+        assert_eq!(vm.get(1, "/", &[]), Action::Continue);
+        vm.respond(1, &[(":status", "200"), ("x-ratelimit-limit", "99")], true);
+        let ctx = vm.px.context(1);
+        assert_eq!(
+            ctx.response_header_values("ratelimit"),
+            ["\"all\";r=4;t=1"],
+            "breaker: {breaker}"
+        );
+        assert_eq!(
+            ctx.response_header_values("x-ratelimit-limit"),
+            ["5"],
+            "the single-valued legacy header replaces the upstream's (breaker: {breaker})"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- cache
+
+fn cache_config(max_entry_bytes: u64) -> Value {
+    json!({
+        "cache_store": { "max_bytes": 1_048_576, "max_entry_bytes": max_entry_bytes },
+        "routes": [ route(json!({ "cache": {} })) ]
+    })
+}
+
+const CACHEABLE: [(&str, &str); 3] = [
+    (":status", "200"),
+    ("cache-control", "max-age=60"),
+    ("content-type", "text/plain"),
+];
+
+#[test]
+fn a_response_is_copied_into_the_cache_as_it_streams_and_then_served() {
+    let mut vm = Vm::new(cache_config(65_536));
+    assert_eq!(vm.get(1, "/doc", &[]), Action::Continue);
+    assert_eq!(vm.respond(1, &CACHEABLE, false), Action::Continue);
+    assert_eq!(
+        vm.px.context(1).response_header_values("cache-status"),
+        ["meshguard; fwd=uri-miss; fwd-status=200; stored"]
+    );
+    vm.body(1, b"hello ", false);
+    vm.body(1, b"world", true);
+    assert_eq!(vm.metric("meshguard.cache.api.stored"), Some(1));
+    // The next request is answered from the cache, body and headers.
+    assert_eq!(vm.get(2, "/doc", &[]), Action::Pause);
+    let r = vm.reply(2);
+    assert_eq!((r.status, r.body_text().as_str()), (200, "hello world"));
+    assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
+    assert!(r.header("cache-status").is_some_and(|v| v.contains("hit")));
+    assert_eq!(vm.metric("meshguard.cache.api.hit"), Some(1));
+}
+
+#[test]
+fn a_body_too_big_abandons_the_capture_and_stores_nothing() {
+    let host = FakeHost::new(T0);
+    let mut vm = Vm::on(host.clone(), cache_config(1_024));
+    let mut other = Vm::on(host, cache_config(1_024));
+    vm.get(1, "/big", &[]);
+    assert_eq!(
+        other.get(1, "/big", &[]),
+        Action::Pause,
+        "waits for the fill"
+    );
+    vm.respond(1, &CACHEABLE, false);
+    vm.body(1, &[b'x'; 600], false);
+    other.tick_after(Duration::from_millis(30));
+    assert_eq!(other.resumed(1), 0, "the fill goes on");
+    vm.body(1, &[b'y'; 600], false);
+    // Too big: the fill is given up at once, and the waiting request goes
+    // upstream without waiting for the end of this response.
+    other.tick_after(Duration::from_millis(30));
+    assert_eq!(other.resumed(1), 1);
+    vm.body(1, b"end", true);
+    assert_eq!(vm.metric("meshguard.cache.api.stored"), Some(0));
+    // Nothing stored, the lock released: the next request goes upstream at
+    // once (no wait behind a fill).
+    assert_eq!(vm.get(2, "/big", &[]), Action::Continue);
+    assert!(vm.replies(2).is_empty());
+}
+
+#[test]
+fn a_stream_reset_mid_body_stores_nothing_and_releases_the_fill() {
+    let mut vm = Vm::new(cache_config(65_536));
+    vm.get(1, "/doc", &[]);
+    vm.respond(1, &CACHEABLE, false);
+    vm.body(1, b"hello ", false);
+    vm.end(1, false);
+    assert_eq!(vm.metric("meshguard.cache.api.stored"), Some(0));
+    assert_eq!(
+        vm.get(2, "/doc", &[]),
+        Action::Continue,
+        "a miss, not a wait"
+    );
+    assert!(vm.replies(2).is_empty());
+}
+
+#[test]
+fn a_request_waits_behind_another_workers_fill_then_gets_the_stored_response() {
+    let host = FakeHost::new(T0);
+    let mut a = Vm::on(host.clone(), cache_config(65_536));
+    let mut b = Vm::on(host.clone(), cache_config(65_536));
+    assert_eq!(a.get(1, "/doc", &[]), Action::Continue, "A fills");
+    assert_eq!(b.get(1, "/doc", &[]), Action::Pause, "B waits for A's fill");
+    a.respond(1, &CACHEABLE, false);
+    a.body(1, b"filled", true);
+    // The cache said when to look again (at most 25 ms): not at the next
+    // 10 ms tick.
+    b.tick_after(Duration::from_millis(10));
+    assert!(b.replies(1).is_empty(), "not before the cache's retry time");
+    b.tick_after(Duration::from_millis(20));
+    let r = b.reply(1);
+    assert_eq!((r.status, r.body_text().as_str()), (200, "filled"));
+    assert_eq!(b.resumed(1), 0, "answered, not let through");
+}
+
+#[test]
+fn a_request_waiting_behind_a_fill_that_never_ends_goes_upstream_at_its_deadline() {
+    let host = FakeHost::new(T0);
+    let mut a = Vm::on(host.clone(), cache_config(65_536));
+    let mut b = Vm::on(host.clone(), cache_config(65_536));
+    a.get(1, "/doc", &[]);
+    assert_eq!(b.get(1, "/doc", &[]), Action::Pause);
+    let mut waited = Duration::ZERO;
+    while b.resumed(1) == 0 && waited < Duration::from_secs(10) {
+        b.tick_after(Duration::from_millis(10));
+        waited += Duration::from_millis(10);
+    }
+    assert_eq!(b.resumed(1), 1);
+    assert!(b.replies(1).is_empty());
+    // The fill lock (5 s) expired first: B took it over and goes upstream
+    // as a miss, not past the 6 s wait.
+    assert!(waited <= Duration::from_nanos(super::pipeline::CACHE_WAIT_NS));
+}

@@ -1,0 +1,202 @@
+//! State shared by the root context and the streams of one worker VM: the
+//! runtime in force, the verified-token cache, the streams paused until a
+//! condition or a deadline, the calls in flight, the root's tick; and
+//! [`Worker::settle`], the one place a pipeline [`Step`] becomes its
+//! effect.
+
+use super::runtime::Runtime;
+use super::state::{Step, StreamState};
+use crate::host::{Host, Stream};
+use crate::jwt::TokenCache;
+use crate::ratelimit::rls::CallError;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Tick while streams are parked.
+pub const FAST_TICK: Duration = Duration::from_millis(10);
+/// Tick otherwise, when remote JWKS need refreshing.
+pub const SLOW_TICK: Duration = Duration::from_millis(500);
+/// The longest tick: streams whose end the filter did not see are looked
+/// for at every tick (`dispatch`), so there is always one.
+pub const SWEEP_TICK: Duration = Duration::from_secs(1);
+
+/// See the module docs.
+#[derive(Default)]
+pub struct Worker {
+    pub runtime: RefCell<Option<Rc<Runtime>>>,
+    /// Verified tokens (per worker: no locking, no shared-data cost).
+    pub tokens: RefCell<TokenCache>,
+    /// Streams paused until a condition (keys, cache fill) or a deadline.
+    pub parked: RefCell<Vec<(u32, Rc<RefCell<StreamState>>)>>,
+    /// Outstanding JWKS fetches: (call token, runtime, provider).
+    pub jwks_calls: RefCell<Vec<(u32, Rc<Runtime>, usize)>>,
+    /// Streams waiting for the rate limit service, by call token. A short
+    /// vector (one entry per call in flight on this worker): no hash map
+    /// code in the module for it.
+    pub rls_calls: RefCell<Vec<(u32, RlsWait)>>,
+    /// When the last rate-limit-service warning was logged (one a second).
+    last_rls_warning_ns: Cell<u64>,
+    pub next_jwks_poll_ns: Cell<u64>,
+    pub fast_tick: Cell<bool>,
+    /// The root's tick period as last set (zero: no tick).
+    pub tick_period: Cell<Duration>,
+    /// The root context of this VM: it owns the calls to the rate limit
+    /// service.
+    pub root_context_id: Cell<u32>,
+}
+
+/// A stream waiting for the rate limit service.
+pub struct RlsWait {
+    pub context_id: u32,
+    pub state: Rc<RefCell<StreamState>>,
+    pub deadline_ns: u64,
+}
+
+impl Worker {
+    /// Turns a step of stream `context_id`'s pipeline into its effect:
+    /// `Continue` resumes the request when it was paused (`paused`; in
+    /// the request's own callback the callback's answer lets it go on),
+    /// `Park` parks it for the fast tick, `AwaitRls` hands it to the wait
+    /// for the rate limit service's answer; `Replied` needs nothing more.
+    pub fn settle(
+        &self,
+        io: &impl Stream,
+        context_id: u32,
+        state: Rc<RefCell<StreamState>>,
+        step: Step,
+        paused: bool,
+    ) {
+        match step {
+            Step::Continue if paused => io.resume_request(),
+            Step::Continue | Step::Replied => {}
+            Step::Park => self.park(io, context_id, state),
+            Step::AwaitRls { token, deadline_ns } => {
+                self.await_rls(io, context_id, state, token, deadline_ns)
+            }
+        }
+    }
+
+    /// Parks a stream; the root's fast tick will run it again.
+    pub fn park(&self, io: &impl Stream, context_id: u32, state: Rc<RefCell<StreamState>>) {
+        if let Ok(mut p) = self.parked.try_borrow_mut() {
+            p.push((context_id, state));
+        }
+        if !self.fast_tick.replace(true) {
+            self.tick_every(io, FAST_TICK);
+        }
+    }
+
+    pub fn unpark(&self, context_id: u32) {
+        if let Ok(mut p) = self.parked.try_borrow_mut() {
+            p.retain(|(id, _)| *id != context_id);
+        }
+    }
+
+    /// Pauses a stream until the rate limit service answers call `token`,
+    /// or until `deadline_ns` (the fast tick checks).
+    pub fn await_rls(
+        &self,
+        io: &impl Stream,
+        context_id: u32,
+        state: Rc<RefCell<StreamState>>,
+        token: u32,
+        deadline_ns: u64,
+    ) {
+        if let Ok(mut calls) = self.rls_calls.try_borrow_mut() {
+            calls.retain(|(t, _)| *t != token);
+            calls.push((
+                token,
+                RlsWait {
+                    context_id,
+                    state,
+                    deadline_ns,
+                },
+            ));
+        }
+        if !self.fast_tick.replace(true) {
+            self.tick_every(io, FAST_TICK);
+        }
+    }
+
+    /// Sets the tick of this worker's root context (callable from any of
+    /// its contexts: the host applies it to the caller's root), calling the
+    /// host only when the period changes.
+    pub fn tick_every(&self, io: &impl Stream, period: Duration) {
+        if self.tick_period.replace(period) != period {
+            io.set_tick_period(period);
+        }
+    }
+
+    pub fn root_context_id(&self) -> u32 {
+        self.root_context_id.get()
+    }
+
+    /// Forgets a call whose stream ended: its answer, when it comes, is
+    /// dropped (the call is the root's, so it completes normally and
+    /// `dispatch` finds no stream waiting for it).
+    pub fn forget_rls(&self, token: u32) {
+        if let Ok(mut calls) = self.rls_calls.try_borrow_mut() {
+            if let Some(i) = calls.iter().position(|(t, _)| *t == token) {
+                calls.swap_remove(i);
+            }
+        }
+    }
+
+    /// Takes the wait of call `token` (its answer came).
+    pub fn take_rls(&self, token: u32) -> Option<RlsWait> {
+        let mut calls = self.rls_calls.try_borrow_mut().ok()?;
+        let i = calls.iter().position(|(t, _)| *t == token)?;
+        Some(calls.swap_remove(i).1)
+    }
+
+    /// Takes the waits past their deadline (the host never answered).
+    pub fn take_expired_rls(&self, now: u64) -> Vec<(u32, RlsWait)> {
+        match self.rls_calls.try_borrow_mut() {
+            Ok(mut calls) if calls.iter().any(|(_, w)| now >= w.deadline_ns) => {
+                let (gone, keep) = std::mem::take(&mut *calls)
+                    .into_iter()
+                    .partition(|(_, w)| now >= w.deadline_ns);
+                *calls = keep;
+                gone
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Logs a failed call at warn level, at most once a second per worker
+    /// (metrics count every one).
+    pub fn warn_rls(
+        &self,
+        host: &impl Host,
+        route: &str,
+        cluster: &str,
+        e: &CallError,
+        elapsed_ms: u64,
+        deny: bool,
+    ) {
+        let now = host.now_nanos();
+        if now.saturating_sub(self.last_rls_warning_ns.get()) < 1_000_000_000 {
+            return;
+        }
+        self.last_rls_warning_ns.set(now);
+        let what = match e {
+            CallError::Dispatch(m) => format!("could not be sent ({m})"),
+            CallError::Status(code, msg) => format!(
+                "failed after {elapsed_ms} ms with gRPC status {code}{}",
+                msg.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+            ),
+            CallError::Timeout => format!("timed out after {elapsed_ms} ms"),
+            CallError::BadResponse(m) => format!("gave an unusable answer ({m})"),
+        };
+        log::warn!(
+            "meshguard: route {route}: rate limit service call to cluster {cluster} {what}; failure_mode {}",
+            if deny { "deny: answering 503" } else { "allow: letting the request through" }
+        );
+    }
+
+    /// Asks for an early JWKS poll (a request waits for keys).
+    pub fn poll_jwks_soon(&self) {
+        self.next_jwks_poll_ns.set(0);
+    }
+}
