@@ -353,23 +353,24 @@ pub fn usability(
 
 /// Whether a stale response may be served because the origin failed
 /// (RFC 5861 4): within the response's or the request's `stale-if-error`
-/// window, and never when the response forbids serving stale.
+/// window, or the route's `stale_on_error` (`configured`), and never when
+/// the response forbids serving stale.
 pub fn stale_if_error_allows(
     lifetime: u64,
     age: u64,
     resp: &ResponseDirectives,
     req: &RequestDirectives,
+    configured: Option<u64>,
 ) -> bool {
     if resp.forbids_stale() || resp.no_cache {
         return false;
     }
     let stale_by = age.saturating_sub(lifetime);
-    let window = match (resp.stale_if_error, req.stale_if_error) {
-        (Some(a), Some(b)) => a.max(b),
-        (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => return false,
-    };
-    stale_by <= window
+    let window = [resp.stale_if_error, req.stale_if_error, configured]
+        .into_iter()
+        .flatten()
+        .max();
+    window.is_some_and(|w| stale_by <= w)
 }
 
 #[cfg(test)]
@@ -612,7 +613,13 @@ mod tests {
             assert_eq!(age(bad), UNKNOWN_AGE, "{bad:?}");
         }
         let r = rcc("max-age=3600, stale-if-error=86400");
-        assert!(!stale_if_error_allows(3600, UNKNOWN_AGE, &r, &qcc("")));
+        assert!(!stale_if_error_allows(
+            3600,
+            UNKNOWN_AGE,
+            &r,
+            &qcc(""),
+            None
+        ));
         assert_eq!(
             usability(3600, UNKNOWN_AGE, &r, &qcc("")),
             Usability::MustValidate {
@@ -672,7 +679,7 @@ mod tests {
                 usability(1, 5, &r, &qcc("max-stale")),
                 Usability::MustValidate { ttl: -4 }
             );
-            assert!(!stale_if_error_allows(1, 5, &r, &qcc("")));
+            assert!(!stale_if_error_allows(1, 5, &r, &qcc(""), None));
         }
         let nc = rcc("no-cache, max-age=100");
         assert_eq!(
@@ -692,19 +699,27 @@ mod tests {
             usability(10, 31, &r, &qcc("")),
             Usability::MustValidate { ttl: -21 }
         );
-        assert!(stale_if_error_allows(10, 70, &r, &qcc("")));
-        assert!(!stale_if_error_allows(10, 71, &r, &qcc("")));
+        assert!(stale_if_error_allows(10, 70, &r, &qcc(""), None));
+        assert!(!stale_if_error_allows(10, 71, &r, &qcc(""), None));
         assert!(stale_if_error_allows(
             10,
             100,
             &rcc("max-age=10"),
-            &qcc("stale-if-error=90")
+            &qcc("stale-if-error=90"),
+            None
         ));
         assert!(!stale_if_error_allows(
             10,
             100,
             &rcc("max-age=10"),
-            &qcc("")
+            &qcc(""),
+            None
         ));
+        // the route's stale_on_error is a window of its own
+        let plain = rcc("max-age=10");
+        assert!(stale_if_error_allows(10, 100, &plain, &qcc(""), Some(90)));
+        assert!(!stale_if_error_allows(10, 101, &plain, &qcc(""), Some(90)));
+        let strict = rcc("max-age=10, must-revalidate");
+        assert!(!stale_if_error_allows(10, 11, &strict, &qcc(""), Some(90)));
     }
 }

@@ -43,6 +43,9 @@ pub struct CachePolicy {
     pub set_cookie: SetCookie,
     /// Lower-case targeted cache-control field names (RFC 9213), in order.
     pub targeted: Vec<String>,
+    /// `stale_on_error` in whole seconds: a `stale-if-error` window of the
+    /// route's own, also used when the circuit breaker is open.
+    pub stale_on_error_secs: Option<u64>,
 }
 
 impl Default for CachePolicy {
@@ -61,6 +64,7 @@ impl Default for CachePolicy {
             heuristic_freshness: false,
             set_cookie: SetCookie::PublicOnly,
             targeted: vec!["cdn-cache-control".into()],
+            stale_on_error_secs: None,
         }
     }
 }
@@ -166,6 +170,17 @@ impl CachePolicy {
                 }
             };
         }
+        if let Some(d) = raw.stale_on_error {
+            let secs = d.as_nanos() / 1_000_000_000;
+            if !(1..=MAX_DEFAULT_TTL_SECS).contains(&secs) {
+                return Err(ConfigError::expected(
+                    format!("{path}.stale_on_error"),
+                    "a duration from \"1s\" to \"8784h\"",
+                    format!("{}ns", d.as_nanos()),
+                ));
+            }
+            p.stale_on_error_secs = Some(secs);
+        }
         if let Some(t) = &raw.targeted_cache_control {
             p.targeted = header_names(t, &format!("{path}.targeted_cache_control"))?;
             if let Some(i) = p.targeted.iter().position(|n| n == "cache-control") {
@@ -212,6 +227,7 @@ mod tests {
             heuristic_freshness: false,
             set_cookie: None,
             targeted_cache_control: None,
+            stale_on_error: None,
         }
     }
 
@@ -270,6 +286,13 @@ mod tests {
         r.targeted_cache_control = Some(vec!["x-a".into(), "Cache-Control".into()]);
         let e = CachePolicy::compile(&r, "c").err().map(|e| e.path);
         assert_eq!(e.as_deref(), Some("c.targeted_cache_control[1]"));
+        r.targeted_cache_control = None;
+        r.stale_on_error = Some(Duration::from_secs(300));
+        let p = CachePolicy::compile(&r, "c").unwrap_or_default();
+        assert_eq!(p.stale_on_error_secs, Some(300));
+        r.stale_on_error = Some(Duration::from_millis(10));
+        let e = CachePolicy::compile(&r, "c").err().map(|e| e.path);
+        assert_eq!(e.as_deref(), Some("c.stale_on_error"));
         assert_eq!(
             CachePolicy::default().targeted,
             vec!["cdn-cache-control".to_string()]

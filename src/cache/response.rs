@@ -72,21 +72,33 @@ pub(crate) fn serve_stale_if_error(
     ctx: &MissContext,
     upstream_status: Option<u32>,
 ) -> Option<CachedResponse> {
+    serve_stale_instead(host, route, ctx, upstream_status, "stale-if-error")
+}
+
+/// The stored stale response, if `stale-if-error` (the response's, the
+/// request's or the route's `stale_on_error`) allows it, with `detail`.
+pub(crate) fn serve_stale_instead(
+    host: &impl Host,
+    route: &CacheRoute,
+    ctx: &MissContext,
+    upstream_status: Option<u32>,
+    detail: &'static str,
+) -> Option<CachedResponse> {
     let stale = ctx.stale.as_ref()?;
     let now = host.now_nanos();
     let (cc, life, age) = entry_times(stale, route.policy, now);
-    if !freshness::stale_if_error_allows(life, age, &cc, &ctx.req_cc) {
+    if !freshness::stale_if_error_allows(
+        life,
+        age,
+        &cc,
+        &ctx.req_cc,
+        route.policy.stale_on_error_secs,
+    ) {
         return None;
     }
     host.increment_metric(route.metrics.hit, 1);
     let ttl = life as i64 - age as i64;
-    let status = fwd_status(
-        ctx.fwd,
-        upstream_status,
-        false,
-        Some("stale-if-error"),
-        Some(ttl),
-    );
+    let status = fwd_status(ctx.fwd, upstream_status, false, Some(detail), Some(ttl));
     Some(respond(
         stale,
         &ctx.request_headers,
@@ -435,6 +447,26 @@ pub fn on_upstream_failure(
 ) -> Option<CachedResponse> {
     let r = match ctx.mode {
         Mode::Fill | Mode::Revalidate => serve_stale_if_error(host, route, ctx, None),
+        _ => None,
+    };
+    release_pass(&Store::new(host, route.store), ctx);
+    r
+}
+
+/// The route's circuit breaker is open: the request will not go upstream.
+/// The stale response to send instead of the breaker's 503, if
+/// `stale-if-error` or the route's `stale_on_error` allows it
+/// (`Cache-Status: meshguard; fwd=stale; ttl=-N; detail=circuit-open`).
+/// Releases the fill lock as "pass" (see [`on_upstream_failure`]).
+pub fn on_circuit_open(
+    host: &impl Host,
+    route: &CacheRoute,
+    ctx: &mut MissContext,
+) -> Option<CachedResponse> {
+    let r = match ctx.mode {
+        Mode::Fill | Mode::Revalidate => {
+            serve_stale_instead(host, route, ctx, None, "circuit-open")
+        }
         _ => None,
     };
     release_pass(&Store::new(host, route.store), ctx);

@@ -391,4 +391,10 @@ pub struct RawCache {
     /// (default ["CDN-Cache-Control"]; [] for none).
     #[serde(default)]
     pub targeted_cache_control: Option<Vec<String>>,
+    /// When the upstream fails (500/502/503/504, reset, timeout) or the
+    /// route's circuit breaker is open: serve a stored response stale by
+    /// at most this long, even without `stale-if-error` (never one with
+    /// `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache`).
+    #[serde(default)]
+    pub stale_on_error: Option<Duration>,
 }

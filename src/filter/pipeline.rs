@@ -230,7 +230,9 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                             });
                         }
                         Admission::Rejected { retry_after_secs } => {
-                            abandon_cache(s, px);
+                            if let Some(step) = stale_when_circuit_open(s, px) {
+                                return step;
+                            }
                             let body = serde_json::json!({
                                 "error": "circuit_open",
                                 "route": route.name,
@@ -438,6 +440,20 @@ fn global_rate_limit<P: Host + Stream>(
         }
     };
     apply_decision(s, px, d, &route.name)
+}
+
+/// The breaker refused the request: a stored stale response that
+/// `stale-if-error` / `stale_on_error` allows answers instead of the 503
+/// (`Some`); else the cache fill lock is released (`None`).
+fn stale_when_circuit_open<P: Host + Stream>(s: &mut StreamState, px: &P) -> Option<Step> {
+    let rt = s.rt.clone();
+    let stale = match (s.cache.take(), rt.config.routes.get(s.route)) {
+        (Some(mut ctx), Some(route)) => cache_route(&rt, route, s.route)
+            .and_then(|cr| cache::on_circuit_open(&rt.host(px), &cr, &mut ctx)),
+        _ => None,
+    };
+    s.capture = None;
+    stale.map(|resp| send_cached(s, px, resp))
 }
 
 /// Releases the cache fill lock of a request that will not be stored.
