@@ -309,6 +309,27 @@ pub fn lookup_as(
     }
 }
 
+/// A `PURGE` the filter authorised (the route's `purge` claim rules held
+/// for the request's verified token): drops every stored variant of the
+/// request's URI (route, host, path and query unless `ignore_query`) and
+/// records an invalidation, so that a fill in flight is not stored.
+/// Returns how many stored responses were dropped (counted in `purged`).
+pub fn purge(host: &impl Host, route: &CacheRoute, req: &Request) -> usize {
+    let keys = Keys::of(route, req, Identity::default());
+    let n = Store::new(host, route.store).invalidate(&keys.uri);
+    host.increment_metric(route.metrics.purged, n as i64);
+    log::info!(
+        "meshguard: cache: {}: purge dropped {n} entries",
+        route.name
+    );
+    n
+}
+
+/// A `PURGE` the filter refused (counted in `purge_denied`).
+pub fn purge_denied(host: &impl Host, route: &CacheRoute) {
+    host.increment_metric(route.metrics.purge_denied, 1);
+}
+
 /// Nothing stored answers the request (`fwd`: `uri-miss` or `vary-miss`).
 pub(crate) fn miss(
     host: &impl Host,

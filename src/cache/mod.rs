@@ -216,7 +216,8 @@ pub mod vary;
 
 pub use key::{primary_hash, uri_hash, uri_hash_memo, Identity};
 pub use lookup::{
-    lookup, lookup_as, CacheRoute, Lookup, MissContext, CLIENT_CONDITIONS, WAIT_POLL_MS,
+    lookup, lookup_as, purge, purge_denied, CacheRoute, Lookup, MissContext, CLIENT_CONDITIONS,
+    WAIT_POLL_MS,
 };
 pub use metrics::CacheMetrics;
 pub use policy::CachePolicy;

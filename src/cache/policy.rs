@@ -4,11 +4,31 @@ use super::freshness::FreshnessConfig;
 use super::headers::is_token;
 use crate::config::raw::RawCache;
 use crate::config::{show_str, ConfigError};
+use crate::jwt::claims::{ClaimRule, Claims};
 
 /// Most entries in `vary_allowlist` and `key_headers`.
 pub const MAX_HEADER_NAMES: usize = 32;
 /// Largest `default_ttl` accepted (one year).
 pub const MAX_DEFAULT_TTL_SECS: u64 = 366 * 86_400;
+
+/// The claim rules a `PURGE` request's verified token must satisfy.
+#[derive(Debug, Clone)]
+pub struct PurgeRules(pub Vec<ClaimRule>);
+
+impl PurgeRules {
+    /// Whether these verified claims may purge (every rule holds).
+    pub fn allow(&self, claims: &Claims) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|r| r.matches(claims))
+    }
+}
+
+impl PartialEq for PurgeRules {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{:?}", self.0) == format!("{:?}", other.0)
+    }
+}
+
+impl Eq for PurgeRules {}
 
 /// What is done with a response carrying `Set-Cookie` (`set_cookie`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,6 +66,8 @@ pub struct CachePolicy {
     /// `stale_on_error` in whole seconds: a `stale-if-error` window of the
     /// route's own, also used when the circuit breaker is open.
     pub stale_on_error_secs: Option<u64>,
+    /// `purge`: `PURGE` allowed to tokens satisfying these rules.
+    pub purge: Option<PurgeRules>,
 }
 
 impl Default for CachePolicy {
@@ -65,6 +87,7 @@ impl Default for CachePolicy {
             set_cookie: SetCookie::PublicOnly,
             targeted: vec!["cdn-cache-control".into()],
             stale_on_error_secs: None,
+            purge: None,
         }
     }
 }
@@ -181,6 +204,23 @@ impl CachePolicy {
             }
             p.stale_on_error_secs = Some(secs);
         }
+        if let Some(purge) = &raw.purge {
+            let at = format!("{path}.purge.claims");
+            if purge.claims.is_empty() {
+                return Err(ConfigError::expected(
+                    at,
+                    "at least one claim rule (who may purge)",
+                    "[]",
+                ));
+            }
+            let rules = purge
+                .claims
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ClaimRule::compile(r, &format!("{at}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            p.purge = Some(PurgeRules(rules));
+        }
         if let Some(t) = &raw.targeted_cache_control {
             p.targeted = header_names(t, &format!("{path}.targeted_cache_control"))?;
             if let Some(i) = p.targeted.iter().position(|n| n == "cache-control") {
@@ -228,6 +268,7 @@ mod tests {
             set_cookie: None,
             targeted_cache_control: None,
             stale_on_error: None,
+            purge: None,
         }
     }
 

@@ -397,4 +397,17 @@ pub struct RawCache {
     /// `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache`).
     #[serde(default)]
     pub stale_on_error: Option<Duration>,
+    /// A `PURGE` request drops the stored responses of its URI (every
+    /// variant) when the route's `jwt` verified a token whose claims
+    /// satisfy every rule here; anyone else gets 403. Default: no purge
+    /// (`PURGE` goes upstream like any unsafe method).
+    #[serde(default)]
+    pub purge: Option<RawCachePurge>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCachePurge {
+    /// Claim rules the purging token must all satisfy (at least one).
+    pub claims: Vec<RawClaimRule>,
 }

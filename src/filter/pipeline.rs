@@ -159,6 +159,9 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
             }
             Stage::Cache => {
                 if let Some(cr) = cache_route(&rt, route, s.route) {
+                    if s.req.method == "PURGE" && cr.policy.purge.is_some() {
+                        return purge(s, px, &host, &cr);
+                    }
                     // Waiting behind another request's fill: not before the
                     // time the cache said to look again (the fast tick
                     // comes sooner), unless the wait is over.
@@ -440,6 +443,29 @@ fn global_rate_limit<P: Host + Stream>(
         }
     };
     apply_decision(s, px, d, &route.name)
+}
+
+/// A `PURGE` on a route with `cache.purge`: answered by meshguard, never
+/// forwarded. Allowed only to a token the route's JWT stage verified whose
+/// claims satisfy every `purge.claims` rule (200 `{"purged": n}`); anyone
+/// else, with a token or without, gets 403.
+fn purge<P: Host + Stream>(s: &mut StreamState, px: &P, host: &impl Host, cr: &CacheRoute) -> Step {
+    let allowed = match (&cr.policy.purge, &s.claims) {
+        (Some(rules), Some(claims)) => rules.allow(claims),
+        _ => false,
+    };
+    if !allowed {
+        cache::purge_denied(host, cr);
+        let body = serde_json::json!({
+            "error": "forbidden",
+            "reason": "PURGE needs a verified token satisfying the route's cache.purge.claims",
+        })
+        .to_string();
+        return s.json_reply(px, 403, &[], &body);
+    }
+    let n = cache::purge(host, cr, &s.req);
+    let body = serde_json::json!({ "purged": n }).to_string();
+    s.json_reply(px, 200, &[], &body)
 }
 
 /// The breaker refused the request: a stored stale response that

@@ -525,3 +525,53 @@ def test_without_a_window_the_open_circuit_still_answers_503(envoy, origin):
         e.request("/c/trip")
     s, h, b = e.request("/c/x")
     assert s == 503 and b"circuit_open" in b, (s, h, b)
+
+
+# ------------------------------------------------------------ 12. purge
+
+def purge_cfg():
+    from jwt_support import ISSUER, JWKS
+    return {
+        "jwt_providers": {"bearer": {"issuer": ISSUER, "audiences": ["api"],
+                                     "algorithms": ["HS256"], "jwks": {"inline": JWKS}}},
+        "routes": [
+            {"name": "c", "match": {"path_prefix": "/c/"},
+             "jwt": {"providers": ["bearer"], "allow_missing": True},
+             "cache": {"ignore_query": True,
+                       "purge": {"claims": [{"claim": "scope", "contains": "cache:purge"}]}}},
+            {"name": "nopurge", "match": {"path_prefix": "/n/"}, "cache": {}},
+        ],
+    }
+
+
+def test_purge_needs_a_token_with_the_claim_and_drops_every_variant(envoy, origin):
+    from jwt_support import claims, mint_hs
+    admin = mint_hs(claims(sub="ops", scope="read cache:purge"))
+    user = mint_hs(claims(sub="bob", scope="read"))
+    e = envoy(purge_cfg(), upstream_port=origin.port)
+    origin.serve([("cache-control", "max-age=600"), ("vary", "accept-language")])
+    for lang in ("en", "fr"):
+        e.request("/c/p?x=1", headers={"accept-language": lang})
+        assert is_hit(e.request("/c/p", headers={"accept-language": lang})[1])
+    e.request("/c/other")
+    # no token, a token without the claim, a bad token: refused, nothing dropped
+    for hdrs in ({}, {"authorization": f"Bearer {user}"}):
+        s, h, b = e.request("/c/p", method="PURGE", headers=hdrs)
+        assert s == 403 and b"forbidden" in b, (s, b)
+    s, _, _ = e.request("/c/p", method="PURGE", headers={"authorization": "Bearer x.y.z"})
+    assert s == 401
+    assert is_hit(e.request("/c/p", headers={"accept-language": "en"})[1])
+    before = len(origin.requests)
+    s, h, b = e.request("/c/p?y=2", method="PURGE", headers={"authorization": f"Bearer {admin}"})
+    assert (s, b) == (200, b'{"purged":2}'), (s, b)
+    assert len(origin.requests) == before  # answered by meshguard, never forwarded
+    for lang in ("en", "fr"):
+        assert not is_hit(e.request("/c/p", headers={"accept-language": lang})[1])
+    assert is_hit(e.request("/c/other")[1])  # only that URI
+    st = e.stats()
+    assert st["wasmcustom.meshguard.cache.c.purged"] == 2
+    assert st["wasmcustom.meshguard.cache.c.purge_denied"] == 2
+    # a route without purge: PURGE is an unsafe method like any other
+    e.request("/n/q")
+    s, _, _ = e.request("/n/q", method="PURGE")
+    assert s == 200 and origin.last("/n/q")[0] == "PURGE"
