@@ -2,6 +2,7 @@
 
 use super::freshness::FreshnessConfig;
 use super::headers::is_token;
+pub use super::storable::SetCookie;
 use crate::config::raw::RawCache;
 use crate::config::{show_str, ConfigError};
 use crate::jwt::claims::{ClaimRule, Claims};
@@ -29,21 +30,6 @@ impl PartialEq for PurgeRules {
 }
 
 impl Eq for PurgeRules {}
-
-/// What is done with a response carrying `Set-Cookie` (`set_cookie`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SetCookie {
-    /// Stored only with `public` or `s-maxage`, without its `Set-Cookie`.
-    #[default]
-    PublicOnly,
-    /// Stored by the usual rules, without its `Set-Cookie` lines.
-    Strip,
-    /// Stored with its `Set-Cookie` lines, which every hit sends: only
-    /// for cookies that are the same for everyone.
-    Store,
-    /// Never stored.
-    NoStore,
-}
 
 /// A route's cache settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]

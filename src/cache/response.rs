@@ -4,7 +4,7 @@
 
 use super::directives::{self, ResponseDirectives};
 use super::entry::Entry;
-use super::policy::SetCookie;
+use super::storable::SetCookie;
 use super::store::{Store, WriteOutcome};
 use super::{etag, freshness, headers, storable, vary};
 use crate::cache::key::key_path;

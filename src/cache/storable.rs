@@ -42,8 +42,22 @@
 
 use super::directives::ResponseDirectives;
 use super::headers::{self, Headers};
-use super::policy::SetCookie;
 use super::vary::{self, VaryError};
+
+/// What is done with a response carrying `Set-Cookie` (`set_cookie`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetCookie {
+    /// Stored only with `public` or `s-maxage`, without its `Set-Cookie`.
+    #[default]
+    PublicOnly,
+    /// Stored by the usual rules, without its `Set-Cookie` lines.
+    Strip,
+    /// Stored with its `Set-Cookie` lines, which every hit sends: only
+    /// for cookies that are the same for everyone.
+    Store,
+    /// Never stored.
+    NoStore,
+}
 
 /// Why a response is not stored: the `detail` of Cache-Status.
 pub type Refusal = &'static str;
