@@ -13,7 +13,7 @@ WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/
 export CARGO_TERM_COLOR ?= never
 RLS_MANIFEST := tests/rls-server/Cargo.toml
 
-.PHONY: soak fuzz fuzz-smoke fuzz-tools lint-indexing registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
+.PHONY: soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -119,12 +119,6 @@ fuzz: fuzz-tools
 
 fuzz-smoke:
 	cargo test -q --features cli --test fuzz_corpus -- --nocapture
-
-# Report, not enforced: per file, the indexing/slicing sites in the module
-# that clippy cannot prove in bounds (`clippy::indexing_slicing`).
-lint-indexing: targets
-	@cargo clippy --lib --target wasm32-wasip1 --message-format=short -- -W clippy::indexing_slicing 2>&1 \
-	  | grep -E 'indexing may panic|slicing may panic' | sed 's/:[0-9]*:[0-9]*:.*//' | sort | uniq -c | sort -rn
 
 test: fmt-check clippy unit fuzz-smoke wasm-test rls-test e2e
 

@@ -43,7 +43,7 @@ impl Kind {
     pub fn of(content_type: Option<&[u8]>) -> Option<Kind> {
         let ct = media_type(content_type?);
         let rest = strip_prefix_ignore_case(ct, b"application/grpc")?;
-        let subtype_ends = |r: &[u8]| r.is_empty() || r[0] == b'+';
+        let subtype_ends = |r: &[u8]| r.first().is_none_or(|&c| c == b'+');
         if subtype_ends(rest) {
             return Some(Kind::Grpc);
         }
@@ -70,14 +70,13 @@ impl Kind {
 
 /// A `content-type` value without parameters and surrounding spaces.
 fn media_type(v: &[u8]) -> &[u8] {
-    let end = v.iter().position(|&b| b == b';').unwrap_or(v.len());
-    v[..end].trim_ascii()
+    let before_params = v.split(|&b| b == b';').next().unwrap_or_default();
+    before_params.trim_ascii()
 }
 
 fn strip_prefix_ignore_case<'a>(v: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
-    let head = v.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &v[prefix.len()..])
+    let (head, rest) = v.split_at_checked(prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then_some(rest)
 }
 
 /// A gRPC status code (0..=16).
@@ -238,15 +237,20 @@ pub fn encode_message(msg: &str) -> String {
     while !msg.is_char_boundary(end) {
         end -= 1;
     }
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // An upper-case hex digit of a nibble (0..=15: never the fallback).
+    let hex = |n: u8| {
+        char::from_digit(u32::from(n), 16)
+            .unwrap_or('0')
+            .to_ascii_uppercase()
+    };
     let mut out = String::with_capacity(end + 8);
-    for &b in &msg.as_bytes()[..end] {
+    for &b in msg.as_bytes().get(..end).unwrap_or_default() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {
             out.push(char::from(b));
         } else {
             out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+            out.push(hex(b >> 4));
+            out.push(hex(b & 0xf));
         }
     }
     out

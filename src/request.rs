@@ -339,11 +339,11 @@ pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let hex = |c: Option<&u8>| c.and_then(|&c| (c as char).to_digit(16));
+                match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
                     (Some(h), Some(l)) => {
                         out.push((h * 16 + l) as u8);
                         i += 3;
@@ -601,6 +601,9 @@ mod tests {
         assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
         assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
         assert_eq!(percent_decode("%zz").as_deref(), Some("%zz"));
+        // An escape cut by the end of the value stays as it is.
+        assert_eq!(percent_decode("a%4").as_deref(), Some("a%4"));
+        assert_eq!(percent_decode("a%41").as_deref(), Some("aA"));
         assert_eq!(percent_decode("%ff"), None);
     }
 }

@@ -167,6 +167,10 @@ fn referenced_paths(code: &str, file: &[String], children: &BTreeSet<String>) ->
         while i < bytes.len() && (ident(bytes[i]) || bytes[i] == b':') {
             i += 1;
         }
+        if !code[start..i].contains("::") {
+            // A lone word (`pub(crate)`, `self.x`) names no module.
+            continue;
+        }
         let head: Vec<&str> = code[start..i]
             .split("::")
             .filter(|s| !s.is_empty())
@@ -445,6 +449,8 @@ fn the_reader_sees_imports_of_every_kind() {
          use super::entry::Entry;\n\
          use super::{jose, verify};\n\
          use inner::Thing;\n\
+         pub(crate) mod private;\n\
+         fn g(&self) { self.x }\n\
          fn f() { crate::grpc::Code::OK; }\n\
          mod checked {\n    use super::Memo;\n}\n\
          use super::after::Inline;\n\

@@ -6,6 +6,9 @@
 //! `meshguard-validate --print-schema` prints the JSON Schema of the
 //! configuration (the committed `meshguard.schema.json`).
 
+// As in the library (`src/lib.rs`): no indexing or slicing that can panic.
+#![deny(clippy::indexing_slicing)]
+
 use meshguard::plan::Config;
 use std::process::ExitCode;
 

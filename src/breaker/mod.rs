@@ -235,7 +235,7 @@ pub use store::{
 
 /// Envoy `response.flags` bits (the legacy `ResponseFlag` bit vector that
 /// the `response.flags` attribute exposes), as far as the breaker cares.
-pub mod response_flags {
+pub(crate) mod response_flags {
     /// `UH` no healthy upstream.
     pub const NO_HEALTHY_UPSTREAM: u64 = 0x2;
     /// `UT` upstream request timeout.

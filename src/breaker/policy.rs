@@ -174,14 +174,14 @@ fn parse_status(v: &serde_json::Value) -> Option<Result<u32, u32>> {
             if b.len() != 3 {
                 return None;
             }
-            let first = b[0];
+            let first = *b.first()?;
             if !(b'1'..=b'5').contains(&first) {
                 return None;
             }
-            if b[1..].eq_ignore_ascii_case(b"xx") {
+            if b.get(1..)?.eq_ignore_ascii_case(b"xx") {
                 return Some(Err(u32::from(first - b'0')));
             }
-            if b[1..].iter().all(u8::is_ascii_digit) {
+            if b.get(1..)?.iter().all(u8::is_ascii_digit) {
                 let c: u32 = s.parse().ok()?;
                 return Some(Ok(c));
             }

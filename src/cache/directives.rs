@@ -98,55 +98,64 @@ pub fn parse_list_checked<'a>(lines: impl Iterator<Item = &'a [u8]>) -> (Vec<Dir
     for line in lines {
         let mut i = 0;
         let b = line;
+        // The byte at `i`, `None` past the end.
+        let at = |i: usize| b.get(i).copied();
         while i < b.len() {
             if out.len() == MAX_DIRECTIVES {
                 // Anything but separators left is a directive not read.
-                if b[i..].iter().any(|&c| !matches!(c, b',' | b' ' | b'\t')) {
+                let rest = b.get(i..).unwrap_or_default();
+                if rest.iter().any(|&c| !matches!(c, b',' | b' ' | b'\t')) {
                     complete = false;
                 }
                 break;
             }
             // skip separators and whitespace
-            while i < b.len() && (b[i] == b',' || b[i] == b' ' || b[i] == b'\t') {
+            while matches!(at(i), Some(b',' | b' ' | b'\t')) {
                 i += 1;
             }
             let start = i;
-            while i < b.len() && b[i] != b',' && b[i] != b'=' {
+            while at(i).is_some_and(|c| c != b',' && c != b'=') {
                 i += 1;
             }
-            let name = String::from_utf8_lossy(&b[start..i])
+            let name = String::from_utf8_lossy(b.get(start..i).unwrap_or_default())
                 .trim()
                 .to_ascii_lowercase();
             let mut value = None;
-            if i < b.len() && b[i] == b'=' {
+            if at(i) == Some(b'=') {
                 i += 1;
-                while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+                while matches!(at(i), Some(b' ' | b'\t')) {
                     i += 1;
                 }
-                if i < b.len() && b[i] == b'"' {
+                if at(i) == Some(b'"') {
                     i += 1;
                     let mut v = Vec::new();
-                    while i < b.len() && b[i] != b'"' {
-                        if b[i] == b'\\' && i + 1 < b.len() {
-                            i += 1;
-                        }
-                        v.push(b[i]);
+                    while let Some(c) = at(i).filter(|&c| c != b'"') {
+                        // A backslash quotes the next byte (if any).
+                        let c = match (c, at(i + 1)) {
+                            (b'\\', Some(next)) => {
+                                i += 1;
+                                next
+                            }
+                            _ => c,
+                        };
+                        v.push(c);
                         i += 1;
                     }
                     if i >= b.len() {
                         complete = false; // no closing quote
                     }
                     i += 1; // closing quote (or end)
-                    while i < b.len() && b[i] != b',' {
+                    while at(i).is_some_and(|c| c != b',') {
                         i += 1; // junk after the quoted string is ignored
                     }
                     value = Some(String::from_utf8_lossy(&v).into_owned());
                 } else {
                     let vs = i;
-                    while i < b.len() && b[i] != b',' {
+                    while at(i).is_some_and(|c| c != b',') {
                         i += 1;
                     }
-                    value = Some(String::from_utf8_lossy(&b[vs..i]).trim().to_string());
+                    let raw = b.get(vs..i).unwrap_or_default();
+                    value = Some(String::from_utf8_lossy(raw).trim().to_string());
                 }
             }
             if !name.is_empty() {
@@ -376,6 +385,13 @@ mod tests {
         let l = parse_list(std::iter::once(&b"a=\"x\\\"y\", b"[..]));
         assert_eq!(l[0].value.as_deref(), Some("x\"y"));
         assert_eq!(l[1].name, "b");
+        // A backslash as the last byte is kept as is; the quote never closed.
+        let (l, complete) = parse_list_checked(std::iter::once(&b"a=\"x\\"[..]));
+        assert_eq!(l[0].value.as_deref(), Some("x\\"));
+        assert!(!complete);
+        let (l, complete) = parse_list_checked(std::iter::once(&b"a=\""[..]));
+        assert_eq!(l[0].value.as_deref(), Some(""));
+        assert!(!complete);
     }
 
     #[test]

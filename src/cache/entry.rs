@@ -370,7 +370,9 @@ fn put_facts(out: &mut Vec<u8>, f: &Facts) {
         match s {
             Some(Seconds::Value(n)) => {
                 flags |= present;
-                v[i] = n;
+                if let Some(x) = v.get_mut(i) {
+                    *x = n;
+                }
             }
             Some(Seconds::Invalid) => flags |= present | invalid,
             None => {}
@@ -394,7 +396,9 @@ fn put_facts(out: &mut Vec<u8>, f: &Facts) {
     ] {
         if let Some(n) = o {
             flags |= bit;
-            v[i] = n;
+            if let Some(x) = v.get_mut(i) {
+                *x = n;
+            }
         }
     }
     v[4] = f.initial_age;
@@ -455,7 +459,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn u8(&mut self) -> Result<u8, &'static str> {
-        Ok(self.take(1)?[0])
+        self.take(1)?.first().copied().ok_or("truncated")
     }
     fn u16(&mut self) -> Result<u16, &'static str> {
         let mut a = [0u8; 2];

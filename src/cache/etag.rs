@@ -22,10 +22,9 @@ pub fn parse(v: &[u8]) -> Option<ETag<'_>> {
         Some(r) => (true, r),
         None => (false, v),
     };
-    if rest.len() < 2 || rest[0] != b'"' || rest[rest.len() - 1] != b'"' {
+    let [b'"', opaque @ .., b'"'] = rest else {
         return None;
-    }
-    let opaque = &rest[1..rest.len() - 1];
+    };
     if opaque.contains(&b'"') {
         return None;
     }
@@ -47,30 +46,32 @@ pub fn weak_eq(a: &ETag, b: &ETag) -> bool {
 pub fn parse_list(v: &[u8]) -> Vec<ETag<'_>> {
     let mut out = Vec::new();
     let mut i = 0;
+    // The byte at `i`, `None` past the end.
+    let at = |i: usize| v.get(i).copied();
     while i < v.len() && out.len() < 64 {
-        while i < v.len() && (v[i] == b',' || v[i].is_ascii_whitespace()) {
+        while at(i).is_some_and(|c| c == b',' || c.is_ascii_whitespace()) {
             i += 1;
         }
         let start = i;
-        if v[i..].starts_with(b"W/") {
+        if v.get(i..).is_some_and(|r| r.starts_with(b"W/")) {
             i += 2;
         }
-        if i < v.len() && v[i] == b'"' {
+        if at(i) == Some(b'"') {
             i += 1;
-            while i < v.len() && v[i] != b'"' {
+            while at(i).is_some_and(|c| c != b'"') {
                 i += 1;
             }
             i += 1;
         } else {
-            while i < v.len() && v[i] != b',' {
+            while at(i).is_some_and(|c| c != b',') {
                 i += 1;
             }
         }
         let end = i.min(v.len());
-        if let Some(t) = parse(&v[start..end]) {
+        if let Some(t) = v.get(start..end).and_then(parse) {
             out.push(t);
         }
-        while i < v.len() && v[i] != b',' {
+        while at(i).is_some_and(|c| c != b',') {
             i += 1;
         }
     }
@@ -238,6 +239,12 @@ mod tests {
         }
         assert!(parse(b"abc").is_none());
         assert!(parse(b"\"a\"b\"").is_none());
+        // Too short to hold both quotes; the shortest tag is empty.
+        assert!(parse(b"\"").is_none());
+        assert!(parse(b"W/\"").is_none());
+        assert!(parse(b"W/").is_none());
+        assert_eq!(parse(b"\"\"").map(|t| t.opaque), Some(&b""[..]));
+        assert_eq!(parse(b"W/\"\"").map(|t| t.weak), Some(true));
     }
 
     #[test]
@@ -251,6 +258,12 @@ mod tests {
         let l = parse_list(b"\"a,b\", garbage, W/\"c\"");
         assert_eq!(l.len(), 2);
         assert_eq!(l[0].opaque, b"a,b");
+        // Members cut at the end of the list are skipped, not misread.
+        for cut in [&b"\"a\", \"b"[..], b"\"a\", W/", b"\"a\", W/\"", b"\"a\","] {
+            let l = parse_list(cut);
+            assert_eq!(l.len(), 1, "{:?}", String::from_utf8_lossy(cut));
+            assert_eq!(l[0].opaque, b"a");
+        }
     }
 
     #[test]

@@ -92,18 +92,19 @@ pub fn append_cache_status_owned(existing: Option<&[u8]>, ours: Vec<u8>) -> Vec<
 
 /// Appends the decimal digits of `v` (no `core::fmt`).
 pub fn push_u64(out: &mut Vec<u8>, v: u64) {
+    // At most 20 digits (u64::MAX), written from the end of `digits`.
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut v = v;
-    loop {
+    for d in digits.iter_mut().rev() {
         i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
+        *d = b'0' + (v % 10) as u8;
         v /= 10;
         if v == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(digits.get(i..).unwrap_or_default());
 }
 
 /// Appends `v` in decimal, with a `-` when negative (no `core::fmt`).

@@ -63,13 +63,13 @@ fn parse_imf(s: &str) -> Option<u64> {
         return None;
     }
     let parts: Vec<&str> = rest.split(' ').collect();
-    if parts.len() != 5 || parts[4] != "GMT" {
+    let [day, mon, year, tod, "GMT"] = *parts.as_slice() else {
         return None;
-    }
-    let day = num(parts[0], 2)?;
-    let mon = month(parts[1])?;
-    let year = num(parts[2], 4)?;
-    build(year, mon, day, time_of_day(parts[3])?)
+    };
+    let day = num(day, 2)?;
+    let mon = month(mon)?;
+    let year = num(year, 4)?;
+    build(year, mon, day, time_of_day(tod)?)
 }
 
 fn parse_850(s: &str) -> Option<u64> {
@@ -79,34 +79,37 @@ fn parse_850(s: &str) -> Option<u64> {
         return None;
     }
     let parts: Vec<&str> = rest.split(' ').collect();
-    if parts.len() != 3 || parts[2] != "GMT" {
+    let [date, tod, "GMT"] = *parts.as_slice() else {
         return None;
-    }
-    let d: Vec<&str> = parts[0].split('-').collect();
-    if d.len() != 3 {
+    };
+    let d: Vec<&str> = date.split('-').collect();
+    let [day, mon, yy] = *d.as_slice() else {
         return None;
-    }
-    let day = num(d[0], 2)?;
-    let mon = month(d[1])?;
-    let yy = num(d[2], 2)?;
+    };
+    let day = num(day, 2)?;
+    let mon = month(mon)?;
+    let yy = num(yy, 2)?;
     let year = if yy < 70 { 2000 + yy } else { 1900 + yy };
-    build(year, mon, day, time_of_day(parts[1])?)
+    build(year, mon, day, time_of_day(tod)?)
 }
 
 fn parse_asctime(s: &str) -> Option<u64> {
     // "Sun Nov  6 08:49:37 1994" (day is space-padded)
     let parts: Vec<&str> = s.split(' ').filter(|p| !p.is_empty()).collect();
-    if parts.len() != 5 || parts[0].len() != 3 {
+    let [wd, mon, day, tod, year] = *parts.as_slice() else {
+        return None;
+    };
+    if wd.len() != 3 {
         return None;
     }
-    let mon = month(parts[1])?;
-    let day = match parts[2].len() {
-        1 => num(parts[2], 1)?,
-        2 => num(parts[2], 2)?,
+    let mon = month(mon)?;
+    let day = match day.len() {
+        1 => num(day, 1)?,
+        2 => num(day, 2)?,
         _ => return None,
     };
-    let year = num(parts[4], 4)?;
-    build(year, mon, day, time_of_day(parts[3])?)
+    let year = num(year, 4)?;
+    build(year, mon, day, time_of_day(tod)?)
 }
 
 fn build(year: u32, mon: u32, day: u32, tod: u32) -> Option<u64> {
@@ -159,8 +162,12 @@ pub fn format(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let tod = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    let wd = DAYS[(days % 7) as usize];
-    let mon = std::str::from_utf8(MONTHS[(m as usize).saturating_sub(1) % 12]).unwrap_or("Jan");
+    // days >= 0 and 1 <= m <= 12: both `get`s are `Some`.
+    let wd = DAYS.get((days % 7) as usize).copied().unwrap_or("Thu");
+    let mon = MONTHS
+        .get((m as usize).saturating_sub(1) % 12)
+        .and_then(|m| std::str::from_utf8(m.as_slice()).ok())
+        .unwrap_or("Jan");
     format!(
         "{wd}, {d:02} {mon} {y:04} {:02}:{:02}:{:02} GMT",
         tod / 3600,

@@ -219,12 +219,15 @@ impl Layout {
         let mut n = 0;
         if self.slots > 0 {
             for i in 0..PROBES {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&uri[i * 8..i * 8 + 8]);
-                let p = (u64::from_le_bytes(b) % self.slots as u64) as u32;
-                if !out[..n].contains(&p) {
-                    out[n] = p;
-                    n += 1;
+                let Some(b) = le_u64(uri, i * 8) else {
+                    break;
+                };
+                let p = (b % self.slots as u64) as u32;
+                if !out.iter().take(n).any(|&q| q == p) {
+                    if let Some(o) = out.get_mut(n) {
+                        *o = p;
+                        n += 1;
+                    }
                 }
             }
         }
@@ -246,25 +249,31 @@ pub struct Key {
 
 impl Key {
     fn new(prefix: &[u8], i: u32) -> Key {
+        // The decimal digits at the end of `digits` (a u32 has at most 10).
         let mut digits = [0u8; 10];
         let mut n = digits.len();
         let mut v = i;
-        loop {
+        for d in digits.iter_mut().rev() {
             n -= 1;
-            digits[n] = b'0' + (v % 10) as u8;
+            *d = b'0' + (v % 10) as u8;
             v /= 10;
             if v == 0 {
                 break;
             }
         }
-        let (p, d) = (prefix.len(), &digits[n..]);
+        let (p, d) = (prefix.len(), digits.get(n..).unwrap_or_default());
+        // At most 24 + 10 bytes: both parts always fit the 40.
         let mut buf = [0u8; 40];
-        buf[..p].copy_from_slice(prefix);
-        buf[p..p + d.len()].copy_from_slice(d);
-        Key {
-            buf,
-            len: p + d.len(),
+        let mut len = 0;
+        if let Some(dst) = buf.get_mut(..p) {
+            dst.copy_from_slice(prefix);
+            len = p;
         }
+        if let Some(dst) = buf.get_mut(len..len + d.len()) {
+            dst.copy_from_slice(d);
+            len += d.len();
+        }
+        Key { buf, len }
     }
     pub fn chunk(i: u32) -> Key {
         Key::new(CHUNK_PREFIX, i)
@@ -276,7 +285,7 @@ impl Key {
         Key::new(INV_PREFIX, i)
     }
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
     }
 }
 
@@ -334,7 +343,9 @@ pub fn checksum(b: &[u8]) -> u32 {
     let rest = words.remainder();
     if !rest.is_empty() {
         let mut a = [0u8; 8];
-        a[..rest.len()].copy_from_slice(rest);
+        for (d, &b) in a.iter_mut().zip(rest) {
+            *d = b;
+        }
         h = step(h, u64::from_le_bytes(a));
     }
     h ^= h >> 31;
@@ -343,49 +354,48 @@ pub fn checksum(b: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
-fn le_u16(b: &[u8], i: usize) -> u16 {
-    let mut a = [0u8; 2];
-    a.copy_from_slice(&b[i..i + 2]);
-    u16::from_le_bytes(a)
+// Fixed-size fields at byte `i`; `None` past the end of `b`.
+fn le_u16(b: &[u8], i: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(*b.get(i..)?.first_chunk()?))
 }
-fn le_u32(b: &[u8], i: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[i..i + 4]);
-    u32::from_le_bytes(a)
+fn le_u32(b: &[u8], i: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(*b.get(i..)?.first_chunk()?))
 }
-fn le_u64(b: &[u8], i: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[i..i + 8]);
-    u64::from_le_bytes(a)
+fn le_u64(b: &[u8], i: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(*b.get(i..)?.first_chunk()?))
 }
-fn arr32(b: &[u8], i: usize) -> [u8; 32] {
-    let mut a = [0u8; 32];
-    a.copy_from_slice(&b[i..i + 32]);
-    a
+fn arr32(b: &[u8], i: usize) -> Option<[u8; 32]> {
+    b.get(i..)?.first_chunk().copied()
 }
 
 /// Parses a chunk value as a head. Unknown versions / kinds are reported as
 /// `Err` (corrupt or older format); continuations and tombstones are `Free`.
 pub fn parse_head(v: &[u8]) -> Result<SlotState, &'static str> {
-    if v.len() < 2 {
+    let [version, kind, ..] = *v else {
         return Err("chunk too short");
-    }
-    if v[0] != CHUNK_VERSION {
+    };
+    if version != CHUNK_VERSION {
         return Err("unknown chunk version");
     }
-    match v[1] {
+    let head = || {
+        if v.len() < HEAD_HDR || le_u16(v, 10)? != 0 {
+            return None;
+        }
+        Some(HeadInfo {
+            generation: le_u64(v, 2)?,
+            chunks: le_u16(v, 12)?,
+            total_len: le_u32(v, 14)?,
+            checksum: le_u32(v, 18)?,
+            uri: arr32(v, 22)?,
+            primary: arr32(v, 54)?,
+            secondary: arr32(v, 86)?,
+            stored_at_ns: le_u64(v, 118)?,
+        })
+    };
+    match kind {
         KIND_TOMB => Ok(SlotState::Free),
         KIND_CONT if v.len() >= CONT_HDR => Ok(SlotState::Free),
-        KIND_HEAD if v.len() >= HEAD_HDR && le_u16(v, 10) == 0 => Ok(SlotState::Head(HeadInfo {
-            generation: le_u64(v, 2),
-            chunks: le_u16(v, 12),
-            total_len: le_u32(v, 14),
-            checksum: le_u32(v, 18),
-            uri: arr32(v, 22),
-            primary: arr32(v, 54),
-            secondary: arr32(v, 86),
-            stored_at_ns: le_u64(v, 118),
-        })),
+        KIND_HEAD => head().map(SlotState::Head).ok_or("malformed chunk"),
         _ => Err("malformed chunk"),
     }
 }
@@ -691,7 +701,10 @@ impl<'h, H: Host> Store<'h, H> {
             Some(v) => v,
             None => read(slot)?,
         };
-        if v.len() < HEAD_HDR || v[1] != KIND_HEAD || le_u64(&v, 2) != head.generation {
+        if v.len() < HEAD_HDR
+            || v.get(1) != Some(&KIND_HEAD)
+            || le_u64(&v, 2) != Some(head.generation)
+        {
             return None; // replaced since the head was read
         }
         if v.len() - HEAD_HDR > total {
@@ -702,7 +715,7 @@ impl<'h, H: Host> Store<'h, H> {
             if v.len() - HEAD_HDR != total {
                 return self.drop_corrupt(slot, "shorter than its header says");
             }
-            if verify && checksum(&v[HEAD_HDR..]) != head.checksum {
+            if verify && checksum(v.get(HEAD_HDR..).unwrap_or_default()) != head.checksum {
                 return self.drop_corrupt(slot, "checksum mismatch");
             }
             return Some(Payload {
@@ -711,20 +724,23 @@ impl<'h, H: Host> Store<'h, H> {
             });
         }
         let mut payload = Vec::with_capacity(total.min(self.layout.capacity_bytes() as usize));
-        payload.extend_from_slice(&v[HEAD_HDR..]);
+        payload.extend_from_slice(v.get(HEAD_HDR..).unwrap_or_default());
         for j in 1..n {
             let pos = (slot + j) % self.layout.slots;
             let v = read(pos)?;
-            if v.len() < CONT_HDR
-                || v[0] != CHUNK_VERSION
-                || v[1] != KIND_CONT
-                || le_u64(&v, 2) != head.generation
-                || le_u16(&v, 10) as u32 != j
+            let Some((hdr, part)) = v.split_first_chunk::<CONT_HDR>() else {
+                log::debug!("meshguard: cache: entry at slot {slot} was partly evicted");
+                return None;
+            };
+            if hdr[0] != CHUNK_VERSION
+                || hdr[1] != KIND_CONT
+                || le_u64(hdr, 2) != Some(head.generation)
+                || le_u16(hdr, 10).map(u32::from) != Some(j)
             {
                 log::debug!("meshguard: cache: entry at slot {slot} was partly evicted");
                 return None;
             }
-            payload.extend_from_slice(&v[CONT_HDR..]);
+            payload.extend_from_slice(part);
             if payload.len() > total {
                 return self.drop_corrupt(slot, "longer than its header says");
             }
@@ -783,17 +799,15 @@ impl<'h, H: Host> Store<'h, H> {
 
     /// The invalidation record of a URI, if the layout has any.
     fn invalidation_slot(&self, uri: &[u8; 32]) -> Option<u32> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&uri[8..16]);
-        (self.layout.invalidations > 0)
-            .then(|| (u64::from_le_bytes(b) % self.layout.invalidations as u64) as u32)
+        let b = le_u64(uri, 8)?;
+        (self.layout.invalidations > 0).then(|| (b % self.layout.invalidations as u64) as u32)
     }
 
     /// Reads an invalidation record: `Ok(None)` absent, `Err` unreadable.
     fn read_invalidation(&self, key: &str) -> Result<(Option<u64>, Option<u32>), ()> {
         match self.host.shared_get(key) {
-            Ok((Some(v), cas)) if v.len() == INV_VALUE_LEN && v[0] == INV_VERSION => {
-                Ok((Some(le_u64(&v, 1)), cas))
+            Ok((Some(v), cas)) if v.len() == INV_VALUE_LEN && v.first() == Some(&INV_VERSION) => {
+                Ok((le_u64(&v, 1), cas))
             }
             Ok((Some(_), _)) => {
                 log::warn!("meshguard: cache: dropping corrupt invalidation record at {key}");
@@ -897,23 +911,23 @@ impl<'h, H: Host> Store<'h, H> {
         let cont_len = self.layout.chunk_bytes - CONT_HDR;
         // Continuations first, head last: readers never see a head whose
         // run is not complete (a torn run fails the generation check).
-        let mut off = first_len.min(payload.len());
+        let (first, rest) = payload.split_at(first_len.min(payload.len()));
+        let mut parts = rest.chunks(cont_len.max(1));
         for j in 1..n {
             let pos = (head_slot + j as u32) % slots;
-            let end = (off + cont_len).min(payload.len());
-            let mut v = Vec::with_capacity(CONT_HDR + end - off);
+            let part = parts.next().unwrap_or_default();
+            let mut v = Vec::with_capacity(CONT_HDR + part.len());
             v.push(CHUNK_VERSION);
             v.push(KIND_CONT);
             v.extend_from_slice(&generation.to_le_bytes());
             v.extend_from_slice(&(j as u16).to_le_bytes());
-            v.extend_from_slice(&payload[off..end]);
-            off = end;
+            v.extend_from_slice(part);
             match self.overwrite(pos, &v, uri, entry) {
                 Ok(ev) => evicted += ev,
                 Err(o) => return o,
             }
         }
-        let mut v = Vec::with_capacity(HEAD_HDR + first_len.min(payload.len()));
+        let mut v = Vec::with_capacity(HEAD_HDR + first.len());
         v.push(CHUNK_VERSION);
         v.push(KIND_HEAD);
         v.extend_from_slice(&generation.to_le_bytes());
@@ -925,7 +939,7 @@ impl<'h, H: Host> Store<'h, H> {
         v.extend_from_slice(&entry.primary);
         v.extend_from_slice(&entry.secondary);
         v.extend_from_slice(&entry.response_time_ns.to_le_bytes());
-        v.extend_from_slice(&payload[..first_len.min(payload.len())]);
+        v.extend_from_slice(first);
         match self.overwrite(head_slot, &v, uri, entry) {
             Ok(ev) => WriteOutcome::Stored {
                 slot: head_slot,
@@ -986,9 +1000,7 @@ impl<'h, H: Host> Store<'h, H> {
         if self.layout.locks == 0 {
             return None;
         }
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&primary[..8]);
-        let tag = u64::from_le_bytes(b).max(1);
+        let tag = le_u64(primary, 0)?.max(1);
         Some(((tag % self.layout.locks as u64) as u32, tag))
     }
 
@@ -997,11 +1009,18 @@ impl<'h, H: Host> Store<'h, H> {
         let key = key.as_str();
         match self.host.shared_get(key) {
             Ok((Some(v), cas)) => {
-                if v.len() != LOCK_VALUE_LEN || v[0] != LOCK_VERSION {
-                    log::warn!("meshguard: cache: dropping corrupt lock at {key}");
-                    return Some((None, cas));
-                }
-                Some((Some((le_u64(&v, 1), le_u64(&v, 9), le_u64(&v, 17))), cas))
+                let fields = match (le_u64(&v, 1), le_u64(&v, 9), le_u64(&v, 17)) {
+                    (Some(deadline), Some(tag), Some(holder))
+                        if v.len() == LOCK_VALUE_LEN && v.first() == Some(&LOCK_VERSION) =>
+                    {
+                        (deadline, tag, holder)
+                    }
+                    _ => {
+                        log::warn!("meshguard: cache: dropping corrupt lock at {key}");
+                        return Some((None, cas));
+                    }
+                };
+                Some((Some(fields), cas))
             }
             Ok((None, _)) => Some((None, None)),
             Err(_) => None,
@@ -1423,5 +1442,49 @@ mod tests {
         // Clock going far backwards frees a lock instead of holding it forever.
         h.set_now(1);
         assert!(matches!(s.try_lock(&p), LockOutcome::Acquired(_)));
+    }
+
+    #[test]
+    fn heads_are_read_field_by_field_and_every_truncation_is_refused() {
+        let mut v = vec![CHUNK_VERSION, KIND_HEAD];
+        v.extend_from_slice(&7u64.to_le_bytes()); // generation
+        v.extend_from_slice(&0u16.to_le_bytes()); // index
+        v.extend_from_slice(&3u16.to_le_bytes()); // chunks
+        v.extend_from_slice(&1000u32.to_le_bytes()); // total len
+        v.extend_from_slice(&0xdead_beefu32.to_le_bytes()); // checksum
+        v.extend_from_slice(&[1u8; 32]);
+        v.extend_from_slice(&[2u8; 32]);
+        v.extend_from_slice(&[3u8; 32]);
+        v.extend_from_slice(&99u64.to_le_bytes()); // stored at
+        assert_eq!(v.len(), HEAD_HDR);
+        let head = HeadInfo {
+            generation: 7,
+            chunks: 3,
+            total_len: 1000,
+            checksum: 0xdead_beef,
+            uri: [1; 32],
+            primary: [2; 32],
+            secondary: [3; 32],
+            stored_at_ns: 99,
+        };
+        assert_eq!(parse_head(&v), Ok(SlotState::Head(head.clone())));
+        v.push(0xaa); // payload bytes follow the header
+        assert_eq!(parse_head(&v), Ok(SlotState::Head(head)));
+        for len in 0..HEAD_HDR {
+            let want = if len < 2 {
+                "chunk too short"
+            } else {
+                "malformed chunk"
+            };
+            assert_eq!(parse_head(&v[..len]), Err(want), "{len} bytes");
+        }
+        // A continuation's header, cut short, is malformed too.
+        v[1] = KIND_CONT;
+        assert_eq!(parse_head(&v[..CONT_HDR]), Ok(SlotState::Free));
+        assert_eq!(parse_head(&v[..CONT_HDR - 1]), Err("malformed chunk"));
+        // A head chunk claiming to be a continuation (index != 0) is not a head.
+        v[1] = KIND_HEAD;
+        v[10] = 1;
+        assert_eq!(parse_head(&v), Err("malformed chunk"));
     }
 }

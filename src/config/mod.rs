@@ -19,8 +19,8 @@
 //! An empty document (zero bytes or whitespace) is valid: no routes, every
 //! request passes through untouched.
 
-pub mod duration;
-pub mod error;
+pub(crate) mod duration;
+pub(crate) mod error;
 pub mod raw;
 pub mod shape;
 

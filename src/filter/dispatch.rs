@@ -101,6 +101,8 @@ impl Contexts {
                 self.roots.len() - 1
             }
         };
+        // In bounds: `i` was found in `roots`, or is the last index after the push.
+        #[allow(clippy::indexing_slicing)]
         &mut self.roots[i]
     }
 
@@ -213,26 +215,17 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
     with(|c| {
         let root = c.root(root_id);
         root.on_tick(&ProxyWasmHost);
+        // (A root without a configuration has no streams of its own.)
         let reset = root
             .worker()
             .runtime
             .borrow()
             .as_ref()
-            .map(|rt| rt.streams_reset);
+            .map_or(MetricId::NONE, |rt| rt.streams_reset);
         if !c.streams.is_empty() {
-            let reset = reset.unwrap_or_else(reset_counter);
             c.sweep(root_id, ProxyWasmHost.now_nanos(), reset);
         }
     });
-}
-
-/// `meshguard.streams_reset` for a root without a configuration (every
-/// runtime defines it; see `Runtime::streams_reset`).
-#[cold]
-fn reset_counter() -> MetricId {
-    ProxyWasmHost
-        .define_metric(crate::host::MetricKind::Counter, "meshguard.streams_reset")
-        .unwrap_or(MetricId::NONE)
 }
 
 #[no_mangle]

@@ -192,13 +192,11 @@ impl HttpStream {
             Err(_) => Step::Continue,
         };
         self.worker.settle(px, self.context_id, state, step, false);
-        match step {
-            Step::Continue => {
-                self.release_if_done();
-                Action::Continue
-            }
-            Step::Replied | Step::Park | Step::AwaitRls { .. } => Action::Pause,
+        if step != Step::Continue {
+            return Action::Pause;
         }
+        self.release_if_done();
+        Action::Continue
     }
 
     pub fn on_response_headers<P: Host + Stream>(&mut self, px: &P, end_of_stream: bool) -> Action {

@@ -31,12 +31,12 @@
 
 #[cfg(target_os = "wasi")]
 mod dispatch;
-pub mod http;
-pub mod pipeline;
-pub mod root;
-pub mod runtime;
-pub mod state;
-pub mod worker;
+pub(crate) mod http;
+pub(crate) mod pipeline;
+pub(crate) mod root;
+pub(crate) mod runtime;
+pub(crate) mod state;
+pub(crate) mod worker;
 
 #[cfg(test)]
 mod tests;

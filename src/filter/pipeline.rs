@@ -164,12 +164,9 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                     }
                     // Waiting behind another request's fill: not before the
                     // time the cache said to look again (the fast tick
-                    // comes sooner), unless the wait is over.
-                    if s.cache_retry_at_ns != 0 {
-                        let now = host.now_nanos();
-                        if now < s.cache_retry_at_ns && now < s.park_deadline_ns {
-                            return Step::Park;
-                        }
+                    // comes sooner; never past the wait's deadline).
+                    if s.cache_retry_at_ns != 0 && host.now_nanos() < s.cache_retry_at_ns {
+                        return Step::Park;
                     }
                     let identity = cache::Identity {
                         token: s.claims.is_some() || carries_token(&rt, route, &s.req),
@@ -181,8 +178,9 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                         Lookup::Wait { retry_after_ms } => {
                             let now = host.now_nanos();
                             if s.park_until(now, CACHE_WAIT_NS) {
-                                s.cache_retry_at_ns =
-                                    now.saturating_add(retry_after_ms.saturating_mul(1_000_000));
+                                s.cache_retry_at_ns = now
+                                    .saturating_add(retry_after_ms.saturating_mul(1_000_000))
+                                    .min(s.park_deadline_ns);
                                 return Step::Park;
                             }
                             // Waited long enough: go upstream uncached.

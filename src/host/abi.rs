@@ -40,7 +40,6 @@ pub mod buffer {
 /// `WasmStreamType`.
 pub mod stream {
     pub const REQUEST: u32 = 0;
-    pub const RESPONSE: u32 = 1;
 }
 
 /// `MetricType`.

@@ -154,11 +154,6 @@ impl FakeProxy {
         self.effective.set(id);
     }
 
-    /// The effective context's id.
-    pub fn effective(&self) -> u32 {
-        self.effective.get()
-    }
-
     /// Deletes a context (the client or the upstream reset the stream).
     pub fn delete(&self, id: u32) {
         if let Some(c) = self.contexts.borrow_mut().get_mut(&id) {
@@ -202,13 +197,6 @@ impl FakeProxy {
         });
     }
 
-    /// Sets a property of context `id` (`path` segments joined with `.`).
-    pub fn set_property(&self, id: u32, path: &str, value: &[u8]) {
-        self.with_context(id, |c| {
-            c.properties.insert(path.to_string(), value.to_vec());
-        });
-    }
-
     /// The gRPC calls sent so far.
     pub fn grpc_calls(&self) -> Vec<Call> {
         self.grpc_calls.borrow().clone()
@@ -229,11 +217,6 @@ impl FakeProxy {
         *self.refuse_calls.borrow_mut() = reason.map(str::to_string);
     }
 
-    /// Makes later local replies fail (the host refuses them).
-    pub fn refuse_replies(&self, refuse: bool) {
-        self.refuse_replies.set(refuse);
-    }
-
     /// The answer the next call callback reads: headers (HTTP calls), body,
     /// and gRPC status message.
     pub fn set_call_answer(
@@ -250,11 +233,6 @@ impl FakeProxy {
             body.to_vec(),
             grpc_message.map(str::to_string),
         );
-    }
-
-    /// The root's tick period as last set.
-    pub fn tick_period(&self) -> Duration {
-        self.tick.get()
     }
 
     fn current<R>(&self, f: impl FnOnce(&mut Context) -> R) -> Option<R> {

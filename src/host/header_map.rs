@@ -58,8 +58,12 @@ impl HeaderMap {
         let mut pos = 0usize;
         self.sizes.iter().map(move |&(n, v)| {
             let (n, v) = (n as usize, v as usize);
-            let name = &self.data[pos..pos + n];
-            let value = &self.data[pos + n + 1..pos + n + 1 + v];
+            // In bounds: `add` wrote each pair's bytes with its sizes.
+            let name = self.data.get(pos..pos + n).unwrap_or_default();
+            let value = self
+                .data
+                .get(pos + n + 1..pos + n + 1 + v)
+                .unwrap_or_default();
             pos += n + v + 2;
             (name, value)
         })

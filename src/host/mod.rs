@@ -21,16 +21,17 @@
 //! - There is no delete and no eviction: keys must come from bounded sets.
 
 #[cfg(target_os = "wasi")]
-pub mod abi;
+pub(crate) mod abi;
 #[cfg(all(target_os = "wasi", feature = "alloc-count"))]
 mod alloc_count;
-pub mod batch;
+pub(crate) mod batch;
 pub mod fake;
-pub mod fake_stream;
+#[cfg(test)]
+pub(crate) mod fake_stream;
 pub mod header_map;
 #[cfg(target_os = "wasi")]
-pub mod proxy_wasm;
-pub mod stream;
+pub(crate) mod proxy_wasm;
+pub(crate) mod stream;
 
 pub use stream::Stream;
 

@@ -72,11 +72,6 @@ pub fn metric_batch() -> &'static MetricBatch {
     METRICS.with(|m| *m)
 }
 
-/// Hands the VM's pending counter increments to Envoy.
-pub fn flush_metrics() -> usize {
-    metric_batch().flush(&ProxyWasmHost)
-}
-
 /// The real host (Envoy). Zero-sized: state lives in the host.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProxyWasmHost;
@@ -259,10 +254,6 @@ pub fn add_response_header(name: &str, value: &[u8]) {
     map_add(map::RESPONSE_HEADERS, name, value);
 }
 
-pub fn remove_response_header(name: &str) {
-    map_remove(map::RESPONSE_HEADERS, name);
-}
-
 pub fn response_body(start: usize, size: usize) -> Option<Vec<u8>> {
     buffer_bytes(buffer::RESPONSE_BODY, start, size)
 }
@@ -283,20 +274,6 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     read(|d, s| unsafe { abi::proxy_get_property(serialized.as_ptr(), serialized.len(), d, s) })
         .ok()
         .flatten()
-}
-
-/// A property as UTF-8 text.
-pub fn property_str(path: &[&str]) -> Option<String> {
-    property(path).and_then(|b| String::from_utf8(b).ok())
-}
-
-/// A property that Envoy serialises as a little-endian integer.
-pub fn property_u64(path: &[&str]) -> Option<u64> {
-    let b = property(path)?;
-    let mut a = [0u8; 8];
-    let n = b.len().min(8);
-    a[..n].copy_from_slice(&b[..n]);
-    Some(u64::from_le_bytes(a))
 }
 
 /// Sends a local reply with headers already in the ABI's map format;
@@ -322,11 +299,6 @@ pub fn send_local_reply_map(status: u32, headers: &HeaderMap, body: &[u8]) -> bo
 pub fn resume_request() {
     // SAFETY: plain value.
     unsafe { abi::proxy_continue_stream(abi::stream::REQUEST) };
-}
-
-pub fn resume_response() {
-    // SAFETY: plain value.
-    unsafe { abi::proxy_continue_stream(abi::stream::RESPONSE) };
 }
 
 fn millis(d: Duration) -> u32 {

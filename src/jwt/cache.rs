@@ -170,7 +170,9 @@ impl TokenCache {
     }
 
     fn fingerprint(&self, token: &[u8]) -> u64 {
-        let tail = &token[token.len().saturating_sub(FINGERPRINT_TAIL)..];
+        let tail = token
+            .get(token.len().saturating_sub(FINGERPRINT_TAIL)..)
+            .unwrap_or_default();
         fingerprint(self.seed, token.len(), tail)
     }
 
@@ -246,7 +248,9 @@ fn fingerprint(seed: u64, len: usize, tail: &[u8]) -> u64 {
     let mut h = (seed ^ len as u64).wrapping_mul(M);
     for chunk in tail.chunks(8) {
         let mut w = [0u8; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
+        for (d, &b) in w.iter_mut().zip(chunk) {
+            *d = b;
+        }
         h = (h ^ u64::from_le_bytes(w)).wrapping_mul(M);
         h ^= h >> 29;
     }

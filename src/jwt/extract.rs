@@ -69,10 +69,11 @@ impl Source {
                 let rest = match prefix {
                     Some(p) => {
                         let p = p.as_bytes();
-                        if v.len() < p.len() || !v[..p.len()].eq_ignore_ascii_case(p) {
+                        let (head, rest) = v.split_at_checked(p.len())?;
+                        if !head.eq_ignore_ascii_case(p) {
                             return None;
                         }
-                        &v[p.len()..]
+                        rest
                     }
                     None => v,
                 };
@@ -259,15 +260,8 @@ fn non_empty(s: &str, path: &str) -> Result<String, ConfigError> {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end.max(start)]
+    // Leading and trailing `u8::is_ascii_whitespace` bytes removed.
+    b.trim_ascii()
 }
 
 #[cfg(test)]

@@ -218,7 +218,9 @@ pub fn parse(token: &[u8]) -> Result<Jws<'_>, &'static str> {
     Ok(Jws {
         alg,
         kid,
-        signing_input: &token[..h.len() + 1 + p.len()],
+        signing_input: token
+            .get(..h.len() + 1 + p.len())
+            .ok_or("malformed token")?,
         payload_b64: p,
         signature,
         claims,

@@ -108,18 +108,18 @@
 //! host without the native path). A verified-token cache hit checks no
 //! signature.
 
-pub mod authenticate;
+pub(crate) mod authenticate;
 pub mod cache;
 pub mod claims;
 pub mod extract;
-pub mod headers;
+pub(crate) mod headers;
 pub mod jose;
 pub mod jwk;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod native;
-pub mod policy;
+pub(crate) mod policy;
 pub mod remote;
-pub mod rsassa;
+pub(crate) mod rsassa;
 pub mod verify;
 
 pub use authenticate::{authenticate, AuthOutcome, MAX_KEY_TRIES};

@@ -192,8 +192,10 @@ pub fn rsa_spki_der(n: &[u8], e: &[u8]) -> Vec<u8> {
 /// Appends a DER INTEGER of the unsigned big-endian `v` (minimal: leading
 /// zeros dropped, one 0x00 added when the top bit is set; zero is `00`).
 fn der_unsigned(out: &mut Vec<u8>, v: &[u8]) {
-    let first = v.iter().position(|&b| b != 0).unwrap_or(v.len());
-    let v = &v[first..];
+    let mut v = v;
+    while let [0, rest @ ..] = v {
+        v = rest;
+    }
     let pad = v.first().is_none_or(|&b| b & 0x80 != 0);
     der_header(out, 0x02, v.len() + usize::from(pad));
     if pad {
@@ -216,13 +218,14 @@ fn der_header(out: &mut Vec<u8>, tag: u8, len: usize) {
         out.push(len as u8);
         return;
     }
+    // len >= 0x80: at least one byte is left.
     let bytes = len.to_be_bytes();
-    let first = bytes
-        .iter()
-        .position(|&b| b != 0)
-        .unwrap_or(bytes.len() - 1);
-    out.push(0x80 | (bytes.len() - first) as u8);
-    out.extend_from_slice(&bytes[first..]);
+    let mut b = bytes.as_slice();
+    while let [0, rest @ ..] = b {
+        b = rest;
+    }
+    out.push(0x80 | b.len() as u8);
+    out.extend_from_slice(b);
 }
 
 /// A JWS ECDSA signature (`r || s`, each `scalar_len` bytes, big endian)

@@ -90,21 +90,19 @@ impl Lease {
 
     /// Anything malformed decodes as the initial state (fetch now).
     fn decode(b: &[u8]) -> Lease {
-        if b.len() != LEASE_LEN || b[0] != VERSION {
+        if b.len() != LEASE_LEN || b.first() != Some(&VERSION) {
             return Lease::default();
         }
-        let u = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
-        let mut f = [0u8; 4];
-        f.copy_from_slice(&b[25..29]);
-        Lease {
-            lease_until: u(1),
-            next_fetch_at: u(9),
-            last_forced_at: u(17),
-            failures: u32::from_le_bytes(f),
+        let u = |i: usize| Some(u64::from_le_bytes(*b.get(i..)?.first_chunk()?));
+        let f = b.get(25..).and_then(|r| r.first_chunk()).copied();
+        match (u(1), u(9), u(17), f) {
+            (Some(lease_until), Some(next_fetch_at), Some(last_forced_at), Some(f)) => Lease {
+                lease_until,
+                next_fetch_at,
+                last_forced_at,
+                failures: u32::from_le_bytes(f),
+            },
+            _ => Lease::default(),
         }
     }
 }
@@ -120,12 +118,11 @@ pub fn encode_record(fetched_at: u64, json: &[u8]) -> Vec<u8> {
 
 /// Decodes the shared JWKS record: `(fetched_at, json)`.
 pub fn decode_record(b: &[u8]) -> Option<(u64, &[u8])> {
-    if b.len() < 9 || b[0] != VERSION {
+    let (head, json) = b.split_first_chunk::<9>()?;
+    let [VERSION, fetched_at @ ..] = *head else {
         return None;
-    }
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[1..9]);
-    Some((u64::from_le_bytes(a), &b[9..]))
+    };
+    Some((u64::from_le_bytes(fetched_at), json))
 }
 
 #[derive(Debug, Default)]
@@ -401,6 +398,10 @@ mod tests {
         let r = encode_record(42, b"{}");
         assert_eq!(decode_record(&r), Some((42, &b"{}"[..])));
         assert_eq!(decode_record(b"\x02aaaaaaaa"), None);
+        assert_eq!(decode_record(&r[..9]), Some((42, &b""[..])));
+        for len in 0..9 {
+            assert_eq!(decode_record(&r[..len]), None, "{len} bytes");
+        }
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl RsaKey {
         }
         // Newton's iteration for n0^-1 mod 2^32: each step doubles the
         // correct low bits (n0 * n0 = 1 mod 8 for odd n0: 3 bits to start).
-        let n0 = n_limbs[0];
+        let n0 = *n_limbs.first()?;
         let mut inv = n0;
         for _ in 0..4 {
             inv = inv.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(inv)));
@@ -158,31 +158,49 @@ impl RsaKey {
     fn mul(&self, a: &[u32], b: &[u32], out: &mut [u32]) {
         let n = &self.n;
         let l = n.len();
-        let mut t = [0u32; MAX_LIMBS + 2];
+        let mut buf = [0u32; MAX_LIMBS + 2];
+        // t: the l low limbs, hi: the two above them. `new` admits at most
+        // MAX_LIMBS limbs and at least one, so neither `else` is taken.
+        let Some((t, hi)) = buf
+            .get_mut(..l + 2)
+            .and_then(|b| b.split_last_chunk_mut::<2>())
+        else {
+            return;
+        };
+        let Some((&n0, n_rest)) = n.split_first() else {
+            return;
+        };
         for &ai in a.iter().take(l) {
             let ai = u64::from(ai);
             let mut c: u64 = 0;
-            for (tj, &bj) in t.iter_mut().zip(b.iter()).take(l) {
+            for (tj, &bj) in t.iter_mut().zip(b.iter()) {
                 let s = u64::from(*tj) + ai * u64::from(bj) + c;
                 *tj = s as u32;
                 c = s >> 32;
             }
-            let s = u64::from(t[l]) + c;
-            t[l] = s as u32;
-            t[l + 1] = (s >> 32) as u32;
-            let m = u64::from(t[0].wrapping_mul(self.n0inv));
-            let mut c = (u64::from(t[0]) + m * u64::from(n[0])) >> 32;
-            for j in 1..l {
-                let s = u64::from(t[j]) + m * u64::from(n[j]) + c;
-                t[j - 1] = s as u32;
+            let s = u64::from(hi[0]) + c;
+            hi[0] = s as u32;
+            hi[1] = (s >> 32) as u32;
+            // Reduction: t = (t + m * n) / 2^32, each limb written one
+            // place down (`dst` trails the limb read by one).
+            let mut limbs = t.iter_mut();
+            let Some(mut dst) = limbs.next() else {
+                return;
+            };
+            let m = u64::from(dst.wrapping_mul(self.n0inv));
+            let mut c = (u64::from(*dst) + m * u64::from(n0)) >> 32;
+            for (tj, &nj) in limbs.zip(n_rest) {
+                let s = u64::from(*tj) + m * u64::from(nj) + c;
+                *dst = s as u32;
                 c = s >> 32;
+                dst = tj;
             }
-            let s = u64::from(t[l]) + c;
-            t[l - 1] = s as u32;
-            t[l] = t[l + 1] + (s >> 32) as u32;
+            let s = u64::from(hi[0]) + c;
+            *dst = s as u32;
+            hi[0] = hi[1] + (s >> 32) as u32;
         }
         // t < 2n: one conditional subtraction.
-        if t[l] != 0 || !less_than(&t[..l], n) {
+        if hi[0] != 0 || !less_than(t, n) {
             let mut borrow: i64 = 0;
             for ((o, &tj), &nj) in out.iter_mut().zip(t.iter()).zip(n.iter()) {
                 let d = i64::from(tj) - i64::from(nj) + borrow;
@@ -190,7 +208,9 @@ impl RsaKey {
                 borrow = d >> 32;
             }
         } else {
-            out.copy_from_slice(&t[..l]);
+            for (o, &tj) in out.iter_mut().zip(t.iter()) {
+                *o = tj;
+            }
         }
     }
 
@@ -217,9 +237,11 @@ impl RsaKey {
 }
 
 /// Big-endian bytes without their leading zeros.
-pub fn strip_zeros(b: &[u8]) -> &[u8] {
-    let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
-    &b[first..]
+pub fn strip_zeros(mut b: &[u8]) -> &[u8] {
+    while let [0, rest @ ..] = b {
+        b = rest;
+    }
+    b
 }
 
 /// Size in bits of a big-endian number given without leading zeros.
@@ -297,13 +319,17 @@ pub fn pkcs1_em_ok(em: &[u8], hash: Hash, msg: &[u8]) -> bool {
     if em.len() < t_len + 11 {
         return false;
     }
-    let ps_end = em.len() - t_len - 1;
-    em[0] == 0x00
-        && em[1] == 0x01
-        && em[2..ps_end].iter().all(|&b| b == 0xff)
-        && em[ps_end] == 0x00
-        && &em[ps_end + 1..ps_end + 1 + prefix.len()] == prefix
-        && em[ps_end + 1 + prefix.len()..] == h[..]
+    // `00 01 PS 00` (at least 11 bytes, checked above), then T.
+    let Some((head, t)) = em.split_at_checked(em.len() - t_len) else {
+        return false;
+    };
+    let [0x00, 0x01, ps @ .., 0x00] = head else {
+        return false;
+    };
+    let Some((t_prefix, t_hash)) = t.split_at_checked(prefix.len()) else {
+        return false;
+    };
+    ps.iter().all(|&b| b == 0xff) && t_prefix == prefix && t_hash == h.as_slice()
 }
 
 /// EMSA-PSS-VERIFY (RFC 8017 9.1.2): `em_k` is the k-byte RSAVP1 output,
@@ -319,48 +345,59 @@ pub fn pss_em_ok<D: Digest>(em_k: &[u8], mod_bits: usize, msg: &[u8]) -> bool {
     let Some(skip) = em_k.len().checked_sub(em_len) else {
         return false;
     };
-    if em_k[..skip].iter().any(|&b| b != 0) {
+    let Some((zeros, em)) = em_k.split_at_checked(skip) else {
+        return false;
+    };
+    if zeros.iter().any(|&b| b != 0) {
         return false;
     }
-    let em = &em_k[skip..];
-    if em_len < h_len + s_len + 2 || em[em_len - 1] != 0xbc {
+    if em_len < h_len + s_len + 2 || em.last() != Some(&0xbc) {
         return false;
     }
-    let (masked_db, rest) = em.split_at(em_len - h_len - 1);
-    let h = &rest[..h_len];
+    let Some((masked_db, rest)) = em.split_at_checked(em_len - h_len - 1) else {
+        return false;
+    };
+    let Some(h) = rest.get(..h_len) else {
+        return false;
+    };
     let top_bits = 8 * em_len - em_bits;
     let top_mask = 0xffu8 >> top_bits;
-    if masked_db[0] & !top_mask != 0 {
+    if masked_db.first().is_none_or(|&b| b & !top_mask != 0) {
         return false;
     }
-    // DB = maskedDB xor MGF1(H, emLen - hLen - 1).
+    // DB = maskedDB xor MGF1(H, emLen - hLen - 1), one hash per h_len bytes
+    // (h_len > 0: SHA-256/384/512).
     let mut db = masked_db.to_vec();
-    let mut counter: u32 = 0;
-    let mut at = 0;
-    while at < db.len() {
+    for (chunk, counter) in db.chunks_mut(h_len.max(1)).zip(0u32..) {
         let block = D::new()
             .chain_update(h)
             .chain_update(counter.to_be_bytes())
             .finalize();
-        for (d, m) in db[at..].iter_mut().zip(block.iter()) {
+        for (d, m) in chunk.iter_mut().zip(block.iter()) {
             *d ^= m;
         }
-        at += h_len;
-        counter += 1;
     }
-    db[0] &= top_mask;
+    if let Some(first) = db.first_mut() {
+        *first &= top_mask;
+    }
+    // DB = PS (zeros) || 01 || salt (s_len bytes).
     let ps_len = em_len - h_len - s_len - 2;
-    if db[..ps_len].iter().any(|&b| b != 0) || db[ps_len] != 0x01 {
+    let Some((ps, rest)) = db.split_at_checked(ps_len) else {
+        return false;
+    };
+    let [0x01, salt @ ..] = rest else {
+        return false;
+    };
+    if ps.iter().any(|&b| b != 0) || salt.len() != s_len {
         return false;
     }
-    let salt = &db[db.len() - s_len..];
     let m_hash = D::digest(msg);
     let h2 = D::new()
         .chain_update([0u8; 8])
         .chain_update(m_hash)
         .chain_update(salt)
         .finalize();
-    h2[..] == *h
+    *h2 == *h
 }
 
 #[cfg(test)]

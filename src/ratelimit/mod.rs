@@ -50,7 +50,7 @@ pub mod bucket;
 pub mod policy;
 pub mod rls;
 pub mod store;
-pub mod text;
+pub(crate) mod text;
 
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::{ClientIpRule, Request};
@@ -150,8 +150,14 @@ pub fn define_metrics(host: &impl Host, route: &str, limits: &[LimitPolicy]) -> 
 }
 
 /// Limit `i`'s metrics (none when `metrics` has no entry for it).
-fn metrics_of(metrics: &[LimitMetrics], i: usize) -> LimitMetrics {
-    metrics.get(i).copied().unwrap_or_default()
+fn metrics_of(metrics: &[LimitMetrics], i: usize) -> &LimitMetrics {
+    const NONE: &LimitMetrics = &LimitMetrics {
+        allowed: None,
+        limited: None,
+        shadow_limited: None,
+        errors: None,
+    };
+    metrics.get(i).unwrap_or(NONE)
 }
 
 fn bump(host: &impl Host, m: Option<MetricId>) {

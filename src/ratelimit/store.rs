@@ -55,18 +55,23 @@ pub struct SlotKey {
 
 impl SlotKey {
     pub fn new(slot: u32) -> SlotKey {
+        // The prefix, then at most 10 digits (a u32): both always fit.
         let mut buf = [0u8; KEY_PREFIX.len() + 10];
-        buf[..KEY_PREFIX.len()].copy_from_slice(KEY_PREFIX.as_bytes());
+        let (pre, rest) = buf.split_at_mut(KEY_PREFIX.len());
+        pre.copy_from_slice(KEY_PREFIX.as_bytes());
         let digits = Decimal::new(slot as u64);
         let d = digits.as_bytes();
-        let len = KEY_PREFIX.len() + d.len();
-        buf[KEY_PREFIX.len()..len].copy_from_slice(d);
+        let mut len = KEY_PREFIX.len();
+        if let Some(dst) = rest.get_mut(..d.len()) {
+            dst.copy_from_slice(d);
+            len += d.len();
+        }
         SlotKey { buf, len }
     }
 
     pub fn as_str(&self) -> &str {
         // ASCII only: the prefix and decimal digits.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or(KEY_PREFIX)
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or(KEY_PREFIX)
     }
 }
 
@@ -144,30 +149,37 @@ fn with_encoded<R>(
     f: impl FnOnce(&[u8]) -> R,
 ) -> R {
     let len = HEADER_LEN + identity.len();
-    if len <= STACK_VALUE {
-        let mut buf = [0u8; STACK_VALUE];
-        write_value(&mut buf[..len], identity, st, p);
-        f(&buf[..len])
-    } else {
-        let mut v = vec![0u8; len];
-        write_value(&mut v, identity, st, p);
-        f(&v)
-    }
+    let mut stack = [0u8; STACK_VALUE];
+    let mut heap;
+    let out = match stack.get_mut(..len) {
+        Some(out) => out,
+        None => {
+            heap = vec![0u8; len];
+            heap.as_mut_slice()
+        }
+    };
+    write_value(out, identity, st, p);
+    f(out)
 }
 
 /// Writes a value into `out` (exactly `HEADER_LEN + identity.len()` bytes).
 fn write_value(out: &mut [u8], identity: &Identity<'_>, st: &BucketState, p: &BucketParams) {
-    let (head, id) = out.split_at_mut(HEADER_LEN.min(out.len()));
-    if head.len() < HEADER_LEN || id.len() != identity.len() {
+    let Some((head, id)) = out.split_first_chunk_mut::<HEADER_LEN>() else {
+        return;
+    };
+    if id.len() != identity.len() {
         return;
     }
+    let Some((pre, key)) = id.split_at_mut_checked(identity.prefix.len()) else {
+        return;
+    };
+    // Constant ranges of the fixed-size header (HEADER_LEN = 49).
     head[0] = VERSION;
     head[1..17].copy_from_slice(&st.level.to_le_bytes());
     head[17..25].copy_from_slice(&st.last_ns.to_le_bytes());
     head[25..33].copy_from_slice(&st.scale_ns.to_le_bytes());
     head[33..41].copy_from_slice(&p.capacity.to_le_bytes());
     head[41..49].copy_from_slice(&p.refill_tokens.to_le_bytes());
-    let (pre, key) = id.split_at_mut(identity.prefix.len());
     pre.copy_from_slice(identity.prefix.as_bytes());
     key.copy_from_slice(identity.key.as_bytes());
 }
@@ -186,7 +198,7 @@ pub fn encode(identity: &str, st: &BucketState, p: &BucketParams) -> Vec<u8> {
 
 /// Decodes a slot value: (state, params it was written with, identity).
 pub fn decode(v: &[u8]) -> Option<(BucketState, BucketParams, &[u8])> {
-    if v.len() < HEADER_LEN || v[0] != VERSION {
+    if v.len() < HEADER_LEN || v.first() != Some(&VERSION) {
         return None;
     }
     let u64_at =
@@ -209,7 +221,7 @@ pub fn decode(v: &[u8]) -> Option<(BucketState, BucketParams, &[u8])> {
         refill_tokens,
         refill_interval_ns: scale_ns,
     };
-    Some((st, p, &v[HEADER_LEN..]))
+    Some((st, p, v.get(HEADER_LEN..)?))
 }
 
 /// Takes `cost` tokens from the bucket `identity` (see module docs).

@@ -17,15 +17,24 @@ pub struct Decimal {
 
 impl Decimal {
     pub fn new(n: u64) -> Decimal {
+        // u64::MAX has 20 digits and every pair index is below 200, so
+        // every `get` below is `Some` (written checked all the same).
         let mut buf = [b'0'; 20];
         let mut start = buf.len();
+        let put_pair = |buf: &mut [u8; 20], start: usize, d: usize| {
+            if let (Some(dst), Some(src)) = (buf.get_mut(start..start + 2), PAIRS.get(d..d + 2)) {
+                dst.copy_from_slice(src);
+            }
+        };
         // Above 2^32 a digit at a time (64-bit division: a hardware divide
         // in wasm); below, two digits per 32-bit division by a constant
         // (a multiply).
         let mut n64 = n;
         while n64 > u32::MAX as u64 {
             start -= 1;
-            buf[start] = b'0' + (n64 % 10) as u8;
+            if let Some(b) = buf.get_mut(start) {
+                *b = b'0' + (n64 % 10) as u8;
+            }
             n64 /= 10;
         }
         let mut m = n64 as u32;
@@ -33,17 +42,16 @@ impl Decimal {
             let d = (m % 100) as usize * 2;
             m /= 100;
             start -= 2;
-            buf[start] = PAIRS[d];
-            buf[start + 1] = PAIRS[d + 1];
+            put_pair(&mut buf, start, d);
         }
         if m >= 10 {
-            let d = m as usize * 2;
             start -= 2;
-            buf[start] = PAIRS[d];
-            buf[start + 1] = PAIRS[d + 1];
+            put_pair(&mut buf, start, m as usize * 2);
         } else {
             start -= 1;
-            buf[start] = b'0' + m as u8;
+            if let Some(b) = buf.get_mut(start) {
+                *b = b'0' + m as u8;
+            }
         }
         Decimal { buf, start }
     }
@@ -58,6 +66,7 @@ impl Decimal {
     }
 
     /// Never: a number has at least one digit.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -71,15 +80,11 @@ impl Decimal {
         }
     }
 
+    #[cfg(test)]
     pub fn as_str(&self) -> &str {
         // Only ASCII digits are ever written.
         std::str::from_utf8(self.as_bytes()).unwrap_or("0")
     }
-}
-
-/// Appends `n` in decimal (what `n.to_string()` gives).
-pub fn push_u64(out: &mut String, n: u64) {
-    Decimal::new(n).push_to(out);
 }
 
 /// `n` in decimal, in a `String` of exactly its size.
@@ -122,7 +127,7 @@ mod tests {
             );
             assert!(!d.is_empty());
             let mut s = String::from("a=");
-            push_u64(&mut s, v);
+            Decimal::new(v).push_to(&mut s);
             assert_eq!(s, format!("a={v}"));
         }
     }

@@ -132,10 +132,14 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, Pa
                         }
                     }
                 } else {
-                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                    // An upper-case hex digit of a nibble (never the fallback).
+                    let hex_digit = |n: u8| {
+                        char::from_digit(u32::from(n), 16)
+                            .map_or(b'0', |d| d.to_ascii_uppercase() as u8)
+                    };
                     dec.push(b'%');
-                    dec.push(HEX[usize::from(v >> 4)]);
-                    dec.push(HEX[usize::from(v & 15)]);
+                    dec.push(hex_digit(v >> 4));
+                    dec.push(hex_digit(v & 15));
                 }
                 i += 3;
             }

@@ -193,7 +193,9 @@ pub fn request(
     claims: Option<&crate::jwt::claims::Claims>,
     xff_hops: ClientIpRule,
 ) -> Vec<u8> {
-    let same_cost = limits.windows(2).all(|w| w[0].cost == w[1].cost);
+    let same_cost = limits
+        .windows(2)
+        .all(|w| matches!(w, [a, b] if a.cost == b.cost));
     let descriptors = limits
         .iter()
         .map(|l| {
