@@ -410,11 +410,23 @@ pub(crate) fn hit(
 ) -> Lookup {
     host.increment_metric(route.metrics.hit, 1);
     let view = EntryView::again(payload.bytes(), meta);
-    let parts = match req.header("range") {
-        Some(r) if req.method == "GET" => {
-            respond_range_in_place(&view, &req.headers, r, age_now, cache_status)
+    // One pass over the request for what the response depends on: its
+    // conditions and its range.
+    let (mut conditional, mut range) = (false, None);
+    for (n, v) in req.headers.raw_iter() {
+        // By length first: most names are none of the three.
+        match n.len() {
+            5 if range.is_none() && n.eq_ignore_ascii_case(b"range") => range = Some(v),
+            13 if n.eq_ignore_ascii_case(b"if-none-match") => conditional = true,
+            17 if n.eq_ignore_ascii_case(b"if-modified-since") => conditional = true,
+            _ => {}
         }
-        _ => respond_in_place(&view, &req.headers, age_now, cache_status),
+    }
+    let parts = match range {
+        Some(r) if req.method == "GET" => {
+            respond_range_in_place(&view, &req.headers, conditional, r, age_now, cache_status)
+        }
+        _ => respond_in_place(&view, &req.headers, conditional, age_now, cache_status),
     };
     Lookup::Hit(with_body(parts, payload))
 }

@@ -94,6 +94,7 @@ pub(crate) fn respond(
     now: u64,
     cache_status: Vec<u8>,
 ) -> CachedResponse {
+    let conditional = etag::is_conditional(request);
     let (mut response, with_body) = respond_headers(
         entry.status,
         entry
@@ -103,9 +104,9 @@ pub(crate) fn respond(
         entry.headers.len(),
         entry.response_time_ns,
         request,
+        conditional,
         (age, now),
         cache_status,
-        None,
     );
     if with_body {
         response.body = entry.body.clone();
@@ -115,9 +116,12 @@ pub(crate) fn respond(
 
 /// [`respond`] for an entry read in place (a hit), without its body: the
 /// body's place in the payload when it is to be sent (see [`with_body`]).
+/// `conditional`: the request has `If-None-Match` / `If-Modified-Since`
+/// ([`etag::is_conditional`], found by the caller's one pass).
 pub(crate) fn respond_in_place(
     view: &EntryView<'_>,
     request: &(impl headers::HeaderList + ?Sized),
+    conditional: bool,
     age_now: (u64, u64),
     cache_status: Vec<u8>,
 ) -> (CachedResponse, Option<(usize, usize)>) {
@@ -127,9 +131,9 @@ pub(crate) fn respond_in_place(
         view.header_count(),
         view.response_time_ns,
         request,
+        conditional,
         age_now,
         cache_status,
-        None,
     );
     (
         response,
@@ -145,6 +149,7 @@ pub(crate) fn respond_in_place(
 pub(crate) fn respond_range_in_place(
     view: &EntryView<'_>,
     request: &(impl headers::HeaderList + ?Sized),
+    conditional: bool,
     range_value: &[u8],
     age_now: (u64, u64),
     cache_status: Vec<u8>,
@@ -159,21 +164,34 @@ pub(crate) fn respond_range_in_place(
         range::RangeAsk::Whole
     };
     let partial = match ask {
-        range::RangeAsk::Whole => return respond_in_place(view, request, age_now, cache_status),
+        range::RangeAsk::Whole => {
+            return respond_in_place(view, request, conditional, age_now, cache_status)
+        }
         range::RangeAsk::Part { .. } => 206,
         range::RangeAsk::Unsatisfiable => 416,
     };
-    let content_range = range::content_range(ask, len);
-    let (response, with_body) = respond_headers(
+    let (mut response, with_body) = respond_headers(
         view.status,
         view.headers(),
         view.header_count(),
         view.response_time_ns,
         request,
+        conditional,
         age_now,
         cache_status,
-        Some((partial, &content_range)),
     );
+    if response.status != 304 {
+        // The part's own length and range replace the whole's.
+        let mut out = HeaderMap::with_capacity(response.headers.len() + 1, 64);
+        for (n, v) in response.headers.iter() {
+            if n != b"content-length" && n != b"content-range" {
+                out.add(n, v);
+            }
+        }
+        out.add(b"content-range", &range::content_range(ask, len));
+        response.headers = out;
+        response.status = partial;
+    }
     let body = match ask {
         range::RangeAsk::Part { first, last } if with_body && response.status == 206 => Some((
             view.body_offset + first as usize,
@@ -211,11 +229,11 @@ pub(crate) fn respond_headers<'a>(
     count: usize,
     response_time_ns: u64,
     request: &(impl headers::HeaderList + ?Sized),
+    conditional: bool,
     (age, now): (u64, u64),
     cache_status: Vec<u8>,
-    partial: Option<(u32, &[u8])>,
 ) -> (CachedResponse, bool) {
-    let not_modified = (200..300).contains(&status) && etag::is_conditional(request) && {
+    let not_modified = (200..300).contains(&status) && conditional && {
         let mut validators = etag::StoredValidators::default();
         for (n, v) in stored.clone() {
             validators.see(n, v);
@@ -236,14 +254,7 @@ pub(crate) fn respond_headers<'a>(
         if n == "age" || n == "cache-status" || (not_modified && !KEEP_304.contains(&n)) {
             continue;
         }
-        if partial.is_some() && !not_modified && (n == "content-length" || n == "content-range") {
-            continue;
-        }
         out.add(n.as_bytes(), v);
-    }
-    let partial = partial.filter(|_| !not_modified);
-    if let Some((_, content_range)) = partial {
-        out.add(b"content-range", content_range);
     }
     let mut age_value = Vec::with_capacity(20);
     headers::push_u64(&mut age_value, age);
@@ -254,11 +265,7 @@ pub(crate) fn respond_headers<'a>(
         &headers::append_cache_status_owned(existing, cache_status),
     );
     let response = CachedResponse {
-        status: match partial {
-            _ if not_modified => 304,
-            Some((partial_status, _)) => partial_status,
-            None => status as u32,
-        },
+        status: if not_modified { 304 } else { status as u32 },
         headers: out,
         body: Vec::new(),
     };
