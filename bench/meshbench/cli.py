@@ -26,7 +26,8 @@ from .common import FIXTURES, GRPC_MESSAGE, HERE, ROOT, BenchError, log
 from .docblock import BLOCK_START, DOC, update_block
 from .drive import write_rotating_lua, write_static_lua
 from .render import render, render_latest_block
-from .run import measure_rss, run_rounds
+from .footprint import footprint_targets, meshguard_variants, reference_variants, run_footprint
+from .run import run_rounds
 from .scenarios import build_scenarios, diag_scenarios
 from .stats import evaluate, head_to_head, summarize
 from .tokens import make_distinct_tokens
@@ -54,7 +55,14 @@ def build_parser():
                     help="also price single host calls with variants of the trivial filter")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the proxy to its own CPU (load generator and upstream on the others)")
-    ap.add_argument("--no-rss", action="store_true", help="skip the --concurrency 2 memory measurement")
+    ap.add_argument("--no-rss", "--no-footprint", dest="no_rss", action="store_true",
+                    help="skip the footprint measurement (RSS and configuration load time of fresh proxies)")
+    ap.add_argument("--footprint-rounds", type=int, default=3,
+                    help="rounds of the footprint measurement (every variant started afresh each round)")
+    ap.add_argument("--footprint-concurrency", default="2,8",
+                    help="the --concurrency values of the footprint measurement (comma-separated)")
+    ap.add_argument("--footprint-only", action="store_true",
+                    help="only the footprint measurement: no CPU scenario is loaded")
     ap.add_argument("--no-build", action="store_true", help="do not (re)build bench/trivial-filter nor the release rate limit service")
     ap.add_argument("--out", default=HERE, help="directory for results.md and results.json")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, Envoy logs)")
@@ -70,6 +78,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2, 1
+        args.footprint_rounds = 1
+    if args.footprint_only:
+        args.rounds, args.only, args.no_rss, args.tokens = 0, "passthrough", False, 1
+    fp_concs = tuple(int(c) for c in args.footprint_concurrency.split(",") if c.strip())
     procs.set_pinning(not args.no_pin)
 
     envoy_bin = os.environ.get("ENVOY_BIN", "")
@@ -148,7 +160,12 @@ def main(argv=None):
                     sc.envoy.stop()
             if up.proc.poll() is not None:
                 raise BenchError("the upstream Envoy died:\n" + up.log()[-4000:])
-            extra["rss"] = {} if args.no_rss or args.only else measure_rss(args, ctx, by_name)
+            if not args.no_rss and (args.footprint_only or not args.only) and args.footprint_rounds > 0:
+                log("bench: footprint (fresh proxies: configuration load time, RSS at ready, after load, peak)")
+                variants = (reference_variants(trivial_wasm)
+                            + meshguard_variants(mg_wasm, fixture_jwks, tokens_fixture["valid_RS256"]))
+                extra["footprint"] = run_footprint(variants, ctx, fp_concs, args.footprint_rounds)
+                extra["footprint_concurrency"] = list(fp_concs)
         finally:
             for sc in scenarios:
                 if sc.envoy:
@@ -160,6 +177,8 @@ def main(argv=None):
         summary = summarize(scenarios, by_name)
         comp = head_to_head(comparisons)
         targets = evaluate(summary, comp)
+        if extra.get("footprint"):
+            targets += footprint_targets(extra["footprint"], extra["wasm_size"], fp_concs)
         if sha256_file(mg_src) != extra["wasm_sha256"]:
             extra["note"] = f"{mg_src} was rebuilt during the run; the results are for the snapshot taken at start"
         md = render(info, args, summary, scenarios, targets, extra, comp)
@@ -179,7 +198,7 @@ def main(argv=None):
         if failed:
             log(f"bench: FAILED scenarios: {', '.join(failed)}")
             return 1
-        if args.no_doc or args.quick or args.only or args.diag:
+        if args.no_doc or args.quick or args.only or args.diag or args.footprint_only:
             log(f"bench: {args.doc} left alone (not a complete run, or --no-doc)")
         elif update_block(args.doc, render_latest_block(info, args, summary, scenarios, targets, extra, comp)):
             log(f"bench: wrote the latest-run block of {args.doc}")

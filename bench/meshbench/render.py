@@ -3,6 +3,7 @@ latest-run block of docs/performance.md."""
 
 from .common import fmt
 from .docblock import BLOCK_END, BLOCK_START
+from .footprint import footprint_table, growth_lines
 from .procs import PIN
 from .scenarios import DIAG_REPEAT
 from .stats import best_overhead, median
@@ -54,6 +55,8 @@ def render(info, args, summary, scenarios, targets, extra, comp=None):
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for sc in scenarios:
         s = summary.get(sc.name)
+        if s is None and not sc.error:
+            continue  # not loaded (--footprint-only)
         if s is None:
             L.append(f"| {sc.name} | {sc.desc} | FAILED | | | | | | | | {(sc.error or '').splitlines()[0][:100]} |")
             continue
@@ -142,14 +145,15 @@ def render(info, args, summary, scenarios, targets, extra, comp=None):
     L.extend(targets_table(targets, "target"))
     L.append("## Resources\n")
     L.append(f"- wasm module size: meshguard {extra['wasm_size']:,} bytes; trivial filter {extra['trivial_size']:,} bytes")
-    rss = extra.get("rss") or {}
-    if rss:
+    fp = extra.get("footprint") or {}
+    if fp:
+        concs = extra.get("footprint_concurrency") or [2]
         L.append("")
-        L.append("| Envoy `--concurrency 2` | VmRSS after ready | VmRSS after 1 s+ of load | start to /ready |")
-        L.append("|---|---:|---:|---:|")
-        for name, r in rss.items():
-            L.append(f"| {name} | {r['rss_ready_kb'] / 1024:.1f} MiB | {r['rss_after_load_kb'] / 1024:.1f} MiB | "
-                     f"{r['load_time_s'] * 1000:.0f} ms |")
+        L.append("Footprint: every variant started afresh at each `--concurrency`, rounds alternating the order "
+                 "(medians). Load = process start to the admin's /ready; RSS at ready, after 1 s of wrk, and "
+                 "the peak (VmHWM: includes V8's compilation of the module).\n")
+        L.extend(footprint_table(fp, concs))
+        L.extend(growth_lines(fp, concs[0]))
     L.append("")
     L.append("| config load time (`--concurrency 1`, process start to /ready) | ms |")
     L.append("|---|---:|")
@@ -189,18 +193,23 @@ def render_latest_block(info, args, summary, scenarios, targets, extra, comp):
         for c in comp.values():
             L.append(f"| {c['label']} | {c['diff_us']:+.1f} [{c['min']:+.1f}..{c['max']:+.1f}] |")
         L.append("")
-    rss = extra.get("rss") or {}
     loads = [(sc.name, median(sc.load_times) * 1000) for sc in scenarios
              if getattr(sc, "load_times", None) and sc.name in ("passthrough", "trivial-wasm", "mg-nopolicy", "mg-all4")]
-    if rss or loads:
-        parts = [f"{name} {r['rss_after_load_kb'] / 1024:.0f} MiB" for name, r in rss.items()]
-        line = "Resources: module " + f"{extra['wasm_size']:,} bytes"
-        if parts:
-            line += "; Envoy RSS at `--concurrency 2` after load: " + ", ".join(parts)
-        if loads:
-            line += "; config load (start to /ready): " + ", ".join(f"{n} {ms:.0f} ms" for n, ms in loads)
-        L.append(line + ".")
+    line = "Resources: module " + f"{extra['wasm_size']:,} bytes"
+    if extra.get("trivial_size"):
+        line += f" (trivial filter {extra['trivial_size']:,})"
+    if loads:
+        line += "; config load at `--concurrency 1` (start to /ready): " + ", ".join(
+            f"{n} {ms:.0f} ms" for n, ms in loads)
+    L.append(line + ".")
+    L.append("")
+    fp = extra.get("footprint") or {}
+    if fp:
+        concs = extra.get("footprint_concurrency") or [2]
+        L.append("Footprint (fresh proxies, medians of alternating rounds; RSS in MiB, load = start to /ready):")
         L.append("")
-    L.extend(targets_table(targets, "target (issue #8)"))
+        L.extend(footprint_table(fp, concs))
+        L.extend(growth_lines(fp, concs[0]))
+    L.extend(targets_table(targets, "target (issues #8, #22)"))
     L.append(BLOCK_END)
     return "\n".join(L)

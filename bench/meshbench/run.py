@@ -1,5 +1,6 @@
 """Running the scenarios: start and check each proxy, measured runs (alone or
-as twins loaded at the same moments), the rounds, the memory measurement."""
+as twins loaded at the same moments), the rounds. (The memory and start-up
+measurement of fresh proxies is `footprint`.)"""
 
 import time
 
@@ -131,26 +132,6 @@ def measure_many(items, args, ctx):
         if record:
             sc.rounds.append(res)
         out.append(res)
-    return out
-
-
-def measure_rss(args, ctx, scenarios_by_name):
-    """VmRSS at --concurrency 2 after ready, and after a short load."""
-    out = {}
-    up = ctx["upstream"]
-    for name in ("passthrough", "trivial-wasm", "mg-nopolicy", "mg-all4"):
-        sc = scenarios_by_name[name]
-        envoy = procs.envoy(ctx["envoy_bin"], ctx["workdir"], name + "-c2",
-                            lambda lp, ap, sc=sc: proxy_bootstrap(lp, ap, up.listen_port, sc.filters), concurrency=2)
-        try:
-            procs.start(envoy)
-            idle = envoy.rss_kb()
-            run_wrk(ctx["wrk"], envoy.listen_port, sc.script, max(1, args.warmup), args.threads, args.connections,
-                    sc)
-            loaded = envoy.rss_kb()
-            out[name] = {"rss_ready_kb": idle, "rss_after_load_kb": loaded, "load_time_s": envoy.load_time_s}
-        finally:
-            envoy.stop()
     return out
 
 

@@ -21,6 +21,7 @@
 
 pub(crate) mod duration;
 pub(crate) mod error;
+mod path;
 pub mod raw;
 pub mod shape;
 
@@ -66,23 +67,15 @@ pub fn parse(bytes: &[u8]) -> Result<Option<RawConfig>, ConfigError> {
     }
     // Two steps: JSON text to a `Value` (syntax errors, with line and
     // column), then the `Value` to the typed document with the JSON path
-    // tracked. Deserializing from a `Value` rather than from the text
-    // keeps the path-tracking code small in the wasm module.
+    // tracked (`path`: serde_json's `&Value` deserializer, stepping into
+    // objects and arrays itself to name where an error happened).
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| ConfigError::new("", humanize_serde(&e)))?;
     if let Some(path) = shape::array_where_object(&value) {
         return Err(ConfigError::expected(path, "an object", "an array"));
     }
-    let raw: RawConfig = match serde_path_to_error::deserialize(&value) {
-        Ok(r) => r,
-        Err(e) => {
-            let path = match e.path().to_string().as_str() {
-                "?" | "." => String::new(),
-                p => p.to_string(),
-            };
-            return Err(ConfigError::new(path, humanize_serde(&e.into_inner())));
-        }
-    };
+    let raw: RawConfig =
+        path::from_value(&value).map_err(|(path, e)| ConfigError::new(path, humanize_serde(&e)))?;
     Ok(Some(raw))
 }
 

@@ -55,42 +55,7 @@ pub(crate) mod text;
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::{ClientIpRule, Request};
 use bucket::BucketParams;
-pub use policy::{KeyPart, LimitMetrics, LimitPolicy};
-
-/// Which rate-limit response headers to send (`rate_limit_headers`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeaderStyle {
-    Ietf,
-    Legacy,
-    Both,
-    None,
-}
-
-impl HeaderStyle {
-    /// The top-level `rate_limit_headers` (default `ietf`).
-    pub fn compile(raw: Option<&str>) -> Result<HeaderStyle, crate::config::ConfigError> {
-        match raw {
-            None => Ok(HeaderStyle::Ietf),
-            Some(style) => HeaderStyle::parse(style).ok_or_else(|| {
-                crate::config::ConfigError::expected(
-                    "rate_limit_headers",
-                    "one of \"ietf\", \"legacy\", \"both\", \"none\"",
-                    crate::config::show_str(style),
-                )
-            }),
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<HeaderStyle> {
-        match s {
-            "ietf" => Some(HeaderStyle::Ietf),
-            "legacy" => Some(HeaderStyle::Legacy),
-            "both" => Some(HeaderStyle::Both),
-            "none" => Some(HeaderStyle::None),
-            _ => None,
-        }
-    }
-}
+pub use policy::{HeaderStyle, KeyPart, LimitMetrics, LimitPolicy};
 
 /// The verdict for one request on one route.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -80,6 +80,41 @@ pub fn identity_prefix(route: &str, name: &str) -> String {
     format!("{route}\u{1f}{name}\u{1f}")
 }
 
+/// Which rate-limit response headers to send (`rate_limit_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderStyle {
+    Ietf,
+    Legacy,
+    Both,
+    None,
+}
+
+impl HeaderStyle {
+    /// The top-level `rate_limit_headers` (default `ietf`).
+    pub fn compile(raw: Option<&str>) -> Result<HeaderStyle, ConfigError> {
+        match raw {
+            None => Ok(HeaderStyle::Ietf),
+            Some(style) => HeaderStyle::parse(style).ok_or_else(|| {
+                ConfigError::expected(
+                    "rate_limit_headers",
+                    "one of \"ietf\", \"legacy\", \"both\", \"none\"",
+                    show_str(style),
+                )
+            }),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<HeaderStyle> {
+        match s {
+            "ietf" => Some(HeaderStyle::Ietf),
+            "legacy" => Some(HeaderStyle::Legacy),
+            "both" => Some(HeaderStyle::Both),
+            "none" => Some(HeaderStyle::None),
+            _ => None,
+        }
+    }
+}
+
 /// Bounds that keep per-request work and shared memory predictable.
 pub const MAX_LIMITS_PER_ROUTE: usize = 16;
 pub const DEFAULT_MAX_RATE_LIMIT_KEYS: u32 = 10_000;
