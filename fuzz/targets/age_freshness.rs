@@ -29,6 +29,6 @@ pub fn run(data: &[u8]) {
         let req = RequestDirectives::parse(&h);
         let u = freshness::usability(lifetime, age, &resp, &req);
         let _ = u.ttl();
-        let _ = freshness::stale_if_error_allows(lifetime, age, &resp, &req);
+        let _ = freshness::stale_if_error_allows(lifetime, age, &resp, &req, None);
     }
 }

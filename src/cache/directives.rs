@@ -304,6 +304,51 @@ impl RequestDirectives {
     }
 }
 
+/// RFC 9213: the first of `targets` (lower-case field names) the response
+/// carries with a value that can be read completely and names at least
+/// one directive; `None` when none does (then `Cache-Control` rules). A
+/// targeted field that cannot be read is ignored, as if absent (9213 2.1).
+pub fn targeted_field<'a>(response: &Headers, targets: &'a [String]) -> Option<&'a str> {
+    targets
+        .iter()
+        .find(|t| {
+            let mut lines = headers::all(response, t).peekable();
+            if lines.peek().is_none() || headers::count(response, t) > MAX_DIRECTIVES {
+                return false;
+            }
+            let (list, complete) = parse_list_checked(lines);
+            complete
+                && !list.is_empty()
+                && headers::all(response, t).count() == headers::count(response, t)
+        })
+        .map(String::as_str)
+}
+
+/// The response as a cache obeying the targeted field `field` reads it:
+/// that field's lines in place of `Cache-Control`, and no `Expires` (the
+/// targeted field replaces both). Only for the cache's decisions: what is
+/// stored and sent are the origin's fields, untouched.
+pub fn controlled_by(response: &Headers, field: &str) -> Vec<(String, Vec<u8>)> {
+    response
+        .iter()
+        .filter(|(n, _)| {
+            !n.eq_ignore_ascii_case("cache-control") && !n.eq_ignore_ascii_case("expires")
+        })
+        .map(|(n, v)| {
+            if n.eq_ignore_ascii_case(field) {
+                ("cache-control".to_string(), v.clone())
+            } else {
+                (n.clone(), v.clone())
+            }
+        })
+        .collect()
+}
+
+/// [`controlled_by`] the first [`targeted_field`] present, if any.
+pub fn as_targeted(response: &Headers, targets: &[String]) -> Option<Vec<(String, Vec<u8>)>> {
+    targeted_field(response, targets).map(|f| controlled_by(response, f))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -457,5 +502,46 @@ mod tests {
         assert!(!d.forbids_stale());
         assert!(ResponseDirectives::parse(&h(&["s-maxage=1"])).forbids_stale());
         assert!(ResponseDirectives::parse(&h(&["proxy-revalidate"])).forbids_stale());
+    }
+
+    #[test]
+    fn targeted_fields_replace_cache_control_and_expires() {
+        let t = vec![
+            "meshguard-cache-control".to_string(),
+            "cdn-cache-control".to_string(),
+        ];
+        let r = h2(&[
+            ("cache-control", "no-store"),
+            ("expires", "0"),
+            ("CDN-Cache-Control", "max-age=60"),
+            ("x", "y"),
+        ]);
+        let v = as_targeted(&r, &t).unwrap();
+        let d = ResponseDirectives::parse(&v);
+        assert!(!d.no_store && d.max_age == Some(Seconds::Value(60)));
+        assert!(!headers::has(&v, "expires") && headers::has(&v, "x"));
+        // the first listed field present wins
+        let mut r2 = r.clone();
+        r2.push(("meshguard-cache-control".into(), b"no-store".to_vec()));
+        let d = ResponseDirectives::parse(&as_targeted(&r2, &t).unwrap());
+        assert!(d.no_store);
+        // an unreadable or empty targeted field is ignored
+        let bad = h2(&[
+            ("cdn-cache-control", "max-age=\"60"),
+            ("cache-control", "no-store"),
+        ]);
+        assert_eq!(as_targeted(&bad, &t), None);
+        assert_eq!(as_targeted(&h2(&[("cdn-cache-control", " , ")]), &t), None);
+        assert_eq!(
+            as_targeted(&h2(&[("cache-control", "max-age=1")]), &t),
+            None
+        );
+        assert_eq!(as_targeted(&r, &[]), None);
+    }
+
+    fn h2(v: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
     }
 }

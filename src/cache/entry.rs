@@ -67,6 +67,10 @@ pub struct Entry {
     pub vary_names: Vec<String>,
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
+    /// The targeted cache-control field (RFC 9213) the facts are read
+    /// from instead of `Cache-Control` and `Expires`; not encoded (the
+    /// facts are). `None`: `Cache-Control`.
+    pub control: Option<String>,
 }
 
 impl Entry {
@@ -87,7 +91,14 @@ impl Entry {
 
     /// The facts of this entry's headers (stored with it by [`Entry::encode`]).
     pub fn facts(&self) -> Facts {
-        Facts::of(&self.headers, self.request_time_ns, self.response_time_ns)
+        match &self.control {
+            Some(field) => Facts::of(
+                &super::directives::controlled_by(&self.headers, field),
+                self.request_time_ns,
+                self.response_time_ns,
+            ),
+            None => Facts::of(&self.headers, self.request_time_ns, self.response_time_ns),
+        }
     }
 
     /// Encodes; `None` when a field is too long for its length prefix.
@@ -283,6 +294,7 @@ impl<'a> EntryView<'a> {
                 .map(|(n, v)| (n.to_string(), v.to_vec()))
                 .collect(),
             body: self.body().to_vec(),
+            control: None,
         }
     }
 }
@@ -489,6 +501,7 @@ mod tests {
                 ("x-bin".into(), vec![0xff, 0]),
             ],
             body: b"hello".to_vec(),
+            control: None,
         }
     }
 

@@ -138,12 +138,32 @@ pub fn date_secs(headers: &Headers) -> Option<u64> {
     headers::first(headers, "date").and_then(httpdate::parse)
 }
 
-/// The `Age` header: delta-seconds; a bad or missing value is 0.
+/// The age given to a response whose `Age` cannot be read safely: 2^31 s,
+/// the value RFC 9111 1.2.2 gives to an overflow. Such a response is
+/// never fresh (and never within a `stale-*` window): it is only used
+/// after validating it (RFC 9111 5.1, 4.2.4).
+pub const UNKNOWN_AGE: u64 = super::directives::DELTA_MAX;
+
+/// The `Age` header (RFC 9111 5.1): delta-seconds; missing is 0. Repeated
+/// lines or a list (`Age: 0, 7200`, also what a proxy makes of two lines)
+/// are accepted only when every member is the same valid number. Anything
+/// else (negative, fractional, suffixed, parameterised, empty, repeated
+/// with different values) is [`UNKNOWN_AGE`]: a stale response must not
+/// look fresh because its `Age` was misread.
 pub fn age_header(headers: &Headers) -> u64 {
-    headers::first(headers, "age")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|s| super::directives::delta_seconds(s.trim()))
-        .unwrap_or(0)
+    let mut age = None;
+    for v in headers::all(headers, "age") {
+        let Ok(s) = std::str::from_utf8(v) else {
+            return UNKNOWN_AGE;
+        };
+        for member in s.split(',') {
+            match super::directives::delta_seconds(member.trim_matches([' ', '\t'])) {
+                Some(n) if age.is_none_or(|a| a == n) => age = Some(n),
+                _ => return UNKNOWN_AGE,
+            }
+        }
+    }
+    age.unwrap_or(0)
 }
 
 /// Current age in seconds (RFC 9111 4.2.3):
@@ -181,9 +201,14 @@ pub fn initial_age(headers: &Headers, request_time_ns: u64, response_time_ns: u6
     apparent_age.max(corrected_age_value)
 }
 
-/// [`current_age`] from its `corrected_initial_age`: adds the resident time.
+/// [`current_age`] from its `corrected_initial_age`: adds the resident time,
+/// counted in whole seconds of the clock (`now` and `response_time` each
+/// rounded down): HTTP dates name whole seconds, so a response whose
+/// `Date` + lifetime is second `x` is stale from the first instant the
+/// clock shows `x`, whatever fraction of a second it was received at
+/// (rounding the difference instead would serve it up to a second longer).
 pub fn age_at(initial_age: u64, response_time_ns: u64, now_ns: u64) -> u64 {
-    let resident_time = now_ns.saturating_sub(response_time_ns) / 1_000_000_000;
+    let resident_time = (now_ns / 1_000_000_000).saturating_sub(response_time_ns / 1_000_000_000);
     initial_age.saturating_add(resident_time)
 }
 
@@ -328,23 +353,24 @@ pub fn usability(
 
 /// Whether a stale response may be served because the origin failed
 /// (RFC 5861 4): within the response's or the request's `stale-if-error`
-/// window, and never when the response forbids serving stale.
+/// window, or the route's `stale_on_error` (`configured`), and never when
+/// the response forbids serving stale.
 pub fn stale_if_error_allows(
     lifetime: u64,
     age: u64,
     resp: &ResponseDirectives,
     req: &RequestDirectives,
+    configured: Option<u64>,
 ) -> bool {
     if resp.forbids_stale() || resp.no_cache {
         return false;
     }
     let stale_by = age.saturating_sub(lifetime);
-    let window = match (resp.stale_if_error, req.stale_if_error) {
-        (Some(a), Some(b)) => a.max(b),
-        (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => return false,
-    };
-    stale_by <= window
+    let window = [resp.stale_if_error, req.stale_if_error, configured]
+        .into_iter()
+        .flatten()
+        .max();
+    window.is_some_and(|w| stale_by <= w)
 }
 
 #[cfg(test)]
@@ -532,11 +558,73 @@ mod tests {
         // Date far in the past dominates (apparent age).
         let old = httpdate::format(NOW - 50);
         assert_eq!(current_age(&hs(&[("date", &old)]), resp, resp, resp), 50);
-        // Bad Age is 0; Date in the future is 0 apparent age.
+        // Date in the future is 0 apparent age; a bad Age is unknown.
         let fut = httpdate::format(NOW + 50);
+        assert_eq!(current_age(&hs(&[("date", &fut)]), resp, resp, resp), 0);
         assert_eq!(
             current_age(&hs(&[("date", &fut), ("age", "x")]), resp, resp, resp),
-            0
+            UNKNOWN_AGE
+        );
+    }
+
+    #[test]
+    fn resident_time_counts_clock_seconds() {
+        let d = httpdate::format(NOW);
+        let h = hs(&[("date", &d)]);
+        // Received at NOW.8, asked at (NOW+1).4: the clock shows NOW+1.
+        let resp = NOW * S + 800_000_000;
+        let now = (NOW + 1) * S + 400_000_000;
+        assert_eq!(current_age(&h, resp, resp, now), 1);
+        assert_eq!(current_age(&h, resp, resp, NOW * S + 999_999_999), 0);
+        let cc = rcc("max-age=1, must-revalidate");
+        let age = current_age(&h, resp, resp, now);
+        assert_eq!(
+            usability(1, age, &cc, &qcc("")),
+            Usability::MustValidate { ttl: 0 }
+        );
+    }
+
+    #[test]
+    fn invalid_age_values_are_unknown() {
+        let age = |v: &[&str]| {
+            let h: Vec<(String, Vec<u8>)> = v
+                .iter()
+                .map(|v| ("age".to_string(), v.as_bytes().to_vec()))
+                .collect();
+            age_header(&h)
+        };
+        assert_eq!(age(&[]), 0);
+        assert_eq!(age(&["7200"]), 7200);
+        assert_eq!(age(&[" 60 "]), 60);
+        assert_eq!(age(&["60", "60"]), 60);
+        assert_eq!(age(&["60, 60"]), 60);
+        for bad in [
+            &["0", "7200"][..],
+            &["7200", "0"],
+            &["0, 7200"],
+            &["-7200"],
+            &["7200.0"],
+            &["7200a"],
+            &["a7200"],
+            &["7200;x=1"],
+            &[""],
+            &["1,"],
+        ] {
+            assert_eq!(age(bad), UNKNOWN_AGE, "{bad:?}");
+        }
+        let r = rcc("max-age=3600, stale-if-error=86400");
+        assert!(!stale_if_error_allows(
+            3600,
+            UNKNOWN_AGE,
+            &r,
+            &qcc(""),
+            None
+        ));
+        assert_eq!(
+            usability(3600, UNKNOWN_AGE, &r, &qcc("")),
+            Usability::MustValidate {
+                ttl: 3600 - UNKNOWN_AGE as i64
+            }
         );
     }
 
@@ -591,7 +679,7 @@ mod tests {
                 usability(1, 5, &r, &qcc("max-stale")),
                 Usability::MustValidate { ttl: -4 }
             );
-            assert!(!stale_if_error_allows(1, 5, &r, &qcc("")));
+            assert!(!stale_if_error_allows(1, 5, &r, &qcc(""), None));
         }
         let nc = rcc("no-cache, max-age=100");
         assert_eq!(
@@ -611,19 +699,27 @@ mod tests {
             usability(10, 31, &r, &qcc("")),
             Usability::MustValidate { ttl: -21 }
         );
-        assert!(stale_if_error_allows(10, 70, &r, &qcc("")));
-        assert!(!stale_if_error_allows(10, 71, &r, &qcc("")));
+        assert!(stale_if_error_allows(10, 70, &r, &qcc(""), None));
+        assert!(!stale_if_error_allows(10, 71, &r, &qcc(""), None));
         assert!(stale_if_error_allows(
             10,
             100,
             &rcc("max-age=10"),
-            &qcc("stale-if-error=90")
+            &qcc("stale-if-error=90"),
+            None
         ));
         assert!(!stale_if_error_allows(
             10,
             100,
             &rcc("max-age=10"),
-            &qcc("")
+            &qcc(""),
+            None
         ));
+        // the route's stale_on_error is a window of its own
+        let plain = rcc("max-age=10");
+        assert!(stale_if_error_allows(10, 100, &plain, &qcc(""), Some(90)));
+        assert!(!stale_if_error_allows(10, 101, &plain, &qcc(""), Some(90)));
+        let strict = rcc("max-age=10, must-revalidate");
+        assert!(!stale_if_error_allows(10, 11, &strict, &qcc(""), Some(90)));
     }
 }

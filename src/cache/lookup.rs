@@ -12,6 +12,7 @@ use crate::cache::respond::fwd_status;
 use crate::cache::respond::gateway_timeout;
 use crate::cache::respond::hit_status;
 use crate::cache::respond::respond_in_place;
+use crate::cache::respond::respond_range_in_place;
 use crate::cache::respond::shareable_with_authorization;
 use crate::cache::respond::validators;
 use crate::cache::respond::with_body;
@@ -308,6 +309,27 @@ pub fn lookup_as(
     }
 }
 
+/// A `PURGE` the filter authorised (the route's `purge` claim rules held
+/// for the request's verified token): drops every stored variant of the
+/// request's URI (route, host, path and query unless `ignore_query`) and
+/// records an invalidation, so that a fill in flight is not stored.
+/// Returns how many stored responses were dropped (counted in `purged`).
+pub fn purge(host: &impl Host, route: &CacheRoute, req: &Request) -> usize {
+    let keys = Keys::of(route, req, Identity::default());
+    let n = Store::new(host, route.store).invalidate(&keys.uri);
+    host.increment_metric(route.metrics.purged, n as i64);
+    log::info!(
+        "meshguard: cache: {}: purge dropped {n} entries",
+        route.name
+    );
+    n
+}
+
+/// A `PURGE` the filter refused (counted in `purge_denied`).
+pub fn purge_denied(host: &impl Host, route: &CacheRoute) {
+    host.increment_metric(route.metrics.purge_denied, 1);
+}
+
 /// Nothing stored answers the request (`fwd`: `uri-miss` or `vary-miss`).
 pub(crate) fn miss(
     host: &impl Host,
@@ -387,12 +409,25 @@ pub(crate) fn hit(
     cache_status: Vec<u8>,
 ) -> Lookup {
     host.increment_metric(route.metrics.hit, 1);
-    let parts = respond_in_place(
-        &EntryView::again(payload.bytes(), meta),
-        &req.headers,
-        age_now,
-        cache_status,
-    );
+    let view = EntryView::again(payload.bytes(), meta);
+    // One pass over the request for what the response depends on: its
+    // conditions and its range.
+    let (mut conditional, mut range) = (false, None);
+    for (n, v) in req.headers.raw_iter() {
+        // By length first: most names are none of the three.
+        match n.len() {
+            5 if range.is_none() && n.eq_ignore_ascii_case(b"range") => range = Some(v),
+            13 if n.eq_ignore_ascii_case(b"if-none-match") => conditional = true,
+            17 if n.eq_ignore_ascii_case(b"if-modified-since") => conditional = true,
+            _ => {}
+        }
+    }
+    let parts = match range {
+        Some(r) if req.method == "GET" => {
+            respond_range_in_place(&view, &req.headers, conditional, r, age_now, cache_status)
+        }
+        _ => respond_in_place(&view, &req.headers, conditional, age_now, cache_status),
+    };
     Lookup::Hit(with_body(parts, payload))
 }
 

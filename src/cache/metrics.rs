@@ -2,7 +2,10 @@
 
 use crate::host::{Host, MetricId, MetricKind};
 
-/// The counters of one route: `meshguard.cache.<route>.{hit,miss,stored,evicted,bypass}`.
+/// The counters of one route:
+/// `meshguard.cache.<route>.{hit,miss,stored,evicted,bypass,purged,purge_denied}`
+/// (`purged`: stored responses a `PURGE` dropped; `purge_denied`: `PURGE`
+/// requests refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheMetrics {
     pub hit: MetricId,
@@ -10,6 +13,8 @@ pub struct CacheMetrics {
     pub stored: MetricId,
     pub evicted: MetricId,
     pub bypass: MetricId,
+    pub purged: MetricId,
+    pub purge_denied: MetricId,
 }
 
 impl CacheMetrics {
@@ -19,6 +24,8 @@ impl CacheMetrics {
         stored: MetricId::NONE,
         evicted: MetricId::NONE,
         bypass: MetricId::NONE,
+        purged: MetricId::NONE,
+        purge_denied: MetricId::NONE,
     };
 
     /// Defines the route's counters (call once, at configuration time). A
@@ -37,6 +44,8 @@ impl CacheMetrics {
             stored: d("stored"),
             evicted: d("evicted"),
             bypass: d("bypass"),
+            purged: d("purged"),
+            purge_denied: d("purge_denied"),
         }
     }
 }

@@ -64,14 +64,17 @@
 //! | `max-stale[=N]` | request | stale responses (by at most N s) are acceptable, unless the response forbids it |
 //! | `min-fresh=N` | request | needs at least N s of freshness left |
 //! | `only-if-cached` | request | no usable stored response means 504, never upstream |
-//! | `must-understand`, `no-transform`, `immutable` | response | parsed; no effect (meshguard never transforms, understands every status it stores) |
+//! | `must-understand` | response | a status outside RFC 9110 is not stored; an understood one is stored despite `no-store` ([`storable::understood`]) |
+//! | `no-transform`, `immutable` | response | parsed; no effect (meshguard never transforms) |
+//! | targeted fields | response | `CDN-Cache-Control` or the route's `targeted_cache_control` (RFC 9213): the first present replaces `Cache-Control` and `Expires` for every decision; stored and sent unchanged |
 //!
 //! Duplicate directives: the first value wins (`max-age=10, max-age=99` is
 //! 10); flags count wherever they appear. A `Cache-Control` that cannot be
 //! read completely (over 16 KiB, more than 64 directives, an unterminated
 //! quoted string) is not stored. Also: `Vary: *` and unlisted
-//! `Vary` names are not stored; `Set-Cookie` responses are not stored unless
-//! `public` or `s-maxage`, and then without their `Set-Cookie` lines;
+//! `Vary` names are not stored; `Set-Cookie` responses follow the route's
+//! `set_cookie` ([`policy::SetCookie`]; by default not stored unless
+//! `public` or `s-maxage`, and then without their `Set-Cookie` lines);
 //! requests with `Authorization` are only served entries whose response
 //! allowed storing them under 3.5 (`public`, `s-maxage`, `must-revalidate`);
 //! 206 and 304 are never stored; hop-by-hop fields are stripped.
@@ -79,6 +82,15 @@
 //! 2xx/3xx invalidate the target URI and the `Location` /
 //! `Content-Location` URIs on the same host (4.4), every variant; a fill
 //! whose request was looked up before such an invalidation is not stored.
+//!
+//! Freshness is counted in whole clock seconds ([`freshness::age_at`]);
+//! an unreadable `Age` is [`freshness::UNKNOWN_AGE`] (stale on arrival).
+//! A GET with one byte `Range` is answered from a stored 200 ([`range`]).
+//! `Vary` compares the content-negotiation headers as sets
+//! ([`vary::negotiation`]). A 304 that revalidates replaces the stored
+//! fields of its names (but `Content-Length`). When the route's circuit
+//! breaker is open, [`on_circuit_open`] serves what `stale-if-error` or
+//! the route's `stale_on_error` allows.
 //!
 //! # Cache safety
 //!
@@ -195,6 +207,7 @@ pub(crate) mod key;
 pub(crate) mod lookup;
 pub(crate) mod metrics;
 pub mod policy;
+pub(crate) mod range;
 pub(crate) mod respond;
 pub(crate) mod response;
 pub(crate) mod storable;
@@ -203,13 +216,15 @@ pub mod vary;
 
 pub use key::{primary_hash, uri_hash, uri_hash_memo, Identity};
 pub use lookup::{
-    lookup, lookup_as, CacheRoute, Lookup, MissContext, CLIENT_CONDITIONS, WAIT_POLL_MS,
+    lookup, lookup_as, purge, purge_denied, CacheRoute, Lookup, MissContext, CLIENT_CONDITIONS,
+    WAIT_POLL_MS,
 };
 pub use metrics::CacheMetrics;
 pub use policy::CachePolicy;
 pub use respond::{CachedResponse, CACHE_NAME};
 pub use response::{
-    abandon, abandon_too_big, on_response_headers, on_upstream_failure, store, ResponseDecision,
+    abandon, abandon_too_big, on_circuit_open, on_response_headers, on_upstream_failure, store,
+    ResponseDecision,
 };
 
 pub use store::CacheStoreConfig;

@@ -2,13 +2,34 @@
 
 use super::freshness::FreshnessConfig;
 use super::headers::is_token;
+pub use super::storable::SetCookie;
 use crate::config::raw::RawCache;
 use crate::config::{show_str, ConfigError};
+use crate::jwt::claims::{ClaimRule, Claims};
 
 /// Most entries in `vary_allowlist` and `key_headers`.
 pub const MAX_HEADER_NAMES: usize = 32;
 /// Largest `default_ttl` accepted (one year).
 pub const MAX_DEFAULT_TTL_SECS: u64 = 366 * 86_400;
+
+/// The claim rules a `PURGE` request's verified token must satisfy.
+#[derive(Debug, Clone)]
+pub struct PurgeRules(pub Vec<ClaimRule>);
+
+impl PurgeRules {
+    /// Whether these verified claims may purge (every rule holds).
+    pub fn allow(&self, claims: &Claims) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|r| r.matches(claims))
+    }
+}
+
+impl PartialEq for PurgeRules {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{:?}", self.0) == format!("{:?}", other.0)
+    }
+}
+
+impl Eq for PurgeRules {}
 
 /// A route's cache settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +46,14 @@ pub struct CachePolicy {
     /// Whole seconds; `None` when not configured.
     pub default_ttl_secs: Option<u64>,
     pub heuristic_freshness: bool,
+    pub set_cookie: SetCookie,
+    /// Lower-case targeted cache-control field names (RFC 9213), in order.
+    pub targeted: Vec<String>,
+    /// `stale_on_error` in whole seconds: a `stale-if-error` window of the
+    /// route's own, also used when the circuit breaker is open.
+    pub stale_on_error_secs: Option<u64>,
+    /// `purge`: `PURGE` allowed to tokens satisfying these rules.
+    pub purge: Option<PurgeRules>,
 }
 
 impl Default for CachePolicy {
@@ -41,6 +70,10 @@ impl Default for CachePolicy {
             ignore_query: false,
             default_ttl_secs: None,
             heuristic_freshness: false,
+            set_cookie: SetCookie::PublicOnly,
+            targeted: vec!["cdn-cache-control".into()],
+            stale_on_error_secs: None,
+            purge: None,
         }
     }
 }
@@ -131,6 +164,59 @@ impl CachePolicy {
             p.default_ttl_secs = Some(secs);
         }
         p.heuristic_freshness = raw.heuristic_freshness;
+        if let Some(sc) = &raw.set_cookie {
+            p.set_cookie = match sc.as_str() {
+                "public_only" => SetCookie::PublicOnly,
+                "strip" => SetCookie::Strip,
+                "store" => SetCookie::Store,
+                "no_store" => SetCookie::NoStore,
+                _ => {
+                    return Err(ConfigError::expected(
+                        format!("{path}.set_cookie"),
+                        "\"public_only\", \"strip\", \"store\" or \"no_store\"",
+                        show_str(sc),
+                    ))
+                }
+            };
+        }
+        if let Some(d) = raw.stale_on_error {
+            let secs = d.as_nanos() / 1_000_000_000;
+            if !(1..=MAX_DEFAULT_TTL_SECS).contains(&secs) {
+                return Err(ConfigError::expected(
+                    format!("{path}.stale_on_error"),
+                    "a duration from \"1s\" to \"8784h\"",
+                    format!("{}ns", d.as_nanos()),
+                ));
+            }
+            p.stale_on_error_secs = Some(secs);
+        }
+        if let Some(purge) = &raw.purge {
+            let at = format!("{path}.purge.claims");
+            if purge.claims.is_empty() {
+                return Err(ConfigError::expected(
+                    at,
+                    "at least one claim rule (who may purge)",
+                    "[]",
+                ));
+            }
+            let rules = purge
+                .claims
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ClaimRule::compile(r, &format!("{at}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            p.purge = Some(PurgeRules(rules));
+        }
+        if let Some(t) = &raw.targeted_cache_control {
+            p.targeted = header_names(t, &format!("{path}.targeted_cache_control"))?;
+            if let Some(i) = p.targeted.iter().position(|n| n == "cache-control") {
+                return Err(ConfigError::expected(
+                    format!("{path}.targeted_cache_control[{i}]"),
+                    "a targeted field (not Cache-Control itself)",
+                    "\"cache-control\"",
+                ));
+            }
+        }
         Ok(p)
     }
 
@@ -165,6 +251,10 @@ mod tests {
             ignore_query: false,
             default_ttl: None,
             heuristic_freshness: false,
+            set_cookie: None,
+            targeted_cache_control: None,
+            stale_on_error: None,
+            purge: None,
         }
     }
 
@@ -206,6 +296,34 @@ mod tests {
         assert_eq!(e.as_deref(), Some("c.key_headers[0]"));
         r.key_headers = Some(vec!["a".into(), "A".into()]);
         assert!(CachePolicy::compile(&r, "c").is_err());
+    }
+
+    #[test]
+    fn set_cookie_and_targeted_fields() {
+        let mut r = raw();
+        r.set_cookie = Some("strip".into());
+        r.targeted_cache_control = Some(vec!["Surrogate-Control".into()]);
+        let p = CachePolicy::compile(&r, "c").unwrap_or_default();
+        assert_eq!(p.set_cookie, SetCookie::Strip);
+        assert_eq!(p.targeted, vec!["surrogate-control"]);
+        r.set_cookie = Some("keep".into());
+        let e = CachePolicy::compile(&r, "c").err().map(|e| e.path);
+        assert_eq!(e.as_deref(), Some("c.set_cookie"));
+        r.set_cookie = None;
+        r.targeted_cache_control = Some(vec!["x-a".into(), "Cache-Control".into()]);
+        let e = CachePolicy::compile(&r, "c").err().map(|e| e.path);
+        assert_eq!(e.as_deref(), Some("c.targeted_cache_control[1]"));
+        r.targeted_cache_control = None;
+        r.stale_on_error = Some(Duration::from_secs(300));
+        let p = CachePolicy::compile(&r, "c").unwrap_or_default();
+        assert_eq!(p.stale_on_error_secs, Some(300));
+        r.stale_on_error = Some(Duration::from_millis(10));
+        let e = CachePolicy::compile(&r, "c").err().map(|e| e.path);
+        assert_eq!(e.as_deref(), Some("c.stale_on_error"));
+        assert_eq!(
+            CachePolicy::default().targeted,
+            vec!["cdn-cache-control".to_string()]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::directives::ResponseDirectives;
 use super::entry::{Entry, EntryView};
 use super::policy::CachePolicy;
 use super::store::{self};
-use super::{etag, freshness, headers};
+use super::{etag, freshness, headers, range};
 use crate::host::header_map::HeaderMap;
 
 /// The name meshguard uses in `Cache-Status`.
@@ -94,6 +94,7 @@ pub(crate) fn respond(
     now: u64,
     cache_status: Vec<u8>,
 ) -> CachedResponse {
+    let conditional = etag::is_conditional(request);
     let (mut response, with_body) = respond_headers(
         entry.status,
         entry
@@ -103,6 +104,7 @@ pub(crate) fn respond(
         entry.headers.len(),
         entry.response_time_ns,
         request,
+        conditional,
         (age, now),
         cache_status,
     );
@@ -114,9 +116,12 @@ pub(crate) fn respond(
 
 /// [`respond`] for an entry read in place (a hit), without its body: the
 /// body's place in the payload when it is to be sent (see [`with_body`]).
+/// `conditional`: the request has `If-None-Match` / `If-Modified-Since`
+/// ([`etag::is_conditional`], found by the caller's one pass).
 pub(crate) fn respond_in_place(
     view: &EntryView<'_>,
     request: &(impl headers::HeaderList + ?Sized),
+    conditional: bool,
     age_now: (u64, u64),
     cache_status: Vec<u8>,
 ) -> (CachedResponse, Option<(usize, usize)>) {
@@ -126,6 +131,7 @@ pub(crate) fn respond_in_place(
         view.header_count(),
         view.response_time_ns,
         request,
+        conditional,
         age_now,
         cache_status,
     );
@@ -133,6 +139,68 @@ pub(crate) fn respond_in_place(
         response,
         with_body.then_some((view.body_offset, view.body_len)),
     )
+}
+
+/// [`respond_in_place`] for a GET with a `Range` (see [`range`]): a 206
+/// of the part asked, a 416, or (several ranges, an unreadable one, an
+/// `If-Range` that does not hold, a stored status other than 200) the
+/// whole response. A request whose own conditions make it a 304 gets the
+/// 304.
+pub(crate) fn respond_range_in_place(
+    view: &EntryView<'_>,
+    request: &(impl headers::HeaderList + ?Sized),
+    conditional: bool,
+    range_value: &[u8],
+    age_now: (u64, u64),
+    cache_status: Vec<u8>,
+) -> (CachedResponse, Option<(usize, usize)>) {
+    let len = view.body_len as u64;
+    let applies = view.status == 200
+        && headers::first(request, "if-range")
+            .is_none_or(|v| range::if_range_holds(v, view.headers()));
+    let ask = if applies {
+        range::ask(range_value, len)
+    } else {
+        range::RangeAsk::Whole
+    };
+    let partial = match ask {
+        range::RangeAsk::Whole => {
+            return respond_in_place(view, request, conditional, age_now, cache_status)
+        }
+        range::RangeAsk::Part { .. } => 206,
+        range::RangeAsk::Unsatisfiable => 416,
+    };
+    let (mut response, with_body) = respond_headers(
+        view.status,
+        view.headers(),
+        view.header_count(),
+        view.response_time_ns,
+        request,
+        conditional,
+        age_now,
+        cache_status,
+    );
+    if response.status != 304 {
+        // The part's own length and range replace the whole's.
+        let mut out = HeaderMap::with_capacity(response.headers.len() + 1, 64);
+        for (n, v) in response.headers.iter() {
+            if n != b"content-length" && n != b"content-range" {
+                out.add(n, v);
+            }
+        }
+        out.add(b"content-range", &range::content_range(ask, len));
+        response.headers = out;
+        response.status = partial;
+    }
+    let body = match ask {
+        range::RangeAsk::Part { first, last } if with_body && response.status == 206 => Some((
+            view.body_offset + first as usize,
+            (last - first + 1) as usize,
+        )),
+        _ if response.status == 304 || response.status == 416 => None,
+        _ => with_body.then_some((view.body_offset, view.body_len)),
+    };
+    (response, body)
 }
 
 /// Completes [`respond_in_place`]: the body is moved out of the buffer the
@@ -161,10 +229,11 @@ pub(crate) fn respond_headers<'a>(
     count: usize,
     response_time_ns: u64,
     request: &(impl headers::HeaderList + ?Sized),
+    conditional: bool,
     (age, now): (u64, u64),
     cache_status: Vec<u8>,
 ) -> (CachedResponse, bool) {
-    let not_modified = (200..300).contains(&status) && etag::is_conditional(request) && {
+    let not_modified = (200..300).contains(&status) && conditional && {
         let mut validators = etag::StoredValidators::default();
         for (n, v) in stored.clone() {
             validators.see(n, v);
@@ -208,10 +277,12 @@ pub(crate) fn entry_times(
     policy: &CachePolicy,
     now: u64,
 ) -> (ResponseDirectives, u64, u64) {
-    let cc = ResponseDirectives::parse(&entry.headers);
+    let targeted = super::directives::as_targeted(&entry.headers, &policy.targeted);
+    let headers: &[(String, Vec<u8>)] = targeted.as_deref().unwrap_or(&entry.headers);
+    let cc = ResponseDirectives::parse(headers);
     let (life, _) = freshness::lifetime(
         entry.status as u32,
-        &entry.headers,
+        headers,
         &cc,
         entry.response_time_ns / NS,
         policy.freshness(),

@@ -2,8 +2,9 @@
 //! refresh from a 304, serve stale on error), writing entries, abandoning
 //! a fill.
 
-use super::directives::ResponseDirectives;
+use super::directives::{self, ResponseDirectives};
 use super::entry::Entry;
+use super::storable::SetCookie;
 use super::store::{Store, WriteOutcome};
 use super::{etag, freshness, headers, storable, vary};
 use crate::cache::key::key_path;
@@ -71,21 +72,33 @@ pub(crate) fn serve_stale_if_error(
     ctx: &MissContext,
     upstream_status: Option<u32>,
 ) -> Option<CachedResponse> {
+    serve_stale_instead(host, route, ctx, upstream_status, "stale-if-error")
+}
+
+/// The stored stale response, if `stale-if-error` (the response's, the
+/// request's or the route's `stale_on_error`) allows it, with `detail`.
+pub(crate) fn serve_stale_instead(
+    host: &impl Host,
+    route: &CacheRoute,
+    ctx: &MissContext,
+    upstream_status: Option<u32>,
+    detail: &'static str,
+) -> Option<CachedResponse> {
     let stale = ctx.stale.as_ref()?;
     let now = host.now_nanos();
     let (cc, life, age) = entry_times(stale, route.policy, now);
-    if !freshness::stale_if_error_allows(life, age, &cc, &ctx.req_cc) {
+    if !freshness::stale_if_error_allows(
+        life,
+        age,
+        &cc,
+        &ctx.req_cc,
+        route.policy.stale_on_error_secs,
+    ) {
         return None;
     }
     host.increment_metric(route.metrics.hit, 1);
     let ttl = life as i64 - age as i64;
-    let status = fwd_status(
-        ctx.fwd,
-        upstream_status,
-        false,
-        Some("stale-if-error"),
-        Some(ttl),
-    );
+    let status = fwd_status(ctx.fwd, upstream_status, false, Some(detail), Some(ttl));
     Some(respond(
         stale,
         &ctx.request_headers,
@@ -93,6 +106,11 @@ pub(crate) fn serve_stale_if_error(
         now,
         status.into_bytes(),
     ))
+}
+
+/// Whether stored responses keep their `Set-Cookie` lines.
+fn keeps_cookies(route: &CacheRoute) -> bool {
+    route.policy.set_cookie == SetCookie::Store
 }
 
 /// Step 2, on the upstream response headers (see the module docs).
@@ -197,6 +215,10 @@ pub(crate) fn storable_now(
     if ctx.head {
         return Err("head");
     }
+    let original = response;
+    // RFC 9213: a targeted field present replaces Cache-Control / Expires.
+    let targeted = directives::as_targeted(original, &route.policy.targeted);
+    let response: &[(String, Vec<u8>)] = targeted.as_deref().unwrap_or(original);
     let cc = ResponseDirectives::parse(response);
     let vary_names = storable::check(
         status,
@@ -204,6 +226,7 @@ pub(crate) fn storable_now(
         &cc,
         ctx.request_facts(),
         &route.policy.vary_allowlist,
+        route.policy.set_cookie,
     )?;
     if vary_names.iter().any(|n| ctx.unkept_vary.contains(n)) {
         return Err("vary-request-too-big");
@@ -232,12 +255,12 @@ pub(crate) fn storable_now(
     let skeleton = Entry {
         status: 0,
         vary_names,
-        headers: storable::strip_for_storage(response),
+        headers: storable::strip_for_storage(original, keeps_cookies(route)),
         ..Entry::default()
     };
     let max = usize::try_from(route.store.max_entry_bytes).unwrap_or(usize::MAX);
     let max_body = max.checked_sub(skeleton.encoded_len()).ok_or("too-big")?;
-    let declared = headers::first(response, "content-length")
+    let declared = headers::first(original, "content-length")
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|s| s.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body as u64) {
@@ -269,23 +292,31 @@ pub(crate) fn revalidated(
     let mut merged = stale.clone();
     // The stored Age described the old response; the 304 brings its own.
     merged.headers.retain(|(n, _)| n != "age");
-    let update: Vec<(String, Vec<u8>)> = storable::strip_for_storage(response)
-        .into_iter()
-        .filter(|(n, _)| n != "content-length")
-        .collect();
+    // Every field of the 304 replaces the stored ones of that name (3.2),
+    // except Content-Length (the stored body's) and what is never stored.
+    let update: Vec<(String, Vec<u8>)> =
+        storable::strip_for_storage(response, keeps_cookies(route))
+            .into_iter()
+            .filter(|(n, _)| n != "content-length")
+            .collect();
     for (name, _) in &update {
         merged.headers.retain(|(n, _)| n != name);
     }
     merged.headers.extend(update);
     merged.request_time_ns = ctx.request_time_ns;
     merged.response_time_ns = ctx.response_time_ns;
-    let cc = ResponseDirectives::parse(&merged.headers);
+    merged.control =
+        directives::targeted_field(&merged.headers, &route.policy.targeted).map(str::to_string);
+    let targeted = directives::as_targeted(&merged.headers, &route.policy.targeted);
+    let judged: &[(String, Vec<u8>)] = targeted.as_deref().unwrap_or(&merged.headers);
+    let cc = ResponseDirectives::parse(judged);
     let keep = storable::check(
         merged.status as u32,
-        &merged.headers,
+        judged,
         &cc,
         ctx.request_facts(),
         &route.policy.vary_allowlist,
+        route.policy.set_cookie,
     )
     .is_ok()
         && merged.encoded_len() as u64 <= route.store.max_entry_bytes;
@@ -370,13 +401,17 @@ pub fn store(
     let store = Store::new(host, route.store);
     let ok = match storable_now(route, ctx, status, response, ctx.response_time_ns) {
         Ok(max_body) if body.len() <= max_body => {
-            let cc = ResponseDirectives::parse(response);
+            let control = directives::targeted_field(response, &route.policy.targeted);
+            let targeted = control.map(|f| directives::controlled_by(response, f));
+            let judged: &[(String, Vec<u8>)] = targeted.as_deref().unwrap_or(response);
+            let cc = ResponseDirectives::parse(judged);
             match storable::check(
                 status,
-                response,
+                judged,
                 &cc,
                 ctx.request_facts(),
                 &route.policy.vary_allowlist,
+                route.policy.set_cookie,
             ) {
                 Ok(vary_names) => {
                     let entry = Entry {
@@ -386,8 +421,9 @@ pub fn store(
                         response_time_ns: ctx.response_time_ns,
                         status: status as u16,
                         vary_names,
-                        headers: storable::strip_for_storage(response),
+                        headers: storable::strip_for_storage(response, keeps_cookies(route)),
                         body: body.to_vec(),
+                        control: control.map(str::to_string),
                     };
                     write_fill(host, route, &store, ctx, &entry)
                 }
@@ -411,6 +447,26 @@ pub fn on_upstream_failure(
 ) -> Option<CachedResponse> {
     let r = match ctx.mode {
         Mode::Fill | Mode::Revalidate => serve_stale_if_error(host, route, ctx, None),
+        _ => None,
+    };
+    release_pass(&Store::new(host, route.store), ctx);
+    r
+}
+
+/// The route's circuit breaker is open: the request will not go upstream.
+/// The stale response to send instead of the breaker's 503, if
+/// `stale-if-error` or the route's `stale_on_error` allows it
+/// (`Cache-Status: meshguard; fwd=stale; ttl=-N; detail=circuit-open`).
+/// Releases the fill lock as "pass" (see [`on_upstream_failure`]).
+pub fn on_circuit_open(
+    host: &impl Host,
+    route: &CacheRoute,
+    ctx: &mut MissContext,
+) -> Option<CachedResponse> {
+    let r = match ctx.mode {
+        Mode::Fill | Mode::Revalidate => {
+            serve_stale_instead(host, route, ctx, None, "circuit-open")
+        }
         _ => None,
     };
     release_pass(&Store::new(host, route.store), ctx);

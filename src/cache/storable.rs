@@ -28,7 +28,8 @@
 //! - `Set-Cookie` is present only with `public` or `s-maxage` (and then
 //!   the `Set-Cookie` lines are NOT kept: one client's cookie is never
 //!   replayed to another);
-//! - `must-understand` is honoured: the status is understood (all are);
+//! - with `must-understand`, the status is one meshguard [`understood`]
+//!   (RFC 9110's), and then a `no-store` beside it is ignored (5.2.2.3);
 //! - there is a reason to keep it: a positive freshness lifetime, or
 //!   validators with explicit freshness / `no-cache` so it can be
 //!   revalidated (checked by the caller, which knows the lifetime).
@@ -43,12 +44,37 @@ use super::directives::ResponseDirectives;
 use super::headers::{self, Headers};
 use super::vary::{self, VaryError};
 
+/// What is done with a response carrying `Set-Cookie` (`set_cookie`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetCookie {
+    /// Stored only with `public` or `s-maxage`, without its `Set-Cookie`.
+    #[default]
+    PublicOnly,
+    /// Stored by the usual rules, without its `Set-Cookie` lines.
+    Strip,
+    /// Stored with its `Set-Cookie` lines, which every hit sends: only
+    /// for cookies that are the same for everyone.
+    Store,
+    /// Never stored.
+    NoStore,
+}
+
 /// Why a response is not stored: the `detail` of Cache-Status.
 pub type Refusal = &'static str;
 
 /// Statuses a stored response may have (besides the check on freshness).
 pub fn status_storable(status: u32) -> bool {
     (200..=599).contains(&status) && status != 206 && status != 304
+}
+
+/// Statuses whose caching rules meshguard implements: those RFC 9110
+/// defines (other than 1xx, 206 and 304, which are never stored). A
+/// response with `must-understand` and any other status is not stored.
+pub fn understood(status: u32) -> bool {
+    matches!(
+        status,
+        200..=205 | 300..=303 | 305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
 }
 
 /// Error statuses whose cause may be the request's header fields rather
@@ -100,6 +126,7 @@ pub fn check(
     cc: &ResponseDirectives,
     request: RequestFacts,
     vary_allowlist: &[String],
+    set_cookie: SetCookie,
 ) -> Result<Vec<String>, Refusal> {
     if request.no_store {
         return Err("request-no-store");
@@ -107,7 +134,13 @@ pub fn check(
     if cc.unparsed {
         return Err("cache-control-unparsed");
     }
-    if cc.no_store {
+    // must-understand (5.2.2.3): store only a status whose caching rules
+    // meshguard implements; then the `no-store` next to it (for caches
+    // that do not understand it) is ignored.
+    if cc.must_understand && !understood(status) {
+        return Err("must-understand");
+    }
+    if cc.no_store && !cc.must_understand {
         return Err("no-store");
     }
     if cc.private {
@@ -125,8 +158,15 @@ pub fn check(
     if request.authenticated && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
         return Err("authorization");
     }
-    if headers::has(response, "set-cookie") && !(cc.public || cc.s_maxage.is_some()) {
-        return Err("set-cookie");
+    if headers::has(response, "set-cookie") {
+        let allowed = match set_cookie {
+            SetCookie::PublicOnly => cc.public || cc.s_maxage.is_some(),
+            SetCookie::Strip | SetCookie::Store => true,
+            SetCookie::NoStore => false,
+        };
+        if !allowed {
+            return Err("set-cookie");
+        }
     }
     match vary::vary_names(response, vary_allowlist) {
         Ok(names) => Ok(names),
@@ -145,8 +185,10 @@ const HOP_BY_HOP: [&str; 6] = [
     "trailer",
 ];
 
-/// Headers that are never stored (hop-by-hop, per-hop, recomputed).
-pub fn strip_for_storage(response: &Headers) -> Vec<(String, Vec<u8>)> {
+/// Headers that are never stored (hop-by-hop, per-hop, recomputed), and
+/// `Set-Cookie` unless `keep_cookies` (`set_cookie: "store"`). Names are
+/// lower-cased; values are kept byte for byte.
+pub fn strip_for_storage(response: &Headers, keep_cookies: bool) -> Vec<(String, Vec<u8>)> {
     let mut listed: Vec<String> = Vec::new();
     for v in headers::all(response, "connection") {
         for n in String::from_utf8_lossy(v).split(',') {
@@ -164,7 +206,7 @@ pub fn strip_for_storage(response: &Headers) -> Vec<(String, Vec<u8>)> {
                 || n.starts_with("proxy-")
                 || HOP_BY_HOP.contains(&n.as_str())
                 || listed.contains(&n)
-                || n == "set-cookie")
+                || (n == "set-cookie" && !keep_cookies))
         })
         .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
         .collect()
@@ -195,7 +237,14 @@ mod tests {
     }
     fn chk_req(status: u32, h: &[(&str, &str)], req: RequestFacts) -> Result<Vec<String>, Refusal> {
         let h = hs(h);
-        check(status, &h, &ResponseDirectives::parse(&h), req, &allow())
+        check(
+            status,
+            &h,
+            &ResponseDirectives::parse(&h),
+            req,
+            &allow(),
+            SetCookie::PublicOnly,
+        )
     }
 
     #[test]
@@ -333,8 +382,47 @@ mod tests {
             ("content-type", "text/plain"),
             ("ETag", "\"1\""),
         ]);
-        let kept = strip_for_storage(&h);
+        let kept = strip_for_storage(&h, false);
         let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["content-type", "etag"]);
+        let kept = strip_for_storage(&h, true);
+        let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["set-cookie", "content-type", "etag"]);
+    }
+
+    #[test]
+    fn set_cookie_options() {
+        let h = hs(&[("set-cookie", "a=b"), ("cache-control", "max-age=60")]);
+        let cc = ResponseDirectives::parse(&h);
+        let req = RequestFacts::default();
+        let run = |sc| check(200, &h, &cc, req, &allow(), sc);
+        assert_eq!(run(SetCookie::PublicOnly), Err("set-cookie"));
+        assert_eq!(run(SetCookie::NoStore), Err("set-cookie"));
+        assert!(run(SetCookie::Strip).is_ok() && run(SetCookie::Store).is_ok());
+        let p = hs(&[
+            ("set-cookie", "a=b"),
+            ("cache-control", "public, max-age=60"),
+        ]);
+        let pcc = ResponseDirectives::parse(&p);
+        assert!(check(200, &p, &pcc, req, &allow(), SetCookie::PublicOnly).is_ok());
+        assert_eq!(
+            check(200, &p, &pcc, req, &allow(), SetCookie::NoStore),
+            Err("set-cookie")
+        );
+    }
+
+    #[test]
+    fn must_understand() {
+        let known = [("cache-control", "must-understand, no-store, max-age=60")];
+        assert!(chk(200, &known, false).is_ok());
+        assert!(chk(404, &known, false).is_ok());
+        for status in [299, 420, 599] {
+            let h = [("cache-control", "must-understand, s-maxage=60, public")];
+            assert_eq!(chk(status, &h, false), Err("must-understand"), "{status}");
+            // without must-understand, the usual rules
+            assert!(chk(status, &[("cache-control", "s-maxage=60")], false).is_ok());
+        }
+        assert!(understood(200) && understood(308) && understood(451 - 30));
+        assert!(!understood(299) && !understood(451) && !understood(599));
     }
 }

@@ -4,7 +4,11 @@
 //! case, deduplicated, sorted) and a SHA-256 of the request's normalised
 //! values for those names. Normalisation: each field line is trimmed and
 //! runs of spaces / tabs collapse to one space; several field lines are
-//! joined with `", "`; an absent header differs from an empty one.
+//! joined with `", "`; an absent header differs from an empty one. The
+//! content-negotiation headers (`Accept`, `Accept-Charset`,
+//! `Accept-Encoding`, `Accept-Language`) are compared as sets of members
+//! ([`negotiation`]): whitespace anywhere, order, repeats and (but for
+//! `Accept`) case do not make another variant.
 //!
 //! Values of every length are keyed exactly, whatever limit other parts of
 //! meshguard put on the values they read: a value too long to read is never
@@ -100,6 +104,73 @@ fn emit_normalised<'a>(
     present
 }
 
+/// Most list members of a content-negotiation header normalised as a set;
+/// a value with more is keyed as written (whitespace collapsed only).
+pub const MAX_NEGOTIATION_MEMBERS: usize = 64;
+
+/// How a content-negotiation header's members are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Members {
+    /// Case-insensitive tokens (`Accept-Language`, `Accept-Encoding`,
+    /// `Accept-Charset`): lower-cased.
+    CaseInsensitive,
+    /// `Accept`: case kept (a media type parameter value may be
+    /// case-sensitive).
+    CaseKept,
+}
+
+/// The content-negotiation headers whose value is a set of members:
+/// `Accept-Language: en-US, fr;q=0.5` and `accept-language: fr; q=0.5,en-us`
+/// name the same preferences (the weights, not the order, rank them).
+pub fn negotiation(name: &str) -> Option<Members> {
+    match name {
+        "accept-language" | "accept-encoding" | "accept-charset" => Some(Members::CaseInsensitive),
+        "accept" => Some(Members::CaseKept),
+        _ => None,
+    }
+}
+
+impl Members {
+    /// The normalised value of the field lines (`None`: absent): every
+    /// member without whitespace (around `;` and `=` too), lower-cased for
+    /// [`Members::CaseInsensitive`], empty members dropped, duplicates
+    /// dropped, sorted, joined with `,`. Past
+    /// [`MAX_NEGOTIATION_MEMBERS`] members: [`normalise`]'s value, marked
+    /// so that it never equals a set.
+    pub fn key<'a, I: Iterator<Item = &'a [u8]>>(self, values: impl Fn() -> I) -> Option<Vec<u8>> {
+        let mut members: Vec<Vec<u8>> = Vec::new();
+        let mut present = false;
+        for line in values() {
+            present = true;
+            for m in line.split(|&b| b == b',') {
+                let mut out: Vec<u8> = m
+                    .iter()
+                    .filter(|&&b| b != b' ' && b != b'\t')
+                    .copied()
+                    .collect();
+                if out.is_empty() {
+                    continue;
+                }
+                if self == Members::CaseInsensitive {
+                    out.make_ascii_lowercase();
+                }
+                if members.len() == MAX_NEGOTIATION_MEMBERS {
+                    let mut exact = b"\0".to_vec();
+                    exact.extend(normalise(values())?);
+                    return Some(exact);
+                }
+                members.push(out);
+            }
+        }
+        if !present {
+            return None;
+        }
+        members.sort();
+        members.dedup();
+        Some(members.join(&b","[..]))
+    }
+}
+
 /// Every field line of `name` in the request, however long (names
 /// compared case-insensitively).
 fn lines<'a, H: HeaderList + ?Sized>(
@@ -137,6 +208,17 @@ pub fn secondary_key_of<'a>(
     for n in names {
         h.update((n.len() as u32).to_le_bytes());
         h.update(n.as_bytes());
+        if let Some(members) = negotiation(n) {
+            match members.key(|| lines(request, n)) {
+                Some(v) => {
+                    h.update([1u8]);
+                    h.update((v.len() as u32).to_le_bytes());
+                    h.update(&v);
+                }
+                None => h.update([0u8]),
+            }
+            continue;
+        }
         // Two passes over the lines, no copy: the length, then the bytes.
         let mut len = 0usize;
         if emit_normalised(lines(request, n), |part| len += part.len()) {
@@ -266,25 +348,30 @@ mod tests {
 
     #[test]
     fn values_of_any_length_are_keyed_exactly() {
-        let names = vec!["accept-encoding".to_string()];
+        let names = vec!["x-variant".to_string()];
         let huge = format!("gzip, {}", "x".repeat(17_000));
         assert!(huge.len() > crate::request::MAX_HEADER_VALUE);
-        let with = hs(&[("accept-encoding", &huge)]);
+        let with = hs(&[("x-variant", &huge)]);
         let key = secondary_key(&names, &with);
         assert_ne!(key, secondary_key(&names, &hs(&[])));
-        assert_ne!(
-            key,
-            secondary_key(&names, &hs(&[("accept-encoding", "gzip")]))
-        );
+        assert_ne!(key, secondary_key(&names, &hs(&[("x-variant", "gzip")])));
         assert_eq!(key, secondary_key(&names, &with));
         let mut by_hand = Sha256::new();
         let v = normalise(std::iter::once(huge.as_bytes())).unwrap();
-        by_hand.update(15u32.to_le_bytes());
-        by_hand.update(b"accept-encoding");
+        by_hand.update(9u32.to_le_bytes());
+        by_hand.update(b"x-variant");
         by_hand.update([1u8]);
         by_hand.update((v.len() as u32).to_le_bytes());
         by_hand.update(&v);
         assert_eq!(key, <[u8; 32]>::from(by_hand.finalize()));
+        // a negotiation header too: every byte of a long member counts
+        let ae = vec!["accept-encoding".to_string()];
+        let long = hs(&[("accept-encoding", &huge)]);
+        let other = format!("gzip, {}y", "x".repeat(16_999));
+        assert_ne!(
+            secondary_key(&ae, &long),
+            secondary_key(&ae, &hs(&[("accept-encoding", &other)]))
+        );
     }
 
     #[test]
@@ -299,5 +386,44 @@ mod tests {
             secondary_key(&[], &hs(&[("accept", "x")])),
             secondary_key(&[], &hs(&[]))
         );
+    }
+
+    #[test]
+    fn negotiation_headers_are_compared_as_sets() {
+        let key = |name: &str, v: &[&str]| {
+            let h: Vec<(String, Vec<u8>)> = v
+                .iter()
+                .map(|v| (name.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            secondary_key(&[name.to_string()], &h)
+        };
+        let al = "accept-language";
+        let base = key(al, &["en-US, fr;q=0.5"]);
+        assert_eq!(base, key(al, &["fr; q=0.5,EN-us"]));
+        assert_eq!(base, key(al, &["fr;q=0.5", "en-US"]));
+        assert_eq!(base, key(al, &["en-US,, fr;q=0.5, en-us"]));
+        assert_ne!(base, key(al, &["en-US, fr;q=0.6"]));
+        assert_ne!(base, key(al, &["en-US"]));
+        assert_ne!(key(al, &[""]), secondary_key(&[al.to_string()], &hs(&[])));
+        assert_eq!(
+            key("accept-encoding", &["gzip, br"]),
+            key("accept-encoding", &["BR,gzip"])
+        );
+        // Accept keeps case (parameter values may be case-sensitive).
+        assert_ne!(
+            key("accept", &["text/html;level=A"]),
+            key("accept", &["text/html;level=a"])
+        );
+        assert_eq!(
+            key("accept", &["text/html, application/json"]),
+            key("accept", &["application/json,text/html"])
+        );
+        // a value with too many members is keyed as written
+        let many: Vec<String> = (0..70).map(|i| format!("l{i}")).collect();
+        let mut rev = many.clone();
+        rev.reverse();
+        assert_ne!(key(al, &[&many.join(",")]), key(al, &[&rev.join(",")]));
+        // other headers are keyed as written
+        assert_ne!(key("x-tenant", &["a, b"]), key("x-tenant", &["b, a"]));
     }
 }

@@ -405,4 +405,35 @@ pub struct RawCache {
     pub default_ttl: Option<Duration>,
     #[serde(default)]
     pub heuristic_freshness: bool,
+    /// Responses with `Set-Cookie`: "public_only" (default: stored only
+    /// with `public` or `s-maxage`, without the `Set-Cookie` lines),
+    /// "strip" (stored by the usual rules, without them), "store" (stored
+    /// and sent with them to every client), "no_store" (never stored).
+    #[serde(default)]
+    #[schemars(regex(pattern = "^(public_only|strip|store|no_store)$"))]
+    pub set_cookie: Option<String>,
+    /// Targeted cache-control fields (RFC 9213) obeyed instead of
+    /// `Cache-Control` and `Expires`, the first one present winning
+    /// (default ["CDN-Cache-Control"]; [] for none).
+    #[serde(default)]
+    pub targeted_cache_control: Option<Vec<String>>,
+    /// When the upstream fails (500/502/503/504, reset, timeout) or the
+    /// route's circuit breaker is open: serve a stored response stale by
+    /// at most this long, even without `stale-if-error` (never one with
+    /// `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache`).
+    #[serde(default)]
+    pub stale_on_error: Option<Duration>,
+    /// A `PURGE` request drops the stored responses of its URI (every
+    /// variant) when the route's `jwt` verified a token whose claims
+    /// satisfy every rule here; anyone else gets 403. Default: no purge
+    /// (`PURGE` goes upstream like any unsafe method).
+    #[serde(default)]
+    pub purge: Option<RawCachePurge>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCachePurge {
+    /// Claim rules the purging token must all satisfy (at least one).
+    pub claims: Vec<RawClaimRule>,
 }

@@ -16,7 +16,7 @@
 use serde_json::Value;
 
 /// Every place where the schema has an object and never an array.
-pub const OBJECT_PLACES: [&str; 21] = [
+pub const OBJECT_PLACES: [&str; 23] = [
     "cache_store",
     "client_ip",
     "jwt_providers",
@@ -30,6 +30,8 @@ pub const OBJECT_PLACES: [&str; 21] = [
     "rate_limit_service",
     "routes[]",
     "routes[].cache",
+    "routes[].cache.purge",
+    "routes[].cache.purge.claims[]",
     "routes[].circuit_breaker",
     "routes[].jwt",
     "routes[].jwt.claims[]",

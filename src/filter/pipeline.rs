@@ -177,6 +177,9 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
             }
             Stage::Cache => {
                 if let Some(cr) = cache_route(&rt, route, s.route) {
+                    if s.req.method == "PURGE" && cr.policy.purge.is_some() {
+                        return purge(s, px, &host, &cr);
+                    }
                     // Waiting behind another request's fill: not before the
                     // time the cache said to look again (the fast tick
                     // comes sooner; never past the wait's deadline).
@@ -250,8 +253,12 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                             });
                         }
                         Admission::Rejected { retry_after_secs } => {
-                            abandon_cache(s, px);
+                            // The verdict says the breaker is open even when a
+                            // stale response answers instead of the 503.
                             s.verdict.breaker = Some("open");
+                            if let Some(step) = stale_when_circuit_open(s, px) {
+                                return step;
+                            }
                             s.verdict.decide("unavailable", "breaker", "circuit_open");
                             let body = serde_json::json!({
                                 "error": "circuit_open",
@@ -565,6 +572,45 @@ fn global_rate_limit<P: Host + Stream>(
         }
     };
     apply_decision(s, px, d, &route.name)
+}
+
+/// A `PURGE` on a route with `cache.purge`: answered by meshguard, never
+/// forwarded. Allowed only to a token the route's JWT stage verified whose
+/// claims satisfy every `purge.claims` rule (200 `{"purged": n}`); anyone
+/// else, with a token or without, gets 403.
+fn purge<P: Host + Stream>(s: &mut StreamState, px: &P, host: &impl Host, cr: &CacheRoute) -> Step {
+    let allowed = match (&cr.policy.purge, &s.claims) {
+        (Some(rules), Some(claims)) => rules.allow(claims),
+        _ => false,
+    };
+    if !allowed {
+        cache::purge_denied(host, cr);
+        s.verdict.decide("denied", "cache", "purge_denied");
+        let body = serde_json::json!({
+            "error": "forbidden",
+            "reason": "PURGE needs a verified token satisfying the route's cache.purge.claims",
+        })
+        .to_string();
+        return s.json_reply(px, 403, &[], &body);
+    }
+    let n = cache::purge(host, cr, &s.req);
+    s.verdict.decide("purged", "cache", "purged");
+    let body = serde_json::json!({ "purged": n }).to_string();
+    s.json_reply(px, 200, &[], &body)
+}
+
+/// The breaker refused the request: a stored stale response that
+/// `stale-if-error` / `stale_on_error` allows answers instead of the 503
+/// (`Some`); else the cache fill lock is released (`None`).
+fn stale_when_circuit_open<P: Host + Stream>(s: &mut StreamState, px: &P) -> Option<Step> {
+    let rt = s.rt.clone();
+    let stale = match (s.cache.take(), rt.config.routes.get(s.route)) {
+        (Some(mut ctx), Some(route)) => cache_route(&rt, route, s.route)
+            .and_then(|cr| cache::on_circuit_open(&rt.host(px), &cr, &mut ctx)),
+        _ => None,
+    };
+    s.capture = None;
+    stale.map(|resp| send_cached(s, px, resp, "stale_circuit_open"))
 }
 
 /// Releases the cache fill lock of a request that will not be stored.

@@ -135,7 +135,7 @@ impl Verdict {
     /// `error` for a stored response served).
     pub fn proxy_status(&self, status: u32) -> String {
         let error = match (self.decision, status) {
-            ("cached", _) => None,
+            ("cached", _) | ("purged", _) => None,
             ("limited", _) | ("denied", _) => Some("http_request_denied"),
             ("unavailable", _) if self.policy == "breaker" => Some("destination_unavailable"),
             ("unavailable", _) => Some("proxy_internal_error"),
