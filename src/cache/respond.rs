@@ -170,16 +170,8 @@ pub(crate) fn respond_range_in_place(
         range::RangeAsk::Part { .. } => 206,
         range::RangeAsk::Unsatisfiable => 416,
     };
-    let (mut response, with_body) = respond_headers(
-        view.status,
-        view.headers(),
-        view.header_count(),
-        view.response_time_ns,
-        request,
-        conditional,
-        age_now,
-        cache_status,
-    );
+    let (mut response, whole) = respond_in_place(view, request, conditional, age_now, cache_status);
+    let with_body = whole.is_some();
     if response.status != 304 {
         // The part's own length and range replace the whole's.
         let mut out = HeaderMap::with_capacity(response.headers.len() + 1, 64);
@@ -198,7 +190,7 @@ pub(crate) fn respond_range_in_place(
             (last - first + 1) as usize,
         )),
         _ if response.status == 304 || response.status == 416 => None,
-        _ => with_body.then_some((view.body_offset, view.body_len)),
+        _ => whole,
     };
     (response, body)
 }
