@@ -308,6 +308,12 @@ pub struct RawRateLimit {
     pub cost: Option<i64>,
     #[serde(default)]
     pub shadow: bool,
+    /// Global limits only: obtain this many hits at once from the rate
+    /// limit service and spend them in this Envoy process (leased global
+    /// limit; at most one call per batch instead of one per request).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub lease: Option<i64>,
 }
 
 /// Schema rule: a local limit needs `capacity` and `refill_interval`; a

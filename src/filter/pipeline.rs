@@ -8,13 +8,14 @@
 
 use super::runtime::{RouteRuntime, Runtime};
 use super::state::{self, BreakerTicket, Capture, Stage, Step, StreamState, CLAIM_KEY_PREFIX};
-use super::worker::Worker;
+use super::worker::{LeaseCall, Worker};
 use crate::breaker::{self, Admission};
 use crate::cache::{self, CacheRoute, Lookup, ResponseDecision};
 use crate::grpc;
 use crate::host::{Host, OneClock, Stream};
 use crate::jwt::{self, AuthOutcome, HeaderOp};
 use crate::plan::Route;
+use crate::ratelimit::lease::{self, LeaseMetrics};
 use crate::ratelimit::{self, rls, LocalOutcome};
 use crate::request::Request;
 
@@ -433,6 +434,43 @@ fn global_rate_limit<P: Host + Stream>(
     let host = rt.host(px);
     let svc = rt.config.rate_limit_service.as_ref()?;
     let (metrics, global_metrics) = (rr.rls, rr.global_limits.as_slice());
+    if s.rls_token.is_none()
+        && s.rls_result.is_none()
+        && route.global_limits.iter().any(|l| l.lease != 0)
+    {
+        if let Some(step) = leased_limits(s, w, px, rt, route, rr) {
+            return Some(step);
+        }
+        let unavailable = s.lease.as_ref().is_some_and(|p| p.unavailable);
+        if unavailable {
+            if let Some(step) = lease_failure(s, w, px, rt, route, rr) {
+                return Some(step);
+            }
+        }
+        let refused = s.lease.as_ref().is_some_and(|p| {
+            p.statuses
+                .iter()
+                .any(|(i, st)| st.over && route.global_limits.get(*i).is_some_and(|l| !l.shadow))
+        });
+        if refused || rls::per_request_count(&route.global_limits) == 0 {
+            let admitted = s.rl_admitted.take().unwrap_or_default();
+            let v = merged_verdict(s, route, None);
+            let d = ratelimit::apply_verdict(
+                &host,
+                rt.limiter.style,
+                &route.name,
+                &route.rate_limits,
+                &route.global_limits,
+                global_metrics,
+                &admitted,
+                &v,
+            );
+            if !d.allowed {
+                give_back_leases(s, rt, &host);
+            }
+            return apply_decision(s, px, d, &route.name);
+        }
+    }
     let result = match s.rls_result.take() {
         Some(r) => r,
         None => {
@@ -501,9 +539,14 @@ fn global_rate_limit<P: Host + Stream>(
         e => e,
     });
     let admitted = s.rl_admitted.take().unwrap_or_default();
-    let verdict = result.and_then(|body| rls::decode(&body, route.global_limits.len()));
+    let per_request = rls::per_request_count(&route.global_limits);
+    let verdict = result.and_then(|body| rls::decode(&body, per_request));
     let d = match verdict {
         Ok(v) => {
+            let v = match s.lease.is_some() {
+                true => merged_verdict(s, route, Some(v)),
+                false => v,
+            };
             let over = v.statuses.iter().any(|st| st.over);
             host.increment_metric(if over { metrics.over_limit } else { metrics.ok }, 1);
             for (name, value) in &v.request_headers {
@@ -558,6 +601,7 @@ fn global_rate_limit<P: Host + Stream>(
                 deny,
             );
             if deny {
+                give_back_leases(s, rt, &host);
                 s.verdict
                     .decide("unavailable", "ratelimit", "rate_limit_unavailable");
                 let body = serde_json::json!({
@@ -571,7 +615,365 @@ fn global_rate_limit<P: Host + Stream>(
             d
         }
     };
+    if !d.allowed {
+        give_back_leases(s, rt, &host);
+    }
     apply_decision(s, px, d, &route.name)
+}
+
+/// The route's leased global limits (`ratelimit::lease`): spends `cost`
+/// from each one's lease, starting a refill when one runs low, and parks
+/// the request while a lease it needs is on its way. `None` when every
+/// leased limit is settled (`s.lease`).
+fn leased_limits<P: Host + Stream>(
+    s: &mut StreamState,
+    w: &Worker,
+    px: &P,
+    rt: &Runtime,
+    route: &Route,
+    rr: &RouteRuntime,
+) -> Option<Step> {
+    let svc = rt.config.rate_limit_service.as_ref()?;
+    let host = rt.host(px);
+    let now = host.now_nanos();
+    let ttl = svc.timeout_ns.saturating_add(rls::GRACE_NS);
+    let mut progress = s.lease.take().unwrap_or_default();
+    if progress.settled {
+        s.lease = Some(progress);
+        return None;
+    }
+    if s.park_deadline_ns != 0 && now >= s.park_deadline_ns {
+        // Waited the call's deadline: no refill now, the failure mode decides.
+        progress.unavailable = true;
+        progress.settled = true;
+        s.park_deadline_ns = 0;
+        s.lease = Some(progress);
+        return None;
+    }
+    let mut waiting = false;
+    for (i, l) in route.global_limits.iter().enumerate() {
+        let bit = 1u32 << (i as u32 % 32);
+        if l.lease == 0 || progress.done & bit != 0 {
+            continue;
+        }
+        let m = rr.leases.get(i).copied().unwrap_or(LeaseMetrics::NONE);
+        let values: Vec<String> = l
+            .key
+            .iter()
+            .map(|p| p.value(&s.req, s.claims.as_deref(), rt.limiter.client_ip))
+            .collect();
+        let id = lease::identity(&route.name, &l.name, &values);
+        let r = lease::update(&host, rt.limiter.slots, &id, |st, replaced| {
+            let (spend, dropped) = lease::spend(st, l.lease, l.cost, now, ttl);
+            let write = replaced != 0
+                || dropped != 0
+                || !matches!(
+                    spend,
+                    lease::Spend::Denied { .. } | lease::Spend::Empty { refill: None, .. }
+                );
+            ((spend, dropped + replaced, lease::status(st, now)), write)
+        });
+        let (spend, dropped, status) = match r {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!(
+                    "meshguard: lease {}/{}: shared data failed: {}",
+                    route.name,
+                    l.name,
+                    e.0
+                );
+                progress.done |= bit;
+                progress.unavailable = true;
+                continue;
+            }
+        };
+        if dropped != 0 {
+            host.increment_metric(m.dropped, dropped as i64);
+        }
+        let refill = match spend {
+            lease::Spend::Admitted { refill, .. } => {
+                host.increment_metric(m.hits, l.cost as i64);
+                progress.done |= bit;
+                progress.statuses.push((i, status));
+                progress.spent.push((id.clone(), l.cost));
+                refill
+            }
+            lease::Spend::Denied { retry_after_secs } => {
+                progress.done |= bit;
+                progress.statuses.push((
+                    i,
+                    rls::LimitStatus {
+                        over: true,
+                        remaining: 0,
+                        reset_secs: Some(retry_after_secs),
+                        ..status
+                    },
+                ));
+                if !l.shadow {
+                    // Refused whatever the other limits say.
+                    waiting = false;
+                    break;
+                }
+                None
+            }
+            lease::Spend::Empty {
+                refill: None,
+                failed: true,
+                ..
+            } => {
+                progress.done |= bit;
+                progress.unavailable = true;
+                None
+            }
+            lease::Spend::Empty { refill, .. } => {
+                waiting = true;
+                refill
+            }
+        };
+        if let Some(ask) = refill {
+            send_refill(s, w, px, rt, route, i, id, values, ask, &m);
+        }
+    }
+    if waiting {
+        if s.park_until(now, ttl.saturating_add(rls::GRACE_NS)) {
+            s.lease = Some(progress);
+            return Some(Step::Park);
+        }
+        // The lease never came: the failure mode decides.
+        progress.unavailable = true;
+    }
+    s.park_deadline_ns = 0;
+    progress.settled = true;
+    s.lease = Some(progress);
+    None
+}
+
+/// Sends a lease refill asking for `ask` hits; the worker keeps it and
+/// [`lease_answer`] records its answer. A refill that cannot be sent is
+/// recorded as failed at once.
+#[allow(clippy::too_many_arguments)]
+fn send_refill<P: Host + Stream>(
+    s: &StreamState,
+    w: &Worker,
+    px: &P,
+    rt: &Runtime,
+    route: &Route,
+    limit: usize,
+    identity: String,
+    values: Vec<String>,
+    ask: u64,
+    m: &LeaseMetrics,
+) {
+    let (Some(svc), Some(l)) = (
+        rt.config.rate_limit_service.as_ref(),
+        route.global_limits.get(limit),
+    ) else {
+        return;
+    };
+    let host = rt.host(px);
+    let msg = rls::lease_request(&svc.domain, &route.name, l, values, ask);
+    match px.dispatch_grpc_call_from(
+        w.root_context_id(),
+        s.context_id,
+        &svc.grpc_service,
+        rls::SERVICE,
+        rls::METHOD,
+        &[],
+        &msg,
+        std::time::Duration::from_nanos(svc.timeout_ns),
+    ) {
+        Ok(token) => {
+            let now = host.now_nanos();
+            w.add_lease_call(
+                px,
+                token,
+                LeaseCall {
+                    rt: s.rt.clone(),
+                    route: s.route,
+                    limit,
+                    identity,
+                    asked: ask,
+                    sent_ns: now,
+                    deadline_ns: now.saturating_add(svc.timeout_ns + rls::GRACE_NS),
+                },
+            );
+        }
+        Err(e) => {
+            host.increment_metric(m.failed, 1);
+            w.warn_rls(
+                &host,
+                &route.name,
+                &svc.cluster,
+                &rls::CallError::Dispatch(e.0),
+                0,
+                svc.deny_on_failure,
+            );
+            let now = host.now_nanos();
+            let _ = lease::update(&host, rt.limiter.slots, &identity, |st, _| {
+                (lease::record(st, ask, Err(()), now), true)
+            });
+        }
+    }
+}
+
+/// Records the answer to a lease refill (or its failure) in shared data.
+pub fn lease_answer<P: Host + Stream>(
+    px: &P,
+    w: &Worker,
+    call: LeaseCall,
+    result: Result<Vec<u8>, rls::CallError>,
+) {
+    let rt = &call.rt;
+    let host = rt.host(px);
+    let (Some(route), Some(rr), Some(svc)) = (
+        rt.config.routes.get(call.route),
+        rt.route(call.route),
+        rt.config.rate_limit_service.as_ref(),
+    ) else {
+        return;
+    };
+    let m = rr
+        .leases
+        .get(call.limit)
+        .copied()
+        .unwrap_or(LeaseMetrics::NONE);
+    let now = host.now_nanos();
+    let status = result.and_then(|body| rls::decode(&body, 1)).and_then(|v| {
+        v.statuses
+            .into_iter()
+            .next()
+            .ok_or_else(|| rls::CallError::BadResponse("no status".into()))
+    });
+    if let Err(e) = &status {
+        host.increment_metric(m.failed, 1);
+        w.warn_rls(
+            &host,
+            &route.name,
+            &svc.cluster,
+            e,
+            now.saturating_sub(call.sent_ns) / 1_000_000,
+            svc.deny_on_failure,
+        );
+    }
+    let answer = status.as_ref().map_err(|_| ());
+    match lease::update(&host, rt.limiter.slots, &call.identity, |st, replaced| {
+        ((lease::record(st, call.asked, answer, now), replaced), true)
+    }) {
+        Ok((rec, replaced)) => {
+            if rec.granted != 0 {
+                host.increment_metric(m.obtained, 1);
+            }
+            if rec.dropped + replaced != 0 {
+                host.increment_metric(m.dropped, (rec.dropped + replaced) as i64);
+            }
+        }
+        Err(e) => {
+            log::warn!(
+                "meshguard: lease {}: shared data failed: {}",
+                route.name,
+                e.0
+            );
+            if answer.is_ok_and(|s| !s.over) {
+                host.increment_metric(m.dropped, call.asked as i64);
+            }
+        }
+    }
+}
+
+/// A leased limit could not be settled (no lease left and the service
+/// unreachable): `failure_mode` decides. `Some` when it answers 503.
+fn lease_failure<P: Host + Stream>(
+    s: &mut StreamState,
+    w: &Worker,
+    px: &P,
+    rt: &Runtime,
+    route: &Route,
+    rr: &RouteRuntime,
+) -> Option<Step> {
+    let svc = rt.config.rate_limit_service.as_ref()?;
+    let host = rt.host(px);
+    let _ = w;
+    if !svc.deny_on_failure {
+        host.increment_metric(rr.rls.failure_mode_allowed, 1);
+        return None;
+    }
+    host.increment_metric(rr.rls.failure_mode_denied, 1);
+    let admitted = s.rl_admitted.take().unwrap_or_default();
+    let _ = ratelimit::apply_failure(
+        &host,
+        rt.limiter.style,
+        &route.name,
+        &route.rate_limits,
+        &route.global_limits,
+        &rr.global_limits,
+        &admitted,
+        true,
+    );
+    give_back_leases(s, rt, &host);
+    s.verdict
+        .decide("unavailable", "ratelimit", "rate_limit_unavailable");
+    let body = serde_json::json!({
+        "error": "rate_limit_unavailable",
+        "route": route.name,
+        "retry_after": 1,
+    })
+    .to_string();
+    Some(s.json_reply(px, 503, &[("retry-after", "1")], &body))
+}
+
+/// The statuses of every global limit of the route: leased ones from the
+/// request's progress (a leased limit left unsettled by an allowed failure
+/// counts as admitted), the others from the service's verdict `v`.
+fn merged_verdict(s: &StreamState, route: &Route, v: Option<rls::Verdict>) -> rls::Verdict {
+    let (mut rest, response_headers, request_headers) = match v {
+        Some(v) => (
+            v.statuses.into_iter(),
+            v.response_headers,
+            v.request_headers,
+        ),
+        None => (Vec::new().into_iter(), Vec::new(), Vec::new()),
+    };
+    let leased = s.lease.as_ref();
+    let statuses = route
+        .global_limits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let none = rls::LimitStatus {
+                over: false,
+                limit: None,
+                remaining: 0,
+                reset_secs: None,
+            };
+            if l.lease == 0 {
+                return rest.next().unwrap_or(none);
+            }
+            leased
+                .and_then(|p| p.statuses.iter().find(|(j, _)| *j == i))
+                .map_or(none, |(_, st)| st.clone())
+        })
+        .collect();
+    rls::Verdict {
+        statuses,
+        response_headers,
+        request_headers,
+    }
+}
+
+/// Gives back the hits a refused request spent from leases.
+fn give_back_leases(s: &mut StreamState, rt: &Runtime, host: &impl Host) {
+    let Some(p) = s.lease.as_mut() else {
+        return;
+    };
+    let now = host.now_nanos();
+    for (id, cost) in std::mem::take(&mut p.spent) {
+        let _ = lease::update(host, rt.limiter.slots, &id, |st, replaced| {
+            if replaced == 0 {
+                lease::give_back(st, cost, now);
+            }
+            ((), replaced == 0)
+        });
+    }
 }
 
 /// A `PURGE` on a route with `cache.purge`: answered by meshguard, never

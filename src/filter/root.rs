@@ -22,6 +22,14 @@ pub fn on_rls_response<P: Host + Stream>(
     grpc_status: u32,
     size: usize,
 ) {
+    if let Some(call) = w.take_lease_call(token) {
+        px.set_effective_context(w.root_context_id());
+        let result = read_answer(px, grpc_status, size);
+        pipeline::lease_answer(px, w, call, result);
+        // Streams waiting for that lease go on now, not at the next tick.
+        run_parked(px, w);
+        return;
+    }
     let Some(wait) = w.take_rls(token) else {
         return;
     };
@@ -29,7 +37,20 @@ pub fn on_rls_response<P: Host + Stream>(
     // call): read it there, whichever context was called back, then
     // resume the stream in its own context.
     px.set_effective_context(w.root_context_id());
-    let result = match grpc_status {
+    let result = read_answer(px, grpc_status, size);
+    if !px.set_effective_context(wait.context_id) {
+        return; // the stream is gone
+    }
+    resume_rls(px, w, token, wait, result);
+}
+
+/// A call's answer, read on the root context.
+fn read_answer<P: Host + Stream>(
+    px: &P,
+    grpc_status: u32,
+    size: usize,
+) -> Result<Vec<u8>, CallError> {
+    match grpc_status {
         0 => match px.grpc_call_response_body(size) {
             Some(body) => Ok(body),
             None if size == 0 => Ok(Vec::new()),
@@ -39,11 +60,38 @@ pub fn on_rls_response<P: Host + Stream>(
         },
         rls::GRPC_DEADLINE_EXCEEDED => Err(CallError::Timeout),
         code => Err(CallError::Status(code, px.grpc_status_message())),
-    };
-    if !px.set_effective_context(wait.context_id) {
-        return; // the stream is gone
     }
-    resume_rls(px, w, token, wait, result);
+}
+
+/// Gives up on lease refills past their deadline (recorded as failed).
+fn expire_lease_calls<P: Host + Stream>(px: &P, w: &Worker, now: u64) {
+    let gone = w.take_expired_lease_calls(now);
+    if gone.is_empty() {
+        return;
+    }
+    for (token, call) in gone {
+        px.set_effective_context(w.root_context_id());
+        px.cancel_grpc_call(token);
+        pipeline::lease_answer(px, w, call, Err(CallError::Timeout));
+    }
+}
+
+/// Runs the parked streams' pipelines again (each in its context).
+fn run_parked<P: Host + Stream>(px: &P, w: &Worker) {
+    let parked = match w.parked.try_borrow_mut() {
+        Ok(mut p) => std::mem::take(&mut *p),
+        Err(_) => return,
+    };
+    for (id, state) in parked {
+        if !px.set_effective_context(id) {
+            continue; // the stream is gone
+        }
+        let step = match state.try_borrow_mut() {
+            Ok(mut s) => pipeline::run(&mut s, w, px),
+            Err(_) => Step::Park,
+        };
+        w.settle(px, id, state, step, true);
+    }
 }
 
 /// Gives up on calls past their deadline (the host never answered).
@@ -170,17 +218,7 @@ impl Root {
 
     /// Runs the parked streams' pipelines again (each in its context).
     fn run_parked<P: Host + Stream>(&self, px: &P) {
-        let parked = std::mem::take(&mut *self.worker.parked.borrow_mut());
-        for (id, state) in parked {
-            if !px.set_effective_context(id) {
-                continue; // the stream is gone
-            }
-            let step = match state.try_borrow_mut() {
-                Ok(mut s) => pipeline::run(&mut s, &self.worker, px),
-                Err(_) => Step::Park,
-            };
-            self.worker.settle(px, id, state, step, true);
-        }
+        run_parked(px, &self.worker);
     }
 
     /// The tick this root needs now: fast while streams wait, else the
@@ -188,8 +226,9 @@ impl Root {
     /// the stream sweep's second. The host is only called when the period
     /// changes.
     fn set_tick(&self, px: &impl Stream, rt: Option<&Rc<Runtime>>) {
-        let parked =
-            !self.worker.parked.borrow().is_empty() || !self.worker.rls_calls.borrow().is_empty();
+        let parked = !self.worker.parked.borrow().is_empty()
+            || !self.worker.rls_calls.borrow().is_empty()
+            || !self.worker.lease_calls.borrow().is_empty();
         self.worker.fast_tick.set(parked);
         let flush = match rt.map_or(0, |r| r.config.metrics_flush_interval_ns) {
             0 if px.metric_batch().ever_used() => {
@@ -311,6 +350,11 @@ impl Root {
         let host = OneClock::new(px);
         if let Some(rt) = rt.as_ref().filter(|r| r.has_remote_jwks) {
             self.poll_jwks(px, &host, rt);
+        }
+        // Expired lease refills first: the streams waiting for them then
+        // see the failure.
+        if !self.worker.lease_calls.borrow().is_empty() {
+            expire_lease_calls(px, &self.worker, host.now_nanos());
         }
         self.run_parked(px);
         if !self.worker.rls_calls.borrow().is_empty() {

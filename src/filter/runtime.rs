@@ -8,6 +8,7 @@ use crate::host::batch::Batched;
 use crate::host::{Host, MetricId, MetricKind, Stream};
 use crate::jwt::JwtMetrics;
 use crate::plan::Config;
+use crate::ratelimit::lease::LeaseMetrics;
 use crate::ratelimit::rls::RlsMetrics;
 use crate::ratelimit::{self, LimitMetrics, Limiter};
 use crate::request::ClientIpRule;
@@ -20,6 +21,8 @@ pub struct RouteRuntime {
     pub global_limits: Vec<LimitMetrics>,
     /// Counters of its calls to the rate limit service.
     pub rls: RlsMetrics,
+    /// Lease counters of its global limits, in order (`NONE` without `lease`).
+    pub leases: Vec<LeaseMetrics>,
     /// The breaker's gauge and counters (none without a breaker).
     pub breaker: BreakerMetrics,
     pub jwt: Option<JwtMetrics>,
@@ -70,6 +73,14 @@ impl Runtime {
                 } else {
                     RlsMetrics::define(host, &r.name)
                 },
+                leases: r
+                    .global_limits
+                    .iter()
+                    .map(|l| match l.lease {
+                        0 => LeaseMetrics::NONE,
+                        _ => LeaseMetrics::define(host, &r.name, &l.name),
+                    })
+                    .collect(),
                 breaker: match r.breaker {
                     Some(_) => BreakerMetrics::define(host, &r.name),
                     None => BreakerMetrics::none(),

@@ -204,6 +204,19 @@ fn sf_string(v: &str) -> String {
     out
 }
 
+/// How far a request got with its route's leased global limits.
+#[derive(Debug, Default)]
+pub struct LeaseProgress {
+    /// Bit i: global limit i is settled.
+    pub done: u32,
+    /// Every leased limit is settled.
+    pub settled: bool,
+    /// A leased limit's service could not be reached and no lease was left.
+    pub unavailable: bool,
+    pub statuses: Vec<(usize, rls::LimitStatus)>,
+    pub spent: Vec<(String, u64)>,
+}
+
 /// Everything one stream carries between callbacks.
 pub struct StreamState {
     /// The stream's context id in the host.
@@ -241,6 +254,10 @@ pub struct StreamState {
     pub rls_result: Option<Result<Vec<u8>, rls::CallError>>,
     /// Headers the rate limit service asked to add to the response.
     pub service_headers: Vec<(String, String)>,
+    /// Leased global limits (`ratelimit::lease`): the ones settled for
+    /// this request (bit i = global limit i), their statuses, and the
+    /// leases spent from (identity, cost; given back on a refusal).
+    pub lease: Option<Box<LeaseProgress>>,
     /// What was decided, for the mesh (`observability`).
     pub verdict: Verdict,
 }
@@ -268,6 +285,7 @@ impl StreamState {
             rls_deadline_ns: 0,
             rls_result: None,
             service_headers: Vec::new(),
+            lease: None,
             verdict: Verdict::default(),
         }
     }

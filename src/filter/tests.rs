@@ -1005,3 +1005,146 @@ fn the_verdict_line_keeps_one_field_per_value_whatever_a_claim_holds() {
         r#"meshguard; error=http_request_denied; details="jwt invalid_token bad \"sig\"""#
     );
 }
+
+// ---------------------------------------------------------- leased global limits
+
+fn lease_config(failure_mode: &str, lease: u64) -> Value {
+    json!({
+        "rate_limit_service": { "cluster": "rls", "timeout": "50ms", "failure_mode": failure_mode },
+        "routes": [ route(json!({ "rate_limit": [
+            { "name": "g", "scope": "global", "lease": lease, "key": [ { "header": "x-user" } ] }
+        ] })) ]
+    })
+}
+
+/// A `RateLimitResponse` with one descriptor status: `code` (1 OK, 2
+/// OVER_LIMIT), a limit of `per_minute` a minute, `remaining`, and
+/// `duration_until_reset` = `reset_secs`.
+fn lease_body(code: u8, per_minute: u8, remaining: u8, reset_secs: u8) -> Vec<u8> {
+    let mut st = vec![0x08, code, 0x12, 4, 0x08, per_minute, 0x10, 2];
+    st.extend([0x18, remaining, 0x22, 2, 0x08, reset_secs]);
+    let mut b = vec![0x08, code, 0x12, st.len() as u8];
+    b.extend(st);
+    b
+}
+
+/// The `hits_addend` (field 3) at the end of a `RateLimitRequest`.
+fn hits_addend(message: &[u8]) -> u8 {
+    match message {
+        [.., 0x18, n] => *n,
+        _ => 1,
+    }
+}
+
+#[test]
+fn a_leased_limit_spends_its_batch_across_workers_with_one_refill_in_flight() {
+    let host = FakeHost::new(T0);
+    let mut a = Vm::on(host.clone(), lease_config("deny", 4));
+    let mut b = Vm::on(host, lease_config("deny", 4));
+    let alice = [("x-user", "alice")];
+    // No lease yet: the request waits for the first batch (4 hits).
+    assert_eq!(a.get(1, "/", &alice), Action::Pause);
+    let calls = a.px.grpc_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].owner, ROOT, "the root owns the refill");
+    assert_eq!(hits_addend(&calls[0].message), 4);
+    let message = String::from_utf8_lossy(&calls[0].message).into_owned();
+    assert!(message.contains("header.x-user") && message.contains("alice"));
+    a.rls_answer(calls[0].token, 0, &lease_body(1, 10, 6, 30));
+    assert_eq!(a.resumed(1), 1, "resumed as soon as the lease came");
+    // 3 left: spent without any call until half is gone (2 left) ...
+    assert_eq!(a.get(2, "/", &alice), Action::Continue);
+    assert_eq!(a.px.grpc_calls().len(), 2, "a refill at half the batch");
+    assert_eq!(hits_addend(&a.px.grpc_calls()[1].message), 4);
+    assert_eq!(a.get(3, "/", &alice), Action::Continue);
+    // ... and the other worker spends the same lease, sending nothing.
+    assert_eq!(b.get(10, "/", &alice), Action::Continue);
+    assert!(
+        b.px.grpc_calls().is_empty(),
+        "one refill in flight per process"
+    );
+    // Nothing left: waits for the refill in flight.
+    assert_eq!(b.get(11, "/", &alice), Action::Pause);
+    assert!(b.px.grpc_calls().is_empty());
+    // Another user has a lease of its own.
+    assert_eq!(b.get(12, "/", &[("x-user", "bob")]), Action::Pause);
+    assert_eq!(b.px.grpc_calls().len(), 1);
+    // The service refuses the refill: denied until the reset it gave.
+    let refill = a.px.grpc_calls()[1].token;
+    a.rls_answer(refill, 0, &lease_body(2, 10, 0, 5));
+    b.tick_after(Duration::from_millis(10));
+    let r = b.reply(11);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after").as_deref(), Some("5"));
+    assert_eq!(json_body(&r)["limit"], "g");
+    assert_eq!(a.get(4, "/", &alice), Action::Pause);
+    assert_eq!(a.reply(4).status, 429);
+    assert_eq!(a.px.grpc_calls().len(), 2, "no call while denied");
+    assert_eq!(
+        a.metric("meshguard.ratelimit.api.g.lease_obtained"),
+        Some(1)
+    );
+    assert_eq!(a.metric("meshguard.ratelimit.api.g.lease_hits"), Some(4));
+    assert_eq!(a.metric("meshguard.ratelimit.api.g.limited"), Some(2));
+    assert_eq!(a.metric("meshguard.ratelimit.api.g.allowed"), Some(4));
+    // After the reset: a new lease is asked for.
+    a.px.host.advance(Duration::from_secs(5));
+    assert_eq!(a.get(5, "/", &alice), Action::Pause);
+    assert_eq!(a.px.grpc_calls().len(), 3);
+}
+
+#[test]
+fn a_lease_that_never_comes_applies_the_failure_mode() {
+    for (mode, denied) in [("allow", false), ("deny", true)] {
+        let mut vm = Vm::new(lease_config(mode, 10));
+        assert_eq!(vm.get(1, "/", &[]), Action::Pause, "{mode}");
+        let t = vm.px.grpc_calls()[0].token;
+        vm.tick_after(Duration::from_millis(99));
+        assert!(vm.replies(1).is_empty() && vm.resumed(1) == 0, "{mode}");
+        vm.tick_after(Duration::from_millis(60));
+        assert_eq!(vm.px.cancelled(), [t], "{mode}");
+        assert_eq!(vm.metric("meshguard.ratelimit.api.g.lease_failed"), Some(1));
+        if denied {
+            assert_eq!(vm.reply(1).status, 503, "{mode}");
+            assert_eq!(vm.metric("meshguard.rls.api.failure_mode_denied"), Some(1));
+        } else {
+            assert_eq!(vm.resumed(1), 1, "{mode}");
+            assert_eq!(vm.metric("meshguard.rls.api.failure_mode_allowed"), Some(1));
+        }
+        // Backing off after the failure: the next request gets the
+        // failure mode at once, without a call.
+        let a = vm.get(2, "/", &[]);
+        assert_eq!(vm.px.grpc_calls().len(), 1, "{mode}");
+        if denied {
+            assert_eq!(vm.reply(2).status, 503);
+        } else {
+            assert_eq!(a, Action::Continue);
+        }
+        // A late answer is dropped.
+        vm.rls_answer(t, 0, &lease_body(1, 10, 9, 30));
+        assert_eq!(
+            vm.metric("meshguard.ratelimit.api.g.lease_obtained"),
+            Some(0)
+        );
+    }
+}
+
+#[test]
+fn a_lease_slot_holding_garbage_grants_nothing() {
+    let host = FakeHost::new(T0);
+    let id = crate::ratelimit::lease::identity("api", "g", &["".into()]);
+    let key = crate::ratelimit::lease::slot_key(&id, 10_000);
+    let mut value = crate::ratelimit::lease::encode(
+        &id,
+        &crate::ratelimit::lease::LeaseState {
+            tokens: 1_000,
+            window_end_ns: u64::MAX,
+            ..Default::default()
+        },
+    );
+    value.truncate(40);
+    crate::host::Host::shared_set(&host, &key, &value, None).unwrap();
+    let mut vm = Vm::on(host, lease_config("allow", 10));
+    assert_eq!(vm.get(1, "/", &[]), Action::Pause, "a refill first");
+    assert_eq!(vm.px.grpc_calls().len(), 1);
+}

@@ -35,6 +35,9 @@ pub struct Worker {
     /// vector (one entry per call in flight on this worker): no hash map
     /// code in the module for it.
     pub rls_calls: RefCell<Vec<(u32, RlsWait)>>,
+    /// Lease refills in flight (`ratelimit::lease`), by call token: no
+    /// stream waits on them; their answers go to shared data.
+    pub lease_calls: RefCell<Vec<(u32, LeaseCall)>>,
     /// When the last rate-limit-service warning was logged (one a second).
     last_rls_warning_ns: Cell<u64>,
     pub next_jwks_poll_ns: Cell<u64>,
@@ -47,6 +50,18 @@ pub struct Worker {
     /// The root context of this VM: it owns the calls to the rate limit
     /// service.
     pub root_context_id: Cell<u32>,
+}
+
+/// A lease refill in flight: what its answer updates.
+pub struct LeaseCall {
+    pub rt: Rc<Runtime>,
+    pub route: usize,
+    /// Index in the route's global limits.
+    pub limit: usize,
+    pub identity: String,
+    pub asked: u64,
+    pub sent_ns: u64,
+    pub deadline_ns: u64,
 }
 
 /// A stream waiting for the rate limit service.
@@ -151,6 +166,37 @@ impl Worker {
         let mut calls = self.rls_calls.try_borrow_mut().ok()?;
         let i = calls.iter().position(|(t, _)| *t == token)?;
         Some(calls.swap_remove(i).1)
+    }
+
+    /// Keeps a lease refill until its answer or its deadline.
+    pub fn add_lease_call(&self, io: &impl Stream, token: u32, call: LeaseCall) {
+        if let Ok(mut calls) = self.lease_calls.try_borrow_mut() {
+            calls.push((token, call));
+        }
+        if !self.fast_tick.replace(true) {
+            self.tick_every(io, FAST_TICK);
+        }
+    }
+
+    /// Takes lease refill `token` (its answer came).
+    pub fn take_lease_call(&self, token: u32) -> Option<LeaseCall> {
+        let mut calls = self.lease_calls.try_borrow_mut().ok()?;
+        let i = calls.iter().position(|(t, _)| *t == token)?;
+        Some(calls.swap_remove(i).1)
+    }
+
+    /// Takes the lease refills past their deadline.
+    pub fn take_expired_lease_calls(&self, now: u64) -> Vec<(u32, LeaseCall)> {
+        match self.lease_calls.try_borrow_mut() {
+            Ok(mut calls) if calls.iter().any(|(_, c)| now >= c.deadline_ns) => {
+                let (gone, keep) = std::mem::take(&mut *calls)
+                    .into_iter()
+                    .partition(|(_, c)| now >= c.deadline_ns);
+                *calls = keep;
+                gone
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Takes the waits past their deadline (the host never answered).

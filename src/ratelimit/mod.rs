@@ -47,6 +47,7 @@
 //! (buckets whose slot was reused for another key).
 
 pub mod bucket;
+pub mod lease;
 pub mod policy;
 pub mod rls;
 pub mod store;

@@ -72,6 +72,9 @@ pub struct LimitPolicy {
     pub identity_prefix: std::sync::Arc<str>,
     /// `fnv1a(identity_prefix)`, to hash an identity from its key alone.
     pub identity_prefix_hash: u64,
+    /// Global limits: the hits leased at once (`lease`), 0 = one call per
+    /// request (`lease.rs`).
+    pub lease: u64,
 }
 
 /// The start of a bucket identity (see [`LimitPolicy::identity_prefix`]).
@@ -284,6 +287,23 @@ impl LimitPolicy {
         for (i, part) in raw.key.iter().enumerate() {
             key.push(compile_part(part, &format!("{path}.key[{i}]"))?);
         }
+        let lease = match raw.lease {
+            None => 0,
+            Some(_) if scope == Scope::Local => {
+                return Err(ConfigError::new(
+                    format!("{path}.lease"),
+                    "expected no `lease` on a local limit: a lease is a batch of hits obtained from the rate limit service (use \"scope\": \"global\")",
+                ))
+            }
+            Some(n) if (1..=super::lease::MAX_LEASE as i64).contains(&n) => n as u64,
+            Some(n) => {
+                return Err(ConfigError::expected(
+                    format!("{path}.lease"),
+                    &format!("an integer from 1 to {}", super::lease::MAX_LEASE),
+                    n,
+                ))
+            }
+        };
         if scope == Scope::Global {
             for (field, present) in [
                 ("capacity", raw.capacity.is_some()),
@@ -297,6 +317,14 @@ impl LimitPolicy {
                     ));
                 }
             }
+            let cost = int("cost", raw.cost.unwrap_or(1))?;
+            if lease != 0 && lease < cost {
+                return Err(ConfigError::expected(
+                    format!("{path}.lease"),
+                    &format!("at least cost ({cost}): a lease must hold one request"),
+                    lease,
+                ));
+            }
             return Ok(LimitPolicy {
                 name,
                 scope,
@@ -304,11 +332,12 @@ impl LimitPolicy {
                 capacity: 0,
                 refill_tokens: 0,
                 refill_interval_ns: 0,
-                cost: int("cost", raw.cost.unwrap_or(1))?,
+                cost,
                 shadow: raw.shadow,
                 policy_header: std::sync::Arc::from(""),
                 identity_prefix: std::sync::Arc::from(""),
                 identity_prefix_hash: fnv1a(b""),
+                lease,
             });
         }
         let capacity = int(
@@ -358,6 +387,7 @@ impl LimitPolicy {
             cost,
             shadow: raw.shadow,
             policy_header: std::sync::Arc::from(""),
+            lease: 0,
         })
     }
 

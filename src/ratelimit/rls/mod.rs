@@ -184,7 +184,8 @@ impl RlsMetrics {
 }
 
 /// The serialized `RateLimitRequest` for a request on a route: one
-/// descriptor per global limit, in order.
+/// descriptor per global limit without a `lease` (leased ones are counted
+/// by their leases, `lease.rs`), in order.
 pub fn request(
     domain: &str,
     route: &str,
@@ -193,11 +194,12 @@ pub fn request(
     claims: Option<&crate::jwt::claims::Claims>,
     xff_hops: ClientIpRule,
 ) -> Vec<u8> {
-    let same_cost = limits
-        .windows(2)
-        .all(|w| matches!(w, [a, b] if a.cost == b.cost));
+    let mut per_request = limits.iter().filter(|l| l.lease == 0);
+    let first_cost = per_request.clone().next().map(|l| l.cost);
+    let same_cost = per_request.all(|l| Some(l.cost) == first_cost);
+    let limits = limits.iter().filter(|l| l.lease == 0);
     let descriptors = limits
-        .iter()
+        .clone()
         .map(|l| {
             let mut entries = Vec::with_capacity(2 + l.key.len());
             entries.push(proto::Entry {
@@ -218,14 +220,52 @@ pub fn request(
             }
         })
         .collect();
-    let hits = match limits.first() {
-        Some(l) if same_cost && l.cost != 1 => l.cost.min(u32::MAX as u64) as u32,
+    let hits = match first_cost {
+        Some(c) if same_cost && c != 1 => c.min(u32::MAX as u64) as u32,
         _ => 0,
     };
     proto::RateLimitRequest {
         domain: domain.into(),
         descriptors,
         hits_addend: hits,
+    }
+    .encode()
+}
+
+/// How many of `limits` one request's call carries (those without a lease).
+pub fn per_request_count(limits: &[LimitPolicy]) -> usize {
+    limits.iter().filter(|l| l.lease == 0).count()
+}
+
+/// The serialized `RateLimitRequest` of a lease refill: limit `l`'s one
+/// descriptor (its key `values`, in order) with `hits_addend` = `hits`.
+pub fn lease_request(
+    domain: &str,
+    route: &str,
+    l: &LimitPolicy,
+    values: Vec<String>,
+    hits: u64,
+) -> Vec<u8> {
+    let mut entries = Vec::with_capacity(2 + l.key.len());
+    entries.push(proto::Entry {
+        key: "route".into(),
+        value: route.into(),
+    });
+    entries.push(proto::Entry {
+        key: "limit".into(),
+        value: l.name.clone(),
+    });
+    entries.extend(l.key.iter().zip(values).map(|(p, value)| proto::Entry {
+        key: p.descriptor_key(),
+        value,
+    }));
+    proto::RateLimitRequest {
+        domain: domain.into(),
+        descriptors: vec![proto::RateLimitDescriptor {
+            entries,
+            hits_addend: None,
+        }],
+        hits_addend: hits.min(u32::MAX as u64) as u32,
     }
     .encode()
 }
