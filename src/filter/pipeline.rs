@@ -810,7 +810,7 @@ fn send_refill<P: Host + Stream>(
             );
             let now = host.now_nanos();
             let _ = lease::update(&host, rt.limiter.slots, &identity, |st, _| {
-                (lease::record(st, ask, Err(()), now), true)
+                (lease::record(st, ask, l.cost, Err(()), now), true)
             });
         }
     }
@@ -856,8 +856,12 @@ pub fn lease_answer<P: Host + Stream>(
         );
     }
     let answer = status.as_ref().map_err(|_| ());
+    let cost = route.global_limits.get(call.limit).map_or(1, |l| l.cost);
     match lease::update(&host, rt.limiter.slots, &call.identity, |st, replaced| {
-        ((lease::record(st, call.asked, answer, now), replaced), true)
+        (
+            (lease::record(st, call.asked, cost, answer, now), replaced),
+            true,
+        )
     }) {
         Ok((rec, replaced)) => {
             if rec.granted != 0 {

@@ -23,8 +23,10 @@
 //! - Expiry: a lease is valid only in the window it was granted for: until
 //!   `now + duration_until_reset` of the answer (else the limit's unit from
 //!   `current_limit`, else 1 s). Hits left at the end are dropped.
-//! - `OVER_LIMIT`: the process denies locally until the window resets (same
-//!   rule for the time) and drops what it had left.
+//! - `OVER_LIMIT` for a batch larger than `cost`: the batch did not fit;
+//!   the next refill asks for half (down to `cost`, [`LeaseState::cap`]).
+//!   For `cost` hits: the process denies locally until the window resets
+//!   (same rule for the time) and drops what it had left.
 //! - The call fails (error, timeout): the hits left are still spent; when
 //!   none are left, `failure_mode` applies, and new refills wait
 //!   [`FAILURE_BACKOFF_NS`] (requests meanwhile get `failure_mode` at once,
@@ -33,7 +35,7 @@
 //! Value layout (little endian), version 1:
 //! `[1u8][tokens u64][window_end u64][denied_until u64][inflight_until u64]
 //! [granted u64][spent u64][limit u64][unit_secs u64][svc_remaining u64]
-//! [gen u32][failed u8][identity bytes]`. A value that is too short, of
+//! [cap u64][gen u32][failed u8][identity bytes]`. A value that is too short, of
 //! another version or with a bad flag byte decodes as no lease (fail
 //! closed: it never grants a hit; the next writer replaces it).
 
@@ -44,7 +46,7 @@ use crate::host::{Host, MetricId, MetricKind, SetError, CREATE_CAS};
 
 pub const VERSION: u8 = 1;
 pub const KEY_PREFIX: &str = "meshguard/v1/lease/";
-pub const HEADER_LEN: usize = 1 + 9 * 8 + 4 + 1;
+pub const HEADER_LEN: usize = 1 + 10 * 8 + 4 + 1;
 /// How long new refills wait after a failed one.
 pub const FAILURE_BACKOFF_NS: u64 = 250_000_000;
 /// Largest `lease` accepted in the configuration.
@@ -72,6 +74,9 @@ pub struct LeaseState {
     pub unit_secs: u64,
     /// The service's `limit_remaining` in the window of the last grant.
     pub svc_remaining: u64,
+    /// The most to ask for next (0: no cap): halved by each batch the
+    /// service refused as too large.
+    pub cap: u64,
     /// Answers recorded (a waiting request sees one came).
     pub gen: u32,
     /// The last refill failed.
@@ -91,6 +96,7 @@ pub fn encode(identity: &str, st: &LeaseState) -> Vec<u8> {
         st.limit,
         st.unit_secs,
         st.svc_remaining,
+        st.cap,
     ] {
         v.extend_from_slice(&n.to_le_bytes());
     }
@@ -111,8 +117,8 @@ pub fn decode(v: &[u8]) -> Option<(LeaseState, &[u8])> {
             v.get(1 + 8 * i..9 + 8 * i)?.try_into().ok()?,
         ))
     };
-    let gen = u32::from_le_bytes(v.get(73..77)?.try_into().ok()?);
-    let failed = match v.get(77)? {
+    let gen = u32::from_le_bytes(v.get(81..85)?.try_into().ok()?);
+    let failed = match v.get(85)? {
         0 => false,
         1 => true,
         _ => return None,
@@ -127,6 +133,7 @@ pub fn decode(v: &[u8]) -> Option<(LeaseState, &[u8])> {
         limit: u64_at(6)?,
         unit_secs: u64_at(7)?,
         svc_remaining: u64_at(8)?,
+        cap: u64_at(9)?,
         gen,
         failed,
     };
@@ -169,6 +176,9 @@ pub fn next_ask(st: &LeaseState, lease: u64, cost: u64, now: u64) -> u64 {
         // more is refused whole.
         ask = ask.min(st.svc_remaining.max(cost));
     }
+    if st.cap != 0 {
+        ask = ask.min(st.cap.max(cost));
+    }
     ask
 }
 
@@ -178,6 +188,7 @@ pub fn expire(st: &mut LeaseState, now: u64) -> u64 {
         let dropped = st.tokens;
         st.tokens = 0;
         st.window_end_ns = 0;
+        st.cap = 0;
         dropped
     } else {
         0
@@ -256,11 +267,17 @@ fn window_end(status: &LimitStatus, now: u64) -> u64 {
     now.saturating_add(secs.saturating_mul(SEC))
 }
 
-/// Records the answer to a refill that asked for `asked` hits: `Ok(status)`
-/// from the service, `Err(())` when the call failed.
+/// Records the answer to a refill that asked for `asked` hits (`cost`: the
+/// limit's): `Ok(status)` from the service, `Err(())` when the call failed.
+///
+/// `OVER_LIMIT` for a batch larger than `cost` only says the batch did not
+/// fit: the next refill asks for half as much (down to `cost`), the hits
+/// left are kept. `OVER_LIMIT` for `cost` hits denies until the reset and
+/// drops what is left.
 pub fn record(
     st: &mut LeaseState,
     asked: u64,
+    cost: u64,
     answer: Result<&LimitStatus, ()>,
     now: u64,
 ) -> Recorded {
@@ -284,7 +301,18 @@ pub fn record(
         st.unit_secs = unit;
     }
     let end = window_end(status, now);
+    if status.over && asked > cost {
+        st.cap = (asked / 2).max(cost);
+        // What the service said was left is stale now: the cap decides.
+        st.svc_remaining = u64::MAX;
+        if st.window_end_ns == 0 {
+            // No grant in this window yet: the cap lasts until the reset.
+            st.window_end_ns = end;
+        }
+        return out;
+    }
     if status.over {
+        st.cap = 0;
         out.dropped += st.tokens;
         st.tokens = 0;
         st.window_end_ns = 0;

@@ -34,6 +34,7 @@ fn codec_round_trips_and_keeps_the_identity() {
         limit: 100,
         unit_secs: 60,
         svc_remaining: 9,
+        cap: 4,
         gen: 3,
         failed: true,
     };
@@ -138,7 +139,7 @@ fn a_grant_is_spent_then_refilled_at_half_once() {
     let mut st = LeaseState::default();
     let now = S;
     let _ = spend(&mut st, 10, 1, now, TTL);
-    let r = record(&mut st, 10, Ok(&ok(90, 60)), now);
+    let r = record(&mut st, 10, 1, Ok(&ok(90, 60)), now);
     assert_eq!(
         r,
         Recorded {
@@ -165,7 +166,7 @@ fn a_grant_is_spent_then_refilled_at_half_once() {
     let (s, _) = spend(&mut st, 10, 1, now + 20, TTL);
     assert!(matches!(s, Spend::Empty { refill: None, .. }));
     // The refill lands: 10 more in the same window.
-    let r = record(&mut st, 10, Ok(&ok(80, 59)), now + 30);
+    let r = record(&mut st, 10, 1, Ok(&ok(80, 59)), now + 30);
     assert_eq!(r.granted, 10);
     assert_eq!(st.tokens, 10);
 }
@@ -174,9 +175,23 @@ fn a_grant_is_spent_then_refilled_at_half_once() {
 fn over_limit_denies_until_reset_and_drops_the_remainder() {
     let mut st = LeaseState::default();
     let _ = spend(&mut st, 10, 1, S, TTL);
-    record(&mut st, 10, Ok(&ok(0, 30)), S);
+    record(&mut st, 10, 1, Ok(&ok(50, 30)), S);
     let _ = spend(&mut st, 10, 1, S, TTL);
-    let r = record(&mut st, 10, Ok(&over(Some(3))), 2 * S);
+    // Refused a batch of 10: only that it did not fit; ask for half next,
+    // keep the 9 hits left.
+    let r = record(&mut st, 10, 1, Ok(&over(Some(3))), 2 * S);
+    assert_eq!(
+        r,
+        Recorded {
+            granted: 0,
+            dropped: 0
+        }
+    );
+    assert_eq!((st.tokens, st.cap, st.inflight_until_ns), (9, 5, 0));
+    assert_eq!(next_ask(&st, 10, 1, 2 * S), 5);
+    // Refused a single request's worth: denied until the reset, the rest
+    // is dropped.
+    let r = record(&mut st, 1, 1, Ok(&over(Some(3))), 2 * S);
     assert_eq!(
         r,
         Recorded {
@@ -184,6 +199,7 @@ fn over_limit_denies_until_reset_and_drops_the_remainder() {
             dropped: 9
         }
     );
+    assert_eq!(st.cap, 0);
     let (s, _) = spend(&mut st, 10, 1, 2 * S + 1, TTL);
     assert_eq!(
         s,
@@ -205,7 +221,7 @@ fn over_limit_denies_until_reset_and_drops_the_remainder() {
 #[test]
 fn over_limit_without_reset_uses_the_unit_else_one_second() {
     let mut st = LeaseState::default();
-    record(&mut st, 10, Ok(&over(None)), S);
+    record(&mut st, 1, 1, Ok(&over(None)), S);
     assert_eq!(st.denied_until_ns, S + 60 * S);
     let mut st = LeaseState::default();
     let bare = LimitStatus {
@@ -214,14 +230,14 @@ fn over_limit_without_reset_uses_the_unit_else_one_second() {
         remaining: 0,
         reset_secs: None,
     };
-    record(&mut st, 10, Ok(&bare), S);
+    record(&mut st, 1, 1, Ok(&bare), S);
     assert_eq!(st.denied_until_ns, 2 * S);
 }
 
 #[test]
 fn a_lease_expires_with_its_window() {
     let mut st = LeaseState::default();
-    record(&mut st, 10, Ok(&ok(50, 2)), S);
+    record(&mut st, 10, 1, Ok(&ok(50, 2)), S);
     let (s, _) = spend(&mut st, 10, 1, 2 * S, TTL);
     assert!(matches!(s, Spend::Admitted { remaining: 9, .. }));
     // Past the window: the 9 left are dropped and reported.
@@ -240,7 +256,7 @@ fn a_lease_expires_with_its_window() {
 fn the_batch_adapts_to_the_rate_and_never_exceeds_the_lease() {
     let mut st = LeaseState::default();
     assert_eq!(next_ask(&st, 50, 1, S), 50);
-    record(&mut st, 50, Ok(&ok(1000, 1)), S);
+    record(&mut st, 50, 1, Ok(&ok(1000, 1)), S);
     // Only 3 spent before the window ended: ask for 6 next.
     for _ in 0..3 {
         let _ = spend(&mut st, 50, 1, S, TTL);
@@ -255,7 +271,7 @@ fn the_batch_adapts_to_the_rate_and_never_exceeds_the_lease() {
             gen: 1
         }
     );
-    record(&mut st, 6, Ok(&ok(1000, 1)), 3 * S);
+    record(&mut st, 6, 1, Ok(&ok(1000, 1)), 3 * S);
     // Running low inside the window: doubles (12, 24, 48, then 50 cap).
     let mut asks = Vec::new();
     let mut now = 3 * S;
@@ -270,14 +286,14 @@ fn the_batch_adapts_to_the_rate_and_never_exceeds_the_lease() {
                 refill: Some(a), ..
             } => {
                 asks.push(a);
-                record(&mut st, a, Ok(&ok(1000, 1)), now);
+                record(&mut st, a, 1, Ok(&ok(1000, 1)), now);
             }
             _ => {}
         }
     }
     assert_eq!(asks, vec![12, 24, 48, 50]);
     // Never more than the service said was left in the window.
-    record(&mut st, 50, Ok(&ok(4, 1)), now);
+    record(&mut st, 50, 1, Ok(&ok(4, 1)), now);
     assert_eq!(next_ask(&st, 50, 1, now), 4);
     // Cost is the floor.
     assert_eq!(next_ask(&st, 50, 7, now), 7);
@@ -286,10 +302,10 @@ fn the_batch_adapts_to_the_rate_and_never_exceeds_the_lease() {
 #[test]
 fn a_failed_refill_keeps_hits_left_and_backs_off_when_none() {
     let mut st = LeaseState::default();
-    record(&mut st, 4, Ok(&ok(50, 60)), S);
+    record(&mut st, 4, 1, Ok(&ok(50, 60)), S);
     let _ = spend(&mut st, 4, 1, S, TTL);
     let _ = spend(&mut st, 4, 1, S, TTL); // takes the flag at 2 left
-    record(&mut st, 4, Err(()), S + 10);
+    record(&mut st, 4, 1, Err(()), S + 10);
     assert!(st.failed);
     let (s, _) = spend(&mut st, 4, 1, S + 11, TTL);
     assert!(matches!(s, Spend::Admitted { remaining: 1, .. }));
@@ -320,7 +336,7 @@ fn a_failed_refill_keeps_hits_left_and_backs_off_when_none() {
 #[test]
 fn give_back_only_within_the_window() {
     let mut st = LeaseState::default();
-    record(&mut st, 5, Ok(&ok(50, 1)), S);
+    record(&mut st, 5, 1, Ok(&ok(50, 1)), S);
     let _ = spend(&mut st, 5, 2, S, TTL);
     give_back(&mut st, 2, S + 1);
     assert_eq!(st.tokens, 5);
@@ -335,7 +351,7 @@ fn another_identity_in_the_slot_is_replaced_and_its_hits_dropped() {
     let a = identity("api", "q", &["alice".into()]);
     let b = identity("api", "q", &["bob".into()]);
     update(&host, 1, &a, |st, _| {
-        record(st, 8, Ok(&ok(50, 60)), S);
+        record(st, 8, 1, Ok(&ok(50, 60)), S);
         ((), true)
     })
     .unwrap();
@@ -401,4 +417,48 @@ fn lease_configuration_errors_name_their_path() {
     assert!(
         serde_json::from_value::<RawRateLimit>(serde_json::json!({ "lease": "lots" })).is_err()
     );
+}
+
+#[test]
+fn a_batch_too_large_for_what_is_left_halves_down_to_cost() {
+    let mut st = LeaseState::default();
+    let mut asks = Vec::new();
+    let mut now = S;
+    // The service has 3 left: 16, 8, 4 are refused, 2 fits.
+    loop {
+        let (s, _) = spend(&mut st, 16, 1, now, TTL);
+        let ask = match s {
+            Spend::Empty {
+                refill: Some(a), ..
+            }
+            | Spend::Admitted {
+                refill: Some(a), ..
+            } => a,
+            Spend::Admitted { .. } => break,
+            other => panic!("{other:?}"),
+        };
+        asks.push(ask);
+        let answer = if ask <= 3 {
+            ok(3 - ask, 30)
+        } else {
+            over(Some(30))
+        };
+        record(&mut st, ask, 1, Ok(&answer), now);
+        now += 1;
+        if !answer.over {
+            break;
+        }
+    }
+    assert_eq!(asks, vec![16, 8, 4, 2]);
+    // The cap lasts for the window, then is gone.
+    assert_eq!(st.cap, 2);
+    let (s, _) = spend(&mut st, 16, 1, now + 31 * S, TTL);
+    assert!(matches!(
+        s,
+        Spend::Empty {
+            refill: Some(_),
+            ..
+        }
+    ));
+    assert_eq!(st.cap, 0);
 }
