@@ -602,15 +602,7 @@ fn global_rate_limit<P: Host + Stream>(
             );
             if deny {
                 give_back_leases(s, rt, &host);
-                s.verdict
-                    .decide("unavailable", "ratelimit", "rate_limit_unavailable");
-                let body = serde_json::json!({
-                    "error": "rate_limit_unavailable",
-                    "route": route.name,
-                    "retry_after": 1,
-                })
-                .to_string();
-                return Some(s.json_reply(px, 503, &[("retry-after", "1")], &body));
+                return Some(unavailable_reply(s, px, &route.name));
             }
             d
         }
@@ -914,15 +906,20 @@ fn lease_failure<P: Host + Stream>(
         true,
     );
     give_back_leases(s, rt, &host);
+    Some(unavailable_reply(s, px, &route.name))
+}
+
+/// The 503 of `failure_mode` `deny`.
+fn unavailable_reply(s: &mut StreamState, px: &impl Stream, route: &str) -> Step {
     s.verdict
         .decide("unavailable", "ratelimit", "rate_limit_unavailable");
     let body = serde_json::json!({
         "error": "rate_limit_unavailable",
-        "route": route.name,
+        "route": route,
         "retry_after": 1,
     })
     .to_string();
-    Some(s.json_reply(px, 503, &[("retry-after", "1")], &body))
+    s.json_reply(px, 503, &[("retry-after", "1")], &body)
 }
 
 /// The statuses of every global limit of the route: leased ones from the

@@ -49,8 +49,6 @@ pub const KEY_PREFIX: &str = "meshguard/v1/lease/";
 pub const HEADER_LEN: usize = 1 + 10 * 8 + 4 + 1;
 /// How long new refills wait after a failed one.
 pub const FAILURE_BACKOFF_NS: u64 = 250_000_000;
-/// Largest `lease` accepted in the configuration.
-pub const MAX_LEASE: u64 = 1_000_000;
 const SEC: u64 = 1_000_000_000;
 
 /// One process's lease on one descriptor set.
@@ -429,6 +427,23 @@ pub fn update<R>(
     identity: &str,
     mut f: impl FnMut(&mut LeaseState, u64) -> (R, bool),
 ) -> Result<R, StoreFailed> {
+    let mut out = None;
+    update_dyn(host, slots, identity, &mut |st, replaced| {
+        let (r, write) = f(st, replaced);
+        out = Some(r);
+        write
+    })?;
+    out.ok_or_else(|| StoreFailed("no attempt".into()))
+}
+
+/// [`update`]'s loop, compiled once (not once per closure).
+#[inline(never)]
+fn update_dyn(
+    host: &impl Host,
+    slots: u32,
+    identity: &str,
+    f: &mut dyn FnMut(&mut LeaseState, u64) -> bool,
+) -> Result<(), StoreFailed> {
     let key = slot_key(identity, slots);
     for _ in 0..MAX_CAS_RETRIES {
         let (value, cas) = host.shared_get(&key).map_err(|e| StoreFailed(e.0))?;
@@ -437,16 +452,15 @@ pub fn update<R>(
             Some(Some((other, _))) => (LeaseState::default(), other.tokens),
             Some(None) | None => (LeaseState::default(), 0),
         };
-        let (out, write) = f(&mut st, replaced);
-        if !write {
-            return Ok(out);
+        if !f(&mut st, replaced) {
+            return Ok(());
         }
         match host.shared_set(
             &key,
             &encode(identity, &st),
             Some(cas.unwrap_or(CREATE_CAS)),
         ) {
-            Ok(()) => return Ok(out),
+            Ok(()) => return Ok(()),
             Err(SetError::CasMismatch) => continue,
             Err(SetError::Host(e)) => return Err(StoreFailed(e)),
         }

@@ -122,6 +122,8 @@ impl HeaderStyle {
 pub const MAX_LIMITS_PER_ROUTE: usize = 16;
 pub const DEFAULT_MAX_RATE_LIMIT_KEYS: u32 = 10_000;
 pub const MAX_RATE_LIMIT_KEYS: u64 = 1_000_000;
+/// Largest `lease` of a global limit (`lease.rs`).
+pub const MAX_LEASE: u64 = 1_000_000;
 
 /// A route's limits, compiled: local ones in order, then global ones (the
 /// rate limit service counts them, after the local ones).
@@ -295,11 +297,11 @@ impl LimitPolicy {
                     "expected no `lease` on a local limit: a lease is a batch of hits obtained from the rate limit service (use \"scope\": \"global\")",
                 ))
             }
-            Some(n) if (1..=super::lease::MAX_LEASE as i64).contains(&n) => n as u64,
+            Some(n) if (1..=MAX_LEASE as i64).contains(&n) => n as u64,
             Some(n) => {
                 return Err(ConfigError::expected(
                     format!("{path}.lease"),
-                    &format!("an integer from 1 to {}", super::lease::MAX_LEASE),
+                    &format!("an integer from 1 to {}", MAX_LEASE),
                     n,
                 ))
             }
