@@ -77,6 +77,8 @@ def render(info, args, summary, scenarios, targets, extra, comp=None):
     pairs = [("rate limit", "mg-ratelimit", "native-ratelimit"),
              ("rate limit keyed by header", "mg-ratelimit-key", "native-ratelimit-key"),
              ("global rate limit (same RLS) vs ratelimit filter", "mg-ratelimit-global", "native-ratelimit-global"),
+             ("leased global rate limit (same RLS) vs ratelimit filter", "mg-ratelimit-global-lease",
+              "native-ratelimit-global"),
              ("JWT RS256 repeated vs jwt_authn no cache", "mg-jwt-rs256", "native-jwt-rs256"),
              ("JWT RS256 repeated vs jwt_authn + cache", "mg-jwt-rs256", "native-jwt-rs256-cache"),
              ("JWT ES256 repeated vs jwt_authn no cache", "mg-jwt-es256", "native-jwt-es256"),

@@ -13,11 +13,12 @@ from .common import (AUDIENCE, GRPC_HEADERS, GRPC_MESSAGE, GRPC_PATH, GRPC_STREA
 class Scenario:
     def __init__(self, name, desc, filters, headers=None, tokens=None, group=None,
                  probe=None, expect_upstream=None, expect_stat=None, expect_zero=None,
-                 route_extra=None, uses_rls=False, grpc=False):
+                 route_extra=None, uses_rls=False, grpc=False, rls_batched=False):
         self.name, self.desc, self.filters = name, desc, filters
         self.grpc = grpc                # gRPC calls over HTTP/2 both sides (h2load), not wrk's GETs
         self.route_extra = route_extra  # more fields of the proxy's route action (native rate_limits)
         self.uses_rls = uses_rls        # needs the `ratelimit` cluster; every request must call the service
+        self.rls_batched = rls_batched  # ... unless leased: calls per batch of hits, all answered OK
         self.expect_zero = expect_zero  # regex of stats that must stay 0 (failure-mode passes, errors)
         self.headers = headers or {}
         self.tokens = tokens            # rotate these as Bearer tokens (distinct-token scenarios)
@@ -166,6 +167,7 @@ COMPARISONS = [
     ("trivial-reply", "trivial-hit-floor", "cache HIT: a hit's host calls and headers (no lookup) over answering only"),
     ("trivial-hit-floor", "mg-cache-hit", "cache HIT: meshguard vs the floor of its host calls and headers"),
     ("grpc-passthrough", "mg-grpc-ratelimit", "gRPC over HTTP/2: meshguard rate limit vs passthrough"),
+    ("mg-ratelimit", "mg-ratelimit-global-lease", "leased global limit (lease 1000) vs local limit (one bucket)"),
 ]
 
 
@@ -200,6 +202,10 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
     mg_global = mg({"rate_limit_service": {"cluster": RLS_CLUSTER, "domain": RLS_DOMAIN, "timeout": RLS_TIMEOUT,
                                            "failure_mode": "allow"},
                     "routes": [dict(route, rate_limit=[{"name": "all", "scope": "global"}])]})
+    mg_global_lease = mg({"rate_limit_service": {"cluster": RLS_CLUSTER, "domain": RLS_DOMAIN,
+                                                 "timeout": RLS_TIMEOUT, "failure_mode": "allow"},
+                          "routes": [dict(route, rate_limit=[{"name": "all", "scope": "global",
+                                                              "lease": 1000}])]})
     rs = {"Authorization": "Bearer " + tokens_fixture["valid_RS256"]}
     es = {"Authorization": "Bearer " + tokens_fixture["valid_ES256"]}
     jwt = {"providers": ["bench"]}
@@ -255,6 +261,12 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
           expect_stat=r"^wasmcustom\.meshguard\.rls\.bench\.ok$",
           expect_zero=(r"^wasmcustom\.meshguard\.(rls\.bench\.(error|timeout|over_limit|failure_mode_\w+)"
                        r"|ratelimit\.bench\.all\.errors)$")),
+        S("mg-ratelimit-global-lease", "meshguard leased global limit (lease 1000): one RLS call per batch "
+          "of hits, spent through shared data, all pass", mg_global_lease,
+          group="ratelimit-global", probe=mg_global_probe, uses_rls=True, rls_batched=True,
+          expect_stat=r"^wasmcustom\.meshguard\.ratelimit\.bench\.all\.lease_hits$",
+          expect_zero=(r"^wasmcustom\.meshguard\.(rls\.bench\.(error|timeout|over_limit|failure_mode_\w+)"
+                       r"|ratelimit\.bench\.all\.(errors|lease_failed))$")),
         S("native-ratelimit-global", "ratelimit filter on the same RLS, same descriptor, all pass",
           [native_global_ratelimit()], group="ratelimit-global", uses_rls=True,
           route_extra={"rate_limits": NATIVE_RATE_LIMITS},
