@@ -3,6 +3,7 @@ e2e tests' wrapper, tests/e2e/harness.py `EnvoyProcess`, with the bench's
 settings), the rate limit service, and the list of everything started."""
 
 import os
+import re
 import random
 import subprocess
 import sys
@@ -129,7 +130,9 @@ class BenchRls:
                     other.append(line)
                 continue
             calls += 1
-            if (line.startswith(f'rls: domain="{RLS_DOMAIN}" [{RLS_DESCRIPTOR}+1] -> OK [OK "bench-all" ')):
+            # +1 per request; a leased limit's refills ask for a batch (+N).
+            if re.match(rf'rls: domain="{RLS_DOMAIN}" \[{re.escape(RLS_DESCRIPTOR)}\+\d+\] -> OK \[OK "bench-all" ',
+                        line):
                 ok += 1
             elif len(other) < 5:
                 other.append(line)
