@@ -1158,3 +1158,37 @@ fn a_lease_slot_holding_garbage_grants_nothing() {
     assert_eq!(vm.get(1, "/", &[]), Action::Pause, "a refill first");
     assert_eq!(vm.px.grpc_calls().len(), 1);
 }
+
+#[test]
+fn a_per_request_limit_refusing_gives_the_leased_hits_back() {
+    let host = FakeHost::new(T0);
+    let mut vm = Vm::on(
+        host.clone(),
+        json!({
+            "rate_limit_service": { "cluster": "rls", "timeout": "50ms" },
+            "routes": [ route(json!({ "rate_limit": [
+                { "name": "leased", "scope": "global", "lease": 4 },
+                { "name": "each", "scope": "global" }
+            ] })) ]
+        }),
+    );
+    assert_eq!(vm.get(1, "/", &[]), Action::Pause);
+    let refill = vm.px.grpc_calls()[0].clone();
+    assert_eq!(hits_addend(&refill.message), 4);
+    vm.rls_answer(refill.token, 0, &lease_body(1, 10, 6, 30));
+    // The lease spent, the per-request call carries only the other limit.
+    let calls = vm.px.grpc_calls();
+    assert_eq!(calls.len(), 2);
+    let message = String::from_utf8_lossy(&calls[1].message).into_owned();
+    assert!(
+        message.contains("each") && !message.contains("leased"),
+        "{message}"
+    );
+    let id = crate::ratelimit::lease::identity("api", "leased", &[]);
+    let tokens = |h: &FakeHost| crate::ratelimit::lease::peek(h, 10_000, &id).map(|s| s.tokens);
+    assert_eq!(tokens(&host), Some(3));
+    vm.rls_answer(calls[1].token, 0, &rls_body(2));
+    assert_eq!(vm.reply(1).status, 429);
+    assert_eq!(json_body(&vm.reply(1))["limit"], "each");
+    assert_eq!(tokens(&host), Some(4), "the refused request's hit is back");
+}
