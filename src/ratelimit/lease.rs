@@ -18,8 +18,10 @@
 //! - Batch size ([`next_ask`]): the first ask is `lease`; then, when a lease
 //!   ran low before its window ended, twice the last grant; when it expired
 //!   with hits unused, twice the hits spent from it (at least `cost`); never
-//!   more than `lease`, and never more than the service said was left in
-//!   the window (`limit_remaining`) while that window lasts.
+//!   more than `lease` minus the hits still held (a process never holds
+//!   more than `lease`: the accuracy bound), and never more than the
+//!   service said was left in the window (`limit_remaining`) while that
+//!   window lasts.
 //! - Expiry: a lease is valid only in the window it was granted for: until
 //!   `now + duration_until_reset` of the answer (else the limit's unit from
 //!   `current_limit`, else 1 s). Hits left at the end are dropped.
@@ -215,7 +217,9 @@ pub fn spend(
     let dropped = expire(st, now);
     let flag_free = now >= st.inflight_until_ns;
     let take_flag = |st: &mut LeaseState| -> u64 {
-        let ask = next_ask(st, lease, cost, now);
+        // Never hold more than `lease` once the batch lands (the bound).
+        let room = lease.max(cost).saturating_sub(st.tokens).max(cost);
+        let ask = next_ask(st, lease, cost, now).min(room);
         st.inflight_until_ns = now.saturating_add(flag_ttl_ns);
         st.failed = false;
         ask

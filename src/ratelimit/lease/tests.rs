@@ -155,8 +155,9 @@ fn a_grant_is_spent_then_refilled_at_half_once() {
                 assert_eq!(remaining, 9 - i);
                 refills += usize::from(refill.is_some());
                 if remaining == 5 {
-                    // Ran low inside its window: twice the grant, capped.
-                    assert_eq!(refill, Some(10));
+                    // Ran low inside its window: twice the grant, capped
+                    // at what keeps the hits held within the lease.
+                    assert_eq!(refill, Some(5));
                 }
             }
             other => panic!("spend {i}: {other:?}"),
@@ -165,10 +166,10 @@ fn a_grant_is_spent_then_refilled_at_half_once() {
     assert_eq!(refills, 1, "one refill in flight at a time");
     let (s, _) = spend(&mut st, 10, 1, now + 20, TTL);
     assert!(matches!(s, Spend::Empty { refill: None, .. }));
-    // The refill lands: 10 more in the same window.
-    let r = record(&mut st, 10, 1, Ok(&ok(80, 59)), now + 30);
-    assert_eq!(r.granted, 10);
-    assert_eq!(st.tokens, 10);
+    // The refill lands: 5 more in the same window.
+    let r = record(&mut st, 5, 1, Ok(&ok(80, 59)), now + 30);
+    assert_eq!(r.granted, 5);
+    assert_eq!(st.tokens, 5);
 }
 
 #[test]
@@ -291,7 +292,9 @@ fn the_batch_adapts_to_the_rate_and_never_exceeds_the_lease() {
             _ => {}
         }
     }
-    assert_eq!(asks, vec![12, 24, 48, 50]);
+    // (each also capped at `lease` minus the hits still held)
+    assert_eq!(asks, vec![12, 24, 38, 31]);
+    assert!(st.tokens <= 50);
     // Never more than the service said was left in the window.
     record(&mut st, 50, 1, Ok(&ok(4, 1)), now);
     assert_eq!(next_ask(&st, 50, 1, now), 4);
@@ -461,4 +464,31 @@ fn a_batch_too_large_for_what_is_left_halves_down_to_cost() {
         }
     ));
     assert_eq!(st.cap, 0);
+}
+
+#[test]
+fn a_process_never_holds_more_than_the_lease() {
+    let mut st = LeaseState::default();
+    let mut now = S;
+    let mut pending: Option<u64> = None;
+    for i in 0..10_000u64 {
+        now += 1_000;
+        let (s, _) = spend(&mut st, 20, 1, now, TTL);
+        if let Spend::Admitted {
+            refill: Some(a), ..
+        }
+        | Spend::Empty {
+            refill: Some(a), ..
+        } = s
+        {
+            pending = Some(a);
+        }
+        // Answers land a few requests later (hits keep being spent).
+        if i % 7 == 0 {
+            if let Some(a) = pending.take() {
+                record(&mut st, a, 1, Ok(&ok(1_000_000, 60)), now);
+            }
+        }
+        assert!(st.tokens <= 20, "holds {} at {i}", st.tokens);
+    }
 }
