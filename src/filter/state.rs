@@ -243,6 +243,8 @@ pub struct StreamState {
     pub service_headers: Vec<(String, String)>,
     /// What was decided, for the mesh (`observability`).
     pub verdict: Verdict,
+    /// Limits with a usage-based cost, settled when the response ends.
+    pub usage: Option<Box<ratelimit::usage::Usage>>,
 }
 
 impl StreamState {
@@ -269,6 +271,7 @@ impl StreamState {
             rls_result: None,
             service_headers: Vec::new(),
             verdict: Verdict::default(),
+            usage: None,
         }
     }
 
@@ -395,6 +398,7 @@ impl StreamState {
             || self.capture.is_some()
             || self.rls_token.is_some()
             || self.local_reply
+            || self.usage.is_some()
     }
 }
 

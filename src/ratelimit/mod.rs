@@ -47,10 +47,12 @@
 //! (buckets whose slot was reused for another key).
 
 pub mod bucket;
+pub mod meter;
 pub mod policy;
 pub mod rls;
 pub mod store;
 pub(crate) mod text;
+pub mod usage;
 
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::{ClientIpRule, Request};

@@ -72,6 +72,8 @@ pub struct LimitPolicy {
     pub identity_prefix: std::sync::Arc<str>,
     /// `fnv1a(identity_prefix)`, to hash an identity from its key alone.
     pub identity_prefix_hash: u64,
+    /// Usage-based cost (`usage`): `cost` is then the estimate.
+    pub usage: Option<super::meter::UsagePolicy>,
 }
 
 /// The start of a bucket identity (see [`LimitPolicy::identity_prefix`]).
@@ -211,6 +213,17 @@ pub fn compile_grpc_status(
     }
 }
 
+/// A limit's `usage`, if any.
+fn compile_usage(
+    raw: &RawRateLimit,
+    path: &str,
+) -> Result<Option<super::meter::UsagePolicy>, ConfigError> {
+    raw.usage
+        .as_ref()
+        .map(|u| super::meter::UsagePolicy::compile(u, &format!("{path}.usage")))
+        .transpose()
+}
+
 /// The top-level `max_rate_limit_keys` (the bucket table's size).
 pub fn compile_max_keys(raw: Option<u64>) -> Result<u32, ConfigError> {
     match raw {
@@ -309,6 +322,7 @@ impl LimitPolicy {
                 policy_header: std::sync::Arc::from(""),
                 identity_prefix: std::sync::Arc::from(""),
                 identity_prefix_hash: fnv1a(b""),
+                usage: compile_usage(raw, path)?,
             });
         }
         let capacity = int(
@@ -358,6 +372,7 @@ impl LimitPolicy {
             cost,
             shadow: raw.shadow,
             policy_header: std::sync::Arc::from(""),
+            usage: compile_usage(raw, path)?,
         })
     }
 
