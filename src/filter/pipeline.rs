@@ -167,6 +167,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                             &route.global_limits,
                             &a.taken,
                             false,
+                            &[],
                         )
                         .map(Box::new);
                         continue;
@@ -509,8 +510,14 @@ fn global_rate_limit<P: Host + Stream>(
     });
     let admitted = s.rl_admitted.take().unwrap_or_default();
     let verdict = result.and_then(|body| rls::decode(&body, route.global_limits.len()));
+    let mut remaining: Vec<Option<u64>> = Vec::new();
     let d = match verdict {
         Ok(v) => {
+            remaining = v
+                .statuses
+                .iter()
+                .map(|st| st.limit.map(|_| st.remaining))
+                .collect();
             let over = v.statuses.iter().any(|st| st.over);
             host.increment_metric(if over { metrics.over_limit } else { metrics.ok }, 1);
             for (name, value) in &v.request_headers {
@@ -584,6 +591,7 @@ fn global_rate_limit<P: Host + Stream>(
             &route.global_limits,
             &admitted.taken,
             true,
+            &remaining,
         )
         .map(Box::new);
     }

@@ -82,6 +82,9 @@ pub struct Pending {
     pub of: LimitRef,
     /// Where a local limit's tokens were taken.
     pub taken: Option<Taken>,
+    /// A global limit's `limit_remaining` after the first call, when the
+    /// service said: the report never adds more (see [`settle`]).
+    pub remaining: Option<u64>,
     pub meter: Meter,
 }
 
@@ -94,12 +97,15 @@ pub struct Usage {
 impl Usage {
     /// The usage limits of a request: the local ones that took tokens
     /// (`taken`; shadow limits take none and settle nothing) and, when the
-    /// service was asked, the global ones. `None` when there are none.
+    /// service was asked, the global ones (`global_remaining[i]`: what the
+    /// service said was left of limit `i`, if it said). `None` when there
+    /// are none.
     pub fn begin(
         local: &[LimitPolicy],
         global: &[LimitPolicy],
         taken: &TakenList,
         with_global: bool,
+        global_remaining: &[Option<u64>],
     ) -> Option<Usage> {
         let mut pending = Vec::new();
         for t in taken.iter() {
@@ -107,6 +113,7 @@ impl Usage {
                 pending.push(Pending {
                     of: LimitRef::Local(t.limit),
                     taken: Some(t.clone()),
+                    remaining: None,
                     meter: Meter::new(p),
                 });
             }
@@ -117,6 +124,7 @@ impl Usage {
                     pending.push(Pending {
                         of: LimitRef::Global(i),
                         taken: None,
+                        remaining: global_remaining.get(i).copied().flatten(),
                         meter: Meter::new(p),
                     });
                 }
@@ -165,7 +173,8 @@ fn policy<'a>(
 /// Settles a request's usage limits (its response ended, or its stream):
 /// local buckets are charged or refunded at once; the global limits' extra
 /// costs are returned, `(global limit index, extra tokens)`, for a report
-/// to the rate limit service.
+/// to the rate limit service: at most what the service said was left of
+/// the limit after the first call.
 pub fn settle(
     host: &impl Host,
     route: &str,
@@ -234,7 +243,16 @@ pub fn settle(
                     }
                 }
             }
-            (LimitRef::Global(i), _) if actual > l.cost => report.push((i, actual - l.cost)),
+            (LimitRef::Global(i), _) if actual > l.cost => {
+                // Never more than the service said was left: a report past
+                // the limit may not be counted at all (Limitador counts
+                // nothing for a call over the limit), and with it the
+                // window's budget is spent either way.
+                let extra = (actual - l.cost).min(p.remaining.unwrap_or(u64::MAX));
+                if extra > 0 {
+                    report.push((i, extra));
+                }
+            }
             _ => {}
         }
     }

@@ -347,7 +347,7 @@ fn take_and_settle(
     else {
         return false;
     };
-    let mut u = Usage::begin(ls, &[], &a.taken, false).expect("usage limits");
+    let mut u = Usage::begin(ls, &[], &a.taken, false, &[]).expect("usage limits");
     u.on_headers(ls, &[], |_| header.map(|v| v.as_bytes().to_vec()));
     assert!(settle(h, "api", ls, &[], m, &mut u).is_empty());
     true
@@ -407,7 +407,7 @@ fn global_extras_are_reported_with_the_first_calls_descriptors() {
     ];
     let m = define_metrics(&h, "api", &[], &global);
     assert!(m.global[1].is_none());
-    let mut u = Usage::begin(&[], &global, &TakenList::default(), true).expect("usage");
+    let mut u = Usage::begin(&[], &global, &TakenList::default(), true, &[]).expect("usage");
     assert_eq!(u.pending.len(), 1);
     u.on_headers(&[], &global, |_| Some(b"9".to_vec()));
     let extra = settle(&h, "api", &[], &global, &m, &mut u);
@@ -448,8 +448,32 @@ fn global_extras_are_reported_with_the_first_calls_descriptors() {
     };
     assert_eq!(msg, want.encode());
     // Below the estimate: nothing to report (the protocol cannot refund).
-    let mut u = Usage::begin(&[], &global, &TakenList::default(), true).expect("usage");
+    let mut u = Usage::begin(&[], &global, &TakenList::default(), true, &[]).expect("usage");
     u.on_headers(&[], &global, |_| Some(b"1".to_vec()));
     assert!(settle(&h, "api", &[], &global, &m, &mut u).is_empty());
     assert_eq!(h.metric("meshguard.ratelimit.api.g.usage_tokens"), Some(10));
+}
+
+#[test]
+fn global_reports_never_add_more_than_the_service_said_was_left() {
+    let h = FakeHost::new(1);
+    let global = vec![limit(
+        r#"{"name": "g", "scope": "global", "usage": {"json": "u"}}"#,
+    )];
+    let m = define_metrics(&h, "api", &[], &global);
+    for (left, cost, want) in [
+        (Some(5), 50, vec![(0, 5)]),
+        (Some(0), 50, vec![]),
+        (Some(100), 50, vec![(0, 49)]),
+        (None, 50, vec![(0, 49)]),
+    ] {
+        let mut u =
+            Usage::begin(&[], &global, &TakenList::default(), true, &[left]).expect("usage");
+        u.on_body(&[], &global, format!("{{\"u\": {cost}}}").as_bytes());
+        assert_eq!(
+            settle(&h, "api", &[], &global, &m, &mut u),
+            want,
+            "{left:?}"
+        );
+    }
 }
