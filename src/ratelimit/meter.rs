@@ -140,27 +140,98 @@ impl Reading {
 }
 
 /// Parses a cost: a non-negative JSON number (or header value) of at most
-/// [`MAX_COST`]; a fraction rounds up. `None` for anything else.
+/// [`MAX_COST`]; a fraction rounds up. `None` for anything else. Integer
+/// arithmetic only (no float parser in the module: it is large in wasm).
 pub fn parse_cost(b: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(b).ok()?.trim_matches([' ', '\t']);
+    let s = trim(b);
     if s.is_empty() || s.len() > 64 {
         return None;
     }
-    if s.bytes().all(|c| c.is_ascii_digit()) {
-        // Leading zeros are harmless here; more than 19 digits overflow.
-        return s.parse::<u64>().ok().filter(|v| *v <= MAX_COST);
+    // digits [. digits] [(e|E) [+|-] digits], as JSON writes numbers (a
+    // sign is refused: negative; leading zeros are harmless).
+    const KEEP: u128 = 10u128.pow(30);
+    let mut i = 0;
+    let (mut m, mut scale, mut dropped) = (0u128, 0i64, false);
+    let digit = |i: usize| s.get(i).filter(|c| c.is_ascii_digit()).map(|c| c - b'0');
+    let start = i;
+    while let Some(d) = digit(i) {
+        if m < KEEP {
+            m = m * 10 + u128::from(d);
+        } else {
+            scale += 1;
+            dropped |= d != 0;
+        }
+        i += 1;
     }
-    let number_chars = s
-        .bytes()
-        .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-'));
-    if !number_chars || !s.as_bytes().first().is_some_and(u8::is_ascii_digit) {
-        return None; // a sign (negative), `.5`, `inf`, `nan`...
-    }
-    let f: f64 = s.parse().ok()?;
-    if !f.is_finite() || f < 0.0 || f > MAX_COST as f64 {
+    if i == start {
         return None;
     }
-    Some(f.ceil() as u64)
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        let frac = i;
+        while let Some(d) = digit(i) {
+            if m < KEEP {
+                m = m * 10 + u128::from(d);
+                scale -= 1;
+            } else {
+                dropped |= d != 0;
+            }
+            i += 1;
+        }
+        if i == frac {
+            return None;
+        }
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let negative = match s.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let first = i;
+        let mut e: i64 = 0;
+        while let Some(d) = digit(i) {
+            e = (e * 10 + i64::from(d)).min(100_000);
+            i += 1;
+        }
+        if i == first {
+            return None;
+        }
+        scale += if negative { -e } else { e };
+    }
+    if i != s.len() {
+        return None;
+    }
+    if m == 0 {
+        return Some(u64::from(dropped));
+    }
+    let v = if scale >= 0 {
+        // m >= 1: past 10^9 at once when scale > 9.
+        if scale > 9 {
+            return None;
+        }
+        m.checked_mul(10u128.pow(scale as u32))?
+    } else if scale < -38 {
+        1 // 0 < value < 1: rounds up to 1
+    } else {
+        let p = 10u128.pow((-scale) as u32);
+        m / p + u128::from(m % p != 0 || dropped)
+    };
+    u64::try_from(v).ok().filter(|v| *v <= MAX_COST)
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let ws = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or_default()
 }
 
 /// A streaming scan of a JSON document for the number at a dotted path of

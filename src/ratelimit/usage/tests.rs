@@ -37,6 +37,25 @@ fn parse_cost_accepts_non_negative_numbers_up_to_the_bound() {
     assert_eq!(parse_cost(b"3.0"), Some(3));
     assert_eq!(parse_cost(b"1e3"), Some(1000));
     assert_eq!(parse_cost(b"2.5E2"), Some(250));
+    assert_eq!(parse_cost(b"2.51E2"), Some(251));
+    assert_eq!(parse_cost(b"2.515E2"), Some(252));
+    assert_eq!(parse_cost(b"0.000001"), Some(1));
+    assert_eq!(parse_cost(b"0.0"), Some(0));
+    assert_eq!(parse_cost(b"5e-400"), Some(1));
+    assert_eq!(parse_cost(b"0e999999999999"), Some(0));
+    assert_eq!(parse_cost(b"1000000000.0"), Some(MAX_COST));
+    assert_eq!(parse_cost(b"999999999.5"), Some(MAX_COST));
+    assert_eq!(parse_cost(b"1E9"), Some(MAX_COST));
+    assert_eq!(parse_cost(b"10e8"), Some(MAX_COST));
+    assert_eq!(parse_cost(b"0.1e1"), Some(1));
+    assert_eq!(
+        parse_cost(b"123456789012345678901234567890123456789e-30"),
+        Some(123_456_790)
+    );
+    assert_eq!(
+        parse_cost(b"1.0000000000000000000000000000000000001"),
+        Some(2)
+    );
     for bad in [
         &b"-1"[..],
         b"-0.5",
@@ -45,6 +64,12 @@ fn parse_cost_accepts_non_negative_numbers_up_to_the_bound() {
         b"1000000001",
         b"99999999999999999999999",
         b"1e10",
+        b"1000000000.1",
+        b"1e",
+        b"1.",
+        b"1.e3",
+        b"1e+",
+        b"00000000000000000000000000000000000000001e99",
         b"1e400",
         b"inf",
         b"NaN",
