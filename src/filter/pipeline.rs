@@ -1022,6 +1022,9 @@ pub fn on_stream_end<P: Host + Stream>(s: &mut StreamState, px: &P, context_aliv
 /// Response headers of a request with usage-based limits: header sources
 /// are read; settles when nothing more is to be read.
 pub fn usage_headers<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P, end: bool) {
+    if s.usage.is_none() {
+        return;
+    }
     let rt = s.rt.clone();
     let (Some(u), Some(route)) = (s.usage.as_mut(), rt.config.routes.get(s.route)) else {
         return;
@@ -1043,6 +1046,9 @@ pub fn usage_body<P: Host + Stream>(
     size: usize,
     end: bool,
 ) {
+    if s.usage.is_none() {
+        return;
+    }
     let rt = s.rt.clone();
     let (Some(u), Some(route)) = (s.usage.as_mut(), rt.config.routes.get(s.route)) else {
         return;
