@@ -314,6 +314,35 @@ pub struct RawRateLimit {
     #[serde(default)]
     #[schemars(range(min = 1, max = 1000000))]
     pub lease: Option<i64>,
+    /// Usage-based cost: the request's real cost is read from its response
+    /// (a header, a JSON body field, or the last server-sent event that
+    /// carries it); `cost` is then the estimate charged up front and the
+    /// difference is settled when the response ends.
+    #[serde(default)]
+    pub usage: Option<RawUsage>,
+}
+
+/// Where a limit reads a request's real cost in its response: exactly one
+/// of `header`, `json`, `sse_json`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    /// A response header holding the cost, e.g. "x-usage-tokens".
+    #[serde(default)]
+    pub header: Option<String>,
+    /// A dotted path to a number in a JSON response body, e.g.
+    /// "usage.total_tokens".
+    #[serde(default)]
+    pub json: Option<String>,
+    /// A dotted path to a number in the JSON `data` of the server-sent
+    /// events of a streamed response; the last event carrying it counts.
+    #[serde(default)]
+    pub sse_json: Option<String>,
+    /// The most body bytes inspected (`json`: the whole body; `sse_json`:
+    /// one event); beyond it the estimate stands (default 65536).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 16777216))]
+    pub max_body_bytes: Option<i64>,
 }
 
 /// Schema rule: a local limit needs `capacity` and `refill_interval`; a

@@ -16,7 +16,7 @@
 use serde_json::Value;
 
 /// Every place where the schema has an object and never an array.
-pub const OBJECT_PLACES: [&str; 23] = [
+pub const OBJECT_PLACES: [&str; 24] = [
     "cache_store",
     "client_ip",
     "jwt_providers",
@@ -40,6 +40,7 @@ pub const OBJECT_PLACES: [&str; 23] = [
     "routes[].match.headers[]",
     "routes[].rate_limit[]",
     "routes[].rate_limit[].key[]",
+    "routes[].rate_limit[].usage",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

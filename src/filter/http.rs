@@ -229,6 +229,7 @@ impl HttpStream {
         if s.local_reply {
             return Action::Continue;
         }
+        pipeline::usage_headers(&mut s, &self.worker, px, end_of_stream);
         if pipeline::on_response_headers(&mut s, px, end_of_stream) {
             return Action::Pause;
         }
@@ -244,6 +245,7 @@ impl HttpStream {
         if let Some(state) = &self.state {
             if let Ok(mut s) = state.try_borrow_mut() {
                 if !s.local_reply {
+                    pipeline::usage_body(&mut s, &self.worker, px, body_size, end_of_stream);
                     pipeline::on_response_body(&mut s, px, body_size, end_of_stream);
                 }
             }
@@ -272,6 +274,7 @@ impl HttpStream {
                 if let Some(token) = s.rls_token.take() {
                     self.worker.forget_rls(token);
                 }
+                pipeline::settle_usage(&mut s, &self.worker, px);
                 pipeline::on_stream_end(&mut s, px, seen);
             }
         }

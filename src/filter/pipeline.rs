@@ -163,6 +163,14 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                         }
                         // Written at response time (on_response_headers, reply).
                         s.rl_headers = a.header_values(rt.limiter.style);
+                        s.usage = ratelimit::usage::Usage::begin(
+                            &route.rate_limits,
+                            &route.global_limits,
+                            &a.taken,
+                            false,
+                            &[],
+                        )
+                        .map(Box::new);
                         continue;
                     }
                 };
@@ -541,8 +549,23 @@ fn global_rate_limit<P: Host + Stream>(
     let admitted = s.rl_admitted.take().unwrap_or_default();
     let per_request = rls::per_request_count(&route.global_limits);
     let verdict = result.and_then(|body| rls::decode(&body, per_request));
+    // What the service said is left of each global limit, by the route's
+    // global limit index (the call carries only the limits without a
+    // lease, in order), for the usage settlement's cap.
+    let mut remaining: Vec<Option<u64>> = Vec::new();
     let d = match verdict {
         Ok(v) => {
+            let mut statuses = v.statuses.iter();
+            remaining = route
+                .global_limits
+                .iter()
+                .map(|l| match l.lease {
+                    0 => statuses
+                        .next()
+                        .and_then(|st| st.limit.map(|_| st.remaining)),
+                    _ => None,
+                })
+                .collect();
             let v = match s.lease.is_some() {
                 true => merged_verdict(s, route, Some(v)),
                 false => v,
@@ -609,6 +632,15 @@ fn global_rate_limit<P: Host + Stream>(
     };
     if !d.allowed {
         give_back_leases(s, rt, &host);
+    } else {
+        s.usage = ratelimit::usage::Usage::begin(
+            &route.rate_limits,
+            &route.global_limits,
+            &admitted.taken,
+            true,
+            &remaining,
+        )
+        .map(Box::new);
     }
     apply_decision(s, px, d, &route.name)
 }
@@ -1396,4 +1428,111 @@ pub fn on_stream_end<P: Host + Stream>(s: &mut StreamState, px: &P, context_aliv
         }
     }
     abandon_cache(s, px);
+}
+
+/// Response headers of a request with usage-based limits: header sources
+/// are read; settles when nothing more is to be read.
+pub fn usage_headers<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P, end: bool) {
+    if s.usage.is_none() {
+        return;
+    }
+    let rt = s.rt.clone();
+    let (Some(u), Some(route)) = (s.usage.as_mut(), rt.config.routes.get(s.route)) else {
+        return;
+    };
+    u.on_headers(&route.rate_limits, &route.global_limits, |name| {
+        px.response_header(name)
+    });
+    if end || !u.wants_body() {
+        settle_usage(s, w, px);
+    }
+}
+
+/// A response body chunk of a request with usage-based limits: scanned as
+/// it passes (never held); settles at the end of the response.
+pub fn usage_body<P: Host + Stream>(
+    s: &mut StreamState,
+    w: &Worker,
+    px: &P,
+    size: usize,
+    end: bool,
+) {
+    if s.usage.is_none() {
+        return;
+    }
+    let rt = s.rt.clone();
+    let (Some(u), Some(route)) = (s.usage.as_mut(), rt.config.routes.get(s.route)) else {
+        return;
+    };
+    if size > 0 && u.wants_body() {
+        if let Some(chunk) = px.response_body(0, size) {
+            u.on_body(&route.rate_limits, &route.global_limits, &chunk);
+        }
+    }
+    if end {
+        settle_usage(s, w, px);
+    }
+}
+
+/// Settles the usage-based limits of a request (once): local buckets at
+/// once, the extra of global limits reported to the rate limit service
+/// (the answer is not waited for, and ignored).
+pub fn settle_usage<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) {
+    let Some(mut u) = s.usage.take() else {
+        return;
+    };
+    if s.local_reply {
+        return; // answered by meshguard (a cache hit...): the estimate stands
+    }
+    let rt = s.rt.clone();
+    let (Some(route), Some(rr)) = (rt.config.routes.get(s.route), rt.route(s.route)) else {
+        return;
+    };
+    let host = rt.host(px);
+    let extra = ratelimit::usage::settle(
+        &host,
+        &route.name,
+        &route.rate_limits,
+        &route.global_limits,
+        &rr.usage,
+        &mut u,
+    );
+    let Some(svc) = rt
+        .config
+        .rate_limit_service
+        .as_ref()
+        .filter(|_| !extra.is_empty())
+    else {
+        return;
+    };
+    let msg = ratelimit::usage::report(
+        &svc.domain,
+        &route.name,
+        &route.global_limits,
+        &extra,
+        &s.req,
+        s.claims.as_deref(),
+        rt.limiter.client_ip,
+    );
+    if let Err(e) = px.dispatch_grpc_call_from(
+        w.root_context_id(),
+        s.context_id,
+        &svc.grpc_service,
+        rls::SERVICE,
+        rls::METHOD,
+        &[],
+        &msg,
+        std::time::Duration::from_nanos(svc.timeout_ns),
+    ) {
+        log::warn!(
+            "meshguard: usage report of route {} to the rate limit service failed: {}",
+            route.name,
+            e.0
+        );
+        for (i, _) in &extra {
+            if let Some(Some(m)) = rr.usage.global.get(*i) {
+                host.increment_metric(m.failures, 1);
+            }
+        }
+    }
 }

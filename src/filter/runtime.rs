@@ -29,6 +29,8 @@ pub struct RouteRuntime {
     pub cache: CacheMetrics,
     /// Does any rate-limit key need the peer address?
     pub needs_peer_ip: bool,
+    /// Usage counters of the limits with `usage`.
+    pub usage: ratelimit::usage::RouteUsageMetrics,
 }
 
 /// Everything a stream needs, immutable after `on_configure`.
@@ -95,6 +97,12 @@ impl Runtime {
                         .iter()
                         .chain(&r.global_limits)
                         .any(|l| l.key.contains(&ratelimit::KeyPart::ClientIp)),
+                usage: ratelimit::usage::define_metrics(
+                    host,
+                    &r.name,
+                    &r.rate_limits,
+                    &r.global_limits,
+                ),
             })
             .collect();
         let limiter = Limiter {

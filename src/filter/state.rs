@@ -260,6 +260,8 @@ pub struct StreamState {
     pub lease: Option<Box<LeaseProgress>>,
     /// What was decided, for the mesh (`observability`).
     pub verdict: Verdict,
+    /// Limits with a usage-based cost, settled when the response ends.
+    pub usage: Option<Box<ratelimit::usage::Usage>>,
 }
 
 impl StreamState {
@@ -287,6 +289,7 @@ impl StreamState {
             service_headers: Vec::new(),
             lease: None,
             verdict: Verdict::default(),
+            usage: None,
         }
     }
 
@@ -413,6 +416,7 @@ impl StreamState {
             || self.capture.is_some()
             || self.rls_token.is_some()
             || self.local_reply
+            || self.usage.is_some()
     }
 }
 

@@ -1189,3 +1189,169 @@ fn a_per_request_limit_refusing_gives_the_leased_hits_back() {
     assert_eq!(json_body(&vm.reply(1))["limit"], "each");
     assert_eq!(tokens(&host), Some(4), "the refused request's hit is back");
 }
+
+// ------------------------------------------------------- usage-based cost
+
+fn usage_config(usage: Value) -> Value {
+    json!({
+        "routes": [ route(json!({ "rate_limit": [ {
+            "name": "tokens", "key": [ { "header": "x-api-key" } ],
+            "capacity": 100, "refill_interval": "100s", "usage": usage } ] })) ]
+    })
+}
+
+#[test]
+fn usage_from_sse_settles_at_the_end_of_a_stream_passed_through_unchanged() {
+    let mut vm = Vm::new(usage_config(json!({ "sse_json": "usage.total_tokens" })));
+    let key = [("x-api-key", "k1")];
+    assert_eq!(vm.get(1, "/v1/chat", &key), Action::Continue);
+    assert_eq!(
+        vm.respond(
+            1,
+            &[(":status", "200"), ("content-type", "text/event-stream")],
+            false
+        ),
+        Action::Continue
+    );
+    // Events split across chunks, every chunk let through at once.
+    for chunk in [
+        &b"data: {\"choices\":[{\"delta\":\"he"[..],
+        b"llo\"}]}\n\ndata: {\"usage\":{\"total_",
+        b"tokens\":70}}\n",
+        b"\ndata: [DONE]\n\n",
+    ] {
+        assert_eq!(vm.body(1, chunk, false), Action::Continue);
+        assert_eq!(
+            vm.metric("meshguard.ratelimit.api.tokens.usage_settled"),
+            Some(0)
+        );
+    }
+    assert_eq!(vm.body(1, b"", true), Action::Continue);
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.tokens.usage_settled"),
+        Some(1)
+    );
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.tokens.usage_tokens"),
+        Some(70)
+    );
+    // 30 tokens left: a request costing 40 passes on its estimate and goes
+    // 10 into debt; the next one waits.
+    assert_eq!(vm.get(2, "/v1/chat", &key), Action::Continue);
+    vm.respond(2, &[(":status", "200")], false);
+    vm.body(2, b"data: {\"usage\":{\"total_tokens\":40}}\n\n", true);
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.tokens.usage_debt_tokens"),
+        Some(10)
+    );
+    assert_eq!(vm.get(3, "/v1/chat", &key), Action::Pause);
+    let r = vm.reply(3);
+    assert_eq!(r.status, 429);
+    // 10 tokens of debt + 1: 11 s at one token a second.
+    assert_eq!(r.header("retry-after").as_deref(), Some("11"));
+    // Another key has its own budget.
+    assert_eq!(
+        vm.get(4, "/v1/chat", &[("x-api-key", "k2")]),
+        Action::Continue
+    );
+}
+
+#[test]
+fn usage_from_a_header_or_json_and_what_keeps_the_estimate() {
+    let mut vm = Vm::new(usage_config(json!({ "header": "x-usage-tokens" })));
+    assert_eq!(vm.get(1, "/", &[]), Action::Continue);
+    vm.respond(1, &[(":status", "200"), ("x-usage-tokens", "99")], false);
+    // Settled at the headers already: the body is not read.
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.tokens.usage_tokens"),
+        Some(99)
+    );
+    vm.body(1, b"{}", true);
+    assert_eq!(vm.get(2, "/", &[]), Action::Continue);
+    vm.respond(2, &[(":status", "200"), ("x-usage-tokens", "-5")], true);
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.tokens.usage_settlement_failures"),
+        Some(1)
+    );
+    // 100 - 99 - 1 = 0 left.
+    assert_eq!(vm.get(3, "/", &[]), Action::Pause);
+    assert_eq!(vm.reply(3).status, 429);
+
+    let mut vm = Vm::new(usage_config(
+        json!({ "json": "usage.total_tokens", "max_body_bytes": 64 }),
+    ));
+    assert_eq!(vm.get(1, "/", &[]), Action::Continue);
+    vm.respond(1, &[(":status", "200")], false);
+    vm.body(1, b"{\"usage\":{\"total_to", false);
+    vm.body(1, b"kens\":50}}", true);
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.tokens.usage_tokens"),
+        Some(50)
+    );
+    // Over the bound: the estimate stands, counted.
+    assert_eq!(vm.get(2, "/", &[]), Action::Continue);
+    vm.respond(2, &[(":status", "200")], false);
+    vm.body(2, &[b' '; 100], false);
+    vm.body(2, b"{\"usage\":{\"total_tokens\":50}}", true);
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.tokens.usage_tokens"),
+        Some(51)
+    );
+    // A client gone mid-body: settled at the end of the stream, estimate.
+    assert_eq!(vm.get(3, "/", &[]), Action::Continue);
+    vm.respond(3, &[(":status", "200")], false);
+    vm.body(3, b"{\"usage\":", false);
+    vm.end(3, false);
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.tokens.usage_settlement_failures"),
+        Some(2)
+    );
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.tokens.usage_tokens"),
+        Some(52)
+    );
+}
+
+#[test]
+fn usage_of_a_global_limit_is_reported_to_the_service_at_the_end() {
+    let mut vm = Vm::new(json!({
+        "rate_limit_service": { "cluster": "rls", "timeout": "50ms" },
+        "routes": [ route(json!({ "rate_limit": [ { "name": "g", "scope": "global",
+            "usage": { "header": "x-usage-tokens" } } ] })) ]
+    }));
+    let t = start_global(&mut vm, 1);
+    vm.rls_answer(t, 0, &rls_body(1));
+    assert_eq!(vm.resumed(1), 1);
+    assert_eq!(vm.px.grpc_calls().len(), 1);
+    vm.respond(1, &[(":status", "200"), ("x-usage-tokens", "12")], true);
+    let calls = vm.px.grpc_calls();
+    assert_eq!(calls.len(), 2, "the report");
+    let report = &calls[1];
+    assert_eq!(report.owner, ROOT);
+    let want = crate::ratelimit::rls::proto::RateLimitRequest {
+        domain: "meshguard".into(),
+        descriptors: vec![crate::ratelimit::rls::proto::RateLimitDescriptor {
+            entries: vec![
+                crate::ratelimit::rls::proto::Entry {
+                    key: "route".into(),
+                    value: "api".into(),
+                },
+                crate::ratelimit::rls::proto::Entry {
+                    key: "limit".into(),
+                    value: "g".into(),
+                },
+            ],
+            hits_addend: Some(crate::ratelimit::rls::proto::UInt64Value { value: 11 }),
+        }],
+        hits_addend: 11,
+    };
+    assert_eq!(report.message, want.encode());
+    // Its answer is ignored: nothing is resumed or answered.
+    vm.rls_answer(report.token, 0, &rls_body(2));
+    assert_eq!(vm.resumed(1), 1);
+    assert!(vm.replies(1).is_empty());
+    assert_eq!(
+        vm.metric("meshguard.ratelimit.api.g.usage_tokens"),
+        Some(12)
+    );
+}

@@ -143,6 +143,20 @@ impl BucketState {
 
     /// Takes `cost` tokens if available.
     pub fn take(&mut self, p: &BucketParams, cost: u64, now_ns: u64) -> Take {
+        let mut t = self.take_now(p, cost, now_ns);
+        // A bucket in debt (see [`Self::charge`]) refills from `last_ns`:
+        // waits count from then.
+        if self.last_ns > now_ns {
+            let wait = self.last_ns - now_ns;
+            if !t.allowed {
+                t.retry_after_ns = t.retry_after_ns.saturating_add(wait);
+            }
+            t.reset_ns = t.reset_ns.saturating_add(wait);
+        }
+        t
+    }
+
+    fn take_now(&mut self, p: &BucketParams, cost: u64, now_ns: u64) -> Take {
         self.refill(p, now_ns);
         // After the refill the level is at most the capacity level: when
         // that and the cost fit in 64 bits, so does everything below.
@@ -193,6 +207,60 @@ impl BucketState {
             retry_after_ns,
             reset_ns: p.ns_to_refill(p.cap_level() - self.level),
         }
+    }
+
+    /// Charges `extra` more tokens whatever the level (a usage-based cost
+    /// above its estimate): what the bucket does not hold becomes debt,
+    /// kept exactly as a `last_ns` in the future: the bucket refills
+    /// nothing until the refill has paid it, so requests wait (their
+    /// retry-after counts the wait). Returns the whole tokens of debt
+    /// after the charge (rounded up).
+    pub fn charge(&mut self, p: &BucketParams, extra: u64, now_ns: u64) -> u64 {
+        self.refill(p, now_ns);
+        let need = p.tokens_level(extra);
+        if self.level >= need {
+            self.level -= need;
+        } else {
+            // Refill runs from `last_ns` (now, or later when already in
+            // debt): it must first add `deficit`, which takes `shift` ns;
+            // what that adds beyond the deficit stays in the level.
+            let deficit = need - self.level;
+            let rate = p.refill_tokens.max(1) as u128;
+            let shift = deficit.div_ceil(rate);
+            self.level = shift * rate - deficit;
+            self.last_ns = self
+                .last_ns
+                .saturating_add(shift.min(u64::MAX as u128) as u64);
+        }
+        self.debt(p, now_ns)
+    }
+
+    /// Gives back `tokens` (a usage-based cost below its estimate): debt
+    /// first (`last_ns` moves back, never before `now_ns`), then up to
+    /// capacity. The level at any later time is what it would have been
+    /// had the tokens never been charged (up to the capacity).
+    pub fn credit(&mut self, p: &BucketParams, tokens: u64, now_ns: u64) {
+        self.refill(p, now_ns);
+        let mut add = p.tokens_level(tokens);
+        if self.last_ns > now_ns {
+            let rate = p.refill_tokens.max(1) as u128;
+            let back = ((self.last_ns - now_ns) as u128).min(add / rate);
+            self.last_ns -= back as u64;
+            add -= back * rate;
+        }
+        self.level = self.level.saturating_add(add).min(p.cap_level());
+    }
+
+    /// Whole tokens of debt at `now_ns` (rounded up; 0 when not in debt).
+    pub fn debt(&self, p: &BucketParams, now_ns: u64) -> u64 {
+        if self.last_ns <= now_ns {
+            return 0;
+        }
+        let owed = ((self.last_ns - now_ns) as u128)
+            .saturating_mul(p.refill_tokens.max(1) as u128)
+            .saturating_sub(self.level);
+        owed.div_ceil(p.refill_interval_ns.max(1) as u128)
+            .min(u64::MAX as u128) as u64
     }
 
     /// Gives back `cost` tokens (a later limit of the same request refused it).
@@ -314,6 +382,77 @@ mod tests {
         assert_eq!(b.level, p.cap_level());
     }
 
+    #[test]
+    fn charge_goes_into_debt_exactly_and_requests_wait_for_it() {
+        let p = p(10, 10, SEC); // one token per 100 ms
+        let mut b = BucketState::full(&p, 0);
+        assert!(b.take(&p, 1, 0).allowed);
+        // The response said 25: 24 more, 9 in the bucket, 15 of debt.
+        assert_eq!(b.charge(&p, 24, 0), 15);
+        assert_eq!(b.debt(&p, 0), 15);
+        let t = b.take(&p, 1, 0);
+        assert!(!t.allowed);
+        // 15 tokens of debt + the one asked for: 1.6 s.
+        assert_eq!(t.retry_after_ns, 1_600_000_000);
+        assert_eq!(t.reset_ns, 1_500_000_000 + SEC);
+        assert!(!b.take(&p, 1, 1_599_999_999).allowed);
+        assert_eq!(b.debt(&p, 1_000_000_000), 5);
+        let t = b.take(&p, 1, 1_600_000_000);
+        assert!(t.allowed && t.remaining == 0, "{t:?}");
+        // More debt on top of debt adds up.
+        assert_eq!(b.charge(&p, 3, 1_600_000_000), 3);
+        assert_eq!(b.charge(&p, 2, 1_600_000_000), 5);
+        assert!(!b.take(&p, 1, 2_099_999_999).allowed);
+        assert!(b.take(&p, 1, 2_200_000_000).allowed);
+    }
+
+    #[test]
+    fn charge_without_debt_and_fractional_rates_stay_exact() {
+        // 3 tokens per 7 s: a rate that divides nothing evenly.
+        let p = p(5, 3, 7 * SEC);
+        let mut b = BucketState::full(&p, 0);
+        assert_eq!(b.charge(&p, 2, 0), 0);
+        assert_eq!(b.take(&p, 1, 0).remaining, 2);
+        assert_eq!(b.charge(&p, 4, 0), 2);
+        // 2 tokens of debt + 1 token: 3 tokens = 7 s exactly.
+        assert!(!b.take(&p, 1, 7 * SEC - 1).allowed);
+        assert!(b.take(&p, 1, 7 * SEC).allowed);
+    }
+
+    #[test]
+    fn credit_pays_debt_first_and_never_overfills() {
+        let p = p(10, 10, SEC);
+        let mut b = BucketState::full(&p, 0);
+        b.take(&p, 10, 0);
+        b.charge(&p, 20, 0); // 20 of debt: empty until 2 s
+        b.credit(&p, 15, 0); // 5 of debt left: empty until 0.5 s
+        assert_eq!(b.debt(&p, 0), 5);
+        assert!(!b.take(&p, 1, 599_999_999).allowed);
+        assert!(b.take(&p, 1, 600_000_000).allowed);
+        // A credit larger than the debt fills up to capacity only.
+        let mut b = BucketState::full(&p, 0);
+        b.charge(&p, 12, 0);
+        b.credit(&p, 100, 0);
+        assert_eq!((b.level, b.last_ns), (p.cap_level(), 0));
+        // Credit then charge of the same amount changes nothing.
+        let mut b = BucketState::full(&p, 0);
+        b.take(&p, 4, 0);
+        let before = b;
+        b.credit(&p, 3, 0);
+        b.charge(&p, 3, 0);
+        assert_eq!(b, before);
+    }
+
+    #[test]
+    fn extreme_debts_saturate_without_panicking() {
+        let p = p(1, 1, 366 * 24 * 3600 * SEC);
+        let mut b = BucketState::full(&p, u64::MAX - 10);
+        let d = b.charge(&p, 1_000_000_000, u64::MAX - 10);
+        assert!(d > 0);
+        assert!(!b.take(&p, 1, u64::MAX).allowed);
+        b.credit(&p, 1_000_000_000, u64::MAX);
+    }
+
     /// The arithmetic before the 64-bit paths, verbatim: the reference the
     /// fast paths must match bit for bit.
     mod reference {
@@ -350,11 +489,17 @@ mod tests {
             } else {
                 retry_after_ns = ns_to_refill(p, need - s.level);
             }
+            // (Added with usage-based debt: a refill that starts later
+            // makes every wait that much longer.)
+            let wait = s.last_ns.saturating_sub(now_ns);
+            if !allowed {
+                retry_after_ns = retry_after_ns.saturating_add(wait);
+            }
             Take {
                 allowed,
                 remaining: (s.level / p.refill_interval_ns.max(1) as u128) as u64,
                 retry_after_ns,
-                reset_ns: ns_to_refill(p, cap_level(p) - s.level),
+                reset_ns: ns_to_refill(p, cap_level(p) - s.level).saturating_add(wait),
             }
         }
         pub fn refund(s: &mut BucketState, p: &BucketParams, cost: u64, now_ns: u64) {

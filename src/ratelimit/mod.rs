@@ -26,6 +26,9 @@
 //!   back, at least 1), the configured rate-limit headers and a JSON body
 //!   `{"error":"rate_limited","route":..,"limit":..,"retry_after":..}`.
 //!   Admitted responses carry the headers too, for the most constrained limit.
+//! - `usage`: the request's real cost is read from its response (a header,
+//!   a JSON field, the last server-sent event carrying it) and settled
+//!   when the response ends; `cost` is then the estimate (`usage.rs`).
 //! - `shadow: true`: the limit is computed but never refuses; what it would
 //!   have refused is counted (`shadow_limited`) and logged at info level.
 //! - Failure policy: FAIL OPEN. If shared data fails, or `MAX_CAS_RETRIES`
@@ -48,10 +51,12 @@
 
 pub mod bucket;
 pub mod lease;
+pub mod meter;
 pub mod policy;
 pub mod rls;
 pub mod store;
 pub(crate) mod text;
+pub mod usage;
 
 use crate::host::{Host, MetricId, MetricKind};
 use crate::request::{ClientIpRule, Request};

@@ -75,6 +75,8 @@ pub struct LimitPolicy {
     /// Global limits: the hits leased at once (`lease`), 0 = one call per
     /// request (`lease.rs`).
     pub lease: u64,
+    /// Usage-based cost (`usage`): `cost` is then the estimate.
+    pub usage: Option<super::meter::UsagePolicy>,
 }
 
 /// The start of a bucket identity (see [`LimitPolicy::identity_prefix`]).
@@ -216,6 +218,17 @@ pub fn compile_grpc_status(
     }
 }
 
+/// A limit's `usage`, if any.
+fn compile_usage(
+    raw: &RawRateLimit,
+    path: &str,
+) -> Result<Option<super::meter::UsagePolicy>, ConfigError> {
+    raw.usage
+        .as_ref()
+        .map(|u| super::meter::UsagePolicy::compile(u, &format!("{path}.usage")))
+        .transpose()
+}
+
 /// The top-level `max_rate_limit_keys` (the bucket table's size).
 pub fn compile_max_keys(raw: Option<u64>) -> Result<u32, ConfigError> {
     match raw {
@@ -327,6 +340,16 @@ impl LimitPolicy {
                     lease,
                 ));
             }
+            if lease != 0 && raw.usage.is_some() {
+                // A leased limit's hits are spent in the process: a
+                // settlement would need to spend from the lease too, which
+                // is not built; refused rather than silently charging the
+                // estimate only.
+                return Err(ConfigError::new(
+                    format!("{path}.usage"),
+                    "expected no `usage` on a leased limit: usage-based cost is settled with the rate limit service per request (remove `lease`, or `usage`)",
+                ));
+            }
             return Ok(LimitPolicy {
                 name,
                 scope,
@@ -340,6 +363,7 @@ impl LimitPolicy {
                 identity_prefix: std::sync::Arc::from(""),
                 identity_prefix_hash: fnv1a(b""),
                 lease,
+                usage: compile_usage(raw, path)?,
             });
         }
         let capacity = int(
@@ -390,6 +414,7 @@ impl LimitPolicy {
             shadow: raw.shadow,
             policy_header: std::sync::Arc::from(""),
             lease: 0,
+            usage: compile_usage(raw, path)?,
         })
     }
 

@@ -365,6 +365,50 @@ pub fn refund_id(
     Err(StoreError::Contention)
 }
 
+/// Settles a usage-based cost on the bucket in `slot` if it still holds
+/// `identity`: the request took `estimate` tokens, it cost `actual`; the
+/// extra is charged into debt if need be, a lower cost is given back.
+/// Returns the tokens of debt this added (whole, rounded up; 0 for a
+/// refund, or when the slot went to another bucket meanwhile).
+pub fn settle_id(
+    host: &impl Host,
+    slot: u32,
+    identity: &Identity<'_>,
+    params: &BucketParams,
+    estimate: u64,
+    actual: u64,
+) -> Result<u64, StoreError> {
+    if actual == estimate {
+        return Ok(0);
+    }
+    let key = SlotKey::new(slot);
+    let key = key.as_str();
+    for _ in 0..MAX_CAS_RETRIES {
+        let (value, cas) = host.shared_get(key).map_err(|e| StoreError::Host(e.0))?;
+        let Some((mut st, _, id)) = value.as_deref().and_then(decode) else {
+            return Ok(0);
+        };
+        if !identity.matches(id) {
+            return Ok(0);
+        }
+        let now = host.now_nanos();
+        let before = st.debt(params, now);
+        let debt = if actual > estimate {
+            st.charge(params, actual - estimate, now)
+                .saturating_sub(before)
+        } else {
+            st.credit(params, estimate - actual, now);
+            0
+        };
+        match with_encoded(identity, &st, params, |v| host.shared_set(key, v, cas)) {
+            Ok(()) => return Ok(debt),
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Host(e)) => return Err(StoreError::Host(e)),
+        }
+    }
+    Err(StoreError::Contention)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -416,6 +416,12 @@ fn lease_configuration_errors_name_their_path() {
         assert_eq!(e.path, "routes[0].rate_limit[0].lease", "{limits}: {e}");
         assert!(e.msg.contains(words), "{limits}: {e}");
     }
+    // A leased limit cannot settle a usage-based cost: refused at `usage`.
+    let e = compile(serde_json::json!([{ "scope": "global", "lease": 10,
+        "usage": { "header": "x-usage-tokens" } }]))
+    .expect_err("lease with usage refused");
+    assert_eq!(e.path, "routes[0].rate_limit[0].usage", "{e}");
+    assert!(e.msg.contains("leased limit"), "{e}");
     // Not an integer: serde's error, never a panic.
     assert!(
         serde_json::from_value::<RawRateLimit>(serde_json::json!({ "lease": "lots" })).is_err()
