@@ -87,6 +87,8 @@ struct Worker {
     roots: Vec<(u64, Root, u64)>,
     streams: HashMap<u32, StreamEntry>,
     next_id: u32,
+    /// The `DEAD_GENERATION` this worker has pruned its roots for.
+    dead_seen: u64,
 }
 
 thread_local! {
@@ -100,11 +102,42 @@ fn with<R>(f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
 }
 
 static NEXT_CONFIG: AtomicU64 = AtomicU64::new(1);
+/// Configurations Envoy has destroyed: each worker drops its roots of them
+/// when it next creates a stream (one atomic read per stream otherwise).
+static DEAD: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+static DEAD_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 impl Worker {
     fn next_id(&mut self) -> u32 {
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.next_id
+    }
+
+    /// Drops the roots of configurations Envoy has destroyed.
+    fn forget_dead_roots(&mut self) {
+        let generation = DEAD_GENERATION.load(Ordering::Acquire);
+        if generation == self.dead_seen {
+            return;
+        }
+        self.dead_seen = generation;
+        let Ok(dead) = DEAD.lock() else {
+            return;
+        };
+        let before = self.roots.len();
+        self.roots.retain(|(id, root, _)| {
+            let keep = !dead.contains(id);
+            if !keep {
+                host::forget_context(root.context_id());
+            }
+            keep
+        });
+        let dropped = before - self.roots.len();
+        if dropped > 0 {
+            log::info!(
+                "meshguard: forgot {dropped} configuration(s) Envoy has deleted ({} loaded in this worker)",
+                self.roots.len()
+            );
+        }
     }
 
     /// This worker's root of `cfg`, created (and configured) on first use.
@@ -229,6 +262,12 @@ unsafe fn handle<'a>(p: *const c_void) -> Option<(&'a Handle, &'a ModuleConfig)>
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
     host_log::init();
+    log::info!(
+        "meshguard {} ({}) started (native module, Envoy dynamic-module ABI {})",
+        env!("CARGO_PKG_VERSION"),
+        crate::GIT_HASH,
+        String::from_utf8_lossy(abi::ABI_VERSION.strip_suffix(b"\0").unwrap_or_default())
+    );
     abi::ABI_VERSION.as_ptr()
 }
 
@@ -249,11 +288,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             return std::ptr::null();
         }
     };
+    let routes = config.routes.len();
     let metrics = metrics::define_all(config_envoy, config);
     log::info!(
-        "meshguard {} ({}) native module: configuration {} loaded ({} metrics)",
-        env!("CARGO_PKG_VERSION"),
-        crate::GIT_HASH,
+        "meshguard: configuration loaded ({routes} routes) by the native module (filter {}, {} metrics)",
         String::from_utf8_lossy(&name),
         metrics.len()
     );
@@ -272,7 +310,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(p: *const c_void) {
     if !p.is_null() {
         // SAFETY: ours, from `Box::into_raw`, destroyed once by Envoy.
-        drop(unsafe { Box::from_raw(p as *mut ModuleConfig) });
+        let cfg = unsafe { Box::from_raw(p as *mut ModuleConfig) };
+        if let Ok(mut dead) = DEAD.lock() {
+            dead.push(cfg.id);
+        }
+        DEAD_GENERATION.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -289,6 +331,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     };
     let host = NativeHost::new(cfg_ref);
     let id = with(|w| {
+        w.forget_dead_roots();
         let id = w.next_id();
         let stream = w.root(cfg_ref, &host)?.new_stream(id);
         host::register_context(id, filter);

@@ -56,7 +56,7 @@ def test_loads_with_the_abi_version_matched_and_passes_traffic(native, envoy, up
     assert upstream.hits == 1
     log = e.log()
     assert "Dynamic module ABI version v0.2.0 matched." in log, log[-3000:]
-    assert "native module: configuration meshguard loaded" in log
+    assert "meshguard: configuration loaded (0 routes) by the native module" in log
 
 
 def test_a_bad_configuration_is_refused_with_its_json_path(native, tmp_path, upstream):
