@@ -12,6 +12,9 @@ pub struct ModuleConfig {
     pub(crate) bytes: Vec<u8>,
     /// Every metric the configuration uses, defined on the main thread.
     pub metrics: HashMap<String, MetricId>,
+    /// The main-thread tick of a configuration with remote keys (held for
+    /// its `Drop`: the scheduler is deleted with the configuration).
+    pub(crate) _ticker: Option<super::timer::ConfigTicker>,
 }
 
 impl ModuleConfig {

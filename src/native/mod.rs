@@ -13,7 +13,7 @@
 //! | `config.rs` | a configuration Envoy handed over, with its metric ids | the root's configuration |
 //! | `store.rs` | process-wide shared data (CAS), for all workers | Envoy's shared data |
 //! | `metrics.rs` | metrics defined on the main thread when the configuration loads | `proxy_define_metric` |
-//! | `callout.rs` | calls to other services (not available natively: see there) | `proxy_http_call`, `proxy_grpc_call` |
+//! | `callout.rs` | calls to other services, carried by a stream (see there) | `proxy_http_call`, `proxy_grpc_call` |
 //!
 //! The policy code (`filter::root`, `filter::http`, `filter::pipeline` and
 //! every feature) runs unchanged: each worker thread keeps, per
@@ -77,6 +77,8 @@ struct Handle {
 
 struct StreamEntry {
     stream: HttpStream,
+    /// Its request waits for the answer of a call it carries (`callout.rs`).
+    deferred: bool,
     cfg: u64,
     filter: usize,
     waker: Option<timer::Waker>,
@@ -178,6 +180,69 @@ impl Worker {
         host::set_current(saved);
     }
 
+    /// The slow tick (JWKS refresh polls), driven by traffic: run from a
+    /// request's hook when the last tick of a configuration with remote
+    /// keys is 500 ms old (the wasm build's `SLOW_TICK`).
+    fn tick_if_due(&mut self, cfg: &ModuleConfig, host: &NativeHost<'_>) {
+        let due = self.roots.iter().any(|(id, root, last)| {
+            *id == cfg.id
+                && root
+                    .worker()
+                    .runtime
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|rt| rt.has_remote_jwks)
+                && host.now_nanos().saturating_sub(*last) >= 500_000_000
+        });
+        if due {
+            self.tick(cfg, host);
+        }
+    }
+
+    /// Hands a call's answer (or failure) to the root that sent it.
+    fn deliver(
+        &mut self,
+        host: &NativeHost<'_>,
+        token: u32,
+        kind: callout::Kind,
+        mut answer: host::Answer,
+        success: bool,
+    ) {
+        let Some((_, root, _)) = self.roots.iter_mut().find(|(id, _, _)| *id == host.cfg.id) else {
+            return;
+        };
+        let saved = host::current();
+        match kind {
+            callout::Kind::Http => {
+                if !success {
+                    answer.headers.clear();
+                }
+                let size = answer.body.len();
+                host::ANSWER.with(|a| *a.borrow_mut() = Some(answer));
+                root.on_http_call_response(host, token, size);
+            }
+            callout::Kind::Grpc => {
+                let (status, body) = callout::grpc_answer(&answer, success);
+                let message = answer
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "grpc-message")
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+                let size = body.len();
+                host::ANSWER.with(|a| {
+                    *a.borrow_mut() = Some(host::Answer {
+                        headers: answer.headers,
+                        body,
+                        grpc_message: message,
+                    })
+                });
+                crate::filter::root::on_rls_response(host, root.worker(), token, status, size);
+            }
+        }
+        host::ANSWER.with(|a| *a.borrow_mut() = None);
+        host::set_current(saved);
+    }
+
     /// Gives every stream of `cfg` that waits a waker, and takes it from
     /// one that no longer waits.
     fn sync_wakers(&mut self, cfg: u64) {
@@ -207,6 +272,17 @@ impl Worker {
 
     /// Ends a stream (its response's last byte passed, or Envoy destroyed it).
     fn end(&mut self, context_id: u32, seen: bool, host: &NativeHost<'_>) {
+        // Calls this stream carried: Envoy cancels them with it. A JWKS
+        // fetch is reported as unanswered; a rate limit call is the
+        // stream's own and ends with it.
+        for (token, kind) in callout::take_all(context_id) {
+            if kind == callout::Kind::Http {
+                let saved = host::current();
+                host::set_current(std::ptr::null_mut());
+                self.deliver(host, token, kind, host::Answer::default(), false);
+                host::set_current(saved);
+            }
+        }
         if let Some(mut e) = self.streams.remove(&context_id) {
             e.waker = None;
             if !seen {
@@ -289,6 +365,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         }
     };
     let routes = config.routes.len();
+    let remote_jwks =
+        (0..config.jwt_providers.len()).any(|i| config.jwt_providers.remote(i).is_some());
     let metrics = metrics::define_all(config_envoy, config);
     log::info!(
         "meshguard: configuration loaded ({routes} routes) by the native module (filter {}, {} metrics)",
@@ -300,6 +378,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         envoy: config_envoy as usize,
         bytes,
         metrics,
+        _ticker: if remote_jwks {
+            timer::ConfigTicker::new(config_envoy)
+        } else {
+            None
+        },
     });
     Box::into_raw(cfg) as *const c_void
 }
@@ -315,6 +398,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(p: *
             dead.push(cfg.id);
         }
         DEAD_GENERATION.fetch_add(1, Ordering::Release);
+        drop(cfg);
+        // The main thread's own roots (configurations with remote keys).
+        with(|w| w.forget_dead_roots());
     }
 }
 
@@ -339,6 +425,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
             id,
             StreamEntry {
                 stream,
+                deferred: false,
                 cfg: cfg_ref.id,
                 filter: filter as usize,
                 waker: None,
@@ -370,7 +457,9 @@ fn on_stream<R>(
     let host = NativeHost::new(cfg);
     let saved = host::current();
     host::set_current(filter);
+    callout::set_carrier(h.context_id, filter);
     let r = with(|w| f(w, h.context_id, &host));
+    callout::clear_carrier();
     host::set_current(saved);
     after_hook(&host);
     r.unwrap_or(default)
@@ -390,9 +479,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     _end_of_stream: bool,
 ) -> u32 {
     on_stream(filter, module, abi::status::CONTINUE, |w, id, host| {
+        w.tick_if_due(host.cfg, host);
         let Some(e) = w.streams.get_mut(&id) else {
             return abi::status::CONTINUE;
         };
+        if callout::has_pending(id) {
+            // The tick sent a call on this request: it waits for the answer.
+            e.deferred = true;
+            return abi::status::STOP_ALL_AND_WATERMARK;
+        }
         let a = e.stream.on_request_headers(host);
         let cfg = e.cfg;
         w.sync_wakers(cfg);
@@ -531,17 +626,124 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     });
 }
 
+/// The answer of a call this stream carried (`callout.rs`).
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _filter: FilterEnvoyPtr,
-    _module: *const c_void,
-    _callout_id: u64,
-    _result: u32,
-    _headers: *const abi::EnvoyHeader,
-    _headers_len: usize,
-    _body: *const EnvoyBuffer,
-    _body_len: usize,
+    filter: FilterEnvoyPtr,
+    module: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const abi::EnvoyHeader,
+    headers_len: usize,
+    body: *const EnvoyBuffer,
+    body_len: usize,
 ) {
+    on_stream(filter, module, (), |w, id, host| {
+        // SAFETY: Envoy's buffers, live for this hook.
+        let found =
+            unsafe { callout::answer(id, callout_id, headers, headers_len, body, body_len) };
+        let Some((token, kind, answer)) = found else {
+            return;
+        };
+        w.deliver(
+            host,
+            token,
+            kind,
+            answer,
+            result == abi::callout_result::SUCCESS,
+        );
+        // A request that waited for the call it carried runs now.
+        if !callout::has_pending(id) {
+            if let Some(e) = w.streams.get_mut(&id).filter(|e| e.deferred) {
+                e.deferred = false;
+                host::set_current(filter);
+                if e.stream.on_request_headers(host) == Action::Continue {
+                    host.resume_request();
+                }
+            }
+        }
+        w.sync_wakers(host.cfg.id);
+    });
+}
+
+/// The main-thread tick of a configuration with remote keys (`timer.rs`).
+///
+/// # Safety
+/// `module` is a pointer `..._config_new` returned.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: ConfigEnvoyPtr,
+    module: *const c_void,
+    _event_id: u64,
+) {
+    // SAFETY: Envoy's promise.
+    let Some(cfg) = (unsafe { module.cast::<ModuleConfig>().as_ref() }) else {
+        return;
+    };
+    let host = NativeHost::new(cfg);
+    let saved = host::current();
+    host::set_current(std::ptr::null_mut());
+    callout::set_main(cfg.envoy());
+    with(|w| {
+        if w.root(cfg, &host).is_some() {
+            w.tick(cfg, &host);
+        }
+    });
+    callout::clear_main();
+    host::set_current(saved);
+    after_hook(&host);
+}
+
+/// The answer of a call a configuration sent on the main thread.
+///
+/// # Safety
+/// `module` is a pointer `..._config_new` returned; Envoy's buffers are
+/// live for the call.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: ConfigEnvoyPtr,
+    module: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const abi::EnvoyHeader,
+    headers_len: usize,
+    body: *const EnvoyBuffer,
+    body_len: usize,
+) {
+    // SAFETY: Envoy's promise.
+    let Some(cfg) = (unsafe { module.cast::<ModuleConfig>().as_ref() }) else {
+        return;
+    };
+    let host = NativeHost::new(cfg);
+    let saved = host::current();
+    host::set_current(std::ptr::null_mut());
+    callout::set_main(cfg.envoy());
+    // SAFETY: Envoy's buffers, live for this hook.
+    let found = unsafe {
+        callout::answer(
+            callout::MAIN_CARRIER,
+            callout_id,
+            headers,
+            headers_len,
+            body,
+            body_len,
+        )
+    };
+    if let Some((token, kind, answer)) = found {
+        with(|w| {
+            w.deliver(
+                &host,
+                token,
+                kind,
+                answer,
+                result == abi::callout_result::SUCCESS,
+            )
+        });
+    }
+    callout::clear_main();
+    host::set_current(saved);
+    after_hook(&host);
 }
 
 #[no_mangle]

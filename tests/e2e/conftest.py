@@ -74,20 +74,16 @@ NO_VM = ("fail_open is about a proxy-wasm VM that failed at runtime; a dynamic m
 
 # file, or file::test (a prefix of the test's name: parametrised ids included)
 NATIVE_DIFFERS = {
-    "test_jwt.py::test_remote_jwks": CALLOUTS,
     "test_jwt.py::test_every_algorithm_is_accepted": FOREIGN,
     "test_jwt.py::test_native_ecdsa_refuses_bad_signatures": FOREIGN,
     "test_global_ratelimit.py": CALLOUTS,
     "test_ratelimit.py::test_prometheus_names": PROMETHEUS,
     "test_observability.py::test_every_metric_the_dashboard_and_alerts_query_exists": PROMETHEUS,
     "test_observability.py::test_rls_call_carries_the_request_trace": CALLOUTS,
-    "test_observability.py::test_jwks_fetch_carries_the_waiting_request_trace": CALLOUTS,
     "test_metrics.py::test_other_features_counters_are_batched_too": NO_BATCH,
     "test_metrics.py::test_a_long_interval_holds_counts_until_the_tick_then_flushes_them_all": NO_BATCH,
     "test_failure_mode.py::test_vm_failure": NO_VM,
     "test_hostile.py::test_the_trap_check_sees_a_real_trap": NO_VM,
-    "test_hostile.py::test_hostile_jwks_documents": CALLOUTS,
-    "test_faults.py::test_jwks_endpoint_faults": CALLOUTS,
     "test_faults.py::test_rls_": CALLOUTS,
     "test_faults.py::test_fifty_reloads_under_load": (
         "drives ECDS with the proxy-wasm filter's type URL and checks V8's VM stats; "
