@@ -24,12 +24,19 @@
 //! message, else a broken answer (`grpc-status` 13, INTERNAL).
 
 use super::abi::{self, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
-use super::host::Answer;
 use crate::host::HostError;
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 /// What a pending call is.
+/// An HTTP callout's answer, as its hook delivered it.
+#[derive(Default)]
+pub struct Answer {
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub grpc_message: Option<String>,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     Http,
@@ -79,13 +86,17 @@ pub fn clear_carrier() {
 }
 
 fn send(
+    carrier: Option<(u32, FilterEnvoyPtr)>,
     cluster: &str,
     headers: &[(&str, &[u8])],
     body: &[u8],
     timeout: Duration,
     kind: Kind,
 ) -> Result<u32, HostError> {
-    let (carrier, filter) = CARRIER.with(|c| c.get());
+    let (carrier, filter) = match carrier {
+        Some((id, f)) => (id, f as usize),
+        None => CARRIER.with(|c| c.get()),
+    };
     let main = MAIN.with(|m| m.get());
     if filter == 0 && main == 0 {
         return Err(HostError(
@@ -165,7 +176,14 @@ pub fn http_call(
     timeout: Duration,
 ) -> Result<u32, HostError> {
     let hs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-    send(cluster, &hs, body.unwrap_or_default(), timeout, Kind::Http)
+    send(
+        None,
+        cluster,
+        &hs,
+        body.unwrap_or_default(),
+        timeout,
+        Kind::Http,
+    )
 }
 
 /// The cluster of a serialized `GrpcService { envoy_grpc { cluster_name } }`.
@@ -202,8 +220,10 @@ fn grpc_cluster(service: &[u8]) -> Option<String> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// `carrier`: the stream the call is for (it carries its own call: the
+/// call ends with it), else the running hook's.
 pub fn grpc_call(
-    _current_context: u32,
+    carrier: Option<(u32, FilterEnvoyPtr)>,
     grpc_service: &[u8],
     service: &str,
     method: &str,
@@ -228,7 +248,7 @@ pub fn grpc_call(
         ("te", b"trailers"),
     ];
     headers.extend(metadata.iter().copied());
-    send(&cluster, &headers, &body, timeout, Kind::Grpc)
+    send(carrier, &cluster, &headers, &body, timeout, Kind::Grpc)
 }
 
 /// Forgets a call (its answer, if one comes, is dropped).

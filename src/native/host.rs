@@ -15,6 +15,7 @@
 //! name. Shared data is the process-wide [`Store`].
 
 use super::abi::{self, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
+use super::callout::Answer;
 use super::config::ModuleConfig;
 use super::store::Store;
 use crate::host::batch::MetricBatch;
@@ -34,14 +35,6 @@ thread_local! {
     static BATCH: &'static MetricBatch = Box::leak(Box::default());
     /// The answer of the callout being delivered (its hook sets it).
     pub(super) static ANSWER: RefCell<Option<Answer>> = const { RefCell::new(None) };
-}
-
-/// An HTTP callout's answer, as its hook delivered it.
-#[derive(Default)]
-pub struct Answer {
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
-    pub grpc_message: Option<String>,
 }
 
 pub fn set_current(filter: FilterEnvoyPtr) {
@@ -66,6 +59,14 @@ pub fn forget_context(id: u32) {
             c.remove(&id);
         }
     });
+}
+
+/// The Envoy filter of a live stream context.
+pub fn filter_of(id: u32) -> Option<FilterEnvoyPtr> {
+    CONTEXTS
+        .with(|c| c.try_borrow().ok().and_then(|c| c.get(&id).copied()))
+        .filter(|f| *f != 0)
+        .map(|f| f as FilterEnvoyPtr)
 }
 
 /// See the module docs.
@@ -506,8 +507,9 @@ impl Stream for NativeHost<'_> {
         message: &[u8],
         timeout: Duration,
     ) -> Result<u32, HostError> {
+        let carrier = filter_of(current_context).map(|f| (current_context, f));
         let r = super::callout::grpc_call(
-            current_context,
+            carrier,
             grpc_service,
             service,
             method,

@@ -39,7 +39,10 @@
 //! scheduler each 10 ms (the wasm build's fast tick), and the scheduled
 //! hook, on the stream's worker thread, runs that worker root's tick (at
 //! most once per 5 ms per worker), which resumes whatever waits there.
-//! Counters are handed to Envoy at the end of every hook (no flush timer).
+//! The slow tick (JWKS refresh polls, 500 ms) runs in a request's hook when
+//! due, and on the main thread from a configuration scheduler (`timer.rs`,
+//! `callout.rs`). Counters are handed to Envoy at the end of every hook (no
+//! flush timer).
 //!
 //! # Re-entrancy
 //!
@@ -205,7 +208,7 @@ impl Worker {
         host: &NativeHost<'_>,
         token: u32,
         kind: callout::Kind,
-        mut answer: host::Answer,
+        mut answer: callout::Answer,
         success: bool,
     ) {
         let Some((_, root, _)) = self.roots.iter_mut().find(|(id, _, _)| *id == host.cfg.id) else {
@@ -230,7 +233,7 @@ impl Worker {
                     .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
                 let size = body.len();
                 host::ANSWER.with(|a| {
-                    *a.borrow_mut() = Some(host::Answer {
+                    *a.borrow_mut() = Some(callout::Answer {
                         headers: answer.headers,
                         body,
                         grpc_message: message,
@@ -279,7 +282,7 @@ impl Worker {
             if kind == callout::Kind::Http {
                 let saved = host::current();
                 host::set_current(std::ptr::null_mut());
-                self.deliver(host, token, kind, host::Answer::default(), false);
+                self.deliver(host, token, kind, callout::Answer::default(), false);
                 host::set_current(saved);
             }
         }

@@ -59,8 +59,6 @@ def envoy(request, tmp_path, upstream):
 # or does differently, is listed here with the reason; those tests are
 # skipped natively with it (shown by `pytest -rs`), never silently.
 
-CALLOUTS = ("calls to other services (JWKS fetch, rate limit service) are wasm-only: "
-            "see docs/native.md, \"What is wasm-only\"")
 FOREIGN = ("counts Envoy's proxy-wasm `verify_signature` foreign function; the native "
            "module verifies every algorithm with the same Rust crypto in process")
 
@@ -76,15 +74,12 @@ NO_VM = ("fail_open is about a proxy-wasm VM that failed at runtime; a dynamic m
 NATIVE_DIFFERS = {
     "test_jwt.py::test_every_algorithm_is_accepted": FOREIGN,
     "test_jwt.py::test_native_ecdsa_refuses_bad_signatures": FOREIGN,
-    "test_global_ratelimit.py": CALLOUTS,
     "test_ratelimit.py::test_prometheus_names": PROMETHEUS,
     "test_observability.py::test_every_metric_the_dashboard_and_alerts_query_exists": PROMETHEUS,
-    "test_observability.py::test_rls_call_carries_the_request_trace": CALLOUTS,
     "test_metrics.py::test_other_features_counters_are_batched_too": NO_BATCH,
     "test_metrics.py::test_a_long_interval_holds_counts_until_the_tick_then_flushes_them_all": NO_BATCH,
     "test_failure_mode.py::test_vm_failure": NO_VM,
     "test_hostile.py::test_the_trap_check_sees_a_real_trap": NO_VM,
-    "test_faults.py::test_rls_": CALLOUTS,
     "test_faults.py::test_fifty_reloads_under_load": (
         "drives ECDS with the proxy-wasm filter's type URL and checks V8's VM stats; "
         "native reloads are checked by test_dispatch.py::test_reloads_serve_the_newest_configuration_and_forget_deleted_ones"),
