@@ -83,6 +83,12 @@ NATIVE_DIFFERS = {
     "test_faults.py::test_fifty_reloads_under_load": (
         "drives ECDS with the proxy-wasm filter's type URL and checks V8's VM stats; "
         "native reloads are checked by test_dispatch.py::test_reloads_serve_the_newest_configuration_and_forget_deleted_ones"),
+    "test_footprint.py::test_configuration_load_is_within_a_ratio_of_the_trivial_filters": (
+        "compares loading meshguard.wasm with a trivial wasm filter in V8 (swaps the wasm "
+        "filter's vm_config code)"),
+    "test_registry.py::test_push_compat_image_and_envoy_loads_meshguard_from_the_registry": (
+        "Envoy fetches meshguard.wasm from an OCI registry into the wasm filter's vm_config; "
+        "a dynamic module is loaded from the proxy's file system only"),
 }
 
 
