@@ -77,12 +77,14 @@ pub fn has_pending(carrier: u32) -> bool {
     PENDING.with(|p| p.borrow().iter().any(|c| c.carrier == carrier))
 }
 
-pub fn set_carrier(context_id: u32, filter: FilterEnvoyPtr) {
-    CARRIER.with(|c| c.set((context_id, filter as usize)));
+/// Makes the stream of the running hook the carrier; returns the one
+/// before (hooks nest: a local reply runs the response hooks at once).
+pub fn set_carrier(context_id: u32, filter: FilterEnvoyPtr) -> (u32, usize) {
+    CARRIER.with(|c| c.replace((context_id, filter as usize)))
 }
 
-pub fn clear_carrier() {
-    CARRIER.with(|c| c.set((0, 0)));
+pub fn restore_carrier(previous: (u32, usize)) {
+    CARRIER.with(|c| c.set(previous));
 }
 
 fn send(

@@ -460,9 +460,9 @@ fn on_stream<R>(
     let host = NativeHost::new(cfg);
     let saved = host::current();
     host::set_current(filter);
-    callout::set_carrier(h.context_id, filter);
+    let carrier = callout::set_carrier(h.context_id, filter);
     let r = with(|w| f(w, h.context_id, &host));
-    callout::clear_carrier();
+    callout::restore_carrier(carrier);
     host::set_current(saved);
     after_hook(&host);
     r.unwrap_or(default)
