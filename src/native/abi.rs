@@ -2,7 +2,7 @@
 //! that meshguard uses, declared by hand from the ABI header of Envoy 1.40
 //! (ABI version string below). Every function here is resolved from the
 //! Envoy binary when the module is loaded (`dlopen` with lazy binding):
-//! `make native-check` lists any that the binary does not export.
+//! `tests/e2e/test_native.py` fails on any the binary does not export.
 //!
 //! Layout rules of the ABI: buffers are `(pointer, length)` pairs passed by
 //! value; C enums are `int`-sized; Envoy owns what it hands to us for the
@@ -328,7 +328,7 @@ extern "C" {
 }
 
 /// Every Envoy function declared above, for the symbol check against a
-/// binary (`make native-check`, `tests/e2e/test_native.py`).
+/// binary (`tests/e2e/test_native.py` reads this list).
 pub const CALLBACKS: &[&str] = &[
     "envoy_dynamic_module_callback_log",
     "envoy_dynamic_module_callback_log_enabled",
