@@ -13,7 +13,9 @@ WBG_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/
 export CARGO_TERM_COLOR ?= never
 RLS_MANIFEST := tests/rls-server/Cargo.toml
 
-.PHONY: soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
+NATIVE := target/release/libmeshguard.so
+
+.PHONY: native test-native soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -109,6 +111,18 @@ rls-test: rls
 
 e2e: build venv registry rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(VENV)/bin/pytest -q -n 2 tests/e2e
+
+# meshguard as an Envoy dynamic module (docs/native.md): the same filter as a
+# native shared library for `envoy.filters.http.dynamic_modules`.
+native:
+	cargo build --release --features native --lib
+	@ls -l $(NATIVE)
+
+# The e2e suite against the native module (tests that cannot pass natively
+# are marked `wasm_only` with the reason, in tests/e2e/conftest.py).
+test-native: native build venv registry rls
+	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" MESHGUARD_RUNTIME=native \
+	  MESHGUARD_NATIVE="$(CURDIR)/$(NATIVE)" $(VENV)/bin/pytest -q -n 2 tests/e2e
 
 # Fuzzing: cargo-fuzz (libFuzzer) on a nightly toolchain, both installed on
 # first use. `make fuzz` runs every target FUZZ_SECONDS (default 60) from

@@ -9,7 +9,8 @@
 //! `Stream`) -> `request` -> one folder per feature (`route`, `breaker`,
 //! `cache`, `jwt`, `ratelimit`), each compiling its own configuration
 //! section -> `plan` (the immutable configuration assembled) -> `filter`
-//! (the pipeline and the proxy-wasm glue; private to the crate). The user
+//! (the pipeline and the proxy-wasm glue; private to the crate) -> `native`
+//! (the same filter as an Envoy dynamic module, feature `native`). The user
 //! documentation is in `docs/`.
 
 // No indexing or slicing that can panic in library code (`get`, patterns,
@@ -34,6 +35,8 @@ pub mod route;
 // wasm exports): its dead code is reported by the wasm32-wasip1 build.
 #[cfg_attr(not(target_os = "wasi"), allow(dead_code))]
 mod filter;
+#[cfg(feature = "native")]
+mod native;
 
 /// The git commit this module was built from (`unknown` outside a checkout).
 pub const GIT_HASH: &str = env!("MESHGUARD_GIT_HASH");

@@ -27,6 +27,8 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     // The proxy-wasm glue.
     &["filter"],
+    // The same filter as an Envoy dynamic module (feature `native`).
+    &["native"],
 ];
 
 /// A module's file, by its path from the crate root (`["cache", "store"]`).

@@ -97,6 +97,21 @@ def wasm_filter(name, filename, root_id, config_text):
     }
 
 
+def dm_filter(filename, config_text):
+    """meshguard as an Envoy dynamic module (`make native`, docs/native.md)."""
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"module": {"local": {"filename": filename}},
+                                      "metrics_namespace": "wasmcustom"},
+            "filter_name": "meshguard",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                              "value": config_text},
+        },
+    }
+
+
 def native_local_ratelimit(headers=False, key_header=None):
     """`headers`: also send X-RateLimit-Limit/Remaining/Reset (off by default in Envoy).
     `key_header`: one bucket per value of this request header (a descriptor without a value:

@@ -3,8 +3,9 @@ checks it does what it claims before it is measured, the --diag variants, and
 the head-to-head comparisons behind the targets."""
 
 import json
+import os
 
-from .bootstraps import (native_cache, native_global_ratelimit, native_jwt_authn, native_local_ratelimit,
+from .bootstraps import (dm_filter, native_cache, native_global_ratelimit, native_jwt_authn, native_local_ratelimit,
                          wasm_filter)
 from .common import (AUDIENCE, GRPC_HEADERS, GRPC_MESSAGE, GRPC_PATH, GRPC_STREAMS, ISSUER, NATIVE_RATE_LIMITS,
                      PATH, RLS_CLUSTER, RLS_DOMAIN, RLS_TIMEOUT, BenchError)
@@ -168,6 +169,13 @@ COMPARISONS = [
     ("trivial-hit-floor", "mg-cache-hit", "cache HIT: meshguard vs the floor of its host calls and headers"),
     ("grpc-passthrough", "mg-grpc-ratelimit", "gRPC over HTTP/2: meshguard rate limit vs passthrough"),
     ("mg-ratelimit", "mg-ratelimit-global-lease", "leased global limit (lease 1000) vs local limit (one bucket)"),
+    # The native build (Envoy dynamic module, MESHGUARD_NATIVE) vs Envoy's filters and vs wasm.
+    ("native-ratelimit", "dm-ratelimit-noheaders", "local rate limit, no headers: meshguard native module vs native"),
+    ("mg-ratelimit-noheaders", "dm-ratelimit-noheaders", "rate limit, no headers: meshguard native module vs wasm"),
+    ("native-jwt-rs256-cache", "dm-jwt-rs256", "JWT RS256 repeated token: meshguard native module vs jwt_authn with cache"),
+    ("mg-jwt-rs256", "dm-jwt-rs256", "JWT RS256 repeated token: meshguard native module vs wasm"),
+    ("native-cache-hit", "dm-cache-hit", "cache HIT: meshguard native module vs native cache filter"),
+    ("mg-cache-hit", "dm-cache-hit", "cache HIT: meshguard native module vs wasm"),
 ]
 
 
@@ -210,7 +218,20 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
     es = {"Authorization": "Bearer " + tokens_fixture["valid_ES256"]}
     jwt = {"providers": ["bench"]}
     S = Scenario
-    return [
+    # meshguard as an Envoy dynamic module (`make native`), when built: same documents.
+    native_so = os.environ.get("MESHGUARD_NATIVE", "")
+    dm_scenarios = [] if not os.path.exists(native_so) else [
+        S("dm-ratelimit-noheaders", "meshguard native module, rate limit, one bucket, all pass, no headers",
+          [dm_filter(native_so, json.dumps({"rate_limit_headers": "none", "routes": [dict(route, rate_limit=rl)]}))],
+          group="ratelimit", expect_stat=r"^wasmcustom\.meshguard\.ratelimit\.bench\.all\.allowed$"),
+        S("dm-jwt-rs256", "meshguard native module, JWT RS256, one repeated token",
+          [dm_filter(native_so, json.dumps({"jwt_providers": provider, "routes": [dict(route, jwt=jwt)]}))],
+          headers=rs, group="jwt-rs256", probe=jwt_probe),
+        S("dm-cache-hit", "meshguard native module, cache, every request a HIT",
+          [dm_filter(native_so, json.dumps({"routes": [dict(route, cache=cache)]}))],
+          group="cache", probe=mg_cache_probe, expect_upstream="none"),
+    ]
+    return dm_scenarios + [
         S("passthrough", "no HTTP filter but the router", []),
         S("trivial-wasm", "reference wasm filter reading one header", [
             wasm_filter("trivial", trivial_wasm, "trivial", "")], headers={"x-api-key": "k1"}),

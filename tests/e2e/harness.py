@@ -107,7 +107,43 @@ class Upstream:
 
 # ------------------------------------------------------------------ envoy
 
+def native_path():
+    """The native module (`make native`), for `MESHGUARD_RUNTIME=native`."""
+    return os.environ.get("MESHGUARD_NATIVE") or os.path.join(
+        ROOT, "target", "release", "libmeshguard.so")
+
+
+def runtime():
+    """`wasm` (default) or `native` (`MESHGUARD_RUNTIME`, `make test-native`)."""
+    return os.environ.get("MESHGUARD_RUNTIME", "wasm")
+
+
+def native_filter(config):
+    """The filter entry loading meshguard as an Envoy dynamic module. The
+    metrics namespace `wasmcustom` gives its metrics the wasm build's names."""
+    text = config if isinstance(config, str) else json.dumps(config)
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {
+                "module": {"local": {"filename": native_path()}},
+                "metrics_namespace": "wasmcustom",
+            },
+            "filter_name": "meshguard",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": text,
+            },
+        },
+    }
+
+
 def wasm_filter(config, fail_open=False, vm_id="meshguard"):
+    """The filter entry of every test's Envoy: the wasm module, or the
+    native one when `MESHGUARD_RUNTIME=native`."""
+    if runtime() == "native":
+        return native_filter(config)
     text = config if isinstance(config, str) else json.dumps(config)
     return {
         "name": "envoy.filters.http.wasm",

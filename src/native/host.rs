@@ -1,0 +1,585 @@
+//! The native adapter of the two ports: [`Host`] and [`Stream`] over the
+//! dynamic-module ABI (`abi.rs`), the counterpart of `host/proxy_wasm.rs`.
+//!
+//! Contexts: the filter layer speaks proxy-wasm's model (a root context per
+//! configuration and worker, one context per stream, "the effective
+//! context" that per-stream calls act on). Natively each worker thread
+//! numbers its streams and roots itself; [`set_effective_context`] makes a
+//! stream's Envoy filter pointer the one later calls use (a root has none:
+//! per-stream calls then do nothing), and fails for a stream that is gone,
+//! exactly as `proxy_set_effective_context` does.
+//!
+//! Metrics are defined once per configuration, on the main thread, when
+//! Envoy hands the configuration over (`metrics.rs`: Envoy freezes metric
+//! creation after that hook); a worker's `define_metric` finds the id by
+//! name. Shared data is the process-wide [`Store`].
+
+use super::abi::{self, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
+use super::callout::Answer;
+use super::config::ModuleConfig;
+use super::store::Store;
+use crate::host::batch::MetricBatch;
+use crate::host::header_map::HeaderMap;
+use crate::host::{Host, HostError, MetricId, MetricKind, SetError, SharedValue, Stream};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::Duration;
+
+thread_local! {
+    /// The Envoy filter of the effective context (null: a root, or none).
+    static CURRENT: Cell<FilterEnvoyPtr> = const { Cell::new(std::ptr::null_mut()) };
+    /// Live contexts of this thread: stream ids to their Envoy filter;
+    /// roots map to null.
+    static CONTEXTS: RefCell<HashMap<u32, usize>> = RefCell::new(HashMap::new());
+    /// This thread's counter batch, flushed at the end of every event hook.
+    static BATCH: &'static MetricBatch = Box::leak(Box::default());
+    /// The answer of the callout being delivered (its hook sets it).
+    pub(super) static ANSWER: RefCell<Option<Answer>> = const { RefCell::new(None) };
+}
+
+pub fn set_current(filter: FilterEnvoyPtr) {
+    CURRENT.with(|c| c.set(filter));
+}
+
+pub fn current() -> FilterEnvoyPtr {
+    CURRENT.with(|c| c.get())
+}
+
+pub fn register_context(id: u32, filter: FilterEnvoyPtr) {
+    CONTEXTS.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.insert(id, filter as usize);
+        }
+    });
+}
+
+pub fn forget_context(id: u32) {
+    CONTEXTS.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.remove(&id);
+        }
+    });
+}
+
+/// The Envoy filter of a live stream context.
+pub fn filter_of(id: u32) -> Option<FilterEnvoyPtr> {
+    CONTEXTS
+        .with(|c| c.try_borrow().ok().and_then(|c| c.get(&id).copied()))
+        .filter(|f| *f != 0)
+        .map(|f| f as FilterEnvoyPtr)
+}
+
+/// See the module docs.
+pub fn set_effective_context(id: u32) -> bool {
+    let found = CONTEXTS.with(|c| c.try_borrow().ok().and_then(|c| c.get(&id).copied()));
+    match found {
+        Some(f) => {
+            set_current(f as FilterEnvoyPtr);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Metric ids carry their kind in the top two bits (Envoy numbers each
+/// kind separately).
+pub fn encode_metric(kind: MetricKind, envoy_id: usize) -> MetricId {
+    let tag = match kind {
+        MetricKind::Counter => 0u32,
+        MetricKind::Gauge => 1,
+        MetricKind::Histogram => 2,
+    };
+    match u32::try_from(envoy_id) {
+        Ok(id) if id < (1 << 30) => MetricId((tag << 30) | id),
+        _ => MetricId::NONE,
+    }
+}
+
+fn decode_metric(id: MetricId) -> Option<(MetricKind, usize)> {
+    if id == MetricId::NONE {
+        return None;
+    }
+    let kind = match id.0 >> 30 {
+        0 => MetricKind::Counter,
+        1 => MetricKind::Gauge,
+        2 => MetricKind::Histogram,
+        _ => return None,
+    };
+    Some((kind, (id.0 & ((1 << 30) - 1)) as usize))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// # Safety
+/// The buffer must be live (Envoy's, within its hook).
+unsafe fn slice<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    if ptr.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's promise.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
+/// The native host of one configuration (see the module docs).
+pub struct NativeHost<'a> {
+    pub cfg: &'a ModuleConfig,
+}
+
+impl<'a> NativeHost<'a> {
+    pub fn new(cfg: &'a ModuleConfig) -> Self {
+        NativeHost { cfg }
+    }
+
+    /// Hands the batched counter increments to Envoy (end of every hook).
+    pub fn flush(&self) {
+        BATCH.with(|b| b.flush(self));
+    }
+
+    fn filter(&self) -> Option<FilterEnvoyPtr> {
+        let f = current();
+        (!f.is_null()).then_some(f)
+    }
+
+    fn headers(&self, kind: u32) -> Vec<(String, Vec<u8>)> {
+        let Some(f) = self.filter() else {
+            return Vec::new();
+        };
+        // SAFETY: `f` is the live filter of the running hook; the vector
+        // has room for the count Envoy gave.
+        unsafe {
+            let n = abi::envoy_dynamic_module_callback_http_get_headers_size(f, kind);
+            let mut v = vec![EnvoyHeader::NULL; n];
+            if n == 0
+                || !abi::envoy_dynamic_module_callback_http_get_headers(f, kind, v.as_mut_ptr())
+            {
+                return Vec::new();
+            }
+            v.iter()
+                .map(|h| {
+                    (
+                        text(slice(h.key_ptr, h.key_len)),
+                        slice(h.value_ptr, h.value_len).to_vec(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    fn header(&self, kind: u32, name: &str) -> Option<Vec<u8>> {
+        let f = self.filter()?;
+        let mut out = EnvoyBuffer::NULL;
+        // SAFETY: live filter; `out` is written by Envoy.
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_header(
+                f,
+                kind,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut out,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        if !ok || out.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: Envoy's buffer, live until the hook returns.
+        Some(unsafe { out.to_vec() })
+    }
+
+    fn set_header(&self, kind: u32, name: &str, value: Option<&[u8]>, add: bool) {
+        let Some(f) = self.filter() else {
+            return;
+        };
+        let v = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
+        // SAFETY: live filter and buffers.
+        unsafe {
+            if add {
+                abi::envoy_dynamic_module_callback_http_add_header(
+                    f,
+                    kind,
+                    ModuleBuffer::of(name.as_bytes()),
+                    v,
+                );
+            } else {
+                abi::envoy_dynamic_module_callback_http_set_header(
+                    f,
+                    kind,
+                    ModuleBuffer::of(name.as_bytes()),
+                    v,
+                );
+            }
+        }
+    }
+
+    fn attribute_string(&self, id: u32) -> Option<Vec<u8>> {
+        let f = self.filter()?;
+        let mut out = EnvoyBuffer::NULL;
+        // SAFETY: live filter; `out` is written by Envoy.
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(f, id, &mut out)
+        };
+        // SAFETY: Envoy's buffer, live until the hook returns.
+        ok.then(|| unsafe { out.to_vec() })
+    }
+
+    fn attribute_int(&self, id: u32) -> Option<u64> {
+        let f = self.filter()?;
+        let mut out = 0u64;
+        // SAFETY: live filter; `out` is written by Envoy.
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(f, id, &mut out)
+        };
+        ok.then_some(out)
+    }
+}
+
+fn random_u64_seeded(counter: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static SEED: std::collections::hash_map::RandomState = std::collections::hash_map::RandomState::new();
+    }
+    SEED.with(|s| {
+        let mut h = s.build_hasher();
+        h.write_u64(counter);
+        h.finish()
+    })
+}
+
+impl Host for NativeHost<'_> {
+    fn now_nanos(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    fn shared_get(&self, key: &str) -> Result<SharedValue, HostError> {
+        Store::global().get(key)
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        Store::global().set(key, value, cas)
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        thread_local! {
+            static N: Cell<u64> = const { Cell::new(0) };
+        }
+        for chunk in buf.chunks_mut(8) {
+            let n = N.with(|n| {
+                let v = n.get().wrapping_add(1);
+                n.set(v);
+                v
+            });
+            let r = random_u64_seeded(n ^ self.now_nanos()).to_le_bytes();
+            for (d, s) in chunk.iter_mut().zip(r) {
+                *d = s;
+            }
+        }
+        Ok(())
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<MetricId, HostError> {
+        match self.cfg.metrics.get(name) {
+            Some(id) if decode_metric(*id).map(|(k, _)| k) == Some(kind) => Ok(*id),
+            _ => Err(HostError(format!(
+                "metric {name} was not defined when the configuration was loaded"
+            ))),
+        }
+    }
+
+    fn increment_metric(&self, id: MetricId, delta: i64) {
+        let Some((kind, envoy_id)) = decode_metric(id) else {
+            return;
+        };
+        let cfg = self.cfg.envoy();
+        // SAFETY: the configuration outlives its streams and hooks.
+        unsafe {
+            match kind {
+                MetricKind::Counter if delta > 0 => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                        cfg,
+                        envoy_id,
+                        std::ptr::null(),
+                        0,
+                        delta as u64,
+                    );
+                }
+                MetricKind::Gauge if delta > 0 => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+                        cfg,
+                        envoy_id,
+                        std::ptr::null(),
+                        0,
+                        delta as u64,
+                    );
+                }
+                MetricKind::Gauge if delta < 0 => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
+                        cfg,
+                        envoy_id,
+                        std::ptr::null(),
+                        0,
+                        delta.unsigned_abs(),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn record_metric(&self, id: MetricId, value: u64) {
+        let Some((kind, envoy_id)) = decode_metric(id) else {
+            return;
+        };
+        let cfg = self.cfg.envoy();
+        // SAFETY: the configuration outlives its streams and hooks.
+        unsafe {
+            match kind {
+                MetricKind::Gauge => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                        cfg,
+                        envoy_id,
+                        std::ptr::null(),
+                        0,
+                        value,
+                    );
+                }
+                MetricKind::Histogram => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+                        cfg,
+                        envoy_id,
+                        std::ptr::null(),
+                        0,
+                        value,
+                    );
+                }
+                MetricKind::Counter => {}
+            }
+        }
+    }
+}
+
+impl Stream for NativeHost<'_> {
+    fn request_headers_raw(&self) -> Option<Vec<u8>> {
+        let pairs = self.headers(abi::header_type::REQUEST_HEADERS);
+        let bytes = pairs.iter().map(|(n, v)| n.len() + v.len() + 10).sum();
+        let mut map = HeaderMap::with_capacity(pairs.len(), bytes);
+        for (n, v) in &pairs {
+            map.add(n.as_bytes(), v);
+        }
+        Some(map.finish())
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
+        self.set_header(abi::header_type::REQUEST_HEADERS, name, value, false);
+    }
+
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.headers(abi::header_type::RESPONSE_HEADERS)
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.header(abi::header_type::RESPONSE_HEADERS, name)
+    }
+
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.header(abi::header_type::RESPONSE_TRAILERS, name)
+    }
+
+    fn set_response_header(&self, name: &str, value: &[u8]) {
+        self.set_header(abi::header_type::RESPONSE_HEADERS, name, Some(value), false);
+    }
+
+    fn add_response_header(&self, name: &str, value: &[u8]) {
+        self.set_header(abi::header_type::RESPONSE_HEADERS, name, Some(value), true);
+    }
+
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        let f = self.filter()?;
+        let kind = abi::body_type::RECEIVED_RESPONSE;
+        // SAFETY: live filter; the vector has room for the count given.
+        let chunks = unsafe {
+            let n = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(f, kind);
+            let mut v = vec![EnvoyBuffer::NULL; n];
+            if n > 0
+                && !abi::envoy_dynamic_module_callback_http_get_body_chunks(f, kind, v.as_mut_ptr())
+            {
+                return None;
+            }
+            v
+        };
+        let mut body = Vec::new();
+        for c in chunks {
+            // SAFETY: Envoy's buffers, live until the hook returns.
+            body.extend_from_slice(unsafe { slice(c.ptr, c.len) });
+        }
+        let end = start.checked_add(size)?.min(body.len());
+        body.get(start.min(end)..end).map(<[u8]>::to_vec)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        match path {
+            ["source", "address"] => self.attribute_string(abi::attribute::SOURCE_ADDRESS),
+            ["xds", "cluster_name"] => self.attribute_string(abi::attribute::XDS_CLUSTER_NAME),
+            ["response", "flags"] => self
+                .attribute_int(abi::attribute::RESPONSE_FLAGS)
+                .map(|v| v.to_le_bytes().to_vec()),
+            _ => None,
+        }
+    }
+
+    fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        let Some(f) = self.filter() else {
+            return false;
+        };
+        // The key the wasm build's values have (Envoy prefixes proxy-wasm
+        // keys with `wasm.`), so access-log formats and RBAC matchers
+        // written for one runtime read the other's.
+        let key = format!("wasm.{key}");
+        // SAFETY: live filter and buffers.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                f,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    fn send_local_reply(&self, status: u32, headers: &HeaderMap, body: &[u8]) -> bool {
+        let Some(f) = self.filter() else {
+            return false;
+        };
+        let hs: Vec<ModuleHeader> = headers
+            .iter()
+            .map(|(n, v)| ModuleHeader {
+                key_ptr: n.as_ptr(),
+                key_len: n.len(),
+                value_ptr: v.as_ptr(),
+                value_len: v.len(),
+            })
+            .collect();
+        // SAFETY: live filter; `headers` and `body` outlive the call.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_send_response(
+                f,
+                status,
+                hs.as_ptr(),
+                hs.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(b"meshguard"),
+            );
+        }
+        true
+    }
+
+    fn resume_request(&self) {
+        if let Some(f) = self.filter() {
+            // SAFETY: live filter.
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_decoding(f) };
+        }
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        set_effective_context(context_id)
+    }
+
+    fn set_tick_period(&self, _period: Duration) {
+        // Natively a worker ticks while one of its streams waits (see
+        // `native/mod.rs`, "Timers"); counters are flushed after every hook.
+    }
+
+    fn metric_batch(&self) -> &MetricBatch {
+        BATCH.with(|b| *b)
+    }
+
+    fn dispatch_grpc_call_from(
+        &self,
+        _owner_context: u32,
+        current_context: u32,
+        grpc_service: &[u8],
+        service: &str,
+        method: &str,
+        metadata: &[(&str, &[u8])],
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        let carrier = filter_of(current_context).map(|f| (current_context, f));
+        let r = super::callout::grpc_call(
+            carrier,
+            grpc_service,
+            service,
+            method,
+            metadata,
+            message,
+            timeout,
+        );
+        set_effective_context(current_context);
+        r
+    }
+
+    fn cancel_grpc_call(&self, token: u32) {
+        super::callout::forget(token);
+    }
+
+    fn grpc_call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
+        ANSWER.with(|a| a.borrow().as_ref().map(|a| a.body.clone()))
+    }
+
+    fn grpc_status_message(&self) -> Option<String> {
+        ANSWER.with(|a| a.borrow().as_ref().and_then(|a| a.grpc_message.clone()))
+    }
+
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        super::callout::http_call(cluster, headers, body, timeout)
+    }
+
+    fn http_call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        ANSWER.with(|a| {
+            a.borrow()
+                .as_ref()
+                .map(|a| a.headers.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    fn http_call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
+        ANSWER.with(|a| a.borrow().as_ref().map(|a| a.body.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_ids_keep_their_kind() {
+        for kind in [
+            MetricKind::Counter,
+            MetricKind::Gauge,
+            MetricKind::Histogram,
+        ] {
+            let id = encode_metric(kind, 7);
+            assert_eq!(decode_metric(id), Some((kind, 7)));
+        }
+        assert_eq!(decode_metric(MetricId::NONE), None);
+        assert_eq!(encode_metric(MetricKind::Counter, 1 << 30), MetricId::NONE);
+    }
+
+    #[test]
+    fn effective_context_fails_for_a_context_that_is_gone() {
+        register_context(5, std::ptr::null_mut());
+        assert!(set_effective_context(5));
+        forget_context(5);
+        assert!(!set_effective_context(5));
+    }
+}

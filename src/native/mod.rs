@@ -1,0 +1,858 @@
+//! meshguard as an Envoy dynamic module: the same filter, built as a native
+//! shared library (`make native`: `target/release/libmeshguard.so`) that
+//! Envoy loads with `envoy.filters.http.dynamic_modules` instead of running
+//! the wasm module in V8. See `docs/native.md` for when to choose it.
+//!
+//! What is here, and what it maps to in the wasm build:
+//!
+//! | file | role | wasm counterpart |
+//! |---|---|---|
+//! | `abi.rs` | the C ABI of Envoy 1.40's dynamic modules, declared by hand | `host/abi.rs` |
+//! | `mod.rs` (this file) | the event hooks Envoy calls; the per-worker table of roots and streams | `filter/dispatch.rs` |
+//! | `host.rs` | the `Host` and `Stream` ports over the ABI | `host/proxy_wasm.rs` |
+//! | `config.rs` | a configuration Envoy handed over, with its metric ids | the root's configuration |
+//! | `store.rs` | process-wide shared data (CAS), for all workers | Envoy's shared data |
+//! | `metrics.rs` | metrics defined on the main thread when the configuration loads | `proxy_define_metric` |
+//! | `callout.rs` | calls to other services, carried by a stream (see there) | `proxy_http_call`, `proxy_grpc_call` |
+//!
+//! The policy code (`filter::root`, `filter::http`, `filter::pipeline` and
+//! every feature) runs unchanged: each worker thread keeps, per
+//! configuration, one `Root` (as a wasm worker VM does) and one
+//! `HttpStream` per stream, and drives them through the same callbacks.
+//!
+//! # Event hooks
+//!
+//! `envoy_dynamic_module_on_http_filter_config_new` (main thread) parses
+//! and validates the configuration (a bad one is refused: Envoy rejects
+//! the listener, naming the JSON path in its log) and defines every metric.
+//! `..._filter_new` creates the stream (and the worker's root on its first
+//! stream); request headers run the pipeline; response headers, body and
+//! trailers run the response side; the response's last byte ends the
+//! stream as in the wasm build; `..._filter_destroy` ends a stream whose
+//! end never passed (reset), counted in `meshguard.streams_reset`.
+//!
+//! # Timers
+//!
+//! The HTTP filter ABI has no per-worker timer. A stream that waits (for a
+//! cache fill by another request, for JWKS, for a rate limit answer) gets an
+//! Envoy scheduler of its own; one process-wide thread commits every such
+//! scheduler each 10 ms (the wasm build's fast tick), and the scheduled
+//! hook, on the stream's worker thread, runs that worker root's tick (at
+//! most once per 5 ms per worker), which resumes whatever waits there.
+//! The slow tick (JWKS refresh polls, 500 ms) runs in a request's hook when
+//! due, and on the main thread from a configuration scheduler (`timer.rs`,
+//! `callout.rs`). Counters are handed to Envoy at the end of every hook (no
+//! flush timer).
+//!
+//! # Re-entrancy
+//!
+//! Envoy runs a local reply through the encoder filters at once, inside
+//! `send_response`: the response hooks of the stream that is replying are
+//! entered while its own hook runs. They find the worker's table busy and
+//! pass; an end of stream seen that way is applied when the outer hook
+//! returns.
+
+pub(crate) mod abi;
+mod callout;
+pub(crate) mod config;
+pub(crate) mod host;
+mod metrics;
+pub(crate) mod store;
+mod timer;
+
+use crate::filter::http::{Action, HttpStream};
+use crate::filter::root::Root;
+use crate::host::{Host, MetricId, Stream};
+use crate::plan::Config;
+use abi::{ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr};
+use config::ModuleConfig;
+use host::NativeHost;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What Envoy holds for one stream.
+struct Handle {
+    context_id: u32,
+    cfg: *const ModuleConfig,
+}
+
+struct StreamEntry {
+    stream: HttpStream,
+    /// Its request waits for the answer of a call it carries (`callout.rs`).
+    deferred: bool,
+    cfg: u64,
+    filter: usize,
+    waker: Option<timer::Waker>,
+}
+
+#[derive(Default)]
+struct Worker {
+    roots: Vec<(u64, Root, u64)>,
+    streams: HashMap<u32, StreamEntry>,
+    next_id: u32,
+    /// The `DEAD_GENERATION` this worker has pruned its roots for.
+    dead_seen: u64,
+}
+
+thread_local! {
+    static WORKER: RefCell<Worker> = RefCell::new(Worker::default());
+    /// Streams whose end was seen while the table was busy (re-entrancy).
+    static ENDED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with<R>(f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
+    WORKER.with(|w| w.try_borrow_mut().ok().map(|mut w| f(&mut w)))
+}
+
+static NEXT_CONFIG: AtomicU64 = AtomicU64::new(1);
+/// Configurations Envoy has destroyed: each worker drops its roots of them
+/// when it next creates a stream (one atomic read per stream otherwise).
+static DEAD: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+static DEAD_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+impl Worker {
+    fn next_id(&mut self) -> u32 {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.next_id
+    }
+
+    /// Drops the roots of configurations Envoy has destroyed.
+    fn forget_dead_roots(&mut self) {
+        let generation = DEAD_GENERATION.load(Ordering::Acquire);
+        if generation == self.dead_seen {
+            return;
+        }
+        self.dead_seen = generation;
+        let Ok(dead) = DEAD.lock() else {
+            return;
+        };
+        let before = self.roots.len();
+        self.roots.retain(|(id, root, _)| {
+            let keep = !dead.contains(id);
+            if !keep {
+                host::forget_context(root.context_id());
+            }
+            keep
+        });
+        let dropped = before - self.roots.len();
+        if dropped > 0 {
+            log::info!(
+                "meshguard: forgot {dropped} configuration(s) Envoy has deleted ({} loaded in this worker)",
+                self.roots.len()
+            );
+        }
+    }
+
+    /// This worker's root of `cfg`, created (and configured) on first use.
+    fn root(&mut self, cfg: &ModuleConfig, host: &NativeHost<'_>) -> Option<&mut Root> {
+        if !self.roots.iter().any(|(id, _, _)| *id == cfg.id) {
+            let rid = self.next_id();
+            host::register_context(rid, std::ptr::null_mut());
+            let mut root = Root::new(rid);
+            root.on_vm_start();
+            let saved = host::current();
+            host::set_current(std::ptr::null_mut());
+            let ok = root.on_configure(host, &cfg.bytes);
+            host::set_current(saved);
+            if !ok {
+                host::forget_context(rid);
+                return None;
+            }
+            self.roots.push((cfg.id, root, 0));
+        }
+        self.roots
+            .iter_mut()
+            .find(|(id, _, _)| *id == cfg.id)
+            .map(|(_, r, _)| r)
+    }
+
+    /// Runs the worker's tick for `cfg` (rate-limited to one per 5 ms).
+    fn tick(&mut self, cfg: &ModuleConfig, host: &NativeHost<'_>) {
+        let now = host.now_nanos();
+        let Some((_, root, last)) = self.roots.iter_mut().find(|(id, _, _)| *id == cfg.id) else {
+            return;
+        };
+        if now.saturating_sub(*last) < 5_000_000 {
+            return;
+        }
+        *last = now;
+        let saved = host::current();
+        root.on_tick(host);
+        host::set_current(saved);
+    }
+
+    /// The slow tick (JWKS refresh polls), driven by traffic: run from a
+    /// request's hook when the last tick of a configuration with remote
+    /// keys is 500 ms old (the wasm build's `SLOW_TICK`).
+    fn tick_if_due(&mut self, cfg: &ModuleConfig, host: &NativeHost<'_>) {
+        let due = self.roots.iter().any(|(id, root, last)| {
+            *id == cfg.id
+                && root
+                    .worker()
+                    .runtime
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|rt| rt.has_remote_jwks)
+                && host.now_nanos().saturating_sub(*last) >= 500_000_000
+        });
+        if due {
+            self.tick(cfg, host);
+        }
+    }
+
+    /// Hands a call's answer (or failure) to the root that sent it.
+    fn deliver(
+        &mut self,
+        host: &NativeHost<'_>,
+        token: u32,
+        kind: callout::Kind,
+        mut answer: callout::Answer,
+        success: bool,
+    ) {
+        let Some((_, root, _)) = self.roots.iter_mut().find(|(id, _, _)| *id == host.cfg.id) else {
+            return;
+        };
+        let saved = host::current();
+        match kind {
+            callout::Kind::Http => {
+                if !success {
+                    answer.headers.clear();
+                }
+                let size = answer.body.len();
+                host::ANSWER.with(|a| *a.borrow_mut() = Some(answer));
+                root.on_http_call_response(host, token, size);
+            }
+            callout::Kind::Grpc => {
+                let (status, body) = callout::grpc_answer(&answer, success);
+                let message = answer
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "grpc-message")
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+                let size = body.len();
+                host::ANSWER.with(|a| {
+                    *a.borrow_mut() = Some(callout::Answer {
+                        headers: answer.headers,
+                        body,
+                        grpc_message: message,
+                    })
+                });
+                crate::filter::root::on_rls_response(host, root.worker(), token, status, size);
+            }
+        }
+        host::ANSWER.with(|a| *a.borrow_mut() = None);
+        host::set_current(saved);
+    }
+
+    /// Gives every stream of `cfg` that waits a waker, and takes it from
+    /// one that no longer waits.
+    fn sync_wakers(&mut self, cfg: u64) {
+        let Some((_, root, _)) = self.roots.iter().find(|(id, _, _)| *id == cfg) else {
+            return;
+        };
+        let w = root.worker();
+        let waiting: Vec<u32> = w
+            .parked
+            .borrow()
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(w.rls_calls.borrow().iter().map(|(_, r)| r.context_id))
+            .collect();
+        for (id, e) in self.streams.iter_mut() {
+            if e.cfg != cfg {
+                continue;
+            }
+            let wants = waiting.contains(id);
+            if wants && e.waker.is_none() {
+                e.waker = timer::Waker::new(e.filter as FilterEnvoyPtr);
+            } else if !wants {
+                e.waker = None;
+            }
+        }
+    }
+
+    /// Ends a stream (its response's last byte passed, or Envoy destroyed it).
+    fn end(&mut self, context_id: u32, seen: bool, host: &NativeHost<'_>) {
+        // Calls this stream carried: Envoy cancels them with it. A JWKS
+        // fetch is reported as unanswered; a rate limit call is the
+        // stream's own and ends with it.
+        for (token, kind) in callout::take_all(context_id) {
+            if kind == callout::Kind::Http {
+                let saved = host::current();
+                host::set_current(std::ptr::null_mut());
+                self.deliver(host, token, kind, callout::Answer::default(), false);
+                host::set_current(saved);
+            }
+        }
+        if let Some(mut e) = self.streams.remove(&context_id) {
+            e.waker = None;
+            if !seen {
+                let reset = self
+                    .roots
+                    .iter()
+                    .find(|(id, _, _)| *id == e.cfg)
+                    .and_then(|(_, r, _)| {
+                        r.worker()
+                            .runtime
+                            .borrow()
+                            .as_ref()
+                            .map(|rt| rt.streams_reset)
+                    })
+                    .unwrap_or(MetricId::NONE);
+                host.increment_metric(reset, 1);
+            }
+            e.stream.on_end(host, seen);
+        }
+    }
+}
+
+/// Applies the ends seen while the table was busy, then flushes counters.
+fn after_hook(host: &NativeHost<'_>) {
+    let ended = ENDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
+    if !ended.is_empty() {
+        with(|w| {
+            for id in ended {
+                w.end(id, true, host);
+            }
+        });
+    }
+    host.flush();
+}
+
+/// # Safety
+/// `p` is a pointer this module gave Envoy for a stream, still live.
+unsafe fn handle<'a>(p: *const c_void) -> Option<(&'a Handle, &'a ModuleConfig)> {
+    let h = p.cast::<Handle>();
+    if h.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's promise; the configuration outlives its streams.
+    unsafe {
+        let h = &*h;
+        let cfg = h.cfg.as_ref()?;
+        Some((h, cfg))
+    }
+}
+
+// ---------------------------------------------------------------- hooks
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    host_log::init();
+    log::info!(
+        "meshguard {} ({}) started (native module, Envoy dynamic-module ABI {})",
+        env!("CARGO_PKG_VERSION"),
+        crate::GIT_HASH,
+        String::from_utf8_lossy(abi::ABI_VERSION.strip_suffix(b"\0").unwrap_or_default())
+    );
+    abi::ABI_VERSION.as_ptr()
+}
+
+/// # Safety
+/// Envoy's buffers are live for the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: ConfigEnvoyPtr,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    // SAFETY: Envoy's buffers, live for the call.
+    let (name, bytes) = unsafe { (name.to_vec(), config.to_vec()) };
+    let config = match Config::from_bytes(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("meshguard: {e}");
+            return std::ptr::null();
+        }
+    };
+    let routes = config.routes.len();
+    let remote_jwks =
+        (0..config.jwt_providers.len()).any(|i| config.jwt_providers.remote(i).is_some());
+    let metrics = metrics::define_all(config_envoy, config);
+    log::info!(
+        "meshguard: configuration loaded ({routes} routes) by the native module (filter {}, {} metrics)",
+        String::from_utf8_lossy(&name),
+        metrics.len()
+    );
+    let cfg = Box::new(ModuleConfig {
+        id: NEXT_CONFIG.fetch_add(1, Ordering::Relaxed),
+        envoy: config_envoy as usize,
+        bytes,
+        metrics,
+        _ticker: if remote_jwks {
+            timer::ConfigTicker::new(config_envoy)
+        } else {
+            None
+        },
+    });
+    Box::into_raw(cfg) as *const c_void
+}
+
+/// # Safety
+/// `p` is a pointer `..._config_new` returned.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(p: *const c_void) {
+    if !p.is_null() {
+        // SAFETY: ours, from `Box::into_raw`, destroyed once by Envoy.
+        let cfg = unsafe { Box::from_raw(p as *mut ModuleConfig) };
+        if let Ok(mut dead) = DEAD.lock() {
+            dead.push(cfg.id);
+        }
+        DEAD_GENERATION.fetch_add(1, Ordering::Release);
+        drop(cfg);
+        // The main thread's own roots (configurations with remote keys).
+        with(|w| w.forget_dead_roots());
+    }
+}
+
+/// # Safety
+/// `cfg` is a pointer `..._config_new` returned.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    cfg: *const c_void,
+    filter: FilterEnvoyPtr,
+) -> *const c_void {
+    // SAFETY: Envoy's promise.
+    let Some(cfg_ref) = (unsafe { cfg.cast::<ModuleConfig>().as_ref() }) else {
+        return std::ptr::null();
+    };
+    let host = NativeHost::new(cfg_ref);
+    let id = with(|w| {
+        w.forget_dead_roots();
+        let id = w.next_id();
+        let stream = w.root(cfg_ref, &host)?.new_stream(id);
+        host::register_context(id, filter);
+        w.streams.insert(
+            id,
+            StreamEntry {
+                stream,
+                deferred: false,
+                cfg: cfg_ref.id,
+                filter: filter as usize,
+                waker: None,
+            },
+        );
+        Some(id)
+    })
+    .flatten();
+    let Some(context_id) = id else {
+        return std::ptr::null();
+    };
+    Box::into_raw(Box::new(Handle {
+        context_id,
+        cfg: cfg_ref,
+    })) as *const c_void
+}
+
+/// Runs `f` on the stream of `module` with its filter effective.
+fn on_stream<R>(
+    filter: FilterEnvoyPtr,
+    module: *const c_void,
+    default: R,
+    f: impl FnOnce(&mut Worker, u32, &NativeHost<'_>) -> R,
+) -> R {
+    // SAFETY: Envoy passes back the pointer `..._filter_new` returned.
+    let Some((h, cfg)) = (unsafe { handle(module) }) else {
+        return default;
+    };
+    let host = NativeHost::new(cfg);
+    let saved = host::current();
+    host::set_current(filter);
+    let carrier = callout::set_carrier(h.context_id, filter);
+    let r = with(|w| f(w, h.context_id, &host));
+    callout::restore_carrier(carrier);
+    host::set_current(saved);
+    after_hook(&host);
+    r.unwrap_or(default)
+}
+
+fn headers_status(a: Action) -> u32 {
+    match a {
+        Action::Continue => abi::status::CONTINUE,
+        Action::Pause => abi::status::STOP_ALL_AND_WATERMARK,
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter: FilterEnvoyPtr,
+    module: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    on_stream(filter, module, abi::status::CONTINUE, |w, id, host| {
+        w.tick_if_due(host.cfg, host);
+        let Some(e) = w.streams.get_mut(&id) else {
+            return abi::status::CONTINUE;
+        };
+        if callout::has_pending(id) {
+            // The tick sent a call on this request: it waits for the answer.
+            e.deferred = true;
+            return abi::status::STOP_ALL_AND_WATERMARK;
+        }
+        let a = e.stream.on_request_headers(host);
+        let cfg = e.cfg;
+        w.sync_wakers(cfg);
+        headers_status(a)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    abi::status::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+) -> u32 {
+    abi::status::CONTINUE
+}
+
+/// A response hook: `f` runs the stream's callback; the stream ends with
+/// the response's last byte (unless the filter paused it).
+fn response_hook(
+    filter: FilterEnvoyPtr,
+    module: *const c_void,
+    end_of_stream: bool,
+    f: impl FnOnce(&mut HttpStream, &NativeHost<'_>) -> Action,
+) -> Action {
+    // SAFETY: Envoy passes back the pointer `..._filter_new` returned.
+    let context_id = unsafe { handle(module) }.map(|(h, _)| h.context_id);
+    let r = on_stream(filter, module, None, |w, id, host| {
+        let e = w.streams.get_mut(&id)?;
+        let a = f(&mut e.stream, host);
+        if end_of_stream && a == Action::Continue {
+            w.end(id, true, host);
+        }
+        Some(a)
+    });
+    match r {
+        Some(a) => a,
+        None => {
+            // The table was busy (a local reply of this stream passing
+            // through): its end is applied after the outer hook.
+            if let (true, Some(id)) = (end_of_stream, context_id) {
+                ENDED.with(|e| e.borrow_mut().push(id));
+            }
+            Action::Continue
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter: FilterEnvoyPtr,
+    module: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    match response_hook(filter, module, end_of_stream, |s, host| {
+        s.on_response_headers(host, end_of_stream)
+    }) {
+        Action::Continue => abi::status::CONTINUE,
+        Action::Pause => abi::status::STOP_ITERATION,
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    filter: FilterEnvoyPtr,
+    module: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    response_hook(filter, module, end_of_stream, |s, host| {
+        let size = host.response_body(0, usize::MAX).map_or(0, |b| b.len());
+        s.on_response_body(host, size, end_of_stream)
+    });
+    abi::status::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    filter: FilterEnvoyPtr,
+    module: *const c_void,
+) -> u32 {
+    response_hook(filter, module, true, |s, host| {
+        s.on_response_trailers(host);
+        Action::Continue
+    });
+    abi::status::CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+) {
+}
+
+/// # Safety
+/// `module` is a pointer `..._filter_new` returned; Envoy destroys it once.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
+    // SAFETY: Envoy's promise.
+    let Some((h, cfg)) = (unsafe { handle(module) }) else {
+        return;
+    };
+    let host = NativeHost::new(cfg);
+    let id = h.context_id;
+    let saved = host::current();
+    host::set_current(std::ptr::null_mut());
+    with(|w| w.end(id, false, &host));
+    host::forget_context(id);
+    host::set_current(saved);
+    after_hook(&host);
+    // SAFETY: ours, from `Box::into_raw`; Envoy never uses it again.
+    drop(unsafe { Box::from_raw(module as *mut Handle) });
+}
+
+/// A waker's event: the worker's tick, on the stream's thread.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    filter: FilterEnvoyPtr,
+    module: *const c_void,
+    _event_id: u64,
+) {
+    // SAFETY: Envoy passes back the pointer `..._filter_new` returned.
+    let Some((_, cfg)) = (unsafe { handle(module) }) else {
+        return;
+    };
+    on_stream(filter, module, (), |w, _id, host| {
+        w.tick(cfg, host);
+        w.sync_wakers(cfg.id);
+    });
+}
+
+/// The answer of a call this stream carried (`callout.rs`).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    filter: FilterEnvoyPtr,
+    module: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const abi::EnvoyHeader,
+    headers_len: usize,
+    body: *const EnvoyBuffer,
+    body_len: usize,
+) {
+    on_stream(filter, module, (), |w, id, host| {
+        // SAFETY: Envoy's buffers, live for this hook.
+        let found =
+            unsafe { callout::answer(id, callout_id, headers, headers_len, body, body_len) };
+        let Some((token, kind, answer)) = found else {
+            return;
+        };
+        w.deliver(
+            host,
+            token,
+            kind,
+            answer,
+            result == abi::callout_result::SUCCESS,
+        );
+        // A request that waited for the call it carried runs now.
+        if !callout::has_pending(id) {
+            if let Some(e) = w.streams.get_mut(&id).filter(|e| e.deferred) {
+                e.deferred = false;
+                host::set_current(filter);
+                if e.stream.on_request_headers(host) == Action::Continue {
+                    host.resume_request();
+                }
+            }
+        }
+        w.sync_wakers(host.cfg.id);
+    });
+}
+
+/// The main-thread tick of a configuration with remote keys (`timer.rs`).
+///
+/// # Safety
+/// `module` is a pointer `..._config_new` returned.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: ConfigEnvoyPtr,
+    module: *const c_void,
+    _event_id: u64,
+) {
+    // SAFETY: Envoy's promise.
+    let Some(cfg) = (unsafe { module.cast::<ModuleConfig>().as_ref() }) else {
+        return;
+    };
+    let host = NativeHost::new(cfg);
+    let saved = host::current();
+    host::set_current(std::ptr::null_mut());
+    callout::set_main(cfg.envoy());
+    with(|w| {
+        if w.root(cfg, &host).is_some() {
+            w.tick(cfg, &host);
+        }
+    });
+    callout::clear_main();
+    host::set_current(saved);
+    after_hook(&host);
+}
+
+/// The answer of a call a configuration sent on the main thread.
+///
+/// # Safety
+/// `module` is a pointer `..._config_new` returned; Envoy's buffers are
+/// live for the call.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: ConfigEnvoyPtr,
+    module: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const abi::EnvoyHeader,
+    headers_len: usize,
+    body: *const EnvoyBuffer,
+    body_len: usize,
+) {
+    // SAFETY: Envoy's promise.
+    let Some(cfg) = (unsafe { module.cast::<ModuleConfig>().as_ref() }) else {
+        return;
+    };
+    let host = NativeHost::new(cfg);
+    let saved = host::current();
+    host::set_current(std::ptr::null_mut());
+    callout::set_main(cfg.envoy());
+    // SAFETY: Envoy's buffers, live for this hook.
+    let found = unsafe {
+        callout::answer(
+            callout::MAIN_CARRIER,
+            callout_id,
+            headers,
+            headers_len,
+            body,
+            body_len,
+        )
+    };
+    if let Some((token, kind, answer)) = found {
+        with(|w| {
+            w.deliver(
+                &host,
+                token,
+                kind,
+                answer,
+                result == abi::callout_result::SUCCESS,
+            )
+        });
+    }
+    callout::clear_main();
+    host::set_current(saved);
+    after_hook(&host);
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+    _stream_id: u64,
+    _headers: *const abi::EnvoyHeader,
+    _headers_len: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_len: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+    _stream_id: u64,
+    _trailers: *const abi::EnvoyHeader,
+    _trailers_len: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+    _stream_id: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+    _stream_id: u64,
+    _reason: u32,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter: FilterEnvoyPtr,
+    _module: *const c_void,
+) {
+}
+
+/// Logging through Envoy's `dynamic_modules` logger.
+mod host_log {
+    use super::abi;
+
+    struct EnvoyLogger;
+
+    static LOGGER: EnvoyLogger = EnvoyLogger;
+
+    impl log::Log for EnvoyLogger {
+        fn enabled(&self, metadata: &log::Metadata) -> bool {
+            metadata.level() <= log::max_level()
+        }
+
+        fn log(&self, record: &log::Record) {
+            if !self.enabled(record.metadata()) {
+                return;
+            }
+            let level = match record.level() {
+                log::Level::Trace => abi::log_level::TRACE,
+                log::Level::Debug => abi::log_level::DEBUG,
+                log::Level::Info => abi::log_level::INFO,
+                log::Level::Warn => abi::log_level::WARN,
+                log::Level::Error => abi::log_level::ERROR,
+            };
+            let message = record.args().to_string();
+            // SAFETY: the message is live for the call.
+            unsafe {
+                abi::envoy_dynamic_module_callback_log(
+                    level,
+                    abi::ModuleBuffer::of(message.as_bytes()),
+                )
+            };
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// Installs the logger (info and above) once per process.
+    pub fn init() {
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The process-wide key-value store behind the native [`Host`]'s shared
+//! data: what Envoy's proxy-wasm shared data is for the wasm build, with the
+//! same rules (see `host/mod.rs`): every write gets a fresh CAS token from
+//! one process-wide 32-bit counter (never 0, skipped on wrap); a write with
+//! a token fails when the key exists under another token; a write to an
+//! absent key always succeeds; token 0 or none writes unconditionally.
+//! There is no delete and no eviction, as in Envoy: the policy code keeps
+//! keys in bounded sets (slot tables), so the same bounds hold.
+//!
+//! The map is split into shards by key hash, each behind its own lock, so
+//! workers touching different buckets do not wait for each other; the CAS
+//! check and the write happen under one shard lock, which makes a
+//! compare-and-swap exact across workers.
+//!
+//! [`Host`]: crate::host::Host
+
+use crate::host::{HostError, SetError, SharedValue};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+const SHARDS: usize = 16;
+
+type Map = HashMap<String, (Vec<u8>, u32)>;
+type Shard = Mutex<Map>;
+
+/// See the module docs.
+pub struct Store {
+    shards: Vec<Shard>,
+    hasher: std::collections::hash_map::RandomState,
+    next_cas: AtomicU32,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            next_cas: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Store {
+    /// The one store of this process.
+    pub fn global() -> &'static Store {
+        static STORE: OnceLock<Store> = OnceLock::new();
+        STORE.get_or_init(Store::default)
+    }
+
+    fn shard(&self, key: &str) -> Result<std::sync::MutexGuard<'_, Map>, String> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        let shard = self.shards.get(i).ok_or("no shard")?;
+        // A poisoned lock only means a writer panicked (which aborts the
+        // process in release builds): the map itself is still consistent.
+        Ok(shard.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn bump(&self) -> u32 {
+        loop {
+            let c = self
+                .next_cas
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            if c != 0 {
+                return c;
+            }
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Result<SharedValue, HostError> {
+        let map = self.shard(key).map_err(HostError)?;
+        Ok(match map.get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        })
+    }
+
+    pub fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        let mut map = self.shard(key).map_err(SetError::Host)?;
+        match map.get_mut(key) {
+            Some((v, current)) => {
+                if let Some(c) = cas {
+                    if c != 0 && c != *current {
+                        return Err(SetError::CasMismatch);
+                    }
+                }
+                v.clear();
+                v.extend_from_slice(value);
+                *current = self.bump();
+            }
+            None => {
+                let c = self.bump();
+                map.insert(key.to_owned(), (value.to_vec(), c));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of keys (tests).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::CREATE_CAS;
+    use std::sync::Arc;
+
+    #[test]
+    fn cas_rules_match_envoy_shared_data() {
+        let s = Store::default();
+        assert_eq!(s.get("k").unwrap(), (None, None));
+        // An absent key is written whatever the token.
+        s.set("k", b"a", Some(12345)).unwrap();
+        let (v, c) = s.get("k").unwrap();
+        assert_eq!(v.as_deref(), Some(&b"a"[..]));
+        let c = c.unwrap();
+        assert_ne!(c, 0);
+        // A stale token fails, the current one succeeds and changes it.
+        assert_eq!(s.set("k", b"b", Some(c + 1)), Err(SetError::CasMismatch));
+        s.set("k", b"b", Some(c)).unwrap();
+        let (_, c2) = s.get("k").unwrap();
+        assert_ne!(c2, Some(c));
+        assert_eq!(s.set("k", b"c", Some(c)), Err(SetError::CasMismatch));
+        // Creation with CREATE_CAS loses against an existing key.
+        assert_eq!(
+            s.set("k", b"d", Some(CREATE_CAS)),
+            Err(SetError::CasMismatch)
+        );
+        // No token (or 0) writes unconditionally.
+        s.set("k", b"e", None).unwrap();
+        s.set("k", b"f", Some(0)).unwrap();
+        assert_eq!(s.get("k").unwrap().0.as_deref(), Some(&b"f"[..]));
+    }
+
+    #[test]
+    fn the_token_counter_skips_zero_on_wrap() {
+        let s = Store::default();
+        s.next_cas.store(u32::MAX - 1, Ordering::Relaxed);
+        s.set("a", b"", None).unwrap();
+        assert_eq!(s.get("a").unwrap().1, Some(u32::MAX));
+        s.set("a", b"", None).unwrap();
+        assert_eq!(s.get("a").unwrap().1, Some(1));
+    }
+
+    /// Threads incrementing one counter with read-CAS-retry loops: no
+    /// increment is lost (the exactness the rate limiter relies on).
+    #[test]
+    fn racing_cas_increments_are_exact() {
+        let s = Arc::new(Store::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        loop {
+                            let (v, cas) = s.get("n").unwrap();
+                            let n = v
+                                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                                .unwrap_or(0);
+                            let cas = cas.or(Some(CREATE_CAS));
+                            if s.set("n", &(n + 1).to_le_bytes(), cas).is_ok() {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let v = s.get("n").unwrap().0.unwrap();
+        assert_eq!(u64::from_le_bytes(v.try_into().unwrap()), 8000);
+        assert_eq!(s.len(), 1);
+    }
+}
