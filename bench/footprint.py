@@ -23,10 +23,11 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from meshbench import procs  # noqa: E402
-from meshbench.bootstraps import upstream_bootstrap  # noqa: E402
+from meshbench import padwasm  # noqa: E402
+from meshbench.bootstraps import upstream_bootstrap, wasm_filter  # noqa: E402
 from meshbench.common import FIXTURES, BenchError, log  # noqa: E402
-from meshbench.footprint import (footprint_table, meshguard_variants, reference_variants,  # noqa: E402
-                                 run_footprint)
+from meshbench.footprint import (Variant, footprint_table, meshguard_variants,  # noqa: E402
+                                 reference_variants, run_footprint)
 from meshbench.tools import ensure_trivial_wasm, ensure_wrk  # noqa: E402
 
 
@@ -39,6 +40,9 @@ def main(argv=None):
     ap.add_argument("--scale", action="store_true", help="also the route-count and JWKS-size variants")
     ap.add_argument("--no-refs", action="store_true", help="no passthrough / trivial filter variants")
     ap.add_argument("--no-build", action="store_true", help="do not (re)build bench/trivial-filter")
+    ap.add_argument("--pad-trivial", action="store_true",
+                    help="also the trivial filter padded to the first module's size with never-called "
+                         "functions (trivial-padcode) and with a custom section (trivial-padcustom)")
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args(argv)
     envoy_bin = os.environ.get("ENVOY_BIN", "")
@@ -51,7 +55,19 @@ def main(argv=None):
             token = json.load(f)["valid_RS256"]
         with open(os.path.join(FIXTURES, "jwks.json")) as f:
             jwks = json.load(f)
-        variants = [] if args.no_refs else reference_variants(ensure_trivial_wasm(args.no_build))
+        trivial = None if args.no_refs and not args.pad_trivial else ensure_trivial_wasm(args.no_build)
+        variants = [] if args.no_refs else reference_variants(trivial)
+        if args.pad_trivial:
+            with open(trivial, "rb") as f:
+                small = f.read()
+            target = os.path.getsize(args.wasm[0])
+            for mode in ("code", "custom"):
+                padded = os.path.join(workdir, f"trivial-pad{mode}.wasm")
+                with open(padded, "wb") as f:
+                    f.write(padwasm.pad(small, target, mode))
+                log(f"footprint: trivial-pad{mode} = {os.path.getsize(padded):,} bytes")
+                variants.append(Variant(f"trivial-pad{mode}", f"trivial filter padded to {target:,} bytes ({mode})",
+                                        [wasm_filter("trivial", padded, "trivial", "")], headers={"x-api-key": "k1"}))
         sizes = {}
         for i, src in enumerate(args.wasm):
             label = f"m{i}"

@@ -147,6 +147,7 @@ const env = {
     return OK;
   },
   proxy_get_property: () => NOT_FOUND,
+  proxy_set_property: () => OK,
   proxy_call_foreign_function: () => UNIMPLEMENTED,
   proxy_set_tick_period_milliseconds: () => OK,
   proxy_set_effective_context: () => OK,
@@ -174,12 +175,25 @@ mem = exp.memory;
 wasi.initialize(instance);
 
 const ROOT = 1;
+const PAGE = 65536;
+const pages0 = mem.buffer.byteLength / PAGE;
 exp.proxy_on_context_create(ROOT, 0);
 exp.proxy_on_vm_start(ROOT, 0);
+let tc = process.hrtime.bigint();
 if (!exp.proxy_on_configure(ROOT, config.length)) {
   console.error('the module refused the configuration');
   process.exit(1);
 }
+const configureFirstUs = Number(process.hrtime.bigint() - tc) / 1000;
+const pagesConfigured = mem.buffer.byteLength / PAGE;
+// on_configure again (as on a configuration push), now that V8 compiled it: its own cost.
+const again = [];
+for (let i = 0; i < 20; i++) {
+  tc = process.hrtime.bigint();
+  exp.proxy_on_configure(ROOT, config.length);
+  again.push(Number(process.hrtime.bigint() - tc) / 1000);
+}
+again.sort((a, b) => a - b);
 
 const request = [[':authority', 'bench.local'], [':path', '/bench'], [':method', 'GET'], [':scheme', 'http'],
   ['user-agent', 'wrk'], ['x-forwarded-proto', 'http'], ['x-request-id', '6c1e8f0a-1d7b-4b8e-9c1f-3f2a7d9e0b11'],
@@ -225,6 +239,11 @@ for (let i = 0; i < N; i++) one(100000 + i);
 const ns = Number(process.hrtime.bigint() - t0) / N;
 console.log(`${N} requests: ${ns.toFixed(0)} ns/request in Node's V8 (host calls nearly free here); ` +
   `${paused} paused or answered; ${added} response headers written`);
+// Linear memory of this one VM (Envoy runs one per worker plus the main thread's).
+console.log(`linear memory: ${pages0} pages at start, ${pagesConfigured} after on_configure, ` +
+  `${mem.buffer.byteLength / PAGE} after the requests (64 KiB pages); on_configure ` +
+  `${configureFirstUs.toFixed(0)} us the first time (Node compiles lazily: includes compilation), ` +
+  `${again[10].toFixed(0)} us again (median of 20)`);
 if (countAllocs) {
   const total = Number(exp.meshguard_alloc_count() - allocs0);
   console.log(`heap allocations per request: ${(total / N).toFixed(2)} ` +
