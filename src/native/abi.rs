@@ -285,6 +285,7 @@ extern "C" {
         result: *mut u64,
     ) -> bool;
     pub fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
+    pub fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: FilterEnvoyPtr);
 
     // --------------------------------------------------------- scheduling
     pub fn envoy_dynamic_module_callback_http_filter_scheduler_new(
@@ -352,6 +353,7 @@ pub const CALLBACKS: &[&str] = &[
     "envoy_dynamic_module_callback_http_filter_get_attribute_string",
     "envoy_dynamic_module_callback_http_filter_get_attribute_int",
     "envoy_dynamic_module_callback_http_filter_continue_decoding",
+    "envoy_dynamic_module_callback_http_filter_continue_encoding",
     "envoy_dynamic_module_callback_http_filter_scheduler_new",
     "envoy_dynamic_module_callback_http_filter_scheduler_commit",
     "envoy_dynamic_module_callback_http_filter_scheduler_delete",

@@ -82,6 +82,11 @@ struct StreamEntry {
     stream: HttpStream,
     /// Its request waits for the answer of a call it carries (`callout.rs`).
     deferred: bool,
+    /// Its request was let through by the filter but carries a call sent
+    /// in that hook without waiting for it (a leased limit's refill at
+    /// half a batch): held until the answer, or Envoy would cancel the
+    /// call when the request ends (`callout.rs`).
+    held: bool,
     cfg: u64,
     filter: usize,
     waker: Option<timer::Waker>,
@@ -100,6 +105,9 @@ thread_local! {
     static WORKER: RefCell<Worker> = RefCell::new(Worker::default());
     /// Streams whose end was seen while the table was busy (re-entrancy).
     static ENDED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// Streams whose response headers wait for the calls they carry
+    /// (see `..._response_headers`).
+    static HELD_RESPONSES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 fn with<R>(f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
@@ -429,6 +437,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
             StreamEntry {
                 stream,
                 deferred: false,
+                held: false,
                 cfg: cfg_ref.id,
                 filter: filter as usize,
                 waker: None,
@@ -493,6 +502,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         }
         let a = e.stream.on_request_headers(host);
         let cfg = e.cfg;
+        let a = match a == Action::Continue && callout::has_pending(id) {
+            true => {
+                e.held = true;
+                Action::Pause
+            }
+            false => a,
+        };
         w.sync_wakers(cfg);
         headers_status(a)
     })
@@ -552,11 +568,23 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    match response_hook(filter, module, end_of_stream, |s, host| {
+    let a = response_hook(filter, module, end_of_stream, |s, host| {
         s.on_response_headers(host, end_of_stream)
-    }) {
-        Action::Continue => abi::status::CONTINUE,
-        Action::Pause => abi::status::STOP_ITERATION,
+    });
+    // SAFETY: Envoy passes back the pointer `..._filter_new` returned.
+    let id = unsafe { handle(module) }.map(|(h, _)| h.context_id);
+    match (a, id) {
+        (Action::Continue, Some(id)) if callout::has_pending(id) => {
+            // This stream carries a call it did not wait for (a lease
+            // refill sent while a woken request went on): Envoy cancels a
+            // stream's calls when it ends, so its response waits for the
+            // answer (usually already there: the call left before the
+            // upstream request).
+            HELD_RESPONSES.with(|h| h.borrow_mut().push(id));
+            abi::status::STOP_ITERATION
+        }
+        (Action::Continue, _) => abi::status::CONTINUE,
+        (Action::Pause, _) => abi::status::STOP_ITERATION,
     }
 }
 
@@ -602,6 +630,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *co
     };
     let host = NativeHost::new(cfg);
     let id = h.context_id;
+    HELD_RESPONSES.with(|held| held.borrow_mut().retain(|x| *x != id));
     let saved = host::current();
     host::set_current(std::ptr::null_mut());
     with(|w| w.end(id, false, &host));
@@ -657,6 +686,21 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
         );
         // A request that waited for the call it carried runs now.
         if !callout::has_pending(id) {
+            if let Some(e) = w.streams.get_mut(&id).filter(|e| e.held) {
+                // Its own verdict was Continue: it only waited for the call.
+                e.held = false;
+                host::set_current(filter);
+                host.resume_request();
+            }
+            let held = HELD_RESPONSES.with(|h| {
+                let mut h = h.borrow_mut();
+                let found = h.iter().position(|x| *x == id);
+                found.map(|i| h.swap_remove(i)).is_some()
+            });
+            if held {
+                // SAFETY: the filter of the running hook.
+                unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_encoding(filter) };
+            }
             if let Some(e) = w.streams.get_mut(&id).filter(|e| e.deferred) {
                 e.deferred = false;
                 host::set_current(filter);
