@@ -159,10 +159,14 @@
 //!   `head`, `request-no-store`, `cache-control-unparsed`, `credentials`,
 //!   `error-status`, `conditional`, `vary-request-too-big`,
 //!   `validator-mismatch` when a revalidation's
-//!   304 names another representation than the stored one: the entry is
+//!   304 names another representation than the stored one (4.3.4: another
+//!   `ETag`, or without one another `Last-Modified`): the entry is
 //!   dropped and the client gets that 304 only if its own `If-None-Match` /
-//!   `If-Modified-Since` make it valid for it, else a 502 with
-//!   `Retry-After: 0`; the retry is a miss and fetches the full response).
+//!   `If-Modified-Since` make it valid for it; anyone else gets the full
+//!   response, fetched again without conditions ([`refetch`](mod@refetch):
+//!   `fwd-status=200; stored; detail=validator-mismatch`), or a 502 with
+//!   `Retry-After: 0` and `detail=validator-mismatch-refetch-failed` when
+//!   that fails).
 //!
 //! # The filter's side (API)
 //!
@@ -183,7 +187,8 @@
 //!    upstream body is discarded). `Store { max_body }`: copy the body as it
 //!    streams (never pause); at end of stream call [`store()`]; as soon as
 //!    it outgrows `max_body`, call [`abandon_too_big`] and stop copying.
-//!    `DontStore`: nothing more. In
+//!    `DontStore`: nothing more. `Refetch`: pause the response and send
+//!    the full request ([`refetch`](mod@refetch)). In
 //!    every case add the returned `cache_status` as a `Cache-Status` field
 //!    line after the upstream's (a list: recipients combine the lines, and
 //!    the upstream's member is kept; the filter does not read it first).
@@ -208,6 +213,7 @@ pub(crate) mod lookup;
 pub(crate) mod metrics;
 pub mod policy;
 pub(crate) mod range;
+pub mod refetch;
 pub(crate) mod respond;
 pub(crate) mod response;
 pub(crate) mod storable;
@@ -221,6 +227,7 @@ pub use lookup::{
 };
 pub use metrics::CacheMetrics;
 pub use policy::CachePolicy;
+pub use refetch::{on_refetch, refetch_request, REFETCH_TIMEOUT_MS};
 pub use respond::{CachedResponse, CACHE_NAME};
 pub use response::{
     abandon, abandon_too_big, on_circuit_open, on_response_headers, on_upstream_failure, store,

@@ -230,6 +230,11 @@ impl HttpStream {
             return Action::Continue;
         }
         if pipeline::on_response_headers(&mut s, px, end_of_stream) {
+            // The cache's full request: its answer comes to the root.
+            if let Some(token) = s.refetch_token {
+                self.worker
+                    .await_refetch(token, self.context_id, state.clone());
+            }
             return Action::Pause;
         }
         Action::Continue
@@ -271,6 +276,9 @@ impl HttpStream {
             if let Ok(mut s) = state.try_borrow_mut() {
                 if let Some(token) = s.rls_token.take() {
                     self.worker.forget_rls(token);
+                }
+                if let Some(token) = s.refetch_token.take() {
+                    self.worker.forget_refetch(token);
                 }
                 pipeline::on_stream_end(&mut s, px, seen);
             }

@@ -222,6 +222,9 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                             for (n, v) in &add_request_headers {
                                 px.set_request_header(n, Some(v));
                             }
+                            // Kept for a full request, should the origin's
+                            // 304 name another representation (`refetch`).
+                            s.revalidation_request = px.request_headers_raw();
                             s.cache = Some(ctx);
                         }
                     }
@@ -838,6 +841,7 @@ pub fn on_response_headers<P: Host + Stream>(
                         }
                     }
                     ResponseDecision::DontStore { cache_status: cs } => cache_status = Some(cs),
+                    ResponseDecision::Refetch => return refetch(s, px, &host, &cr, ctx),
                 }
             }
         }
@@ -856,6 +860,81 @@ pub fn on_response_headers<P: Host + Stream>(
         }
     }
     false
+}
+
+/// A revalidation's 304 named another representation (see
+/// `cache::refetch`): the request goes again, unconditionally, to the
+/// route's cluster as an HTTP call owned by the stream; the response stays
+/// paused until [`on_refetch_answer`]. Returns true (the response is
+/// replaced either way).
+fn refetch<P: Host + Stream>(
+    s: &mut StreamState,
+    px: &P,
+    host: &impl Host,
+    cr: &CacheRoute,
+    mut ctx: cache::MissContext,
+) -> bool {
+    let cluster = px.property_str(&["xds", "cluster_name"]);
+    // The request headers as forwarded, kept at the revalidation (the host
+    // gives no request headers once the request went on).
+    let headers = s
+        .revalidation_request
+        .take()
+        .and_then(|raw| crate::host::header_map::decode_pairs(&raw))
+        .and_then(|h| cache::refetch_request(&h));
+    let sent = match (cluster, headers) {
+        (Some(cluster), Some(headers)) => {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            px.dispatch_http_call(
+                &cluster,
+                &pairs,
+                None,
+                std::time::Duration::from_millis(cache::REFETCH_TIMEOUT_MS),
+            )
+            .ok()
+        }
+        _ => None,
+    };
+    match sent {
+        Some(token) => {
+            s.refetch_token = Some(token);
+            s.cache = Some(ctx);
+        }
+        None => {
+            log::warn!("meshguard: cache: could not send the full request after a mismatched 304");
+            let resp = cache::on_refetch(host, cr, &mut ctx, None);
+            send_cached(s, px, resp, "refetch_failed");
+        }
+    }
+    true
+}
+
+/// The answer of the stream's full request (see [`refetch`]), read by
+/// the root (`None`: failed, or over the cache's object size): sends what
+/// the cache makes of it. Other tokens are ignored.
+pub fn on_refetch_answer<P: Host + Stream>(
+    s: &mut StreamState,
+    px: &P,
+    token: u32,
+    answer: Option<cache::refetch::FullResponse>,
+) {
+    if s.refetch_token != Some(token) {
+        return;
+    }
+    s.refetch_token = None;
+    let rt = s.rt.clone();
+    let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) else {
+        return;
+    };
+    let Some(cr) = cache_route(&rt, route, s.route) else {
+        return;
+    };
+    let ok = answer.is_some();
+    let resp = cache::on_refetch(&rt.host(px), &cr, &mut ctx, answer);
+    send_cached(s, px, resp, if ok { "refetched" } else { "refetch_failed" });
 }
 
 /// Adds meshguard's own response headers (rate-limit headers, ...) and the

@@ -243,6 +243,11 @@ pub struct StreamState {
     pub service_headers: Vec<(String, String)>,
     /// What was decided, for the mesh (`observability`).
     pub verdict: Verdict,
+    /// The cache's full request after a mismatched 304 (its call token).
+    pub refetch_token: Option<u32>,
+    /// A revalidating request's headers as forwarded (the host's
+    /// serialized map), for that full request.
+    pub revalidation_request: Option<Vec<u8>>,
 }
 
 impl StreamState {
@@ -269,6 +274,8 @@ impl StreamState {
             rls_result: None,
             service_headers: Vec::new(),
             verdict: Verdict::default(),
+            refetch_token: None,
+            revalidation_request: None,
         }
     }
 
