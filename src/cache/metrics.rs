@@ -3,9 +3,10 @@
 use crate::host::{Host, MetricId, MetricKind};
 
 /// The counters of one route:
-/// `meshguard.cache.<route>.{hit,miss,stored,evicted,bypass,purged,purge_denied,refetched,refetch_failed}`
+/// `meshguard.cache.<route>.{hit,miss,stored,evicted,bypass,purged,purge_denied,purged_prefix,purged_tag,refetched,refetch_failed}`
 /// (`purged`: stored responses a `PURGE` dropped; `purge_denied`: `PURGE`
-/// requests refused; `refetched` / `refetch_failed`: a revalidation's 304
+/// requests refused; `purged_prefix` / `purged_tag`: purges by prefix / by
+/// tag recorded; `refetched` / `refetch_failed`: a revalidation's 304
 /// named another representation and the full request succeeded / did not,
 /// see [`refetch`](super::refetch)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct CacheMetrics {
     pub purge_denied: MetricId,
     pub refetched: MetricId,
     pub refetch_failed: MetricId,
+    pub purged_prefix: MetricId,
+    pub purged_tag: MetricId,
 }
 
 impl CacheMetrics {
@@ -32,6 +35,8 @@ impl CacheMetrics {
         purge_denied: MetricId::NONE,
         refetched: MetricId::NONE,
         refetch_failed: MetricId::NONE,
+        purged_prefix: MetricId::NONE,
+        purged_tag: MetricId::NONE,
     };
 
     /// Defines the route's counters (call once, at configuration time). A
@@ -54,6 +59,8 @@ impl CacheMetrics {
             purge_denied: d("purge_denied"),
             refetched: d("refetched"),
             refetch_failed: d("refetch_failed"),
+            purged_prefix: d("purged_prefix"),
+            purged_tag: d("purged_tag"),
         }
     }
 }

@@ -212,6 +212,7 @@ pub(crate) mod key;
 pub(crate) mod lookup;
 pub(crate) mod metrics;
 pub mod policy;
+pub(crate) mod purge;
 pub(crate) mod range;
 pub mod refetch;
 pub(crate) mod respond;
@@ -222,8 +223,8 @@ pub mod vary;
 
 pub use key::{primary_hash, uri_hash, uri_hash_memo, Identity};
 pub use lookup::{
-    lookup, lookup_as, purge, purge_denied, CacheRoute, Lookup, MissContext, CLIENT_CONDITIONS,
-    WAIT_POLL_MS,
+    lookup, lookup_as, purge, purge_denied, purge_request, CacheRoute, Lookup, MissContext,
+    PurgeOutcome, CLIENT_CONDITIONS, WAIT_POLL_MS,
 };
 pub use metrics::CacheMetrics;
 pub use policy::CachePolicy;

@@ -596,10 +596,24 @@ fn purge<P: Host + Stream>(s: &mut StreamState, px: &P, host: &impl Host, cr: &C
         .to_string();
         return s.json_reply(px, 403, &[], &body);
     }
-    let n = cache::purge(host, cr, &s.req);
+    let body = match cache::purge_request(host, cr, &s.req) {
+        cache::PurgeOutcome::Url(n) => serde_json::json!({ "purged": n }),
+        cache::PurgeOutcome::Prefix(p) => serde_json::json!({ "purged_prefix": p }),
+        cache::PurgeOutcome::Tags(t) => serde_json::json!({ "purged_tags": t }),
+        cache::PurgeOutcome::BadRequest(why) => {
+            s.verdict.decide("denied", "cache", "purge_invalid");
+            let body = serde_json::json!({ "error": "bad_request", "reason": why }).to_string();
+            return s.json_reply(px, 400, &[], &body);
+        }
+        cache::PurgeOutcome::Unavailable => {
+            s.verdict
+                .decide("unavailable", "cache", "purge_unavailable");
+            let body = serde_json::json!({ "error": "purge_unavailable" }).to_string();
+            return s.json_reply(px, 503, &[("retry-after", "1")], &body);
+        }
+    };
     s.verdict.decide("purged", "cache", "purged");
-    let body = serde_json::json!({ "purged": n }).to_string();
-    s.json_reply(px, 200, &[], &body)
+    s.json_reply(px, 200, &[], &body.to_string())
 }
 
 /// The breaker refused the request: a stored stale response that

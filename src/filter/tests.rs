@@ -1211,3 +1211,98 @@ fn an_open_breaker_serves_a_stale_entry_stale_if_error_allows_else_503() {
     assert_eq!(verdict_of(&vm, 3)["reason"], "circuit_open");
     assert_eq!(vm.metric("meshguard.breaker.api.rejected"), Some(2));
 }
+
+fn purge_by_config() -> Value {
+    let mut c = purge_config();
+    c["routes"][0]["cache"]["purge"]["prefix"] = json!(true);
+    c["routes"][0]["cache"]["purge"]["tag_header"] = json!("Surrogate-Key");
+    c
+}
+
+/// Stores `path` with these extra response headers (stream `id`).
+fn fill(vm: &mut Vm, id: u32, path: &str, extra: &[(&str, &str)], req: &[(&str, &str)]) {
+    assert_eq!(vm.get(id, path, req), Action::Continue, "{path} is a miss");
+    let mut h = CACHEABLE.to_vec();
+    h.extend_from_slice(extra);
+    vm.respond(id, &h, false);
+    vm.body(id, path.as_bytes(), true);
+}
+
+fn is_hit(vm: &mut Vm, id: u32, path: &str) -> bool {
+    let a = vm.get(id, path, &[]);
+    if a == Action::Continue {
+        vm.end(id, false);
+    }
+    a == Action::Pause
+}
+
+#[test]
+fn purge_by_prefix_and_by_tag_hide_what_was_stored_before() {
+    let mut vm = Vm::new(purge_by_config());
+    let writer = bearer("valid_RS256");
+    let auth = [("authorization", writer.as_str())];
+    // A client's request header is never a tag: only the origin's response.
+    fill(
+        &mut vm,
+        1,
+        "/cat/a",
+        &[("surrogate-key", "p1 all")],
+        &[("surrogate-key", "evil")],
+    );
+    fill(&mut vm, 2, "/cat/b", &[("surrogate-key", "p2, all")], &[]);
+    fill(&mut vm, 3, "/other", &[("surrogate-key", "p1")], &[]);
+    fill(&mut vm, 4, "/cat", &[], &[]);
+    for p in ["/cat/a", "/cat/b", "/other", "/cat"] {
+        assert!(is_hit(&mut vm, 10, p), "{p}");
+    }
+    // The tag purge needs the claim too.
+    let h = [("meshguard-purge-tag", "evil")];
+    assert_eq!(vm.request(11, "PURGE", "/", &h), Action::Pause);
+    assert_eq!(vm.reply(11).status, 403);
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge-tag", "evil"));
+    assert_eq!(vm.request(12, "PURGE", "/", &h), Action::Pause);
+    assert_eq!(json_body(&vm.reply(12))["purged_tags"], json!(["evil"]));
+    assert!(is_hit(&mut vm, 13, "/cat/a"), "a request header is no tag");
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge-tag", "p1"));
+    vm.request(14, "PURGE", "/", &h);
+    assert_eq!(vm.reply(14).status, 200);
+    assert_eq!(vm.metric("meshguard.cache.api.purged_tag"), Some(2));
+    assert!(!is_hit(&mut vm, 15, "/cat/a"));
+    assert!(!is_hit(&mut vm, 16, "/other"));
+    assert!(is_hit(&mut vm, 17, "/cat/b"));
+    // By prefix: the path is the prefix, on the request's host.
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge", "prefix"));
+    vm.request(18, "PURGE", "/cat/", &h);
+    let r = vm.reply(18);
+    assert_eq!(json_body(&r)["purged_prefix"], "/cat/");
+    assert_eq!(vm.metric("meshguard.cache.api.purged_prefix"), Some(1));
+    assert!(!is_hit(&mut vm, 19, "/cat/b"));
+    assert!(is_hit(&mut vm, 20, "/cat"), "/cat is not under /cat/");
+    // Stored after the purge: served again.
+    vm.tick_after(Duration::from_millis(1));
+    fill(&mut vm, 21, "/cat/b", &[("surrogate-key", "p2")], &[]);
+    assert!(is_hit(&mut vm, 22, "/cat/b"));
+    // Malformed or not offered: 400, nothing recorded.
+    for (id, extra) in [
+        (23, ("meshguard-purge", "everything")),
+        (24, ("meshguard-purge-tag", " , ")),
+    ] {
+        let mut h = auth.to_vec();
+        h.push(extra);
+        vm.request(id, "PURGE", "/", &h);
+        assert_eq!(vm.reply(id).status, 400, "{extra:?}");
+    }
+    let many: String = (0..17).map(|i| format!("t{i} ")).collect();
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge-tag", &many));
+    vm.request(25, "PURGE", "/", &h);
+    assert_eq!(vm.reply(25).status, 400);
+    let mut vm = Vm::new(purge_config());
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge", "prefix"));
+    vm.request(26, "PURGE", "/", &h);
+    assert_eq!(vm.reply(26).status, 400, "prefix not configured");
+}
