@@ -1264,11 +1264,19 @@ fn purge_by_prefix_and_by_tag_hide_what_was_stored_before() {
     assert_eq!(vm.request(12, "PURGE", "/", &h), Action::Pause);
     assert_eq!(json_body(&vm.reply(12))["purged_tags"], json!(["evil"]));
     assert!(is_hit(&mut vm, 13, "/cat/a"), "a request header is no tag");
+    // Tags are echoed as JSON strings, escaped.
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge-tag", "q\"uo\\te\u{1}"));
+    vm.request(30, "PURGE", "/", &h);
+    assert_eq!(
+        json_body(&vm.reply(30))["purged_tags"],
+        json!(["q\"uo\\te\u{1}"])
+    );
     let mut h = auth.to_vec();
     h.push(("meshguard-purge-tag", "p1"));
     vm.request(14, "PURGE", "/", &h);
     assert_eq!(vm.reply(14).status, 200);
-    assert_eq!(vm.metric("meshguard.cache.api.purged_tag"), Some(2));
+    assert_eq!(vm.metric("meshguard.cache.api.purged_tag"), Some(3));
     assert!(!is_hit(&mut vm, 15, "/cat/a"));
     assert!(!is_hit(&mut vm, 16, "/other"));
     assert!(is_hit(&mut vm, 17, "/cat/b"));
