@@ -170,7 +170,6 @@ fn response() -> (u32, Hs, Vec<u8>) {
         ("last-modified", "Mon, 13 Nov 2023 10:00:00 GMT"),
         ("server", "envoy"),
         ("x-envoy-upstream-service-time", "1"),
-        ("surrogate-key", "product-42 catalog"),
     ]);
     (200, headers, body)
 }
@@ -226,7 +225,10 @@ fn main() {
     let Lookup::Miss { mut ctx } = cache::lookup(&host, &route, &req) else {
         panic!("the first request must miss");
     };
-    let (status, headers, body) = response();
+    let (status, mut headers, body) = response();
+    if purge_log {
+        headers.extend(hs(&[("surrogate-key", "product-42 catalog")]));
+    }
     let ResponseDecision::Store { .. } =
         cache::on_response_headers(&host, &route, &mut ctx, status, &headers)
     else {

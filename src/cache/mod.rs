@@ -92,6 +92,12 @@
 //! breaker is open, [`on_circuit_open`] serves what `stale-if-error` or
 //! the route's `stale_on_error` allows.
 //!
+//! `PURGE` ([`purge_request`], the filter checks the claims): by URL drops
+//! the URI's entries; by path prefix and by tag (the response's
+//! `purge.tag_header`) appends to a bounded per-route purge log read with
+//! each lookup on such routes, failing towards purging more (see
+//! [`purge`](mod@purge)).
+//!
 //! # Cache safety
 //!
 //! No response of one user may reach another, and no client may choose

@@ -19,7 +19,9 @@ import harness
 
 # The module after `make build` (cargo, then wasm-opt): 917,460 bytes when
 # this bound was set (docs/performance.md, "Footprint"); 934,672 with the
-# observability features, 974,407 with the cache features added after them.
+# observability features, 974,407 with the cache features added after them,
+# 993,273 with the 304 refetch and purge by prefix / tag (#20; driftsort and
+# serde_json::json! copies cut).
 MAX_MODULE_BYTES = int(os.environ.get("MESHGUARD_MAX_MODULE_BYTES", "1000000"))
 # meshguard no-policy / trivial filter, medians of ROUNDS alternating starts
 # at --concurrency 2: 4-5.5x measured on the 2-core host, idle or loaded
