@@ -11,6 +11,7 @@
 //! cargo build --release --bench cache_hit
 //! B=$(ls -t target/release/deps/cache_hit-* | grep -v '\.d$' | head -1)
 //! $B 100000                                   # ns per hit (noisy)
+//! $B 100000 purge-log                         # with a purge log to read
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg-cache.out $B 2000
 //! callgrind_annotate /tmp/cg-cache.out | head -60
 //! ```
@@ -187,15 +188,26 @@ fn send_like_the_filter(resp: &cache::CachedResponse) -> usize {
 }
 
 fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("N: a number of hits"))
-        .unwrap_or(100_000);
+    // `cargo bench` passes `--bench` (and `-- --quick` its own flags):
+    // N is the first argument that is a number.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let n: u64 = args
+        .iter()
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(if quick { 10_000 } else { 100_000 });
+    // `purge-log`: the route purges by tag and its purge log holds a record
+    // newer than the entry for a tag it does not carry (the hit reads the
+    // log and the entry's tags).
+    let purge_log = args.iter().any(|a| a == "purge-log");
     let host = Counting {
         inner: FakeHost::new(T0),
         c: Cell::new(Counts::default()),
     };
-    let policy = CachePolicy::default();
+    let mut policy = CachePolicy::default();
+    if purge_log {
+        policy.purge_tag_header = Some("surrogate-key".into());
+    }
     let store_cfg = CacheStoreConfig {
         max_bytes: 64 << 20,
         max_entry_bytes: 1 << 20,
@@ -213,7 +225,10 @@ fn main() {
     let Lookup::Miss { mut ctx } = cache::lookup(&host, &route, &req) else {
         panic!("the first request must miss");
     };
-    let (status, headers, body) = response();
+    let (status, mut headers, body) = response();
+    if purge_log {
+        headers.extend(hs(&[("surrogate-key", "product-42 catalog")]));
+    }
     let ResponseDecision::Store { .. } =
         cache::on_response_headers(&host, &route, &mut ctx, status, &headers)
     else {
@@ -222,6 +237,15 @@ fn main() {
     assert!(cache::store(
         &host, &route, &mut ctx, status, &headers, &body
     ));
+    if purge_log {
+        let mut purge = request();
+        purge.method = "PURGE".into();
+        purge.headers = hs(&[("meshguard-purge-tag", "other-tag")]).into();
+        assert!(matches!(
+            cache::purge_request(&host, &route, &purge),
+            cache::PurgeOutcome::Tags(_)
+        ));
+    }
     let fill = host.take();
 
     // One hit, checked.
@@ -249,7 +273,7 @@ fn main() {
     let hits = host.take();
     black_box(sent);
 
-    println!("cache HIT driver: {n} hits");
+    println!("cache HIT driver: {n} hits (purge log: {purge_log})");
     println!("host calls during the fill (miss + store), for reference:");
     for (k, v) in fill.rows() {
         if v > 0 {

@@ -6,8 +6,8 @@
 use meshguard::cache::store::{chunk_key, Layout};
 use meshguard::cache::CacheStoreConfig;
 use meshguard::cache::{
-    abandon, lookup, on_response_headers, on_upstream_failure, store, CacheMetrics, CachePolicy,
-    CacheRoute, Lookup, ResponseDecision,
+    abandon, lookup, on_refetch, on_response_headers, on_upstream_failure, store, CacheMetrics,
+    CachePolicy, CacheRoute, Lookup, ResponseDecision,
 };
 use meshguard::host::fake::FakeHost;
 use meshguard::request::Request;
@@ -176,6 +176,18 @@ fn exchange(
                 status,
                 headers,
                 body,
+                upstream: Some(added),
+                waited: false,
+            }
+        }
+        // The filter's full request: no condition at all.
+        ResponseDecision::Refetch => {
+            let answer = origin(&vec![]);
+            let response = on_refetch(host, &route, &mut ctx, answer);
+            Seen {
+                status: response.status,
+                headers: response.headers.to_pairs(),
+                body: response.body,
                 upstream: Some(added),
                 waited: false,
             }
@@ -1090,7 +1102,8 @@ fn client_validators_are_answered_after_a_revalidation() {
     assert_eq!(s.status, 304);
     assert!(s.body.is_empty());
     // A 304 naming another representation is not merged, and an
-    // unconditional client never gets it (502, retry is a miss).
+    // unconditional client never gets it: the full request's answer is
+    // sent (and stored), or a 502 when the origin answers it with a 304.
     w.host.advance(Duration::from_secs(20));
     let s = exchange(&w, &w.host, &r, &|_| {
         Some((304, hs(&[("etag", "\"other\"")]), vec![]))
@@ -1099,9 +1112,31 @@ fn client_validators_are_answered_after_a_revalidation() {
     assert_eq!(s.h("retry-after").as_deref(), Some("0"));
     assert_eq!(
         s.cs(),
-        "meshguard; fwd=stale; fwd-status=304; detail=validator-mismatch"
+        "meshguard; fwd=stale; fwd-status=304; detail=validator-mismatch-refetch-failed"
     );
     assert!(exchange(&w, &w.host, &r, &ok(&[], "x")).upstream.is_some());
+    let v1 = &ok(&[("cache-control", "max-age=10"), ("etag", "\"v1\"")], "v1");
+    exchange(&w, &w.host, &r, v1);
+    w.host.advance(Duration::from_secs(20));
+    let s = exchange(&w, &w.host, &r, &|added: &Hs| {
+        Some(if added.is_empty() {
+            (
+                200,
+                hs(&[("etag", "\"other\""), ("cache-control", "max-age=10")]),
+                b"other".to_vec(),
+            )
+        } else {
+            (304, hs(&[("etag", "\"other\"")]), vec![])
+        })
+    });
+    assert_eq!((s.status, s.body.as_slice()), (200, &b"other"[..]));
+    assert_eq!(
+        s.cs(),
+        "meshguard; fwd=stale; fwd-status=200; stored; detail=validator-mismatch"
+    );
+    let s = exchange(&w, &w.host, &r, &ok(&[], "never"));
+    assert!(s.upstream.is_none());
+    assert_eq!(s.body, b"other");
 }
 
 #[test]
@@ -1111,18 +1146,18 @@ fn a_mismatched_304_reaches_only_clients_whose_conditions_it_answers() {
         &[("cache-control", "max-age=10"), ("etag", "\"v1\"")],
         "body",
     );
-    let mismatch = |_: &Hs| {
-        Some((
-            304,
-            hs(&[("etag", "\"v2\""), ("cache-control", "max-age=10")]),
-            vec![],
-        ))
+    let mismatch = |added: &Hs| {
+        let h = hs(&[("etag", "\"v2\""), ("cache-control", "no-store")]);
+        Some(match added.is_empty() {
+            true => (200, h, b"v2".to_vec()),
+            false => (304, h, vec![]),
+        })
     };
     for (client, want) in [
         (vec![("if-none-match", "\"v2\"")], 304),
         (vec![("if-none-match", "W/\"v2\", \"x\"")], 304),
-        (vec![("if-none-match", "\"v1\"")], 502),
-        (vec![], 502),
+        (vec![("if-none-match", "\"v1\"")], 200),
+        (vec![], 200),
     ] {
         let r = get("/mm", &client);
         exchange(&w, &w.host, &get("/mm", &[]), stored);
@@ -1130,6 +1165,9 @@ fn a_mismatched_304_reaches_only_clients_whose_conditions_it_answers() {
         let s = exchange(&w, &w.host, &r, &mismatch);
         assert_eq!(s.status, want, "{client:?}");
         assert!(s.cs().ends_with("detail=validator-mismatch"), "{}", s.cs());
+        if want == 200 {
+            assert_eq!(s.body, b"v2");
+        }
         // The entry was dropped either way.
         assert!(exchange(&w, &w.host, &get("/mm", &[]), stored)
             .upstream

@@ -216,7 +216,7 @@ pub fn lookup_as(
     }
     let keys = Keys::of(route, req, identity);
     let store = Store::new(host, route.store);
-    let (payload, meta) = match probe(&store, &keys, req) {
+    let (payload, meta) = match probe(host, &store, route, &keys, req) {
         Probe::Found(p, meta) => (p, meta),
         Probe::Rejected => return miss(host, &store, route, req, now, keys, "vary-miss"),
         Probe::Nothing => return miss(host, &store, route, req, now, keys, "uri-miss"),
@@ -325,6 +325,95 @@ pub fn purge(host: &impl Host, route: &CacheRoute, req: &Request) -> usize {
     n
 }
 
+/// What an authorised `PURGE` did ([`purge_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeOutcome {
+    /// By URL: how many stored responses were dropped.
+    Url(usize),
+    /// By path prefix (`Meshguard-Purge: prefix`): the prefix (the path).
+    Prefix(String),
+    /// By tag (`Meshguard-Purge-Tag`): the tags.
+    Tags(Vec<String>),
+    /// The request asks for a purge the route does not offer, or is malformed.
+    BadRequest(&'static str),
+    /// The purge log could not be written: nothing was purged.
+    Unavailable,
+}
+
+/// An authorised `PURGE` (see [`purge`](super::purge)): by tag with
+/// `Meshguard-Purge-Tag: t1 t2` (space- or comma-separated, at most
+/// [`MAX_TAGS_PER_PURGE`](super::purge::MAX_TAGS_PER_PURGE), routes with
+/// `purge.tag_header`), by path prefix with `Meshguard-Purge: prefix` (the
+/// request's path and host, routes with `purge.prefix`), else by URL
+/// ([`purge`]). Counted in `purged_prefix` / `purged_tag` / `purged`.
+pub fn purge_request(host: &impl Host, route: &CacheRoute, req: &Request) -> PurgeOutcome {
+    use super::purge::{self as pl, Record};
+    let mode = req.header("meshguard-purge");
+    let tag_lines: Vec<&[u8]> = req.header_all("meshguard-purge-tag").collect();
+    let now = host.now_nanos();
+    if !tag_lines.is_empty() {
+        if mode.is_some() {
+            return PurgeOutcome::BadRequest("one kind of purge per request");
+        }
+        if route.policy.purge_tag_header.is_none() {
+            return PurgeOutcome::BadRequest(
+                "purge by tag needs the route's cache.purge.tag_header",
+            );
+        }
+        let mut tags: Vec<&[u8]> = Vec::new();
+        for line in tag_lines {
+            for t in line.split(|b| matches!(b, b' ' | b',' | b'\t')) {
+                if !t.is_empty() && !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+        }
+        if tags.is_empty() || tags.len() > pl::MAX_TAGS_PER_PURGE {
+            return PurgeOutcome::BadRequest("Meshguard-Purge-Tag: 1 to 16 tags");
+        }
+        let records: Vec<Record> = tags.iter().map(|t| Record::tag(now, t)).collect();
+        if !pl::append(host, route.name, now, &records) {
+            return PurgeOutcome::Unavailable;
+        }
+        host.increment_metric(route.metrics.purged_tag, 1);
+        log::info!(
+            "meshguard: cache: {}: purged {} tags",
+            route.name,
+            tags.len()
+        );
+        return PurgeOutcome::Tags(
+            tags.iter()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .collect(),
+        );
+    }
+    match mode {
+        None => PurgeOutcome::Url(purge(host, route, req)),
+        Some(m) if m.eq_ignore_ascii_case(b"prefix") => {
+            if !route.policy.purge_prefix {
+                return PurgeOutcome::BadRequest(
+                    "purge by prefix needs the route's cache.purge.prefix",
+                );
+            }
+            if req.path.len() > pl::MAX_PREFIX_BYTES {
+                return PurgeOutcome::BadRequest("prefix over 4096 bytes");
+            }
+            let r = Record::prefix(now, &req.authority, &req.path);
+            if !pl::append(host, route.name, now, &[r]) {
+                return PurgeOutcome::Unavailable;
+            }
+            host.increment_metric(route.metrics.purged_prefix, 1);
+            log::info!(
+                "meshguard: cache: {}: purged prefix {}",
+                route.name,
+                req.path
+            );
+            PurgeOutcome::Prefix(req.path.clone())
+        }
+        Some(_) => PurgeOutcome::BadRequest("Meshguard-Purge: only \"prefix\""),
+    }
+}
+
 /// A `PURGE` the filter refused (counted in `purge_denied`).
 pub fn purge_denied(host: &impl Host, route: &CacheRoute) {
     host.increment_metric(route.metrics.purge_denied, 1);
@@ -366,11 +455,46 @@ pub(crate) fn miss(
     Lookup::Miss { ctx }
 }
 
-/// The stored entry of the request's key whose `Vary` values match it.
-pub(crate) fn probe(store: &Store<'_, impl Host>, keys: &Keys, req: &Request) -> Probe {
-    store.probe(&keys.uri, &keys.primary, |e| {
-        e.secondary == vary::secondary_key_of(e.vary_names(), &req.headers)
-    })
+/// The stored entry of the request's key whose `Vary` values match it,
+/// unless a purge by prefix or tag hid it (read from the route's purge log,
+/// one shared-data read, only on routes that purge so: see
+/// [`purge`](super::purge)). A hidden entry makes a `Nothing`.
+pub(crate) fn probe(
+    host: &impl Host,
+    store: &Store<'_, impl Host>,
+    route: &CacheRoute,
+    keys: &Keys,
+    req: &Request,
+) -> Probe {
+    let log = route
+        .policy
+        .reads_purge_log()
+        .then(|| super::purge::PurgeLog::read(host, route.name))
+        .filter(|l| !l.is_empty());
+    let mut hidden = false;
+    let found = store.probe(&keys.uri, &keys.primary, |e| {
+        if e.secondary != vary::secondary_key_of(e.vary_names(), &req.headers) {
+            return false;
+        }
+        let Some(log) = &log else {
+            return true;
+        };
+        let tags = || match &route.policy.purge_tag_header {
+            Some(name) => super::purge::tag_hashes(
+                e.headers()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v),
+            ),
+            None => (Vec::new(), false),
+        };
+        let gone = log.hides(e.response_time_ns, &req.authority, &req.path, tags);
+        hidden |= gone;
+        !gone
+    });
+    match found {
+        Probe::Rejected if hidden => Probe::Nothing,
+        other => other,
+    }
 }
 
 /// What a stored entry is worth to this request at `now`.
@@ -451,7 +575,7 @@ pub(crate) fn look_again(
     if !guard.key_locked_before {
         return None;
     }
-    let Probe::Found(payload, meta) = probe(store, keys, req) else {
+    let Probe::Found(payload, meta) = probe(host, store, route, keys, req) else {
         return None;
     };
     let now = host.now_nanos();

@@ -3,9 +3,12 @@
 use crate::host::{Host, MetricId, MetricKind};
 
 /// The counters of one route:
-/// `meshguard.cache.<route>.{hit,miss,stored,evicted,bypass,purged,purge_denied}`
+/// `meshguard.cache.<route>.{hit,miss,stored,evicted,bypass,purged,purge_denied,purged_prefix,purged_tag,refetched,refetch_failed}`
 /// (`purged`: stored responses a `PURGE` dropped; `purge_denied`: `PURGE`
-/// requests refused).
+/// requests refused; `purged_prefix` / `purged_tag`: purges by prefix / by
+/// tag recorded; `refetched` / `refetch_failed`: a revalidation's 304
+/// named another representation and the full request succeeded / did not,
+/// see [`refetch`](super::refetch)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheMetrics {
     pub hit: MetricId,
@@ -15,6 +18,10 @@ pub struct CacheMetrics {
     pub bypass: MetricId,
     pub purged: MetricId,
     pub purge_denied: MetricId,
+    pub refetched: MetricId,
+    pub refetch_failed: MetricId,
+    pub purged_prefix: MetricId,
+    pub purged_tag: MetricId,
 }
 
 impl CacheMetrics {
@@ -26,6 +33,10 @@ impl CacheMetrics {
         bypass: MetricId::NONE,
         purged: MetricId::NONE,
         purge_denied: MetricId::NONE,
+        refetched: MetricId::NONE,
+        refetch_failed: MetricId::NONE,
+        purged_prefix: MetricId::NONE,
+        purged_tag: MetricId::NONE,
     };
 
     /// Defines the route's counters (call once, at configuration time). A
@@ -46,6 +57,10 @@ impl CacheMetrics {
             bypass: d("bypass"),
             purged: d("purged"),
             purge_denied: d("purge_denied"),
+            refetched: d("refetched"),
+            refetch_failed: d("refetch_failed"),
+            purged_prefix: d("purged_prefix"),
+            purged_tag: d("purged_tag"),
         }
     }
 }

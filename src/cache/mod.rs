@@ -92,6 +92,12 @@
 //! breaker is open, [`on_circuit_open`] serves what `stale-if-error` or
 //! the route's `stale_on_error` allows.
 //!
+//! `PURGE` ([`purge_request`], the filter checks the claims): by URL drops
+//! the URI's entries; by path prefix and by tag (the response's
+//! `purge.tag_header`) appends to a bounded per-route purge log read with
+//! each lookup on such routes, failing towards purging more (see
+//! [`purge`](mod@purge)).
+//!
 //! # Cache safety
 //!
 //! No response of one user may reach another, and no client may choose
@@ -159,10 +165,14 @@
 //!   `head`, `request-no-store`, `cache-control-unparsed`, `credentials`,
 //!   `error-status`, `conditional`, `vary-request-too-big`,
 //!   `validator-mismatch` when a revalidation's
-//!   304 names another representation than the stored one: the entry is
+//!   304 names another representation than the stored one (4.3.4: another
+//!   `ETag`, or without one another `Last-Modified`): the entry is
 //!   dropped and the client gets that 304 only if its own `If-None-Match` /
-//!   `If-Modified-Since` make it valid for it, else a 502 with
-//!   `Retry-After: 0`; the retry is a miss and fetches the full response).
+//!   `If-Modified-Since` make it valid for it; anyone else gets the full
+//!   response, fetched again without conditions ([`refetch`](mod@refetch):
+//!   `fwd-status=200; stored; detail=validator-mismatch`), or a 502 with
+//!   `Retry-After: 0` and `detail=validator-mismatch-refetch-failed` when
+//!   that fails).
 //!
 //! # The filter's side (API)
 //!
@@ -183,7 +193,8 @@
 //!    upstream body is discarded). `Store { max_body }`: copy the body as it
 //!    streams (never pause); at end of stream call [`store()`]; as soon as
 //!    it outgrows `max_body`, call [`abandon_too_big`] and stop copying.
-//!    `DontStore`: nothing more. In
+//!    `DontStore`: nothing more. `Refetch`: pause the response and send
+//!    the full request ([`refetch`](mod@refetch)). In
 //!    every case add the returned `cache_status` as a `Cache-Status` field
 //!    line after the upstream's (a list: recipients combine the lines, and
 //!    the upstream's member is kept; the filter does not read it first).
@@ -207,7 +218,9 @@ pub(crate) mod key;
 pub(crate) mod lookup;
 pub(crate) mod metrics;
 pub mod policy;
+pub(crate) mod purge;
 pub(crate) mod range;
+pub mod refetch;
 pub(crate) mod respond;
 pub(crate) mod response;
 pub(crate) mod storable;
@@ -216,11 +229,12 @@ pub mod vary;
 
 pub use key::{primary_hash, uri_hash, uri_hash_memo, Identity};
 pub use lookup::{
-    lookup, lookup_as, purge, purge_denied, CacheRoute, Lookup, MissContext, CLIENT_CONDITIONS,
-    WAIT_POLL_MS,
+    lookup, lookup_as, purge, purge_denied, purge_request, CacheRoute, Lookup, MissContext,
+    PurgeOutcome, CLIENT_CONDITIONS, WAIT_POLL_MS,
 };
 pub use metrics::CacheMetrics;
 pub use policy::CachePolicy;
+pub use refetch::{on_refetch, refetch_request, REFETCH_TIMEOUT_MS};
 pub use respond::{CachedResponse, CACHE_NAME};
 pub use response::{
     abandon, abandon_too_big, on_circuit_open, on_response_headers, on_upstream_failure, store,

@@ -54,6 +54,17 @@ pub struct CachePolicy {
     pub stale_on_error_secs: Option<u64>,
     /// `purge`: `PURGE` allowed to tokens satisfying these rules.
     pub purge: Option<PurgeRules>,
+    /// `purge.prefix`: purge by path prefix.
+    pub purge_prefix: bool,
+    /// `purge.tag_header`, lower-cased: purge by tag.
+    pub purge_tag_header: Option<String>,
+}
+
+impl CachePolicy {
+    /// Whether lookups read the route's purge log ([`super::purge`]).
+    pub fn reads_purge_log(&self) -> bool {
+        self.purge_prefix || self.purge_tag_header.is_some()
+    }
 }
 
 impl Default for CachePolicy {
@@ -74,6 +85,8 @@ impl Default for CachePolicy {
             targeted: vec!["cdn-cache-control".into()],
             stale_on_error_secs: None,
             purge: None,
+            purge_prefix: false,
+            purge_tag_header: None,
         }
     }
 }
@@ -206,6 +219,15 @@ impl CachePolicy {
                 .map(|(i, r)| ClaimRule::compile(r, &format!("{at}[{i}]")))
                 .collect::<Result<Vec<_>, _>>()?;
             p.purge = Some(PurgeRules(rules));
+            p.purge_prefix = purge.prefix;
+            if let Some(h) = &purge.tag_header {
+                let at = format!("{path}.purge.tag_header");
+                p.purge_tag_header = header_names(std::slice::from_ref(h), &at)
+                    .map_err(|_| {
+                        ConfigError::expected(&at, "a header name (an HTTP token)", show_str(h))
+                    })?
+                    .pop();
+            }
         }
         if let Some(t) = &raw.targeted_cache_control {
             p.targeted = header_names(t, &format!("{path}.targeted_cache_control"))?;
@@ -256,6 +278,28 @@ mod tests {
             stale_on_error: None,
             purge: None,
         }
+    }
+
+    #[test]
+    fn purge_tag_header_is_a_header_name_lower_cased() {
+        let with = |h: &str| {
+            let mut r = raw();
+            r.purge = Some(
+                serde_json::from_value(serde_json::json!({
+                "claims": [{ "claim": "scope", "contains": "x" }],
+                "prefix": true, "tag_header": h }))
+                .unwrap(),
+            );
+            CachePolicy::compile(&r, "routes[0].cache")
+        };
+        let p = with("Surrogate-Key").unwrap();
+        assert_eq!(p.purge_tag_header.as_deref(), Some("surrogate-key"));
+        assert!(p.purge_prefix && p.reads_purge_log());
+        for bad in ["", "a b", "x:y"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("routes[0].cache.purge.tag_header"), "{e}");
+        }
+        assert!(!CachePolicy::compile(&raw(), "r").unwrap().reads_purge_log());
     }
 
     #[test]

@@ -14,7 +14,6 @@ use crate::cache::lookup::Mode;
 use crate::cache::respond::entry_times;
 use crate::cache::respond::fwd_status;
 use crate::cache::respond::respond;
-use crate::cache::respond::validator_mismatch;
 use crate::cache::respond::NS;
 use crate::cache::uri_hash;
 use crate::cache::CacheRoute;
@@ -35,6 +34,11 @@ pub enum ResponseDecision {
     },
     /// Pass the response through, with this `Cache-Status`.
     DontStore { cache_status: String },
+    /// The origin's 304 names another representation than the stored one
+    /// and does not answer the client's own conditions: pause the
+    /// response, send the request again unconditionally (see
+    /// [`refetch`](super::refetch)) and answer with [`super::on_refetch`].
+    Refetch,
 }
 
 /// Path of a `Location` / `Content-Location` value when it names the same
@@ -165,19 +169,23 @@ pub fn on_response_headers(
             // The 304 is for another representation than the stored one
             // (4.3.4): the entry was dropped. The 304 answers the cache's
             // validators, not the client's: it goes through only when the
-            // client's own conditions make it valid for the client. Anyone
-            // else gets a 502 (a retry, now a miss, fetches the full
-            // response); a bodiless 304 to an unconditional GET would be
-            // taken for an empty representation.
+            // client's own conditions make it valid for the client; for
+            // anyone else the full response is fetched (a bodiless 304 to
+            // an unconditional GET would be taken for an empty
+            // representation).
             None => {
-                let cache_status =
-                    fwd_status(ctx.fwd, Some(304), false, Some("validator-mismatch"), None);
                 if etag::answer_304(&ctx.request_headers, response, now / NS, now / NS) {
-                    ResponseDecision::DontStore { cache_status }
-                } else {
-                    ResponseDecision::Replace {
-                        response: validator_mismatch(cache_status),
+                    ResponseDecision::DontStore {
+                        cache_status: fwd_status(
+                            ctx.fwd,
+                            Some(304),
+                            false,
+                            Some("validator-mismatch"),
+                            None,
+                        ),
                     }
+                } else {
+                    ResponseDecision::Refetch
                 }
             }
         };
@@ -287,6 +295,19 @@ pub(crate) fn revalidated(
         if !etag::weak_eq(&new, &old) {
             store.drop_uri(&ctx.uri);
             return None;
+        }
+    }
+    // Without an ETag, a Last-Modified other than the stored one names
+    // another representation too.
+    if !headers::has(response, "etag") {
+        let lm = |h: &[(String, Vec<u8>)]| {
+            headers::first(h, "last-modified").map(|v| super::httpdate::parse(v).ok_or(()))
+        };
+        if let (Some(new), Some(old)) = (lm(response), lm(&stale.headers)) {
+            if new != old {
+                store.drop_uri(&ctx.uri);
+                return None;
+            }
         }
     }
     let mut merged = stale.clone();

@@ -469,42 +469,152 @@ fn location_on_same_host_only() {
 }
 
 #[test]
-fn a_mismatched_304_is_a_502_unless_the_client_asked_for_it() {
+fn a_mismatched_304_is_refetched_unless_the_client_asked_for_it() {
+    use crate::cache::on_refetch;
     use crate::host::fake::FakeHost;
     let host = FakeHost::new(1_700_000_000 * NS);
     let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
-    let route = test_route(&policy, &store_cfg);
+    let metrics = CacheMetrics::define(&host, "r");
+    let route = CacheRoute {
+        name: "r",
+        policy: &policy,
+        store: &store_cfg,
+        metrics: &metrics,
+    };
     let stored = h(&[("cache-control", "max-age=1"), ("etag", "\"v1\"")]);
-    let answer = h(&[("etag", "\"v2\"")]);
-    for (client, want_502) in [(vec![], true), (vec![("if-none-match", "\"v2\"")], false)] {
-        let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+    let fresh = h(&[
+        (":status", "200"),
+        ("cache-control", "max-age=60"),
+        ("etag", "\"v2\""),
+        ("content-length", "4"),
+    ]);
+    // (client's headers, 304 from the origin, the full request's answer)
+    let v2 = h(&[("etag", "\"v2\"")]);
+    let lm = h(&[("last-modified", "Tue, 01 Jan 2030 00:00:00 GMT")]);
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        Vec<(String, Vec<u8>)>,
+        Option<refetch::FullResponse>,
+        u32,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec![],
+            v2.clone(),
+            Some((200, fresh.clone(), b"new!".to_vec())),
+            200,
+        ),
+        (
+            vec![],
+            lm.clone(),
+            Some((200, fresh.clone(), b"new!".to_vec())),
+            200,
+        ),
+        (vec![], v2.clone(), None, 502),
+        (
+            vec![],
+            v2.clone(),
+            Some((200, fresh.clone(), vec![b'x'; 2 << 20])),
+            502,
+        ),
+        (vec![("if-none-match", "\"v2\"")], v2.clone(), None, 304),
+        // the client's condition fails on the 304 but holds for the full
+        // response? it cannot: the 304 had no ETag, the full one has v2.
+        (
+            vec![("if-none-match", "\"v2\"")],
+            lm.clone(),
+            Some((200, fresh.clone(), b"new!".to_vec())),
+            304,
+        ),
+    ];
+    for (i, (client, answer304, full, want)) in cases.into_iter().enumerate() {
+        let at = |mut r: Request| {
+            r.authority = format!("a{i}");
+            r
+        };
+        host.advance(std::time::Duration::from_secs(100));
+        let Lookup::Miss { mut ctx } = lookup(&host, &route, &at(get(&[]))) else {
             panic!("expected a miss")
         };
+        let stored = [
+            stored.clone(),
+            h(&[("last-modified", "Mon, 01 Jan 2029 00:00:00 GMT")]),
+        ]
+        .concat();
         assert!(matches!(
             on_response_headers(&host, &route, &mut ctx, 200, &stored),
             ResponseDecision::Store { .. }
         ));
         assert!(store(&host, &route, &mut ctx, 200, &stored, b"body"));
         host.advance(std::time::Duration::from_secs(5));
-        let Lookup::Revalidate { mut ctx, .. } = lookup(&host, &route, &get(&client)) else {
+        let Lookup::Revalidate { mut ctx, .. } = lookup(&host, &route, &at(get(&client))) else {
             panic!("expected a revalidation")
         };
-        match on_response_headers(&host, &route, &mut ctx, 304, &answer) {
-            ResponseDecision::Replace { response } => {
-                assert!(want_502);
-                assert_eq!(response.status, 502);
-                assert_eq!(
-                    response.header("cache-status"),
-                    Some(&b"meshguard; fwd=stale; fwd-status=304; detail=validator-mismatch"[..])
-                );
+        let refetched = host.metric("meshguard.cache.r.refetched").unwrap_or(0);
+        let failed = host.metric("meshguard.cache.r.refetch_failed").unwrap_or(0);
+        match on_response_headers(&host, &route, &mut ctx, 304, &answer304) {
+            ResponseDecision::Refetch => {
+                let full_ok = full.as_ref().is_some_and(|f| f.2.len() < 1 << 20);
+                let r = on_refetch(&host, &route, &mut ctx, full);
+                assert_eq!(r.status, want, "{client:?}");
+                if full_ok {
+                    assert_eq!(
+                        host.metric("meshguard.cache.r.refetched").unwrap_or(0),
+                        refetched + 1
+                    );
+                    if want == 200 {
+                        assert_eq!(r.body, b"new!");
+                        assert_eq!(
+                            r.header("cache-status"),
+                            Some(&b"meshguard; fwd=stale; fwd-status=200; stored; detail=validator-mismatch"[..])
+                        );
+                        // stored: the next request is a hit with the new body
+                        let Lookup::Hit(hit) = lookup(&host, &route, &at(get(&[]))) else {
+                            panic!("expected a hit")
+                        };
+                        assert_eq!(hit.body, b"new!");
+                    }
+                } else {
+                    assert_eq!(
+                        host.metric("meshguard.cache.r.refetch_failed").unwrap_or(0),
+                        failed + 1
+                    );
+                    assert_eq!(
+                        r.header("cache-status"),
+                        Some(&b"meshguard; fwd=stale; fwd-status=304; detail=validator-mismatch-refetch-failed"[..])
+                    );
+                    assert_eq!(r.header("retry-after"), Some(&b"0"[..]));
+                }
             }
             ResponseDecision::DontStore { cache_status } => {
-                assert!(!want_502);
+                assert_eq!(want, 304);
                 assert!(cache_status.ends_with("detail=validator-mismatch"));
             }
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn a_refetch_sends_no_condition_and_no_range() {
+    let fwd = h(&[
+        (":method", "GET"),
+        (":path", "/p"),
+        (":authority", "a"),
+        ("if-none-match", "\"v1\""),
+        ("If-Modified-Since", "x"),
+        ("range", "bytes=0-1"),
+        ("if-range", "\"v1\""),
+        ("x-envoy-attempt-count", "1"),
+        ("content-length", "0"),
+        ("x-user", "alice"),
+    ]);
+    let r = crate::cache::refetch_request(&fwd).unwrap();
+    let names: Vec<&str> = r.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, [":method", ":path", ":authority", "x-user"]);
+    assert!(crate::cache::refetch_request(&fwd[1..]).is_none());
+    let bad = [fwd.clone(), vec![("x-bin".to_string(), vec![0xff])]].concat();
+    assert!(crate::cache::refetch_request(&bad).is_none());
 }
 
 #[test]

@@ -471,4 +471,13 @@ pub struct RawCache {
 pub struct RawCachePurge {
     /// Claim rules the purging token must all satisfy (at least one).
     pub claims: Vec<RawClaimRule>,
+    /// Also purge by path prefix (`Meshguard-Purge: prefix`): every lookup
+    /// on the route then reads the route's purge log (one shared-data read).
+    #[serde(default)]
+    pub prefix: bool,
+    /// Response header carrying the response's tags (surrogate keys,
+    /// space- or comma-separated, e.g. `surrogate-key`): enables purge by
+    /// tag (`Meshguard-Purge-Tag`), with the same read per lookup.
+    #[serde(default)]
+    pub tag_header: Option<String>,
 }

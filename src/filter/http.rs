@@ -231,6 +231,11 @@ impl HttpStream {
         }
         pipeline::usage_headers(&mut s, &self.worker, px, end_of_stream);
         if pipeline::on_response_headers(&mut s, px, end_of_stream) {
+            // The cache's full request: its answer comes to the root.
+            if let Some(token) = s.refetch_token {
+                self.worker
+                    .await_refetch(token, self.context_id, state.clone());
+            }
             return Action::Pause;
         }
         Action::Continue
@@ -275,6 +280,9 @@ impl HttpStream {
                     self.worker.forget_rls(token);
                 }
                 pipeline::settle_usage(&mut s, &self.worker, px);
+                if let Some(token) = s.refetch_token.take() {
+                    self.worker.forget_refetch(token);
+                }
                 pipeline::on_stream_end(&mut s, px, seen);
             }
         }

@@ -231,6 +231,9 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                             for (n, v) in &add_request_headers {
                                 px.set_request_header(n, Some(v));
                             }
+                            // Kept for a full request, should the origin's
+                            // 304 name another representation (`refetch`).
+                            s.revalidation_request = px.request_headers_raw();
                             s.cache = Some(ctx);
                         }
                     }
@@ -1028,10 +1031,65 @@ fn purge<P: Host + Stream>(s: &mut StreamState, px: &P, host: &impl Host, cr: &C
         .to_string();
         return s.json_reply(px, 403, &[], &body);
     }
-    let n = cache::purge(host, cr, &s.req);
+    // The bodies are built by hand: `serde_json::json!` costs ~2 KB of
+    // wasm per object.
+    let body = match cache::purge_request(host, cr, &s.req) {
+        cache::PurgeOutcome::Url(n) => format!("{{\"purged\":{n}}}"),
+        cache::PurgeOutcome::Prefix(p) => {
+            let mut b = String::from("{\"purged_prefix\":");
+            json_str(&mut b, &p);
+            b.push('}');
+            b
+        }
+        cache::PurgeOutcome::Tags(t) => {
+            let mut b = String::from("{\"purged_tags\":[");
+            for (i, tag) in t.iter().enumerate() {
+                if i > 0 {
+                    b.push(',');
+                }
+                json_str(&mut b, tag);
+            }
+            b.push_str("]}");
+            b
+        }
+        cache::PurgeOutcome::BadRequest(why) => {
+            s.verdict.decide("denied", "cache", "purge_invalid");
+            let mut b = String::from("{\"error\":\"bad_request\",\"reason\":");
+            json_str(&mut b, why);
+            b.push('}');
+            return s.json_reply(px, 400, &[], &b);
+        }
+        cache::PurgeOutcome::Unavailable => {
+            s.verdict
+                .decide("unavailable", "cache", "purge_unavailable");
+            let b = "{\"error\":\"purge_unavailable\"}";
+            return s.json_reply(px, 503, &[("retry-after", "1")], b);
+        }
+    };
     s.verdict.decide("purged", "cache", "purged");
-    let body = serde_json::json!({ "purged": n }).to_string();
     s.json_reply(px, 200, &[], &body)
+}
+
+/// Appends `v` as a JSON string.
+fn json_str(out: &mut String, v: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 => {
+                out.push_str("\\u00");
+                for d in [(c as usize) >> 4, (c as usize) & 15] {
+                    out.push(char::from(HEX.get(d).copied().unwrap_or(b'0')));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The breaker refused the request: a stored stale response that
@@ -1273,6 +1331,7 @@ pub fn on_response_headers<P: Host + Stream>(
                         }
                     }
                     ResponseDecision::DontStore { cache_status: cs } => cache_status = Some(cs),
+                    ResponseDecision::Refetch => return refetch(s, px, &host, &cr, ctx),
                 }
             }
         }
@@ -1291,6 +1350,81 @@ pub fn on_response_headers<P: Host + Stream>(
         }
     }
     false
+}
+
+/// A revalidation's 304 named another representation (see
+/// `cache::refetch`): the request goes again, unconditionally, to the
+/// route's cluster as an HTTP call owned by the stream; the response stays
+/// paused until [`on_refetch_answer`]. Returns true (the response is
+/// replaced either way).
+fn refetch<P: Host + Stream>(
+    s: &mut StreamState,
+    px: &P,
+    host: &impl Host,
+    cr: &CacheRoute,
+    mut ctx: cache::MissContext,
+) -> bool {
+    let cluster = px.property_str(&["xds", "cluster_name"]);
+    // The request headers as forwarded, kept at the revalidation (the host
+    // gives no request headers once the request went on).
+    let headers = s
+        .revalidation_request
+        .take()
+        .and_then(|raw| crate::host::header_map::decode_pairs(&raw))
+        .and_then(|h| cache::refetch_request(&h));
+    let sent = match (cluster, headers) {
+        (Some(cluster), Some(headers)) => {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            px.dispatch_http_call(
+                &cluster,
+                &pairs,
+                None,
+                std::time::Duration::from_millis(cache::REFETCH_TIMEOUT_MS),
+            )
+            .ok()
+        }
+        _ => None,
+    };
+    match sent {
+        Some(token) => {
+            s.refetch_token = Some(token);
+            s.cache = Some(ctx);
+        }
+        None => {
+            log::warn!("meshguard: cache: could not send the full request after a mismatched 304");
+            let resp = cache::on_refetch(host, cr, &mut ctx, None);
+            send_cached(s, px, resp, "refetch_failed");
+        }
+    }
+    true
+}
+
+/// The answer of the stream's full request (see [`refetch`]), read by
+/// the root (`None`: failed, or over the cache's object size): sends what
+/// the cache makes of it. Other tokens are ignored.
+pub fn on_refetch_answer<P: Host + Stream>(
+    s: &mut StreamState,
+    px: &P,
+    token: u32,
+    answer: Option<cache::refetch::FullResponse>,
+) {
+    if s.refetch_token != Some(token) {
+        return;
+    }
+    s.refetch_token = None;
+    let rt = s.rt.clone();
+    let (Some(mut ctx), Some(route)) = (s.cache.take(), rt.config.routes.get(s.route)) else {
+        return;
+    };
+    let Some(cr) = cache_route(&rt, route, s.route) else {
+        return;
+    };
+    let ok = answer.is_some();
+    let resp = cache::on_refetch(&rt.host(px), &cr, &mut ctx, answer);
+    send_cached(s, px, resp, if ok { "refetched" } else { "refetch_failed" });
 }
 
 /// Adds meshguard's own response headers (rate-limit headers, ...) and the

@@ -255,6 +255,28 @@ impl Root {
     }
 }
 
+/// The HTTP call answer being delivered: status, headers, and the body
+/// when it is at most `max` bytes (else, or without a status, `None`).
+fn read_full_response(
+    px: &impl Stream,
+    body_size: usize,
+    max: u64,
+) -> Option<crate::cache::refetch::FullResponse> {
+    let headers = px.http_call_response_headers();
+    let status = headers
+        .iter()
+        .find(|(n, _)| n == ":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u32>().ok())?;
+    if body_size as u64 > max {
+        return None;
+    }
+    let body = match body_size {
+        0 => Vec::new(),
+        n => px.http_call_response_body(n)?,
+    };
+    Some((status, headers, body))
+}
+
 /// The host's callbacks of a root context (`dispatch` routes them here).
 impl Root {
     /// A JWKS fetch's answer.
@@ -264,6 +286,21 @@ impl Root {
         token: u32,
         body_size: usize,
     ) {
+        // The cache's full request for a stream: read the answer here (it
+        // is the root's), then act in the stream's context.
+        if let Some((id, state)) = self.worker.take_refetch(token) {
+            let max = state
+                .try_borrow()
+                .map_or(0, |s| s.rt.config.cache_store.max_entry_bytes);
+            let answer = read_full_response(px, body_size, max);
+            if px.set_effective_context(id) {
+                if let Ok(mut s) = state.try_borrow_mut() {
+                    pipeline::on_refetch_answer(&mut s, px, token, answer);
+                }
+                px.set_effective_context(self.context_id);
+            }
+            return;
+        }
         let call = {
             let mut calls = self.worker.jwks_calls.borrow_mut();
             calls

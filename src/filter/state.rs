@@ -262,6 +262,11 @@ pub struct StreamState {
     pub verdict: Verdict,
     /// Limits with a usage-based cost, settled when the response ends.
     pub usage: Option<Box<ratelimit::usage::Usage>>,
+    /// The cache's full request after a mismatched 304 (its call token).
+    pub refetch_token: Option<u32>,
+    /// A revalidating request's headers as forwarded (the host's
+    /// serialized map), for that full request.
+    pub revalidation_request: Option<Vec<u8>>,
 }
 
 impl StreamState {
@@ -290,6 +295,8 @@ impl StreamState {
             lease: None,
             verdict: Verdict::default(),
             usage: None,
+            refetch_token: None,
+            revalidation_request: None,
         }
     }
 

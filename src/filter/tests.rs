@@ -1355,3 +1355,312 @@ fn usage_of_a_global_limit_is_reported_to_the_service_at_the_end() {
         Some(12)
     );
 }
+
+// ------------------------------------------------------------ cache (#20)
+
+impl Vm {
+    /// The answer of the HTTP call `token` stream `id` sent (delivered to
+    /// the root context, as Envoy does).
+    fn stream_call_answer(&mut self, id: u32, token: u32, headers: &[(&str, &str)], body: &[u8]) {
+        assert!(self.streams.contains_key(&id));
+        self.px.set_call_answer(headers, body, None);
+        self.px.enter(ROOT);
+        self.root.on_http_call_response(&self.px, token, body.len());
+    }
+}
+
+fn stored_then_stale(vm: &mut Vm, path: &str, headers: &[(&str, &str)]) {
+    assert_eq!(vm.get(100, path, &[]), Action::Continue);
+    vm.respond(100, headers, false);
+    vm.body(100, b"old", true);
+    vm.tick_after(Duration::from_secs(5));
+}
+
+#[test]
+fn a_mismatched_304_is_resolved_by_a_full_request_to_the_routes_cluster() {
+    let mut vm = Vm::new(cache_config(65_536));
+    let v1 = [
+        (":status", "200"),
+        ("cache-control", "max-age=1"),
+        ("etag", "\"v1\""),
+    ];
+    stored_then_stale(&mut vm, "/doc", &v1);
+    assert_eq!(vm.get(1, "/doc", &[("x-user", "alice")]), Action::Continue);
+    assert_eq!(
+        vm.px.context(1).request_header("if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
+    vm.px.with_context(1, |c| {
+        c.properties
+            .insert("xds.cluster_name".into(), b"backend".to_vec())
+    });
+    // The origin answers the cache's validator with a 304 for another
+    // representation: the response pauses and the request goes again.
+    assert_eq!(
+        vm.respond(1, &[(":status", "304"), ("etag", "\"v2\"")], true),
+        Action::Pause
+    );
+    let calls = vm.px.http_calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!((call.target.as_str(), call.owner), ("backend", 1));
+    let names: Vec<&str> = call.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(!names.contains(&"if-none-match"), "{names:?}");
+    assert!(call.headers.contains(&("x-user".into(), "alice".into())));
+    assert!(call.headers.contains(&(":path".into(), "/doc".into())));
+    assert!(vm.replies(1).is_empty());
+    // Another token is not the refetch's answer.
+    vm.stream_call_answer(1, call.token + 7, &[(":status", "500")], b"");
+    assert!(vm.replies(1).is_empty());
+    vm.stream_call_answer(
+        1,
+        call.token,
+        &[
+            (":status", "200"),
+            ("etag", "\"v2\""),
+            ("cache-control", "max-age=60"),
+        ],
+        b"new",
+    );
+    let r = vm.reply(1);
+    assert_eq!((r.status, r.body_text().as_str()), (200, "new"));
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("meshguard; fwd=stale; fwd-status=200; stored; detail=validator-mismatch")
+    );
+    assert_eq!(vm.metric("meshguard.cache.api.refetched"), Some(1));
+    // Stored: the next request is a hit with the new body.
+    assert_eq!(vm.get(2, "/doc", &[]), Action::Pause);
+    assert_eq!(vm.reply(2).body_text(), "new");
+
+    // No answer (the call failed, or the host refused it): a 502 saying so.
+    for refuse in [false, true] {
+        let path = if refuse { "/b" } else { "/a" };
+        stored_then_stale(&mut vm, path, &v1);
+        vm.get(3, path, &[]);
+        vm.px.with_context(3, |c| {
+            c.properties
+                .insert("xds.cluster_name".into(), b"backend".to_vec())
+        });
+        vm.px.refuse_calls(refuse.then_some("no"));
+        assert_eq!(
+            vm.respond(3, &[(":status", "304"), ("etag", "\"v2\"")], true),
+            Action::Pause
+        );
+        if !refuse {
+            let token = vm.px.http_calls().last().expect("call").token;
+            vm.stream_call_answer(3, token, &[], b"");
+        }
+        let r = vm.reply(3);
+        assert_eq!(r.status, 502, "refused: {refuse}");
+        assert_eq!(
+            r.header("cache-status").as_deref(),
+            Some("meshguard; fwd=stale; fwd-status=304; detail=validator-mismatch-refetch-failed")
+        );
+        vm.px.refuse_calls(None);
+        vm.end(3, false);
+    }
+    assert_eq!(vm.metric("meshguard.cache.api.refetch_failed"), Some(2));
+}
+
+fn purge_config() -> Value {
+    let mut c = inline_jwt_config(json!({ "providers": ["main"], "allow_missing": true }));
+    c["observability"] = json!({ "filter_state": true });
+    c["routes"][0]["cache"] =
+        json!({ "purge": { "claims": [ { "claim": "scope", "contains": "orders:write" } ] } });
+    c
+}
+
+#[test]
+fn purge_is_answered_by_meshguard_allowed_with_the_claim_else_denied() {
+    let mut vm = Vm::new(purge_config());
+    assert_eq!(vm.get(1, "/doc", &[]), Action::Continue);
+    vm.respond(1, &CACHEABLE, false);
+    vm.body(1, b"x", true);
+    assert_eq!(vm.metric("meshguard.cache.api.stored"), Some(1));
+    // Without a token, or with one lacking the claim: 403, nothing dropped.
+    let read_only = bearer("scope_read_only");
+    for (id, auth) in [(2, None), (3, Some(read_only.as_str()))] {
+        let h: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        assert_eq!(vm.request(id, "PURGE", "/doc", &h), Action::Pause);
+        let r = vm.reply(id);
+        assert_eq!(r.status, 403, "{auth:?}");
+        assert_eq!(json_body(&r)["error"], "forbidden");
+        assert_eq!(verdict_of(&vm, id)["reason"], "purge_denied");
+    }
+    assert_eq!(vm.metric("meshguard.cache.api.purge_denied"), Some(2));
+    assert_eq!(vm.metric("meshguard.cache.api.purged").unwrap_or(0), 0);
+    assert_eq!(vm.get(4, "/doc", &[]), Action::Pause, "still a hit");
+    // With the claim: 200 {"purged": 1}, and the next GET is a miss.
+    let writer = bearer("valid_RS256");
+    assert_eq!(
+        vm.request(5, "PURGE", "/doc", &[("authorization", &writer)]),
+        Action::Pause
+    );
+    let r = vm.reply(5);
+    assert_eq!(r.status, 200);
+    assert_eq!(json_body(&r)["purged"], 1);
+    assert_eq!(
+        (
+            verdict_of(&vm, 5)["decision"].as_str(),
+            verdict_of(&vm, 5)["reason"].as_str()
+        ),
+        ("purged", "purged")
+    );
+    assert_eq!(vm.metric("meshguard.cache.api.purged"), Some(1));
+    assert_eq!(vm.get(6, "/doc", &[]), Action::Continue);
+    assert!(vm.replies(6).is_empty());
+}
+
+fn stale_on_open_config() -> Value {
+    json!({ "observability": { "filter_state": true }, "routes": [ route(json!({
+        "circuit_breaker": { "consecutive_failures": 1, "open_duration": "30s" },
+        "cache": {} })) ] })
+}
+
+#[test]
+fn an_open_breaker_serves_a_stale_entry_stale_if_error_allows_else_503() {
+    let mut vm = Vm::new(stale_on_open_config());
+    stored_then_stale(
+        &mut vm,
+        "/ok",
+        &[
+            (":status", "200"),
+            ("cache-control", "max-age=1, stale-if-error=60"),
+        ],
+    );
+    stored_then_stale(
+        &mut vm,
+        "/no",
+        &[(":status", "200"), ("cache-control", "max-age=1")],
+    );
+    // One failure opens the breaker.
+    vm.get(1, "/fail", &[]);
+    vm.respond(1, &[(":status", "502")], true);
+    assert_eq!(vm.get(2, "/ok", &[]), Action::Pause);
+    let r = vm.reply(2);
+    assert_eq!((r.status, r.body_text().as_str()), (200, "old"));
+    let cs = r.header("cache-status").unwrap_or_default();
+    assert!(cs.starts_with("meshguard; fwd=stale;"), "{cs}");
+    assert!(cs.ends_with("detail=circuit-open"), "{cs}");
+    assert!(cs.contains("ttl=-"), "{cs}");
+    let v = verdict_of(&vm, 2);
+    assert_eq!(
+        (
+            v["decision"].as_str(),
+            v["reason"].as_str(),
+            v["breaker"].as_str()
+        ),
+        ("cached", "stale_circuit_open", "open")
+    );
+    // Not allowed to be served stale: the breaker's 503.
+    assert_eq!(vm.get(3, "/no", &[]), Action::Pause);
+    let r = vm.reply(3);
+    assert_eq!(r.status, 503);
+    assert_eq!(json_body(&r)["error"], "circuit_open");
+    assert_eq!(verdict_of(&vm, 3)["reason"], "circuit_open");
+    assert_eq!(vm.metric("meshguard.breaker.api.rejected"), Some(2));
+}
+
+fn purge_by_config() -> Value {
+    let mut c = purge_config();
+    c["routes"][0]["cache"]["purge"]["prefix"] = json!(true);
+    c["routes"][0]["cache"]["purge"]["tag_header"] = json!("Surrogate-Key");
+    c
+}
+
+/// Stores `path` with these extra response headers (stream `id`).
+fn fill(vm: &mut Vm, id: u32, path: &str, extra: &[(&str, &str)], req: &[(&str, &str)]) {
+    assert_eq!(vm.get(id, path, req), Action::Continue, "{path} is a miss");
+    let mut h = CACHEABLE.to_vec();
+    h.extend_from_slice(extra);
+    vm.respond(id, &h, false);
+    vm.body(id, path.as_bytes(), true);
+}
+
+fn is_hit(vm: &mut Vm, id: u32, path: &str) -> bool {
+    let a = vm.get(id, path, &[]);
+    if a == Action::Continue {
+        vm.end(id, false);
+    }
+    a == Action::Pause
+}
+
+#[test]
+fn purge_by_prefix_and_by_tag_hide_what_was_stored_before() {
+    let mut vm = Vm::new(purge_by_config());
+    let writer = bearer("valid_RS256");
+    let auth = [("authorization", writer.as_str())];
+    // A client's request header is never a tag: only the origin's response.
+    fill(
+        &mut vm,
+        1,
+        "/cat/a",
+        &[("surrogate-key", "p1 all")],
+        &[("surrogate-key", "evil")],
+    );
+    fill(&mut vm, 2, "/cat/b", &[("surrogate-key", "p2, all")], &[]);
+    fill(&mut vm, 3, "/other", &[("surrogate-key", "p1")], &[]);
+    fill(&mut vm, 4, "/cat", &[], &[]);
+    for p in ["/cat/a", "/cat/b", "/other", "/cat"] {
+        assert!(is_hit(&mut vm, 10, p), "{p}");
+    }
+    // The tag purge needs the claim too.
+    let h = [("meshguard-purge-tag", "evil")];
+    assert_eq!(vm.request(11, "PURGE", "/", &h), Action::Pause);
+    assert_eq!(vm.reply(11).status, 403);
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge-tag", "evil"));
+    assert_eq!(vm.request(12, "PURGE", "/", &h), Action::Pause);
+    assert_eq!(json_body(&vm.reply(12))["purged_tags"], json!(["evil"]));
+    assert!(is_hit(&mut vm, 13, "/cat/a"), "a request header is no tag");
+    // Tags are echoed as JSON strings, escaped.
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge-tag", "q\"uo\\te\u{1}"));
+    vm.request(30, "PURGE", "/", &h);
+    assert_eq!(
+        json_body(&vm.reply(30))["purged_tags"],
+        json!(["q\"uo\\te\u{1}"])
+    );
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge-tag", "p1"));
+    vm.request(14, "PURGE", "/", &h);
+    assert_eq!(vm.reply(14).status, 200);
+    assert_eq!(vm.metric("meshguard.cache.api.purged_tag"), Some(3));
+    assert!(!is_hit(&mut vm, 15, "/cat/a"));
+    assert!(!is_hit(&mut vm, 16, "/other"));
+    assert!(is_hit(&mut vm, 17, "/cat/b"));
+    // By prefix: the path is the prefix, on the request's host.
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge", "prefix"));
+    vm.request(18, "PURGE", "/cat/", &h);
+    let r = vm.reply(18);
+    assert_eq!(json_body(&r)["purged_prefix"], "/cat/");
+    assert_eq!(vm.metric("meshguard.cache.api.purged_prefix"), Some(1));
+    assert!(!is_hit(&mut vm, 19, "/cat/b"));
+    assert!(is_hit(&mut vm, 20, "/cat"), "/cat is not under /cat/");
+    // Stored after the purge: served again.
+    vm.tick_after(Duration::from_millis(1));
+    fill(&mut vm, 21, "/cat/b", &[("surrogate-key", "p2")], &[]);
+    assert!(is_hit(&mut vm, 22, "/cat/b"));
+    // Malformed or not offered: 400, nothing recorded.
+    for (id, extra) in [
+        (23, ("meshguard-purge", "everything")),
+        (24, ("meshguard-purge-tag", " , ")),
+    ] {
+        let mut h = auth.to_vec();
+        h.push(extra);
+        vm.request(id, "PURGE", "/", &h);
+        assert_eq!(vm.reply(id).status, 400, "{extra:?}");
+    }
+    let many: String = (0..17).map(|i| format!("t{i} ")).collect();
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge-tag", &many));
+    vm.request(25, "PURGE", "/", &h);
+    assert_eq!(vm.reply(25).status, 400);
+    let mut vm = Vm::new(purge_config());
+    let mut h = auth.to_vec();
+    h.push(("meshguard-purge", "prefix"));
+    vm.request(26, "PURGE", "/", &h);
+    assert_eq!(vm.reply(26).status, 400, "prefix not configured");
+}

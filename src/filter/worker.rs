@@ -38,6 +38,10 @@ pub struct Worker {
     /// Lease refills in flight (`ratelimit::lease`), by call token: no
     /// stream waits on them; their answers go to shared data.
     pub lease_calls: RefCell<Vec<(u32, LeaseCall)>>,
+    /// Streams waiting for the cache's full request (see
+    /// `pipeline::on_refetch_answer`): (call token, context, state).
+    #[allow(clippy::type_complexity)]
+    pub refetch_calls: RefCell<Vec<(u32, u32, Rc<RefCell<StreamState>>)>>,
     /// When the last rate-limit-service warning was logged (one a second).
     last_rls_warning_ns: Cell<u64>,
     pub next_jwks_poll_ns: Cell<u64>,
@@ -159,6 +163,26 @@ impl Worker {
                 calls.swap_remove(i);
             }
         }
+    }
+
+    /// Stream `context_id` waits for the answer of HTTP call `token`.
+    pub fn await_refetch(&self, token: u32, context_id: u32, state: Rc<RefCell<StreamState>>) {
+        if let Ok(mut calls) = self.refetch_calls.try_borrow_mut() {
+            calls.push((token, context_id, state));
+        }
+    }
+
+    /// Takes the stream waiting for HTTP call `token`, if any.
+    pub fn take_refetch(&self, token: u32) -> Option<(u32, Rc<RefCell<StreamState>>)> {
+        let mut calls = self.refetch_calls.try_borrow_mut().ok()?;
+        let i = calls.iter().position(|(t, _, _)| *t == token)?;
+        let (_, id, state) = calls.swap_remove(i);
+        Some((id, state))
+    }
+
+    /// Forgets the full request of a stream that ended.
+    pub fn forget_refetch(&self, token: u32) {
+        drop(self.take_refetch(token));
     }
 
     /// Takes the wait of call `token` (its answer came).

@@ -829,29 +829,60 @@ def test_client_abort_releases_the_fill_lock(envoy, upstream):
     assert took < 2.0, took
 
 
-def test_validator_mismatch_never_sends_304_to_unconditional_client(envoy, upstream):
+def test_validator_mismatch_is_resolved_with_a_full_request(envoy, upstream):
+    """A revalidation answered 304 for another representation (RFC 9111
+    4.3.4) never reaches an unconditional client: meshguard sends the
+    request again without conditions and answers with the full response."""
     e = envoy(cfg())
+    version = ["a"]
+    broken = [False]
 
     def origin(m, p, h):
-        if "if-none-match" in h or "if-modified-since" in h:
-            return 304, {"etag": '"other-server"', "cache-control": "max-age=60"}, b"", 0
-        return 200, {"etag": '"a"', "cache-control": "max-age=1",
-                     "last-modified": email.utils.formatdate(time.time() - 3600, usegmt=True)}, b"body", 0
+        v = version[0]
+        if "if-none-match" in h or "if-modified-since" in h or broken[0]:
+            return 304, {"etag": f'"{v}"', "cache-control": f"max-age={SHORT}"}, b"", 0
+        return 200, {"etag": f'"{v}"', "cache-control": f"max-age={SHORT}",
+                     "last-modified": email.utils.formatdate(time.time() - 3600, usegmt=True)}, \
+            f"body-{v}".encode(), 0
 
     upstream.behaviour = origin
-    e.request("/c/vm")
-    time.sleep(2.1)
-    # the origin's 304 answers the cache's validators, not this client
+    s, h, b = e.request("/c/vm", headers={"x-who": "alice"})
+    assert (s, b) == (200, b"body-a") and is_stored(h), (s, h)
+    version[0] = "b"
+    time.sleep(SHORT + 1.1)
+    n = hits(upstream, "/c/vm")
+    s, h, b = e.request("/c/vm", headers={"x-who": "alice"})
+    assert (s, b) == (200, b"body-b"), (s, b, h)
+    assert h.get("etag") == '"b"', h
+    assert cs(h) == "meshguard; fwd=stale; fwd-status=200; stored; detail=validator-mismatch", cs(h)
+    # two upstream requests: the revalidation, then the full one without
+    # any condition but with the client's other headers
+    assert hits(upstream, "/c/vm") == n + 2
+    _, _, full = last_request(upstream, "/c/vm")
+    full = {k.lower(): v for k, v in full.items()}
+    assert "if-none-match" not in full and "if-modified-since" not in full, full
+    assert full.get("x-who") == "alice", full
+    # the full response was stored: a hit
+    s, h, b = e.request("/c/vm")
+    assert (s, b) == (200, b"body-b") and cs(h).startswith("meshguard; hit"), (s, h)
+    assert hits(upstream, "/c/vm") == n + 2
+    # a client whose own If-None-Match the 304 answers gets that 304
+    version[0] = "c"
+    time.sleep(SHORT + 1.1)
+    s, h, b = e.request("/c/vm", headers={"if-none-match": '"c"'})
+    assert (s, b) == (304, b"") and detail(h) == "validator-mismatch", (s, h)
+    # an origin that answers 304 even to the unconditional request: a clear
+    # 502, counted, never a 304 to an unconditional client
+    e.request("/c/vm")  # a miss (the entry was dropped): stores "c"
+    version[0] = "d"
+    broken[0] = True
+    time.sleep(SHORT + 1.1)
     s, h, b = e.request("/c/vm")
     assert s == 502 and h.get("retry-after") == "0", (s, b, h)
-    assert detail(h) == "validator-mismatch", cs(h)
-    # the entry was dropped: the retry fetches the full response
-    s, h, b = e.request("/c/vm")
-    assert (s, b) == (200, b"body") and is_stored(h), (s, h)
-    # a client whose own If-None-Match the 304 answers gets the 304
-    time.sleep(2.1)
-    s, h, b = e.request("/c/vm", headers={"if-none-match": '"other-server"'})
-    assert (s, b) == (304, b"") and detail(h) == "validator-mismatch", (s, h)
+    assert detail(h) == "validator-mismatch-refetch-failed", cs(h)
+    stats = e.stats()
+    assert stats.get("wasmcustom.meshguard.cache.c.refetched", 0) >= 1, stats
+    assert stats.get("wasmcustom.meshguard.cache.c.refetch_failed") == 1, stats
 
 
 # ------------------------------------------------------------ responses without Content-Length

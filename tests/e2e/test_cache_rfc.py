@@ -575,3 +575,49 @@ def test_purge_needs_a_token_with_the_claim_and_drops_every_variant(envoy, origi
     e.request("/n/q")
     s, _, _ = e.request("/n/q", method="PURGE")
     assert s == 200 and origin.last("/n/q")[0] == "PURGE"
+
+
+def test_purge_by_prefix_and_by_tag_with_the_claim(envoy, origin):
+    from jwt_support import claims, mint_hs
+    admin = mint_hs(claims(sub="ops", scope="read cache:purge"))
+    user = mint_hs(claims(sub="bob", scope="read"))
+    c = purge_cfg()
+    c["routes"][0]["cache"]["purge"].update({"prefix": True, "tag_header": "Surrogate-Key"})
+    e = envoy(c, upstream_port=origin.port)
+    fills = {"/c/cat/a": "p1 all", "/c/cat/b": "p2, all", "/c/other": "p1", "/c/catalog": "p3"}
+    for path, tags in fills.items():
+        origin.serve([("cache-control", "max-age=600"), ("surrogate-key", tags)])
+        # a client's own Surrogate-Key is never a tag of the stored response
+        e.request(path, headers={"surrogate-key": "evil"})
+        assert is_hit(e.request(path)[1]), path
+    admin_h = {"authorization": f"Bearer {admin}"}
+    # the claim is needed: no token, a token without it
+    for hdrs in ({}, {"authorization": f"Bearer {user}"}):
+        s, _, b = e.request("/c/", method="PURGE", headers={**hdrs, "meshguard-purge-tag": "p1"})
+        assert s == 403, (s, b)
+        s, _, b = e.request("/c/cat/", method="PURGE", headers={**hdrs, "meshguard-purge": "prefix"})
+        assert s == 403, (s, b)
+    assert all(is_hit(e.request(p)[1]) for p in fills)
+    s, _, b = e.request("/c/", method="PURGE", headers={**admin_h, "meshguard-purge-tag": "evil"})
+    assert (s, b) == (200, b'{"purged_tags":["evil"]}'), (s, b)
+    assert all(is_hit(e.request(p)[1]) for p in fills)
+    # by tag: every response listing it, on any path
+    before = len(origin.requests)
+    s, _, b = e.request("/c/", method="PURGE", headers={**admin_h, "meshguard-purge-tag": "p1"})
+    assert (s, b) == (200, b'{"purged_tags":["p1"]}'), (s, b)
+    assert len(origin.requests) == before  # answered by meshguard
+    assert [is_hit(e.request(p)[1]) for p in fills] == [False, True, False, True]
+    # by prefix: /c/cat/ but not /c/catalog
+    s, _, b = e.request("/c/cat/", method="PURGE", headers={**admin_h, "meshguard-purge": "prefix"})
+    assert (s, b) == (200, b'{"purged_prefix":"/c/cat/"}'), (s, b)
+    assert not is_hit(e.request("/c/cat/b")[1])
+    assert is_hit(e.request("/c/catalog")[1])
+    # stored again after the purge: served
+    assert is_hit(e.request("/c/cat/b")[1])
+    # malformed: 400, nothing purged
+    s, _, b = e.request("/c/", method="PURGE", headers={**admin_h, "meshguard-purge": "all"})
+    assert s == 400 and b"bad_request" in b, (s, b)
+    st = e.stats()
+    assert st["wasmcustom.meshguard.cache.c.purged_tag"] == 2
+    assert st["wasmcustom.meshguard.cache.c.purged_prefix"] == 1
+    assert st["wasmcustom.meshguard.cache.c.purge_denied"] == 4
