@@ -109,7 +109,7 @@ rls:
 rls-test: rls
 	cargo test --manifest-path $(RLS_MANIFEST) --target-dir target/rls-server
 
-e2e: build venv registry rls
+e2e: build native venv registry rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(VENV)/bin/pytest -q -n 2 tests/e2e
 
 # meshguard as an Envoy dynamic module (docs/native.md): the same filter as a
