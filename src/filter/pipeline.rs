@@ -454,7 +454,7 @@ fn global_rate_limit<P: Host + Stream>(
         }
         let unavailable = s.lease.as_ref().is_some_and(|p| p.unavailable);
         if unavailable {
-            if let Some(step) = lease_failure(s, w, px, rt, route, rr) {
+            if let Some(step) = lease_failure(s, px, rt, route, rr) {
                 return Some(step);
             }
         }
@@ -915,7 +915,6 @@ pub fn lease_answer<P: Host + Stream>(
 /// unreachable): `failure_mode` decides. `Some` when it answers 503.
 fn lease_failure<P: Host + Stream>(
     s: &mut StreamState,
-    w: &Worker,
     px: &P,
     rt: &Runtime,
     route: &Route,
@@ -923,7 +922,6 @@ fn lease_failure<P: Host + Stream>(
 ) -> Option<Step> {
     let svc = rt.config.rate_limit_service.as_ref()?;
     let host = rt.host(px);
-    let _ = w;
     if !svc.deny_on_failure {
         host.increment_metric(rr.rls.failure_mode_allowed, 1);
         return None;

@@ -276,21 +276,12 @@ pub fn report(
         .iter()
         .filter_map(|(i, n)| Some((global.get(*i)?, *n)))
         .map(|(l, n)| {
-            let mut entries = Vec::with_capacity(2 + l.key.len());
-            entries.push(proto::Entry {
-                key: "route".into(),
-                value: route.into(),
-            });
-            entries.push(proto::Entry {
-                key: "limit".into(),
-                value: l.name.clone(),
-            });
-            entries.extend(l.key.iter().map(|p: &KeyPart| proto::Entry {
-                key: p.descriptor_key(),
-                value: p.value(req, claims, client_ip),
-            }));
+            let values = l
+                .key
+                .iter()
+                .map(|p: &KeyPart| p.value(req, claims, client_ip));
             proto::RateLimitDescriptor {
-                entries,
+                entries: super::rls::descriptor_entries(route, l, values),
                 hits_addend: Some(proto::UInt64Value { value: n }),
             }
         })

@@ -201,21 +201,12 @@ pub fn request(
     let descriptors = limits
         .clone()
         .map(|l| {
-            let mut entries = Vec::with_capacity(2 + l.key.len());
-            entries.push(proto::Entry {
-                key: "route".into(),
-                value: route.into(),
-            });
-            entries.push(proto::Entry {
-                key: "limit".into(),
-                value: l.name.clone(),
-            });
-            entries.extend(l.key.iter().map(|p: &KeyPart| proto::Entry {
-                key: p.descriptor_key(),
-                value: p.value(req, claims, xff_hops),
-            }));
+            let values = l
+                .key
+                .iter()
+                .map(|p: &KeyPart| p.value(req, claims, xff_hops));
             proto::RateLimitDescriptor {
-                entries,
+                entries: descriptor_entries(route, l, values),
                 hits_addend: (!same_cost).then_some(proto::UInt64Value { value: l.cost }),
             }
         })
@@ -232,6 +223,31 @@ pub fn request(
     .encode()
 }
 
+/// Limit `l`'s descriptor entries: `route`, `limit`, then one entry per
+/// key part with its value (`values`, in the key's order). Every call
+/// meshguard sends (per request, lease refill, usage report) describes a
+/// limit this one way, so the service counts them in the same counter.
+pub fn descriptor_entries(
+    route: &str,
+    l: &LimitPolicy,
+    values: impl Iterator<Item = String>,
+) -> Vec<proto::Entry> {
+    let mut entries = Vec::with_capacity(2 + l.key.len());
+    entries.push(proto::Entry {
+        key: "route".into(),
+        value: route.into(),
+    });
+    entries.push(proto::Entry {
+        key: "limit".into(),
+        value: l.name.clone(),
+    });
+    entries.extend(l.key.iter().zip(values).map(|(p, value)| proto::Entry {
+        key: p.descriptor_key(),
+        value,
+    }));
+    entries
+}
+
 /// How many of `limits` one request's call carries (those without a lease).
 pub fn per_request_count(limits: &[LimitPolicy]) -> usize {
     limits.iter().filter(|l| l.lease == 0).count()
@@ -246,23 +262,10 @@ pub fn lease_request(
     values: Vec<String>,
     hits: u64,
 ) -> Vec<u8> {
-    let mut entries = Vec::with_capacity(2 + l.key.len());
-    entries.push(proto::Entry {
-        key: "route".into(),
-        value: route.into(),
-    });
-    entries.push(proto::Entry {
-        key: "limit".into(),
-        value: l.name.clone(),
-    });
-    entries.extend(l.key.iter().zip(values).map(|(p, value)| proto::Entry {
-        key: p.descriptor_key(),
-        value,
-    }));
     proto::RateLimitRequest {
         domain: domain.into(),
         descriptors: vec![proto::RateLimitDescriptor {
-            entries,
+            entries: descriptor_entries(route, l, values.into_iter()),
             hits_addend: None,
         }],
         hits_addend: hits.min(u32::MAX as u64) as u32,
