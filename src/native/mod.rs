@@ -727,15 +727,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     let Some(cfg) = (unsafe { module.cast::<ModuleConfig>().as_ref() }) else {
         return;
     };
+    on_main(cfg, |host| {
+        with(|w| {
+            if w.root(cfg, host).is_some() {
+                w.tick(cfg, host);
+            }
+        });
+    });
+}
+
+/// Runs `f` in a configuration's main-thread hook: no stream current,
+/// calls sent through the configuration's own callout.
+fn on_main(cfg: &ModuleConfig, f: impl FnOnce(&NativeHost<'_>)) {
     let host = NativeHost::new(cfg);
     let saved = host::current();
     host::set_current(std::ptr::null_mut());
     callout::set_main(cfg.envoy());
-    with(|w| {
-        if w.root(cfg, &host).is_some() {
-            w.tick(cfg, &host);
-        }
-    });
+    f(&host);
     callout::clear_main();
     host::set_current(saved);
     after_hook(&host);
@@ -762,35 +770,30 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     let Some(cfg) = (unsafe { module.cast::<ModuleConfig>().as_ref() }) else {
         return;
     };
-    let host = NativeHost::new(cfg);
-    let saved = host::current();
-    host::set_current(std::ptr::null_mut());
-    callout::set_main(cfg.envoy());
-    // SAFETY: Envoy's buffers, live for this hook.
-    let found = unsafe {
-        callout::answer(
-            callout::MAIN_CARRIER,
-            callout_id,
-            headers,
-            headers_len,
-            body,
-            body_len,
-        )
-    };
-    if let Some((token, kind, answer)) = found {
-        with(|w| {
-            w.deliver(
-                &host,
-                token,
-                kind,
-                answer,
-                result == abi::callout_result::SUCCESS,
+    on_main(cfg, |host| {
+        // SAFETY: Envoy's buffers, live for this hook.
+        let found = unsafe {
+            callout::answer(
+                callout::MAIN_CARRIER,
+                callout_id,
+                headers,
+                headers_len,
+                body,
+                body_len,
             )
-        });
-    }
-    callout::clear_main();
-    host::set_current(saved);
-    after_hook(&host);
+        };
+        if let Some((token, kind, answer)) = found {
+            with(|w| {
+                w.deliver(
+                    host,
+                    token,
+                    kind,
+                    answer,
+                    result == abi::callout_result::SUCCESS,
+                )
+            });
+        }
+    });
 }
 
 #[no_mangle]

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+import rls  # noqa: E402
 
 
 def pytest_sessionstart(session):
@@ -111,3 +112,29 @@ def pytest_collection_modifyitems(config, items):
             if name.startswith(key if "::" in key else key + "::"):
                 item.add_marker(wasm_only(reason))
                 break
+
+
+# The test rate limit service (tests/e2e/rls.py) on its Redis, for the
+# global, leased and usage-based limits' tests.
+
+@pytest.fixture
+def redis(tmp_path):
+    r = rls.Redis(tmp_path).start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def rls_server(tmp_path, redis):
+    """Factory: rls_server(limits, delay_ms=None) -> a started service on
+    Redis (each call another instance sharing the same Redis)."""
+    started = []
+
+    def make(limits, delay_ms=None):
+        s = rls.RlsServer(tmp_path, limits, redis_url=redis.url, delay_ms=delay_ms)
+        started.append(s)
+        return s.start()
+
+    yield make
+    for s in started:
+        s.stop()

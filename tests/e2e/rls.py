@@ -176,3 +176,20 @@ class RlsServer:
                 return f.read()
         except OSError:
             return ""
+
+
+def limit(name, n, seconds=60, route="g", var=None):
+    """A limitador limit matching meshguard's descriptor for (route, limit),
+    one counter per value of descriptor entry `var`."""
+    return {
+        "name": name, "namespace": "meshguard", "max_value": n, "seconds": seconds,
+        "conditions": [f"descriptors[0].route == '{route}'",
+                       f"descriptors[0].limit == '{name}'"],
+        "variables": [f"descriptors[0]['{var}']"] if var else [],
+    }
+
+
+def cluster(server_or_port):
+    """The Envoy cluster `ratelimit` (HTTP/2) of a started service, or of a port."""
+    port = server_or_port if isinstance(server_or_port, int) else server_or_port.port
+    return [harness.static_cluster("ratelimit", port, http2=True)]

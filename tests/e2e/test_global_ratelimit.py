@@ -9,7 +9,6 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import yaml
 
 import harness
@@ -26,45 +25,6 @@ def cfg(limits, mode="allow", timeout="500ms", headers="both"):
         "rate_limit_headers": headers,
         "routes": [{"name": "g", "match": {"path_prefix": "/g/"}, "rate_limit": limits}],
     }
-
-
-def limit(name, n, seconds=60, route="g", var=None):
-    """A limitador limit matching meshguard's descriptor for (route, limit),
-    one counter per value of descriptor entry `var`."""
-    return {
-        "name": name, "namespace": "meshguard", "max_value": n, "seconds": seconds,
-        "conditions": [f"descriptors[0].route == '{route}'",
-                       f"descriptors[0].limit == '{name}'"],
-        "variables": [f"descriptors[0]['{var}']"] if var else [],
-    }
-
-
-@pytest.fixture
-def redis(tmp_path):
-    r = rls.Redis(tmp_path).start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def rls_server(tmp_path, redis):
-    """Factory: rls_server(limits, delay_ms=None) -> a started service on
-    Redis (each call another instance sharing the same Redis)."""
-    started = []
-
-    def make(limits, delay_ms=None):
-        s = rls.RlsServer(tmp_path, limits, redis_url=redis.url, delay_ms=delay_ms)
-        started.append(s)
-        return s.start()
-
-    yield make
-    for s in started:
-        s.stop()
-
-
-def rls_cluster(server_or_port):
-    port = server_or_port if isinstance(server_or_port, int) else server_or_port.port
-    return [harness.static_cluster("ratelimit", port, http2=True)]
 
 
 def fire(envoys, n, headers=None, path="/g/x"):
@@ -84,11 +44,11 @@ def stat(e, name):
 
 def test_two_replicas_together_admit_exactly_n(envoy, upstream, rls_server):
     n = 12
-    svc_a = rls_server([limit("per-user", n, var="header.x-user")])
-    svc_b = rls_server([limit("per-user", n, var="header.x-user")])  # same Redis
+    svc_a = rls_server([rls.limit("per-user", n, var="header.x-user")])
+    svc_b = rls_server([rls.limit("per-user", n, var="header.x-user")])  # same Redis
     config = cfg([{"name": "per-user", "scope": "global", "key": [{"header": "x-user"}]}])
-    a = envoy(config, concurrency=2, extra_clusters=rls_cluster(svc_a))
-    b = envoy(config, concurrency=2, extra_clusters=rls_cluster(svc_b))
+    a = envoy(config, concurrency=2, extra_clusters=rls.cluster(svc_a))
+    b = envoy(config, concurrency=2, extra_clusters=rls.cluster(svc_b))
 
     res = fire([a, b], 40, headers={"x-user": "alice"})
     statuses = [s for s, _, _ in res]
@@ -118,20 +78,20 @@ def test_two_replicas_together_admit_exactly_n(envoy, upstream, rls_server):
 
 
 def test_cost_is_the_hits_addend(envoy, upstream, rls_server):
-    svc = rls_server([limit("heavy", 10)])
+    svc = rls_server([rls.limit("heavy", 10)])
     e = envoy(cfg([{"name": "heavy", "scope": "global", "cost": 4}]),
-              extra_clusters=rls_cluster(svc))
+              extra_clusters=rls.cluster(svc))
     assert [e.request("/g/x")[0] for _ in range(3)] == [200, 200, 429]
 
 
 # ------------------------------------------------------------ local and global
 
 def test_local_limits_run_first_and_shed_load_before_the_service(envoy, upstream, rls_server):
-    svc = rls_server([limit("quota", 100)])
+    svc = rls_server([rls.limit("quota", 100)])
     e = envoy(cfg([
         {"name": "burst", "capacity": 3, "refill_tokens": 1, "refill_interval": "1h"},
         {"name": "quota", "scope": "global"},
-    ]), extra_clusters=rls_cluster(svc))
+    ]), extra_clusters=rls.cluster(svc))
     statuses = [e.request("/g/x")[0] for _ in range(6)]
     assert statuses == [200, 200, 200, 429, 429, 429]
     # Locally refused requests never cost a call to the service.
@@ -142,11 +102,11 @@ def test_local_limits_run_first_and_shed_load_before_the_service(envoy, upstream
 
 
 def test_global_refusal_gives_local_tokens_back(envoy, upstream, rls_server):
-    svc = rls_server([limit("quota", 2, var="header.x-user")])
+    svc = rls_server([rls.limit("quota", 2, var="header.x-user")])
     e = envoy(cfg([
         {"name": "burst", "capacity": 3, "refill_tokens": 1, "refill_interval": "1h"},
         {"name": "quota", "scope": "global", "key": [{"header": "x-user"}]},
-    ]), extra_clusters=rls_cluster(svc))
+    ]), extra_clusters=rls.cluster(svc))
 
     def who(user):
         s, _, b = e.request("/g/x", headers={"x-user": user})
@@ -162,9 +122,9 @@ def test_global_refusal_gives_local_tokens_back(envoy, upstream, rls_server):
 
 
 def test_shadow_global_limit_never_refuses(envoy, upstream, rls_server):
-    svc = rls_server([limit("trial", 2)])
+    svc = rls_server([rls.limit("trial", 2)])
     e = envoy(cfg([{"name": "trial", "scope": "global", "shadow": True}]),
-              extra_clusters=rls_cluster(svc))
+              extra_clusters=rls.cluster(svc))
     assert [e.request("/g/x")[0] for _ in range(5)] == [200] * 5
     assert stat(e, "ratelimit.g.trial.shadow_limited") == 3
     assert "ratelimit" not in e.request("/g/x")[1]
@@ -173,10 +133,10 @@ def test_shadow_global_limit_never_refuses(envoy, upstream, rls_server):
 # ------------------------------------------------------------ failures
 
 def test_redis_stopped_follows_failure_mode(envoy, upstream, rls_server, redis):
-    svc = rls_server([limit("quota", 1000)])
+    svc = rls_server([rls.limit("quota", 1000)])
     limits = [{"name": "quota", "scope": "global"}]
-    allow = envoy(cfg(limits, mode="allow"), extra_clusters=rls_cluster(svc))
-    deny = envoy(cfg(limits, mode="deny"), extra_clusters=rls_cluster(svc))
+    allow = envoy(cfg(limits, mode="allow"), extra_clusters=rls.cluster(svc))
+    deny = envoy(cfg(limits, mode="deny"), extra_clusters=rls.cluster(svc))
     assert allow.request("/g/x")[0] == 200 and deny.request("/g/x")[0] == 200
 
     redis.stop()
@@ -204,11 +164,11 @@ def harness_wait(cond, timeout=10.0):
 
 
 def test_slow_service_hits_the_deadline(envoy, upstream, rls_server):
-    svc = rls_server([limit("quota", 1000)], delay_ms=3000)
+    svc = rls_server([rls.limit("quota", 1000)], delay_ms=3000)
     allow = envoy(cfg([{"name": "quota", "scope": "global"}], mode="allow", timeout="200ms"),
-                  extra_clusters=rls_cluster(svc))
+                  extra_clusters=rls.cluster(svc))
     deny = envoy(cfg([{"name": "quota", "scope": "global"}], mode="deny", timeout="200ms"),
-                 extra_clusters=rls_cluster(svc))
+                 extra_clusters=rls.cluster(svc))
     t0 = time.time()
     assert allow.request("/g/x")[0] == 200
     assert deny.request("/g/x")[0] == 503
@@ -221,7 +181,7 @@ def test_slow_service_hits_the_deadline(envoy, upstream, rls_server):
 def test_no_healthy_host_never_hangs(envoy, upstream):
     dead = harness.free_port()  # nothing listens there
     e = envoy(cfg([{"name": "quota", "scope": "global"}], mode="deny", timeout="5s"),
-              extra_clusters=rls_cluster(dead))
+              extra_clusters=rls.cluster(dead))
     t0 = time.time()
     s, h, b = e.request("/g/x")
     assert s == 503 and json.loads(b)["error"] == "rate_limit_unavailable"
@@ -242,9 +202,9 @@ def test_unknown_cluster_applies_failure_mode(envoy, upstream):
 def test_many_concurrent_requests_all_get_an_answer(envoy, upstream, rls_server):
     """Requests paused for the service are always resumed, even when they
     pile up on both workers."""
-    svc = rls_server([limit("quota", 150)], delay_ms=20)
+    svc = rls_server([rls.limit("quota", 150)], delay_ms=20)
     e = envoy(cfg([{"name": "quota", "scope": "global"}]), concurrency=2,
-              extra_clusters=rls_cluster(svc))
+              extra_clusters=rls.cluster(svc))
     res = fire([e], 200)
     statuses = [s for s, _, _ in res]
     assert statuses.count(200) == 150 and statuses.count(429) == 50, statuses
@@ -261,7 +221,7 @@ def test_documented_limitador_limits_match_meshguard_descriptors(envoy, upstream
         config = json.load(f)
     config["rate_limit_service"]["timeout"] = "500ms"
     svc = rls_server(limits)
-    e = envoy(config, extra_clusters=rls_cluster(svc))
+    e = envoy(config, extra_clusters=rls.cluster(svc))
     s, h, _ = e.request("/api/x", headers={"x-api-key": "k1"})
     assert s == 200, h
     # The service matched the per-key limit (it reports its size)...
@@ -282,13 +242,13 @@ def test_requests_resumed_after_waiting_for_jwks_still_ask_the_service(envoy, up
 
     idp = JwksServer(JWKS, delay=1.0, delay_count=1)
     try:
-        svc = rls_server([limit("per-user", 3, var="claim.sub")])
+        svc = rls_server([rls.limit("per-user", 3, var="claim.sub")])
         config = cfg([{"name": "per-user", "scope": "global", "key": [{"claim": "sub"}]}])
         config["jwt_providers"] = {"idp": {
             "issuer": "https://issuer.test", "audiences": ["api"],
             "jwks": {"remote": {"cluster": "idp", "path": "/jwks.json"}}}}
         config["routes"][0]["jwt"] = {"providers": ["idp"]}
-        e = envoy(config, extra_clusters=rls_cluster(svc) + [harness.static_cluster("idp", idp.port)])
+        e = envoy(config, extra_clusters=rls.cluster(svc) + [harness.static_cluster("idp", idp.port)])
         auth = {"authorization": "Bearer " + TOKENS["valid_ES256"]}
         res = fire([e], 5, headers=auth)
         statuses = sorted(s for s, _, _ in res)
@@ -306,9 +266,9 @@ def test_clients_leaving_during_the_call_leave_nothing_behind(envoy, upstream, r
     worker keeps serving."""
     import socket
 
-    svc = rls_server([limit("quota", 1000)], delay_ms=400)
+    svc = rls_server([rls.limit("quota", 1000)], delay_ms=400)
     e = envoy(cfg([{"name": "quota", "scope": "global"}], timeout="2s"),
-              extra_clusters=rls_cluster(svc))
+              extra_clusters=rls.cluster(svc))
     for _ in range(6):
         with socket.create_connection(("127.0.0.1", e.listen_port)) as c:
             c.sendall(b"GET /g/x HTTP/1.1\r\nhost: t\r\n\r\n")

@@ -23,40 +23,6 @@ def cfg(limits, mode="allow", timeout="500ms"):
     }
 
 
-def limit(name, n, seconds=60, var=None):
-    return {
-        "name": name, "namespace": "meshguard", "max_value": n, "seconds": seconds,
-        "conditions": ["descriptors[0].route == 'g'", f"descriptors[0].limit == '{name}'"],
-        "variables": [f"descriptors[0]['{var}']"] if var else [],
-    }
-
-
-@pytest.fixture
-def redis(tmp_path):
-    r = rls.Redis(tmp_path).start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def rls_server(tmp_path, redis):
-    started = []
-
-    def make(limits):
-        s = rls.RlsServer(tmp_path, limits, redis_url=redis.url)
-        started.append(s)
-        return s.start()
-
-    yield make
-    for s in started:
-        s.stop()
-
-
-def rls_cluster(server_or_port):
-    port = server_or_port if isinstance(server_or_port, int) else server_or_port.port
-    return [harness.static_cluster("ratelimit", port, http2=True)]
-
-
 def fire(envoys, n, headers=None, workers=8):
     """n concurrent requests spread over the Envoys: their statuses."""
     def one(i):
@@ -77,12 +43,12 @@ def rls_calls(e):
 
 def test_two_replicas_with_leases_stay_within_the_bound_with_few_calls(envoy, upstream, rls_server):
     n, lease, sent = 60, 8, 150
-    svc_a = rls_server([limit("per-user", n, var="header.x-user")])
-    svc_b = rls_server([limit("per-user", n, var="header.x-user")])  # same Redis
+    svc_a = rls_server([rls.limit("per-user", n, var="header.x-user")])
+    svc_b = rls_server([rls.limit("per-user", n, var="header.x-user")])  # same Redis
     config = cfg([{"name": "per-user", "scope": "global", "lease": lease,
                    "key": [{"header": "x-user"}]}])
-    a = envoy(config, concurrency=2, extra_clusters=rls_cluster(svc_a))
-    b = envoy(config, concurrency=2, extra_clusters=rls_cluster(svc_b))
+    a = envoy(config, concurrency=2, extra_clusters=rls.cluster(svc_a))
+    b = envoy(config, concurrency=2, extra_clusters=rls.cluster(svc_b))
 
     statuses = fire([a, b], sent, headers={"x-user": "alice"})
     admitted = statuses.count(200)
@@ -117,9 +83,9 @@ def test_two_replicas_with_leases_stay_within_the_bound_with_few_calls(envoy, up
 
 def test_over_limit_from_the_service_stops_admission(envoy, upstream, rls_server):
     n = 5
-    svc = rls_server([limit("quota", n)])
+    svc = rls_server([rls.limit("quota", n)])
     e = envoy(cfg([{"name": "quota", "scope": "global", "lease": 4}]),
-              concurrency=2, extra_clusters=rls_cluster(svc))
+              concurrency=2, extra_clusters=rls.cluster(svc))
     statuses = [e.request("/g/x")[0] for _ in range(12)]
     # Batches of 4 then 1 (the refused 4 halves down): exactly n here,
     # sequential requests on one process.
@@ -137,7 +103,7 @@ def test_over_limit_from_the_service_stops_admission(envoy, upstream, rls_server
 def test_service_down_with_no_lease_follows_failure_mode(envoy, upstream, mode):
     dead = harness.free_port()  # nothing listens there
     e = envoy(cfg([{"name": "quota", "scope": "global", "lease": 10}], mode=mode, timeout="200ms"),
-              extra_clusters=rls_cluster(dead))
+              extra_clusters=rls.cluster(dead))
     t0 = time.time()
     s, h, b = e.request("/g/x")
     assert time.time() - t0 < 2, "never hangs"
@@ -153,9 +119,9 @@ def test_service_down_with_no_lease_follows_failure_mode(envoy, upstream, mode):
 
 
 def test_redis_stopped_spends_the_lease_left_then_follows_failure_mode(envoy, upstream, rls_server, redis):
-    svc = rls_server([limit("quota", 1000)])
+    svc = rls_server([rls.limit("quota", 1000)])
     e = envoy(cfg([{"name": "quota", "scope": "global", "lease": 10}], mode="deny"),
-              concurrency=1, extra_clusters=rls_cluster(svc))
+              concurrency=1, extra_clusters=rls.cluster(svc))
     assert e.request("/g/x")[0] == 200  # obtains a batch of 10
     redis.stop()
     statuses = [e.request("/g/x")[0] for _ in range(15)]

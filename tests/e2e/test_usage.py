@@ -196,13 +196,6 @@ def test_a_stream_reaches_the_client_event_by_event_and_settles_at_its_end(envoy
 
 # ------------------------------------------------------------ global limits
 
-@pytest.fixture
-def redis(tmp_path):
-    r = rls.Redis(tmp_path).start()
-    yield r
-    r.stop()
-
-
 def rls_calls(svc):
     return [line for line in svc.log().splitlines() if "domain=" in line]
 
