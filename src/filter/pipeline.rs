@@ -558,17 +558,19 @@ fn global_rate_limit<P: Host + Stream>(
     let mut remaining: Vec<Option<u64>> = Vec::new();
     let d = match verdict {
         Ok(v) => {
-            let mut statuses = v.statuses.iter();
-            remaining = route
-                .global_limits
-                .iter()
-                .map(|l| match l.lease {
-                    0 => statuses
-                        .next()
-                        .and_then(|st| st.limit.map(|_| st.remaining)),
-                    _ => None,
-                })
-                .collect();
+            if route.global_limits.iter().any(|l| l.usage.is_some()) {
+                let mut statuses = v.statuses.iter();
+                remaining = route
+                    .global_limits
+                    .iter()
+                    .map(|l| match l.lease {
+                        0 => statuses
+                            .next()
+                            .and_then(|st| st.limit.map(|_| st.remaining)),
+                        _ => None,
+                    })
+                    .collect();
+            }
             let v = match s.lease.is_some() {
                 true => merged_verdict(s, route, Some(v)),
                 false => v,
