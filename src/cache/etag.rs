@@ -80,7 +80,7 @@ pub fn parse_list(v: &[u8]) -> Vec<ETag<'_>> {
 
 /// The stored response's fields a conditional request is compared with:
 /// the first `ETag`, `Last-Modified` and `Date` values (as
-/// [`headers::first`] finds them).
+/// `headers::first` finds them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoredValidators<'a> {
     pub etag: Option<&'a [u8]>,

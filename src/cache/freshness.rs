@@ -35,7 +35,7 @@ pub struct FreshnessConfig {
 /// Statuses that are heuristically cacheable (RFC 9110 15.1), minus 206
 /// which meshguard does not store. Of these, 405, 414 and 501 get no
 /// configured freshness all the same: their cause may be a request header
-/// ([`storable::may_be_caused_by_the_request`](super::storable::may_be_caused_by_the_request)).
+/// (`storable::may_be_caused_by_the_request`).
 pub fn heuristically_cacheable(status: u32) -> bool {
     matches!(
         status,

@@ -85,7 +85,7 @@ thread_local! {
     static URI_MEMO: std::cell::RefCell<UriMemo> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// [`uri_hash`] through this worker's [`UriMemo`].
+/// [`uri_hash`] through this worker's `UriMemo`.
 pub fn uri_hash_memo(route: &str, authority: &str, path: &str) -> [u8; 32] {
     let mut buf = [0u8; URI_MEMO_MAX_KEY];
     let Some(key) = buf.get_mut(..uri_key_len(route, authority, path)) else {

@@ -75,7 +75,7 @@ pub enum Lookup {
     /// Another request is filling this entry: retry [`lookup`] later.
     Wait { retry_after_ms: u64 },
     /// Not cacheable (method, ...): go upstream; still call
-    /// [`on_response_headers`] (it invalidates after unsafe methods and
+    /// `on_response_headers` (it invalidates after unsafe methods and
     /// gives the `Cache-Status`).
     Bypass { ctx: MissContext },
 }
@@ -342,7 +342,7 @@ pub enum PurgeOutcome {
 
 /// An authorised `PURGE` (see [`purge`](super::purge)): by tag with
 /// `Meshguard-Purge-Tag: t1 t2` (space- or comma-separated, at most
-/// [`MAX_TAGS_PER_PURGE`](super::purge::MAX_TAGS_PER_PURGE), routes with
+/// `MAX_TAGS_PER_PURGE`, routes with
 /// `purge.tag_header`), by path prefix with `Meshguard-Purge: prefix` (the
 /// request's path and host, routes with `purge.prefix`), else by URL
 /// ([`purge`]). Counted in `purged_prefix` / `purged_tag` / `purged`.

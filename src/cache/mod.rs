@@ -64,7 +64,7 @@
 //! | `max-stale[=N]` | request | stale responses (by at most N s) are acceptable, unless the response forbids it |
 //! | `min-fresh=N` | request | needs at least N s of freshness left |
 //! | `only-if-cached` | request | no usable stored response means 504, never upstream |
-//! | `must-understand` | response | a status outside RFC 9110 is not stored; an understood one is stored despite `no-store` ([`storable::understood`]) |
+//! | `must-understand` | response | a status outside RFC 9110 is not stored; an understood one is stored despite `no-store` (`storable::understood`) |
 //! | `no-transform`, `immutable` | response | parsed; no effect (meshguard never transforms) |
 //! | targeted fields | response | `CDN-Cache-Control` or the route's `targeted_cache_control` (RFC 9213): the first present replaces `Cache-Control` and `Expires` for every decision; stored and sent unchanged |
 //!
@@ -85,7 +85,7 @@
 //!
 //! Freshness is counted in whole clock seconds ([`freshness::age_at`]);
 //! an unreadable `Age` is [`freshness::UNKNOWN_AGE`] (stale on arrival).
-//! A GET with one byte `Range` is answered from a stored 200 ([`range`]).
+//! A GET with one byte `Range` is answered from a stored 200 (`range`).
 //! `Vary` compares the content-negotiation headers as sets
 //! ([`vary::negotiation`]). A 304 that revalidates replaces the stored
 //! fields of its names (but `Content-Length`). When the route's circuit
@@ -96,7 +96,7 @@
 //! the URI's entries; by path prefix and by tag (the response's
 //! `purge.tag_header`) appends to a bounded per-route purge log read with
 //! each lookup on such routes, failing towards purging more (see
-//! [`purge`](mod@purge)).
+//! `purge`).
 //!
 //! # Cache safety
 //!
@@ -126,7 +126,7 @@
 //!   a request header the key does not cover: stored only with `s-maxage`,
 //!   or `public` with `max-age` / `Expires` (`detail=error-status`); 206,
 //!   304, 412 and 416 answering a request with a condition or a range are
-//!   not stored (`detail=conditional`). See [`storable`].
+//!   not stored (`detail=conditional`). See `storable`.
 //! - **Revalidation** sends only meshguard's validators
 //!   ([`CLIENT_CONDITIONS`] are removed); the client's `If-None-Match` /
 //!   `If-Modified-Since` are evaluated against the result. An

@@ -44,7 +44,7 @@ pub fn in_header_family(name: &[u8], family: &str) -> bool {
 }
 
 /// The names of the request's headers that are a spelling of one of
-/// `families` (from [`JwtProviders::claim_headers`]), once each, as sent:
+/// `families` (from [`super::JwtProviders::claim_headers`]), once each, as sent:
 /// a client's attempt to set a header meshguard sets from verified
 /// claims. The filter removes them from every request.
 pub fn injected_claim_headers(families: &[String], req: &Request) -> Vec<String> {

@@ -4,7 +4,6 @@ refused and timeouts trip it; 404s do not."""
 
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 

@@ -8,7 +8,6 @@ filter configuration meshguard uses. It shows Envoy's behaviour that
 docs/operations.md documents: fail closed = 503 and the upstream untouched; fail open =
 the request passes without the filter."""
 
-import json
 import os
 
 import harness

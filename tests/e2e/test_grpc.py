@@ -15,7 +15,6 @@ import time
 import grpc
 import pytest
 
-import harness
 from grpc_support import (OTHER_SERVICE, SERVICE, GrpcClient, GrpcServer, SlowStreamingOrigin,
                           TrailersOrigin)
 from jwt_support import JWKS, claims, mint_hs

@@ -2,7 +2,6 @@
 shadow mode, bounded memory, metrics."""
 
 import json
-import random
 import threading
 import time
 import uuid

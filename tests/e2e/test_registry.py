@@ -5,7 +5,6 @@ module pushed as a Wasm OCI artifact layer, fetched by Envoy's remote code
 source with its sha256)."""
 
 import hashlib
-import io
 import json
 import os
 import shutil
