@@ -15,7 +15,7 @@ RLS_MANIFEST := tests/rls-server/Cargo.toml
 
 NATIVE := target/release/libmeshguard.so
 
-.PHONY: native test-native soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
+.PHONY: native native-profiling test-native soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -118,6 +118,12 @@ native:
 	cargo build --release --features native --lib
 	@ls -l $(NATIVE)
 
+# The native module with symbols, for `perf record -g` on Envoy (docs/performance.md,
+# "Native module cost"): target/profiling/libmeshguard.so.
+native-profiling:
+	cargo build --profile profiling --features native --lib
+	@ls -l target/profiling/libmeshguard.so
+
 # The e2e suite against the native module (tests that cannot pass natively
 # are marked `wasm_only` with the reason, in tests/e2e/conftest.py).
 test-native: native build venv registry rls
@@ -152,8 +158,9 @@ SOAK_SECONDS ?= 600
 soak: build venv
 	SOAK_SECONDS=$(SOAK_SECONDS) ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" nice -n 19 $(PY) soak/soak.py
 
-bench: build venv rls
-	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" $(PY) bench/bench.py
+# The native module's rows (dm-*) run when MESHGUARD_NATIVE names the module.
+bench: build native venv rls
+	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" MESHGUARD_NATIVE="$(CURDIR)/$(NATIVE)" $(PY) bench/bench.py
 
 # Istio-compatible Wasm OCI image (compat layout, plugin.wasm) as an OCI
 # image-layout tarball; oci/Dockerfile builds the same with Docker.

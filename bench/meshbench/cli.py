@@ -31,7 +31,7 @@ from .run import run_rounds
 from .scenarios import build_scenarios, diag_scenarios
 from .stats import evaluate, head_to_head, summarize
 from .tokens import make_distinct_tokens
-from .tools import (ensure_cryptography, ensure_rls_bin, ensure_tool, ensure_trivial_wasm, ensure_wrk,
+from .tools import (ensure_cryptography, ensure_rls_bin, ensure_tool, ensure_trivial_dm, ensure_trivial_wasm, ensure_wrk,
                     machine_info, sha256_file)
 
 
@@ -93,6 +93,8 @@ def main(argv=None):
     wrk = ensure_wrk()
     ensure_cryptography()
     trivial_src = ensure_trivial_wasm(args.no_build)
+    if os.path.exists(os.environ.get("MESHGUARD_NATIVE", "")):
+        ensure_trivial_dm(args.no_build)  # the dm-* rows' floor (dm-trivial, dm-rl-floor)
 
     workdir = tempfile.mkdtemp(prefix="meshguard-bench-")
     ok = False

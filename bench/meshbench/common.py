@@ -7,6 +7,10 @@ ROOT = os.path.dirname(HERE)
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "jwt")
 TRIVIAL_DIR = os.path.join(HERE, "trivial-filter")
 TRIVIAL_WASM = os.path.join(TRIVIAL_DIR, "target", "wasm32-wasip1", "release", "trivial_filter.wasm")
+# The reference dynamic module (no-op hooks; `rl_floor`: a rate limit's minimal work), built with the
+# native module's scenarios (MESHGUARD_NATIVE): the floor of the dm-* rows.
+TRIVIAL_DM_DIR = os.path.join(HERE, "trivial-dm")
+TRIVIAL_DM = os.path.join(TRIVIAL_DM_DIR, "target", "release", "libtrivial_dm.so")
 # tests/e2e: harness.py (the Envoy wrapper shared with the e2e tests), rls.py (the test rate limit service)
 E2E_DIR = os.path.join(ROOT, "tests", "e2e")
 RLS_MANIFEST = os.path.join(ROOT, "tests", "rls-server", "Cargo.toml")

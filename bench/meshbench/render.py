@@ -212,6 +212,6 @@ def render_latest_block(info, args, summary, scenarios, targets, extra, comp):
         L.append("")
         L.extend(footprint_table(fp, concs))
         L.extend(growth_lines(fp, concs[0]))
-    L.extend(targets_table(targets, "target (issues #8, #22)"))
+    L.extend(targets_table(targets, "target (issues #8, #22, #24)"))
     L.append(BLOCK_END)
     return "\n".join(L)

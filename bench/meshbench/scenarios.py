@@ -8,7 +8,7 @@ import os
 from .bootstraps import (dm_filter, native_cache, native_global_ratelimit, native_jwt_authn, native_local_ratelimit,
                          wasm_filter)
 from .common import (AUDIENCE, GRPC_HEADERS, GRPC_MESSAGE, GRPC_PATH, GRPC_STREAMS, ISSUER, NATIVE_RATE_LIMITS,
-                     PATH, RLS_CLUSTER, RLS_DOMAIN, RLS_TIMEOUT, BenchError)
+                     PATH, RLS_CLUSTER, RLS_DOMAIN, RLS_TIMEOUT, TRIVIAL_DM, BenchError)
 
 
 class Scenario:
@@ -176,6 +176,16 @@ COMPARISONS = [
     ("mg-jwt-rs256", "dm-jwt-rs256", "JWT RS256 repeated token: meshguard native module vs wasm"),
     ("native-cache-hit", "dm-cache-hit", "cache HIT: meshguard native module vs native cache filter"),
     ("mg-cache-hit", "dm-cache-hit", "cache HIT: meshguard native module vs wasm"),
+    # The floor of a dynamic module (#24): what any module costs, and a rate limit's minimal work.
+    ("passthrough", "dm-trivial", "no-op dynamic module vs no HTTP filter"),
+    ("native-ratelimit", "dm-trivial", "no-op dynamic module vs local_ratelimit"),
+    ("native-ratelimit", "dm-rl-floor", "dynamic-module rate-limit floor vs local_ratelimit"),
+    ("dm-trivial", "dm-rl-floor", "dynamic-module rate-limit floor vs the no-op module"),
+    ("dm-rl-floor", "dm-ratelimit-noheaders", "rate limit, no headers: meshguard native module vs its floor"),
+    ("dm-trivial", "dm-ratelimit-noheaders", "rate limit, no headers: meshguard native module vs the no-op module"),
+    ("native-jwt-rs256-distinct", "dm-jwt-rs256-distinct", "distinct RS256 tokens: meshguard native module vs jwt_authn"),
+    ("dm-ratelimit-noheaders", "dmb-ratelimit-noheaders", "rate limit, no headers: native module B vs A (MESHGUARD_NATIVE_B)"),
+    ("dm-cache-hit", "dmb-cache-hit", "cache HIT: native module B vs A (MESHGUARD_NATIVE_B)"),
 ]
 
 
@@ -230,7 +240,33 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
         S("dm-cache-hit", "meshguard native module, cache, every request a HIT",
           [dm_filter(native_so, json.dumps({"routes": [dict(route, cache=cache)]}))],
           group="cache", probe=mg_cache_probe, expect_upstream="none"),
+        # The floor of any dynamic module (bench/trivial-dm): no-op hooks; then a rate limit's minimal work.
+        S("dm-trivial", "reference dynamic module (bench/trivial-dm), every hook a no-op returning Continue",
+          [dm_filter(TRIVIAL_DM, "")], group="ratelimit"),
+        S("dm-rl-floor", "reference dynamic module doing a rate limit's minimal work (every request header "
+          "read through the ABI, one atomic compare-and-swap, one counter increment)",
+          [dm_filter(TRIVIAL_DM, "rl_floor")], group="ratelimit",
+          expect_stat=r"^wasmcustom\.trivial\.allowed$"),
+        S("dm-jwt-rs256-distinct", f"meshguard native module, JWT RS256, {len(distinct['RS256'][1])} distinct "
+          "tokens cycled", [dm_filter(native_so, json.dumps({"jwt_providers": provider,
+                                                             "routes": [dict(route, jwt=jwt)]}))],
+          tokens=distinct["RS256"][1], group="jwt-distinct", probe=jwt_probe,
+          expect_stat=r"^wasmcustom\.meshguard\.jwt\.bench\.signature_checks_\w+$",
+          expect_zero=r"^wasmcustom\.meshguard\.jwt\.bench\.cache_hit$"),
     ]
+    # A/B of a change to the native module: MESHGUARD_NATIVE_B names another build, measured as twins
+    # against MESHGUARD_NATIVE's (comparisons "... B vs A").
+    native_b = os.environ.get("MESHGUARD_NATIVE_B", "")
+    if dm_scenarios and os.path.exists(native_b):
+        dm_scenarios += [
+            S("dmb-ratelimit-noheaders", "MESHGUARD_NATIVE_B's native module, rate limit, one bucket, all pass, "
+              "no headers", [dm_filter(native_b, json.dumps({"rate_limit_headers": "none",
+                                                              "routes": [dict(route, rate_limit=rl)]}))],
+              group="ratelimit", expect_stat=r"^wasmcustom\.meshguard\.ratelimit\.bench\.all\.allowed$"),
+            S("dmb-cache-hit", "MESHGUARD_NATIVE_B's native module, cache, every request a HIT",
+              [dm_filter(native_b, json.dumps({"routes": [dict(route, cache=cache)]}))],
+              group="cache", probe=mg_cache_probe, expect_upstream="none"),
+        ]
     return dm_scenarios + [
         S("passthrough", "no HTTP filter but the router", []),
         S("trivial-wasm", "reference wasm filter reading one header", [

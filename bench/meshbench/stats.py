@@ -201,4 +201,40 @@ def evaluate(summary, comp=None):
                        None if pt is None else 0.8 * pt, lambda v, l: v >= l,
                        f"{name} {fmt(r, 0)} req/s vs passthrough {fmt(pt, 0)} req/s"
                        + ("" if not r or not pt else f" ({r / pt:.0%})")))
+    t += native_module_targets(ov, twin, twin_note, check)
+    return t
+
+
+def native_module_targets(ov, twin, twin_note, check):
+    """#24: the native module (dm-*) against Envoy's own filters, twins of the same run; rows only
+    when the native module's scenarios ran (MESHGUARD_NATIVE)."""
+    t = []
+
+    def floors(base):
+        """What the reference dynamic module costs over `base` (the ABI's floor)."""
+        parts = [f"{n} {twin(base, n):+.1f} us" for n in ("dm-trivial", "dm-rl-floor")
+                 if twin(base, n) is not None]
+        return "" if not parts else "; over the same base, the reference module (bench/trivial-dm): " + ", ".join(parts)
+
+    for a, b, label, extra in (
+            ("native-ratelimit", "dm-ratelimit-noheaders", "native module: rate limit overhead <= local_ratelimit + 1 us", 1.0),
+            ("native-jwt-rs256-cache", "dm-jwt-rs256", "native module: JWT RS256 repeated <= jwt_authn with jwt_cache_config", 0.0),
+            ("native-cache-hit", "dm-cache-hit", "native module: cache HIT CPU/request <= native cache HIT", 0.0)):
+        d = twin(a, b)
+        if d is None:
+            continue
+        detail = f"{b} minus {a} {d:+.1f} us (twins){twin_note(a, b)}"
+        if b == "dm-ratelimit-noheaders":
+            detail += floors(a)
+            over = twin("dm-rl-floor", b)
+            if over is not None:
+                detail += f"; meshguard {over:+.1f} us over dm-rl-floor"
+        t.append(check(label, d, extra, lambda v, l: v <= l, detail))
+    d, nd = twin("native-jwt-rs256-distinct", "dm-jwt-rs256-distinct"), ov("native-jwt-rs256-distinct")
+    if d is not None and nd is not None:
+        t.append(check("native module: distinct RS256 overhead <= 1.5x native jwt_authn (no cache)", d, 0.5 * nd,
+                       lambda v, l: v <= l,
+                       f"dm minus native {d:+.1f} us (twins)"
+                       f"{twin_note('native-jwt-rs256-distinct', 'dm-jwt-rs256-distinct')}; allowed "
+                       f"+{0.5 * nd:.1f} us (0.5 x native's {nd:.1f} us overhead); ratio {(nd + d) / nd:.2f}x"))
     return t

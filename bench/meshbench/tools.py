@@ -12,7 +12,8 @@ import shutil
 import subprocess
 import sys
 
-from .common import RLS_MANIFEST, RLS_TARGET, ROOT, TRIVIAL_DIR, TRIVIAL_WASM, BenchError, log
+from .common import (RLS_MANIFEST, RLS_TARGET, ROOT, TRIVIAL_DIR, TRIVIAL_DM, TRIVIAL_DM_DIR, TRIVIAL_WASM,
+                     BenchError, log)
 
 
 def ensure_tool(tool="wrk", package="wrk"):
@@ -67,6 +68,18 @@ def ensure_trivial_wasm(skip_build):
     if not os.path.exists(TRIVIAL_WASM):
         raise BenchError(f"{TRIVIAL_WASM} is missing")
     return TRIVIAL_WASM
+
+
+def ensure_trivial_dm(skip_build):
+    """The reference dynamic module (bench/trivial-dm), for the dm-* scenarios' floor rows."""
+    if not skip_build:
+        log("bench: building the trivial reference dynamic module (bench/trivial-dm)")
+        r = subprocess.run(["cargo", "build", "--release", "-q"], cwd=TRIVIAL_DM_DIR, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BenchError("building bench/trivial-dm failed:\n" + r.stderr[-3000:])
+    if not os.path.exists(TRIVIAL_DM):
+        raise BenchError(f"{TRIVIAL_DM} is missing")
+    return TRIVIAL_DM
 
 
 def ensure_rls_bin(skip_build):

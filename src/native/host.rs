@@ -20,9 +20,10 @@ use super::config::ModuleConfig;
 use super::store::Store;
 use crate::host::batch::MetricBatch;
 use crate::host::header_map::HeaderMap;
-use crate::host::{Host, HostError, MetricId, MetricKind, SetError, SharedValue, Stream};
+use crate::host::{Host, HostError, IdHasher, MetricId, MetricKind, SetError, SharedValue, Stream};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::time::Duration;
 
 thread_local! {
@@ -30,7 +31,8 @@ thread_local! {
     static CURRENT: Cell<FilterEnvoyPtr> = const { Cell::new(std::ptr::null_mut()) };
     /// Live contexts of this thread: stream ids to their Envoy filter;
     /// roots map to null.
-    static CONTEXTS: RefCell<HashMap<u32, usize>> = RefCell::new(HashMap::new());
+    static CONTEXTS: RefCell<HashMap<u32, usize, BuildHasherDefault<IdHasher>>> =
+        RefCell::new(HashMap::default());
     /// This thread's counter batch, flushed at the end of every event hook.
     static BATCH: &'static MetricBatch = Box::leak(Box::default());
     /// The answer of the callout being delivered (its hook sets it).
@@ -123,6 +125,38 @@ unsafe fn slice<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     }
 }
 
+/// Bytes `[start, start + size)` of a body read chunk by chunk: only
+/// those bytes are copied, once (not the whole body, then the range).
+struct BodyRange {
+    start: usize,
+    end: usize,
+    /// The offset of the next chunk in the body.
+    pos: usize,
+    out: Vec<u8>,
+}
+
+impl BodyRange {
+    /// `None` when the range's end overflows (as `proxy_get_buffer_bytes`).
+    fn new(start: usize, size: usize) -> Option<Self> {
+        Some(BodyRange {
+            start,
+            end: start.checked_add(size)?,
+            pos: 0,
+            out: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        let (from, to) = (self.pos, self.pos.saturating_add(chunk.len()));
+        self.pos = to;
+        let (a, b) = (self.start.max(from), self.end.min(to));
+        if a < b {
+            self.out
+                .extend_from_slice(chunk.get(a - from..b - from).unwrap_or_default());
+        }
+    }
+}
+
 /// The native host of one configuration (see the module docs).
 pub struct NativeHost<'a> {
     pub cfg: &'a ModuleConfig,
@@ -144,28 +178,81 @@ impl<'a> NativeHost<'a> {
     }
 
     fn headers(&self, kind: u32) -> Vec<(String, Vec<u8>)> {
-        let Some(f) = self.filter() else {
-            return Vec::new();
+        let mut out = Vec::new();
+        self.visit_headers(kind, |n, v| out.push((text(n), v.to_vec())));
+        out
+    }
+
+    /// Runs `f` on every header of `kind`, as Envoy's buffers (no copy):
+    /// one call for the count, one for the headers. Returns the count, 0
+    /// when there is no stream or Envoy gave none.
+    fn visit_headers(&self, kind: u32, mut f: impl FnMut(&[u8], &[u8])) -> usize {
+        let Some(f_ptr) = self.filter() else {
+            return 0;
         };
-        // SAFETY: `f` is the live filter of the running hook; the vector
-        // has room for the count Envoy gave.
+        /// Headers read into the stack; more go through a vector.
+        const INLINE: usize = 32;
+        // SAFETY: `f_ptr` is the live filter of the running hook; the
+        // array or vector has room for the count Envoy gave; the buffers
+        // are Envoy's, live until the hook returns.
         unsafe {
-            let n = abi::envoy_dynamic_module_callback_http_get_headers_size(f, kind);
-            let mut v = vec![EnvoyHeader::NULL; n];
-            if n == 0
-                || !abi::envoy_dynamic_module_callback_http_get_headers(f, kind, v.as_mut_ptr())
-            {
-                return Vec::new();
+            let n = abi::envoy_dynamic_module_callback_http_get_headers_size(f_ptr, kind);
+            if n == 0 {
+                return 0;
             }
-            v.iter()
-                .map(|h| {
-                    (
-                        text(slice(h.key_ptr, h.key_len)),
-                        slice(h.value_ptr, h.value_len).to_vec(),
-                    )
-                })
-                .collect()
+            let mut inline = [EnvoyHeader::NULL; INLINE];
+            let mut heap = Vec::new();
+            let buf: &mut [EnvoyHeader] = if n <= INLINE {
+                inline.get_mut(..n).unwrap_or_default()
+            } else {
+                heap.resize(n, EnvoyHeader::NULL);
+                &mut heap
+            };
+            if !abi::envoy_dynamic_module_callback_http_get_headers(f_ptr, kind, buf.as_mut_ptr()) {
+                return 0;
+            }
+            for h in buf.iter() {
+                f(slice(h.key_ptr, h.key_len), slice(h.value_ptr, h.value_len));
+            }
+            n
         }
+    }
+
+    /// The received response body's size (the chunks' lengths, no copy).
+    pub fn response_body_size(&self) -> usize {
+        let mut size = 0usize;
+        self.visit_body(abi::body_type::RECEIVED_RESPONSE, |c| size += c.len());
+        size
+    }
+
+    /// Runs `f` on every chunk of the body `kind`, as Envoy's buffers.
+    fn visit_body(&self, kind: u32, mut f: impl FnMut(&[u8])) -> Option<()> {
+        let fp = self.filter()?;
+        const INLINE: usize = 8;
+        // SAFETY: live filter; the array or vector has room for the count
+        // given; Envoy's buffers, live until the hook returns.
+        unsafe {
+            let n = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(fp, kind);
+            if n == 0 {
+                return Some(());
+            }
+            let mut inline = [EnvoyBuffer::NULL; INLINE];
+            let mut heap = Vec::new();
+            let buf: &mut [EnvoyBuffer] = if n <= INLINE {
+                inline.get_mut(..n).unwrap_or_default()
+            } else {
+                heap.resize(n, EnvoyBuffer::NULL);
+                &mut heap
+            };
+            if !abi::envoy_dynamic_module_callback_http_get_body_chunks(fp, kind, buf.as_mut_ptr())
+            {
+                return None;
+            }
+            for c in buf.iter() {
+                f(slice(c.ptr, c.len));
+            }
+        }
+        Some(())
     }
 
     fn header(&self, kind: u32, name: &str) -> Option<Vec<u8>> {
@@ -364,12 +451,16 @@ impl Host for NativeHost<'_> {
 
 impl Stream for NativeHost<'_> {
     fn request_headers_raw(&self) -> Option<Vec<u8>> {
-        let pairs = self.headers(abi::header_type::REQUEST_HEADERS);
-        let bytes = pairs.iter().map(|(n, v)| n.len() + v.len() + 10).sum();
-        let mut map = HeaderMap::with_capacity(pairs.len(), bytes);
-        for (n, v) in &pairs {
-            map.add(n.as_bytes(), v);
-        }
+        // Straight from Envoy's buffers into the serialised map (names
+        // made valid UTF-8 as `headers` does; a copy only when they are not).
+        let mut map = HeaderMap::with_capacity(16, 512);
+        self.visit_headers(abi::header_type::REQUEST_HEADERS, |n, v| {
+            if n.is_ascii() {
+                map.add(n, v);
+            } else {
+                map.add(String::from_utf8_lossy(n).as_bytes(), v);
+            }
+        });
         Some(map.finish())
     }
 
@@ -398,26 +489,9 @@ impl Stream for NativeHost<'_> {
     }
 
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
-        let f = self.filter()?;
-        let kind = abi::body_type::RECEIVED_RESPONSE;
-        // SAFETY: live filter; the vector has room for the count given.
-        let chunks = unsafe {
-            let n = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(f, kind);
-            let mut v = vec![EnvoyBuffer::NULL; n];
-            if n > 0
-                && !abi::envoy_dynamic_module_callback_http_get_body_chunks(f, kind, v.as_mut_ptr())
-            {
-                return None;
-            }
-            v
-        };
-        let mut body = Vec::new();
-        for c in chunks {
-            // SAFETY: Envoy's buffers, live until the hook returns.
-            body.extend_from_slice(unsafe { slice(c.ptr, c.len) });
-        }
-        let end = start.checked_add(size)?.min(body.len());
-        body.get(start.min(end)..end).map(<[u8]>::to_vec)
+        let mut range = BodyRange::new(start, size)?;
+        self.visit_body(abi::body_type::RECEIVED_RESPONSE, |c| range.push(c))?;
+        Some(range.out)
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
@@ -573,6 +647,38 @@ mod tests {
         }
         assert_eq!(decode_metric(MetricId::NONE), None);
         assert_eq!(encode_metric(MetricKind::Counter, 1 << 30), MetricId::NONE);
+    }
+
+    /// The range read chunk by chunk is what the old reading gave (the
+    /// whole body joined, then the range), whatever the chunking: empty
+    /// chunks, a range across chunks, past the end, an overflowing size.
+    #[test]
+    fn a_body_range_read_by_chunks_is_the_range_of_the_joined_body() {
+        let body: Vec<u8> = (0u8..23).collect();
+        let chunkings: [&[usize]; 5] = [&[23], &[0, 5, 0, 18], &[1; 23], &[10, 13], &[7, 7, 9]];
+        for cuts in chunkings {
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for n in cuts {
+                chunks.push(&body[at..at + n]);
+                at += n;
+            }
+            for start in [0usize, 1, 6, 7, 10, 22, 23, 24, 100] {
+                for size in [0, 1, 3, 7, 16, 23, 1000, usize::MAX] {
+                    let joined = start.checked_add(size).map(|e| {
+                        let end = e.min(body.len());
+                        body[start.min(end)..end].to_vec()
+                    });
+                    let mut r = BodyRange::new(start, size);
+                    if let Some(r) = r.as_mut() {
+                        for c in &chunks {
+                            r.push(c);
+                        }
+                    }
+                    assert_eq!(r.map(|r| r.out), joined, "{cuts:?} {start} {size}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -62,6 +62,7 @@ mod timer;
 
 use crate::filter::http::{Action, HttpStream};
 use crate::filter::root::Root;
+use crate::host::IdHasher;
 use crate::host::{Host, MetricId, Stream};
 use crate::plan::Config;
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr};
@@ -70,6 +71,7 @@ use host::NativeHost;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What Envoy holds for one stream.
@@ -95,10 +97,15 @@ struct StreamEntry {
 #[derive(Default)]
 struct Worker {
     roots: Vec<(u64, Root, u64)>,
-    streams: HashMap<u32, StreamEntry>,
+    /// Ids are this worker's own sequence numbers: no hash flooding, so
+    /// the id hasher (a multiply) instead of SipHash on every hook.
+    streams: HashMap<u32, StreamEntry, BuildHasherDefault<IdHasher>>,
     next_id: u32,
     /// The `DEAD_GENERATION` this worker has pruned its roots for.
     dead_seen: u64,
+    /// Streams of this worker holding a waker (`sync_wakers` skips its
+    /// pass over the streams when none waits and none holds one).
+    wakers: usize,
 }
 
 thread_local! {
@@ -268,6 +275,9 @@ impl Worker {
             .map(|(id, _)| *id)
             .chain(w.rls_calls.borrow().iter().map(|(_, r)| r.context_id))
             .collect();
+        if waiting.is_empty() && self.wakers == 0 {
+            return;
+        }
         for (id, e) in self.streams.iter_mut() {
             if e.cfg != cfg {
                 continue;
@@ -275,8 +285,9 @@ impl Worker {
             let wants = waiting.contains(id);
             if wants && e.waker.is_none() {
                 e.waker = timer::Waker::new(e.filter as FilterEnvoyPtr);
-            } else if !wants {
-                e.waker = None;
+                self.wakers += usize::from(e.waker.is_some());
+            } else if !wants && e.waker.take().is_some() {
+                self.wakers -= 1;
             }
         }
     }
@@ -295,7 +306,9 @@ impl Worker {
             }
         }
         if let Some(mut e) = self.streams.remove(&context_id) {
-            e.waker = None;
+            if e.waker.take().is_some() {
+                self.wakers = self.wakers.saturating_sub(1);
+            }
             if !seen {
                 let reset = self
                     .roots
@@ -595,7 +608,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     end_of_stream: bool,
 ) -> u32 {
     response_hook(filter, module, end_of_stream, |s, host| {
-        let size = host.response_body(0, usize::MAX).map_or(0, |b| b.len());
+        let size = host.response_body_size();
         s.on_response_body(host, size, end_of_stream)
     });
     abi::status::CONTINUE
