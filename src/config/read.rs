@@ -124,6 +124,7 @@ fn invalid_type(v: &Value, expected: &str) -> Error {
 
 // ------------------------------------------------------------ scalars
 
+#[inline(never)]
 fn string(v: &Value) -> R<String> {
     match v {
         Value::String(s) => Ok(s.clone()),
@@ -131,6 +132,7 @@ fn string(v: &Value) -> R<String> {
     }
 }
 
+#[inline(never)]
 fn boolean(v: &Value) -> R<bool> {
     match v {
         Value::Bool(b) => Ok(*b),
@@ -139,6 +141,7 @@ fn boolean(v: &Value) -> R<bool> {
 }
 
 /// An unsigned integer of at most `max`, serde's `name` (`u8`, `u32`...).
+#[inline(never)]
 fn unsigned(v: &Value, max: u64, name: &str) -> R<u64> {
     let Value::Number(n) = v else {
         return Err(invalid_type(v, name));
@@ -150,18 +153,22 @@ fn unsigned(v: &Value, max: u64, name: &str) -> R<u64> {
     }
 }
 
+#[inline(never)]
 fn u8_(v: &Value) -> R<u8> {
     unsigned(v, u8::MAX.into(), "u8").map(|u| u as u8)
 }
 
+#[inline(never)]
 fn u32_(v: &Value) -> R<u32> {
     unsigned(v, u32::MAX.into(), "u32").map(|u| u as u32)
 }
 
+#[inline(never)]
 fn u64_(v: &Value) -> R<u64> {
     unsigned(v, u64::MAX, "u64")
 }
 
+#[inline(never)]
 fn i64_(v: &Value) -> R<i64> {
     let Value::Number(n) = v else {
         return Err(invalid_type(v, "i64"));
@@ -174,6 +181,7 @@ fn i64_(v: &Value) -> R<i64> {
 }
 
 /// serde's `f64` takes integers too (converted with `as`).
+#[inline(never)]
 fn f64_(v: &Value) -> R<f64> {
     match v {
         Value::Number(n) => Ok(n.as_f64().unwrap_or(f64::NAN)),
@@ -181,6 +189,7 @@ fn f64_(v: &Value) -> R<f64> {
     }
 }
 
+#[inline(never)]
 fn duration(v: &Value) -> R<Duration> {
     match v {
         Value::String(s) => Duration::parse(s).ok_or_else(|| {
@@ -193,6 +202,7 @@ fn duration(v: &Value) -> R<Duration> {
     }
 }
 
+#[inline(never)]
 fn any(v: &Value) -> R<Value> {
     Ok(v.clone())
 }
@@ -200,6 +210,7 @@ fn any(v: &Value) -> R<Value> {
 // ------------------------------------------------------------ containers
 
 /// `null` is `None` (also for a member with a default).
+#[inline(never)]
 fn option<T>(v: &Value, read: fn(&Value) -> R<T>) -> R<Option<T>> {
     match v {
         Value::Null => Ok(None),
@@ -207,6 +218,7 @@ fn option<T>(v: &Value, read: fn(&Value) -> R<T>) -> R<Option<T>> {
     }
 }
 
+#[inline(never)]
 fn array<T>(v: &Value, read: fn(&Value) -> R<T>) -> R<Vec<T>> {
     let Value::Array(items) = v else {
         return Err(invalid_type(v, "a sequence"));
@@ -218,6 +230,7 @@ fn array<T>(v: &Value, read: fn(&Value) -> R<T>) -> R<Vec<T>> {
     Ok(out)
 }
 
+#[inline(never)]
 fn opt_array<T>(v: &Value, read: fn(&Value) -> R<T>) -> R<Option<Vec<T>>> {
     match v {
         Value::Null => Ok(None),
@@ -225,26 +238,32 @@ fn opt_array<T>(v: &Value, read: fn(&Value) -> R<T>) -> R<Option<Vec<T>>> {
     }
 }
 
+#[inline(never)]
 fn strings(v: &Value) -> R<Option<Vec<String>>> {
     opt_array(v, string)
 }
 
+#[inline(never)]
 fn opt_string(v: &Value) -> R<Option<String>> {
     option(v, string)
 }
 
+#[inline(never)]
 fn opt_bool(v: &Value) -> R<Option<bool>> {
     option(v, boolean)
 }
 
+#[inline(never)]
 fn opt_i64(v: &Value) -> R<Option<i64>> {
     option(v, i64_)
 }
 
+#[inline(never)]
 fn opt_duration(v: &Value) -> R<Option<Duration>> {
     option(v, duration)
 }
 
+#[inline(never)]
 fn map<T>(v: &Value, read: fn(&Value) -> R<T>) -> R<BTreeMap<String, T>> {
     let Value::Object(m) = v else {
         return Err(invalid_type(v, "a map"));
@@ -256,24 +275,24 @@ fn map<T>(v: &Value, read: fn(&Value) -> R<T>) -> R<BTreeMap<String, T>> {
     Ok(out)
 }
 
-/// Reads the members of the object `v` (serde's `struct <Name>`): `member`
-/// reads one it knows and returns false for a key it does not know, which
-/// is refused naming `fields` (the type's members in declaration order).
+/// Reads the members of the object `v` (serde's `struct <Name>`): a key
+/// not in `fields` (the type's members in declaration order, as serde
+/// names them) is refused, naming them; `member` reads the others, given
+/// their index in `fields`.
 fn object(
     v: &Value,
     name: &str,
     fields: &[&str],
-    member: &mut dyn FnMut(&str, &Value) -> R<bool>,
+    member: &mut dyn FnMut(usize, &Value) -> R<()>,
 ) -> R<()> {
     let Value::Object(m) = v else {
         return Err(invalid_type(v, &format!("struct {name}")));
     };
     for (k, x) in m {
-        match member(k, x) {
-            Ok(true) => {}
-            Ok(false) => return Err(unknown_field(k, fields).key(k)),
-            Err(e) => return Err(e.key(k)),
-        }
+        let Some(i) = fields.iter().position(|f| f == k) else {
+            return Err(unknown_field(k, fields).key(k));
+        };
+        member(i, x).map_err(|e| e.key(k))?;
     }
     Ok(())
 }
@@ -321,22 +340,22 @@ pub(super) fn config(v: &Value) -> R<RawConfig> {
         "observability",
     ];
     let mut c = RawConfig::default();
-    object(v, "RawConfig", FIELDS, &mut |k, x| {
-        match k {
-            "$schema" => c.schema = opt_string(x)?,
-            "jwt_providers" => c.jwt_providers = map(x, provider)?,
-            "routes" => c.routes = array(x, route)?,
-            "rate_limit_headers" => c.rate_limit_headers = opt_string(x)?,
-            "client_ip" => c.client_ip = option(x, client_ip)?,
-            "path_normalization" => c.path_normalization = option(x, path_normalization)?,
-            "cache_store" => c.cache_store = option(x, cache_store)?,
-            "rate_limit_service" => c.rate_limit_service = option(x, rate_limit_service)?,
-            "max_rate_limit_keys" => c.max_rate_limit_keys = option(x, u64_)?,
-            "metrics_flush_interval" => c.metrics_flush_interval = opt_duration(x)?,
-            "observability" => c.observability = option(x, observability)?,
-            _ => return Ok(false),
+    object(v, "RawConfig", FIELDS, &mut |i, x| {
+        match i {
+            0 => c.schema = opt_string(x)?,
+            1 => c.jwt_providers = map(x, provider)?,
+            2 => c.routes = array(x, route)?,
+            3 => c.rate_limit_headers = opt_string(x)?,
+            4 => c.client_ip = option(x, client_ip)?,
+            5 => c.path_normalization = option(x, path_normalization)?,
+            6 => c.cache_store = option(x, cache_store)?,
+            7 => c.rate_limit_service = option(x, rate_limit_service)?,
+            8 => c.max_rate_limit_keys = option(x, u64_)?,
+            9 => c.metrics_flush_interval = opt_duration(x)?,
+            10 => c.observability = option(x, observability)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(c)
 }
@@ -349,15 +368,15 @@ fn observability(v: &Value) -> R<RawObservability> {
         "trace_propagation",
     ];
     let mut o = RawObservability::default();
-    object(v, "RawObservability", FIELDS, &mut |k, x| {
-        match k {
-            "filter_state" => o.filter_state = opt_bool(x)?,
-            "claims" => o.claims = array(x, string)?,
-            "proxy_status" => o.proxy_status = opt_bool(x)?,
-            "trace_propagation" => o.trace_propagation = opt_bool(x)?,
-            _ => return Ok(false),
+    object(v, "RawObservability", FIELDS, &mut |i, x| {
+        match i {
+            0 => o.filter_state = opt_bool(x)?,
+            1 => o.claims = array(x, string)?,
+            2 => o.proxy_status = opt_bool(x)?,
+            3 => o.trace_propagation = opt_bool(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(o)
 }
@@ -365,13 +384,13 @@ fn observability(v: &Value) -> R<RawObservability> {
 fn client_ip(v: &Value) -> R<RawClientIp> {
     const FIELDS: &[&str] = &["xff_trusted_hops", "ipv6_prefix"];
     let mut c = RawClientIp::default();
-    object(v, "RawClientIp", FIELDS, &mut |k, x| {
-        match k {
-            "xff_trusted_hops" => c.xff_trusted_hops = u32_(x)?,
-            "ipv6_prefix" => c.ipv6_prefix = option(x, u8_)?,
-            _ => return Ok(false),
+    object(v, "RawClientIp", FIELDS, &mut |i, x| {
+        match i {
+            0 => c.xff_trusted_hops = u32_(x)?,
+            1 => c.ipv6_prefix = option(x, u8_)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(c)
 }
@@ -379,13 +398,13 @@ fn client_ip(v: &Value) -> R<RawClientIp> {
 fn path_normalization(v: &Value) -> R<RawPathNormalization> {
     const FIELDS: &[&str] = &["enabled", "escaped_slashes"];
     let mut p = RawPathNormalization::default();
-    object(v, "RawPathNormalization", FIELDS, &mut |k, x| {
-        match k {
-            "enabled" => p.enabled = opt_bool(x)?,
-            "escaped_slashes" => p.escaped_slashes = opt_string(x)?,
-            _ => return Ok(false),
+    object(v, "RawPathNormalization", FIELDS, &mut |i, x| {
+        match i {
+            0 => p.enabled = opt_bool(x)?,
+            1 => p.escaped_slashes = opt_string(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(p)
 }
@@ -396,13 +415,13 @@ fn cache_store(v: &Value) -> R<RawCacheStore> {
         max_bytes: None,
         max_entry_bytes: None,
     };
-    object(v, "RawCacheStore", FIELDS, &mut |k, x| {
-        match k {
-            "max_bytes" => c.max_bytes = option(x, u64_)?,
-            "max_entry_bytes" => c.max_entry_bytes = option(x, u64_)?,
-            _ => return Ok(false),
+    object(v, "RawCacheStore", FIELDS, &mut |i, x| {
+        match i {
+            0 => c.max_bytes = option(x, u64_)?,
+            1 => c.max_entry_bytes = option(x, u64_)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(c)
 }
@@ -427,18 +446,18 @@ fn route(v: &Value) -> R<RawRoute> {
         circuit_breaker: None,
         cache: None,
     };
-    object(v, "RawRoute", FIELDS, &mut |k, x| {
-        match k {
-            "name" => name = Some(string(x)?),
-            "match" => r.matcher = option(x, matcher)?,
-            "jwt" => r.jwt = option(x, route_jwt)?,
-            "rate_limit" => r.rate_limit = opt_array(x, rate_limit)?,
-            "rate_limit_grpc_status" => r.rate_limit_grpc_status = option(x, any)?,
-            "circuit_breaker" => r.circuit_breaker = option(x, breaker)?,
-            "cache" => r.cache = option(x, cache)?,
-            _ => return Ok(false),
+    object(v, "RawRoute", FIELDS, &mut |i, x| {
+        match i {
+            0 => name = Some(string(x)?),
+            1 => r.matcher = option(x, matcher)?,
+            2 => r.jwt = option(x, route_jwt)?,
+            3 => r.rate_limit = opt_array(x, rate_limit)?,
+            4 => r.rate_limit_grpc_status = option(x, any)?,
+            5 => r.circuit_breaker = option(x, breaker)?,
+            6 => r.cache = option(x, cache)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     r.name = required(name, "name")?;
     Ok(r)
@@ -455,18 +474,18 @@ fn matcher(v: &Value) -> R<RawMatch> {
         "case_sensitive",
     ];
     let mut m = RawMatch::default();
-    object(v, "RawMatch", FIELDS, &mut |k, x| {
-        match k {
-            "path_prefix" => m.path_prefix = opt_string(x)?,
-            "path_exact" => m.path_exact = opt_string(x)?,
-            "methods" => m.methods = strings(x)?,
-            "hosts" => m.hosts = strings(x)?,
-            "headers" => m.headers = opt_array(x, header_match)?,
-            "grpc" => m.grpc = option(x, grpc_match)?,
-            "case_sensitive" => m.case_sensitive = opt_bool(x)?,
-            _ => return Ok(false),
+    object(v, "RawMatch", FIELDS, &mut |i, x| {
+        match i {
+            0 => m.path_prefix = opt_string(x)?,
+            1 => m.path_exact = opt_string(x)?,
+            2 => m.methods = strings(x)?,
+            3 => m.hosts = strings(x)?,
+            4 => m.headers = opt_array(x, header_match)?,
+            5 => m.grpc = option(x, grpc_match)?,
+            6 => m.case_sensitive = opt_bool(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(m)
 }
@@ -474,13 +493,13 @@ fn matcher(v: &Value) -> R<RawMatch> {
 fn grpc_match(v: &Value) -> R<RawGrpcMatch> {
     const FIELDS: &[&str] = &["service", "method"];
     let (mut service, mut method) = (None, None);
-    object(v, "RawGrpcMatch", FIELDS, &mut |k, x| {
-        match k {
-            "service" => service = Some(string(x)?),
-            "method" => method = opt_string(x)?,
-            _ => return Ok(false),
+    object(v, "RawGrpcMatch", FIELDS, &mut |i, x| {
+        match i {
+            0 => service = Some(string(x)?),
+            1 => method = opt_string(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(RawGrpcMatch {
         service: required(service, "service")?,
@@ -491,14 +510,14 @@ fn grpc_match(v: &Value) -> R<RawGrpcMatch> {
 fn header_match(v: &Value) -> R<RawHeaderMatch> {
     const FIELDS: &[&str] = &["name", "exact", "present"];
     let (mut name, mut exact, mut present) = (None, None, None);
-    object(v, "RawHeaderMatch", FIELDS, &mut |k, x| {
-        match k {
-            "name" => name = Some(string(x)?),
-            "exact" => exact = opt_string(x)?,
-            "present" => present = opt_bool(x)?,
-            _ => return Ok(false),
+    object(v, "RawHeaderMatch", FIELDS, &mut |i, x| {
+        match i {
+            0 => name = Some(string(x)?),
+            1 => exact = opt_string(x)?,
+            2 => present = opt_bool(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(RawHeaderMatch {
         name: required(name, "name")?,
@@ -541,22 +560,22 @@ fn provider(v: &Value) -> R<RawProvider> {
         claims_to_headers: None,
         payload_header: None,
     };
-    object(v, "RawProvider", FIELDS, &mut |k, x| {
-        match k {
-            "issuer" => issuer = Some(string(x)?),
-            "audiences" => p.audiences = strings(x)?,
-            "algorithms" => p.algorithms = strings(x)?,
-            "jwks" => jwks_ = Some(jwks(x)?),
-            "from" => p.from = opt_array(x, token_source)?,
-            "clock_skew" => p.clock_skew = opt_duration(x)?,
-            "require_exp" => p.require_exp = opt_bool(x)?,
-            "max_lifetime" => p.max_lifetime = opt_duration(x)?,
-            "forward" => p.forward = opt_bool(x)?,
-            "claims_to_headers" => p.claims_to_headers = opt_array(x, claim_to_header)?,
-            "payload_header" => p.payload_header = opt_string(x)?,
-            _ => return Ok(false),
+    object(v, "RawProvider", FIELDS, &mut |i, x| {
+        match i {
+            0 => issuer = Some(string(x)?),
+            1 => p.audiences = strings(x)?,
+            2 => p.algorithms = strings(x)?,
+            3 => jwks_ = Some(jwks(x)?),
+            4 => p.from = opt_array(x, token_source)?,
+            5 => p.clock_skew = opt_duration(x)?,
+            6 => p.require_exp = opt_bool(x)?,
+            7 => p.max_lifetime = opt_duration(x)?,
+            8 => p.forward = opt_bool(x)?,
+            9 => p.claims_to_headers = opt_array(x, claim_to_header)?,
+            10 => p.payload_header = opt_string(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     p.issuer = required(issuer, "issuer")?;
     p.jwks = required(jwks_, "jwks")?;
@@ -570,14 +589,14 @@ fn jwks(v: &Value) -> R<RawJwks> {
         inline_string: None,
         remote: None,
     };
-    object(v, "RawJwks", FIELDS, &mut |k, x| {
-        match k {
-            "inline" => j.inline = option(x, any)?,
-            "inline_string" => j.inline_string = opt_string(x)?,
-            "remote" => j.remote = option(x, remote_jwks)?,
-            _ => return Ok(false),
+    object(v, "RawJwks", FIELDS, &mut |i, x| {
+        match i {
+            0 => j.inline = option(x, any)?,
+            1 => j.inline_string = opt_string(x)?,
+            2 => j.remote = option(x, remote_jwks)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(j)
 }
@@ -586,16 +605,16 @@ fn remote_jwks(v: &Value) -> R<RawRemoteJwks> {
     const FIELDS: &[&str] = &["cluster", "authority", "path", "timeout", "cache_duration"];
     let (mut cluster, mut path) = (None, None);
     let (mut authority, mut timeout, mut cache_duration) = (None, None, None);
-    object(v, "RawRemoteJwks", FIELDS, &mut |k, x| {
-        match k {
-            "cluster" => cluster = Some(string(x)?),
-            "authority" => authority = opt_string(x)?,
-            "path" => path = Some(string(x)?),
-            "timeout" => timeout = opt_duration(x)?,
-            "cache_duration" => cache_duration = opt_duration(x)?,
-            _ => return Ok(false),
+    object(v, "RawRemoteJwks", FIELDS, &mut |i, x| {
+        match i {
+            0 => cluster = Some(string(x)?),
+            1 => authority = opt_string(x)?,
+            2 => path = Some(string(x)?),
+            3 => timeout = opt_duration(x)?,
+            4 => cache_duration = opt_duration(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(RawRemoteJwks {
         cluster: required(cluster, "cluster")?,
@@ -614,15 +633,15 @@ fn token_source(v: &Value) -> R<RawTokenSource> {
         cookie: None,
         query: None,
     };
-    object(v, "RawTokenSource", FIELDS, &mut |k, x| {
-        match k {
-            "header" => t.header = opt_string(x)?,
-            "prefix" => t.prefix = opt_string(x)?,
-            "cookie" => t.cookie = opt_string(x)?,
-            "query" => t.query = opt_string(x)?,
-            _ => return Ok(false),
+    object(v, "RawTokenSource", FIELDS, &mut |i, x| {
+        match i {
+            0 => t.header = opt_string(x)?,
+            1 => t.prefix = opt_string(x)?,
+            2 => t.cookie = opt_string(x)?,
+            3 => t.query = opt_string(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(t)
 }
@@ -630,13 +649,13 @@ fn token_source(v: &Value) -> R<RawTokenSource> {
 fn claim_to_header(v: &Value) -> R<RawClaimToHeader> {
     const FIELDS: &[&str] = &["claim", "header"];
     let (mut claim, mut header) = (None, None);
-    object(v, "RawClaimToHeader", FIELDS, &mut |k, x| {
-        match k {
-            "claim" => claim = Some(string(x)?),
-            "header" => header = Some(string(x)?),
-            _ => return Ok(false),
+    object(v, "RawClaimToHeader", FIELDS, &mut |i, x| {
+        match i {
+            0 => claim = Some(string(x)?),
+            1 => header = Some(string(x)?),
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(RawClaimToHeader {
         claim: required(claim, "claim")?,
@@ -654,15 +673,15 @@ fn route_jwt(v: &Value) -> R<RawRouteJwt> {
     let mut providers = None;
     let (mut allow_missing, mut reject_multiple_tokens) = (false, false);
     let mut claims = Vec::new();
-    object(v, "RawRouteJwt", FIELDS, &mut |k, x| {
-        match k {
-            "providers" => providers = Some(array(x, string)?),
-            "allow_missing" => allow_missing = boolean(x)?,
-            "reject_multiple_tokens" => reject_multiple_tokens = boolean(x)?,
-            "claims" => claims = array(x, claim_rule)?,
-            _ => return Ok(false),
+    object(v, "RawRouteJwt", FIELDS, &mut |i, x| {
+        match i {
+            0 => providers = Some(array(x, string)?),
+            1 => allow_missing = boolean(x)?,
+            2 => reject_multiple_tokens = boolean(x)?,
+            3 => claims = array(x, claim_rule)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(RawRouteJwt {
         providers: required(providers, "providers")?,
@@ -676,15 +695,15 @@ fn claim_rule(v: &Value) -> R<RawClaimRule> {
     const FIELDS: &[&str] = &["claim", "equals", "one_of", "contains"];
     let mut claim = None;
     let (mut equals, mut one_of, mut contains) = (None, None, None);
-    object(v, "RawClaimRule", FIELDS, &mut |k, x| {
-        match k {
-            "claim" => claim = Some(string(x)?),
-            "equals" => equals = option(x, any)?,
-            "one_of" => one_of = opt_array(x, any)?,
-            "contains" => contains = option(x, any)?,
-            _ => return Ok(false),
+    object(v, "RawClaimRule", FIELDS, &mut |i, x| {
+        match i {
+            0 => claim = Some(string(x)?),
+            1 => equals = option(x, any)?,
+            2 => one_of = opt_array(x, any)?,
+            3 => contains = option(x, any)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(RawClaimRule {
         claim: required(claim, "claim")?,
@@ -721,21 +740,21 @@ fn rate_limit(v: &Value) -> R<RawRateLimit> {
         lease: None,
         usage: None,
     };
-    object(v, "RawRateLimit", FIELDS, &mut |k, x| {
-        match k {
-            "name" => l.name = opt_string(x)?,
-            "key" => l.key = array(x, key_part)?,
-            "scope" => l.scope = opt_string(x)?,
-            "capacity" => l.capacity = opt_i64(x)?,
-            "refill_tokens" => l.refill_tokens = opt_i64(x)?,
-            "refill_interval" => l.refill_interval = opt_duration(x)?,
-            "cost" => l.cost = opt_i64(x)?,
-            "shadow" => l.shadow = boolean(x)?,
-            "lease" => l.lease = opt_i64(x)?,
-            "usage" => l.usage = option(x, usage)?,
-            _ => return Ok(false),
+    object(v, "RawRateLimit", FIELDS, &mut |i, x| {
+        match i {
+            0 => l.name = opt_string(x)?,
+            1 => l.key = array(x, key_part)?,
+            2 => l.scope = opt_string(x)?,
+            3 => l.capacity = opt_i64(x)?,
+            4 => l.refill_tokens = opt_i64(x)?,
+            5 => l.refill_interval = opt_duration(x)?,
+            6 => l.cost = opt_i64(x)?,
+            7 => l.shadow = boolean(x)?,
+            8 => l.lease = opt_i64(x)?,
+            9 => l.usage = option(x, usage)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(l)
 }
@@ -743,15 +762,15 @@ fn rate_limit(v: &Value) -> R<RawRateLimit> {
 fn usage(v: &Value) -> R<RawUsage> {
     const FIELDS: &[&str] = &["header", "json", "sse_json", "max_body_bytes"];
     let mut u = RawUsage::default();
-    object(v, "RawUsage", FIELDS, &mut |k, x| {
-        match k {
-            "header" => u.header = opt_string(x)?,
-            "json" => u.json = opt_string(x)?,
-            "sse_json" => u.sse_json = opt_string(x)?,
-            "max_body_bytes" => u.max_body_bytes = opt_i64(x)?,
-            _ => return Ok(false),
+    object(v, "RawUsage", FIELDS, &mut |i, x| {
+        match i {
+            0 => u.header = opt_string(x)?,
+            1 => u.json = opt_string(x)?,
+            2 => u.sse_json = opt_string(x)?,
+            3 => u.max_body_bytes = opt_i64(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(u)
 }
@@ -760,15 +779,15 @@ fn rate_limit_service(v: &Value) -> R<RawRateLimitService> {
     const FIELDS: &[&str] = &["cluster", "domain", "timeout", "failure_mode"];
     let mut cluster = None;
     let (mut domain, mut timeout, mut failure_mode) = (None, None, None);
-    object(v, "RawRateLimitService", FIELDS, &mut |k, x| {
-        match k {
-            "cluster" => cluster = Some(string(x)?),
-            "domain" => domain = opt_string(x)?,
-            "timeout" => timeout = opt_duration(x)?,
-            "failure_mode" => failure_mode = opt_string(x)?,
-            _ => return Ok(false),
+    object(v, "RawRateLimitService", FIELDS, &mut |i, x| {
+        match i {
+            0 => cluster = Some(string(x)?),
+            1 => domain = opt_string(x)?,
+            2 => timeout = opt_duration(x)?,
+            3 => failure_mode = opt_string(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(RawRateLimitService {
         cluster: required(cluster, "cluster")?,
@@ -831,23 +850,23 @@ fn breaker(v: &Value) -> R<RawBreaker> {
         success_threshold: None,
         scope: None,
     };
-    object(v, "RawBreaker", FIELDS, &mut |k, x| {
-        match k {
-            "failure_statuses" => b.failure_statuses = opt_array(x, any)?,
-            "grpc_failure_statuses" => b.grpc_failure_statuses = opt_array(x, any)?,
-            "consecutive_failures" => b.consecutive_failures = opt_i64(x)?,
-            "failure_ratio" => b.failure_ratio = option(x, f64_)?,
-            "min_requests" => b.min_requests = opt_i64(x)?,
-            "window" => b.window = opt_duration(x)?,
-            "slow_call" => b.slow_call = opt_duration(x)?,
-            "open_duration" => b.open_duration = opt_duration(x)?,
-            "max_open_duration" => b.max_open_duration = opt_duration(x)?,
-            "half_open_requests" => b.half_open_requests = opt_i64(x)?,
-            "success_threshold" => b.success_threshold = opt_i64(x)?,
-            "scope" => b.scope = opt_string(x)?,
-            _ => return Ok(false),
+    object(v, "RawBreaker", FIELDS, &mut |i, x| {
+        match i {
+            0 => b.failure_statuses = opt_array(x, any)?,
+            1 => b.grpc_failure_statuses = opt_array(x, any)?,
+            2 => b.consecutive_failures = opt_i64(x)?,
+            3 => b.failure_ratio = option(x, f64_)?,
+            4 => b.min_requests = opt_i64(x)?,
+            5 => b.window = opt_duration(x)?,
+            6 => b.slow_call = opt_duration(x)?,
+            7 => b.open_duration = opt_duration(x)?,
+            8 => b.max_open_duration = opt_duration(x)?,
+            9 => b.half_open_requests = opt_i64(x)?,
+            10 => b.success_threshold = opt_i64(x)?,
+            11 => b.scope = opt_string(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(b)
 }
@@ -879,21 +898,21 @@ fn cache(v: &Value) -> R<RawCache> {
         stale_on_error: None,
         purge: None,
     };
-    object(v, "RawCache", FIELDS, &mut |k, x| {
-        match k {
-            "methods" => c.methods = strings(x)?,
-            "vary_allowlist" => c.vary_allowlist = strings(x)?,
-            "key_headers" => c.key_headers = strings(x)?,
-            "ignore_query" => c.ignore_query = boolean(x)?,
-            "default_ttl" => c.default_ttl = opt_duration(x)?,
-            "heuristic_freshness" => c.heuristic_freshness = boolean(x)?,
-            "set_cookie" => c.set_cookie = opt_string(x)?,
-            "targeted_cache_control" => c.targeted_cache_control = strings(x)?,
-            "stale_on_error" => c.stale_on_error = opt_duration(x)?,
-            "purge" => c.purge = option(x, cache_purge)?,
-            _ => return Ok(false),
+    object(v, "RawCache", FIELDS, &mut |i, x| {
+        match i {
+            0 => c.methods = strings(x)?,
+            1 => c.vary_allowlist = strings(x)?,
+            2 => c.key_headers = strings(x)?,
+            3 => c.ignore_query = boolean(x)?,
+            4 => c.default_ttl = opt_duration(x)?,
+            5 => c.heuristic_freshness = boolean(x)?,
+            6 => c.set_cookie = opt_string(x)?,
+            7 => c.targeted_cache_control = strings(x)?,
+            8 => c.stale_on_error = opt_duration(x)?,
+            9 => c.purge = option(x, cache_purge)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(c)
 }
@@ -902,14 +921,14 @@ fn cache_purge(v: &Value) -> R<RawCachePurge> {
     const FIELDS: &[&str] = &["claims", "prefix", "tag_header"];
     let mut claims = None;
     let (mut prefix, mut tag_header) = (false, None);
-    object(v, "RawCachePurge", FIELDS, &mut |k, x| {
-        match k {
-            "claims" => claims = Some(array(x, claim_rule)?),
-            "prefix" => prefix = boolean(x)?,
-            "tag_header" => tag_header = opt_string(x)?,
-            _ => return Ok(false),
+    object(v, "RawCachePurge", FIELDS, &mut |i, x| {
+        match i {
+            0 => claims = Some(array(x, claim_rule)?),
+            1 => prefix = boolean(x)?,
+            2 => tag_header = opt_string(x)?,
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     })?;
     Ok(RawCachePurge {
         claims: required(claims, "claims")?,
