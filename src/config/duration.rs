@@ -1,8 +1,11 @@
 //! Durations as the configuration writes them: `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`,
 //! `"1h"`. Stored as whole nanoseconds.
 
+#[cfg(test)]
 use serde::de::{self, Deserializer, Visitor};
+#[cfg(test)]
 use serde::Deserialize;
+#[cfg(test)]
 use std::fmt;
 
 /// A non-negative duration in nanoseconds.
@@ -68,6 +71,9 @@ impl Duration {
     }
 }
 
+/// Tests only: the derived `Deserialize` of the raw types (which
+/// `config::read` is tested against) reads durations with it.
+#[cfg(test)]
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;

@@ -21,8 +21,10 @@
 
 pub(crate) mod duration;
 pub(crate) mod error;
+#[cfg(test)]
 mod path;
 pub mod raw;
+mod read;
 pub mod shape;
 
 pub use duration::{fmt_duration, Duration};
@@ -67,15 +69,13 @@ pub fn parse(bytes: &[u8]) -> Result<Option<RawConfig>, ConfigError> {
     }
     // Two steps: JSON text to a `Value` (syntax errors, with line and
     // column), then the `Value` to the typed document with the JSON path
-    // tracked (`path`: serde_json's `&Value` deserializer, stepping into
-    // objects and arrays itself to name where an error happened).
+    // of an error tracked (`read`: hand-written, for size).
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| ConfigError::new("", humanize_serde(&e)))?;
     if let Some(path) = shape::array_where_object(&value) {
         return Err(ConfigError::expected(path, "an object", "an array"));
     }
-    let raw: RawConfig =
-        path::from_value(&value).map_err(|(path, e)| ConfigError::new(path, humanize_serde(&e)))?;
+    let raw = read::config(&value).map_err(|e| ConfigError::new(e.path(), humanize(e.msg)))?;
     Ok(Some(raw))
 }
 
@@ -107,6 +107,12 @@ fn humanize_serde(e: &serde_json::Error) -> String {
             e.column()
         );
     }
+    humanize(msg)
+}
+
+/// The rewording of serde's data errors (`read` builds the same messages
+/// as serde's derives did, so the same rules apply).
+fn humanize(msg: String) -> String {
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = msg.strip_prefix(prefix) {
             if let Some((got, want)) = rest.split_once(", expected ") {

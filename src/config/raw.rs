@@ -1,12 +1,20 @@
-//! The configuration document exactly as users write it (docs/configuration.md): serde
-//! types, unknown keys rejected. Semantic checks happen in `compile`.
+//! The configuration document exactly as users write it (docs/configuration.md),
+//! unknown keys rejected. Semantic checks happen in `compile`.
+//!
+//! The module reads these types with the hand-written reader of
+//! `config::read` (for size: serde's derived visitors were ~157 KB of the
+//! module). The serde attributes stay: they describe the document to the
+//! JSON Schema (`schemars` reads them) and to the derived `Deserialize`,
+//! compiled in tests only, which the reader is tested against.
 
 use super::duration::Duration;
 use schemars::JsonSchema;
+#[cfg(test)]
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 #[schemars(
     title = "meshguard configuration",
@@ -52,7 +60,8 @@ pub struct RawConfig {
     pub observability: Option<RawObservability>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawObservability {
     /// true: each decision as a line of Envoy filter state
@@ -73,7 +82,8 @@ pub struct RawObservability {
     pub trace_propagation: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawClientIp {
     #[serde(default)]
@@ -85,7 +95,8 @@ pub struct RawClientIp {
     pub ipv6_prefix: Option<u8>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawPathNormalization {
     /// false: routes match the path exactly as sent (default true).
@@ -98,7 +109,8 @@ pub struct RawPathNormalization {
     pub escaped_slashes: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawCacheStore {
     #[serde(default)]
@@ -107,7 +119,8 @@ pub struct RawCacheStore {
     pub max_entry_bytes: Option<u64>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Unique route name, 1-64 characters of [A-Za-z0-9_-] (used in metric names).
@@ -132,7 +145,8 @@ pub struct RawRoute {
     pub cache: Option<RawCache>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     #[serde(default)]
@@ -157,7 +171,8 @@ pub struct RawMatch {
     pub case_sensitive: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawGrpcMatch {
     /// Fully qualified service name, e.g. `"pkg.v1.Orders"`.
@@ -167,7 +182,8 @@ pub struct RawGrpcMatch {
     pub method: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderMatch {
     pub name: String,
@@ -179,7 +195,8 @@ pub struct RawHeaderMatch {
 
 // ---------------------------------------------------------------- JWT
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub issuer: String,
@@ -204,7 +221,8 @@ pub struct RawProvider {
     pub payload_header: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawJwks {
     #[serde(default)]
@@ -215,7 +233,8 @@ pub struct RawJwks {
     pub remote: Option<RawRemoteJwks>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawRemoteJwks {
     pub cluster: String,
@@ -228,7 +247,8 @@ pub struct RawRemoteJwks {
     pub cache_duration: Option<Duration>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawTokenSource {
     #[serde(default)]
@@ -241,14 +261,16 @@ pub struct RawTokenSource {
     pub query: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawClaimToHeader {
     pub claim: String,
     pub header: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteJwt {
     pub providers: Vec<String>,
@@ -264,7 +286,8 @@ pub struct RawRouteJwt {
     pub claims: Vec<RawClaimRule>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawClaimRule {
     pub claim: String,
@@ -278,7 +301,8 @@ pub struct RawClaimRule {
 
 // ---------------------------------------------------------------- rate limit
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 #[schemars(transform = rate_limit_scope_rule)]
 pub struct RawRateLimit {
@@ -324,7 +348,8 @@ pub struct RawRateLimit {
 
 /// Where a limit reads a request's real cost in its response: exactly one
 /// of `header`, `json`, `sse_json`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawUsage {
     /// A response header holding the cost, e.g. "x-usage-tokens".
@@ -363,7 +388,8 @@ fn rate_limit_scope_rule(schema: &mut schemars::Schema) {
 }
 
 /// The Envoy rate limit service (RLS gRPC protocol) used by global limits.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimitService {
     /// Envoy cluster of the service (HTTP/2).
@@ -382,7 +408,8 @@ pub struct RawRateLimitService {
 
 /// A rate-limit key part: a bare string (`"client_ip"`, `"path"`,
 /// `"method"`) or a one-key object (`{"header": "x-api-key"}`...).
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(untagged)]
 pub enum RawKeyPart {
     Simple(String),
@@ -391,7 +418,8 @@ pub enum RawKeyPart {
 
 // ---------------------------------------------------------------- breaker
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     #[serde(default)]
@@ -425,7 +453,8 @@ pub struct RawBreaker {
 
 // ---------------------------------------------------------------- cache
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     #[serde(default)]
@@ -466,7 +495,8 @@ pub struct RawCache {
     pub purge: Option<RawCachePurge>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RawCachePurge {
     /// Claim rules the purging token must all satisfy (at least one).
