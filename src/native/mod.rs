@@ -55,6 +55,7 @@
 pub(crate) mod abi;
 mod callout;
 pub(crate) mod config;
+pub(crate) mod crypto;
 pub(crate) mod host;
 mod metrics;
 pub(crate) mod store;
