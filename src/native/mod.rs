@@ -14,6 +14,7 @@
 //! | `store.rs` | process-wide shared data (CAS), for all workers | Envoy's shared data |
 //! | `metrics.rs` | metrics defined on the main thread when the configuration loads | `proxy_define_metric` |
 //! | `callout.rs` | calls to other services, carried by a stream (see there) | `proxy_http_call`, `proxy_grpc_call` |
+//! | `crypto.rs` | `verify_signature` (RS*, ES*) with `ring` | Envoy's `verify_signature` foreign function |
 //!
 //! The policy code (`filter::root`, `filter::http`, `filter::pipeline` and
 //! every feature) runs unchanged: each worker thread keeps, per
@@ -55,6 +56,7 @@
 pub(crate) mod abi;
 mod callout;
 pub(crate) mod config;
+pub(crate) mod crypto;
 pub(crate) mod host;
 mod metrics;
 pub(crate) mod store;

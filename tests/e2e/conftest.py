@@ -60,9 +60,6 @@ def envoy(request, tmp_path, upstream):
 # or does differently, is listed here with the reason; those tests are
 # skipped natively with it (shown by `pytest -rs`), never silently.
 
-FOREIGN = ("counts Envoy's proxy-wasm `verify_signature` foreign function; the native "
-           "module verifies every algorithm with the same Rust crypto in process")
-
 PROMETHEUS = ("Envoy 1.40 does not strip a dynamic module's metrics namespace in "
               "/stats/prometheus as it strips proxy-wasm's `wasmcustom`: natively the "
               "names are envoy_wasmcustom_meshguard_* (docs/native.md, \"Metrics\")")
@@ -73,8 +70,6 @@ NO_VM = ("fail_open is about a proxy-wasm VM that failed at runtime; a dynamic m
 
 # file, or file::test (a prefix of the test's name: parametrised ids included)
 NATIVE_DIFFERS = {
-    "test_jwt.py::test_every_algorithm_is_accepted": FOREIGN,
-    "test_jwt.py::test_native_ecdsa_refuses_bad_signatures": FOREIGN,
     "test_ratelimit.py::test_prometheus_names": PROMETHEUS,
     "test_observability.py::test_every_metric_the_dashboard_and_alerts_query_exists": PROMETHEUS,
     "test_metrics.py::test_other_features_counters_are_batched_too": NO_BATCH,
