@@ -7,7 +7,7 @@ import time
 from . import procs
 from .bootstraps import proxy_bootstrap, static_cluster
 from .common import RLS_CLUSTER, BenchError, log
-from .drive import finish_load, run_load, run_wrk, start_load
+from .drive import finish_load, run_load, start_load
 from .scenarios import COMPARISONS, probe_status
 
 

@@ -184,6 +184,7 @@ COMPARISONS = [
     ("dm-rl-floor", "dm-ratelimit-noheaders", "rate limit, no headers: meshguard native module vs its floor"),
     ("dm-trivial", "dm-ratelimit-noheaders", "rate limit, no headers: meshguard native module vs the no-op module"),
     ("native-jwt-rs256-distinct", "dm-jwt-rs256-distinct", "distinct RS256 tokens: meshguard native module vs jwt_authn"),
+    ("native-jwt-es256-distinct", "dm-jwt-es256-distinct", "distinct ES256 tokens: meshguard native module vs jwt_authn"),
     ("dm-ratelimit-noheaders", "dmb-ratelimit-noheaders", "rate limit, no headers: native module B vs A (MESHGUARD_NATIVE_B)"),
     ("dm-cache-hit", "dmb-cache-hit", "cache HIT: native module B vs A (MESHGUARD_NATIVE_B)"),
 ]
@@ -247,12 +248,15 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
           "read through the ABI, one atomic compare-and-swap, one counter increment)",
           [dm_filter(TRIVIAL_DM, "rl_floor")], group="ratelimit",
           expect_stat=r"^wasmcustom\.trivial\.allowed$"),
-        S("dm-jwt-rs256-distinct", f"meshguard native module, JWT RS256, {len(distinct['RS256'][1])} distinct "
-          "tokens cycled", [dm_filter(native_so, json.dumps({"jwt_providers": provider,
-                                                             "routes": [dict(route, jwt=jwt)]}))],
-          tokens=distinct["RS256"][1], group="jwt-distinct", probe=jwt_probe,
-          expect_stat=r"^wasmcustom\.meshguard\.jwt\.bench\.signature_checks_\w+$",
-          expect_zero=r"^wasmcustom\.meshguard\.jwt\.bench\.cache_hit$"),
+        # Distinct tokens (issue #24): every check a signature check through the module's native
+        # crypto (src/native/crypto.rs), none a verified-token cache hit, none the pure Rust fallback.
+        *[S(f"dm-jwt-{alg.lower()}-distinct", f"meshguard native module, JWT {alg}, {len(toks)} distinct tokens "
+            "cycled", [dm_filter(native_so, json.dumps({"jwt_providers": provider,
+                                                         "routes": [dict(route, jwt=jwt)]}))],
+            tokens=toks, group="jwt-distinct", probe=jwt_probe,
+            expect_stat=r"^wasmcustom\.meshguard\.jwt\.bench\.signature_checks_native$",
+            expect_zero=DISTINCT_ZERO)
+          for alg, (_, toks) in distinct.items()],
     ]
     # A/B of a change to the native module: MESHGUARD_NATIVE_B names another build, measured as twins
     # against MESHGUARD_NATIVE's (comparisons "... B vs A").
@@ -373,30 +377,3 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
           headers=rs, probe=jwt_probe, expect_upstream="any"),
     ]
 
-
-# Issue #24: distinct tokens through the meshguard native module (same documents as
-# mg-jwt-*-distinct). Every check must be a signature check, none a verified-token cache hit, and
-# all of them the module's native crypto (`src/native/crypto.rs`), none the pure Rust fallback.
-COMPARISONS += [
-    ("native-jwt-rs256-distinct", "dm-jwt-rs256-distinct", "distinct RS256 tokens: meshguard native module vs jwt_authn"),
-    ("native-jwt-es256-distinct", "dm-jwt-es256-distinct", "distinct ES256 tokens: meshguard native module vs jwt_authn"),
-]
-
-_build_scenarios_before_dm_distinct = build_scenarios
-
-
-def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinct):  # noqa: F811
-    scenarios = _build_scenarios_before_dm_distinct(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinct)
-    native_so = os.environ.get("MESHGUARD_NATIVE", "")
-    if not os.path.exists(native_so):
-        return scenarios
-    jwks = {"keys": [k for k in fixture_jwks["keys"] if k["kty"] in ("RSA", "EC")] + [j for j, _ in distinct.values()]}
-    provider = {"bench": {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": {"inline": jwks}}}
-    route = {"name": "bench", "match": {"path_prefix": "/"}, "jwt": {"providers": ["bench"]}}
-    doc = json.dumps({"jwt_providers": provider, "routes": [route]})
-    return [Scenario(f"dm-jwt-{alg.lower()}-distinct",
-                     f"meshguard native module, JWT {alg}, {len(toks)} distinct tokens cycled",
-                     [dm_filter(native_so, doc)], tokens=toks, group="jwt-distinct", probe=jwt_probe,
-                     expect_stat=r"^wasmcustom\.meshguard\.jwt\.bench\.signature_checks_native$",
-                     expect_zero=DISTINCT_ZERO)
-            for alg, (_, toks) in distinct.items()] + scenarios
