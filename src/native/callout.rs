@@ -7,13 +7,53 @@
 //! map of the configuration object that every worker would touch without
 //! a lock (safe on the main thread only), and per stream
 //! (`..._http_filter_http_callout`), answered on the stream's worker and
-//! cancelled if the stream ends first. This module uses the per-stream
-//! call on the *carrier*: the stream whose hook is running (a request that
-//! waits for keys, the request the rate limit call is for, or the request
-//! whose arrival ran a due tick). When the carrier ends before the answer,
-//! the call is reported as failed (no response) to the filter, as Envoy
-//! reports a call it could not complete; JWKS fetch leases expire on their
-//! own (`jwt/remote.rs`), so the next poll fetches again.
+//! cancelled if the stream ends first (Envoy resets the call: its answer
+//! never comes, and the service may or may not have counted it).
+//!
+//! # Which call goes where
+//!
+//! A gRPC call sent in a worker's hook is kept (*unsent*) until the hook
+//! returns ([`take_unsent`]); `mod.rs` then looks at what the filter layer
+//! did with its token:
+//!
+//! - a stream waits for it (the worker's `rls_calls`: a request's own
+//!   rate limit call): it goes on that stream, the *carrier*; when the
+//!   stream ends first the call is moot and dropped with it;
+//! - a lease refill (the worker's `lease_calls`): it concerns every
+//!   request of the process, not the one whose spend started it, so it
+//!   must not die with that request (reset, answered locally, destroyed).
+//!   It is *relayed* ([`relay`]): taken out of the worker, queued for its
+//!   configuration and sent by the main thread through the
+//!   configuration's own callout after a scheduler hop (the
+//!   configuration's scheduler may be committed from any thread); the
+//!   main thread's root records the answer in the process-wide store
+//!   exactly as the worker would have, and the waiting streams of every
+//!   worker see it at their next tick (woken at once, `timer::wake_all`);
+//! - anything else (a usage settlement's report, sent at a stream's end
+//!   and never waited for) is relayed too, its answer ignored.
+//!
+//! Why the main thread rather than re-sending a refill on another stream
+//! when its carrier dies: a re-send would reach the service twice when the
+//! first call had already been counted there (the service spends the
+//! batch, nobody gets it: under-admission), it needs a live stream that
+//! can wait (there may be none: the carrier was the worker's last), and it
+//! repeats for every carrier that dies. A relayed call has no carrier: it
+//! is sent once and answered once (or fails once, by Envoy's timeout). The
+//! cost is one hop to the main thread per refill (microseconds; refills
+//! come once per half batch) and no request waits for a refill it did not
+//! need (the carrier used to be held until the answer). Exactness is
+//! kept: the main thread sends a refill only within the lease's in-flight
+//! deadline ([`relay_timeout`]: the time left of the call's own timeout),
+//! so its answer lands while the refill flag is still held and no second
+//! refill can be in flight (the bound of `replicas x lease`); a refill
+//! whose time ran out in the queue is recorded as failed, as a timeout.
+//!
+//! HTTP calls (JWKS fetches) are sent at once on the carrier: the stream
+//! waits for keys (`deferred` in `mod.rs`). When the carrier ends before
+//! the answer, the call is reported as failed (no response) to the
+//! filter, as Envoy reports a call it could not complete; JWKS fetch
+//! leases expire on their own (`jwt/remote.rs`), so the next poll (the
+//! main thread's, every 500 ms, or a worker's) fetches again.
 //!
 //! gRPC: the call is a POST of the length-prefixed message with
 //! `content-type: application/grpc` and `te: trailers` to a cluster that
@@ -25,7 +65,9 @@
 
 use super::abi::{self, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
 use crate::host::HostError;
+use crate::ratelimit::rls::GRACE_NS;
 use std::cell::{Cell, RefCell};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// What a pending call is.
@@ -51,10 +93,50 @@ struct Pending {
     kind: Kind,
 }
 
+/// A gRPC call sent in a worker's hook, not yet handed to Envoy (see
+/// "Which call goes where").
+pub struct Unsent {
+    pub token: u32,
+    /// The stream it was sent for (its context id and filter; 0: none).
+    pub carrier: u32,
+    filter: usize,
+    cluster: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    timeout: Duration,
+}
+
+/// What a relayed lease refill updates: the worker's `LeaseCall` without
+/// its runtime (the main thread's root has its own of the same
+/// configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRelay {
+    pub route: usize,
+    pub limit: usize,
+    pub identity: String,
+    pub asked: u64,
+    pub sent_ns: u64,
+    /// The refill flag's end as the worker computed it (send time +
+    /// timeout + `GRACE_NS`).
+    pub deadline_ns: u64,
+}
+
+/// A call queued for the main thread.
+pub struct Relayed {
+    pub cfg: u64,
+    pub call: Unsent,
+    /// `None`: a report, its answer ignored.
+    pub lease: Option<LeaseRelay>,
+}
+
+/// Calls queued for the main thread, of every configuration.
+static RELAYED: Mutex<Vec<Relayed>> = Mutex::new(Vec::new());
+
 thread_local! {
     /// The stream whose hook is running: (context id, Envoy filter).
     static CARRIER: Cell<(u32, usize)> = const { Cell::new((0, 0)) };
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    static UNSENT: RefCell<Vec<Unsent>> = const { RefCell::new(Vec::new()) };
     static NEXT_TOKEN: Cell<u32> = const { Cell::new(0) };
     /// On the main thread, in a configuration's hook: its Envoy pointer
     /// (calls then go through the configuration's own callout).
@@ -87,6 +169,14 @@ pub fn restore_carrier(previous: (u32, usize)) {
     CARRIER.with(|c| c.set(previous));
 }
 
+fn new_token() -> u32 {
+    NEXT_TOKEN.with(|t| {
+        let v = t.get().wrapping_add(1).max(1);
+        t.set(v);
+        v
+    })
+}
+
 fn send(
     carrier: Option<(u32, FilterEnvoyPtr)>,
     cluster: &str,
@@ -95,6 +185,22 @@ fn send(
     timeout: Duration,
     kind: Kind,
 ) -> Result<u32, HostError> {
+    let token = new_token();
+    send_as(token, carrier, cluster, headers, body, timeout, kind)?;
+    Ok(token)
+}
+
+/// Hands a call to Envoy: on `carrier` (else the running hook's stream),
+/// else, on the main thread, through the configuration's own callout.
+fn send_as(
+    token: u32,
+    carrier: Option<(u32, FilterEnvoyPtr)>,
+    cluster: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    timeout: Duration,
+    kind: Kind,
+) -> Result<(), HostError> {
     let (carrier, filter) = match carrier {
         Some((id, f)) => (id, f as usize),
         None => CARRIER.with(|c| c.get()),
@@ -155,11 +261,6 @@ fn send(
         };
         return Err(HostError(format!("call to cluster {cluster}: {why}")));
     }
-    let token = NEXT_TOKEN.with(|t| {
-        let v = t.get().wrapping_add(1).max(1);
-        t.set(v);
-        v
-    });
     PENDING.with(|p| {
         p.borrow_mut().push(Pending {
             carrier,
@@ -168,7 +269,7 @@ fn send(
             kind,
         })
     });
-    Ok(token)
+    Ok(())
 }
 
 pub fn http_call(
@@ -250,7 +351,154 @@ pub fn grpc_call(
         ("te", b"trailers"),
     ];
     headers.extend(metadata.iter().copied());
-    send(carrier, &cluster, &headers, &body, timeout, Kind::Grpc)
+    if MAIN.with(|m| m.get()) != 0 {
+        // A configuration's own call on the main thread: sent at once.
+        return send(None, &cluster, &headers, &body, timeout, Kind::Grpc);
+    }
+    // In a worker's hook: kept until the hook returns (see "Which call
+    // goes where").
+    let (carrier, filter) = match carrier {
+        Some((id, f)) => (id, f as usize),
+        None => CARRIER.with(|c| c.get()),
+    };
+    let token = new_token();
+    UNSENT.with(|u| {
+        u.borrow_mut().push(Unsent {
+            token,
+            carrier,
+            filter,
+            cluster: cluster.clone(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+                .collect(),
+            body,
+            timeout,
+        })
+    });
+    Ok(token)
+}
+
+/// Whether gRPC calls of the running hook wait to be routed.
+pub fn has_unsent() -> bool {
+    UNSENT.with(|u| u.try_borrow().is_ok_and(|u| !u.is_empty()))
+}
+
+/// The gRPC calls sent in the hooks that returned, to route now.
+pub fn take_unsent() -> Vec<Unsent> {
+    UNSENT.with(|u| std::mem::take(&mut *u.borrow_mut()))
+}
+
+impl Relayed {
+    /// The timeout the filter layer gave the call.
+    pub fn call_timeout(&self) -> Duration {
+        self.call.timeout
+    }
+}
+
+impl Unsent {
+    fn send(
+        &self,
+        carrier: Option<(u32, FilterEnvoyPtr)>,
+        timeout: Duration,
+    ) -> Result<(), HostError> {
+        let hs: Vec<(&str, &[u8])> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        send_as(
+            self.token,
+            carrier,
+            &self.cluster,
+            &hs,
+            &self.body,
+            timeout,
+            Kind::Grpc,
+        )
+    }
+
+    /// Sends the call on its stream (it waits for it). The caller checked
+    /// that the stream is live.
+    pub fn send_on_carrier(&self) -> Result<(), HostError> {
+        if self.filter == 0 {
+            return Err(HostError(
+                "no stream to carry the call (the native module calls out on a request's behalf)"
+                    .into(),
+            ));
+        }
+        self.send(
+            Some((self.carrier, self.filter as FilterEnvoyPtr)),
+            self.timeout,
+        )
+    }
+
+    /// The Envoy filter of the stream it was sent for (null: none).
+    pub fn filter(&self) -> FilterEnvoyPtr {
+        self.filter as FilterEnvoyPtr
+    }
+}
+
+/// Queues a call for the main thread and wakes it (the configuration's
+/// scheduler). `Err` gives the call back when `cfg` has no scheduler (its
+/// configuration is gone, or Envoy gave it none).
+pub fn relay(cfg: u64, call: Unsent, lease: Option<LeaseRelay>) -> Result<(), Unsent> {
+    let mut queue = RELAYED.lock().unwrap_or_else(|e| e.into_inner());
+    // Committed under the queue's lock: the main thread, which takes the
+    // queue under it, finds the call when the event runs.
+    if !super::timer::relay_commit(cfg) {
+        return Err(call);
+    }
+    queue.push(Relayed { cfg, call, lease });
+    Ok(())
+}
+
+/// The calls queued for `cfg` (on the main thread).
+pub fn take_relayed(cfg: u64) -> Vec<Relayed> {
+    let mut queue = RELAYED.lock().unwrap_or_else(|e| e.into_inner());
+    if !queue.iter().any(|r| r.cfg == cfg) {
+        return Vec::new();
+    }
+    let (mine, others) = std::mem::take(&mut *queue)
+        .into_iter()
+        .partition(|r| r.cfg == cfg);
+    *queue = others;
+    mine
+}
+
+/// The timeout a relayed call is sent with on the main thread at `now`:
+/// a report's own; a lease refill's is what is left of its own timeout
+/// since the worker sent it, so that the answer lands (or Envoy gives up)
+/// before the refill flag the worker took is released (`GRACE_NS` before
+/// `deadline_ns`). `None`: too late, the refill counts as failed.
+pub fn relay_timeout(lease: Option<&LeaseRelay>, timeout: Duration, now: u64) -> Option<Duration> {
+    let Some(l) = lease else {
+        return Some(timeout);
+    };
+    let left = l.deadline_ns.saturating_sub(GRACE_NS).saturating_sub(now);
+    // Below a millisecond Envoy's timer cannot help.
+    (left >= 1_000_000).then(|| timeout.min(Duration::from_nanos(left)))
+}
+
+/// Sends a relayed call on the main thread (in a configuration's hook):
+/// its token there.
+pub fn send_relayed(call: &Unsent, timeout: Duration) -> Result<u32, HostError> {
+    let token = new_token();
+    let hs: Vec<(&str, &[u8])> = call
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    send_as(
+        token,
+        None,
+        &call.cluster,
+        &hs,
+        &call.body,
+        timeout,
+        Kind::Grpc,
+    )?;
+    Ok(token)
 }
 
 /// Forgets a call (its answer, if one comes, is dropped).

@@ -62,8 +62,10 @@ mod timer;
 
 use crate::filter::http::{Action, HttpStream};
 use crate::filter::root::Root;
-use crate::host::{Host, MetricId, Stream};
+use crate::filter::worker::LeaseCall;
+use crate::host::{Host, HostError, MetricId, Stream};
 use crate::plan::Config;
+use crate::ratelimit::rls::CallError;
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr};
 use config::ModuleConfig;
 use host::NativeHost;
@@ -281,6 +283,109 @@ impl Worker {
         }
     }
 
+    /// Routes the gRPC calls sent in the hook that returned (see "Which
+    /// call goes where" in `callout.rs`): a stream's own call goes on that
+    /// stream; a lease refill and a report go to the main thread.
+    fn route_calls(&mut self, host: &NativeHost<'_>) {
+        for call in callout::take_unsent() {
+            let token = call.token;
+            let own = self.roots.iter().any(|(_, r, _)| {
+                r.worker()
+                    .rls_calls
+                    .try_borrow()
+                    .is_ok_and(|c| c.iter().any(|(t, _)| *t == token))
+            });
+            let cfg = self
+                .roots
+                .iter()
+                .find(|(_, r, _)| {
+                    r.worker()
+                        .lease_calls
+                        .try_borrow()
+                        .is_ok_and(|c| c.iter().any(|(t, _)| *t == token))
+                })
+                .map_or(host.cfg.id, |(id, _, _)| *id);
+            let call = match own || !timer::has_relay(cfg) {
+                true => call,
+                false => {
+                    let lease = self
+                        .roots
+                        .iter()
+                        .find(|(id, _, _)| *id == cfg)
+                        .and_then(|(_, r, _)| r.worker().take_lease_call(token))
+                        .map(|c| callout::LeaseRelay {
+                            route: c.route,
+                            limit: c.limit,
+                            identity: c.identity,
+                            asked: c.asked,
+                            sent_ns: c.sent_ns,
+                            deadline_ns: c.deadline_ns,
+                        });
+                    // Refused only when the configuration is going away.
+                    let _ = callout::relay(cfg, call, lease);
+                    continue;
+                }
+            };
+            // The stream's own call (or no main thread to relay to).
+            let live =
+                !call.filter().is_null() && host::filter_of(call.carrier) == Some(call.filter());
+            let sent = match live {
+                true => call.send_on_carrier(),
+                false => Err(HostError("the stream the call was for has ended".into())),
+            };
+            if let Err(e) = sent {
+                log::debug!("meshguard: a rate limit call could not be sent: {}", e.0);
+                // Reported at once, as a call Envoy could not send.
+                let saved = host::current();
+                self.deliver(
+                    host,
+                    token,
+                    callout::Kind::Grpc,
+                    callout::Answer::default(),
+                    false,
+                );
+                host::set_current(saved);
+            }
+        }
+    }
+
+    /// Sends a call a worker relayed (on the main thread, in `cfg`'s hook).
+    fn send_relayed(&mut self, cfg: &ModuleConfig, host: &NativeHost<'_>, r: callout::Relayed) {
+        let Some((_, root, _)) = self.roots.iter().find(|(id, _, _)| *id == cfg.id) else {
+            return;
+        };
+        let w = root.worker();
+        let now = host.now_nanos();
+        let sent = match callout::relay_timeout(r.lease.as_ref(), r.call_timeout(), now) {
+            Some(t) => callout::send_relayed(&r.call, t),
+            None => Err(HostError(
+                "the lease refill's time ran out before the main thread could send it".into(),
+            )),
+        };
+        let rt = w.runtime.borrow().clone();
+        let lease = r.lease.zip(rt).map(|(l, rt)| LeaseCall {
+            rt,
+            route: l.route,
+            limit: l.limit,
+            identity: l.identity,
+            asked: l.asked,
+            sent_ns: l.sent_ns,
+            deadline_ns: l.deadline_ns,
+        });
+        match (sent, lease) {
+            (Ok(token), Some(call)) => w.add_lease_call(host, token, call),
+            (Ok(_), None) => {}
+            (Err(e), Some(call)) => {
+                log::debug!("meshguard: lease refill not sent: {}", e.0);
+                crate::filter::pipeline::lease_answer(host, w, call, Err(CallError::Dispatch(e.0)));
+            }
+            (Err(e), None) => log::warn!(
+                "meshguard: a report to the rate limit service could not be sent: {}",
+                e.0
+            ),
+        }
+    }
+
     /// Ends a stream (its response's last byte passed, or Envoy destroyed it).
     fn end(&mut self, context_id: u32, seen: bool, host: &NativeHost<'_>) {
         // Calls this stream carried: Envoy cancels them with it. A JWKS
@@ -316,15 +421,24 @@ impl Worker {
     }
 }
 
-/// Applies the ends seen while the table was busy, then flushes counters.
+/// Applies the ends seen while the table was busy, routes the gRPC calls
+/// the hook sent (`callout.rs`), then flushes counters.
 fn after_hook(host: &NativeHost<'_>) {
-    let ended = ENDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
-    if !ended.is_empty() {
-        with(|w| {
-            for id in ended {
-                w.end(id, true, host);
-            }
-        });
+    // An end sends a report, a failed call's delivery may end a stream
+    // (a local reply): a few rounds settle both.
+    for _ in 0..4 {
+        let ended = ENDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
+        if !ended.is_empty() {
+            with(|w| {
+                for id in ended {
+                    w.end(id, true, host);
+                }
+            });
+        }
+        // Busy (a nested hook, a local reply): the outer hook routes them.
+        if !callout::has_unsent() || with(|w| w.route_calls(host)).is_none() {
+            break;
+        }
     }
     host.flush();
 }
@@ -378,14 +492,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     let routes = config.routes.len();
     let remote_jwks =
         (0..config.jwt_providers.len()).any(|i| config.jwt_providers.remote(i).is_some());
+    let has_rls = config.rate_limit_service.is_some();
     let metrics = metrics::define_all(config_envoy, config);
     log::info!(
         "meshguard: configuration loaded ({routes} routes) by the native module (filter {}, {} metrics)",
         String::from_utf8_lossy(&name),
         metrics.len()
     );
+    let id = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
+    // Lease refills and usage reports go out from the main thread
+    // (`callout.rs`): a worker wakes it with this scheduler.
+    if has_rls && !timer::relay_register(id, config_envoy) {
+        log::warn!(
+            "meshguard: no main-thread scheduler: lease refills and usage reports ride on requests"
+        );
+    }
     let cfg = Box::new(ModuleConfig {
-        id: NEXT_CONFIG.fetch_add(1, Ordering::Relaxed),
+        id,
         envoy: config_envoy as usize,
         bytes,
         metrics,
@@ -405,6 +528,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(p: *
     if !p.is_null() {
         // SAFETY: ours, from `Box::into_raw`, destroyed once by Envoy.
         let cfg = unsafe { Box::from_raw(p as *mut ModuleConfig) };
+        timer::relay_unregister(cfg.id);
+        drop(callout::take_relayed(cfg.id));
         if let Ok(mut dead) = DEAD.lock() {
             dead.push(cfg.id);
         }
@@ -721,16 +846,25 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _config_envoy: ConfigEnvoyPtr,
     module: *const c_void,
-    _event_id: u64,
+    event_id: u64,
 ) {
     // SAFETY: Envoy's promise.
     let Some(cfg) = (unsafe { module.cast::<ModuleConfig>().as_ref() }) else {
         return;
     };
+    // Calls workers relayed (`callout.rs`): whatever the event, none waits
+    // longer than needed.
+    let relayed = callout::take_relayed(cfg.id);
     on_main(cfg, |host| {
         with(|w| {
-            if w.root(cfg, host).is_some() {
+            if w.root(cfg, host).is_none() {
+                return;
+            }
+            if event_id != timer::RELAY_EVENT {
                 w.tick(cfg, host);
+            }
+            for r in relayed {
+                w.send_relayed(cfg, host, r);
             }
         });
     });
@@ -792,6 +926,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
                     result == abi::callout_result::SUCCESS,
                 )
             });
+            if kind == callout::Kind::Grpc {
+                // A relayed lease refill's answer is in the store: the
+                // streams waiting for it, on any worker, look now.
+                timer::wake_all();
+            }
         }
     });
 }
