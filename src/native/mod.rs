@@ -13,7 +13,7 @@
 //! | `config.rs` | a configuration Envoy handed over, with its metric ids | the root's configuration |
 //! | `store.rs` | process-wide shared data (CAS), for all workers | Envoy's shared data |
 //! | `metrics.rs` | metrics defined on the main thread when the configuration loads | `proxy_define_metric` |
-//! | `callout.rs` | calls to other services, carried by a stream (see there) | `proxy_http_call`, `proxy_grpc_call` |
+//! | `callout.rs` | calls to other services: on the stream they are for, or from the main thread (lease refills, reports; see there) | `proxy_http_call`, `proxy_grpc_call` |
 //!
 //! The policy code (`filter::root`, `filter::http`, `filter::pipeline` and
 //! every feature) runs unchanged: each worker thread keeps, per
@@ -43,6 +43,16 @@
 //! due, and on the main thread from a configuration scheduler (`timer.rs`,
 //! `callout.rs`). Counters are handed to Envoy at the end of every hook (no
 //! flush timer).
+//!
+//! # Calls
+//!
+//! A gRPC call the filter sends in a worker's hook is routed when the hook
+//! returns (`after_hook`, `callout.rs`): a request's own rate limit call
+//! goes on its stream; a lease refill and a usage report go to the main
+//! thread (a configuration scheduler's event `timer::RELAY_EVENT`), which
+//! sends them through the configuration's callout and records a refill's
+//! answer with its own root (the store is process-wide). JWKS fetches go on
+//! the stream whose hook runs (it waits for them).
 //!
 //! # Re-entrancy
 //!
@@ -85,9 +95,11 @@ struct StreamEntry {
     /// Its request waits for the answer of a call it carries (`callout.rs`).
     deferred: bool,
     /// Its request was let through by the filter but carries a call sent
-    /// in that hook without waiting for it (a leased limit's refill at
-    /// half a batch): held until the answer, or Envoy would cancel the
-    /// call when the request ends (`callout.rs`).
+    /// in that hook without waiting for it: held until the answer, or
+    /// Envoy would cancel the call when the request ends. A safety net:
+    /// the calls sent for others (lease refills, usage reports) go out
+    /// from the main thread (`callout.rs`), so no call is carried that way
+    /// now (the same holds for `HELD_RESPONSES`).
     held: bool,
     cfg: u64,
     filter: usize,
@@ -334,16 +346,15 @@ impl Worker {
                 false => Err(HostError("the stream the call was for has ended".into())),
             };
             if let Err(e) = sent {
-                log::debug!("meshguard: a rate limit call could not be sent: {}", e.0);
-                // Reported at once, as a call Envoy could not send.
+                // Reported at once (UNAVAILABLE, saying why), as the wasm
+                // build reports a call Envoy could not send.
+                let why = format!("could not be sent ({})", e.0);
+                let answer = callout::Answer {
+                    headers: vec![("grpc-message".into(), why.into_bytes())],
+                    ..Default::default()
+                };
                 let saved = host::current();
-                self.deliver(
-                    host,
-                    token,
-                    callout::Kind::Grpc,
-                    callout::Answer::default(),
-                    false,
-                );
+                self.deliver(host, token, callout::Kind::Grpc, answer, false);
                 host::set_current(saved);
             }
         }
@@ -390,7 +401,8 @@ impl Worker {
     fn end(&mut self, context_id: u32, seen: bool, host: &NativeHost<'_>) {
         // Calls this stream carried: Envoy cancels them with it. A JWKS
         // fetch is reported as unanswered; a rate limit call is the
-        // stream's own and ends with it.
+        // stream's own and ends with it (lease refills and reports are
+        // never carried: `callout.rs`).
         for (token, kind) in callout::take_all(context_id) {
             if kind == callout::Kind::Http {
                 let saved = host::current();
