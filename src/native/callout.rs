@@ -609,6 +609,113 @@ pub unsafe fn answer(
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// The callouts the stubs below were asked for: (stream filter or
+        /// configuration pointer, on a stream?, cluster, timeout ms).
+        static SENT: RefCell<Vec<(usize, bool, String, u64)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Envoy's callouts, for the tests: recorded, answered `SUCCESS` with
+    /// the next callout id (`CLUSTER_NOT_FOUND` for cluster "missing").
+    fn stub(
+        target: usize,
+        on_stream: bool,
+        id: *mut u64,
+        cluster: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32 {
+        // SAFETY: the module's own buffer, live for the call.
+        let cluster = unsafe { std::slice::from_raw_parts(cluster.ptr, cluster.len) };
+        let cluster = String::from_utf8_lossy(cluster).into_owned();
+        if cluster == "missing" {
+            return abi::callout_init::CLUSTER_NOT_FOUND;
+        }
+        SENT.with(|s| {
+            let mut s = s.borrow_mut();
+            s.push((target, on_stream, cluster, timeout_ms));
+            // SAFETY: the module's out pointer.
+            unsafe { *id = s.len() as u64 };
+        });
+        abi::callout_init::SUCCESS
+    }
+
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter: FilterEnvoyPtr,
+        id: *mut u64,
+        cluster: ModuleBuffer,
+        _h: *const ModuleHeader,
+        _hl: usize,
+        _body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32 {
+        stub(filter as usize, true, id, cluster, timeout_ms)
+    }
+
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: abi::ConfigEnvoyPtr,
+        id: *mut u64,
+        cluster: ModuleBuffer,
+        _h: *const ModuleHeader,
+        _hl: usize,
+        _body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32 {
+        stub(config as usize, false, id, cluster, timeout_ms)
+    }
+
+    #[test]
+    fn a_streams_own_call_goes_on_it_and_a_relayed_one_from_the_main_thread() {
+        let service = crate::ratelimit::rls::grpc_service("ratelimit");
+        let stream = 0x20 as FilterEnvoyPtr;
+        let t = Duration::from_millis(400);
+        let own = grpc_call(Some((9, stream)), &service, "s", "M", &[], b"", t).unwrap();
+        let refill = grpc_call(Some((9, stream)), &service, "s", "M", &[], b"", t).unwrap();
+        assert!(
+            SENT.with(|s| s.borrow().is_empty()),
+            "nothing sent in the hook"
+        );
+        let mut calls = take_unsent();
+        let r = calls.pop().unwrap();
+        let o = calls.pop().unwrap();
+        assert_eq!((o.token, r.token), (own, refill));
+        // The stream's own call: on its stream, answered there.
+        o.send_on_carrier().unwrap();
+        assert!(has_pending(9));
+        assert_eq!(take(9, 1), Some((own, Kind::Grpc)));
+        assert!(!has_pending(9));
+        // The refill (the stream went away meanwhile: it does not matter):
+        // on the main thread, through the configuration's callout, with
+        // what is left of its timeout; answered to the main thread.
+        let main = 0x30 as abi::ConfigEnvoyPtr;
+        set_main(main);
+        let token = send_relayed(&r, Duration::from_millis(250)).unwrap();
+        clear_main();
+        assert!(!has_pending(9));
+        assert!(has_pending(MAIN_CARRIER));
+        assert_eq!(take(MAIN_CARRIER, 2).map(|(t, _)| t), Some(token));
+        SENT.with(|s| {
+            assert_eq!(
+                *s.borrow(),
+                [
+                    (0x20, true, "ratelimit".to_owned(), 400),
+                    (0x30, false, "ratelimit".to_owned(), 250)
+                ]
+            )
+        });
+        // Without a configuration hook a relayed call is not sent.
+        assert!(send_relayed(&r, t).is_err());
+        // Envoy's refusal is an error, naming the cause; nothing pending.
+        let missing = Unsent {
+            cluster: "missing".into(),
+            ..r
+        };
+        let e = missing.send_on_carrier().unwrap_err();
+        assert!(e.0.contains("cluster not found"), "{}", e.0);
+        assert!(!has_pending(9));
+    }
+
     #[test]
     fn reads_the_cluster_of_the_filter_layers_grpc_service() {
         let s = crate::ratelimit::rls::grpc_service("ratelimit");
@@ -619,6 +726,83 @@ mod tests {
             "length past the end"
         );
         assert_eq!(grpc_cluster(b""), None);
+    }
+
+    #[test]
+    fn a_workers_grpc_call_waits_for_its_hook_to_return() {
+        let service = crate::ratelimit::rls::grpc_service("ratelimit");
+        let filter = 0x10 as FilterEnvoyPtr; // never dereferenced here
+        let token = grpc_call(
+            Some((7, filter)),
+            &service,
+            "svc",
+            "M",
+            &[("x-a", b"1")],
+            b"msg",
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        // Not on the stream (nothing would hold it): routed after the hook.
+        assert!(!has_pending(7));
+        assert!(has_unsent());
+        let unsent = take_unsent();
+        assert!(!has_unsent());
+        let [u] = unsent.as_slice() else {
+            panic!("one call")
+        };
+        assert_eq!((u.token, u.carrier, u.filter()), (token, 7, filter));
+        assert_eq!(u.cluster, "ratelimit");
+        assert_eq!(u.body, [0, 0, 0, 0, 3, b'm', b's', b'g']);
+        assert!(u
+            .headers
+            .iter()
+            .any(|(n, v)| n == ":path" && v.as_slice() == b"/svc/M"));
+        assert!(u.headers.iter().any(|(n, v)| n == "x-a" && v == b"1"));
+        // Tokens stay unique per thread.
+        let next = grpc_call(None, &service, "svc", "M", &[], b"", Duration::ZERO).unwrap();
+        assert_ne!(next, token);
+        let unsent = take_unsent();
+        let [u] = unsent.as_slice() else {
+            panic!("one call")
+        };
+        assert_eq!(
+            (u.carrier, u.filter()),
+            (0, std::ptr::null_mut()),
+            "no hook: no carrier"
+        );
+        assert!(
+            u.send_on_carrier().is_err(),
+            "a call for no stream is not sent on one"
+        );
+    }
+
+    #[test]
+    fn a_relayed_refill_gets_what_is_left_of_its_timeout() {
+        const MS: u64 = 1_000_000;
+        let timeout = Duration::from_millis(500);
+        let sent = 1_000 * MS;
+        let l = LeaseRelay {
+            route: 0,
+            limit: 0,
+            identity: "i".into(),
+            asked: 8,
+            sent_ns: sent,
+            deadline_ns: sent + 500 * MS + GRACE_NS,
+        };
+        // At once: its own timeout.
+        assert_eq!(relay_timeout(Some(&l), timeout, sent), Some(timeout));
+        // 200 ms later (a busy main thread): what is left, so the answer
+        // lands before the refill flag is released.
+        assert_eq!(
+            relay_timeout(Some(&l), timeout, sent + 200 * MS),
+            Some(Duration::from_millis(300))
+        );
+        // The flag's time is (almost) gone: not sent, failed.
+        assert_eq!(relay_timeout(Some(&l), timeout, sent + 500 * MS), None);
+        assert_eq!(relay_timeout(Some(&l), timeout, sent + 499 * MS + 1), None);
+        assert_eq!(relay_timeout(Some(&l), timeout, u64::MAX), None);
+        // A report keeps its own.
+        assert_eq!(relay_timeout(None, timeout, u64::MAX), Some(timeout));
     }
 
     #[test]
