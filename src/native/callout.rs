@@ -48,12 +48,16 @@
 //! refill can be in flight (the bound of `replicas x lease`); a refill
 //! whose time ran out in the queue is recorded as failed, as a timeout.
 //!
-//! HTTP calls (JWKS fetches) are sent at once on the carrier: the stream
-//! waits for keys (`deferred` in `mod.rs`). When the carrier ends before
-//! the answer, the call is reported as failed (no response) to the
-//! filter, as Envoy reports a call it could not complete; JWKS fetch
-//! leases expire on their own (`jwt/remote.rs`), so the next poll (the
-//! main thread's, every 500 ms, or a worker's) fetches again.
+//! HTTP calls (JWKS fetches, the cache's full request) are sent at once on
+//! the carrier: the stream waits for them (`deferred` in `mod.rs`, or
+//! parked). When the carrier ends before the answer, the call is reported
+//! as failed (no response) to the filter, as Envoy reports a call it could
+//! not complete: nothing waits forever. For a JWKS refresh that means one
+//! `jwks_fetch_failures`, the keys held are kept, and the next fetch comes
+//! after the first failure's backoff (0.5 to 1 s, `jwt/remote.rs`);
+//! requests waiting for a provider's first keys wait up to 5 s, so they
+//! still get them. Relaying fetches too was left out: a fetch is not lost,
+//! only retried a second later.
 //!
 //! gRPC: the call is a POST of the length-prefixed message with
 //! `content-type: application/grpc` and `te: trailers` to a cluster that

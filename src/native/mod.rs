@@ -929,18 +929,26 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             )
         };
         if let Some((token, kind, answer)) = found {
-            with(|w| {
+            let refill = with(|w| {
+                let refill = w.roots.iter().any(|(_, r, _)| {
+                    r.worker()
+                        .lease_calls
+                        .try_borrow()
+                        .is_ok_and(|c| c.iter().any(|(t, _)| *t == token))
+                });
                 w.deliver(
                     host,
                     token,
                     kind,
                     answer,
                     result == abi::callout_result::SUCCESS,
-                )
+                );
+                refill
             });
-            if kind == callout::Kind::Grpc {
+            if refill == Some(true) {
                 // A relayed lease refill's answer is in the store: the
-                // streams waiting for it, on any worker, look now.
+                // streams waiting for it, on any worker, look now (not
+                // for a report's answer: one per settled request).
                 timer::wake_all();
             }
         }
