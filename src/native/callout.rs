@@ -92,6 +92,9 @@ pub enum Kind {
 #[derive(Clone, Copy)]
 struct Pending {
     carrier: u32,
+    /// The configuration whose callout sent it (main thread; 0: a
+    /// stream's): Envoy numbers callouts per configuration.
+    config: usize,
     callout_id: u64,
     token: u32,
     kind: Kind,
@@ -216,7 +219,10 @@ fn send_as(
                 .into(),
         ));
     }
-    let carrier = if filter == 0 { MAIN_CARRIER } else { carrier };
+    let (carrier, config) = match filter {
+        0 => (MAIN_CARRIER, main),
+        _ => (carrier, 0),
+    };
     let hs: Vec<ModuleHeader> = headers
         .iter()
         .map(|(n, v)| ModuleHeader {
@@ -268,6 +274,7 @@ fn send_as(
     PENDING.with(|p| {
         p.borrow_mut().push(Pending {
             carrier,
+            config,
             callout_id,
             token,
             kind,
@@ -511,12 +518,12 @@ pub fn forget(token: u32) {
 }
 
 /// The call a carrier's `callout_done` answers: (token, kind), forgotten.
-fn take(carrier: u32, callout_id: u64) -> Option<(u32, Kind)> {
+fn take(carrier: u32, config: usize, callout_id: u64) -> Option<(u32, Kind)> {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
-        let i = p
-            .iter()
-            .position(|c| c.carrier == carrier && c.callout_id == callout_id)?;
+        let i = p.iter().position(|c| {
+            c.carrier == carrier && c.config == config && c.callout_id == callout_id
+        })?;
         let c = p.swap_remove(i);
         Some((c.token, c.kind))
     })
@@ -574,13 +581,14 @@ pub fn grpc_answer(a: &Answer, success: bool) -> (u32, Vec<u8>) {
 /// The pointers are Envoy's, live for the hook (or null with length 0).
 pub unsafe fn answer(
     carrier: u32,
+    config: usize,
     callout_id: u64,
     headers: *const EnvoyHeader,
     headers_len: usize,
     body: *const EnvoyBuffer,
     body_len: usize,
 ) -> Option<(u32, Kind, Answer)> {
-    let (token, kind) = take(carrier, callout_id)?;
+    let (token, kind) = take(carrier, config, callout_id)?;
     let mut a = Answer::default();
     // SAFETY: the caller's promise.
     unsafe {
@@ -687,7 +695,7 @@ mod tests {
         // The stream's own call: on its stream, answered there.
         o.send_on_carrier().unwrap();
         assert!(has_pending(9));
-        assert_eq!(take(9, 1), Some((own, Kind::Grpc)));
+        assert_eq!(take(9, 0, 1), Some((own, Kind::Grpc)));
         assert!(!has_pending(9));
         // The refill (the stream went away meanwhile: it does not matter):
         // on the main thread, through the configuration's callout, with
@@ -698,7 +706,9 @@ mod tests {
         clear_main();
         assert!(!has_pending(9));
         assert!(has_pending(MAIN_CARRIER));
-        assert_eq!(take(MAIN_CARRIER, 2).map(|(t, _)| t), Some(token));
+        // Envoy numbers callouts per configuration: another's id 2 is not it.
+        assert_eq!(take(MAIN_CARRIER, 0x31, 2), None);
+        assert_eq!(take(MAIN_CARRIER, 0x30, 2).map(|(t, _)| t), Some(token));
         SENT.with(|s| {
             assert_eq!(
                 *s.borrow(),

@@ -810,7 +810,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     on_stream(filter, module, (), |w, id, host| {
         // SAFETY: Envoy's buffers, live for this hook.
         let found =
-            unsafe { callout::answer(id, callout_id, headers, headers_len, body, body_len) };
+            unsafe { callout::answer(id, 0, callout_id, headers, headers_len, body, body_len) };
         let Some((token, kind, answer)) = found else {
             return;
         };
@@ -921,6 +921,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
         let found = unsafe {
             callout::answer(
                 callout::MAIN_CARRIER,
+                // As `on_main` set it (`callout::set_main`).
+                cfg.envoy,
                 callout_id,
                 headers,
                 headers_len,
