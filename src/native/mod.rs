@@ -13,7 +13,7 @@
 //! | `config.rs` | a configuration Envoy handed over, with its metric ids | the root's configuration |
 //! | `store.rs` | process-wide shared data (CAS), for all workers | Envoy's shared data |
 //! | `metrics.rs` | metrics defined on the main thread when the configuration loads | `proxy_define_metric` |
-//! | `callout.rs` | calls to other services, carried by a stream (see there) | `proxy_http_call`, `proxy_grpc_call` |
+//! | `callout.rs` | calls to other services: on the stream they are for, or from the main thread (lease refills, reports; see there) | `proxy_http_call`, `proxy_grpc_call` |
 //! | `crypto.rs` | `verify_signature` (RS*, ES*) with `ring` | Envoy's `verify_signature` foreign function |
 //!
 //! The policy code (`filter::root`, `filter::http`, `filter::pipeline` and
@@ -45,6 +45,16 @@
 //! `callout.rs`). Counters are handed to Envoy at the end of every hook (no
 //! flush timer).
 //!
+//! # Calls
+//!
+//! A gRPC call the filter sends in a worker's hook is routed when the hook
+//! returns (`after_hook`, `callout.rs`): a request's own rate limit call
+//! goes on its stream; a lease refill and a usage report go to the main
+//! thread (a configuration scheduler's event `timer::RELAY_EVENT`), which
+//! sends them through the configuration's callout and records a refill's
+//! answer with its own root (the store is process-wide). JWKS fetches go on
+//! the stream whose hook runs (it waits for them).
+//!
 //! # Re-entrancy
 //!
 //! Envoy runs a local reply through the encoder filters at once, inside
@@ -64,9 +74,11 @@ mod timer;
 
 use crate::filter::http::{Action, HttpStream};
 use crate::filter::root::Root;
+use crate::filter::worker::LeaseCall;
 use crate::host::IdHasher;
-use crate::host::{Host, MetricId, Stream};
+use crate::host::{Host, HostError, MetricId, Stream};
 use crate::plan::Config;
+use crate::ratelimit::rls::CallError;
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr};
 use config::ModuleConfig;
 use host::NativeHost;
@@ -87,9 +99,11 @@ struct StreamEntry {
     /// Its request waits for the answer of a call it carries (`callout.rs`).
     deferred: bool,
     /// Its request was let through by the filter but carries a call sent
-    /// in that hook without waiting for it (a leased limit's refill at
-    /// half a batch): held until the answer, or Envoy would cancel the
-    /// call when the request ends (`callout.rs`).
+    /// in that hook without waiting for it: held until the answer, or
+    /// Envoy would cancel the call when the request ends. A safety net:
+    /// the calls sent for others (lease refills, usage reports) go out
+    /// from the main thread (`callout.rs`), so no call is carried that way
+    /// now (the same holds for `HELD_RESPONSES`).
     held: bool,
     cfg: u64,
     filter: usize,
@@ -294,11 +308,114 @@ impl Worker {
         }
     }
 
+    /// Routes the gRPC calls sent in the hook that returned (see "Which
+    /// call goes where" in `callout.rs`): a stream's own call goes on that
+    /// stream; a lease refill and a report go to the main thread.
+    fn route_calls(&mut self, host: &NativeHost<'_>) {
+        for call in callout::take_unsent() {
+            let token = call.token;
+            let own = self.roots.iter().any(|(_, r, _)| {
+                r.worker()
+                    .rls_calls
+                    .try_borrow()
+                    .is_ok_and(|c| c.iter().any(|(t, _)| *t == token))
+            });
+            let cfg = self
+                .roots
+                .iter()
+                .find(|(_, r, _)| {
+                    r.worker()
+                        .lease_calls
+                        .try_borrow()
+                        .is_ok_and(|c| c.iter().any(|(t, _)| *t == token))
+                })
+                .map_or(host.cfg.id, |(id, _, _)| *id);
+            let call = match own || !timer::has_relay(cfg) {
+                true => call,
+                false => {
+                    let lease = self
+                        .roots
+                        .iter()
+                        .find(|(id, _, _)| *id == cfg)
+                        .and_then(|(_, r, _)| r.worker().take_lease_call(token))
+                        .map(|c| callout::LeaseRelay {
+                            route: c.route,
+                            limit: c.limit,
+                            identity: c.identity,
+                            asked: c.asked,
+                            sent_ns: c.sent_ns,
+                            deadline_ns: c.deadline_ns,
+                        });
+                    // Refused only when the configuration is going away.
+                    let _ = callout::relay(cfg, call, lease);
+                    continue;
+                }
+            };
+            // The stream's own call (or no main thread to relay to).
+            let live =
+                !call.filter().is_null() && host::filter_of(call.carrier) == Some(call.filter());
+            let sent = match live {
+                true => call.send_on_carrier(),
+                false => Err(HostError("the stream the call was for has ended".into())),
+            };
+            if let Err(e) = sent {
+                // Reported at once (UNAVAILABLE, saying why), as the wasm
+                // build reports a call Envoy could not send.
+                let why = format!("could not be sent ({})", e.0);
+                let answer = callout::Answer {
+                    headers: vec![("grpc-message".into(), why.into_bytes())],
+                    ..Default::default()
+                };
+                let saved = host::current();
+                self.deliver(host, token, callout::Kind::Grpc, answer, false);
+                host::set_current(saved);
+            }
+        }
+    }
+
+    /// Sends a call a worker relayed (on the main thread, in `cfg`'s hook).
+    fn send_relayed(&mut self, cfg: &ModuleConfig, host: &NativeHost<'_>, r: callout::Relayed) {
+        let Some((_, root, _)) = self.roots.iter().find(|(id, _, _)| *id == cfg.id) else {
+            return;
+        };
+        let w = root.worker();
+        let now = host.now_nanos();
+        let sent = match callout::relay_timeout(r.lease.as_ref(), r.call_timeout(), now) {
+            Some(t) => callout::send_relayed(&r.call, t),
+            None => Err(HostError(
+                "the lease refill's time ran out before the main thread could send it".into(),
+            )),
+        };
+        let rt = w.runtime.borrow().clone();
+        let lease = r.lease.zip(rt).map(|(l, rt)| LeaseCall {
+            rt,
+            route: l.route,
+            limit: l.limit,
+            identity: l.identity,
+            asked: l.asked,
+            sent_ns: l.sent_ns,
+            deadline_ns: l.deadline_ns,
+        });
+        match (sent, lease) {
+            (Ok(token), Some(call)) => w.add_lease_call(host, token, call),
+            (Ok(_), None) => {}
+            (Err(e), Some(call)) => {
+                log::debug!("meshguard: lease refill not sent: {}", e.0);
+                crate::filter::pipeline::lease_answer(host, w, call, Err(CallError::Dispatch(e.0)));
+            }
+            (Err(e), None) => log::warn!(
+                "meshguard: a report to the rate limit service could not be sent: {}",
+                e.0
+            ),
+        }
+    }
+
     /// Ends a stream (its response's last byte passed, or Envoy destroyed it).
     fn end(&mut self, context_id: u32, seen: bool, host: &NativeHost<'_>) {
         // Calls this stream carried: Envoy cancels them with it. A JWKS
         // fetch is reported as unanswered; a rate limit call is the
-        // stream's own and ends with it.
+        // stream's own and ends with it (lease refills and reports are
+        // never carried: `callout.rs`).
         for (token, kind) in callout::take_all(context_id) {
             if kind == callout::Kind::Http {
                 let saved = host::current();
@@ -331,15 +448,24 @@ impl Worker {
     }
 }
 
-/// Applies the ends seen while the table was busy, then flushes counters.
+/// Applies the ends seen while the table was busy, routes the gRPC calls
+/// the hook sent (`callout.rs`), then flushes counters.
 fn after_hook(host: &NativeHost<'_>) {
-    let ended = ENDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
-    if !ended.is_empty() {
-        with(|w| {
-            for id in ended {
-                w.end(id, true, host);
-            }
-        });
+    // An end sends a report, a failed call's delivery may end a stream
+    // (a local reply): a few rounds settle both.
+    for _ in 0..4 {
+        let ended = ENDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
+        if !ended.is_empty() {
+            with(|w| {
+                for id in ended {
+                    w.end(id, true, host);
+                }
+            });
+        }
+        // Busy (a nested hook, a local reply): the outer hook routes them.
+        if !callout::has_unsent() || with(|w| w.route_calls(host)).is_none() {
+            break;
+        }
     }
     host.flush();
 }
@@ -393,14 +519,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     let routes = config.routes.len();
     let remote_jwks =
         (0..config.jwt_providers.len()).any(|i| config.jwt_providers.remote(i).is_some());
+    let has_rls = config.rate_limit_service.is_some();
     let metrics = metrics::define_all(config_envoy, config);
     log::info!(
         "meshguard: configuration loaded ({routes} routes) by the native module (filter {}, {} metrics)",
         String::from_utf8_lossy(&name),
         metrics.len()
     );
+    let id = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
+    // Lease refills and usage reports go out from the main thread
+    // (`callout.rs`): a worker wakes it with this scheduler.
+    if has_rls && !timer::relay_register(id, config_envoy) {
+        log::warn!(
+            "meshguard: no main-thread scheduler: lease refills and usage reports ride on requests"
+        );
+    }
     let cfg = Box::new(ModuleConfig {
-        id: NEXT_CONFIG.fetch_add(1, Ordering::Relaxed),
+        id,
         envoy: config_envoy as usize,
         bytes,
         metrics,
@@ -420,6 +555,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(p: *
     if !p.is_null() {
         // SAFETY: ours, from `Box::into_raw`, destroyed once by Envoy.
         let cfg = unsafe { Box::from_raw(p as *mut ModuleConfig) };
+        timer::relay_unregister(cfg.id);
+        drop(callout::take_relayed(cfg.id));
         if let Ok(mut dead) = DEAD.lock() {
             dead.push(cfg.id);
         }
@@ -688,7 +825,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     on_stream(filter, module, (), |w, id, host| {
         // SAFETY: Envoy's buffers, live for this hook.
         let found =
-            unsafe { callout::answer(id, callout_id, headers, headers_len, body, body_len) };
+            unsafe { callout::answer(id, 0, callout_id, headers, headers_len, body, body_len) };
         let Some((token, kind, answer)) = found else {
             return;
         };
@@ -736,16 +873,25 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _config_envoy: ConfigEnvoyPtr,
     module: *const c_void,
-    _event_id: u64,
+    event_id: u64,
 ) {
     // SAFETY: Envoy's promise.
     let Some(cfg) = (unsafe { module.cast::<ModuleConfig>().as_ref() }) else {
         return;
     };
+    // Calls workers relayed (`callout.rs`): whatever the event, none waits
+    // longer than needed.
+    let relayed = callout::take_relayed(cfg.id);
     on_main(cfg, |host| {
         with(|w| {
-            if w.root(cfg, host).is_some() {
+            if w.root(cfg, host).is_none() {
+                return;
+            }
+            if event_id != timer::RELAY_EVENT {
                 w.tick(cfg, host);
+            }
+            for r in relayed {
+                w.send_relayed(cfg, host, r);
             }
         });
     });
@@ -790,6 +936,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
         let found = unsafe {
             callout::answer(
                 callout::MAIN_CARRIER,
+                // As `on_main` set it (`callout::set_main`).
+                cfg.envoy,
                 callout_id,
                 headers,
                 headers_len,
@@ -798,15 +946,28 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             )
         };
         if let Some((token, kind, answer)) = found {
-            with(|w| {
+            let refill = with(|w| {
+                let refill = w.roots.iter().any(|(_, r, _)| {
+                    r.worker()
+                        .lease_calls
+                        .try_borrow()
+                        .is_ok_and(|c| c.iter().any(|(t, _)| *t == token))
+                });
                 w.deliver(
                     host,
                     token,
                     kind,
                     answer,
                     result == abi::callout_result::SUCCESS,
-                )
+                );
+                refill
             });
+            if refill == Some(true) {
+                // A relayed lease refill's answer is in the store: the
+                // streams waiting for it, on any worker, look now (not
+                // for a report's answer: one per settled request).
+                timer::wake_all();
+            }
         }
     });
 }

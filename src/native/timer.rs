@@ -2,6 +2,11 @@
 //! one process-wide thread (see "Timers" in `mod.rs`). A scheduler's commit
 //! is safe from any thread; it is unregistered (under the lock the thread
 //! commits under) before it is deleted, so no commit reaches a deleted one.
+//!
+//! Relays: one configuration scheduler per configuration with a rate limit
+//! service, committed by a worker that queued a call for the main thread
+//! (`callout.rs`, "Which call goes where"), with [`RELAY_EVENT`]. Deleted
+//! under the same kind of lock.
 
 use super::abi::{self, FilterEnvoyPtr};
 use std::sync::{Mutex, Once};
@@ -17,6 +22,13 @@ const CONFIG_EVERY: u32 = 50;
 static SCHEDULERS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 static CONFIG_SCHEDULERS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 static START: Once = Once::new();
+/// The relay schedulers: (configuration id, scheduler).
+static RELAYS: Mutex<Vec<(u64, usize)>> = Mutex::new(Vec::new());
+
+/// The event id of the configurations' 500 ms tick.
+pub const TICK_EVENT: u64 = 1;
+/// The event id of a relay: calls are queued for the main thread.
+pub const RELAY_EVENT: u64 = 2;
 
 fn run() {
     let mut n: u32 = 0;
@@ -42,7 +54,7 @@ fn run() {
                 unsafe {
                     abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
                         *s as abi::SchedulerPtr,
-                        1,
+                        TICK_EVENT,
                     )
                 };
             }
@@ -136,6 +148,85 @@ impl Drop for Waker {
         unsafe {
             abi::envoy_dynamic_module_callback_http_filter_scheduler_delete(
                 self.scheduler as abi::SchedulerPtr,
+            )
+        };
+    }
+}
+
+/// Gives configuration `cfg` a relay scheduler (on the main thread, in its
+/// `config_new` hook).
+pub fn relay_register(cfg: u64, config: abi::ConfigEnvoyPtr) -> bool {
+    // SAFETY: the configuration pointer of the running hook.
+    let s = unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
+    if s.is_null() {
+        return false;
+    }
+    RELAYS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((cfg, s as usize));
+    true
+}
+
+/// Deletes the relay scheduler of `cfg` (its configuration is destroyed).
+pub fn relay_unregister(cfg: u64) {
+    let gone: Vec<usize> = {
+        let mut relays = RELAYS.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = relays
+            .iter()
+            .filter(|(c, _)| *c == cfg)
+            .map(|(_, s)| *s)
+            .collect();
+        relays.retain(|(c, _)| *c != cfg);
+        gone
+    };
+    for s in gone {
+        // SAFETY: ours, no longer reachable by a commit (taken out under
+        // the lock commits hold).
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+                s as abi::SchedulerPtr,
+            )
+        };
+    }
+}
+
+/// Wakes the main thread for `cfg`'s relayed calls (from any thread);
+/// false when `cfg` has no relay scheduler.
+pub fn relay_commit(cfg: u64) -> bool {
+    let relays = RELAYS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((_, s)) = relays.iter().find(|(c, _)| *c == cfg) else {
+        return false;
+    };
+    // SAFETY: registered schedulers are live (see the module docs).
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+            *s as abi::SchedulerPtr,
+            RELAY_EVENT,
+        )
+    };
+    true
+}
+
+/// Whether `cfg` has a relay scheduler.
+pub fn has_relay(cfg: u64) -> bool {
+    RELAYS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|(c, _)| *c == cfg)
+}
+
+/// Wakes every waiting stream now (their workers tick): after the main
+/// thread recorded a lease answer that they may wait for.
+pub fn wake_all() {
+    let list = SCHEDULERS.lock().unwrap_or_else(|e| e.into_inner());
+    for s in list.iter() {
+        // SAFETY: registered schedulers are live (see the module docs).
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_scheduler_commit(
+                *s as abi::SchedulerPtr,
+                1,
             )
         };
     }

@@ -82,11 +82,6 @@ NATIVE_DIFFERS = {
     "test_footprint.py::test_configuration_load_is_within_a_ratio_of_the_trivial_filters": (
         "compares loading meshguard.wasm with a trivial wasm filter in V8 (swaps the wasm "
         "filter's vm_config code)"),
-    "test_lease.py::test_two_replicas_with_leases_stay_within_the_bound_with_few_calls": (
-        "the 1.40 ABI has no stream-less callout a worker may use: a lease refill rides on a "
-        "request's stream and Envoy cancels it when that stream is reset or replied to locally "
-        "first; the lost refill counts as failed and failure_mode applies (seen: 1 refill in 6 "
-        "runs, 63 of 60 admitted under \"allow\"); docs/native.md"),
     "test_registry.py::test_push_compat_image_and_envoy_loads_meshguard_from_the_registry": (
         "Envoy fetches meshguard.wasm from an OCI registry into the wasm filter's vm_config; "
         "a dynamic module is loaded from the proxy's file system only"),

@@ -81,6 +81,33 @@ def test_two_replicas_with_leases_stay_within_the_bound_with_few_calls(envoy, up
     assert a.request("/g/x", headers={"x-user": "bob"})[0] == 200
 
 
+def test_a_refill_outlives_the_request_that_started_it(envoy, upstream, rls_server):
+    """A refill is the process's, not the request's whose spend started it:
+    when that request goes away (the client resets it) before the service
+    answers, the answer is still recorded and the next requests spend it
+    without another call. (Natively the refill is sent from the main
+    thread, not on that request's stream: docs/native.md.)"""
+    svc = rls_server([rls.limit("quota", 100)], delay_ms=400)
+    e = envoy(cfg([{"name": "quota", "scope": "global", "lease": 4}], timeout="2s"),
+              concurrency=1, extra_clusters=rls.cluster(svc))
+    # No lease yet: the request sends the refill and waits for it; its
+    # client gives up long before the answer (400 ms).
+    with pytest.raises(OSError):
+        e.request("/g/x", timeout=0.1)
+    time.sleep(1.0)
+    assert stat(e, "ratelimit.g.quota.lease_failed") == 0
+    assert stat(e, "ratelimit.g.quota.lease_obtained") == 1
+    assert rls_calls(e) == 1
+    # The batch of 4 is there: spent without a call (the refill at half
+    # a batch is sent by the second one and answered 400 ms later).
+    assert [e.request("/g/x")[0] for _ in range(3)] == [200] * 3
+    assert stat(e, "ratelimit.g.quota.lease_hits") == 3
+    time.sleep(1.0)
+    assert stat(e, "ratelimit.g.quota.lease_failed") == 0
+    assert stat(e, "ratelimit.g.quota.lease_obtained") == 2
+    assert rls_calls(e) == 2
+
+
 def test_over_limit_from_the_service_stops_admission(envoy, upstream, rls_server):
     n = 5
     svc = rls_server([rls.limit("quota", n)])
