@@ -79,9 +79,11 @@ clippy: targets
 	@tests/rls-server/patch-limitador.sh
 	cargo clippy --manifest-path $(RLS_MANIFEST) --target-dir target/rls-server --all-targets -- -D warnings
 
-# (the fuzz corpus replay without its mutation budget: `fuzz-smoke` runs that)
+# (the fuzz corpus replay without its mutation budget: `fuzz-smoke` runs that).
+# With `native`: the native module's own unit tests (call routing, body
+# ranges, the ring-vs-pure-Rust signature differential) run here too.
 unit:
-	MESHGUARD_FUZZ_SMOKE_MS=0 cargo test --features cli
+	MESHGUARD_FUZZ_SMOKE_MS=0 cargo test --features cli,native
 
 # The JSON Schema of the configuration, generated from the Rust types.
 schema:
