@@ -183,6 +183,8 @@ COMPARISONS = [
     ("dm-trivial", "dm-rl-floor", "dynamic-module rate-limit floor vs the no-op module"),
     ("dm-rl-floor", "dm-ratelimit-noheaders", "rate limit, no headers: meshguard native module vs its floor"),
     ("dm-trivial", "dm-ratelimit-noheaders", "rate limit, no headers: meshguard native module vs the no-op module"),
+    ("dm-trivial", "dm-nopolicy", "no-policy route: meshguard native module vs the no-op module"),
+    ("dm-nopolicy", "dm-ratelimit-noheaders", "rate limit, no headers, vs no-policy route: meshguard native module"),
     ("native-jwt-rs256-distinct", "dm-jwt-rs256-distinct", "distinct RS256 tokens: meshguard native module vs jwt_authn"),
     ("native-jwt-es256-distinct", "dm-jwt-es256-distinct", "distinct ES256 tokens: meshguard native module vs jwt_authn"),
     ("dm-ratelimit-noheaders", "dmb-ratelimit-noheaders", "rate limit, no headers: native module B vs A (MESHGUARD_NATIVE_B)"),
@@ -241,6 +243,8 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
         S("dm-cache-hit", "meshguard native module, cache, every request a HIT",
           [dm_filter(native_so, json.dumps({"routes": [dict(route, cache=cache)]}))],
           group="cache", probe=mg_cache_probe, expect_upstream="none"),
+        S("dm-nopolicy", "meshguard native module, one route, no policy",
+          [dm_filter(native_so, json.dumps({"routes": [route]}))], group="ratelimit"),
         # The floor of any dynamic module (bench/trivial-dm): no-op hooks; then a rate limit's minimal work.
         S("dm-trivial", "reference dynamic module (bench/trivial-dm), every hook a no-op returning Continue",
           [dm_filter(TRIVIAL_DM, "")], group="ratelimit"),
