@@ -83,7 +83,7 @@ pub fn parse(bytes: &[u8]) -> Result<Option<RawConfig>, ConfigError> {
 /// types (committed as `meshguard.schema.json`; a test keeps it fresh).
 /// It checks structure, names and simple ranges; cross-field rules (unique
 /// names, provider references, cost <= capacity...) are only checked by
-/// [`Config::from_bytes`] (and `meshguard-validate`).
+/// `plan::Config::from_bytes` (and `meshguard-validate`).
 pub fn json_schema() -> String {
     let schema = schemars::schema_for!(raw::RawConfig);
     let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();

@@ -29,7 +29,7 @@ pub const MIN_OCT_BYTES: usize = 32;
 /// Public key material (or an HMAC secret) ready to verify.
 pub enum KeyMaterial {
     Rsa {
-        /// Ready for verification in wasm ([`super::rsassa`]).
+        /// Ready for verification in wasm (`rsassa`).
         key: super::rsassa::RsaKey,
         /// DER SubjectPublicKeyInfo, for Envoy's native `verify_signature`.
         spki_der: Vec<u8>,

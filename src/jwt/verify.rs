@@ -2,11 +2,11 @@
 //!
 //! RS256/384/512 and ES256/384 first try Envoy's native `verify_signature`
 //! (see [`super::native`]); when the host lacks it pure Rust is used
-//! ([`super::rsassa`], the `p256` and `p384` crates) and the worker
+//! (`rsassa`, the `p256` and `p384` crates) and the worker
 //! remembers not to try native again. ECDSA goes native only after the host verified a
 //! known-good signature for that curve once ([`NativePaths`]). PS* and
 //! EdDSA always use pure Rust: Envoy's function cannot do them. RSA in
-//! pure Rust is [`super::rsassa`] (4.5x faster under V8 than the `rsa`
+//! pure Rust is `rsassa` (4.5x faster under V8 than the `rsa`
 //! crate's exponentiation).
 
 use super::jose::Alg;
