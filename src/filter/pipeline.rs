@@ -8,7 +8,7 @@
 
 use super::runtime::{RouteRuntime, Runtime};
 use super::state::{self, BreakerTicket, Capture, Stage, Step, StreamState, CLAIM_KEY_PREFIX};
-use super::worker::{LeaseCall, Worker};
+use super::worker::{LeaseCall, LeaseRefill, Worker};
 use crate::breaker::{self, Admission};
 use crate::cache::{self, CacheRoute, Lookup, ResponseDecision};
 use crate::grpc;
@@ -818,12 +818,14 @@ fn send_refill<P: Host + Stream>(
                 token,
                 LeaseCall {
                     rt: s.rt.clone(),
-                    route: s.route,
-                    limit,
-                    identity,
-                    asked: ask,
-                    sent_ns: now,
-                    deadline_ns: now.saturating_add(svc.timeout_ns + rls::GRACE_NS),
+                    refill: LeaseRefill {
+                        route: s.route,
+                        limit,
+                        identity,
+                        asked: ask,
+                        sent_ns: now,
+                        deadline_ns: now.saturating_add(svc.timeout_ns + rls::GRACE_NS),
+                    },
                 },
             );
         }
@@ -852,7 +854,8 @@ pub fn lease_answer<P: Host + Stream>(
     call: LeaseCall,
     result: Result<Vec<u8>, rls::CallError>,
 ) {
-    let rt = &call.rt;
+    let LeaseCall { rt, refill: call } = call;
+    let rt = &rt;
     let host = rt.host(px);
     let (Some(route), Some(rr), Some(svc)) = (
         rt.config.routes.get(call.route),

@@ -56,15 +56,24 @@ pub struct Worker {
     pub root_context_id: Cell<u32>,
 }
 
-/// A lease refill in flight: what its answer updates.
+/// A lease refill in flight: the worker's runtime and what its answer
+/// updates.
 pub struct LeaseCall {
     pub rt: Rc<Runtime>,
+    pub refill: LeaseRefill,
+}
+
+/// What a lease refill's answer updates: plain data, so the native module
+/// can hand it to the main thread that sends the refill there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRefill {
     pub route: usize,
     /// Index in the route's global limits.
     pub limit: usize,
     pub identity: String,
     pub asked: u64,
     pub sent_ns: u64,
+    /// The refill flag's end (send time + timeout + `GRACE_NS`).
     pub deadline_ns: u64,
 }
 
@@ -212,10 +221,10 @@ impl Worker {
     /// Takes the lease refills past their deadline.
     pub fn take_expired_lease_calls(&self, now: u64) -> Vec<(u32, LeaseCall)> {
         match self.lease_calls.try_borrow_mut() {
-            Ok(mut calls) if calls.iter().any(|(_, c)| now >= c.deadline_ns) => {
+            Ok(mut calls) if calls.iter().any(|(_, c)| now >= c.refill.deadline_ns) => {
                 let (gone, keep) = std::mem::take(&mut *calls)
                     .into_iter()
-                    .partition(|(_, c)| now >= c.deadline_ns);
+                    .partition(|(_, c)| now >= c.refill.deadline_ns);
                 *calls = keep;
                 gone
             }

@@ -61,7 +61,7 @@ pub fn encode_args(
     out
 }
 
-fn get_varint(b: &[u8], i: &mut usize) -> Option<u64> {
+pub(crate) fn get_varint(b: &[u8], i: &mut usize) -> Option<u64> {
     let mut v: u64 = 0;
     for shift in (0..64).step_by(7) {
         let byte = *b.get(*i)?;

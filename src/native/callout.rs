@@ -68,6 +68,7 @@
 //! message, else a broken answer (`grpc-status` 13, INTERNAL).
 
 use super::abi::{self, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
+use crate::filter::worker::LeaseRefill;
 use crate::host::HostError;
 use crate::ratelimit::rls::GRACE_NS;
 use std::cell::{Cell, RefCell};
@@ -113,27 +114,12 @@ pub struct Unsent {
     timeout: Duration,
 }
 
-/// What a relayed lease refill updates: the worker's `LeaseCall` without
-/// its runtime (the main thread's root has its own of the same
-/// configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRelay {
-    pub route: usize,
-    pub limit: usize,
-    pub identity: String,
-    pub asked: u64,
-    pub sent_ns: u64,
-    /// The refill flag's end as the worker computed it (send time +
-    /// timeout + `GRACE_NS`).
-    pub deadline_ns: u64,
-}
-
 /// A call queued for the main thread.
 pub struct Relayed {
     pub cfg: u64,
     pub call: Unsent,
     /// `None`: a report, its answer ignored.
-    pub lease: Option<LeaseRelay>,
+    pub lease: Option<LeaseRefill>,
 }
 
 /// Calls queued for the main thread, of every configuration.
@@ -453,7 +439,7 @@ impl Unsent {
 /// Queues a call for the main thread and wakes it (the configuration's
 /// scheduler). `Err` gives the call back when `cfg` has no scheduler (its
 /// configuration is gone, or Envoy gave it none).
-pub fn relay(cfg: u64, call: Unsent, lease: Option<LeaseRelay>) -> Result<(), Unsent> {
+pub fn relay(cfg: u64, call: Unsent, lease: Option<LeaseRefill>) -> Result<(), Unsent> {
     let mut queue = RELAYED.lock().unwrap_or_else(|e| e.into_inner());
     // Committed under the queue's lock: the main thread, which takes the
     // queue under it, finds the call when the event runs.
@@ -482,7 +468,7 @@ pub fn take_relayed(cfg: u64) -> Vec<Relayed> {
 /// since the worker sent it, so that the answer lands (or Envoy gives up)
 /// before the refill flag the worker took is released (`GRACE_NS` before
 /// `deadline_ns`). `None`: too late, the refill counts as failed.
-pub fn relay_timeout(lease: Option<&LeaseRelay>, timeout: Duration, now: u64) -> Option<Duration> {
+pub fn relay_timeout(lease: Option<&LeaseRefill>, timeout: Duration, now: u64) -> Option<Duration> {
     let Some(l) = lease else {
         return Some(timeout);
     };
@@ -795,7 +781,7 @@ mod tests {
         const MS: u64 = 1_000_000;
         let timeout = Duration::from_millis(500);
         let sent = 1_000 * MS;
-        let l = LeaseRelay {
+        let l = LeaseRefill {
             route: 0,
             limit: 0,
             identity: "i".into(),

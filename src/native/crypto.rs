@@ -33,7 +33,7 @@
 //! assembly that the wasm module must not carry.
 
 use crate::host::HostError;
-use crate::jwt::native::FUNCTION;
+use crate::jwt::native::{get_varint, FUNCTION};
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 
 /// The host's foreign functions: `verify_signature`, nothing else.
@@ -71,15 +71,15 @@ impl<'a> Args<'a> {
         let mut out = Args::default();
         let mut i = 0;
         while i < b.len() {
-            let tag = varint(b, &mut i)?;
+            let tag = get_varint(b, &mut i)?;
             match tag & 7 {
                 0 => {
-                    varint(b, &mut i)?;
+                    get_varint(b, &mut i)?;
                 }
                 1 => i = i.checked_add(8).filter(|e| *e <= b.len())?,
                 5 => i = i.checked_add(4).filter(|e| *e <= b.len())?,
                 2 => {
-                    let len = usize::try_from(varint(b, &mut i)?).ok()?;
+                    let len = usize::try_from(get_varint(b, &mut i)?).ok()?;
                     let end = i.checked_add(len)?;
                     let data = b.get(i..end)?;
                     match tag >> 3 {
@@ -96,19 +96,6 @@ impl<'a> Args<'a> {
         }
         Some(out)
     }
-}
-
-fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
-    let mut v: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*i)?;
-        *i += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
 }
 
 /// OID contents (DER, without tag and length).

@@ -338,14 +338,7 @@ impl Worker {
                         .iter()
                         .find(|(id, _, _)| *id == cfg)
                         .and_then(|(_, r, _)| r.worker().take_lease_call(token))
-                        .map(|c| callout::LeaseRelay {
-                            route: c.route,
-                            limit: c.limit,
-                            identity: c.identity,
-                            asked: c.asked,
-                            sent_ns: c.sent_ns,
-                            deadline_ns: c.deadline_ns,
-                        });
+                        .map(|c| c.refill);
                     // Refused only when the configuration is going away.
                     let _ = callout::relay(cfg, call, lease);
                     continue;
@@ -387,15 +380,7 @@ impl Worker {
             )),
         };
         let rt = w.runtime.borrow().clone();
-        let lease = r.lease.zip(rt).map(|(l, rt)| LeaseCall {
-            rt,
-            route: l.route,
-            limit: l.limit,
-            identity: l.identity,
-            asked: l.asked,
-            sent_ns: l.sent_ns,
-            deadline_ns: l.deadline_ns,
-        });
+        let lease = r.lease.zip(rt).map(|(refill, rt)| LeaseCall { rt, refill });
         match (sent, lease) {
             (Ok(token), Some(call)) => w.add_lease_call(host, token, call),
             (Ok(_), None) => {}
