@@ -146,6 +146,9 @@ pub const MAX_INVALIDATIONS: u64 = 256;
 pub const LOCK_TTL_NS: u64 = 5_000_000_000;
 /// How long a key whose response was not storable is filled without a lock.
 pub const PASS_TTL_NS: u64 = 5_000_000_000;
+/// How soon a request looks again after losing the race for a lock twice
+/// in a row (others are taking and releasing it at that moment).
+pub const CONTENDED_RETRY_NS: u64 = 1_000_000;
 /// Holder id of a released lock (free, or "pass" while its deadline lasts).
 const PASS_HOLDER: u64 = 0;
 
@@ -528,6 +531,8 @@ pub enum LockOutcome {
     /// We hold it until released or `LOCK_TTL_NS` passes.
     Acquired(LockGuard),
     /// Another request is filling this key; it has `remaining_ns` left.
+    /// Also the answer when other workers took and released the lock
+    /// between each of our attempts (`CONTENDED_RETRY_NS`): look again soon.
     HeldByOther { remaining_ns: u64 },
     /// The lock slot is busy with another key, the key is in "pass" mode
     /// (its last response was not storable), or the host failed: proceed
@@ -1080,7 +1085,13 @@ impl<'h, H: Host> Store<'h, H> {
                 Err(SetError::Host(_)) => return LockOutcome::Unavailable,
             }
         }
-        LockOutcome::Unavailable
+        // Lost the race twice: other workers are taking and releasing this
+        // lock right now (e.g. waiters looking again as a revalidation
+        // completes). Going upstream without the lock would send a second
+        // fill or revalidation; the caller waits a moment and looks again.
+        LockOutcome::HeldByOther {
+            remaining_ns: CONTENDED_RETRY_NS,
+        }
     }
 
     /// Releases a lock we hold (no-op if it expired and someone took it).

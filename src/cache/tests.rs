@@ -866,3 +866,38 @@ fn cache_status_strings() {
         "meshguard; fwd=stale; fwd-status=503; ttl=-5; detail=stale-if-error"
     );
 }
+
+#[test]
+fn a_request_losing_the_lock_race_twice_waits_instead_of_revalidating_unlocked() {
+    use crate::host::fake::FakeHost;
+    let host = FakeHost::new(1_700_000_000 * NS);
+    let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
+    let route = test_route(&policy, &store_cfg);
+    let first = h(&[("cache-control", "max-age=1"), ("etag", "\"k\"")]);
+    let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
+        panic!("expected a miss")
+    };
+    on_response_headers(&host, &route, &mut ctx, 200, &first);
+    assert!(store(&host, &route, &mut ctx, 200, &first, b"kept"));
+    host.advance(std::time::Duration::from_secs(3));
+    // Other workers take and release the lock between each of this
+    // request's two attempts: it must not go upstream without the lock (a
+    // second revalidation of the same key).
+    host.force_cas_failures(2);
+    match lookup(&host, &route, &get(&[])) {
+        Lookup::Wait { retry_after_ms } => assert_eq!(retry_after_ms, 1),
+        other => panic!("expected to wait: {other:?}"),
+    }
+    // Looking again once the race is over, it takes the lock.
+    match lookup(&host, &route, &get(&[])) {
+        Lookup::Revalidate { ctx, .. } => assert!(ctx.holds_fill_lock()),
+        other => panic!("{other:?}"),
+    }
+    // A first fill losing the race twice waits too.
+    host.force_cas_failures(2);
+    let other = Request {
+        path: "/other".into(),
+        ..get(&[])
+    };
+    assert!(matches!(lookup(&host, &route, &other), Lookup::Wait { .. }));
+}
