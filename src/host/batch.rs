@@ -48,14 +48,28 @@ impl MetricBatch {
     /// Hands every pending sum to `host` (one call per metric with a
     /// non-zero sum) and empties the batch. Returns the number of calls.
     pub fn flush(&self, host: &impl Host) -> usize {
-        let drained: Vec<(MetricId, i64)> = match self.pending.try_borrow_mut() {
-            Ok(mut p) if !p.is_empty() => p.drain().filter(|&(_, d)| d != 0).collect(),
+        // The sums are taken out of the cell (an empty map allocates
+        // nothing), so the host is called without the borrow held, and put
+        // back emptied: its capacity serves the next flush (the native
+        // module flushes at the end of every hook: no allocation per hook).
+        let mut taken = match self.pending.try_borrow_mut() {
+            Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
             _ => return 0,
         };
-        for &(id, delta) in &drained {
-            host.increment_metric(id, delta);
+        let mut calls = 0;
+        for (id, delta) in taken.drain() {
+            if delta != 0 {
+                host.increment_metric(id, delta);
+                calls += 1;
+            }
         }
-        drained.len()
+        if let Ok(mut p) = self.pending.try_borrow_mut() {
+            // Anything added while the host was called stays pending.
+            if p.is_empty() {
+                *p = taken;
+            }
+        }
+        calls
     }
 
     /// Whether increments wait for a flush.
@@ -199,5 +213,69 @@ mod tests {
         batch.add(g, -4);
         assert_eq!(batch.flush(&h), 0);
         assert_eq!(h.metric("g"), Some(0));
+    }
+
+    /// A host whose increments add to the batch being flushed (a host
+    /// call that comes back into the filter): nothing is lost.
+    struct Reentrant<'a> {
+        inner: &'a FakeHost,
+        batch: &'a MetricBatch,
+    }
+
+    impl Host for Reentrant<'_> {
+        fn now_nanos(&self) -> u64 {
+            self.inner.now_nanos()
+        }
+        fn shared_get(&self, key: &str) -> Result<SharedValue, HostError> {
+            self.inner.shared_get(key)
+        }
+        fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            self.inner.shared_set(key, value, cas)
+        }
+        fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+            self.inner.random_bytes(buf)
+        }
+        fn define_metric(&self, kind: MetricKind, name: &str) -> Result<MetricId, HostError> {
+            self.inner.define_metric(kind, name)
+        }
+        fn increment_metric(&self, id: MetricId, delta: i64) {
+            self.inner.increment_metric(id, delta);
+            self.batch.add(id, 1);
+        }
+        fn record_metric(&self, id: MetricId, value: u64) {
+            self.inner.record_metric(id, value)
+        }
+        fn call_foreign(&self, name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+            self.inner.call_foreign(name, args)
+        }
+    }
+
+    #[test]
+    fn increments_added_during_a_flush_stay_pending_and_the_batch_is_reused() {
+        let h = FakeHost::new(1);
+        let a = h.define_metric(MetricKind::Counter, "a").expect("a");
+        let b = h.define_metric(MetricKind::Counter, "b").expect("b");
+        let batch = MetricBatch::default();
+        batch.add(a, 5);
+        batch.add(b, 2);
+        let host = Reentrant {
+            inner: &h,
+            batch: &batch,
+        };
+        assert_eq!(batch.flush(&host), 2);
+        assert_eq!((h.metric("a"), h.metric("b")), (Some(5), Some(2)));
+        assert_eq!(
+            (batch.pending(a), batch.pending(b)),
+            (1, 1),
+            "added while flushing: kept for the next flush"
+        );
+        assert_eq!(batch.flush(&h), 2);
+        assert_eq!((h.metric("a"), h.metric("b")), (Some(6), Some(3)));
+        for round in 0..3 {
+            batch.add(a, 1);
+            assert_eq!(batch.flush(&h), 1, "round {round}");
+        }
+        assert_eq!(h.metric("a"), Some(9));
+        assert!(batch.is_empty());
     }
 }
