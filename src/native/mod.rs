@@ -100,7 +100,7 @@ use crate::ratelimit::rls::CallError;
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr};
 use config::ModuleConfig;
 use host::NativeHost;
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -194,6 +194,15 @@ thread_local! {
     /// Stream boxes Envoy destroyed while the worker was busy: ended and
     /// freed after the outer hook (never seen: Envoy defers deletions).
     static DESTROYED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// Something waits in `ENDED` or `DESTROYED` (`after_hook` looks at
+    /// neither list otherwise).
+    static DEFERRED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Defers the end of stream `id` to `after_hook` (see `ENDED`).
+fn defer_end(id: u32) {
+    ENDED.with(|e| e.borrow_mut().push(id));
+    DEFERRED.with(|d| d.set(true));
 }
 
 fn with<R>(f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
@@ -535,21 +544,27 @@ impl Worker {
 /// Applies the ends seen while the table was busy, routes the gRPC calls
 /// the hook sent (`callout.rs`), then flushes counters.
 fn after_hook(host: &NativeHost<'_>) {
+    // Nothing deferred, no call to route (most hooks): the counters only.
+    if !DEFERRED.with(|d| d.get()) && !callout::has_unsent() {
+        host.flush();
+        return;
+    }
     // An end sends a report, a failed call's delivery may end a stream
     // (a local reply): a few rounds settle both.
     for _ in 0..4 {
-        let ended = ENDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
+        DEFERRED.with(|d| d.set(false));
+        let mut ended = ENDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
         if !ended.is_empty() {
             with(|w| {
-                for id in ended {
+                for id in ended.drain(..) {
                     w.end_id(id, true, host);
                 }
             });
         }
-        let destroyed = DESTROYED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        let mut destroyed = DESTROYED.with(|d| std::mem::take(&mut *d.borrow_mut()));
         if !destroyed.is_empty() {
             with(|w| {
-                for p in destroyed {
+                for p in destroyed.drain(..) {
                     // SAFETY: a box Envoy destroyed, not yet freed; forgotten
                     // by id already, so only this list reaches it.
                     unsafe { w.end(box_at(p as *mut c_void), false, host) };
@@ -557,6 +572,12 @@ fn after_hook(host: &NativeHost<'_>) {
                     drop(unsafe { Box::from_raw(p as *mut StreamBox) });
                 }
             });
+        }
+        if !ended.is_empty() || !destroyed.is_empty() {
+            // Busy (this hook is nested in another): the outer one's turn.
+            ENDED.with(|e| e.borrow_mut().append(&mut ended));
+            DESTROYED.with(|d| d.borrow_mut().append(&mut destroyed));
+            DEFERRED.with(|d| d.set(true));
         }
         // Busy (a nested hook, a local reply): the outer hook routes them.
         if !callout::has_unsent() || with(|w| w.route_calls(host)).is_none() {
@@ -801,7 +822,7 @@ fn response_hook(
             // The table was busy (a local reply of this stream passing
             // through): its end is applied after the outer hook.
             if let (true, Some(id)) = (end_of_stream, context_id) {
-                ENDED.with(|e| e.borrow_mut().push(id));
+                defer_end(id);
             }
             Action::Continue
         }
@@ -883,6 +904,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *co
         // The worker is busy (never seen: Envoy defers deletions): ended
         // and freed after the outer hook.
         DESTROYED.with(|d| d.borrow_mut().push(module as usize));
+        DEFERRED.with(|d| d.set(true));
     }
     after_hook(&host);
     if ended {
