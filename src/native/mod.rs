@@ -63,7 +63,8 @@
 //! # Calls
 //!
 //! A gRPC call the filter sends in a worker's hook is routed when the hook
-//! returns (`after_hook`, `callout.rs`): a request's own rate limit call
+//! returns (`after_hook`, `callout.rs`; a hook that sent none and
+//! deferred no end only flushes its counters): a request's own rate limit call
 //! goes on its stream; a lease refill and a usage report go to the main
 //! thread (a configuration scheduler's event `timer::RELAY_EVENT`), which
 //! sends them through the configuration's callout and records a refill's
