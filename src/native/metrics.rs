@@ -82,5 +82,7 @@ pub fn define_all(envoy: ConfigEnvoyPtr, config: Config) -> HashMap<String, Metr
         defined: RefCell::new(HashMap::new()),
     };
     drop(Runtime::new(&d, config));
+    // Native only: panics the guard at the FFI edge caught (`guard.rs`).
+    let _ = d.define_metric(MetricKind::Counter, super::guard::METRIC);
     d.defined.into_inner()
 }

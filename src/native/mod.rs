@@ -15,6 +15,7 @@
 //! | `metrics.rs` | metrics defined on the main thread when the configuration loads | `proxy_define_metric` |
 //! | `callout.rs` | calls to other services: on the stream they are for, or from the main thread (lease refills, reports; see there) | `proxy_http_call`, `proxy_grpc_call` |
 //! | `crypto.rs` | `verify_signature` (RS*, ES*) with `ring` | Envoy's `verify_signature` foreign function |
+//! | `guard.rs` | the exported hook symbols: each runs its hook here inside `catch_unwind`; a panic fails that stream closed, is logged and counted (`meshguard.panics`) | none: a panic traps the wasm VM |
 //!
 //! The policy code (`filter::root`, `filter::http`, `filter::pipeline` and
 //! every feature) runs unchanged: each worker thread keeps, per
@@ -67,6 +68,7 @@ pub(crate) mod abi;
 mod callout;
 pub(crate) mod config;
 pub(crate) mod crypto;
+mod guard;
 pub(crate) mod host;
 mod metrics;
 pub(crate) mod store;
@@ -156,9 +158,8 @@ impl Worker {
             return;
         }
         self.dead_seen = generation;
-        let Ok(dead) = DEAD.lock() else {
-            return;
-        };
+        // Poisoned (a panic caught while it was held): ids are only pushed.
+        let dead = DEAD.lock().unwrap_or_else(|e| e.into_inner());
         let before = self.roots.len();
         self.roots.retain(|(id, root, _)| {
             let keep = !dead.contains(id);
@@ -471,9 +472,10 @@ unsafe fn handle<'a>(p: *const c_void) -> Option<(&'a Handle, &'a ModuleConfig)>
 }
 
 // ---------------------------------------------------------------- hooks
+// Envoy's symbols of these are in `guard.rs`: each runs its hook here
+// inside `catch_unwind` (a panic fails its stream, not Envoy).
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+fn envoy_dynamic_module_on_program_init() -> *const u8 {
     host_log::init();
     log::info!(
         "meshguard {} ({}) started (native module, Envoy dynamic-module ABI {})",
@@ -486,8 +488,7 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
 
 /// # Safety
 /// Envoy's buffers are live for the call.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+unsafe fn envoy_dynamic_module_on_http_filter_config_new(
     config_envoy: ConfigEnvoyPtr,
     name: EnvoyBuffer,
     config: EnvoyBuffer,
@@ -535,16 +536,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 
 /// # Safety
 /// `p` is a pointer `..._config_new` returned.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(p: *const c_void) {
+unsafe fn envoy_dynamic_module_on_http_filter_config_destroy(p: *const c_void) {
     if !p.is_null() {
         // SAFETY: ours, from `Box::into_raw`, destroyed once by Envoy.
         let cfg = unsafe { Box::from_raw(p as *mut ModuleConfig) };
         timer::relay_unregister(cfg.id);
         drop(callout::take_relayed(cfg.id));
-        if let Ok(mut dead) = DEAD.lock() {
-            dead.push(cfg.id);
-        }
+        DEAD.lock().unwrap_or_else(|e| e.into_inner()).push(cfg.id);
         DEAD_GENERATION.fetch_add(1, Ordering::Release);
         drop(cfg);
         // The main thread's own roots (configurations with remote keys).
@@ -554,8 +552,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(p: *
 
 /// # Safety
 /// `cfg` is a pointer `..._config_new` returned.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+unsafe fn envoy_dynamic_module_on_http_filter_new(
     cfg: *const c_void,
     filter: FilterEnvoyPtr,
 ) -> *const c_void {
@@ -621,8 +618,7 @@ fn headers_status(a: Action) -> u32 {
     }
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     _end_of_stream: bool,
@@ -651,8 +647,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     })
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+fn envoy_dynamic_module_on_http_filter_request_body(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _end_of_stream: bool,
@@ -660,8 +655,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     abi::status::CONTINUE
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+fn envoy_dynamic_module_on_http_filter_request_trailers(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
 ) -> u32 {
@@ -699,8 +693,7 @@ fn response_hook(
     }
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     end_of_stream: bool,
@@ -725,8 +718,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     }
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+fn envoy_dynamic_module_on_http_filter_response_body(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     end_of_stream: bool,
@@ -738,8 +730,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     abi::status::CONTINUE
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+fn envoy_dynamic_module_on_http_filter_response_trailers(
     filter: FilterEnvoyPtr,
     module: *const c_void,
 ) -> u32 {
@@ -750,8 +741,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     abi::status::CONTINUE
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+fn envoy_dynamic_module_on_http_filter_stream_complete(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
 ) {
@@ -759,8 +749,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 
 /// # Safety
 /// `module` is a pointer `..._filter_new` returned; Envoy destroys it once.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
+unsafe fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
     // SAFETY: Envoy's promise.
     let Some((h, cfg)) = (unsafe { handle(module) }) else {
         return;
@@ -779,8 +768,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *co
 }
 
 /// A waker's event: the worker's tick, on the stream's thread.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+fn envoy_dynamic_module_on_http_filter_scheduled(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     _event_id: u64,
@@ -796,8 +784,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
 }
 
 /// The answer of a call this stream carried (`callout.rs`).
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+#[allow(clippy::too_many_arguments)]
+fn envoy_dynamic_module_on_http_filter_http_callout_done(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     callout_id: u64,
@@ -854,8 +842,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 ///
 /// # Safety
 /// `module` is a pointer `..._config_new` returned.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+unsafe fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _config_envoy: ConfigEnvoyPtr,
     module: *const c_void,
     event_id: u64,
@@ -900,9 +887,8 @@ fn on_main(cfg: &ModuleConfig, f: impl FnOnce(&NativeHost<'_>)) {
 /// # Safety
 /// `module` is a pointer `..._config_new` returned; Envoy's buffers are
 /// live for the call.
-#[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+unsafe fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     _config_envoy: ConfigEnvoyPtr,
     module: *const c_void,
     callout_id: u64,
@@ -957,8 +943,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     });
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+fn envoy_dynamic_module_on_http_filter_http_stream_headers(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
@@ -968,8 +953,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+fn envoy_dynamic_module_on_http_filter_http_stream_data(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
@@ -979,8 +963,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
@@ -989,16 +972,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+fn envoy_dynamic_module_on_http_filter_http_stream_complete(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
@@ -1006,15 +987,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
 ) {
