@@ -192,7 +192,7 @@ fn report(hook: &str, cfg: Option<&ModuleConfig>, message: &str) {
             n => format!(" ({n} more panics in the last second not logged)"),
         };
         log::error!(
-            "meshguard: panic in hook {hook}, the stream's request fails closed: {message}{more}"
+            "meshguard: panic in hook {hook} (caught: only its stream or event fails): {message}{more}"
         );
     });
 }
@@ -222,6 +222,11 @@ fn cut_off(module: *const c_void) {
             return;
         };
         let id = h.context_id;
+        if id == 0 {
+            // A stream created failed (`filter_new`): nothing of it is in
+            // the tables (0 is the main thread's carrier, never a stream's).
+            return;
+        }
         let entry = super::with(|w| {
             let e = w.streams.remove(&id);
             if e.as_ref().is_some_and(|e| e.waker.is_some()) {
