@@ -63,6 +63,7 @@
 use super::abi::{self, EnvoyBuffer, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
 use super::config::ModuleConfig;
 use super::host::{self, NativeHost};
+use super::metrics::PANICS as METRIC;
 use super::{callout, Handle};
 use crate::host::header_map::HeaderMap;
 use crate::host::Host;
@@ -70,9 +71,6 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-
-/// The counter of panics caught, per configuration (native only).
-pub(super) const METRIC: &str = "meshguard.panics";
 
 /// The body of the 500 a request gets when a hook of its stream panicked.
 pub(super) const BODY: &str =
