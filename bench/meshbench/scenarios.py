@@ -189,6 +189,7 @@ COMPARISONS = [
     ("native-jwt-es256-distinct", "dm-jwt-es256-distinct", "distinct ES256 tokens: meshguard native module vs jwt_authn"),
     ("dm-ratelimit-noheaders", "dmb-ratelimit-noheaders", "rate limit, no headers: native module B vs A (MESHGUARD_NATIVE_B)"),
     ("dm-cache-hit", "dmb-cache-hit", "cache HIT: native module B vs A (MESHGUARD_NATIVE_B)"),
+    ("dm-nopolicy", "dmb-nopolicy", "no-policy route: native module B vs A (MESHGUARD_NATIVE_B)"),
 ]
 
 
@@ -274,6 +275,8 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
             S("dmb-cache-hit", "MESHGUARD_NATIVE_B's native module, cache, every request a HIT",
               [dm_filter(native_b, json.dumps({"routes": [dict(route, cache=cache)]}))],
               group="cache", probe=mg_cache_probe, expect_upstream="none"),
+            S("dmb-nopolicy", "MESHGUARD_NATIVE_B's native module, one route, no policy",
+              [dm_filter(native_b, json.dumps({"routes": [route]}))], group="ratelimit"),
         ]
     return dm_scenarios + [
         S("passthrough", "no HTTP filter but the router", []),

@@ -126,8 +126,6 @@ pub struct Relayed {
 static RELAYED: Mutex<Vec<Relayed>> = Mutex::new(Vec::new());
 
 thread_local! {
-    /// The stream whose hook is running: (context id, Envoy filter).
-    static CARRIER: Cell<(u32, usize)> = const { Cell::new((0, 0)) };
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static UNSENT: RefCell<Vec<Unsent>> = const { RefCell::new(Vec::new()) };
     static NEXT_TOKEN: Cell<u32> = const { Cell::new(0) };
@@ -152,16 +150,6 @@ pub fn has_pending(carrier: u32) -> bool {
     PENDING.with(|p| p.borrow().iter().any(|c| c.carrier == carrier))
 }
 
-/// Makes the stream of the running hook the carrier; returns the one
-/// before (hooks nest: a local reply runs the response hooks at once).
-pub fn set_carrier(context_id: u32, filter: FilterEnvoyPtr) -> (u32, usize) {
-    CARRIER.with(|c| c.replace((context_id, filter as usize)))
-}
-
-pub fn restore_carrier(previous: (u32, usize)) {
-    CARRIER.with(|c| c.set(previous));
-}
-
 fn new_token() -> u32 {
     NEXT_TOKEN.with(|t| {
         let v = t.get().wrapping_add(1).max(1);
@@ -171,7 +159,7 @@ fn new_token() -> u32 {
 }
 
 fn send(
-    carrier: Option<(u32, FilterEnvoyPtr)>,
+    carrier: (u32, usize),
     cluster: &str,
     headers: &[(&str, &[u8])],
     body: &[u8],
@@ -183,21 +171,17 @@ fn send(
     Ok(token)
 }
 
-/// Hands a call to Envoy: on `carrier` (else the running hook's stream),
-/// else, on the main thread, through the configuration's own callout.
+/// Hands a call to Envoy: on `carrier` (context id, Envoy filter), else
+/// (zeros), on the main thread, through the configuration's own callout.
 fn send_as(
     token: u32,
-    carrier: Option<(u32, FilterEnvoyPtr)>,
+    (carrier, filter): (u32, usize),
     cluster: &str,
     headers: &[(&str, &[u8])],
     body: &[u8],
     timeout: Duration,
     kind: Kind,
 ) -> Result<(), HostError> {
-    let (carrier, filter) = match carrier {
-        Some((id, f)) => (id, f as usize),
-        None => CARRIER.with(|c| c.get()),
-    };
     let main = MAIN.with(|m| m.get());
     if filter == 0 && main == 0 {
         return Err(HostError(
@@ -269,7 +253,10 @@ fn send_as(
     Ok(())
 }
 
+/// `carrier`: the stream whose hook runs (`NativeHost::carrier`; zeros:
+/// none, the main thread).
 pub fn http_call(
+    carrier: (u32, usize),
     cluster: &str,
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
@@ -277,7 +264,7 @@ pub fn http_call(
 ) -> Result<u32, HostError> {
     let hs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
     send(
-        None,
+        carrier,
         cluster,
         &hs,
         body.unwrap_or_default(),
@@ -321,9 +308,11 @@ fn grpc_cluster(service: &[u8]) -> Option<String> {
 
 #[allow(clippy::too_many_arguments)]
 /// `carrier`: the stream the call is for (it carries its own call: the
-/// call ends with it), else the running hook's.
+/// call ends with it), else `running`, the running hook's
+/// (`NativeHost::carrier`).
 pub fn grpc_call(
     carrier: Option<(u32, FilterEnvoyPtr)>,
+    running: (u32, usize),
     grpc_service: &[u8],
     service: &str,
     method: &str,
@@ -350,13 +339,13 @@ pub fn grpc_call(
     headers.extend(metadata.iter().copied());
     if MAIN.with(|m| m.get()) != 0 {
         // A configuration's own call on the main thread: sent at once.
-        return send(None, &cluster, &headers, &body, timeout, Kind::Grpc);
+        return send(running, &cluster, &headers, &body, timeout, Kind::Grpc);
     }
     // In a worker's hook: kept until the hook returns (see "Which call
     // goes where").
     let (carrier, filter) = match carrier {
         Some((id, f)) => (id, f as usize),
-        None => CARRIER.with(|c| c.get()),
+        None => running,
     };
     let token = new_token();
     UNSENT.with(|u| {
@@ -394,11 +383,7 @@ impl Relayed {
 }
 
 impl Unsent {
-    fn send(
-        &self,
-        carrier: Option<(u32, FilterEnvoyPtr)>,
-        timeout: Duration,
-    ) -> Result<(), HostError> {
+    fn send(&self, carrier: (u32, usize), timeout: Duration) -> Result<(), HostError> {
         let hs: Vec<(&str, &[u8])> = self
             .headers
             .iter()
@@ -424,10 +409,7 @@ impl Unsent {
                     .into(),
             ));
         }
-        self.send(
-            Some((self.carrier, self.filter as FilterEnvoyPtr)),
-            self.timeout,
-        )
+        self.send((self.carrier, self.filter), self.timeout)
     }
 
     /// The Envoy filter of the stream it was sent for (null: none).
@@ -488,7 +470,8 @@ pub fn send_relayed(call: &Unsent, timeout: Duration) -> Result<u32, HostError> 
         .collect();
     send_as(
         token,
-        None,
+        // No stream: through the configuration's callout (`set_main`).
+        (0, 0),
         &call.cluster,
         &hs,
         &call.body,
@@ -668,8 +651,8 @@ mod tests {
         let service = crate::ratelimit::rls::grpc_service("ratelimit");
         let stream = 0x20 as FilterEnvoyPtr;
         let t = Duration::from_millis(400);
-        let own = grpc_call(Some((9, stream)), &service, "s", "M", &[], b"", t).unwrap();
-        let refill = grpc_call(Some((9, stream)), &service, "s", "M", &[], b"", t).unwrap();
+        let own = grpc_call(Some((9, stream)), (0, 0), &service, "s", "M", &[], b"", t).unwrap();
+        let refill = grpc_call(Some((9, stream)), (0, 0), &service, "s", "M", &[], b"", t).unwrap();
         assert!(
             SENT.with(|s| s.borrow().is_empty()),
             "nothing sent in the hook"
@@ -734,6 +717,7 @@ mod tests {
         let filter = 0x10 as FilterEnvoyPtr; // never dereferenced here
         let token = grpc_call(
             Some((7, filter)),
+            (3, 0x11),
             &service,
             "svc",
             "M",
@@ -759,7 +743,7 @@ mod tests {
             .any(|(n, v)| n == ":path" && v.as_slice() == b"/svc/M"));
         assert!(u.headers.iter().any(|(n, v)| n == "x-a" && v == b"1"));
         // Tokens stay unique per thread.
-        let next = grpc_call(None, &service, "svc", "M", &[], b"", Duration::ZERO).unwrap();
+        let next = grpc_call(None, (0, 0), &service, "svc", "M", &[], b"", Duration::ZERO).unwrap();
         assert_ne!(next, token);
         let unsent = take_unsent();
         let [u] = unsent.as_slice() else {
@@ -774,6 +758,44 @@ mod tests {
             u.send_on_carrier().is_err(),
             "a call for no stream is not sent on one"
         );
+        // Without a stream of its own, a call is for the running hook's
+        // stream (the host's carrier), not any other.
+        let t = grpc_call(
+            None,
+            (4, 0x12),
+            &service,
+            "svc",
+            "M",
+            &[],
+            b"",
+            Duration::ZERO,
+        )
+        .unwrap();
+        let unsent = take_unsent();
+        let [u] = unsent.as_slice() else {
+            panic!("one call")
+        };
+        assert_eq!((u.token, u.carrier, u.filter() as usize), (t, 4, 0x12));
+    }
+
+    /// An HTTP call goes at once on the running hook's stream (the host's
+    /// carrier), and is pending there; with no stream and no
+    /// configuration hook it is refused.
+    #[test]
+    fn an_http_call_goes_on_the_running_hooks_stream() {
+        let t = Duration::from_millis(700);
+        let token = http_call((6, 0x16), "jwks", &[(":path", "/k")], None, t).unwrap();
+        assert!(has_pending(6));
+        assert!(!has_pending(7));
+        SENT.with(|s| {
+            assert_eq!(
+                s.borrow().last(),
+                Some(&(0x16, true, "jwks".to_owned(), 700))
+            )
+        });
+        assert_eq!(take_all(6), [(token, Kind::Http)]);
+        let e = http_call((0, 0), "jwks", &[], None, t).unwrap_err();
+        assert!(e.0.contains("no stream"), "{}", e.0);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! Contexts: the filter layer speaks proxy-wasm's model (a root context per
 //! configuration and worker, one context per stream, "the effective
 //! context" that per-stream calls act on). Natively each worker thread
-//! numbers its streams and roots itself; [`set_effective_context`] makes a
-//! stream's Envoy filter pointer the one later calls use (a root has none:
+//! numbers its streams and roots itself; [`NativeHost::set_effective`]
+//! makes a stream's Envoy filter pointer the one later calls use (a root has none:
 //! per-stream calls then do nothing), and fails for a stream that is gone,
 //! exactly as `proxy_set_effective_context` does.
 //!
@@ -27,11 +27,11 @@ use std::hash::BuildHasherDefault;
 use std::time::Duration;
 
 thread_local! {
-    /// The Envoy filter of the effective context (null: a root, or none).
-    static CURRENT: Cell<FilterEnvoyPtr> = const { Cell::new(std::ptr::null_mut()) };
-    /// Live contexts of this thread: stream ids to their Envoy filter;
-    /// roots map to null.
-    static CONTEXTS: RefCell<HashMap<u32, usize, BuildHasherDefault<IdHasher>>> =
+    /// Live contexts of this thread: ids to their Envoy filter and the
+    /// stream's box (`mod.rs`); roots map to nulls. Looked up only by id
+    /// (a root resuming a parked stream, a call's carrier, a waker): the
+    /// hooks reach their stream through the pointer Envoy hands back.
+    static CONTEXTS: RefCell<HashMap<u32, Context, BuildHasherDefault<IdHasher>>> =
         RefCell::new(HashMap::default());
     /// This thread's counter batch, flushed at the end of every event hook.
     static BATCH: &'static MetricBatch = Box::leak(Box::default());
@@ -39,18 +39,25 @@ thread_local! {
     pub(super) static ANSWER: RefCell<Option<Answer>> = const { RefCell::new(None) };
 }
 
-pub fn set_current(filter: FilterEnvoyPtr) {
-    CURRENT.with(|c| c.set(filter));
+/// A live context: its Envoy filter and its stream's box (0: a root).
+#[derive(Clone, Copy)]
+struct Context {
+    filter: usize,
+    entry: usize,
 }
 
-pub fn current() -> FilterEnvoyPtr {
-    CURRENT.with(|c| c.get())
-}
-
-pub fn register_context(id: u32, filter: FilterEnvoyPtr) {
+/// Registers a live context: a stream's Envoy filter and box (`mod.rs`),
+/// or nulls for a root.
+pub fn register_context(id: u32, filter: FilterEnvoyPtr, entry: *mut std::ffi::c_void) {
     CONTEXTS.with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
-            c.insert(id, filter as usize);
+            c.insert(
+                id,
+                Context {
+                    filter: filter as usize,
+                    entry: entry as usize,
+                },
+            );
         }
     });
 }
@@ -63,24 +70,24 @@ pub fn forget_context(id: u32) {
     });
 }
 
+fn context(id: u32) -> Option<Context> {
+    CONTEXTS.with(|c| c.try_borrow().ok().and_then(|c| c.get(&id).copied()))
+}
+
 /// The Envoy filter of a live stream context.
 pub fn filter_of(id: u32) -> Option<FilterEnvoyPtr> {
-    CONTEXTS
-        .with(|c| c.try_borrow().ok().and_then(|c| c.get(&id).copied()))
+    context(id)
+        .map(|c| c.filter)
         .filter(|f| *f != 0)
         .map(|f| f as FilterEnvoyPtr)
 }
 
-/// See the module docs.
-pub fn set_effective_context(id: u32) -> bool {
-    let found = CONTEXTS.with(|c| c.try_borrow().ok().and_then(|c| c.get(&id).copied()));
-    match found {
-        Some(f) => {
-            set_current(f as FilterEnvoyPtr);
-            true
-        }
-        None => false,
-    }
+/// The box of a live stream context (`mod.rs`), as registered.
+pub fn entry_of(id: u32) -> Option<*mut std::ffi::c_void> {
+    context(id)
+        .map(|c| c.entry)
+        .filter(|e| *e != 0)
+        .map(|e| e as *mut std::ffi::c_void)
 }
 
 /// Metric ids carry their kind in the top two bits (Envoy numbers each
@@ -157,14 +164,68 @@ impl BodyRange {
     }
 }
 
-/// The native host of one configuration (see the module docs).
+/// The native host of one configuration, for one event hook (see the
+/// module docs). It carries the hook's effective context and carrier
+/// (what proxy-wasm keeps in the host): a hook nested in another (a local
+/// reply) has its own host, so neither is saved nor restored around it.
 pub struct NativeHost<'a> {
     pub cfg: &'a ModuleConfig,
+    /// The Envoy filter of the effective context (null: a root, or none).
+    current: Cell<FilterEnvoyPtr>,
+    /// The stream whose hook runs (context id, Envoy filter; zeros: none):
+    /// the carrier of the calls sent without one (`callout.rs`).
+    carrier: Cell<(u32, usize)>,
 }
 
 impl<'a> NativeHost<'a> {
+    /// A host with no stream (main thread, a stream's creation or end).
     pub fn new(cfg: &'a ModuleConfig) -> Self {
-        NativeHost { cfg }
+        NativeHost {
+            cfg,
+            current: Cell::new(std::ptr::null_mut()),
+            carrier: Cell::new((0, 0)),
+        }
+    }
+
+    /// The host of a stream's hook: the stream effective and the carrier.
+    pub fn for_stream(cfg: &'a ModuleConfig, context_id: u32, filter: FilterEnvoyPtr) -> Self {
+        NativeHost {
+            cfg,
+            current: Cell::new(filter),
+            carrier: Cell::new((context_id, filter as usize)),
+        }
+    }
+
+    /// The Envoy filter of the effective context (null: none).
+    pub fn current(&self) -> FilterEnvoyPtr {
+        self.current.get()
+    }
+
+    pub fn set_current(&self, filter: FilterEnvoyPtr) {
+        self.current.set(filter);
+    }
+
+    /// The stream of the running hook, as a call's carrier.
+    pub fn carrier(&self) -> (u32, usize) {
+        self.carrier.get()
+    }
+
+    /// The hook's own work is done: what follows (`after_hook`) runs with
+    /// no stream effective and no carrier.
+    pub fn leave_stream(&self) {
+        self.current.set(std::ptr::null_mut());
+        self.carrier.set((0, 0));
+    }
+
+    /// See the module docs.
+    pub fn set_effective(&self, id: u32) -> bool {
+        match context(id) {
+            Some(c) => {
+                self.set_current(c.filter as FilterEnvoyPtr);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Hands the batched counter increments to Envoy (end of every hook).
@@ -173,7 +234,7 @@ impl<'a> NativeHost<'a> {
     }
 
     fn filter(&self) -> Option<FilterEnvoyPtr> {
-        let f = current();
+        let f = self.current.get();
         (!f.is_null()).then_some(f)
     }
 
@@ -564,7 +625,7 @@ impl Stream for NativeHost<'_> {
     }
 
     fn set_effective_context(&self, context_id: u32) -> bool {
-        set_effective_context(context_id)
+        self.set_effective(context_id)
     }
 
     fn set_tick_period(&self, _period: Duration) {
@@ -590,6 +651,7 @@ impl Stream for NativeHost<'_> {
         let carrier = filter_of(current_context).map(|f| (current_context, f));
         let r = super::callout::grpc_call(
             carrier,
+            self.carrier(),
             grpc_service,
             service,
             method,
@@ -597,7 +659,7 @@ impl Stream for NativeHost<'_> {
             message,
             timeout,
         );
-        set_effective_context(current_context);
+        self.set_effective(current_context);
         r
     }
 
@@ -620,7 +682,7 @@ impl Stream for NativeHost<'_> {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, HostError> {
-        super::callout::http_call(cluster, headers, body, timeout)
+        super::callout::http_call(self.carrier(), cluster, headers, body, timeout)
     }
 
     fn http_call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
@@ -687,11 +749,60 @@ mod tests {
         }
     }
 
+    /// Linked by `ModuleConfig`'s ticker (none here): never called.
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        _scheduler: abi::SchedulerPtr,
+    ) {
+        unreachable!("no configuration scheduler in these tests")
+    }
+
+    fn config() -> ModuleConfig {
+        ModuleConfig {
+            id: 1,
+            envoy: 0,
+            bytes: Vec::new(),
+            metrics: Default::default(),
+            _ticker: None,
+        }
+    }
+
     #[test]
     fn effective_context_fails_for_a_context_that_is_gone() {
-        register_context(5, std::ptr::null_mut());
-        assert!(set_effective_context(5));
+        let cfg = config();
+        let filter = 0x40 as FilterEnvoyPtr;
+        let host = NativeHost::for_stream(&cfg, 6, filter);
+        register_context(5, std::ptr::null_mut(), std::ptr::null_mut());
+        assert!(host.set_effective(5));
+        assert!(host.current().is_null());
         forget_context(5);
-        assert!(!set_effective_context(5));
+        assert!(!host.set_effective(5));
+        assert!(host.current().is_null());
+        register_context(6, filter, 0x80 as *mut std::ffi::c_void);
+        assert!(host.set_effective(6));
+        assert_eq!(host.current(), filter);
+        assert_eq!(filter_of(6), Some(filter));
+        assert_eq!(entry_of(6), Some(0x80 as *mut std::ffi::c_void));
+        assert_eq!(entry_of(5), None);
+        forget_context(6);
+        assert_eq!(filter_of(6), None);
+    }
+
+    /// Each hook's host has its own effective context and carrier: a
+    /// nested hook (a local reply) leaves the outer one's untouched, and
+    /// `leave_stream` clears both for `after_hook`.
+    #[test]
+    fn a_hosts_effective_context_is_its_own() {
+        let cfg = config();
+        let outer = NativeHost::for_stream(&cfg, 7, 0x40 as FilterEnvoyPtr);
+        let inner = NativeHost::for_stream(&cfg, 8, 0x50 as FilterEnvoyPtr);
+        inner.set_current(std::ptr::null_mut());
+        assert_eq!(outer.current(), 0x40 as FilterEnvoyPtr);
+        assert_eq!(outer.carrier(), (7, 0x40));
+        assert_eq!(inner.carrier(), (8, 0x50));
+        outer.leave_stream();
+        assert!(outer.current().is_null());
+        assert_eq!(outer.carrier(), (0, 0));
+        assert!(NativeHost::new(&cfg).current().is_null());
     }
 }

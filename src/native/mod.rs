@@ -8,7 +8,7 @@
 //! | file | role | wasm counterpart |
 //! |---|---|---|
 //! | `abi.rs` | the C ABI of Envoy 1.40's dynamic modules, declared by hand | `host/abi.rs` |
-//! | `mod.rs` (this file) | the event hooks Envoy calls; the per-worker table of roots and streams | `filter/dispatch.rs` |
+//! | `mod.rs` (this file) | the event hooks Envoy calls; each worker's roots, each stream's box | `filter/dispatch.rs` |
 //! | `host.rs` | the `Host` and `Stream` ports over the ABI | `host/proxy_wasm.rs` |
 //! | `config.rs` | a configuration Envoy handed over, with its metric ids | the root's configuration |
 //! | `store.rs` | process-wide shared data (CAS), for all workers | Envoy's shared data |
@@ -32,6 +32,21 @@
 //! trailers run the response side; the response's last byte ends the
 //! stream as in the wasm build; `..._filter_destroy` ends a stream whose
 //! end never passed (reset), counted in `meshguard.streams_reset`.
+//!
+//! # Streams
+//!
+//! A stream is one allocation: `..._filter_new` boxes its `StreamBox` (the
+//! `HttpStream`, its flags, its waker, its Envoy filter and configuration)
+//! and hands Envoy the box's address as the filter's module pointer, so
+//! every hook reaches its stream at once, with no lookup; the box is freed
+//! in `..._filter_destroy`. What the filter layer knows by context id (a
+//! root resuming a parked stream, a call's carrier) finds it in the one
+//! table by id, `host.rs`'s contexts (id to filter and box, one insert and
+//! one removal per stream). A stream that waits holds a waker and is
+//! listed in its worker's `waking` (a few raw pointers, left when the
+//! stream ends, before its box is freed). A hook's effective context and
+//! carrier live in its `NativeHost` (what proxy-wasm's host keeps), not in
+//! thread-locals: nothing is saved or restored around a hook.
 //!
 //! # Timers
 //!
@@ -60,9 +75,13 @@
 //!
 //! Envoy runs a local reply through the encoder filters at once, inside
 //! `send_response`: the response hooks of the stream that is replying are
-//! entered while its own hook runs. They find the worker's table busy and
-//! pass; an end of stream seen that way is applied when the outer hook
-//! returns.
+//! entered while its own hook runs. They find the worker busy (its
+//! `RefCell` borrowed) and pass, touching neither the worker nor their
+//! stream's box; an end of stream seen that way is applied when the outer
+//! hook returns (`ENDED`, by id). A stream's mutable state is reached only
+//! through the worker's `Streams` key (`&mut`, so one entry at a time on
+//! a thread, and never in a nested hook): no two `&mut` to one stream are
+//! ever live (see `StreamBox`).
 
 pub(crate) mod abi;
 mod callout;
@@ -77,27 +96,42 @@ mod timer;
 use crate::filter::http::{Action, HttpStream};
 use crate::filter::root::Root;
 use crate::filter::worker::LeaseCall;
-use crate::host::IdHasher;
 use crate::host::{Host, HostError, MetricId, Stream};
 use crate::plan::Config;
 use crate::ratelimit::rls::CallError;
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr};
 use config::ModuleConfig;
 use host::NativeHost;
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::ffi::c_void;
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// What Envoy holds for one stream.
-struct Handle {
+/// What Envoy holds for one stream: the stream itself, in the one
+/// allocation a stream makes here (`..._filter_new` boxes it,
+/// `..._filter_destroy` frees it). Hooks reach it through the pointer
+/// Envoy hands back; by id (`host::entry_of`) only what is looked up by id
+/// anyway: a stream whose end was seen in a nested hook (`ENDED`), a
+/// stream that waits (`Worker::sync_wakers`).
+///
+/// Safety: the fields outside `entry` never change after creation, so a
+/// `&StreamBox` may be held anywhere on its worker thread (Envoy calls a
+/// stream's hooks on the worker that created it). `entry` is mutated only
+/// through [`Streams::get`], which needs the thread's `&mut Streams` (one
+/// per thread, in the worker's `RefCell`): at most one `&mut StreamEntry`
+/// of this thread is live at a time, even when hooks nest (a nested hook
+/// finds the worker borrowed and does not touch its stream).
+struct StreamBox {
     context_id: u32,
     cfg: *const ModuleConfig,
+    /// `cfg`'s id (the key of the worker's roots).
+    cfg_id: u64,
+    filter: FilterEnvoyPtr,
+    entry: UnsafeCell<StreamEntry>,
 }
 
 struct StreamEntry {
-    stream: HttpStream,
+    /// `None` once the stream has ended (its box lives until destroyed).
+    stream: Option<HttpStream>,
     /// Its request waits for the answer of a call it carries (`callout.rs`).
     deferred: bool,
     /// Its request was let through by the filter but carries a call sent
@@ -107,23 +141,49 @@ struct StreamEntry {
     /// from the main thread (`callout.rs`), so no call is carried that way
     /// now (the same holds for `HELD_RESPONSES`).
     held: bool,
-    cfg: u64,
-    filter: usize,
     waker: Option<timer::Waker>,
+}
+
+/// The key to the thread's stream boxes (see [`StreamBox`]): not `Clone`,
+/// one per thread (in its `Worker`).
+#[derive(Default)]
+struct Streams(());
+
+impl Streams {
+    /// The mutable part of a stream's box, for as long as `self` is
+    /// borrowed.
+    ///
+    /// # Safety
+    /// `b` is a live box of this thread (Envoy's pointer in its hook, or
+    /// found by id in `host::CONTEXTS`, where it is registered from its
+    /// creation to its destruction), and it is not freed while the result
+    /// is held (boxes are freed in `..._filter_destroy`, after the
+    /// worker's borrow ends).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get<'s>(&'s mut self, b: &StreamBox) -> &'s mut StreamEntry {
+        // SAFETY: the caller's promise for the box; `&mut self` is unique
+        // on this thread, so no other `&mut` to any entry is live.
+        unsafe { &mut *b.entry.get() }
+    }
+}
+
+/// # Safety
+/// `p` is a box registered in `host::CONTEXTS` (live).
+unsafe fn box_at<'a>(p: *mut c_void) -> &'a StreamBox {
+    // SAFETY: the caller's promise.
+    unsafe { &*p.cast::<StreamBox>() }
 }
 
 #[derive(Default)]
 struct Worker {
     roots: Vec<(u64, Root, u64)>,
-    /// Ids are this worker's own sequence numbers: no hash flooding, so
-    /// the id hasher (a multiply) instead of SipHash on every hook.
-    streams: HashMap<u32, StreamEntry, BuildHasherDefault<IdHasher>>,
+    streams: Streams,
     next_id: u32,
     /// The `DEAD_GENERATION` this worker has pruned its roots for.
     dead_seen: u64,
-    /// Streams of this worker holding a waker (`sync_wakers` skips its
-    /// pass over the streams when none waits and none holds one).
-    wakers: usize,
+    /// The streams of this worker holding a waker (removed when they end,
+    /// before their box is freed).
+    waking: Vec<*const StreamBox>,
 }
 
 thread_local! {
@@ -133,6 +193,18 @@ thread_local! {
     /// Streams whose response headers wait for the calls they carry
     /// (see `..._response_headers`).
     static HELD_RESPONSES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// Stream boxes Envoy destroyed while the worker was busy: ended and
+    /// freed after the outer hook (never seen: Envoy defers deletions).
+    static DESTROYED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// Something waits in `ENDED` or `DESTROYED` (`after_hook` looks at
+    /// neither list otherwise).
+    static DEFERRED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Defers the end of stream `id` to `after_hook` (see `ENDED`).
+fn defer_end(id: u32) {
+    ENDED.with(|e| e.borrow_mut().push(id));
+    DEFERRED.with(|d| d.set(true));
 }
 
 fn with<R>(f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
@@ -181,13 +253,13 @@ impl Worker {
     fn root(&mut self, cfg: &ModuleConfig, host: &NativeHost<'_>) -> Option<&mut Root> {
         if !self.roots.iter().any(|(id, _, _)| *id == cfg.id) {
             let rid = self.next_id();
-            host::register_context(rid, std::ptr::null_mut());
+            host::register_context(rid, std::ptr::null_mut(), std::ptr::null_mut());
             let mut root = Root::new(rid);
             root.on_vm_start();
-            let saved = host::current();
-            host::set_current(std::ptr::null_mut());
+            let saved = host.current();
+            host.set_current(std::ptr::null_mut());
             let ok = root.on_configure(host, &cfg.bytes);
-            host::set_current(saved);
+            host.set_current(saved);
             if !ok {
                 host::forget_context(rid);
                 return None;
@@ -210,9 +282,9 @@ impl Worker {
             return;
         }
         *last = now;
-        let saved = host::current();
+        let saved = host.current();
         root.on_tick(host);
-        host::set_current(saved);
+        host.set_current(saved);
     }
 
     /// The slow tick (JWKS refresh polls), driven by traffic: run from a
@@ -246,7 +318,7 @@ impl Worker {
         let Some((_, root, _)) = self.roots.iter_mut().find(|(id, _, _)| *id == host.cfg.id) else {
             return;
         };
-        let saved = host::current();
+        let saved = host.current();
         match kind {
             callout::Kind::Http => {
                 if !success {
@@ -275,7 +347,7 @@ impl Worker {
             }
         }
         host::ANSWER.with(|a| *a.borrow_mut() = None);
-        host::set_current(saved);
+        host.set_current(saved);
     }
 
     /// Gives every stream of `cfg` that waits a waker, and takes it from
@@ -292,20 +364,37 @@ impl Worker {
             .map(|(id, _)| *id)
             .chain(w.rls_calls.borrow().iter().map(|(_, r)| r.context_id))
             .collect();
-        if waiting.is_empty() && self.wakers == 0 {
+        if waiting.is_empty() && self.waking.is_empty() {
             return;
         }
-        for (id, e) in self.streams.iter_mut() {
-            if e.cfg != cfg {
+        for id in &waiting {
+            let Some(p) = host::entry_of(*id) else {
+                continue;
+            };
+            // SAFETY: registered, so live.
+            let b = unsafe { box_at(p) };
+            // SAFETY: as above; the entry is dropped before the next.
+            let e = unsafe { self.streams.get(b) };
+            if b.cfg_id != cfg || e.stream.is_none() || e.waker.is_some() {
                 continue;
             }
-            let wants = waiting.contains(id);
-            if wants && e.waker.is_none() {
-                e.waker = timer::Waker::new(e.filter as FilterEnvoyPtr);
-                self.wakers += usize::from(e.waker.is_some());
-            } else if !wants && e.waker.take().is_some() {
-                self.wakers -= 1;
+            e.waker = timer::Waker::new(b.filter);
+            if e.waker.is_some() {
+                self.waking.push(b);
             }
+        }
+        let mut i = 0;
+        while let Some(&p) = self.waking.get(i) {
+            // SAFETY: a stream leaves `waking` when it ends, before its
+            // box is freed.
+            let b = unsafe { &*p };
+            if b.cfg_id != cfg || waiting.contains(&b.context_id) {
+                i += 1;
+                continue;
+            }
+            // SAFETY: as above.
+            drop(unsafe { self.streams.get(b) }.waker.take());
+            self.waking.swap_remove(i);
         }
     }
 
@@ -360,9 +449,9 @@ impl Worker {
                     headers: vec![("grpc-message".into(), why.into_bytes())],
                     ..Default::default()
                 };
-                let saved = host::current();
+                let saved = host.current();
                 self.deliver(host, token, callout::Kind::Grpc, answer, false);
-                host::set_current(saved);
+                host.set_current(saved);
             }
         }
     }
@@ -396,40 +485,59 @@ impl Worker {
         }
     }
 
-    /// Ends a stream (its response's last byte passed, or Envoy destroyed it).
-    fn end(&mut self, context_id: u32, seen: bool, host: &NativeHost<'_>) {
+    /// Ends a stream (its response's last byte passed, or Envoy destroyed
+    /// it); a stream that already ended is left alone.
+    fn end(&mut self, b: &StreamBox, seen: bool, host: &NativeHost<'_>) {
+        self.end_calls(b.context_id, host);
+        // SAFETY: the caller's box, live; dropped before `self.roots` is
+        // used.
+        let e = unsafe { self.streams.get(b) };
+        if e.waker.take().is_some() {
+            self.waking.retain(|p| !std::ptr::eq(*p, b));
+        }
+        let Some(mut stream) = e.stream.take() else {
+            return;
+        };
+        if !seen {
+            let reset = self
+                .roots
+                .iter()
+                .find(|(id, _, _)| *id == b.cfg_id)
+                .and_then(|(_, r, _)| {
+                    r.worker()
+                        .runtime
+                        .borrow()
+                        .as_ref()
+                        .map(|rt| rt.streams_reset)
+                })
+                .unwrap_or(MetricId::NONE);
+            host.increment_metric(reset, 1);
+        }
+        stream.on_end(host, seen);
+    }
+
+    /// The calls a stream carried, at its end.
+    fn end_calls(&mut self, context_id: u32, host: &NativeHost<'_>) {
         // Calls this stream carried: Envoy cancels them with it. A JWKS
         // fetch is reported as unanswered; a rate limit call is the
         // stream's own and ends with it (lease refills and reports are
         // never carried: `callout.rs`).
         for (token, kind) in callout::take_all(context_id) {
             if kind == callout::Kind::Http {
-                let saved = host::current();
-                host::set_current(std::ptr::null_mut());
+                let saved = host.current();
+                host.set_current(std::ptr::null_mut());
                 self.deliver(host, token, kind, callout::Answer::default(), false);
-                host::set_current(saved);
+                host.set_current(saved);
             }
         }
-        if let Some(mut e) = self.streams.remove(&context_id) {
-            if e.waker.take().is_some() {
-                self.wakers = self.wakers.saturating_sub(1);
-            }
-            if !seen {
-                let reset = self
-                    .roots
-                    .iter()
-                    .find(|(id, _, _)| *id == e.cfg)
-                    .and_then(|(_, r, _)| {
-                        r.worker()
-                            .runtime
-                            .borrow()
-                            .as_ref()
-                            .map(|rt| rt.streams_reset)
-                    })
-                    .unwrap_or(MetricId::NONE);
-                host.increment_metric(reset, 1);
-            }
-            e.stream.on_end(host, seen);
+    }
+
+    /// Ends the stream of `context_id`, if it is still live.
+    fn end_id(&mut self, context_id: u32, seen: bool, host: &NativeHost<'_>) {
+        match host::entry_of(context_id) {
+            // SAFETY: registered, so live.
+            Some(p) => self.end(unsafe { box_at(p) }, seen, host),
+            None => self.end_calls(context_id, host),
         }
     }
 }
@@ -437,16 +545,40 @@ impl Worker {
 /// Applies the ends seen while the table was busy, routes the gRPC calls
 /// the hook sent (`callout.rs`), then flushes counters.
 fn after_hook(host: &NativeHost<'_>) {
+    // Nothing deferred, no call to route (most hooks): the counters only.
+    if !DEFERRED.with(|d| d.get()) && !callout::has_unsent() {
+        host.flush();
+        return;
+    }
     // An end sends a report, a failed call's delivery may end a stream
     // (a local reply): a few rounds settle both.
     for _ in 0..4 {
-        let ended = ENDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
+        DEFERRED.with(|d| d.set(false));
+        let mut ended = ENDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
         if !ended.is_empty() {
             with(|w| {
-                for id in ended {
-                    w.end(id, true, host);
+                for id in ended.drain(..) {
+                    w.end_id(id, true, host);
                 }
             });
+        }
+        let mut destroyed = DESTROYED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        if !destroyed.is_empty() {
+            with(|w| {
+                for p in destroyed.drain(..) {
+                    // SAFETY: a box Envoy destroyed, not yet freed; forgotten
+                    // by id already, so only this list reaches it.
+                    unsafe { w.end(box_at(p as *mut c_void), false, host) };
+                    // SAFETY: ours, from `Box::into_raw`, freed once.
+                    drop(unsafe { Box::from_raw(p as *mut StreamBox) });
+                }
+            });
+        }
+        if !ended.is_empty() || !destroyed.is_empty() {
+            // Busy (this hook is nested in another): the outer one's turn.
+            ENDED.with(|e| e.borrow_mut().append(&mut ended));
+            DESTROYED.with(|d| d.borrow_mut().append(&mut destroyed));
+            DEFERRED.with(|d| d.set(true));
         }
         // Busy (a nested hook, a local reply): the outer hook routes them.
         if !callout::has_unsent() || with(|w| w.route_calls(host)).is_none() {
@@ -458,16 +590,16 @@ fn after_hook(host: &NativeHost<'_>) {
 
 /// # Safety
 /// `p` is a pointer this module gave Envoy for a stream, still live.
-unsafe fn handle<'a>(p: *const c_void) -> Option<(&'a Handle, &'a ModuleConfig)> {
-    let h = p.cast::<Handle>();
-    if h.is_null() {
+unsafe fn stream_box<'a>(p: *const c_void) -> Option<(&'a StreamBox, &'a ModuleConfig)> {
+    let b = p.cast::<StreamBox>();
+    if b.is_null() {
         return None;
     }
     // SAFETY: the caller's promise; the configuration outlives its streams.
     unsafe {
-        let h = &*h;
-        let cfg = h.cfg.as_ref()?;
-        Some((h, cfg))
+        let b = &*b;
+        let cfg = b.cfg.as_ref()?;
+        Some((b, cfg))
     }
 }
 
@@ -561,52 +693,45 @@ unsafe fn envoy_dynamic_module_on_http_filter_new(
         return std::ptr::null();
     };
     let host = NativeHost::new(cfg_ref);
-    let id = with(|w| {
+    let b = with(|w| {
         w.forget_dead_roots();
         let id = w.next_id();
         let stream = w.root(cfg_ref, &host)?.new_stream(id);
-        host::register_context(id, filter);
-        w.streams.insert(
-            id,
-            StreamEntry {
-                stream,
+        let b = Box::into_raw(Box::new(StreamBox {
+            context_id: id,
+            cfg: cfg_ref,
+            cfg_id: cfg_ref.id,
+            filter,
+            entry: UnsafeCell::new(StreamEntry {
+                stream: Some(stream),
                 deferred: false,
                 held: false,
-                cfg: cfg_ref.id,
-                filter: filter as usize,
                 waker: None,
-            },
-        );
-        Some(id)
+            }),
+        }));
+        host::register_context(id, filter, b.cast());
+        Some(b)
     })
     .flatten();
-    let Some(context_id) = id else {
-        return std::ptr::null();
-    };
-    Box::into_raw(Box::new(Handle {
-        context_id,
-        cfg: cfg_ref,
-    })) as *const c_void
+    b.map_or(std::ptr::null(), |b| b as *const c_void)
 }
 
-/// Runs `f` on the stream of `module` with its filter effective.
+/// Runs `f` on the stream of `module` (its box) with its filter effective
+/// and as the carrier of the calls sent, then `after_hook` with neither.
+/// `default` when the worker is busy (a nested hook).
 fn on_stream<R>(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     default: R,
-    f: impl FnOnce(&mut Worker, u32, &NativeHost<'_>) -> R,
+    f: impl FnOnce(&mut Worker, &StreamBox, &NativeHost<'_>) -> R,
 ) -> R {
     // SAFETY: Envoy passes back the pointer `..._filter_new` returned.
-    let Some((h, cfg)) = (unsafe { handle(module) }) else {
+    let Some((b, cfg)) = (unsafe { stream_box(module) }) else {
         return default;
     };
-    let host = NativeHost::new(cfg);
-    let saved = host::current();
-    host::set_current(filter);
-    let carrier = callout::set_carrier(h.context_id, filter);
-    let r = with(|w| f(w, h.context_id, &host));
-    callout::restore_carrier(carrier);
-    host::set_current(saved);
+    let host = NativeHost::for_stream(cfg, b.context_id, filter);
+    let r = with(|w| f(w, b, &host));
+    host.leave_stream();
     after_hook(&host);
     r.unwrap_or(default)
 }
@@ -623,9 +748,13 @@ fn envoy_dynamic_module_on_http_filter_request_headers(
     module: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
-    on_stream(filter, module, abi::status::CONTINUE, |w, id, host| {
+    on_stream(filter, module, abi::status::CONTINUE, |w, b, host| {
         w.tick_if_due(host.cfg, host);
-        let Some(e) = w.streams.get_mut(&id) else {
+        let id = b.context_id;
+        // SAFETY: Envoy's box, live for the hook; dropped before `w` is
+        // used again.
+        let e = unsafe { w.streams.get(b) };
+        let Some(stream) = e.stream.as_mut() else {
             return abi::status::CONTINUE;
         };
         if callout::has_pending(id) {
@@ -633,8 +762,7 @@ fn envoy_dynamic_module_on_http_filter_request_headers(
             e.deferred = true;
             return abi::status::STOP_ALL_AND_WATERMARK;
         }
-        let a = e.stream.on_request_headers(host);
-        let cfg = e.cfg;
+        let a = stream.on_request_headers(host);
         let a = match a == Action::Continue && callout::has_pending(id) {
             true => {
                 e.held = true;
@@ -642,7 +770,7 @@ fn envoy_dynamic_module_on_http_filter_request_headers(
             }
             false => a,
         };
-        w.sync_wakers(cfg);
+        w.sync_wakers(b.cfg_id);
         headers_status(a)
     })
 }
@@ -671,12 +799,14 @@ fn response_hook(
     f: impl FnOnce(&mut HttpStream, &NativeHost<'_>) -> Action,
 ) -> Action {
     // SAFETY: Envoy passes back the pointer `..._filter_new` returned.
-    let context_id = unsafe { handle(module) }.map(|(h, _)| h.context_id);
-    let r = on_stream(filter, module, None, |w, id, host| {
-        let e = w.streams.get_mut(&id)?;
-        let a = f(&mut e.stream, host);
+    let context_id = unsafe { stream_box(module) }.map(|(b, _)| b.context_id);
+    let r = on_stream(filter, module, None, |w, b, host| {
+        // SAFETY: Envoy's box, live for the hook; dropped before `w` is
+        // used again.
+        let stream = unsafe { w.streams.get(b) }.stream.as_mut()?;
+        let a = f(stream, host);
         if end_of_stream && a == Action::Continue {
-            w.end(id, true, host);
+            w.end(b, true, host);
         }
         Some(a)
     });
@@ -686,7 +816,7 @@ fn response_hook(
             // The table was busy (a local reply of this stream passing
             // through): its end is applied after the outer hook.
             if let (true, Some(id)) = (end_of_stream, context_id) {
-                ENDED.with(|e| e.borrow_mut().push(id));
+                defer_end(id);
             }
             Action::Continue
         }
@@ -702,7 +832,7 @@ fn envoy_dynamic_module_on_http_filter_response_headers(
         s.on_response_headers(host, end_of_stream)
     });
     // SAFETY: Envoy passes back the pointer `..._filter_new` returned.
-    let id = unsafe { handle(module) }.map(|(h, _)| h.context_id);
+    let id = unsafe { stream_box(module) }.map(|(b, _)| b.context_id);
     match (a, id) {
         (Action::Continue, Some(id)) if callout::has_pending(id) => {
             // This stream carries a call it did not wait for (a lease
@@ -751,20 +881,26 @@ fn envoy_dynamic_module_on_http_filter_stream_complete(
 /// `module` is a pointer `..._filter_new` returned; Envoy destroys it once.
 unsafe fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
     // SAFETY: Envoy's promise.
-    let Some((h, cfg)) = (unsafe { handle(module) }) else {
+    let Some((b, cfg)) = (unsafe { stream_box(module) }) else {
         return;
     };
     let host = NativeHost::new(cfg);
-    let id = h.context_id;
+    let id = b.context_id;
     HELD_RESPONSES.with(|held| held.borrow_mut().retain(|x| *x != id));
-    let saved = host::current();
-    host::set_current(std::ptr::null_mut());
-    with(|w| w.end(id, false, &host));
+    let ended = with(|w| w.end(b, false, &host)).is_some();
     host::forget_context(id);
-    host::set_current(saved);
+    if !ended {
+        // The worker is busy (never seen: Envoy defers deletions): ended
+        // and freed after the outer hook.
+        DESTROYED.with(|d| d.borrow_mut().push(module as usize));
+        DEFERRED.with(|d| d.set(true));
+    }
     after_hook(&host);
-    // SAFETY: ours, from `Box::into_raw`; Envoy never uses it again.
-    drop(unsafe { Box::from_raw(module as *mut Handle) });
+    if ended {
+        // SAFETY: ours, from `Box::into_raw`; Envoy never uses it again,
+        // and no list holds it (it left `waking` when it ended).
+        drop(unsafe { Box::from_raw(module as *mut StreamBox) });
+    }
 }
 
 /// A waker's event: the worker's tick, on the stream's thread.
@@ -773,13 +909,9 @@ fn envoy_dynamic_module_on_http_filter_scheduled(
     module: *const c_void,
     _event_id: u64,
 ) {
-    // SAFETY: Envoy passes back the pointer `..._filter_new` returned.
-    let Some((_, cfg)) = (unsafe { handle(module) }) else {
-        return;
-    };
-    on_stream(filter, module, (), |w, _id, host| {
-        w.tick(cfg, host);
-        w.sync_wakers(cfg.id);
+    on_stream(filter, module, (), |w, _b, host| {
+        w.tick(host.cfg, host);
+        w.sync_wakers(host.cfg.id);
     });
 }
 
@@ -795,7 +927,8 @@ fn envoy_dynamic_module_on_http_filter_http_callout_done(
     body: *const EnvoyBuffer,
     body_len: usize,
 ) {
-    on_stream(filter, module, (), |w, id, host| {
+    on_stream(filter, module, (), |w, b, host| {
+        let id = b.context_id;
         // SAFETY: Envoy's buffers, live for this hook.
         let found =
             unsafe { callout::answer(id, 0, callout_id, headers, headers_len, body, body_len) };
@@ -811,10 +944,13 @@ fn envoy_dynamic_module_on_http_filter_http_callout_done(
         );
         // A request that waited for the call it carried runs now.
         if !callout::has_pending(id) {
-            if let Some(e) = w.streams.get_mut(&id).filter(|e| e.held) {
+            // SAFETY: Envoy's box, live for the hook; dropped before `w`
+            // is used again.
+            let e = unsafe { w.streams.get(b) };
+            if e.stream.is_some() && e.held {
                 // Its own verdict was Continue: it only waited for the call.
                 e.held = false;
-                host::set_current(filter);
+                host.set_current(filter);
                 host.resume_request();
             }
             let held = HELD_RESPONSES.with(|h| {
@@ -826,10 +962,12 @@ fn envoy_dynamic_module_on_http_filter_http_callout_done(
                 // SAFETY: the filter of the running hook.
                 unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_encoding(filter) };
             }
-            if let Some(e) = w.streams.get_mut(&id).filter(|e| e.deferred) {
+            // SAFETY: as above.
+            let e = unsafe { w.streams.get(b) };
+            if let Some(stream) = e.stream.as_mut().filter(|_| e.deferred) {
                 e.deferred = false;
-                host::set_current(filter);
-                if e.stream.on_request_headers(host) == Action::Continue {
+                host.set_current(filter);
+                if stream.on_request_headers(host) == Action::Continue {
                     host.resume_request();
                 }
             }
@@ -873,12 +1011,9 @@ unsafe fn envoy_dynamic_module_on_http_filter_config_scheduled(
 /// calls sent through the configuration's own callout.
 fn on_main(cfg: &ModuleConfig, f: impl FnOnce(&NativeHost<'_>)) {
     let host = NativeHost::new(cfg);
-    let saved = host::current();
-    host::set_current(std::ptr::null_mut());
     callout::set_main(cfg.envoy());
     f(&host);
     callout::clear_main();
-    host::set_current(saved);
     after_hook(&host);
 }
 
