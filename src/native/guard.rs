@@ -27,8 +27,9 @@
 //!
 //! - cuts the stream off: it is marked failed (every later hook of it
 //!   returns at once, without running meshguard code, so the local reply's
-//!   own response hooks pass too), its entry leaves the worker's table
-//!   (dropped: memory only) and its context is forgotten, so a worker tick
+//!   own response hooks pass too), its `HttpStream` and waker are dropped
+//!   (memory only; the box is freed at its destroy) and its context is
+//!   forgotten, so a worker tick
 //!   finds it gone (as a reset stream); calls it carried are forgotten
 //!   (Envoy cancels them with the stream). What it held in shared data (a
 //!   cache fill lock, a breaker's half-open probe) is freed by the same
@@ -37,8 +38,10 @@
 //!
 //! Thread-local state a panic leaves half-updated: every `RefCell` borrow
 //! is released by unwinding (the worker's table, the calls, the shared
-//! answers); the effective stream and the call carrier are put back as
-//! they were before the hook, the answer being delivered is cleared.
+//! answers); the effective stream and the call carrier are the hook's
+//! `NativeHost`'s, gone with it; the answer being delivered is cleared. A
+//! box Envoy destroys while the worker is busy is ended and freed after
+//! the outer hook (`DESTROYED`), as the hook itself does.
 //! Counter increments batched in the hook, an end seen while the table
 //! was busy and calls not yet routed stay queued: the next hook on the
 //! thread flushes and routes them as usual. The process-wide locks
@@ -64,7 +67,7 @@ use super::abi::{self, EnvoyBuffer, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
 use super::config::ModuleConfig;
 use super::host::{self, NativeHost};
 use super::metrics::PANICS as METRIC;
-use super::{callout, Handle};
+use super::{callout, StreamBox, StreamEntry};
 use crate::host::header_map::HeaderMap;
 use crate::host::Host;
 use std::any::Any;
@@ -124,25 +127,16 @@ fn payload_text(p: &(dyn Any + Send)) -> String {
     }
 }
 
-/// What a guarded hook changes on its thread, put back after a panic.
-struct Saved {
-    current: FilterEnvoyPtr,
-    carrier: (u32, usize),
-}
+/// What a hook leaves on its thread, put back after a panic (the
+/// effective stream and the carrier are its `NativeHost`'s, gone with it).
+struct Saved;
 
 impl Saved {
     fn take() -> Self {
-        let carrier = callout::set_carrier(0, std::ptr::null_mut());
-        callout::restore_carrier(carrier);
-        Saved {
-            current: host::current(),
-            carrier,
-        }
+        Saved
     }
 
     fn restore(self) {
-        host::set_current(self.current);
-        callout::restore_carrier(self.carrier);
         host::ANSWER.with(|a| {
             if let Ok(mut a) = a.try_borrow_mut() {
                 *a = None;
@@ -196,10 +190,10 @@ fn report(hook: &str, cfg: Option<&ModuleConfig>, message: &str) {
 }
 
 /// The handle and configuration of a stream hook's `module` pointer.
-fn stream_of<'a>(module: *const c_void) -> Option<(&'a Handle, &'a ModuleConfig)> {
+fn stream_of<'a>(module: *const c_void) -> Option<(&'a StreamBox, &'a ModuleConfig)> {
     // SAFETY: Envoy passes back the pointer `..._filter_new` returned,
     // live until `..._filter_destroy`.
-    unsafe { super::handle(module) }
+    unsafe { super::stream_box(module) }
 }
 
 fn is_failed(module: *const c_void) -> bool {
@@ -216,23 +210,23 @@ fn cut_off(module: *const c_void) {
                 f.push(module as usize);
             }
         });
-        let Some((h, _)) = stream_of(module) else {
+        let Some((b, _)) = stream_of(module) else {
             return;
         };
-        let id = h.context_id;
+        let id = b.context_id;
         if id == 0 {
             // A stream created failed (`filter_new`): nothing of it is in
             // the tables (0 is the main thread's carrier, never a stream's).
             return;
         }
-        let entry = super::with(|w| {
-            let e = w.streams.remove(&id);
-            if e.as_ref().is_some_and(|e| e.waker.is_some()) {
-                w.wakers = w.wakers.saturating_sub(1);
+        super::with(|w| {
+            // SAFETY: Envoy's box, live in its hook (or its destroy).
+            let e = unsafe { w.streams.get(b) };
+            if e.waker.take().is_some() {
+                w.waking.retain(|p| !std::ptr::eq(*p, b));
             }
-            e
+            drop(e.stream.take());
         });
-        drop(entry);
         drop(callout::take_all(id));
         host::forget_context(id);
         super::HELD_RESPONSES.with(|r| r.borrow_mut().retain(|x| *x != id));
@@ -357,11 +351,28 @@ pub(super) fn filter_new(cfg: *const c_void, f: impl FnOnce() -> *const c_void) 
                 return std::ptr::null();
             }
             // Context 0 is never a stream's (`Worker::next_id`).
-            let h = Box::into_raw(Box::new(Handle { context_id: 0, cfg })) as *const c_void;
+            let h = Box::into_raw(failed_box(cfg)) as *const c_void;
             cut_off(h);
             h
         }
     }
+}
+
+/// A stream box with no stream (context 0: in no table).
+fn failed_box(cfg: *const ModuleConfig) -> Box<StreamBox> {
+    Box::new(StreamBox {
+        context_id: 0,
+        cfg,
+        // SAFETY: Envoy passes the pointer `config_new` returned.
+        cfg_id: unsafe { cfg.as_ref() }.map_or(0, |c| c.id),
+        filter: std::ptr::null_mut(),
+        entry: std::cell::UnsafeCell::new(StreamEntry {
+            stream: None,
+            deferred: false,
+            held: false,
+            waker: None,
+        }),
+    })
 }
 
 /// `filter_destroy`: a stream cut off is freed without meshguard code;
@@ -395,11 +406,26 @@ pub(super) unsafe fn destroy(module: *const c_void, f: impl FnOnce()) {
             f.retain(|m| *m != module as usize);
         }
     });
-    if !module.is_null() {
-        // SAFETY: ours, from `Box::into_raw`, not freed: `f` frees it as
-        // its last step, which cannot panic.
-        drop(unsafe { Box::from_raw(module as *mut Handle) });
+    if module.is_null() {
+        return;
     }
+    // A panic after the hook deferred the box (`DESTROYED`) leaves it there.
+    super::DESTROYED.with(|d| {
+        if let Ok(mut d) = d.try_borrow_mut() {
+            d.retain(|p| *p != module as usize);
+        }
+    });
+    if super::with(|_| ()).is_none() {
+        // The worker is busy (a nested hook): the box may still be in its
+        // `waking` list; ended (no stream left: nothing of meshguard's
+        // runs) and freed after the outer hook, as the hook would.
+        super::DESTROYED.with(|d| d.borrow_mut().push(module as usize));
+        super::DEFERRED.with(|d| d.set(true));
+        return;
+    }
+    // SAFETY: ours, from `Box::into_raw`, not freed (the hook frees it as
+    // its last step, which cannot panic), out of every list.
+    drop(unsafe { Box::from_raw(module as *mut StreamBox) });
 }
 
 /// A request header, as Envoy has it (only the first value).
@@ -854,7 +880,6 @@ mod test_panic {
             }
         };
         if asked {
-            host::set_current(filter);
             super::super::with(|_| panic!("meshguard test panic in {hook} ({HEADER})"));
         }
     }
@@ -912,11 +937,7 @@ mod tests {
     ) {
     }
 
-    #[no_mangle]
-    extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
-        _s: abi::SchedulerPtr,
-    ) {
-    }
+    // (`..._config_scheduler_delete`: stubbed in `host.rs`'s tests.)
 
     thread_local! {
         /// Local replies the stub below was asked for: (status, headers, body).
@@ -975,23 +996,26 @@ mod tests {
         }
     }
 
+    /// A live stream box of context `id`, its stream already ended.
+    fn test_box(id: u32, cfg: &ModuleConfig) -> Box<StreamBox> {
+        let mut b = failed_box(cfg);
+        b.context_id = id;
+        b
+    }
+
     #[test]
     #[allow(clippy::panic)]
     fn a_panicking_hook_gives_its_fallback_and_the_thread_state_back() {
-        host::set_current(0x10 as FilterEnvoyPtr);
         let r = hook("config_new", 7u32, || {
-            host::set_current(0x20 as FilterEnvoyPtr);
-            callout::set_carrier(3, 0x20 as FilterEnvoyPtr);
+            host::ANSWER.with(|a| *a.borrow_mut() = Some(Default::default()));
             // The worker's table borrowed when the panic unwinds.
             super::super::with(|_| panic!("boom"));
             1
         });
         assert_eq!(r, 7);
-        assert_eq!(host::current(), 0x10 as FilterEnvoyPtr);
-        assert_eq!(
-            callout::set_carrier(0, std::ptr::null_mut()),
-            (0, 0),
-            "the carrier as before the hook"
+        assert!(
+            host::ANSWER.with(|a| a.borrow().is_none()),
+            "no answer left being delivered"
         );
         assert!(
             super::super::with(|_| ()).is_some(),
@@ -1000,7 +1024,6 @@ mod tests {
         assert_eq!(DEPTH.with(Cell::get), 0);
         // Without a panic: the closure's value.
         assert_eq!(hook("config_new", 7u32, || 1), 1);
-        host::set_current(std::ptr::null_mut());
     }
 
     #[test]
@@ -1019,11 +1042,8 @@ mod tests {
     #[allow(clippy::panic)]
     fn a_stream_that_panicked_is_cut_off_and_its_later_hooks_do_nothing() {
         let cfg = config_with_metric();
-        let h = Box::into_raw(Box::new(Handle {
-            context_id: 4242,
-            cfg: &cfg,
-        })) as *const c_void;
-        host::register_context(4242, 0x50 as FilterEnvoyPtr);
+        let h = Box::into_raw(test_box(4242, &cfg)) as *const c_void;
+        host::register_context(4242, 0x50 as FilterEnvoyPtr, h as *mut c_void);
         COUNTED.with(|c| c.borrow_mut().clear());
         let r = stream("response_headers", std::ptr::null_mut(), h, 0u32, || {
             panic!("boom")
@@ -1051,10 +1071,7 @@ mod tests {
     #[allow(clippy::panic)]
     fn a_panic_in_request_headers_answers_500_and_the_stream_is_done() {
         let cfg = config_with_metric();
-        let h = Box::into_raw(Box::new(Handle {
-            context_id: 4444,
-            cfg: &cfg,
-        })) as *const c_void;
+        let h = Box::into_raw(test_box(4444, &cfg)) as *const c_void;
         let filter = 0x60 as FilterEnvoyPtr;
         REPLIES.with(|r| r.borrow_mut().clear());
         let status = request_headers(filter, h, || panic!("boom"));
@@ -1076,10 +1093,7 @@ mod tests {
         });
         assert_eq!((r, ran), (abi::status::CONTINUE, false));
         // Without a panic: the hook's own status, no reply.
-        let g = Box::into_raw(Box::new(Handle {
-            context_id: 4445,
-            cfg: &cfg,
-        })) as *const c_void;
+        let g = Box::into_raw(test_box(4445, &cfg)) as *const c_void;
         assert_eq!(request_headers(filter, g, || 0), 0);
         assert_eq!(REPLIES.with(|r| r.borrow().len()), 1);
         // SAFETY: ours, destroyed once.
@@ -1109,10 +1123,7 @@ mod tests {
     #[allow(clippy::panic)]
     fn a_panic_in_destroy_frees_the_stream() {
         let cfg = config_with_metric();
-        let h = Box::into_raw(Box::new(Handle {
-            context_id: 4343,
-            cfg: &cfg,
-        })) as *const c_void;
+        let h = Box::into_raw(test_box(4343, &cfg)) as *const c_void;
         COUNTED.with(|c| c.borrow_mut().clear());
         // SAFETY: `h` is ours, destroyed once (the guard frees it).
         unsafe { destroy(h, || panic!("boom")) };
