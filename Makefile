@@ -14,8 +14,10 @@ export CARGO_TERM_COLOR ?= never
 RLS_MANIFEST := tests/rls-server/Cargo.toml
 
 NATIVE := target/release/libmeshguard.so
+# The native module of tests/e2e/test_native_panic.py (feature `panic-test`).
+NATIVE_PANIC := target/panic-test/libmeshguard.so
 
-.PHONY: native native-profiling test-native soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
+.PHONY: native native-profiling native-panic-test test-native soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -116,9 +118,20 @@ e2e: build native venv registry rls
 
 # meshguard as an Envoy dynamic module (docs/native.md): the same filter as a
 # native shared library for `envoy.filters.http.dynamic_modules`.
+# Cargo profile `native`: the release build with panic=unwind (the guard at
+# the FFI edge, src/native/guard.rs, turns a panic into one failed request);
+# copied to $(NATIVE), the path users and the docs name, through a new file
+# (an Envoy running the old module keeps its mapping).
 native:
-	cargo build --release --features native --lib
+	cargo build --profile native --features native --lib
+	@cp target/native/libmeshguard.so $(NATIVE).tmp && mv $(NATIVE).tmp $(NATIVE)
 	@ls -l $(NATIVE)
+
+# For tests only, never shipped: a request header `x-meshguard-test-panic:
+# <hook>` makes that hook panic (tests/e2e/test_native_panic.py).
+native-panic-test:
+	cargo build --profile panic-test --features panic-test --lib
+	@ls -l $(NATIVE_PANIC)
 
 # The native module with symbols, for `perf record -g` on Envoy (docs/performance.md,
 # "Native module cost"): target/profiling/libmeshguard.so.
@@ -128,9 +141,10 @@ native-profiling:
 
 # The e2e suite against the native module (tests that cannot pass natively
 # are marked `wasm_only` with the reason, in tests/e2e/conftest.py).
-test-native: native build venv registry rls
+test-native: native native-panic-test build venv registry rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" MESHGUARD_RUNTIME=native \
-	  MESHGUARD_NATIVE="$(CURDIR)/$(NATIVE)" $(VENV)/bin/pytest -q -n 2 tests/e2e
+	  MESHGUARD_NATIVE="$(CURDIR)/$(NATIVE)" MESHGUARD_NATIVE_PANIC="$(CURDIR)/$(NATIVE_PANIC)" \
+	  $(VENV)/bin/pytest -q -n 2 tests/e2e
 
 # Fuzzing: cargo-fuzz (libFuzzer) on a nightly toolchain, both installed on
 # first use. `make fuzz` runs every target FUZZ_SECONDS (default 60) from

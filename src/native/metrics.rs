@@ -75,6 +75,10 @@ impl Host for Definer {
     fn record_metric(&self, _id: MetricId, _value: u64) {}
 }
 
+/// Native only: panics the guard at the FFI edge caught (`guard.rs`),
+/// counted per configuration.
+pub const PANICS: &str = "meshguard.panics";
+
 /// Defines every metric `config` uses; returns them by name.
 pub fn define_all(envoy: ConfigEnvoyPtr, config: Config) -> HashMap<String, MetricId> {
     let d = Definer {
@@ -82,5 +86,6 @@ pub fn define_all(envoy: ConfigEnvoyPtr, config: Config) -> HashMap<String, Metr
         defined: RefCell::new(HashMap::new()),
     };
     drop(Runtime::new(&d, config));
+    let _ = d.define_metric(MetricKind::Counter, PANICS);
     d.defined.into_inner()
 }

@@ -15,6 +15,7 @@
 //! | `metrics.rs` | metrics defined on the main thread when the configuration loads | `proxy_define_metric` |
 //! | `callout.rs` | calls to other services: on the stream they are for, or from the main thread (lease refills, reports; see there) | `proxy_http_call`, `proxy_grpc_call` |
 //! | `crypto.rs` | `verify_signature` (RS*, ES*) with `ring` | Envoy's `verify_signature` foreign function |
+//! | `guard.rs` | the exported hook symbols: each runs its hook here inside `catch_unwind`; a panic fails that stream closed, is logged and counted (`meshguard.panics`) | none: a panic traps the wasm VM |
 //!
 //! The policy code (`filter::root`, `filter::http`, `filter::pipeline` and
 //! every feature) runs unchanged: each worker thread keeps, per
@@ -87,6 +88,7 @@ pub(crate) mod abi;
 mod callout;
 pub(crate) mod config;
 pub(crate) mod crypto;
+mod guard;
 pub(crate) mod host;
 mod metrics;
 pub(crate) mod store;
@@ -229,9 +231,8 @@ impl Worker {
             return;
         }
         self.dead_seen = generation;
-        let Ok(dead) = DEAD.lock() else {
-            return;
-        };
+        // Poisoned (a panic caught while it was held): ids are only pushed.
+        let dead = DEAD.lock().unwrap_or_else(|e| e.into_inner());
         let before = self.roots.len();
         self.roots.retain(|(id, root, _)| {
             let keep = !dead.contains(id);
@@ -604,9 +605,10 @@ unsafe fn stream_box<'a>(p: *const c_void) -> Option<(&'a StreamBox, &'a ModuleC
 }
 
 // ---------------------------------------------------------------- hooks
+// Envoy's symbols of these are in `guard.rs`: each runs its hook here
+// inside `catch_unwind` (a panic fails its stream, not Envoy).
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+fn envoy_dynamic_module_on_program_init() -> *const u8 {
     host_log::init();
     log::info!(
         "meshguard {} ({}) started (native module, Envoy dynamic-module ABI {})",
@@ -619,8 +621,7 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
 
 /// # Safety
 /// Envoy's buffers are live for the call.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+unsafe fn envoy_dynamic_module_on_http_filter_config_new(
     config_envoy: ConfigEnvoyPtr,
     name: EnvoyBuffer,
     config: EnvoyBuffer,
@@ -668,16 +669,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 
 /// # Safety
 /// `p` is a pointer `..._config_new` returned.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(p: *const c_void) {
+unsafe fn envoy_dynamic_module_on_http_filter_config_destroy(p: *const c_void) {
     if !p.is_null() {
         // SAFETY: ours, from `Box::into_raw`, destroyed once by Envoy.
         let cfg = unsafe { Box::from_raw(p as *mut ModuleConfig) };
         timer::relay_unregister(cfg.id);
         drop(callout::take_relayed(cfg.id));
-        if let Ok(mut dead) = DEAD.lock() {
-            dead.push(cfg.id);
-        }
+        DEAD.lock().unwrap_or_else(|e| e.into_inner()).push(cfg.id);
         DEAD_GENERATION.fetch_add(1, Ordering::Release);
         drop(cfg);
         // The main thread's own roots (configurations with remote keys).
@@ -687,8 +685,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(p: *
 
 /// # Safety
 /// `cfg` is a pointer `..._config_new` returned.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+unsafe fn envoy_dynamic_module_on_http_filter_new(
     cfg: *const c_void,
     filter: FilterEnvoyPtr,
 ) -> *const c_void {
@@ -747,8 +744,7 @@ fn headers_status(a: Action) -> u32 {
     }
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     _end_of_stream: bool,
@@ -780,8 +776,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     })
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+fn envoy_dynamic_module_on_http_filter_request_body(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _end_of_stream: bool,
@@ -789,8 +784,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     abi::status::CONTINUE
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+fn envoy_dynamic_module_on_http_filter_request_trailers(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
 ) -> u32 {
@@ -830,8 +824,7 @@ fn response_hook(
     }
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     end_of_stream: bool,
@@ -856,8 +849,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     }
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+fn envoy_dynamic_module_on_http_filter_response_body(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     end_of_stream: bool,
@@ -869,8 +861,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     abi::status::CONTINUE
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+fn envoy_dynamic_module_on_http_filter_response_trailers(
     filter: FilterEnvoyPtr,
     module: *const c_void,
 ) -> u32 {
@@ -881,8 +872,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     abi::status::CONTINUE
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+fn envoy_dynamic_module_on_http_filter_stream_complete(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
 ) {
@@ -890,8 +880,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 
 /// # Safety
 /// `module` is a pointer `..._filter_new` returned; Envoy destroys it once.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
+unsafe fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
     // SAFETY: Envoy's promise.
     let Some((b, cfg)) = (unsafe { stream_box(module) }) else {
         return;
@@ -916,8 +905,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *co
 }
 
 /// A waker's event: the worker's tick, on the stream's thread.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+fn envoy_dynamic_module_on_http_filter_scheduled(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     _event_id: u64,
@@ -929,8 +917,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
 }
 
 /// The answer of a call this stream carried (`callout.rs`).
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+#[allow(clippy::too_many_arguments)]
+fn envoy_dynamic_module_on_http_filter_http_callout_done(
     filter: FilterEnvoyPtr,
     module: *const c_void,
     callout_id: u64,
@@ -993,8 +981,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 ///
 /// # Safety
 /// `module` is a pointer `..._config_new` returned.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+unsafe fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _config_envoy: ConfigEnvoyPtr,
     module: *const c_void,
     event_id: u64,
@@ -1036,9 +1023,8 @@ fn on_main(cfg: &ModuleConfig, f: impl FnOnce(&NativeHost<'_>)) {
 /// # Safety
 /// `module` is a pointer `..._config_new` returned; Envoy's buffers are
 /// live for the call.
-#[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+unsafe fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     _config_envoy: ConfigEnvoyPtr,
     module: *const c_void,
     callout_id: u64,
@@ -1093,8 +1079,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     });
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+fn envoy_dynamic_module_on_http_filter_http_stream_headers(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
@@ -1104,8 +1089,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+fn envoy_dynamic_module_on_http_filter_http_stream_data(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
@@ -1115,8 +1099,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
@@ -1125,16 +1108,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+fn envoy_dynamic_module_on_http_filter_http_stream_complete(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
     _stream_id: u64,
@@ -1142,15 +1123,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
 ) {
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
     _filter: FilterEnvoyPtr,
     _module: *const c_void,
 ) {

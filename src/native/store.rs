@@ -52,8 +52,9 @@ impl Store {
     fn shard(&self, key: &str) -> Result<std::sync::MutexGuard<'_, Map>, String> {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
         let shard = self.shards.get(i).ok_or("no shard")?;
-        // A poisoned lock only means a writer panicked (which aborts the
-        // process in release builds): the map itself is still consistent.
+        // A poisoned lock only means a writer panicked (caught at the FFI
+        // edge, `guard.rs`): under the lock a value is only replaced
+        // whole, so the map itself is still consistent.
         Ok(shard.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
