@@ -176,14 +176,25 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     T::deserialize(d).map(Some)
 }
 
+/// Why a token whose header names a member twice is refused.
+pub const DUPLICATE_HEADER: &str = "duplicate header parameter";
+
 /// The header, which must be a JSON object (serde would also read a struct
-/// from an array of its fields in order).
-fn parse_header(json: &[u8]) -> Option<Header<'_>> {
-    let first = json.iter().find(|b| !b.is_ascii_whitespace())?;
-    if *first != b'{' {
-        return None;
+/// from an array of its fields in order) naming no member twice: the
+/// derive refuses a repeated `alg`, `kid` or `crit`, and skips other
+/// members unchecked, so the names are checked first (RFC 7515 4: any
+/// repeated Header Parameter, e.g. two `typ`, is refused).
+fn parse_header(json: &[u8]) -> Result<Header<'_>, &'static str> {
+    const BAD: &str = "malformed token header";
+    let text = std::str::from_utf8(json).map_err(|_| BAD)?;
+    if !text.trim_start().starts_with('{') {
+        return Err(BAD);
     }
-    serde_json::from_slice(json).ok()
+    let names = super::claims::members(text).map_err(|_| BAD)?;
+    if !super::claims::unique(names.iter().map(|(k, _)| k.as_str())) {
+        return Err(DUPLICATE_HEADER);
+    }
+    serde_json::from_str(text).map_err(|_| BAD)
 }
 
 /// Parses a compact JWS. Does NOT verify the signature.
@@ -201,7 +212,7 @@ pub fn parse(token: &[u8]) -> Result<Jws<'_>, &'static str> {
         return Err("malformed token");
     }
     let header_bytes = b64url_decode(h.as_bytes()).ok_or("malformed token header")?;
-    let header = parse_header(&header_bytes).ok_or("malformed token header")?;
+    let header = parse_header(&header_bytes)?;
     let alg = Alg::from_name(&header.alg).ok_or("unsupported algorithm")?;
     // RFC 7515 4.1.11: a recipient MUST reject a token whose `crit` lists an
     // extension it does not understand; meshguard understands none.
@@ -304,8 +315,37 @@ mod tests {
             ),
             (tok(r#"{"alg":null}"#, "{}", b"s"), "malformed token header"),
             (tok(r#"{"alg":256}"#, "{}", b"s"), "malformed token header"),
+            // A repeated member, whichever (RFC 7515 4), however spelled.
             (
                 tok(r#"{"alg":"none","alg":"RS256"}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(r#"{"alg":"RS256","kid":"a","kid":"b"}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(r#"{"alg":"RS256","typ":"JWT","typ":"at+jwt"}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(r#"{"alg":"RS256","\u0061lg":"HS256"}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(r#"{"alg":"RS256","crit":[],"crit":["b64"]}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(ok_h, r#"{"sub":"alice","sub":"admin"}"#, b"s"),
+                "duplicate claim name",
+            ),
+            (
+                format!(
+                    "{}.{}.aa",
+                    b64url_encode(b"{\"alg\":\"RS256\",\"x\":\"\xff\"}"),
+                    b64url_encode(b"{}")
+                ),
                 "malformed token header",
             ),
             (tok(r#"["RS256"]"#, "{}", b"s"), "malformed token header"),
