@@ -25,6 +25,11 @@
 //! document of the repository and ~31,600 mutations of them both ways and
 //! requires the same result or the same error.
 //!
+//! The text reaches this reader through `json::parse`, which refuses an
+//! object naming a member twice (the derives' map types took the last)
+//! and, unlike serde_json's `Value` visitor, gives no key a special
+//! meaning.
+//!
 //! One difference, on purpose: serde_json's `Value` visitor, which the
 //! derives used for the opaque values (`jwks.inline`, claim rules'
 //! `equals`/`one_of`/`contains`, `rate_limit_grpc_status`, breaker
