@@ -2,7 +2,7 @@
 //! rules (`equals`, `one_of`, `contains`) over dotted claim paths.
 
 use crate::config::raw::RawClaimRule;
-use crate::config::{show_str, ConfigError};
+use crate::config::{json, show_str, ConfigError};
 use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -57,19 +57,17 @@ impl Claims {
         // attack surface: `{"sub":"alice","sub":"admin"}`), names compared
         // decoded, at every depth: an object or array value is parsed now
         // (and kept) by the parser that refuses repeats.
-        if !unique(found.iter().map(|(k, _)| k.as_str())) {
+        if !json::unique(found.iter().map(|(k, _)| k.as_str())) {
             return Err(DUPLICATE);
         }
         let mut members = Vec::with_capacity(found.len());
         for (name, value) in found {
-            let parsed = OnceLock::new();
+            // An object or array value is checked now, building nothing
+            // (it is parsed when read); the text is valid JSON, so the only
+            // failures are a repeat and nesting deeper than the parser's
+            // recursion limit.
             if value.get().starts_with(['{', '[']) {
-                let v = crate::config::json::parse(value.get()).map_err(|e| match e.duplicate {
-                    Some(_) => DUPLICATE,
-                    // Deeper than the parser's recursion limit.
-                    None => BAD,
-                })?;
-                let _ = parsed.set(v);
+                json::check(value.get()).map_err(|e| if e.is_data() { DUPLICATE } else { BAD })?;
             }
             members.push(Member {
                 name: match name {
@@ -80,7 +78,7 @@ impl Claims {
                     Key::Owned(n) => Name::Decoded(n.into_boxed_str()),
                 },
                 value: at(value.get()),
-                parsed,
+                parsed: OnceLock::new(),
             });
         }
         Ok(Claims {
@@ -131,28 +129,11 @@ impl Claims {
 pub const DUPLICATE: &str = "duplicate claim name";
 
 /// The members of a JSON object text, values left as raw JSON text.
-pub(crate) fn members(json: &str) -> Result<Vec<(Key<'_>, &RawValue)>, serde_json::Error> {
+fn members(json: &str) -> Result<Vec<(Key<'_>, &RawValue)>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(json);
     let found = de.deserialize_map(MembersVisitor)?;
     de.end()?;
     Ok(found)
-}
-
-/// Whether no name repeats (a few names compared pairwise, more sorted:
-/// the claims are read before the signature is checked).
-pub(crate) fn unique<'a>(names: impl ExactSizeIterator<Item = &'a str> + Clone) -> bool {
-    if names.len() <= 16 {
-        let mut rest = names.clone();
-        while let Some(a) = rest.next() {
-            if rest.clone().any(|b| b == a) {
-                return false;
-            }
-        }
-        return true;
-    }
-    let mut sorted: Vec<&str> = names.collect();
-    sorted.sort_unstable();
-    sorted.windows(2).all(|w| w.first() != w.get(1))
 }
 
 /// Whether every `\u` escape in a (syntactically valid) JSON text is
@@ -222,13 +203,13 @@ impl std::ops::Index<&str> for Claims {
 
 /// A member name as the parser gave it: borrowed from the text when it
 /// had no escapes.
-pub(crate) enum Key<'de> {
+enum Key<'de> {
     Borrowed(&'de str),
     Owned(String),
 }
 
 impl Key<'_> {
-    pub(crate) fn as_str(&self) -> &str {
+    fn as_str(&self) -> &str {
         match self {
             Key::Borrowed(s) => s,
             Key::Owned(s) => s,

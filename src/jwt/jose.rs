@@ -182,18 +182,24 @@ pub const DUPLICATE_HEADER: &str = "duplicate header parameter";
 /// The header, which must be a JSON object (serde would also read a struct
 /// from an array of its fields in order) naming no member twice: the
 /// derive refuses a repeated `alg`, `kid` or `crit`, and skips other
-/// members unchecked, so the names are checked first (RFC 7515 4: any
-/// repeated Header Parameter, e.g. two `typ`, is refused).
+/// members unchecked, so the text is checked first (RFC 7515 4: any
+/// repeated Header Parameter, e.g. two `typ`, is refused, and a repeat
+/// inside a parameter's value too).
 fn parse_header(json: &[u8]) -> Result<Header<'_>, &'static str> {
     const BAD: &str = "malformed token header";
     let text = std::str::from_utf8(json).map_err(|_| BAD)?;
     if !text.trim_start().starts_with('{') {
         return Err(BAD);
     }
-    let names = super::claims::members(text).map_err(|_| BAD)?;
-    if !super::claims::unique(names.iter().map(|(k, _)| k.as_str())) {
-        return Err(DUPLICATE_HEADER);
-    }
+    crate::config::json::check(text).map_err(
+        |e| {
+            if e.is_data() {
+                DUPLICATE_HEADER
+            } else {
+                BAD
+            }
+        },
+    )?;
     serde_json::from_str(text).map_err(|_| BAD)
 }
 
