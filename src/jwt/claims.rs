@@ -55,8 +55,8 @@ impl Claims {
         // A claim named twice is refused (RFC 7519 4 allows either that
         // or the last one winning; parsers taking different ones is an
         // attack surface: `{"sub":"alice","sub":"admin"}`), names compared
-        // decoded, at every depth: an object or array value is parsed now
-        // (and kept) by the parser that refuses repeats.
+        // decoded, at every depth (claim rules and claim headers read
+        // dotted paths into object values).
         if !json::unique(found.iter().map(|(k, _)| k.as_str())) {
             return Err(DUPLICATE);
         }
@@ -114,12 +114,11 @@ impl Claims {
     pub fn get(&self, name: &str) -> Option<&Value> {
         let m = self.members.iter().find(|m| self.name(m) == name)?;
         // The text was validated by the parse (syntax, and every `\u`
-        // escape by `escapes_are_text`; objects and arrays are parsed
-        // there): this does not fail.
+        // escape by `escapes_are_text`, repeats and depth of objects and
+        // arrays by `json::check`): this does not fail.
         Some(
-            m.parsed.get_or_init(|| {
-                crate::config::json::parse(self.text(m.value)).unwrap_or(Value::Null)
-            }),
+            m.parsed
+                .get_or_init(|| json::parse(self.text(m.value)).unwrap_or(Value::Null)),
         )
     }
 }
