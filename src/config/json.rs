@@ -10,19 +10,27 @@
 //! taking different ones is an attack surface) and for keys.
 //!
 //! [`parse`] builds the same `Value` as `serde_json::from_str` (the same
-//! visitor calls, one map lookup per member) but fails on a member name
-//! seen before in the same object. Names compare as decoded strings
+//! visitor calls, one map lookup per member; no key has a special meaning,
+//! where serde_json's visitor reads `$serde_json::private::RawValue`) but
+//! fails on a member name seen before in the same object. Names compare as decoded strings
 //! (`"a"` and `"\u0061"` are the same member). The error keeps serde_json's
 //! line and column (of the repeated name) and says which object: its JSON
 //! path (`routes[0].jwt`, keys joined by dots, indexes in brackets, `""` for
 //! the top level), built only when a duplicate is found, while the error
 //! goes up. [`parse_marking`] instead keeps the first of a repeated member
 //! and lists where repeats were (a JWKS skips the keys that have one).
+//! [`check`] only says whether text is valid and free of repeats, building
+//! nothing (a token's header and its object and array claims, which stay
+//! text until read).
 //!
 //! It lives in `config`, the ground floor, because the configuration
-//! (`config::parse`), JWKS documents and token claims (`jwt`) all parse
-//! untrusted JSON with it; it is the module's only `Value` deserializer
-//! (one instance, over `&str`), so it costs no more code than serde_json's.
+//! (`config::parse`), JWKS documents and tokens (`jwt`) all parse
+//! untrusted JSON with it (`grpc` and `filter` read meshguard's own reply
+//! bodies with it too): it is the module's only `Value` deserializer, one
+//! instance over `&str`. Measured: the module grew 982,773 -> 988,698
+//! bytes (with `check` and the token and JWKS rules); parsing a document is
+//! 8 to 20% faster than serde_json's own `Value` (`tests::parse_time`,
+//! twins: examples/full.json and 2,000 routes).
 
 use super::error::show_str;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
