@@ -306,8 +306,9 @@ impl<'de> Visitor<'de> for Seed<'_> {
 #[derive(Clone, Copy)]
 struct Check;
 
-/// A member name, borrowed from the text when it has no escapes.
-struct Name<'de>(std::borrow::Cow<'de, str>);
+/// A member name (or any string), borrowed from the text when it has no
+/// escapes.
+pub struct Name<'de>(pub std::borrow::Cow<'de, str>);
 
 impl<'de> de::Deserialize<'de> for Name<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
