@@ -27,7 +27,7 @@
 //! (`config::parse`), JWKS documents and tokens (`jwt`) all parse
 //! untrusted JSON with it (`grpc` and `filter` read meshguard's own reply
 //! bodies with it too): it is the module's only `Value` deserializer, one
-//! instance over `&str`. Measured: the module grew 982,773 -> 988,698
+//! instance over `&str`. Measured: the module grew 982,773 -> 988,455
 //! bytes (with `check` and the token and JWKS rules); parsing a document is
 //! 8 to 20% faster than serde_json's own `Value` (`tests::parse_time`,
 //! twins: examples/full.json and 2,000 routes).
