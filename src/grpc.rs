@@ -283,7 +283,7 @@ pub fn web_trailers_frame(code: Code, encoded_message: &str, text: bool) -> Vec<
 /// fields (`rate_limited (limit=per-client, retry_after=3, route=api)`).
 /// A body that is not such an object is used as it is.
 pub fn message_from_json(body: &str) -> String {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(body) else {
+    let Ok(serde_json::Value::Object(map)) = crate::config::json::parse(body) else {
         return body.to_string();
     };
     let text = |v: &serde_json::Value| match v {

@@ -26,6 +26,7 @@ fn invalid_provider_configs_name_the_path() {
         // Only an HMAC key, but HS* not allowed: nothing could ever verify.
         (provider(json!({ "jwks": { "inline": jwks_only(&["hs-1"]) } })), "jwt_providers.main.jwks.inline: expected at least one key usable"),
         (provider(json!({ "jwks": { "inline_string": "{not json" } })), "jwt_providers.main.jwks.inline_string: expected JWKS JSON text"),
+        (provider(json!({ "jwks": { "inline_string": "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\",\"\\u006b\":\"AB\"}]}" } })), "jwt_providers.main.jwks.inline_string: expected JWKS JSON text, got invalid JSON (keys[0]: duplicate member \"k\" at line 1 column 39)"),
         (provider(json!({ "jwks": { "inline": jwks(), "inline_string": "{}" } })), "jwt_providers.main.jwks: expected exactly one of"),
         (provider(json!({ "jwks": {} })), "jwt_providers.main.jwks: expected exactly one of"),
         (remote(json!({ "cluster": "", "path": "/j" })), "jwt_providers.main.jwks.remote.cluster"),

@@ -48,3 +48,26 @@ fn invalid_config_prints_the_filter_error_and_fails() {
     let (code, _) = run(&[]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn a_member_named_twice_is_refused() {
+    let dir = std::env::temp_dir().join(format!("mg-validate-dup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let bad = dir.join("dup.json");
+    // The escaped spelling of "jwt" is the same member: the filter would
+    // otherwise apply the last one (no JWT check at all).
+    std::fs::write(
+        &bad,
+        r#"{"jwt_providers": {"p": {"issuer": "i", "jwks": {"inline": {"keys": []}}}},
+ "routes": [{"name": "a", "jwt": {"providers": ["p"]}, "\u006awt": null}]}"#,
+    )
+    .expect("write");
+    let (code, out) = run(&[bad.to_str().expect("path")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "meshguard: invalid config at routes[0]: duplicate member \"jwt\" at line 2 column 65"
+        ),
+        "{out}"
+    );
+}

@@ -16,11 +16,15 @@
 //! `invalid config at routes[1].rate_limit[0].capacity: expected an integer >= 1, got 0`.
 //! Unknown keys are errors (a typo must never silently disable a policy); a
 //! top-level `"$schema"` string is the one key that is allowed and ignored.
+//! A member named twice in one object is an error too
+//! (`invalid config at routes[0]: duplicate member "jwt" at line 1 column 57`),
+//! never "the last one wins" (`json`).
 //! An empty document (zero bytes or whitespace) is valid: no routes, every
 //! request passes through untouched.
 
 pub(crate) mod duration;
 pub(crate) mod error;
+pub mod json;
 #[cfg(test)]
 mod path;
 pub mod raw;
@@ -68,10 +72,13 @@ pub fn parse(bytes: &[u8]) -> Result<Option<RawConfig>, ConfigError> {
         ));
     }
     // Two steps: JSON text to a `Value` (syntax errors, with line and
-    // column), then the `Value` to the typed document with the JSON path
-    // of an error tracked (`read`: hand-written, for size).
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| ConfigError::new("", humanize_serde(&e)))?;
+    // column; a member repeated in one object is refused, with the
+    // object's path: `json`), then the `Value` to the typed document with
+    // the JSON path of an error tracked (`read`: hand-written, for size).
+    let value = json::parse(text).map_err(|e| match e.duplicate {
+        Some(path) => ConfigError::new(path, e.error.to_string()),
+        None => ConfigError::new("", humanize_serde(&e.error)),
+    })?;
     if let Some(path) = shape::array_where_object(&value) {
         return Err(ConfigError::expected(path, "an object", "an array"));
     }

@@ -25,6 +25,11 @@
 //! document of the repository and ~31,600 mutations of them both ways and
 //! requires the same result or the same error.
 //!
+//! The text reaches this reader through `json::parse`, which refuses an
+//! object naming a member twice (the derives' map types took the last)
+//! and, unlike serde_json's `Value` visitor, gives no key a special
+//! meaning.
+//!
 //! One difference, on purpose: serde_json's `Value` visitor, which the
 //! derives used for the opaque values (`jwks.inline`, claim rules'
 //! `equals`/`one_of`/`contains`, `rate_limit_grpc_status`, breaker
@@ -957,7 +962,7 @@ fn cache_purge(v: &Value) -> R<RawCachePurge> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
-    use super::super::{humanize, humanize_serde, path, shape, ConfigError};
+    use super::super::{humanize, humanize_serde, json, path, shape, ConfigError};
     use super::*;
     use serde_json::json;
 
@@ -1064,7 +1069,8 @@ mod tests {
         for entry in std::fs::read_dir(root.join("examples")).unwrap() {
             let p = entry.unwrap().path();
             if p.extension().is_some_and(|e| e == "json") {
-                out.push(serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap());
+                // As `config::parse` reads them (no member named twice).
+                out.push(json::parse(&std::fs::read_to_string(&p).unwrap()).unwrap());
             }
         }
         let mut texts = vec![std::fs::read_to_string(root.join("README.md")).unwrap()];
@@ -1080,7 +1086,7 @@ mod tests {
                 match (&mut block, line.trim()) {
                     (None, "```json") => block = Some(String::new()),
                     (Some(b), "```") => {
-                        if let Ok(v) = serde_json::from_str::<Value>(b) {
+                        if let Ok(v) = json::parse(b) {
                             out.push(v);
                         }
                         block = None;
@@ -1191,7 +1197,12 @@ mod tests {
     /// document obtained from one by replacing any value with another of
     /// any type, adding an unknown member to any object or removing any
     /// member, is read with the same result or the same error (path and
-    /// message) by hand and by the derives.
+    /// message) by hand and by the derives. Both read a `Value`, where a
+    /// member cannot repeat: a repeated member is refused before either
+    /// runs (`config::json`; the derives reading text would take the last
+    /// member of a map such as `jwt_providers` and refuse a struct's field
+    /// named twice), tested by
+    /// `every_object_refuses_a_repeated_member_with_its_path` below.
     #[test]
     fn mutated_documents_read_the_same_by_hand_and_by_the_derives() {
         let (mut ok, mut err) = (0, 0);
@@ -1296,6 +1307,125 @@ mod tests {
         assert_eq!(
             raw.routes[0].rate_limit_grpc_status,
             Some(json!({"a": 1, "$serde_json::private::RawValue": "2"}))
+        );
+    }
+    /// The document's text with the first member of the object at `place`
+    /// written twice (the second time as written first).
+    fn with_repeat(doc: &Value, place: &[Place]) -> Option<String> {
+        let Value::Object(m) = at(&mut doc.clone(), place).clone() else {
+            return None;
+        };
+        let (k, v) = m.iter().next()?;
+        // (No brace in a literal here: tests/layers.rs counts them.)
+        const OPEN: char = '\x7b';
+        let members = serde_json::to_string(&m).unwrap();
+        let mut repeated = String::from(OPEN);
+        repeated.push_str(&format!("{}:{v},", serde_json::to_string(k).unwrap()));
+        repeated.push_str(members.strip_prefix(OPEN).unwrap());
+        let mut d = doc.clone();
+        let mark = "\u{1}repeat\u{1}";
+        *at(&mut d, place) = json!(mark);
+        let text = d.to_string();
+        let quoted = serde_json::to_string(mark).unwrap();
+        assert_eq!(text.matches(&quoted).count(), 1);
+        Some(text.replace(&quoted, &repeated))
+    }
+
+    fn show(place: &[Place]) -> String {
+        json::show_path(
+            &place
+                .iter()
+                .map(|p| match p {
+                    Place::Key(k) => json::Step::Key(k.clone()),
+                    Place::Index(i) => json::Step::Index(*i),
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Every object of every repository document, its first member
+    /// written twice: `config::parse` refuses the document, naming the
+    /// object's path and the member (never the last one winning, as
+    /// serde_json's `Value` would).
+    #[test]
+    fn every_object_refuses_a_repeated_member_with_its_path() {
+        let mut n = 0;
+        for doc in corpus() {
+            let mut all = Vec::new();
+            places(&doc, &mut Vec::new(), &mut all);
+            for place in &all {
+                let Some(text) = with_repeat(&doc, place) else {
+                    continue;
+                };
+                let first = at(&mut doc.clone(), place)
+                    .as_object()
+                    .and_then(|m| m.keys().next().cloned())
+                    .unwrap();
+                // serde_json alone takes the text (last wins).
+                assert!(serde_json::from_str::<Value>(&text).is_ok());
+                let e = super::super::parse(text.as_bytes()).unwrap_err();
+                assert_eq!(e.path, show(place), "{text}");
+                let want = format!("duplicate member {first:?} at line 1 column ");
+                assert!(e.msg.starts_with(&want), "{text}: {e}");
+                n += 1;
+            }
+        }
+        assert!(n > 200, "{n} objects");
+    }
+
+    #[test]
+    fn a_repeated_member_is_refused_at_every_depth_and_spelling() {
+        let e = |text: &str| {
+            super::super::parse(text.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        let cases = [
+            // The top level.
+            (
+                r#"{"routes":[],"routes":[]}"#,
+                r#"invalid config: duplicate member "routes" at line 1 column 21"#,
+            ),
+            // A nested object.
+            (
+                r#"{"client_ip":{"xff_trusted_hops":1,"xff_trusted_hops":0}}"#,
+                r#"invalid config at client_ip: duplicate member "xff_trusted_hops" at line 1 column 53"#,
+            ),
+            // Inside an array element: a route's jwt, then null.
+            (
+                r#"{"routes":[{"name":"r","jwt":{"providers":["p"]},"jwt":null}]}"#,
+                r#"invalid config at routes[0]: duplicate member "jwt" at line 1 column 54"#,
+            ),
+            // Two rate limit lists.
+            (
+                r#"{"routes":[{"name":"a"},{"name":"r","rate_limit":[],"rate_limit":[]}]}"#,
+                r#"invalid config at routes[1]: duplicate member "rate_limit" at line 1 column 64"#,
+            ),
+            // The escaped spelling is the same member.
+            (
+                r#"{"routes":[{"name":"r","\u006a\u0077\u0074":null,"jwt":{}}]}"#,
+                r#"invalid config at routes[0]: duplicate member "jwt" at line 1 column 54"#,
+            ),
+            // A map (two providers of one name) and an opaque value (JWKS).
+            (
+                r#"{"jwt_providers":{"a":{"issuer":"x","jwks":{}},"a":{"issuer":"y","jwks":{}}}}"#,
+                r#"invalid config at jwt_providers: duplicate member "a" at line 1 column 50"#,
+            ),
+            (
+                r#"{"jwt_providers":{"a":{"issuer":"x","jwks":{"inline":{"keys":[{"kty":"oct","k":"AA","k":"AB"}]}}}}}"#,
+                r#"invalid config at jwt_providers.a.jwks.inline.keys[0]: duplicate member "k" at line 1 column 87"#,
+            ),
+        ];
+        for (text, want) in cases {
+            let got = e(text);
+            // The column is the repeat's closing quote.
+            let col: usize = got.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(text.get(..col).unwrap().ends_with('"'), "{text}");
+            assert_eq!(got, want, "{text}");
+        }
+        // The same documents without the repeat are read.
+        assert!(
+            super::super::parse(br#"{"routes":[{"name":"r","jwt":null,"rate_limit":[]}]}"#).is_ok()
         );
     }
 }

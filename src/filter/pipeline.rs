@@ -343,7 +343,7 @@ pub fn claim_value(name: &str, v: &serde_json::Value) -> String {
 /// A JWT refusal in the verdict: its `error` and `error_description`
 /// (read back from the refusal's JSON body).
 fn note_jwt_denied(v: &mut state::Verdict, body: &str) {
-    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let parsed: Option<serde_json::Value> = crate::config::json::parse(body).ok();
     let field = |k: &str| {
         parsed
             .as_ref()

@@ -2,7 +2,7 @@
 //! rules (`equals`, `one_of`, `contains`) over dotted claim paths.
 
 use crate::config::raw::RawClaimRule;
-use crate::config::{show_str, ConfigError};
+use crate::config::{json, show_str, ConfigError};
 use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -51,12 +51,25 @@ impl Claims {
         }
         let base = json.as_ptr() as usize;
         let at = |s: &str| (s.as_ptr() as usize - base, s.len());
-        let mut de = serde_json::Deserializer::from_str(&json);
-        let found = de.deserialize_map(MembersVisitor).map_err(|_| BAD)?;
-        de.end().map_err(|_| BAD)?;
-        let members = found
-            .into_iter()
-            .map(|(name, value)| Member {
+        let found = members(&json).map_err(|_| BAD)?;
+        // A claim named twice is refused (RFC 7519 4 allows either that
+        // or the last one winning; parsers taking different ones is an
+        // attack surface: `{"sub":"alice","sub":"admin"}`), names compared
+        // decoded, at every depth (claim rules and claim headers read
+        // dotted paths into object values).
+        if !json::unique(found.iter().map(|(k, _)| k.as_str())) {
+            return Err(DUPLICATE);
+        }
+        let mut members = Vec::with_capacity(found.len());
+        for (name, value) in found {
+            // An object or array value is checked now, building nothing
+            // (it is parsed when read); the text is valid JSON, so the only
+            // failures are a repeat and nesting deeper than the parser's
+            // recursion limit.
+            if value.get().starts_with(['{', '[']) {
+                json::check(value.get()).map_err(|e| if e.is_data() { DUPLICATE } else { BAD })?;
+            }
+            members.push(Member {
                 name: match name {
                     Key::Borrowed(n) => {
                         let (a, l) = at(n);
@@ -66,8 +79,8 @@ impl Claims {
                 },
                 value: at(value.get()),
                 parsed: OnceLock::new(),
-            })
-            .collect();
+            });
+        }
         Ok(Claims {
             json: json.into_boxed_str(),
             members,
@@ -97,17 +110,29 @@ impl Claims {
         }
     }
 
-    /// A top-level claim (the last one if the name repeats, as a JSON
-    /// object's value would be).
+    /// A top-level claim (names are unique: `parse` refused repeats).
     pub fn get(&self, name: &str) -> Option<&Value> {
-        let m = self.members.iter().rev().find(|m| self.name(m) == name)?;
+        let m = self.members.iter().find(|m| self.name(m) == name)?;
         // The text was validated by the parse (syntax, and every `\u`
-        // escape by `escapes_are_text`): this does not fail.
+        // escape by `escapes_are_text`, repeats and depth of objects and
+        // arrays by `json::check`): this does not fail.
         Some(
             m.parsed
-                .get_or_init(|| serde_json::from_str(self.text(m.value)).unwrap_or(Value::Null)),
+                .get_or_init(|| json::parse(self.text(m.value)).unwrap_or(Value::Null)),
         )
     }
+}
+
+/// Why a token whose claims name a member twice (at any depth) is
+/// refused.
+pub const DUPLICATE: &str = "duplicate claim name";
+
+/// The members of a JSON object text, values left as raw JSON text.
+fn members(json: &str) -> Result<Vec<(Key<'_>, &RawValue)>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let found = de.deserialize_map(MembersVisitor)?;
+    de.end()?;
+    Ok(found)
 }
 
 /// Whether every `\u` escape in a (syntactically valid) JSON text is
@@ -180,6 +205,15 @@ impl std::ops::Index<&str> for Claims {
 enum Key<'de> {
     Borrowed(&'de str),
     Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(s) => s,
+            Key::Owned(s) => s,
+        }
+    }
 }
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
@@ -406,7 +440,7 @@ mod tests {
             r#"{"org":{"id":42,"tags":["x",{"y":null}]},"ok":true,"no":false,"n":null}"#,
             r#" { "sp ace" : "v" , "uni\u00e9" : "\u00e9\n\"q\"" , "big" : 12345678901234567890 } "#,
             r#"{"a\u0062":1,"ab2":2}"#,
-            r#"{"dup":1,"x":0,"dup":2}"#,
+            r#"{"x":{"dup":1},"y":[{"dup":2},{"dup":3}],"dup":4}"#,
         ] {
             let value: Value = serde_json::from_str(text).unwrap();
             let claims = Claims::parse(text.as_bytes().to_vec()).unwrap();
@@ -419,11 +453,9 @@ mod tests {
             assert_eq!(claims["absent"], Value::Null);
             assert_eq!(claims.json(), text);
         }
-        // An escaped name is found by its decoded text; a repeated one
-        // gives its last value (as serde_json's object does).
-        let c = Claims::parse(br#"{"a\u0062":1,"dup":1,"dup":2}"#.to_vec()).unwrap();
+        // An escaped name is found by its decoded text.
+        let c = Claims::parse(br#"{"a\u0062":1,"dup":1}"#.to_vec()).unwrap();
         assert_eq!(c.get("ab"), Some(&json!(1)));
-        assert_eq!(c.get("dup"), Some(&json!(2)));
         assert_eq!(
             lookup(&cl(json!({"org": {"id": "acme"}})), "org.id"),
             Some(&json!("acme"))
@@ -460,6 +492,49 @@ mod tests {
         }
         assert!(Claims::from_value(&json!([1])).is_none());
         assert!(Claims::from_value(&json!({"a": 1})).is_some());
+    }
+
+    #[test]
+    fn repeated_claims_are_refused_at_every_depth() {
+        let many: String = (0..40).map(|i| format!("\"c{i}\":{i},")).collect();
+        for bad in [
+            r#"{"sub":"alice","sub":"admin"}"#.to_string(),
+            r#"{"sub":"alice","sub":"alice"}"#.to_string(),
+            r#"{"exp":1,"iss":"i","exp":9999999999}"#.to_string(),
+            // Spelled differently, the same name.
+            r#"{"sub":"alice","\u0073ub":"admin"}"#.to_string(),
+            r#"{"\u0073\u0075\u0062":"alice","sub":"admin"}"#.to_string(),
+            // Many names (sorted, not compared pairwise).
+            format!(r#"{{{many}"c7":0}}"#),
+            format!(r#"{{"c39":0,{many}"z":0}}"#),
+            // Nested: claim rules and claim headers read dotted paths.
+            r#"{"org":{"id":1,"id":2}}"#.to_string(),
+            r#"{"org":{"a":{"id":1,"\u0069d":2}}}"#.to_string(),
+            r#"{"roles":[{"r":1},{"r":1,"r":2}]}"#.to_string(),
+        ] {
+            assert_eq!(
+                Claims::parse(bad.clone().into_bytes()).err(),
+                Some(DUPLICATE),
+                "{bad}"
+            );
+        }
+        for good in [
+            format!(r#"{{{many}"z":0}}"#),
+            r#"{"sub":"a","Sub":"b","s\u0075b2":"c"}"#.to_string(),
+            r#"{"org":{"id":1},"id":2,"x":[{"id":1},{"id":1}]}"#.to_string(),
+        ] {
+            let c = Claims::parse(good.clone().into_bytes()).expect(&good);
+            let full: Value = serde_json::from_str(&good).unwrap();
+            for (k, v) in full.as_object().unwrap() {
+                assert_eq!(c.get(k), Some(v), "{good}");
+            }
+        }
+        // Deeper than the parser goes is malformed, not a repeat.
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert_eq!(
+            Claims::parse(deep.into_bytes()).err(),
+            Some("malformed token payload")
+        );
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! fixed reason string on failure (safe to put in `WWW-Authenticate`; it
 //! never contains any part of the token).
 
+use crate::config::json::{unique, Name};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde::de::{Deserializer, IgnoredAny};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::borrow::Cow;
@@ -157,33 +158,91 @@ pub fn b64url_encode(b: &[u8]) -> String {
 /// The JOSE header members meshguard reads, decoded straight into fields
 /// (other members are skipped, no map is built: this runs once per new
 /// token). `alg` must be a string; `kid` a string and `crit` an array when
-/// present (`null` is neither); a repeated member is an error (RFC 7515 4:
-/// "MUST either reject ... or use ... the lexically last"; rejecting is the
-/// safer choice).
-#[derive(Deserialize)]
+/// present (`null` is neither).
 struct Header<'a> {
-    #[serde(borrow)]
     alg: Cow<'a, str>,
-    #[serde(default, deserialize_with = "present")]
     kid: Option<String>,
-    #[serde(default, deserialize_with = "present")]
     crit: Option<Vec<IgnoredAny>>,
+    /// A member was named twice (RFC 7515 4: "MUST either reject ... or
+    /// use ... the lexically last"; rejecting is the safer choice): any
+    /// member, not only those read, names compared decoded.
+    repeated: bool,
 }
 
-/// A member that, when present, must hold a `T` (`null` included in the
-/// refusal, unlike a plain `Option`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
+impl<'de> Deserialize<'de> for Header<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(HeaderVisitor)
+    }
 }
+
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = Header<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JOSE header object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header<'de>, A::Error> {
+        let (mut alg, mut kid, mut crit) = (None, None, None);
+        let mut repeated = false;
+        let mut names: Vec<Name<'de>> = Vec::new();
+        while let Some(name) = map.next_key::<Name<'de>>()? {
+            // A read member named again is skipped (the whole header is
+            // refused below), never read twice.
+            match &*name.0 {
+                "alg" if alg.is_none() => alg = Some(map.next_value::<CowStr<'de>>()?.0),
+                "kid" if kid.is_none() => kid = Some(map.next_value::<String>()?),
+                "crit" if crit.is_none() => crit = Some(map.next_value::<Vec<IgnoredAny>>()?),
+                "alg" | "kid" | "crit" => {
+                    repeated = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            names.push(name);
+        }
+        repeated |= !unique(names.iter().map(|n| &*n.0));
+        let alg = alg.ok_or_else(|| serde::de::Error::missing_field("alg"))?;
+        Ok(Header {
+            alg,
+            kid,
+            crit,
+            repeated,
+        })
+    }
+}
+
+/// A string borrowed from the text when it has no escapes.
+struct CowStr<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Name::deserialize(d).map(|n| CowStr(n.0))
+    }
+}
+
+/// Why a token whose header names a member twice is refused.
+pub const DUPLICATE_HEADER: &str = "duplicate header parameter";
 
 /// The header, which must be a JSON object (serde would also read a struct
-/// from an array of its fields in order).
-fn parse_header(json: &[u8]) -> Option<Header<'_>> {
-    let first = json.iter().find(|b| !b.is_ascii_whitespace())?;
-    if *first != b'{' {
-        return None;
+/// from an array of its fields in order) naming no member twice.
+fn parse_header(json: &[u8]) -> Result<Header<'_>, &'static str> {
+    const BAD: &str = "malformed token header";
+    // UTF-8 throughout (serde_json does not check skipped strings of bytes).
+    let text = std::str::from_utf8(json).map_err(|_| BAD)?;
+    let first = text.bytes().find(|b| !b.is_ascii_whitespace()).ok_or(BAD)?;
+    if first != b'{' {
+        return Err(BAD);
     }
-    serde_json::from_slice(json).ok()
+    let header: Header<'_> = serde_json::from_str(text).map_err(|_| BAD)?;
+    if header.repeated {
+        return Err(DUPLICATE_HEADER);
+    }
+    Ok(header)
 }
 
 /// Parses a compact JWS. Does NOT verify the signature.
@@ -201,7 +260,7 @@ pub fn parse(token: &[u8]) -> Result<Jws<'_>, &'static str> {
         return Err("malformed token");
     }
     let header_bytes = b64url_decode(h.as_bytes()).ok_or("malformed token header")?;
-    let header = parse_header(&header_bytes).ok_or("malformed token header")?;
+    let header = parse_header(&header_bytes)?;
     let alg = Alg::from_name(&header.alg).ok_or("unsupported algorithm")?;
     // RFC 7515 4.1.11: a recipient MUST reject a token whose `crit` lists an
     // extension it does not understand; meshguard understands none.
@@ -264,6 +323,7 @@ mod tests {
     #[test]
     fn rejections_have_short_reasons() {
         let ok_h = r#"{"alg":"RS256"}"#;
+        let many: String = (0..40).map(|i| format!("\"x{i}\":{i},")).collect();
         let big = "a".repeat(MAX_TOKEN_BYTES + 1);
         let cases: Vec<(String, &str)> = vec![
             (big, "token too large"),
@@ -304,8 +364,51 @@ mod tests {
             ),
             (tok(r#"{"alg":null}"#, "{}", b"s"), "malformed token header"),
             (tok(r#"{"alg":256}"#, "{}", b"s"), "malformed token header"),
+            // A repeated member, whichever (RFC 7515 4), however spelled.
             (
                 tok(r#"{"alg":"none","alg":"RS256"}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(r#"{"alg":"RS256","kid":"a","kid":"b"}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(r#"{"alg":"RS256","typ":"JWT","typ":"at+jwt"}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(r#"{"alg":"RS256","\u0061lg":"HS256"}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(r#"{"alg":"RS256","crit":[],"crit":["b64"]}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            // The repeat is refused whatever its value.
+            (
+                tok(r#"{"kid":"a","alg":"RS256","kid":5}"#, "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            // Many members (sorted, not compared pairwise).
+            (
+                tok(&format!(r#"{{"alg":"RS256",{many}"x7":0}}"#), "{}", b"s"),
+                "duplicate header parameter",
+            ),
+            (
+                tok(&format!(r#"{{"alg":"RS256",{many}"y":0}}"#), "[]", b"x"),
+                "malformed token payload",
+            ),
+            (
+                tok(ok_h, r#"{"sub":"alice","sub":"admin"}"#, b"s"),
+                "duplicate claim name",
+            ),
+            (
+                format!(
+                    "{}.{}.aa",
+                    b64url_encode(b"{\"alg\":\"RS256\",\"x\":\"\xff\"}"),
+                    b64url_encode(b"{}")
+                ),
                 "malformed token header",
             ),
             (tok(r#"["RS256"]"#, "{}", b"s"), "malformed token header"),

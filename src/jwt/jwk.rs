@@ -8,6 +8,7 @@
 use super::jose::{b64url_decode, Alg};
 use super::native::{ec_spki_der, rsa_spki_der, Curve};
 use super::rsassa::{modulus_bits, strip_zeros, RsaKey};
+use crate::config::json::{self, Step};
 use serde_json::Value;
 
 /// At most this many keys of one JWKS are kept (the rest are skipped).
@@ -115,15 +116,34 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Parses JWKS JSON text; see [`KeySet::from_value`].
+    /// Parses JWKS JSON text; see [`KeySet::from_value`]. A key that names
+    /// a member twice (two `"n"`, two `"kty"`, at any depth inside it) is
+    /// skipped as other malformed keys are, never read with the last
+    /// (or first) one winning; a member repeated anywhere else (two
+    /// `"keys"`) refuses the document.
     pub fn from_text(text: &[u8], provider: &str) -> Result<KeySet, &'static str> {
-        let v: Value = serde_json::from_slice(text).map_err(|_| "JWKS is not valid JSON")?;
-        KeySet::from_value(&v, provider)
+        const NOT_JSON: &str = "JWKS is not valid JSON";
+        let text = std::str::from_utf8(text).map_err(|_| NOT_JSON)?;
+        let (v, repeats) = json::parse_marking(text).map_err(|_| NOT_JSON)?;
+        let mut repeating = Vec::new();
+        for at in &repeats {
+            match at.as_slice() {
+                [Step::Key(k), Step::Index(i), ..] if k == "keys" => repeating.push(*i),
+                _ => return Err("JWKS names a member twice outside its keys"),
+            }
+        }
+        KeySet::read(&v, provider, &repeating)
     }
 
     /// Parses a JWKS object, skipping (with a warning) entries it cannot use.
     /// Errors only when the document itself is not a JWKS.
     pub fn from_value(v: &Value, provider: &str) -> Result<KeySet, &'static str> {
+        KeySet::read(v, provider, &[])
+    }
+
+    /// [`KeySet::from_value`], also skipping the keys at `repeating`
+    /// (indexes of keys that named a member twice).
+    fn read(v: &Value, provider: &str, repeating: &[usize]) -> Result<KeySet, &'static str> {
         let keys = v
             .get("keys")
             .and_then(Value::as_array)
@@ -135,7 +155,12 @@ impl KeySet {
                 log::warn!("meshguard: jwt provider {provider}: more than {MAX_KEYS} keys in JWKS, the rest are skipped");
                 break;
             }
-            match parse_jwk(k) {
+            let parsed = if repeating.contains(&i) {
+                Err("a member is named twice")
+            } else {
+                parse_jwk(k)
+            };
+            match parsed {
                 Ok(jwk) => out.keys.push(jwk),
                 Err(why) => log::warn!(
                     "meshguard: jwt provider {provider}: skipping JWKS key {} (kid {:?}): {why}",
@@ -374,6 +399,76 @@ mod tests {
             parse_jwk(&pinned).err(),
             Some("\"alg\" does not match the key type")
         );
+    }
+
+    /// The fixture JWKS with `extra` written first in key `i`.
+    fn with_extra(i: usize, extra: &str) -> String {
+        let text = include_str!("../../tests/fixtures/jwt/jwks.json");
+        let v: Value = serde_json::from_str(text).unwrap();
+        let keys: Vec<String> = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(j, k)| {
+                let k = k.to_string();
+                if i == j {
+                    format!("{{{extra},{}", &k[1..])
+                } else {
+                    k
+                }
+            })
+            .collect();
+        format!("{{\"keys\":[{}]}}", keys.join(","))
+    }
+
+    fn kids(ks: &KeySet) -> Vec<&str> {
+        ks.keys.iter().filter_map(|k| k.kid.as_deref()).collect()
+    }
+
+    #[test]
+    fn a_key_naming_a_member_twice_is_skipped() {
+        let all = ["rsa-1", "rsa-2", "ec-256", "ec-384", "ed-1", "hs-1"];
+        let other_n = crate::jwt::jose::b64url_encode(&[0xc5; 256]);
+        let cases = [
+            (0, format!(r#""n":"{other_n}""#)),
+            (1, format!(r#""\u006e":"{other_n}""#)),
+            (2, r#""kty":"oct""#.to_string()),
+            (3, r#""crv":"P-256""#.to_string()),
+            (4, r#""kid":"rsa-1""#.to_string()),
+            (
+                5,
+                r#""k":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA""#.to_string(),
+            ),
+            // Deeper inside the key.
+            (0, r#""oth":[{"r":"AQ","r":"AQ"}]"#.to_string()),
+        ];
+        for (i, extra) in cases {
+            let text = with_extra(i, &extra);
+            let ks = KeySet::from_text(text.as_bytes(), "t").unwrap();
+            let want: Vec<&str> = all
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, k)| *k)
+                .collect();
+            assert_eq!(kids(&ks), want, "{extra}");
+        }
+        // An unrepeated extra member changes nothing.
+        let text = with_extra(0, r#""x5t":"abc""#);
+        assert_eq!(kids(&KeySet::from_text(text.as_bytes(), "t").unwrap()), all);
+        // A repeat outside the keys refuses the document.
+        for text in [
+            r#"{"keys":[],"keys":[]}"#,
+            r#"{"keys":[],"\u006beys":[]}"#,
+            r#"{"keys":[],"x":{"a":1,"a":2}}"#,
+        ] {
+            assert_eq!(
+                KeySet::from_text(text.as_bytes(), "t").err(),
+                Some("JWKS names a member twice outside its keys"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -300,7 +300,8 @@ fn compile_jwks(
         (Some(v), None, None) => (v.clone(), format!("{path}.inline")),
         (None, Some(s), None) => {
             let at = format!("{path}.inline_string");
-            let v: Value = serde_json::from_str(s).map_err(|e| {
+            // A member named twice is refused, as in the document itself.
+            let v: Value = crate::config::json::parse(s).map_err(|e| {
                 ConfigError::expected(&at, "JWKS JSON text", format!("invalid JSON ({e})"))
             })?;
             (v, at)

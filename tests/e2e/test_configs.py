@@ -118,6 +118,14 @@ BAD = [
      '(every increment at once) to "10s", got \"1m\"'),
     ('{"routes": [{"name": "a", "match": ["/api/"], "rate_limit": [{"capacity": 5, "refill_interval": "1s"}]}]}',
      "meshguard: invalid config at routes[0].match: expected an object, got an array"),
+    # A member named twice: refused, never "the last one wins" (the route
+    # would run without its JWT check).
+    ('{"routes": [{"name": "a", "jwt": {"providers": ["p"]}, "jwt": null}]}',
+     'meshguard: invalid config at routes[0]: duplicate member "jwt" at line 1 column %d'
+     % (len('{"routes": [{"name": "a", "jwt": {"providers": ["p"]}, "jwt"'))),
+    ('{"routes": [], "\\u0072outes": [{"name": "a"}]}',
+     'meshguard: invalid config: duplicate member "routes" at line 1 column %d'
+     % (len('{"routes": [], "\\u0072outes"'))),
 ]
 
 

@@ -244,6 +244,52 @@ def test_each_invalid_token_is_401_with_reason(envoy, upstream):
     assert big not in log
 
 
+def mint_hs_text(header_text, payload_text):
+    """An HS256 token over these exact JSON texts (a repeated member
+    cannot be written from a dict): validly signed with the fixture key."""
+    import hashlib
+    import hmac
+    from jwt_support import HS_SECRET
+    si = b64u(header_text.encode()) + "." + b64u(payload_text.encode())
+    return si + "." + b64u(hmac.new(HS_SECRET, si.encode(), hashlib.sha256).digest())
+
+
+HS_HEADER = '{"alg":"HS256","typ":"JWT","kid":"hs-1"}'
+
+
+def test_a_repeated_claim_or_header_parameter_is_401(envoy, upstream):
+    """RFC 7515 4 / RFC 7519 4: a repeated name is refused, never read as
+    the first or the last ({"sub":"alice","sub":"admin"}), at any depth and
+    however spelled; the same token without the repeat passes."""
+    e = start(envoy, upstream)
+    body = json.dumps(claims(), separators=(",", ":"))
+    assert body.startswith('{"iss":') and '"sub":"user-1"' in body
+    good = mint_hs_text(HS_HEADER, body)
+    assert e.request("/api/ok", headers=bearer(good))[0] == 200
+    assert last_upstream(upstream)[2]["x-user"] == "user-1"
+    repeated = [
+        # sub twice, the other one first or last.
+        (HS_HEADER, '{"sub":"admin",' + body[1:], "duplicate claim name"),
+        (HS_HEADER, body[:-1] + ',"sub":"admin"}', "duplicate claim name"),
+        # The escaped spelling is the same claim.
+        (HS_HEADER, body[:-1] + ',"\\u0073ub":"admin"}', "duplicate claim name"),
+        # exp twice: one far, one past.
+        (HS_HEADER, body[:-1] + ',"exp":1}', "duplicate claim name"),
+        # Nested: org.id is copied to x-org.
+        (HS_HEADER, body.replace('"id":"acme"', '"id":"acme","id":"evil"'), "duplicate claim name"),
+        # The header: kid, alg, any parameter.
+        ('{"alg":"HS256","typ":"JWT","kid":"hs-1","kid":"hs-1"}', body, "duplicate header parameter"),
+        ('{"alg":"HS256","alg":"HS256","kid":"hs-1"}', body, "duplicate header parameter"),
+        ('{"alg":"HS256","typ":"JWT","typ":"JWT","kid":"hs-1"}', body, "duplicate header parameter"),
+    ]
+    for header, payload, reason in repeated:
+        assert_invalid(e, mint_hs_text(header, payload), route="api", reason=reason)
+    stats = e.stats()
+    assert stats["wasmcustom.meshguard.jwt.api.allowed"] == 1
+    assert stats["wasmcustom.meshguard.jwt.api.denied"] == len(repeated)
+    assert upstream.hits == 1
+
+
 def test_failed_claims_rule_is_403_insufficient_scope(envoy, upstream):
     e = start(envoy, upstream)
     tok = TOKENS["scope_read_only"]
