@@ -48,7 +48,7 @@ pub enum Step {
 
 /// `a.b[0].c`: keys joined by dots, indexes in brackets (the
 /// configuration's error paths).
-pub fn show_path(steps: &[Step]) -> String {
+pub fn show_path<'a>(steps: impl IntoIterator<Item = &'a Step>) -> String {
     let mut out = String::new();
     for step in steps {
         match step {
@@ -157,9 +157,7 @@ fn run(text: &str, ctx: &Ctx) -> Result<Value, Error> {
     v.map_err(|error| {
         let duplicate = ctx.duplicate.get().then(|| {
             // Innermost step first while the error went up.
-            let mut steps = ctx.path.take();
-            steps.reverse();
-            show_path(&steps)
+            show_path(ctx.path.take().iter().rev())
         });
         Error { error, duplicate }
     })

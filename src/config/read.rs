@@ -46,16 +46,11 @@
 //! below).
 
 use super::duration::{Duration, EXPECTED as DURATION_EXPECTED};
+use super::json::Step;
 use super::raw::*;
 use serde::de::Unexpected;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-
-/// One step of a JSON path, innermost first while an error goes up.
-enum Step {
-    Key(String),
-    Index(usize),
-}
 
 /// A reading error: serde's wording (humanized by the caller) and where.
 pub(super) struct Error {
@@ -81,25 +76,10 @@ impl Error {
         self
     }
 
-    /// `a.b[0].c`: keys joined by dots, indexes in brackets.
+    /// `a.b[0].c`: keys joined by dots, indexes in brackets (`steps`
+    /// holds the innermost first, as the error went up).
     pub fn path(&self) -> String {
-        let mut out = String::new();
-        for step in self.steps.iter().rev() {
-            match step {
-                Step::Key(k) => {
-                    if !out.is_empty() {
-                        out.push('.');
-                    }
-                    out.push_str(k);
-                }
-                Step::Index(i) => {
-                    out.push('[');
-                    out.push_str(&i.to_string());
-                    out.push(']');
-                }
-            }
-        }
-        out
+        super::json::show_path(self.steps.iter().rev())
     }
 }
 

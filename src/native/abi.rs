@@ -73,6 +73,19 @@ pub struct ModuleHeader {
     pub value_len: usize,
 }
 
+impl ModuleHeader {
+    /// Points at `name` and `value`, which must outlive the call it is
+    /// handed to (Envoy copies them).
+    pub fn of(name: &[u8], value: &[u8]) -> Self {
+        ModuleHeader {
+            key_ptr: name.as_ptr(),
+            key_len: name.len(),
+            value_ptr: value.as_ptr(),
+            value_len: value.len(),
+        }
+    }
+}
+
 /// A header owned by Envoy.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -195,12 +195,7 @@ fn send_as(
     };
     let hs: Vec<ModuleHeader> = headers
         .iter()
-        .map(|(n, v)| ModuleHeader {
-            key_ptr: n.as_ptr(),
-            key_len: n.len(),
-            value_ptr: v.as_ptr(),
-            value_len: v.len(),
-        })
+        .map(|(n, v)| ModuleHeader::of(n.as_bytes(), v))
         .collect();
     let mut callout_id = 0u64;
     let timeout_ms = u64::try_from(timeout.as_millis())

@@ -63,7 +63,7 @@
 //! with the worker's table borrowed and the stream's filter current, as a
 //! bug deep in the pipeline would (`tests/e2e/test_native_panic.py`).
 
-use super::abi::{self, EnvoyBuffer, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
+use super::abi::{self, EnvoyBuffer, FilterEnvoyPtr, ModuleBuffer};
 use super::config::ModuleConfig;
 use super::host::{self, NativeHost};
 use super::metrics::PANICS as METRIC;
@@ -461,50 +461,22 @@ fn fail_request(filter: FilterEnvoyPtr) {
                     crate::filter::state::grpc_reply(kind, ct.as_deref(), code, message, &[]);
                 (200, map, body)
             }
-            None => {
-                let mut map = HeaderMap::with_capacity(1, 32);
-                map.add(b"content-type", b"application/json");
-                (500, map, BODY.as_bytes().to_vec())
-            }
+            None => json_500(),
         }
     });
-    let (status, map, body) = reply.unwrap_or_else(|_| {
-        let mut map = HeaderMap::with_capacity(1, 32);
-        map.add(b"content-type", b"application/json");
-        (500, map, BODY.as_bytes().to_vec())
-    });
-    let sent = run(|| send_reply(filter, status, &map, &body));
+    let (status, map, body) = reply.unwrap_or_else(|_| json_500());
+    let sent = run(|| host::send_response(filter, status, &map, &body, b"meshguard_panic"));
     if !matches!(sent, Ok(true)) {
         log::warn!("meshguard: the host refused the local 500 reply after a panic");
     }
 }
 
-fn send_reply(filter: FilterEnvoyPtr, status: u32, map: &HeaderMap, body: &[u8]) -> bool {
-    if filter.is_null() {
-        return false;
-    }
-    let hs: Vec<ModuleHeader> = map
-        .iter()
-        .map(|(n, v)| ModuleHeader {
-            key_ptr: n.as_ptr(),
-            key_len: n.len(),
-            value_ptr: v.as_ptr(),
-            value_len: v.len(),
-        })
-        .collect();
-    // SAFETY: the live filter of the running hook; headers and body
-    // outlive the call.
-    unsafe {
-        abi::envoy_dynamic_module_callback_http_send_response(
-            filter,
-            status,
-            hs.as_ptr(),
-            hs.len(),
-            ModuleBuffer::of(body),
-            ModuleBuffer::of(b"meshguard_panic"),
-        );
-    }
-    true
+/// The plain 500 after a panic (a request that is not gRPC, or when
+/// building the gRPC reply failed too).
+fn json_500() -> (u32, HeaderMap, Vec<u8>) {
+    let mut map = HeaderMap::with_capacity(1, 32);
+    map.add(b"content-type", b"application/json");
+    (500, map, BODY.as_bytes().to_vec())
 }
 
 // ---------------------------------------------------------------- exports
@@ -887,6 +859,7 @@ mod test_panic {
 
 #[cfg(test)]
 mod tests {
+    use super::abi::ModuleHeader;
     use super::*;
     use crate::host::MetricKind;
 

@@ -591,30 +591,10 @@ impl Stream for NativeHost<'_> {
     }
 
     fn send_local_reply(&self, status: u32, headers: &HeaderMap, body: &[u8]) -> bool {
-        let Some(f) = self.filter() else {
-            return false;
-        };
-        let hs: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(n, v)| ModuleHeader {
-                key_ptr: n.as_ptr(),
-                key_len: n.len(),
-                value_ptr: v.as_ptr(),
-                value_len: v.len(),
-            })
-            .collect();
-        // SAFETY: live filter; `headers` and `body` outlive the call.
-        unsafe {
-            abi::envoy_dynamic_module_callback_http_send_response(
-                f,
-                status,
-                hs.as_ptr(),
-                hs.len(),
-                ModuleBuffer::of(body),
-                ModuleBuffer::of(b"meshguard"),
-            );
+        match self.filter() {
+            Some(f) => send_response(f, status, headers, body, b"meshguard"),
+            None => false,
         }
-        true
     }
 
     fn resume_request(&self) {
@@ -697,6 +677,37 @@ impl Stream for NativeHost<'_> {
     fn http_call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
         ANSWER.with(|a| a.borrow().as_ref().map(|a| a.body.clone()))
     }
+}
+
+/// Answers the stream of `filter` (live, the running hook's) with a local
+/// reply; `details` names the reply in Envoy's access log
+/// (`%RESPONSE_CODE_DETAILS%`). Whether it could be sent (no filter: no).
+pub(crate) fn send_response(
+    filter: FilterEnvoyPtr,
+    status: u32,
+    headers: &HeaderMap,
+    body: &[u8],
+    details: &'static [u8],
+) -> bool {
+    if filter.is_null() {
+        return false;
+    }
+    let hs: Vec<ModuleHeader> = headers
+        .iter()
+        .map(|(n, v)| ModuleHeader::of(n, v))
+        .collect();
+    // SAFETY: the caller's live filter; `headers` and `body` outlive the call.
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_send_response(
+            filter,
+            status,
+            hs.as_ptr(),
+            hs.len(),
+            ModuleBuffer::of(body),
+            ModuleBuffer::of(details),
+        );
+    }
+    true
 }
 
 #[cfg(test)]
