@@ -12,7 +12,6 @@ environment (to show the test fails, or for a quiet machine):
 MESHGUARD_MAX_MODULE_BYTES, MESHGUARD_MAX_LOAD_RATIO."""
 
 import os
-import statistics
 import subprocess
 
 import harness
@@ -28,12 +27,16 @@ import harness
 # -57 KB). The bound is that plus ~2%: a guard against accidental growth,
 # not the 600 KB target of #22 (docs/performance.md, "Footprint").
 MAX_MODULE_BYTES = int(os.environ.get("MESHGUARD_MAX_MODULE_BYTES", "1002000"))
-# meshguard no-policy / trivial filter, medians of ROUNDS alternating starts
-# at --concurrency 2: 4-5.5x measured on the 2-core host, idle or loaded
-# (V8 compiles the whole module with TurboFan before /ready; the trivial
-# module is 121 KB).
+# meshguard no-policy / trivial filter, the fastest of ROUNDS alternating
+# starts each at --concurrency 2: 4-5.5x measured on the 2-core host, idle
+# or loaded (V8 compiles the whole module with TurboFan before /ready; the
+# trivial module is 121 KB). The fastest, not the median: another test
+# running beside this one only ever adds time, and it adds more to the
+# longer compile (a CI run with the suite's other worker busy: medians
+# 2,029 vs 201 ms, 10x; fastest 1,009 vs 184 ms, 5.5x). A real regression
+# slows every start, the fastest too.
 MAX_LOAD_RATIO = float(os.environ.get("MESHGUARD_MAX_LOAD_RATIO", "8"))
-ROUNDS = 3
+ROUNDS = 5
 
 TRIVIAL_DIR = os.path.join(harness.ROOT, "bench", "trivial-filter")
 TRIVIAL_WASM = os.path.join(TRIVIAL_DIR, "target", "wasm32-wasip1", "release", "trivial_filter.wasm")
@@ -87,8 +90,8 @@ def test_configuration_load_is_within_a_ratio_of_the_trivial_filters(tmp_path, u
         else:
             mg.append(load_ms(tmp_path, upstream))
             tr.append(load_ms(tmp_path, upstream, trivial))
-    ratio = statistics.median(mg) / statistics.median(tr)
+    ratio = min(mg) / min(tr)
     detail = (f"meshguard {[round(x) for x in mg]} ms, trivial filter {[round(x) for x in tr]} ms: "
-              f"median ratio {ratio:.2f}x (bound {MAX_LOAD_RATIO}x)")
+              f"fastest-start ratio {ratio:.2f}x (bound {MAX_LOAD_RATIO}x)")
     print(detail)
     assert ratio <= MAX_LOAD_RATIO, detail
