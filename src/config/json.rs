@@ -29,7 +29,7 @@
 //! bodies with it too): it is the module's only `Value` deserializer, one
 //! instance over `&str`. Measured: the module grew 982,773 -> 988,455
 //! bytes (with `check` and the token and JWKS rules); parsing a document is
-//! 8 to 20% faster than serde_json's own `Value` (`tests::parse_time`,
+//! 8 to 20% faster than serde_json's own `Value` (`benches/config_parse.rs`,
 //! twins: examples/full.json and 2,000 routes).
 
 use super::error::show_str;
@@ -535,53 +535,6 @@ mod tests {
             ours["o"]["$serde_json::private::RawValue"],
             "{\"id\":\"admin\"}"
         );
-    }
-
-    /// Not a test: how long `parse` takes against serde_json's own
-    /// `Value` parse, interleaved (twins), on examples/full.json and on a
-    /// document of 2,000 routes.
-    /// `cargo test --release --lib config::json::tests::parse_time -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn parse_time() {
-        use std::time::Instant;
-        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let full = std::fs::read_to_string(root.join("examples/full.json")).unwrap();
-        let routes: Vec<String> = (0..2000)
-            .map(|i| {
-                format!(
-                    r#"{{"name":"r{i}","match":{{"path_prefix":"/r{i}/","methods":["GET","POST"]}},"rate_limit":[{{"name":"l","capacity":{i},"refill_tokens":1,"refill_interval":"1s","key":["client_ip",{{"header":"x-k"}}]}}]}}"#
-                )
-            })
-            .collect();
-        let big = format!(r#"{{"routes":[{}]}}"#, routes.join(","));
-        for (name, text, n) in [("full.json", &full, 20_000), ("2000 routes", &big, 40)] {
-            let (mut theirs, mut ours) = (Vec::new(), Vec::new());
-            for _ in 0..5 {
-                let t = Instant::now();
-                for _ in 0..n {
-                    std::hint::black_box(serde_json::from_str::<Value>(text).unwrap());
-                }
-                theirs.push(t.elapsed().as_secs_f64() / n as f64);
-                let t = Instant::now();
-                for _ in 0..n {
-                    std::hint::black_box(parse(text).unwrap());
-                }
-                ours.push(t.elapsed().as_secs_f64() / n as f64);
-            }
-            let med = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
-            let (t, o) = (med(&mut theirs), med(&mut ours));
-            println!(
-                "{name} ({} bytes): serde_json {:.1} us, json::parse {:.1} us, ratio {:.3}",
-                text.len(),
-                t * 1e6,
-                o * 1e6,
-                o / t
-            );
-        }
     }
 
     #[test]
