@@ -772,19 +772,25 @@ fn acts_before_lock_read<'a>(
     }
 }
 
+/// Stores "kept" (max-age=1, ETag "k") for `get(&[])` and lets it go
+/// stale: the next lookup revalidates.
+fn store_stale_kept(host: &crate::host::fake::FakeHost, route: &CacheRoute) {
+    let first = h(&[("cache-control", "max-age=1"), ("etag", "\"k\"")]);
+    let Lookup::Miss { mut ctx } = lookup(host, route, &get(&[])) else {
+        panic!("expected a miss")
+    };
+    on_response_headers(host, route, &mut ctx, 200, &first);
+    assert!(store(host, route, &mut ctx, 200, &first, b"kept"));
+    host.advance(std::time::Duration::from_secs(3));
+}
+
 #[test]
 fn a_request_that_locks_after_a_revalidation_completed_is_a_hit() {
     use crate::host::fake::FakeHost;
     let host = FakeHost::new(1_700_000_000 * NS);
     let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
     let route = test_route(&policy, &store_cfg);
-    let first = h(&[("cache-control", "max-age=1"), ("etag", "\"k\"")]);
-    let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
-        panic!("expected a miss")
-    };
-    on_response_headers(&host, &route, &mut ctx, 200, &first);
-    assert!(store(&host, &route, &mut ctx, 200, &first, b"kept"));
-    host.advance(std::time::Duration::from_secs(3));
+    store_stale_kept(&host, &route);
     // Worker B revalidates; worker A reads the stale entry, then B's 304
     // lands (entry refreshed, lock released) before A reaches the lock.
     let Lookup::Revalidate { ctx: b_ctx, .. } = lookup(&host, &route, &get(&[])) else {
@@ -873,13 +879,7 @@ fn a_request_losing_the_lock_race_twice_waits_instead_of_revalidating_unlocked()
     let host = FakeHost::new(1_700_000_000 * NS);
     let (policy, store_cfg) = (CachePolicy::default(), store_1mib());
     let route = test_route(&policy, &store_cfg);
-    let first = h(&[("cache-control", "max-age=1"), ("etag", "\"k\"")]);
-    let Lookup::Miss { mut ctx } = lookup(&host, &route, &get(&[])) else {
-        panic!("expected a miss")
-    };
-    on_response_headers(&host, &route, &mut ctx, 200, &first);
-    assert!(store(&host, &route, &mut ctx, 200, &first, b"kept"));
-    host.advance(std::time::Duration::from_secs(3));
+    store_stale_kept(&host, &route);
     // Other workers take and release the lock between each of this
     // request's two attempts: it must not go upstream without the lock (a
     // second revalidation of the same key).
