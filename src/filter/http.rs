@@ -258,6 +258,17 @@ impl HttpStream {
         Action::Continue
     }
 
+    /// Whether `on_response_body` has anything to do with this stream (a
+    /// usage meter or a cache fill reads the body): a runtime that must
+    /// work to learn a body's size (the native module) asks first.
+    pub fn needs_response_body(&self) -> bool {
+        self.state.as_ref().is_some_and(|state| {
+            state
+                .try_borrow()
+                .is_ok_and(|s| !s.local_reply && (s.usage.is_some() || s.capture.is_some()))
+        })
+    }
+
     /// Response trailers: a gRPC call's outcome may wait for them.
     pub fn on_response_trailers<P: Host + Stream>(&mut self, px: &P) {
         if let Some(state) = &self.state {

@@ -91,7 +91,12 @@ impl Vm {
         self.px.set_body_chunk(id, chunk);
         self.px.enter(id);
         let s = self.streams.get_mut(&id).expect("stream");
-        let a = s.on_response_body(&self.px, chunk.len(), eos);
+        // As the native module does: the body only when the stream says
+        // it reads it (a wrong "no" fails every cache fill and usage test).
+        let a = match s.needs_response_body() {
+            true => s.on_response_body(&self.px, chunk.len(), eos),
+            false => Action::Continue,
+        };
         if eos && a == Action::Continue {
             self.end(id, true);
         }
@@ -628,6 +633,21 @@ fn a_response_is_copied_into_the_cache_as_it_streams_and_then_served() {
     assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
     assert!(r.header("cache-status").is_some_and(|v| v.contains("hit")));
     assert_eq!(vm.metric("meshguard.cache.api.hit"), Some(1));
+}
+
+/// Only a stream that reads its response body says so: a cache fill
+/// does until its body is stored; a rate-limited route never does.
+#[test]
+fn a_stream_needs_its_response_body_only_while_something_reads_it() {
+    let mut vm = Vm::new(cache_config(65_536));
+    vm.get(1, "/doc", &[]);
+    vm.respond(1, &CACHEABLE, false);
+    assert!(vm.streams[&1].needs_response_body());
+    let mut vm = Vm::new(json!({ "routes": [ route(json!({ "rate_limit": [
+        { "name": "all", "capacity": 5, "refill_interval": "10s" } ] })) ] }));
+    vm.get(1, "/", &[]);
+    vm.respond(1, &[(":status", "200")], false);
+    assert!(!vm.streams[&1].needs_response_body());
 }
 
 #[test]

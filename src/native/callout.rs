@@ -497,10 +497,19 @@ fn take(carrier: u32, config: usize, callout_id: u64) -> Option<(u32, Kind)> {
 pub fn take_all(carrier: u32) -> Vec<(u32, Kind)> {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
-        let (gone, keep): (Vec<Pending>, Vec<Pending>) =
-            p.drain(..).partition(|c| c.carrier == carrier);
-        *p = keep;
-        gone.into_iter().map(|c| (c.token, c.kind)).collect()
+        // Most streams carried nothing: no pass that rebuilds the list.
+        if !p.iter().any(|c| c.carrier == carrier) {
+            return Vec::new();
+        }
+        let mut gone = Vec::new();
+        p.retain(|c| match c.carrier == carrier {
+            true => {
+                gone.push((c.token, c.kind));
+                false
+            }
+            false => true,
+        });
+        gone
     })
 }
 

@@ -19,11 +19,12 @@ use super::callout::Answer;
 use super::config::ModuleConfig;
 use super::store::Store;
 use crate::host::batch::MetricBatch;
-use crate::host::header_map::HeaderMap;
+use crate::host::header_map::{self, HeaderMap};
 use crate::host::{Host, HostError, IdHasher, MetricId, MetricKind, SetError, SharedValue, Stream};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 thread_local! {
@@ -248,9 +249,23 @@ impl<'a> NativeHost<'a> {
     /// one call for the count, one for the headers. Returns the count, 0
     /// when there is no stream or Envoy gave none.
     fn visit_headers(&self, kind: u32, mut f: impl FnMut(&[u8], &[u8])) -> usize {
-        let Some(f_ptr) = self.filter() else {
-            return 0;
-        };
+        self.with_headers(kind, |hs| {
+            for h in hs {
+                // SAFETY: Envoy's buffers, live until the hook returns.
+                f(unsafe { slice(h.key_ptr, h.key_len) }, unsafe {
+                    slice(h.value_ptr, h.value_len)
+                });
+            }
+            hs.len()
+        })
+        .unwrap_or(0)
+    }
+
+    /// Runs `f` on the headers `kind` as Envoy's array of pointers (into
+    /// the stack for a few, else a vector): one call for the count, one
+    /// for the headers. `None` when there is no stream or Envoy gave none.
+    fn with_headers<R>(&self, kind: u32, f: impl FnOnce(&[EnvoyHeader]) -> R) -> Option<R> {
+        let f_ptr = self.filter()?;
         /// Headers read into the stack; more go through a vector.
         const INLINE: usize = 32;
         // SAFETY: `f_ptr` is the live filter of the running hook; the
@@ -259,23 +274,30 @@ impl<'a> NativeHost<'a> {
         unsafe {
             let n = abi::envoy_dynamic_module_callback_http_get_headers_size(f_ptr, kind);
             if n == 0 {
-                return 0;
+                return None;
             }
-            let mut inline = [EnvoyHeader::NULL; INLINE];
-            let mut heap = Vec::new();
-            let buf: &mut [EnvoyHeader] = if n <= INLINE {
+            // Not zeroed first (32 headers are 1 KiB): Envoy writes the
+            // `n` entries it counted, and only those are read.
+            let mut inline = [const { MaybeUninit::<EnvoyHeader>::uninit() }; INLINE];
+            let mut heap: Vec<MaybeUninit<EnvoyHeader>> = Vec::new();
+            let buf: &mut [MaybeUninit<EnvoyHeader>] = if n <= INLINE {
                 inline.get_mut(..n).unwrap_or_default()
             } else {
-                heap.resize(n, EnvoyHeader::NULL);
+                heap.resize_with(n, MaybeUninit::uninit);
                 &mut heap
             };
-            if !abi::envoy_dynamic_module_callback_http_get_headers(f_ptr, kind, buf.as_mut_ptr()) {
-                return 0;
+            if !abi::envoy_dynamic_module_callback_http_get_headers(
+                f_ptr,
+                kind,
+                buf.as_mut_ptr().cast::<EnvoyHeader>(),
+            ) {
+                return None;
             }
-            for h in buf.iter() {
-                f(slice(h.key_ptr, h.key_len), slice(h.value_ptr, h.value_len));
-            }
-            n
+            // Envoy has written all `n` (its promise for a count it gave).
+            Some(f(std::slice::from_raw_parts(
+                buf.as_ptr().cast::<EnvoyHeader>(),
+                buf.len(),
+            )))
         }
     }
 
@@ -518,17 +540,24 @@ impl Host for NativeHost<'_> {
 
 impl Stream for NativeHost<'_> {
     fn request_headers_raw(&self) -> Option<Vec<u8>> {
-        // Straight from Envoy's buffers into the serialised map (names
-        // made valid UTF-8 as `headers` does; a copy only when they are not).
-        let mut map = HeaderMap::with_capacity(16, 512);
-        self.visit_headers(abi::header_type::REQUEST_HEADERS, |n, v| {
-            if n.is_ascii() {
-                map.add(n, v);
-            } else {
-                map.add(String::from_utf8_lossy(n).as_bytes(), v);
+        // Straight from Envoy's buffers into the serialised map, sized
+        // first and written in one allocation (names made valid UTF-8 as
+        // `headers` does: through a `HeaderMap` when one is not ASCII).
+        let raw = self.with_headers(abi::header_type::REQUEST_HEADERS, |hs| {
+            // SAFETY: Envoy's buffers, live until the hook returns.
+            let pair = |h: &EnvoyHeader| unsafe {
+                (slice(h.key_ptr, h.key_len), slice(h.value_ptr, h.value_len))
+            };
+            if hs.iter().any(|h| !pair(h).0.is_ascii()) {
+                let mut map = HeaderMap::with_capacity(hs.len(), 512);
+                for (n, v) in hs.iter().map(pair) {
+                    map.add(String::from_utf8_lossy(n).as_bytes(), v);
+                }
+                return map.finish();
             }
+            header_map::serialize(hs.iter().map(pair))
         });
-        Some(map.finish())
+        Some(raw.unwrap_or_else(|| HeaderMap::default().finish()))
     }
 
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {

@@ -855,6 +855,9 @@ fn envoy_dynamic_module_on_http_filter_response_body(
     end_of_stream: bool,
 ) -> u32 {
     response_hook(filter, module, end_of_stream, |s, host| {
+        if !s.needs_response_body() {
+            return Action::Continue;
+        }
         let size = host.response_body_size();
         s.on_response_body(host, size, end_of_stream)
     });

@@ -16,14 +16,43 @@
 
 use crate::host::{HostError, SetError, SharedValue};
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 const SHARDS: usize = 16;
 
-type Map = HashMap<String, (Vec<u8>, u32)>;
+/// A key's value and CAS token.
+struct Entry {
+    key: String,
+    value: Vec<u8>,
+    cas: u32,
+}
+
+/// One shard: the entries by their key's hash (computed once per call:
+/// it also picks the shard), a list per hash for the rare collision.
+type Map = HashMap<u64, Vec<Entry>, BuildHasherDefault<Spread>>;
 type Shard = Mutex<Map>;
+
+/// The map's hasher: the keys are already `RandomState` hashes (keyed
+/// SipHash, so a client choosing bucket keys cannot aim at one slot), kept
+/// as they are.
+#[derive(Default)]
+struct Spread(u64);
+
+impl Hasher for Spread {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// See the module docs.
 pub struct Store {
@@ -35,7 +64,9 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Self {
         Store {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             next_cas: AtomicU32::new(0),
         }
@@ -49,13 +80,15 @@ impl Store {
         STORE.get_or_init(Store::default)
     }
 
-    fn shard(&self, key: &str) -> Result<std::sync::MutexGuard<'_, Map>, String> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        let shard = self.shards.get(i).ok_or("no shard")?;
+    /// The key's hash and its shard, locked.
+    fn shard(&self, key: &str) -> Result<(u64, std::sync::MutexGuard<'_, Map>), String> {
+        let h = self.hasher.hash_one(key);
+        // The low bits pick the shard, the map uses the hash whole.
+        let shard = self.shards.get(h as usize % SHARDS).ok_or("no shard")?;
         // A poisoned lock only means a writer panicked (caught at the FFI
         // edge, `guard.rs`): under the lock a value is only replaced
         // whole, so the map itself is still consistent.
-        Ok(shard.lock().unwrap_or_else(|e| e.into_inner()))
+        Ok((h, shard.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
     fn bump(&self) -> u32 {
@@ -71,30 +104,33 @@ impl Store {
     }
 
     pub fn get(&self, key: &str) -> Result<SharedValue, HostError> {
-        let map = self.shard(key).map_err(HostError)?;
-        Ok(match map.get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+        let (h, map) = self.shard(key).map_err(HostError)?;
+        let found = map.get(&h).and_then(|l| l.iter().find(|e| e.key == key));
+        Ok(match found {
+            Some(e) => (Some(e.value.clone()), Some(e.cas)),
             None => (None, None),
         })
     }
 
     pub fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-        let mut map = self.shard(key).map_err(SetError::Host)?;
-        match map.get_mut(key) {
-            Some((v, current)) => {
+        let (h, mut map) = self.shard(key).map_err(SetError::Host)?;
+        let list = map.entry(h).or_default();
+        match list.iter_mut().find(|e| e.key == key) {
+            Some(e) => {
                 if let Some(c) = cas {
-                    if c != 0 && c != *current {
+                    if c != 0 && c != e.cas {
                         return Err(SetError::CasMismatch);
                     }
                 }
-                v.clear();
-                v.extend_from_slice(value);
-                *current = self.bump();
+                e.value.clear();
+                e.value.extend_from_slice(value);
+                e.cas = self.bump();
             }
-            None => {
-                let c = self.bump();
-                map.insert(key.to_owned(), (value.to_vec(), c));
-            }
+            None => list.push(Entry {
+                key: key.to_owned(),
+                value: value.to_vec(),
+                cas: self.bump(),
+            }),
         }
         Ok(())
     }
@@ -104,7 +140,11 @@ impl Store {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .map(|s| {
+                s.lock()
+                    .map(|m| m.values().map(Vec::len).sum())
+                    .unwrap_or(0)
+            })
             .sum()
     }
 }
@@ -140,6 +180,37 @@ mod tests {
         s.set("k", b"e", None).unwrap();
         s.set("k", b"f", Some(0)).unwrap();
         assert_eq!(s.get("k").unwrap().0.as_deref(), Some(&b"f"[..]));
+    }
+
+    /// Two keys with one hash (planted: SipHash collisions cannot be
+    /// found on purpose) live side by side, each with its own value and
+    /// token.
+    #[test]
+    fn keys_sharing_a_hash_are_kept_apart() {
+        let s = Store::default();
+        {
+            let (h, mut map) = s.shard("k").unwrap();
+            map.entry(h).or_default().push(Entry {
+                key: "twin".into(),
+                value: b"t".to_vec(),
+                cas: 7,
+            });
+        }
+        assert_eq!(s.get("k").unwrap(), (None, None));
+        s.set("k", b"a", Some(CREATE_CAS)).unwrap();
+        let (v, c) = s.get("k").unwrap();
+        assert_eq!(v.as_deref(), Some(&b"a"[..]));
+        assert_eq!(s.set("k", b"b", Some(7)), Err(SetError::CasMismatch));
+        s.set("k", b"b", c).unwrap();
+        let (_, map) = s.shard("k").unwrap();
+        let list = map
+            .values()
+            .find(|l| l.len() == 2)
+            .expect("one list of two");
+        let twin = list.iter().find(|e| e.key == "twin").unwrap();
+        assert_eq!((twin.value.as_slice(), twin.cas), (&b"t"[..], 7));
+        let k = list.iter().find(|e| e.key == "k").unwrap();
+        assert_eq!(k.value, b"b");
     }
 
     #[test]
