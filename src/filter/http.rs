@@ -261,6 +261,7 @@ impl HttpStream {
     /// Whether `on_response_body` has anything to do with this stream (a
     /// usage meter or a cache fill reads the body): a runtime that must
     /// work to learn a body's size (the native module) asks first.
+    #[cfg_attr(not(any(test, feature = "native")), allow(dead_code))]
     pub fn needs_response_body(&self) -> bool {
         self.state.as_ref().is_some_and(|state| {
             state
