@@ -258,6 +258,16 @@ impl HttpStream {
         Action::Continue
     }
 
+    /// Whether the stream has nothing left to do: its request went on
+    /// with no state kept and no headers to add, so the response
+    /// callbacks do nothing and its end only looks for a park it is not
+    /// in (`on_end`). A runtime may then skip the response callbacks and
+    /// the end (the native module does; a reset is still counted).
+    #[cfg_attr(not(any(test, feature = "native")), allow(dead_code))]
+    pub fn is_idle(&self) -> bool {
+        self.state.is_none() && self.headers_only.is_none()
+    }
+
     /// Whether `on_response_body` has anything to do with this stream (a
     /// usage meter or a cache fill reads the body): a runtime that must
     /// work to learn a body's size (the native module) asks first.

@@ -366,6 +366,8 @@ fn failed_box(cfg: *const ModuleConfig) -> Box<StreamBox> {
         // SAFETY: Envoy passes the pointer `config_new` returned.
         cfg_id: unsafe { cfg.as_ref() }.map_or(0, |c| c.id),
         filter: std::ptr::null_mut(),
+        idle: std::cell::Cell::new(false),
+        end_seen: std::cell::Cell::new(false),
         entry: std::cell::UnsafeCell::new(StreamEntry {
             stream: None,
             deferred: false,

@@ -127,6 +127,14 @@ struct StreamBox {
     /// `cfg`'s id (the key of the worker's roots).
     cfg_id: u64,
     filter: FilterEnvoyPtr,
+    /// The filter let the request go with nothing left to do on the
+    /// response side (`HttpStream::is_idle`): the response hooks only
+    /// note its end, and `..._filter_destroy` frees it without the
+    /// worker. Set in the request hook, never cleared.
+    idle: Cell<bool>,
+    /// An idle stream's response end passed (else its destroy is a reset,
+    /// counted as any other).
+    end_seen: Cell<bool>,
     entry: UnsafeCell<StreamEntry>,
 }
 
@@ -703,6 +711,8 @@ unsafe fn envoy_dynamic_module_on_http_filter_new(
             cfg: cfg_ref,
             cfg_id: cfg_ref.id,
             filter,
+            idle: Cell::new(false),
+            end_seen: Cell::new(false),
             entry: UnsafeCell::new(StreamEntry {
                 stream: Some(stream),
                 deferred: false,
@@ -771,6 +781,12 @@ fn envoy_dynamic_module_on_http_filter_request_headers(
             }
             false => a,
         };
+        // Nothing left for the response hooks: they only note the end
+        // (no call carried, no waker, nothing held or deferred).
+        if a == Action::Continue && stream.is_idle() && !e.held && !e.deferred && e.waker.is_none()
+        {
+            b.idle.set(true);
+        }
         w.sync_wakers(b.cfg_id);
         headers_status(a)
     })
@@ -800,7 +816,15 @@ fn response_hook(
     f: impl FnOnce(&mut HttpStream, &NativeHost<'_>) -> Action,
 ) -> Action {
     // SAFETY: Envoy passes back the pointer `..._filter_new` returned.
-    let context_id = unsafe { stream_box(module) }.map(|(b, _)| b.context_id);
+    let found = unsafe { stream_box(module) };
+    if let Some((b, _)) = found.filter(|(b, _)| b.idle.get()) {
+        // An idle stream (see `StreamBox::idle`): its end is all there is.
+        if end_of_stream {
+            b.end_seen.set(true);
+        }
+        return Action::Continue;
+    }
+    let context_id = found.map(|(b, _)| b.context_id);
     let r = on_stream(filter, module, None, |w, b, host| {
         // SAFETY: Envoy's box, live for the hook; dropped before `w` is
         // used again.
@@ -888,8 +912,17 @@ unsafe fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
     let Some((b, cfg)) = (unsafe { stream_box(module) }) else {
         return;
     };
-    let host = NativeHost::new(cfg);
     let id = b.context_id;
+    if b.idle.get() && b.end_seen.get() {
+        // An idle stream whose response ended: nothing of it is listed
+        // anywhere but the contexts table (no call, no waker, nothing
+        // held), and its end has nothing to do (`HttpStream::is_idle`).
+        host::forget_context(id);
+        // SAFETY: ours, from `Box::into_raw`; Envoy never uses it again.
+        drop(unsafe { Box::from_raw(module as *mut StreamBox) });
+        return;
+    }
+    let host = NativeHost::new(cfg);
     HELD_RESPONSES.with(|held| held.borrow_mut().retain(|x| *x != id));
     let ended = with(|w| w.end(b, false, &host)).is_some();
     host::forget_context(id);

@@ -198,3 +198,33 @@ def test_a_response_with_trailers_ends_its_stream_at_the_trailers(tmp_path, requ
         up.close()
         if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
             print(e.log()[-20000:])
+
+
+def test_a_stream_with_nothing_left_to_do_still_counts_its_reset(envoy, upstream):
+    """A rate-limited route without RateLimit headers keeps nothing for the
+    response (the native module then skips its response hooks and frees
+    the stream at once): streams that end normally are not resets, and a
+    client that leaves before the response is still counted in
+    `streams_reset` (wasm: the root's sweep within about a second; native:
+    the stream's destroy), while the bucket stays exact."""
+    config = {"rate_limit_headers": "none", "routes": [limited_route("idle", "/", 6)]}
+    e = envoy(config, concurrency=2)
+    assert [e.request("/ok")[0] for _ in range(3)] == [200, 200, 200]
+    time.sleep(1.5)
+    assert e.stat("wasmcustom.meshguard.streams_reset", default=None) == 0
+
+    upstream.behaviour = lambda m, p, h: (200, {"content-type": "text/plain"}, b"x", 3)
+    hits = upstream.hits
+    with socket.create_connection(("127.0.0.1", e.listen_port), timeout=5) as s:
+        s.sendall(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n")
+        deadline = time.time() + 5
+        while upstream.hits < hits + 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert upstream.hits == hits + 1, "the request never reached the upstream"
+    deadline = time.time() + 5
+    while e.stat("wasmcustom.meshguard.streams_reset", default=0) < 1 and time.time() < deadline:
+        time.sleep(0.1)
+    assert e.stat("wasmcustom.meshguard.streams_reset") == 1
+    upstream.behaviour = lambda m, p, h: (200, {"content-type": "text/plain"}, b"ok", 0)
+    # 4 of 6 tokens spent: two more pass, then 429.
+    assert [e.request("/ok")[0] for _ in range(3)] == [200, 200, 429]
