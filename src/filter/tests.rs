@@ -650,6 +650,29 @@ fn a_stream_needs_its_response_body_only_while_something_reads_it() {
     assert!(!vm.streams[&1].needs_response_body());
 }
 
+/// A stream is idle (the native module then skips its response hooks)
+/// only when its request went on and nothing is left for the response:
+/// not with RateLimit headers to add, not while a cache entry fills, not
+/// when it was refused.
+#[test]
+fn a_stream_is_idle_only_when_the_response_has_nothing_to_do() {
+    let limit = |headers: &str| {
+        json!({ "rate_limit_headers": headers, "routes": [ route(json!({ "rate_limit": [
+            { "name": "all", "capacity": 1, "refill_interval": "10s" } ] })) ] })
+    };
+    let mut vm = Vm::new(limit("none"));
+    assert_eq!(vm.get(1, "/", &[]), Action::Continue);
+    assert!(vm.streams[&1].is_idle());
+    assert_eq!(vm.get(2, "/", &[]), Action::Pause);
+    assert!(!vm.streams[&2].is_idle(), "a refusal is a local reply");
+    let mut vm = Vm::new(limit("ietf"));
+    vm.get(1, "/", &[]);
+    assert!(!vm.streams[&1].is_idle(), "RateLimit headers to add");
+    let mut vm = Vm::new(cache_config(65_536));
+    vm.get(1, "/doc", &[]);
+    assert!(!vm.streams[&1].is_idle(), "a cache miss fills");
+}
+
 #[test]
 fn a_body_too_big_abandons_the_capture_and_stores_nothing() {
     let host = FakeHost::new(T0);
