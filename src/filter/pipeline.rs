@@ -219,7 +219,9 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                                 format!("{}; fwd=miss; detail=wait-timeout", cache::CACHE_NAME),
                             ));
                         }
-                        Lookup::Miss { ctx } | Lookup::Bypass { ctx } => s.cache = Some(ctx),
+                        Lookup::Miss { ctx } | Lookup::Bypass { ctx } => {
+                            s.cache = Some(Box::new(ctx))
+                        }
                         Lookup::Revalidate {
                             remove_request_headers,
                             add_request_headers,
@@ -234,7 +236,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                             // Kept for a full request, should the origin's
                             // 304 name another representation (`refetch`).
                             s.revalidation_request = px.request_headers_raw();
-                            s.cache = Some(ctx);
+                            s.cache = Some(Box::new(ctx));
                         }
                     }
                 }
@@ -1334,7 +1336,7 @@ pub fn on_response_headers<P: Host + Stream>(
                         }
                     }
                     ResponseDecision::DontStore { cache_status: cs } => cache_status = Some(cs),
-                    ResponseDecision::Refetch => return refetch(s, px, &host, &cr, ctx),
+                    ResponseDecision::Refetch => return refetch(s, px, &host, &cr, *ctx),
                 }
             }
         }
@@ -1394,7 +1396,7 @@ fn refetch<P: Host + Stream>(
     match sent {
         Some(token) => {
             s.refetch_token = Some(token);
-            s.cache = Some(ctx);
+            s.cache = Some(Box::new(ctx));
         }
         None => {
             log::warn!("meshguard: cache: could not send the full request after a mismatched 304");

@@ -83,8 +83,13 @@ impl Store {
     /// The key's hash and its shard, locked.
     fn shard(&self, key: &str) -> Result<(u64, std::sync::MutexGuard<'_, Map>), String> {
         let h = self.hasher.hash_one(key);
-        // The low bits pick the shard, the map uses the hash whole.
-        let shard = self.shards.get(h as usize % SHARDS).ok_or("no shard")?;
+        // Bits the map does not look at pick the shard (hashbrown takes
+        // the low bits for the slot and the top 7 for its tags): keys of
+        // one shard still spread over its whole table.
+        let shard = self
+            .shards
+            .get((h >> 32) as usize % SHARDS)
+            .ok_or("no shard")?;
         // A poisoned lock only means a writer panicked (caught at the FFI
         // edge, `guard.rs`): under the lock a value is only replaced
         // whole, so the map itself is still consistent.
