@@ -74,6 +74,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The body of the 500 a request gets when a hook of its stream panicked.
 pub(super) const BODY: &str =
@@ -196,7 +197,15 @@ fn stream_of<'a>(module: *const c_void) -> Option<(&'a StreamBox, &'a ModuleConf
     unsafe { super::stream_box(module) }
 }
 
+/// Streams cut off in the whole process (each thread's `FAILED` lists its
+/// own): while none is, `is_failed` needs no thread-local (every hook of
+/// every stream asks).
+static FAILED_ANYWHERE: AtomicUsize = AtomicUsize::new(0);
+
 fn is_failed(module: *const c_void) -> bool {
+    if FAILED_ANYWHERE.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
     FAILED.with(|f| f.try_borrow().is_ok_and(|f| f.contains(&(module as usize))))
 }
 
@@ -208,6 +217,7 @@ fn cut_off(module: *const c_void) {
             let mut f = f.borrow_mut();
             if !f.contains(&(module as usize)) {
                 f.push(module as usize);
+                FAILED_ANYWHERE.fetch_add(1, Ordering::Relaxed);
             }
         });
         let Some((b, _)) = stream_of(module) else {
@@ -405,7 +415,9 @@ pub(super) unsafe fn destroy(module: *const c_void, f: impl FnOnce()) {
     cut_off(module);
     FAILED.with(|f| {
         if let Ok(mut f) = f.try_borrow_mut() {
+            let before = f.len();
             f.retain(|m| *m != module as usize);
+            FAILED_ANYWHERE.fetch_sub(before - f.len(), Ordering::Relaxed);
         }
     });
     if module.is_null() {
