@@ -84,7 +84,7 @@ def build_parser():
     ap.add_argument("--instructions-threads", type=int, default=1, help="wrk threads under callgrind")
     ap.add_argument("--instructions-connections", type=int, default=1, help="wrk connections under callgrind")
     ap.add_argument("--instructions-timeout", type=int, default=None,
-                    help="seconds a proxy under callgrind may take to be ready (default 60; 300 with a wasm filter)")
+                    help="seconds a proxy under callgrind may take to be ready (default 120; 300 with a wasm filter)")
     return ap
 
 

@@ -68,16 +68,16 @@ class Profile:
         return sum(self.objects.values())
 
     def object_self(self, match):
-        """Self cost of the objects `match(name)` accepts."""
-        return sum(v for ob, v in self.objects.items() if match(ob))
+        """Self cost of the code `match(object, function)` accepts."""
+        return sum(v for (ob, fn), v in self.functions.items() if match(ob, fn))
 
     def entries(self, match):
-        """Calls from code outside the objects `match` accepts into code inside: (count, inclusive
+        """Calls from code outside what `match` accepts into code inside: (count, inclusive
         cost). A call into the module made while the module is already on the stack (a local reply
         sent from a hook runs the response hooks inside it) is counted twice: see `reentries`."""
         n = cost = 0
-        for (ob, _, cob, _), (count, incl) in self.calls.items():
-            if not match(ob) and match(cob):
+        for (ob, fn, cob, cfn), (count, incl) in self.calls.items():
+            if not match(ob, fn) and match(cob, cfn):
                 n += count
                 cost += incl
         return n, cost
@@ -89,15 +89,15 @@ class Profile:
         graph = defaultdict(set)
         for (ob, fn, cob, cfn) in self.calls:
             graph[(ob, fn)].add((cob, cfn))
-        seen, todo = set(), [callee for caller, callees in graph.items() if match(caller[0])
-                             for callee in callees if not match(callee[0])]
+        seen, todo = set(), [callee for caller, callees in graph.items() if match(*caller)
+                             for callee in callees if not match(*callee)]
         while todo:
             node = todo.pop()
             if node in seen:
                 continue
             seen.add(node)
             for callee in graph.get(node, ()):
-                if match(callee[0]):
+                if match(*callee):
                     return True
                 todo.append(callee)
         return False
@@ -191,17 +191,46 @@ def object_matcher(path):
     """Accepts callgrind's object names of the file at `path` (valgrind names a mapped file by the
     path it was opened with, or the resolved one)."""
     want = {path, os.path.realpath(path)}
-    return lambda ob: ob is not None and (ob in want or os.path.realpath(ob) in want)
+    return lambda ob, fn=None: ob is not None and (ob in want or os.path.realpath(ob) in want)
 
 
-def module_share(prof, sc):
+def read_maps(pid):
+    """The file-backed mappings of a process: [(start, end, path)]."""
+    out = []
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and parts[5].startswith("/"):
+                    start, end = (int(x, 16) for x in parts[0].split("-"))
+                    out.append((start, end, parts[5].strip()))
+    except OSError:
+        pass
+    return out
+
+
+def anonymous_code_matcher(maps):
+    """Accepts callgrind's functions without an object (`???`, named by their address) whose
+    address is in no file-backed mapping of the process (`maps`: `read_maps` at dump time): code
+    generated at run time, e.g. V8's. (Envoy's stripped binary also has `???` functions: those
+    are inside its own mapping.)"""
+    def match(ob, fn=None):
+        if ob != JIT_OBJECT or not fn or not re.match(r"^0x[0-9a-fA-F]+$", fn):
+            return False
+        addr = int(fn, 16)
+        return not any(start <= addr < end for start, end, _ in maps)
+    return match
+
+
+def module_share(prof, sc, maps):
     """The module's part of a profile: {"object", "self", "entries", "calls_in", "reentrant"}.
-    dm-*: the module's .so; wasm: the JIT code (`???`); otherwise none."""
+    dm-*: the module's .so; wasm: code in anonymous memory (V8's generated code: the compiled
+    module and V8's stubs; `maps`: the process's mappings at dump time); otherwise none."""
     so = dm_object(sc)
     if so:
         match, name = object_matcher(so), so
     elif any(f["name"] == "envoy.filters.http.wasm" for f in sc.filters):
-        match, name = (lambda ob: ob == JIT_OBJECT), JIT_OBJECT
+        match, name = anonymous_code_matcher(maps), "anonymous memory (V8's generated code)"
     else:
         return None
     n, incl = prof.entries(match)
@@ -273,7 +302,7 @@ def start_under_callgrind(sc, args, ctx):
                                                        h2=sc.grpc), wrapper=wrapper)
     sc.envoy = envoy
     wasm = any(f["name"] == "envoy.filters.http.wasm" for f in sc.filters)
-    procs.start(envoy, timeout=args.instructions_timeout or (300 if wasm else 60))
+    procs.start(envoy, timeout=args.instructions_timeout or (300 if wasm else 120))
     sc.load_times.append(envoy.load_time_s)
     mark = ctx["rls"].mark() if sc.uses_rls else None
     if not sc.grpc:
@@ -329,11 +358,12 @@ def measure_instructions(sc, args, ctx):
         if (seen["ok"] < n and not sc.rls_batched) or seen["ok"] != seen["calls"]:
             raise BenchError(f"{sc.name}: the rate limit service logged {seen['ok']} matching OK calls of "
                              f"{seen['calls']} for {n} requests: {seen['other']}")
+    maps = read_maps(pid)
     t0 = time.monotonic()
     prof = parse_callgrind(path)
     parse_s = time.monotonic() - t0
     envoy.stop()
-    share = module_share(prof, sc)
+    share = module_share(prof, sc, maps)
     out = {"desc": sc.desc, "requests": n, "rps": res["rps"], "duration_s": duration, "warmup_rps": rate,
            "ready_s": envoy.load_time_s, "upstream_fraction": upstream, "total_ir": prof.totals,
            "ir_per_req": prof.totals / n, "dump": os.path.basename(path), "dump_bytes": os.path.getsize(path),
@@ -402,6 +432,18 @@ def run_instructions(args):
             fixture_jwks = json.load(f)
         distinct = {alg: make_distinct_tokens(args.tokens, alg) for alg in ("RS256", "ES256")}
         scenarios = select(build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinct), args)
+        # Under valgrind the proxy is the bottleneck: any build of the rate limit service keeps up.
+        if not os.environ.get("MESHGUARD_RLS_BIN"):
+            for kind in ("release", "debug"):
+                b = os.path.join(RLS_TARGET, kind, "meshguard-test-rls")
+                if os.path.exists(b):
+                    os.environ["MESHGUARD_RLS_BIN"] = b
+                    break
+        if not os.environ.get("MESHGUARD_RLS_BIN") and not args.only:
+            skipped = [s.name for s in scenarios if s.uses_rls]
+            if skipped:
+                log(f"bench: no rate limit service built (make rls): {', '.join(skipped)} left out")
+                scenarios = [s for s in scenarios if not s.uses_rls]
         info = machine_info(envoy_bin)
         vg_version = subprocess.run([valgrind, "--version"], capture_output=True, text=True).stdout.strip()
         log(f"bench: instructions per request under {vg_version} callgrind, Envoy {info['envoy_version']}, "
@@ -417,13 +459,6 @@ def run_instructions(args):
             with open(ctx["grpc_payload"], "wb") as f:
                 f.write(GRPC_MESSAGE)
         if any(sc.uses_rls for sc in scenarios):
-            # Under valgrind the proxy is the bottleneck: any build of the service keeps up.
-            if not os.environ.get("MESHGUARD_RLS_BIN"):
-                for kind in ("release", "debug"):
-                    b = os.path.join(RLS_TARGET, kind, "meshguard-test-rls")
-                    if os.path.exists(b):
-                        os.environ["MESHGUARD_RLS_BIN"] = b
-                        break
             try:
                 ctx["rls"] = procs.BenchRls(workdir).start()
             except BenchError as e:

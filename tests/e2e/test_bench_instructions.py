@@ -120,3 +120,17 @@ def test_the_options():
     args = cli.build_parser().parse_args(["--instructions"])
     assert (args.instructions, args.instructions_requests, args.instructions_wasm) == (True, 3000, False)
     assert (args.instructions_threads, args.instructions_connections) == (1, 1)
+
+
+def test_wasm_code_is_the_anonymous_code_not_envoys_unnamed_functions(tmp_path):
+    # `???` holds V8's generated code (anonymous memory) and also the parts of Envoy's stripped
+    # binary valgrind could not name: only the former is the wasm module's.
+    p = tmp_path / "wasm.out"
+    p.write_text("events: Ir\nob=(1) ???\nfn=(1) 0x0000000006000010\n0 40\n"
+                 "fn=(2) 0x00003e8800001000\n0 25\ncfn=(3) malloc\ncalls=2 0\n0 9\nfn=(3)\n0 9\ntotals: 74\n")
+    prof = parse_callgrind(str(p))
+    maps = [(0x2186000, 0x62ec000, ENVOY)]
+    jit = instructions.anonymous_code_matcher(maps)
+    assert prof.object_self(jit) == 25
+    assert prof.entries(jit) == (0, 0)
+    assert prof.object_self(lambda ob, fn: ob == "???") == 74
