@@ -102,9 +102,13 @@ def test_the_report_comparisons_and_targets():
     info = {"date": "d", "git": "g", "envoy_version": "e", "nproc": 2, "cpu_model": "c", "kernel": "k"}
     args = cli.build_parser().parse_args(["--instructions"])
     md = instructions.render_instructions(info, "valgrind-3.19.0", args, res, comp, targets, 60)
-    assert "| dm-ratelimit-noheaders | 100 | 171.1k | +21.1k | 5.0k | 20.0k * |" in md
+    assert "| dm-ratelimit-noheaders | 100 | 171.1k | - | - | +21.1k | 5.0k | 20.0k * |" in md
     assert "| native-cache-hit | FAILED |" in md
-    assert "| 1.080 | no |" in md
+    assert "| +12.7k | 1.080 | +12.7k | no |" in md
+    # Net of the idle rate: 300 instructions/s over a 10 s window is 30 per request of 100 requests.
+    res["native-ratelimit"].update(idle_ir_per_s=300.0, elapsed_s=10.0, net_ir_per_req=158_400.0 - 30.0)
+    t = instructions.target_rows(res)[0]
+    assert t["diff"] == pytest.approx(12_730.0) and t["whole_diff"] == pytest.approx(12_700.0)
 
 
 def test_the_wrapper_keeps_the_process_id_and_passes_envoys_arguments(tmp_path):
