@@ -81,7 +81,7 @@ def build_parser():
     ap.add_argument("--instructions-warmup", type=int, default=5, help="seconds of unmeasured load under callgrind")
     ap.add_argument("--instructions-wasm", action="store_true",
                     help="with --instructions: also the wasm scenarios (mg-*, trivial-*; V8 under valgrind is slow)")
-    ap.add_argument("--instructions-idle", type=int, default=5,
+    ap.add_argument("--instructions-idle", type=int, default=10,
                     help="seconds of no load measured after each run under callgrind (0: none): the proxy's "
                          "instructions per second at rest, taken out of the net figures")
     ap.add_argument("--instructions-threads", type=int, default=1, help="wrk threads under callgrind")
