@@ -14,7 +14,12 @@ about `--instructions-requests` requests (the count taken from wrk's output), `c
   its code only, not the Envoy callbacks it calls), and the hooks' inclusive cost (everything
   executed inside Envoy's calls into the module's object, the callbacks into Envoy included).
   For a wasm scenario the module has no object of its own: V8's generated code (the compiled
-  module and V8's stubs) runs in anonymous memory, shown as the object `???`.
+  module and V8's stubs) runs in anonymous memory, callgrind's object `???` at addresses outside
+  every file mapping (Envoy's stripped binary has `???` functions too, inside its mapping).
+
+Each run also measures the proxy at rest (`--instructions-idle` seconds, no load): its
+instructions per second (timers, stats flushes) times the measured window's length come off the
+net figure, which the comparisons use (valgrind's request rate follows the host's load).
 
 Instructions are not time: cache misses, branch mispredictions, the kernel's work (system calls,
 network) and waiting count for nothing here. Use it to see a change's effect deterministically."""
@@ -37,7 +42,8 @@ from .drive import finish_load, start_load, write_rotating_lua, write_static_lua
 from .run import UPSTREAM_STAT, check_zero_stats
 from .scenarios import COMPARISONS, build_scenarios, probe_status
 from .tokens import make_distinct_tokens
-from .tools import ensure_cryptography, ensure_tool, ensure_trivial_dm, ensure_trivial_wasm, ensure_valgrind, ensure_wrk, machine_info
+from .tools import (ensure_cryptography, ensure_tool, ensure_trivial_dm, ensure_trivial_wasm, ensure_valgrind,
+                    ensure_wrk, machine_info)
 
 # The #24 targets, by instruction count: (Envoy's filter, meshguard's native module, label).
 TARGETS = [
@@ -104,7 +110,9 @@ class Profile:
 
 
 _POS = re.compile(r"^(?:[+-]?\d+|\*|0x[0-9a-fA-F]+|[+-]0x[0-9a-fA-F]+)$")
-_NAMED = {"ob": "ob", "cob": "ob", "fl": "fl", "fi": "fl", "fe": "fl", "cfi": "fl", "cfl": "fl", "fn": "fn", "cfn": "fn"}
+# Name compression: one id space per kind (objects, source files, functions).
+_NAMED = {"ob": "ob", "cob": "ob", "fn": "fn", "cfn": "fn",
+          "fl": "fl", "fi": "fl", "fe": "fl", "cfi": "fl", "cfl": "fl"}
 
 
 def parse_callgrind(path, event="Ir"):
@@ -249,7 +257,8 @@ def dm_object(sc):
 def callgrind_control(option, pid):
     r = subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
-        raise BenchError(f"callgrind_control {option} {pid} failed ({r.returncode}): {r.stdout[-1500:]}{r.stderr[-1500:]}")
+        raise BenchError(f"callgrind_control {option} {pid} failed ({r.returncode}): "
+                         f"{r.stdout[-1500:]}{r.stderr[-1500:]}")
     return r.stdout
 
 
@@ -287,7 +296,8 @@ def advance(sc, res):
 
 
 def start_under_callgrind(sc, args, ctx):
-    """The scenario's proxy as the timed run builds it, under callgrind; probes, warm-up."""
+    """The scenario's proxy as the timed run builds it, under callgrind, and its probes: the
+    prefix of its callgrind out files."""
     up = ctx["upstream"]
     clusters = []
     if sc.uses_rls:
@@ -370,8 +380,8 @@ def measure_instructions(sc, args, ctx):
     out = {"desc": sc.desc, "requests": n, "rps": res["rps"], "duration_s": duration, "warmup_rps": rate,
            "ready_s": envoy.load_time_s, "upstream_fraction": upstream, "total_ir": prof.totals,
            "ir_per_req": prof.totals / n, "elapsed_s": elapsed, "idle_ir_per_s": idle,
-           "net_ir_per_req": None if idle is None else (prof.totals - idle * elapsed) / n, "dump": os.path.basename(path), "dump_bytes": os.path.getsize(path),
-           "parse_s": parse_s,
+           "net_ir_per_req": None if idle is None else (prof.totals - idle * elapsed) / n,
+           "dump": os.path.basename(path), "dump_bytes": os.path.getsize(path), "parse_s": parse_s,
            "top_objects": [{"object": ob, "ir_per_req": v / n}
                            for ob, v in sorted(prof.objects.items(), key=lambda kv: -kv[1])[:6]]}
     if share:
