@@ -286,8 +286,12 @@ def dump(pid, out_prefix, timeout=120):
 
 
 def load(ctx, sc, duration, args):
-    return finish_load(sc, start_load(ctx, sc, sc.envoy.listen_port, sc.script, duration, args.instructions_threads,
-                                      args.instructions_connections, sc.token_cursor), duration)
+    """One wrk (h2load) run against the scenario's proxy; the load generator is ended with the
+    run's other processes if the bench stops during it."""
+    proc = start_load(ctx, sc, sc.envoy.listen_port, sc.script, duration, args.instructions_threads,
+                      args.instructions_connections, sc.token_cursor)
+    procs.ALL_PROCS.append(proc)
+    return finish_load(sc, proc, duration)
 
 
 def advance(sc, res):
