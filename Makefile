@@ -17,7 +17,7 @@ NATIVE := target/release/libmeshguard.so
 # The native module of tests/e2e/test_native_panic.py (feature `panic-test`).
 NATIVE_PANIC := target/panic-test/libmeshguard.so
 
-.PHONY: native native-profiling native-panic-test test-native soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench targets tools venv clean schema validate-tool oci rls rls-test
+.PHONY: native native-profiling native-panic-test test-native soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench bench-instructions targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -177,6 +177,12 @@ soak: build venv
 # The native module's rows (dm-*) run when MESHGUARD_NATIVE names the module.
 bench: build native venv rls
 	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_WASM="$(CURDIR)/$(WASM)" MESHGUARD_NATIVE="$(CURDIR)/$(NATIVE)" $(PY) bench/bench.py
+
+# Instructions per request under valgrind's callgrind (bench/README.md, "Instruction counts"):
+# passthrough, Envoy's filters and the native module's scenarios, one at a time; deterministic,
+# unlike CPU time. Writes bench/results-instructions.md/.json, never the docs. Not part of `test`.
+bench-instructions: native venv
+	ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_NATIVE="$(CURDIR)/$(NATIVE)" $(PY) bench/bench.py --instructions
 
 # Istio-compatible Wasm OCI image (compat layout, plugin.wasm) as an OCI
 # image-layout tarball; oci/Dockerfile builds the same with Docker.

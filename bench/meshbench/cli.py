@@ -26,6 +26,7 @@ from .common import FIXTURES, GRPC_MESSAGE, HERE, ROOT, BenchError, log
 from .docblock import BLOCK_START, DOC, update_block
 from .drive import write_rotating_lua, write_static_lua
 from .render import render, render_latest_block
+from .instructions import run_instructions
 from .footprint import footprint_targets, meshguard_variants, reference_variants, run_footprint
 from .run import run_rounds
 from .scenarios import build_scenarios, diag_scenarios
@@ -71,6 +72,22 @@ def build_parser():
                          "--diag, or a failed scenario); default docs/performance.md (--readme: the old name)")
     ap.add_argument("--no-doc", "--no-readme", dest="no_doc", action="store_true",
                     help="leave that file alone (--no-readme: the old name)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="instead of CPU time: instructions per request under valgrind's callgrind, one scenario "
+                         "at a time (default scenarios: passthrough, native-*, dm-*, dmb-*; --only narrows); "
+                         "writes results-instructions.md/.json under --out, never the docs")
+    ap.add_argument("--instructions-requests", type=int, default=3000,
+                    help="about how many measured requests per scenario under callgrind (the count comes from wrk)")
+    ap.add_argument("--instructions-warmup", type=int, default=5, help="seconds of unmeasured load under callgrind")
+    ap.add_argument("--instructions-wasm", action="store_true",
+                    help="with --instructions: also the wasm scenarios (mg-*, trivial-*; V8 under valgrind is slow)")
+    ap.add_argument("--instructions-idle", type=int, default=10,
+                    help="seconds of no load measured after each run under callgrind (0: none): the proxy's "
+                         "instructions per second at rest, taken out of the net figures")
+    ap.add_argument("--instructions-threads", type=int, default=1, help="wrk threads under callgrind")
+    ap.add_argument("--instructions-connections", type=int, default=1, help="wrk connections under callgrind")
+    ap.add_argument("--instructions-timeout", type=int, default=None,
+                    help="seconds a proxy under callgrind may take to be ready (default 120; 300 with a wasm filter)")
     return ap
 
 
@@ -83,6 +100,8 @@ def main(argv=None):
         args.rounds, args.only, args.no_rss, args.tokens = 0, "passthrough", False, 1
     fp_concs = tuple(int(c) for c in args.footprint_concurrency.split(",") if c.strip())
     procs.set_pinning(not args.no_pin)
+    if args.instructions:
+        return run_instructions(args)
 
     envoy_bin = os.environ.get("ENVOY_BIN", "")
     if not envoy_bin or not os.access(envoy_bin, os.X_OK):

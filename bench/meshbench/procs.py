@@ -5,6 +5,7 @@ settings), the rate limit service, and the list of everything started."""
 import os
 import re
 import random
+import shlex
 import subprocess
 import sys
 
@@ -45,20 +46,33 @@ def next_base_id():
     return _BASE_ID[0] * 10 + os.getpid() % 10
 
 
-def envoy(envoy_bin, workdir, name, make_doc, concurrency=1, role="proxy"):
+def envoy(envoy_bin, workdir, name, make_doc, concurrency=1, role="proxy", wrapper=None):
     """One Envoy of the bench (not started): `make_doc(listen_port, admin_port)` builds its
     bootstrap; `role` is where it runs ("proxy": the CPU of the proxies under test, "others": the
     load generator's). No hot restart, warnings-only log, /ready polled every 5 ms (the config
-    load time is start to ready)."""
+    load time is start to ready). `wrapper`: a command Envoy runs under (e.g. valgrind and its
+    options, `--instructions`); the process started, `proc.pid`, is then the wrapper's."""
+    binary = envoy_bin if not wrapper else wrapper_script(workdir, name, wrapper, envoy_bin)
     return harness.EnvoyProcess(workdir, make_doc, name=name, concurrency=concurrency, cpus=PIN[role],
                                 base_id=next_base_id(), log_level="warn", hot_restart=False, poll_s=0.005,
-                                binary=envoy_bin)
+                                binary=binary)
 
 
-def start(envoy):
-    """Starts `envoy`, a BenchError if it does not become ready (with its log tail)."""
+def wrapper_script(workdir, name, wrapper, envoy_bin):
+    """A shell script that `exec`s `wrapper + [envoy_bin]` with its own arguments appended: the
+    Envoy wrapper (harness.EnvoyProcess) starts one binary; `exec` keeps the process id, so the
+    process the wrapper started is the wrapper's own (valgrind's, what callgrind_control needs)."""
+    path = os.path.join(workdir, f"{name}-wrapper.sh")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in [*wrapper, envoy_bin]) + ' "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+def start(envoy, timeout=60):
+    """Starts `envoy`, a BenchError if it does not become ready within `timeout` seconds (with its log tail)."""
     try:
-        envoy.start()
+        envoy.start(timeout)
     except harness.EnvoyError as e:
         raise BenchError(str(e)) from None
     ALL_PROCS.append(envoy.proc)

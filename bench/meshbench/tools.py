@@ -38,6 +38,15 @@ def ensure_wrk():
     return ensure_tool("wrk", "wrk")
 
 
+def ensure_valgrind():
+    """valgrind with callgrind and callgrind_control (Debian's package `valgrind`), for
+    `--instructions`: installed when missing and running as root, else the command to run."""
+    valgrind = ensure_tool("valgrind", "valgrind")
+    if not shutil.which("callgrind_control"):
+        raise BenchError("callgrind_control is missing (it comes with valgrind): sudo apt-get install -y valgrind")
+    return valgrind
+
+
 def ensure_cryptography():
     try:
         importlib.import_module("cryptography")
