@@ -124,7 +124,7 @@ e2e: build native venv registry rls
 # (an Envoy running the old module keeps its mapping).
 native:
 	cargo build --profile native --features native --lib
-	@cp target/native/libmeshguard.so $(NATIVE).tmp && mv $(NATIVE).tmp $(NATIVE)
+	@mkdir -p $(dir $(NATIVE)) && cp target/native/libmeshguard.so $(NATIVE).tmp && mv $(NATIVE).tmp $(NATIVE)
 	@ls -l $(NATIVE)
 
 # For tests only, never shipped: a request header `x-meshguard-test-panic:
