@@ -22,17 +22,17 @@ import time
 
 from . import procs
 from .bootstraps import upstream_bootstrap
-from .common import FIXTURES, GRPC_MESSAGE, HERE, ROOT, BenchError, log
+from .common import FIXTURES, HERE, ROOT, BenchError, log
 from .docblock import BLOCK_START, DOC, update_block
 from .drive import write_rotating_lua, write_static_lua
 from .render import render, render_latest_block
 from .instructions import run_instructions
 from .footprint import footprint_targets, meshguard_variants, reference_variants, run_footprint
-from .run import run_rounds
+from .run import bench_context, run_rounds
 from .scenarios import build_scenarios, diag_scenarios
 from .stats import evaluate, head_to_head, summarize
 from .tokens import make_distinct_tokens
-from .tools import (ensure_cryptography, ensure_rls_bin, ensure_tool, ensure_trivial_dm, ensure_trivial_wasm, ensure_wrk,
+from .tools import (ensure_cryptography, ensure_rls_bin, ensure_trivial_dm, ensure_trivial_wasm, ensure_wrk,
                     machine_info, sha256_file)
 
 
@@ -160,19 +160,7 @@ def main(argv=None):
 
         up = procs.start(procs.envoy(envoy_bin, workdir, "upstream", upstream_bootstrap, concurrency=1,
                                      role="others"))
-        ctx = {"envoy_bin": envoy_bin, "workdir": workdir, "wrk": wrk, "upstream": up}
-        if any(sc.grpc for sc in scenarios):
-            ctx["h2load"] = ensure_tool("h2load", "nghttp2-client")
-            ctx["grpc_payload"] = os.path.join(workdir, "grpc-message.bin")
-            with open(ctx["grpc_payload"], "wb") as f:
-                f.write(GRPC_MESSAGE)
-        if any(sc.uses_rls for sc in scenarios):
-            try:
-                ctx["rls"] = procs.BenchRls(workdir).start()
-                log(f"bench: rate limit service (tests/rls-server, in memory) on port {ctx['rls'].port}")
-            except BenchError as e:
-                ctx["rls_error"] = str(e)  # its scenarios fail at start, the others run
-                log(f"\n!!!!! THE RATE LIMIT SERVICE DID NOT START !!!!!\n{e}\n")
+        ctx = bench_context(envoy_bin, workdir, wrk, scenarios, up)
         try:
             # One proxy per scenario, kept running for all rounds.
             comparisons = run_rounds(scenarios, by_name, args, ctx)

@@ -36,13 +36,13 @@ import time
 from collections import defaultdict
 
 from . import procs
-from .bootstraps import proxy_bootstrap, static_cluster, upstream_bootstrap
-from .common import FIXTURES, GRPC_MESSAGE, RLS_CLUSTER, RLS_TARGET, BenchError, log
+from .bootstraps import upstream_bootstrap
+from .common import FIXTURES, RLS_TARGET, BenchError, log
 from .drive import finish_load, start_load, write_rotating_lua, write_static_lua
-from .run import UPSTREAM_STAT, check_zero_stats
-from .scenarios import COMPARISONS, build_scenarios, probe_status
+from .run import UPSTREAM_STAT, bench_context, boot_scenario, check_run, check_zero_stats
+from .scenarios import COMPARISONS, build_scenarios
 from .tokens import make_distinct_tokens
-from .tools import (ensure_cryptography, ensure_tool, ensure_trivial_dm, ensure_trivial_wasm, ensure_valgrind,
+from .tools import (ensure_cryptography, ensure_trivial_dm, ensure_trivial_wasm, ensure_valgrind,
                     ensure_wrk, machine_info)
 
 # The #24 targets, by instruction count: (Envoy's filter, meshguard's native module, label).
@@ -302,32 +302,10 @@ def advance(sc, res):
 def start_under_callgrind(sc, args, ctx):
     """The scenario's proxy as the timed run builds it, under callgrind, and its probes: the
     prefix of its callgrind out files."""
-    up = ctx["upstream"]
-    clusters = []
-    if sc.uses_rls:
-        rls = ctx.get("rls")
-        if rls is None:
-            raise BenchError(f"the rate limit service did not start: {ctx.get('rls_error')}")
-        clusters.append(static_cluster(RLS_CLUSTER, rls.port, http2=True))
     prefix = os.path.join(ctx["workdir"], f"callgrind.{sc.name}")
     wrapper = [ctx["valgrind"], "--tool=callgrind", f"--callgrind-out-file={prefix}.%p"]
-    envoy = procs.envoy(ctx["envoy_bin"], ctx["workdir"], sc.name,
-                        lambda lp, ap: proxy_bootstrap(lp, ap, up.listen_port, sc.filters, sc.route_extra, clusters,
-                                                       h2=sc.grpc), wrapper=wrapper)
-    sc.envoy = envoy
     wasm = any(f["name"] == "envoy.filters.http.wasm" for f in sc.filters)
-    procs.start(envoy, timeout=args.instructions_timeout or (300 if wasm else 120))
-    sc.load_times.append(envoy.load_time_s)
-    mark = ctx["rls"].mark() if sc.uses_rls else None
-    if not sc.grpc:
-        probe_status(envoy, sc.first_headers(), 200, f"{sc.name}: request")
-    if sc.probe:
-        sc.probe(envoy, sc)
-    if sc.uses_rls:
-        seen = ctx["rls"].since(mark)
-        if seen["ok"] < 1 or seen["ok"] != seen["calls"]:
-            raise BenchError(f"the rate limit service did not see the probe as expected: {seen}")
-    check_zero_stats(sc)
+    boot_scenario(sc, ctx, wrapper=wrapper, timeout=args.instructions_timeout or (300 if wasm else 120))
     return prefix
 
 
@@ -349,16 +327,7 @@ def measure_instructions(sc, args, ctx):
     path = dump(pid, prefix)
     elapsed = time.monotonic() - t0
     advance(sc, res)
-    n = res["requests"]
-    if envoy.proc.poll() is not None:
-        raise BenchError(f"{sc.name}: Envoy exited during the run:\n{envoy.log()[-4000:]}")
-    if n == 0:
-        raise BenchError(f"{sc.name}: wrk completed no request")
-    if res["non_2xx"] > 0.01 * n:
-        raise BenchError(f"{sc.name}: {res['non_2xx']} of {n} responses were not 2xx/3xx. "
-                         f"Envoy log tail:\n{envoy.log()[-3000:]}")
-    if res["socket_errors"] > 0.01 * n:
-        raise BenchError(f"{sc.name}: {res['socket_errors']} socket errors for {n} requests")
+    n = check_run(sc, res)
     upstream = (envoy.stat_now(UPSTREAM_STAT) - up0) / n
     if sc.expect_upstream == "none" and upstream > 0.01:
         raise BenchError(f"{sc.name}: {upstream:.1%} of requests reached the upstream")
@@ -481,17 +450,8 @@ def run_instructions(args):
             path = os.path.join(workdir, f"wrk-{sc.name}.lua")
             sc.script = write_rotating_lua(path, sc.tokens) if sc.tokens else write_static_lua(path, sc.headers)
         up = procs.start(procs.envoy(envoy_bin, workdir, "upstream", upstream_bootstrap, concurrency=1, role="others"))
-        ctx = {"envoy_bin": envoy_bin, "workdir": workdir, "wrk": wrk, "upstream": up, "valgrind": valgrind}
-        if any(sc.grpc for sc in scenarios):
-            ctx["h2load"] = ensure_tool("h2load", "nghttp2-client")
-            ctx["grpc_payload"] = os.path.join(workdir, "grpc-message.bin")
-            with open(ctx["grpc_payload"], "wb") as f:
-                f.write(GRPC_MESSAGE)
-        if any(sc.uses_rls for sc in scenarios):
-            try:
-                ctx["rls"] = procs.BenchRls(workdir).start()
-            except BenchError as e:
-                ctx["rls_error"] = f"{e} (make rls builds it)"
+        ctx = bench_context(envoy_bin, workdir, wrk, scenarios, up, rls_hint=" (make rls builds it)",
+                            valgrind=valgrind)
         results = {}
         started = time.monotonic()
         try:

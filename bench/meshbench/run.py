@@ -2,17 +2,28 @@
 as twins loaded at the same moments), the rounds. (The memory and start-up
 measurement of fresh proxies is `footprint`.)"""
 
+import os
 import time
 
 from . import procs
 from .bootstraps import proxy_bootstrap, static_cluster
-from .common import RLS_CLUSTER, BenchError, log
+from .common import GRPC_MESSAGE, RLS_CLUSTER, BenchError, log
 from .drive import finish_load, run_load, start_load
 from .scenarios import COMPARISONS, probe_status
+from .tools import ensure_tool
 
 
 def start_scenario(sc, args, ctx):
     """Starts the scenario's proxy, checks it does what it claims, warms it up."""
+    boot_scenario(sc, ctx)
+    if args.warmup > 0:
+        run_load(ctx, sc, sc.envoy.listen_port, sc.script, args.warmup, args.threads, args.connections)
+
+
+def boot_scenario(sc, ctx, wrapper=None, timeout=None):
+    """Starts the scenario's proxy (under `wrapper`, e.g. valgrind, when given; ready within
+    `timeout` s, else procs' default) and checks it does what it claims: its probes, the rate
+    limit service's calls, the stats that must stay 0."""
     up = ctx["upstream"]
     clusters = []
     if sc.uses_rls:
@@ -22,9 +33,12 @@ def start_scenario(sc, args, ctx):
         clusters.append(static_cluster(RLS_CLUSTER, rls.port, http2=True))
     envoy = procs.envoy(ctx["envoy_bin"], ctx["workdir"], sc.name,
                         lambda lp, ap: proxy_bootstrap(lp, ap, up.listen_port, sc.filters, sc.route_extra, clusters,
-                                                       h2=sc.grpc))
+                                                       h2=sc.grpc), wrapper=wrapper)
     sc.envoy = envoy
-    procs.start(envoy)
+    if timeout is None:
+        procs.start(envoy)
+    else:
+        procs.start(envoy, timeout=timeout)
     sc.load_times.append(envoy.load_time_s)
     mark = ctx["rls"].mark() if sc.uses_rls else None
     if not sc.grpc:
@@ -36,8 +50,26 @@ def start_scenario(sc, args, ctx):
         if seen["ok"] < 1 or seen["ok"] != seen["calls"]:
             raise BenchError(f"the rate limit service did not see the probe as expected: {seen}")
     check_zero_stats(sc)
-    if args.warmup > 0:
-        run_load(ctx, sc, envoy.listen_port, sc.script, args.warmup, args.threads, args.connections)
+
+
+def bench_context(envoy_bin, workdir, wrk, scenarios, up, rls_hint="", **extra):
+    """What every run needs beside its scenarios: the binaries, the upstream, h2load and the gRPC
+    payload when a scenario speaks gRPC, the rate limit service when one uses it (its failure is
+    kept in `rls_error`: those scenarios fail at start, the others run)."""
+    ctx = {"envoy_bin": envoy_bin, "workdir": workdir, "wrk": wrk, "upstream": up, **extra}
+    if any(sc.grpc for sc in scenarios):
+        ctx["h2load"] = ensure_tool("h2load", "nghttp2-client")
+        ctx["grpc_payload"] = os.path.join(workdir, "grpc-message.bin")
+        with open(ctx["grpc_payload"], "wb") as f:
+            f.write(GRPC_MESSAGE)
+    if any(sc.uses_rls for sc in scenarios):
+        try:
+            ctx["rls"] = procs.BenchRls(workdir).start()
+            log(f"bench: rate limit service (tests/rls-server, in memory) on port {ctx['rls'].port}")
+        except BenchError as e:
+            ctx["rls_error"] = f"{e}{rls_hint}"
+            log(f"\n!!!!! THE RATE LIMIT SERVICE DID NOT START !!!!!\n{e}\n")
+    return ctx
 
 
 def check_zero_stats(sc):
@@ -48,6 +80,23 @@ def check_zero_stats(sc):
 
 
 UPSTREAM_STAT = "cluster.upstream.upstream_rq_total"  # the proxy's own count of requests sent upstream
+
+
+def check_run(sc, res):
+    """A load run's result fit to count: the proxy still running, requests completed, almost all
+    of them 2xx/3xx and without socket errors. Returns the number of requests."""
+    envoy = sc.envoy
+    if envoy.proc.poll() is not None:
+        raise BenchError(f"{sc.name}: Envoy exited during the run:\n{envoy.log()[-4000:]}")
+    n = res["requests"]
+    if n == 0:
+        raise BenchError(f"{sc.name}: wrk completed no request")
+    if res["non_2xx"] > 0.01 * n:
+        raise BenchError(f"{sc.name}: {res['non_2xx']} of {n} responses were not 2xx/3xx; "
+                         f"the scenario is misconfigured. Envoy log tail:\n{envoy.log()[-3000:]}")
+    if res["socket_errors"] > 0.01 * n:
+        raise BenchError(f"{sc.name}: {res['socket_errors']} socket errors for {n} requests")
+    return n
 
 
 def measure(sc, args, ctx, record=True):
@@ -91,16 +140,7 @@ def measure_many(items, args, ctx):
         envoy, rls = sc.envoy, p["rls"]
         rls_seen = rls.since(p["rls_mark"]) if rls else None
         up_after = envoy.stat_now(UPSTREAM_STAT)
-        if envoy.proc.poll() is not None:
-            raise BenchError(f"{sc.name}: Envoy exited during the run:\n{envoy.log()[-4000:]}")
-        n = res["requests"]
-        if n == 0:
-            raise BenchError(f"{sc.name}: wrk completed no request")
-        if res["non_2xx"] > 0.01 * n:
-            raise BenchError(f"{sc.name}: {res['non_2xx']} of {n} responses were not 2xx/3xx; "
-                             f"the scenario is misconfigured. Envoy log tail:\n{envoy.log()[-3000:]}")
-        if res["socket_errors"] > 0.01 * n:
-            raise BenchError(f"{sc.name}: {res['socket_errors']} socket errors for {n} requests")
+        n = check_run(sc, res)
         res["cpu_us_per_req"] = (p["cpu_after"] - p["cpu"]) / n
         res["upstream_fraction"] = (up_after - p["up"]) / n
         res["measured_with"] = [o.name for o, _ in items if o is not sc]
