@@ -17,7 +17,7 @@ from meshbench.common import BenchError  # noqa: E402
 from meshbench.instructions import object_matcher, parse_callgrind  # noqa: E402
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "callgrind", "two-objects.out")
-ENVOY, MODULE = "/opt/envoy/bin/envoy", "/work/module/libmod.so"
+ENVOY, MODULE = "/opt/envoy/bin/envoy", "/opt/module/libmod.so"
 HOOK = "envoy_dynamic_module_on_http_filter_request_headers"
 
 
@@ -43,7 +43,7 @@ def test_the_module_share_self_and_inside_its_hooks():
     assert prof.object_self(mod) == 420
     assert prof.entries(mod) == (10, 700)  # the hook's 420 and the callback's 280
     assert not prof.reentries(mod)
-    assert prof.object_self(object_matcher("/work/module/other.so")) == 0
+    assert prof.object_self(object_matcher("/opt/module/other.so")) == 0
 
 
 def test_a_re_entered_module_is_flagged(tmp_path):
