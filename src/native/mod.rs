@@ -46,7 +46,11 @@
 //! listed in its worker's `waking` (a few raw pointers, left when the
 //! stream ends, before its box is freed). A hook's effective context and
 //! carrier live in its `NativeHost` (what proxy-wasm's host keeps), not in
-//! thread-locals: nothing is saved or restored around a hook.
+//! thread-locals: nothing is saved or restored around a hook. A stream
+//! whose request went on with nothing left for its response (no state
+//! kept, no headers to add, no call, no waker: `StreamBox::idle`) skips
+//! the response hooks' work; its destroy frees it without the worker once
+//! its end was seen (a reset still takes the full way and is counted).
 //!
 //! # Timers
 //!
