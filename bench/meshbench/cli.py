@@ -22,7 +22,7 @@ import time
 
 from . import procs
 from .bootstraps import upstream_bootstrap
-from .common import FIXTURES, HERE, ROOT, BenchError, log
+from .common import FIXTURES, HERE, ROOT, BenchError, log, repo_paths
 from .docblock import BLOCK_START, DOC, update_block
 from .drive import write_rotating_lua, write_static_lua
 from .render import render, render_latest_block
@@ -196,12 +196,12 @@ def main(argv=None):
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(md)
         with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"machine": info, "settings": vars(args), "extra": extra, "summary": summary,
+            json.dump(repo_paths({"machine": info, "settings": vars(args), "extra": extra, "summary": summary,
                        "targets": targets, "comparisons": comp,
                        "scenarios": {s.name: {"desc": s.desc, "rounds": s.rounds, "paired_overhead_us": s.paired,
                                               "paired_rps_ratio": s.paired_rps,
                                               "load_times_s": s.load_times,
-                                              "error": s.error} for s in scenarios}}, f, indent=1)
+                                              "error": s.error} for s in scenarios}}), f, indent=1)
         log(f"bench: wrote {os.path.join(args.out, 'results.md')} and results.json")
         failed = [s.name for s in scenarios if s.error]
         if failed:

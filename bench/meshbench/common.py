@@ -37,6 +37,18 @@ class BenchError(Exception):
     pass
 
 
+def repo_paths(obj):
+    """`obj` (JSON-like) with every string naming a path inside the repository made relative to
+    its root: a results file records where things were without naming the machine's folders."""
+    if isinstance(obj, dict):
+        return {k: repo_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [repo_paths(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith(ROOT + os.sep):
+        return os.path.relpath(obj, ROOT)
+    return obj
+
+
 def log(msg):
     print(msg, flush=True)
 

@@ -37,7 +37,7 @@ from collections import defaultdict
 
 from . import procs
 from .bootstraps import upstream_bootstrap
-from .common import FIXTURES, RLS_TARGET, BenchError, log
+from .common import FIXTURES, RLS_TARGET, BenchError, log, repo_paths
 from .drive import finish_load, start_load, write_rotating_lua, write_static_lua
 from .run import UPSTREAM_STAT, bench_context, boot_scenario, check_run, check_zero_stats
 from .scenarios import COMPARISONS, build_scenarios
@@ -491,8 +491,8 @@ def run_instructions(args):
         with open(os.path.join(args.out, "results-instructions.md"), "w") as f:
             f.write(md)
         with open(os.path.join(args.out, "results-instructions.json"), "w") as f:
-            json.dump({"machine": info, "valgrind": vg_version, "settings": vars(args), "scenarios": results,
-                       "comparisons": comp, "targets": targets}, f, indent=1)
+            json.dump(repo_paths({"machine": info, "valgrind": vg_version, "settings": vars(args),
+                                  "scenarios": results, "comparisons": comp, "targets": targets}), f, indent=1)
         log(f"bench: wrote {os.path.join(args.out, 'results-instructions.md')} and .json")
         failed = [n for n, r in results.items() if "error" in r]
         if failed:

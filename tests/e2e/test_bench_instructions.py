@@ -138,3 +138,12 @@ def test_wasm_code_is_the_anonymous_code_not_envoys_unnamed_functions(tmp_path):
     assert prof.object_self(jit) == 25
     assert prof.entries(jit) == (0, 0)
     assert prof.object_self(lambda ob, fn: ob == "???") == 74
+
+
+def test_results_name_repository_paths_relative_to_its_root():
+    """A results file records where things were without the machine's folders."""
+    from meshbench.common import ROOT, repo_paths
+    inside = os.path.join(ROOT, "target", "release", "libmeshguard.so")
+    got = repo_paths({"a": [inside, "/usr/bin/wrk", 3], "b": {"c": ROOT + "-other/x"}})
+    assert got == {"a": [os.path.join("target", "release", "libmeshguard.so"), "/usr/bin/wrk", 3],
+                   "b": {"c": ROOT + "-other/x"}}
