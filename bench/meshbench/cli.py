@@ -28,7 +28,7 @@ from .drive import write_rotating_lua, write_static_lua
 from .render import render, render_latest_block
 from .instructions import run_instructions
 from .footprint import footprint_targets, meshguard_variants, reference_variants, run_footprint
-from .run import bench_context, run_rounds
+from .run import bench_context, finish_workdir, run_rounds
 from .scenarios import build_scenarios, diag_scenarios
 from .stats import evaluate, head_to_head, summarize
 from .tokens import make_distinct_tokens
@@ -216,8 +216,4 @@ def main(argv=None):
         ok = True
         return 0
     finally:
-        procs.stop_all()
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"bench: configs and Envoy logs kept in {workdir}")
+        finish_workdir(ok, args.keep, workdir, "configs and Envoy logs")

@@ -39,7 +39,7 @@ from . import procs
 from .bootstraps import upstream_bootstrap
 from .common import FIXTURES, RLS_TARGET, BenchError, log, repo_paths
 from .drive import finish_load, start_load, write_rotating_lua, write_static_lua
-from .run import UPSTREAM_STAT, bench_context, boot_scenario, check_run, check_zero_stats
+from .run import UPSTREAM_STAT, bench_context, boot_scenario, check_outcome, check_run, finish_workdir
 from .scenarios import COMPARISONS, build_scenarios
 from .tokens import make_distinct_tokens
 from .tools import (ensure_cryptography, ensure_trivial_dm, ensure_trivial_wasm, ensure_valgrind,
@@ -329,20 +329,7 @@ def measure_instructions(sc, args, ctx):
     advance(sc, res)
     n = check_run(sc, res)
     upstream = (envoy.stat_now(UPSTREAM_STAT) - up0) / n
-    if sc.expect_upstream == "none" and upstream > 0.01:
-        raise BenchError(f"{sc.name}: {upstream:.1%} of requests reached the upstream")
-    if sc.expect_upstream == "all" and upstream < 0.95:
-        raise BenchError(f"{sc.name}: only {upstream:.1%} of requests reached the upstream")
-    if sc.expect_stat:
-        st = envoy.stats_matching(sc.expect_stat)
-        if not st or max(st.values()) == 0:
-            raise BenchError(f"{sc.name}: stat /{sc.expect_stat}/ is 0 or missing: the filter did not act ({st})")
-    check_zero_stats(sc)
-    if rls is not None:
-        seen = rls.since(rls_mark)
-        if (seen["ok"] < n and not sc.rls_batched) or seen["ok"] != seen["calls"]:
-            raise BenchError(f"{sc.name}: the rate limit service logged {seen['ok']} matching OK calls of "
-                             f"{seen['calls']} for {n} requests: {seen['other']}")
+    check_outcome(sc, n, upstream, rls.since(rls_mark) if rls is not None else None)
     maps = read_maps(pid)
     idle = idle_rate(pid, prefix, args.instructions_idle) if args.instructions_idle > 0 else None
     t0 = time.monotonic()
@@ -501,11 +488,7 @@ def run_instructions(args):
         ok = True
         return 0
     finally:
-        procs.stop_all()
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"bench: configs, Envoy logs and callgrind dumps kept in {workdir}")
+        finish_workdir(ok, args.keep, workdir, "configs, Envoy logs and callgrind dumps")
 
 
 # ----------------------------------------------------------------------------------- report

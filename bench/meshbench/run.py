@@ -3,6 +3,7 @@ as twins loaded at the same moments), the rounds. (The memory and start-up
 measurement of fresh proxies is `footprint`.)"""
 
 import os
+import shutil
 import time
 
 from . import procs
@@ -70,6 +71,37 @@ def bench_context(envoy_bin, workdir, wrk, scenarios, up, rls_hint="", **extra):
             ctx["rls_error"] = f"{e}{rls_hint}"
             log(f"\n!!!!! THE RATE LIMIT SERVICE DID NOT START !!!!!\n{e}\n")
     return ctx
+
+
+def check_outcome(sc, n, upstream, rls_seen):
+    """A load run did what its scenario claims: the share of its `n` requests that reached the
+    upstream (`upstream`), the stat that shows the filter acting, the stats that must stay 0, and
+    the rate limit service's calls (`rls_seen`, None without one)."""
+    if sc.expect_upstream == "none" and upstream > 0.01:
+        raise BenchError(f"{sc.name}: {upstream:.1%} of requests reached the upstream")
+    if sc.expect_upstream == "all" and upstream < 0.95:
+        raise BenchError(f"{sc.name}: only {upstream:.1%} of requests reached the upstream")
+    if sc.expect_stat:
+        st = sc.envoy.stats_matching(sc.expect_stat)
+        if not st or max(st.values()) == 0:
+            raise BenchError(f"{sc.name}: stat /{sc.expect_stat}/ is 0 or missing: the filter did not act ({st})")
+    check_zero_stats(sc)
+    # Every completed request made one call, logged before its answer was sent: at least n calls
+    # for our descriptor, each answered OK by our limit, and no other call. Leased limits call
+    # once per batch: every call answered OK, none failed.
+    if rls_seen is not None and ((rls_seen["ok"] < n and not sc.rls_batched) or rls_seen["ok"] != rls_seen["calls"]):
+        raise BenchError(f"{sc.name}: the rate limit service logged {rls_seen['ok']} matching OK calls of "
+                         f"{rls_seen['calls']} for {n} completed requests: {rls_seen['other']}")
+
+
+def finish_workdir(ok, keep, workdir, kept):
+    """Ends every process the run started; removes its work directory after a run that went
+    through (unless `keep`), else says where `kept` (what the directory holds) is."""
+    procs.stop_all()
+    if ok and not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        log(f"bench: {kept} kept in {workdir}")
 
 
 def check_zero_stats(sc):
@@ -144,22 +176,8 @@ def measure_many(items, args, ctx):
         res["cpu_us_per_req"] = (p["cpu_after"] - p["cpu"]) / n
         res["upstream_fraction"] = (up_after - p["up"]) / n
         res["measured_with"] = [o.name for o, _ in items if o is not sc]
-        if sc.expect_upstream == "none" and res["upstream_fraction"] > 0.01:
-            raise BenchError(f"cache scenario: {res['upstream_fraction']:.1%} of requests reached the upstream")
-        if sc.expect_upstream == "all" and res["upstream_fraction"] < 0.95:
-            raise BenchError(f"only {res['upstream_fraction']:.1%} of requests reached the upstream")
-        if sc.expect_stat:
-            st = envoy.stats_matching(sc.expect_stat)
-            if not st or max(st.values()) == 0:
-                raise BenchError(f"stat /{sc.expect_stat}/ is 0 or missing: the filter did not act ({st})")
-        check_zero_stats(sc)
+        check_outcome(sc, n, res["upstream_fraction"], rls_seen)
         if rls_seen is not None:
-            # Every completed request made one call, logged before its answer was sent: at least n
-            # calls for our descriptor, each answered OK by our limit, and no other call.
-            # Leased limits call once per batch: every call answered OK, none failed.
-            if (rls_seen["ok"] < n and not sc.rls_batched) or rls_seen["ok"] != rls_seen["calls"]:
-                raise BenchError(f"the rate limit service logged {rls_seen['ok']} matching OK calls of "
-                                 f"{rls_seen['calls']} for {n} completed requests: {rls_seen['other']}")
             if rls_seen["other"]:
                 log(f"bench: {sc.name}: the rate limit service also logged: {rls_seen['other']}")
             res["rls_calls"] = rls_seen["calls"]
