@@ -28,7 +28,7 @@ from .drive import write_rotating_lua, write_static_lua
 from .render import render, render_latest_block
 from .instructions import run_instructions
 from .footprint import footprint_targets, meshguard_variants, reference_variants, run_footprint
-from .run import bench_context, finish_workdir, run_rounds
+from .run import bench_context, finish_workdir, run_rounds, stop_run
 from .scenarios import build_scenarios, diag_scenarios
 from .stats import evaluate, head_to_head, summarize
 from .tokens import make_distinct_tokens
@@ -176,12 +176,7 @@ def main(argv=None):
                 extra["footprint"] = run_footprint(variants, ctx, fp_concs, args.footprint_rounds)
                 extra["footprint_concurrency"] = list(fp_concs)
         finally:
-            for sc in scenarios:
-                if sc.envoy:
-                    sc.envoy.stop()
-            up.stop()
-            if ctx.get("rls"):
-                ctx["rls"].stop()
+            stop_run(scenarios, ctx)
 
         summary = summarize(scenarios, by_name)
         comp = head_to_head(comparisons)

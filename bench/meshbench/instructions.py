@@ -39,7 +39,7 @@ from . import procs
 from .bootstraps import upstream_bootstrap
 from .common import FIXTURES, RLS_TARGET, BenchError, log, repo_paths
 from .drive import finish_load, start_load, write_rotating_lua, write_static_lua
-from .run import UPSTREAM_STAT, bench_context, boot_scenario, check_outcome, check_run, finish_workdir
+from .run import UPSTREAM_STAT, bench_context, boot_scenario, check_outcome, check_run, finish_workdir, stop_run
 from .scenarios import COMPARISONS, build_scenarios
 from .tokens import make_distinct_tokens
 from .tools import (ensure_cryptography, ensure_trivial_dm, ensure_trivial_wasm, ensure_valgrind,
@@ -464,12 +464,7 @@ def run_instructions(args):
                     + f"  ({r['requests']} requests at {r['rps']:.0f} req/s, ready in {r['ready_s']:.0f}s, "
                     f"{time.monotonic() - t0:.0f}s in all)")
         finally:
-            for sc in scenarios:
-                if sc.envoy:
-                    sc.envoy.stop()
-            up.stop()
-            if ctx.get("rls"):
-                ctx["rls"].stop()
+            stop_run(scenarios, ctx)
         comp = comparisons(results)
         targets = target_rows(results)
         md = render_instructions(info, vg_version, args, results, comp, targets, time.monotonic() - started)

@@ -94,6 +94,16 @@ def check_outcome(sc, n, upstream, rls_seen):
                          f"{rls_seen['calls']} for {n} completed requests: {rls_seen['other']}")
 
 
+def stop_run(scenarios, ctx):
+    """Stops the scenarios' proxies, the upstream and the rate limit service (if it started)."""
+    for sc in scenarios:
+        if sc.envoy:
+            sc.envoy.stop()
+    ctx["upstream"].stop()
+    if ctx.get("rls"):
+        ctx["rls"].stop()
+
+
 def finish_workdir(ok, keep, workdir, kept):
     """Ends every process the run started; removes its work directory after a run that went
     through (unless `keep`), else says where `kept` (what the directory holds) is."""
