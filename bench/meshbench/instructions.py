@@ -303,7 +303,7 @@ def start_under_callgrind(sc, args, ctx):
     """The scenario's proxy as the timed run builds it, under callgrind, and its probes: the
     prefix of its callgrind out files."""
     prefix = os.path.join(ctx["workdir"], f"callgrind.{sc.name}")
-    wrapper = [ctx["valgrind"], "--tool=callgrind", f"--callgrind-out-file={prefix}.%p"]
+    wrapper = [ctx["valgrind"], "--tool=callgrind", f"--callgrind-out-file={prefix}.%p"] + os.environ.get("MG_VG_EXTRA", "").split()
     wasm = any(f["name"] == "envoy.filters.http.wasm" for f in sc.filters)
     boot_scenario(sc, ctx, wrapper=wrapper, timeout=args.instructions_timeout or (300 if wasm else 120))
     return prefix

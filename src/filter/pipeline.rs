@@ -200,7 +200,7 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                     };
                     match cache::lookup_as(&host, &cr, &s.req, identity) {
                         Lookup::Hit(resp) => {
-                            return send_cached(s, px, resp, "hit");
+                            return send_hit(s, px, resp);
                         }
                         Lookup::OnlyIfCachedMiss(resp) => {
                             return send_cached(s, px, resp, "only_if_cached_miss");
@@ -1485,9 +1485,21 @@ fn send_cached(
     resp: cache::CachedResponse,
     reason: &'static str,
 ) -> Step {
+    note_cached(s, reason);
+    s.reply_map(io, resp.status, resp.headers, &resp.body)
+}
+
+/// [`send_cached`] for a hit, before the request went upstream: sent as
+/// the origin's response where the host can ([`StreamState::reply_stored`];
+/// a local reply would go through Envoy's local-reply processing).
+fn send_hit(s: &mut StreamState, io: &impl Stream, resp: cache::CachedResponse) -> Step {
+    note_cached(s, "hit");
+    s.reply_stored(io, resp.status, resp.headers, &resp.body)
+}
+
+fn note_cached(s: &mut StreamState, reason: &'static str) {
     s.verdict.decide("cached", "cache", reason);
     s.verdict.cache = Some(reason.to_string());
-    s.reply_map(io, resp.status, resp.headers, &resp.body)
 }
 
 /// A response body chunk passing through: copied for the cache, never held.

@@ -325,8 +325,33 @@ impl StreamState {
         &mut self,
         io: &impl Stream,
         status: u32,
+        map: HeaderMap,
+        body: &[u8],
+    ) -> Step {
+        self.reply_as(io, status, map, body, false)
+    }
+
+    /// [`StreamState::reply_map`] for a stored response sent before the
+    /// request went upstream (a cache hit): the host sends it as the
+    /// origin's response where it can ([`Stream::send_stored_response`]),
+    /// not as a local reply.
+    pub fn reply_stored(
+        &mut self,
+        io: &impl Stream,
+        status: u32,
+        map: HeaderMap,
+        body: &[u8],
+    ) -> Step {
+        self.reply_as(io, status, map, body, true)
+    }
+
+    fn reply_as(
+        &mut self,
+        io: &impl Stream,
+        status: u32,
         mut map: HeaderMap,
         body: &[u8],
+        stored: bool,
     ) -> Step {
         if !self.local_reply {
             self.local_reply = true;
@@ -348,7 +373,12 @@ impl StreamState {
                 );
             }
             self.publish(io);
-            if !io.send_local_reply(status, &map, body) {
+            let sent = if stored {
+                io.send_stored_response(status, &map, body, self.req.method == "HEAD")
+            } else {
+                io.send_local_reply(status, &map, body)
+            };
+            if !sent {
                 log::warn!("meshguard: the host refused a local {status} reply");
             }
         }

@@ -630,6 +630,10 @@ fn a_response_is_copied_into_the_cache_as_it_streams_and_then_served() {
     assert_eq!(vm.get(2, "/doc", &[]), Action::Pause);
     let r = vm.reply(2);
     assert_eq!((r.status, r.body_text().as_str()), (200, "hello world"));
+    assert!(
+        r.stored,
+        "a hit is sent as the stored response, not a local reply"
+    );
     assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
     assert!(r.header("cache-status").is_some_and(|v| v.contains("hit")));
     assert_eq!(vm.metric("meshguard.cache.api.hit"), Some(1));
@@ -889,6 +893,7 @@ fn an_open_breaker_and_a_cache_hit_are_published() {
     vm.get(2, "/flaky/b", &[]);
     let r = vm.reply(2);
     assert_eq!(r.status, 503);
+    assert!(!r.stored, "a refusal is a local reply");
     assert_eq!(
         r.header("proxy-status").as_deref(),
         Some(r#"meshguard; error=destination_unavailable; details="breaker circuit_open""#)
@@ -917,6 +922,7 @@ fn an_open_breaker_and_a_cache_hit_are_published() {
     vm.get(4, "/catalog/x", &[]);
     let r = vm.reply(4);
     assert_eq!(r.status, 200);
+    assert!(r.stored);
     assert_eq!(
         r.header("proxy-status").as_deref(),
         Some(r#"meshguard; details="cache hit""#)

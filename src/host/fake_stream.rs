@@ -24,6 +24,9 @@ pub struct Reply {
     pub status: u32,
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
+    /// Sent with [`Stream::send_stored_response`] (a stored response),
+    /// not as a local reply.
+    pub stored: bool,
 }
 
 impl Reply {
@@ -251,6 +254,23 @@ impl FakeProxy {
             .map(f)
     }
 
+    /// A reply recorded on the effective context (see [`Reply`]).
+    fn reply(&self, status: u32, headers: &HeaderMap, body: &[u8], stored: bool) -> bool {
+        if self.refuse_replies.get() {
+            return false;
+        }
+        let headers = decode_pairs(&headers.finish()).unwrap_or_default();
+        self.current(|c| {
+            c.replies.push(Reply {
+                status,
+                headers,
+                body: body.to_vec(),
+                stored,
+            })
+        })
+        .is_some()
+    }
+
     fn token(&self) -> u32 {
         let t = self.next_token.get();
         self.next_token.set(t + 1);
@@ -306,18 +326,16 @@ impl Stream for FakeProxy {
             .is_some()
     }
     fn send_local_reply(&self, status: u32, headers: &HeaderMap, body: &[u8]) -> bool {
-        if self.refuse_replies.get() {
-            return false;
-        }
-        let headers = decode_pairs(&headers.finish()).unwrap_or_default();
-        self.current(|c| {
-            c.replies.push(Reply {
-                status,
-                headers,
-                body: body.to_vec(),
-            })
-        })
-        .is_some()
+        self.reply(status, headers, body, false)
+    }
+    fn send_stored_response(
+        &self,
+        status: u32,
+        headers: &HeaderMap,
+        body: &[u8],
+        _head_request: bool,
+    ) -> bool {
+        self.reply(status, headers, body, true)
     }
     fn resume_request(&self) {
         self.current(|c| c.resumed += 1);

@@ -62,6 +62,25 @@ pub trait Stream {
     fn set_filter_state(&self, key: &str, value: &[u8]) -> bool;
     /// Sends a local reply; false if the host refused it.
     fn send_local_reply(&self, status: u32, headers: &HeaderMap, body: &[u8]) -> bool;
+    /// Sends a stored response (a cache hit, while the request has not
+    /// gone upstream) as the origin's response rather than as a local
+    /// reply: a host that can encode a response itself does (Envoy's
+    /// dynamic modules: no local-reply processing, no `content-type`
+    /// added, `Content-Length` from `body`); `head_request`: the headers
+    /// only, `Content-Length` still the body's. The default is
+    /// [`Stream::send_local_reply`] (proxy-wasm has nothing else; Envoy's
+    /// local reply drops a HEAD request's body itself). False if the
+    /// host refused it.
+    fn send_stored_response(
+        &self,
+        status: u32,
+        headers: &HeaderMap,
+        body: &[u8],
+        head_request: bool,
+    ) -> bool {
+        let _ = head_request;
+        self.send_local_reply(status, headers, body)
+    }
     /// Lets a paused request go on.
     fn resume_request(&self);
 

@@ -271,6 +271,21 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
+    /// A response Envoy encodes as the origin's (the decoder callbacks'
+    /// `encodeHeaders`, details empty): `:status` among the headers.
+    pub fn envoy_dynamic_module_callback_http_send_response_headers(
+        filter: FilterEnvoyPtr,
+        headers: *const ModuleHeader,
+        headers_len: usize,
+        end_stream: bool,
+    );
+    /// The body after [`envoy_dynamic_module_callback_http_send_response_headers`]
+    /// (the decoder callbacks' `encodeData`).
+    pub fn envoy_dynamic_module_callback_http_send_response_data(
+        filter: FilterEnvoyPtr,
+        data: ModuleBuffer,
+        end_stream: bool,
+    );
     pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
         filter: FilterEnvoyPtr,
         body_type: u32,
@@ -360,6 +375,8 @@ pub const CALLBACKS: &[&str] = &[
     "envoy_dynamic_module_callback_http_add_header",
     "envoy_dynamic_module_callback_http_set_header",
     "envoy_dynamic_module_callback_http_send_response",
+    "envoy_dynamic_module_callback_http_send_response_headers",
+    "envoy_dynamic_module_callback_http_send_response_data",
     "envoy_dynamic_module_callback_http_get_body_chunks_size",
     "envoy_dynamic_module_callback_http_get_body_chunks",
     "envoy_dynamic_module_callback_http_set_filter_state_bytes",
