@@ -8,6 +8,7 @@ mod jwt_support;
 
 use jwt_support::*;
 use meshguard::host::fake::FakeHost;
+use meshguard::host::Host;
 use meshguard::jwt::remote::{BACKOFF_MAX, REFETCH_COOLDOWN};
 use meshguard::jwt::{AuthOutcome, FetchFailure, FetchRequest, TokenCache};
 use serde_json::json;
@@ -107,6 +108,20 @@ fn a_vanished_lease_holder_is_replaced_after_the_timeout() {
     assert!(b.poll().is_empty());
     h.advance(Duration::from_secs(1) + Duration::from_nanos(1));
     assert_eq!(b.poll().len(), 1, "lease (timeout + 1s) expired");
+}
+
+/// A lease taken a moment ago by a worker whose clock reads a little later
+/// holds for the others (one fetch, not two): see `host::CLOCK_SKEW_NS`.
+#[test]
+fn a_lease_from_a_clock_slightly_ahead_holds() {
+    let h = host();
+    let (a, b) = (Worker::new(&h), Worker::new(&h));
+    let t = h.now_nanos();
+    assert_eq!(a.poll().len(), 1);
+    for lag in [1, 1_000_000, 999_999_999] {
+        h.set_now(t - lag);
+        assert!(b.poll().is_empty(), "{lag} ns behind");
+    }
 }
 
 #[test]

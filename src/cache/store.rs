@@ -66,7 +66,7 @@
 use super::entry::{Entry, EntryMeta, EntryView};
 use crate::config::raw::RawCacheStore;
 use crate::config::ConfigError;
-use crate::host::{Host, SetError, CREATE_CAS};
+use crate::host::{Host, SetError, CLOCK_SKEW_NS, CREATE_CAS};
 
 pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
@@ -1042,8 +1042,8 @@ impl<'h, H: Host> Store<'h, H> {
     }
 
     /// Takes the fill lock for a primary key. A lock whose deadline has
-    /// passed, or lies further ahead than `LOCK_TTL_NS` (the clock went
-    /// backwards), is free.
+    /// passed, or lies further ahead than `LOCK_TTL_NS` plus
+    /// [`CLOCK_SKEW_NS`] (the clock went backwards), is free.
     pub fn try_lock(&self, primary: &[u8; 32]) -> LockOutcome {
         let Some((slot, tag)) = self.lock_slot(primary) else {
             return LockOutcome::Unavailable;
@@ -1055,7 +1055,7 @@ impl<'h, H: Host> Store<'h, H> {
             };
             let key_locked_before = cur.is_some_and(|(_, t, _)| t == tag);
             if let Some((deadline, t, holder_of)) = cur {
-                let live = deadline > now && deadline - now <= LOCK_TTL_NS;
+                let live = deadline > now && deadline - now <= LOCK_TTL_NS + CLOCK_SKEW_NS;
                 if live {
                     return if t == tag && holder_of != PASS_HOLDER {
                         LockOutcome::HeldByOther {
@@ -1453,6 +1453,33 @@ mod tests {
         // Clock going far backwards frees a lock instead of holding it forever.
         h.set_now(1);
         assert!(matches!(s.try_lock(&p), LockOutcome::Acquired(_)));
+    }
+
+    /// A lock taken a moment ago by a worker whose clock reads a little
+    /// later than this one's (proxy-wasm: each worker's event-loop time; a
+    /// native worker that read `now` just before another took the lock)
+    /// is held, not mistaken for a lock from a clock that went backwards:
+    /// that mistake let two requests revalidate the same key at once (the
+    /// flaky `test_concurrent_revalidation_collapses`).
+    #[test]
+    fn a_lock_from_a_clock_slightly_ahead_is_held() {
+        let t = 10_000_000_000;
+        let h = FakeHost::new(t);
+        let s = Store::new(&h, &cfg(1 << 20));
+        let p = [9u8; 32];
+        assert!(matches!(s.try_lock(&p), LockOutcome::Acquired(_)));
+        let behind = h.clone();
+        let s2 = Store::new(&behind, &cfg(1 << 20));
+        for lag in [1, 1_000_000, CLOCK_SKEW_NS - 1] {
+            behind.set_now(t - lag);
+            assert!(
+                matches!(s2.try_lock(&p), LockOutcome::HeldByOther { .. }),
+                "{lag} ns behind"
+            );
+        }
+        // More than the allowed skew behind: the clock went backwards.
+        behind.set_now(t - CLOCK_SKEW_NS - 1);
+        assert!(matches!(s2.try_lock(&p), LockOutcome::Acquired(_)));
     }
 
     #[test]

@@ -40,6 +40,15 @@ use std::fmt;
 /// CAS token used to create a key only if it is still absent (see module docs).
 pub const CREATE_CAS: u32 = u32::MAX;
 
+/// How far ahead of one worker's clock another worker's may read. A lock
+/// or lease in shared data carries its deadline in the taker's clock; one
+/// taken a moment ago by a worker whose clock reads later lies up to its
+/// length plus this ahead of `now` and is live (proxy-wasm's clock is each
+/// worker's event-loop time; a native worker may read `now` just before
+/// another takes the lock). Further ahead: the clock went backwards, and
+/// it is free.
+pub const CLOCK_SKEW_NS: u64 = 1_000_000_000;
+
 /// Why a shared-data write failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetError {

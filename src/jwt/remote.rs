@@ -31,7 +31,7 @@
 //!    `fetched_at` changed.
 
 use super::jwk::KeySet;
-use crate::host::{Host, CREATE_CAS};
+use crate::host::{Host, CLOCK_SKEW_NS, CREATE_CAS};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Unknown-kid refetches happen at most this often per provider (nanos).
@@ -223,8 +223,11 @@ impl RemoteJwks {
         if now < l.next_fetch_at {
             return None;
         }
-        // A live lease (tolerating a clock that jumped backwards).
-        if l.lease_until > now && l.lease_until <= now.saturating_add(lease_len) {
+        // A live lease, taken by a worker whose clock may read a little
+        // later (tolerating a clock that jumped backwards).
+        if l.lease_until > now
+            && l.lease_until <= now.saturating_add(lease_len).saturating_add(CLOCK_SKEW_NS)
+        {
             return None;
         }
         l.lease_until = now.saturating_add(lease_len);
