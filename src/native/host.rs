@@ -757,7 +757,8 @@ pub(crate) fn send_response(
 /// it came from the origin (`send_response_headers`, `send_response_data`:
 /// the encoder filters run, Envoy's local-reply processing does not: no
 /// local reply mapper, no `content-type` added, no `%RESPONSE_CODE_DETAILS%`):
-/// `:status`, then `headers` without any `Content-Length`, then the body's
+/// `:status`, then `headers` without any `Content-Length` (nor a
+/// pseudo-header: the status is `status`), then the body's
 /// own length when there is a body (a HEAD request: its length, and the
 /// headers end the stream). Cheaper than a local reply (see
 /// docs/performance.md, "Native module cost"). Whether it could be sent.
@@ -782,7 +783,7 @@ pub(crate) fn encode_response(
     hs.extend(
         headers
             .iter()
-            .filter(|(n, _)| !n.eq_ignore_ascii_case(b"content-length"))
+            .filter(|(n, _)| n.first() != Some(&b':') && !n.eq_ignore_ascii_case(b"content-length"))
             .map(|(n, v)| ModuleHeader::of(n, v)),
     );
     if !body.is_empty() {
@@ -940,6 +941,7 @@ mod tests {
     #[test]
     fn a_stored_response_is_encoded_with_its_own_length() {
         let stored = [
+            (":status", "404"),
             ("content-type", "text/plain"),
             ("Content-Length", "999"),
             ("age", "3"),
