@@ -143,16 +143,22 @@ impl Verdict {
             (_, s) if s >= 500 => Some("proxy_internal_error"),
             _ => Some("http_request_denied"),
         };
-        let mut details = format!("{} {}", dash(self.policy), dash(self.reason));
-        if !self.detail.is_empty() {
-            details.push(' ');
-            details.push_str(&self.detail);
+        // One string, written in place (no `format!`: this runs on every
+        // reply, a cache hit's included).
+        let mut out =
+            String::with_capacity(48 + self.policy.len() + self.reason.len() + self.detail.len());
+        out.push_str("meshguard; ");
+        if let Some(e) = error {
+            out.push_str("error=");
+            out.push_str(e);
+            out.push_str("; ");
         }
-        let details = sf_string(&details);
-        match error {
-            Some(e) => format!("meshguard; error={e}; details={details}"),
-            None => format!("meshguard; details={details}"),
-        }
+        out.push_str("details=");
+        let words = [dash(self.policy), " ", dash(self.reason)];
+        let detail = [" ", self.detail.as_str()];
+        let extra: &[&str] = if self.detail.is_empty() { &[] } else { &detail };
+        push_sf_string(&mut out, words.iter().chain(extra).copied());
+        out
     }
 }
 
@@ -185,12 +191,12 @@ fn push_pair(out: &mut String, key: &str, value: &str) {
     }
 }
 
-/// A structured-field String (RFC 8941 3.3.3): quoted, `"` and `\`
-/// escaped, anything outside printable ASCII replaced by `?`.
-fn sf_string(v: &str) -> String {
-    let mut out = String::with_capacity(v.len() + 2);
+/// Appends the parts, joined, as one structured-field String (RFC 8941
+/// 3.3.3): quoted, `"` and `\` escaped, anything outside printable ASCII
+/// replaced by `?`.
+fn push_sf_string<'a>(out: &mut String, parts: impl IntoIterator<Item = &'a str>) {
     out.push('"');
-    for c in v.chars() {
+    for c in parts.into_iter().flat_map(str::chars) {
         match c {
             '"' | '\\' => {
                 out.push('\\');
@@ -201,7 +207,6 @@ fn sf_string(v: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 /// How far a request got with its route's leased global limits.

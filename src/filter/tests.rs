@@ -1053,6 +1053,24 @@ fn the_verdict_line_keeps_one_field_per_value_whatever_a_claim_holds() {
         d.proxy_status(401),
         r#"meshguard; error=http_request_denied; details="jwt invalid_token bad \"sig\"""#
     );
+    // No policy nor reason: dashes; no error for a hit; a back-slash
+    // escaped, anything outside printable ASCII replaced.
+    let e = super::state::Verdict {
+        decision: "cached",
+        detail: "a\\b\u{e9}\n".into(),
+        ..Default::default()
+    };
+    assert_eq!(e.proxy_status(200), r#"meshguard; details="- - a\\b??""#);
+    let u = super::state::Verdict {
+        decision: "unavailable",
+        policy: "breaker",
+        reason: "circuit_open",
+        ..Default::default()
+    };
+    assert_eq!(
+        u.proxy_status(503),
+        r#"meshguard; error=destination_unavailable; details="breaker circuit_open""#
+    );
 }
 
 // ---------------------------------------------------------- leased global limits
