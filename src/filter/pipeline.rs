@@ -7,7 +7,9 @@
 //! entry). Every park has a deadline, so no request can hang.
 
 use super::runtime::{RouteRuntime, Runtime};
-use super::state::{self, BreakerTicket, Capture, Stage, Step, StreamState, CLAIM_KEY_PREFIX};
+use super::state::{
+    self, BreakerTicket, Capture, SendAs, Stage, Step, StreamState, CLAIM_KEY_PREFIX,
+};
 use super::worker::{LeaseCall, LeaseRefill, Worker};
 use crate::breaker::{self, Admission};
 use crate::cache::{self, CacheRoute, Lookup, ResponseDecision};
@@ -200,10 +202,16 @@ pub fn run<P: Host + Stream>(s: &mut StreamState, w: &Worker, px: &P) -> Step {
                     };
                     match cache::lookup_as(&host, &cr, &s.req, identity) {
                         Lookup::Hit(resp) => {
-                            return send_hit(s, px, resp);
+                            return send_cached(s, px, resp, "hit", SendAs::Stored);
                         }
                         Lookup::OnlyIfCachedMiss(resp) => {
-                            return send_cached(s, px, resp, "only_if_cached_miss");
+                            return send_cached(
+                                s,
+                                px,
+                                resp,
+                                "only_if_cached_miss",
+                                SendAs::LocalReply,
+                            );
                         }
                         Lookup::Wait { retry_after_ms } => {
                             let now = host.now_nanos();
@@ -1108,7 +1116,7 @@ fn stale_when_circuit_open<P: Host + Stream>(s: &mut StreamState, px: &P) -> Opt
         _ => None,
     };
     s.capture = None;
-    stale.map(|resp| send_cached(s, px, resp, "stale_circuit_open"))
+    stale.map(|resp| send_cached(s, px, resp, "stale_circuit_open", SendAs::LocalReply))
 }
 
 /// Releases the cache fill lock of a request that will not be stored.
@@ -1301,7 +1309,7 @@ pub fn on_response_headers<P: Host + Stream>(
             let host = rt.host(px);
             if breaker::upstream_failure_from_response_flags(flags) {
                 if let Some(stale) = cache::on_upstream_failure(&host, &cr, &mut ctx) {
-                    send_cached(s, px, stale, "stale_if_error");
+                    send_cached(s, px, stale, "stale_if_error", SendAs::LocalReply);
                     return true;
                 }
                 cache_status = Some(ctx.cache_status());
@@ -1315,7 +1323,7 @@ pub fn on_response_headers<P: Host + Stream>(
                     &headers,
                 ) {
                     ResponseDecision::Replace { response } => {
-                        send_cached(s, px, response, "revalidated");
+                        send_cached(s, px, response, "revalidated", SendAs::LocalReply);
                         return true;
                     }
                     ResponseDecision::Store {
@@ -1401,7 +1409,7 @@ fn refetch<P: Host + Stream>(
         None => {
             log::warn!("meshguard: cache: could not send the full request after a mismatched 304");
             let resp = cache::on_refetch(host, cr, &mut ctx, None);
-            send_cached(s, px, resp, "refetch_failed");
+            send_cached(s, px, resp, "refetch_failed", SendAs::LocalReply);
         }
     }
     true
@@ -1429,7 +1437,13 @@ pub fn on_refetch_answer<P: Host + Stream>(
     };
     let ok = answer.is_some();
     let resp = cache::on_refetch(&rt.host(px), &cr, &mut ctx, answer);
-    send_cached(s, px, resp, if ok { "refetched" } else { "refetch_failed" });
+    send_cached(
+        s,
+        px,
+        resp,
+        if ok { "refetched" } else { "refetch_failed" },
+        SendAs::LocalReply,
+    );
 }
 
 /// Adds meshguard's own response headers (rate-limit headers, ...) and the
@@ -1475,8 +1489,10 @@ pub fn is_list_field(name: &str) -> bool {
     matches!(name, "ratelimit" | "ratelimit-policy" | "cache-status")
 }
 
-/// Sends a stored response as meshguard's reply: a cache hit, or instead of
-/// the upstream's response (revalidated 304, stale-if-error). Header values
+/// Sends a stored response as meshguard's reply: a cache hit (`how`:
+/// [`SendAs::Stored`], sent as the origin's where the host can), or
+/// instead of the upstream's response (revalidated 304, stale-if-error:
+/// a local reply; the upstream's response is already being encoded). Header values
 /// go to the host as the bytes stored (Envoy accepted them from the origin;
 /// they need not be UTF-8).
 fn send_cached(
@@ -1484,22 +1500,11 @@ fn send_cached(
     io: &impl Stream,
     resp: cache::CachedResponse,
     reason: &'static str,
+    how: SendAs,
 ) -> Step {
-    note_cached(s, reason);
-    s.reply_map(io, resp.status, resp.headers, &resp.body)
-}
-
-/// [`send_cached`] for a hit, before the request went upstream: sent as
-/// the origin's response where the host can ([`StreamState::reply_stored`];
-/// a local reply would go through Envoy's local-reply processing).
-fn send_hit(s: &mut StreamState, io: &impl Stream, resp: cache::CachedResponse) -> Step {
-    note_cached(s, "hit");
-    s.reply_stored(io, resp.status, resp.headers, &resp.body)
-}
-
-fn note_cached(s: &mut StreamState, reason: &'static str) {
     s.verdict.decide("cached", "cache", reason);
     s.verdict.cache = Some(reason.to_string());
+    s.reply_map(io, resp.status, resp.headers, &resp.body, how)
 }
 
 /// A response body chunk passing through: copied for the cache, never held.

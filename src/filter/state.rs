@@ -209,6 +209,18 @@ fn push_sf_string<'a>(out: &mut String, parts: impl IntoIterator<Item = &'a str>
     out.push('"');
 }
 
+/// How [`StreamState::reply_map`] hands a reply to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendAs {
+    /// Meshguard's own answer (a refusal, an error, a response sent in
+    /// place of the upstream's): the host's local reply.
+    LocalReply,
+    /// A stored response sent before the request went upstream (a cache
+    /// hit): as the origin's response where the host can
+    /// ([`Stream::send_stored_response`]).
+    Stored,
+}
+
 /// How far a request got with its route's leased global limits.
 #[derive(Debug, Default)]
 pub struct LeaseProgress {
@@ -320,43 +332,20 @@ impl StreamState {
         for (n, v) in extra {
             map.add(n.as_bytes(), v.as_bytes());
         }
-        self.reply_map(io, status, map, body)
+        self.reply_map(io, status, map, body, SendAs::LocalReply)
     }
 
     /// [`StreamState::reply`] with the reply's own headers already in a
     /// [`HeaderMap`] (a cached response's, as stored bytes); the rate-limit
-    /// headers and meshguard's other response headers follow them.
+    /// headers and meshguard's other response headers follow them; `how`
+    /// says whether it goes as a local reply or as a stored response.
     pub fn reply_map(
-        &mut self,
-        io: &impl Stream,
-        status: u32,
-        map: HeaderMap,
-        body: &[u8],
-    ) -> Step {
-        self.reply_as(io, status, map, body, false)
-    }
-
-    /// [`StreamState::reply_map`] for a stored response sent before the
-    /// request went upstream (a cache hit): the host sends it as the
-    /// origin's response where it can ([`Stream::send_stored_response`]),
-    /// not as a local reply.
-    pub fn reply_stored(
-        &mut self,
-        io: &impl Stream,
-        status: u32,
-        map: HeaderMap,
-        body: &[u8],
-    ) -> Step {
-        self.reply_as(io, status, map, body, true)
-    }
-
-    fn reply_as(
         &mut self,
         io: &impl Stream,
         status: u32,
         mut map: HeaderMap,
         body: &[u8],
-        stored: bool,
+        how: SendAs,
     ) -> Step {
         if !self.local_reply {
             self.local_reply = true;
@@ -378,10 +367,11 @@ impl StreamState {
                 );
             }
             self.publish(io);
-            let sent = if stored {
-                io.send_stored_response(status, &map, body, self.req.method == "HEAD")
-            } else {
-                io.send_local_reply(status, &map, body)
+            let sent = match how {
+                SendAs::Stored => {
+                    io.send_stored_response(status, &map, body, self.req.method == "HEAD")
+                }
+                SendAs::LocalReply => io.send_local_reply(status, &map, body),
             };
             if !sent {
                 log::warn!("meshguard: the host refused a local {status} reply");
@@ -432,7 +422,7 @@ impl StreamState {
             let message = grpc::message_from_json(body);
             let (map, body) =
                 grpc_reply(kind, self.req.header("content-type"), code, &message, extra);
-            return self.reply_map(io, 200, map, &body);
+            return self.reply_map(io, 200, map, &body, SendAs::LocalReply);
         }
         let mut h = vec![("content-type", "application/json")];
         h.extend_from_slice(extra);
