@@ -772,14 +772,11 @@ pub(crate) fn encode_response(
     if filter.is_null() || !(100..=999).contains(&status) {
         return false;
     }
-    let code = [
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-    ];
-    let length = body.len().to_string();
+    let (mut code, mut length) = ([0u8; 20], [0u8; 20]);
+    let code = decimal(u64::from(status), &mut code);
+    let length = decimal(body.len() as u64, &mut length);
     let mut hs: Vec<ModuleHeader> = Vec::with_capacity(headers.len() + 2);
-    hs.push(ModuleHeader::of(b":status", &code));
+    hs.push(ModuleHeader::of(b":status", code));
     hs.extend(
         headers
             .iter()
@@ -787,7 +784,7 @@ pub(crate) fn encode_response(
             .map(|(n, v)| ModuleHeader::of(n, v)),
     );
     if !body.is_empty() {
-        hs.push(ModuleHeader::of(b"content-length", length.as_bytes()));
+        hs.push(ModuleHeader::of(b"content-length", length));
     }
     let with_body = !body.is_empty() && !head_request;
     // SAFETY: the caller's live filter; `hs` (and what it points into) and
@@ -811,9 +808,34 @@ pub(crate) fn encode_response(
     true
 }
 
+/// `v` in decimal, written at the end of `buf` (no allocation: a hit's
+/// status and length).
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        if let Some(d) = buf.get_mut(at) {
+            *d = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || at == 0 {
+            break;
+        }
+    }
+    buf.get(at..).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_is_the_number_in_decimal() {
+        for v in [0, 7, 10, 200, 304, 999, 65_536, u64::MAX] {
+            let mut b = [0u8; 20];
+            assert_eq!(decimal(v, &mut b), v.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn metric_ids_keep_their_kind() {
