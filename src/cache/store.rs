@@ -66,7 +66,7 @@
 use super::entry::{Entry, EntryMeta, EntryView};
 use crate::config::raw::RawCacheStore;
 use crate::config::ConfigError;
-use crate::host::{Host, SetError, CLOCK_SKEW_NS, CREATE_CAS};
+use crate::host::{lease_holds, Host, SetError, CREATE_CAS};
 
 pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
@@ -1042,8 +1042,8 @@ impl<'h, H: Host> Store<'h, H> {
     }
 
     /// Takes the fill lock for a primary key. A lock whose deadline has
-    /// passed, or lies further ahead than `LOCK_TTL_NS` plus
-    /// [`CLOCK_SKEW_NS`] (the clock went backwards), is free.
+    /// passed, or lies further ahead than `LOCK_TTL_NS` plus the clocks'
+    /// skew (the clock went backwards), is free ([`lease_holds`]).
     pub fn try_lock(&self, primary: &[u8; 32]) -> LockOutcome {
         let Some((slot, tag)) = self.lock_slot(primary) else {
             return LockOutcome::Unavailable;
@@ -1055,7 +1055,7 @@ impl<'h, H: Host> Store<'h, H> {
             };
             let key_locked_before = cur.is_some_and(|(_, t, _)| t == tag);
             if let Some((deadline, t, holder_of)) = cur {
-                let live = deadline > now && deadline - now <= LOCK_TTL_NS + CLOCK_SKEW_NS;
+                let live = lease_holds(deadline, now, LOCK_TTL_NS);
                 if live {
                     return if t == tag && holder_of != PASS_HOLDER {
                         LockOutcome::HeldByOther {
@@ -1470,7 +1470,7 @@ mod tests {
         assert!(matches!(s.try_lock(&p), LockOutcome::Acquired(_)));
         let behind = h.clone();
         let s2 = Store::new(&behind, &cfg(1 << 20));
-        for lag in [1, 1_000_000, CLOCK_SKEW_NS - 1] {
+        for lag in [1, 1_000_000, crate::host::CLOCK_SKEW_NS - 1] {
             behind.set_now(t - lag);
             assert!(
                 matches!(s2.try_lock(&p), LockOutcome::HeldByOther { .. }),
@@ -1478,7 +1478,7 @@ mod tests {
             );
         }
         // More than the allowed skew behind: the clock went backwards.
-        behind.set_now(t - CLOCK_SKEW_NS - 1);
+        behind.set_now(t - crate::host::CLOCK_SKEW_NS - 1);
         assert!(matches!(s2.try_lock(&p), LockOutcome::Acquired(_)));
     }
 

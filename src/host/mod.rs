@@ -49,6 +49,15 @@ pub const CREATE_CAS: u32 = u32::MAX;
 /// it is free.
 pub const CLOCK_SKEW_NS: u64 = 1_000_000_000;
 
+/// Whether a lock or lease of `length` ns whose deadline (in its taker's
+/// clock) is `deadline` still holds at this worker's `now`: not passed, and
+/// no further ahead than `length` plus [`CLOCK_SKEW_NS`] (further: the
+/// clock went backwards, and it is free). The one rule of the cache's fill
+/// locks and the JWKS fetch lease.
+pub fn lease_holds(deadline: u64, now: u64, length: u64) -> bool {
+    deadline > now && deadline - now <= length.saturating_add(CLOCK_SKEW_NS)
+}
+
 /// Why a shared-data write failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetError {
@@ -236,5 +245,25 @@ mod one_clock_tests {
         let id = c.define_metric(MetricKind::Counter, "m").expect("metric");
         c.increment_metric(id, 2);
         assert_eq!(h.metric("m"), Some(2));
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::{lease_holds, CLOCK_SKEW_NS};
+
+    /// Held until the deadline passes; a deadline up to the length plus
+    /// the skew ahead is held (a worker whose clock reads later took it),
+    /// further ahead it is free (the clock went backwards).
+    #[test]
+    fn a_lease_holds_until_its_deadline_within_the_skew() {
+        let (now, len) = (100 * CLOCK_SKEW_NS, 5 * CLOCK_SKEW_NS);
+        assert!(!lease_holds(0, now, len));
+        assert!(!lease_holds(now, now, len));
+        assert!(lease_holds(now + 1, now, len));
+        assert!(lease_holds(now + len, now, len));
+        assert!(lease_holds(now + len + CLOCK_SKEW_NS, now, len));
+        assert!(!lease_holds(now + len + CLOCK_SKEW_NS + 1, now, len));
+        assert!(lease_holds(u64::MAX, now, u64::MAX));
     }
 }

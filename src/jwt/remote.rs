@@ -31,7 +31,7 @@
 //!    `fetched_at` changed.
 
 use super::jwk::KeySet;
-use crate::host::{Host, CLOCK_SKEW_NS, CREATE_CAS};
+use crate::host::{lease_holds, Host, CREATE_CAS};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Unknown-kid refetches happen at most this often per provider (nanos).
@@ -214,8 +214,7 @@ impl RemoteJwks {
         let lease_len = self.timeout.saturating_add(LEASE_MARGIN);
         {
             let local = self.local();
-            if local.in_flight_until > now && local.in_flight_until <= now.saturating_add(lease_len)
-            {
+            if lease_holds(local.in_flight_until, now, lease_len) {
                 return None;
             }
         }
@@ -225,9 +224,7 @@ impl RemoteJwks {
         }
         // A live lease, taken by a worker whose clock may read a little
         // later (tolerating a clock that jumped backwards).
-        if l.lease_until > now
-            && l.lease_until <= now.saturating_add(lease_len).saturating_add(CLOCK_SKEW_NS)
-        {
+        if lease_holds(l.lease_until, now, lease_len) {
             return None;
         }
         l.lease_until = now.saturating_add(lease_len);
