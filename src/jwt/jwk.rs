@@ -5,9 +5,11 @@
 //! with one `warn` line naming the provider and the `kid`; the others are
 //! kept, so one odd key published by an IdP never locks everybody out.
 
+use super::ecdsa::EcKey;
 use super::jose::{b64url_decode, Alg};
+use super::montgomery::{bit_len, strip_zeros};
 use super::native::{ec_spki_der, rsa_spki_der, Curve};
-use super::rsassa::{modulus_bits, strip_zeros, RsaKey};
+use super::rsassa::RsaKey;
 use crate::config::json::{self, Step};
 use serde_json::Value;
 
@@ -35,13 +37,10 @@ pub enum KeyMaterial {
         /// DER SubjectPublicKeyInfo, for Envoy's native `verify_signature`.
         spki_der: Vec<u8>,
     },
-    /// `spki_der`: DER SubjectPublicKeyInfo, for the native `verify_signature`.
-    P256 {
-        key: p256::ecdsa::VerifyingKey,
-        spki_der: Vec<u8>,
-    },
-    P384 {
-        key: p384::ecdsa::VerifyingKey,
+    /// A P-256 or P-384 point (`ecdsa`); `spki_der`: DER
+    /// SubjectPublicKeyInfo, for the native `verify_signature`.
+    Ec {
+        key: super::ecdsa::EcKey,
         spki_der: Vec<u8>,
     },
     Ed25519(ed25519_dalek::VerifyingKey),
@@ -53,8 +52,10 @@ impl std::fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             KeyMaterial::Rsa { .. } => "Rsa",
-            KeyMaterial::P256 { .. } => "P256",
-            KeyMaterial::P384 { .. } => "P384",
+            KeyMaterial::Ec { key, .. } => match key.curve() {
+                Curve::P256 => "P256",
+                Curve::P384 => "P384",
+            },
             KeyMaterial::Ed25519(_) => "Ed25519",
             KeyMaterial::Oct(_) => "Oct(<secret>)",
         })
@@ -81,8 +82,7 @@ impl Jwk {
                 (KeyMaterial::Rsa { spki_der: a, .. }, KeyMaterial::Rsa { spki_der: b, .. }) => {
                     a == b
                 }
-                (KeyMaterial::P256 { key: a, .. }, KeyMaterial::P256 { key: b, .. }) => a == b,
-                (KeyMaterial::P384 { key: a, .. }, KeyMaterial::P384 { key: b, .. }) => a == b,
+                (KeyMaterial::Ec { key: a, .. }, KeyMaterial::Ec { key: b, .. }) => a == b,
                 (KeyMaterial::Ed25519(a), KeyMaterial::Ed25519(b)) => a == b,
                 (KeyMaterial::Oct(a), KeyMaterial::Oct(b)) => a == b,
                 _ => false,
@@ -96,16 +96,18 @@ impl Jwk {
         if self.alg.is_some_and(|a| a != alg) {
             return false;
         }
-        matches!(
-            (&self.material, alg),
-            (
-                KeyMaterial::Rsa { .. },
-                Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
-            ) | (KeyMaterial::P256 { .. }, Alg::ES256)
-                | (KeyMaterial::P384 { .. }, Alg::ES384)
-                | (KeyMaterial::Ed25519(_), Alg::EdDSA)
-                | (KeyMaterial::Oct(_), Alg::HS256 | Alg::HS384 | Alg::HS512)
-        )
+        match (&self.material, alg) {
+            (KeyMaterial::Ec { key, .. }, Alg::ES256) => key.curve() == Curve::P256,
+            (KeyMaterial::Ec { key, .. }, Alg::ES384) => key.curve() == Curve::P384,
+            (material, alg) => matches!(
+                (material, alg),
+                (
+                    KeyMaterial::Rsa { .. },
+                    Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
+                ) | (KeyMaterial::Ed25519(_), Alg::EdDSA)
+                    | (KeyMaterial::Oct(_), Alg::HS256 | Alg::HS384 | Alg::HS512)
+            ),
+        }
     }
 }
 
@@ -232,7 +234,7 @@ pub fn parse_jwk(k: &Value) -> Result<Jwk, &'static str> {
             let n = b64(k, "n")?;
             let e = b64(k, "e")?;
             let (n, e) = (strip_zeros(&n), strip_zeros(&e));
-            let bits = modulus_bits(n);
+            let bits = bit_len(n);
             if bits < MIN_RSA_BITS {
                 return Err("RSA key shorter than 2048 bits");
             }
@@ -263,17 +265,9 @@ pub fn parse_jwk(k: &Value) -> Result<Jwk, &'static str> {
             let curve = if size == 32 { Curve::P256 } else { Curve::P384 };
             let spki_der =
                 ec_spki_der(curve, &sec1).ok_or("EC coordinates have the wrong length")?;
-            match curve {
-                Curve::P256 => KeyMaterial::P256 {
-                    key: p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
-                        .map_err(|_| "EC point not on the curve")?,
-                    spki_der,
-                },
-                Curve::P384 => KeyMaterial::P384 {
-                    key: p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
-                        .map_err(|_| "EC point not on the curve")?,
-                    spki_der,
-                },
+            KeyMaterial::Ec {
+                key: EcKey::new(curve, &x, &y).ok_or("EC point not on the curve")?,
+                spki_der,
             }
         }
         "OKP" => {

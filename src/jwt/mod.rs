@@ -111,11 +111,13 @@
 pub(crate) mod authenticate;
 pub mod cache;
 pub mod claims;
+pub(crate) mod ecdsa;
 pub mod extract;
 pub(crate) mod headers;
 pub mod jose;
 pub mod jwk;
 pub(crate) mod metrics;
+pub(crate) mod montgomery;
 pub mod native;
 pub(crate) mod policy;
 pub mod remote;

@@ -10,33 +10,25 @@
 //! one product for 65537) costs 146 us. Verification uses no secret, so
 //! nothing here needs to run in constant time. Without the crate the module
 //! also sheds `num-bigint-dig` and the DER encoders (the key's
-//! SubjectPublicKeyInfo is built in `native.rs`). The unit tests check the
+//! SubjectPublicKeyInfo is built in `native.rs`). The arithmetic is
+//! `montgomery`'s, shared with ECDSA (`ecdsa`). The unit tests check the
 //! arithmetic against `num-bigint-dig` and the verdicts against the `rsa`
 //! crate (RFC 8017: RSAVP1 5.2.2, EMSA-PSS-VERIFY 9.1.2 with the salt as
 //! long as the hash (RFC 7518 3.5), EMSA-PKCS1-v1_5 9.2).
 
 use super::jose::{digest, Hash};
+use super::montgomery::{bit_len, strip_zeros, to_bytes, to_limbs, Modulus, MAX_BITS};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-/// Largest modulus handled (bits); keys are accepted up to 4096 (`jwk.rs`).
-const MAX_BITS: usize = 8192;
-const MAX_LIMBS: usize = MAX_BITS / 32;
-
-/// An RSA public key prepared for Montgomery arithmetic (32-bit limbs: wasm
-/// multiplies 32 x 32 -> 64 bits natively).
+/// An RSA public key prepared for Montgomery arithmetic (`montgomery`).
 #[derive(Clone)]
 pub struct RsaKey {
-    /// n, little-endian limbs.
-    n: Vec<u32>,
-    /// -n^-1 mod 2^32.
-    n0inv: u32,
-    /// R^2 mod n, R = 2^(32 * limbs): brings a number into Montgomery form.
-    rr: Vec<u32>,
+    /// n.
+    n: Modulus,
     /// The public exponent (odd, >= 3).
     e: u64,
-    /// Size of n in bytes (k) and in bits.
+    /// Size of n in bytes (k).
     bytes: usize,
-    bits: usize,
 }
 
 impl RsaKey {
@@ -53,60 +45,20 @@ impl RsaKey {
             return None;
         }
         let n = strip_zeros(n);
-        let bits = modulus_bits(n);
+        let bits = bit_len(n);
         if !(512..=MAX_BITS).contains(&bits) {
             return None;
         }
-        let limbs = bits.div_ceil(32);
-        let n_limbs = to_limbs(n, limbs)?;
-        if n_limbs.first().is_none_or(|l| l & 1 == 0) {
-            return None;
-        }
-        // Newton's iteration for n0^-1 mod 2^32: each step doubles the
-        // correct low bits (n0 * n0 = 1 mod 8 for odd n0: 3 bits to start).
-        let n0 = *n_limbs.first()?;
-        let mut inv = n0;
-        for _ in 0..4 {
-            inv = inv.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(inv)));
-        }
-        let mut key = RsaKey {
-            rr: Vec::new(),
+        Some(RsaKey {
+            n: Modulus::new(n)?,
             e,
-            n: n_limbs,
-            n0inv: inv.wrapping_neg(),
             bytes: bits.div_ceil(8),
-            bits,
-        };
-        key.rr = key.r_squared();
-        Some(key)
-    }
-
-    /// R^2 mod n (R = 2^(32 * limbs)) with no big-number library: R mod n
-    /// by doubling 2^(bits - 1) (which is below n) up to R; that is 1 in
-    /// Montgomery form, and doubling it `limbs` more times gives 2^limbs in
-    /// Montgomery form; five Montgomery squarings raise that to
-    /// 2^(32 * limbs) = R, whose Montgomery form R * R mod n is the result.
-    fn r_squared(&self) -> Vec<u32> {
-        let l = self.n.len();
-        let mut x = vec![0u32; l];
-        let top = self.bits - 1;
-        if let Some(limb) = x.get_mut(top / 32) {
-            *limb = 1 << (top % 32);
-        }
-        for _ in 0..(32 * l - top) + l {
-            double_mod(&mut x, &self.n);
-        }
-        let mut tmp = vec![0u32; l];
-        for _ in 0..5 {
-            self.mul(&x, &x, &mut tmp);
-            std::mem::swap(&mut x, &mut tmp);
-        }
-        x
+        })
     }
 
     /// Size of the modulus in bits.
     pub fn bits(&self) -> usize {
-        self.bits
+        self.n.bits()
     }
 
     /// The public exponent.
@@ -121,97 +73,28 @@ impl RsaKey {
         if sig.len() != self.bytes {
             return None;
         }
-        let l = self.n.len();
-        let mut s = vec![0u32; l];
-        for (i, b) in sig.iter().rev().enumerate() {
-            *s.get_mut(i / 4)? |= u32::from(*b) << (8 * (i % 4));
-        }
-        if !less_than(&s, &self.n) {
+        let n = &self.n;
+        let mut s = vec![0u32; n.limbs()];
+        if !to_limbs(sig, &mut s) || !n.below(&s) {
             return None;
         }
-        let mut xm = vec![0u32; l];
-        self.mul(&s, &self.rr, &mut xm);
+        let mut xm = vec![0u32; s.len()];
+        n.to_mont(&s, &mut xm);
         let mut acc = xm.clone();
-        let mut tmp = vec![0u32; l];
+        let mut tmp = s;
         let top = 63 - self.e.leading_zeros();
         for bit in (0..top).rev() {
-            self.mul(&acc, &acc, &mut tmp);
+            n.mul(&acc, &acc, &mut tmp);
             std::mem::swap(&mut acc, &mut tmp);
             if self.e >> bit & 1 == 1 {
-                self.mul(&acc, &xm, &mut tmp);
+                n.mul(&acc, &xm, &mut tmp);
                 std::mem::swap(&mut acc, &mut tmp);
             }
         }
-        // Out of Montgomery form: a product with 1.
-        let mut one = vec![0u32; l];
-        *one.first_mut()? = 1;
-        self.mul(&acc, &one, &mut tmp);
-        let acc = tmp;
+        n.out_of_mont(&acc, &mut tmp);
         let mut out = vec![0u8; self.bytes];
-        for (i, o) in out.iter_mut().rev().enumerate() {
-            *o = (acc.get(i / 4)? >> (8 * (i % 4))) as u8;
-        }
+        to_bytes(&tmp, &mut out);
         Some(out)
-    }
-
-    /// Montgomery product `a * b / R mod n` (CIOS), into `out`; `a`, `b` < n.
-    fn mul(&self, a: &[u32], b: &[u32], out: &mut [u32]) {
-        let n = &self.n;
-        let l = n.len();
-        let mut buf = [0u32; MAX_LIMBS + 2];
-        // t: the l low limbs, hi: the two above them. `new` admits at most
-        // MAX_LIMBS limbs and at least one, so neither `else` is taken.
-        let Some((t, hi)) = buf
-            .get_mut(..l + 2)
-            .and_then(|b| b.split_last_chunk_mut::<2>())
-        else {
-            return;
-        };
-        let Some((&n0, n_rest)) = n.split_first() else {
-            return;
-        };
-        for &ai in a.iter().take(l) {
-            let ai = u64::from(ai);
-            let mut c: u64 = 0;
-            for (tj, &bj) in t.iter_mut().zip(b.iter()) {
-                let s = u64::from(*tj) + ai * u64::from(bj) + c;
-                *tj = s as u32;
-                c = s >> 32;
-            }
-            let s = u64::from(hi[0]) + c;
-            hi[0] = s as u32;
-            hi[1] = (s >> 32) as u32;
-            // Reduction: t = (t + m * n) / 2^32, each limb written one
-            // place down (`dst` trails the limb read by one).
-            let mut limbs = t.iter_mut();
-            let Some(mut dst) = limbs.next() else {
-                return;
-            };
-            let m = u64::from(dst.wrapping_mul(self.n0inv));
-            let mut c = (u64::from(*dst) + m * u64::from(n0)) >> 32;
-            for (tj, &nj) in limbs.zip(n_rest) {
-                let s = u64::from(*tj) + m * u64::from(nj) + c;
-                *dst = s as u32;
-                c = s >> 32;
-                dst = tj;
-            }
-            let s = u64::from(hi[0]) + c;
-            *dst = s as u32;
-            hi[0] = hi[1] + (s >> 32) as u32;
-        }
-        // t < 2n: one conditional subtraction.
-        if hi[0] != 0 || !less_than(t, n) {
-            let mut borrow: i64 = 0;
-            for ((o, &tj), &nj) in out.iter_mut().zip(t.iter()).zip(n.iter()) {
-                let d = i64::from(tj) - i64::from(nj) + borrow;
-                *o = d as u32;
-                borrow = d >> 32;
-            }
-        } else {
-            for (o, &tj) in out.iter_mut().zip(t.iter()) {
-                *o = tj;
-            }
-        }
     }
 
     /// RSASSA-PKCS1-v1_5 verification of `sig` over `msg`.
@@ -227,69 +110,13 @@ impl RsaKey {
     pub fn verify_pss(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
         match self.public_op(sig) {
             Some(em) => match hash {
-                Hash::Sha256 => pss_em_ok::<Sha256>(&em, self.bits, msg),
-                Hash::Sha384 => pss_em_ok::<Sha384>(&em, self.bits, msg),
-                Hash::Sha512 => pss_em_ok::<Sha512>(&em, self.bits, msg),
+                Hash::Sha256 => pss_em_ok::<Sha256>(&em, self.bits(), msg),
+                Hash::Sha384 => pss_em_ok::<Sha384>(&em, self.bits(), msg),
+                Hash::Sha512 => pss_em_ok::<Sha512>(&em, self.bits(), msg),
             },
             None => false,
         }
     }
-}
-
-/// Big-endian bytes without their leading zeros.
-pub fn strip_zeros(mut b: &[u8]) -> &[u8] {
-    while let [0, rest @ ..] = b {
-        b = rest;
-    }
-    b
-}
-
-/// Size in bits of a big-endian number given without leading zeros.
-pub fn modulus_bits(n: &[u8]) -> usize {
-    match n.first() {
-        Some(&top) => 8 * n.len() - top.leading_zeros() as usize,
-        None => 0,
-    }
-}
-
-/// A big-endian number as exactly `limbs` little-endian 32-bit limbs
-/// (`None` if it does not fit).
-fn to_limbs(be: &[u8], limbs: usize) -> Option<Vec<u32>> {
-    let mut out = vec![0u32; limbs];
-    for (i, b) in be.iter().rev().enumerate() {
-        *out.get_mut(i / 4)? |= u32::from(*b) << (8 * (i % 4));
-    }
-    Some(out)
-}
-
-/// x = 2x mod n, for x < n (little-endian limbs of the same length).
-fn double_mod(x: &mut [u32], n: &[u32]) {
-    let mut carry = 0u32;
-    for limb in x.iter_mut() {
-        let next = *limb >> 31;
-        *limb = *limb << 1 | carry;
-        carry = next;
-    }
-    // 2x < 2n: at most one subtraction (with the carry, 2x exceeds the
-    // limbs and the difference fits them).
-    if carry != 0 || !less_than(x, n) {
-        let mut borrow: i64 = 0;
-        for (xi, &ni) in x.iter_mut().zip(n) {
-            let d = i64::from(*xi) - i64::from(ni) + borrow;
-            *xi = d as u32;
-            borrow = d >> 32;
-        }
-    }
-}
-
-/// a < b, both little-endian limbs of the same length.
-fn less_than(a: &[u32], b: &[u32]) -> bool {
-    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
-        if x != y {
-            return x < y;
-        }
-    }
-    false
 }
 
 /// DER `DigestInfo` prefixes (RFC 8017 9.2, note 1).
@@ -470,53 +297,17 @@ mod tests {
     }
 
     #[test]
-    fn r_squared_equals_the_big_number_remainder() {
-        let mut seed = 0x0123_4567_89ab_cdef;
-        for bits in [
-            512usize, 513, 1023, 2048, 2049, 2056, 3072, 4095, 4096, 8192,
-        ] {
-            for _ in 0..4 {
-                let mut nb = bytes(&mut seed, bits.div_ceil(8));
-                let top = bits - 8 * (nb.len() - 1);
-                nb[0] = (nb[0] | 0x80) >> (8 - top);
-                *nb.last_mut().unwrap() |= 1;
-                let n = BigUint::from_bytes_be(&nb);
-                let k = key(&n, &BigUint::from(65537u32)).unwrap();
-                let limbs = bits.div_ceil(32);
-                let want = (BigUint::from(1u32) << (64 * limbs)) % &n;
-                assert_eq!(
-                    k.rr,
-                    to_limbs(&want.to_bytes_be(), limbs).unwrap(),
-                    "{bits} bits"
-                );
-                assert_eq!(k.bits(), bits);
-            }
-        }
-        // The smallest odd modulus of a size: 2^(bits-1) + 1.
-        let n = (BigUint::from(1u32) << 2047) + BigUint::from(1u32);
-        let want = (BigUint::from(1u32) << 4096) % &n;
-        let k = key(&n, &BigUint::from(3u32)).unwrap();
-        assert_eq!(k.rr, to_limbs(&want.to_bytes_be(), 64).unwrap());
-    }
-
-    #[test]
     fn leading_zero_bytes_do_not_change_the_key() {
         let n = (BigUint::from(1u32) << 2047) + BigUint::from(12345u32);
         let plain = RsaKey::new(&n.to_bytes_be(), &[1, 0, 1]).unwrap();
         let mut padded_n = vec![0, 0];
         padded_n.extend(n.to_bytes_be());
         let padded = RsaKey::new(&padded_n, &[0, 0, 0, 1, 0, 1]).unwrap();
-        assert_eq!(
-            (plain.n, plain.rr, plain.e),
-            (padded.n, padded.rr, padded.e)
-        );
-        assert_eq!(padded.bits, 2048);
+        assert_eq!(padded.bits(), 2048);
+        assert_eq!((plain.n, plain.e), (padded.n, padded.e));
         assert!(RsaKey::new(&[], &[1, 0, 1]).is_none(), "no modulus");
         assert!(RsaKey::new(&[0; 300], &[1, 0, 1]).is_none(), "zero modulus");
         assert!(RsaKey::new(&padded_n, &[]).is_none(), "no exponent");
-        assert_eq!(strip_zeros(&[0, 0, 5, 0]), &[5, 0]);
-        assert_eq!(modulus_bits(&[0x01, 0]), 9);
-        assert_eq!(modulus_bits(&[]), 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! RS256/384/512 and ES256/384 first try Envoy's native `verify_signature`
 //! (see [`super::native`]); when the host lacks it pure Rust is used
-//! (`rsassa`, the `p256` and `p384` crates) and the worker
+//! (`rsassa`, `ecdsa`) and the worker
 //! remembers not to try native again. ECDSA goes native only after the host verified a
 //! known-good signature for that curve once ([`NativePaths`]). PS* and
 //! EdDSA always use pure Rust: Envoy's function cannot do them. RSA in
@@ -98,26 +98,11 @@ pub fn verify(
         (KeyMaterial::Rsa { key, .. }, Alg::PS256 | Alg::PS384 | Alg::PS512) => {
             key.verify_pss(alg.hash(), msg, sig)
         }
-        (KeyMaterial::P256 { key: k, spki_der }, Alg::ES256) => {
-            if let Some(ok) = verify_native_ec(host, native, stats, Curve::P256, spki_der, msg, sig)
-            {
-                return ok;
-            }
-            use p256::ecdsa::signature::Verifier;
-            match p256::ecdsa::Signature::from_slice(sig) {
-                Ok(s) => k.verify(msg, &s).is_ok(),
-                Err(_) => false,
-            }
-        }
-        (KeyMaterial::P384 { key: k, spki_der }, Alg::ES384) => {
-            if let Some(ok) = verify_native_ec(host, native, stats, Curve::P384, spki_der, msg, sig)
-            {
-                return ok;
-            }
-            use p384::ecdsa::signature::Verifier;
-            match p384::ecdsa::Signature::from_slice(sig) {
-                Ok(s) => k.verify(msg, &s).is_ok(),
-                Err(_) => false,
+        (KeyMaterial::Ec { key: k, spki_der }, Alg::ES256 | Alg::ES384) => {
+            let curve = k.curve();
+            match verify_native_ec(host, native, stats, curve, spki_der, msg, sig) {
+                Some(ok) => ok,
+                None => k.verify(msg, sig),
             }
         }
         (KeyMaterial::Ed25519(k), Alg::EdDSA) => match ed25519_dalek::Signature::from_slice(sig) {
