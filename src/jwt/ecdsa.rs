@@ -13,9 +13,10 @@
 //! Envoy these are fallbacks (ES256/384 go to the host's BoringSSL once its
 //! self-test passed, `verify.rs`), and a verified token is cached, so this
 //! code runs once per distinct token on other hosts only. Its speed in V8
-//! (Node 20, one verification, 12-07): P-256 1.8 ms (the `p256` crate 1.5
-//! ms), P-384 3.9 ms (the `p384` crate 11.6 ms: 64-bit limbs whose 128-bit
-//! products wasm emulates).
+//! (Node 20, the unit-test module, one verification, three runs, 12-07):
+//! P-256 1.5-1.8 ms (the `p256` crate 1.5-2.0 ms), P-384 3.3-4.4 ms (the
+//! `p384` crate 8.4-11.6 ms: 64-bit limbs, whose 128-bit products wasm
+//! emulates).
 //!
 //! Verification uses no secret: nothing here needs to run in constant time.
 //! Points are in Jacobian coordinates (X, Y, Z) = (X/Z^2, Y/Z^3), the point
