@@ -14,14 +14,17 @@ const TOKENS: &str = include_str!("fixtures/jwt/tokens.json");
 const JWKS: &str = include_str!("fixtures/jwt/jwks.json");
 
 fn check(name: &str) -> AuthOutcome {
+    let tokens: serde_json::Value = serde_json::from_str(TOKENS).unwrap();
+    check_token(tokens[name].as_str().unwrap())
+}
+
+fn check_token(token: &str) -> AuthOutcome {
     let doc = format!(
         r#"{{"jwt_providers":{{"main":{{"issuer":"https://issuer.test","audiences":["api"],
-            "algorithms":["RS256","PS256","ES256","EdDSA","HS256"],"jwks":{{"inline":{JWKS}}}}}}},
+            "algorithms":["RS256","PS256","ES256","ES384","EdDSA","HS256"],"jwks":{{"inline":{JWKS}}}}}}},
             "routes":[{{"name":"api","jwt":{{"providers":["main"]}}}}]}}"#
     );
     let cfg = Config::from_bytes(doc.as_bytes()).unwrap();
-    let tokens: serde_json::Value = serde_json::from_str(TOKENS).unwrap();
-    let token = tokens[name].as_str().unwrap();
     let req = Request {
         method: "GET".into(),
         path: "/".into(),
@@ -65,6 +68,27 @@ fn ps256_verifies_in_wasm() {
 #[wasm_bindgen_test]
 fn es256_verifies_in_wasm() {
     assert_allowed("valid_ES256");
+}
+
+#[wasm_bindgen_test]
+fn es384_verifies_in_wasm() {
+    assert_allowed("valid_ES384");
+}
+
+/// The ES256 token with one signature byte changed: `ecdsa` (no host
+/// `verify_signature` here) refuses it.
+#[wasm_bindgen_test]
+fn altered_es256_signature_is_rejected_in_wasm() {
+    let tokens: serde_json::Value = serde_json::from_str(TOKENS).unwrap();
+    let token = tokens["valid_ES256"].as_str().unwrap();
+    let (head, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = sig.as_bytes().to_vec();
+    sig[10] = if sig[10] == b'A' { b'B' } else { b'A' };
+    let altered = format!("{head}.{}", String::from_utf8(sig).unwrap());
+    assert!(matches!(
+        check_token(&altered),
+        AuthOutcome::Denied { status: 401, .. }
+    ));
 }
 
 #[wasm_bindgen_test]
