@@ -522,4 +522,91 @@ mod tests {
         assert_eq!(ours, p256_key(&sk));
         assert_eq!(ours.curve(), Curve::P256);
     }
+
+    /// A strict-DER `SEQUENCE { INTEGER r, INTEGER s }` as JWS `r || s` of
+    /// `size`-byte integers; `None` when it is not minimal DER, or an
+    /// integer is negative or longer than `size` (no JWS spelling).
+    fn der_to_jws(der: &[u8], size: usize) -> Option<Vec<u8>> {
+        fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+            let (&tag, b) = b.split_first()?;
+            let (&first, b) = b.split_first()?;
+            let (len, b) = match first {
+                0..=0x7f => (usize::from(first), b),
+                0x81 => {
+                    let (&l, b) = b.split_first()?;
+                    (l >= 0x80).then_some((usize::from(l), b))?
+                }
+                _ => return None,
+            };
+            (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+        }
+        fn fixed(int: &[u8], size: usize) -> Option<Vec<u8>> {
+            match int {
+                [] => None,
+                [b, ..] if b & 0x80 != 0 => None,
+                [0, next, ..] if next & 0x80 == 0 => None,
+                _ => {
+                    let int = strip(int);
+                    (int.len() <= size).then(|| [vec![0; size - int.len()], int.to_vec()].concat())
+                }
+            }
+        }
+        fn strip(mut b: &[u8]) -> &[u8] {
+            while let [0, rest @ ..] = b {
+                b = rest;
+            }
+            b
+        }
+        let (0x30, body, []) = tlv(der)? else {
+            return None;
+        };
+        let (2, r, rest) = tlv(body)? else {
+            return None;
+        };
+        let (2, s, []) = tlv(rest)? else {
+            return None;
+        };
+        Some([fixed(r, size)?, fixed(s, size)?].concat())
+    }
+
+    /// Project Wycheproof's vectors (tests/fixtures/wycheproof): every one
+    /// whose signature has a JWS spelling gets Wycheproof's verdict.
+    #[test]
+    fn wycheproof_vectors() {
+        for (curve, data, want) in [
+            (
+                Curve::P256,
+                &include_bytes!("../../tests/fixtures/wycheproof/ecdsa_p256_sha256.blb")[..],
+                (218, 147, 168),
+            ),
+            (
+                Curve::P384,
+                &include_bytes!("../../tests/fixtures/wycheproof/ecdsa_p384_sha384.blb")[..],
+                (239, 168, 168),
+            ),
+        ] {
+            let size = curve.scalar_len();
+            let (mut checked, mut valid, mut skipped) = (0, 0, 0);
+            for (i, row) in blobby::Blob5Iterator::new(data).unwrap().enumerate() {
+                let [wx, wy, msg, sig, status] = row.unwrap();
+                let pass = status == [1];
+                let pad = |c: &[u8]| {
+                    let c = &c[c.len().saturating_sub(size)..];
+                    [vec![0; size - c.len()], c.to_vec()].concat()
+                };
+                let key = EcKey::new(curve, &pad(wx), &pad(wy))
+                    .unwrap_or_else(|| panic!("{curve:?} vector {i}: key refused"));
+                let Some(jws) = der_to_jws(sig, size) else {
+                    assert!(!pass, "{curve:?} vector {i}: a valid signature not decoded");
+                    skipped += 1;
+                    continue;
+                };
+                assert_eq!(key.verify(msg, &jws), pass, "{curve:?} vector {i}");
+                checked += 1;
+                valid += usize::from(pass);
+            }
+            // Checked (of them valid), and skipped (DER-only cases).
+            assert_eq!((checked, valid, skipped), want, "{curve:?}");
+        }
+    }
 }
