@@ -355,19 +355,8 @@ impl EcKey {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::jwt::montgomery::test_bytes as bytes;
     use p256::ecdsa::signature::Signer;
-
-    /// A xorshift stream: deterministic test bytes.
-    fn bytes(seed: &mut u64, n: usize) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                *seed ^= *seed << 13;
-                *seed ^= *seed >> 7;
-                *seed ^= *seed << 17;
-                *seed as u8
-            })
-            .collect()
-    }
 
     fn p256_key(sk: &p256::ecdsa::SigningKey) -> EcKey {
         let pt = sk.verifying_key().to_encoded_point(false);

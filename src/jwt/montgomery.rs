@@ -330,23 +330,26 @@ fn less_than(a: &[u32], b: &[u32]) -> bool {
     false
 }
 
+/// A xorshift stream: deterministic test bytes (the big-number and
+/// signature tests' inputs).
+#[cfg(test)]
+pub(crate) fn test_bytes(seed: &mut u64, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use super::test_bytes as bytes;
     use super::*;
     use rsa::BigUint;
-
-    /// A xorshift stream: deterministic test numbers.
-    fn bytes(seed: &mut u64, n: usize) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                *seed ^= *seed << 13;
-                *seed ^= *seed >> 7;
-                *seed ^= *seed << 17;
-                *seed as u8
-            })
-            .collect()
-    }
 
     /// An odd modulus of exactly `bits` bits.
     fn modulus(seed: &mut u64, bits: usize) -> BigUint {

@@ -231,22 +231,11 @@ pub fn pss_em_ok<D: Digest>(em_k: &[u8], mod_bits: usize, msg: &[u8]) -> bool {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::jwt::montgomery::test_bytes as bytes;
     use rsa::BigUint;
 
     fn key(n: &BigUint, e: &BigUint) -> Option<RsaKey> {
         RsaKey::new(&n.to_bytes_be(), &e.to_bytes_be())
-    }
-
-    /// A xorshift stream: deterministic test numbers.
-    fn bytes(seed: &mut u64, n: usize) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                *seed ^= *seed << 13;
-                *seed ^= *seed >> 7;
-                *seed ^= *seed << 17;
-                *seed as u8
-            })
-            .collect()
     }
 
     #[test]
