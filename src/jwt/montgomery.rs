@@ -170,18 +170,15 @@ impl Modulus {
     #[inline(never)]
     pub fn add(&self, a: &[u32], b: &[u32], out: &mut [u32]) {
         let l = self.n.len();
-        let mut sum = [0u32; MAX_LIMBS];
         let mut carry = 0u64;
-        for ((s, &x), &y) in sum.iter_mut().zip(a).zip(b).take(l) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b).take(l) {
             let v = u64::from(x) + u64::from(y) + carry;
-            *s = v as u32;
+            *o = v as u32;
             carry = v >> 32;
         }
         // a + b < 2n: at most one subtraction.
-        if carry != 0 || !less_than(&sum, &self.n) {
-            sub_into(&sum, &self.n, out);
-        } else {
-            out.iter_mut().zip(&sum).take(l).for_each(|(o, &s)| *o = s);
+        if carry != 0 || !less_than(out, &self.n) {
+            sub_in_place(out, &self.n);
         }
     }
 
@@ -189,23 +186,20 @@ impl Modulus {
     #[inline(never)]
     pub fn sub(&self, a: &[u32], b: &[u32], out: &mut [u32]) {
         let l = self.n.len();
-        let mut diff = [0u32; MAX_LIMBS];
         let mut borrow: i64 = 0;
-        for ((d, &x), &y) in diff.iter_mut().zip(a).zip(b).take(l) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b).take(l) {
             let v = i64::from(x) - i64::from(y) + borrow;
-            *d = v as u32;
+            *o = v as u32;
             borrow = v >> 32;
         }
         if borrow != 0 {
             // a < b: the difference wrapped; adding n brings it back.
             let mut carry = 0u64;
-            for (o, (&d, &nj)) in out.iter_mut().zip(diff.iter().zip(&self.n)) {
-                let v = u64::from(d) + u64::from(nj) + carry;
+            for (o, &nj) in out.iter_mut().zip(&self.n) {
+                let v = u64::from(*o) + u64::from(nj) + carry;
                 *o = v as u32;
                 carry = v >> 32;
             }
-        } else {
-            out.iter_mut().zip(&diff).take(l).for_each(|(o, &d)| *o = d);
         }
     }
 
@@ -262,6 +256,17 @@ fn sub_into(a: &[u32], b: &[u32], out: &mut [u32]) {
     }
 }
 
+/// `x -= n` over n's limbs, the final borrow dropped (x >= n, or x wrapped
+/// above its limbs by exactly that borrow).
+fn sub_in_place(x: &mut [u32], n: &[u32]) {
+    let mut borrow: i64 = 0;
+    for (xi, &ni) in x.iter_mut().zip(n) {
+        let d = i64::from(*xi) - i64::from(ni) + borrow;
+        *xi = d as u32;
+        borrow = d >> 32;
+    }
+}
+
 /// Big-endian bytes without their leading zeros.
 pub fn strip_zeros(mut b: &[u8]) -> &[u8] {
     while let [0, rest @ ..] = b {
@@ -311,12 +316,7 @@ fn double_mod(x: &mut [u32], n: &[u32]) {
     // 2x < 2n: at most one subtraction (with the carry, 2x exceeds the
     // limbs and the difference fits them).
     if carry != 0 || !less_than(x, n) {
-        let mut borrow: i64 = 0;
-        for (xi, &ni) in x.iter_mut().zip(n) {
-            let d = i64::from(*xi) - i64::from(ni) + borrow;
-            *xi = d as u32;
-            borrow = d >> 32;
-        }
+        sub_in_place(x, n);
     }
 }
 
