@@ -78,25 +78,18 @@ impl HttpStream {
 }
 
 /// Reads the request headers once: pseudo-headers into fields, the others
-/// left in the host's buffer, indexed (`request::Headers`). A malformed
-/// buffer reads as no headers at all.
+/// indexed (`request::Headers`): in place from the host's buffers when it
+/// can (`Stream::visit_request_headers`), else left in the host's
+/// serialized map. A malformed buffer reads as no headers at all.
 fn read_request(io: &impl Stream) -> Request {
     let mut req = Request::default();
+    if io.visit_request_headers(&mut req) {
+        return req;
+    }
     let Some(raw) = io.request_headers_raw() else {
         return req;
     };
-    // `from_utf8` first: the lossy decoder's chunk iterator costs more,
-    // and pseudo-header values are ASCII in practice.
-    let text = |b: &[u8]| match std::str::from_utf8(b) {
-        Ok(t) => t.to_owned(),
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
-    };
-    req.headers = Headers::from_serialized(raw, |name, value| match name {
-        b":method" => req.method = text(value),
-        b":path" => req.path = text(value),
-        b":authority" => req.authority = text(value),
-        _ => {}
-    });
+    req.headers = Headers::from_serialized(raw, |name, value| req.set_pseudo(name, value));
     req
 }
 

@@ -33,7 +33,7 @@ pub mod header_map;
 pub(crate) mod proxy_wasm;
 pub(crate) mod stream;
 
-pub use stream::Stream;
+pub use stream::{HeaderVisitor, Stream};
 
 use std::fmt;
 

@@ -16,12 +16,30 @@ use super::header_map::HeaderMap;
 use super::HostError;
 use std::time::Duration;
 
+/// What [`Stream::visit_request_headers`] hands the headers to.
+pub trait HeaderVisitor {
+    /// Room for `count` fields of `bytes` bytes of names and values.
+    fn reserve(&mut self, count: usize, bytes: usize);
+    /// One field, as the host holds it (names lower case, not checked).
+    fn pair(&mut self, name: &[u8], value: &[u8]);
+}
+
 /// See the module docs.
 pub trait Stream {
     // ----------------------------------------------------------- request
     /// The request headers as the host serialized them (one call), for
     /// [`super::header_map::visit_pairs`]; `None` when the host gives none.
     fn request_headers_raw(&self) -> Option<Vec<u8>>;
+    /// The request headers read in place from the host's own buffers, in
+    /// order, pseudo-headers included: `v.reserve` once with the count
+    /// and the bytes of names and values, then `v.pair` for each. False
+    /// (nothing visited) when the host has no such access: the reader then
+    /// takes [`Stream::request_headers_raw`]. A host that can (the native
+    /// module) saves building a serialized map only to index it again.
+    fn visit_request_headers(&self, v: &mut dyn HeaderVisitor) -> bool {
+        let _ = v;
+        false
+    }
     /// Sets (replaces) a request header; `None` removes it.
     fn set_request_header(&self, name: &str, value: Option<&[u8]>);
     fn remove_request_header(&self, name: &str) {

@@ -20,7 +20,9 @@ use super::config::ModuleConfig;
 use super::store::Store;
 use crate::host::batch::MetricBatch;
 use crate::host::header_map::{self, HeaderMap};
-use crate::host::{Host, HostError, IdHasher, MetricId, MetricKind, SetError, SharedValue, Stream};
+use crate::host::{
+    HeaderVisitor, Host, HostError, IdHasher, MetricId, MetricKind, SetError, SharedValue, Stream,
+};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -558,6 +560,27 @@ impl Stream for NativeHost<'_> {
             header_map::serialize(hs.iter().map(pair))
         });
         Some(raw.unwrap_or_else(|| HeaderMap::default().finish()))
+    }
+
+    fn visit_request_headers(&self, v: &mut dyn HeaderVisitor) -> bool {
+        // Envoy's buffers straight into the request's fields: one pass for
+        // the sizes, one for the fields (no serialized map in between).
+        self.with_headers(abi::header_type::REQUEST_HEADERS, |hs| {
+            // SAFETY: Envoy's buffers, live until the hook returns.
+            let pair = |h: &EnvoyHeader| unsafe {
+                (slice(h.key_ptr, h.key_len), slice(h.value_ptr, h.value_len))
+            };
+            let bytes = hs.iter().fold(0usize, |n, h| {
+                n.saturating_add(h.key_len).saturating_add(h.value_len)
+            });
+            v.reserve(hs.len(), bytes);
+            for (n, val) in hs.iter().map(pair) {
+                v.pair(n, val);
+            }
+        });
+        // No headers (none given, or Envoy refused): an empty request, as
+        // `request_headers_raw` reads then.
+        true
     }
 
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
