@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 
-from . import procs
+from . import noise, procs
 from .bootstraps import upstream_bootstrap
 from .common import FIXTURES, HERE, ROOT, BenchError, log, repo_paths
 from .docblock import BLOCK_START, DOC, update_block
@@ -179,6 +179,12 @@ def main(argv=None):
             stop_run(scenarios, ctx)
 
         summary = summarize(scenarios, by_name)
+        foreign = noise.summarize(ctx.get("foreign_cpu_pct"))
+        if foreign:
+            extra["foreign_cpu_pct"] = foreign
+            log(f"bench: other processes' CPU during the measured runs: median {foreign['median']:.1f}%, "
+                f"max {foreign['max']:.1f}% of one CPU ({foreign['runs']} runs)"
+                + (" -- NOISY: rerun on an idle machine" if noise.is_noisy(foreign) else ""))
         comp = head_to_head(comparisons)
         targets = evaluate(summary, comp)
         if extra.get("footprint"):

@@ -4,6 +4,7 @@ latest-run block of docs/performance.md."""
 from .common import fmt
 from .docblock import BLOCK_END, BLOCK_START
 from .footprint import footprint_table, growth_lines
+from .noise import NOISY_PCT, is_noisy
 from .procs import PIN
 from .scenarios import DIAG_REPEAT
 from .stats import best_overhead, median
@@ -17,6 +18,27 @@ def targets_table(targets, title):
         L.append(f"| {t['target']} | {h} | {t['detail']} |")
     L.append("")
     return L
+
+
+def foreign_cpu_line(extra):
+    """The header line on the machine's other work during the measured runs (None: not measured)."""
+    f = extra.get("foreign_cpu_pct")
+    if not f:
+        return None
+    return (f"- other processes' CPU during measured runs: median {f['median']:.1f}%, max {f['max']:.1f}% "
+            f"of one CPU ({f['runs']} runs)")
+
+
+def noisy_warning(extra):
+    """The loud line of a run that shared the machine (None: it did not, or not measured): other work
+    on the machine inflates every CPU figure, the overheads with them, and nothing else in the report
+    shows it; a reader must not compare such figures with an idle run's."""
+    f = extra.get("foreign_cpu_pct")
+    if not is_noisy(f):
+        return None
+    return (f"**WARNING: this run shared the machine with other work (other processes used up to "
+            f"{f['max']:.0f}% of one CPU during the measured runs, median {f['median']:.0f}%; threshold "
+            f"{NOISY_PCT}%): its CPU figures are inflated. Rerun on an idle machine.**")
 
 
 def render(info, args, summary, scenarios, targets, extra, comp=None):
@@ -42,9 +64,13 @@ def render(info, args, summary, scenarios, targets, extra, comp=None):
                  f"limitador counting in memory, on 127.0.0.1, shared by both global scenarios")
     if extra.get("note"):
         L.append(f"- note: {extra['note']}")
+    if foreign_cpu_line(extra):
+        L.append(foreign_cpu_line(extra))
     L.append(f"- meshguard.wasm: {extra['wasm_size']:,} bytes (sha256 {extra['wasm_sha256'][:12]}); "
              f"trivial filter: {extra['trivial_size']:,} bytes")
     L.append("")
+    if noisy_warning(extra):
+        L.extend([noisy_warning(extra), ""])
     L.append("CPU/req = proxy Envoy utime+stime / requests completed (median over rounds). Overhead = median "
              "CPU/req minus median passthrough CPU/req. Paired overhead = median over rounds of (CPU/req minus "
              + ("its passthrough twin's, measured at the same moments on the same CPU" if args.pairing == "twin"
@@ -178,6 +204,8 @@ def render_latest_block(info, args, summary, scenarios, targets, extra, comp):
              f"meshguard.wasm {extra['wasm_size']:,} bytes. Overhead = CPU per request minus the passthrough "
              "twin's, measured at the same moments on the same CPU (median over rounds, range in brackets).")
     L.append("")
+    if noisy_warning(extra):
+        L.extend([noisy_warning(extra), ""])
     L.append("| scenario | what | CPU us/req | overhead us/req [range] | req/s | p99 ms |")
     L.append("|---|---|---:|---:|---:|---:|")
     for sc in scenarios:

@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 
-from . import procs
+from . import noise, procs
 from .bootstraps import proxy_bootstrap, static_cluster
 from .common import GRPC_MESSAGE, RLS_CLUSTER, BenchError, log
 from .drive import finish_load, run_load, start_load
@@ -167,6 +167,7 @@ def measure_many(items, args, ctx):
         if rls is not None and not rls.alive():
             raise BenchError("the rate limit service exited:\n" + rls.server.log()[-3000:])
         pre.append({"rls": rls, "up": envoy.stat_now(UPSTREAM_STAT), "rls_mark": rls.mark() if rls else None})
+    window = noise.snapshot()
     for (sc, _), p in zip(items, pre):
         p["cpu"] = sc.envoy.cpu_us()
     procs = [start_load(ctx, sc, sc.envoy.listen_port, script, args.duration, threads, conns, sc.token_cursor)
@@ -177,6 +178,7 @@ def measure_many(items, args, ctx):
             sc.token_cursor = res["token_cursor"]
     for (sc, _), p in zip(items, pre):
         p["cpu_after"] = sc.envoy.cpu_us()
+    foreign = record_foreign_cpu(window, [sc for sc, _ in items], ctx)
     out = []
     for (sc, record), p, res in zip(items, pre, results):
         envoy, rls = sc.envoy, p["rls"]
@@ -186,6 +188,7 @@ def measure_many(items, args, ctx):
         res["cpu_us_per_req"] = (p["cpu_after"] - p["cpu"]) / n
         res["upstream_fraction"] = (up_after - p["up"]) / n
         res["measured_with"] = [o.name for o, _ in items if o is not sc]
+        res["foreign_cpu_pct"] = foreign
         check_outcome(sc, n, res["upstream_fraction"], rls_seen)
         if rls_seen is not None:
             if rls_seen["other"]:
@@ -202,6 +205,20 @@ def measure_many(items, args, ctx):
             sc.rounds.append(res)
         out.append(res)
     return out
+
+
+def record_foreign_cpu(before, scenarios, ctx):
+    """Other processes' CPU (% of one CPU) during the window that started at snapshot `before` and
+    ends now, kept in ctx["foreign_cpu_pct"] (one value per window, for the report's summary) and
+    said at once when above noise.NOISY_PCT: a busy machine inflates every CPU figure of the window,
+    and whoever watches the run can stop the other work or the run."""
+    pct = noise.foreign_pct(before, noise.snapshot())
+    ctx.setdefault("foreign_cpu_pct", []).append(pct)
+    if pct > noise.NOISY_PCT:
+        log(f"bench: WARNING: other processes used {pct:.0f}% of one CPU while "
+            f"{' + '.join(sc.name for sc in scenarios)} ran (> {noise.NOISY_PCT}%): "
+            "its CPU figures are inflated")
+    return pct
 
 
 def run_rounds(scenarios, by_name, args, ctx):

@@ -5,6 +5,7 @@ hits: each scenario's probe checks it before any load), so CI runs the
 benchmark's machinery and not only its report writer. No figure is asserted:
 timings on a shared machine under a parallel test suite mean nothing."""
 
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,13 @@ def test_the_bench_runs_its_scenarios_checks_them_and_reports(tmp_path):
     assert "(a = grpc-passthrough, b = mg-grpc-ratelimit)" in md
     assert "| rate limit (default: IETF RateLimit headers) overhead <= no-policy + 3 us |" in md
     assert "meshguard" in md and "over that floor" in md
+    # The machine's other work during the measured runs is reported (its size is not asserted: the
+    # suite shares the machine), one value per measured window, on every run's result too.
+    assert "- other processes' CPU during measured runs: median " in md
+    report = json.loads((out / "results.json").read_text())
+    foreign = report["extra"]["foreign_cpu_pct"]
+    assert foreign["runs"] >= len(SCENARIOS) - 1 and 0 <= foreign["median"] <= foreign["max"], foreign
+    assert all("foreign_cpu_pct" in r for s in report["scenarios"].values() for r in s["rounds"])
     # A partial run (--only) leaves the block alone.
     assert doc.read_text() == block
     assert f"{doc} left alone" in r.stderr + r.stdout
