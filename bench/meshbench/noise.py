@@ -6,8 +6,9 @@ Why: the proxies' CPU per request is only comparable between runs when
 nothing else ran. Other work on these shared 2-core machines evicts the
 proxy's caches and takes its CPU between its requests: a full run made while
 other work ran read 3-4x the idle figures (overheads 4x) with nothing in the
-report to say so. Twins cancel most of it in their differences, never in the
-absolute figures: the report says how busy the machine was (render.py)."""
+report to say so. Twins cancel slow drift, not this: the twins' differences
+grew with the absolute figures. So the report says how busy the machine was
+(render.py)."""
 
 import os
 import statistics
