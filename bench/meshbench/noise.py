@@ -4,11 +4,12 @@ process and everything it started) used, in % of one CPU.
 
 Why: the proxies' CPU per request is only comparable between runs when
 nothing else ran. Other work on these shared 2-core machines evicts the
-proxy's caches and takes its CPU between its requests: a full run made while
-other work ran read 3-4x the idle figures (overheads 4x) with nothing in the
-report to say so. Twins cancel slow drift, not this: the twins' differences
-grew with the absolute figures. So the report says how busy the machine was
-(render.py)."""
+proxy's caches and takes its CPU between its requests; the CPU per request
+and the twins' differences grow with it (full runs on these machines have
+read a passthrough request at 47 us and at 99-175 us), and nothing in the
+report said how busy the machine was. Now it does (render.py). Other guests
+of the same host (a hypervisor's neighbours) are not seen here except as
+steal time: passthrough's CPU per request is the other sign."""
 
 import os
 import statistics

@@ -85,7 +85,7 @@ def test_the_block_shows_machine_scenarios_twins_and_targets():
 
 
 def test_the_report_says_how_busy_the_machine_was_and_warns_when_it_was_shared():
-    # A run beside other work reads its CPU figures 3-4x too high: the report must say so.
+    # A run beside other work reads its CPU figures too high: the report must say so.
     info = {"date": "2026-12-02 16:00 UTC", "git": "abc1234", "nproc": 2, "cpu_model": "Test CPU",
             "kernel": "6.1", "envoy_version": "x/1.40.0/Clean/RELEASE/BoringSSL"}
 
