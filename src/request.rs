@@ -163,6 +163,13 @@ impl Headers {
         self.buf.get(at..at + len).unwrap_or_default()
     }
 
+    /// Whether the field's name is `name`, compared case-insensitively:
+    /// the lengths first, from the span (most fields differ there, and
+    /// then no bytes are read).
+    fn is_named(&self, s: &Span, name: &[u8]) -> bool {
+        s.name.1 == name.len() && self.bytes(s.name).eq_ignore_ascii_case(name)
+    }
+
     fn name(&self, s: &Span) -> &str {
         // Every name was checked (or made) UTF-8 when it was stored.
         std::str::from_utf8(self.bytes(s.name)).unwrap_or_default()
@@ -187,7 +194,7 @@ impl Headers {
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.spans
             .iter()
-            .filter(move |s| self.bytes(s.name).eq_ignore_ascii_case(name.as_bytes()))
+            .filter(move |s| self.is_named(s, name.as_bytes()))
             .map(|s| self.bytes(s.value))
     }
 
@@ -195,7 +202,7 @@ impl Headers {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.spans
             .iter()
-            .find(|s| self.bytes(s.name).eq_ignore_ascii_case(name.as_bytes()))
+            .find(|s| self.is_named(s, name.as_bytes()))
             .map(|s| self.bytes(s.value))
     }
 }
