@@ -8,6 +8,7 @@ use crate::host::HeaderVisitor;
 
 pub mod ip;
 pub mod path;
+pub mod spare;
 
 pub use ip::ClientIpRule;
 
@@ -150,6 +151,18 @@ impl Headers {
         self.push(name, value);
     }
 
+    /// Drops every field, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.spans.clear();
+    }
+
+    /// The bytes the buffers hold room for (names and values, and the
+    /// index).
+    pub fn capacity_bytes(&self) -> usize {
+        self.buf.capacity() + self.spans.capacity() * std::mem::size_of::<Span>()
+    }
+
     /// Number of fields.
     pub fn len(&self) -> usize {
         self.spans.len()
@@ -249,6 +262,36 @@ impl HeaderVisitor for Request {
 }
 
 impl Request {
+    /// This request with every field empty, its buffers kept, for reuse
+    /// ([`spare`]); `None` when its buffers hold more than `max_bytes`.
+    /// Every field is named: a field added to `Request` must be emptied
+    /// here too, or this stops compiling.
+    pub fn emptied(mut self, max_bytes: usize) -> Option<Request> {
+        let Request {
+            method,
+            path,
+            authority,
+            headers,
+            peer_ip,
+            norm_path,
+        } = &mut self;
+        let bytes = method.capacity()
+            + path.capacity()
+            + authority.capacity()
+            + peer_ip.capacity()
+            + headers.capacity_bytes();
+        if bytes > max_bytes {
+            return None;
+        }
+        method.clear();
+        path.clear();
+        authority.clear();
+        peer_ip.clear();
+        headers.clear();
+        *norm_path = None;
+        Some(self)
+    }
+
     /// Keeps a pseudo-header's value: `:method`, `:path` and `:authority`
     /// (in their lossy UTF-8 form when they are not UTF-8); the others are
     /// not needed.
@@ -259,12 +302,14 @@ impl Request {
             b":authority" => &mut self.authority,
             _ => return,
         };
-        // `from_utf8` first: the lossy decoder's chunk iterator costs more,
-        // and pseudo-header values are ASCII in practice.
-        *field = match std::str::from_utf8(value) {
-            Ok(t) => t.to_owned(),
-            Err(_) => String::from_utf8_lossy(value).into_owned(),
-        };
+        // Written into the field's own buffer (a spare request's, see
+        // `spare`). `from_utf8` first: the lossy decoder's chunk iterator
+        // costs more, and pseudo-header values are ASCII in practice.
+        field.clear();
+        match std::str::from_utf8(value) {
+            Ok(t) => field.push_str(t),
+            Err(_) => field.push_str(&String::from_utf8_lossy(value)),
+        }
     }
 
     /// First value of a header (names compared case-insensitively).

@@ -11,7 +11,7 @@ use crate::host::header_map::HeaderMap;
 use crate::host::{Host, Stream};
 use crate::plan::Observability;
 use crate::request::path::PathError;
-use crate::request::{ip, Headers, Request};
+use crate::request::{ip, spare, Headers, Request};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -82,7 +82,7 @@ impl HttpStream {
 /// can (`Stream::visit_request_headers`), else left in the host's
 /// serialized map. A malformed buffer reads as no headers at all.
 fn read_request(io: &impl Stream) -> Request {
-    let mut req = Request::default();
+    let mut req = spare::take();
     if io.visit_request_headers(&mut req) {
         return req;
     }
@@ -128,6 +128,57 @@ fn reject_path(io: &impl Stream, e: PathError, req: &Request, obs: &Observabilit
     }
 }
 
+/// What the request headers' callback does before any policy runs: strips
+/// clients' copies of claim headers, normalises the path (a path that
+/// cannot be normalised is refused here), picks the route and reads what
+/// its policies need (the path folded, the peer's address). `Ok`: the
+/// index of a route with a policy; `Err`: the callback's answer, nothing
+/// more to do for this request.
+fn prepare<P: Host + Stream>(px: &P, rt: &Runtime, req: &mut Request) -> Result<usize, Action> {
+    let config = &rt.config;
+    // A client's own copy of a header meshguard sets from verified
+    // claims, in any spelling, on every request: the upstream must
+    // never take one for a verified identity.
+    if !config.claim_headers.is_empty() {
+        let injected = crate::jwt::injected_claim_headers(&config.claim_headers, req);
+        if !injected.is_empty() {
+            for name in &injected {
+                px.remove_request_header(name);
+            }
+            req.headers
+                .remove_where(|n| injected.iter().any(|i| i.as_bytes() == n));
+            px.increment_metric(rt.claim_headers_removed, 1);
+        }
+    }
+    if config.routes.is_empty() {
+        return Err(Action::Continue);
+    }
+    // Routes match, and keys read, one spelling of the path.
+    if let Some(slashes) = config.path_normalization {
+        if let Err(e) = req.normalize_path(slashes) {
+            px.increment_metric(rt.path_rejected, 1);
+            reject_path(px, e, req, &config.observability);
+            return Err(Action::Pause);
+        }
+    }
+    let Some((idx, route)) = config.route_index.find(&config.routes, req, |r| &r.matcher) else {
+        return Err(Action::Continue);
+    };
+    if !route.has_policy() {
+        return Err(Action::Continue);
+    }
+    if route.matcher.ignores_case() {
+        req.fold_path_case();
+    }
+    if rt.route(idx).is_some_and(|r| r.needs_peer_ip) {
+        req.peer_ip = px
+            .property_str(&["source", "address"])
+            .map(|a| ip::canonical(&a, rt.limiter.client_ip.ipv6_prefix))
+            .unwrap_or_default();
+    }
+    Ok(idx)
+}
+
 /// The host's callbacks of a stream (`dispatch` routes them here).
 impl HttpStream {
     pub fn worker(&self) -> &Worker {
@@ -143,49 +194,14 @@ impl HttpStream {
             return Action::Continue;
         }
         let mut req = read_request(px);
-        // A client's own copy of a header meshguard sets from verified
-        // claims, in any spelling, on every request: the upstream must
-        // never take one for a verified identity.
-        if !config.claim_headers.is_empty() {
-            let injected = crate::jwt::injected_claim_headers(&config.claim_headers, &req);
-            if !injected.is_empty() {
-                for name in &injected {
-                    px.remove_request_header(name);
-                }
-                req.headers
-                    .remove_where(|n| injected.iter().any(|i| i.as_bytes() == n));
-                px.increment_metric(rt.claim_headers_removed, 1);
+        let idx = match prepare(px, &rt, &mut req) {
+            Ok(idx) => idx,
+            Err(a) => {
+                // Nothing of the request is kept: its buffers serve the next.
+                spare::give(req);
+                return a;
             }
-        }
-        if config.routes.is_empty() {
-            return Action::Continue;
-        }
-        // Routes match, and keys read, one spelling of the path.
-        if let Some(slashes) = config.path_normalization {
-            if let Err(e) = req.normalize_path(slashes) {
-                px.increment_metric(rt.path_rejected, 1);
-                reject_path(px, e, &req, &config.observability);
-                return Action::Pause;
-            }
-        }
-        let Some((idx, route)) = config
-            .route_index
-            .find(&config.routes, &req, |r| &r.matcher)
-        else {
-            return Action::Continue;
         };
-        if !route.has_policy() {
-            return Action::Continue;
-        }
-        if route.matcher.ignores_case() {
-            req.fold_path_case();
-        }
-        if rt.route(idx).is_some_and(|r| r.needs_peer_ip) {
-            req.peer_ip = px
-                .property_str(&["source", "address"])
-                .map(|a| ip::canonical(&a, rt.limiter.client_ip.ipv6_prefix))
-                .unwrap_or_default();
-        }
         let state = Rc::new(RefCell::new(StreamState::new(
             self.context_id,
             rt,

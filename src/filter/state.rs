@@ -288,6 +288,14 @@ pub struct StreamState {
     pub revalidation_request: Option<Vec<u8>>,
 }
 
+/// The request's buffers serve the thread's next request
+/// (`request::spare`), whoever drops the state.
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        crate::request::spare::give(std::mem::take(&mut self.req));
+    }
+}
+
 impl StreamState {
     pub fn new(context_id: u32, rt: Rc<Runtime>, route: usize, req: Request) -> Self {
         StreamState {
