@@ -331,7 +331,7 @@ impl Request {
     pub fn forward_header(&mut self, name: &str, value: Option<&[u8]>) {
         if name.eq_ignore_ascii_case(":path") {
             if let Some(v) = value {
-                self.path = String::from_utf8_lossy(v).into_owned();
+                self.set_pseudo(b":path", v);
             }
             return;
         }

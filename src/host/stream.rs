@@ -32,7 +32,9 @@ pub trait Stream {
     fn request_headers_raw(&self) -> Option<Vec<u8>>;
     /// The request headers read in place from the host's own buffers, in
     /// order, pseudo-headers included: `v.reserve` once with the count
-    /// and the bytes of names and values, then `v.pair` for each. False
+    /// and the bytes of names and values of the fields other than
+    /// pseudo-headers (which readers keep apart), then `v.pair` for each
+    /// field, pseudo-headers too. False
     /// (nothing visited) when the host has no such access: the reader then
     /// takes [`Stream::request_headers_raw`]. A host that can (the native
     /// module) saves building a serialized map only to index it again.

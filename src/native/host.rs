@@ -570,10 +570,18 @@ impl Stream for NativeHost<'_> {
             let pair = |h: &EnvoyHeader| unsafe {
                 (slice(h.key_ptr, h.key_len), slice(h.value_ptr, h.value_len))
             };
-            let bytes = hs.iter().fold(0usize, |n, h| {
-                n.saturating_add(h.key_len).saturating_add(h.value_len)
-            });
-            v.reserve(hs.len(), bytes);
+            // Room for the fields only: pseudo-headers are kept apart (a
+            // long `:path` must not size the header buffer too).
+            let (count, bytes) = hs.iter().filter(|h| !pair(h).0.starts_with(b":")).fold(
+                (0usize, 0usize),
+                |(c, n), h| {
+                    (
+                        c + 1,
+                        n.saturating_add(h.key_len).saturating_add(h.value_len),
+                    )
+                },
+            );
+            v.reserve(count, bytes);
             for (n, val) in hs.iter().map(pair) {
                 v.pair(n, val);
             }
