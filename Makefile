@@ -83,7 +83,7 @@ clippy: targets
 
 # (the fuzz corpus replay without its mutation budget: `fuzz-smoke` runs that).
 # With `native`: the native module's own unit tests (call routing, body
-# ranges, the ring-vs-pure-Rust signature differential) run here too.
+# ranges, the AWS-LC-vs-pure-Rust signature differential) run here too.
 unit:
 	MESHGUARD_FUZZ_SMOKE_MS=0 cargo test --features cli,native
 

@@ -24,15 +24,15 @@
 //! scalars' bits (Shamir's trick). Both curves have a = -3. The unit tests
 //! check the verdicts against the `p256` / `p384` crates (dev-dependencies).
 
-use super::montgomery::{to_limbs, Modulus};
+use super::montgomery::{to_limbs, Limb, Modulus, LIMB_BITS};
 use super::native::Curve;
 use sha2::{Digest, Sha256, Sha384};
 use std::sync::OnceLock;
 
-/// Limbs of the largest number handled (P-384: 12 x 32 bits).
-const LIMBS: usize = 12;
+/// Limbs of the largest number handled (P-384: 12 x 32 or 6 x 64 bits).
+const LIMBS: usize = 384 / LIMB_BITS;
 /// A number modulo p or n: little-endian limbs, those above the modulus 0.
-type Num = [u32; LIMBS];
+type Num = [Limb; LIMBS];
 
 /// A curve's constants (SEC 2 2.4.2 and 2.5.1, FIPS 186-5 / SP 800-186),
 /// big-endian hex: field prime p, group order n, b, generator G.
@@ -96,7 +96,7 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
 }
 
 fn num(be: &[u8]) -> Num {
-    let mut out = [0u32; LIMBS];
+    let mut out = [0 as Limb; LIMBS];
     to_limbs(be, &mut out);
     out
 }
@@ -106,7 +106,7 @@ impl Params {
         let p = Modulus::new(&hex_bytes(c.p))?;
         let n = Modulus::new(&hex_bytes(c.n))?;
         let mont = |hex: &str| {
-            let mut out = [0u32; LIMBS];
+            let mut out = [0 as Limb; LIMBS];
             p.to_mont(&num(&hex_bytes(hex)), &mut out);
             out
         };
@@ -130,19 +130,19 @@ impl Params {
     }
 
     fn mul(&self, a: &Num, b: &Num) -> Num {
-        let mut out = [0u32; LIMBS];
+        let mut out = [0 as Limb; LIMBS];
         self.p.mul(a, b, &mut out);
         out
     }
 
     fn add(&self, a: &Num, b: &Num) -> Num {
-        let mut out = [0u32; LIMBS];
+        let mut out = [0 as Limb; LIMBS];
         self.p.add(a, b, &mut out);
         out
     }
 
     fn sub(&self, a: &Num, b: &Num) -> Num {
-        let mut out = [0u32; LIMBS];
+        let mut out = [0 as Limb; LIMBS];
         self.p.sub(a, b, &mut out);
         out
     }
@@ -158,9 +158,9 @@ impl Params {
 
     /// 1 in Montgomery form modulo p.
     fn one(&self) -> Num {
-        let mut one = [0u32; LIMBS];
+        let mut one = [0 as Limb; LIMBS];
         one[0] = 1;
-        let mut out = [0u32; LIMBS];
+        let mut out = [0 as Limb; LIMBS];
         self.p.to_mont(&one, &mut out);
         out
     }
@@ -261,7 +261,8 @@ fn is_zero(a: &Num) -> bool {
 }
 
 fn bit_of(a: &Num, bit: usize) -> bool {
-    a.get(bit / 32).is_some_and(|l| l >> (bit % 32) & 1 == 1)
+    a.get(bit / LIMB_BITS)
+        .is_some_and(|l| l >> (bit % LIMB_BITS) & 1 == 1)
 }
 
 /// An ECDSA public key: a point of the curve other than infinity.
@@ -321,15 +322,15 @@ impl EcKey {
             Curve::P256 => Sha256::digest(msg).to_vec(),
             Curve::P384 => Sha384::digest(msg).to_vec(),
         };
-        let mut e = [0u32; LIMBS];
+        let mut e = [0 as Limb; LIMBS];
         c.n.reduce_once(&num(&digest), &mut e);
         // w = s^-1 mod n; u1 = e * w, u2 = r * w (mod n, plain form).
         let n = &c.n;
-        let (mut sm, mut w, mut tmp) = ([0u32; LIMBS], [0u32; LIMBS], [0u32; LIMBS]);
+        let (mut sm, mut w, mut tmp) = ([0 as Limb; LIMBS], [0 as Limb; LIMBS], [0 as Limb; LIMBS]);
         n.to_mont(&s, &mut sm);
         n.invert_prime(&sm, &mut w);
         // (x * R) * (w * R) / R = x * w * R: out of Montgomery form after.
-        let (mut u1, mut u2) = ([0u32; LIMBS], [0u32; LIMBS]);
+        let (mut u1, mut u2) = ([0 as Limb; LIMBS], [0 as Limb; LIMBS]);
         n.to_mont(&e, &mut tmp);
         n.mul(&tmp, &w, &mut sm);
         n.out_of_mont(&sm, &mut u1);
@@ -341,10 +342,10 @@ impl EcKey {
             return false;
         }
         // x = X / Z^2, out of Montgomery form, then mod n (x < p < 2n).
-        let mut zinv = [0u32; LIMBS];
+        let mut zinv = [0 as Limb; LIMBS];
         c.p.invert_prime(&pt.z, &mut zinv);
         let x = c.mul(&pt.x, &c.mul(&zinv, &zinv));
-        let (mut plain, mut xn) = ([0u32; LIMBS], [0u32; LIMBS]);
+        let (mut plain, mut xn) = ([0 as Limb; LIMBS], [0 as Limb; LIMBS]);
         c.p.out_of_mont(&x, &mut plain);
         c.n.reduce_once(&plain, &mut xn);
         xn == r
@@ -406,7 +407,7 @@ mod tests {
             // The high-s twin (n - s) is valid ECDSA too: both agree.
             let (r, s) = raw.split_at(32);
             let c = Params::of(Curve::P256).unwrap();
-            let (mut neg, mut plain) = ([0u32; LIMBS], [0u8; 32]);
+            let (mut neg, mut plain) = ([0 as Limb; LIMBS], [0u8; 32]);
             c.n.sub(&[0; LIMBS], &num(s), &mut neg);
             crate::jwt::montgomery::to_bytes(&neg, &mut plain);
             let twin = [r, &plain[..]].concat();
@@ -483,7 +484,7 @@ mod tests {
     #[test]
     fn keys_off_the_curve_or_out_of_range_are_refused() {
         let c = Params::of(Curve::P256).unwrap();
-        let (mut gx, mut gy) = ([0u32; LIMBS], [0u32; LIMBS]);
+        let (mut gx, mut gy) = ([0 as Limb; LIMBS], [0 as Limb; LIMBS]);
         c.p.out_of_mont(&c.g.x, &mut gx);
         c.p.out_of_mont(&c.g.y, &mut gy);
         let (mut x, mut y) = ([0u8; 32], [0u8; 32]);

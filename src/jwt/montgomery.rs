@@ -1,8 +1,11 @@
 //! Arithmetic modulo an odd number in Montgomery form, on little-endian
-//! 32-bit limbs (wasm multiplies 32 x 32 -> 64 bits natively): the one
-//! big-number kernel of the signature checks written here, RSA (`rsassa`:
-//! moduli of 512..=8192 bits) and ECDSA (`ecdsa`: the P-256 and P-384 field
-//! and group orders).
+//! limbs of the target's word: 32 bits in wasm (which multiplies 32 x 32 ->
+//! 64 bits natively), 64 bits on 64-bit targets (the native module: 64 x 64
+//! -> 128-bit products, a quarter of the limb products for a 2048-bit
+//! modulus). The one big-number kernel of the signature checks written
+//! here, RSA (`rsassa`: moduli of 512..=8192 bits) and ECDSA (`ecdsa`: the
+//! P-256 and P-384 field and group orders). The unit tests run on the
+//! 64-bit limbs; `tests/wasm_jwt.rs` checks the 32-bit ones in wasm.
 //!
 //! Nothing here runs in constant time: signature verification handles no
 //! secret. Numbers are limb slices as long as the modulus (or longer: the
@@ -15,17 +18,41 @@
 
 /// Largest modulus handled (bits).
 pub const MAX_BITS: usize = 8192;
-const MAX_LIMBS: usize = MAX_BITS / 32;
 
-/// An odd modulus prepared for Montgomery products (R = 2^(32 * limbs)).
+/// One limb: the target's word.
+#[cfg(target_pointer_width = "64")]
+pub type Limb = u64;
+/// Twice a limb: a limb product with its carries.
+#[cfg(target_pointer_width = "64")]
+type Wide = u128;
+/// A signed twice-a-limb: a limb difference with its borrow.
+#[cfg(target_pointer_width = "64")]
+type SignedWide = i128;
+/// One limb: the target's word.
+#[cfg(not(target_pointer_width = "64"))]
+pub type Limb = u32;
+/// Twice a limb: a limb product with its carries.
+#[cfg(not(target_pointer_width = "64"))]
+type Wide = u64;
+/// A signed twice-a-limb: a limb difference with its borrow.
+#[cfg(not(target_pointer_width = "64"))]
+type SignedWide = i64;
+
+/// Bits of a limb.
+pub const LIMB_BITS: usize = Limb::BITS as usize;
+/// Bytes of a limb.
+const LIMB_BYTES: usize = LIMB_BITS / 8;
+const MAX_LIMBS: usize = MAX_BITS / LIMB_BITS;
+
+/// An odd modulus prepared for Montgomery products (R = 2^(LIMB_BITS * limbs)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Modulus {
     /// The modulus, little-endian limbs, the top one non-zero.
-    n: Vec<u32>,
-    /// -n^-1 mod 2^32.
-    n0inv: u32,
+    n: Vec<Limb>,
+    /// -n^-1 mod 2^LIMB_BITS.
+    n0inv: Limb,
     /// R^2 mod n: brings a number into Montgomery form.
-    rr: Vec<u32>,
+    rr: Vec<Limb>,
     /// Size of n in bits.
     bits: usize,
 }
@@ -39,16 +66,17 @@ impl Modulus {
         if !(2..=MAX_BITS).contains(&bits) {
             return None;
         }
-        let mut n = vec![0u32; bits.div_ceil(32)];
+        let mut n = vec![0 as Limb; bits.div_ceil(LIMB_BITS)];
         if !to_limbs(be, &mut n) || n.first().is_none_or(|l| l & 1 == 0) {
             return None;
         }
-        // Newton's iteration for n0^-1 mod 2^32: each step doubles the
-        // correct low bits (n0 * n0 = 1 mod 8 for odd n0: 3 bits to start).
+        // Newton's iteration for n0^-1 mod 2^LIMB_BITS: each step doubles
+        // the correct low bits (n0 * n0 = 1 mod 8 for odd n0: 3 bits to
+        // start; five steps give 96 >= 64).
         let n0 = *n.first()?;
         let mut inv = n0;
-        for _ in 0..4 {
-            inv = inv.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(inv)));
+        for _ in 0..5 {
+            inv = inv.wrapping_mul((2 as Limb).wrapping_sub(n0.wrapping_mul(inv)));
         }
         let mut m = Modulus {
             rr: Vec::new(),
@@ -63,20 +91,21 @@ impl Modulus {
     /// R^2 mod n with no big-number library: R mod n by doubling
     /// 2^(bits - 1) (which is below n) up to R; that is 1 in Montgomery
     /// form, and doubling it `limbs` more times gives 2^limbs in Montgomery
-    /// form; five Montgomery squarings raise that to 2^(32 * limbs) = R,
-    /// whose Montgomery form R * R mod n is the result.
-    fn r_squared(&self) -> Vec<u32> {
+    /// form; log2(LIMB_BITS) Montgomery squarings (5 or 6) raise that to
+    /// 2^(LIMB_BITS * limbs) = R, whose Montgomery form R * R mod n is the
+    /// result.
+    fn r_squared(&self) -> Vec<Limb> {
         let l = self.n.len();
-        let mut x = vec![0u32; l];
+        let mut x = vec![0 as Limb; l];
         let top = self.bits - 1;
-        if let Some(limb) = x.get_mut(top / 32) {
-            *limb = 1 << (top % 32);
+        if let Some(limb) = x.get_mut(top / LIMB_BITS) {
+            *limb = 1 << (top % LIMB_BITS);
         }
-        for _ in 0..(32 * l - top) + l {
+        for _ in 0..(LIMB_BITS * l - top) + l {
             double_mod(&mut x, &self.n);
         }
-        let mut tmp = vec![0u32; l];
-        for _ in 0..5 {
+        let mut tmp = vec![0 as Limb; l];
+        for _ in 0..LIMB_BITS.trailing_zeros() {
             self.mul(&x, &x, &mut tmp);
             std::mem::swap(&mut x, &mut tmp);
         }
@@ -94,16 +123,16 @@ impl Modulus {
     }
 
     /// `a` < n?
-    pub fn below(&self, a: &[u32]) -> bool {
+    pub fn below(&self, a: &[Limb]) -> bool {
         less_than(a, &self.n)
     }
 
     /// Montgomery product `a * b / R mod n` (CIOS), into `out`.
     #[inline(never)]
-    pub fn mul(&self, a: &[u32], b: &[u32], out: &mut [u32]) {
+    pub fn mul(&self, a: &[Limb], b: &[Limb], out: &mut [Limb]) {
         let n = &self.n;
         let l = n.len();
-        let mut buf = [0u32; MAX_LIMBS + 2];
+        let mut buf = [0 as Limb; MAX_LIMBS + 2];
         // t: the l low limbs, hi: the two above them. `new` admits at most
         // MAX_LIMBS limbs and at least one, so neither `else` is taken.
         let Some((t, hi)) = buf
@@ -116,33 +145,33 @@ impl Modulus {
             return;
         };
         for &ai in a.iter().take(l) {
-            let ai = u64::from(ai);
-            let mut c: u64 = 0;
+            let ai = Wide::from(ai);
+            let mut c: Wide = 0;
             for (tj, &bj) in t.iter_mut().zip(b.iter()) {
-                let s = u64::from(*tj) + ai * u64::from(bj) + c;
-                *tj = s as u32;
-                c = s >> 32;
+                let s = Wide::from(*tj) + ai * Wide::from(bj) + c;
+                *tj = s as Limb;
+                c = s >> LIMB_BITS;
             }
-            let s = u64::from(hi[0]) + c;
-            hi[0] = s as u32;
-            hi[1] = (s >> 32) as u32;
-            // Reduction: t = (t + m * n) / 2^32, each limb written one
+            let s = Wide::from(hi[0]) + c;
+            hi[0] = s as Limb;
+            hi[1] = (s >> LIMB_BITS) as Limb;
+            // Reduction: t = (t + m * n) / 2^LIMB_BITS, each limb written one
             // place down (`dst` trails the limb read by one).
             let mut limbs = t.iter_mut();
             let Some(mut dst) = limbs.next() else {
                 return;
             };
-            let m = u64::from(dst.wrapping_mul(self.n0inv));
-            let mut c = (u64::from(*dst) + m * u64::from(n0)) >> 32;
+            let m = Wide::from(dst.wrapping_mul(self.n0inv));
+            let mut c = (Wide::from(*dst) + m * Wide::from(n0)) >> LIMB_BITS;
             for (tj, &nj) in limbs.zip(n_rest) {
-                let s = u64::from(*tj) + m * u64::from(nj) + c;
-                *dst = s as u32;
-                c = s >> 32;
+                let s = Wide::from(*tj) + m * Wide::from(nj) + c;
+                *dst = s as Limb;
+                c = s >> LIMB_BITS;
                 dst = tj;
             }
-            let s = u64::from(hi[0]) + c;
-            *dst = s as u32;
-            hi[0] = hi[1] + (s >> 32) as u32;
+            let s = Wide::from(hi[0]) + c;
+            *dst = s as Limb;
+            hi[0] = hi[1] + (s >> LIMB_BITS) as Limb;
         }
         // t < 2n: one conditional subtraction.
         if hi[0] != 0 || !less_than(t, n) {
@@ -155,26 +184,26 @@ impl Modulus {
     }
 
     /// `a` into Montgomery form (a * R mod n), into `out`.
-    pub fn to_mont(&self, a: &[u32], out: &mut [u32]) {
+    pub fn to_mont(&self, a: &[Limb], out: &mut [Limb]) {
         self.mul(a, &self.rr, out);
     }
 
     /// `a` out of Montgomery form (a / R mod n): a product with 1.
-    pub fn out_of_mont(&self, a: &[u32], out: &mut [u32]) {
-        let mut one = [0u32; MAX_LIMBS];
+    pub fn out_of_mont(&self, a: &[Limb], out: &mut [Limb]) {
+        let mut one = [0 as Limb; MAX_LIMBS];
         one[0] = 1;
         self.mul(a, &one, out);
     }
 
     /// `a + b mod n`, into `out`.
     #[inline(never)]
-    pub fn add(&self, a: &[u32], b: &[u32], out: &mut [u32]) {
+    pub fn add(&self, a: &[Limb], b: &[Limb], out: &mut [Limb]) {
         let l = self.n.len();
-        let mut carry = 0u64;
+        let mut carry: Wide = 0;
         for ((o, &x), &y) in out.iter_mut().zip(a).zip(b).take(l) {
-            let v = u64::from(x) + u64::from(y) + carry;
-            *o = v as u32;
-            carry = v >> 32;
+            let v = Wide::from(x) + Wide::from(y) + carry;
+            *o = v as Limb;
+            carry = v >> LIMB_BITS;
         }
         // a + b < 2n: at most one subtraction.
         if carry != 0 || !less_than(out, &self.n) {
@@ -184,28 +213,28 @@ impl Modulus {
 
     /// `a - b mod n`, into `out`.
     #[inline(never)]
-    pub fn sub(&self, a: &[u32], b: &[u32], out: &mut [u32]) {
+    pub fn sub(&self, a: &[Limb], b: &[Limb], out: &mut [Limb]) {
         let l = self.n.len();
-        let mut borrow: i64 = 0;
+        let mut borrow: SignedWide = 0;
         for ((o, &x), &y) in out.iter_mut().zip(a).zip(b).take(l) {
-            let v = i64::from(x) - i64::from(y) + borrow;
-            *o = v as u32;
-            borrow = v >> 32;
+            let v = SignedWide::from(x) - SignedWide::from(y) + borrow;
+            *o = v as Limb;
+            borrow = v >> LIMB_BITS;
         }
         if borrow != 0 {
             // a < b: the difference wrapped; adding n brings it back.
-            let mut carry = 0u64;
+            let mut carry: Wide = 0;
             for (o, &nj) in out.iter_mut().zip(&self.n) {
-                let v = u64::from(*o) + u64::from(nj) + carry;
-                *o = v as u32;
-                carry = v >> 32;
+                let v = Wide::from(*o) + Wide::from(nj) + carry;
+                *o = v as Limb;
+                carry = v >> LIMB_BITS;
             }
         }
     }
 
     /// `a` minus n once if `a` >= n, into `out`: reduces a number below 2n
     /// (and as long as n) modulo n.
-    pub fn reduce_once(&self, a: &[u32], out: &mut [u32]) {
+    pub fn reduce_once(&self, a: &[Limb], out: &mut [Limb]) {
         if less_than(a, &self.n) {
             out.iter_mut().zip(a).for_each(|(o, &x)| *o = x);
         } else {
@@ -216,25 +245,25 @@ impl Modulus {
     /// `a^(n - 2) mod n` for `a` in Montgomery form, result in Montgomery
     /// form: the inverse of a non-zero `a` when n is prime (Fermat), by
     /// square-and-multiply from the exponent's top bit.
-    pub fn invert_prime(&self, a: &[u32], out: &mut [u32]) {
+    pub fn invert_prime(&self, a: &[Limb], out: &mut [Limb]) {
         let l = self.n.len();
         // The exponent n - 2 (n is odd and above 2: no borrow past it).
         let mut e = self.n.clone();
-        let mut borrow = 2u32;
+        let mut borrow: Limb = 2;
         for x in e.iter_mut() {
             let (v, b) = x.overflowing_sub(borrow);
             *x = v;
-            borrow = u32::from(b);
+            borrow = Limb::from(b);
         }
-        let mut acc = [0u32; MAX_LIMBS];
-        let mut tmp = [0u32; MAX_LIMBS];
+        let mut acc = [0 as Limb; MAX_LIMBS];
+        let mut tmp = [0 as Limb; MAX_LIMBS];
         acc[0] = 1;
         let one = acc;
         self.to_mont(&one, &mut acc);
         for bit in (0..self.bits).rev() {
             self.mul(&acc, &acc, &mut tmp);
-            if e.get(bit / 32)
-                .is_some_and(|limb| limb >> (bit % 32) & 1 == 1)
+            if e.get(bit / LIMB_BITS)
+                .is_some_and(|limb| limb >> (bit % LIMB_BITS) & 1 == 1)
             {
                 self.mul(&tmp, a, &mut acc);
             } else {
@@ -247,23 +276,23 @@ impl Modulus {
 
 /// `a - b` into `out`, for a >= b or a wrapped above the limbs by exactly
 /// the borrow this subtraction produces (a sum with its carry dropped).
-fn sub_into(a: &[u32], b: &[u32], out: &mut [u32]) {
-    let mut borrow: i64 = 0;
+fn sub_into(a: &[Limb], b: &[Limb], out: &mut [Limb]) {
+    let mut borrow: SignedWide = 0;
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        let d = i64::from(x) - i64::from(y) + borrow;
-        *o = d as u32;
-        borrow = d >> 32;
+        let d = SignedWide::from(x) - SignedWide::from(y) + borrow;
+        *o = d as Limb;
+        borrow = d >> LIMB_BITS;
     }
 }
 
 /// `x -= n` over n's limbs, the final borrow dropped (x >= n, or x wrapped
 /// above its limbs by exactly that borrow).
-fn sub_in_place(x: &mut [u32], n: &[u32]) {
-    let mut borrow: i64 = 0;
+fn sub_in_place(x: &mut [Limb], n: &[Limb]) {
+    let mut borrow: SignedWide = 0;
     for (xi, &ni) in x.iter_mut().zip(n) {
-        let d = i64::from(*xi) - i64::from(ni) + borrow;
-        *xi = d as u32;
-        borrow = d >> 32;
+        let d = SignedWide::from(*xi) - SignedWide::from(ni) + borrow;
+        *xi = d as Limb;
+        borrow = d >> LIMB_BITS;
     }
 }
 
@@ -285,11 +314,11 @@ pub fn bit_len(n: &[u8]) -> usize {
 
 /// A big-endian number into the little-endian limbs `out` (zeroed first);
 /// false if it does not fit them.
-pub fn to_limbs(be: &[u8], out: &mut [u32]) -> bool {
+pub fn to_limbs(be: &[u8], out: &mut [Limb]) -> bool {
     out.iter_mut().for_each(|l| *l = 0);
     for (i, b) in be.iter().rev().enumerate() {
-        match out.get_mut(i / 4) {
-            Some(l) => *l |= u32::from(*b) << (8 * (i % 4)),
+        match out.get_mut(i / LIMB_BYTES) {
+            Some(l) => *l |= Limb::from(*b) << (8 * (i % LIMB_BYTES)),
             None if *b == 0 => {}
             None => return false,
         }
@@ -299,17 +328,19 @@ pub fn to_limbs(be: &[u8], out: &mut [u32]) -> bool {
 
 /// Little-endian limbs into exactly `out.len()` big-endian bytes (the
 /// number's low bytes).
-pub fn to_bytes(limbs: &[u32], out: &mut [u8]) {
+pub fn to_bytes(limbs: &[Limb], out: &mut [u8]) {
     for (i, o) in out.iter_mut().rev().enumerate() {
-        *o = limbs.get(i / 4).map_or(0, |l| (l >> (8 * (i % 4))) as u8);
+        *o = limbs
+            .get(i / LIMB_BYTES)
+            .map_or(0, |l| (l >> (8 * (i % LIMB_BYTES))) as u8);
     }
 }
 
 /// x = 2x mod n, for x < n (little-endian limbs of the same length).
-fn double_mod(x: &mut [u32], n: &[u32]) {
-    let mut carry = 0u32;
+fn double_mod(x: &mut [Limb], n: &[Limb]) {
+    let mut carry: Limb = 0;
     for limb in x.iter_mut() {
-        let next = *limb >> 31;
+        let next = *limb >> (LIMB_BITS - 1);
         *limb = *limb << 1 | carry;
         carry = next;
     }
@@ -321,7 +352,7 @@ fn double_mod(x: &mut [u32], n: &[u32]) {
 }
 
 /// a < b, compared over b's limbs (a's limbs above them are ignored).
-fn less_than(a: &[u32], b: &[u32]) -> bool {
+fn less_than(a: &[Limb], b: &[Limb]) -> bool {
     for (x, y) in a.iter().take(b.len()).rev().zip(b.iter().rev()) {
         if x != y {
             return x < y;
@@ -362,14 +393,14 @@ mod tests {
         n
     }
 
-    fn limbs(x: &BigUint, len: usize) -> Vec<u32> {
-        let mut out = vec![0u32; len];
+    fn limbs(x: &BigUint, len: usize) -> Vec<Limb> {
+        let mut out = vec![0 as Limb; len];
         assert!(to_limbs(&x.to_bytes_be(), &mut out));
         out
     }
 
-    fn big(limbs: &[u32]) -> BigUint {
-        let mut be = vec![0u8; 4 * limbs.len()];
+    fn big(limbs: &[Limb]) -> BigUint {
+        let mut be = vec![0u8; LIMB_BYTES * limbs.len()];
         to_bytes(limbs, &mut be);
         BigUint::from_bytes_be(&be)
     }
@@ -383,8 +414,8 @@ mod tests {
             for _ in 0..4 {
                 let n = modulus(&mut seed, bits);
                 let m = Modulus::new(&n.to_bytes_be()).unwrap();
-                let l = bits.div_ceil(32);
-                let want = (BigUint::from(1u32) << (64 * l)) % &n;
+                let l = bits.div_ceil(LIMB_BITS);
+                let want = (BigUint::from(1u32) << (2 * LIMB_BITS * l)) % &n;
                 assert_eq!(m.rr, limbs(&want, l), "{bits} bits");
                 assert_eq!((m.bits(), m.limbs()), (bits, l));
             }
@@ -393,7 +424,7 @@ mod tests {
         let n = (BigUint::from(1u32) << 2047) + BigUint::from(1u32);
         let want = (BigUint::from(1u32) << 4096) % &n;
         let m = Modulus::new(&n.to_bytes_be()).unwrap();
-        assert_eq!(m.rr, limbs(&want, 64));
+        assert_eq!(m.rr, limbs(&want, 2048 / LIMB_BITS));
     }
 
     #[test]
@@ -403,7 +434,7 @@ mod tests {
             let n = modulus(&mut seed, bits);
             let m = Modulus::new(&n.to_bytes_be()).unwrap();
             let l = m.limbs();
-            let r = BigUint::from(1u32) << (32 * l);
+            let r = BigUint::from(1u32) << (LIMB_BITS * l);
             for round in 0..20 {
                 let a = BigUint::from_bytes_be(&bytes(&mut seed, bits.div_ceil(8))) % &n;
                 let b = if round == 0 {
@@ -412,7 +443,7 @@ mod tests {
                     BigUint::from_bytes_be(&bytes(&mut seed, bits.div_ceil(8))) % &n
                 };
                 let (al, bl) = (limbs(&a, l), limbs(&b, l));
-                let mut out = vec![0u32; l];
+                let mut out = vec![0 as Limb; l];
                 m.mul(&al, &bl, &mut out);
                 // out = a * b / R: out * R = a * b (mod n), out < n.
                 assert!(big(&out) < n);
@@ -428,7 +459,7 @@ mod tests {
                 assert_eq!(big(&out), a, "out_of_mont, {bits} bits");
                 // a + n fits the limbs when n's top limb leaves room.
                 let an = &a + &n;
-                if an.bits() <= 32 * l {
+                if an.bits() <= LIMB_BITS * l {
                     m.reduce_once(&limbs(&an, l), &mut out);
                     assert_eq!(big(&out), a, "reduce_once, {bits} bits");
                 }
@@ -458,7 +489,7 @@ mod tests {
                 if a == BigUint::from(0u32) {
                     continue;
                 }
-                let (mut am, mut inv, mut plain) = (vec![0u32; l], vec![0u32; l], vec![0u32; l]);
+                let (mut am, mut inv, mut plain) = (vec![0 as Limb; l], vec![0 as Limb; l], vec![0 as Limb; l]);
                 m.to_mont(&limbs(&a, l), &mut am);
                 m.invert_prime(&am, &mut inv);
                 m.out_of_mont(&inv, &mut plain);
@@ -479,10 +510,20 @@ mod tests {
             "over 8192 bits"
         );
         assert!(Modulus::new(&[0, 0, 3]).is_some(), "leading zeros");
-        let mut out = [0u32; 2];
+        let mut out = [0 as Limb; 2];
         assert!(to_limbs(&[0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8], &mut out));
-        assert_eq!(out, [0x0506_0708, 0x0102_0304]);
-        assert!(!to_limbs(&[1, 0, 0, 0, 0, 0, 0, 0, 0], &mut out));
+        assert_eq!(out[0].to_le_bytes()[..4], [8, 7, 6, 5]);
+        let mut back = [0u8; 2 * LIMB_BYTES];
+        to_bytes(&out, &mut back);
+        let (high, low) = back.split_at(2 * LIMB_BYTES - 8);
+        assert!(high.iter().all(|b| *b == 0));
+        assert_eq!(low, [1, 2, 3, 4, 5, 6, 7, 8]);
+        // One byte more than the limbs hold, non-zero: refused.
+        let mut long = vec![0u8; 2 * LIMB_BYTES + 1];
+        long[0] = 1;
+        assert!(!to_limbs(&long, &mut out));
+        long[0] = 0;
+        assert!(to_limbs(&long, &mut out));
         assert_eq!(strip_zeros(&[0, 0, 5, 0]), &[5, 0]);
         assert_eq!(bit_len(&[0x01, 0]), 9);
         assert_eq!(bit_len(&[]), 0);

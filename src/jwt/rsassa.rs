@@ -17,7 +17,7 @@
 //! long as the hash (RFC 7518 3.5), EMSA-PKCS1-v1_5 9.2).
 
 use super::jose::{digest, Hash};
-use super::montgomery::{bit_len, strip_zeros, to_bytes, to_limbs, Modulus, MAX_BITS};
+use super::montgomery::{bit_len, strip_zeros, to_bytes, to_limbs, Limb, Modulus, MAX_BITS};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// An RSA public key prepared for Montgomery arithmetic (`montgomery`).
@@ -74,11 +74,11 @@ impl RsaKey {
             return None;
         }
         let n = &self.n;
-        let mut s = vec![0u32; n.limbs()];
+        let mut s = vec![0 as Limb; n.limbs()];
         if !to_limbs(sig, &mut s) || !n.below(&s) {
             return None;
         }
-        let mut xm = vec![0u32; s.len()];
+        let mut xm = vec![0 as Limb; s.len()];
         n.to_mont(&s, &mut xm);
         let mut acc = xm.clone();
         let mut tmp = s;
@@ -101,6 +101,15 @@ impl RsaKey {
     pub fn verify_pkcs1(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
         match self.public_op(sig) {
             Some(em) => pkcs1_em_ok(&em, hash, msg),
+            None => false,
+        }
+    }
+
+    /// RSASSA-PKCS1-v1_5 verification of `sig` over a message whose
+    /// `hash` digest is `digest` (computed by the caller).
+    pub fn verify_pkcs1_digest(&self, hash: Hash, digest: &[u8], sig: &[u8]) -> bool {
+        match self.public_op(sig) {
+            Some(em) => pkcs1_em_matches(&em, hash, digest),
             None => false,
         }
     }
@@ -140,8 +149,12 @@ fn digest_info_prefix(hash: Hash) -> &'static [u8] {
 /// EMSA-PKCS1-v1_5: `em` (k bytes) must be exactly
 /// `00 01 FF..FF 00 || DigestInfo(H(msg))` with at least 8 `FF`.
 pub fn pkcs1_em_ok(em: &[u8], hash: Hash, msg: &[u8]) -> bool {
+    pkcs1_em_matches(em, hash, &digest(hash, msg))
+}
+
+/// EMSA-PKCS1-v1_5 for the digest `h` of the message.
+fn pkcs1_em_matches(em: &[u8], hash: Hash, h: &[u8]) -> bool {
     let prefix = digest_info_prefix(hash);
-    let h = digest(hash, msg);
     let t_len = prefix.len() + h.len();
     if em.len() < t_len + 11 {
         return false;
@@ -156,7 +169,7 @@ pub fn pkcs1_em_ok(em: &[u8], hash: Hash, msg: &[u8]) -> bool {
     let Some((t_prefix, t_hash)) = t.split_at_checked(prefix.len()) else {
         return false;
     };
-    ps.iter().all(|&b| b == 0xff) && t_prefix == prefix && t_hash == h.as_slice()
+    ps.iter().all(|&b| b == 0xff) && t_prefix == prefix && t_hash == h
 }
 
 /// EMSA-PSS-VERIFY (RFC 8017 9.1.2): `em_k` is the k-byte RSAVP1 output,

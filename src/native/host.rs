@@ -533,7 +533,7 @@ impl Host for NativeHost<'_> {
         }
     }
 
-    /// `verify_signature` natively (`crypto.rs`, `ring`), as Envoy's wasm
+    /// `verify_signature` natively (`crypto.rs`, AWS-LC), as Envoy's wasm
     /// host does with BoringSSL.
     fn call_foreign(&self, name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
         super::crypto::call_foreign(name, args)

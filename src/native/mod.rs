@@ -14,7 +14,7 @@
 //! | `store.rs` | process-wide shared data (CAS), for all workers | Envoy's shared data |
 //! | `metrics.rs` | metrics defined on the main thread when the configuration loads | `proxy_define_metric` |
 //! | `callout.rs` | calls to other services: on the stream they are for, or from the main thread (lease refills, reports; see there) | `proxy_http_call`, `proxy_grpc_call` |
-//! | `crypto.rs` | `verify_signature` (RS*, ES*) with `ring` | Envoy's `verify_signature` foreign function |
+//! | `crypto.rs` | `verify_signature` (RS*, ES*) with AWS-LC, RSA keys kept parsed | Envoy's `verify_signature` foreign function |
 //! | `guard.rs` | the exported hook symbols: each runs its hook here inside `catch_unwind`; a panic fails that stream closed, is logged and counted (`meshguard.panics`) | none: a panic traps the wasm VM |
 //!
 //! The policy code (`filter::root`, `filter::http`, `filter::pipeline` and
