@@ -89,7 +89,6 @@ pub fn authenticate(
     cache: &mut TokenCache,
 ) -> AuthOutcome {
     let now = host.now_nanos();
-    let mut ops: Vec<HeaderOp> = Vec::new();
 
     // 1. Extraction: (token, [(provider, source index)]).
     let mut candidates: Vec<Candidate> = Vec::new();
@@ -113,7 +112,7 @@ pub fn authenticate(
                 claims: None,
                 provider: None,
                 cache_hit: false,
-                header_ops: ops,
+                header_ops: Vec::new(),
             };
         }
         return deny_missing(route_name);
@@ -163,7 +162,7 @@ pub fn authenticate(
             .filter_map(|&p| providers.providers.get(p))
             .flat_map(|p| p.sources.iter())
             .collect();
-        ops.extend(extract::scrub(&sources, kept, req));
+        let mut ops = extract::scrub(&sources, kept, req);
         for (claim, header) in &prov.claims_to_headers {
             if let Some(val) = claims::lookup(&v.claims, claim).and_then(claim_header_value) {
                 ops.push(HeaderOp::Set(header.clone(), val));

@@ -158,14 +158,17 @@ pub fn scrub(sources: &[&Source], kept: Option<&Source>, req: &Request) -> Vec<H
         Some(Source::Header { name, .. }) => Some(name.as_str()),
         _ => None,
     };
-    // Headers.
-    let mut done: Vec<&str> = Vec::new();
-    for s in sources {
+    // Headers, each name once (the first source naming it decides).
+    for (i, s) in sources.iter().enumerate() {
         if let Source::Header { name, .. } = s {
-            if done.contains(&name.as_str()) {
+            let named_before = sources.get(..i).is_some_and(|before| {
+                before
+                    .iter()
+                    .any(|b| matches!(b, Source::Header { name: n, .. } if n == name))
+            });
+            if named_before {
                 continue;
             }
-            done.push(name);
             if Some(name.as_str()) == kept_header {
                 let mut values = req.header_all(name);
                 if let (Some(first), Some(_)) = (values.next(), values.next()) {
@@ -379,6 +382,22 @@ mod tests {
         assert_eq!(
             scrub(&[&q], None, &only),
             vec![HeaderOp::Set(":path".into(), b"/p".to_vec())]
+        );
+        // A header named by several providers: one operation, the first
+        // source naming it decides (kept there, kept everywhere).
+        let h2 = header("authorization", None);
+        let x = header("x-token", None);
+        let two = req("/", &[("authorization", b"Bearer a"), ("x-token", b"t")]);
+        assert_eq!(
+            scrub(&[&h, &x, &h2, &x], None, &two),
+            vec![
+                HeaderOp::Remove("authorization".into()),
+                HeaderOp::Remove("x-token".into())
+            ]
+        );
+        assert_eq!(
+            scrub(&[&h, &x, &h2], Some(&h2), &two),
+            vec![HeaderOp::Remove("x-token".into())]
         );
         // Absent locations cost nothing.
         assert_eq!(scrub(&[&h, &q, &c], None, &req("/p", &[])), vec![]);
