@@ -105,15 +105,6 @@ impl RsaKey {
         }
     }
 
-    /// RSASSA-PKCS1-v1_5 verification of `sig` over a message whose
-    /// `hash` digest is `digest` (computed by the caller).
-    pub fn verify_pkcs1_digest(&self, hash: Hash, digest: &[u8], sig: &[u8]) -> bool {
-        match self.public_op(sig) {
-            Some(em) => pkcs1_em_matches(&em, hash, digest),
-            None => false,
-        }
-    }
-
     /// RSASSA-PSS verification of `sig` over `msg` (MGF1 with the same
     /// hash, salt as long as the hash).
     pub fn verify_pss(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
@@ -149,12 +140,8 @@ fn digest_info_prefix(hash: Hash) -> &'static [u8] {
 /// EMSA-PKCS1-v1_5: `em` (k bytes) must be exactly
 /// `00 01 FF..FF 00 || DigestInfo(H(msg))` with at least 8 `FF`.
 pub fn pkcs1_em_ok(em: &[u8], hash: Hash, msg: &[u8]) -> bool {
-    pkcs1_em_matches(em, hash, &digest(hash, msg))
-}
-
-/// EMSA-PKCS1-v1_5 for the digest `h` of the message.
-fn pkcs1_em_matches(em: &[u8], hash: Hash, h: &[u8]) -> bool {
     let prefix = digest_info_prefix(hash);
+    let h = digest(hash, msg);
     let t_len = prefix.len() + h.len();
     if em.len() < t_len + 11 {
         return false;
@@ -169,7 +156,7 @@ fn pkcs1_em_matches(em: &[u8], hash: Hash, h: &[u8]) -> bool {
     let Some((t_prefix, t_hash)) = t.split_at_checked(prefix.len()) else {
         return false;
     };
-    ps.iter().all(|&b| b == 0xff) && t_prefix == prefix && t_hash == h
+    ps.iter().all(|&b| b == 0xff) && t_prefix == prefix && t_hash == h.as_slice()
 }
 
 /// EMSA-PSS-VERIFY (RFC 8017 9.1.2): `em_k` is the k-byte RSAVP1 output,
