@@ -17,7 +17,7 @@ NATIVE := target/release/libmeshguard.so
 # The native module of tests/e2e/test_native_panic.py (feature `panic-test`).
 NATIVE_PANIC := target/panic-test/libmeshguard.so
 
-.PHONY: native native-profiling native-panic-test test-native soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench bench-instructions targets tools venv clean schema validate-tool oci rls rls-test
+.PHONY: native native-profiling pgo-profile llvm-tools native-panic-test test-native soak fuzz fuzz-smoke fuzz-tools registry wasm-opt all build demo test fmt-check clippy unit wasm-test e2e bench bench-instructions targets tools venv clean schema validate-tool oci rls rls-test
 
 all: build
 
@@ -122,22 +122,64 @@ e2e: build native venv registry rls
 # the FFI edge, src/native/guard.rs, turns a panic into one failed request);
 # copied to $(NATIVE), the path users and the docs name, through a new file
 # (an Envoy running the old module keeps its mapping).
+# Built with profile-guided optimisation (PGO): an instrumented build
+# (target/pgo/gen) runs pgo/train.py's requests through a real Envoy, then the
+# module is compiled with those counts (target/pgo/meshguard.profdata); the
+# training reruns only when the instrumented module or the workload changed.
+# `make native NATIVE_PGO=0` builds without it (no Envoy needed; a slower
+# module: docs/native.md, "Profile-guided build").
+NATIVE_PGO ?= 1
+HOST = $(shell rustc -vV | sed -n 's/^host: //p')
+PGO_DIR := target/pgo
+PGO_DATA := $(PGO_DIR)/meshguard.profdata
+PROFDATA = $(shell rustc --print sysroot)/lib/rustlib/$(HOST)/bin/llvm-profdata
+
+ifeq ($(NATIVE_PGO),0)
 native:
 	cargo build --profile native --features native --lib
 	@mkdir -p $(dir $(NATIVE)) && cp target/native/libmeshguard.so $(NATIVE).tmp && mv $(NATIVE).tmp $(NATIVE)
 	@ls -l $(NATIVE)
+
+native-profiling:
+	cargo build --profile profiling --features native --lib
+	@ls -l target/profiling/libmeshguard.so
+else
+native: pgo-profile
+	RUSTFLAGS="-Cprofile-use=$(CURDIR)/$(PGO_DATA)" cargo build --profile native --features native --lib --target $(HOST)
+	@mkdir -p $(dir $(NATIVE)) && cp target/$(HOST)/native/libmeshguard.so $(NATIVE).tmp && mv $(NATIVE).tmp $(NATIVE)
+	@ls -l $(NATIVE)
+
+# The shipped module's code with symbols (same profile, same counts), for
+# `perf record -g` and callgrind on Envoy (docs/performance.md, "Native module
+# cost"): target/profiling/libmeshguard.so, never shipped.
+native-profiling: pgo-profile
+	RUSTFLAGS="-Cprofile-use=$(CURDIR)/$(PGO_DATA)" cargo build --profile profiling --features native --lib --target $(HOST)
+	@mkdir -p target/profiling && cp target/$(HOST)/profiling/libmeshguard.so target/profiling/libmeshguard.so.tmp \
+	  && mv target/profiling/libmeshguard.so.tmp target/profiling/libmeshguard.so
+	@ls -l target/profiling/libmeshguard.so
+endif
+
+llvm-tools:
+	@test -x "$(PROFDATA)" || rustup component add llvm-tools
+
+pgo-profile: venv llvm-tools
+	RUSTFLAGS="-Cprofile-generate=$(CURDIR)/$(PGO_DIR)/raw" cargo build --profile native --features native --lib \
+	  --target $(HOST) --target-dir $(PGO_DIR)/gen
+	@so=$(PGO_DIR)/gen/$(HOST)/native/libmeshguard.so; \
+	if [ -f $(PGO_DATA) ] && [ $(PGO_DATA) -nt $$so ] && [ $(PGO_DATA) -nt pgo/train.py ]; then \
+	  echo "pgo: $(PGO_DATA) is up to date"; \
+	else \
+	  rm -rf $(PGO_DIR)/raw && \
+	  ENVOY_BIN="$(ENVOY_BIN)" MESHGUARD_NATIVE="$(CURDIR)/$$so" \
+	    LLVM_PROFILE_FILE="$(CURDIR)/$(PGO_DIR)/raw/%p-%m.profraw" $(PY) pgo/train.py && \
+	  "$(PROFDATA)" merge -o $(PGO_DATA).tmp $(PGO_DIR)/raw/*.profraw && mv $(PGO_DATA).tmp $(PGO_DATA); \
+	fi
 
 # For tests only, never shipped: a request header `x-meshguard-test-panic:
 # <hook>` makes that hook panic (tests/e2e/test_native_panic.py).
 native-panic-test:
 	cargo build --profile panic-test --features panic-test --lib
 	@ls -l $(NATIVE_PANIC)
-
-# The native module with symbols, for `perf record -g` on Envoy (docs/performance.md,
-# "Native module cost"): target/profiling/libmeshguard.so.
-native-profiling:
-	cargo build --profile profiling --features native --lib
-	@ls -l target/profiling/libmeshguard.so
 
 # The e2e suite against the native module (tests that cannot pass natively
 # are marked `wasm_only` with the reason, in tests/e2e/conftest.py).

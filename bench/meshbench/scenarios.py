@@ -190,6 +190,7 @@ COMPARISONS = [
     ("dm-ratelimit-noheaders", "dmb-ratelimit-noheaders", "rate limit, no headers: native module B vs A (MESHGUARD_NATIVE_B)"),
     ("dm-cache-hit", "dmb-cache-hit", "cache HIT: native module B vs A (MESHGUARD_NATIVE_B)"),
     ("dm-nopolicy", "dmb-nopolicy", "no-policy route: native module B vs A (MESHGUARD_NATIVE_B)"),
+    ("dm-jwt-rs256", "dmb-jwt-rs256", "JWT RS256 repeated token: native module B vs A (MESHGUARD_NATIVE_B)"),
 ]
 
 
@@ -277,6 +278,9 @@ def build_scenarios(mg_wasm, trivial_wasm, tokens_fixture, fixture_jwks, distinc
               group="cache", probe=mg_cache_probe, expect_upstream="none"),
             S("dmb-nopolicy", "MESHGUARD_NATIVE_B's native module, one route, no policy",
               [dm_filter(native_b, json.dumps({"routes": [route]}))], group="ratelimit"),
+            S("dmb-jwt-rs256", "MESHGUARD_NATIVE_B's native module, JWT RS256, one repeated token",
+              [dm_filter(native_b, json.dumps({"jwt_providers": provider, "routes": [dict(route, jwt=jwt)]}))],
+              headers=rs, group="jwt-rs256", probe=jwt_probe),
         ]
     return dm_scenarios + [
         S("passthrough", "no HTTP filter but the router", []),

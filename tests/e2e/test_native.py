@@ -4,6 +4,7 @@ policy state for all workers. The rest of the suite runs against it with
 `MESHGUARD_RUNTIME=native` (`make test-native`)."""
 
 import os
+import re
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,6 @@ def route(limits, name="api", **extra):
 def test_every_declared_callback_exists_in_the_shipped_envoy():
     """Each Envoy function `src/native/abi.rs` declares is exported by the
     Envoy binary the tests use (a missing one would fail at the first call)."""
-    import re
     declared = set(re.findall(r'"(envoy_dynamic_module_callback_[a-z_]+)"', open(ABI_RS).read()))
     assert len(declared) > 20
     out = subprocess.run(["nm", "-D", "--defined-only", harness.envoy_bin()],
@@ -48,6 +48,26 @@ def test_every_declared_callback_exists_in_the_shipped_envoy():
                          capture_output=True, text=True, check=True).stdout
     assert "envoy_dynamic_module_on_program_init" in mod
     assert "envoy_dynamic_module_on_http_filter_config_new" in mod
+
+
+def profile_sections(path):
+    """The ELF sections of LLVM's profiling runtime (`__llvm_prf_cnts`, ...)
+    in the shared library at `path`."""
+    out = subprocess.run(["readelf", "-S", "-W", path], capture_output=True, text=True, check=True).stdout
+    return sorted(set(re.findall(r"__llvm_prf_[a-z]+", out)))
+
+
+def test_the_shipped_module_is_not_the_instrumented_training_build():
+    """`make native` trains an instrumented build of the module (pgo/train.py)
+    and ships the one compiled with its counts: a module still carrying the
+    profiling runtime would count every branch and write profile files from
+    users' Envoys at exit."""
+    assert profile_sections(native_module()) == []
+    trained = os.path.join(harness.ROOT, "target", "pgo", "gen")
+    instrumented = [os.path.join(d, f) for d, _, files in os.walk(trained) for f in files
+                    if f == "libmeshguard.so" and os.sep + "deps" + os.sep not in d + os.sep]
+    for path in instrumented:  # the check itself sees the runtime where it is
+        assert "__llvm_prf_cnts" in profile_sections(path), path
 
 
 def test_loads_with_the_abi_version_matched_and_passes_traffic(native, envoy, upstream):
