@@ -1,13 +1,13 @@
 //! [`authenticate`]: a request against its route's JWT requirements.
 
 use super::cache::{self, TokenCache};
-use super::extract::Source;
 use super::headers::{claim_header_value, HeaderOp};
 use super::policy::{JwtProviders, Keys, Provider, RouteJwt};
 use super::{claims, extract, jose, verify};
 use crate::host::Host;
 use crate::request::Request;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// A token without `kid` is tried against at most this many keys.
@@ -36,9 +36,66 @@ pub enum AuthOutcome {
     KeysPending { provider: usize },
 }
 
-/// A token found in the request, with the `(provider, source index)`
-/// pairs that found it.
-type Candidate<'r> = (std::borrow::Cow<'r, [u8]>, Vec<(usize, usize)>);
+/// The `(provider, source index)` pairs that found one token: nearly
+/// always one, kept without an allocation.
+enum Holders {
+    One([(usize, usize); 1]),
+    Many(Vec<(usize, usize)>),
+}
+
+impl Holders {
+    fn push(&mut self, h: (usize, usize)) {
+        match self {
+            Holders::One([first]) => *self = Holders::Many(vec![*first, h]),
+            Holders::Many(v) => v.push(h),
+        }
+    }
+
+    fn as_slice(&self) -> &[(usize, usize)] {
+        match self {
+            Holders::One(one) => one,
+            Holders::Many(v) => v,
+        }
+    }
+}
+
+/// The distinct tokens found in the request, in the order found, each with
+/// its [`Holders`]. The first is kept inline: a request with one token (the
+/// usual one) allocates nothing here.
+#[derive(Default)]
+struct Candidates<'r> {
+    first: Option<(Cow<'r, [u8]>, Holders)>,
+    more: Vec<(Cow<'r, [u8]>, Holders)>,
+}
+
+impl<'r> Candidates<'r> {
+    fn add(&mut self, tok: Cow<'r, [u8]>, holder: (usize, usize)) {
+        if self.first.is_none() {
+            self.first = Some((tok, Holders::One([holder])));
+            return;
+        }
+        let known = self
+            .first
+            .iter_mut()
+            .chain(self.more.iter_mut())
+            .find(|(t, _)| *t == tok);
+        match known {
+            Some((_, holders)) => holders.push(holder),
+            None => self.more.push((tok, Holders::One([holder]))),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[(usize, usize)])> + '_ {
+        self.first
+            .iter()
+            .chain(self.more.iter())
+            .map(|(t, h)| (t.as_ref(), h.as_slice()))
+    }
+}
 
 /// Why one token failed.
 enum Failure {
@@ -91,17 +148,14 @@ pub fn authenticate(
     let now = host.now_nanos();
 
     // 1. Extraction: (token, [(provider, source index)]).
-    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut candidates = Candidates::default();
     for &p in &route.providers {
         let Some(prov) = providers.providers.get(p) else {
             continue;
         };
         for (si, s) in prov.sources.iter().enumerate() {
             if let Some(tok) = s.find(req) {
-                match candidates.iter_mut().find(|(t, _)| *t == tok) {
-                    Some((_, holders)) => holders.push((p, si)),
-                    None => candidates.push((tok, vec![(p, si)])),
-                }
+                candidates.add(tok, (p, si));
                 break;
             }
         }
@@ -129,7 +183,7 @@ pub fn authenticate(
     let mut invalid: Option<&'static str> = None;
     let mut pending: Option<usize> = None;
     let mut scope_failure: Option<String> = None;
-    for (tok, holders) in &candidates {
+    for (tok, holders) in candidates.iter() {
         let (v, cache_hit) = match check_token(host, providers, tok, holders, cache, now) {
             Ok(x) => x,
             Err(Failure::Invalid(r)) => {
@@ -156,13 +210,7 @@ pub fn authenticate(
             .find(|(p, _)| *p == v.provider)
             .and_then(|(_, si)| prov.sources.get(*si));
         let kept = verified_at.filter(|_| prov.forward);
-        let sources: Vec<&Source> = route
-            .providers
-            .iter()
-            .filter_map(|&p| providers.providers.get(p))
-            .flat_map(|p| p.sources.iter())
-            .collect();
-        let mut ops = extract::scrub(&sources, kept, req);
+        let mut ops = extract::scrub(&route.sources, kept, req);
         for (claim, header) in &prov.claims_to_headers {
             if let Some(val) = claims::lookup(&v.claims, claim).and_then(claim_header_value) {
                 ops.push(HeaderOp::Set(header.clone(), val));
@@ -391,4 +439,37 @@ fn check_with_provider(
     let now_secs = i64::try_from(now / 1_000_000_000).unwrap_or(i64::MAX);
     let exp = claims::check_times(&jws.claims, &prov.times, now_secs).map_err(Failure::Invalid)?;
     Ok((exp, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Found = Vec<(Vec<u8>, Vec<(usize, usize)>)>;
+
+    fn tokens(c: &Candidates) -> Found {
+        c.iter().map(|(t, h)| (t.to_vec(), h.to_vec())).collect()
+    }
+
+    #[test]
+    fn candidates_keep_distinct_tokens_in_order_with_every_holder() {
+        let mut c = Candidates::default();
+        assert!(c.is_empty());
+        c.add(Cow::Borrowed(b"A"), (0, 0));
+        assert!(!c.is_empty());
+        assert!(c.more.capacity() == 0, "one token allocates nothing");
+        c.add(Cow::Borrowed(b"B"), (1, 2));
+        c.add(Cow::Owned(b"A".to_vec()), (2, 0));
+        c.add(Cow::Borrowed(b"C"), (3, 1));
+        c.add(Cow::Borrowed(b"B"), (4, 0));
+        c.add(Cow::Borrowed(b"A"), (5, 3));
+        assert_eq!(
+            tokens(&c),
+            vec![
+                (b"A".to_vec(), vec![(0, 0), (2, 0), (5, 3)]),
+                (b"B".to_vec(), vec![(1, 2), (4, 0)]),
+                (b"C".to_vec(), vec![(3, 1)]),
+            ]
+        );
+    }
 }

@@ -152,7 +152,7 @@ fn cookie_pairs(req: &Request) -> impl Iterator<Item = (&str, &str, &str)> + '_ 
 /// its first value, the one verified), and no other token location of
 /// `sources` (every location of every provider of the route). A location
 /// absent from the request costs nothing.
-pub fn scrub(sources: &[&Source], kept: Option<&Source>, req: &Request) -> Vec<HeaderOp> {
+pub fn scrub(sources: &[Source], kept: Option<&Source>, req: &Request) -> Vec<HeaderOp> {
     let mut ops = Vec::new();
     let kept_header = match kept {
         Some(Source::Header { name, .. }) => Some(name.as_str()),
@@ -367,20 +367,20 @@ mod tests {
             &[("cookie", b"a=1; at=tok; b=2")],
         );
         assert_eq!(
-            scrub(&[&q], None, &r),
+            scrub(std::slice::from_ref(&q), None, &r),
             vec![HeaderOp::Set(":path".into(), b"/p?a=1&b=2#f".to_vec())]
         );
         assert_eq!(
-            scrub(&[&c], None, &r),
+            scrub(std::slice::from_ref(&c), None, &r),
             vec![HeaderOp::Set("cookie".into(), b"a=1; b=2".to_vec())]
         );
         let only = req("/p?access_token=q1", &[("cookie", b"at=tok")]);
         assert_eq!(
-            scrub(&[&c], None, &only),
+            scrub(std::slice::from_ref(&c), None, &only),
             vec![HeaderOp::Remove("cookie".into())]
         );
         assert_eq!(
-            scrub(&[&q], None, &only),
+            scrub(std::slice::from_ref(&q), None, &only),
             vec![HeaderOp::Set(":path".into(), b"/p".to_vec())]
         );
         // A header named by several providers: one operation, the first
@@ -389,20 +389,27 @@ mod tests {
         let x = header("x-token", None);
         let two = req("/", &[("authorization", b"Bearer a"), ("x-token", b"t")]);
         assert_eq!(
-            scrub(&[&h, &x, &h2, &x], None, &two),
+            scrub(&[h.clone(), x.clone(), h2.clone(), x.clone()], None, &two),
             vec![
                 HeaderOp::Remove("authorization".into()),
                 HeaderOp::Remove("x-token".into())
             ]
         );
         assert_eq!(
-            scrub(&[&h, &x, &h2], Some(&h2), &two),
+            scrub(&[h.clone(), x.clone(), h2.clone()], Some(&h2), &two),
             vec![HeaderOp::Remove("x-token".into())]
         );
         // Absent locations cost nothing.
-        assert_eq!(scrub(&[&h, &q, &c], None, &req("/p", &[])), vec![]);
         assert_eq!(
-            scrub(&[&h], None, &req("/", &[("authorization", b"Bearer x")])),
+            scrub(&[h.clone(), q.clone(), c.clone()], None, &req("/p", &[])),
+            vec![]
+        );
+        assert_eq!(
+            scrub(
+                std::slice::from_ref(&h),
+                None,
+                &req("/", &[("authorization", b"Bearer x")])
+            ),
             vec![HeaderOp::Remove("authorization".into())]
         );
     }
@@ -423,7 +430,7 @@ mod tests {
             ],
         );
         // forward: true through the header: its first value only, the rest gone.
-        let ops = scrub(&[&h, &c, &s, &q], Some(&h), &r);
+        let ops = scrub(&[h.clone(), c.clone(), s.clone(), q.clone()], Some(&h), &r);
         assert_eq!(
             ops,
             vec![
@@ -433,7 +440,7 @@ mod tests {
             ]
         );
         // forward: true through a cookie: later copies of it dropped.
-        let ops = scrub(&[&h, &c, &s, &q], Some(&s), &r);
+        let ops = scrub(&[h.clone(), c.clone(), s.clone(), q.clone()], Some(&s), &r);
         assert_eq!(
             ops,
             vec![
@@ -443,7 +450,7 @@ mod tests {
             ]
         );
         // forward: true through the query: its first occurrence stays.
-        let ops = scrub(&[&h, &c, &s, &q], Some(&q), &r);
+        let ops = scrub(&[h.clone(), c.clone(), s.clone(), q.clone()], Some(&q), &r);
         assert_eq!(
             ops.last(),
             Some(&HeaderOp::Set(":path".into(), b"/p?token=A&x=1".to_vec()))
@@ -451,7 +458,7 @@ mod tests {
         // An encoded parameter name is the same parameter.
         let enc = req("/p?t%6Fken=A&x=1", &[]);
         assert_eq!(
-            scrub(&[&q], None, &enc),
+            scrub(std::slice::from_ref(&q), None, &enc),
             vec![HeaderOp::Set(":path".into(), b"/p?x=1".to_vec())]
         );
     }

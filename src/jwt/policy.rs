@@ -369,6 +369,10 @@ fn compile_jwks(
 #[derive(Debug)]
 pub struct RouteJwt {
     pub providers: Vec<usize>,
+    /// Every token location of those providers, in their order: the
+    /// locations a request's other tokens are scrubbed from
+    /// ([`super::extract::scrub`]), listed once at configuration time.
+    pub sources: Vec<Source>,
     pub allow_missing: bool,
     pub rules: Vec<ClaimRule>,
     /// `reject_multiple_tokens`.
@@ -409,8 +413,14 @@ impl RouteJwt {
             .enumerate()
             .map(|(i, r)| ClaimRule::compile(r, &format!("{path}.claims[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let sources = idx
+            .iter()
+            .filter_map(|&k| providers.providers.get(k))
+            .flat_map(|p| p.sources.iter().cloned())
+            .collect();
         Ok(RouteJwt {
             providers: idx,
+            sources,
             allow_missing: raw.allow_missing,
             rules,
             reject_multiple_tokens: raw.reject_multiple_tokens,
