@@ -131,7 +131,10 @@ e2e: build native venv registry rls
 NATIVE_PGO ?= 1
 HOST = $(shell rustc -vV | sed -n 's/^host: //p')
 PGO_DIR := target/pgo
-PGO_DATA := $(PGO_DIR)/meshguard.profdata
+# A profile's counts name functions by their symbols, which depend on the
+# cargo profile: each cargo profile trains its own (native, profiling).
+PGO_CARGO_PROFILE ?= native
+PGO_DATA = $(PGO_DIR)/$(PGO_CARGO_PROFILE).profdata
 PROFDATA = $(shell rustc --print sysroot)/lib/rustlib/$(HOST)/bin/llvm-profdata
 
 ifeq ($(NATIVE_PGO),0)
@@ -149,11 +152,12 @@ native: pgo-profile
 	@mkdir -p $(dir $(NATIVE)) && cp target/$(HOST)/native/libmeshguard.so $(NATIVE).tmp && mv $(NATIVE).tmp $(NATIVE)
 	@ls -l $(NATIVE)
 
-# The shipped module's code with symbols (same profile, same counts), for
-# `perf record -g` and callgrind on Envoy (docs/performance.md, "Native module
+# The module with symbols, trained the same way (its own counts: a cargo
+# profile's symbols differ), for `perf record -g` and callgrind on Envoy (docs/performance.md, "Native module
 # cost"): target/profiling/libmeshguard.so, never shipped.
-native-profiling: pgo-profile
-	RUSTFLAGS="-Cprofile-use=$(CURDIR)/$(PGO_DATA)" cargo build --profile profiling --features native --lib --target $(HOST)
+native-profiling:
+	$(MAKE) pgo-profile PGO_CARGO_PROFILE=profiling
+	RUSTFLAGS="-Cprofile-use=$(CURDIR)/$(PGO_DIR)/profiling.profdata" cargo build --profile profiling --features native --lib --target $(HOST)
 	@mkdir -p target/profiling && cp target/$(HOST)/profiling/libmeshguard.so target/profiling/libmeshguard.so.tmp \
 	  && mv target/profiling/libmeshguard.so.tmp target/profiling/libmeshguard.so
 	@ls -l target/profiling/libmeshguard.so
@@ -163,9 +167,9 @@ llvm-tools:
 	@test -x "$(PROFDATA)" || rustup component add llvm-tools
 
 pgo-profile: venv llvm-tools
-	RUSTFLAGS="-Cprofile-generate=$(CURDIR)/$(PGO_DIR)/raw" cargo build --profile native --features native --lib \
+	RUSTFLAGS="-Cprofile-generate=$(CURDIR)/$(PGO_DIR)/raw" cargo build --profile $(PGO_CARGO_PROFILE) --features native --lib \
 	  --target $(HOST) --target-dir $(PGO_DIR)/gen
-	@so=$(PGO_DIR)/gen/$(HOST)/native/libmeshguard.so; \
+	@so=$(PGO_DIR)/gen/$(HOST)/$(PGO_CARGO_PROFILE)/libmeshguard.so; \
 	if [ -f $(PGO_DATA) ] && [ $(PGO_DATA) -nt $$so ] && [ $(PGO_DATA) -nt pgo/train.py ]; then \
 	  echo "pgo: $(PGO_DATA) is up to date"; \
 	else \
