@@ -124,7 +124,7 @@ e2e: build native venv registry rls
 # (an Envoy running the old module keeps its mapping).
 # Built with profile-guided optimisation (PGO): an instrumented build
 # (target/pgo/gen) runs pgo/train.py's requests through a real Envoy, then the
-# module is compiled with those counts (target/pgo/meshguard.profdata); the
+# module is compiled with those counts (target/pgo/native.profdata); the
 # training reruns only when the instrumented module or the workload changed.
 # `make native NATIVE_PGO=0` builds without it (no Envoy needed; a slower
 # module: docs/native.md, "Profile-guided build").
@@ -153,8 +153,9 @@ native: pgo-profile
 	@ls -l $(NATIVE)
 
 # The module with symbols, trained the same way (its own counts: a cargo
-# profile's symbols differ), for `perf record -g` and callgrind on Envoy (docs/performance.md, "Native module
-# cost"): target/profiling/libmeshguard.so, never shipped.
+# profile's symbols differ), for `perf record -g` and callgrind on Envoy
+# (docs/performance.md, "Native module cost"): target/profiling/libmeshguard.so,
+# never shipped.
 native-profiling:
 	$(MAKE) pgo-profile PGO_CARGO_PROFILE=profiling
 	RUSTFLAGS="-Cprofile-use=$(CURDIR)/$(PGO_DIR)/profiling.profdata" cargo build --profile profiling --features native --lib --target $(HOST)
