@@ -171,7 +171,7 @@ pub fn authenticate(
         }
         return deny_missing(route_name);
     }
-    if route.reject_multiple_tokens && carries_several_tokens(providers, route, req) {
+    if route.reject_multiple_tokens && carries_several_tokens(route, req) {
         return deny(
             route_name,
             400,
@@ -243,20 +243,14 @@ pub fn authenticate(
 /// Whether the request carries more than one distinct token across every
 /// location of the route's providers (several values in one location
 /// count).
-fn carries_several_tokens(providers: &JwtProviders, route: &RouteJwt, req: &Request) -> bool {
-    let mut first: Option<std::borrow::Cow<'_, [u8]>> = None;
-    for prov in route
-        .providers
-        .iter()
-        .filter_map(|&p| providers.providers.get(p))
-    {
-        for s in &prov.sources {
-            for t in s.find_all(req) {
-                match &first {
-                    None => first = Some(t),
-                    Some(f) if *f != t => return true,
-                    Some(_) => {}
-                }
+fn carries_several_tokens(route: &RouteJwt, req: &Request) -> bool {
+    let mut first: Option<Cow<'_, [u8]>> = None;
+    for s in &route.sources {
+        for t in s.find_all(req) {
+            match &first {
+                None => first = Some(t),
+                Some(f) if *f != t => return true,
+                Some(_) => {}
             }
         }
     }
