@@ -1,7 +1,10 @@
 //! One HTTP stream: reads the request once, runs the pipeline, maps its
-//! steps to the callbacks' answers ([`Action`]). The state lives in an `Rc<RefCell<_>>` so
+//! steps to the callbacks' answers ([`Action`]). The state of a stream
+//! that waits or whose response needs it lives in an `Rc<RefCell<_>>` so
 //! the root's timer can resume a parked stream; every borrow is a
-//! `try_borrow_mut` (a re-entrant host callback must never panic).
+//! `try_borrow_mut` (a re-entrant host callback must never panic). A
+//! request that goes straight upstream with nothing for the response side
+//! keeps its state on the stack.
 
 use super::pipeline;
 use super::runtime::Runtime;
@@ -53,17 +56,9 @@ impl HttpStream {
         }
     }
 
-    /// The request goes upstream: keeps only what the response side needs.
-    fn release_if_done(&mut self) {
-        let Some(state) = &self.state else {
-            return;
-        };
-        let Ok(mut s) = state.try_borrow_mut() else {
-            return;
-        };
-        if s.needs_response_side() {
-            return;
-        }
+    /// The request went upstream and the response side has nothing to do
+    /// but add headers: keeps those, the caller drops the state.
+    fn keep_response_headers(&mut self, s: &mut StreamState) {
         if s.rl_headers.is_some() || !s.response_headers.is_empty() || !s.service_headers.is_empty()
         {
             self.headers_only = Some(ResponseHeaders {
@@ -72,8 +67,6 @@ impl HttpStream {
                 service: std::mem::take(&mut s.service_headers),
             });
         }
-        drop(s);
-        self.state = None;
     }
 }
 
@@ -202,22 +195,23 @@ impl HttpStream {
                 return a;
             }
         };
-        let state = Rc::new(RefCell::new(StreamState::new(
-            self.context_id,
-            rt,
-            idx,
-            req,
-        )));
+        // The state lives on the stack for the first pass: most requests
+        // (admitted by a local limit, a verified token) go upstream with
+        // nothing left for the response side, and then it never reaches
+        // the heap. It moves into an `Rc` only when the stream waits (a
+        // park, the rate limit service), replied, or its response needs it.
+        let mut s = StreamState::new(self.context_id, rt, idx, req);
+        let step = pipeline::run(&mut s, &self.worker, px);
+        if step == Step::Continue && !s.needs_response_side() {
+            self.keep_response_headers(&mut s);
+            return Action::Continue;
+        }
+        let state = Rc::new(RefCell::new(s));
         self.state = Some(state.clone());
-        let step = match state.try_borrow_mut() {
-            Ok(mut s) => pipeline::run(&mut s, &self.worker, px),
-            Err(_) => Step::Continue,
-        };
         self.worker.settle(px, self.context_id, state, step, false);
         if step != Step::Continue {
             return Action::Pause;
         }
-        self.release_if_done();
         Action::Continue
     }
 

@@ -575,7 +575,7 @@ fn a_grpc_status_in_the_trailers_decides_the_breaker_outcome() {
 #[test]
 fn admitted_responses_get_the_rate_limit_headers_with_or_without_a_response_side() {
     // With a breaker the stream keeps its state for the response; without,
-    // it keeps only the headers to add (`HttpStream::release_if_done`).
+    // it keeps only the headers to add (`HttpStream::keep_response_headers`).
     for breaker in [true, false] {
         let mut r = route(json!({ "rate_limit": [
             { "name": "all", "capacity": 5, "refill_interval": "5s" } ] }));

@@ -115,6 +115,13 @@ impl<H: Host> Host for Batched<'_, H> {
     fn shared_get(&self, key: &str) -> Result<SharedValue, HostError> {
         self.inner.shared_get(key)
     }
+    fn shared_read<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<&[u8]>, Option<u32>) -> R,
+    ) -> Result<R, HostError> {
+        self.inner.shared_read(key, f)
+    }
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
         self.inner.shared_set(key, value, cas)
     }

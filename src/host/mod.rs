@@ -137,6 +137,22 @@ pub trait Host {
     /// Reads a shared-data key (process-wide, shared by all workers).
     fn shared_get(&self, key: &str) -> Result<SharedValue, HostError>;
 
+    /// Reads a shared-data key and hands its value and CAS token to `f`,
+    /// without copying the value where the host can: the native store
+    /// lends its bytes under its shard's lock, so `f` must be short and
+    /// must not call the host. By default, [`Host::shared_get`].
+    fn shared_read<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<&[u8]>, Option<u32>) -> R,
+    ) -> Result<R, HostError>
+    where
+        Self: Sized,
+    {
+        let (value, cas) = self.shared_get(key)?;
+        Ok(f(value.as_deref(), cas))
+    }
+
     /// Writes a shared-data key; see the module docs for CAS semantics.
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
 
@@ -203,6 +219,13 @@ impl<H: Host> Host for OneClock<'_, H> {
     fn shared_get(&self, key: &str) -> Result<SharedValue, HostError> {
         self.inner.shared_get(key)
     }
+    fn shared_read<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<&[u8]>, Option<u32>) -> R,
+    ) -> Result<R, HostError> {
+        self.inner.shared_read(key, f)
+    }
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
         self.inner.shared_set(key, value, cas)
     }
@@ -238,6 +261,13 @@ mod one_clock_tests {
         assert_eq!(h.now_nanos(), t0 + 5_000_000_000);
         assert_eq!(OneClock::new(&h).now_nanos(), t0 + 5_000_000_000);
         c.shared_set("k", b"v", None).expect("set");
+        let (v, cas) = h.shared_get("k").expect("get");
+        assert_eq!(
+            c.shared_read("k", |v, cas| (v.map(<[u8]>::to_vec), cas))
+                .expect("read"),
+            (v, cas),
+            "shared_read passes the value and token shared_get returns"
+        );
         assert_eq!(
             h.shared_get("k").expect("get").0.as_deref(),
             Some(&b"v"[..])

@@ -437,9 +437,9 @@ pub(super) unsafe fn destroy(module: *const c_void, f: impl FnOnce()) {
         super::DEFERRED.with(|d| d.set(true));
         return;
     }
-    // SAFETY: ours, from `Box::into_raw`, not freed (the hook frees it as
-    // its last step, which cannot panic), out of every list.
-    drop(unsafe { Box::from_raw(module as *mut StreamBox) });
+    // SAFETY: ours, from `new_box`, not freed (the hook frees it as its
+    // last step, which cannot panic), out of every list.
+    unsafe { super::free_box(module as *mut StreamBox) };
 }
 
 /// A request header, as Envoy has it (only the first value).

@@ -431,6 +431,14 @@ impl Host for NativeHost<'_> {
         Store::global().get(key)
     }
 
+    fn shared_read<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<&[u8]>, Option<u32>) -> R,
+    ) -> Result<R, HostError> {
+        Store::global().read(key, f)
+    }
+
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
         Store::global().set(key, value, cas)
     }

@@ -109,6 +109,7 @@ use config::ModuleConfig;
 use host::NativeHost;
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::ffi::c_void;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What Envoy holds for one stream: the stream itself, in the one
@@ -212,6 +213,55 @@ thread_local! {
     /// Something waits in `ENDED` or `DESTROYED` (`after_hook` looks at
     /// neither list otherwise).
     static DEFERRED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Freed stream boxes kept for this thread's next streams: a malloc and a
+/// free fewer per request (~220 instructions under callgrind). At most
+/// this many per thread; their contents are dropped when freed.
+const SPARE_BOXES: usize = 64;
+
+thread_local! {
+    // Boxes, not values: each is a stream's allocation, its address given
+    // to Envoy, kept whole for the next stream.
+    #[allow(clippy::vec_box)]
+    static SPARE: RefCell<Vec<Box<MaybeUninit<StreamBox>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A stream's box: a spare one of this thread when there is one.
+fn new_box(b: StreamBox) -> *mut StreamBox {
+    let spare = SPARE.with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()));
+    match spare {
+        Some(room) => {
+            let p = Box::into_raw(room).cast::<StreamBox>();
+            // SAFETY: a spare box's memory, uninitialised, sized and
+            // aligned for a `StreamBox`: written whole once, then owned by
+            // the stream (freed by `free_box`).
+            unsafe { p.write(b) };
+            p
+        }
+        None => Box::into_raw(Box::new(b)),
+    }
+}
+
+/// Frees a stream's box: its contents now, its memory kept for the next
+/// stream (up to [`SPARE_BOXES`]).
+///
+/// # Safety
+/// `p` is ours, from [`new_box`], and no one uses it again.
+unsafe fn free_box(p: *mut StreamBox) {
+    // SAFETY: the caller's promise: a live box, dropped in place once,
+    // then only its memory is kept (as uninitialised).
+    let room = unsafe {
+        std::ptr::drop_in_place(p);
+        Box::from_raw(p.cast::<MaybeUninit<StreamBox>>())
+    };
+    SPARE.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() < SPARE_BOXES {
+                s.push(room);
+            }
+        }
+    });
 }
 
 /// Defers the end of stream `id` to `after_hook` (see `ENDED`).
@@ -582,8 +632,8 @@ fn after_hook(host: &NativeHost<'_>) {
                     // SAFETY: a box Envoy destroyed, not yet freed; forgotten
                     // by id already, so only this list reaches it.
                     unsafe { w.end(box_at(p as *mut c_void), false, host) };
-                    // SAFETY: ours, from `Box::into_raw`, freed once.
-                    drop(unsafe { Box::from_raw(p as *mut StreamBox) });
+                    // SAFETY: ours, from `new_box`, freed once.
+                    unsafe { free_box(p as *mut StreamBox) };
                 }
             });
         }
@@ -710,7 +760,7 @@ unsafe fn envoy_dynamic_module_on_http_filter_new(
         w.forget_dead_roots();
         let id = w.next_id();
         let stream = w.root(cfg_ref, &host)?.new_stream(id);
-        let b = Box::into_raw(Box::new(StreamBox {
+        let b = new_box(StreamBox {
             context_id: id,
             cfg: cfg_ref,
             cfg_id: cfg_ref.id,
@@ -723,7 +773,7 @@ unsafe fn envoy_dynamic_module_on_http_filter_new(
                 held: false,
                 waker: None,
             }),
-        }));
+        });
         host::register_context(id, filter, b.cast());
         Some(b)
     })
@@ -922,8 +972,8 @@ unsafe fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
         // anywhere but the contexts table (no call, no waker, nothing
         // held), and its end has nothing to do (`HttpStream::is_idle`).
         host::forget_context(id);
-        // SAFETY: ours, from `Box::into_raw`; Envoy never uses it again.
-        drop(unsafe { Box::from_raw(module as *mut StreamBox) });
+        // SAFETY: ours, from `new_box`; Envoy never uses it again.
+        unsafe { free_box(module as *mut StreamBox) };
         return;
     }
     let host = NativeHost::new(cfg);
@@ -938,9 +988,9 @@ unsafe fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void) {
     }
     after_hook(&host);
     if ended {
-        // SAFETY: ours, from `Box::into_raw`; Envoy never uses it again,
-        // and no list holds it (it left `waking` when it ended).
-        drop(unsafe { Box::from_raw(module as *mut StreamBox) });
+        // SAFETY: ours, from `new_box`; Envoy never uses it again, and no
+        // list holds it (it left `waking` when it ended).
+        unsafe { free_box(module as *mut StreamBox) };
     }
 }
 
@@ -1217,5 +1267,57 @@ mod host_log {
         if log::set_logger(&LOGGER).is_ok() {
             log::set_max_level(log::LevelFilter::Info);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::http::HttpStream;
+    use std::rc::Rc;
+
+    fn a_box(id: u32, worker: &Rc<crate::filter::worker::Worker>) -> StreamBox {
+        StreamBox {
+            context_id: id,
+            cfg: std::ptr::null(),
+            cfg_id: 0,
+            filter: std::ptr::null_mut(),
+            idle: Cell::new(false),
+            end_seen: Cell::new(false),
+            entry: UnsafeCell::new(StreamEntry {
+                stream: Some(HttpStream::new(id, None, worker.clone())),
+                deferred: false,
+                held: false,
+                waker: None,
+            }),
+        }
+    }
+
+    /// A freed box's contents are dropped at once (the stream's hold on
+    /// its worker ends), its memory serves the next stream of the thread,
+    /// and no more than `SPARE_BOXES` are kept.
+    #[test]
+    fn freed_stream_boxes_drop_their_stream_and_serve_the_next() {
+        SPARE.with(|s| s.borrow_mut().clear());
+        let worker = Rc::new(crate::filter::worker::Worker::default());
+        let p = new_box(a_box(1, &worker));
+        assert_eq!(Rc::strong_count(&worker), 2);
+        // SAFETY: from `new_box`, freed once.
+        unsafe { free_box(p) };
+        assert_eq!(Rc::strong_count(&worker), 1, "the stream was dropped");
+        let q = new_box(a_box(2, &worker));
+        assert_eq!(q, p, "the spare memory is reused");
+        // SAFETY: a live box of this thread.
+        assert_eq!(unsafe { box_at(q.cast()) }.context_id, 2);
+        let many: Vec<_> = (0..SPARE_BOXES + 8)
+            .map(|i| new_box(a_box(i as u32, &worker)))
+            .collect();
+        for b in many.into_iter().chain([q]) {
+            // SAFETY: each from `new_box`, freed once.
+            unsafe { free_box(b) };
+        }
+        assert_eq!(Rc::strong_count(&worker), 1);
+        assert_eq!(SPARE.with(|s| s.borrow().len()), SPARE_BOXES);
+        SPARE.with(|s| s.borrow_mut().clear());
     }
 }

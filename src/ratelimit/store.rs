@@ -224,6 +224,36 @@ pub fn decode(v: &[u8]) -> Option<(BucketState, BucketParams, &[u8])> {
     Some((st, p, v.get(HEADER_LEN..)?))
 }
 
+/// What a slot holds, as read for one bucket.
+enum SlotRead {
+    /// Nothing yet.
+    Empty,
+    /// This bucket, its state.
+    Ours(BucketState),
+    /// Another bucket (its state and the parameters it was written with),
+    /// or `None`: a value that cannot be decoded.
+    Other(Option<(BucketState, BucketParams)>),
+}
+
+/// Reads a slot for `identity`, and its CAS token. Decoded where the host
+/// keeps the bytes ([`Host::shared_read`]: no copy of the value).
+fn read_slot(
+    host: &impl Host,
+    key: &str,
+    identity: &Identity<'_>,
+) -> Result<(SlotRead, Option<u32>), StoreError> {
+    host.shared_read(key, |value, cas| {
+        let read = match value.map(decode) {
+            None => SlotRead::Empty,
+            Some(Some((st, _, id))) if identity.matches(id) => SlotRead::Ours(st),
+            Some(Some((st, p, _))) => SlotRead::Other(Some((st, p))),
+            Some(None) => SlotRead::Other(None),
+        };
+        (read, cas)
+    })
+    .map_err(|e| StoreError::Host(e.0))
+}
+
 /// Takes `cost` tokens from the bucket `identity` (see module docs).
 pub fn take(
     host: &impl Host,
@@ -254,15 +284,13 @@ pub fn take_id(
             let slot = (start + i) % slots;
             let key = SlotKey::new(slot);
             let key = key.as_str();
-            let (value, cas) = host.shared_get(key).map_err(|e| StoreError::Host(e.0))?;
-            let (mut st, create_cas, evicted) = match value.as_deref().map(decode) {
-                None => (BucketState::full(params, now), CREATE_CAS, false),
-                Some(Some((st, _, id))) if identity.matches(id) => {
-                    (st, cas.unwrap_or(CREATE_CAS), false)
-                }
-                Some(other) => {
+            let (read, cas) = read_slot(host, key, identity)?;
+            let (mut st, create_cas, evicted) = match read {
+                SlotRead::Empty => (BucketState::full(params, now), CREATE_CAS, false),
+                SlotRead::Ours(st) => (st, cas.unwrap_or(CREATE_CAS), false),
+                SlotRead::Other(other) => {
                     let ppm = match other {
-                        Some((st, p, _)) => st.fill_ppm(&p, now),
+                        Some((st, p)) => st.fill_ppm(&p, now),
                         None => {
                             log::warn!("meshguard: rate limit slot {slot} held an unreadable value; reusing it");
                             u64::MAX
@@ -348,13 +376,10 @@ pub fn refund_id(
     let key = SlotKey::new(slot);
     let key = key.as_str();
     for _ in 0..MAX_CAS_RETRIES {
-        let (value, cas) = host.shared_get(key).map_err(|e| StoreError::Host(e.0))?;
-        let Some((mut st, _, id)) = value.as_deref().and_then(decode) else {
-            return Ok(());
+        let (read, cas) = read_slot(host, key, identity)?;
+        let SlotRead::Ours(mut st) = read else {
+            return Ok(()); // empty, or reused by another bucket meanwhile: nothing to give back
         };
-        if !identity.matches(id) {
-            return Ok(()); // reused by another bucket meanwhile: nothing to give back
-        }
         st.refund(params, cost, host.now_nanos());
         match with_encoded(identity, &st, params, |v| host.shared_set(key, v, cas)) {
             Ok(()) => return Ok(()),
@@ -384,13 +409,10 @@ pub fn settle_id(
     let key = SlotKey::new(slot);
     let key = key.as_str();
     for _ in 0..MAX_CAS_RETRIES {
-        let (value, cas) = host.shared_get(key).map_err(|e| StoreError::Host(e.0))?;
-        let Some((mut st, _, id)) = value.as_deref().and_then(decode) else {
-            return Ok(0);
+        let (read, cas) = read_slot(host, key, identity)?;
+        let SlotRead::Ours(mut st) = read else {
+            return Ok(0); // empty, or another bucket's meanwhile
         };
-        if !identity.matches(id) {
-            return Ok(0);
-        }
         let now = host.now_nanos();
         let before = st.debt(params, now);
         let debt = if actual > estimate {
