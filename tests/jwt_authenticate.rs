@@ -9,10 +9,10 @@ use jwt_support::*;
 use meshguard::jwt::{AuthOutcome, HeaderOp, JwtMetrics, TokenCache};
 use serde_json::json;
 
-fn rm(h: &str) -> HeaderOp {
+fn rm(h: &str) -> HeaderOp<'_> {
     HeaderOp::Remove(h.into())
 }
-fn set(h: &str, v: &str) -> HeaderOp {
+fn set<'a>(h: &'a str, v: &str) -> HeaderOp<'a> {
     HeaderOp::Set(h.into(), v.as_bytes().to_vec())
 }
 
@@ -275,8 +275,8 @@ fn route_claim_rules() {
         ),
     ];
     for (claims, name, want) in cases {
-        let out =
-            rules(claims.clone()).auth(&host(), &bearer(&tok(name)), &mut TokenCache::default());
+        let jwt = rules(claims.clone());
+        let out = jwt.auth(&host(), &bearer(&tok(name)), &mut TokenCache::default());
         match want {
             None => {
                 allowed(&out);

@@ -48,7 +48,7 @@ impl Worker {
     fn deliver(&self, r: Result<&[u8], FetchFailure>) -> bool {
         self.setup.providers().on_fetch_result(&self.host, 0, r)
     }
-    fn auth(&mut self, token: &str) -> AuthOutcome {
+    fn auth(&mut self, token: &str) -> AuthOutcome<'_> {
         self.setup.auth(&self.host, &bearer(token), &mut self.cache)
     }
 }

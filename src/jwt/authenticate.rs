@@ -15,14 +15,14 @@ pub const MAX_KEY_TRIES: usize = 8;
 
 /// The verdict of [`authenticate`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum AuthOutcome {
+pub enum AuthOutcome<'a> {
     /// Continue upstream after applying `header_ops`. `claims` is `None`
     /// only when the token was missing and the route allows that.
     Allowed {
         claims: Option<Arc<claims::Claims>>,
         provider: Option<usize>,
         cache_hit: bool,
-        header_ops: Vec<HeaderOp>,
+        header_ops: Vec<HeaderOp<'a>>,
     },
     /// Reply locally with `status` (401 or 403), `WWW-Authenticate` and a
     /// JSON body (`content-type: application/json`).
@@ -115,7 +115,7 @@ fn quote_safe(s: &str) -> String {
         .collect()
 }
 
-fn deny_missing(route: &str) -> AuthOutcome {
+fn deny_missing(route: &str) -> AuthOutcome<'static> {
     AuthOutcome::Denied {
         status: 401,
         www_authenticate: format!("Bearer realm=\"{}\"", quote_safe(route)),
@@ -124,7 +124,7 @@ fn deny_missing(route: &str) -> AuthOutcome {
     }
 }
 
-fn deny(route: &str, status: u32, error: &str, reason: &str) -> AuthOutcome {
+fn deny(route: &str, status: u32, error: &str, reason: &str) -> AuthOutcome<'static> {
     AuthOutcome::Denied {
         status,
         www_authenticate: format!(
@@ -137,14 +137,14 @@ fn deny(route: &str, status: u32, error: &str, reason: &str) -> AuthOutcome {
 }
 
 /// Checks the request against the route's JWT requirements (see module docs).
-pub fn authenticate(
+pub fn authenticate<'a>(
     host: &impl Host,
-    providers: &JwtProviders,
-    route: &RouteJwt,
+    providers: &'a JwtProviders,
+    route: &'a RouteJwt,
     route_name: &str,
     req: &Request,
     cache: &mut TokenCache,
-) -> AuthOutcome {
+) -> AuthOutcome<'a> {
     let now = host.now_nanos();
 
     // 1. Extraction: (token, [(provider, source index)]).
@@ -213,11 +213,14 @@ pub fn authenticate(
         let mut ops = extract::scrub(&route.sources, kept, req);
         for (claim, header) in &prov.claims_to_headers {
             if let Some(val) = claims::lookup(&v.claims, claim).and_then(claim_header_value) {
-                ops.push(HeaderOp::Set(header.clone(), val));
+                ops.push(HeaderOp::Set(Cow::Borrowed(header), val));
             }
         }
         if let Some(h) = &prov.payload_header {
-            ops.push(HeaderOp::Set(h.clone(), v.payload_b64.as_bytes().to_vec()));
+            ops.push(HeaderOp::Set(
+                Cow::Borrowed(h),
+                v.payload_b64.as_bytes().to_vec(),
+            ));
         }
         return AuthOutcome::Allowed {
             claims: Some(v.claims),

@@ -152,7 +152,7 @@ fn cookie_pairs(req: &Request) -> impl Iterator<Item = (&str, &str, &str)> + '_ 
 /// its first value, the one verified), and no other token location of
 /// `sources` (every location of every provider of the route). A location
 /// absent from the request costs nothing.
-pub fn scrub(sources: &[Source], kept: Option<&Source>, req: &Request) -> Vec<HeaderOp> {
+pub fn scrub<'a>(sources: &'a [Source], kept: Option<&Source>, req: &Request) -> Vec<HeaderOp<'a>> {
     let mut ops = Vec::new();
     let kept_header = match kept {
         Some(Source::Header { name, .. }) => Some(name.as_str()),
@@ -172,10 +172,10 @@ pub fn scrub(sources: &[Source], kept: Option<&Source>, req: &Request) -> Vec<He
             if Some(name.as_str()) == kept_header {
                 let mut values = req.header_all(name);
                 if let (Some(first), Some(_)) = (values.next(), values.next()) {
-                    ops.push(HeaderOp::Set(name.clone(), first.to_vec()));
+                    ops.push(HeaderOp::Set(Cow::Borrowed(name), first.to_vec()));
                 }
             } else if req.header(name).is_some() {
-                ops.push(HeaderOp::Remove(name.clone()));
+                ops.push(HeaderOp::Remove(Cow::Borrowed(name)));
             }
         }
     }
@@ -429,8 +429,9 @@ mod tests {
                 ("cookie", b"session=s1; session=s2"),
             ],
         );
+        let all = [h.clone(), c.clone(), s.clone(), q.clone()];
         // forward: true through the header: its first value only, the rest gone.
-        let ops = scrub(&[h.clone(), c.clone(), s.clone(), q.clone()], Some(&h), &r);
+        let ops = scrub(&all, Some(&h), &r);
         assert_eq!(
             ops,
             vec![
@@ -440,7 +441,7 @@ mod tests {
             ]
         );
         // forward: true through a cookie: later copies of it dropped.
-        let ops = scrub(&[h.clone(), c.clone(), s.clone(), q.clone()], Some(&s), &r);
+        let ops = scrub(&all, Some(&s), &r);
         assert_eq!(
             ops,
             vec![
@@ -450,7 +451,7 @@ mod tests {
             ]
         );
         // forward: true through the query: its first occurrence stays.
-        let ops = scrub(&[h.clone(), c.clone(), s.clone(), q.clone()], Some(&q), &r);
+        let ops = scrub(&all, Some(&q), &r);
         assert_eq!(
             ops.last(),
             Some(&HeaderOp::Set(":path".into(), b"/p?token=A&x=1".to_vec()))

@@ -3,6 +3,7 @@
 
 use crate::request::Request;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Claim values longer than this are not forwarded as headers.
 pub const MAX_CLAIM_HEADER_BYTES: usize = 4096;
@@ -60,11 +61,12 @@ pub fn injected_claim_headers(families: &[String], req: &Request) -> Vec<String>
 }
 
 /// A change to the request headers, applied in order. `Set` replaces every
-/// value of the header (`:path` included).
+/// value of the header (`:path` included). Names are borrowed from the
+/// configuration (or static): no copy per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderOp {
-    Remove(String),
-    Set(String, Vec<u8>),
+pub enum HeaderOp<'a> {
+    Remove(Cow<'a, str>),
+    Set(Cow<'a, str>, Vec<u8>),
 }
 
 /// Renders a claim as a header value; `None` when it should not be sent.

@@ -93,7 +93,7 @@ impl Setup {
         self.cfg.routes[0].jwt.as_ref().unwrap()
     }
 
-    pub fn auth(&self, host: &impl Host, req: &Request, cache: &mut TokenCache) -> AuthOutcome {
+    pub fn auth(&self, host: &impl Host, req: &Request, cache: &mut TokenCache) -> AuthOutcome<'_> {
         authenticate(host, self.providers(), self.route(), "api", req, cache)
     }
 }
@@ -137,7 +137,9 @@ pub fn denial(o: &AuthOutcome) -> (u32, String) {
     }
 }
 
-pub fn allowed(o: &AuthOutcome) -> (Arc<meshguard::jwt::claims::Claims>, Vec<HeaderOp>) {
+pub fn allowed<'a>(
+    o: &AuthOutcome<'a>,
+) -> (Arc<meshguard::jwt::claims::Claims>, Vec<HeaderOp<'a>>) {
     match o {
         AuthOutcome::Allowed {
             claims: Some(c),
