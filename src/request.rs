@@ -142,7 +142,7 @@ impl Headers {
     /// Removes every field named `name` (compared case-insensitively).
     /// Their bytes stay in the buffer until the headers are dropped.
     pub fn remove(&mut self, name: &str) {
-        self.remove_where(|n| n.eq_ignore_ascii_case(name.as_bytes()));
+        self.remove_where(|n| same_name(n, name.as_bytes()));
     }
 
     /// Replaces every field named `name` with one field of this value.
@@ -179,18 +179,8 @@ impl Headers {
     /// Whether the field's name is `name`, compared case-insensitively:
     /// the lengths first, from the span (most fields differ there, and
     /// then no bytes are read).
-    ///
-    /// Bytes equal first: hosts hand names in lower case (HTTP/2 requires
-    /// it, Envoy's HTTP/1 codec lowers them) and lookups name them in lower
-    /// case, so the usual match is exact, found a word (natively a vector)
-    /// at a time; `eq_ignore_ascii_case`, a byte at a time (~200
-    /// instructions for `authorization`), decides only the rest.
     fn is_named(&self, s: &Span, name: &[u8]) -> bool {
-        if s.name.1 != name.len() {
-            return false;
-        }
-        let n = self.bytes(s.name);
-        crate::bytes::eq(n, name) || n.eq_ignore_ascii_case(name)
+        s.name.1 == name.len() && same_name(self.bytes(s.name), name)
     }
 
     fn name(&self, s: &Span) -> &str {
@@ -228,6 +218,16 @@ impl Headers {
             .find(|s| self.is_named(s, name.as_bytes()))
             .map(|s| self.bytes(s.value))
     }
+}
+
+/// Whether two header names are the same, compared case-insensitively.
+/// Bytes equal first: hosts hand names in lower case (HTTP/2 requires it,
+/// Envoy's HTTP/1 codec lowers them) and meshguard names them in lower
+/// case, so the usual match is exact, found a word (natively a vector) at
+/// a time; `eq_ignore_ascii_case`, a byte at a time (~200 instructions for
+/// `authorization`), decides only the rest.
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (crate::bytes::eq(a, b) || a.eq_ignore_ascii_case(b))
 }
 
 impl<N: AsRef<str>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {
@@ -677,6 +677,7 @@ mod tests {
             ("cookie", "a=1"),
             ("x-user", "eve"),
             ("accept", "*/*"),
+            ("X-Usex", "kept: same length, another name"),
         ]);
         r.forward_header("x-user", Some(b"alice"));
         assert_eq!(r.header_all("x-user").collect::<Vec<_>>(), vec![b"alice"]);
@@ -690,7 +691,14 @@ mod tests {
             ("/a/b?x=1", "api.example.com:8080")
         );
         let fields: Vec<(&str, &[u8])> = r.headers.iter().collect();
-        assert_eq!(fields, vec![("accept", &b"*/*"[..]), ("x-user", b"alice")]);
+        assert_eq!(
+            fields,
+            vec![
+                ("accept", &b"*/*"[..]),
+                ("X-Usex", b"kept: same length, another name"),
+                ("x-user", b"alice")
+            ]
+        );
     }
 
     #[test]
