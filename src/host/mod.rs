@@ -11,7 +11,9 @@
 //! summed in the worker VM and flushed by the root's tick).
 //!
 //! Shared-data semantics (as implemented by Envoy, and mirrored by the fake):
-//! - `shared_get` returns the value and its CAS token (never 0).
+//! - `shared_get` returns the value and its CAS token (never 0);
+//!   `shared_read` hands the same to a closure, without a copy where the
+//!   host keeps the bytes (the native module's store).
 //! - `shared_set(key, v, Some(cas))` fails with [`SetError::CasMismatch`] when
 //!   the key exists and its token differs; `None` writes unconditionally.
 //! - A set on an ABSENT key always succeeds, whatever the token. To create a
