@@ -136,13 +136,12 @@ impl Runtime {
     }
 
     /// The host a stream's work uses: the proxy, with counter increments
-    /// batched in the VM unless `metrics_flush_interval` is "0s" (the
-    /// root's tick flushes them; see `host::batch`).
+    /// batched in the VM unless `metrics_flush_interval` is "0s" or the
+    /// host does not batch (the root's tick flushes them; see
+    /// `host::batch`).
     pub fn host<'a, P: Host + Stream>(&self, px: &'a P) -> Batched<'a, P> {
-        Batched::new(
-            px,
-            (self.config.metrics_flush_interval_ns > 0).then(|| px.metric_batch()),
-        )
+        let batch = self.config.metrics_flush_interval_ns > 0 && px.batches_counters();
+        Batched::new(px, batch.then(|| px.metric_batch()))
     }
 
     /// Route `idx`'s runtime handles.

@@ -43,7 +43,11 @@ impl Vm {
     fn on(host: FakeHost, mut config: Value) -> Vm {
         // Counters straight to the host, so tests read them at once.
         config["metrics_flush_interval"] = json!("0s");
-        let px = FakeProxy::new(host);
+        Vm::on_proxy(FakeProxy::new(host), config)
+    }
+
+    /// A worker on `px`, the configuration as given.
+    fn on_proxy(px: FakeProxy, config: Value) -> Vm {
         let mut root = Root::new(ROOT);
         px.enter(ROOT);
         assert!(root.on_configure(&px, config.to_string().as_bytes()));
@@ -157,6 +161,34 @@ impl Vm {
 
 fn json_body(r: &Reply) -> Value {
     serde_json::from_slice(&r.body).expect("a JSON body")
+}
+
+/// Counters wait in the worker's batch where the host batches them
+/// (proxy-wasm), and reach a host that does not (the native module) at
+/// once, whatever `metrics_flush_interval` says.
+#[test]
+fn counters_are_batched_only_where_the_host_batches_them() {
+    for batches in [true, false] {
+        let px = FakeProxy::new(FakeHost::new(T0));
+        px.batches.set(batches);
+        let r = route(json!({ "rate_limit": [
+            { "name": "all", "capacity": 5, "refill_interval": "5s" } ] }));
+        let mut vm = Vm::on_proxy(
+            px,
+            json!({ "metrics_flush_interval": "100ms", "routes": [r] }),
+        );
+        assert_eq!(vm.get(1, "/", &[]), Action::Continue);
+        let name = "meshguard.ratelimit.api.all.allowed";
+        let empty = crate::host::Stream::metric_batch(&vm.px).is_empty();
+        if batches {
+            assert!(!empty, "the increment waits in the batch");
+            assert_ne!(vm.metric(name), Some(1));
+            crate::host::Stream::metric_batch(&vm.px).flush(&vm.px);
+        } else {
+            assert!(empty, "nothing batched");
+        }
+        assert_eq!(vm.metric(name), Some(1), "batches: {batches}");
+    }
 }
 
 fn route(extra: Value) -> Value {

@@ -126,6 +126,8 @@ pub struct FakeProxy {
     tick: Cell<Duration>,
     /// Whether local replies are refused (a host that cannot send one).
     refuse_replies: Cell<bool>,
+    /// What `batches_counters` answers (true, as proxy-wasm's host).
+    pub batches: Cell<bool>,
 }
 
 impl FakeProxy {
@@ -133,6 +135,7 @@ impl FakeProxy {
         FakeProxy {
             host,
             batch: MetricBatch::default(),
+            batches: Cell::new(true),
             effective: Cell::new(0),
             contexts: RefCell::new(HashMap::new()),
             grpc_calls: RefCell::new(Vec::new()),
@@ -356,6 +359,9 @@ impl Stream for FakeProxy {
     }
     fn metric_batch(&self) -> &MetricBatch {
         &self.batch
+    }
+    fn batches_counters(&self) -> bool {
+        self.batches.get()
     }
     fn dispatch_grpc_call_from(
         &self,

@@ -113,6 +113,14 @@ pub trait Stream {
     /// The VM's counter batch (see `host::batch`), shared by all its
     /// contexts: metric ids belong to the VM.
     fn metric_batch(&self) -> &MetricBatch;
+    /// Whether a request's counter increments should go through
+    /// [`Stream::metric_batch`] (when `metrics_flush_interval` is not
+    /// "0s"): true where each increment crosses out of a VM; a host whose
+    /// increments are plain calls (the native module) answers false, and
+    /// they go straight to it.
+    fn batches_counters(&self) -> bool {
+        true
+    }
 
     // ------------------------------------------------------------- calls
     /// Sends a unary gRPC call owned by `owner_context` (the host keeps the
