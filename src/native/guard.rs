@@ -42,9 +42,8 @@
 //! `NativeHost`'s, gone with it; the answer being delivered is cleared. A
 //! box Envoy destroys while the worker is busy is ended and freed after
 //! the outer hook (`DESTROYED`), as the hook itself does.
-//! Counter increments batched in the hook, an end seen while the table
-//! was busy and calls not yet routed stay queued: the next hook on the
-//! thread flushes and routes them as usual. The process-wide locks
+//! An end seen while the table was busy and calls not yet routed stay
+//! queued: the next hook on the thread routes them as usual. The process-wide locks
 //! (`store.rs`, `callout.rs`, `timer.rs`, the dead-configuration list)
 //! recover from poisoning with `into_inner`: under each, only whole values
 //! are pushed, replaced or removed.

@@ -36,7 +36,8 @@ thread_local! {
     /// hooks reach their stream through the pointer Envoy hands back.
     static CONTEXTS: RefCell<HashMap<u32, Context, BuildHasherDefault<IdHasher>>> =
         RefCell::new(HashMap::default());
-    /// This thread's counter batch, flushed at the end of every event hook.
+    /// This thread's counter batch: the `Stream` port's, left empty (the
+    /// native host does not batch, `batches_counters`).
     static BATCH: &'static MetricBatch = Box::leak(Box::default());
     /// The answer of the callout being delivered (its hook sets it).
     pub(super) static ANSWER: RefCell<Option<Answer>> = const { RefCell::new(None) };
@@ -229,11 +230,6 @@ impl<'a> NativeHost<'a> {
             }
             None => false,
         }
-    }
-
-    /// Hands the batched counter increments to Envoy (end of every hook).
-    pub fn flush(&self) {
-        BATCH.with(|b| b.flush(self));
     }
 
     fn filter(&self) -> Option<FilterEnvoyPtr> {
@@ -691,7 +687,7 @@ impl Stream for NativeHost<'_> {
 
     fn set_tick_period(&self, _period: Duration) {
         // Natively a worker ticks while one of its streams waits (see
-        // `native/mod.rs`, "Timers"); counters are flushed after every hook.
+        // `native/mod.rs`, "Timers"); counters are not batched.
     }
 
     fn metric_batch(&self) -> &MetricBatch {

@@ -62,14 +62,14 @@
 //! most once per 5 ms per worker), which resumes whatever waits there.
 //! The slow tick (JWKS refresh polls, 500 ms) runs in a request's hook when
 //! due, and on the main thread from a configuration scheduler (`timer.rs`,
-//! `callout.rs`). Counters are handed to Envoy at the end of every hook (no
-//! flush timer).
+//! `callout.rs`). Counters go to Envoy as they are incremented (no batch,
+//! no flush timer).
 //!
 //! # Calls
 //!
 //! A gRPC call the filter sends in a worker's hook is routed when the hook
 //! returns (`after_hook`, `callout.rs`; a hook that sent none and
-//! deferred no end only flushes its counters): a request's own rate limit call
+//! deferred no end does nothing more): a request's own rate limit call
 //! goes on its stream; a lease refill and a usage report go to the main
 //! thread (a configuration scheduler's event `timer::RELAY_EVENT`), which
 //! sends them through the configuration's callout and records a refill's
@@ -605,12 +605,12 @@ impl Worker {
     }
 }
 
-/// Applies the ends seen while the table was busy, routes the gRPC calls
-/// the hook sent (`callout.rs`), then flushes counters.
+/// Applies the ends seen while the table was busy, then routes the gRPC
+/// calls the hook sent (`callout.rs`). Counters need nothing here: they
+/// reached Envoy as they were incremented (`batches_counters`).
 fn after_hook(host: &NativeHost<'_>) {
-    // Nothing deferred, no call to route (most hooks): the counters only.
+    // Nothing deferred, no call to route: most hooks.
     if !DEFERRED.with(|d| d.get()) && !callout::has_unsent() {
-        host.flush();
         return;
     }
     // An end sends a report, a failed call's delivery may end a stream
@@ -648,7 +648,6 @@ fn after_hook(host: &NativeHost<'_>) {
             break;
         }
     }
-    host.flush();
 }
 
 /// # Safety
