@@ -86,6 +86,10 @@ def build_parser():
                          "instructions per second at rest, taken out of the net figures")
     ap.add_argument("--instructions-threads", type=int, default=1, help="wrk threads under callgrind")
     ap.add_argument("--instructions-connections", type=int, default=1, help="wrk connections under callgrind")
+    ap.add_argument("--by-line", action="store_true",
+                    help="with --instructions: also where the native module's instructions go, by meshguard "
+                         "function and source line (callgrind --dump-instr=yes, addr2line); give MESHGUARD_NATIVE "
+                         "a module with symbols (make native-profiling); writes results-by-line.md under --out")
     ap.add_argument("--instructions-timeout", type=int, default=None,
                     help="seconds a proxy under callgrind may take to be ready (default 120; 300 with a wasm filter)")
     return ap

@@ -37,7 +37,8 @@ from collections import defaultdict
 
 from . import procs
 from .bootstraps import upstream_bootstrap
-from .common import FIXTURES, RLS_TARGET, BenchError, log, repo_paths
+from .byline import by_line, render_by_line
+from .common import FIXTURES, RLS_TARGET, ROOT, BenchError, log, repo_paths
 from .drive import finish_load, start_load, write_rotating_lua, write_static_lua
 from .run import UPSTREAM_STAT, bench_context, boot_scenario, check_outcome, check_run, finish_workdir, stop_run
 from .scenarios import COMPARISONS, build_scenarios
@@ -304,6 +305,8 @@ def start_under_callgrind(sc, args, ctx):
     prefix of its callgrind out files."""
     prefix = os.path.join(ctx["workdir"], f"callgrind.{sc.name}")
     wrapper = [ctx["valgrind"], "--tool=callgrind", f"--callgrind-out-file={prefix}.%p"] + os.environ.get("MG_VG_EXTRA", "").split()
+    if args.by_line:
+        wrapper.append("--dump-instr=yes")
     wasm = any(f["name"] == "envoy.filters.http.wasm" for f in sc.filters)
     boot_scenario(sc, ctx, wrapper=wrapper, timeout=args.instructions_timeout or (300 if wasm else 120))
     return prefix
@@ -337,6 +340,10 @@ def measure_instructions(sc, args, ctx):
     parse_s = time.monotonic() - t0
     envoy.stop()
     share = module_share(prof, sc, maps)
+    report = None
+    so = dm_object(sc)
+    if args.by_line and so:
+        report = by_line(path, so, maps, n, ROOT, expected_self=share["self"] if share else None)
     out = {"desc": sc.desc, "requests": n, "rps": res["rps"], "duration_s": duration, "warmup_rps": rate,
            "ready_s": envoy.load_time_s, "upstream_fraction": upstream, "total_ir": prof.totals,
            "ir_per_req": prof.totals / n, "elapsed_s": elapsed, "idle_ir_per_s": idle,
@@ -344,6 +351,8 @@ def measure_instructions(sc, args, ctx):
            "dump": os.path.basename(path), "dump_bytes": os.path.getsize(path), "parse_s": parse_s,
            "top_objects": [{"object": ob, "ir_per_req": v / n}
                            for ob, v in sorted(prof.objects.items(), key=lambda kv: -kv[1])[:6]]}
+    if report:
+        out["by_line"] = report
     if share:
         out["module"] = dict(share, self_per_req=share["self"] / n, entries_per_req=share["entries"] / n,
                              calls_in_per_req=share["calls_in"] / n)
@@ -472,6 +481,11 @@ def run_instructions(args):
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "results-instructions.md"), "w") as f:
             f.write(md)
+        by = [render_by_line(name, r["by_line"]) for name, r in results.items() if r.get("by_line")]
+        if by:
+            with open(os.path.join(args.out, "results-by-line.md"), "w") as f:
+                f.write("# meshguard bench: the native module's instructions by line (callgrind)\n\n" + "\n".join(by))
+            log(f"bench: wrote {os.path.join(args.out, 'results-by-line.md')}")
         with open(os.path.join(args.out, "results-instructions.json"), "w") as f:
             json.dump(repo_paths({"machine": info, "valgrind": vg_version, "settings": vars(args),
                                   "scenarios": results, "comparisons": comp, "targets": targets}), f, indent=1)
