@@ -269,6 +269,16 @@ impl HeaderVisitor for Request {
             self.headers.push_raw(name, value);
         }
     }
+
+    fn pair_text(&mut self, name: &[u8], value: &str) {
+        match self.pseudo_field(name) {
+            Some(field) => {
+                field.clear();
+                field.push_str(value);
+            }
+            None => self.pair(name, value.as_bytes()),
+        }
+    }
 }
 
 impl Request {
@@ -306,11 +316,8 @@ impl Request {
     /// (in their lossy UTF-8 form when they are not UTF-8); the others are
     /// not needed.
     pub fn set_pseudo(&mut self, name: &[u8], value: &[u8]) {
-        let field = match name {
-            b":method" => &mut self.method,
-            b":path" => &mut self.path,
-            b":authority" => &mut self.authority,
-            _ => return,
+        let Some(field) = self.pseudo_field(name) else {
+            return;
         };
         // Written into the field's own buffer (a spare request's, see
         // `spare`). `from_utf8` first: the lossy decoder's chunk iterator
@@ -319,6 +326,17 @@ impl Request {
         match std::str::from_utf8(value) {
             Ok(t) => field.push_str(t),
             Err(_) => field.push_str(&String::from_utf8_lossy(value)),
+        }
+    }
+
+    /// The field a pseudo-header is kept in (`:method`, `:path`,
+    /// `:authority`); `None` for the others (and for any other name).
+    fn pseudo_field(&mut self, name: &[u8]) -> Option<&mut String> {
+        match name {
+            b":method" => Some(&mut self.method),
+            b":path" => Some(&mut self.path),
+            b":authority" => Some(&mut self.authority),
+            _ => None,
         }
     }
 
@@ -586,12 +604,31 @@ mod tests {
             for (n, v) in &pairs {
                 visited.pair(n, v);
             }
+            // The native module hands values it found ASCII as text
+            // (`pair_text`): every value that is UTF-8 that way here, the
+            // others as bytes; the same request.
+            let mut texts = Request::default();
+            texts.reserve(pairs.len(), bytes);
+            for (n, v) in &pairs {
+                match std::str::from_utf8(v) {
+                    Ok(t) => texts.pair_text(n, t),
+                    Err(_) => texts.pair(n, v),
+                }
+            }
             let mut read = Request::default();
             read.headers =
                 Headers::from_serialized(serialized(&pairs), |n, v| read.set_pseudo(n, v));
             assert_eq!(
                 (&visited.method, &visited.path, &visited.authority),
                 (&read.method, &read.path, &read.authority)
+            );
+            assert_eq!(
+                (&texts.method, &texts.path, &texts.authority),
+                (&read.method, &read.path, &read.authority)
+            );
+            assert_eq!(
+                texts.headers.raw_iter().collect::<Vec<_>>(),
+                read.headers.raw_iter().collect::<Vec<_>>()
             );
             let v: Vec<(&[u8], &[u8])> = visited.headers.raw_iter().collect();
             let r: Vec<(&[u8], &[u8])> = read.headers.raw_iter().collect();

@@ -22,6 +22,13 @@ pub trait HeaderVisitor {
     fn reserve(&mut self, count: usize, bytes: usize);
     /// One field, as the host holds it (names lower case, not checked).
     fn pair(&mut self, name: &[u8], value: &[u8]);
+    /// One field whose value the host already knows to be UTF-8 (an
+    /// ASCII check of the bytes it holds): a reader keeping the value as
+    /// text need not check it again. The same field as [`Self::pair`]
+    /// otherwise.
+    fn pair_text(&mut self, name: &[u8], value: &str) {
+        self.pair(name, value.as_bytes());
+    }
 }
 
 /// See the module docs.

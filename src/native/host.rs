@@ -587,7 +587,16 @@ impl Stream for NativeHost<'_> {
             );
             v.reserve(count, bytes);
             for (n, val) in hs.iter().map(pair) {
-                v.pair(n, val);
+                if n.first() == Some(&b':') && val.is_ascii() {
+                    // SAFETY: ASCII is UTF-8. Checked here, a word at a
+                    // time, so the reader keeping pseudo-headers as text
+                    // (`Request`) does not run `str::from_utf8` on them:
+                    // ~80 instructions each on short values (callgrind,
+                    // `bench.py --by-line`).
+                    v.pair_text(n, unsafe { std::str::from_utf8_unchecked(val) });
+                } else {
+                    v.pair(n, val);
+                }
             }
         });
         // No headers (none given, or Envoy refused): an empty request, as
