@@ -78,6 +78,8 @@ fmt-check:
 clippy: targets
 	cargo clippy --all-targets --all-features -- -D warnings
 	cargo clippy --all-targets --target wasm32-wasip1 -- -D warnings
+	# tests/wasm_*.rs are built for wasm32-unknown-unknown only (make wasm-test).
+	cargo clippy --tests --target wasm32-unknown-unknown -- -D warnings
 	@tests/rls-server/patch-limitador.sh
 	cargo clippy --manifest-path $(RLS_MANIFEST) --target-dir target/rls-server --all-targets -- -D warnings
 

@@ -24,7 +24,7 @@ fn state_machine_full_cycle_in_wasm() {
     s.on_failure(&p, T0, false, u64::MAX);
     assert_eq!(s.phase, Phase::Open);
     let open = s.open_until - T0;
-    assert!(open >= 5 * S && open <= 5 * S + S / 2);
+    assert!((5 * S..=5 * S + S / 2).contains(&open));
     assert_eq!(
         s.admit(&p, T0),
         Admission::Rejected {
