@@ -416,7 +416,8 @@ fn random_u64_seeded(counter: u64) -> u64 {
     })
 }
 
-/// Wall-clock nanoseconds since the Unix epoch (0 before it).
+/// Wall-clock nanoseconds since the Unix epoch (0 before it): the native
+/// module's one clock (its hosts' `now_nanos`).
 ///
 /// On 64-bit Linux straight from `clock_gettime(CLOCK_REALTIME)` (the
 /// vDSO): `SystemTime::now().duration_since(UNIX_EPOCH)` computes the same
@@ -424,7 +425,7 @@ fn random_u64_seeded(counter: u64) -> u64 {
 /// instructions more per rate-limited request (callgrind,
 /// `bench.py --by-line`). Elsewhere, `SystemTime`.
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-pub(crate) fn wall_clock_nanos() -> u64 {
+pub(super) fn wall_clock_nanos() -> u64 {
     /// `struct timespec` of 64-bit Linux (x86_64 and aarch64 alike).
     #[repr(C)]
     struct Timespec {
@@ -452,7 +453,7 @@ pub(crate) fn wall_clock_nanos() -> u64 {
 }
 
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
-pub(crate) fn wall_clock_nanos() -> u64 {
+pub(super) fn wall_clock_nanos() -> u64 {
     system_time_nanos()
 }
 

@@ -26,9 +26,7 @@ struct Definer {
 
 impl Host for Definer {
     fn now_nanos(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
+        super::host::wall_clock_nanos()
     }
     fn shared_get(&self, _key: &str) -> Result<SharedValue, HostError> {
         Ok((None, None))
